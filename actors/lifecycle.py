@@ -1,0 +1,123 @@
+"""One lifecycle for every actor.
+
+``start()`` acquires what the actor needs and returns once it is ready (an
+HTTP actor has bound its port); ``stop()`` is idempotent, asks the main loop
+to end, waits for it and releases resources in ``finally``. An actor is also
+an async context manager. ``wait()`` returns when the main loop ends and
+raises what it raised, which is how the supervisor sees a crash.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+
+from .mailbox import Delivery, Inbox
+
+M = TypeVar("M")
+
+log = structlog.get_logger("mailman.actor")
+
+
+class Actor(abc.ABC):
+    """Base class: subclasses write ``run`` and may override ``setup``/``teardown``."""
+
+    #: Seconds ``stop`` lets the main loop wind down before cancelling it.
+    stop_timeout: float = 10.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._stop_waiter: asyncio.Future[Any] | None = None
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources; runs in ``start`` before the main loop."""
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """The main loop. Return promptly once ``self.stopping`` is set."""
+
+    async def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; runs in ``stop`` after the main loop ended, even on error."""
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"actor {self.name} was already started")
+        try:
+            await self.setup()
+        except BaseException:
+            await self.teardown()
+            raise
+        self._task = asyncio.create_task(self.run(), name=f"actor:{self.name}")
+        log.debug("actor.started", actor=self.name)
+
+    async def stop(self) -> None:
+        """Ask the main loop to end, wait for it (then cancel it), release resources."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping.set()
+        task = self._task
+        try:
+            if task is not None and not task.done():
+                done, _ = await asyncio.wait({task}, timeout=self.stop_timeout)
+                if not done:
+                    log.warning("actor.stop_timeout", actor=self.name, seconds=self.stop_timeout)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if task is not None and task.done() and not task.cancelled():
+                task.exception()  # retrieved: whoever cares (the supervisor) saw it via wait()
+        finally:
+            if self._stop_waiter is not None:
+                self._stop_waiter.cancel()
+            await self.teardown()
+            log.debug("actor.stopped", actor=self.name)
+
+    async def receive(self, inbox: Inbox[M]) -> Delivery[M] | None:
+        """The next delivery from ``inbox``, or None once the actor is stopping."""
+        if self.stopping.is_set():
+            return None
+        if self._stop_waiter is None:
+            self._stop_waiter = asyncio.ensure_future(self.stopping.wait())
+        getter: asyncio.Future[Any] = asyncio.ensure_future(inbox.get())
+        try:
+            await asyncio.wait({getter, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            getter.cancel()  # else it would outlive us and take a message nobody handles
+            raise
+        if getter.done():
+            delivery: Delivery[M] = getter.result()
+            return delivery
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        return None
+
+    async def wait(self) -> None:
+        """Until the main loop ends; re-raises its exception."""
+        if self._task is None:
+            raise RuntimeError(f"actor {self.name} was not started")
+        await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

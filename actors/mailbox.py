@@ -1,0 +1,206 @@
+"""Mailboxes: how actors talk to each other.
+
+A mailbox is a small interface with two implementations: a bounded
+in-process queue (here) and a Kafka topic (``actors.kafka``). Delivery is
+at-least-once in both: a consumer acknowledges a message after its handler
+succeeded; a message taken but not acknowledged when its subscription closes
+is delivered again to the next subscriber. Handlers are therefore idempotent.
+
+    async with mailbox.subscribe() as inbox:
+        async for delivery in inbox:
+            await handle(delivery.message)
+            await delivery.ack()
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Generic, TypeVar
+
+M = TypeVar("M")
+
+
+class Delivery(abc.ABC, Generic[M]):
+    """One message taken from a mailbox, to be acknowledged once handled."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: M) -> None:
+        self.message = message
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The message is handled; it will not be delivered again."""
+
+
+class Inbox(abc.ABC, Generic[M]):
+    """A subscription's stream of deliveries."""
+
+    @abc.abstractmethod
+    async def get(self) -> Delivery[M]:
+        """The next delivery; waits until there is one."""
+
+    @abc.abstractmethod
+    def get_nowait(self) -> Delivery[M] | None:
+        """The next delivery if one is ready at once, else None (for batching)."""
+
+    def __aiter__(self) -> AsyncIterator[Delivery[M]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery[M]]:
+        while True:
+            yield await self.get()
+
+
+class Mailbox(abc.ABC, Generic[M]):
+    """A named, typed channel with at-least-once delivery."""
+
+    def __init__(self, name: str, kind: type[M]) -> None:
+        self.name = name
+        self.kind = kind
+
+    @abc.abstractmethod
+    async def put(self, message: M) -> None:
+        """Hand a message over; returns once the mailbox holds it (waits while full)."""
+
+    @abc.abstractmethod
+    def subscribe(self) -> AbstractAsyncContextManager[Inbox[M]]:
+        """Take messages from this mailbox until the context closes."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class Broker(abc.ABC):
+    """Makes the mailboxes of one deployment and owns their connections."""
+
+    @abc.abstractmethod
+    def mailbox(self, name: str, kind: type[M]) -> Mailbox[M]:
+        """The mailbox called ``name`` (the same object for the same name)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect; after this every mailbox may be used."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect. Idempotent."""
+
+
+# --- in-process ------------------------------------------------------------
+
+
+class MemoryMailbox(Mailbox[M]):
+    """A bounded in-process queue; ``put`` waits while it is full."""
+
+    def __init__(self, name: str, kind: type[M], capacity: int = 1000) -> None:
+        super().__init__(name, kind)
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: collections.deque[M] = collections.deque()
+        self._changed = asyncio.Condition()
+        self._notifiers: set[asyncio.Task[None]] = set()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def put(self, message: M) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._items) < self.capacity)
+            self._items.append(message)
+            self._changed.notify_all()
+
+    def _requeue(self, messages: list[M]) -> None:
+        # Back at the front, in their order, even past capacity: they were
+        # accepted once and must not be lost or wait behind newer ones.
+        self._items.extendleft(reversed(messages))
+        self._wake()
+
+    def _wake(self) -> None:
+        # Condition.notify needs the lock, which sync code cannot take: do it in a task.
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifiers.add(task)
+        task.add_done_callback(self._notifiers.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Inbox[M]]:
+        inbox = _MemoryInbox(self)
+        try:
+            yield inbox
+        finally:
+            inbox.close()
+
+
+class _MemoryDelivery(Delivery[M]):
+    __slots__ = ("_inbox",)
+
+    def __init__(self, message: M, inbox: _MemoryInbox[M]) -> None:
+        super().__init__(message)
+        self._inbox = inbox
+
+    async def ack(self) -> None:
+        self._inbox.unacked.pop(id(self), None)
+
+
+class _MemoryInbox(Inbox[M]):
+    def __init__(self, mailbox: MemoryMailbox[M]) -> None:
+        self.mailbox = mailbox
+        self.unacked: dict[int, _MemoryDelivery[M]] = {}
+        self.closed = False
+
+    def _take(self) -> Delivery[M]:
+        delivery = _MemoryDelivery(self.mailbox._items.popleft(), self)
+        self.unacked[id(delivery)] = delivery
+        return delivery
+
+    async def get(self) -> Delivery[M]:
+        if self.closed:
+            raise RuntimeError(f"subscription to {self.mailbox.name} is closed")
+        cond = self.mailbox._changed
+        async with cond:
+            await cond.wait_for(lambda: self.closed or bool(self.mailbox._items))
+            if self.closed:
+                raise RuntimeError(f"subscription to {self.mailbox.name} is closed")
+            delivery = self._take()
+            cond.notify_all()
+            return delivery
+
+    def get_nowait(self) -> Delivery[M] | None:
+        if self.closed or not self.mailbox._items:
+            return None
+        delivery = self._take()
+        self.mailbox._wake()
+        return delivery
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.mailbox._wake()  # a get still waiting on this subscription gives up
+        pending = [d.message for d in self.unacked.values()]
+        self.unacked.clear()
+        if pending:
+            self.mailbox._requeue(pending)
+
+
+class MemoryBroker(Broker):
+    """In-process mailboxes, for one process running every actor."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.capacity = capacity
+        self._boxes: dict[str, MemoryMailbox[object]] = {}
+
+    def mailbox(self, name: str, kind: type[M]) -> Mailbox[M]:
+        box = self._boxes.get(name)
+        if box is None:
+            box = self._boxes[name] = MemoryMailbox(name, kind, self.capacity)
+        elif box.kind is not kind:
+            raise TypeError(f"mailbox {name} carries {box.kind.__name__}, not {kind.__name__}")
+        return box  # type: ignore[return-value]

@@ -1,0 +1,217 @@
+"""Every record that crosses a mailbox or the store boundary, in one place.
+
+Records are frozen and typed. They travel between actors in-process as they
+are, and through a broker as JSON (``encode``/``decode``), so each one is made
+of plain values only: str, int, float, bool, None, tuples and nested records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import orjson
+from ulid import ULID
+
+
+class Status(StrEnum):
+    """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SENT, Status.FAILED)
+
+
+#: The statuses each status may be reached from. Repeating a transition into
+#: ``sending`` is allowed (each attempt may name another provider); ``sent``
+#: and ``failed`` are final, and repeating them is a no-op.
+ALLOWED_FROM: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset(),
+    Status.SENDING: frozenset({Status.QUEUED, Status.SENDING}),
+    Status.SENT: frozenset({Status.QUEUED, Status.SENDING}),
+    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING}),
+}
+
+
+class Outcome(StrEnum):
+    """How one attempt with one provider ended."""
+
+    ACCEPTED = "accepted"  # the provider took the mail (2xx)
+    TRANSIENT = "transient"  # timeout, connection error, 408, 429, 5xx: try again later
+    MISCONFIGURED = "misconfigured"  # 401/403 and the like: our key or account is wrong
+    REJECTED = "rejected"  # 400/413/422: this provider will never take this mail
+    SKIPPED = "skipped"  # the provider's circuit breaker was open: no call was made
+
+
+def new_mail_id(now: float | None = None) -> str:
+    """An opaque, time-ordered id made without a round trip (a ULID)."""
+    return str(ULID() if now is None else ULID.from_timestamp(now))
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    email: str
+    name: str = ""
+
+    def formatted(self) -> str:
+        """RFC 5322 form: ``"Ann" <ann@example.com>`` or the bare address."""
+        from email.utils import formataddr
+
+        return formataddr((self.name, self.email)) if self.name else self.email
+
+    def as_json(self) -> dict[str, str]:
+        return {"email": self.email, "name": self.name} if self.name else {"email": self.email}
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """A mail as the caller submitted it, after validation."""
+
+    id: str
+    sender: Address
+    to: tuple[Address, ...]
+    subject: str
+    text: str | None = None
+    html: str | None = None
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: Address | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        """The submitted mail in the shape the API shows it."""
+        out: dict[str, Any] = {
+            "from": self.sender.as_json(),
+            "to": [a.as_json() for a in self.to],
+            "subject": self.subject,
+        }
+        if self.cc:
+            out["cc"] = [a.as_json() for a in self.cc]
+        if self.bcc:
+            out["bcc"] = [a.as_json() for a in self.bcc]
+        if self.reply_to:
+            out["reply_to"] = self.reply_to.as_json()
+        if self.text is not None:
+            out["text"] = self.text
+        if self.html is not None:
+            out["html"] = self.html
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try with one provider, kept in the mail's history."""
+
+    provider: str
+    round: int
+    at: float
+    outcome: Outcome
+    reason: str | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Asks a sender to try a mail with the provider at ``hop`` of the chain.
+
+    Carries the mail's id, not its body: the sender reads the mail from the
+    store, and so also learns whether it is already ``sent`` (at-least-once
+    delivery makes duplicates possible; a sent mail is never sent again).
+    """
+
+    mail_id: str
+    accepted_at: float
+    hop: int = 0
+    round: int = 0
+    #: Providers that rejected this mail permanently: skipped from now on.
+    rejected: tuple[str, ...] = ()
+    #: The longest ``Retry-After`` any provider asked for in this round.
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Asks the retry scheduler to hand ``dispatch`` on once ``due_at`` (unix time) is reached."""
+
+    dispatch: Dispatch
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """Asks the bookkeeper to record an attempt and/or move a mail's status.
+
+    Status moves are guarded (see ``ALLOWED_FROM``), so replaying an update,
+    or applying two out of order, never moves a mail backwards.
+    """
+
+    mail_id: str
+    status: Status
+    at: float
+    provider: str | None = None
+    provider_message_id: str | None = None
+    reason: str | None = None
+    attempt: Attempt | None = None
+
+
+# --- wire format -----------------------------------------------------------
+
+Record = TypeVar("Record")
+
+
+def encode(record: object) -> bytes:
+    """A record as JSON bytes (for a broker)."""
+    return orjson.dumps(record)
+
+
+def decode(kind: type[Record], data: bytes | str) -> Record:
+    """The record of type ``kind`` that ``encode`` made; ``ValueError`` if it is not one."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    built: Record = _build(kind, raw)
+    return built
+
+
+def _build(kind: Any, raw: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in typing.get_args(kind):
+            return None
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _build(options[0], raw)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise ValueError(f"expected a list, got {type(raw).__name__}")
+        (item,) = typing.get_args(kind)[:1]
+        return tuple(_build(item, x) for x in raw)
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected an object for {kind.__name__}")
+        hints = typing.get_type_hints(kind)
+        args = {}
+        for f in dataclasses.fields(kind):
+            if f.name in raw:
+                args[f.name] = _build(hints[f.name], raw[f.name])
+        try:
+            return kind(**args)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        return kind(raw)
+    if kind is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(kind, type) and isinstance(raw, kind):
+        return raw
+    raise ValueError(f"expected {kind}, got {type(raw).__name__}")

@@ -1,0 +1,115 @@
+"""Provider clients: one per mail provider, all behind one small interface.
+
+A call to a provider ends in one of four typed results, and the failure
+policy follows from the type alone:
+
+- ``Accepted``: the provider took the mail (2xx).
+- ``Transient``: timeout, connection error, 408, 429, 5xx. Fail over now,
+  retry later; counted by the circuit breaker.
+- ``Misconfigured``: 401/403 (and 402/404/405: a wrong key, account, domain
+  or URL). Logged as an error, fail over; counted by the circuit breaker.
+- ``Rejected``: 400/413/422 and other 4xx. This provider will never take this
+  mail: fail over, not counted by the breaker (the provider is well).
+"""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..messages import Mail, Outcome
+
+#: Longest reason kept from a provider's error body.
+MAX_REASON = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: ClassVar[Outcome]
+    #: Whether this result says the provider is unwell (the breaker counts it).
+    unwell: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Result):
+    message_id: str
+    outcome: ClassVar[Outcome] = Outcome.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class Transient(Result):
+    reason: str
+    status: int | None = None
+    #: Seconds the provider asked us to wait (``Retry-After``), if it did.
+    retry_after: float | None = None
+    outcome: ClassVar[Outcome] = Outcome.TRANSIENT
+    unwell: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Misconfigured(Result):
+    reason: str
+    status: int | None = None
+    outcome: ClassVar[Outcome] = Outcome.MISCONFIGURED
+    unwell: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Result):
+    reason: str
+    status: int | None = None
+    outcome: ClassVar[Outcome] = Outcome.REJECTED
+
+
+class ProviderClient(abc.ABC):
+    """Sends one mail through one provider. ``send`` never raises for provider trouble."""
+
+    #: The provider's name in the chain, in logs and in attempt history.
+    name: str
+
+    @abc.abstractmethod
+    async def send(self, mail: Mail) -> Result:
+        """Hand ``mail`` to the provider and say how that went."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections (one HTTP session per provider, reused)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""
+
+
+def classify(status: int, reason: str, retry_after: str | None = None) -> Result:
+    """The result type of a non-2xx HTTP answer from a provider."""
+    reason = shorten(reason) or f"HTTP {status}"
+    if status in (408, 429) or status >= 500:
+        return Transient(reason, status, parse_retry_after(retry_after))
+    if status in (401, 402, 403, 404, 405):
+        return Misconfigured(reason, status)
+    if 400 <= status < 500:
+        return Rejected(reason, status)
+    # 1xx/3xx: redirects are not followed; treat as a passing fault.
+    return Transient(reason, status)
+
+
+def shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,270 @@
+"""The whole system: store, mailboxes, provider clients and actors, wired from a Config.
+
+``Mailman.run`` is what the entry point runs; ``embedded`` starts the same
+system inside the caller's event loop (for integration tests, ours and our
+users'):
+
+    async with embedded(config) as mailman:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{mailman.url}/mail/send", json={...})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import structlog
+from aiobreaker import CircuitBreaker
+
+from config import (
+    ROLE_ALL,
+    Config,
+    ConfigError,
+    MailgunConfig,
+    OutboxConfig,
+    ProviderConfig,
+    SendGridConfig,
+    redact_url,
+)
+from routes import create_app
+
+from .bookkeeper import Bookkeeper
+from .lifecycle import Actor
+from .mailbox import Broker, MemoryBroker
+from .providers import ProviderClient
+from .recovery import Backlog, Recovery
+from .routing import Router
+from .scheduler import RetryScheduler
+from .sender import Sender, make_breaker
+from .server import HttpServer
+from .store import Store, open_store
+from .supervisor import ChildSpec, Restart, Supervisor
+
+log = structlog.get_logger("mailman")
+
+ROLE_API = "api"
+ROLE_BOOKKEEPER = "bookkeeper"
+ROLE_RETRY = "retry"
+
+
+def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
+    """The client for one configured provider."""
+    if isinstance(provider, SendGridConfig):
+        from .providers.sendgrid import SendGridClient
+
+        return SendGridClient(provider, timeout)
+    if isinstance(provider, MailgunConfig):
+        from .providers.mailgun import MailgunClient
+
+        return MailgunClient(provider, timeout)
+    from .providers.outbox import OutboxClient
+
+    return OutboxClient(provider)
+
+
+def all_roles(config: Config) -> frozenset[str]:
+    return frozenset({ROLE_API, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain})
+
+
+def roles_of(config: Config) -> frozenset[str]:
+    """The actors this process runs; refuses roles it does not know."""
+    known = all_roles(config)
+    if ROLE_ALL in config.roles:
+        return known
+    unknown = set(config.roles) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
+        )
+    roles = frozenset(config.roles)
+    if roles != known and config.broker.startswith("memory:"):
+        raise ConfigError(
+            "running a subset of roles needs a shared broker: with --broker memory:// "
+            "the other actors would never see this process's mailboxes (use --role all)"
+        )
+    return roles
+
+
+def make_broker(config: Config) -> Broker:
+    if config.broker.startswith("memory:"):
+        return MemoryBroker(capacity=config.mailbox_capacity)
+    raise ConfigError(f"unsupported broker {redact_url(config.broker)!r} (expected memory://)")
+
+
+class Mailman:
+    """One deployment's actors in this process, under one supervisor."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clients: Mapping[str, ProviderClient] | None = None,
+        store: Store | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.config = config
+        self.roles = roles_of(config)
+        #: Whether this process runs every actor (then it also recovers unfinished mails).
+        self.everything = self.roles == all_roles(config)
+        self.store = store or open_store(config.store)
+        self.broker = broker or make_broker(config)
+        self.router = Router(self.broker, config.chain)
+        given = dict(clients or {})
+        self.clients: dict[str, ProviderClient] = {
+            p.name: given.pop(p.name)
+            if p.name in given
+            else make_client(p, config.provider_timeout)
+            for p in config.providers
+        }
+        if given:
+            raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
+        #: One breaker per provider, outliving restarts of its sender.
+        self.breakers: dict[str, CircuitBreaker] = {
+            name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
+            for name in config.chain
+        }
+        self.supervisor: Supervisor | None = None
+        self.ready = asyncio.Event()
+        #: Set once every actor stopped, also when the supervisor gave up.
+        self.stopped = asyncio.Event()
+        self._server: HttpServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("this process runs no HTTP server (role api)")
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def _children(self, backlog: Backlog) -> list[ChildSpec]:
+        cfg = self.config
+        router = self.router
+        children: list[ChildSpec] = []
+        if ROLE_BOOKKEEPER in self.roles:
+            children.append(
+                ChildSpec("bookkeeper", lambda: Bookkeeper(inbox=router.status, store=self.store))
+            )
+        if ROLE_RETRY in self.roles:
+            children.append(ChildSpec("retry", lambda: RetryScheduler(router=router)))
+        for name in cfg.chain:
+            if name in self.roles:
+                children.append(ChildSpec(f"sender:{name}", self._sender_factory(name)))
+        if self.everything:
+            children.append(
+                ChildSpec(
+                    "recovery",
+                    lambda: Recovery(backlog=backlog, router=router),
+                    restart=Restart.TRANSIENT,
+                )
+            )
+        if ROLE_API in self.roles:
+            children.append(ChildSpec("api", self._server_factory))
+        return children
+
+    def _sender_factory(self, name: str) -> Callable[[], Actor]:
+        def factory() -> Actor:
+            return Sender(
+                client=self.clients[name],
+                breaker=self.breakers[name],
+                router=self.router,
+                store=self.store,
+                retry=self.config.retry,
+                concurrency=self.config.sender_concurrency,
+                stop_timeout=self.config.shutdown_timeout,
+            )
+
+        return factory
+
+    def _server_factory(self) -> Actor:
+        cfg = self.config
+        self._server = HttpServer(
+            lambda: create_app(store=self.store, outbound=self.router, config=cfg),
+            host=cfg.host,
+            port=self._server.port if self._server is not None else cfg.port,
+            shutdown_timeout=cfg.shutdown_timeout,
+        )
+        return self._server
+
+    def _announce(self) -> None:
+        cfg = self.config
+        log.info(
+            "mailman.starting",
+            roles=sorted(self.roles),
+            chain=list(cfg.chain),
+            store=redact_url(cfg.store),
+            broker=redact_url(cfg.broker),
+        )
+        for name in cfg.skipped_providers:
+            log.warning("provider.skipped", provider=name, why="no API key configured")
+        if len(cfg.providers) == 1 and isinstance(cfg.providers[0], OutboxConfig):
+            log.warning(
+                "providers.none_configured",
+                detail=f"no provider configured: mails are written as .eml files to "
+                f"{cfg.providers[0].directory}/ (set SENDGRID_API_KEY or MAILGUN_API_KEY "
+                "to send for real)",
+            )
+
+    async def run(self, until: asyncio.Event) -> None:
+        """Run until ``until`` is set; ``RestartBudgetExceeded`` if the supervisor gives up."""
+        self._announce()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.store)
+            await self.broker.start()
+            stack.push_async_callback(self.broker.stop)
+            backlog = Backlog(await self.store.unfinished() if self.everything else [])
+            supervisor = self.supervisor = Supervisor(
+                self._children(backlog), self.config.supervisor
+            )
+            running = asyncio.create_task(supervisor.run(), name="supervisor")
+            ready = asyncio.ensure_future(supervisor.ready.wait())
+            stop = asyncio.ensure_future(until.wait())
+            try:
+                await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+                if supervisor.ready.is_set():
+                    self.ready.set()
+                    log.info("mailman.ready", **({"url": self.url} if self._server else {}))
+                await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+                supervisor.stop()
+                await running  # raises why the supervisor gave up, if it did
+            finally:
+                ready.cancel()
+                stop.cancel()
+                if not running.done():  # we were cancelled: stop the actors all the same
+                    supervisor.stop()
+                    await asyncio.shield(running)
+                self.stopped.set()
+        log.info("mailman.stopped")
+
+
+@contextlib.asynccontextmanager
+async def embedded(
+    config: Config,
+    *,
+    clients: Mapping[str, ProviderClient] | None = None,
+) -> AsyncIterator[Mailman]:
+    """The whole system running in this event loop until the block ends.
+
+    Ready when the block starts: the store is open, every actor runs and the
+    HTTP server listens on ``mailman.url`` (use ``port=0`` for a free port).
+    """
+    system = Mailman(config, clients=clients)
+    until = asyncio.Event()
+    task = asyncio.create_task(system.run(until), name="mailman")
+    ready = asyncio.ensure_future(system.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()  # raises why it could not start
+        raise RuntimeError("mailman stopped before it was ready")
+    try:
+        yield system
+    finally:
+        until.set()
+        await task

@@ -1,0 +1,270 @@
+"""Configuration: frozen dataclasses, built once at the entry point.
+
+``load(argv, env)`` reads flags and environment variables (a flag wins over
+its env twin) and returns a ``Config`` that is passed down explicitly.
+Nothing else in Mailman reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROLE_ALL = "all"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value that must never be printed: its repr and str are masked."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class SendGridConfig:
+    api_key: Secret
+    base_url: str = "https://api.sendgrid.com"
+    name: str = "sendgrid"
+
+
+@dataclass(frozen=True, slots=True)
+class MailgunConfig:
+    api_key: Secret
+    domain: str
+    base_url: str = "https://api.mailgun.net"
+    name: str = "mailgun"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
+
+    directory: Path = Path("outbox")
+    name: str = "outbox"
+
+
+ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    fail_max: int = 5
+    reset_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Backoff once every provider failed transiently: base * 2**round, capped, with jitter."""
+
+    base_seconds: float = 5.0
+    cap_seconds: float = 600.0
+    window_seconds: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """One-for-one restarts; more than ``max_restarts`` in ``window_seconds`` ends the process."""
+
+    max_restarts: int = 5
+    window_seconds: float = 60.0
+    backoff_base_seconds: float = 0.1
+    backoff_cap_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 9292
+    store: str = "sqlite:///mailman.db"
+    broker: str = "memory://"
+    roles: tuple[str, ...] = (ROLE_ALL,)
+    providers: tuple[ProviderConfig, ...] = (OutboxConfig(),)
+    #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
+    skipped_providers: tuple[str, ...] = ()
+    default_subject: str = "(no subject)"
+    max_body_bytes: int = 10 * 1024 * 1024
+    provider_timeout: float = 10.0
+    sender_concurrency: int = 32
+    mailbox_capacity: int = 1000
+    shutdown_timeout: float = 10.0
+    breaker: BreakerConfig = BreakerConfig()
+    retry: RetryConfig = RetryConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    log_level: str = "info"
+    log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """Provider names in failover order."""
+        return tuple(p.name for p in self.providers)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """A Config from environment variables alone (no flags)."""
+        return load([], env)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{host}"))
+
+
+KNOWN_PROVIDERS = ("sendgrid", "mailgun", "outbox")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailman",
+        description="Mailman: transactional mail through several providers, with failover.",
+    )
+    p.add_argument("--host", default=env.get("MAILMAN_HOST", "127.0.0.1"), help="bind address")
+    p.add_argument("--port", default=env.get("MAILMAN_PORT", "9292"), help="HTTP port (0: any)")
+    p.add_argument(
+        "--store", default=env.get("MAILMAN_STORE", "sqlite:///mailman.db"), help="store URL"
+    )
+    p.add_argument("--broker", default=env.get("MAILMAN_BROKER", "memory://"), help="broker URL")
+    p.add_argument(
+        "--role",
+        default=env.get("MAILMAN_ROLE", ROLE_ALL),
+        help="comma list of actors to run in this process (default: all)",
+    )
+    return p
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    value = _number(env, key, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{key} must be a whole number, got {env.get(key)!r}")
+    return int(value)
+
+
+def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tuple[str, ...]]:
+    names = [n.strip().lower() for n in env.get("MAILMAN_PROVIDERS", "sendgrid,mailgun").split(",")]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+    if unknown:
+        raise ConfigError(
+            f"MAILMAN_PROVIDERS names unknown provider(s) {', '.join(unknown)}; "
+            f"known: {', '.join(KNOWN_PROVIDERS)}"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError("MAILMAN_PROVIDERS names a provider twice")
+    outbox = OutboxConfig(Path(env.get("MAILMAN_OUTBOX_DIR") or "outbox"))
+    chain: list[ProviderConfig] = []
+    skipped: list[str] = []
+    for name in names:
+        if name == "sendgrid":
+            key = env.get("SENDGRID_API_KEY", "").strip()
+            if not key:
+                skipped.append(name)
+                continue
+            base = env.get("SENDGRID_BASE_URL") or "https://api.sendgrid.com"
+            chain.append(SendGridConfig(Secret(key), base.rstrip("/")))
+        elif name == "mailgun":
+            key = env.get("MAILGUN_API_KEY", "").strip()
+            domain = env.get("MAILGUN_DOMAIN", "").strip()
+            if not key:
+                skipped.append(name)
+                continue
+            if not domain:
+                raise ConfigError("MAILGUN_API_KEY is set but MAILGUN_DOMAIN is not")
+            base = env.get("MAILGUN_BASE_URL") or "https://api.mailgun.net"
+            chain.append(MailgunConfig(Secret(key), domain, base.rstrip("/")))
+        else:
+            chain.append(outbox)
+    if not chain:
+        chain.append(outbox)
+    return tuple(chain), tuple(skipped)
+
+
+def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
+    """The Config that ``argv`` (flags) and ``env`` (environment) describe.
+
+    Raises ``ConfigError`` for values that cannot work, and ``SystemExit`` for
+    ``--help`` or unknown flags (argparse's own behaviour).
+    """
+    args = _parser(env).parse_args(list(argv))
+    try:
+        port = int(args.port)
+    except ValueError:
+        raise ConfigError(f"port must be a whole number, got {args.port!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, got {port}")
+    roles = tuple(r.strip().lower() for r in str(args.role).split(",") if r.strip())
+    if not roles:
+        raise ConfigError("--role names no role")
+    providers, skipped = _providers(env)
+    log_format = env.get("MAILMAN_LOG_FORMAT", "auto").lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"MAILMAN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    breaker = BreakerConfig(
+        fail_max=_integer(env, "MAILMAN_BREAKER_FAIL_MAX", 5, minimum=1),
+        reset_seconds=_number(env, "MAILMAN_BREAKER_RESET_SECONDS", 30.0),
+    )
+    retry = RetryConfig(
+        base_seconds=_number(env, "MAILMAN_RETRY_BASE_SECONDS", 5.0),
+        cap_seconds=_number(env, "MAILMAN_RETRY_CAP_SECONDS", 600.0),
+        window_seconds=_number(env, "MAILMAN_RETRY_WINDOW_SECONDS", 86400.0),
+    )
+    supervisor = SupervisorConfig(
+        max_restarts=_integer(env, "MAILMAN_MAX_RESTARTS", 5),
+        window_seconds=_number(env, "MAILMAN_RESTART_WINDOW_SECONDS", 60.0),
+        backoff_base_seconds=_number(env, "MAILMAN_RESTART_BACKOFF_SECONDS", 0.1),
+        backoff_cap_seconds=_number(env, "MAILMAN_RESTART_BACKOFF_CAP_SECONDS", 5.0),
+    )
+    return Config(
+        host=args.host,
+        port=port,
+        store=args.store,
+        broker=args.broker,
+        roles=roles,
+        providers=providers,
+        skipped_providers=skipped,
+        default_subject=env.get("MAILMAN_DEFAULT_SUBJECT") or "(no subject)",
+        max_body_bytes=_integer(env, "MAILMAN_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1),
+        provider_timeout=_number(env, "MAILMAN_PROVIDER_TIMEOUT", 10.0, minimum=0.001),
+        sender_concurrency=_integer(env, "MAILMAN_SENDER_CONCURRENCY", 32, minimum=1),
+        mailbox_capacity=_integer(env, "MAILMAN_MAILBOX_CAPACITY", 1000, minimum=1),
+        shutdown_timeout=_number(env, "MAILMAN_SHUTDOWN_TIMEOUT", 10.0),
+        breaker=breaker,
+        retry=retry,
+        supervisor=supervisor,
+        log_level=env.get("MAILMAN_LOG_LEVEL", "info").lower(),
+        log_format=log_format,
+    )

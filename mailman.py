@@ -1,0 +1,72 @@
+"""Mailman's entry point: ``mailman [flags]`` or ``python mailman.py [flags]``.
+
+Thin on purpose: read the configuration once, set up logging, handle
+signals in one place, run the system, turn the outcome into an exit code.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when the supervisor
+gave up (restart budget spent) or start-up failed, 2 for a bad configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from actors.supervisor import RestartBudgetExceeded
+from actors.system import Mailman, embedded
+from config import Config, ConfigError, load
+from config.logging import configure_logging
+
+__all__ = ["Config", "Mailman", "embedded", "main"]
+
+log = structlog.get_logger("mailman")
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        system = Mailman(config)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(system.run(stop), name="mailman")
+    except* RestartBudgetExceeded:
+        code = 1
+    except* ConfigError as eg:
+        log.error("config.invalid", detail=str(eg.exceptions[0]))
+        code = 2
+    except* OSError as eg:
+        log.error("mailman.start_failed", detail=str(eg.exceptions[0]))
+        code = 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ
+    try:
+        config = load(argv, env)
+    except ConfigError as exc:
+        print(f"mailman: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    try:
+        return asyncio.run(serve(config))
+    except ConfigError as exc:
+        log.error("config.invalid", detail=str(exc))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Errors as problem details (RFC 9457), and the two middlewares around every request.
+
+Every error answer is ``application/problem+json`` with ``type``, ``title``,
+``status`` and ``detail`` (plus ``errors`` for a 422). Handlers raise
+``Problem``; aiohttp's own ``HTTPException``s (404, 405, 413...) and any
+unexpected exception are turned into problems by ``error_middleware``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from .validation import FieldError
+
+log = structlog.get_logger("mailman.http")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-Id"
+
+_PROBLEMS = "https://mailman.dev/problems/"
+VALIDATION = _PROBLEMS + "validation"
+MALFORMED_JSON = _PROBLEMS + "malformed-json"
+UNSUPPORTED_MEDIA_TYPE = _PROBLEMS + "unsupported-media-type"
+TOO_LARGE = _PROBLEMS + "too-large"
+NOT_FOUND = _PROBLEMS + "not-found"
+METHOD_NOT_ALLOWED = _PROBLEMS + "method-not-allowed"
+STATUS_CONFLICT = _PROBLEMS + "status-conflict"
+INTERNAL = _PROBLEMS + "internal"
+#: RFC 9457: the problem has no more meaning than its HTTP status.
+ABOUT_BLANK = "about:blank"
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+#: Headers of an aiohttp HTTPException not carried over to the problem answer.
+_BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING})
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class Problem(Exception):
+    """An error answer a handler raises; rendered by ``error_middleware``."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type: str = ABOUT_BLANK,
+        title: str | None = None,
+        errors: Sequence[FieldError] = (),
+    ) -> None:
+        super().__init__(detail)
+        self.status = int(status)
+        self.detail = detail
+        self.type = type
+        self.title = title or _title(status)
+        self.errors = tuple(errors)
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors or self.status == HTTPStatus.UNPROCESSABLE_ENTITY:
+            body["errors"] = [e.as_json() for e in self.errors]
+        return body
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(self.as_json()),
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers=headers,
+        )
+
+
+# aiohttp's exceptions, by status: (type, detail). Others become about:blank.
+_HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
+    404: (NOT_FOUND, "There is nothing at this path."),
+    405: (METHOD_NOT_ALLOWED, "This path does not accept this method."),
+    413: (TOO_LARGE, "The request body is larger than this service accepts."),
+    415: (UNSUPPORTED_MEDIA_TYPE, "This content type is not accepted here."),
+}
+
+
+def problem_from_http_exception(exc: web.HTTPException) -> web.Response:
+    """The problem answer for one of aiohttp's HTTP exceptions, keeping its headers (Allow...)."""
+    type_, detail = _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, _title(exc.status)))
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        detail = f"{exc.method} is not allowed here; allowed: {allowed}."
+    headers = {k: v for k, v in exc.headers.items() if k not in _BODY_HEADERS}
+    return Problem(exc.status, detail, type=type_).response(headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as a problem+json answer; unexpected ones as a 500 that reveals nothing."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and the like are answers, not errors
+            raise
+        return problem_from_http_exception(exc)
+    except Exception:
+        log.exception("http.error", method=request.method, path=request.path)
+        return Problem(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "Something went wrong on our side; the request id names it in our logs.",
+            type=INTERNAL,
+        ).response()
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` if it is a sane token, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Binds a request id to every log event of the request, echoes it, logs the request."""
+    rid = request_id(request)
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # only if an inner middleware let one through
+            exc.headers[REQUEST_ID_HEADER] = rid
+            _log_request(request, exc.status, started)
+            raise
+        response.headers[REQUEST_ID_HEADER] = rid
+        _log_request(request, response.status, started)
+        return response
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
+    log.info(
+        "http.request",
+        method=request.method,
+        path=request.path,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )

@@ -1,0 +1,47 @@
+"""Shared test helpers: waiting on a condition with a deadline; configs for the embedded system."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from config import Config, load
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    within: float = 10.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Wait until ``condition()`` holds; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def make_config(tmp_path: Path, env: Mapping[str, str] | None = None, *argv: str) -> Config:
+    """A Config built as production builds it (flags, env), on a free port and a tmp store."""
+    base = {
+        "MAILMAN_PORT": "0",
+        "MAILMAN_STORE": f"sqlite:///{tmp_path / 'mailman.db'}",
+        "MAILMAN_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "MAILMAN_PROVIDER_TIMEOUT": "2",
+        "MAILMAN_RETRY_BASE_SECONDS": "0.05",
+        "MAILMAN_RETRY_CAP_SECONDS": "0.2",
+        "MAILMAN_SHUTDOWN_TIMEOUT": "5",
+        "MAILMAN_PROVIDERS": "",
+    }
+    return load(list(argv), {**base, **(env or {})})

@@ -1,0 +1,70 @@
+"""Messages: statuses, transitions and the wire format."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.messages import (
+    ALLOWED_FROM,
+    Address,
+    Attempt,
+    Dispatch,
+    Mail,
+    Outcome,
+    RetryLater,
+    Status,
+    StatusUpdate,
+    decode,
+    encode,
+    new_mail_id,
+)
+
+
+def test_records_survive_the_wire() -> None:
+    """Every record kind comes back equal after encode/decode."""
+    mail = Mail(
+        id="01J",
+        sender=Address("a@example.com", "Ann"),
+        to=(Address("b@example.com"),),
+        subject="Hi ☃",
+        text="t",
+        html="<p>h</p>",
+        cc=(Address("c@example.com", "C"),),
+        reply_to=Address("r@example.com"),
+        created_at=12.5,
+    )
+    update = StatusUpdate(
+        "01J",
+        Status.SENT,
+        13,
+        provider="sendgrid",
+        attempt=Attempt("sendgrid", 0, 13.0, Outcome.ACCEPTED, None, "x-1"),
+    )
+    retry = RetryLater(Dispatch("01J", 12.5, hop=1, round=2, rejected=("a",), retry_after=3), 99.0)
+    for record in (mail, update, retry):
+        assert decode(type(record), encode(record)) == record
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[]", b'{"mail_id": 5, "accepted_at": 1}', b'{"accepted_at": 1}']
+)
+def test_garbage_is_refused(raw: bytes) -> None:
+    """Bytes that are not a record raise ValueError (a dead letter, not a crash)."""
+    with pytest.raises(ValueError):
+        decode(Dispatch, raw)
+
+
+def test_sent_and_failed_are_final() -> None:
+    """Nothing moves a mail out of sent or failed, and nothing moves it back to queued."""
+    for target, sources in ALLOWED_FROM.items():
+        assert Status.SENT not in sources and Status.FAILED not in sources, target
+    assert not ALLOWED_FROM[Status.QUEUED]
+    assert Status.SENT.terminal and Status.FAILED.terminal and not Status.SENDING.terminal
+
+
+def test_ids_are_unique_and_time_ordered() -> None:
+    """Ids made one after another are distinct and sort in the order they were made."""
+    ids = [new_mail_id(1_700_000_000.0 + n / 1000) for n in range(50)]
+    assert len(set(ids)) == 50
+    assert sorted(ids) == ids
+    assert len({new_mail_id() for _ in range(1000)}) == 1000
