@@ -1,0 +1,133 @@
+"""Mailman as a real process: killed with SIGKILL mid-delivery it loses nothing; SIGTERM stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+from .conftest import eventually
+from .fakes import FakeMailgun, FakeSendGrid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Process:
+    """A ``python mailman.py`` child process whose JSON log goes to a file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+        self.url = ""
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def listening(self) -> bool:
+        for event in self.events():
+            if event.get("event") == "http.listening":
+                self.url = f"http://127.0.0.1:{event['port']}"
+                return True
+        return False
+
+
+@asynccontextmanager
+async def mailman_process(env: Mapping[str, str], log: Path) -> AsyncIterator[Process]:
+    """Start ``python mailman.py`` and wait until it listens; kill it if the test left it running."""
+    full_env = {**os.environ, **env, "MAILMAN_LOG_FORMAT": "json", "MAILMAN_PORT": "0"}
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "mailman.py"),
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    child = Process(proc, log)
+    try:
+        await eventually(
+            lambda: child.listening() or proc.returncode is not None, what="mailman to listen"
+        )
+        assert proc.returncode is None, log.read_text()
+        yield child
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def status_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> str:
+    async with http.get(f"{url}/mail/{mail_id}/status") as resp:
+        assert resp.status == 200
+        status: str = (await resp.json())["mail"]["status"]
+        return status
+
+
+async def test_sigkill_mid_delivery_loses_no_accepted_mail(tmp_path: Path) -> None:
+    """Every mail answered 201 before a SIGKILL is sent after a restart on the same store, once."""
+    async with FakeSendGrid() as sg, FakeMailgun() as mg, aiohttp.ClientSession() as http:
+        env = {
+            "MAILMAN_STORE": f"sqlite:///{tmp_path / 'mailman.db'}",
+            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
+            "SENDGRID_API_KEY": sg.api_key,
+            "SENDGRID_BASE_URL": sg.base_url,
+            "MAILGUN_API_KEY": mg.api_key,
+            "MAILGUN_DOMAIN": mg.domain,
+            "MAILGUN_BASE_URL": mg.base_url,
+            "MAILMAN_PROVIDER_TIMEOUT": "60",
+        }
+        sg.mode = "timeout"  # every call hangs: mails are caught mid-delivery
+        ids: list[str] = []
+        async with mailman_process(env, tmp_path / "first.log") as first:
+            for n in range(30):
+                body = {"to": [f"user{n}@example.com"], "from": "a@example.com", "content": "x"}
+                async with http.post(f"{first.url}/mail/send", json=body) as resp:
+                    assert resp.status == 201
+                    ids.append((await resp.json())["mail"]["id"])
+            await eventually(lambda: sg.calls >= 1, what="a call in flight at SendGrid")
+            first.proc.send_signal(signal.SIGKILL)
+            assert await first.proc.wait() == -signal.SIGKILL
+
+        sg.mode = "up"
+        async with mailman_process(env, tmp_path / "second.log") as second:
+            for mail_id in ids:
+
+                async def sent(mail_id: str = mail_id) -> bool:
+                    return await status_of(http, second.url, mail_id) == "sent"
+
+                await eventually(sent, within=20, what=f"{mail_id} sent after the restart")
+            assert sorted(sg.mail_ids() + mg.mail_ids()) == sorted(ids)
+            recovered = [e for e in second.events() if e.get("event") == "recovery.started"]
+            assert [e["mails"] for e in recovered] == [len(ids)]
+
+            second.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(second.proc.wait(), 20)
+            assert code == 0, second.log.read_text()
+            assert any(e.get("event") == "mailman.stopped" for e in second.events())
+
+
+async def test_bad_configuration_exits_2(tmp_path: Path) -> None:
+    """A configuration that cannot work ends the process at once with exit code 2 and a clear line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "mailman.py"),
+        "--port",
+        "not-a-port",
+        cwd=ROOT,
+        env={**os.environ, "MAILMAN_STORE": f"sqlite:///{tmp_path / 'x.db'}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"port must be a whole number" in err
