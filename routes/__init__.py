@@ -28,6 +28,7 @@ CONFIG = web.AppKey("config", Config)
 
 # The handlers read the keys above, so they are imported after them.
 from .errors import error_middleware, request_id_middleware  # noqa: E402
+from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 
 __all__ = ["CONFIG", "OUTBOUND", "STORE", "Outbound", "create_app"]
@@ -43,4 +44,5 @@ def create_app(*, store: Store, outbound: Outbound, config: Config) -> web.Appli
     app[OUTBOUND] = outbound
     app[CONFIG] = config
     app.add_routes(mail_routes)
+    app.add_routes(health_routes)
     return app

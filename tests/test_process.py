@@ -1,4 +1,4 @@
-"""Mailman as a real process: killed with SIGKILL mid-delivery it loses nothing; SIGTERM stops it."""
+"""Mailman as a real process: SIGKILL mid-delivery loses nothing; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class Process:
 
 @asynccontextmanager
 async def mailman_process(env: Mapping[str, str], log: Path) -> AsyncIterator[Process]:
-    """Start ``python mailman.py`` and wait until it listens; kill it if the test left it running."""
+    """Start ``python mailman.py``, wait until it listens; kill it if the test left it running."""
     full_env = {**os.environ, **env, "MAILMAN_LOG_FORMAT": "json", "MAILMAN_PORT": "0"}
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -117,7 +117,7 @@ async def test_sigkill_mid_delivery_loses_no_accepted_mail(tmp_path: Path) -> No
 
 
 async def test_bad_configuration_exits_2(tmp_path: Path) -> None:
-    """A configuration that cannot work ends the process at once with exit code 2 and a clear line."""
+    """A configuration that cannot work ends the process at once: exit code 2, a clear line."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "mailman.py"),

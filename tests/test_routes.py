@@ -718,3 +718,20 @@ def test_validation_failed_message_names_fields() -> None:
     """ValidationFailed's text lists field and message pairs."""
     exc = ValidationFailed([FieldError("to", "is required"), FieldError("from", "is required")])
     assert str(exc) == "to: is required; from: is required"
+
+
+# --- health --------------------------------------------------------------------
+
+
+async def test_health_is_ok_while_the_store_answers(client: Client) -> None:
+    """GET /health answers 200 while the store answers."""
+    resp = await client.get("/health")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+
+
+async def test_health_is_503_when_the_store_is_gone(client: Client, store: Store) -> None:
+    """GET /health answers a 503 problem once the store no longer answers."""
+    await store.close()
+    body = await problem(await client.get("/health"), 503)
+    assert "store" in body["detail"]

@@ -1,0 +1,20 @@
+# One image for every role: `mailman --role ...` picks the actors a container runs.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    MAILMAN_HOST=0.0.0.0 MAILMAN_LOG_FORMAT=json
+
+RUN useradd --create-home --uid 10001 mailman
+WORKDIR /app
+COPY pyproject.toml README.md mailman.py ./
+COPY actors ./actors
+COPY routes ./routes
+COPY config ./config
+RUN pip install --no-compile . && mkdir -p /data && chown mailman /data
+
+USER mailman
+WORKDIR /data
+EXPOSE 9292
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9292/health', timeout=2)" || exit 1
+CMD ["mailman"]
