@@ -164,6 +164,17 @@ class StatusUpdate:
     attempt: Attempt | None = None
 
 
+def key_of(record: object) -> str:
+    """The mail id a record is about: a broker keys messages by it, so one
+    mail's messages stay in order on one partition."""
+    if isinstance(record, RetryLater):
+        return record.dispatch.mail_id
+    mail_id = getattr(record, "mail_id", None)
+    if isinstance(mail_id, str):
+        return mail_id
+    raise TypeError(f"{type(record).__name__} has no mail id")
+
+
 # --- wire format -----------------------------------------------------------
 
 Record = TypeVar("Record")

@@ -43,6 +43,29 @@ class Pending:
     accepted_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A committed mail not yet handed to the first sender mailbox (transactional outbox)."""
+
+    id: int
+    mail_id: str
+    accepted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """A provider's circuit-breaker state as every process shares it.
+
+    ``state`` is ``closed``, ``open`` or ``half_open``; ``opened_at`` is the
+    unix time the breaker last opened. The newest ``updated_at`` wins.
+    """
+
+    provider: str
+    state: str
+    opened_at: float | None
+    updated_at: float
+
+
 class Store(abc.ABC):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -68,7 +91,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, mail: Mail) -> None:
-        """Store a new mail as ``queued``; committed when this returns."""
+        """Store a new mail as ``queued`` with its outbox entry, in one transaction.
+
+        Committed when this returns; adding the same id again is a no-op.
+        """
 
     @abc.abstractmethod
     async def get(self, mail_id: str) -> MailRecord | None:
@@ -97,9 +123,45 @@ class Store(abc.ABC):
     async def unfinished(self) -> list[Pending]:
         """Mails still ``queued`` or ``sending``, oldest first."""
 
+    # --- transactional outbox (the relay actor) ------------------------------
+
+    @abc.abstractmethod
+    async def claim_outbox(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[OutboxEntry]:
+        """Lease up to ``limit`` outbox entries to ``owner`` until ``now + lease_seconds``.
+
+        Only entries not leased, or whose lease ran out (a relay that died),
+        are claimed, oldest first; several relays may claim at once and never
+        get the same entry while its lease holds.
+        """
+
+    @abc.abstractmethod
+    async def published(self, ids: Sequence[int]) -> None:
+        """Remove outbox entries that were handed to the mailbox."""
+
+    @abc.abstractmethod
+    async def requeue_unfinished(self) -> int:
+        """Give every ``queued``/``sending`` mail without an outbox entry a new one.
+
+        Used at start by a process whose in-memory mailboxes were lost with
+        the last run. Returns how many entries were made.
+        """
+
+    # --- shared circuit-breaker state ------------------------------------------
+
+    @abc.abstractmethod
+    async def save_breaker(self, state: BreakerState) -> None:
+        """Record a provider's breaker state unless a newer one is already recorded."""
+
+    @abc.abstractmethod
+    async def breakers(self) -> list[BreakerState]:
+        """Every provider's last recorded breaker state."""
+
 
 def open_store(url: str) -> Store:
-    """The store a URL names: ``sqlite:///path/to.db`` (``sqlite://`` alone: in memory)."""
+    """The store a URL names: ``sqlite:///path/to.db`` (``sqlite://`` alone: in memory),
+    ``mysql://user:password@host:3306/database``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"store URL {url!r} has no scheme (expected sqlite:///path)")
@@ -108,4 +170,8 @@ def open_store(url: str) -> Store:
 
         path = rest[1:] if rest.startswith("/") else rest
         return SQLiteStore(path or ":memory:")
-    raise ValueError(f"unsupported store {scheme!r} (expected sqlite:///path)")
+    if scheme == "mysql":
+        from .mysql import MySQLStore
+
+        return MySQLStore.from_url(url)
+    raise ValueError(f"unsupported store {scheme!r} (expected sqlite:///path or mysql://...)")
