@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
 
@@ -66,6 +66,11 @@ class Mailbox(abc.ABC, Generic[M]):
     @abc.abstractmethod
     async def put(self, message: M) -> None:
         """Hand a message over; returns once the mailbox holds it (waits while full)."""
+
+    async def put_many(self, messages: Iterable[M]) -> None:
+        """Hand several messages over, in order; the default puts them one by one."""
+        for message in messages:
+            await self.put(message)
 
     @abc.abstractmethod
     def subscribe(self) -> AbstractAsyncContextManager[Inbox[M]]:

@@ -7,7 +7,7 @@ provider in the chain, a retry round after a backoff, or giving up.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from config import RetryConfig
@@ -103,3 +103,11 @@ class Router:
     async def dispatch(self, dispatch: Dispatch) -> None:
         """Hand ``dispatch`` to the sender of the provider at its hop."""
         await self.senders[self.chain[dispatch.hop]].put(dispatch)
+
+    async def dispatch_many(self, dispatches: Sequence[Dispatch]) -> None:
+        """Hand over a batch, one publish per mailbox; returns once every mailbox holds them."""
+        by_provider: dict[str, list[Dispatch]] = {}
+        for dispatch in dispatches:
+            by_provider.setdefault(self.chain[dispatch.hop], []).append(dispatch)
+        for provider, batch in by_provider.items():
+            await self.senders[provider].put_many(batch)

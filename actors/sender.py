@@ -46,12 +46,13 @@ class BreakerLog(CircuitBreakerListener):  # type: ignore[misc]
         log.warning(
             "breaker.state_changed",
             provider=self.provider,
-            old=_state_name(old),
-            new=_state_name(new),
+            old=state_name(old),
+            new=state_name(new),
         )
 
 
-def _state_name(state: object) -> str:
+def state_name(state: object) -> str:
+    """``open``, ``closed`` or ``half_open`` from a breaker state enum or state object."""
     inner = getattr(state, "state", state)
     return str(getattr(inner, "name", inner)).lower()
 

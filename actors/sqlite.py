@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager, suppress
 import aiosqlite
 
 from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
-from .store import MailRecord, Pending, Store, Transition
+from .store import BreakerState, MailRecord, OutboxEntry, Pending, Store, Transition
 
 #: Migration N (1-based) brings the schema from version N-1 to N. Append only.
 MIGRATIONS: tuple[str, ...] = (
@@ -55,6 +55,27 @@ MIGRATIONS: tuple[str, ...] = (
     -- A replayed attempt is recorded once (INSERT OR IGNORE).
     CREATE UNIQUE INDEX attempts_once ON attempts (mail_id, provider, round, at, outcome);
     """,
+    # 2: the transactional outbox and the shared circuit-breaker state.
+    """
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- claim order: oldest first
+        mail_id      TEXT NOT NULL,
+        accepted_at  REAL NOT NULL,
+        leased_by    TEXT NULL,  -- the relay that claimed it ...
+        leased_until REAL NULL   -- ... until then (unix time); NULL: never claimed
+    );
+    -- claim_outbox: the claimable entries, by id.
+    CREATE INDEX outbox_by_lease ON outbox (leased_until, id);
+    -- requeue_unfinished: does this mail have an entry?
+    CREATE INDEX outbox_by_mail ON outbox (mail_id);
+
+    CREATE TABLE breakers (
+        provider   TEXT PRIMARY KEY,
+        state      TEXT NOT NULL,  -- closed | open | half_open
+        opened_at  REAL NULL,
+        updated_at REAL NOT NULL   -- the newest wins
+    );
+    """,
 )
 
 _SCHEMA_VERSION_TABLE = """
@@ -65,6 +86,9 @@ _SCHEMA_VERSION_TABLE = """
 """
 
 _UNFINISHED = (Status.QUEUED, Status.SENDING)
+
+#: Ids per ``IN (...)`` list: well under SQLite's limit on bound parameters.
+_CHUNK = 500
 
 
 def split_statements(script: str) -> list[str]:
@@ -181,13 +205,18 @@ class SQLiteStore(Store):
 
     async def add(self, mail: Mail) -> None:
         async with self._transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 """
                 INSERT OR IGNORE INTO mails (id, status, payload, created_at, updated_at)
                 VALUES (?, ?, ?, ?, ?)
                 """,
                 (mail.id, Status.QUEUED, encode(mail).decode(), mail.created_at, mail.created_at),
             )
+            if cursor.rowcount > 0:  # a repeated add inserts neither the mail nor an entry
+                await db.execute(
+                    "INSERT INTO outbox (mail_id, accepted_at) VALUES (?, ?)",
+                    (mail.id, mail.created_at),
+                )
 
     async def get(self, mail_id: str) -> MailRecord | None:
         async with self._transaction("BEGIN") as db:
@@ -276,6 +305,103 @@ class SQLiteStore(Store):
                 _UNFINISHED,
             )
         return [Pending(mail_id=row["id"], accepted_at=row["created_at"]) for row in rows]
+
+    # --- transactional outbox ------------------------------------------------
+
+    async def claim_outbox(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+        # BEGIN IMMEDIATE takes the database's write lock before the SELECT, so
+        # another connection (another process) cannot claim between our SELECT
+        # and our UPDATE; self._lock does the same for coroutines on this one.
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    """
+                    SELECT id, mail_id, accepted_at
+                    FROM outbox
+                    WHERE leased_until IS NULL OR leased_until < ?
+                    ORDER BY id
+                    LIMIT ?
+                    """,
+                    (now, limit),
+                )
+            )
+            if not rows:
+                return []
+            ids = [row["id"] for row in rows]
+            await db.execute(
+                f"""
+                UPDATE outbox SET leased_by = ?, leased_until = ?
+                WHERE id IN ({_placeholders(len(ids))})
+                """,
+                (owner, now + lease_seconds, *ids),
+            )
+        return [
+            OutboxEntry(id=row["id"], mail_id=row["mail_id"], accepted_at=row["accepted_at"])
+            for row in rows
+        ]
+
+    async def published(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self._transaction() as db:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                await db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({_placeholders(len(chunk))})", tuple(chunk)
+                )
+
+    async def requeue_unfinished(self) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                f"""
+                INSERT INTO outbox (mail_id, accepted_at)
+                SELECT id, created_at
+                FROM mails
+                WHERE status IN ({_placeholders(len(_UNFINISHED))})
+                  AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.mail_id = mails.id)
+                ORDER BY created_at, id
+                """,
+                _UNFINISHED,
+            )
+            made = max(cursor.rowcount, 0)
+            await db.execute("UPDATE outbox SET leased_by = NULL, leased_until = NULL")
+            return made
+
+    # --- shared circuit-breaker state ------------------------------------------
+
+    async def save_breaker(self, state: BreakerState) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """
+                INSERT INTO breakers (provider, state, opened_at, updated_at)
+                VALUES (?, ?, ?, ?)
+                ON CONFLICT (provider) DO UPDATE
+                SET state = excluded.state,
+                    opened_at = excluded.opened_at,
+                    updated_at = excluded.updated_at
+                WHERE excluded.updated_at > breakers.updated_at
+                """,
+                (state.provider, state.state, state.opened_at, state.updated_at),
+            )
+
+    async def breakers(self) -> list[BreakerState]:
+        async with self._transaction("BEGIN") as db:
+            rows = await db.execute_fetchall(
+                "SELECT provider, state, opened_at, updated_at FROM breakers ORDER BY provider"
+            )
+        return [
+            BreakerState(
+                provider=row["provider"],
+                state=row["state"],
+                opened_at=row["opened_at"],
+                updated_at=row["updated_at"],
+            )
+            for row in rows
+        ]
 
 
 # --- statements run inside a transaction -------------------------------------

@@ -144,8 +144,10 @@ class Store(abc.ABC):
     async def requeue_unfinished(self) -> int:
         """Give every ``queued``/``sending`` mail without an outbox entry a new one.
 
-        Used at start by a process whose in-memory mailboxes were lost with
-        the last run. Returns how many entries were made.
+        Used at start by the one process of an in-memory deployment, whose
+        mailboxes (and relay) died with the last run: it also releases every
+        lease, so entries claimed by that relay are published again at once.
+        Returns how many entries were made.
         """
 
     # --- shared circuit-breaker state ------------------------------------------

@@ -31,20 +31,22 @@ from config import (
 from routes import create_app
 
 from .bookkeeper import Bookkeeper
+from .health import SharedHealth
 from .lifecycle import Actor
 from .mailbox import Broker, MemoryBroker
 from .providers import ProviderClient
-from .recovery import Backlog, Recovery
+from .relay import Nudge, Relay
 from .routing import Router
 from .scheduler import RetryScheduler
 from .sender import Sender, make_breaker
 from .server import HttpServer
 from .store import Store, open_store
-from .supervisor import ChildSpec, Restart, Supervisor
+from .supervisor import ChildSpec, Supervisor
 
 log = structlog.get_logger("mailman")
 
 ROLE_API = "api"
+ROLE_RELAY = "relay"
 ROLE_BOOKKEEPER = "bookkeeper"
 ROLE_RETRY = "retry"
 
@@ -65,11 +67,15 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
 
 
 def all_roles(config: Config) -> frozenset[str]:
-    return frozenset({ROLE_API, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain})
+    return frozenset({ROLE_API, ROLE_RELAY, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain})
+
+
+def in_memory(config: Config) -> bool:
+    return config.broker.startswith("memory:")
 
 
 def roles_of(config: Config) -> frozenset[str]:
-    """The actors this process runs; refuses roles it does not know."""
+    """The actors this process runs; refuses roles it does not know or cannot run alone."""
     known = all_roles(config)
     if ROLE_ALL in config.roles:
         return known
@@ -79,18 +85,44 @@ def roles_of(config: Config) -> frozenset[str]:
             f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
         )
     roles = frozenset(config.roles)
-    if roles != known and config.broker.startswith("memory:"):
+    if roles != known and in_memory(config):
         raise ConfigError(
             "running a subset of roles needs a shared broker: with --broker memory:// "
-            "the other actors would never see this process's mailboxes (use --role all)"
+            "the other actors would never see this process's mailboxes "
+            "(use --broker kafka://host:9092, or --role all)"
+        )
+    if roles != known and config.store.startswith("sqlite:"):
+        raise ConfigError(
+            "running a subset of roles needs a shared store: a SQLite file belongs to one "
+            "process (use --store mysql://user:password@host:3306/db, or --role all)"
         )
     return roles
 
 
 def make_broker(config: Config) -> Broker:
-    if config.broker.startswith("memory:"):
+    if in_memory(config):
         return MemoryBroker(capacity=config.mailbox_capacity)
-    raise ConfigError(f"unsupported broker {redact_url(config.broker)!r} (expected memory://)")
+    scheme, _, rest = config.broker.partition("://")
+    if scheme == "kafka" and rest.strip("/"):
+        from .kafka import KafkaBroker
+
+        kafka = config.kafka
+        return KafkaBroker(
+            rest.strip("/"),
+            topic_prefix=kafka.topic_prefix,
+            partitions=kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            idempotent=kafka.idempotent,
+            linger_ms=kafka.linger_ms,
+            session_timeout_ms=kafka.session_timeout_ms,
+            # A provider call never holds up polling (handlers run beside the
+            # poll loop), but keep the limit well above the provider timeout.
+            max_poll_interval_ms=max(300_000, int(config.provider_timeout * 4000)),
+        )
+    raise ConfigError(
+        f"unsupported broker {redact_url(config.broker)!r} "
+        "(expected memory:// or kafka://host:9092[,host2:9092])"
+    )
 
 
 class Mailman:
@@ -106,8 +138,6 @@ class Mailman:
     ) -> None:
         self.config = config
         self.roles = roles_of(config)
-        #: Whether this process runs every actor (then it also recovers unfinished mails).
-        self.everything = self.roles == all_roles(config)
         self.store = store or open_store(config.store)
         self.broker = broker or make_broker(config)
         self.router = Router(self.broker, config.chain)
@@ -125,6 +155,8 @@ class Mailman:
             name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
             for name in config.chain
         }
+        #: The API's outbound mailbox: wakes the relay (the API never publishes itself).
+        self.nudge = Nudge()
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -143,25 +175,36 @@ class Mailman:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
-    def _children(self, backlog: Backlog) -> list[ChildSpec]:
+    def _children(self) -> list[ChildSpec]:
         cfg = self.config
         router = self.router
         children: list[ChildSpec] = []
+        senders = [name for name in cfg.chain if name in self.roles]
+        if senders:
+            breakers = {name: self.breakers[name] for name in senders}
+            children.append(
+                ChildSpec(
+                    "health",
+                    lambda: SharedHealth(
+                        breakers=breakers, store=self.store, sync_seconds=cfg.breaker.sync_seconds
+                    ),
+                )
+            )
         if ROLE_BOOKKEEPER in self.roles:
             children.append(
                 ChildSpec("bookkeeper", lambda: Bookkeeper(inbox=router.status, store=self.store))
             )
         if ROLE_RETRY in self.roles:
             children.append(ChildSpec("retry", lambda: RetryScheduler(router=router)))
-        for name in cfg.chain:
-            if name in self.roles:
-                children.append(ChildSpec(f"sender:{name}", self._sender_factory(name)))
-        if self.everything:
+        for name in senders:
+            children.append(ChildSpec(f"sender:{name}", self._sender_factory(name)))
+        if ROLE_RELAY in self.roles:
             children.append(
                 ChildSpec(
-                    "recovery",
-                    lambda: Recovery(backlog=backlog, router=router),
-                    restart=Restart.TRANSIENT,
+                    "relay",
+                    lambda: Relay(
+                        store=self.store, router=router, config=cfg.relay, nudge=self.nudge
+                    ),
                 )
             )
         if ROLE_API in self.roles:
@@ -185,7 +228,7 @@ class Mailman:
     def _server_factory(self) -> Actor:
         cfg = self.config
         self._server = HttpServer(
-            lambda: create_app(store=self.store, outbound=self.router, config=cfg),
+            lambda: create_app(store=self.store, outbound=self.nudge, config=cfg),
             host=cfg.host,
             port=self._server.port if self._server is not None else cfg.port,
             shutdown_timeout=cfg.shutdown_timeout,
@@ -216,12 +259,18 @@ class Mailman:
         self._announce()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
-            await self.broker.start()
-            stack.push_async_callback(self.broker.stop)
-            backlog = Backlog(await self.store.unfinished() if self.everything else [])
-            supervisor = self.supervisor = Supervisor(
-                self._children(backlog), self.config.supervisor
-            )
+            if self.roles - {ROLE_API}:
+                # An API-only process never touches a mailbox (the relay
+                # publishes), so it starts and answers even while Kafka is down.
+                await self.broker.start()
+                stack.push_async_callback(self.broker.stop)
+            if in_memory(self.config):
+                # In-process mailboxes died with the last run: every mail it
+                # left unfinished goes back to the outbox for the relay.
+                requeued = await self.store.requeue_unfinished()
+                if requeued:
+                    log.info("recovery.requeued", mails=requeued)
+            supervisor = self.supervisor = Supervisor(self._children(), self.config.supervisor)
             running = asyncio.create_task(supervisor.run(), name="supervisor")
             ready = asyncio.ensure_future(supervisor.ready.wait())
             stop = asyncio.ensure_future(until.wait())

@@ -65,6 +65,8 @@ ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
 class BreakerConfig:
     fail_max: int = 5
     reset_seconds: float = 30.0
+    #: How often each process reads the breaker states the others shared.
+    sync_seconds: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,31 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Kafka mailboxes: one topic per mailbox, ``{topic_prefix}{mailbox}``."""
+
+    topic_prefix: str = "mailman."
+    partitions: int = 6
+    replication_factor: int = 1
+    #: Idempotent producer (exactly-once per partition on retries); needs broker support.
+    idempotent: bool = True
+    linger_ms: int = 5
+    #: A consumer silent this long is out of its group; its partitions move to the others.
+    session_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The relay publishes committed outbox entries to the first sender mailbox."""
+
+    batch: int = 500
+    #: How often a relay looks for entries when nothing woke it.
+    interval_seconds: float = 0.2
+    #: How long a claimed entry stays leased to one relay (then another may take it).
+    lease_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 9292
@@ -105,6 +132,8 @@ class Config:
     breaker: BreakerConfig = BreakerConfig()
     retry: RetryConfig = RetryConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    relay: RelayConfig = RelayConfig()
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
 
@@ -174,6 +203,17 @@ def _integer(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0
     return int(value)
 
 
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {env.get(key)!r}")
+
+
 def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tuple[str, ...]]:
     names = [n.strip().lower() for n in env.get("MAILMAN_PROVIDERS", "sendgrid,mailgun").split(",")]
     names = [n for n in names if n]
@@ -236,6 +276,20 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     breaker = BreakerConfig(
         fail_max=_integer(env, "MAILMAN_BREAKER_FAIL_MAX", 5, minimum=1),
         reset_seconds=_number(env, "MAILMAN_BREAKER_RESET_SECONDS", 30.0),
+        sync_seconds=_number(env, "MAILMAN_BREAKER_SYNC_SECONDS", 0.5, minimum=0.01),
+    )
+    kafka = KafkaConfig(
+        topic_prefix=env.get("MAILMAN_KAFKA_TOPIC_PREFIX", "mailman."),
+        partitions=_integer(env, "MAILMAN_KAFKA_PARTITIONS", 6, minimum=1),
+        replication_factor=_integer(env, "MAILMAN_KAFKA_REPLICATION_FACTOR", 1, minimum=1),
+        idempotent=_flag(env, "MAILMAN_KAFKA_IDEMPOTENT", True),
+        linger_ms=_integer(env, "MAILMAN_KAFKA_LINGER_MS", 5),
+        session_timeout_ms=_integer(env, "MAILMAN_KAFKA_SESSION_TIMEOUT_MS", 10_000, minimum=1),
+    )
+    relay = RelayConfig(
+        batch=_integer(env, "MAILMAN_RELAY_BATCH", 500, minimum=1),
+        interval_seconds=_number(env, "MAILMAN_RELAY_INTERVAL_SECONDS", 0.2, minimum=0.001),
+        lease_seconds=_number(env, "MAILMAN_RELAY_LEASE_SECONDS", 30.0, minimum=0.1),
     )
     retry = RetryConfig(
         base_seconds=_number(env, "MAILMAN_RETRY_BASE_SECONDS", 5.0),
@@ -265,6 +319,8 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         breaker=breaker,
         retry=retry,
         supervisor=supervisor,
+        kafka=kafka,
+        relay=relay,
         log_level=env.get("MAILMAN_LOG_LEVEL", "info").lower(),
         log_format=log_format,
     )

@@ -11,6 +11,8 @@ import pytest
 
 from config import Config, load
 
+from .kafka_broker import kafka_bootstrap  # noqa: F401
+
 
 async def eventually(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],

@@ -57,6 +57,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
         self.retry_after = retry_after
         self.delay = delay
         self.calls = 0
+        #: Unix time of every call, in order (for "no call after ..." checks).
+        self.call_times: list[float] = []
         self.received: list[Body] = []
         #: The provider message ids handed out for ``received``, in the same order.
         self.message_ids: list[str] = []
@@ -89,6 +91,7 @@ class FakeProvider(abc.ABC, Generic[Body]):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
+        self.call_times.append(time.time())
         if self.delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.delay)

@@ -8,16 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import aiomysql
 import pytest
 
 from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
+from actors.mysql import MIGRATIONS as MYSQL_MIGRATIONS
+from actors.mysql import MySQLStore
 from actors.sqlite import SQLiteStore
-from actors.store import Pending, Store, Transition
+from actors.store import BreakerState, OutboxEntry, Pending, Store, Transition, open_store
+
+T = TypeVar("T")
+
+#: The MariaDB/MySQL server the "mysql" leg runs against (``MYSQL_URL`` overrides).
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
+#: Client error codes that mean "no server there" (not: "the server said no").
+_UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
 
 #: Makes a new, unopened store on the test's database; ``extra`` migrations
 #: are appended to the backend's own.
@@ -33,7 +49,50 @@ class Versioned(Protocol):
     async def schema_version(self) -> int: ...
 
 
-@pytest.fixture(params=["sqlite"])
+def _in_own_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end on a private loop in another thread (session fixtures)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[str]:
+    """The URL of this run's own database, ``mailman_test_<hex>``, dropped at the end.
+
+    Unreachable server: the MySQL leg is skipped, except in CI (``CI=true``)
+    where it fails: CI must never pass by skipping it.
+    """
+    base = os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL
+    url = _with_database(base, f"mailman_test_{secrets.token_hex(6)}")
+    try:
+        _in_own_loop(MySQLStore.create_database(url))
+    except (OSError, aiomysql.OperationalError) as exc:
+        code = exc.args[0] if isinstance(exc, aiomysql.OperationalError) else None
+        if isinstance(exc, aiomysql.OperationalError) and code not in _UNREACHABLE:
+            raise
+        parts = urlsplit(base)
+        where = f"{parts.hostname}:{parts.port or 3306}"
+        message = f"no MySQL/MariaDB server reachable at {where} (set MYSQL_URL): {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield url
+    _in_own_loop(MySQLStore.drop_database(url))
+
+
+@pytest.fixture
+async def mysql_url(mysql_server: str) -> str:
+    """The session's database, emptied for this test (dropped and made again: ~20 ms)."""
+    await MySQLStore.drop_database(mysql_server)
+    await MySQLStore.create_database(mysql_server)
+    return mysql_server
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
         from actors.sqlite import MIGRATIONS
@@ -44,6 +103,13 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
             return SQLiteStore(path, migrations=(*MIGRATIONS, *extra))
 
         return make
+    if request.param == "mysql":
+        url: str = request.getfixturevalue("mysql_url")
+
+        def make_mysql(extra: Sequence[str] = ()) -> Store:
+            return MySQLStore.from_url(url, migrations=(*MYSQL_MIGRATIONS, *extra))
+
+        return make_mysql
     raise AssertionError(f"unknown backend {request.param}")
 
 
@@ -441,6 +507,173 @@ async def test_cancelled_operations_leave_the_store_usable(store: Store) -> None
     assert [p.mail_id for p in await store.unfinished()] == [m.id for m in mails[1:]]
 
 
+async def test_too_long_ids_are_unknown(store: Store) -> None:
+    """An id longer than 64 characters is unknown to every lookup, never an error."""
+    long_id = "x" * 65
+    assert await store.get(long_id) is None
+    assert await store.load(long_id) is None
+    assert await store.transition(long_id, Status.SENT, 1.0) is None
+    await store.apply([update(Status.SENT, 1.0, mail_id=long_id, outcome=Outcome.ACCEPTED)])
+    assert await store.unfinished() == []
+
+
+async def test_full_precision_times_round_trip(make_store: MakeStore) -> None:
+    """Full-precision unix times (time.time()) come back bit for bit."""
+    at = time.time() + 0.123456789
+    async with make_store() as store:
+        await store.add(mail(created_at=at))
+        await store.apply([update(Status.SENT, at + 1e-6, outcome=Outcome.ACCEPTED)])
+        await store.apply([update(Status.SENT, at + 1e-6, outcome=Outcome.ACCEPTED)])
+        record = await store.get("m1")
+        assert record is not None
+        assert record.updated_at == at + 1e-6
+        assert record.attempts == (Attempt("sendgrid", 0, at + 1e-6, Outcome.ACCEPTED),)
+        assert [e.accepted_at for e in await claim_all(store)] == [at]
+
+
+# --- transactional outbox -------------------------------------------------------------
+
+
+async def claim_all(store: Store, owner: str = "relay", now: float = 5000.0) -> list[OutboxEntry]:
+    return await store.claim_outbox(owner, 1000, 30.0, now)
+
+
+async def test_add_writes_one_outbox_entry(store: Store) -> None:
+    """add() writes exactly one outbox entry with the mail; adding the id again writes none."""
+    await store.add(mail("m1", created_at=1000.0))
+    await store.add(mail("m1", created_at=1000.0, subject="again"))
+    await store.add(mail("m2", created_at=1001.0))
+
+    entries = await claim_all(store)
+    assert [(e.mail_id, e.accepted_at) for e in entries] == [("m1", 1000.0), ("m2", 1001.0)]
+    assert entries[0].id < entries[1].id
+
+
+async def test_claim_leases_oldest_first_up_to_limit(store: Store) -> None:
+    """claim_outbox() hands out unleased entries oldest first, never more than ``limit``."""
+    ids = [f"m{i}" for i in range(5)]
+    for i, mail_id in enumerate(ids):
+        await store.add(mail(mail_id, created_at=1000.0 + i))
+
+    first = await store.claim_outbox("relay-a", 2, 30.0, 5000.0)
+    second = await store.claim_outbox("relay-b", 2, 30.0, 5000.0)
+    rest = await store.claim_outbox("relay-c", 10, 30.0, 5000.0)
+
+    assert [e.mail_id for e in first] == ids[:2]
+    assert [e.mail_id for e in second] == ids[2:4]
+    assert [e.mail_id for e in rest] == ids[4:]
+    assert await store.claim_outbox("relay-d", 10, 30.0, 5000.0) == []
+    assert await store.claim_outbox("relay-d", 0, 30.0, 9999.0) == []
+
+
+async def test_live_lease_is_not_claimed_until_it_runs_out(store: Store) -> None:
+    """Entries under a live lease go to no other claimer; once it ran out, they do."""
+    await store.add(mail("m1", created_at=1000.0))
+    await store.add(mail("m2", created_at=1001.0))
+
+    first = await store.claim_outbox("relay-a", 10, 30.0, 5000.0)
+    assert [e.mail_id for e in first] == ["m1", "m2"]
+    assert await store.claim_outbox("relay-b", 10, 30.0, 5029.0) == []
+    assert await store.claim_outbox("relay-b", 10, 30.0, 5030.0) == []  # lease ends at 5030
+
+    again = await store.claim_outbox("relay-b", 10, 30.0, 5031.0)
+    assert again == first
+    # relay-b's lease (to 5061) now holds against relay-a.
+    assert await store.claim_outbox("relay-a", 10, 30.0, 5040.0) == []
+
+
+async def test_concurrent_claims_never_share_an_entry(store: Store, make_store: MakeStore) -> None:
+    """Many claimers on two store instances (two processes' worth) never get the same entry."""
+    ids = [f"m{i:03d}" for i in range(60)]
+    for i, mail_id in enumerate(ids):
+        await store.add(mail(mail_id, created_at=1000.0 + i))
+
+    owner_of: dict[int, str] = {}
+    twice: list[tuple[int, str, str]] = []
+
+    async def relay(on: Store, owner: str) -> None:
+        while batch := await on.claim_outbox(owner, 3, 60.0, 5000.0):
+            for entry in batch:
+                if entry.id in owner_of:
+                    twice.append((entry.id, owner_of[entry.id], owner))
+                owner_of[entry.id] = owner
+            await asyncio.sleep(0)
+
+    async with make_store() as other:
+        await asyncio.gather(
+            *(
+                relay(on, f"{name}-{k}")
+                for name, on in (("a", store), ("b", other))
+                for k in range(4)
+            )
+        )
+
+    assert twice == []
+    assert len(owner_of) == len(ids)
+    if isinstance(store, MySQLStore):  # (one SQLite connection may well starve the other)
+        assert len({owner.split("-")[0] for owner in owner_of.values()}) == 2  # both took part
+    assert await store.claim_outbox("late", 100, 60.0, 5059.0) == []
+
+
+async def test_published_removes_entries(store: Store) -> None:
+    """published() removes entries for good: they are not claimed again after the lease."""
+    for i in range(3):
+        await store.add(mail(f"m{i}", created_at=1000.0 + i))
+    entries = await claim_all(store)
+
+    await store.published([entries[0].id, entries[2].id])
+    await store.published([])
+
+    assert await claim_all(store, now=9000.0) == [entries[1]]
+
+
+async def test_requeue_unfinished_only_for_mails_without_an_entry(store: Store) -> None:
+    """requeue_unfinished() gives queued/sending mails without an entry one; returns the count."""
+    for i, mail_id in enumerate(["queued", "sending", "sent", "failed", "has-entry"]):
+        await store.add(mail(mail_id, created_at=1000.0 + i))
+    await store.apply(
+        [
+            update(Status.SENDING, 1010.0, mail_id="sending"),
+            update(Status.SENT, 1010.0, mail_id="sent"),
+            update(Status.FAILED, 1010.0, mail_id="failed"),
+        ]
+    )
+    entries = await claim_all(store)
+    await store.published([e.id for e in entries if e.mail_id != "has-entry"])
+
+    assert await store.requeue_unfinished() == 2
+    assert await store.requeue_unfinished() == 0
+
+    # The lease on "has-entry" was released: it is claimable at once, not after it runs out.
+    requeued = await claim_all(store)
+    assert [(e.mail_id, e.accepted_at) for e in requeued] == [
+        ("has-entry", 1004.0),
+        ("queued", 1000.0),
+        ("sending", 1001.0),
+    ]
+
+
+# --- shared circuit-breaker state -----------------------------------------------------
+
+
+async def test_save_breaker_newest_wins(store: Store) -> None:
+    """save_breaker() keeps the newest updated_at per provider; breakers() lists them all."""
+    assert await store.breakers() == []
+    opened = BreakerState("sendgrid", "open", opened_at=1010.0, updated_at=1010.0)
+    await store.save_breaker(BreakerState("sendgrid", "closed", None, 1000.0))
+    await store.save_breaker(opened)
+    await store.save_breaker(BreakerState("sendgrid", "closed", None, 1005.0))  # older: ignored
+    await store.save_breaker(BreakerState("sendgrid", "half_open", 1010.0, 1010.0))  # tie: ignored
+    mailgun = BreakerState("mailgun", "half_open", opened_at=990.0, updated_at=1020.0)
+    await store.save_breaker(mailgun)
+
+    assert sorted(await store.breakers(), key=lambda b: b.provider) == [mailgun, opened]
+
+    closed = BreakerState("sendgrid", "closed", None, 1030.0)
+    await store.save_breaker(closed)
+    assert sorted(await store.breakers(), key=lambda b: b.provider) == [mailgun, closed]
+
+
 # --- SQLite only -------------------------------------------------------------------------
 
 
@@ -463,3 +696,76 @@ async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
     assert versions == list(range(1, len(store.migrations) + 1))
+
+
+# --- MySQL only ----------------------------------------------------------------------------
+
+
+async def test_mysql_concurrent_first_opens_all_migrate_once(mysql_url: str) -> None:
+    """Several stores (separate pools) opening a fresh database at once all succeed, migrated."""
+    stores = [MySQLStore.from_url(mysql_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        for opened in stores:
+            assert await opened.schema_version() == len(MYSQL_MIGRATIONS)
+        await stores[0].add(mail())
+        assert await stores[-1].load("m1") == (mail(), Status.QUEUED)
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_mysql_password_never_shown(mysql_server: str) -> None:
+    """The password shows neither in the store's repr/str nor in a failed connect's error."""
+    secret = "Wr0ng-S3cret!pw"
+    parts = urlsplit(mysql_server)
+    user = quote(parts.username or "root", safe="")
+    netloc = f"{user}:{quote(secret, safe='')}@{parts.hostname}:{parts.port or 3306}"
+    store = MySQLStore.from_url(urlunsplit(parts._replace(netloc=netloc)))
+    assert secret not in repr(store)
+    assert secret not in str(store)
+
+    with pytest.raises(aiomysql.OperationalError) as caught:
+        await store.open()
+    assert caught.value.args[0] == 1045  # access denied: the server checked the password
+    shown = "".join(traceback.format_exception(caught.value)) + repr(caught.value)
+    assert secret not in shown
+    await store.close()
+
+
+def test_mysql_url_parsing() -> None:
+    """from_url() percent-decodes user and password, defaults the port, masks the password."""
+    store = MySQLStore.from_url("mysql://m%40il:p%40ss%2Fw%3Ard@db.example:3307/mailman")
+    assert (store.host, store.port, store.user, store.database) == (
+        "db.example",
+        3307,
+        "m@il",
+        "mailman",
+    )
+    assert "p@ss/w:rd" not in repr(store)
+    assert "p%40ss" not in repr(store)
+    assert MySQLStore.from_url("mysql://root@localhost/db").port == 3306
+    assert isinstance(open_store("mysql://u:pw@h/db"), MySQLStore)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u:hunter2@h:3306/",
+        "mysql://u:hunter2@h:3306",
+        "mysql://u:hunter2@h:port/db",
+        "mysql://u:hunter2/x@h/db",
+        "mysql://u:hunter2@h/bad-name",
+        "mysql://u:hunter2@h/db?charset=latin1",
+    ],
+)
+def test_mysql_bad_url_errors_never_show_the_password(url: str) -> None:
+    """A URL with no database, a bad port, name or option is a ValueError without the password."""
+    with pytest.raises(ValueError) as caught:
+        MySQLStore.from_url(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_mysql_no_database_is_a_clear_error() -> None:
+    """A URL naming no database says so."""
+    with pytest.raises(ValueError, match="names no database"):
+        MySQLStore.from_url("mysql://root@127.0.0.1:3306/")

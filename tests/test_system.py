@@ -346,3 +346,22 @@ def test_mailman_refuses_a_subset_of_roles_in_memory(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="subset of roles"):
         Mailman(make_config(tmp_path, None, "--role", "api"))
+
+
+def test_mailman_refuses_a_split_deployment_on_sqlite(tmp_path: Path) -> None:
+    """Running only some actors on a SQLite store (one process's file) is refused clearly."""
+    from config import ConfigError
+
+    argv = ("--role", "api", "--broker", "kafka://127.0.0.1:9092")
+    with pytest.raises(ConfigError, match="shared store"):
+        Mailman(make_config(tmp_path, None, *argv))
+
+
+def test_mailman_refuses_unknown_roles_and_brokers(tmp_path: Path) -> None:
+    """Unknown roles and broker schemes are refused at start with a message naming them."""
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown role"):
+        Mailman(make_config(tmp_path, None, "--role", "api,sendgird"))
+    with pytest.raises(ConfigError, match="unsupported broker"):
+        Mailman(make_config(tmp_path, None, "--broker", "rabbit://x"))

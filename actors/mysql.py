@@ -1,0 +1,869 @@
+"""The MySQL/MariaDB store: what ``SQLiteStore`` does, shared by several processes.
+
+``aiomysql`` pool, one connection per operation, one InnoDB transaction per
+operation (``autocommit=False``; REPEATABLE READ, the server default). The
+semantics are the SQLite store's, made safe for many writers:
+
+* every status move is a guarded ``UPDATE ... WHERE id = %s AND status IN
+  (...)``, and the rows of the mails an operation moves are locked first
+  (``SELECT ... FOR UPDATE``, in id order), so two workers racing on one mail
+  never move it backwards and never deadlock on each other;
+* ``get`` reads the mail and its attempts in one read-only transaction (one
+  snapshot), so status and history always agree;
+* the outbox is claimed with ``SELECT ... FOR UPDATE SKIP LOCKED``: a claimer
+  skips the rows another claimer holds, and once that one commits the rows
+  carry its lease, which the ``WHERE`` excludes;
+* a transaction chosen as a deadlock victim (1213: rolled back whole by the
+  server) is run again, a few times; every other error propagates, a lost
+  connection included.
+
+Statements that make the server raise a warning are avoided on purpose:
+``aiomysql`` turns every server warning into a Python ``warnings.warn``. So a
+repeated insert is ``ON DUPLICATE KEY UPDATE id = id``, not ``INSERT IGNORE``
+(which warns "Duplicate entry").
+
+Ids are compared with ``utf8mb4_bin`` (case-sensitive), which pads trailing
+spaces: an id longer than 64 characters, or ending in a space, is one the
+store cannot hold. Lookups answer None for it; ``add`` refuses it.
+
+The schema is versioned like SQLite's (``MIGRATIONS``, ``schema_version``).
+MySQL DDL commits implicitly and cannot be rolled back, so each migration is
+idempotent (``CREATE TABLE IF NOT EXISTS``, indexes declared inside the
+table) and its version is recorded after its statements ran: a run that died
+half-way is simply run again. Several processes may start at once: the whole
+run holds ``GET_LOCK('mailman.migrate')`` and re-reads the version under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import aiomysql
+
+from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
+from .store import BreakerState, MailRecord, OutboxEntry, Pending, Store, Transition
+
+T = TypeVar("T")
+
+_TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+#: Migration N (1-based) brings the schema from version N-1 to N. Append only.
+#: Statements are separated by ``;`` (none inside a literal), and each must be
+#: safe to run again: DDL commits at once, so a crash can leave one half done.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: mails and their attempts.
+    f"""
+    CREATE TABLE IF NOT EXISTS mails (
+        id                  VARCHAR(64) NOT NULL PRIMARY KEY,
+        status              VARCHAR(16) NOT NULL,
+        payload             LONGTEXT NOT NULL,
+        created_at          DOUBLE NOT NULL,
+        updated_at          DOUBLE NOT NULL,
+        provider            VARCHAR(64) NULL,
+        provider_message_id VARCHAR(255) NULL,
+        reason              TEXT NULL,
+        INDEX mails_by_status (status, created_at)
+    ) {_TABLE_OPTIONS};
+
+    CREATE TABLE IF NOT EXISTS attempts (
+        id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        mail_id    VARCHAR(64) NOT NULL,
+        provider   VARCHAR(64) NOT NULL,
+        round      INT NOT NULL,
+        at         DOUBLE NOT NULL,
+        outcome    VARCHAR(16) NOT NULL,
+        reason     TEXT NULL,
+        message_id VARCHAR(255) NULL,
+        UNIQUE KEY attempts_once (mail_id, provider, round, at, outcome),
+        FOREIGN KEY (mail_id) REFERENCES mails (id)
+    ) {_TABLE_OPTIONS}
+    """,
+    # 2: the transactional outbox and the shared circuit-breaker state.
+    f"""
+    CREATE TABLE IF NOT EXISTS outbox (
+        id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        mail_id      VARCHAR(64) NOT NULL,
+        accepted_at  DOUBLE NOT NULL,
+        leased_by    VARCHAR(255) NULL,
+        leased_until DOUBLE NULL,
+        INDEX outbox_by_lease (leased_until, id),
+        INDEX outbox_by_mail (mail_id)
+    ) {_TABLE_OPTIONS};
+
+    CREATE TABLE IF NOT EXISTS breakers (
+        provider   VARCHAR(64) NOT NULL PRIMARY KEY,
+        state      VARCHAR(16) NOT NULL,
+        opened_at  DOUBLE NULL,
+        updated_at DOUBLE NOT NULL
+    ) {_TABLE_OPTIONS}
+    """,
+)
+
+_SCHEMA_VERSION_TABLE = f"""
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version    INT NOT NULL PRIMARY KEY,
+        applied_at DOUBLE NOT NULL
+    ) {_TABLE_OPTIONS}
+"""
+
+_MIGRATION_LOCK = "mailman.migrate"
+_MIGRATION_LOCK_SECONDS = 60
+
+_UNFINISHED = (Status.QUEUED.value, Status.SENDING.value)
+_ID_MAX = 64
+_DEFAULT_PORT = 3306
+_CONNECT_TIMEOUT = 10
+_POOL_RECYCLE_SECONDS = 3600
+#: Ids per ``IN (...)`` list.
+_CHUNK = 500
+
+_ER_LOCK_DEADLOCK = 1213
+_DEADLOCK_RETRIES = 5
+
+# Strict: a value too long for its column is an error, never silently cut.
+_SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
+# Migrations and database admin: "already exists" notes would become Python warnings.
+_ADMIN_INIT = f"{_SESSION_INIT}, SESSION sql_notes = 0"
+
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
+_URL_EXAMPLE = "mysql://user:password@host:3306/database"
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a migration script (separated by ``;``, none inside a literal)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _storable_id(mail_id: str) -> bool:
+    """Whether ``mail_id`` is an id a ``VARCHAR(64) utf8mb4_bin`` key can hold exactly."""
+    if not mail_id or len(mail_id) > _ID_MAX or mail_id.endswith(" "):
+        return False
+    try:
+        mail_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _error_code(exc: BaseException) -> int | None:
+    if isinstance(exc, aiomysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+class MySQLStore(Store):
+    """Mails, statuses and attempts in a MySQL 8 / MariaDB 10.6+ database.
+
+    The database must exist (``create_database`` makes one); the tables are
+    made by ``open()``. The password is kept out of ``repr`` and of errors.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> None:
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValueError(
+                f"need 0 <= pool_min <= pool_max, 1 <= pool_max: {pool_min}, {pool_max}"
+            )
+        self.host = host
+        self.port = port
+        self.user = user
+        self.__password = password
+        self.database = database
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.migrations: tuple[str, ...] = tuple(migrations)
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+        #: Tasks inside an operation, kept alive: see ``_pinned``.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, migrations: Sequence[str] = MIGRATIONS) -> MySQLStore:
+        """The store ``mysql://user:password@host:3306/database`` names.
+
+        User and password are percent-decoded; the port defaults to 3306;
+        ``?pool_min=1&pool_max=10`` size the pool.
+        """
+        target = _parse_url(url, database_required=True)
+        return cls(
+            target.host,
+            target.port,
+            target.user,
+            target.password,
+            target.database,
+            pool_min=target.pool_min,
+            pool_max=target.pool_max,
+            migrations=migrations,
+        )
+
+    def __repr__(self) -> str:
+        password = "'***'" if self.__password else "''"
+        return (
+            f"{type(self).__name__}(host={self.host!r}, port={self.port}, user={self.user!r}, "
+            f"password={password}, database={self.database!r})"
+        )
+
+    __str__ = __repr__
+
+    # --- database admin (tests, first-time setup) ------------------------------
+
+    @classmethod
+    async def create_database(cls, url: str) -> None:
+        """Create the database ``url`` names (utf8mb4, binary collation) unless it exists."""
+        target = _parse_url(url, database_required=True)
+        await _admin(
+            target,
+            f"CREATE DATABASE IF NOT EXISTS `{target.database}` "
+            "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        )
+
+    @classmethod
+    async def drop_database(cls, url: str) -> None:
+        """Drop the database ``url`` names, with every table in it, if it exists."""
+        target = _parse_url(url, database_required=True)
+        await _admin(target, f"DROP DATABASE IF EXISTS `{target.database}`")
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.__password,
+            "db": self.database,
+            "charset": "utf8mb4",
+            "connect_timeout": _CONNECT_TIMEOUT,
+        }
+
+    async def open(self) -> None:
+        async with self._opening:
+            if self._pool is not None:
+                return
+            with self._pinned():
+                await self._open()
+
+    async def _open(self) -> None:
+        try:
+            # Migrating first also proves the server is there and the
+            # credentials work, before there is a pool to clean up.
+            await self._migrate()
+            self._pool = await aiomysql.create_pool(
+                minsize=self.pool_min,
+                maxsize=self.pool_max,
+                pool_recycle=_POOL_RECYCLE_SECONDS,
+                autocommit=False,
+                init_command=_SESSION_INIT,
+                **self._connect_kwargs(),
+            )
+        except Exception as exc:
+            scrubbed = _scrub(exc, self.__password)
+            if scrubbed is None:
+                raise
+            raise scrubbed from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # connections still in use are closed when released
+            await pool.wait_closed()
+
+    async def schema_version(self) -> int:
+        """The latest migration applied to the database (0 for none)."""
+
+        async def body(cur: Any) -> int:
+            return await _current_version(cur)
+
+        return await self._run(body, read_only=True)
+
+    async def _migrate(self) -> None:
+        """Apply the missing migrations, holding the migration lock for the whole run."""
+        conn = await aiomysql.connect(
+            autocommit=True, init_command=_ADMIN_INIT, **self._connect_kwargs()
+        )
+        try:
+            cur = await conn.cursor()
+            await cur.execute("SELECT GET_LOCK(%s, %s)", (_MIGRATION_LOCK, _MIGRATION_LOCK_SECONDS))
+            (locked,) = await cur.fetchone()
+            if locked != 1:
+                raise RuntimeError(
+                    f"database {self.database!r}: another process held the migration lock "
+                    f"{_MIGRATION_LOCK!r} for over {_MIGRATION_LOCK_SECONDS} s"
+                )
+            migrated = False
+            try:
+                await self._apply_migrations(cur)
+                migrated = True
+            finally:
+                # A lost connection has released the lock with its session. On
+                # the failure path a failed release must not hide the error that
+                # matters (and closing the connection below releases it anyway).
+                if not conn.closed:
+                    with contextlib.suppress(*(() if migrated else (Exception,))):
+                        await cur.execute("DO RELEASE_LOCK(%s)", (_MIGRATION_LOCK,))
+        except BaseException:
+            conn.close()
+            raise
+        await conn.ensure_closed()
+
+    async def _apply_migrations(self, cur: Any) -> None:
+        await cur.execute(_SCHEMA_VERSION_TABLE)
+        # Re-read under the lock: another process may have migrated meanwhile.
+        version = await _current_version(cur)
+        if version > len(self.migrations):
+            raise RuntimeError(
+                f"database {self.database!r} is at schema version {version}, "
+                f"newer than this code knows ({len(self.migrations)})"
+            )
+        for index in range(version, len(self.migrations)):
+            for statement in split_statements(self.migrations[index]):
+                await cur.execute(statement)
+            await cur.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+                (index + 1, time.time()),
+            )
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        """Hold a strong reference to the calling task while it talks to the server.
+
+        The event loop references tasks weakly, and asyncio's stream protocol
+        references its reader weakly: a task waiting for a reply whose caller
+        dropped it (a cancelled ``gather`` leaves its other children running,
+        unreferenced) is garbage, and the GC would close its coroutine in the
+        middle of the protocol, leaking the connection and the pool's count.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._in_flight.add(task)
+        try:
+            yield
+        finally:
+            self._in_flight.discard(task)
+
+    async def _run(self, body: Callable[[Any], Awaitable[T]], *, read_only: bool = False) -> T:
+        """Run ``body`` in one transaction on a pooled connection; commit; its result.
+
+        A deadlock victim is run again. On any other error the transaction is
+        rolled back (or, if the connection is no longer usable, closed, which
+        rolls it back on the server) and the error propagates.
+        """
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the store is not open")
+        with self._pinned():
+            return await self._run_pinned(pool, body, read_only)
+
+    async def _run_pinned(
+        self, pool: Any, body: Callable[[Any], Awaitable[T]], read_only: bool
+    ) -> T:
+        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+            async with pool.acquire() as conn:
+                try:
+                    cur = await conn.cursor()
+                    await cur.execute(
+                        "START TRANSACTION READ ONLY" if read_only else "START TRANSACTION"
+                    )
+                    result = await body(cur)
+                    await conn.commit()
+                    return result
+                except BaseException as exc:
+                    await _abandon(conn, exc)
+                    if _error_code(exc) != _ER_LOCK_DEADLOCK or attempt == _DEADLOCK_RETRIES:
+                        raise
+            await asyncio.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    # --- Store -------------------------------------------------------------
+
+    async def add(self, mail: Mail) -> None:
+        if not _storable_id(mail.id):
+            raise ValueError(
+                f"mail id {mail.id[:80]!r} cannot be stored: at most {_ID_MAX} characters, "
+                "no trailing space"
+            )
+        payload = encode(mail).decode()
+
+        async def body(cur: Any) -> None:
+            # 1 row affected: inserted; 0: the id was there (the no-op update).
+            inserted = await cur.execute(
+                """
+                INSERT INTO mails (id, status, payload, created_at, updated_at)
+                VALUES (%s, %s, %s, %s, %s)
+                ON DUPLICATE KEY UPDATE id = id
+                """,
+                (mail.id, Status.QUEUED.value, payload, mail.created_at, mail.created_at),
+            )
+            if inserted == 1:
+                await cur.execute(
+                    "INSERT INTO outbox (mail_id, accepted_at) VALUES (%s, %s)",
+                    (mail.id, mail.created_at),
+                )
+
+        await self._run(body)
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        if not _storable_id(mail_id):
+            return None
+
+        async def body(cur: Any) -> MailRecord | None:
+            await cur.execute(
+                """
+                SELECT payload, status, updated_at, provider, provider_message_id, reason
+                FROM mails
+                WHERE id = %s
+                """,
+                (mail_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await cur.execute(
+                """
+                SELECT provider, round, at, outcome, reason, message_id
+                FROM attempts
+                WHERE mail_id = %s
+                ORDER BY at, id
+                """,
+                (mail_id,),
+            )
+            attempts = await cur.fetchall()
+            payload, status, updated_at, provider, provider_message_id, reason = row
+            return MailRecord(
+                mail=decode(Mail, payload),
+                status=Status(status),
+                updated_at=updated_at,
+                provider=provider,
+                provider_message_id=provider_message_id,
+                reason=reason,
+                attempts=tuple(_attempt(a) for a in attempts),
+            )
+
+        return await self._run(body, read_only=True)
+
+    async def load(self, mail_id: str) -> tuple[Mail, Status] | None:
+        if not _storable_id(mail_id):
+            return None
+
+        async def body(cur: Any) -> tuple[Any, Any] | None:
+            await cur.execute("SELECT payload, status FROM mails WHERE id = %s", (mail_id,))
+            row: tuple[Any, Any] | None = await cur.fetchone()
+            return row
+
+        row = await self._run(body, read_only=True)
+        if row is None:
+            return None
+        return decode(Mail, row[0]), Status(row[1])
+
+    async def apply(self, updates: Sequence[StatusUpdate]) -> None:
+        updates = [u for u in updates if _storable_id(u.mail_id)]
+        if not updates:
+            return
+        ids = sorted({u.mail_id for u in updates})
+
+        async def body(cur: Any) -> None:
+            # Lock every mail of the batch up front, in id order: concurrent
+            # batches then queue behind each other instead of deadlocking.
+            known = await _lock_mails(cur, ids)
+            for update in updates:
+                if update.mail_id not in known:
+                    continue
+                if update.attempt is not None:
+                    await _record_attempt(cur, update.mail_id, update.attempt)
+                await _move(
+                    cur,
+                    update.mail_id,
+                    update.status,
+                    update.at,
+                    provider=update.provider,
+                    provider_message_id=update.provider_message_id,
+                    reason=update.reason,
+                )
+
+        await self._run(body)
+
+    async def transition(
+        self, mail_id: str, status: Status, at: float, reason: str | None = None
+    ) -> Transition | None:
+        if not _storable_id(mail_id):
+            return None
+
+        async def body(cur: Any) -> Transition | None:
+            current = (await _lock_mails(cur, [mail_id])).get(mail_id)
+            if current is None:
+                return None
+            # The row is locked: the status read is the one the UPDATE sees.
+            if current in ALLOWED_FROM[status]:
+                await _move(cur, mail_id, status, at, reason=reason)
+                return Transition(changed=True, status=status)
+            return Transition(changed=False, status=current)
+
+        return await self._run(body)
+
+    async def unfinished(self) -> list[Pending]:
+        async def body(cur: Any) -> list[Pending]:
+            await cur.execute(
+                f"""
+                SELECT id, created_at
+                FROM mails
+                WHERE status IN ({_placeholders(len(_UNFINISHED))})
+                ORDER BY created_at, id
+                """,
+                _UNFINISHED,
+            )
+            return [Pending(mail_id=i, accepted_at=c) for i, c in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    # --- transactional outbox ------------------------------------------------
+
+    async def claim_outbox(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+
+        async def body(cur: Any) -> list[OutboxEntry]:
+            # FOR UPDATE reads the latest committed leases and locks the rows
+            # it returns until COMMIT; SKIP LOCKED passes over rows another
+            # claimer holds. After that claimer commits, those rows carry its
+            # lease and no longer match. So no entry is handed out twice while
+            # a lease holds, whatever the number of processes.
+            await cur.execute(
+                """
+                SELECT id, mail_id, accepted_at
+                FROM outbox
+                WHERE leased_until IS NULL OR leased_until < %s
+                ORDER BY id
+                LIMIT %s
+                FOR UPDATE SKIP LOCKED
+                """,
+                (now, limit),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            await cur.execute(
+                f"""
+                UPDATE outbox SET leased_by = %s, leased_until = %s
+                WHERE id IN ({_placeholders(len(ids))})
+                """,
+                (owner, now + lease_seconds, *ids),
+            )
+            return [OutboxEntry(id=i, mail_id=m, accepted_at=a) for i, m, a in rows]
+
+        return await self._run(body)
+
+    async def published(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+
+        async def body(cur: Any) -> None:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                await cur.execute(
+                    f"DELETE FROM outbox WHERE id IN ({_placeholders(len(chunk))})", tuple(chunk)
+                )
+
+        await self._run(body)
+
+    async def requeue_unfinished(self) -> int:
+        async def body(cur: Any) -> int:
+            made: int = await cur.execute(
+                f"""
+                INSERT INTO outbox (mail_id, accepted_at)
+                SELECT m.id, m.created_at
+                FROM mails AS m
+                WHERE m.status IN ({_placeholders(len(_UNFINISHED))})
+                  AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.mail_id = m.id)
+                ORDER BY m.created_at, m.id
+                """,
+                _UNFINISHED,
+            )
+            await cur.execute("UPDATE outbox SET leased_by = NULL, leased_until = NULL")
+            return made
+
+        return await self._run(body)
+
+    # --- shared circuit-breaker state ------------------------------------------
+
+    async def save_breaker(self, state: BreakerState) -> None:
+        async def body(cur: Any) -> None:
+            # Make sure the row exists (and lock it), then overwrite it only
+            # with something newer: ties and older states leave it as it is.
+            await cur.execute(
+                """
+                INSERT INTO breakers (provider, state, opened_at, updated_at)
+                VALUES (%s, %s, %s, %s)
+                ON DUPLICATE KEY UPDATE provider = provider
+                """,
+                (state.provider, state.state, state.opened_at, state.updated_at),
+            )
+            await cur.execute(
+                """
+                UPDATE breakers SET state = %s, opened_at = %s, updated_at = %s
+                WHERE provider = %s AND updated_at < %s
+                """,
+                (state.state, state.opened_at, state.updated_at, state.provider, state.updated_at),
+            )
+
+        await self._run(body)
+
+    async def breakers(self) -> list[BreakerState]:
+        async def body(cur: Any) -> list[BreakerState]:
+            await cur.execute(
+                "SELECT provider, state, opened_at, updated_at FROM breakers ORDER BY provider"
+            )
+            return [
+                BreakerState(provider=p, state=s, opened_at=o, updated_at=u)
+                for p, s, o, u in await cur.fetchall()
+            ]
+
+        return await self._run(body, read_only=True)
+
+
+# --- statements run inside a transaction -------------------------------------
+
+
+async def _current_version(cur: Any) -> int:
+    await cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    (version,) = await cur.fetchone()
+    return int(version)
+
+
+async def _lock_mails(cur: Any, ids: Sequence[str]) -> dict[str, Status]:
+    """Lock the rows of ``ids`` (sorted) that exist; their current statuses."""
+    await cur.execute(
+        f"SELECT id, status FROM mails WHERE id IN ({_placeholders(len(ids))}) ORDER BY id "
+        "FOR UPDATE",
+        tuple(ids),
+    )
+    return {mail_id: Status(status) for mail_id, status in await cur.fetchall()}
+
+
+async def _record_attempt(cur: Any, mail_id: str, attempt: Attempt) -> None:
+    """Insert ``attempt`` once (the mail is known and locked)."""
+    await cur.execute(
+        """
+        INSERT INTO attempts (mail_id, provider, round, at, outcome, reason, message_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON DUPLICATE KEY UPDATE id = id
+        """,
+        (
+            mail_id,
+            attempt.provider,
+            attempt.round,
+            attempt.at,
+            attempt.outcome.value,
+            attempt.reason,
+            attempt.message_id,
+        ),
+    )
+
+
+async def _move(
+    cur: Any,
+    mail_id: str,
+    status: Status,
+    at: float,
+    *,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Move a mail to ``status`` if ``ALLOWED_FROM`` lets it (the guard is in the UPDATE)."""
+    allowed = sorted(s.value for s in ALLOWED_FROM[status])
+    if not allowed:
+        return
+    await cur.execute(
+        f"""
+        UPDATE mails
+        SET status = %s,
+            updated_at = %s,
+            provider = COALESCE(%s, provider),
+            provider_message_id = COALESCE(%s, provider_message_id),
+            reason = COALESCE(%s, reason)
+        WHERE id = %s AND status IN ({_placeholders(len(allowed))})
+        """,
+        (status.value, at, provider, provider_message_id, reason, mail_id, *allowed),
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    provider, round_, at, outcome, reason, message_id = row
+    return Attempt(
+        provider=provider,
+        round=round_,
+        at=at,
+        outcome=Outcome(outcome),
+        reason=reason,
+        message_id=message_id,
+    )
+
+
+async def _abandon(conn: Any, exc: BaseException) -> None:
+    """End a failed transaction: ROLLBACK if the connection is still in step, else close it.
+
+    A server error (and a Python error between statements) leaves the
+    connection in step: it is rolled back and goes back to the pool. After a
+    cancellation or a client-side error (lost connection, codes 2000-2999) it
+    may be mid-reply: it is closed, the server rolls back, the pool drops it.
+    ``exc`` is what the caller sees in every case.
+    """
+    if conn.closed:
+        return
+    code = _error_code(exc)
+    if (
+        not isinstance(exc, Exception)
+        or isinstance(exc, aiomysql.InterfaceError)
+        or (code is not None and 2000 <= code < 3000)
+    ):
+        conn.close()
+        return
+    try:
+        await conn.rollback()
+    except Exception:  # the original error is the one to report
+        conn.close()
+    except BaseException:
+        conn.close()
+        raise
+
+
+# --- URLs and admin connections -------------------------------------------------
+
+
+class _Target:
+    """Where a URL points. Holds the password: never printed."""
+
+    __slots__ = ("database", "host", "password", "pool_max", "pool_min", "port", "user")
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        pool_min: int,
+        pool_max: int,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+
+    def __repr__(self) -> str:
+        return f"<MySQL target {self.user}@{self.host}:{self.port}/{self.database}>"
+
+
+def _parse_url(url: str, *, database_required: bool) -> _Target:
+    """Parse ``mysql://user:password@host:port/database``; errors never quote the URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        hostname = parts.hostname
+    except ValueError:
+        raise ValueError(f"malformed mysql store URL (expected {_URL_EXAMPLE})") from None
+    if parts.scheme != "mysql":
+        raise ValueError(f"not a mysql store URL (expected {_URL_EXAMPLE})")
+    database = unquote(parts.path.lstrip("/"))
+    if database_required and not database:
+        raise ValueError(f"the mysql store URL names no database (expected {_URL_EXAMPLE})")
+    if database and not _DATABASE_NAME.fullmatch(database):
+        raise ValueError(
+            "the database name in the mysql store URL must be 1 to 64 letters, digits, _ or $"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"pool_min", "pool_max"})
+    if unknown:
+        raise ValueError(
+            f"unsupported mysql store URL options {unknown} (known: pool_min, pool_max)"
+        )
+    try:
+        pool_min = int(options.get("pool_min", 1))
+        pool_max = int(options.get("pool_max", 10))
+    except ValueError:
+        raise ValueError("pool_min and pool_max in the mysql store URL must be integers") from None
+    return _Target(
+        host=hostname or "localhost",
+        port=port or _DEFAULT_PORT,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=database,
+        pool_min=pool_min,
+        pool_max=pool_max,
+    )
+
+
+async def _admin(target: _Target, statement: str) -> None:
+    """Run one statement outside any database (create/drop one)."""
+    try:
+        conn = await aiomysql.connect(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=_CONNECT_TIMEOUT,
+            init_command=_ADMIN_INIT,
+        )
+    except Exception as exc:
+        scrubbed = _scrub(exc, target.password)
+        if scrubbed is None:
+            raise
+        raise scrubbed from None
+    try:
+        cur = await conn.cursor()
+        await cur.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    await conn.ensure_closed()
+
+
+def _scrub(exc: BaseException, password: str) -> BaseException | None:
+    """A copy of ``exc`` with ``password`` masked; None if it does not show it.
+
+    The driver's messages do not quote the password; this makes sure of it.
+    """
+    if not password:
+        return None
+    texts = [str(exc), repr(exc), *(str(a) for a in exc.args)]
+    if not any(password in text for text in texts):
+        return None
+    args = tuple(a.replace(password, "***") if isinstance(a, str) else a for a in exc.args)
+    with contextlib.suppress(Exception):
+        copy = type(exc)(*args)
+        if password not in f"{copy!s}{copy!r}":
+            return copy
+    return ConnectionError("could not connect to the MySQL server (details withheld)")
+
+
+__all__ = ["MIGRATIONS", "MySQLStore", "split_statements"]

@@ -1,0 +1,83 @@
+"""Mailman as a child process: started like production, its JSON log in a file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .conftest import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Process:
+    """A ``python mailman.py`` child process whose JSON log goes to a file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+        self.url = ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log events so far (only those called ``name``, if given)."""
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in events if name is None or e.get("event") == name]
+
+    def ready(self) -> bool:
+        if not self.events("mailman.ready"):
+            return False
+        for event in self.events("http.listening"):
+            self.url = f"http://127.0.0.1:{event['port']}"
+        return True
+
+
+async def start_mailman(env: Mapping[str, str], log: Path, *argv: str) -> Process:
+    """Start ``python mailman.py ARGV`` and wait until it is ready (or fail with its log)."""
+    full_env = {**os.environ, "MAILMAN_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"}
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "mailman.py"),
+            *argv,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    child = Process(proc, log)
+    try:
+        await eventually(
+            lambda: child.ready() or proc.returncode is not None,
+            within=60,
+            what=f"mailman {' '.join(argv)} to be ready",
+        )
+    except BaseException:
+        await stop_process(child)
+        raise
+    assert proc.returncode is None, log.read_text()
+    return child
+
+
+async def stop_process(child: Process) -> None:
+    """Kill the child if it still runs."""
+    if child.proc.returncode is None:
+        child.proc.kill()
+        await child.proc.wait()
+
+
+@asynccontextmanager
+async def mailman_process(env: Mapping[str, str], log: Path, *argv: str) -> AsyncIterator[Process]:
+    """A ready ``mailman`` child process; killed if the test left it running."""
+    child = await start_mailman(env, log, *argv)
+    try:
+        yield child
+    finally:
+        await stop_process(child)

@@ -1,0 +1,125 @@
+"""The relay (transactional outbox) and shared provider health, against a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from actors.health import SharedHealth, state_of
+from actors.mailbox import Mailbox, MemoryBroker, MemoryMailbox
+from actors.messages import Address, Dispatch, Mail
+from actors.relay import Nudge, Relay
+from actors.routing import Router
+from actors.sender import make_breaker
+from actors.sqlite import SQLiteStore
+from actors.store import Store
+from config import RelayConfig
+
+from .conftest import eventually
+
+FAST = RelayConfig(batch=50, interval_seconds=0.01, lease_seconds=5)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
+        yield opened
+
+
+def mail(n: int) -> Mail:
+    return Mail(
+        id=f"mail-{n:04d}",
+        sender=Address("a@example.com"),
+        to=(Address("b@example.com"),),
+        subject="s",
+        text="t",
+        created_at=1000.0 + n,
+    )
+
+
+async def drain(box: Mailbox[Dispatch], into: list[str]) -> None:
+    async with box.subscribe() as inbox:
+        while True:
+            delivery = await inbox.get()
+            into.append(delivery.message.mail_id)
+            await delivery.ack()
+
+
+async def test_relay_publishes_committed_mails_once_and_empties_the_outbox(store: Store) -> None:
+    """Two relays on one store hand every committed mail to the first mailbox exactly once."""
+    router = Router(MemoryBroker(), ("sendgrid", "mailgun"))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    relays = [Relay(store=store, router=router, config=FAST, nudge=Nudge()) for _ in range(2)]
+    async with relays[0], relays[1]:
+        for n in range(200):
+            await store.add(mail(n))
+        await eventually(lambda: len(got) >= 200, what="200 mails relayed")
+        assert await store.claim_outbox("probe", 10, 1, 10**10) == []
+    consumer.cancel()
+    assert sorted(got) == [mail(n).id for n in range(200)]
+    assert relays[0].published + relays[1].published == 200
+
+
+class FlakyMailbox(MemoryMailbox[Dispatch]):
+    """A mailbox whose first ``failures`` publishes fail, like a broker that is down."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("send.sendgrid", Dispatch)
+        self.failures = failures
+
+    async def put_many(self, messages: Sequence[Dispatch]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker unreachable")
+        await super().put_many(messages)
+
+
+class FlakyBroker(MemoryBroker):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self._boxes["send.sendgrid"] = FlakyMailbox(failures)  # type: ignore[assignment]
+
+
+async def test_relay_outlives_a_broker_outage(store: Store) -> None:
+    """A failed publish keeps the mail in the outbox; the relay retries until it goes through."""
+    router = Router(FlakyBroker(failures=3), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    await store.add(mail(1))
+    async with Relay(store=store, router=router, config=FAST, nudge=Nudge()) as relay:
+        await eventually(lambda: got == [mail(1).id], what="the mail relayed after the outage")
+        assert relay.published == 1
+    consumer.cancel()
+
+
+async def test_nudge_wakes_the_relay(store: Store) -> None:
+    """The API's nudge makes an idle relay publish at once, not at its next poll."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    nudge = Nudge()
+    slow = RelayConfig(batch=50, interval_seconds=3600, lease_seconds=5)
+    async with Relay(store=store, router=router, config=slow, nudge=nudge):
+        await store.add(mail(2))
+        await nudge.dispatch(Dispatch(mail(2).id, 0.0))
+        await eventually(lambda: got == [mail(2).id], within=5, what="the nudged relay")
+    consumer.cancel()
+
+
+async def test_breaker_state_is_shared_between_processes(store: Store) -> None:
+    """One process opening SendGrid's breaker makes another skip it; closing it is shared too."""
+    first = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    second = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    one = SharedHealth(breakers={"sendgrid": first}, store=store, sync_seconds=0.01)
+    two = SharedHealth(breakers={"sendgrid": second}, store=store, sync_seconds=0.01)
+    async with one, two:
+        first.open()
+        await eventually(lambda: state_of(second) == "open", what="the open state shared")
+        assert second._state_storage.opened_at == first._state_storage.opened_at
+        first.close()
+        await eventually(lambda: state_of(second) == "closed", what="the closed state shared")
+        assert state_of(first) == "closed"  # applying a remote change echoes nothing back
