@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -71,7 +71,7 @@ class FlakyMailbox(MemoryMailbox[Dispatch]):
         super().__init__("send.sendgrid", Dispatch)
         self.failures = failures
 
-    async def put_many(self, messages: Sequence[Dispatch]) -> None:
+    async def put_many(self, messages: Iterable[Dispatch]) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("broker unreachable")
