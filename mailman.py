@@ -13,7 +13,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -52,6 +53,19 @@ async def serve(config: Config) -> int:
     return code
 
 
+def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
+    """Run ``main`` on uvloop when it is installed (and not refused), else on asyncio's loop."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise ConfigError("MAILMAN_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ
@@ -62,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     try:
-        return asyncio.run(serve(config))
+        return run(serve(config), config.event_loop)
     except ConfigError as exc:
         log.error("config.invalid", detail=str(exc))
         return 2

@@ -8,6 +8,7 @@ of plain values only: str, int, float, bool, None, tuples and nested records.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import types
 import typing
@@ -195,6 +196,11 @@ def decode(kind: type[Record], data: bytes | str) -> Record:
     return built
 
 
+@functools.cache
+def _hints(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
 def _build(kind: Any, raw: Any) -> Any:
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
@@ -210,7 +216,7 @@ def _build(kind: Any, raw: Any) -> Any:
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(raw, dict):
             raise ValueError(f"expected an object for {kind.__name__}")
-        hints = typing.get_type_hints(kind)
+        hints = _hints(kind)
         args = {}
         for f in dataclasses.fields(kind):
             if f.name in raw:

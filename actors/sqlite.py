@@ -16,6 +16,7 @@ missing ones, each in its own transaction that also records its version in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -87,6 +88,9 @@ _SCHEMA_VERSION_TABLE = """
 
 _UNFINISHED = (Status.QUEUED, Status.SENDING)
 
+#: Most mails one group commit writes.
+MAX_GROUP_COMMIT = 500
+
 #: Ids per ``IN (...)`` list: well under SQLite's limit on bound parameters.
 _CHUNK = 500
 
@@ -122,6 +126,10 @@ class SQLiteStore(Store):
         self.migrations: tuple[str, ...] = tuple(migrations)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._adds: list[tuple[Mail, asyncio.Future[None]]] = []
+        self._add_writer: asyncio.Task[None] | None = None
+        self._loads: dict[str, list[asyncio.Future[tuple[Mail, Status] | None]]] = {}
+        self._load_reader: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -144,6 +152,9 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
+        writer = self._add_writer
+        if writer is not None and not writer.done():
+            await asyncio.wait({writer})  # adds already handed in are committed first
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
@@ -179,6 +190,14 @@ class SQLiteStore(Store):
         return int(rows[0][0] or 0)
 
     @asynccontextmanager
+    async def _statement(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for one statement outside any transaction (it is atomic alone)."""
+        if self._conn is None:
+            raise RuntimeError("the store is not open")
+        async with self._lock:
+            yield self._conn
+
+    @asynccontextmanager
     async def _transaction(
         self, begin: str = "BEGIN IMMEDIATE"
     ) -> AsyncIterator[aiosqlite.Connection]:
@@ -204,19 +223,34 @@ class SQLiteStore(Store):
     # --- Store -------------------------------------------------------------
 
     async def add(self, mail: Mail) -> None:
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                """
-                INSERT OR IGNORE INTO mails (id, status, payload, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?)
-                """,
-                (mail.id, Status.QUEUED, encode(mail).decode(), mail.created_at, mail.created_at),
-            )
-            if cursor.rowcount > 0:  # a repeated add inserts neither the mail nor an entry
-                await db.execute(
-                    "INSERT INTO outbox (mail_id, accepted_at) VALUES (?, ?)",
-                    (mail.id, mail.created_at),
-                )
+        """Group commit: every ``add`` waiting while a transaction runs joins the next one.
+
+        With ``synchronous=FULL`` a commit costs an fsync, so committing a
+        batch of mails at once is what lets the API accept many mails a
+        second; each caller still returns only once its mail is committed.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._adds.append((mail, done))
+        if self._add_writer is None or self._add_writer.done():
+            self._add_writer = asyncio.create_task(self._write_adds())
+        await asyncio.shield(done)  # a cancelled caller does not cancel the others' commit
+
+    async def _write_adds(self) -> None:
+        while self._adds:
+            batch, self._adds = self._adds[:MAX_GROUP_COMMIT], self._adds[MAX_GROUP_COMMIT:]
+            try:
+                async with self._transaction() as db:
+                    await _insert_mails(db, [mail for mail, _ in batch])
+            except BaseException as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def get(self, mail_id: str) -> MailRecord | None:
         async with self._transaction("BEGIN") as db:
@@ -253,32 +287,60 @@ class SQLiteStore(Store):
         )
 
     async def load(self, mail_id: str) -> tuple[Mail, Status] | None:
-        async with self._transaction("BEGIN") as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT payload, status FROM mails WHERE id = ?", (mail_id,)
-                )
-            )
-        if not rows:
-            return None
-        return decode(Mail, rows[0]["payload"]), Status(rows[0]["status"])
+        """Batched like ``add``: the loads waiting while a query runs share the next one.
+
+        Senders load every mail they try, so this is the hottest read; one
+        ``IN (...)`` query (atomic by itself, no BEGIN/COMMIT) serves them all.
+        """
+        found: asyncio.Future[tuple[Mail, Status] | None]
+        found = asyncio.get_running_loop().create_future()
+        self._loads.setdefault(mail_id, []).append(found)
+        if self._load_reader is None or self._load_reader.done():
+            self._load_reader = asyncio.create_task(self._read_loads())
+        return await asyncio.shield(found)
+
+    async def _read_loads(self) -> None:
+        while self._loads:
+            ids = list(itertools.islice(self._loads, MAX_GROUP_COMMIT))
+            waiting = {mail_id: self._loads.pop(mail_id) for mail_id in ids}
+            try:
+                async with self._statement() as db:
+                    rows = await db.execute_fetchall(
+                        "SELECT id, payload, status FROM mails "
+                        f"WHERE id IN ({_placeholders(len(ids))})",
+                        ids,
+                    )
+                loaded = {
+                    row["id"]: (decode(Mail, row["payload"]), Status(row["status"])) for row in rows
+                }
+            except BaseException as exc:
+                for futures in waiting.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for mail_id, futures in waiting.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(loaded.get(mail_id))
 
     async def apply(self, updates: Sequence[StatusUpdate]) -> None:
         if not updates:
             return
+        # A few executemany calls instead of two statements per update: each
+        # call is one trip to the connection's thread.
+        attempts = [_attempt_row(u.mail_id, u.attempt) for u in updates if u.attempt is not None]
         async with self._transaction() as db:
-            for update in updates:
-                if update.attempt is not None:
-                    await _record_attempt(db, update.mail_id, update.attempt)
-                await _move(
-                    db,
-                    update.mail_id,
-                    update.status,
-                    update.at,
-                    provider=update.provider,
-                    provider_message_id=update.provider_message_id,
-                    reason=update.reason,
-                )
+            if attempts:
+                await db.executemany(_INSERT_ATTEMPT, attempts)
+            # Moves in the order they can follow each other; a move that is not
+            # allowed from the status reached is skipped, as one by one.
+            for status in _MOVE_ORDER:
+                moves = [_move_row(u) for u in updates if u.status is status]
+                if moves:
+                    await db.executemany(_MOVE_SQL[status], moves)
 
     async def transition(
         self, mail_id: str, status: Status, at: float, reason: str | None = None
@@ -407,24 +469,89 @@ class SQLiteStore(Store):
 # --- statements run inside a transaction -------------------------------------
 
 
-async def _record_attempt(db: aiosqlite.Connection, mail_id: str, attempt: Attempt) -> None:
-    """Insert ``attempt`` once; nothing for an unknown mail."""
-    await db.execute(
+async def _insert_mails(db: aiosqlite.Connection, mails: list[Mail]) -> None:
+    """The mails as ``queued``, each with its outbox entry; nothing for an id already stored.
+
+    Three statements for the whole batch (each is one trip to the connection's
+    thread), not two per mail.
+    """
+    ids = list({mail.id for mail in mails})
+    stored = {
+        row[0]
+        for row in await db.execute_fetchall(
+            f"SELECT id FROM mails WHERE id IN ({_placeholders(len(ids))})", ids
+        )
+    }
+    new: dict[str, Mail] = {}
+    for mail in mails:  # a repeated add inserts neither the mail nor an entry
+        if mail.id not in stored:
+            new.setdefault(mail.id, mail)
+    if not new:
+        return
+    await db.executemany(
         """
-        INSERT OR IGNORE INTO attempts (mail_id, provider, round, at, outcome, reason, message_id)
-        SELECT ?, ?, ?, ?, ?, ?, ?
-        WHERE EXISTS (SELECT 1 FROM mails WHERE id = ?)
+        INSERT INTO mails (id, status, payload, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?)
         """,
-        (
-            mail_id,
-            attempt.provider,
-            attempt.round,
-            attempt.at,
-            attempt.outcome,
-            attempt.reason,
-            attempt.message_id,
-            mail_id,
-        ),
+        [
+            (m.id, Status.QUEUED, encode(m).decode(), m.created_at, m.created_at)
+            for m in new.values()
+        ],
+    )
+    await db.executemany(
+        "INSERT INTO outbox (mail_id, accepted_at) VALUES (?, ?)",
+        [(m.id, m.created_at) for m in new.values()],
+    )
+
+
+#: Records an attempt once; nothing for an unknown mail.
+_INSERT_ATTEMPT = """
+    INSERT OR IGNORE INTO attempts (mail_id, provider, round, at, outcome, reason, message_id)
+    SELECT ?, ?, ?, ?, ?, ?, ?
+    WHERE EXISTS (SELECT 1 FROM mails WHERE id = ?)
+"""
+
+
+def _attempt_row(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
+    return (
+        mail_id,
+        attempt.provider,
+        attempt.round,
+        attempt.at,
+        attempt.outcome,
+        attempt.reason,
+        attempt.message_id,
+        mail_id,
+    )
+
+
+def _move_sql(status: Status) -> str:
+    """Moves a mail to ``status`` only from a status ``ALLOWED_FROM`` names (a guarded move)."""
+    allowed = ", ".join(f"'{s.value}'" for s in sorted(ALLOWED_FROM[status]))
+    return f"""
+        UPDATE mails
+        SET status = ?,
+            updated_at = ?,
+            provider = COALESCE(?, provider),
+            provider_message_id = COALESCE(?, provider_message_id),
+            reason = COALESCE(?, reason)
+        WHERE id = ? AND status IN ({allowed})
+    """
+
+
+#: Statuses that can be reached, in the order one can follow another.
+_MOVE_ORDER = (Status.SENDING, Status.SENT, Status.FAILED)
+_MOVE_SQL = {status: _move_sql(status) for status in _MOVE_ORDER}
+
+
+def _move_row(update: StatusUpdate) -> tuple[object, ...]:
+    return (
+        update.status,
+        update.at,
+        update.provider,
+        update.provider_message_id,
+        update.reason,
+        update.mail_id,
     )
 
 
@@ -434,26 +561,12 @@ async def _move(
     status: Status,
     at: float,
     *,
-    provider: str | None = None,
-    provider_message_id: str | None = None,
     reason: str | None = None,
 ) -> bool:
-    """Move a mail to ``status`` if ``ALLOWED_FROM`` lets it; whether it moved."""
-    allowed = sorted(ALLOWED_FROM[status])
-    if not allowed:
+    """Move one mail to ``status`` if ``ALLOWED_FROM`` lets it; whether it moved."""
+    if status not in _MOVE_SQL:
         return False
-    cursor = await db.execute(
-        f"""
-        UPDATE mails
-        SET status = ?,
-            updated_at = ?,
-            provider = COALESCE(?, provider),
-            provider_message_id = COALESCE(?, provider_message_id),
-            reason = COALESCE(?, reason)
-        WHERE id = ? AND status IN ({_placeholders(len(allowed))})
-        """,
-        (status, at, provider, provider_message_id, reason, mail_id, *allowed),
-    )
+    cursor = await db.execute(_MOVE_SQL[status], (status, at, None, None, reason, mail_id))
     return cursor.rowcount > 0
 
 

@@ -136,6 +136,7 @@ class Config:
     relay: RelayConfig = RelayConfig()
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -162,6 +163,7 @@ def redact_url(url: str) -> str:
 
 KNOWN_PROVIDERS = ("sendgrid", "mailgun", "outbox")
 LOG_FORMATS = ("auto", "json", "console")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -273,6 +275,9 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     log_format = env.get("MAILMAN_LOG_FORMAT", "auto").lower()
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"MAILMAN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    event_loop = env.get("MAILMAN_EVENT_LOOP", "auto").lower()
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"MAILMAN_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}")
     breaker = BreakerConfig(
         fail_max=_integer(env, "MAILMAN_BREAKER_FAIL_MAX", 5, minimum=1),
         reset_seconds=_number(env, "MAILMAN_BREAKER_RESET_SECONDS", 30.0),
@@ -323,4 +328,5 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         relay=relay,
         log_level=env.get("MAILMAN_LOG_LEVEL", "info").lower(),
         log_format=log_format,
+        event_loop=event_loop,
     )
