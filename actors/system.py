@@ -115,6 +115,7 @@ def make_broker(config: Config) -> Broker:
             idempotent=kafka.idempotent,
             linger_ms=kafka.linger_ms,
             session_timeout_ms=kafka.session_timeout_ms,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             # A provider call never holds up polling (handlers run beside the
             # poll loop), but keep the limit well above the provider timeout.
             max_poll_interval_ms=max(300_000, int(config.provider_timeout * 4000)),

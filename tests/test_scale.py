@@ -120,6 +120,7 @@ async def test_scaled_deployment_survives_failures(
             "MAILMAN_KAFKA_PARTITIONS": "4",
             "MAILMAN_KAFKA_IDEMPOTENT": str(options["idempotent"]).lower(),
             "MAILMAN_KAFKA_SESSION_TIMEOUT_MS": str(options["session_timeout_ms"]),
+            "MAILMAN_KAFKA_FETCH_MAX_WAIT_MS": "100",
             "MAILMAN_PROVIDERS": "sendgrid,mailgun",
             "SENDGRID_API_KEY": sg_a.api_key,
             "SENDGRID_BASE_URL": sg_a.base_url,

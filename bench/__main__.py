@@ -1,0 +1,501 @@
+"""``python -m bench``: Mailman's figures, each side by side with a reference, as ratios.
+
+    python -m bench [--quick] [--requests N] [--concurrency C] [--duration S]
+                    [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
+
+Starts everything itself on loopback, each in its own process: the fake
+providers (``python -m bench.fakes``), the reference app (``python -m
+bench.reference``), and for every figure a fresh Mailman (``python
+mailman.py``, or one process per role for the scaled figures) on a fresh
+store. The load generator is ``wrk`` where installed, else an aiohttp client
+in this process. Then it prints a table, writes ``DIR/results.json`` and draws
+``DIR/bench.png``, and stops everything it started (also on Ctrl-C or an
+error).
+
+The figures:
+
+1. accept: POST /mail/send per second and p50/p99 latency, embedded
+   (SQLite), providers answering at once; ratio to the reference.
+2. end to end: mails per second from POST to ``sent`` and the p50/p99 time
+   to ``sent`` (from the store); ratio to the reference.
+3. failover: steady load; SendGrid's fake turns to 503: time until mails
+   flow through Mailgun, mails delayed, p99 time to ``sent`` around the switch.
+4. scaled: 1 and 2 with Tansu (Kafka) and MariaDB, one process per role
+   (skipped with ``--no-scaled`` or when either is missing).
+5. peak memory (VmHWM) of the service's process(es) in every run.
+
+"lost" counts accepted (201) mails that never reached ``sent``, in every run.
+
+Exit status: 0 when every figure was measured and nothing was lost (a
+missed target is reported, not an error); 1 when a figure failed or a mail
+was lost; 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from .load import LoadResult, percentile, run_aiohttp, run_steady, run_wrk, wrk_available
+from .report import FIGURES, NOTES, draw_chart, format_table, machine_line
+from .services import (
+    DEFAULT_MYSQL_URL,
+    UNFINISHED,
+    Child,
+    Deployment,
+    Fakes,
+    Row,
+    embedded,
+    scaled,
+    scaled_unavailable,
+    start_announcing,
+)
+
+ACCEPT_TARGET = 0.50
+END_TO_END_TARGET = 0.25
+FAILOVER_TARGET_S = 1.0
+#: The failover window: mails accepted from this long before the switch ...
+WINDOW_BEFORE_S = 0.5
+#: ... to this long after it.
+WINDOW_AFTER_S = 2.0
+#: How long the warm-up mails may take to be sent before the measured run.
+WARMUP_DRAIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    loadgen: Literal["wrk", "aiohttp"]
+    requests: int
+    concurrency: int
+    duration: int
+    warmup: int
+    wrk_warmup_seconds: int
+    scaled: bool
+    out: Path
+    failover_rate: float
+    failover_seconds: float
+    switch_after: float
+    drain_within: float
+    mysql_url: str
+
+
+def parse_args(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Mailman's benchmark: every figure side by side with a reference.",
+        epilog="Exit 0: measured, nothing lost (missed targets are reported, not errors).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small counts and short runs (a smoke run)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="aiohttp client: measured requests per run (default 3000; --quick 200)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="connections / requests in flight (default 32; --quick 8)"
+    )
+    parser.add_argument(
+        "--duration", type=int, help="wrk: seconds per measured run (default 5; --quick 2)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="aiohttp client: warm-up requests per run, excluded (default 300; --quick 20); "
+        "wrk warms up with a separate run of 2 s (--quick 1 s)",
+    )
+    parser.add_argument(
+        "--no-scaled", action="store_true", help="skip figure 4 (Tansu + MariaDB, roles)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results"),
+        help="where results.json and bench.png go (default bench/results)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "aiohttp"),
+        default="auto",
+        help="auto: wrk if installed, else the aiohttp client",
+    )
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    if args.loadgen == "wrk" and not wrk_available():
+        parser.error("--loadgen wrk: wrk is not installed")
+    loadgen: Literal["wrk", "aiohttp"] = (
+        "wrk"
+        if args.loadgen == "wrk" or (args.loadgen == "auto" and wrk_available())
+        else "aiohttp"
+    )
+
+    def positive(value: int | None, default: int, name: str) -> int:
+        chosen = default if value is None else value
+        if chosen < (0 if name == "--warmup" else 1):
+            parser.error(f"{name} must be positive")
+        return chosen
+
+    return Settings(
+        quick=quick,
+        loadgen=loadgen,
+        requests=positive(args.requests, 200 if quick else 3000, "--requests"),
+        concurrency=positive(args.concurrency, 8 if quick else 32, "--concurrency"),
+        duration=positive(args.duration, 2 if quick else 5, "--duration"),
+        warmup=positive(args.warmup, 20 if quick else 300, "--warmup"),
+        wrk_warmup_seconds=1 if quick else 2,
+        scaled=not args.no_scaled,
+        out=args.out,
+        failover_rate=100.0 if quick else 200.0,
+        failover_seconds=3.0 if quick else 6.0,
+        switch_after=1.0 if quick else 2.0,
+        drain_within=30.0 if quick else 120.0,
+        mysql_url=os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL,
+    )
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout carries the table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _ms(values: Sequence[float], q: float) -> float | None:
+    value = percentile(values, q)
+    return None if value != value else round(value * 1000, 2)  # nan: no values
+
+
+def _peak_memory(peaks: dict[str, int]) -> dict[str, Any]:
+    return {
+        "processes": peaks,
+        "max_kib": max(peaks.values(), default=None),
+        "sum_kib": sum(peaks.values()),
+    }
+
+
+def lost_mails(rows: Sequence[Row], accepted: int, ids: Sequence[str] | None) -> int:
+    """Accepted mails that are not ``sent`` in the store.
+
+    With the ids (the aiohttp client), exactly those; without them (wrk), every
+    stored mail counts as accepted, and 201s beyond the stored mails as lost.
+    """
+    status = {mail_id: s for mail_id, s, _, _ in rows}
+    if ids is not None:
+        return sum(1 for mail_id in ids if status.get(mail_id) != "sent")
+    unsent = sum(1 for s in status.values() if s != "sent")
+    return unsent + max(0, accepted - len(status))
+
+
+class Bench:
+    """One benchmark run: the shared processes, and a method per figure."""
+
+    def __init__(self, settings: Settings, workdir: Path, fakes: Fakes, reference_url: str) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.fakes = fakes
+        self.reference_url = reference_url
+
+    # --- load --------------------------------------------------------------------
+
+    async def warm_up(self, url: str) -> LoadResult:
+        s = self.settings
+        if s.loadgen == "wrk":
+            return await run_wrk(url, connections=s.concurrency, seconds=s.wrk_warmup_seconds)
+        return await run_aiohttp(url, concurrency=s.concurrency, requests=s.warmup)
+
+    async def measure(self, url: str) -> LoadResult:
+        s = self.settings
+        if s.loadgen == "wrk":
+            return await run_wrk(url, connections=s.concurrency, seconds=s.duration)
+        return await run_aiohttp(url, concurrency=s.concurrency, requests=s.requests)
+
+    async def reference(self) -> LoadResult:
+        """The ceiling, measured now with the same load as the figure that follows."""
+        await self.warm_up(self.reference_url)
+        result = await self.measure(self.reference_url)
+        progress(f"  reference: {result.accepted_rps:.0f} req/s")
+        return result
+
+    async def settle(self, deployment: Deployment, within: float) -> list[Row]:
+        """Wait (at most ``within`` s) until no mail is queued or sending; then every row."""
+        deadline = time.monotonic() + within
+        while True:
+            while time.monotonic() < deadline:
+                if not await deployment.rows.unfinished():
+                    break
+                await asyncio.sleep(0.1)  # polling the store: the service tells us nothing
+            rows = await deployment.rows.rows()
+            # A request still in flight when the load stopped may commit late: read again.
+            if not any(s in UNFINISHED for _, s, _, _ in rows) or time.monotonic() >= deadline:
+                return rows
+
+    # --- figures -----------------------------------------------------------------
+
+    async def throughput(
+        self,
+        name: str,
+        deploy: Callable[[], AbstractAsyncContextManager[Deployment]],
+    ) -> dict[str, Any]:
+        """Figure 1 or 2 (or 4): reference, then a fresh deployment under the same load."""
+        end_to_end = name.endswith("end_to_end")
+        reference = await self.reference()
+        await self.fakes.reset()
+        async with deploy() as deployment:
+            progress(f"  {deployment.name} Mailman ready at {deployment.url}")
+            warm = await self.warm_up(deployment.url)
+            await self.settle(deployment, WARMUP_DRAIN_S)
+            started = time.time()
+            result = await self.measure(deployment.url)
+            progress(f"  Mailman: {result.accepted_rps:.0f} req/s; waiting until all are sent")
+            rows = await self.settle(deployment, self.settings.drain_within)
+            peaks = deployment.peak_memory_kib()
+            details = deployment.details
+        receipts = await self.fakes.receipts()
+        ids = (
+            None
+            if result.accepted_ids is None or warm.accepted_ids is None
+            else [*warm.accepted_ids, *result.accepted_ids]
+        )
+        lost = lost_mails(rows, warm.accepted + result.accepted, ids)
+        delivered = [i for r in receipts.values() for i in r.ids]
+        figure: dict[str, Any] = {
+            "deployment": details,
+            "reference": reference.as_json(),
+            "service": result.as_json(),
+            "accepted": warm.accepted + result.accepted,
+            "warmup_accepted": warm.accepted,
+            "stored": len(rows),
+            "sent": sum(1 for _, s, _, _ in rows if s == "sent"),
+            "lost": lost,
+            "provider_receipts": {n: len(r.ids) for n, r in receipts.items()},
+            "duplicate_deliveries": len(delivered) - len(set(delivered)),
+            "peak_memory": _peak_memory(peaks),
+        }
+        ceiling = reference.accepted_rps
+        if not end_to_end:
+            figure["ratio"] = result.accepted_rps / ceiling if ceiling else None
+            figure["target_ratio"] = ACCEPT_TARGET
+        else:
+            measured = [r for r in rows if r[2] >= started]
+            sent = [r for r in measured if r[1] == "sent"]
+            times = [updated - created for _, _, created, updated in sent]
+            span = (max(r[3] for r in sent) - min(r[2] for r in measured)) if sent else 0.0
+            mails_per_s = len(sent) / span if span > 0 else 0.0
+            figure.update(
+                mails=len(measured),
+                mails_sent=len(sent),
+                span_s=round(span, 3),
+                mails_per_s=round(mails_per_s, 1),
+                time_to_sent_p50_ms=_ms(times, 50),
+                time_to_sent_p99_ms=_ms(times, 99),
+                ratio=mails_per_s / ceiling if ceiling else None,
+                target_ratio=END_TO_END_TARGET,
+            )
+        figure["pass"] = bool(
+            figure["ratio"] is not None and figure["ratio"] >= figure["target_ratio"] and lost == 0
+        )
+        return figure
+
+    async def failover(self) -> dict[str, Any]:
+        """Figure 3: steady load; SendGrid's fake turns to 503 during it."""
+        s = self.settings
+        await self.fakes.reset()
+        async with embedded(self.workdir, self.fakes) as deployment:
+            progress(
+                f"  Mailman ready; {s.failover_rate:.0f} req/s for {s.failover_seconds:.0f} s, "
+                f"SendGrid -> 503 after {s.switch_after:.0f} s"
+            )
+
+            async def switch() -> float:
+                await asyncio.sleep(s.switch_after)
+                return await self.fakes.set_mode("sendgrid", "503")
+
+            async with asyncio.TaskGroup() as group:
+                load = group.create_task(
+                    run_steady(deployment.url, rate=s.failover_rate, seconds=s.failover_seconds)
+                )
+                switched = group.create_task(switch())
+            samples, switch_at = load.result(), switched.result()
+            rows = await self.settle(deployment, s.drain_within)
+            peaks = deployment.peak_memory_kib()
+            details = deployment.details
+        receipts = await self.fakes.receipts()
+        await self.fakes.reset()
+
+        ids = [x.mail_id for x in samples if x.mail_id is not None]
+        lost = lost_mails(rows, len(ids), ids)
+        by_id = {r[0]: r for r in rows}
+        mails = [by_id[i] for i in ids if i in by_id and by_id[i][1] == "sent"]
+        mailgun_after = [t for t in receipts["mailgun"].at if t >= switch_at]
+        to_mailgun = min(mailgun_after) - switch_at if mailgun_after else None
+        before = [u - c for _, _, c, u in mails if c < switch_at - WINDOW_BEFORE_S]
+        pre_p99 = percentile(before, 99)
+        affected = [u - c for _, _, c, u in mails if c >= switch_at - WINDOW_BEFORE_S]
+        delayed = sum(1 for t in affected if pre_p99 == pre_p99 and t > pre_p99)
+        window = [
+            u - c
+            for _, _, c, u in mails
+            if switch_at - WINDOW_BEFORE_S <= c <= switch_at + WINDOW_AFTER_S
+        ]
+        answered = [x for x in samples if x.status == 201]
+        span = samples[-1].at - samples[0].at if len(samples) > 1 else 0.0
+        sendgrid_after = sum(1 for t in receipts["sendgrid"].at if t >= switch_at)
+        return {
+            "deployment": details,
+            "rate": s.failover_rate,
+            "requests": len(samples),
+            "achieved_rps": round(len(samples) / span, 1) if span > 0 else None,
+            "errors": len(samples) - len(answered),
+            "accept_p50_ms": round(percentile([x.latency_ms for x in answered], 50), 2),
+            "accept_p99_ms": round(percentile([x.latency_ms for x in answered], 99), 2),
+            "switch_after_s": s.switch_after,
+            "to_mailgun_s": None if to_mailgun is None else round(to_mailgun, 4),
+            "pre_switch_p99_ms": _ms(before, 99),
+            "delayed": delayed,
+            "window_mails": len(window),
+            "window_p50_ms": _ms(window, 50),
+            "window_p99_ms": _ms(window, 99),
+            "after_switch_p99_ms": _ms(affected, 99),
+            "sendgrid_accepted_after_switch": sendgrid_after,
+            "provider_receipts": {n: len(r.ids) for n, r in receipts.items()},
+            "sendgrid_calls": receipts["sendgrid"].calls,
+            "accepted": len(ids),
+            "lost": lost,
+            "peak_memory": _peak_memory(peaks),
+            "target_s": FAILOVER_TARGET_S,
+            "pass": to_mailgun is not None and to_mailgun < FAILOVER_TARGET_S and lost == 0,
+        }
+
+
+async def _figure(name: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run one figure; an error is recorded (and printed), not raised."""
+    progress(f"figure {name}")
+    started = time.monotonic()
+    try:
+        figure = await measure()
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+    figure["wall_s"] = round(time.monotonic() - started, 1)
+    return figure
+
+
+async def run(settings: Settings) -> dict[str, Any]:
+    """Every figure; the results dictionary (as written to results.json)."""
+    results: dict[str, Any] = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(terse=True),
+            "loadgen": settings.loadgen,
+        },
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "figures": {},
+    }
+    results["settings"].pop("mysql_url")  # it may carry a password
+    # SIGTERM stops the benchmark like Ctrl-C does: cancelled, and everything it started stopped.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    figures: dict[str, Any] = results["figures"]
+    children: list[Child] = []
+    with tempfile.TemporaryDirectory(prefix="mailman-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            fakes_child, announced = await start_announcing(
+                "fakes", "bench.fakes", workdir / "fakes.log"
+            )
+            children.append(fakes_child)
+            reference_child, ref = await start_announcing(
+                "reference", "bench.reference", workdir / "reference.log", "--port", "0"
+            )
+            children.append(reference_child)
+            reference_url = f"http://127.0.0.1:{ref['port']}"
+            progress(f"fakes and reference ready; load generator: {settings.loadgen}")
+            async with aiohttp.ClientSession() as http:
+                fakes = Fakes(announced, http)
+                bench = Bench(settings, workdir, fakes, reference_url)
+
+                def embedded_run() -> AbstractAsyncContextManager[Deployment]:
+                    return embedded(workdir, fakes)
+
+                def scaled_run() -> AbstractAsyncContextManager[Deployment]:
+                    return scaled(workdir, fakes, settings.mysql_url)
+
+                figures["accept"] = await _figure(
+                    "1 accept", lambda: bench.throughput("accept", embedded_run)
+                )
+                figures["end_to_end"] = await _figure(
+                    "2 end to end", lambda: bench.throughput("end_to_end", embedded_run)
+                )
+                figures["failover"] = await _figure("3 failover", bench.failover)
+                why = "--no-scaled" if not settings.scaled else None
+                why = why or await scaled_unavailable(settings.mysql_url)
+                if why is None:
+                    figures["scaled_accept"] = await _figure(
+                        "4a scaled accept", lambda: bench.throughput("scaled_accept", scaled_run)
+                    )
+                    figures["scaled_end_to_end"] = await _figure(
+                        "4b scaled end to end",
+                        lambda: bench.throughput("scaled_end_to_end", scaled_run),
+                    )
+                else:
+                    progress(f"figure 4 (scaled) skipped: {why}")
+                    figures["scaled_accept"] = {"skipped": why}
+                    figures["scaled_end_to_end"] = {"skipped": why}
+        finally:
+            await asyncio.gather(*(c.stop() for c in reversed(children)))
+    results["peak_memory"] = {
+        name: figures[name]["peak_memory"] for name in FIGURES if "peak_memory" in figures[name]
+    }
+    results["lost"] = sum(f["lost"] for f in figures.values() if f.get("lost") is not None)
+    results["errors"] = [name for name, f in figures.items() if f.get("error")]
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    png_path = out / "bench.png"
+    draw_chart(results, png_path)
+    return json_path, png_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        results = asyncio.run(run(settings))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    json_path, png_path = write_outputs(results, settings.out)
+    print()
+    print(machine_line(results))
+    print()
+    print(format_table(results))
+    print()
+    print(NOTES)
+    print()
+    print(f"results: {json_path}  chart: {png_path}")
+    return 1 if results["errors"] or results["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
