@@ -264,7 +264,7 @@ class MySQLStore(Store):
                 await self._open()
 
     async def _open(self) -> None:
-        try:
+        with _password_hidden(self.__password):
             # Migrating first also proves the server is there and the
             # credentials work, before there is a pool to clean up.
             await self._migrate()
@@ -276,11 +276,6 @@ class MySQLStore(Store):
                 init_command=_SESSION_INIT,
                 **self._connect_kwargs(),
             )
-        except Exception as exc:
-            scrubbed = _scrub(exc, self.__password)
-            if scrubbed is None:
-                raise
-            raise scrubbed from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -823,7 +818,7 @@ def _parse_url(url: str, *, database_required: bool) -> _Target:
 
 async def _admin(target: _Target, statement: str) -> None:
     """Run one statement outside any database (create/drop one)."""
-    try:
+    with _password_hidden(target.password):
         conn = await aiomysql.connect(
             host=target.host,
             port=target.port,
@@ -834,11 +829,6 @@ async def _admin(target: _Target, statement: str) -> None:
             connect_timeout=_CONNECT_TIMEOUT,
             init_command=_ADMIN_INIT,
         )
-    except Exception as exc:
-        scrubbed = _scrub(exc, target.password)
-        if scrubbed is None:
-            raise
-        raise scrubbed from None
     try:
         cur = await conn.cursor()
         await cur.execute(statement)
@@ -846,6 +836,18 @@ async def _admin(target: _Target, statement: str) -> None:
         conn.close()
         raise
     await conn.ensure_closed()
+
+
+@contextlib.contextmanager
+def _password_hidden(password: str) -> Iterator[None]:
+    """Re-raise an exception from the block with ``password`` masked, if it shows it."""
+    try:
+        yield
+    except Exception as exc:
+        scrubbed = _scrub(exc, password)
+        if scrubbed is None:
+            raise
+        raise scrubbed from None
 
 
 def _scrub(exc: BaseException, password: str) -> BaseException | None:

@@ -33,34 +33,29 @@ from tests.fakes import FakeMailgun, FakeSendGrid, Mode
 MODES: frozenset[str] = frozenset(get_args(Mode))
 
 
-class TimedSendGrid(FakeSendGrid):
-    """FakeSendGrid that also records when each accepted request arrived."""
+class _Timed:
+    """Also records when each accepted request arrived (mixed into a fake provider)."""
 
+    received_at: list[float]
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        at = time.time()
+        response: web.StreamResponse = await super().serve(request)  # type: ignore[misc]
+        if response.status < 300:
+            self.received_at.append(at)
+        return response
+
+
+class TimedSendGrid(_Timed, FakeSendGrid):
     def __init__(self) -> None:
         super().__init__(api_key="SG.bench")
-        self.received_at: list[float] = []
-
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        at = time.time()
-        response = await super().serve(request)
-        if response.status < 300:
-            self.received_at.append(at)
-        return response
+        self.received_at = []
 
 
-class TimedMailgun(FakeMailgun):
-    """FakeMailgun that also records when each accepted request arrived."""
-
+class TimedMailgun(_Timed, FakeMailgun):
     def __init__(self) -> None:
         super().__init__(api_key="key-bench", domain="mg.bench.example.com")
-        self.received_at: list[float] = []
-
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        at = time.time()
-        response = await super().serve(request)
-        if response.status < 300:
-            self.received_at.append(at)
-        return response
+        self.received_at = []
 
 
 Fake = TimedSendGrid | TimedMailgun
