@@ -584,15 +584,17 @@ async def test_live_lease_is_not_claimed_until_it_runs_out(store: Store) -> None
 
 async def test_concurrent_claims_never_share_an_entry(store: Store, make_store: MakeStore) -> None:
     """Many claimers on two store instances (two processes' worth) never get the same entry."""
-    ids = [f"m{i:03d}" for i in range(60)]
-    for i, mail_id in enumerate(ids):
-        await store.add(mail(mail_id, created_at=1000.0 + i))
+    # Enough small batches that both instances surely race (one alone could take 60).
+    ids = [f"m{i:03d}" for i in range(240)]
+    await asyncio.gather(
+        *(store.add(mail(mail_id, created_at=1000.0 + i)) for i, mail_id in enumerate(ids))
+    )
 
     owner_of: dict[int, str] = {}
     twice: list[tuple[int, str, str]] = []
 
     async def relay(on: Store, owner: str) -> None:
-        while batch := await on.claim_outbox(owner, 3, 60.0, 5000.0):
+        while batch := await on.claim_outbox(owner, 2, 60.0, 5000.0):
             for entry in batch:
                 if entry.id in owner_of:
                     twice.append((entry.id, owner_of[entry.id], owner))
@@ -612,7 +614,7 @@ async def test_concurrent_claims_never_share_an_entry(store: Store, make_store: 
     assert len(owner_of) == len(ids)
     if isinstance(store, MySQLStore):  # (one SQLite connection may well starve the other)
         assert len({owner.split("-")[0] for owner in owner_of.values()}) == 2  # both took part
-    assert await store.claim_outbox("late", 100, 60.0, 5059.0) == []
+    assert await store.claim_outbox("late", 1000, 60.0, 5059.0) == []
 
 
 async def test_published_removes_entries(store: Store) -> None:
