@@ -11,6 +11,7 @@ import pytest
 
 from config import Config, load
 
+from .fakes import FakeMailgun, FakeSendGrid
 from .kafka_broker import kafka_bootstrap  # noqa: F401
 
 
@@ -47,3 +48,16 @@ def make_config(tmp_path: Path, env: Mapping[str, str] | None = None, *argv: str
         "MAILMAN_PROVIDERS": "",
     }
     return load(list(argv), {**base, **(env or {})})
+
+
+def provider_env(sg: FakeSendGrid, mg: FakeMailgun, **extra: str) -> dict[str, str]:
+    """The environment that points Mailman's provider chain at the two fakes."""
+    return {
+        "MAILMAN_PROVIDERS": "sendgrid,mailgun",
+        "SENDGRID_API_KEY": sg.api_key,
+        "SENDGRID_BASE_URL": sg.base_url,
+        "MAILGUN_API_KEY": mg.api_key,
+        "MAILGUN_DOMAIN": mg.domain,
+        "MAILGUN_BASE_URL": mg.base_url,
+        **extra,
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import eventually
+from .conftest import eventually, provider_env
 from .fakes import FakeMailgun, FakeSendGrid
 from .processes import ROOT, mailman_process
 
@@ -25,16 +25,12 @@ async def status_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> str:
 async def test_sigkill_mid_delivery_loses_no_accepted_mail(tmp_path: Path) -> None:
     """Every mail answered 201 before a SIGKILL is sent after a restart on the same store, once."""
     async with FakeSendGrid() as sg, FakeMailgun() as mg, aiohttp.ClientSession() as http:
-        env = {
-            "MAILMAN_STORE": f"sqlite:///{tmp_path / 'mailman.db'}",
-            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
-            "SENDGRID_API_KEY": sg.api_key,
-            "SENDGRID_BASE_URL": sg.base_url,
-            "MAILGUN_API_KEY": mg.api_key,
-            "MAILGUN_DOMAIN": mg.domain,
-            "MAILGUN_BASE_URL": mg.base_url,
-            "MAILMAN_PROVIDER_TIMEOUT": "60",
-        }
+        env = provider_env(
+            sg,
+            mg,
+            MAILMAN_STORE=f"sqlite:///{tmp_path / 'mailman.db'}",
+            MAILMAN_PROVIDER_TIMEOUT="60",
+        )
         sg.mode = "timeout"  # every call hangs: mails are caught mid-delivery
         ids: list[str] = []
         async with mailman_process(env, tmp_path / "first.log") as first:

@@ -27,7 +27,7 @@ from actors.messages import Status
 from actors.mysql import MySQLStore
 from actors.store import Store
 
-from .conftest import eventually
+from .conftest import eventually, provider_env
 from .fakes import FakeMailgun, FakeSendGrid
 from .kafka_broker import external_kafka, free_port, in_ci, kafka_options, start_tansu
 from .processes import Process, start_mailman, stop_process
@@ -114,6 +114,7 @@ async def test_scaled_deployment_survives_failures(
         MySQLStore.from_url(mysql_url) as store,
     ):
         env = {
+            **provider_env(sg_a, mg),
             "MAILMAN_BROKER": f"kafka://{bootstrap}",
             "MAILMAN_STORE": mysql_url,
             "MAILMAN_KAFKA_TOPIC_PREFIX": f"scale-{secrets.token_hex(4)}.",
@@ -121,12 +122,6 @@ async def test_scaled_deployment_survives_failures(
             "MAILMAN_KAFKA_IDEMPOTENT": str(options["idempotent"]).lower(),
             "MAILMAN_KAFKA_SESSION_TIMEOUT_MS": str(options["session_timeout_ms"]),
             "MAILMAN_KAFKA_FETCH_MAX_WAIT_MS": "100",
-            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
-            "SENDGRID_API_KEY": sg_a.api_key,
-            "SENDGRID_BASE_URL": sg_a.base_url,
-            "MAILGUN_API_KEY": mg.api_key,
-            "MAILGUN_DOMAIN": mg.domain,
-            "MAILGUN_BASE_URL": mg.base_url,
             "MAILMAN_PROVIDER_TIMEOUT": "5",
             "MAILMAN_BREAKER_FAIL_MAX": "10",
             "MAILMAN_BREAKER_RESET_SECONDS": "600",

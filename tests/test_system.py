@@ -16,7 +16,7 @@ from actors.providers import Accepted, ProviderClient, Result
 from actors.supervisor import RestartBudgetExceeded
 from actors.system import Mailman, embedded
 
-from .conftest import eventually, make_config
+from .conftest import eventually, make_config, provider_env
 from .fakes import FakeMailgun, FakeSendGrid
 
 #: The original service's example request, byte for byte.
@@ -36,18 +36,6 @@ async def sendgrid() -> AsyncIterator[FakeSendGrid]:
 async def mailgun() -> AsyncIterator[FakeMailgun]:
     async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
         yield fake
-
-
-def provider_env(sg: FakeSendGrid, mg: FakeMailgun, **extra: str) -> dict[str, str]:
-    return {
-        "MAILMAN_PROVIDERS": "sendgrid,mailgun",
-        "SENDGRID_API_KEY": sg.api_key,
-        "SENDGRID_BASE_URL": sg.base_url,
-        "MAILGUN_API_KEY": mg.api_key,
-        "MAILGUN_DOMAIN": mg.domain,
-        "MAILGUN_BASE_URL": mg.base_url,
-        **extra,
-    }
 
 
 class Api:
