@@ -178,10 +178,13 @@ class _MemoryInbox(Inbox[M]):
             return delivery
 
     def get_nowait(self) -> Delivery[M] | None:
-        if self.closed or not self.mailbox._items:
+        box = self.mailbox
+        if self.closed or not box._items:
             return None
+        was_full = len(box._items) >= box.capacity
         delivery = self._take()
-        self.mailbox._wake()
+        if was_full:  # only then can a put be waiting for room
+            box._wake()
         return delivery
 
     def close(self) -> None:

@@ -138,6 +138,22 @@ async def test_put_waits_while_full(broker: Broker) -> None:
     assert rest == [f"mail-{n}" for n in range(1, 5)]
 
 
+@memory_only
+async def test_get_nowait_makes_room_for_a_waiting_put(broker: Broker) -> None:
+    """Taking from a full mailbox without waiting (a batch) also wakes a put waiting for room."""
+    box = broker.mailbox("contract.full-nowait", Dispatch)
+    for n in range(4):  # the fixture's capacity
+        await box.put(dispatch(n))
+    blocked = asyncio.create_task(box.put(dispatch(4)))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    async with box.subscribe() as inbox:
+        taken = inbox.get_nowait()
+        assert taken is not None
+        await taken.ack()
+        await asyncio.wait_for(blocked, 5)
+
+
 async def test_get_waits_for_a_message(broker: Broker) -> None:
     """A waiting consumer receives a message put later."""
     box = broker.mailbox("contract.wait", Dispatch)
