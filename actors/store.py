@@ -14,6 +14,13 @@ from types import TracebackType
 from .messages import Attempt, Mail, Status, StatusUpdate
 
 
+class StoreUnavailable(ConnectionError):
+    """The store cannot be reached or did not answer in time; nothing was changed by us.
+
+    The message names the cause without connection details (no password, no URL).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class MailRecord:
     """A stored mail with everything known about it."""

@@ -136,6 +136,20 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     kafka: KafkaConfig = KafkaConfig()
     relay: RelayConfig = RelayConfig()
+    #: The HTTP edge: a request's headers must arrive within this many seconds...
+    header_timeout: float = 10.0
+    #: ...a request body that sends nothing for this long is cut...
+    body_idle_timeout: float = 10.0
+    #: ...and an idle keep-alive connection is closed after this long.
+    keepalive_seconds: float = 75.0
+    #: How long the API waits on the store before it answers 503.
+    store_timeout: float = 5.0
+    #: How long an ``Idempotency-Key`` is remembered.
+    idempotency_ttl: float = 24 * 3600.0
+    #: Mails per second per API key when the key sets no rate of its own (0: unlimited).
+    rate_limit: float = 0.0
+    #: How long an API replica trusts what it read about a key (revocation takes this long).
+    key_cache_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
@@ -329,6 +343,13 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         supervisor=supervisor,
         kafka=kafka,
         relay=relay,
+        header_timeout=_number(env, "MAILMAN_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.01),
+        body_idle_timeout=_number(env, "MAILMAN_BODY_IDLE_TIMEOUT_SECONDS", 10.0, minimum=0.01),
+        keepalive_seconds=_number(env, "MAILMAN_KEEPALIVE_SECONDS", 75.0, minimum=0.01),
+        store_timeout=_number(env, "MAILMAN_STORE_TIMEOUT_SECONDS", 5.0, minimum=0.01),
+        idempotency_ttl=_number(env, "MAILMAN_IDEMPOTENCY_TTL_SECONDS", 86400.0, minimum=1),
+        rate_limit=_number(env, "MAILMAN_RATE_LIMIT", 0.0),
+        key_cache_seconds=_number(env, "MAILMAN_KEY_CACHE_SECONDS", 2.0),
         log_level=env.get("MAILMAN_LOG_LEVEL", "info").lower(),
         log_format=log_format,
         event_loop=event_loop,

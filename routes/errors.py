@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +19,8 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+
+from actors.store import StoreUnavailable
 
 from .validation import FieldError
 
@@ -36,8 +38,19 @@ NOT_FOUND = _PROBLEMS + "not-found"
 METHOD_NOT_ALLOWED = _PROBLEMS + "method-not-allowed"
 STATUS_CONFLICT = _PROBLEMS + "status-conflict"
 INTERNAL = _PROBLEMS + "internal"
+BAD_REQUEST = _PROBLEMS + "bad-request"
+UNAUTHORIZED = _PROBLEMS + "unauthorized"
+FORBIDDEN = _PROBLEMS + "forbidden"
+RATE_LIMITED = _PROBLEMS + "rate-limited"
+IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
+IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
+STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
+TIMEOUT = _PROBLEMS + "timeout"
 #: RFC 9457: the problem has no more meaning than its HTTP status.
 ABOUT_BLANK = "about:blank"
+
+#: What a 503 for an unreachable store asks the client to wait.
+STORE_RETRY_AFTER_SECONDS = 2
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -63,6 +76,7 @@ class Problem(Exception):
         type: str = ABOUT_BLANK,
         title: str | None = None,
         errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = int(status)
@@ -70,6 +84,8 @@ class Problem(Exception):
         self.type = type
         self.title = title or _title(status)
         self.errors = tuple(errors)
+        #: Extra answer headers (``Retry-After``, ``WWW-Authenticate``...).
+        self.headers = dict(headers or {})
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -82,12 +98,12 @@ class Problem(Exception):
             body["errors"] = [e.as_json() for e in self.errors]
         return body
 
-    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.Response(
             status=self.status,
             body=orjson.dumps(self.as_json()),
             content_type=PROBLEM_CONTENT_TYPE,
-            headers=headers,
+            headers={**self.headers, **(headers or {})},
         )
 
 
@@ -121,6 +137,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise
         return problem_from_http_exception(exc)
+    except StoreUnavailable as exc:
+        log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))
+        return Problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "The store does not answer; nothing was changed. Try again later.",
+            type=STORE_UNAVAILABLE,
+            headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
+        ).response()
     except Exception:
         log.exception("http.error", method=request.method, path=request.path)
         return Problem(

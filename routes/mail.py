@@ -15,11 +15,11 @@ from actors.messages import Attempt, Dispatch, Mail, Status, new_mail_id
 from actors.store import MailRecord
 
 from . import CONFIG, OUTBOUND, STORE
+from .body import read_body
 from .errors import (
     MALFORMED_JSON,
     NOT_FOUND,
     STATUS_CONFLICT,
-    TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
     VALIDATION,
     Problem,
@@ -68,16 +68,7 @@ def _require_json(request: web.Request) -> None:
 
 async def _read_json(request: web.Request) -> object:
     """The decoded JSON body; 413 beyond the size limit, 400 if it is not JSON."""
-    limit = request.app[CONFIG].max_body_bytes
-    length = request.content_length
-    if length is not None and length > limit:
-        raise Problem(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"The request body is larger than the limit of {limit} bytes.",
-            type=TOO_LARGE,
-        )
-    raw = await request.read()  # aiohttp raises 413 beyond client_max_size
-    return _decode(raw)
+    return _decode(await read_body(request, limit=request.app[CONFIG].max_body_bytes))
 
 
 def _decode(raw: bytes) -> object:
@@ -216,7 +207,7 @@ async def _failure_reason(request: web.Request) -> str | None:
     """The optional ``{"reason": "..."}`` body of POST /mail/{id}/failed."""
     if not request.body_exists:
         return None
-    raw = await request.read()
+    raw = await read_body(request, limit=request.app[CONFIG].max_body_bytes)
     if not raw.strip():
         return None
     _require_json(request)
