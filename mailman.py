@@ -1,4 +1,5 @@
-"""Mailman's entry point: ``mailman [flags]`` or ``python mailman.py [flags]``.
+"""Mailman's entry point: ``mailman [serve] [flags]``, ``mailman keys ...``, or
+``python mailman.py ...``.
 
 Thin on purpose: read the configuration once, set up logging, handle
 signals in one place, run the system, turn the outcome into an exit code.
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from actors.keys import keys_main
 from actors.supervisor import RestartBudgetExceeded
 from actors.system import Mailman, embedded
 from config import Config, ConfigError, load
@@ -67,8 +69,12 @@ def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     env = os.environ
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:], env)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
     try:
         config = load(argv, env)
     except ConfigError as exc:

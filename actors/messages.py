@@ -88,6 +88,8 @@ class Mail:
     bcc: tuple[Address, ...] = ()
     reply_to: Address | None = None
     created_at: float = field(default_factory=time.time)
+    #: Whose mail it is: the tenant of the API key that submitted it ("" without keys).
+    tenant: str = ""
 
     def as_json(self) -> dict[str, Any]:
         """The submitted mail in the shape the API shows it."""

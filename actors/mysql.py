@@ -47,7 +47,24 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiomysql
 
 from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
-from .store import BreakerState, MailRecord, OutboxEntry, Pending, Store, Transition
+from .store import (
+    KEY_COLUMNS,
+    ApiKey,
+    BreakerState,
+    Idempotency,
+    IdempotencyMismatch,
+    MailQuery,
+    MailRecord,
+    MailSummary,
+    OutboxEntry,
+    Pending,
+    RateDecision,
+    Store,
+    Transition,
+    api_key_from_row,
+    bucket_step,
+    list_filter,
+)
 
 T = TypeVar("T")
 
@@ -103,6 +120,41 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at DOUBLE NOT NULL
     ) {_TABLE_OPTIONS}
     """,
+    # 3: tenants, API keys, idempotency keys and rate-limit buckets. ADD COLUMN
+    # and CREATE INDEX have no IF NOT EXISTS in MySQL 8: a re-run skips them
+    # by their "already there" errors (see _ALREADY_DONE).
+    f"""
+    ALTER TABLE mails ADD COLUMN tenant VARCHAR(64) NOT NULL DEFAULT '';
+    CREATE INDEX mails_by_tenant ON mails (tenant, id);
+
+    CREATE TABLE IF NOT EXISTS api_keys (
+        id           VARCHAR(64) NOT NULL PRIMARY KEY,
+        secret_hash  CHAR(64) NOT NULL,
+        tenant       VARCHAR(64) NOT NULL,
+        scopes       VARCHAR(255) NOT NULL,
+        rate         DOUBLE NULL,
+        created_at   DOUBLE NOT NULL,
+        last_used_at DOUBLE NULL,
+        revoked_at   DOUBLE NULL,
+        UNIQUE KEY api_keys_by_hash (secret_hash)
+    ) {_TABLE_OPTIONS};
+
+    CREATE TABLE IF NOT EXISTS idempotency (
+        tenant      VARCHAR(64) NOT NULL,
+        key_hash    CHAR(64) NOT NULL,
+        fingerprint CHAR(64) NOT NULL,
+        mail_id     VARCHAR(64) NOT NULL,
+        expires_at  DOUBLE NOT NULL,
+        PRIMARY KEY (tenant, key_hash),
+        INDEX idempotency_by_expiry (expires_at)
+    ) {_TABLE_OPTIONS};
+
+    CREATE TABLE IF NOT EXISTS rate_buckets (
+        id         VARCHAR(128) NOT NULL PRIMARY KEY,
+        tokens     DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL
+    ) {_TABLE_OPTIONS}
+    """,
 )
 
 _SCHEMA_VERSION_TABLE = f"""
@@ -124,6 +176,8 @@ _POOL_RECYCLE_SECONDS = 3600
 _CHUNK = 500
 
 _ER_LOCK_DEADLOCK = 1213
+#: Duplicate column / duplicate key name: a migration statement that already ran.
+_ALREADY_DONE = frozenset({1060, 1061})
 _DEADLOCK_RETRIES = 5
 
 # Strict: a value too long for its column is an error, never silently cut.
@@ -167,6 +221,9 @@ class MySQLStore(Store):
     The database must exist (``create_database`` makes one); the tables are
     made by ``open()``. The password is kept out of ``repr`` and of errors.
     """
+
+    #: Server gone or unreachable (2003, 2006, 2013...), a closed connection, socket errors.
+    unavailable = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError)
 
     def __init__(
         self,
@@ -332,7 +389,11 @@ class MySQLStore(Store):
             )
         for index in range(version, len(self.migrations)):
             for statement in split_statements(self.migrations[index]):
-                await cur.execute(statement)
+                try:
+                    await cur.execute(statement)
+                except aiomysql.OperationalError as exc:
+                    if _error_code(exc) not in _ALREADY_DONE:
+                        raise
             await cur.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
                 (index + 1, time.time()),
@@ -393,7 +454,7 @@ class MySQLStore(Store):
 
     # --- Store -------------------------------------------------------------
 
-    async def add(self, mail: Mail) -> None:
+    async def add(self, mail: Mail, idempotency: Idempotency | None = None) -> str:
         if not _storable_id(mail.id):
             raise ValueError(
                 f"mail id {mail.id[:80]!r} cannot be stored: at most {_ID_MAX} characters, "
@@ -401,23 +462,149 @@ class MySQLStore(Store):
             )
         payload = encode(mail).decode()
 
-        async def body(cur: Any) -> None:
+        async def body(cur: Any) -> str:
+            if idempotency is not None:
+                standing = await _claim_idempotency(cur, mail, idempotency)
+                if standing is not None:
+                    return standing
             # 1 row affected: inserted; 0: the id was there (the no-op update).
             inserted = await cur.execute(
                 """
-                INSERT INTO mails (id, status, payload, created_at, updated_at)
-                VALUES (%s, %s, %s, %s, %s)
+                INSERT INTO mails (id, status, payload, created_at, updated_at, tenant)
+                VALUES (%s, %s, %s, %s, %s, %s)
                 ON DUPLICATE KEY UPDATE id = id
                 """,
-                (mail.id, Status.QUEUED.value, payload, mail.created_at, mail.created_at),
+                (
+                    mail.id,
+                    Status.QUEUED.value,
+                    payload,
+                    mail.created_at,
+                    mail.created_at,
+                    mail.tenant,
+                ),
             )
             if inserted == 1:
                 await cur.execute(
                     "INSERT INTO outbox (mail_id, accepted_at) VALUES (%s, %s)",
                     (mail.id, mail.created_at),
                 )
+            return mail.id
+
+        return await self._run(body)
+
+    async def list_mails(self, query: MailQuery) -> list[MailSummary]:
+        where, params = list_filter(query, "%s")
+
+        async def body(cur: Any) -> list[MailSummary]:
+            await cur.execute(
+                f"SELECT id, status, created_at FROM mails {where} ORDER BY id DESC LIMIT %s",
+                (*params, query.limit),
+            )
+            return [MailSummary(i, Status(s), c) for i, s, c in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    # --- API keys ---------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        async def body(cur: Any) -> None:
+            await cur.execute(
+                """
+                INSERT INTO api_keys (id, secret_hash, tenant, scopes, rate, created_at)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                """,
+                (key.id, secret_hash, key.tenant, ",".join(key.scopes), key.rate, key.created_at),
+            )
 
         await self._run(body)
+
+    async def keys(self) -> list[ApiKey]:
+        async def body(cur: Any) -> list[ApiKey]:
+            await cur.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id")
+            return [api_key_from_row(tuple(row)) for row in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    async def key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        async def body(cur: Any) -> ApiKey | None:
+            await cur.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = %s", (secret_hash,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else api_key_from_row(tuple(row))
+
+        return await self._run(body, read_only=True)
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        async def body(cur: Any) -> bool:
+            await cur.execute("SELECT id FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
+            if await cur.fetchone() is None:
+                return False
+            await cur.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE id = %s",
+                (at, key_id),
+            )
+            return True
+
+        return await self._run(body)
+
+    async def any_keys(self) -> bool:
+        async def body(cur: Any) -> bool:
+            await cur.execute("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            (found,) = await cur.fetchone()
+            return bool(found)
+
+        return await self._run(body, read_only=True)
+
+    async def touch_keys(self, used: dict[str, float]) -> None:
+        if not used:
+            return
+
+        async def body(cur: Any) -> None:
+            for key_id, at in sorted(used.items()):
+                await cur.execute(
+                    """
+                    UPDATE api_keys SET last_used_at = %s
+                    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < %s)
+                    """,
+                    (at, key_id, at),
+                )
+
+        await self._run(body)
+
+    # --- rate limits and idempotency -------------------------------------------
+
+    async def take_token(self, bucket: str, rate: float, now: float) -> RateDecision:
+        async def body(cur: Any) -> RateDecision:
+            # Make sure the row exists, then lock it: every replica's request
+            # for this bucket queues on the lock, so the count is exact.
+            await cur.execute(
+                """
+                INSERT INTO rate_buckets (id, tokens, updated_at) VALUES (%s, %s, %s)
+                ON DUPLICATE KEY UPDATE id = id
+                """,
+                (bucket, max(rate, 1.0), now),
+            )
+            await cur.execute(
+                "SELECT tokens, updated_at FROM rate_buckets WHERE id = %s FOR UPDATE", (bucket,)
+            )
+            tokens, updated_at = await cur.fetchone()
+            left, decision = bucket_step(tokens, updated_at, rate, now)
+            await cur.execute(
+                "UPDATE rate_buckets SET tokens = %s, updated_at = GREATEST(updated_at, %s) "
+                "WHERE id = %s",
+                (left, now, bucket),
+            )
+            return decision
+
+        return await self._run(body)
+
+    async def purge_idempotency(self, now: float) -> int:
+        async def body(cur: Any) -> int:
+            purged: int = await cur.execute("DELETE FROM idempotency WHERE expires_at < %s", (now,))
+            return purged
+
+        return await self._run(body)
 
     async def get(self, mail_id: str) -> MailRecord | None:
         if not _storable_id(mail_id):
@@ -647,6 +834,44 @@ async def _current_version(cur: Any) -> int:
     await cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
     (version,) = await cur.fetchone()
     return int(version)
+
+
+async def _claim_idempotency(cur: Any, mail: Mail, idem: Idempotency) -> str | None:
+    """Record ``idem`` for ``mail`` unless the tenant's key stands for another mail already.
+
+    None: recorded, store the mail. Otherwise the id of the mail the key
+    stands for (``IdempotencyMismatch`` if the bodies differ). The INSERT
+    waits on another replica's uncommitted insert of the same key, so two
+    replicas never both store a mail for one key.
+    """
+    fresh = (mail.tenant, idem.key_hash, idem.fingerprint, mail.id, idem.expires_at)
+    inserted = await cur.execute(
+        """
+        INSERT INTO idempotency (tenant, key_hash, fingerprint, mail_id, expires_at)
+        VALUES (%s, %s, %s, %s, %s)
+        ON DUPLICATE KEY UPDATE tenant = tenant
+        """,
+        fresh,
+    )
+    if inserted == 1:
+        return None
+    # A locking read: the latest committed row, whatever this transaction's snapshot.
+    await cur.execute(
+        "SELECT mail_id, fingerprint, expires_at FROM idempotency "
+        "WHERE tenant = %s AND key_hash = %s FOR UPDATE",
+        (mail.tenant, idem.key_hash),
+    )
+    mail_id, fingerprint, expires_at = await cur.fetchone()
+    if expires_at < mail.created_at:  # expired: the key is free again
+        await cur.execute(
+            "UPDATE idempotency SET fingerprint = %s, mail_id = %s, expires_at = %s "
+            "WHERE tenant = %s AND key_hash = %s",
+            (idem.fingerprint, mail.id, idem.expires_at, mail.tenant, idem.key_hash),
+        )
+        return None
+    if fingerprint != idem.fingerprint:
+        raise IdempotencyMismatch(mail_id)
+    return str(mail_id)
 
 
 async def _lock_mails(cur: Any, ids: Sequence[str]) -> dict[str, Status]:

@@ -25,7 +25,24 @@ from contextlib import asynccontextmanager, suppress
 import aiosqlite
 
 from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
-from .store import BreakerState, MailRecord, OutboxEntry, Pending, Store, Transition
+from .store import (
+    KEY_COLUMNS,
+    ApiKey,
+    BreakerState,
+    Idempotency,
+    IdempotencyMismatch,
+    MailQuery,
+    MailRecord,
+    MailSummary,
+    OutboxEntry,
+    Pending,
+    RateDecision,
+    Store,
+    Transition,
+    api_key_from_row,
+    bucket_step,
+    list_filter,
+)
 
 #: Migration N (1-based) brings the schema from version N-1 to N. Append only.
 MIGRATIONS: tuple[str, ...] = (
@@ -77,6 +94,39 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL   -- the newest wins
     );
     """,
+    # 3: tenants, API keys, idempotency keys and rate-limit buckets.
+    """
+    ALTER TABLE mails ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    -- list_mails: a tenant's mails, newest (highest ULID) first.
+    CREATE INDEX mails_by_tenant ON mails (tenant, id);
+
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        secret_hash  TEXT NOT NULL UNIQUE,  -- SHA-256 of the key; the key itself is never kept
+        tenant       TEXT NOT NULL,
+        scopes       TEXT NOT NULL,         -- comma list
+        rate         REAL NULL,             -- mails/s; NULL: the service default
+        created_at   REAL NOT NULL,
+        last_used_at REAL NULL,
+        revoked_at   REAL NULL
+    );
+
+    CREATE TABLE idempotency (
+        tenant      TEXT NOT NULL,
+        key_hash    TEXT NOT NULL,  -- SHA-256 of the Idempotency-Key header
+        fingerprint TEXT NOT NULL,  -- SHA-256 of the request body
+        mail_id     TEXT NOT NULL,
+        expires_at  REAL NOT NULL,
+        PRIMARY KEY (tenant, key_hash)
+    );
+    CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
+
+    CREATE TABLE rate_buckets (
+        id         TEXT PRIMARY KEY,
+        tokens     REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 
 _SCHEMA_VERSION_TABLE = """
@@ -121,12 +171,15 @@ def _placeholders(count: int) -> str:
 class SQLiteStore(Store):
     """Mails, statuses and attempts in one SQLite file (or ``":memory:"``)."""
 
+    #: "database is locked" (busy past the timeout), "disk I/O error", "unable to open".
+    unavailable = (sqlite3.OperationalError,)
+
     def __init__(self, path: str, *, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path
         self.migrations: tuple[str, ...] = tuple(migrations)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._adds: list[tuple[Mail, asyncio.Future[None]]] = []
+        self._adds: list[tuple[Mail, Idempotency | None, asyncio.Future[str]]] = []
         self._add_writer: asyncio.Task[None] | None = None
         self._loads: dict[str, list[asyncio.Future[tuple[Mail, Status] | None]]] = {}
         self._load_reader: asyncio.Task[None] | None = None
@@ -222,35 +275,39 @@ class SQLiteStore(Store):
 
     # --- Store -------------------------------------------------------------
 
-    async def add(self, mail: Mail) -> None:
+    async def add(self, mail: Mail, idempotency: Idempotency | None = None) -> str:
         """Group commit: every ``add`` waiting while a transaction runs joins the next one.
 
         With ``synchronous=FULL`` a commit costs an fsync, so committing a
         batch of mails at once is what lets the API accept many mails a
         second; each caller still returns only once its mail is committed.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._adds.append((mail, done))
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._adds.append((mail, idempotency, done))
         if self._add_writer is None or self._add_writer.done():
             self._add_writer = asyncio.create_task(self._write_adds())
-        await asyncio.shield(done)  # a cancelled caller does not cancel the others' commit
+        return await asyncio.shield(done)  # a cancelled caller does not cancel the others' commit
 
     async def _write_adds(self) -> None:
         while self._adds:
             batch, self._adds = self._adds[:MAX_GROUP_COMMIT], self._adds[MAX_GROUP_COMMIT:]
             try:
                 async with self._transaction() as db:
-                    await _insert_mails(db, [mail for mail, _ in batch])
+                    outcomes = await _insert_mails(db, [(m, i) for m, i, _ in batch])
             except BaseException as exc:
-                for _, done in batch:
+                for _, _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
             else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+                for (_, _, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(outcome, IdempotencyMismatch):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
 
     async def get(self, mail_id: str) -> MailRecord | None:
         async with self._transaction("BEGIN") as db:
@@ -368,6 +425,92 @@ class SQLiteStore(Store):
             )
         return [Pending(mail_id=row["id"], accepted_at=row["created_at"]) for row in rows]
 
+    async def list_mails(self, query: MailQuery) -> list[MailSummary]:
+        where, params = list_filter(query)
+        async with self._statement() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT id, status, created_at FROM mails {where} ORDER BY id DESC LIMIT ?",
+                (*params, query.limit),
+            )
+        return [MailSummary(row["id"], Status(row["status"]), row["created_at"]) for row in rows]
+
+    # --- API keys ---------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """
+                INSERT INTO api_keys (id, secret_hash, tenant, scopes, rate, created_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+                (key.id, secret_hash, key.tenant, ",".join(key.scopes), key.rate, key.created_at),
+            )
+
+    async def keys(self) -> list[ApiKey]:
+        async with self._statement() as db:
+            rows = await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id")
+        return [api_key_from_row(tuple(row)) for row in rows]
+
+    async def key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        async with self._statement() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?", (secret_hash,)
+                )
+            )
+        return api_key_from_row(tuple(rows[0])) if rows else None
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (at, key_id),
+            )
+            return cursor.rowcount > 0
+
+    async def any_keys(self) -> bool:
+        async with self._statement() as db:
+            rows = list(await db.execute_fetchall("SELECT EXISTS (SELECT 1 FROM api_keys)"))
+        return bool(rows[0][0])
+
+    async def touch_keys(self, used: dict[str, float]) -> None:
+        if not used:
+            return
+        async with self._transaction() as db:
+            await db.executemany(
+                """
+                UPDATE api_keys SET last_used_at = ?
+                WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)
+                """,
+                [(at, key_id, at) for key_id, at in used.items()],
+            )
+
+    # --- rate limits and idempotency -------------------------------------------
+
+    async def take_token(self, bucket: str, rate: float, now: float) -> RateDecision:
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT tokens, updated_at FROM rate_buckets WHERE id = ?", (bucket,)
+                )
+            )
+            tokens, updated_at = (rows[0][0], rows[0][1]) if rows else (None, None)
+            left, decision = bucket_step(tokens, updated_at, rate, now)
+            await db.execute(
+                """
+                INSERT INTO rate_buckets (id, tokens, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (id) DO UPDATE
+                SET tokens = excluded.tokens, updated_at = MAX(updated_at, excluded.updated_at)
+                """,
+                (bucket, left, now),
+            )
+        return decision
+
+    async def purge_idempotency(self, now: float) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
+            return max(cursor.rowcount, 0)
+
     # --- transactional outbox ------------------------------------------------
 
     async def claim_outbox(
@@ -469,39 +612,81 @@ class SQLiteStore(Store):
 # --- statements run inside a transaction -------------------------------------
 
 
-async def _insert_mails(db: aiosqlite.Connection, mails: list[Mail]) -> None:
+async def _insert_mails(
+    db: aiosqlite.Connection, adds: list[tuple[Mail, Idempotency | None]]
+) -> list[str | IdempotencyMismatch]:
     """The mails as ``queued``, each with its outbox entry; nothing for an id already stored.
 
-    Three statements for the whole batch (each is one trip to the connection's
-    thread), not two per mail.
+    A few statements for the whole batch (each is one trip to the connection's
+    thread), not two per mail. For each add, the id of the mail that stands
+    for it, or the mismatch its idempotency key ran into.
     """
-    ids = list({mail.id for mail in mails})
+    ids = list({mail.id for mail, _ in adds})
     stored = {
         row[0]
         for row in await db.execute_fetchall(
             f"SELECT id FROM mails WHERE id IN ({_placeholders(len(ids))})", ids
         )
     }
+    keyed = await _idempotency_rows(db, adds)
+    outcomes: list[str | IdempotencyMismatch] = []
     new: dict[str, Mail] = {}
-    for mail in mails:  # a repeated add inserts neither the mail nor an entry
-        if mail.id not in stored:
+    records: list[tuple[object, ...]] = []
+    for mail, idem in adds:
+        if idem is not None:
+            found = keyed.get((mail.tenant, idem.key_hash))
+            if found is not None and found[2] >= mail.created_at:  # recorded, not expired
+                mail_id, fingerprint, _ = found
+                same = fingerprint == idem.fingerprint
+                outcomes.append(mail_id if same else IdempotencyMismatch(mail_id))
+                continue
+            keyed[(mail.tenant, idem.key_hash)] = (mail.id, idem.fingerprint, idem.expires_at)
+            records.append((mail.tenant, idem.key_hash, idem.fingerprint, mail.id, idem.expires_at))
+        outcomes.append(mail.id)
+        if mail.id not in stored:  # a repeated add inserts neither the mail nor an entry
             new.setdefault(mail.id, mail)
-    if not new:
-        return
-    await db.executemany(
-        """
-        INSERT INTO mails (id, status, payload, created_at, updated_at)
-        VALUES (?, ?, ?, ?, ?)
-        """,
-        [
-            (m.id, Status.QUEUED, encode(m).decode(), m.created_at, m.created_at)
-            for m in new.values()
-        ],
-    )
-    await db.executemany(
-        "INSERT INTO outbox (mail_id, accepted_at) VALUES (?, ?)",
-        [(m.id, m.created_at) for m in new.values()],
-    )
+    if records:
+        await db.executemany(
+            """
+            INSERT OR REPLACE INTO idempotency (tenant, key_hash, fingerprint, mail_id, expires_at)
+            VALUES (?, ?, ?, ?, ?)
+            """,
+            records,
+        )
+    if new:
+        await db.executemany(
+            """
+            INSERT INTO mails (id, status, payload, created_at, updated_at, tenant)
+            VALUES (?, ?, ?, ?, ?, ?)
+            """,
+            [
+                (m.id, Status.QUEUED, encode(m).decode(), m.created_at, m.created_at, m.tenant)
+                for m in new.values()
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO outbox (mail_id, accepted_at) VALUES (?, ?)",
+            [(m.id, m.created_at) for m in new.values()],
+        )
+    return outcomes
+
+
+async def _idempotency_rows(
+    db: aiosqlite.Connection, adds: list[tuple[Mail, Idempotency | None]]
+) -> dict[tuple[str, str], tuple[str, str, float]]:
+    """The recorded idempotency keys of a batch: (tenant, key hash) -> (mail id, fingerprint,
+    expiry)."""
+    wanted = {(m.tenant, i.key_hash) for m, i in adds if i is not None}
+    found: dict[tuple[str, str], tuple[str, str, float]] = {}
+    for tenant, key_hash in wanted:
+        rows = await db.execute_fetchall(
+            "SELECT mail_id, fingerprint, expires_at FROM idempotency "
+            "WHERE tenant = ? AND key_hash = ?",
+            (tenant, key_hash),
+        )
+        for row in rows:
+            found[(tenant, key_hash)] = (row[0], row[1], row[2])
+    return found
 
 
 #: Records an attempt once; nothing for an unknown mail.

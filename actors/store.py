@@ -21,6 +21,81 @@ class StoreUnavailable(ConnectionError):
     """
 
 
+class IdempotencyMismatch(Exception):
+    """An ``Idempotency-Key`` the tenant already used, with another request body."""
+
+    def __init__(self, mail_id: str) -> None:
+        super().__init__("the idempotency key was used with another request body")
+        #: The mail the key stands for.
+        self.mail_id = mail_id
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A request's idempotency key, scoped to its tenant, as ``add`` records it.
+
+    ``key_hash`` is a digest of the key (keys may hold any printable ASCII,
+    trailing spaces too; a digest compares exactly in every database), and
+    ``fingerprint`` a digest of the request body.
+    """
+
+    key_hash: str
+    fingerprint: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as the store keeps it: never the key itself, only its hash."""
+
+    id: str
+    tenant: str
+    scopes: tuple[str, ...]
+    #: Mails per second (also the burst); None: the service's default.
+    rate: float | None
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailSummary:
+    """One line of a mail listing."""
+
+    id: str
+    status: Status
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MailQuery:
+    """Which mails ``list_mails`` returns: newest first, ids below ``before``."""
+
+    #: None: every tenant's mails.
+    tenant: str | None
+    limit: int
+    status: Status | None = None
+    #: ``created_at`` at or after this unix time...
+    since: float | None = None
+    #: ... and before this one.
+    until: float | None = None
+    #: The last id of the page before (the cursor).
+    before: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """What a token bucket said about one request."""
+
+    allowed: bool
+    #: Whole tokens left after this request.
+    remaining: int
+    #: Seconds until the next token (what a refused caller should wait).
+    retry_after: float
+    #: Seconds until the bucket is full again.
+    reset: float
+
+
 @dataclass(frozen=True, slots=True)
 class MailRecord:
     """A stored mail with everything known about it."""
@@ -96,11 +171,58 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections. Idempotent."""
 
+    #: The errors that mean the database cannot be reached (the API answers 503).
+    unavailable: tuple[type[BaseException], ...] = ()
+
     @abc.abstractmethod
-    async def add(self, mail: Mail) -> None:
+    async def add(self, mail: Mail, idempotency: Idempotency | None = None) -> str:
         """Store a new mail as ``queued`` with its outbox entry, in one transaction.
 
         Committed when this returns; adding the same id again is a no-op.
+        With ``idempotency``, the key is recorded for ``mail.tenant`` in the
+        same transaction. If the tenant's key is already recorded (and not
+        expired), nothing is stored: the result is the id of the mail the
+        key stands for, or ``IdempotencyMismatch`` if the fingerprints differ.
+        Returns the id of the mail that stands for this request.
+        """
+
+    @abc.abstractmethod
+    async def list_mails(self, query: MailQuery) -> list[MailSummary]:
+        """Mails matching ``query``, newest (highest id) first, at most ``query.limit``."""
+
+    # --- API keys ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        """Record a new key; only the hash of its secret is kept."""
+
+    @abc.abstractmethod
+    async def keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    async def key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        """The key whose secret hashes to ``secret_hash`` (revoked too); None if none."""
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        """Revoke a key; False if there is no such key. Revoking twice keeps the first time."""
+
+    @abc.abstractmethod
+    async def any_keys(self) -> bool:
+        """Whether any key was ever made (a revoked one counts: the API stays closed)."""
+
+    @abc.abstractmethod
+    async def touch_keys(self, used: dict[str, float]) -> None:
+        """Record when keys were last used (key id -> unix time); never moves backwards."""
+
+    # --- rate limits -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def take_token(self, bucket: str, rate: float, now: float) -> RateDecision:
+        """Take one token from ``bucket`` (refilled at ``rate``/s, holding at most ``rate``).
+
+        Atomic across every process that shares the store.
         """
 
     @abc.abstractmethod
@@ -157,6 +279,10 @@ class Store(abc.ABC):
         Returns how many entries were made.
         """
 
+    @abc.abstractmethod
+    async def purge_idempotency(self, now: float) -> int:
+        """Forget idempotency keys that expired before ``now``; how many."""
+
     # --- shared circuit-breaker state ------------------------------------------
 
     @abc.abstractmethod
@@ -166,6 +292,74 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def breakers(self) -> list[BreakerState]:
         """Every provider's last recorded breaker state."""
+
+
+def bucket_step(
+    tokens: float | None, updated_at: float | None, rate: float, now: float
+) -> tuple[float, RateDecision]:
+    """One request against a token bucket: the tokens left and the decision.
+
+    The bucket holds ``max(rate, 1)`` tokens (the burst) and refills at
+    ``rate`` tokens a second; a bucket never seen (``tokens`` None) is full.
+    A clock that went backwards refills nothing.
+    """
+    capacity = max(rate, 1.0)
+    if tokens is None or updated_at is None:
+        tokens = capacity
+    else:
+        tokens = min(capacity, tokens + max(0.0, now - updated_at) * rate)
+    allowed = tokens >= 1.0
+    if allowed:
+        tokens -= 1.0
+    missing = 1.0 - tokens
+    retry_after = 0.0 if tokens >= 1.0 else missing / rate
+    return tokens, RateDecision(
+        allowed=allowed,
+        remaining=int(tokens),
+        retry_after=retry_after,
+        reset=(capacity - tokens) / rate,
+    )
+
+
+#: The columns ``api_key_from_row`` reads, in its order.
+KEY_COLUMNS = "id, tenant, scopes, rate, created_at, last_used_at, revoked_at"
+
+
+def api_key_from_row(row: tuple[object, ...]) -> ApiKey:
+    """An ``ApiKey`` from a row of ``KEY_COLUMNS``."""
+    key_id, tenant, scopes, rate, created_at, last_used_at, revoked_at = row
+    return ApiKey(
+        id=str(key_id),
+        tenant=str(tenant),
+        scopes=tuple(s for s in str(scopes).split(",") if s),
+        rate=None if rate is None else float(rate),  # type: ignore[arg-type]
+        created_at=float(created_at),  # type: ignore[arg-type]
+        last_used_at=None if last_used_at is None else float(last_used_at),  # type: ignore[arg-type]
+        revoked_at=None if revoked_at is None else float(revoked_at),  # type: ignore[arg-type]
+    )
+
+
+def list_filter(query: MailQuery, mark: str = "?") -> tuple[str, list[object]]:
+    """The WHERE clause and its parameters for ``list_mails`` (``mark``: the placeholder)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, op, value in (
+        ("tenant", "=", query.tenant),
+        ("status", "=", None if query.status is None else query.status.value),
+        ("created_at", ">=", query.since),
+        ("created_at", "<", query.until),
+        ("id", "<", query.before),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} {mark}")
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def check_store_url(url: str) -> None:
+    """``ValueError`` (never quoting a password) unless ``open_store`` can use ``url``."""
+    store = open_store(url)
+    del store  # made, never opened: nothing to close
 
 
 def open_store(url: str) -> Store:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
@@ -123,6 +124,37 @@ def make_broker(config: Config) -> Broker:
     raise ConfigError(
         f"unsupported broker {redact_url(config.broker)!r} "
         "(expected memory:// or kafka://host:9092[,host2:9092])"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_exposure(config: Config, store: Store) -> None:
+    """The secure default: an API with no key at all is refused off loopback (ConfigError).
+
+    On loopback it runs open, with one warning line.
+    """
+    if await store.any_keys():
+        return
+    if not is_loopback(config.host):
+        raise ConfigError(
+            f"refusing to serve on {config.host}: the store holds no API key, so anyone who "
+            "can reach the port could send mail. Create one first: "
+            "mailman keys create --tenant NAME (with the same --store), "
+            "or bind to 127.0.0.1"
+        )
+    log.warning(
+        "auth.open",
+        detail="no API key exists: the API is open to anyone on this machine "
+        "(run `mailman keys create --tenant NAME` to require keys)",
     )
 
 
@@ -260,6 +292,8 @@ class Mailman:
         self._announce()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            if ROLE_API in self.roles:
+                await check_exposure(self.config, self.store)
             if self.roles - {ROLE_API}:
                 # An API-only process never touches a mailbox (the relay
                 # publishes), so it starts and answers even while Kafka is down.

@@ -7,8 +7,13 @@ owns their lifecycle and binds the port (see ``actors.server``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from typing import Protocol
 
+import structlog
 from aiohttp import web
 
 from actors.messages import Dispatch
@@ -25,24 +30,63 @@ class Outbound(Protocol):
 STORE = web.AppKey("store", Store)
 OUTBOUND = web.AppKey("outbound", Outbound)
 CONFIG = web.AppKey("config", Config)
+#: (tenant, idempotency key hash) of the requests this replica is committing now.
+INFLIGHT = web.AppKey("inflight", set[tuple[str, str]])
+
+log = structlog.get_logger("mailman.http")
+
+#: How often the janitor forgets expired idempotency keys.
+PURGE_SECONDS = 60.0
 
 # The handlers read the keys above, so they are imported after them.
+from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
 from .errors import error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 
-__all__ = ["CONFIG", "OUTBOUND", "STORE", "Outbound", "create_app"]
+__all__ = ["CONFIG", "INFLIGHT", "KEYRING", "OUTBOUND", "STORE", "Outbound", "create_app"]
 
 
 def create_app(*, store: Store, outbound: Outbound, config: Config) -> web.Application:
     """The API as an aiohttp application; ``store`` must already be open."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
     )
     app[STORE] = store
     app[OUTBOUND] = outbound
     app[CONFIG] = config
+    app[INFLIGHT] = set()
+    app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+    app.cleanup_ctx.append(janitor)
     app.add_routes(mail_routes)
     app.add_routes(health_routes)
     return app
+
+
+async def janitor(app: web.Application) -> AsyncIterator[None]:
+    """While the app runs: write keys' last use, forget expired idempotency keys."""
+    task = asyncio.create_task(_sweep(app), name="api-janitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(Exception):
+        await app[KEYRING].flush()
+
+
+async def _sweep(app: web.Application) -> None:
+    keyring, store = app[KEYRING], app[STORE]
+    every = max(app[CONFIG].key_cache_seconds, 1.0)
+    last_purge = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await keyring.flush()
+            if time.monotonic() - last_purge >= PURGE_SECONDS:
+                last_purge = time.monotonic()
+                purged = await store.purge_idempotency(time.time())
+                if purged:
+                    log.info("idempotency.purged", keys=purged)
+        except Exception as exc:  # the store may be down for a while: try again later
+            log.warning("janitor.failed", error=type(exc).__name__)

@@ -26,7 +26,18 @@ from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdat
 from actors.mysql import MIGRATIONS as MYSQL_MIGRATIONS
 from actors.mysql import MySQLStore
 from actors.sqlite import SQLiteStore
-from actors.store import BreakerState, OutboxEntry, Pending, Store, Transition, open_store
+from actors.store import (
+    ApiKey,
+    BreakerState,
+    Idempotency,
+    IdempotencyMismatch,
+    MailQuery,
+    OutboxEntry,
+    Pending,
+    Store,
+    Transition,
+    open_store,
+)
 
 T = TypeVar("T")
 
@@ -771,3 +782,108 @@ def test_mysql_no_database_is_a_clear_error() -> None:
     """A URL naming no database says so."""
     with pytest.raises(ValueError, match="names no database"):
         MySQLStore.from_url("mysql://root@127.0.0.1:3306/")
+
+
+# --- tenants, API keys, idempotency, rate limits ---------------------------------
+
+
+def idem(key: str = "k1", fingerprint: str = "f1", expires_at: float = 90_000.0) -> Idempotency:
+    return Idempotency(key_hash=key, fingerprint=fingerprint, expires_at=expires_at)
+
+
+async def test_idempotent_add_stores_one_mail_and_replays_its_id(store: Store) -> None:
+    """A second add with the tenant's key and the same fingerprint stores nothing and names
+    the first mail."""
+    assert await store.add(mail("m1", tenant="t"), idem()) == "m1"
+    assert await store.add(mail("m2", created_at=1001.0, tenant="t"), idem()) == "m1"
+    assert await store.get("m2") is None
+    assert [e.mail_id for e in await claim_all(store)] == ["m1"]
+
+
+async def test_idempotency_key_with_another_body_is_a_mismatch(store: Store) -> None:
+    """The same key with another fingerprint raises IdempotencyMismatch naming the first mail."""
+    await store.add(mail("m1", tenant="t"), idem())
+    with pytest.raises(IdempotencyMismatch) as caught:
+        await store.add(mail("m2", tenant="t"), idem(fingerprint="other"))
+    assert caught.value.mail_id == "m1"
+    assert await store.get("m2") is None
+
+
+async def test_idempotency_keys_are_per_tenant(store: Store) -> None:
+    """Two tenants using the same key get a mail each."""
+    assert await store.add(mail("m1", tenant="a"), idem()) == "m1"
+    assert await store.add(mail("m2", tenant="b"), idem()) == "m2"
+
+
+async def test_expired_idempotency_key_is_free_again(store: Store) -> None:
+    """Once a key expired, the next add with it stores a new mail; purge forgets old keys."""
+    await store.add(mail("m1", tenant="t"), idem(expires_at=1500.0))
+    assert await store.add(mail("m2", created_at=2000.0, tenant="t"), idem()) == "m2"
+    await store.add(mail("m3", tenant="t"), idem("k2", expires_at=1500.0))
+    assert await store.purge_idempotency(now=1600.0) == 1
+
+
+async def test_concurrent_idempotent_adds_store_one_mail(
+    store: Store, make_store: MakeStore
+) -> None:
+    """Racing adds with one key, through two store instances (two replicas), store one mail."""
+    async with make_store() as other:
+        ids = await asyncio.gather(
+            *((store if i % 2 else other).add(mail(f"m{i}", tenant="t"), idem()) for i in range(10))
+        )
+    assert len(set(ids)) == 1
+    assert len(await claim_all(store)) == 1
+
+
+async def test_list_mails_newest_first_with_filters_and_cursor(store: Store) -> None:
+    """Listing is per tenant, newest id first, filtered by status and time, paged by id."""
+    for i in range(5):
+        await store.add(mail(f"m{i}", created_at=1000.0 + i, tenant="a"))
+    await store.add(mail("x9", tenant="b"))
+    await store.apply([update(Status.SENT, 2000.0, "m1")])
+    page = await store.list_mails(MailQuery(tenant="a", limit=2))
+    assert [m.id for m in page] == ["m4", "m3"]
+    rest = await store.list_mails(MailQuery(tenant="a", limit=10, before="m3"))
+    assert [m.id for m in rest] == ["m2", "m1", "m0"]
+    sent = await store.list_mails(MailQuery(tenant="a", limit=10, status=Status.SENT))
+    assert [(m.id, m.status) for m in sent] == [("m1", Status.SENT)]
+    window = await store.list_mails(MailQuery(tenant="a", limit=10, since=1001.0, until=1003.0))
+    assert [m.id for m in window] == ["m2", "m1"]
+    everyone = await store.list_mails(MailQuery(tenant=None, limit=10))
+    assert everyone[0].id == "x9" and len(everyone) == 6
+    assert window[0].created_at == 1002.0
+
+
+async def test_keys_create_find_revoke_touch(store: Store) -> None:
+    """Keys are found by hash, listed, revoked once, and their last use only moves forward."""
+    assert not await store.any_keys()
+    key = ApiKey(id="key1", tenant="t", scopes=("send", "read"), rate=2.5, created_at=10.0)
+    await store.create_key(key, "hash1")
+    assert await store.any_keys()
+    assert await store.key_by_hash("hash1") == key
+    assert await store.key_by_hash("nope") is None
+    await store.touch_keys({"key1": 50.0})
+    await store.touch_keys({"key1": 40.0})
+    assert await store.revoke_key("key1", 60.0)
+    assert await store.revoke_key("key1", 70.0)
+    assert not await store.revoke_key("missing", 70.0)
+    (listed,) = await store.keys()
+    assert (listed.last_used_at, listed.revoked_at, listed.rate) == (50.0, 60.0, 2.5)
+    assert await store.any_keys()  # a revoked key still closes the API
+
+
+async def test_rate_bucket_is_shared_and_refills(store: Store, make_store: MakeStore) -> None:
+    """A bucket of 2/s allows a burst of 2 across two store instances, then refills over time."""
+    async with make_store() as other:
+        first = await store.take_token("b", 2.0, now=100.0)
+        second = await other.take_token("b", 2.0, now=100.0)
+        third = await store.take_token("b", 2.0, now=100.0)
+        later = await other.take_token("b", 2.0, now=100.5)
+    assert (first.allowed, second.allowed, third.allowed, later.allowed) == (
+        True,
+        True,
+        False,
+        True,
+    )
+    assert (first.remaining, second.remaining) == (1, 0)
+    assert third.retry_after == pytest.approx(0.5)
