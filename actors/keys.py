@@ -22,9 +22,9 @@ from typing import TextIO
 
 from ulid import ULID
 
-from config import redact_url
+from config import check_store_url, redact_url
 
-from .store import ApiKey, Store, check_store_url, open_store
+from .store import ApiKey, Store, open_store
 
 KEY_PREFIX = "mm_"
 #: A tenant name: what keys and mails are grouped by.

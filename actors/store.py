@@ -356,12 +356,6 @@ def list_filter(query: MailQuery, mark: str = "?") -> tuple[str, list[object]]:
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def check_store_url(url: str) -> None:
-    """``ValueError`` (never quoting a password) unless ``open_store`` can use ``url``."""
-    store = open_store(url)
-    del store  # made, never opened: nothing to close
-
-
 def open_store(url: str) -> Store:
     """The store a URL names: ``sqlite:///path/to.db`` (``sqlite://`` alone: in memory),
     ``mysql://user:password@host:3306/database``."""

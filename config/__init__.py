@@ -8,10 +8,11 @@ Nothing else in Mailman reads ``os.environ``.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 ROLE_ALL = "all"
 
@@ -179,26 +180,187 @@ def redact_url(url: str) -> str:
 
 KNOWN_PROVIDERS = ("sendgrid", "mailgun", "outbox")
 LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+#: Settings without a flag: environment variables only (``--help`` lists them).
+ENV_ONLY = (
+    "MAILMAN_PROVIDERS",
+    "SENDGRID_API_KEY",
+    "SENDGRID_BASE_URL",
+    "MAILGUN_API_KEY",
+    "MAILGUN_DOMAIN",
+    "MAILGUN_BASE_URL",
+    "MAILMAN_OUTBOX_DIR",
+    "MAILMAN_DEFAULT_SUBJECT",
+    "MAILMAN_MAX_BODY_BYTES",
+    "MAILMAN_PROVIDER_TIMEOUT",
+    "MAILMAN_SENDER_CONCURRENCY",
+    "MAILMAN_MAILBOX_CAPACITY",
+    "MAILMAN_SHUTDOWN_TIMEOUT",
+    "MAILMAN_BREAKER_FAIL_MAX",
+    "MAILMAN_BREAKER_RESET_SECONDS",
+    "MAILMAN_BREAKER_SYNC_SECONDS",
+    "MAILMAN_RETRY_BASE_SECONDS",
+    "MAILMAN_RETRY_CAP_SECONDS",
+    "MAILMAN_RETRY_WINDOW_SECONDS",
+    "MAILMAN_MAX_RESTARTS",
+    "MAILMAN_RESTART_WINDOW_SECONDS",
+    "MAILMAN_RESTART_BACKOFF_SECONDS",
+    "MAILMAN_RESTART_BACKOFF_CAP_SECONDS",
+    "MAILMAN_RELAY_BATCH",
+    "MAILMAN_RELAY_INTERVAL_SECONDS",
+    "MAILMAN_RELAY_LEASE_SECONDS",
+    "MAILMAN_KAFKA_TOPIC_PREFIX",
+    "MAILMAN_KAFKA_PARTITIONS",
+    "MAILMAN_KAFKA_REPLICATION_FACTOR",
+    "MAILMAN_KAFKA_IDEMPOTENT",
+    "MAILMAN_KAFKA_LINGER_MS",
+    "MAILMAN_KAFKA_SESSION_TIMEOUT_MS",
+    "MAILMAN_KAFKA_FETCH_MAX_WAIT_MS",
+    "MAILMAN_HEADER_TIMEOUT_SECONDS",
+    "MAILMAN_BODY_IDLE_TIMEOUT_SECONDS",
+    "MAILMAN_KEEPALIVE_SECONDS",
+    "MAILMAN_STORE_TIMEOUT_SECONDS",
+    "MAILMAN_IDEMPOTENCY_TTL_SECONDS",
+    "MAILMAN_RATE_LIMIT",
+    "MAILMAN_KEY_CACHE_SECONDS",
+    "MAILMAN_EVENT_LOOP",
+    "MAILMAN_LOG_LEVEL",
+    "MAILMAN_LOG_FORMAT",
+)
+
+_EPILOG = (
+    "Every flag has an environment twin; the flag wins. Settings without a flag are "
+    "environment variables: " + ", ".join(ENV_ONLY) + ". "
+    "README.md (section Configuration) says what each one does and its default. "
+    "Commands: `mailman [serve]` runs the service (the default); "
+    "`mailman keys create|list|revoke` manages API keys (`mailman keys --help`)."
+)
+
+
+def _option(
+    p: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    flag: str,
+    var: str,
+    default: str,
+    help: str,
+    metavar: str,
+) -> None:
+    """Add ``flag``: its value comes from ``var`` in ``env`` when the flag is not given.
+
+    The help shows the built-in default, not the environment's value.
+    """
+    p.add_argument(
+        flag,
+        default=env.get(var, default),
+        metavar=metavar,
+        help=f"{help} (default: {default}; env {var})".replace("%", "%%"),
+    )
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailman",
         description="Mailman: transactional mail through several providers, with failover.",
+        epilog=_EPILOG,
     )
-    p.add_argument("--host", default=env.get("MAILMAN_HOST", "127.0.0.1"), help="bind address")
-    p.add_argument("--port", default=env.get("MAILMAN_PORT", "9292"), help="HTTP port (0: any)")
-    p.add_argument(
-        "--store", default=env.get("MAILMAN_STORE", "sqlite:///mailman.db"), help="store URL"
-    )
-    p.add_argument("--broker", default=env.get("MAILMAN_BROKER", "memory://"), help="broker URL")
-    p.add_argument(
+    _option(p, env, "--host", "MAILMAN_HOST", "127.0.0.1", "bind address", "HOST")
+    _option(p, env, "--port", "MAILMAN_PORT", "9292", "HTTP port, 0: any free port", "PORT")
+    _option(p, env, "--store", "MAILMAN_STORE", "sqlite:///mailman.db", "store URL", "URL")
+    _option(p, env, "--broker", "MAILMAN_BROKER", "memory://", "broker URL", "URL")
+    _option(
+        p,
+        env,
         "--role",
-        default=env.get("MAILMAN_ROLE", ROLE_ALL),
-        help="comma list of actors to run in this process (default: all)",
+        "MAILMAN_ROLE",
+        ROLE_ALL,
+        "comma list of actors to run in this process",
+        "ROLES",
     )
     return p
+
+
+# --- store and broker URLs: checked at load, so a typo is exit 2, not a traceback ----
+
+_STORE_EXPECTED = "expected sqlite:///path/to.db or mysql://user:password@host:3306/database"
+_MYSQL_EXAMPLE = "mysql://user:password@host:3306/database"
+_MYSQL_DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
+_BROKER_EXPECTED = "expected memory:// or kafka://host:9092[,host2:9092]"
+
+
+def check_store_url(url: str) -> None:
+    """Raise ``ConfigError`` unless ``open_store`` can open a store for ``url``.
+
+    The same checks as ``open_store`` and the MySQL store's URL parser, without
+    importing a database driver. Messages never quote a password.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigError(f"the store URL has no scheme ({_STORE_EXPECTED})")
+    if scheme == "sqlite":
+        return
+    if scheme != "mysql":
+        raise ConfigError(f"unsupported store {scheme!r} ({_STORE_EXPECTED})")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+    except ValueError:
+        raise ConfigError(f"malformed mysql store URL (expected {_MYSQL_EXAMPLE})") from None
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise ConfigError(f"the mysql store URL names no database (expected {_MYSQL_EXAMPLE})")
+    if not _MYSQL_DATABASE_NAME.fullmatch(database):
+        raise ConfigError(
+            "the database name in the mysql store URL must be 1 to 64 letters, digits, _ or $"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"pool_min", "pool_max"})
+    if unknown:
+        raise ConfigError(
+            f"unsupported mysql store URL options {unknown} (known: pool_min, pool_max)"
+        )
+    try:
+        pool_min = int(options.get("pool_min", 1))
+        pool_max = int(options.get("pool_max", 10))
+    except ValueError:
+        raise ConfigError("pool_min and pool_max in the mysql store URL must be integers") from None
+    if not 0 <= pool_min <= pool_max or pool_max < 1:
+        raise ConfigError(
+            f"the mysql store URL needs 0 <= pool_min <= pool_max and 1 <= pool_max, "
+            f"got pool_min={pool_min}, pool_max={pool_max}"
+        )
+
+
+def check_broker_url(url: str) -> None:
+    """Raise ``ConfigError`` unless ``make_broker`` accepts ``url``.
+
+    ``memory://``, or ``kafka://`` and a comma list of ``host:port`` addresses.
+    """
+    if url.startswith("memory:"):
+        return
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"unsupported broker: the URL has no scheme ({_BROKER_EXPECTED})")
+    if scheme != "kafka":
+        raise ConfigError(f"unsupported broker {scheme!r} ({_BROKER_EXPECTED})")
+    addresses = rest.strip("/").split(",")
+    if addresses == [""]:
+        raise ConfigError(f"the kafka broker URL names no address ({_BROKER_EXPECTED})")
+    for address in addresses:
+        if "@" in address:
+            raise ConfigError("kafka broker addresses take no user or password")
+        try:
+            parts = urlsplit(f"//{address.strip()}")
+            host, port, extra = parts.hostname, parts.port, parts.path + parts.query
+        except ValueError:
+            host, port, extra = None, None, ""
+        if not host or not port or extra:
+            raise ConfigError(
+                f"bad kafka broker address {address!r}: need host:port, "
+                f"a port from 1 to 65535 ({_BROKER_EXPECTED})"
+            )
 
 
 def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0) -> float:
@@ -287,7 +449,21 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     roles = tuple(r.strip().lower() for r in str(args.role).split(",") if r.strip())
     if not roles:
         raise ConfigError("--role names no role")
+    try:
+        check_store_url(args.store)
+    except ConfigError as exc:
+        raise ConfigError(f"--store (MAILMAN_STORE): {exc}") from None
+    try:
+        check_broker_url(args.broker)
+    except ConfigError as exc:
+        raise ConfigError(f"--broker (MAILMAN_BROKER): {exc}") from None
     providers, skipped = _providers(env)
+    log_level = env.get("MAILMAN_LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"MAILMAN_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {env.get('MAILMAN_LOG_LEVEL')!r}"
+        )
     log_format = env.get("MAILMAN_LOG_FORMAT", "auto").lower()
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"MAILMAN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
@@ -350,7 +526,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         idempotency_ttl=_number(env, "MAILMAN_IDEMPOTENCY_TTL_SECONDS", 86400.0, minimum=1),
         rate_limit=_number(env, "MAILMAN_RATE_LIMIT", 0.0),
         key_cache_seconds=_number(env, "MAILMAN_KEY_CACHE_SECONDS", 2.0),
-        log_level=env.get("MAILMAN_LOG_LEVEL", "info").lower(),
+        log_level=log_level,
         log_format=log_format,
         event_loop=event_loop,
     )

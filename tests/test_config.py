@@ -1,0 +1,261 @@
+"""Configuration at the entry point: ``--help``, and bad settings refused as exit 2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import config
+from actors.store import open_store
+from config import (
+    ENV_ONLY,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    check_broker_url,
+    check_store_url,
+    load,
+)
+from mailman import main
+
+DEFAULTS = Config()
+
+#: Every flag: (flag, metavar, its real default, its environment twin).
+FLAGS = (
+    ("--host", "HOST", DEFAULTS.host, "MAILMAN_HOST"),
+    ("--port", "PORT", str(DEFAULTS.port), "MAILMAN_PORT"),
+    ("--store", "URL", DEFAULTS.store, "MAILMAN_STORE"),
+    ("--broker", "URL", DEFAULTS.broker, "MAILMAN_BROKER"),
+    ("--role", "ROLES", ",".join(DEFAULTS.roles), "MAILMAN_ROLE"),
+)
+
+BAD_STORES = (
+    "foo://x",
+    "mysql://",
+    "mysql://u:p@h:notaport/db",
+    "sqlite:",
+    "mysql://host/bad-name!",
+    "mysql://h:99999/db",
+    "mysql://h/db?charset=latin1",
+    "mysql://h/db?pool_min=x",
+    "mysql://h/db?pool_max=0",
+    "MYSQL://h/db",
+    "mailman.db",
+)
+GOOD_STORES = (
+    "sqlite:///mailman.db",
+    "sqlite:////var/lib/mailman/mailman.db",
+    "sqlite://",
+    "mysql://u:p@h:3306/db",
+    "mysql://root@localhost/mailman",
+    "mysql://m%40il:p%40ss%2Fw%3Ard@db.example:3307/mail_man$1?pool_min=0&pool_max=5",
+)
+BAD_BROKERS = (
+    "rabbit://x",
+    "kafka://",
+    "kafka://h",
+    "kafka://h:nope",
+    "kafka://h:0",
+    "kafka://h:99999",
+    "kafka://h:9092,",
+    "kafka://h:9092/topic",
+    "kafka://u:pw@h:9092",
+    "memory",
+)
+GOOD_BROKERS = (
+    "memory://",
+    "kafka://h:9092",
+    "kafka://a.example:9092,b.example:9093",
+    "kafka://[::1]:9092/",
+)
+#: Bad URLs that carry a password: the message must not.
+SECRET_URLS = (
+    ("--store", "mysql://u:s3cret@h:nope/db"),
+    ("--store", "mysql://u:s3cret@h/"),
+    ("--store", "mysql://u:s3cret@h/bad-name!"),
+    ("--store", "mysql://u:s3cret@h/db?pool=1"),
+    ("--store", "mysql://u:s3cret@h/db?pool_min=a"),
+    ("--store", "foo://u:s3cret@h/db"),
+    ("--store", "u:s3cret@h/db"),
+    ("--broker", "kafka://u:s3cret@h:9092"),
+    ("--broker", "kafka://u:s3cret@h:nope"),
+    ("--broker", "amqp://u:s3cret@h"),
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` reads ``os.environ``: keep the caller's Mailman settings out of these tests."""
+    for name in (*ENV_ONLY, *(var for *_, var in FLAGS)):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "100")
+
+
+def help_text(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    # argparse wraps lines: compare with runs of whitespace made one space.
+    return " ".join(capsys.readouterr().out.split())
+
+
+def refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``main(argv)``'s stderr, once it returned 2."""
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+@pytest.mark.parametrize(("flag", "metavar", "default", "var"), FLAGS)
+def test_help_shows_each_flag_with_its_real_default_and_env_twin(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    metavar: str,
+    default: str,
+    var: str,
+) -> None:
+    """``--help`` names each flag, its built-in default and its env twin, whatever env holds."""
+    monkeypatch.setenv("MAILMAN_STORE", "sqlite:///from-env.db")
+    monkeypatch.setenv("MAILMAN_HOST", "0.0.0.0")
+    out = help_text(capsys)
+    line = re.search(rf"{re.escape(flag)} {metavar} (.*?\(default: (.*?); env (\w+)\))", out)
+    assert line is not None, out
+    assert (line[2], line[3]) == (default, var)
+    assert "from-env.db" not in out
+    assert "0.0.0.0" not in out
+
+
+def test_help_covers_every_flag_the_parser_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every flag ``--help`` shows says its default and its env twin (new flags too)."""
+    out = help_text(capsys)
+    shown = set(re.findall(r"\[(--[a-z-]+)[ \]]", out))
+    assert {flag for flag, *_ in FLAGS} <= shown
+    for flag in shown:
+        described = rf"{flag} [A-Z_]+ [^()]*\(default: [^;]*; env MAILMAN_[A-Z_]+\)"
+        assert re.search(described, out), flag
+
+
+def test_help_epilog_names_env_only_settings_and_points_to_the_readme(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The epilog says settings without a flag are env variables, names them, and cites README."""
+    out = help_text(capsys)
+    epilog = out[out.index("Settings without a flag") :]
+    assert "README" in epilog
+    for name in ENV_ONLY:
+        assert re.search(rf"\b{name}\b", epilog), name
+
+
+def test_env_only_lists_every_variable_config_reads() -> None:
+    """``ENV_ONLY`` plus the flags' twins are exactly the env variables ``config`` reads."""
+    source = Path(config.__file__).read_text()
+    read = set(re.findall(r"\"((?:MAILMAN|SENDGRID|MAILGUN)_[A-Z_]+)\"", source))
+    assert read == set(ENV_ONLY) | {var for *_, var in FLAGS}
+    assert len(set(ENV_ONLY)) == len(ENV_ONLY)
+
+
+def test_a_flag_beats_its_env_twin_and_the_env_beats_the_default() -> None:
+    """Flag over environment over built-in default."""
+    assert load([], {}).store == DEFAULTS.store
+    env = {"MAILMAN_STORE": "sqlite:///env.db", "MAILMAN_BROKER": "kafka://k:9092"}
+    assert load([], env).store == "sqlite:///env.db"
+    flagged = load(["--store", "sqlite:///flag.db", "--broker", "memory://"], env)
+    assert (flagged.store, flagged.broker) == ("sqlite:///flag.db", "memory://")
+
+
+@pytest.mark.parametrize("url", BAD_STORES)
+def test_a_bad_store_url_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A store URL Mailman cannot open is refused at load: one ``mailman:`` line, exit 2."""
+    err = refusal(capsys, "--store", url)
+    assert err.startswith("mailman: --store (MAILMAN_STORE): ")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_a_bad_store_url_from_the_environment_is_refused_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MAILMAN_STORE`` is checked like ``--store``."""
+    monkeypatch.setenv("MAILMAN_STORE", "mysql://h/")
+    assert "names no database" in refusal(capsys)
+
+
+@pytest.mark.parametrize("url", GOOD_STORES)
+def test_good_store_urls_are_accepted(url: str) -> None:
+    """Every documented store URL form loads."""
+    assert load(["--store", url], {}).store == url
+
+
+@pytest.mark.parametrize("url", BAD_STORES + GOOD_STORES)
+def test_the_store_check_agrees_with_open_store(url: str) -> None:
+    """``check_store_url`` refuses exactly the URLs ``open_store`` refuses."""
+    try:
+        open_store(url)
+    except ValueError:
+        opens = False
+    else:
+        opens = True
+    try:
+        check_store_url(url)
+    except ConfigError:
+        checks = False
+    else:
+        checks = True
+    assert checks == opens
+
+
+@pytest.mark.parametrize("url", BAD_BROKERS)
+def test_a_bad_broker_url_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A broker URL other than ``memory://`` or ``kafka://host:port[,...]`` is exit 2."""
+    err = refusal(capsys, "--broker", url)
+    assert err.startswith("mailman: --broker (MAILMAN_BROKER): ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("url", GOOD_BROKERS)
+def test_good_broker_urls_are_accepted(url: str) -> None:
+    """``memory://`` and kafka address lists load."""
+    check_broker_url(url)
+    assert load(["--broker", url], {}).broker == url
+
+
+def test_an_unknown_broker_scheme_is_named_as_such() -> None:
+    """The refusal of a foreign broker says "unsupported broker" and names the scheme."""
+    with pytest.raises(ConfigError, match="unsupported broker 'rabbit'"):
+        load(["--broker", "rabbit://x"], {})
+
+
+@pytest.mark.parametrize(("flag", "url"), SECRET_URLS)
+def test_a_password_never_appears_in_a_url_refusal(
+    capsys: pytest.CaptureFixture[str], flag: str, url: str
+) -> None:
+    """Refusing a URL that carries a password never prints the password."""
+    err = refusal(capsys, flag, url)
+    assert err.startswith("mailman: ")
+    assert "s3cret" not in err
+
+
+def test_an_unknown_log_level_is_refused_with_the_accepted_ones(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MAILMAN_LOG_LEVEL=loud`` is exit 2, and the message lists every accepted level."""
+    monkeypatch.setenv("MAILMAN_LOG_LEVEL", "loud")
+    err = refusal(capsys)
+    assert err.startswith("mailman: MAILMAN_LOG_LEVEL must be one of ")
+    assert "'loud'" in err
+    for level in ("debug", "info", "warning", "error", "critical"):
+        assert level in err
+
+
+@pytest.mark.parametrize("level", [*LOG_LEVELS, "WARNING", "Debug"])
+def test_known_log_levels_load_in_lower_case(level: str) -> None:
+    """Every accepted level loads, in any case."""
+    assert load([], {"MAILMAN_LOG_LEVEL": level}).log_level == level.lower()
