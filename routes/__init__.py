@@ -43,6 +43,7 @@ from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
 from .errors import error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
+from .openapi import routes as openapi_routes  # noqa: E402
 
 __all__ = ["CONFIG", "INFLIGHT", "KEYRING", "OUTBOUND", "STORE", "Outbound", "create_app"]
 
@@ -61,6 +62,7 @@ def create_app(*, store: Store, outbound: Outbound, config: Config) -> web.Appli
     app.cleanup_ctx.append(janitor)
     app.add_routes(mail_routes)
     app.add_routes(health_routes)
+    app.add_routes(openapi_routes)
     return app
 
 

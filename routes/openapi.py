@@ -1,0 +1,531 @@
+"""The contract: an OpenAPI 3.1 document for every endpoint, served at ``GET /openapi.json``.
+
+Written by hand next to the routes; ``tests/test_openapi.py`` keeps the two in
+step (every route documented, nothing documented that is not routed), and
+schemathesis fuzzes the running service against it in CI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from actors.messages import Status
+
+from .mail import DEFAULT_PAGE, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_PAGE
+
+routes = web.RouteTableDef()
+
+_ULID = "^[0-9A-HJKMNP-TV-Z]{26}$"
+_PROBLEM = "application/problem+json"
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str, *headers: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "content": {_PROBLEM: {"schema": _ref("Problem")}},
+    }
+    if headers:
+        answer["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
+    return answer
+
+
+_STRING_OR_LIST = {
+    "oneOf": [
+        {"type": "string", "description": "one address, optionally with a display name"},
+        {"type": "array", "items": {"type": "string"}},
+    ]
+}
+
+_ADDRESS = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
+}
+
+_LINKS = {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "string"}}}
+
+_STATUSES = [s.value for s in Status]
+
+_COMMON_ERRORS = {
+    "401": _problem("No key, or an unknown or revoked key", "WWW-Authenticate"),
+    "403": _problem("The key lacks the scope this endpoint needs"),
+    "503": _problem("The store does not answer; try again after Retry-After", "Retry-After"),
+}
+
+_MAIL_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The mail's id (a ULID), as POST /mail/send answered it",
+    "schema": {"type": "string", "pattern": _ULID},
+}
+
+_MARK_ERRORS = {
+    **_COMMON_ERRORS,
+    "404": _problem("No such mail (or another tenant's)"),
+    "409": _problem("The mail is final in the other status"),
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Mailman",
+        "version": "1",
+        "description": (
+            "Transactional mail through several providers with failover. Every /mail "
+            "endpoint takes `Authorization: Bearer <key>` (made with `mailman keys create`); "
+            "while the store holds no key at all, a loopback-only service is open. Every "
+            "error is application/problem+json (RFC 9457). Every answer carries X-Request-Id."
+        ),
+    },
+    "security": [{"bearerAuth": []}],
+    "paths": {
+        "/mail/send": {
+            "post": {
+                "operationId": "sendMail",
+                "summary": "Submit a mail; committed to the store before the 201",
+                "description": "Needs the `send` scope. Counts against the key's rate limit.",
+                "parameters": [
+                    {
+                        "name": IDEMPOTENCY_KEY,
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "1-255 printable ASCII characters, scoped to the tenant and kept "
+                            "MAILMAN_IDEMPOTENCY_TTL_SECONDS (24 h by default). A repeat with "
+                            "the same body answers the first answer again."
+                        ),
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": _ref("MailSubmission"),
+                            "example": {
+                                "to": ["Ann <ann@example.com>"],
+                                "from": "Mailman <noreply@example.com>",
+                                "subject": "Welcome",
+                                "content": "Hello Ann, welcome aboard!",
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Accepted (or, with Idempotent-Replayed, accepted before)",
+                        "headers": {
+                            "Location": {
+                                "required": True,
+                                "schema": {"type": "string"},
+                                "description": "The mail: /mail/{id}",
+                            },
+                            IDEMPOTENT_REPLAYED: {
+                                "schema": {"type": "string", "enum": ["true"]},
+                                "description": "Present on a repeat answered from the first",
+                            },
+                            "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
+                            "RateLimit-Remaining": {
+                                "$ref": "#/components/headers/RateLimit-Remaining"
+                            },
+                            "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                        },
+                        "content": {_JSON: {"schema": _ref("Accepted")}},
+                        "links": {
+                            name: {
+                                "operationId": operation,
+                                "parameters": {"id": "$response.body#/mail/id"},
+                            }
+                            for name, operation in (
+                                ("ShowMail", "showMail"),
+                                ("MailStatus", "mailStatus"),
+                                ("MarkSent", "markSent"),
+                                ("MarkFailed", "markFailed"),
+                            )
+                        },
+                    },
+                    "400": _problem("Malformed JSON, a bad body encoding or Idempotency-Key"),
+                    **_COMMON_ERRORS,
+                    "408": _problem("The request body stalled"),
+                    "409": _problem(
+                        "A request with this Idempotency-Key is still being processed",
+                        "Retry-After",
+                    ),
+                    "413": _problem("The body (decoded) is larger than MAILMAN_MAX_BODY_BYTES"),
+                    "415": _problem("Not application/json in UTF-8, or an unknown encoding"),
+                    "422": _problem("Invalid fields (see errors), or a reused Idempotency-Key"),
+                    "429": _problem(
+                        "Over the key's rate limit",
+                        "Retry-After",
+                        "RateLimit-Limit",
+                        "RateLimit-Remaining",
+                        "RateLimit-Reset",
+                    ),
+                },
+            }
+        },
+        "/mail": {
+            "get": {
+                "operationId": "listMails",
+                "summary": "The caller's mails, newest first, a page at a time",
+                "description": "Needs `read` (or `send`); admin keys list every tenant's mails.",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": _STATUSES},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "description": "created at or after this RFC 3339 time",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "description": "created before this RFC 3339 time",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE,
+                            "default": DEFAULT_PAGE,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "From the previous page's `next`; opaque",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page; `next` is absent on the last one",
+                        "content": {_JSON: {"schema": _ref("MailList")}},
+                    },
+                    "400": _problem("A bad query parameter (see errors)"),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/mail/{id}": {
+            "get": {
+                "operationId": "showMail",
+                "summary": "The whole mail: what was submitted, status, provider, attempts",
+                "parameters": [_MAIL_ID],
+                "responses": {
+                    "200": {
+                        "description": "The mail",
+                        "content": {_JSON: {"schema": _ref("MailDetail")}},
+                    },
+                    **_COMMON_ERRORS,
+                    "404": _problem("No such mail (or another tenant's)"),
+                },
+            }
+        },
+        "/mail/{id}/status": {
+            "get": {
+                "operationId": "mailStatus",
+                "summary": "The mail's status",
+                "parameters": [_MAIL_ID],
+                "responses": {
+                    "200": {
+                        "description": "The status",
+                        "content": {_JSON: {"schema": _ref("StatusAnswer")}},
+                    },
+                    **_COMMON_ERRORS,
+                    "404": _problem("No such mail (or another tenant's)"),
+                },
+            }
+        },
+        "/mail/{id}/sent": {
+            "post": {
+                "operationId": "markSent",
+                "summary": "Mark a mail sent by hand (bookkeeping; needs `admin`)",
+                "parameters": [_MAIL_ID],
+                "responses": {
+                    "200": {
+                        "description": "Moved, or already sent",
+                        "content": {_JSON: {"schema": _ref("StatusAnswer")}},
+                    },
+                    **_MARK_ERRORS,
+                },
+            }
+        },
+        "/mail/{id}/failed": {
+            "post": {
+                "operationId": "markFailed",
+                "summary": "Mark a mail failed by hand (bookkeeping; needs `admin`)",
+                "parameters": [_MAIL_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"reason": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Moved, or already failed",
+                        "content": {_JSON: {"schema": _ref("StatusAnswer")}},
+                    },
+                    "400": _problem("Malformed JSON or a bad body encoding"),
+                    **_MARK_ERRORS,
+                    "408": _problem("The request body stalled"),
+                    "413": _problem("The body is too large"),
+                    "415": _problem("Not application/json"),
+                    "422": _problem("reason is not a string, or the body not an object"),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "For load balancers: the store answers",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Healthy",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["status"],
+                                    "properties": {"status": {"const": "ok"}},
+                                }
+                            }
+                        },
+                    },
+                    "503": _problem("The store does not answer"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {_JSON: {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key from `mailman keys create` (mm_...)",
+            }
+        },
+        "headers": {
+            "Retry-After": {
+                "required": True,
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+            "WWW-Authenticate": {
+                "required": True,
+                "description": "The Bearer challenge",
+                "schema": {"type": "string"},
+            },
+            "RateLimit-Limit": {
+                "description": "The key's mails per second (also its burst)",
+                "schema": {"type": "string"},
+            },
+            "RateLimit-Remaining": {
+                "description": "Mails the key may send at once right now",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+            "RateLimit-Reset": {
+                "description": "Seconds until the key's bucket is full again",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+        },
+        "schemas": {
+            "MailSubmission": {
+                "type": "object",
+                "required": ["to", "from"],
+                "properties": {
+                    "to": _STRING_OR_LIST,
+                    "cc": _STRING_OR_LIST,
+                    "bcc": _STRING_OR_LIST,
+                    "from": {"type": "string"},
+                    "reply_to": {"type": "string"},
+                    "subject": {"type": "string"},
+                    "content": {"type": "string", "description": "plain text (same as text)"},
+                    "text": {"type": "string"},
+                    "html": {"type": "string"},
+                },
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["mail"],
+                "properties": {
+                    "mail": {
+                        "type": "object",
+                        "required": ["id", "status", "links"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "status": {"const": "queued"},
+                            "links": _LINKS,
+                        },
+                    }
+                },
+            },
+            "StatusAnswer": {
+                "type": "object",
+                "required": ["mail"],
+                "properties": {
+                    "mail": {
+                        "type": "object",
+                        "required": ["id", "status", "links"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "status": {"type": "string", "enum": _STATUSES},
+                            "links": _LINKS,
+                        },
+                    }
+                },
+            },
+            "MailList": {
+                "type": "object",
+                "required": ["mails"],
+                "properties": {
+                    "mails": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "status", "created_at", "links"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "status": {"type": "string", "enum": _STATUSES},
+                                "created_at": {"type": "string", "format": "date-time"},
+                                "links": _LINKS,
+                            },
+                        },
+                    },
+                    "next": {"type": "string", "description": "The next page's path"},
+                },
+            },
+            "MailDetail": {
+                "type": "object",
+                "required": ["mail"],
+                "properties": {
+                    "mail": {
+                        "type": "object",
+                        "required": [
+                            "id",
+                            "status",
+                            "created_at",
+                            "updated_at",
+                            "submitted",
+                            "attempts",
+                            "links",
+                        ],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "status": {"type": "string", "enum": _STATUSES},
+                            "provider": {"type": ["string", "null"]},
+                            "provider_message_id": {"type": ["string", "null"]},
+                            "reason": {"type": ["string", "null"]},
+                            "created_at": {"type": "string", "format": "date-time"},
+                            "updated_at": {"type": "string", "format": "date-time"},
+                            "submitted": {
+                                "type": "object",
+                                "required": ["from", "to", "subject"],
+                                "properties": {
+                                    "from": _ADDRESS,
+                                    "to": {"type": "array", "items": _ADDRESS},
+                                    "cc": {"type": "array", "items": _ADDRESS},
+                                    "bcc": {"type": "array", "items": _ADDRESS},
+                                    "reply_to": _ADDRESS,
+                                    "subject": {"type": "string"},
+                                    "text": {"type": "string"},
+                                    "html": {"type": "string"},
+                                },
+                            },
+                            "attempts": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["provider", "round", "at", "outcome"],
+                                    "properties": {
+                                        "provider": {"type": "string"},
+                                        "round": {"type": "integer"},
+                                        "at": {"type": "string", "format": "date-time"},
+                                        "outcome": {
+                                            "type": "string",
+                                            "enum": [
+                                                "accepted",
+                                                "transient",
+                                                "misconfigured",
+                                                "rejected",
+                                                "skipped",
+                                            ],
+                                        },
+                                        "reason": {"type": ["string", "null"]},
+                                        "message_id": {"type": ["string", "null"]},
+                                    },
+                                },
+                            },
+                            "links": _LINKS,
+                        },
+                    }
+                },
+            },
+            "Problem": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "errors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["field", "message"],
+                            "properties": {
+                                "field": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+_BODY = orjson.dumps(DOCUMENT)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document (no key needed)."""
+    return web.Response(body=_BODY, content_type=_JSON)
