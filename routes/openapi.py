@@ -315,7 +315,7 @@ DOCUMENT: dict[str, Any] = {
                             }
                         },
                     },
-                    "503": _problem("The store does not answer"),
+                    "503": _problem("The store does not answer", "Retry-After"),
                 },
             }
         },

@@ -315,6 +315,7 @@ async def test_unreachable_mysql_answers_503_never_500(
                     await client.get(f"/mail/{mail_id}/status"),
                     await client.get(f"/mail/{mail_id}"),
                     await client.get("/mail"),
+                    await client.get("/health"),
                 ):
                     body = await problem(resp, 503)
                     assert "Retry-After" in resp.headers
