@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiomysql
+
+from config import check_store_url
 
 from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
 from .store import (
@@ -185,7 +186,6 @@ _SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTIO
 # Migrations and database admin: "already exists" notes would become Python warnings.
 _ADMIN_INIT = f"{_SESSION_INIT}, SESSION sql_notes = 0"
 
-_DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
 _URL_EXAMPLE = "mysql://user:password@host:3306/database"
 
 
@@ -261,7 +261,7 @@ class MySQLStore(Store):
         User and password are percent-decoded; the port defaults to 3306;
         ``?pool_min=1&pool_max=10`` size the pool.
         """
-        target = _parse_url(url, database_required=True)
+        target = _parse_url(url)
         return cls(
             target.host,
             target.port,
@@ -287,7 +287,7 @@ class MySQLStore(Store):
     @classmethod
     async def create_database(cls, url: str) -> None:
         """Create the database ``url`` names (utf8mb4, binary collation) unless it exists."""
-        target = _parse_url(url, database_required=True)
+        target = _parse_url(url)
         await _admin(
             target,
             f"CREATE DATABASE IF NOT EXISTS `{target.database}` "
@@ -297,7 +297,7 @@ class MySQLStore(Store):
     @classmethod
     async def drop_database(cls, url: str) -> None:
         """Drop the database ``url`` names, with every table in it, if it exists."""
-        target = _parse_url(url, database_required=True)
+        target = _parse_url(url)
         await _admin(target, f"DROP DATABASE IF EXISTS `{target.database}`")
 
     # --- lifecycle ---------------------------------------------------------
@@ -1002,42 +1002,25 @@ class _Target:
         return f"<MySQL target {self.user}@{self.host}:{self.port}/{self.database}>"
 
 
-def _parse_url(url: str, *, database_required: bool) -> _Target:
-    """Parse ``mysql://user:password@host:port/database``; errors never quote the URL."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-        hostname = parts.hostname
-    except ValueError:
-        raise ValueError(f"malformed mysql store URL (expected {_URL_EXAMPLE})") from None
-    if parts.scheme != "mysql":
+def _parse_url(url: str) -> _Target:
+    """Parse ``mysql://user:password@host:port/database``; errors never quote the URL.
+
+    The shape is checked by ``config.check_store_url`` (the rules the entry
+    point applies at start), which raises a ``ValueError``.
+    """
+    if urlsplit(url).scheme != "mysql":
         raise ValueError(f"not a mysql store URL (expected {_URL_EXAMPLE})")
-    database = unquote(parts.path.lstrip("/"))
-    if database_required and not database:
-        raise ValueError(f"the mysql store URL names no database (expected {_URL_EXAMPLE})")
-    if database and not _DATABASE_NAME.fullmatch(database):
-        raise ValueError(
-            "the database name in the mysql store URL must be 1 to 64 letters, digits, _ or $"
-        )
+    check_store_url(url)
+    parts = urlsplit(url)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(options) - {"pool_min", "pool_max"})
-    if unknown:
-        raise ValueError(
-            f"unsupported mysql store URL options {unknown} (known: pool_min, pool_max)"
-        )
-    try:
-        pool_min = int(options.get("pool_min", 1))
-        pool_max = int(options.get("pool_max", 10))
-    except ValueError:
-        raise ValueError("pool_min and pool_max in the mysql store URL must be integers") from None
     return _Target(
-        host=hostname or "localhost",
-        port=port or _DEFAULT_PORT,
+        host=parts.hostname or "localhost",
+        port=parts.port or _DEFAULT_PORT,
         user=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
-        database=database,
-        pool_min=pool_min,
-        pool_max=pool_max,
+        database=unquote(parts.path.lstrip("/")),
+        pool_min=int(options.get("pool_min", 1)),
+        pool_max=int(options.get("pool_max", 10)),
     )
 
 
