@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from actors.sqlite import SQLiteStore
+from actors.store import Store
 from config import Config, load
 
+from .api import CountingOutbound
 from .fakes import FakeMailgun, FakeSendGrid
 from .kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -61,3 +64,15 @@ def provider_env(sg: FakeSendGrid, mg: FakeMailgun, **extra: str) -> dict[str, s
         "MAILGUN_BASE_URL": mg.base_url,
         **extra,
     }
+
+
+@pytest.fixture
+async def api_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A SQLite store in the test's directory, open for the test."""
+    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
+        yield opened
+
+
+@pytest.fixture
+def api_outbound() -> CountingOutbound:
+    return CountingOutbound()

@@ -10,61 +10,52 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
 from actors.keys import Scope, create_key, hash_secret, keys_main
-from actors.messages import Dispatch, Status, StatusUpdate
+from actors.messages import Status, StatusUpdate
 from actors.sqlite import SQLiteStore
 from actors.store import MailQuery, Store
 from config import Config
 from mailman import main
-from routes import create_app
 
+from .api import (
+    VALID,
+    Client,
+    CountingOutbound,
+    MakeClient,
+    client_factory,
+    problem,
+)
 from .conftest import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
-Client = TestClient[web.Request, web.Application]
-PROBLEM = "application/problem+json"
-
-VALID: dict[str, Any] = {
-    "from": "sender@example.com",
-    "to": ["ann@example.com"],
-    "subject": "Hello",
-    "content": "Hi Ann",
-}
-
-
-class NullOutbound:
-    async def dispatch(self, dispatch: Dispatch) -> None:
-        return None
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
-        yield opened
-
-
-MakeClient = Callable[..., Awaitable[Client]]
+def store(api_store: Store) -> Store:
+    return api_store
 
 
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient, store: Store) -> MakeClient:
-    async def make(config: Config | None = None, on: Store | None = None) -> Client:
-        config = config or dataclasses.replace(Config(), key_cache_seconds=0.2)
-        app = create_app(store=on or store, outbound=NullOutbound(), config=config)
-        return await aiohttp_client(app)
+def outbound(api_outbound: CountingOutbound) -> CountingOutbound:
+    return api_outbound
 
-    return make
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
+) -> MakeClient:
+    """Clients of apps on the test's store (or another one given as ``on``)."""
+    return client_factory(
+        aiohttp_client, store, outbound, dataclasses.replace(Config(), key_cache_seconds=0.2)
+    )
 
 
 @pytest.fixture
@@ -91,14 +82,6 @@ async def send(
         data=orjson.dumps(body),
         headers={"Content-Type": "application/json", **auth, **headers},
     )
-
-
-async def problem(resp: ClientResponse, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == PROBLEM
-    body: dict[str, Any] = await resp.json(content_type=None)
-    assert body["status"] == status
-    return body
 
 
 async def sent_id(client: Client, secret: str | None, body: object = VALID) -> str:

@@ -5,45 +5,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
-from actors.messages import Dispatch, Mail
+from actors.messages import Mail
 from actors.mysql import MySQLStore
 from actors.sqlite import SQLiteStore
 from actors.store import Idempotency, MailQuery, Store
 from config import Config
-from routes import create_app
 
+from .api import (
+    VALID,
+    Client,
+    CountingOutbound,
+    MakeClient,
+    client_factory,
+    problem,
+)
 from .conftest import eventually
 from .proxy import TcpProxy
 from .test_store import mysql_server, mysql_url  # noqa: F401  (fixtures)
-
-Client = TestClient[web.Request, web.Application]
-PROBLEM = "application/problem+json"
-
-VALID: dict[str, Any] = {
-    "from": "sender@example.com",
-    "to": ["ann@example.com"],
-    "subject": "Hello",
-    "content": "Hi Ann",
-}
-
-
-class CountingOutbound:
-    def __init__(self) -> None:
-        self.dispatched: list[Dispatch] = []
-
-    async def dispatch(self, dispatch: Dispatch) -> None:
-        self.dispatched.append(dispatch)
 
 
 class GatedStore(SQLiteStore):
@@ -61,28 +47,21 @@ class GatedStore(SQLiteStore):
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
-        yield opened
-
-
-MakeClient = Callable[..., Awaitable[Client]]
+def store(api_store: Store) -> Store:
+    return api_store
 
 
 @pytest.fixture
-def outbound() -> CountingOutbound:
-    return CountingOutbound()
+def outbound(api_outbound: CountingOutbound) -> CountingOutbound:
+    return api_outbound
 
 
 @pytest.fixture
 def make_client(
     aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
 ) -> MakeClient:
-    async def make(config: Config | None = None, on: Store | None = None) -> Client:
-        app = create_app(store=on or store, outbound=outbound, config=config or Config())
-        return await aiohttp_client(app)
-
-    return make
+    """Clients of apps on the test's store (or another one given as ``on``)."""
+    return client_factory(aiohttp_client, store, outbound, Config())
 
 
 @pytest.fixture
@@ -99,14 +78,6 @@ async def send(
     return await client.post(
         "/mail/send", data=raw if raw is not None else orjson.dumps(body), headers=headers
     )
-
-
-async def problem(resp: ClientResponse, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == PROBLEM
-    body: dict[str, Any] = await resp.json(content_type=None)
-    assert body["status"] == status
-    return body
 
 
 async def mails_in(store: Store) -> int:
