@@ -265,6 +265,9 @@ class Mailman:
             host=cfg.host,
             port=self._server.port if self._server is not None else cfg.port,
             shutdown_timeout=cfg.shutdown_timeout,
+            header_timeout=cfg.header_timeout,
+            body_idle_timeout=cfg.body_idle_timeout,
+            keepalive_seconds=cfg.keepalive_seconds,
         )
         return self._server
 

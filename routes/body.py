@@ -1,21 +1,183 @@
-"""Reading request bodies at the HTTP edge: size limit, content encodings, stalled clients."""
+"""Reading request bodies at the HTTP edge: size limit, content encodings, stalled clients.
+
+The server runs aiohttp with ``auto_decompress=False`` (see ``actors.server``):
+the body arrives as sent and is decoded here, chunk by chunk, so that
+
+- ``Content-Encoding: gzip`` (or ``x-gzip``) and ``deflate`` (zlib-wrapped, or
+  raw deflate) are decoded, ``identity`` (or none) taken as is; any other
+  coding, or a list of several, is a 415 naming the accepted ones;
+- the size limit applies to the decoded body (and to the bytes on the wire):
+  decoding stops one byte past the limit, so a small gzip bomb is a 413, never
+  a large allocation;
+- a body that does not decode is a 400, never a 500;
+- a body that sends nothing for ``idle_timeout`` seconds is a 408, and the
+  connection is closed (``Connection: close``);
+- a client that disconnects mid-body raises ``ClientGone``, which the
+  request-id middleware logs once at info level.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from .errors import TOO_LARGE, Problem
+from .errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, Problem
+
+#: The content codings a request body may use (the value of a 415's ``Accept-Encoding``).
+ACCEPTED_ENCODINGS = "gzip, deflate"
+_IDENTITY = frozenset({"", "identity"})
+_GZIP = frozenset({"gzip", "x-gzip"})
+_DEFLATE = "deflate"
 
 
-async def read_body(request: web.Request, *, limit: int) -> bytes:
-    """The request body; 413 beyond ``limit`` bytes."""
+class ClientGone(ConnectionResetError):
+    """The client closed the connection before its request body was complete."""
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        f"The request body is larger than the limit of {limit} bytes.",
+        type=TOO_LARGE,
+    )
+
+
+def _undecodable(coding: str, why: str) -> Problem:
+    return Problem(
+        HTTPStatus.BAD_REQUEST,
+        f"The body is not valid {coding} data: {why}.",
+        type=BAD_REQUEST,
+    )
+
+
+class Decoder:
+    """Decodes one ``gzip`` or ``deflate`` body incrementally, never past ``limit`` bytes."""
+
+    def __init__(self, coding: str, limit: int) -> None:
+        self.coding = coding
+        self.limit = limit
+        #: Decoded bytes so far.
+        self.size = 0
+        #: The first bytes of a deflate body, until there are two to look at.
+        self._head = b""
+        self._zlib: zlib._Decompress | None = None
+
+    def _new(self, first: bytes) -> zlib._Decompress:
+        if self.coding == _DEFLATE:
+            # RFC 9110 deflate is zlib-wrapped; some clients send raw deflate.
+            # A zlib stream starts with a 16-bit header: method 8, a multiple of 31.
+            wrapped = first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+            return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The decoded bytes of the next chunk; 413 past the limit, 400 if it does not decode."""
+        if self._zlib is None and self.coding == _DEFLATE and len(self._head + data) < 2:
+            self._head += data
+            return []
+        data, self._head = self._head + data, b""
+        out: list[bytes] = []
+        while data:
+            if self._zlib is None:
+                self._zlib = self._new(data)
+            elif self._zlib.eof:
+                if self.coding == _DEFLATE:
+                    raise _undecodable(self.coding, "data after the end of the stream")
+                self._zlib = self._new(data)  # the next member of a multi-member gzip
+            try:
+                # At most one byte past the limit: enough to know it is too large.
+                part = self._zlib.decompress(data, self.limit - self.size + 1)
+            except zlib.error as exc:
+                raise _undecodable(self.coding, str(exc)) from None
+            self.size += len(part)
+            if self.size > self.limit:
+                raise _too_large(self.limit)
+            if part:
+                out.append(part)
+            # Input zlib could not take for lack of output room, or the start of
+            # the next gzip member.
+            data = self._zlib.unconsumed_tail or self._zlib.unused_data
+        return out
+
+    def finish(self) -> None:
+        """400 unless the stream ended where the body did (an empty body stays empty)."""
+        if self._head or (self._zlib is not None and not self._zlib.eof):
+            raise _undecodable(self.coding, "the stream is truncated")
+
+
+def _coding(request: web.Request) -> str:
+    """The body's content coding, lower-cased; 415 unless it is one we decode."""
+    given = ",".join(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+    coding = given.strip().lower()
+    if coding in _IDENTITY or coding in _GZIP or coding == _DEFLATE:
+        return "gzip" if coding in _GZIP else coding or "identity"
+    raise Problem(
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Encoding {given.strip()!r} is not supported; "
+        f"send the body as is, or with one of: {ACCEPTED_ENCODINGS}.",
+        type=UNSUPPORTED_MEDIA_TYPE,
+        headers={hdrs.ACCEPT_ENCODING: ACCEPTED_ENCODINGS},
+    )
+
+
+async def _next_chunk(request: web.Request, idle_timeout: float | None) -> bytes:
+    """The next piece of the raw body (b"" at its end); 408 after ``idle_timeout`` of silence."""
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await request.content.readany()
+    except TimeoutError:
+        raise Problem(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"The request body stalled: nothing arrived for {idle_timeout:g} s.",
+            type=TIMEOUT,
+            # The rest of the body may never come: the connection cannot carry
+            # another request (the request-id middleware closes it).
+            headers={hdrs.CONNECTION: "close"},
+        ) from None
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone(str(exc) or type(exc).__name__) from exc
+        # The framing itself is broken (a bad chunked encoding...): no way to
+        # find where the next request would start.
+        raise Problem(
+            HTTPStatus.BAD_REQUEST,
+            f"The request body is malformed: {exc}",
+            type=BAD_REQUEST,
+            headers={hdrs.CONNECTION: "close"},
+        ) from None
+
+
+async def read_body(
+    request: web.Request, *, limit: int, idle_timeout: float | None = None
+) -> bytes:
+    """The decoded request body.
+
+    415 for a content coding other than gzip, deflate or identity; 400 if it
+    does not decode; 413 beyond ``limit`` bytes (decoded, or on the wire);
+    408 if nothing arrives for ``idle_timeout`` seconds (None: wait forever);
+    ``ClientGone`` if the client disconnects first.
+    """
+    coding = _coding(request)
     length = request.content_length
     if length is not None and length > limit:
-        raise Problem(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"The request body is larger than the limit of {limit} bytes.",
-            type=TOO_LARGE,
-        )
-    return await request.read()  # aiohttp raises 413 beyond client_max_size
+        raise _too_large(limit)
+    decoder = None if coding == "identity" else Decoder(coding, limit)
+    parts: list[bytes] = []
+    received = 0
+    while chunk := await _next_chunk(request, idle_timeout):
+        received += len(chunk)
+        if received > limit:  # chunked, or more than Content-Length announced
+            raise _too_large(limit)
+        if decoder is None:
+            parts.append(chunk)
+        else:
+            parts += decoder.feed(chunk)
+    if decoder is not None:
+        decoder.finish()
+    return b"".join(parts)

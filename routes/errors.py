@@ -145,7 +145,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             type=STORE_UNAVAILABLE,
             headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
         ).response()
-    except Exception:
+    except Exception as exc:
+        transport = request.transport
+        if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
+            raise  # the client is gone: nobody to answer, request_id_middleware logs it once
         log.exception("http.error", method=request.method, path=request.path)
         return Problem(
             HTTPStatus.INTERNAL_SERVER_ERROR,
@@ -172,14 +175,37 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
             exc.headers[REQUEST_ID_HEADER] = rid
             _log_request(request, exc.status, started)
             raise
+        except ConnectionError:
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                raise
+            # The client disconnected mid-request (routes.body.ClientGone): not
+            # an error of ours, and there is no one left to answer.
+            # 499: nginx's "client closed request", for the log only.
+            _log_request(request, 499, started, event="http.client_gone")
+            return web.Response(status=499)  # never sent
         response.headers[REQUEST_ID_HEADER] = rid
         _log_request(request, response.status, started)
+        if response.headers.get(hdrs.CONNECTION, "").lower() == "close":
+            # The answer ends the connection (a 408 for a stalled body...).
+            response.force_close()
+            if not request.content.is_eof():
+                # aiohttp would first drain the unread body for up to its
+                # lingering time; a stalled one will not come: answer now, close.
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    pass  # the client left meanwhile
+                request.protocol.force_close()
         return response
 
 
-def _log_request(request: web.Request, status: int, started: float) -> None:
+def _log_request(
+    request: web.Request, status: int, started: float, *, event: str = "http.request"
+) -> None:
     log.info(
-        "http.request",
+        event,
         method=request.method,
         path=request.path,
         status=status,

@@ -97,7 +97,13 @@ def _require_json(request: web.Request) -> None:
 
 async def _read_json(request: web.Request) -> object:
     """The decoded JSON body; 413 beyond the size limit, 400 if it is not JSON."""
-    return _decode(await read_body(request, limit=request.app[CONFIG].max_body_bytes))
+    return _decode(
+        await read_body(
+            request,
+            limit=request.app[CONFIG].max_body_bytes,
+            idle_timeout=request.app[CONFIG].body_idle_timeout,
+        )
+    )
 
 
 def _decode(raw: bytes) -> object:
@@ -439,7 +445,11 @@ async def _failure_reason(request: web.Request) -> str | None:
     """The optional ``{"reason": "..."}`` body of POST /mail/{id}/failed."""
     if not request.body_exists:
         return None
-    raw = await read_body(request, limit=request.app[CONFIG].max_body_bytes)
+    raw = await read_body(
+        request,
+        limit=request.app[CONFIG].max_body_bytes,
+        idle_timeout=request.app[CONFIG].body_idle_timeout,
+    )
     if not raw.strip():
         return None
     _require_json(request)

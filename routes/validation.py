@@ -3,10 +3,38 @@
 Pure functions, no I/O: ``parse_mail`` either returns a ``Mail`` or raises
 ``ValidationFailed`` listing every bad field, one message per field, named
 as the API names them (``to[1]``, ``from``, ``subject``, ``content``...).
+
+A ``201`` is a promise that every provider of the chain can take the mail, so
+whatever one of them would choke on is refused here, up front, rather than
+accepted and then ``failed`` without a provider ever trying:
+
+- Header text (the subject, display names, addresses) holds no character
+  that cannot stand in a header: no C0 control (NUL to U+001F, TAB
+  included), no DEL, no C1 control (U+0080 to U+009F, so no U+0085 NEL), no
+  U+2028/U+2029, no lone surrogate. Python's ``email`` package treats several
+  of them as line breaks (``str.splitlines``), the others are invisible or
+  undefined in a header and would be written raw. TAB is refused too: it is
+  folding whitespace, so a provider may fold at it or turn it into a space,
+  and no real subject or name needs one.
+- Header text holds nothing that reads as an RFC 2047 encoded-word
+  (``=?utf-8?q?...?=``): a mail reader would decode it, so an address would
+  become another one and a subject or name would not be what was submitted.
+  Send the text itself; UTF-8 is fine.
+- Addresses: one per string, syntax checked by email-validator (no DNS), an
+  ASCII local part (SMTPUTF8 is not supported: not every provider or
+  receiving server takes it) of at most 64 characters, at most 254
+  characters in all. International domain names are accepted and kept in
+  their ASCII (IDNA, ``xn--``) form, which every provider and every
+  ``.eml`` reader understands.
+- A display name has at most ``MAX_NAME`` characters, a subject at most
+  ``MAX_SUBJECT``.
+- Bodies (``content``/``text``/``html``) may hold any character, controls
+  included, except lone surrogates, which cannot be encoded at all.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import getaddresses
@@ -21,8 +49,29 @@ MAX_RECIPIENTS = 1000
 #: The field named when the body as a whole is wrong (not a JSON object).
 BODY_FIELD = "body"
 
+#: The longest local part (before the ``@``) of an address: RFC 5321's limit.
+MAX_LOCAL_PART = 64
+#: The longest address, RFC 5321's limit (in the ASCII form that is sent).
+MAX_ADDRESS = 254
+#: The longest display name. Bounded so that an address always fits in one
+#: header line of an ``.eml`` (998 octets) and Mailgun's 16 kB of ``h:`` fields.
+MAX_NAME = 256
+#: The longest subject: RFC 5322's line limit; far more than any real subject.
+MAX_SUBJECT = 998
+
 _LINE_BREAKS = ("\r", "\n")
 _BODIES = ("content", "text", "html")
+
+#: Characters that cannot stand in a header: C0 controls (TAB included), DEL,
+#: C1 controls, the Unicode line and paragraph separators, lone surrogates.
+_NOT_IN_HEADER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Characters that cannot be encoded at all, not even in a body.
+_NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
+#: What Python's ``email`` parser (and a mail reader) decodes as an RFC 2047
+#: encoded-word: ``=?charset?q?text?=`` or ``?b?``, the text free of ``?``
+#: (the parser cannot decode one with more). Linear: no backtracking blow-up
+#: on a long field full of ``=?``.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[qQbB]\?[^?]*\?=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +114,51 @@ def has_line_break(value: str) -> bool:
     return any(c in value for c in _LINE_BREAKS)
 
 
+def _describe(char: str) -> str:
+    if char == "\0":
+        return "NUL"
+    if char == "\t":
+        return "TAB"
+    return f"U+{ord(char):04X}"
+
+
+def header_problem(value: str) -> str | None:
+    """Why ``value`` cannot stand in a header (subject, name, address); None if it can.
+
+    Refused: CR and LF (header injection), any other C0 control (NUL, and TAB:
+    it is folding whitespace, which providers may fold at or turn into a
+    space), DEL, C1 controls (U+0080 to U+009F, U+0085 NEL among them), the
+    Unicode separators U+2028 and U+2029 (Python's ``email`` package splits
+    header lines at them, like at U+000B, U+000C, U+001C to U+001E and
+    U+0085), lone surrogates (not encodable), and RFC 2047 encoded-words
+    (``=?charset?q?...?=``), which a mail reader would decode into other text.
+    """
+    if has_line_break(value):
+        return "must not contain CR or LF"
+    bad = _NOT_IN_HEADER.search(value)
+    if bad is not None:
+        char = bad.group()
+        if "\ud800" <= char <= "\udfff":
+            return f"must not contain a lone surrogate ({_describe(char)})"
+        return f"must not contain control or line-separator characters ({_describe(char)})"
+    if _ENCODED_WORD.search(value):
+        return "must not contain an RFC 2047 encoded-word (=?...?=): send the text itself"
+    return None
+
+
 def parse_address(raw: str) -> Address:
     """One address, with an optional display name (``Ann <ann@example.com>``).
 
     Raises ``ValueError`` with a message for the caller if ``raw`` is not
-    exactly one valid address. The address part is checked for syntax only
-    (no DNS) and kept in its normalized form.
+    exactly one valid address that every provider can take (see
+    ``header_problem`` and the module's notes). The address part is checked
+    for syntax only (no DNS) and kept in its normalized ASCII form: an
+    international domain name is kept as IDNA (``xn--...``); a non-ASCII
+    local part (SMTPUTF8) is refused, as is a local part over 64 characters.
     """
-    if has_line_break(raw):
-        raise ValueError("must not contain CR or LF")
+    problem = header_problem(raw)
+    if problem is not None:
+        raise ValueError(problem)
     if not raw.strip():
         raise ValueError("must not be empty")
     parsed = getaddresses([raw])
@@ -84,11 +169,29 @@ def parse_address(raw: str) -> Address:
     # address it found is literally there.
     if addr not in raw:
         raise ValueError("must hold exactly one address")
+    local_part = addr.rpartition("@")[0]
+    if not local_part.isascii():
+        raise ValueError(
+            "must have an ASCII local part (before the @): "
+            "internationalized addresses (SMTPUTF8) are not supported"
+        )
     try:
-        valid = validate_email(addr, check_deliverability=False)
+        valid = validate_email(addr, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"is not a valid address: {exc}") from None
-    return Address(email=valid.normalized, name=name.strip())
+    if len(valid.local_part) > MAX_LOCAL_PART:
+        raise ValueError(
+            f"is not a valid address: at most {MAX_LOCAL_PART} characters before the @"
+        )
+    email = valid.ascii_email
+    if email is None:  # only for SMTPUTF8 addresses, refused above
+        raise ValueError("must have an ASCII local part (before the @)")
+    if len(email) > MAX_ADDRESS:
+        raise ValueError(f"is not a valid address: at most {MAX_ADDRESS} characters")
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        raise ValueError(f"has a display name over {MAX_NAME} characters")
+    return Address(email=email, name=name)
 
 
 def _one_address(value: object, field: str, errors: _Errors) -> Address | None:
@@ -180,8 +283,12 @@ def parse_mail(body: object, *, mail_id: str, default_subject: str, now: float) 
         reply_to = _one_address(body["reply_to"], "reply_to", errors)
 
     subject = _optional_string(body, "subject", errors)
-    if subject is not None and has_line_break(subject):
-        errors.add("subject", "must not contain CR or LF")
+    if subject is not None:
+        problem = header_problem(subject)
+        if problem is not None:
+            errors.add("subject", problem)
+        elif len(subject) > MAX_SUBJECT:
+            errors.add("subject", f"must be at most {MAX_SUBJECT} characters")
     if not subject or not subject.strip():
         subject = default_subject
 
@@ -208,6 +315,10 @@ def _bodies(body: Mapping[str, object], errors: _Errors) -> tuple[str | None, st
     content = _optional_string(body, "content", errors)
     text = _optional_string(body, "text", errors)
     html = _optional_string(body, "html", errors)
+    for field, value in (("content", content), ("text", text), ("html", html)):
+        bad = None if value is None else _NOT_ENCODABLE.search(value)
+        if bad is not None:
+            errors.add(field, f"must not contain a lone surrogate ({_describe(bad.group())})")
     if content is not None and text is not None and content != text:
         errors.add("text", "differs from content; give the plain text once")
     plain = content if content is not None else text

@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import itertools
+import re
 import time
 from dataclasses import dataclass
+from email.charset import Charset
 from typing import ClassVar
 
-from ..messages import Mail, Outcome
+from ..messages import Address, Mail, Outcome
 
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500
+#: The longest RFC 2047 encoded-word (RFC 2047, section 2).
+MAX_ENCODED_WORD = 75
+
+_UTF8 = Charset("utf-8")
+#: What makes a display name need quoting (``email.utils.formataddr``'s rule).
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+_ESCAPES = re.compile(r'[\\"]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +123,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def display_name_words(name: str) -> list[str]:
+    """``name`` as the words of an RFC 5322 display name, ready for a header.
+
+    An ASCII name is one word: itself, or a quoted-string if it holds a
+    special (``"Doe, Ann"``). A non-ASCII name becomes RFC 2047 UTF-8
+    encoded-words of at most 75 characters each. That is what
+    ``email.utils.formataddr`` writes, except that it writes a single
+    encoded-word however long the name.
+    """
+    if not name:
+        return []
+    if not name.isascii():
+        words = _UTF8.header_encode_lines(name, itertools.repeat(MAX_ENCODED_WORD))
+        return [w for w in words if w]
+    if _SPECIALS.search(name):
+        return ['"' + _ESCAPES.sub(r"\\\g<0>", name) + '"']
+    return [name]
+
+
+def formatted_address(address: Address) -> str:
+    """``address`` as a header value: ``Ann <ann@example.com>``, ``"Doe, Ann" <...>``
+    or the bare address, a non-ASCII name as encoded-words (see ``display_name_words``)."""
+    words = display_name_words(address.name)
+    return " ".join([*words, f"<{address.email}>"]) if words else address.email

@@ -15,7 +15,15 @@ import orjson
 from config import MailgunConfig
 
 from ..messages import Mail
-from . import Accepted, Misconfigured, ProviderClient, Result, Transient, classify
+from . import (
+    Accepted,
+    Misconfigured,
+    ProviderClient,
+    Result,
+    Transient,
+    classify,
+    formatted_address,
+)
 
 
 class MailgunClient(ProviderClient):
@@ -70,18 +78,23 @@ def basic_auth(user: str, password: str) -> str:
 
 
 def form(mail: Mail) -> list[tuple[str, str]]:
-    """The form fields for ``mail``; ``to``, ``cc`` and ``bcc`` repeat once per address."""
-    fields = [("from", mail.sender.formatted())]
-    fields += [("to", a.formatted()) for a in mail.to]
-    fields += [("cc", a.formatted()) for a in mail.cc]
-    fields += [("bcc", a.formatted()) for a in mail.bcc]
+    """The form fields for ``mail``; ``to``, ``cc`` and ``bcc`` repeat once per address.
+
+    Pure: building the request needs nothing but the mail. Addresses are
+    written as in a header (``formatted_address``): a non-ASCII name becomes
+    RFC 2047 encoded-words of at most 75 characters.
+    """
+    fields = [("from", formatted_address(mail.sender))]
+    fields += [("to", formatted_address(a)) for a in mail.to]
+    fields += [("cc", formatted_address(a)) for a in mail.cc]
+    fields += [("bcc", formatted_address(a)) for a in mail.bcc]
     fields.append(("subject", mail.subject))
     if mail.text:
         fields.append(("text", mail.text))
     if mail.html:
         fields.append(("html", mail.html))
     if mail.reply_to is not None:
-        fields.append(("h:Reply-To", mail.reply_to.formatted()))
+        fields.append(("h:Reply-To", formatted_address(mail.reply_to)))
     fields.append(("v:mail_id", mail.id))
     return fields
 

@@ -11,21 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.charset
 import email.errors
 import email.policy
 import email.utils
+import itertools
 import os
 import tempfile
-from email.headerregistry import Address as HeaderAddress
+from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
 from config import OutboxConfig
 
 from ..messages import Address, Mail
-from . import Accepted, ProviderClient, Rejected, Result, Transient
+from . import (
+    MAX_ENCODED_WORD,
+    Accepted,
+    ProviderClient,
+    Rejected,
+    Result,
+    Transient,
+    display_name_words,
+)
 
 DOMAIN = "mailman.local"
+#: Where address headers are folded (RFC 5322's "SHOULD"; a long quoted name
+#: may pass it, never the 998 of its "MUST": validation bounds names).
+FOLD_AT = 78
+#: How the file is written: CRLF line ends; the headers folded here (addresses,
+#: subject) are written as they are (``refold_source="none"``).
+_ASCII = email.policy.SMTP.clone(refold_source="none")
+_UTF8 = email.policy.SMTPUTF8.clone(refold_source="none")
+_UTF8_CHARSET = email.charset.Charset("utf-8")
 
 
 class OutboxClient(ProviderClient):
@@ -54,34 +72,96 @@ def message_id(mail: Mail) -> str:
 
 
 def render(mail: Mail) -> bytes:
-    """``mail`` as the bytes of an RFC 5322 message (no Bcc header)."""
+    """``mail`` as the bytes of an RFC 5322 message (no Bcc header).
+
+    Pure (no I/O): the bytes depend on the mail alone, but for the random
+    MIME boundary. Lines end in CRLF, as RFC 5322 wants, and none is longer
+    than 998 octets (validation bounds names and subjects so that they fold
+    within it). A body holding a NUL is quoted-printable (RFC 2045).
+
+    Address headers and the subject are folded here rather than by the
+    ``email`` package, whose folder (Python 3.11) drops the quotes and escapes
+    of a quoted display name that it has to fold (CPython gh-80222: ``"Doe,
+    Ann"`` becomes two broken addresses) and loses or mangles the space
+    between two encoded-words of a long non-ASCII subject (gh-144156).
+    """
     msg = EmailMessage()
-    msg["From"] = _header_address(mail.sender)
-    msg["To"] = [_header_address(a) for a in mail.to]
+    msg.set_raw("From", _address_header("From", (mail.sender,)))
+    msg.set_raw("To", _address_header("To", mail.to))
     if mail.cc:
-        msg["Cc"] = [_header_address(a) for a in mail.cc]
+        msg.set_raw("Cc", _address_header("Cc", mail.cc))
     if mail.reply_to is not None:
-        msg["Reply-To"] = _header_address(mail.reply_to)
-    msg["Subject"] = mail.subject
+        msg.set_raw("Reply-To", _address_header("Reply-To", (mail.reply_to,)))
+    msg.set_raw("Subject", _subject_header(mail.subject))
     msg["Date"] = email.utils.formatdate(mail.created_at, usegmt=True)
     msg["Message-ID"] = message_id(mail)
     msg["X-Mailman-Id"] = mail.id
     if mail.text is not None:
-        msg.set_content(mail.text)
+        msg.set_content(mail.text, cte=_transfer_encoding(mail.text))
         if mail.html is not None:
-            msg.add_alternative(mail.html, subtype="html")
+            msg.add_alternative(mail.html, subtype="html", cte=_transfer_encoding(mail.html))
     elif mail.html is not None:
-        msg.set_content(mail.html, subtype="html")
+        msg.set_content(mail.html, subtype="html", cte=_transfer_encoding(mail.html))
     else:
         msg.set_content("")
     # Non-ASCII addresses cannot be written as encoded words: write UTF-8 headers then.
+    # (Validation now refuses them; mails stored before it may still have them.)
     addresses = (mail.sender, *mail.to, *mail.cc, *((mail.reply_to,) if mail.reply_to else ()))
     ascii_only = all(a.email.isascii() for a in addresses)
-    return msg.as_bytes(policy=email.policy.default if ascii_only else email.policy.SMTPUTF8)
+    return msg.as_bytes(policy=_ASCII if ascii_only else _UTF8)
 
 
-def _header_address(address: Address) -> HeaderAddress:
-    return HeaderAddress(display_name=address.name, addr_spec=address.email)
+def _transfer_encoding(body: str) -> str | None:
+    """The Content-Transfer-Encoding a body needs; None lets the ``email`` package choose.
+
+    A NUL may not appear in 7bit or 8bit data (RFC 2045), but the package
+    would write a short ASCII body holding one as 7bit: quote it instead.
+    """
+    return "quoted-printable" if "\0" in body else None
+
+
+def _address_header(name: str, addresses: Sequence[Address]) -> str:
+    """The value of address header ``name``: each word of a display name (a
+    quoted-string, an atom run, an encoded-word) and each ``<address>`` stays
+    whole, so a fold never falls inside a quoted name."""
+    words: list[str] = []
+    for i, address in enumerate(addresses):
+        name_words = display_name_words(address.name)
+        last = f"<{address.email}>" if name_words else address.email
+        words += [*name_words, last + ("," if i < len(addresses) - 1 else "")]
+    return _folded(name, words)
+
+
+def _subject_header(subject: str) -> str:
+    """The Subject value.
+
+    ASCII text made of words that fit a line is written as it is, folded at
+    its spaces. Anything else (non-ASCII, a word too long for a line, a run of
+    spaces) becomes UTF-8 encoded-words of at most 75 characters; a reader
+    drops the whitespace between two of them (RFC 2047, section 6.2), so the
+    subject reads back exactly.
+    """
+    head = len("Subject: ")
+    words = subject.split(" ")
+    if not subject.isascii() or not all(0 < len(w) <= FOLD_AT - head for w in words):
+        widths = itertools.chain([FOLD_AT - head], itertools.repeat(MAX_ENCODED_WORD))
+        encoded = _UTF8_CHARSET.header_encode_lines(subject, widths)
+        words = [w for w in encoded if w]
+    return _folded("Subject", words) if subject else ""
+
+
+def _folded(name: str, words: Sequence[str]) -> str:
+    """The value of header ``name``: ``words`` joined by spaces, folded before a
+    word that would pass ``FOLD_AT`` (the first word stays on the header's line)."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for i, word in enumerate(words):
+        if i and len(line) + 1 + len(word) > FOLD_AT:
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return "\r\n".join(lines)[len(name) + 2 :]
 
 
 def _safe_file_name(name: str) -> bool:

@@ -1,0 +1,473 @@
+"""A 201 is a promise every provider can keep: generated mails, refused or buildable by all.
+
+Each generated body (shaped like the JSON of ``POST /mail/send``, biased
+toward nasty characters) either gets ``ValidationFailed`` from ``parse_mail``,
+or becomes a ``Mail`` that every provider client builds a request for without
+an error: SendGrid's JSON body, Mailgun's form, and the outbox's ``.eml``,
+each within the provider's documented constraints (providers.md).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import unicodedata
+from collections.abc import Callable
+from email.headerregistry import AddressHeader
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import orjson
+from hypothesis import event, given, note, settings
+from hypothesis import strategies as st
+
+from actors.messages import Address, Mail, new_mail_id
+from actors.providers import mailgun, outbox, sendgrid
+from routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
+from tests.fakes import _sendgrid_problems
+
+DEFAULT_SUBJECT = "(no subject)"
+NOW = 1_700_000_000.25
+#: The longest line RFC 5322 allows, CRLF not counted.
+MAX_LINE = 998
+#: Mailgun: ``o:``, ``h:`` and ``v:`` fields together at most 16 kB.
+MAILGUN_OPTIONS_BYTES = 16 * 1024
+#: RFC 2047: an encoded-word is at most 75 characters.
+ENCODED_WORD = re.compile(r"=\?[^?]*\?[qQbB]\?[^?]*\?=")
+
+# --- strategies ----------------------------------------------------------------
+
+#: Characters and fragments that break headers, parsers or providers.
+NASTY = [
+    "\x00",
+    "\t",
+    "\r",
+    "\n",
+    "\r\n",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x1c",
+    "\x1e",
+    "\x7f",
+    "\x80",
+    "\x85",
+    "\x9f",
+    "\u2028",
+    "\u2029",
+    "\ud800",
+    "\udfff",
+    "=?utf-8?q?x?=",
+    "=?UTF-8?B?eA==?=",
+    "=?iso-8859-1?q?=E9?=",
+]
+#: Characters and fragments that are fine in a header but easy to get wrong.
+TRICKY = [
+    "\ufeff",
+    "\u200b",
+    "\u202e",
+    "\xa0",
+    "\u3000",
+    "\ufb01",
+    '"',
+    "\\",
+    "'",
+    ",",
+    ";",
+    ":",
+    "<",
+    ">",
+    "(",
+    ")",
+    "[",
+    "]",
+    "@",
+    ".",
+    " ",
+    "  ",
+    "=?",
+    "?=",
+    "2+2=? ",
+    "=?utf-8?",
+    "ü",
+    "ß",
+    "İ",
+    "日本語",
+    "😀",
+    "e\u0301",
+    "x" * 80,
+]
+
+#: Any character that may stand in a header (no control, separator or surrogate).
+header_char = st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp"))
+
+
+def pieces_text(pieces: st.SearchStrategy[str], max_pieces: int) -> st.SearchStrategy[str]:
+    return st.lists(pieces, max_size=max_pieces).map("".join)
+
+
+#: Header text a caller may well send: quotes, commas, non-ASCII, long runs.
+fine_text = st.one_of(
+    pieces_text(st.one_of(st.sampled_from(TRICKY), st.text(header_char, max_size=5)), 8),
+    st.text(header_char, max_size=30),
+    st.builds(
+        lambda piece, n: (piece * n)[:n],
+        st.sampled_from(["x", "ü", "a b ", "日本", '"', ";", "=?", "\\"]),
+        st.integers(min_value=40, max_value=256),
+    ),
+)
+#: A subject may be longer than a name.
+fine_subjects = st.one_of(
+    st.just("Hello"),
+    fine_text,
+    st.builds(
+        lambda piece, n: (piece * n)[:n],
+        st.sampled_from(["x", "ü", "a b ", "日本 ", "=?"]),
+        st.integers(min_value=900, max_value=998),
+    ),
+)
+#: Header text with at least one thing no header can hold, or far too long.
+nasty_text = st.one_of(
+    st.builds(
+        lambda before, bad, after: before + bad + after,
+        fine_text,
+        st.sampled_from(NASTY),
+        fine_text,
+    ),
+    st.builds(lambda piece, n: piece * n, st.sampled_from(["x", "ü", "a "]), st.just(1000)),
+    st.text(max_size=20),
+)
+
+plain_names = st.sampled_from(["", "Ann", "Doe, Ann", "Jürgen Groß", "O'Brien", "山田 太郎"])
+fine_names = st.one_of(plain_names, fine_text)
+
+atext = "abcdefghijklmnopqrstuvwxyzABCXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+atom = st.text(st.sampled_from(atext), min_size=1, max_size=12)
+fine_local_parts = st.one_of(
+    st.lists(atom, min_size=1, max_size=3).map(".".join),
+    st.integers(min_value=55, max_value=64).map(lambda n: "a" * n),
+    st.sampled_from(["ann", "x=?y", "a?=b", "=?utf-8?", "o'brien", "a+tag"]),
+)
+nasty_local_parts = st.one_of(
+    st.integers(min_value=65, max_value=70).map(lambda n: "a" * n),
+    st.sampled_from(
+        ["änn", "ann.ü", "=?utf-8?q?x?=", "=?utf-8?b?eA==?=", '"quoted"', "a..b", ".a", ""]
+    ),
+    pieces_text(st.sampled_from(NASTY + TRICKY), 3),
+)
+fine_domains = st.sampled_from(
+    [
+        "example.com",
+        "EXAMPLE.com",
+        "mail.example.org",
+        "bücher.de",
+        "xn--bcher-kva.de",
+        "例え.jp",
+        "ﬁ.example.com",
+        ("a" * 60 + ".") * 2 + "com",
+    ]
+)
+nasty_domains = st.one_of(
+    st.sampled_from(
+        ["example", "[127.0.0.1]", ("a" * 63 + ".") * 3 + "com", "exa mple.com", "ex\x00.com"]
+    ),
+    pieces_text(st.sampled_from(NASTY + TRICKY), 3),
+)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def address_strings(
+    names: st.SearchStrategy[str],
+    local_parts: st.SearchStrategy[str],
+    domains: st.SearchStrategy[str],
+) -> st.SearchStrategy[str]:
+    """Address strings as callers write them: bare, with a name, quoted, with a comment."""
+    specs = st.builds(lambda local, domain: f"{local}@{domain}", local_parts, domains)
+    return st.one_of(
+        specs,
+        st.builds(lambda n, a: f"{n} <{a}>", names, specs),
+        st.builds(lambda n, a: f"{_quoted(n)} <{a}>", names, specs),
+        st.builds(lambda a, n: f"{a} ({n})", specs, names),
+    )
+
+
+fine_addresses = address_strings(fine_names, fine_local_parts, fine_domains)
+nasty_addresses = st.one_of(
+    address_strings(nasty_text, fine_local_parts, fine_domains),
+    address_strings(fine_names, nasty_local_parts, fine_domains),
+    address_strings(fine_names, fine_local_parts, nasty_domains),
+    st.sampled_from(["a@example.com, b@example.com", "Ann", "", "<>", "a@example.com junk"]),
+    nasty_text,
+)
+
+
+def recipients(address: st.SearchStrategy[str]) -> st.SearchStrategy[object]:
+    return st.one_of(address, st.lists(address, min_size=1, max_size=4))
+
+
+fine_bodies = st.one_of(st.just("Hello"), st.text(max_size=50).filter(str.strip), fine_text)
+#: Bodies may hold controls and separators; only lone surrogates are refused.
+any_bodies = st.one_of(
+    fine_bodies,
+    st.builds(
+        lambda before, bad, after: before + bad + after,
+        fine_text,
+        st.sampled_from(NASTY),
+        st.text(max_size=20),
+    ),
+    st.text(max_size=2000),
+    st.sampled_from([None, "", 5, "x" * 5000, "ü\x00" * 600]),
+)
+
+#: Each field: (a value a caller may well send, a value meant to be refused or to break).
+FIELDS: dict[str, tuple[st.SearchStrategy[object], st.SearchStrategy[object]]] = {
+    "to": (recipients(fine_addresses), st.one_of(recipients(nasty_addresses), st.just([]))),
+    "cc": (recipients(fine_addresses), recipients(nasty_addresses)),
+    "bcc": (recipients(fine_addresses), recipients(nasty_addresses)),
+    "from": (fine_addresses, nasty_addresses),
+    "reply_to": (fine_addresses, nasty_addresses),
+    "subject": (fine_subjects, nasty_text),
+    "content": (fine_bodies, any_bodies),
+    "text": (fine_bodies, any_bodies),
+    "html": (fine_bodies, any_bodies),
+}
+REQUIRED = ("to", "from")
+BODIES = ("content", "text", "html")
+
+
+@st.composite
+def mails(draw: st.DrawFn) -> dict[str, Any]:
+    """A body of ``POST /mail/send``: each field missing, plausible, or (rarely) nasty."""
+    out: dict[str, Any] = {}
+    some_body = draw(st.sampled_from(BODIES))
+    for field, (fine, nasty) in FIELDS.items():
+        if field not in (*REQUIRED, some_body) and draw(st.booleans()):
+            continue
+        nasty_now = draw(st.integers(min_value=0, max_value=9)) == 0
+        out[field] = draw(nasty if nasty_now else fine)
+    if "text" in out and "content" in out and draw(st.integers(0, 3)):
+        out["text"] = out["content"]
+    return out
+
+
+# --- what every client must be able to build ------------------------------------------
+
+
+def header_texts(mail: Mail) -> list[str]:
+    """Every piece of the mail that ends up in a header."""
+    everyone = (mail.sender, *mail.to, *mail.cc, *mail.bcc)
+    if mail.reply_to is not None:
+        everyone += (mail.reply_to,)
+    return [mail.subject, *(a.email for a in everyone), *(a.name for a in everyone)]
+
+
+def assert_header_safe(mail: Mail) -> None:
+    """No control, separator or surrogate in any header text; addresses are ASCII."""
+    for value in header_texts(mail):
+        bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")]
+        assert not bad, f"{value!r} holds {bad!r}"
+        assert not ENCODED_WORD.search(value), value
+    everyone = (mail.sender, *mail.to, *mail.cc, *mail.bcc)
+    for address in everyone + ((mail.reply_to,) if mail.reply_to else ()):
+        local = address.email.rpartition("@")[0]
+        assert address.email.isascii(), address.email
+        assert 1 <= len(local) <= 64, address.email
+        assert len(address.email) <= 254, address.email
+
+
+def assert_sendgrid_buildable(mail: Mail) -> None:
+    """SendGrid's body serializes and passes SendGrid's documented validation."""
+    payload = sendgrid.body(mail)
+    raw = orjson.dumps(payload)
+    decoded = orjson.loads(raw)
+    assert _sendgrid_problems(decoded) == []
+    (personalization,) = decoded["personalizations"]
+    seen: set[str] = set()
+    total = 0
+    for kind in ("to", "cc", "bcc"):
+        for recipient in personalization.get(kind, []):
+            total += 1
+            assert recipient["email"].casefold() not in seen
+            seen.add(recipient["email"].casefold())
+            assert ";" not in recipient.get("name", "") and "," not in recipient.get("name", "")
+            assert "name" not in recipient or recipient["name"]
+    assert 1 <= total <= MAX_RECIPIENTS
+    assert decoded["subject"]
+    assert all(c["value"] for c in decoded["content"])
+
+
+def parse_addresses(name: str, value: str) -> list[tuple[str, str]]:
+    """(display name, address) of each address in a header value; asserts no defects."""
+    header = email.policy.default.header_factory(name.removeprefix("h:"), value)
+    assert not header.defects, (value, header.defects)
+    assert isinstance(header, AddressHeader)
+    return [(a.display_name, a.addr_spec) for a in header.addresses]
+
+
+def same_addresses(got: list[tuple[str, str]], want: tuple[Address, ...]) -> bool:
+    """Equal addresses, and names equal up to runs of whitespace (folding whitespace).
+
+    A non-ASCII name is compared without its whitespace: Python's parser keeps
+    the space between two adjacent encoded-words of a display name, which
+    RFC 2047 (section 6.2) says to drop (CPython gh-128110), and turns any
+    run of Unicode whitespace (U+00A0 too) into one space, so it cannot tell.
+    """
+
+    def norm(name: str, ascii_name: bool) -> str:
+        return " ".join(name.split()) if ascii_name else "".join(name.split())
+
+    return len(got) == len(want) and [
+        (norm(n, a.name.isascii()), e) for (n, e), a in zip(got, want, strict=False)
+    ] == [(norm(a.name, a.name.isascii()), a.email) for a in want]
+
+
+def assert_mailgun_buildable(mail: Mail) -> None:
+    """Mailgun's form encodes, has the required fields, and every address round-trips."""
+    fields = mailgun.form(mail)
+    aiohttp.FormData(fields)()  # what the client sends: must encode
+    by_name: dict[str, list[str]] = {}
+    for key, value in fields:
+        by_name.setdefault(key, []).append(value)
+        value.encode("utf-8")
+    for required in ("from", "to", "subject"):
+        assert any(by_name.get(required, [])), required
+    assert any(by_name.get("text", []) + by_name.get("html", []))
+    options = sum(
+        len(k.encode()) + len(v.encode()) for k, v in fields if k[:2] in ("o:", "h:", "v:")
+    )
+    assert options <= MAILGUN_OPTIONS_BYTES
+    recipients = sum(len(by_name.get(k, [])) for k in ("to", "cc", "bcc"))
+    assert 1 <= recipients <= MAX_RECIPIENTS
+    for key in ("from", "to", "cc", "bcc", "subject", "h:Reply-To", "v:mail_id"):
+        for value in by_name.get(key, []):
+            assert len(value.splitlines()) <= 1, (key, value)
+    for key, want in (
+        ("from", (mail.sender,)),
+        ("to", mail.to),
+        ("cc", mail.cc),
+        ("bcc", mail.bcc),
+        ("h:Reply-To", (mail.reply_to,) if mail.reply_to else ()),
+    ):
+        got = [pair for value in by_name.get(key, []) for pair in parse_addresses(key, value)]
+        assert same_addresses(got, want), (key, got, want)
+        for value in by_name.get(key, []):
+            assert all(len(w) <= 75 for w in ENCODED_WORD.findall(value)), value
+
+
+def assert_eml_buildable(mail: Mail) -> None:
+    """The .eml renders, uses CRLF, keeps lines within 998 octets and parses without defects."""
+    data = outbox.render(mail)
+    assert b"\0" not in data
+    assert data.endswith(b"\r\n")
+    for line in data.split(b"\r\n"):
+        assert b"\r" not in line and b"\n" not in line, line[:100]
+        assert len(line) <= MAX_LINE, line[:100]
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    for part in msg.walk():
+        assert not part.defects, part.defects
+        for key, value in part.items():
+            assert not value.defects, (key, value, value.defects)
+    assert msg["Bcc"] is None
+    # Leading spaces are folding whitespace to a reader (and to Python's parser when
+    # the folder starts the subject on a continuation line).
+    assert msg["Subject"].lstrip(" ") == mail.subject.lstrip(" ")
+    for key, want in (
+        ("From", (mail.sender,)),
+        ("To", mail.to),
+        ("Cc", mail.cc),
+        ("Reply-To", (mail.reply_to,) if mail.reply_to else ()),
+    ):
+        header = msg[key]
+        got = [] if header is None else [(a.display_name, a.addr_spec) for a in header.addresses]
+        assert same_addresses(got, want), (key, got, want)
+    for subtype, body in (("plain", mail.text), ("html", mail.html)):
+        found = msg.get_body((subtype,))
+        if body is None:
+            continue
+        assert found is not None
+        assert one_newline_at_end(found.get_content()) == one_newline_at_end(body)
+
+
+def one_newline_at_end(text: str) -> str:
+    """``text`` with LF line ends and one at the end: the .eml has CRLF, whatever
+    the body had, and a line end after the last line."""
+    text = re.sub("\r\n|\r", "\n", text)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def assert_buildable_by_every_client(mail: Mail) -> None:
+    """``mail`` is safe for headers and every client builds its request within the rules."""
+    assert_header_safe(mail)
+    assert_sendgrid_buildable(mail)
+    assert_mailgun_buildable(mail)
+    assert_eml_buildable(mail)
+
+
+def parse(body: object) -> Mail:
+    """``parse_mail`` as the API calls it."""
+    return parse_mail(body, mail_id=new_mail_id(NOW), default_subject=DEFAULT_SUBJECT, now=NOW)
+
+
+# --- the properties ---------------------------------------------------------------
+
+
+@given(body=mails())
+@settings(max_examples=300, deadline=None)
+def test_a_mail_is_refused_or_buildable_by_every_client(body: dict[str, Any]) -> None:
+    """Every generated mail is refused by parse_mail or built without error by every client."""
+    try:
+        mail = parse(body)
+    except ValidationFailed as exc:
+        assert exc.errors
+        assert len({e.field for e in exc.errors}) == len(exc.errors)
+        note(f"refused: {exc}")
+        event("refused")
+        return
+    event("accepted")
+    note(f"accepted: {mail!r}")
+    assert_buildable_by_every_client(mail)
+
+
+#: Where a header-breaking piece of text may go, and the field the API then names.
+PLACES: dict[str, Callable[[str], dict[str, object]]] = {
+    "subject": lambda text: {"subject": text},
+    "from": lambda text: {"from": f"{_quoted(text)} <sender@example.com>"},
+    "reply_to": lambda text: {"reply_to": f"help@example.com ({text})"},
+    "to[1]": lambda text: {"to": ["ann@example.com", f"{text} <bob@example.com>"]},
+    "cc[0]": lambda text: {"cc": [f"{text}@example.com"]},
+    "bcc[0]": lambda text: {"bcc": f"{_quoted(text)} <b+{text}@example.com>"},
+}
+
+
+@given(
+    place=st.sampled_from(sorted(PLACES)),
+    before=fine_text,
+    bad=st.one_of(
+        st.sampled_from(NASTY),
+        st.characters(categories=("Cc", "Cs", "Zl", "Zp")),
+    ),
+    after=fine_text,
+)
+@settings(max_examples=200, deadline=None)
+def test_what_no_header_can_hold_is_refused_in_its_field(
+    place: str, before: str, bad: str, after: str
+) -> None:
+    """A control, separator, surrogate or encoded-word in header text is refused in its field."""
+    body: dict[str, object] = {
+        "from": "sender@example.com",
+        "to": ["ann@example.com"],
+        "content": "Hi",
+    }
+    body |= PLACES[place](before + bad + after)
+    try:
+        mail = parse(body)
+    except ValidationFailed as exc:
+        assert [e.field for e in exc.errors] == [place]
+        return
+    raise AssertionError(f"accepted {mail!r}")
