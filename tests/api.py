@@ -1,5 +1,5 @@
 """Shared pieces of the HTTP API tests: a valid mail, problem checks, and app clients built by
-``create_app`` as production builds it (the ``api_store`` and ``api_outbound`` fixtures are in
+``create_app`` as production builds it (the ``store`` and ``outbound`` fixtures are in
 ``conftest.py``)."""
 
 from __future__ import annotations

@@ -67,12 +67,12 @@ def provider_env(sg: FakeSendGrid, mg: FakeMailgun, **extra: str) -> dict[str, s
 
 
 @pytest.fixture
-async def api_store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
     """A SQLite store in the test's directory, open for the test."""
     async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
         yield opened
 
 
 @pytest.fixture
-def api_outbound() -> CountingOutbound:
+def outbound() -> CountingOutbound:
     return CountingOutbound()

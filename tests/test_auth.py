@@ -39,16 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def store(api_store: Store) -> Store:
-    return api_store
-
-
-@pytest.fixture
-def outbound(api_outbound: CountingOutbound) -> CountingOutbound:
-    return api_outbound
-
-
-@pytest.fixture
 def make_client(
     aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
 ) -> MakeClient:

@@ -47,16 +47,6 @@ class GatedStore(SQLiteStore):
 
 
 @pytest.fixture
-def store(api_store: Store) -> Store:
-    return api_store
-
-
-@pytest.fixture
-def outbound(api_outbound: CountingOutbound) -> CountingOutbound:
-    return api_outbound
-
-
-@pytest.fixture
 def make_client(
     aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
 ) -> MakeClient:

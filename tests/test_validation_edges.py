@@ -195,10 +195,8 @@ def test_formatted_address_matches_formataddr_for_short_names() -> None:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: AiohttpClient, api_store: Store, api_outbound: CountingOutbound
-) -> Client:
-    return await client_factory(aiohttp_client, api_store, api_outbound, Config())()
+async def client(aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound) -> Client:
+    return await client_factory(aiohttp_client, store, outbound, Config())()
 
 
 @pytest.mark.parametrize(
@@ -215,8 +213,8 @@ async def client(
 )
 async def test_send_refuses_with_422_naming_the_field(
     client: Client,
-    api_store: Store,
-    api_outbound: CountingOutbound,
+    store: Store,
+    outbound: CountingOutbound,
     changes: dict[str, Any],
     field: str,
 ) -> None:
@@ -228,5 +226,5 @@ async def test_send_refuses_with_422_naming_the_field(
     )
     body = await problem(resp, 422)
     assert [e["field"] for e in body["errors"]] == [field]
-    assert await api_store.unfinished() == []
-    assert api_outbound.dispatched == []
+    assert await store.unfinished() == []
+    assert outbound.dispatched == []
