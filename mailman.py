@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from actors.keys import keys_main
+from actors.processes import ProcessSupervisor
 from actors.supervisor import RestartBudgetExceeded
 from actors.system import Mailman, embedded
 from config import Config, ConfigError, load
@@ -30,17 +31,26 @@ __all__ = ["Config", "Mailman", "embedded", "main"]
 log = structlog.get_logger("mailman")
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; the exit code."""
+async def serve(config: Config, argv: Sequence[str] = ()) -> int:
+    """Run until SIGTERM or SIGINT; the exit code.
+
+    With ``--processes N`` (N >= 2) this process supervises N child processes
+    (``argv``, the flags, is what they are started with); otherwise it runs
+    the actors itself.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     code = 0
     try:
+        if config.processes > 1:
+            return await ProcessSupervisor(config, argv).run(stop)
         system = Mailman(config)
         async with asyncio.TaskGroup() as group:
             group.create_task(system.run(stop), name="mailman")
+            if config.ready_fd is not None:
+                group.create_task(_tell_ready(system, config.ready_fd))
     except* RestartBudgetExceeded:
         code = 1
     except* ConfigError as eg:
@@ -53,6 +63,20 @@ async def serve(config: Config) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return code
+
+
+async def _tell_ready(system: Mailman, fd: int) -> None:
+    """Write "ready" to the parent's pipe (``--processes``) once serving."""
+    with os.fdopen(fd, "wb", buffering=0) as pipe:
+        ready = asyncio.ensure_future(system.ready.wait())
+        stopped = asyncio.ensure_future(system.stopped.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopped.cancel()
+        if system.ready.is_set():
+            pipe.write(b"ready\n")
 
 
 def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
@@ -82,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     try:
-        return run(serve(config), config.event_loop)
+        return run(serve(config, argv), config.event_loop)
     except ConfigError as exc:
         log.error("config.invalid", detail=str(exc))
         return 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 
 from .lifecycle import Actor
-from .mailbox import Delivery, Inbox, Mailbox
+from .mailboxes import Delivery, Inbox, Mailbox
 from .messages import StatusUpdate
 from .store import Store
 

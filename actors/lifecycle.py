@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
-from .mailbox import Delivery, Inbox
+from .mailboxes import Delivery, Inbox
 
 M = TypeVar("M")
 

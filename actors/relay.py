@@ -2,14 +2,17 @@
 
 The API commits a mail and its outbox entry in one transaction and answers
 201; it never publishes itself (no dual write). The relay claims a batch of
-entries under a lease, publishes them, and removes them. Several relays may
-run at once (leases keep them apart); one that dies leaves its entries to be
-claimed again once their lease runs out, so a crash between publishing and
-removing publishes some mails twice, never none (senders skip a mail that
-is already final).
+entries under a lease (which marks their mails ``sending``), publishes them,
+and removes them in the transaction of its next claim: one store trip per
+batch. Several relays may run at once (leases keep them apart); one that
+dies leaves its entries to be claimed again once their lease runs out, so a
+crash between publishing and removing publishes some mails twice, never none
+(senders skip a mail that is already final).
 
-The API wakes a relay in the same process at once (``nudge``); a relay in
-another process finds new entries within ``interval_seconds``.
+The API wakes a relay in the same process at once (``Nudge``), and one in
+another process on the same machine through a local datagram
+(``actors.wake``); a relay that hears nothing still looks every
+``interval_seconds``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .lifecycle import Actor
 from .messages import Dispatch
 from .routing import Router
 from .store import OutboxEntry, Store
+from .wake import WakeListener, WakeSender
 
 log = structlog.get_logger("mailman.relay")
 
@@ -43,13 +47,20 @@ def relay_owner() -> str:
 
 
 class Nudge:
-    """The API's outbound side: a committed mail wakes the relay in this process, if any."""
+    """The API's outbound side: a committed mail wakes the relay.
 
-    def __init__(self) -> None:
+    The relay in this process, if any, through ``event``; one in another
+    process on this machine through ``remote`` (a local datagram).
+    """
+
+    def __init__(self, remote: WakeSender | None = None) -> None:
         self.event = asyncio.Event()
+        self.remote = remote
 
     async def dispatch(self, dispatch: Dispatch) -> None:
         self.event.set()
+        if self.remote is not None:
+            self.remote.wake()
 
 
 class Relay(Actor):
@@ -60,6 +71,7 @@ class Relay(Actor):
         router: Router,
         config: RelayConfig,
         nudge: Nudge,
+        wake_address: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("relay")
@@ -69,8 +81,17 @@ class Relay(Actor):
         self.nudge = nudge
         self.clock = clock
         self.owner = relay_owner()
+        self._listener = (
+            None if wake_address is None else WakeListener(wake_address, nudge.event.set)
+        )
         self.published = 0
         self._claimed: list[OutboxEntry] = []
+        #: Published entries not yet removed: the next claim removes them.
+        self._done: list[int] = []
+
+    async def setup(self) -> None:
+        if self._listener is not None:
+            self._listener.open()
 
     async def run(self) -> None:
         failures = 0
@@ -94,20 +115,38 @@ class Relay(Actor):
         is still leased to us) rather than waiting for its lease to run out.
         """
         self.nudge.event.clear()
-        entries = self._claimed or await self.store.claim_outbox(
-            self.owner, self.config.batch, self.config.lease_seconds, self.clock()
-        )
+        entries = self._claimed
+        if not entries:
+            entries = await self.store.claim_outbox(
+                self.owner,
+                self.config.batch,
+                self.config.lease_seconds,
+                self.clock(),
+                done=self._done,
+            )
+            self._done = []
         if not entries:
             return 0
         self._claimed = entries
         await self.router.dispatch_many(
             [Dispatch(mail_id=e.mail_id, accepted_at=e.accepted_at) for e in entries]
         )
-        await self.store.published([e.id for e in entries])
+        self._done = [e.id for e in entries]
         self._claimed = []
         self.published += len(entries)
         log.debug("relay.published", mails=len(entries))
         return len(entries)
+
+    async def teardown(self) -> None:
+        """Remove what was published since the last claim (a later claim would otherwise)."""
+        if self._listener is not None:
+            self._listener.close()
+        done, self._done = self._done, []
+        if done:
+            try:
+                await self.store.published(done)
+            except Exception as exc:  # left leased: claimed and published again later
+                log.warning("relay.remove_failed", entries=len(done), error=repr(exc))
 
     async def _pause(self, seconds: float) -> None:
         """Until a nudge, the stop request, or ``seconds`` pass."""

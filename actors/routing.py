@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from config import RetryConfig
 
-from .mailbox import Broker, Mailbox
+from .mailboxes import Broker, Mailbox
 from .messages import Dispatch, RetryLater, StatusUpdate
 
 STATUS_MAILBOX = "status"

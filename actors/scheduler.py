@@ -17,7 +17,7 @@ from collections.abc import Callable
 import structlog
 
 from .lifecycle import Actor
-from .mailbox import Delivery
+from .mailboxes import Delivery
 from .messages import RetryLater
 from .routing import Router
 

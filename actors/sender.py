@@ -10,16 +10,17 @@ every provider rejected it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 import structlog
-from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener
+from aiobreaker import CircuitBreaker, CircuitBreakerError
 
 from config import RetryConfig
 
 from .lifecycle import Actor
-from .mailbox import Delivery
+from .mailboxes import Delivery
 from .messages import Attempt, Dispatch, Mail, Outcome, RetryLater, Status, StatusUpdate
 from .providers import Accepted, Misconfigured, ProviderClient, Rejected, Result, Transient
 from .routing import Forward, GiveUp, Retry, Router, next_step
@@ -34,39 +35,6 @@ class _Unwell(Exception):
     def __init__(self, result: Result) -> None:
         super().__init__(type(result).__name__)
         self.result = result
-
-
-class BreakerLog(CircuitBreakerListener):  # type: ignore[misc]
-    """Logs every state change of a provider's circuit breaker."""
-
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-
-    def state_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
-        log.warning(
-            "breaker.state_changed",
-            provider=self.provider,
-            old=state_name(old),
-            new=state_name(new),
-        )
-
-
-def state_name(state: object) -> str:
-    """``open``, ``closed`` or ``half_open`` from a breaker state enum or state object."""
-    inner = getattr(state, "state", state)
-    return str(getattr(inner, "name", inner)).lower()
-
-
-def make_breaker(provider: str, fail_max: int, reset_seconds: float) -> CircuitBreaker:
-    """A provider's breaker: opens after ``fail_max`` unwell results in a row."""
-    from datetime import timedelta
-
-    return CircuitBreaker(
-        fail_max=fail_max,
-        timeout_duration=timedelta(seconds=reset_seconds),
-        listeners=[BreakerLog(provider)],
-        name=provider,
-    )
 
 
 class Sender(Actor):
@@ -124,28 +92,37 @@ class Sender(Actor):
             slots.release()
 
     async def handle(self, dispatch: Dispatch) -> None:
-        """Try one mail with this provider and hand it on. Idempotent for a sent mail."""
-        with structlog.contextvars.bound_contextvars(
-            mail_id=dispatch.mail_id, provider=self.provider, attempt=dispatch.round
-        ):
-            loaded = await self.store.load(dispatch.mail_id)
-            if loaded is None:
-                log.error("mail.unknown")
-                return
-            mail, status = loaded
-            if status.terminal:
-                log.info("mail.already_final", status=status)
-                return
-            result = await self._call(mail, dispatch)
-            await self._after(dispatch, result)
+        """Try one mail with this provider and hand it on. Idempotent for a sent mail.
 
-    async def _call(self, mail: Mail, dispatch: Dispatch) -> Result | None:
-        """The provider's result, or None when its breaker is open (no call made)."""
+        Logs one line per provider call (``provider.call``), with everything
+        about it as fields: the hot path binds no context and logs nothing else.
+        """
+        loaded = await self.store.load(dispatch.mail_id)
+        if loaded is None:
+            log.error("mail.unknown", mail_id=dispatch.mail_id, provider=self.provider)
+            return
+        mail, status = loaded
+        if status.terminal:
+            log.info(
+                "mail.already_final",
+                mail_id=mail.id,
+                provider=self.provider,
+                status=status.value,
+            )
+            return
+        started = time.perf_counter()
+        result = await self._call(mail)
+        await self._after(dispatch, result, time.perf_counter() - started)
+
+    async def _call(self, mail: Mail) -> Result | None:
+        """The provider's result, or None when its breaker is open (no call made).
+
+        The breaker wraps the provider call alone: it counts only the
+        provider's own answer. (The mail is already ``sending``: the relay's
+        claim marked it.)
+        """
 
         async def guarded() -> Result:
-            await self.router.status.put(
-                StatusUpdate(mail.id, Status.SENDING, self.clock(), provider=self.provider)
-            )
             result = await self.client.send(mail)
             if result.unwell:
                 raise _Unwell(result)
@@ -161,8 +138,14 @@ class Sender(Actor):
                 return exc.__cause__.result
             return None
 
-    async def _after(self, dispatch: Dispatch, result: Result | None) -> None:
+    async def _after(self, dispatch: Dispatch, result: Result | None, took: float) -> None:
         now = self.clock()
+        line = {
+            "mail_id": dispatch.mail_id,
+            "provider": self.provider,
+            "round": dispatch.round,
+            "ms": round(took * 1000, 1),
+        }
         if isinstance(result, Accepted):
             attempt = Attempt(
                 self.provider, dispatch.round, now, Outcome.ACCEPTED, None, result.message_id
@@ -177,22 +160,22 @@ class Sender(Actor):
                     attempt=attempt,
                 )
             )
-            log.info("mail.sent", message_id=result.message_id)
+            log.info("provider.call", outcome="accepted", message_id=result.message_id, **line)
             return
         retry_after: float | None = None
+        level = "info"
         if result is None:
             attempt = Attempt(self.provider, dispatch.round, now, Outcome.SKIPPED, "circuit open")
-            log.info("mail.skipped", reason="circuit open")
+            line.update(outcome="skipped", reason="circuit open")
         else:
             assert isinstance(result, Transient | Misconfigured | Rejected)
             attempt = Attempt(self.provider, dispatch.round, now, result.outcome, result.reason)
+            line.update(outcome=result.outcome.value, status=result.status, reason=result.reason)
             if isinstance(result, Transient):
                 retry_after = result.retry_after
-                log.warning("provider.transient", status=result.status, reason=result.reason)
+                level = "warning"
             elif isinstance(result, Misconfigured):
-                log.error("provider.misconfigured", status=result.status, reason=result.reason)
-            else:
-                log.info("provider.rejected", status=result.status, reason=result.reason)
+                level = "error"
         step = next_step(
             self.router.chain,
             dispatch,
@@ -207,14 +190,25 @@ class Sender(Actor):
                     dispatch.mail_id, Status.FAILED, now, reason=step.reason, attempt=attempt
                 )
             )
-            log.warning("mail.failed", reason=step.reason)
+            log.log(_LEVELS[level], "provider.call", then="failed", failed=step.reason, **line)
             return
         await self.router.status.put(
             StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=attempt)
         )
         if isinstance(step, Forward):
-            log.info("mail.failover", to=self.router.chain[step.dispatch.hop])
+            to = self.router.chain[step.dispatch.hop]
+            log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
             await self.router.dispatch(step.dispatch)
         elif isinstance(step, Retry):
-            log.info("mail.retry_scheduled", delay=round(step.delay, 3), round=step.dispatch.round)
+            log.log(
+                _LEVELS[level],
+                "provider.call",
+                then="retry",
+                delay=round(step.delay, 3),
+                next_round=step.dispatch.round,
+                **line,
+            )
             await self.router.retry.put(RetryLater(step.dispatch, now + step.delay))
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

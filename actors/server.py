@@ -188,6 +188,7 @@ class HttpServer(Actor):
         header_timeout: float = 10.0,
         body_idle_timeout: float = 10.0,
         keepalive_seconds: float = 75.0,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__("api")
         self.app_factory = app_factory
@@ -197,6 +198,9 @@ class HttpServer(Actor):
         self.header_timeout = header_timeout
         self.body_idle_timeout = body_idle_timeout
         self.keepalive_seconds = keepalive_seconds
+        #: SO_REUSEPORT: other processes may listen on the same port (the kernel spreads
+        #: connections over them).
+        self.reuse_port = reuse_port
         self._runner: web.AppRunner | None = None
 
     async def setup(self) -> None:
@@ -211,7 +215,7 @@ class HttpServer(Actor):
             auto_decompress=False,  # routes.body.read_body decodes, within the size limit
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_port=self.reuse_port or None)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         log.info("http.listening", host=self.host, port=self.port)

@@ -17,7 +17,6 @@ import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
-from aiobreaker import CircuitBreaker
 
 from config import (
     ROLE_ALL,
@@ -27,22 +26,24 @@ from config import (
     OutboxConfig,
     ProviderConfig,
     SendGridConfig,
+    is_memory_store,
     redact_url,
 )
 from routes import create_app
 
 from .bookkeeper import Bookkeeper
-from .health import SharedHealth
+from .breakers import ProviderBreaker, SharedHealth, make_breaker
 from .lifecycle import Actor
-from .mailbox import Broker, MemoryBroker
+from .mailboxes import Broker, MemoryBroker
 from .providers import ProviderClient
 from .relay import Nudge, Relay
 from .routing import Router
 from .scheduler import RetryScheduler
-from .sender import Sender, make_breaker
+from .sender import Sender
 from .server import HttpServer
 from .store import Store, open_store
 from .supervisor import ChildSpec, Supervisor
+from .wake import WakeSender, wake_address
 
 log = structlog.get_logger("mailman")
 
@@ -86,18 +87,30 @@ def roles_of(config: Config) -> frozenset[str]:
             f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
         )
     roles = frozenset(config.roles)
-    if roles != known and in_memory(config):
+    if roles == known:
+        return roles
+    if is_memory_store(config.store):
         raise ConfigError(
-            "running a subset of roles needs a shared broker: with --broker memory:// "
-            "the other actors would never see this process's mailboxes "
-            "(use --broker kafka://host:9092, or --role all)"
+            "running a subset of roles needs a store the processes share: an in-memory "
+            "database belongs to one process (use --store sqlite:///mailman.db or "
+            "mysql://user:password@host:3306/db, or --role all)"
         )
-    if roles != known and config.store.startswith("sqlite:"):
+    if in_memory(config) and roles not in (frozenset({ROLE_API}), known - {ROLE_API}):
         raise ConfigError(
-            "running a subset of roles needs a shared store: a SQLite file belongs to one "
-            "process (use --store mysql://user:password@host:3306/db, or --role all)"
+            "with --broker memory:// the roles split only into api and the rest "
+            f"(--role api, and --role {','.join(sorted(known - {ROLE_API}))}): the outbox in "
+            "the shared store carries mails between them. Other splits need a shared "
+            "broker (--broker kafka://host:9092), or --role all"
         )
     return roles
+
+
+def sqlite_file(config: Config) -> str | None:
+    """The path of the store's SQLite file; None for MySQL or an in-memory database."""
+    scheme, _, rest = config.store.partition("://")
+    if scheme != "sqlite" or is_memory_store(config.store):
+        return None
+    return rest[1:] if rest.startswith("/") else rest
 
 
 def make_broker(config: Config) -> Broker:
@@ -105,7 +118,7 @@ def make_broker(config: Config) -> Broker:
         return MemoryBroker(capacity=config.mailbox_capacity)
     scheme, _, rest = config.broker.partition("://")
     if scheme == "kafka" and rest.strip("/"):
-        from .kafka import KafkaBroker
+        from .mailboxes.kafka import KafkaBroker
 
         kafka = config.kafka
         return KafkaBroker(
@@ -184,12 +197,22 @@ class Mailman:
         if given:
             raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
         #: One breaker per provider, outliving restarts of its sender.
-        self.breakers: dict[str, CircuitBreaker] = {
+        self.breakers: dict[str, ProviderBreaker] = {
             name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
             for name in config.chain
         }
+        #: The relay's wake-up socket: API and relay in other processes on one SQLite file.
+        path = sqlite_file(config)
+        self.wake_address = None if path is None else wake_address(path)
+        remote = None
+        if (
+            self.wake_address is not None
+            and ROLE_API in self.roles
+            and ROLE_RELAY not in self.roles
+        ):
+            remote = WakeSender(self.wake_address)
         #: The API's outbound mailbox: wakes the relay (the API never publishes itself).
-        self.nudge = Nudge()
+        self.nudge = Nudge(remote)
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -236,7 +259,11 @@ class Mailman:
                 ChildSpec(
                     "relay",
                     lambda: Relay(
-                        store=self.store, router=router, config=cfg.relay, nudge=self.nudge
+                        store=self.store,
+                        router=router,
+                        config=cfg.relay,
+                        nudge=self.nudge,
+                        wake_address=self.wake_address,
                     ),
                 )
             )
@@ -268,6 +295,7 @@ class Mailman:
             header_timeout=cfg.header_timeout,
             body_idle_timeout=cfg.body_idle_timeout,
             keepalive_seconds=cfg.keepalive_seconds,
+            reuse_port=cfg.reuse_port,
         )
         return self._server
 
@@ -302,7 +330,7 @@ class Mailman:
                 # publishes), so it starts and answers even while Kafka is down.
                 await self.broker.start()
                 stack.push_async_callback(self.broker.stop)
-            if in_memory(self.config):
+            if in_memory(self.config) and ROLE_RELAY in self.roles:
                 # In-process mailboxes died with the last run: every mail it
                 # left unfinished goes back to the outbox for the relay.
                 requeued = await self.store.requeue_unfinished()
@@ -326,6 +354,8 @@ class Mailman:
                 if not running.done():  # we were cancelled: stop the actors all the same
                     supervisor.stop()
                     await asyncio.shield(running)
+                if self.nudge.remote is not None:
+                    self.nudge.remote.close()
                 self.stopped.set()
         log.info("mailman.stopped")
 

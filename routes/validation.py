@@ -25,7 +25,12 @@ accepted and then ``failed`` without a provider ever trying:
   receiving server takes it) of at most 64 characters, at most 254
   characters in all. International domain names are accepted and kept in
   their ASCII (IDNA, ``xn--``) form, which every provider and every
-  ``.eml`` reader understands.
+  ``.eml`` reader understands. The common shape (``ann@example.com`` or
+  ``Ann <ann@example.com>``, plain ASCII) is decided by ``fast_address``,
+  a strict check that accepts only what the full path (``slow_address``:
+  ``getaddresses`` and email-validator) accepts, with the same normalised
+  result; anything else, refusals included, goes through the full path, so
+  verdicts and error messages are the full path's.
 - A display name has at most ``MAX_NAME`` characters, a subject at most
   ``MAX_SUBJECT``.
 - Bodies (``content``/``text``/``html``) may hold any character, controls
@@ -39,7 +44,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import getaddresses
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
 from actors.messages import Address, Mail
 
@@ -155,6 +161,107 @@ def parse_address(raw: str) -> Address:
     for syntax only (no DNS) and kept in its normalized ASCII form: an
     international domain name is kept as IDNA (``xn--...``); a non-ASCII
     local part (SMTPUTF8) is refused, as is a local part over 64 characters.
+    The common plain shape is decided by ``fast_address``; the rest, and every
+    refusal, by ``slow_address``.
+    """
+    address = fast_address(raw)
+    return address if address is not None else slow_address(raw)
+
+
+#: A dot-atom of RFC 5322 atext (email-validator's own ``ATEXT`` character
+#: class): no leading, trailing or double dot. email-validator's local part.
+_FAST_LOCAL = rf"[{ATEXT}]+(?:\.[{ATEXT}]+)*"
+#: An LDH label of at most 63 characters, no hyphen at either end.
+_FAST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: Two or more labels: email-validator wants a dot in the domain.
+_FAST_DOMAIN = rf"{_FAST_LABEL}(?:\.{_FAST_LABEL})+"
+#: A display-name word: atext and dots, which Python's legacy address parser
+#: reads as one atom of a phrase (none of its specials, no whitespace).
+_FAST_WORD = rf"[{ATEXT}.]+"
+#: ``local@domain``, or ``<local@domain>`` after an optional name of words
+#: separated by spaces. No quotes, comments, backslashes, tabs, surrounding
+#: whitespace or non-ASCII: those are left to ``slow_address``. Linear: the
+#: character classes of neighbouring tokens do not overlap.
+_FAST_ADDRESS = re.compile(
+    rf"(?P<local>{_FAST_LOCAL})@(?P<domain>{_FAST_DOMAIN})"
+    rf"|(?:(?P<name>{_FAST_WORD}(?: +{_FAST_WORD})*) *)?"
+    rf"<(?P<alocal>{_FAST_LOCAL})@(?P<adomain>{_FAST_DOMAIN})>"
+)
+#: Longer input cannot be a name of ``MAX_NAME`` characters and an address of
+#: ``MAX_ADDRESS`` with a space and angle brackets: not worth a regex run.
+_FAST_MAX_RAW = MAX_NAME + MAX_ADDRESS + 3
+#: Local parts that email-validator lowercases (RFC 2142 mailbox names).
+_CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+#: email-validator refuses these domains and their subdomains (``.local``,
+#: ``localhost``, ``.test``, ``.invalid``, ``.onion``, ``.arpa``), as of import.
+_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_USE_SUFFIXES = tuple("." + d for d in SPECIAL_USE_DOMAIN_NAMES)
+
+
+def fast_address(raw: str) -> Address | None:
+    """``parse_address`` for the common shape; None when it cannot decide.
+
+    Returns an ``Address`` only where ``slow_address`` returns the same one;
+    returns None (never raises) for anything else, valid or not, for
+    ``slow_address`` to decide and word the error. It takes ASCII
+    ``local@domain`` and ``Name <local@domain>`` (the name: words of atext
+    and dots, separated by spaces) and applies every rule email-validator
+    applies to such an address with ``check_deliverability=False`` and
+    ``allow_smtputf8=False``, plus this module's limits:
+
+    - local part: a dot-atom of atext, at most ``MAX_LOCAL_PART``
+      characters, kept as is, but lowercased when it is an RFC 2142 name
+      (``Postmaster`` becomes ``postmaster``), as email-validator does;
+    - domain: dot-separated LDH labels of 1 to 63 characters, no hyphen at
+      a label's ends, at least one dot, ending with a letter (no numeric
+      TLD), not a special-use name or under one; lowercased, as
+      email-validator's UTS-46 mapping does to ASCII. A domain with ``--``
+      anywhere is left to the full path: ``xn--`` labels are IDNA-checked
+      there and other ``ab--`` labels refused;
+    - at most ``MAX_ADDRESS`` characters in all (email-validator's limit
+      too; with a local part, it keeps the domain within 253);
+    - the name, whitespace runs squeezed to one space as ``getaddresses``
+      does, at most ``MAX_NAME`` characters;
+    - nothing that could read as an RFC 2047 encoded-word (no ``=?``
+      anywhere); the character set already rules out what else
+      ``header_problem`` refuses.
+
+    The rules for domains read email-validator's module settings as of its
+    defaults (``GLOBALLY_DELIVERABLE``, no ``TEST_ENVIRONMENT``); changing
+    them only makes the full path accept more, never less.
+    """
+    if len(raw) > _FAST_MAX_RAW or "=?" in raw:
+        return None
+    match = _FAST_ADDRESS.fullmatch(raw)
+    if match is None:
+        return None
+    local, domain, name = match["local"], match["domain"], ""
+    if local is None:
+        local, domain = match["alocal"], match["adomain"]
+        if match["name"] is not None:
+            name = " ".join(match["name"].split())
+            if len(name) > MAX_NAME:
+                return None
+    if len(local) > MAX_LOCAL_PART or len(local) + 1 + len(domain) > MAX_ADDRESS:
+        return None
+    domain = domain.lower()
+    if (
+        "--" in domain
+        or not domain[-1].isalpha()
+        or domain in _SPECIAL_USE
+        or domain.endswith(_SPECIAL_USE_SUFFIXES)
+    ):
+        return None
+    if local.lower() in _CASE_INSENSITIVE:
+        local = local.lower()
+    return Address(email=f"{local}@{domain}", name=name)
+
+
+def slow_address(raw: str) -> Address:
+    """``parse_address`` for any input: ``getaddresses``, then email-validator.
+
+    Raises ``ValueError`` with the message for the caller. The reference that
+    ``fast_address`` must agree with.
     """
     problem = header_problem(raw)
     if problem is not None:

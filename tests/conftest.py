@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from actors.sqlite import SQLiteStore
 from actors.store import Store
+from actors.store.sqlite import SQLiteStore
 from config import Config, load
 
-from .api import CountingOutbound
-from .fakes import FakeMailgun, FakeSendGrid
-from .kafka_broker import kafka_bootstrap  # noqa: F401
+from .support.api import CountingOutbound
+from .support.fakes import FakeMailgun, FakeSendGrid
+from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
 
 async def eventually(

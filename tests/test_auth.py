@@ -20,12 +20,13 @@ from structlog.testing import capture_logs
 
 from actors.keys import Scope, create_key, hash_secret, keys_main
 from actors.messages import Status, StatusUpdate
-from actors.sqlite import SQLiteStore
 from actors.store import MailQuery, Store
+from actors.store.sqlite import SQLiteStore
 from config import Config
 from mailman import main
 
-from .api import (
+from .conftest import eventually
+from .support.api import (
     VALID,
     Client,
     CountingOutbound,
@@ -33,7 +34,6 @@ from .api import (
     client_factory,
     problem,
 )
-from .conftest import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,6 +29,7 @@ FLAGS = (
     ("--store", "URL", DEFAULTS.store, "MAILMAN_STORE"),
     ("--broker", "URL", DEFAULTS.broker, "MAILMAN_BROKER"),
     ("--role", "ROLES", ",".join(DEFAULTS.roles), "MAILMAN_ROLE"),
+    ("--processes", "N", str(DEFAULTS.processes), "MAILMAN_PROCESSES"),
 )
 
 BAD_STORES = (
@@ -135,7 +136,8 @@ def test_help_covers_every_flag_the_parser_has(capsys: pytest.CaptureFixture[str
     shown = set(re.findall(r"\[(--[a-z-]+)[ \]]", out))
     assert {flag for flag, *_ in FLAGS} <= shown
     for flag in shown:
-        described = rf"{flag} [A-Z_]+ [^()]*\(default: [^;]*; env MAILMAN_[A-Z_]+\)"
+        # A value flag shows its metavar; an on/off flag (--reuse-port) has none.
+        described = rf"{flag}(?: [A-Z_]+)? [^()]*\(default: [^;]*; env MAILMAN_[A-Z_]+\)"
         assert re.search(described, out), flag
 
 
@@ -154,7 +156,8 @@ def test_env_only_lists_every_variable_config_reads() -> None:
     """``ENV_ONLY`` plus the flags' twins are exactly the env variables ``config`` reads."""
     source = Path(config.__file__).read_text()
     read = set(re.findall(r"\"((?:MAILMAN|SENDGRID|MAILGUN)_[A-Z_]+)\"", source))
-    assert read == set(ENV_ONLY) | {var for *_, var in FLAGS}
+    on_off = {"MAILMAN_REUSE_PORT"}  # --reuse-port: a flag without a value
+    assert read == set(ENV_ONLY) | {var for *_, var in FLAGS} | on_off
     assert len(set(ENV_ONLY)) == len(ENV_ONLY)
 
 

@@ -14,12 +14,13 @@ from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
 from actors.messages import Mail
-from actors.mysql import MySQLStore
-from actors.sqlite import SQLiteStore
 from actors.store import Idempotency, MailQuery, Store
+from actors.store.mysql import MySQLStore
+from actors.store.sqlite import SQLiteStore
 from config import Config
 
-from .api import (
+from .conftest import eventually
+from .support.api import (
     VALID,
     Client,
     CountingOutbound,
@@ -27,8 +28,7 @@ from .api import (
     client_factory,
     problem,
 )
-from .conftest import eventually
-from .proxy import TcpProxy
+from .support.proxy import TcpProxy
 from .test_store import mysql_server, mysql_url  # noqa: F401  (fixtures)
 
 

@@ -11,7 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from actors.kafka import (
+from actors.mailboxes import Broker, Inbox, MemoryBroker
+from actors.mailboxes.kafka import (
     DEAD_LETTER_ERROR,
     DEAD_LETTER_OFFSET,
     DEAD_LETTER_PARTITION,
@@ -20,11 +21,10 @@ from actors.kafka import (
     KafkaBroker,
     _Partition,
 )
-from actors.mailbox import Broker, Inbox, MemoryBroker
 from actors.messages import Dispatch
 
 from .conftest import eventually
-from .kafka_broker import external_kafka, kafka_options, start_tansu
+from .support.kafka_broker import external_kafka, kafka_options, start_tansu
 
 #: Runs a test against one implementation only (the fixture is parametrised by name).
 memory_only = pytest.mark.parametrize("broker", ["memory"], indirect=True)

@@ -11,14 +11,14 @@ from pathlib import Path
 import aiohttp
 
 from actors.keys import Scope, create_key
-from actors.sqlite import SQLiteStore
+from actors.store.sqlite import SQLiteStore
 from config import Config
 from routes import create_app
 from routes.openapi import DOCUMENT
 
 from .conftest import provider_env
-from .fakes import FakeMailgun, FakeSendGrid
-from .processes import mailman_process
+from .support.fakes import FakeMailgun, FakeSendGrid
+from .support.processes import mailman_process
 
 #: The checks that say "no 5xx, and every response matches the document".
 CHECKS = ",".join(

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from .conftest import eventually, provider_env
-from .fakes import FakeMailgun, FakeSendGrid
-from .processes import ROOT, mailman_process
+from .support.fakes import FakeMailgun, FakeSendGrid
+from .support.processes import ROOT, mailman_process
 
 
 async def status_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> str:
@@ -53,8 +53,10 @@ async def test_sigkill_mid_delivery_loses_no_accepted_mail(tmp_path: Path) -> No
 
                 await eventually(sent, within=20, what=f"{mail_id} sent after the restart")
             assert sorted(sg.mail_ids() + mg.mail_ids()) == sorted(ids)
+            # Mails whose outbox entry was already removed got a new one; the last
+            # batch's entries (removed only by the next claim) were still there.
             recovered = [e for e in second.events() if e.get("event") == "recovery.requeued"]
-            assert [e["mails"] for e in recovered] == [len(ids)]
+            assert len(recovered) == 1 and 0 < recovered[0]["mails"] <= len(ids)
 
             second.proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(second.proc.wait(), 20)

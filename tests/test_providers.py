@@ -28,7 +28,7 @@ from actors.providers.mailgun import MailgunClient
 from actors.providers.outbox import OutboxClient
 from actors.providers.sendgrid import SendGridClient
 from config import MailgunConfig, OutboxConfig, Secret, SendGridConfig
-from tests.fakes import FakeMailgun, FakeSendGrid, Mode
+from tests.support.fakes import FakeMailgun, FakeSendGrid, Mode
 
 SG_KEY = "SG.test-key-7f3a9c"
 MG_KEY = "key-test-4b8e21"

@@ -17,8 +17,8 @@ from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
 from actors.messages import Address, Attempt, Dispatch, Mail, Outcome, Status, StatusUpdate
-from actors.sqlite import SQLiteStore
 from actors.store import Store
+from actors.store.sqlite import SQLiteStore
 from config import Config
 from routes import CONFIG, OUTBOUND, STORE, create_app
 from routes.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_mail

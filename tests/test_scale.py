@@ -24,14 +24,14 @@ import aiohttp
 import pytest
 
 from actors.messages import Status
-from actors.mysql import MySQLStore
 from actors.store import Store
+from actors.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
-from .fakes import FakeMailgun, FakeSendGrid
-from .kafka_broker import external_kafka, free_port, in_ci, kafka_options, start_tansu
-from .processes import Process, start_mailman, stop_process
-from .proxy import TcpProxy
+from .support.fakes import FakeMailgun, FakeSendGrid
+from .support.kafka_broker import external_kafka, free_port, in_ci, kafka_options, start_tansu
+from .support.processes import Process, start_mailman, stop_process
+from .support.proxy import TcpProxy
 
 MAILS = 1000
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"

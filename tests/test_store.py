@@ -23,9 +23,6 @@ import aiomysql
 import pytest
 
 from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
-from actors.mysql import MIGRATIONS as MYSQL_MIGRATIONS
-from actors.mysql import MySQLStore
-from actors.sqlite import SQLiteStore
 from actors.store import (
     ApiKey,
     BreakerState,
@@ -38,6 +35,9 @@ from actors.store import (
     Transition,
     open_store,
 )
+from actors.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
+from actors.store.mysql import MySQLStore
+from actors.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
@@ -106,7 +106,7 @@ async def mysql_url(mysql_server: str) -> str:
 @pytest.fixture(params=["sqlite", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
-        from actors.sqlite import MIGRATIONS
+        from actors.store.sqlite import MIGRATIONS
 
         path = str(tmp_path / "mailman.db")
 
@@ -577,6 +577,37 @@ async def test_claim_leases_oldest_first_up_to_limit(store: Store) -> None:
     assert await store.claim_outbox("relay-d", 0, 30.0, 9999.0) == []
 
 
+async def test_claim_marks_queued_mails_sending(store: Store) -> None:
+    """A claim moves its mails from queued to sending; a mail already further stays where it is."""
+    await store.add(mail("m1", created_at=1000.0))
+    await store.add(mail("m2", created_at=1001.0))
+    await store.apply([update(Status.SENT, 1002.0, "m2")])
+    await store.requeue_unfinished()  # m2 is sent: no new entry; m1 keeps its one
+
+    entries = await claim_all(store, now=5000.0)
+    assert [e.mail_id for e in entries] == ["m1", "m2"]
+    assert await status_of(store, "m1") == Status.SENDING
+    assert await status_of(store, "m2") == Status.SENT
+    record = await store.get("m1")
+    assert record is not None and record.updated_at == 5000.0
+
+
+async def test_claim_removes_what_the_owner_published(store: Store) -> None:
+    """``done`` entries go in the claim's own transaction and are never handed out again."""
+    for i in range(3):
+        await store.add(mail(f"m{i}", created_at=1000.0 + i))
+    first = await store.claim_outbox("relay", 2, 30.0, 5000.0)
+    assert [e.mail_id for e in first] == ["m0", "m1"]
+
+    rest = await store.claim_outbox("relay", 10, 30.0, 5001.0, done=[e.id for e in first])
+    assert [e.mail_id for e in rest] == ["m2"]
+    # Long after every lease ran out, only the entry not reported done comes back.
+    assert [e.mail_id for e in await claim_all(store, now=9000.0)] == ["m2"]
+    # A claim for nothing still removes.
+    assert await store.claim_outbox("relay", 0, 30.0, 9001.0, done=[rest[0].id]) == []
+    assert await claim_all(store, now=99999.0) == []
+
+
 async def test_live_lease_is_not_claimed_until_it_runs_out(store: Store) -> None:
     """Entries under a live lease go to no other claimer; once it ran out, they do."""
     await store.add(mail("m1", created_at=1000.0))
@@ -709,6 +740,42 @@ async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
     assert versions == list(range(1, len(store.migrations) + 1))
+
+
+async def test_sqlite_batch_commits_the_others_when_one_add_fails(tmp_path: Path) -> None:
+    """Adds committed together: one refused (idempotency mismatch) fails alone, the rest commit."""
+    first = Idempotency(key_hash="k" * 64, fingerprint="a" * 64, expires_at=10**10)
+    other = Idempotency(key_hash="k" * 64, fingerprint="b" * 64, expires_at=10**10)
+    async with SQLiteStore(str(tmp_path / "batch.db")) as store:
+        await store.add(mail("m0", created_at=1000.0), first)
+        results = await asyncio.gather(
+            *(store.add(mail(f"m{i}", created_at=1000.0 + i)) for i in range(1, 50)),
+            store.add(mail("clash", created_at=1000.0), other),
+            return_exceptions=True,
+        )
+        assert results[:-1] == [f"m{i}" for i in range(1, 50)]
+        assert isinstance(results[-1], IdempotencyMismatch) and results[-1].mail_id == "m0"
+        assert await store.get("clash") is None
+        assert len(await store.unfinished()) == 50
+
+
+async def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """While another process holds the file's write lock, loads and gets still answer at once."""
+    path = tmp_path / "locked.db"
+    async with SQLiteStore(str(path)) as store:
+        await store.add(mail("m1", created_at=1000.0))
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the write lock; WAL readers go on
+            pending_add = asyncio.ensure_future(store.add(mail("m2", created_at=1001.0)))
+            async with asyncio.timeout(2):  # far less than the writer's busy timeout
+                assert await store.load("m1") == (mail("m1", created_at=1000.0), Status.QUEUED)
+                assert (await store.get("m1")) is not None
+            assert not pending_add.done()  # the writer is waiting for the lock
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert await pending_add == "m2"
 
 
 # --- MySQL only ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from routes.validation import (
     header_problem,
     parse_address,
 )
-from tests.api import Client, CountingOutbound, client_factory, problem
+from tests.support.api import Client, CountingOutbound, client_factory, problem
 from tests.test_validation_props import (
     assert_buildable_by_every_client,
     parse,

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from actors.messages import Address, Mail, new_mail_id
 from actors.providers import mailgun, outbox, sendgrid
 from routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
-from tests.fakes import _sendgrid_problems
+from tests.support.fakes import _sendgrid_problems
 
 DEFAULT_SUBJECT = "(no subject)"
 NOW = 1_700_000_000.25

@@ -1,12 +1,18 @@
-"""Provider health shared by every process: circuit-breaker states mirrored through the store.
+"""Circuit breakers: one per provider, and provider health shared by every process.
+
+``make_breaker`` builds a provider's breaker on a state storage we own
+(``ProviderBreaker.storage``), so this module reads and writes a breaker's
+state and ``opened_at`` through aiobreaker's public storage API only, never
+through the breaker's private attributes.
 
 aiobreaker's storage API is synchronous, so a breaker cannot await the
 database on every call. Each process therefore keeps its breakers in memory
-(the hot path stays free of I/O) and this actor mirrors them: every local
-state change is written to the store, and the states other processes wrote
-are read every ``sync_seconds`` and applied here. The newest change wins.
-When one worker opens SendGrid's breaker, every worker skips SendGrid within
-one sync interval, until a half-open trial somewhere closes it again.
+(the hot path stays free of I/O) and the ``SharedHealth`` actor mirrors them:
+every local state change is written to the store, and the states other
+processes wrote are read every ``sync_seconds`` and applied here. The newest
+change wins. When one worker opens SendGrid's breaker, every worker skips
+SendGrid within one sync interval, until a half-open trial somewhere closes
+it again.
 """
 
 from __future__ import annotations
@@ -16,17 +22,72 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerListener
 from aiobreaker.state import CircuitBreakerState
+from aiobreaker.storage.memory import CircuitMemoryStorage
 
 from .lifecycle import Actor
-from .sender import state_name
 from .store import BreakerState, Store
 
-log = structlog.get_logger("mailman.health")
+log = structlog.get_logger("mailman.breakers")
+
+
+class ProviderBreaker(CircuitBreaker):  # type: ignore[misc]
+    """A provider's circuit breaker, keeping a public reference to the storage it runs on.
+
+    The storage holds the breaker's state, failure counter and ``opened_at``;
+    ``SharedHealth`` reads and writes them there.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        fail_max: int,
+        reset_seconds: float,
+        storage: CircuitMemoryStorage | None = None,
+    ) -> None:
+        self.storage = storage or CircuitMemoryStorage(CircuitBreakerState.CLOSED)
+        super().__init__(
+            fail_max=fail_max,
+            timeout_duration=timedelta(seconds=reset_seconds),
+            listeners=[BreakerLog(provider)],
+            state_storage=self.storage,
+            name=provider,
+        )
+
+
+class BreakerLog(CircuitBreakerListener):  # type: ignore[misc]
+    """Logs every state change of a provider's circuit breaker."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def state_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
+        log.warning(
+            "breaker.state_changed",
+            provider=self.provider,
+            old=state_name(old),
+            new=state_name(new),
+        )
+
+
+def state_name(state: object) -> str:
+    """``open``, ``closed`` or ``half_open`` from a breaker state enum or state object."""
+    inner = getattr(state, "state", state)
+    return str(getattr(inner, "name", inner)).lower()
+
+
+def state_of(breaker: CircuitBreaker) -> str:
+    return state_name(breaker.current_state)
+
+
+def make_breaker(provider: str, fail_max: int, reset_seconds: float) -> ProviderBreaker:
+    """A provider's breaker: opens after ``fail_max`` unwell results in a row."""
+    return ProviderBreaker(provider, fail_max=fail_max, reset_seconds=reset_seconds)
 
 
 def _to_unix(naive_utc: datetime | None) -> float | None:
@@ -38,17 +99,13 @@ def _to_naive_utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
-def state_of(breaker: CircuitBreaker) -> str:
-    return state_name(breaker.current_state)
-
-
 class SharedHealth(Actor):
     """Mirrors this process's breakers to the store and the store's to them."""
 
     def __init__(
         self,
         *,
-        breakers: Mapping[str, CircuitBreaker],
+        breakers: Mapping[str, ProviderBreaker],
         store: Store,
         sync_seconds: float,
         clock: Callable[[], float] = time.time,
@@ -62,28 +119,29 @@ class SharedHealth(Actor):
         #: Newest change known per provider (ours or another process's).
         self._seen: dict[str, float] = {}
         self._applying = False
-        self._listener = _Publish(self)
+        self._publishers = {provider: _Publish(self, provider) for provider in self.breakers}
 
     async def setup(self) -> None:
-        for breaker in self.breakers.values():
-            breaker.add_listener(self._listener)
+        for provider, breaker in self.breakers.items():
+            breaker.add_listener(self._publishers[provider])
 
     async def teardown(self) -> None:
-        for breaker in self.breakers.values():
-            if self._listener in breaker.listeners:
-                breaker.remove_listener(self._listener)
+        for provider, breaker in self.breakers.items():
+            if self._publishers[provider] in breaker.listeners:
+                breaker.remove_listener(self._publishers[provider])
 
-    def changed(self, provider: str, breaker: CircuitBreaker, state: str) -> None:
+    def changed(self, provider: str, state: str) -> None:
         """A local change to ``state`` (called by the breaker's listener).
 
         aiobreaker notifies listeners before it stores the new state, so the
-        state comes from the notification, not from the breaker.
+        state comes from the notification, not from the breaker. ``opened_at``
+        is already stored when an opening is notified.
         """
         if self._applying:
             return
         now = self.clock()
         self._seen[provider] = now
-        opened_at = _to_unix(breaker._state_storage.opened_at)
+        opened_at = _to_unix(self.breakers[provider].storage.opened_at)
         self._outgoing.append(BreakerState(provider, state, opened_at, now))
 
     async def run(self) -> None:
@@ -115,7 +173,7 @@ class SharedHealth(Actor):
                 continue
             self.apply(remote.provider, breaker, remote)
 
-    def apply(self, provider: str, breaker: CircuitBreaker, remote: BreakerState) -> None:
+    def apply(self, provider: str, breaker: ProviderBreaker, remote: BreakerState) -> None:
         try:
             target = CircuitBreakerState[remote.state.upper()]
         except KeyError:
@@ -123,10 +181,9 @@ class SharedHealth(Actor):
             return
         self._applying = True
         try:
-            storage = breaker._state_storage
             if remote.opened_at is not None:
-                storage.opened_at = _to_naive_utc(remote.opened_at)
-            storage.state = target
+                breaker.storage.opened_at = _to_naive_utc(remote.opened_at)
+            breaker.storage.state = target
             breaker.state = target  # notifies listeners: logged, not published again
         finally:
             self._applying = False
@@ -134,8 +191,9 @@ class SharedHealth(Actor):
 
 
 class _Publish(CircuitBreakerListener):  # type: ignore[misc]
-    def __init__(self, health: SharedHealth) -> None:
+    def __init__(self, health: SharedHealth, provider: str) -> None:
         self.health = health
+        self.provider = provider
 
     def state_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
-        self.health.changed(breaker.name, breaker, state_name(new))
+        self.health.changed(self.provider, state_name(new))

@@ -1,7 +1,7 @@
 """Mailboxes on Kafka: one topic per mailbox, one consumer group per mailbox.
 
 ``KafkaBroker`` makes ``KafkaMailbox``es with the semantics of the in-process
-``MemoryMailbox`` (see ``actors.mailbox``), within what Kafka can promise:
+``MemoryMailbox`` (see ``actors.mailboxes.memory``), within what Kafka can promise:
 
 * **Publishing.** One shared producer per broker, ``acks="all"``. A message is
   keyed by ``key_of(message)`` (its mail id), so one mail's messages stay in
@@ -67,8 +67,8 @@ from aiokafka.errors import (
     for_code,
 )
 
-from .mailbox import Broker, Delivery, Inbox, M, Mailbox
-from .messages import decode, encode, key_of
+from ..messages import decode, encode, key_of
+from .base import Broker, Delivery, Inbox, M, Mailbox
 
 log = structlog.get_logger("mailman.kafka")
 

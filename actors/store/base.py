@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from .messages import Attempt, Mail, Status, StatusUpdate
+from ..messages import Attempt, Mail, Status, StatusUpdate
 
 
 class StoreUnavailable(ConnectionError):
@@ -256,13 +256,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_outbox(
-        self, owner: str, limit: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        done: Sequence[int] = (),
     ) -> list[OutboxEntry]:
         """Lease up to ``limit`` outbox entries to ``owner`` until ``now + lease_seconds``.
 
         Only entries not leased, or whose lease ran out (a relay that died),
         are claimed, oldest first; several relays may claim at once and never
-        get the same entry while its lease holds.
+        get the same entry while its lease holds. The claimed entries' mails
+        that are still ``queued`` become ``sending`` (they are on their way to
+        a sender). ``done``: entries this owner published since its last
+        claim, removed in the same transaction (one trip instead of two).
         """
 
     @abc.abstractmethod

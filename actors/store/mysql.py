@@ -47,8 +47,9 @@ import aiomysql
 
 from config import check_store_url
 
-from .messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
-from .store import (
+from ..messages import ALLOWED_FROM, Attempt, Mail, Status, StatusUpdate, decode
+from . import sql
+from .base import (
     KEY_COLUMNS,
     ApiKey,
     BreakerState,
@@ -66,6 +67,7 @@ from .store import (
     bucket_step,
     list_filter,
 )
+from .sql import MYSQL as Q
 
 T = TypeVar("T")
 
@@ -168,13 +170,10 @@ _SCHEMA_VERSION_TABLE = f"""
 _MIGRATION_LOCK = "mailman.migrate"
 _MIGRATION_LOCK_SECONDS = 60
 
-_UNFINISHED = (Status.QUEUED.value, Status.SENDING.value)
 _ID_MAX = 64
 _DEFAULT_PORT = 3306
 _CONNECT_TIMEOUT = 10
 _POOL_RECYCLE_SECONDS = 3600
-#: Ids per ``IN (...)`` list.
-_CHUNK = 500
 
 _ER_LOCK_DEADLOCK = 1213
 #: Duplicate column / duplicate key name: a migration statement that already ran.
@@ -192,10 +191,6 @@ _URL_EXAMPLE = "mysql://user:password@host:3306/database"
 def split_statements(script: str) -> list[str]:
     """The statements of a migration script (separated by ``;``, none inside a literal)."""
     return [statement.strip() for statement in script.split(";") if statement.strip()]
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join(["%s"] * count)
 
 
 def _storable_id(mail_id: str) -> bool:
@@ -460,7 +455,6 @@ class MySQLStore(Store):
                 f"mail id {mail.id[:80]!r} cannot be stored: at most {_ID_MAX} characters, "
                 "no trailing space"
             )
-        payload = encode(mail).decode()
 
         async def body(cur: Any) -> str:
             if idempotency is not None:
@@ -469,25 +463,10 @@ class MySQLStore(Store):
                     return standing
             # 1 row affected: inserted; 0: the id was there (the no-op update).
             inserted = await cur.execute(
-                """
-                INSERT INTO mails (id, status, payload, created_at, updated_at, tenant)
-                VALUES (%s, %s, %s, %s, %s, %s)
-                ON DUPLICATE KEY UPDATE id = id
-                """,
-                (
-                    mail.id,
-                    Status.QUEUED.value,
-                    payload,
-                    mail.created_at,
-                    mail.created_at,
-                    mail.tenant,
-                ),
+                f"{Q.insert_mails(1)} ON DUPLICATE KEY UPDATE id = id", sql.mail_values(mail)
             )
             if inserted == 1:
-                await cur.execute(
-                    "INSERT INTO outbox (mail_id, accepted_at) VALUES (%s, %s)",
-                    (mail.id, mail.created_at),
-                )
+                await cur.execute(Q.insert_outbox(1), (mail.id, mail.created_at))
             return mail.id
 
         return await self._run(body)
@@ -496,11 +475,8 @@ class MySQLStore(Store):
         where, params = list_filter(query, "%s")
 
         async def body(cur: Any) -> list[MailSummary]:
-            await cur.execute(
-                f"SELECT id, status, created_at FROM mails {where} ORDER BY id DESC LIMIT %s",
-                (*params, query.limit),
-            )
-            return [MailSummary(i, Status(s), c) for i, s, c in await cur.fetchall()]
+            await cur.execute(Q.list_mails(where), (*params, query.limit))
+            return [sql.summary_from_row(r) for r in await cur.fetchall()]
 
         return await self._run(body, read_only=True)
 
@@ -509,10 +485,7 @@ class MySQLStore(Store):
     async def create_key(self, key: ApiKey, secret_hash: str) -> None:
         async def body(cur: Any) -> None:
             await cur.execute(
-                """
-                INSERT INTO api_keys (id, secret_hash, tenant, scopes, rate, created_at)
-                VALUES (%s, %s, %s, %s, %s, %s)
-                """,
+                Q.insert_key,
                 (key.id, secret_hash, key.tenant, ",".join(key.scopes), key.rate, key.created_at),
             )
 
@@ -540,17 +513,14 @@ class MySQLStore(Store):
             await cur.execute("SELECT id FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
             if await cur.fetchone() is None:
                 return False
-            await cur.execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE id = %s",
-                (at, key_id),
-            )
+            await cur.execute(Q.revoke_key, (at, key_id))
             return True
 
         return await self._run(body)
 
     async def any_keys(self) -> bool:
         async def body(cur: Any) -> bool:
-            await cur.execute("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            await cur.execute(Q.any_keys)
             (found,) = await cur.fetchone()
             return bool(found)
 
@@ -562,13 +532,7 @@ class MySQLStore(Store):
 
         async def body(cur: Any) -> None:
             for key_id, at in sorted(used.items()):
-                await cur.execute(
-                    """
-                    UPDATE api_keys SET last_used_at = %s
-                    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < %s)
-                    """,
-                    (at, key_id, at),
-                )
+                await cur.execute(Q.touch_key, (at, key_id, at))
 
         await self._run(body)
 
@@ -601,7 +565,7 @@ class MySQLStore(Store):
 
     async def purge_idempotency(self, now: float) -> int:
         async def body(cur: Any) -> int:
-            purged: int = await cur.execute("DELETE FROM idempotency WHERE expires_at < %s", (now,))
+            purged: int = await cur.execute(Q.purge_idempotency, (now,))
             return purged
 
         return await self._run(body)
@@ -611,37 +575,12 @@ class MySQLStore(Store):
             return None
 
         async def body(cur: Any) -> MailRecord | None:
-            await cur.execute(
-                """
-                SELECT payload, status, updated_at, provider, provider_message_id, reason
-                FROM mails
-                WHERE id = %s
-                """,
-                (mail_id,),
-            )
+            await cur.execute(Q.record, (mail_id,))
             row = await cur.fetchone()
             if row is None:
                 return None
-            await cur.execute(
-                """
-                SELECT provider, round, at, outcome, reason, message_id
-                FROM attempts
-                WHERE mail_id = %s
-                ORDER BY at, id
-                """,
-                (mail_id,),
-            )
-            attempts = await cur.fetchall()
-            payload, status, updated_at, provider, provider_message_id, reason = row
-            return MailRecord(
-                mail=decode(Mail, payload),
-                status=Status(status),
-                updated_at=updated_at,
-                provider=provider,
-                provider_message_id=provider_message_id,
-                reason=reason,
-                attempts=tuple(_attempt(a) for a in attempts),
-            )
+            await cur.execute(Q.attempts, (mail_id,))
+            return sql.record_from_rows(row, await cur.fetchall())
 
         return await self._run(body, read_only=True)
 
@@ -706,56 +645,45 @@ class MySQLStore(Store):
 
     async def unfinished(self) -> list[Pending]:
         async def body(cur: Any) -> list[Pending]:
-            await cur.execute(
-                f"""
-                SELECT id, created_at
-                FROM mails
-                WHERE status IN ({_placeholders(len(_UNFINISHED))})
-                ORDER BY created_at, id
-                """,
-                _UNFINISHED,
-            )
-            return [Pending(mail_id=i, accepted_at=c) for i, c in await cur.fetchall()]
+            await cur.execute(Q.unfinished, sql.UNFINISHED)
+            return [sql.pending_from_row(r) for r in await cur.fetchall()]
 
         return await self._run(body, read_only=True)
 
     # --- transactional outbox ------------------------------------------------
 
     async def claim_outbox(
-        self, owner: str, limit: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        done: Sequence[int] = (),
     ) -> list[OutboxEntry]:
-        if limit <= 0:
+        if limit <= 0 and not done:
             return []
 
         async def body(cur: Any) -> list[OutboxEntry]:
+            for chunk in sql.chunks(done):
+                await cur.execute(Q.delete_outbox(len(chunk)), tuple(chunk))
+            if limit <= 0:
+                return []
             # FOR UPDATE reads the latest committed leases and locks the rows
             # it returns until COMMIT; SKIP LOCKED passes over rows another
             # claimer holds. After that claimer commits, those rows carry its
             # lease and no longer match. So no entry is handed out twice while
             # a lease holds, whatever the number of processes.
-            await cur.execute(
-                """
-                SELECT id, mail_id, accepted_at
-                FROM outbox
-                WHERE leased_until IS NULL OR leased_until < %s
-                ORDER BY id
-                LIMIT %s
-                FOR UPDATE SKIP LOCKED
-                """,
-                (now, limit),
-            )
-            rows = await cur.fetchall()
-            if not rows:
+            await cur.execute(Q.claimable, (now, limit))
+            entries = [sql.entry_from_row(r) for r in await cur.fetchall()]
+            if not entries:
                 return []
-            ids = [row[0] for row in rows]
-            await cur.execute(
-                f"""
-                UPDATE outbox SET leased_by = %s, leased_until = %s
-                WHERE id IN ({_placeholders(len(ids))})
-                """,
-                (owner, now + lease_seconds, *ids),
-            )
-            return [OutboxEntry(id=i, mail_id=m, accepted_at=a) for i, m, a in rows]
+            ids = [e.id for e in entries]
+            await cur.execute(Q.lease(len(ids)), (owner, now + lease_seconds, *ids))
+            # Mail rows in id order, like every other locking statement here.
+            mail_ids = sorted(e.mail_id for e in entries)
+            await _lock_mails(cur, mail_ids)
+            await cur.execute(Q.mark_sending(len(mail_ids)), (now, *mail_ids))
+            return entries
 
         return await self._run(body)
 
@@ -764,28 +692,15 @@ class MySQLStore(Store):
             return
 
         async def body(cur: Any) -> None:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                await cur.execute(
-                    f"DELETE FROM outbox WHERE id IN ({_placeholders(len(chunk))})", tuple(chunk)
-                )
+            for chunk in sql.chunks(ids):
+                await cur.execute(Q.delete_outbox(len(chunk)), tuple(chunk))
 
         await self._run(body)
 
     async def requeue_unfinished(self) -> int:
         async def body(cur: Any) -> int:
-            made: int = await cur.execute(
-                f"""
-                INSERT INTO outbox (mail_id, accepted_at)
-                SELECT m.id, m.created_at
-                FROM mails AS m
-                WHERE m.status IN ({_placeholders(len(_UNFINISHED))})
-                  AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.mail_id = m.id)
-                ORDER BY m.created_at, m.id
-                """,
-                _UNFINISHED,
-            )
-            await cur.execute("UPDATE outbox SET leased_by = NULL, leased_until = NULL")
+            made: int = await cur.execute(Q.requeue, sql.UNFINISHED)
+            await cur.execute(Q.release_leases)
             return made
 
         return await self._run(body)
@@ -816,13 +731,8 @@ class MySQLStore(Store):
 
     async def breakers(self) -> list[BreakerState]:
         async def body(cur: Any) -> list[BreakerState]:
-            await cur.execute(
-                "SELECT provider, state, opened_at, updated_at FROM breakers ORDER BY provider"
-            )
-            return [
-                BreakerState(provider=p, state=s, opened_at=o, updated_at=u)
-                for p, s, o, u in await cur.fetchall()
-            ]
+            await cur.execute(Q.breakers)
+            return [sql.breaker_from_row(r) for r in await cur.fetchall()]
 
         return await self._run(body, read_only=True)
 
@@ -877,8 +787,7 @@ async def _claim_idempotency(cur: Any, mail: Mail, idem: Idempotency) -> str | N
 async def _lock_mails(cur: Any, ids: Sequence[str]) -> dict[str, Status]:
     """Lock the rows of ``ids`` (sorted) that exist; their current statuses."""
     await cur.execute(
-        f"SELECT id, status FROM mails WHERE id IN ({_placeholders(len(ids))}) ORDER BY id "
-        "FOR UPDATE",
+        f"SELECT id, status FROM mails WHERE id IN ({Q.marks(len(ids))}) ORDER BY id FOR UPDATE",
         tuple(ids),
     )
     return {mail_id: Status(status) for mail_id, status in await cur.fetchall()}
@@ -892,15 +801,7 @@ async def _record_attempt(cur: Any, mail_id: str, attempt: Attempt) -> None:
         VALUES (%s, %s, %s, %s, %s, %s, %s)
         ON DUPLICATE KEY UPDATE id = id
         """,
-        (
-            mail_id,
-            attempt.provider,
-            attempt.round,
-            attempt.at,
-            attempt.outcome.value,
-            attempt.reason,
-            attempt.message_id,
-        ),
+        sql.attempt_values(mail_id, attempt),
     )
 
 
@@ -915,32 +816,10 @@ async def _move(
     reason: str | None = None,
 ) -> None:
     """Move a mail to ``status`` if ``ALLOWED_FROM`` lets it (the guard is in the UPDATE)."""
-    allowed = sorted(s.value for s in ALLOWED_FROM[status])
-    if not allowed:
+    if status not in sql.MOVE_ORDER:  # nothing moves to queued
         return
     await cur.execute(
-        f"""
-        UPDATE mails
-        SET status = %s,
-            updated_at = %s,
-            provider = COALESCE(%s, provider),
-            provider_message_id = COALESCE(%s, provider_message_id),
-            reason = COALESCE(%s, reason)
-        WHERE id = %s AND status IN ({_placeholders(len(allowed))})
-        """,
-        (status.value, at, provider, provider_message_id, reason, mail_id, *allowed),
-    )
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    provider, round_, at, outcome, reason, message_id = row
-    return Attempt(
-        provider=provider,
-        round=round_,
-        at=at,
-        outcome=Outcome(outcome),
-        reason=reason,
-        message_id=message_id,
+        Q.move(status), (status.value, at, provider, provider_message_id, reason, mail_id)
     )
 
 

@@ -1,0 +1,107 @@
+"""A wake-up between processes on one machine: "there is work in the outbox".
+
+When the API runs in other processes than the relay (``--processes``, or
+``--role api`` beside ``--role`` for the rest on one SQLite file), the relay
+would only find new mails on its next look (``MAILMAN_RELAY_INTERVAL_SECONDS``).
+Instead, each API process sends an empty datagram to the relay's socket after
+a commit; the relay wakes at once. The socket is a Linux abstract Unix socket
+named after the store, so it needs no file, no port and no clean-up, and
+processes sharing one database file find each other. A lost datagram costs
+nothing but latency: the relay still looks every interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger("mailman.wake")
+
+
+def wake_address(store_path: str) -> str | None:
+    """The relay's wake-up socket for a SQLite file; None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "AF_UNIX"):
+        return None
+    digest = hashlib.sha256(os.path.realpath(store_path).encode()).hexdigest()[:32]
+    return f"\0mailman-wake-{digest}"
+
+
+class WakeListener:
+    """The relay's side: calls ``on_wake`` for every datagram that arrives."""
+
+    def __init__(self, address: str, on_wake: Callable[[], None]) -> None:
+        self.address = address
+        self.on_wake = on_wake
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> bool:
+        """Start listening; False if another relay already listens on this store."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.address)
+        except OSError as exc:
+            sock.close()
+            log.info("wake.unavailable", error=type(exc).__name__)
+            return False
+        sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._read)
+        self._sock = sock
+        return True
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        woken = False
+        while True:  # drain: many datagrams are one wake-up
+            try:
+                self._sock.recv(16)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            woken = True
+        if woken:
+            self.on_wake()
+
+
+class WakeSender:
+    """The API's side: one datagram per event-loop turn that committed mails, at most."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        self._pending = False
+
+    def wake(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._pending = False
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+        # No relay listening, or its queue is full: it looks anyway.
+        with contextlib.suppress(OSError):
+            self._sock.sendto(b"", self.address)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

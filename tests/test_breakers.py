@@ -1,0 +1,146 @@
+"""Provider circuit breakers: what they count, and the shared health mirrored through the store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiobreaker import CircuitBreakerError
+from aiobreaker.state import CircuitBreakerState
+
+from actors.breakers import BreakerLog, ProviderBreaker, SharedHealth, make_breaker, state_of
+from actors.mailboxes import MemoryBroker, MemoryMailbox
+from actors.messages import Address, Dispatch, Mail, Status, StatusUpdate
+from actors.providers import Accepted, ProviderClient, Result, Transient
+from actors.routing import STATUS_MAILBOX, Router
+from actors.sender import Sender
+from actors.store import BreakerState, Store
+from actors.store.sqlite import SQLiteStore
+from config import RetryConfig
+
+MAIL = Mail(
+    id="mail-0001",
+    sender=Address("a@example.com"),
+    to=(Address("b@example.com"),),
+    subject="s",
+    text="t",
+    created_at=1000.0,
+)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
+        await opened.add(MAIL)
+        yield opened
+
+
+class Scripted(ProviderClient):
+    """A provider that gives ``answer`` to every call and counts the calls."""
+
+    name = "sendgrid"
+
+    def __init__(self, answer: Result) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def send(self, mail: Mail) -> Result:
+        self.calls += 1
+        return self.answer
+
+
+class StatusBox(MemoryMailbox[StatusUpdate]):
+    """The bookkeeper's mailbox; every put raises while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(STATUS_MAILBOX, StatusUpdate)
+        self.down = False
+        self.got: list[StatusUpdate] = []
+
+    async def put(self, message: StatusUpdate) -> None:
+        if self.down:
+            raise ConnectionError("status mailbox down")
+        await super().put(message)
+        self.got.append(message)
+
+
+def sender_for(client: ProviderClient, breaker: ProviderBreaker, store: Store) -> Sender:
+    router = Router(MemoryBroker(), ("sendgrid",))
+    router.status = StatusBox()
+    return Sender(client=client, breaker=breaker, router=router, store=store, retry=RetryConfig())
+
+
+def status_box(sender: Sender) -> StatusBox:
+    assert isinstance(sender.router.status, StatusBox)
+    return sender.router.status
+
+
+async def test_failing_status_report_is_not_a_provider_failure(store: Store) -> None:
+    """A status mailbox put that raises propagates and leaves the provider's breaker untouched."""
+    breaker = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    client = Scripted(Accepted("msg-1"))
+    sender = sender_for(client, breaker, store)
+    status_box(sender).down = True
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    # The provider answered each time; only the report after it failed, outside the breaker.
+    assert client.calls == 3
+    assert state_of(breaker) == "closed"
+    assert breaker.fail_counter == 0
+
+    status_box(sender).down = False
+    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    assert client.calls == 4
+    assert [u.status for u in status_box(sender).got] == [Status.SENT]
+    assert state_of(breaker) == "closed"
+
+
+async def test_unwell_provider_answer_counts_in_the_breaker(store: Store) -> None:
+    """Only the provider's unwell answers count: two transient answers open a fail_max=2 breaker."""
+    breaker = make_breaker("sendgrid", fail_max=2, reset_seconds=60)
+    client = Scripted(Transient("down", 503))
+    sender = sender_for(client, breaker, store)
+    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    assert (state_of(breaker), breaker.fail_counter) == ("closed", 1)
+    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    assert state_of(breaker) == "open"
+    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    assert client.calls == 2  # the open breaker kept the third call away
+    outcomes = [u.attempt.outcome.value for u in status_box(sender).got if u.attempt]
+    assert outcomes == ["transient", "transient", "skipped"]
+
+
+async def test_shared_health_mirrors_through_the_breakers_own_storage(store: Store) -> None:
+    """A local opening is published with its opened_at; a remote one is applied to our storage."""
+    local = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    remote = make_breaker("mailgun", fail_max=1, reset_seconds=60)
+    health = SharedHealth(
+        breakers={"sendgrid": local, "mailgun": remote}, store=store, sync_seconds=60
+    )
+    await health.setup()
+    try:
+        local.open()
+        await health.push()
+        (published,) = await store.breakers()
+        assert local.storage.opened_at is not None
+        opened_at = local.storage.opened_at.replace(tzinfo=UTC).timestamp()
+        assert published == BreakerState("sendgrid", "open", opened_at, published.updated_at)
+
+        elsewhere = datetime.now(UTC).timestamp()
+        await store.save_breaker(BreakerState("mailgun", "open", elsewhere, elsewhere))
+        await health.pull()
+        assert remote.storage.state is CircuitBreakerState.OPEN
+        assert remote.storage.opened_at == datetime.fromtimestamp(elsewhere, UTC).replace(
+            tzinfo=None
+        )
+        with pytest.raises(CircuitBreakerError):  # the breaker itself runs on that storage
+            await remote.call_async(Scripted(Accepted("x")).send, MAIL)
+        await health.push()
+        # Applying a remote change publishes nothing back.
+        assert [b.updated_at for b in await store.breakers()] == [elsewhere, published.updated_at]
+    finally:
+        await health.teardown()
+    assert [type(x) for x in local.listeners + remote.listeners] == [BreakerLog, BreakerLog]
