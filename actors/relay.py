@@ -28,6 +28,7 @@ from collections.abc import Callable
 import structlog
 
 from config import RelayConfig
+from routes import Load
 
 from .lifecycle import Actor
 from .messages import Dispatch
@@ -39,6 +40,13 @@ log = structlog.get_logger("mailman.relay")
 
 #: Longest wait after a failed publish before trying again.
 MAX_BACKOFF = 5.0
+
+#: Accepts first: while the API in this process has requests in flight, the
+#: relay waits for a pause of at most this long, then claims at most
+#: ``BUSY_BATCH`` entries. The rest of a burst waits, committed, in the outbox
+#: and is drained at full speed once the requests stop.
+MAX_DEFER_SECONDS = 0.5
+BUSY_BATCH = 50
 
 
 def relay_owner() -> str:
@@ -72,6 +80,7 @@ class Relay(Actor):
         config: RelayConfig,
         nudge: Nudge,
         wake_address: str | None = None,
+        load: Load | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("relay")
@@ -81,6 +90,8 @@ class Relay(Actor):
         self.nudge = nudge
         self.clock = clock
         self.owner = relay_owner()
+        #: The API's requests in flight in this process (None: no API here).
+        self.load = load
         self._listener = (
             None if wake_address is None else WakeListener(wake_address, nudge.event.set)
         )
@@ -117,9 +128,13 @@ class Relay(Actor):
         self.nudge.event.clear()
         entries = self._claimed
         if not entries:
+            limit = self.config.batch
+            busy = self.load is not None and not self.load.idle.is_set()
+            if busy and not await self._until_idle():
+                limit = min(limit, BUSY_BATCH)
             entries = await self.store.claim_outbox(
                 self.owner,
-                self.config.batch,
+                limit,
                 self.config.lease_seconds,
                 self.clock(),
                 done=self._done,
@@ -136,6 +151,20 @@ class Relay(Actor):
         self.published += len(entries)
         log.debug("relay.published", mails=len(entries))
         return len(entries)
+
+    async def _until_idle(self) -> bool:
+        """Wait until the API has no request in flight (True) or ``MAX_DEFER_SECONDS``."""
+        assert self.load is not None
+        idle = asyncio.ensure_future(self.load.idle.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait(
+                {idle, stop}, timeout=MAX_DEFER_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            idle.cancel()
+            stop.cancel()
+        return self.load.idle.is_set()
 
     async def teardown(self) -> None:
         """Remove what was published since the last claim (a later claim would otherwise)."""

@@ -29,7 +29,7 @@ from config import (
     is_memory_store,
     redact_url,
 )
-from routes import create_app
+from routes import Load, create_app
 
 from .bookkeeper import Bookkeeper
 from .breakers import ProviderBreaker, SharedHealth, make_breaker
@@ -213,6 +213,8 @@ class Mailman:
             remote = WakeSender(self.wake_address)
         #: The API's outbound mailbox: wakes the relay (the API never publishes itself).
         self.nudge = Nudge(remote)
+        #: The API's requests in flight: the relay beside it puts accepts first.
+        self.load = Load()
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -264,6 +266,7 @@ class Mailman:
                         config=cfg.relay,
                         nudge=self.nudge,
                         wake_address=self.wake_address,
+                        load=self.load if ROLE_API in self.roles else None,
                     ),
                 )
             )
@@ -288,7 +291,7 @@ class Mailman:
     def _server_factory(self) -> Actor:
         cfg = self.config
         self._server = HttpServer(
-            lambda: create_app(store=self.store, outbound=self.nudge, config=cfg),
+            lambda: create_app(store=self.store, outbound=self.nudge, config=cfg, load=self.load),
             host=cfg.host,
             port=self._server.port if self._server is not None else cfg.port,
             shutdown_timeout=cfg.shutdown_timeout,

@@ -6,23 +6,32 @@
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
 bench.reference``), and for every figure a fresh Mailman (``python
-mailman.py``, or one process per role for the scaled figures) on a fresh
-store. The load generator is ``wrk`` where installed, else an aiohttp client
-in this process. Then it prints a table, writes ``DIR/results.json`` and draws
-``DIR/bench.png``, and stops everything it started (also on Ctrl-C or an
-error).
+mailman.py``, ``python mailman.py --processes 2``, or one process per role
+for the scaled figures) on a fresh store. The load generator is ``wrk`` where
+installed, else an aiohttp client in this process. Then it prints a table,
+writes ``DIR/results.json`` and draws ``DIR/bench.png``, and stops everything
+it started (also on Ctrl-C or an error).
 
-The figures:
+The figures (targets: ratios to the reference measured just before):
 
-1. accept: POST /mail/send per second and p50/p99 latency, embedded
-   (SQLite), providers answering at once; ratio to the reference.
+1. accept: POST /mail/send per second and p50/p99 latency, SQLite, providers
+   answering at once. 1a one process (target 0.30), 1b ``--processes 2``
+   (0.50; skipped while mailman.py has no ``--processes``).
 2. end to end: mails per second from POST to ``sent`` and the p50/p99 time
-   to ``sent`` (from the store); ratio to the reference.
+   to ``sent`` (from the store). 2a one process (0.20), 2b ``--processes 2``
+   (0.25).
 3. failover: steady load; SendGrid's fake turns to 503: time until mails
    flow through Mailgun, mails delayed, p99 time to ``sent`` around the switch.
-4. scaled: 1 and 2 with Tansu (Kafka) and MariaDB, one process per role
-   (skipped with ``--no-scaled`` or when either is missing).
+4. scaled: Tansu (Kafka) and MariaDB, one process per role, with 1, 2 and 4
+   SendGrid sender processes (``--quick``: 1 and 2); accept and end to end
+   from one run per sender count; no target (skipped with ``--no-scaled`` or
+   when either is missing).
 5. peak memory (VmHWM) of the service's process(es) in every run.
+
+Every throughput figure also reports CPU microseconds per accepted mail
+(``bench.cpu``): utime + stime of each process of the deployment (a
+``--processes`` parent's children included) over the measured load (end to
+end: until every mail was sent), divided by the mails accepted in it.
 
 "lost" counts accepted (201) mails that never reached ``sent``, in every run.
 
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import signal
@@ -51,23 +61,40 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from . import cpu
 from .load import LoadResult, percentile, run_aiohttp, run_steady, run_wrk, wrk_available
-from .report import FIGURES, NOTES, draw_chart, format_table, machine_line
+from .report import (
+    FIGURES,
+    NOTES,
+    PROCESSES,
+    SCALED_SENDERS,
+    draw_chart,
+    format_table,
+    machine_line,
+)
 from .services import (
     DEFAULT_MYSQL_URL,
     UNFINISHED,
     Child,
     Deployment,
     Fakes,
+    Receipts,
     Row,
     embedded,
+    processes_unsupported,
     scaled,
     scaled_unavailable,
     start_announcing,
 )
 
-ACCEPT_TARGET = 0.50
-END_TO_END_TARGET = 0.25
+#: Ratios to the reference: one process (``python mailman.py``) ...
+ACCEPT_TARGET = 0.30
+END_TO_END_TARGET = 0.20
+#: ... and ``python mailman.py --processes PROCESSES``.
+PROCESSES_ACCEPT_TARGET = 0.50
+PROCESSES_END_TO_END_TARGET = 0.25
+#: The scaled runs (``SCALED_SENDERS`` SendGrid senders; no target) that --quick makes.
+QUICK_SCALED_SENDERS = (1, 2)
 FAILOVER_TARGET_S = 1.0
 #: The failover window: mails accepted from this long before the switch ...
 WINDOW_BEFORE_S = 0.5
@@ -75,6 +102,9 @@ WINDOW_BEFORE_S = 0.5
 WINDOW_AFTER_S = 2.0
 #: How long the warm-up mails may take to be sent before the measured run.
 WARMUP_DRAIN_S = 60.0
+
+#: Starts a fresh deployment (an async context manager).
+Deployment_ = Callable[[], AbstractAsyncContextManager[Deployment]]
 
 
 @dataclass(frozen=True)
@@ -246,70 +276,48 @@ class Bench:
 
     # --- figures -----------------------------------------------------------------
 
-    async def throughput(
-        self,
-        name: str,
-        deploy: Callable[[], AbstractAsyncContextManager[Deployment]],
-    ) -> dict[str, Any]:
-        """Figure 1 or 2 (or 4): reference, then a fresh deployment under the same load."""
-        end_to_end = name.endswith("end_to_end")
+    async def load_run(
+        self, run: str, deploy: Callable[[], AbstractAsyncContextManager[Deployment]]
+    ) -> LoadRun:
+        """The reference, then a fresh deployment: warm-up, drain, measured load, drain.
+
+        CPU is sampled just before the measured load, just after it, and once
+        the mails are drained.
+        """
         reference = await self.reference()
         await self.fakes.reset()
         async with deploy() as deployment:
             progress(f"  {deployment.name} Mailman ready at {deployment.url}")
             warm = await self.warm_up(deployment.url)
             await self.settle(deployment, WARMUP_DRAIN_S)
+            before = deployment.cpu_sample()
             started = time.time()
             result = await self.measure(deployment.url)
+            loaded = deployment.cpu_sample()
             progress(f"  Mailman: {result.accepted_rps:.0f} req/s; waiting until all are sent")
             rows = await self.settle(deployment, self.settings.drain_within)
+            drained = deployment.cpu_sample()
             peaks = deployment.peak_memory_kib()
             details = deployment.details
+            log_tails = {}
+            if result.errors or warm.errors:  # what the service said about them
+                progress(f"  errors: {dict(result.error_statuses)}; see the figure's log_tails")
+                log_tails = {c.name: c.log_tail(10) for c in deployment.processes}
         receipts = await self.fakes.receipts()
-        ids = (
-            None
-            if result.accepted_ids is None or warm.accepted_ids is None
-            else [*warm.accepted_ids, *result.accepted_ids]
+        return LoadRun(
+            run=run,
+            reference=reference,
+            warm=warm,
+            result=result,
+            started=started,
+            rows=rows,
+            receipts=receipts,
+            peaks=peaks,
+            details=details,
+            cpu_load=cpu.usage(before, loaded, result.accepted),
+            cpu_drained=cpu.usage(before, drained, result.accepted),
+            log_tails=log_tails,
         )
-        lost = lost_mails(rows, warm.accepted + result.accepted, ids)
-        delivered = [i for r in receipts.values() for i in r.ids]
-        figure: dict[str, Any] = {
-            "deployment": details,
-            "reference": reference.as_json(),
-            "service": result.as_json(),
-            "accepted": warm.accepted + result.accepted,
-            "warmup_accepted": warm.accepted,
-            "stored": len(rows),
-            "sent": sum(1 for _, s, _, _ in rows if s == "sent"),
-            "lost": lost,
-            "provider_receipts": {n: len(r.ids) for n, r in receipts.items()},
-            "duplicate_deliveries": len(delivered) - len(set(delivered)),
-            "peak_memory": _peak_memory(peaks),
-        }
-        ceiling = reference.accepted_rps
-        if not end_to_end:
-            figure["ratio"] = result.accepted_rps / ceiling if ceiling else None
-            figure["target_ratio"] = ACCEPT_TARGET
-        else:
-            measured = [r for r in rows if r[2] >= started]
-            sent = [r for r in measured if r[1] == "sent"]
-            times = [updated - created for _, _, created, updated in sent]
-            span = (max(r[3] for r in sent) - min(r[2] for r in measured)) if sent else 0.0
-            mails_per_s = len(sent) / span if span > 0 else 0.0
-            figure.update(
-                mails=len(measured),
-                mails_sent=len(sent),
-                span_s=round(span, 3),
-                mails_per_s=round(mails_per_s, 1),
-                time_to_sent_p50_ms=_ms(times, 50),
-                time_to_sent_p99_ms=_ms(times, 99),
-                ratio=mails_per_s / ceiling if ceiling else None,
-                target_ratio=END_TO_END_TARGET,
-            )
-        figure["pass"] = bool(
-            figure["ratio"] is not None and figure["ratio"] >= figure["target_ratio"] and lost == 0
-        )
-        return figure
 
     async def failover(self) -> dict[str, Any]:
         """Figure 3: steady load; SendGrid's fake turns to 503 during it."""
@@ -356,6 +364,8 @@ class Bench:
         span = samples[-1].at - samples[0].at if len(samples) > 1 else 0.0
         sendgrid_after = sum(1 for t in receipts["sendgrid"].at if t >= switch_at)
         return {
+            "run": "failover",
+            "kind": "failover",
             "deployment": details,
             "rate": s.failover_rate,
             "requests": len(samples),
@@ -382,17 +392,115 @@ class Bench:
         }
 
 
-async def _figure(name: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Run one figure; an error is recorded (and printed), not raised."""
-    progress(f"figure {name}")
+@dataclass(frozen=True)
+class LoadRun:
+    """What one throughput run measured (figures 1, 2 and 4 are views of it)."""
+
+    run: str
+    reference: LoadResult
+    warm: LoadResult
+    result: LoadResult
+    #: Unix time the measured load began.
+    started: float
+    rows: list[Row]
+    receipts: dict[str, Receipts]
+    peaks: dict[str, int]
+    details: dict[str, Any]
+    #: CPU during the measured load, and from its start until every mail was sent.
+    cpu_load: dict[str, Any]
+    cpu_drained: dict[str, Any]
+    #: The last lines of each process's log, when the service answered errors.
+    log_tails: dict[str, str]
+
+
+def _common(run: LoadRun) -> dict[str, Any]:
+    warm, result, rows = run.warm, run.result, run.rows
+    ids = (
+        None
+        if result.accepted_ids is None or warm.accepted_ids is None
+        else [*warm.accepted_ids, *result.accepted_ids]
+    )
+    delivered = [i for r in run.receipts.values() for i in r.ids]
+    return {
+        "run": run.run,
+        "deployment": run.details,
+        "reference": run.reference.as_json(),
+        "service": result.as_json(),
+        "accepted": warm.accepted + result.accepted,
+        "warmup_accepted": warm.accepted,
+        "stored": len(rows),
+        "sent": sum(1 for _, s, _, _ in rows if s == "sent"),
+        "lost": lost_mails(rows, warm.accepted + result.accepted, ids),
+        "provider_receipts": {n: len(r.ids) for n, r in run.receipts.items()},
+        "duplicate_deliveries": len(delivered) - len(set(delivered)),
+        "peak_memory": _peak_memory(run.peaks),
+        **({"log_tails": run.log_tails} if run.log_tails else {}),
+    }
+
+
+def _verdict(figure: dict[str, Any]) -> bool:
+    """Nothing lost, mails accepted in the measured run and, where there is a target,
+    the ratio meets it."""
+    target = figure["target_ratio"]
+    ratio = figure["ratio"]
+    met = target is None or (ratio is not None and ratio >= target)
+    return bool(met and figure["lost"] == 0 and figure["cpu"]["mails"] > 0)
+
+
+def accept_figure(run: LoadRun, target: float | None) -> dict[str, Any]:
+    """Accepts per second of the measured load; CPU during the load."""
+    ceiling = run.reference.accepted_rps
+    figure = _common(run)
+    figure.update(
+        kind="accept",
+        ratio=run.result.accepted_rps / ceiling if ceiling else None,
+        target_ratio=target,
+        cpu=run.cpu_load,
+    )
+    figure["pass"] = _verdict(figure)
+    return figure
+
+
+def end_to_end_figure(run: LoadRun, target: float | None) -> dict[str, Any]:
+    """Mails per second from POST to ``sent``; CPU from the load's start until all were sent."""
+    ceiling = run.reference.accepted_rps
+    measured = [r for r in run.rows if r[2] >= run.started]
+    sent = [r for r in measured if r[1] == "sent"]
+    times = [updated - created for _, _, created, updated in sent]
+    span = (max(r[3] for r in sent) - min(r[2] for r in measured)) if sent else 0.0
+    mails_per_s = len(sent) / span if span > 0 else 0.0
+    figure = _common(run)
+    figure.update(
+        kind="end_to_end",
+        mails=len(measured),
+        mails_sent=len(sent),
+        span_s=round(span, 3),
+        mails_per_s=round(mails_per_s, 1),
+        time_to_sent_p50_ms=_ms(times, 50),
+        time_to_sent_p99_ms=_ms(times, 99),
+        ratio=mails_per_s / ceiling if ceiling else None,
+        target_ratio=target,
+        cpu=run.cpu_drained,
+    )
+    figure["pass"] = _verdict(figure)
+    return figure
+
+
+async def _figures(
+    label: str, names: Sequence[str], measure: Callable[[], Awaitable[Sequence[dict[str, Any]]]]
+) -> dict[str, dict[str, Any]]:
+    """Run one measurement that gives the figures ``names``; an error is recorded
+    (and printed) for each of them, not raised."""
+    progress(f"figure {label}")
     started = time.monotonic()
     try:
-        figure = await measure()
+        measured = await measure()
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
-    figure["wall_s"] = round(time.monotonic() - started, 1)
-    return figure
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return {name: {"error": error} for name in names}
+    wall = round(time.monotonic() - started, 1)
+    return {name: {**figure, "wall_s": wall} for name, figure in zip(names, measured, strict=True)}
 
 
 async def run(settings: Settings) -> dict[str, Any]:
@@ -431,42 +539,98 @@ async def run(settings: Settings) -> dict[str, Any]:
             async with aiohttp.ClientSession() as http:
                 fakes = Fakes(announced, http)
                 bench = Bench(settings, workdir, fakes, reference_url)
-
-                def embedded_run() -> AbstractAsyncContextManager[Deployment]:
-                    return embedded(workdir, fakes)
-
-                def scaled_run() -> AbstractAsyncContextManager[Deployment]:
-                    return scaled(workdir, fakes, settings.mysql_url)
-
-                figures["accept"] = await _figure(
-                    "1 accept", lambda: bench.throughput("accept", embedded_run)
-                )
-                figures["end_to_end"] = await _figure(
-                    "2 end to end", lambda: bench.throughput("end_to_end", embedded_run)
-                )
-                figures["failover"] = await _figure("3 failover", bench.failover)
-                why = "--no-scaled" if not settings.scaled else None
-                why = why or await scaled_unavailable(settings.mysql_url)
-                if why is None:
-                    figures["scaled_accept"] = await _figure(
-                        "4a scaled accept", lambda: bench.throughput("scaled_accept", scaled_run)
-                    )
-                    figures["scaled_end_to_end"] = await _figure(
-                        "4b scaled end to end",
-                        lambda: bench.throughput("scaled_end_to_end", scaled_run),
-                    )
-                else:
-                    progress(f"figure 4 (scaled) skipped: {why}")
-                    figures["scaled_accept"] = {"skipped": why}
-                    figures["scaled_end_to_end"] = {"skipped": why}
+                await _measure_all(settings, bench, workdir, fakes, figures)
         finally:
             await asyncio.gather(*(c.stop() for c in reversed(children)))
     results["peak_memory"] = {
         name: figures[name]["peak_memory"] for name in FIGURES if "peak_memory" in figures[name]
     }
-    results["lost"] = sum(f["lost"] for f in figures.values() if f.get("lost") is not None)
+    runs = {f["run"]: f["lost"] for f in figures.values() if f.get("lost") is not None}
+    results["lost"] = sum(runs.values())
     results["errors"] = [name for name, f in figures.items() if f.get("error")]
     return results
+
+
+async def _measure_all(
+    settings: Settings, bench: Bench, workdir: Path, fakes: Fakes, figures: dict[str, Any]
+) -> None:
+    """Every figure, into ``figures`` (keyed as ``bench.report.FIGURES``)."""
+
+    def one_process() -> AbstractAsyncContextManager[Deployment]:
+        return embedded(workdir, fakes)
+
+    def several() -> AbstractAsyncContextManager[Deployment]:
+        return embedded(workdir, fakes, processes=PROCESSES)
+
+    async def accept(run: str, deploy: Deployment_, target: float) -> list[dict[str, Any]]:
+        return [accept_figure(await bench.load_run(run, deploy), target)]
+
+    async def end_to_end(run: str, deploy: Deployment_, target: float) -> list[dict[str, Any]]:
+        return [end_to_end_figure(await bench.load_run(run, deploy), target)]
+
+    figures.update(
+        await _figures(
+            "1a accept, one process",
+            ["accept"],
+            lambda: accept("accept", one_process, ACCEPT_TARGET),
+        )
+    )
+    no_processes = await processes_unsupported()
+    if no_processes is None:
+        figures.update(
+            await _figures(
+                f"1b accept, --processes {PROCESSES}",
+                ["processes_accept"],
+                lambda: accept("processes_accept", several, PROCESSES_ACCEPT_TARGET),
+            )
+        )
+    figures.update(
+        await _figures(
+            "2a end to end, one process",
+            ["end_to_end"],
+            lambda: end_to_end("end_to_end", one_process, END_TO_END_TARGET),
+        )
+    )
+    if no_processes is None:
+        figures.update(
+            await _figures(
+                f"2b end to end, --processes {PROCESSES}",
+                ["processes_end_to_end"],
+                lambda: end_to_end("processes_end_to_end", several, PROCESSES_END_TO_END_TARGET),
+            )
+        )
+    else:
+        progress(f"figures 1b, 2b (--processes) skipped: {no_processes}")
+        figures["processes_accept"] = {"skipped": no_processes}
+        figures["processes_end_to_end"] = {"skipped": no_processes}
+
+    async def failover() -> list[dict[str, Any]]:
+        return [await bench.failover()]
+
+    figures.update(await _figures("3 failover", ["failover"], failover))
+
+    why = "--no-scaled" if not settings.scaled else None
+    why = why or await scaled_unavailable(settings.mysql_url)
+
+    async def scaled_run(senders: int) -> list[dict[str, Any]]:
+        def deploy() -> AbstractAsyncContextManager[Deployment]:
+            return scaled(workdir, fakes, settings.mysql_url, senders=senders)
+
+        # One run, two views: accepts during the load, and the mails sent until drained.
+        measured = await bench.load_run(f"scaled_{senders}", deploy)
+        return [accept_figure(measured, None), end_to_end_figure(measured, None)]
+
+    for senders in SCALED_SENDERS:
+        names = [f"scaled_{senders}_accept", f"scaled_{senders}_end_to_end"]
+        quick_skip = settings.quick and senders not in QUICK_SCALED_SENDERS
+        skip = why or ("--quick" if quick_skip else None)
+        if skip is not None:
+            figures.update({name: {"skipped": skip} for name in names})
+            continue
+        label = f"4 scaled, {senders} sender{'s' if senders > 1 else ''}"
+        figures.update(await _figures(label, names, functools.partial(scaled_run, senders)))
+    if why is not None:
+        progress(f"figure 4 (scaled) skipped: {why}")
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> tuple[Path, Path]:

@@ -2,7 +2,7 @@
 
 Both POST the same mail (``BODY``) to ``/mail/send`` and report a
 ``LoadResult``: requests, errors (any answer but 201, and socket errors and
-timeouts), requests per second, p50 and p99 latency.
+timeouts; also counted by status), requests per second, p50 and p99 latency.
 
 - ``wrk`` runs as a child process for a fixed duration with fixed connections
   and one thread (``-t1``; this is a 2-core box). The Lua script counts the
@@ -28,7 +28,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,29 +65,38 @@ end
 function init(args)
   answered = 0
   not201 = 0
+  statuses = {}
 end
 
 function response(status, headers, body)
   answered = answered + 1
   if status ~= 201 then
     not201 = not201 + 1
+    statuses[status] = (statuses[status] or 0) + 1
   end
 end
 
 function done(summary, latency, requests)
-  local answered, not201 = 0, 0
+  local answered, not201, counts = 0, 0, {}
   for _, thread in ipairs(threads) do
     answered = answered + thread:get("answered")
     not201 = not201 + thread:get("not201")
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%%d": %%d', status, n))
   end
   local e = summary.errors
   io.write(string.format(
     '%(mark)s{"requests": %%.0f, "duration_us": %%.0f, "answered": %%.0f, "not201": %%.0f, ' ..
     '"connect": %%.0f, "read": %%.0f, "write": %%.0f, "timeout": %%.0f, ' ..
-    '"p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\\n',
+    '"p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f, "statuses": {%%s}}\\n',
     summary.requests, summary.duration, answered, not201,
     e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(99), latency.max, table.concat(parts, ", ")))
 end
 """
 
@@ -109,6 +119,8 @@ class LoadResult:
     p99_ms: float
     #: The ids of the accepted mails (the aiohttp client only; wrk does not read bodies).
     accepted_ids: tuple[str, ...] | None = None
+    #: The errors by HTTP status ("0": no answer: a socket error or a timeout).
+    error_statuses: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -135,6 +147,7 @@ class LoadResult:
             "accepted_rps": round(self.accepted_rps, 1),
             "p50_ms": round(self.p50_ms, 2),
             "p99_ms": round(self.p99_ms, 2),
+            "error_statuses": dict(sorted(self.error_statuses.items())),
         }
 
 
@@ -209,6 +222,9 @@ async def run_wrk(base_url: str, *, connections: int, seconds: int) -> LoadResul
         raise LoadError(f"wrk exited {proc.returncode}: {text}\n{err.decode(errors='replace')}")
     got = orjson.loads(lines[-1][len(_WRK_MARK) :])
     socket_errors = int(got["connect"] + got["read"] + got["write"] + got["timeout"])
+    statuses = {str(k): int(v) for k, v in got.get("statuses", {}).items()}
+    if socket_errors:
+        statuses["0"] = socket_errors
     return LoadResult(
         loadgen="wrk",
         requests=int(got["requests"]),
@@ -216,6 +232,7 @@ async def run_wrk(base_url: str, *, connections: int, seconds: int) -> LoadResul
         seconds=got["duration_us"] / 1e6,
         p50_ms=got["p50_us"] / 1000,
         p99_ms=got["p99_us"] / 1000,
+        error_statuses=statuses,
     )
 
 
@@ -226,7 +243,7 @@ async def run_wrk(base_url: str, *, connections: int, seconds: int) -> LoadResul
 class _Tally:
     latencies: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 async def _post(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
@@ -257,7 +274,7 @@ async def _closed_loop(
             if status == 201:
                 tally.ids.append(_mail_id(body))
             else:
-                tally.errors += 1
+                tally.errors[str(status)] += 1
 
     async with asyncio.TaskGroup() as group:
         for _ in range(max(1, min(concurrency, requests))):
@@ -283,11 +300,12 @@ async def run_aiohttp(base_url: str, *, concurrency: int, requests: int) -> Load
     return LoadResult(
         loadgen="aiohttp",
         requests=len(tally.latencies),
-        errors=tally.errors,
+        errors=sum(tally.errors.values()),
         seconds=elapsed,
         p50_ms=percentile(latencies_ms, 50),
         p99_ms=percentile(latencies_ms, 99),
         accepted_ids=tuple(tally.ids),
+        error_statuses=dict(tally.errors),
     )
 
 

@@ -11,24 +11,51 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: The figures in the order of the issue (peak memory and "lost" are rows of their own).
-FIGURES = ("accept", "end_to_end", "failover", "scaled_accept", "scaled_end_to_end")
+#: ``python mailman.py --processes PROCESSES`` for figures 1b and 2b.
+PROCESSES = 2
+#: The scaled deployment's SendGrid sender processes: one run (4a/4b/4c) for each.
+SCALED_SENDERS = (1, 2, 4)
+
+#: The figures in the table's order (peak memory and "lost" are rows of their own).
+FIGURES = (
+    "accept",
+    "processes_accept",
+    "end_to_end",
+    "processes_end_to_end",
+    "failover",
+    *(f"scaled_{n}_{view}" for n in SCALED_SENDERS for view in ("accept", "end_to_end")),
+)
+
+
+def _senders(n: int) -> str:
+    return f"{n} sender{'s' if n != 1 else ''}"
+
 
 TITLES = {
-    "accept": "1 accept (embedded, SQLite)",
-    "end_to_end": "2 end to end (embedded)",
+    "accept": "1a accept (1 process, SQLite)",
+    "processes_accept": f"1b accept (--processes {PROCESSES})",
+    "end_to_end": "2a end to end (1 process)",
+    "processes_end_to_end": f"2b end to end (--processes {PROCESSES})",
     "failover": "3 failover (SendGrid -> 503)",
-    "scaled_accept": "4a accept (scaled: Kafka+MySQL)",
-    "scaled_end_to_end": "4b end to end (scaled)",
+    **{
+        f"scaled_{n}_{view}": f"4{letter} {label} (scaled, {_senders(n)})"
+        for letter, n in zip("abcdefgh", SCALED_SENDERS, strict=False)
+        for view, label in (("accept", "accept"), ("end_to_end", "end to end"))
+    },
 }
 
 #: Short labels for the chart's x axes.
 CHART_LABELS = {
-    "accept": "accept\nembedded",
-    "end_to_end": "end to end\nembedded",
+    "accept": "accept\n1 process",
+    "processes_accept": f"accept\n--processes {PROCESSES}",
+    "end_to_end": "end to end\n1 process",
+    "processes_end_to_end": f"end to end\n--processes {PROCESSES}",
     "failover": "failover\n(switch window)",
-    "scaled_accept": "accept\nscaled",
-    "scaled_end_to_end": "end to end\nscaled",
+    **{
+        f"scaled_{n}_{view}": f"{label}\nscaled x{n}"
+        for n in SCALED_SENDERS
+        for view, label in (("accept", "accept"), ("end_to_end", "end to end"))
+    },
 }
 
 HEADER = (
@@ -37,10 +64,19 @@ HEADER = (
     "reference (ceiling)",
     "ratio",
     "target",
+    "CPU us/mail: total (per process)",
     "lost",
     "peak RSS",
     "result",
 )
+
+
+def _kind(name: str, figure: Mapping[str, Any]) -> str:
+    """accept, end_to_end or failover."""
+    kind = figure.get("kind")
+    if kind:
+        return str(kind)
+    return "accept" if name.endswith("accept") else name if name == "failover" else "end_to_end"
 
 
 def _ms(value: float | None) -> str:
@@ -62,7 +98,11 @@ def _verdict(ok: bool | None) -> str:
 
 
 def _load(load: Mapping[str, Any]) -> str:
-    return f"{load['accepted_rps']:.0f} req/s, p50 {_ms(load['p50_ms'])}, p99 {_ms(load['p99_ms'])}"
+    text = f"{load['accepted_rps']:.0f} req/s, p50 {_ms(load['p50_ms'])}, p99 {_ms(load['p99_ms'])}"
+    if load.get("errors"):
+        statuses = ", ".join(f"{s} x{n}" for s, n in (load.get("error_statuses") or {}).items())
+        text += f" ({load['errors']} errors{': ' + statuses if statuses else ''})"
+    return text
 
 
 def _peak(figure: Mapping[str, Any]) -> str:
@@ -75,40 +115,69 @@ def _peak(figure: Mapping[str, Any]) -> str:
     return f"sum {_mib(memory['sum_kib'])}, max {_mib(memory['max_kib'])} ({count} procs)"
 
 
-def _memory_summary(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Figure 5 in one cell: the single-process runs, then the multi-process ones."""
-    single = [r["max_kib"] for r in runs if len(r["processes"]) == 1]
-    multi = [r for r in runs if len(r["processes"]) > 1]
+def _cpu(figure: Mapping[str, Any]) -> str:
+    """CPU µs per accepted mail: the total of Mailman's processes, then each (and infra)."""
+    usage = figure.get("cpu")
+    if not usage or usage.get("total_us_per_mail") is None:
+        return "-"
+    total = f"{usage['total_us_per_mail']:.0f}"
+    each = usage["us_per_mail"]
+    if len(each) > 1:
+        total += " (" + ", ".join(f"{n} {v:.0f}" for n, v in each.items()) + ")"
+    infra = usage.get("infra_us_per_mail") or {}
+    if infra:
+        total += "; infra: " + ", ".join(f"{n} {v:.0f}" for n, v in infra.items())
+    return total
+
+
+_DEPLOYMENT_LABELS = {"embedded": "1 process", "processes": "--processes", "scaled": "scaled"}
+
+
+def _memory_summary(figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """Figure 5 in one cell: per kind of deployment, the largest sum over its processes
+    and the largest process, over its runs."""
+    kinds: dict[str, list[Mapping[str, Any]]] = {}
+    for figure in figures.values():
+        memory = figure.get("peak_memory")
+        if memory and memory["processes"]:
+            kind = str((figure.get("deployment") or {}).get("kind", "embedded"))
+            kinds.setdefault(kind, []).append(memory)
     parts = []
-    if single:
-        low, high = _mib(min(single)), _mib(max(single))
-        span = high if low == high else f"{low[:-4]}-{high}"
-        parts.append(f"one process: {span} ({len(single)} runs)")
-    if multi:
-        total = _mib(max(r["sum_kib"] for r in multi))
-        biggest = _mib(max(r["max_kib"] for r in multi))
-        parts.append(f"scaled: up to {total} in all, {biggest} the largest process")
+    for kind, runs in kinds.items():
+        label = _DEPLOYMENT_LABELS.get(kind, kind)
+        if all(len(r["processes"]) == 1 for r in runs):
+            single = [r["max_kib"] for r in runs]
+            low, high = _mib(min(single)), _mib(max(single))
+            span = high if low == high else f"{low[:-4]}-{high}"
+            parts.append(f"{label}: {span}")
+        else:
+            total = _mib(max(r["sum_kib"] for r in runs))
+            biggest = _mib(max(r["max_kib"] for r in runs))
+            parts.append(f"{label}: sum {total}, max {biggest}")
     return "; ".join(parts)
 
 
 def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
     title = TITLES[name]
+    blank = ["", "", "", "", "", "", ""]
     if figure.get("skipped"):
-        return [title, f"skipped: {figure['skipped']}", "", "", "", "", "", "-"]
+        return [title, f"skipped: {figure['skipped']}", *blank[:-1], "-"]
     if figure.get("error"):
-        return [title, f"ERROR: {figure['error']}", "", "", "", "", "", "MISS"]
+        return [title, f"ERROR: {figure['error']}", *blank[:-1], "MISS"]
     lost = str(figure["lost"])
     peak = _peak(figure)
-    if name == "failover":
+    kind = _kind(name, figure)
+    if kind == "failover":
         to_mailgun = figure["to_mailgun_s"]
         measured = (
             f"Mailgun after {'-' if to_mailgun is None else f'{to_mailgun:.3f} s'}, "
             f"{figure['delayed']} delayed, p99 to sent {_ms(figure['window_p99_ms'])}"
         )
-        return [title, measured, "-", "-", "< 1 s", lost, peak, _verdict(figure["pass"])]
+        return [title, measured, "-", "-", "< 1 s", "-", lost, peak, _verdict(figure["pass"])]
     reference = _load(figure["reference"])
-    target = f">= {figure['target_ratio'] * 100:.0f} %"
-    if name.endswith("accept"):
+    target_ratio = figure.get("target_ratio")
+    target = "-" if target_ratio is None else f">= {target_ratio * 100:.0f} %"
+    if kind == "accept":
         measured = _load(figure["service"])
     else:
         measured = (
@@ -116,23 +185,22 @@ def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
             f"{_ms(figure['time_to_sent_p50_ms'])}, p99 {_ms(figure['time_to_sent_p99_ms'])}"
         )
     ratio = _pct(figure["ratio"])
-    return [title, measured, reference, ratio, target, lost, peak, _verdict(figure["pass"])]
+    cpu = _cpu(figure)
+    return [title, measured, reference, ratio, target, cpu, lost, peak, _verdict(figure["pass"])]
 
 
 def table_rows(results: Mapping[str, Any]) -> list[list[str]]:
     """One row per figure, then peak memory and lost."""
     figures = results["figures"]
     rows = [_row(name, figures[name]) for name in FIGURES if name in figures]
-    memory = _memory_summary(
-        [figures[n]["peak_memory"] for n in FIGURES if n in figures and "peak_memory" in figures[n]]
-    )
-    rows.append(["5 peak memory (VmHWM)", memory or "-", "-", "-", "-", "", "", "-"])
+    memory = _memory_summary({n: figures[n] for n in FIGURES if n in figures})
+    rows.append(["5 peak memory (VmHWM)", memory or "-", "-", "-", "-", "-", "", "", "-"])
     lost_total = results["lost"]
-    runs = sum(1 for f in figures.values() if f.get("lost") is not None)
+    runs = len({f.get("run", n) for n, f in figures.items() if f.get("lost") is not None})
     lost_text = f"{lost_total} in {runs} run{'s' if runs != 1 else ''}"
     verdict = _verdict(lost_total == 0 and runs > 0)
     rows.append(
-        ["lost (201, never sent)", lost_text, "-", "-", "= 0", str(lost_total), "", verdict]
+        ["lost (201, never sent)", lost_text, "-", "-", "= 0", "-", str(lost_total), "", verdict]
     )
     return rows
 
@@ -168,13 +236,20 @@ def machine_line(results: Mapping[str, Any]) -> str:
     )
 
 
-NOTES = """\
+NOTES = f"""\
 Every figure ran against a fresh Mailman process (or set of processes) and a fresh store, with the
 reference measured just before it in the same run, with the same load. Throughput counts 201
 answers per second. reference = python -m bench.reference, a bare aiohttp app whose one handler
 parses the same JSON and answers 201 with the same body and Location, storing nothing.
+1b/2b: python mailman.py --processes {PROCESSES} (the API in N - 1 children sharing the port, the
+other actors in one more child, one SQLite file). 4: Kafka (Tansu) + MySQL, one process per role and
+1, 2 or 4 SendGrid senders; accept and end to end are two views of one run per sender count.
 end to end: mails per second from the first POST to the last `sent` (sent / (last updated_at - first
 created_at)) and the time from POST to `sent`, read from the store after every mail was sent.
+CPU us/mail: utime + stime (/proc/<pid>/stat) of every process of the deployment, children of a
+--processes parent included, over the measured load (end to end: until every mail was sent),
+divided by the mails accepted in it; total = Mailman's processes; infra (Tansu, MariaDB, shared
+with anything else running) is not in the total.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..
@@ -203,8 +278,82 @@ def _bars(
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(series))
 
 
+def _throughput(name: str, figure: Mapping[str, Any]) -> float:
+    """What the figure compares: accepts per second, or mails sent per second."""
+    value: float = (
+        figure["service"]["accepted_rps"]
+        if _kind(name, figure) == "accept"
+        else figure["mails_per_s"]
+    )
+    return value
+
+
+def _ratio_labels(
+    ax: Any, names: Sequence[str], figures: Mapping[str, Any], tops: Sequence[float]
+) -> None:
+    """The ratio to the reference (and the target) above each Mailman bar."""
+    for x, name in enumerate(names):
+        figure = figures[name]
+        ratio = figure["ratio"]
+        if ratio is None:
+            continue
+        target = figure.get("target_ratio")
+        text = f"{ratio * 100:.1f} %"
+        if target is not None:
+            text += f"\n(target {target * 100:.0f} %)"
+        ax.annotate(
+            text,
+            (x - 0.2, tops[x]),
+            xytext=(0, 12),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+            fontweight="bold",
+        )
+
+
+def _cpu_panel(ax: Any, names: Sequence[str], figures: Mapping[str, Any]) -> None:
+    """Stacked bars: CPU us per accepted mail by process (infra hatched, on top)."""
+    segments: dict[tuple[str, bool], list[float]] = {}
+    for i, name in enumerate(names):
+        usage = figures[name].get("cpu") or {}
+        for infra, part in ((False, "us_per_mail"), (True, "infra_us_per_mail")):
+            for process, value in (usage.get(part) or {}).items():
+                column = segments.setdefault((process, infra), [0.0] * len(names))
+                column[i] = value or 0.0
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"]  # more processes than the default cycle's 10 colours
+    bottom = [0.0] * len(names)
+    ordered = sorted(segments.items(), key=lambda kv: kv[0][1])
+    for n, ((process, infra), values) in enumerate(ordered):
+        ax.bar(
+            range(len(names)),
+            values,
+            0.6,
+            bottom=bottom,
+            color=colors(n % colors.N),
+            label=f"{process} (infra)" if infra else process,
+            hatch="//" if infra else None,
+            alpha=0.6 if infra else 1.0,
+        )
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    totals = [(figures[n].get("cpu") or {}).get("total_us_per_mail") for n in names]
+    for x, total in enumerate(totals):
+        if total is not None:
+            ax.annotate(
+                f"{total:.0f}", (x, bottom[x]), xytext=(0, 3), textcoords="offset points",
+                ha="center", fontsize=7,
+            )  # fmt: skip
+    ax.set_xticks(range(len(names)), [CHART_LABELS[n] for n in names], fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=8)
+    ax.margins(y=0.1)
+    ax.set_ylabel("CPU us per accepted mail (number: Mailman's total)")
+    ax.set_title("CPU per accepted mail, by process")
+
+
 def draw_chart(results: Mapping[str, Any], path: Path) -> None:
-    """Throughput (Mailman vs the reference) and latency (p50, p99) of every figure that ran."""
+    """Throughput (Mailman vs the reference), the scaled runs, latency and CPU per mail."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,54 +361,61 @@ def draw_chart(results: Mapping[str, Any], path: Path) -> None:
 
     figures = results["figures"]
     ran = [n for n in FIGURES if n in figures and figures[n].get("lost") is not None]
-    throughput = [n for n in ran if n != "failover"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
+    throughput = [n for n in ran if _kind(n, figures[n]) != "failover"]
+    embedded = [n for n in throughput if not n.startswith("scaled_")]
+    scaled = [n for n in throughput if n.startswith("scaled_")]
+    fig, axes = plt.subplots(2, 2, figsize=(16, 11))
+    (left, right), (latency, cpu) = axes
     try:
-        labels = [CHART_LABELS[n] for n in throughput]
-        mailman = [
-            figures[n]["service"]["accepted_rps"]
-            if n.endswith("accept")
-            else figures[n]["mails_per_s"]
-            for n in throughput
-        ]
-        reference = [figures[n]["reference"]["accepted_rps"] for n in throughput]
+        mailman = [_throughput(n, figures[n]) for n in embedded]
+        reference = [figures[n]["reference"]["accepted_rps"] for n in embedded]
+        labels = [CHART_LABELS[n] for n in embedded]
         _bars(left, labels, [("Mailman", mailman), ("reference (ceiling)", reference)])
-        for x, name in enumerate(throughput):
-            ratio = figures[name]["ratio"]
-            if ratio is not None:
-                left.annotate(
-                    f"{ratio * 100:.1f} %\nof ceiling",
-                    (x - 0.2, mailman[x]),
-                    xytext=(0, 12),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=8,
-                    fontweight="bold",
-                )
+        _ratio_labels(left, embedded, figures, mailman)
         left.margins(y=0.15)
         left.set_ylabel("per second (201 answers; mails sent for end to end)")
-        left.set_title("Throughput")
+        left.set_title("Throughput: one process and --processes, vs the reference")
 
-        latency_labels = [CHART_LABELS[n] for n in ran]
+        right.set_title("Scaled (Kafka + MySQL): 1, 2, 4 SendGrid senders")
+        if scaled:
+            mailman = [_throughput(n, figures[n]) for n in scaled]
+            reference = [figures[n]["reference"]["accepted_rps"] for n in scaled]
+            _bars(
+                right,
+                [CHART_LABELS[n] for n in scaled],
+                [("Mailman", mailman), ("reference (ceiling)", reference)],
+            )
+            _ratio_labels(right, scaled, figures, mailman)
+            right.set_yscale("log")
+            right.set_ylabel("per second (log)")
+        else:
+            right.text(0.5, 0.5, "not measured", ha="center", va="center")
+            right.set_axis_off()
+
         p50: list[float | None] = []
         p99: list[float | None] = []
         for n in ran:
             f = figures[n]
-            if n.endswith("accept"):
+            kind = _kind(n, f)
+            if kind == "accept":
                 p50.append(f["service"]["p50_ms"])
                 p99.append(f["service"]["p99_ms"])
-            elif n == "failover":
+            elif kind == "failover":
                 p50.append(f["window_p50_ms"])
                 p99.append(f["window_p99_ms"])
             else:
                 p50.append(f["time_to_sent_p50_ms"])
                 p99.append(f["time_to_sent_p99_ms"])
-        _bars(right, latency_labels, [("p50", p50), ("p99", p99)])
-        right.set_yscale("log")
-        right.set_ylabel("ms (accept: POST answered; others: POST to sent)")
-        right.set_title("Latency")
+        _bars(latency, [CHART_LABELS[n] for n in ran], [("p50", p50), ("p99", p99)])
+        for tick in latency.get_xticklabels():
+            tick.set_fontsize(6)
+        latency.set_yscale("log")
+        latency.set_ylabel("ms (accept: POST answered; others: POST to sent)")
+        latency.set_title("Latency")
+
+        _cpu_panel(cpu, throughput, figures)
         fig.suptitle(machine_line(results), fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)

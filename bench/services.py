@@ -35,12 +35,15 @@ import aiohttp
 import aiomysql
 import orjson
 
+from . import cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Unfinished statuses: a mail in one of these is still on its way.
 UNFINISHED = frozenset({"queued", "sending"})
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 #: Inherited variables that would change the service under test; children never see them.
 _OWN_PREFIXES = ("MAILMAN_", "SENDGRID_", "MAILGUN_")
@@ -83,14 +86,15 @@ class Child:
 
     def peak_memory_kib(self) -> int | None:
         """The process's peak resident set size so far (VmHWM), None once it is gone."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])  # "VmHWM:   81234 kB"
-        return None
+        return cpu.peak_rss_kib(self.pid)
+
+    def started_processes(self) -> dict[int, str]:
+        """pid -> name of the children a ``--processes`` parent logged (``process.started``)."""
+        return {
+            int(e["pid"]): str(e["process"])
+            for e in _events(self.log)
+            if e.get("event") == "process.started" and "pid" in e and "process" in e
+        }
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -161,10 +165,22 @@ def _events(log: Path) -> list[dict[str, Any]]:
 
 
 async def start_mailman(
-    name: str, env: Mapping[str, str], log: Path, *argv: str, within: float = 60.0
+    name: str,
+    env: Mapping[str, str],
+    log: Path,
+    *argv: str,
+    within: float = 60.0,
+    ready_events: int = 1,
 ) -> Child:
     """``python mailman.py argv`` with a JSON log in ``log``; returns once it logged
-    ``mailman.ready`` (and its URL, from ``http.listening``, if it serves HTTP)."""
+    ``mailman.ready`` (and its URL, from that event's ``url`` or from ``http.listening``,
+    if it serves HTTP).
+
+    A ``--processes N`` parent shares its log with its children, each of which
+    logs ``mailman.ready`` too: the parent's own one (it names the ``processes``)
+    comes last, so with ``ready_events`` > 1 it waits for that one, or for that
+    many ``mailman.ready`` lines.
+    """
     full_env = child_env({"MAILMAN_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"})
     child = await spawn(
         name, [sys.executable, str(ROOT / "mailman.py"), *argv], log, full_env, pipe_stdout=False
@@ -173,10 +189,14 @@ async def start_mailman(
         deadline = time.monotonic() + within
         while True:
             events = _events(log)
-            if any(e.get("event") == "mailman.ready" for e in events):
+            ready = [e for e in events if e.get("event") == "mailman.ready"]
+            if len(ready) >= ready_events or any("processes" in e for e in ready):
                 for event in events:
                     if event.get("event") == "http.listening":
                         child.url = f"http://127.0.0.1:{event['port']}"
+                for event in ready:
+                    if event.get("url"):
+                        child.url = str(event["url"]).rstrip("/")
                 return child
             if child.proc.returncode is not None:
                 raise StartError(f"{name} exited {child.proc.returncode}:\n{child.log_tail()}")
@@ -333,27 +353,71 @@ class MySQLRows:
 
 @dataclass
 class Deployment:
-    """A running service under test: its API URL, its processes and its store."""
+    """A running service under test: its API URL, its processes and its store.
+
+    ``processes`` are the children the benchmark started; their descendants
+    (a ``--processes`` parent's children) belong to the deployment too, named
+    as in ``bench.cpu.name_tree``. ``infra`` are the broker's and database's
+    processes (name -> pid), sampled for CPU but not counted as Mailman's.
+    """
 
     name: str
     url: str
     processes: list[Child]
     rows: MailRows
     details: dict[str, Any] = field(default_factory=dict)
+    infra: dict[str, int] = field(default_factory=dict)
+    _names: dict[int, str] = field(default_factory=dict)
+
+    def members(self) -> dict[int, str]:
+        """pid -> name of every live Mailman process (the started ones and their descendants)."""
+        port = urlsplit(self.url).port if self.url else None
+        known = {pid: n for c in self.processes for pid, n in c.started_processes().items()}
+        cpu.name_tree({c.pid: c.name for c in self.processes}, port, self._names, known)
+        return {pid: name for pid, name in self._names.items() if Path(f"/proc/{pid}").exists()}
+
+    def cpu_sample(self) -> cpu.Sample:
+        """CPU ticks of every process now (Mailman's and the infrastructure's)."""
+        return cpu.take(time.monotonic(), self.members(), {p: n for n, p in self.infra.items()})
 
     def peak_memory_kib(self) -> dict[str, int]:
-        """VmHWM of every process still running, by process name."""
+        """VmHWM of every Mailman process still running, by process name."""
         peaks = {}
-        for child in self.processes:
-            peak = child.peak_memory_kib()
+        for pid, name in self.members().items():
+            peak = cpu.peak_rss_kib(pid)
             if peak is not None:
-                peaks[child.name] = peak
+                peaks[name] = peak
         return peaks
 
 
+async def processes_unsupported() -> str | None:
+    """Why ``python mailman.py --processes N`` cannot run here (None: it can)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "mailman.py"),
+        "--help",
+        cwd=ROOT,
+        env=child_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if b"--processes" in out:
+        return None
+    if proc.returncode != 0:
+        return f"mailman.py --help exited {proc.returncode}"
+    return "mailman.py has no --processes flag"
+
+
 @asynccontextmanager
-async def embedded(workdir: Path, fakes: Fakes) -> AsyncIterator[Deployment]:
-    """``python mailman.py`` (every actor, in-process mailboxes) on a fresh SQLite store."""
+async def embedded(workdir: Path, fakes: Fakes, processes: int = 1) -> AsyncIterator[Deployment]:
+    """``python mailman.py`` (every actor, in-process mailboxes) on a fresh SQLite store.
+
+    With ``processes`` > 1, ``python mailman.py --processes N``: a parent whose
+    children run the API (N - 1 of them, sharing the port) and the other actors
+    (one more), all on the same SQLite file.
+    """
     run_dir = Path(tempfile.mkdtemp(prefix="embedded-", dir=workdir))
     db = run_dir / "mailman.db"
     env = {
@@ -361,15 +425,32 @@ async def embedded(workdir: Path, fakes: Fakes) -> AsyncIterator[Deployment]:
         "MAILMAN_STORE": f"sqlite:///{db}",
         "MAILMAN_OUTBOX_DIR": str(run_dir / "outbox"),
     }
-    child = await start_mailman("mailman", env, run_dir / "mailman.log")
+    if processes > 1:
+        argv: tuple[str, ...] = ("--processes", str(processes))
+        name, kind = "parent", "processes"
+    else:
+        argv, name, kind = (), "mailman", "embedded"
+    log = run_dir / "mailman.log"
+    ready_events = processes + 1 if processes > 1 else 1  # the children, then the parent
+    child = await start_mailman(name, env, log, *argv, ready_events=ready_events)
     try:
-        yield Deployment("embedded", child.url, [child], SQLiteRows(db), {"store": "sqlite"})
+        details = {"kind": kind, "store": "sqlite", "processes": processes}
+        yield Deployment(kind, child.url, [child], SQLiteRows(db), details)
     finally:
         await child.stop()
 
 
-#: The scaled deployment: one process per role.
+#: The scaled deployment: one process per role (``sendgrid``: one or more).
 SCALED_ROLES = ("api", "relay", "sendgrid", "mailgun", "bookkeeper", "retry")
+
+
+def scaled_processes(senders: int = 1) -> list[tuple[str, str]]:
+    """(process name, role) of the scaled deployment with ``senders`` SendGrid senders."""
+    started: list[tuple[str, str]] = []
+    for role in SCALED_ROLES:
+        count = senders if role == "sendgrid" else 1
+        started.extend((role if n == 1 else f"{role}-{n}", role) for n in range(1, count + 1))
+    return started
 
 
 def _tansu_module() -> Any:
@@ -399,9 +480,12 @@ async def scaled_unavailable(mysql_url: str) -> str | None:
 
 
 @asynccontextmanager
-async def scaled(workdir: Path, fakes: Fakes, mysql_url: str) -> AsyncIterator[Deployment]:
-    """Tansu + MariaDB (a fresh database, dropped after) and one process per role."""
-    from actors.mysql import MySQLStore
+async def scaled(
+    workdir: Path, fakes: Fakes, mysql_url: str, senders: int = 1
+) -> AsyncIterator[Deployment]:
+    """Tansu + MariaDB (a fresh database, dropped after) and one process per role,
+    ``senders`` of them for the first provider (SendGrid), in one consumer group."""
+    from actors.store.mysql import MySQLStore
 
     run_dir = Path(tempfile.mkdtemp(prefix="scaled-", dir=workdir))
     base = urlsplit(mysql_url)
@@ -417,17 +501,18 @@ async def scaled(workdir: Path, fakes: Fakes, mysql_url: str) -> AsyncIterator[D
                 "MAILMAN_STORE": url,
                 "MAILMAN_KAFKA_TOPIC_PREFIX": f"bench-{secrets.token_hex(4)}.",
                 # Tansu: no InitProducerId (no idempotent producer); a short session
-                # so that joining a consumer group takes ~1 s (tests/kafka_broker.py).
+                # so that joining a consumer group takes ~1 s (tests/support/kafka_broker.py).
                 "MAILMAN_KAFKA_IDEMPOTENT": "false",
                 "MAILMAN_KAFKA_SESSION_TIMEOUT_MS": "2000",
                 # Tansu holds fetches to their limit even with data waiting.
                 "MAILMAN_KAFKA_FETCH_MAX_WAIT_MS": "100",
                 "MAILMAN_RELAY_INTERVAL_SECONDS": "0.05",
             }
+            plan = scaled_processes(senders)
             started = await asyncio.gather(
                 *(
-                    start_mailman(role, env, run_dir / f"{role}.log", "--role", role)
-                    for role in SCALED_ROLES
+                    start_mailman(name, env, run_dir / f"{name}.log", "--role", role)
+                    for name, role in plan
                 ),
                 return_exceptions=True,
             )
@@ -436,9 +521,20 @@ async def scaled(workdir: Path, fakes: Fakes, mysql_url: str) -> AsyncIterator[D
                 for result in started:
                     if isinstance(result, BaseException):
                         raise result
-                api = children[SCALED_ROLES.index("api")]
-                details = {"store": "mysql", "broker": "tansu", "roles": list(SCALED_ROLES)}
-                yield Deployment("scaled", api.url, children, MySQLRows(url), details)
+                api = next(c for c in children if c.name == "api")
+                details = {
+                    "kind": "scaled",
+                    "store": "mysql",
+                    "broker": "tansu",
+                    "senders": senders,
+                    "processes": [name for name, _ in plan],
+                }
+                infra = {"tansu": tansu.process.pid}
+                # The database server is shared with anything else using it meanwhile.
+                mariadb = cpu.find_process("mariadbd", "mysqld")
+                if mariadb is not None and MySQLTarget.parse(url).host in _LOCAL_HOSTS:
+                    infra["mariadb"] = mariadb
+                yield Deployment("scaled", api.url, children, MySQLRows(url), details, infra)
             finally:
                 await asyncio.gather(*(c.stop() for c in children))
         finally:

@@ -27,9 +27,34 @@ class Outbound(Protocol):
     async def dispatch(self, dispatch: Dispatch) -> None: ...
 
 
+class Load:
+    """Requests this app is handling now; ``idle`` is set while there are none.
+
+    The relay in the same process reads it to put accepts first: while
+    requests are in flight it defers its work (see ``actors.relay``).
+    """
+
+    __slots__ = ("idle", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.requests += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.requests -= 1
+        if self.requests == 0:
+            self.idle.set()
+
+
 STORE = web.AppKey("store", Store)
 OUTBOUND = web.AppKey("outbound", Outbound)
 CONFIG = web.AppKey("config", Config)
+LOAD = web.AppKey("load", Load)
 #: (tenant, idempotency key hash) of the requests this replica is committing now.
 INFLIGHT = web.AppKey("inflight", set[tuple[str, str]])
 
@@ -45,11 +70,26 @@ from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
 
-__all__ = ["CONFIG", "INFLIGHT", "KEYRING", "OUTBOUND", "STORE", "Outbound", "create_app"]
+__all__ = [
+    "CONFIG",
+    "INFLIGHT",
+    "KEYRING",
+    "LOAD",
+    "OUTBOUND",
+    "STORE",
+    "Load",
+    "Outbound",
+    "create_app",
+]
 
 
-def create_app(*, store: Store, outbound: Outbound, config: Config) -> web.Application:
-    """The API as an aiohttp application; ``store`` must already be open."""
+def create_app(
+    *, store: Store, outbound: Outbound, config: Config, load: Load | None = None
+) -> web.Application:
+    """The API as an aiohttp application; ``store`` must already be open.
+
+    ``load`` counts the requests in flight (for a relay in the same process).
+    """
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[request_id_middleware, error_middleware, auth_middleware],
@@ -58,6 +98,7 @@ def create_app(*, store: Store, outbound: Outbound, config: Config) -> web.Appli
     app[OUTBOUND] = outbound
     app[CONFIG] = config
     app[INFLIGHT] = set()
+    app[LOAD] = load or Load()
     app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
     app.cleanup_ctx.append(janitor)
     app.add_routes(mail_routes)

@@ -125,6 +125,14 @@ def _coding(request: web.Request) -> str:
 
 async def _next_chunk(request: web.Request, idle_timeout: float | None) -> bytes:
     """The next piece of the raw body (b"" at its end); 408 after ``idle_timeout`` of silence."""
+    content = request.content
+    try:
+        # What already arrived needs no timer (a small body comes with its headers).
+        buffered = content.read_nowait()
+        if buffered or content.at_eof():
+            return buffered
+    except Exception:
+        pass
     try:
         async with asyncio.timeout(idle_timeout):
             return await request.content.readany()

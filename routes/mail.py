@@ -254,13 +254,13 @@ async def send_mail(request: web.Request) -> web.Response:
             mail_id=new_mail_id(),
             default_subject=request.app[CONFIG].default_subject,
             now=now,
+            tenant=principal.tenant,
         )
     except ValidationFailed as exc:
         invalid = [e.field for e in exc.errors]
         note(request, invalid=invalid)
         log.debug("mail.invalid", fields=invalid)
         raise _invalid(exc.errors) from None
-    mail = dataclasses.replace(mail, tenant=principal.tenant)
     idempotency = None
     if key is not None:
         idempotency = Idempotency(

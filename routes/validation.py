@@ -340,7 +340,9 @@ def _optional_string(body: Mapping[str, object], field: str, errors: _Errors) ->
     return None
 
 
-def parse_mail(body: object, *, mail_id: str, default_subject: str, now: float) -> Mail:
+def parse_mail(
+    body: object, *, mail_id: str, default_subject: str, now: float, tenant: str = ""
+) -> Mail:
     """The ``Mail`` that a decoded JSON request body describes.
 
     Raises ``ValidationFailed`` listing every bad field. Unknown fields are
@@ -414,6 +416,7 @@ def parse_mail(body: object, *, mail_id: str, default_subject: str, now: float) 
         bcc=parsed.get("bcc", ()),
         reply_to=reply_to,
         created_at=now,
+        tenant=tenant,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
@@ -19,7 +20,7 @@ from actors.keys import Scope, create_key
 from actors.messages import Mail
 from actors.store import Store
 from config import Config
-from config.logging import MASK, configure_logging, get_logger
+from config.logging import MASK, LineWriter, configure_logging, get_logger
 
 from .support.api import VALID, Client, CountingOutbound, client_factory
 
@@ -216,3 +217,39 @@ def test_a_cached_logger_binds_once_and_only_when_caching_is_on() -> None:
             ("first", "mailman.test"),
             ("second", "mailman.test"),
         ]
+
+
+class CountingBuffer(io.BytesIO):
+    """A binary stream that counts its writes (system calls, for a real file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_info_lines_of_one_loop_turn_go_out_in_one_write() -> None:
+    """Info lines logged in one loop turn are one write; a warning goes out at once, in order."""
+    buffer = CountingBuffer()
+    writer = LineWriter(buffer)
+    for n in range(3):
+        writer.line(b'{"n": %d}' % n)
+    assert buffer.writes == 0  # held until the loop turns
+    writer.now(b'{"n": 3}')  # a warning: what was held first, then it
+    assert buffer.getvalue().splitlines() == [b'{"n": %d}' % n for n in range(4)]
+    writer.line(b'{"n": 4}')
+    writer.line(b'{"n": 5}')
+    writes = buffer.writes
+    await asyncio.sleep(0)  # one loop turn
+    assert buffer.writes == writes + 1
+    assert buffer.getvalue().splitlines()[-2:] == [b'{"n": 4}', b'{"n": 5}']
+
+
+def test_lines_outside_a_loop_are_written_at_once() -> None:
+    """With no event loop running (start-up, other threads) a line is written at once."""
+    buffer = CountingBuffer()
+    LineWriter(buffer).line(b'{"n": 1}')
+    assert buffer.getvalue() == b'{"n": 1}\n'

@@ -11,11 +11,12 @@ import pytest
 from actors.breakers import SharedHealth, make_breaker, state_of
 from actors.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
 from actors.messages import Address, Dispatch, Mail
-from actors.relay import Nudge, Relay
+from actors.relay import BUSY_BATCH, Nudge, Relay
 from actors.routing import Router
 from actors.store import Store
 from actors.store.sqlite import SQLiteStore
 from config import RelayConfig
+from routes import Load
 
 from .conftest import eventually
 
@@ -108,6 +109,25 @@ async def test_nudge_wakes_the_relay(store: Store) -> None:
         await nudge.dispatch(Dispatch(mail(2).id, 0.0))
         await eventually(lambda: got == [mail(2).id], within=5, what="the nudged relay")
     consumer.cancel()
+
+
+async def test_relay_puts_accepts_first(store: Store) -> None:
+    """While the API has requests in flight the relay hands on small batches; idle, the rest."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    load = Load()
+    load.enter()  # a request in flight, for as long as the test wants
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    for n in range(300):
+        await store.add(mail(n))
+    async with Relay(store=store, router=router, config=config, nudge=Nudge(), load=load):
+        await eventually(lambda: len(got) >= BUSY_BATCH, what="a first small batch")
+        assert len(got) < 300  # the API is busy: the backlog waits in the outbox
+        load.leave()
+        await eventually(lambda: len(got) == 300, what="the rest once the API is idle")
+    consumer.cancel()
+    assert sorted(got) == [mail(n).id for n in range(300)]
 
 
 async def test_breaker_state_is_shared_between_processes(store: Store) -> None:

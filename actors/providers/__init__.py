@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from email.charset import Charset
 from typing import ClassVar
 
+import aiohttp
+
 from ..messages import Address, Mail, Outcome
 
 #: Longest reason kept from a provider's error body.
@@ -89,6 +91,16 @@ class ProviderClient(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
+
+
+def http_session(timeout: float) -> aiohttp.ClientSession:
+    """The one session a provider client keeps: keep-alive connections, nothing per call
+    that a provider API does not need (no cookie jar, no compressed answers to inflate)."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding",),
+    )
 
 
 def classify(status: int, reason: str, retry_after: str | None = None) -> Result:

@@ -23,6 +23,7 @@ from . import (
     Transient,
     classify,
     formatted_address,
+    http_session,
 )
 
 
@@ -38,9 +39,7 @@ class MailgunClient(ProviderClient):
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
+            self._session = http_session(self._timeout)
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -15,7 +15,7 @@ import orjson
 from config import SendGridConfig
 
 from ..messages import Address, Mail
-from . import Accepted, Misconfigured, ProviderClient, Result, Transient, classify
+from . import Accepted, Misconfigured, ProviderClient, Result, Transient, classify, http_session
 
 #: Characters SendGrid refuses in a recipient's name.
 _NAME_FORBIDDEN = str.maketrans({";": " ", ",": " "})
@@ -33,9 +33,7 @@ class SendGridClient(ProviderClient):
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
+            self._session = http_session(self._timeout)
 
     async def close(self) -> None:
         session, self._session = self._session, None

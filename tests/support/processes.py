@@ -31,11 +31,22 @@ class Process:
         return [e for e in events if name is None or e.get("event") == name]
 
     def ready(self) -> bool:
-        if not self.events("mailman.ready"):
-            return False
-        for event in self.events("http.listening"):
-            self.url = f"http://127.0.0.1:{event['port']}"
-        return True
+        """Ready: the one process, or with ``--processes`` the parent, logged ``mailman.ready``."""
+        events = self.events()
+        parent = any(e.get("event") == "processes.starting" for e in events)
+        for event in events:
+            if event.get("event") != "mailman.ready":
+                continue
+            if parent and event.get("logger") != "mailman.processes":
+                continue  # a child is ready; the parent says when all are
+            if "url" in event:
+                self.url = str(event["url"])
+            return True
+        return False
+
+    def children(self) -> dict[str, int]:
+        """``--processes``: each child's name and the pid it has now (restarts included)."""
+        return {str(e["process"]): int(e["pid"]) for e in self.events("process.started")}
 
 
 async def start_mailman(env: Mapping[str, str], log: Path, *argv: str) -> Process:
