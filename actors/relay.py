@@ -41,10 +41,12 @@ log = structlog.get_logger("mailman.relay")
 #: Longest wait after a failed publish before trying again.
 MAX_BACKOFF = 5.0
 
-#: Accepts first: while the API in this process has requests in flight, the
-#: relay waits for a pause of at most this long, then claims at most
-#: ``BUSY_BATCH`` entries. The rest of a burst waits, committed, in the outbox
-#: and is drained at full speed once the requests stop.
+#: Accepts first: while the API in this process is busy (a request in flight,
+#: or one within ``QUIET_SECONDS``), the relay waits for a quiet spell of at
+#: most ``MAX_DEFER_SECONDS``, then claims at most ``BUSY_BATCH`` entries. The
+#: rest of a burst waits, committed, in the outbox and is drained at full
+#: speed once the requests stop.
+QUIET_SECONDS = 0.05
 MAX_DEFER_SECONDS = 0.5
 BUSY_BATCH = 50
 
@@ -129,8 +131,7 @@ class Relay(Actor):
         entries = self._claimed
         if not entries:
             limit = self.config.batch
-            busy = self.load is not None and not self.load.idle.is_set()
-            if busy and not await self._until_idle():
+            if self.load is not None and not await self._until_quiet():
                 limit = min(limit, BUSY_BATCH)
             entries = await self.store.claim_outbox(
                 self.owner,
@@ -152,19 +153,25 @@ class Relay(Actor):
         log.debug("relay.published", mails=len(entries))
         return len(entries)
 
-    async def _until_idle(self) -> bool:
-        """Wait until the API has no request in flight (True) or ``MAX_DEFER_SECONDS``."""
+    async def _until_quiet(self) -> bool:
+        """Wait for the API to be quiet for ``QUIET_SECONDS`` (True), at most ``MAX_DEFER_SECONDS``.
+
+        Checks every ``QUIET_SECONDS`` while it waits: the API is not slowed by
+        telling anyone when it goes quiet.
+        """
         assert self.load is not None
-        idle = asyncio.ensure_future(self.load.idle.wait())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait(
-                {idle, stop}, timeout=MAX_DEFER_SECONDS, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            idle.cancel()
-            stop.cancel()
-        return self.load.idle.is_set()
+        deadline = time.monotonic() + MAX_DEFER_SECONDS
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            quiet = self.load.quiet_for(now)
+            if quiet >= QUIET_SECONDS:
+                return True
+            if now >= deadline:
+                return False
+            with contextlib.suppress(TimeoutError):
+                wait = min(QUIET_SECONDS - quiet, deadline - now)
+                await asyncio.wait_for(self.stopping.wait(), wait)
+        return True
 
     async def teardown(self) -> None:
         """Remove what was published since the last claim (a later claim would otherwise)."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import os
 import platform
@@ -234,11 +235,20 @@ def lost_mails(rows: Sequence[Row], accepted: int, ids: Sequence[str] | None) ->
 class Bench:
     """One benchmark run: the shared processes, and a method per figure."""
 
-    def __init__(self, settings: Settings, workdir: Path, fakes: Fakes, reference_url: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        fakes: Fakes,
+        reference_url: str,
+        reference_pid: int | None = None,
+    ) -> None:
         self.settings = settings
         self.workdir = workdir
         self.fakes = fakes
         self.reference_url = reference_url
+        #: The reference's process, for its CPU per request.
+        self.reference_pid = reference_pid
 
     # --- load --------------------------------------------------------------------
 
@@ -257,7 +267,12 @@ class Bench:
     async def reference(self) -> LoadResult:
         """The ceiling, measured now with the same load as the figure that follows."""
         await self.warm_up(self.reference_url)
+        before = None if self.reference_pid is None else cpu.cpu_ticks(self.reference_pid)
         result = await self.measure(self.reference_url)
+        after = None if self.reference_pid is None else cpu.cpu_ticks(self.reference_pid)
+        if before is not None and after is not None and result.accepted:
+            per_request = (after - before) * 1e6 / cpu.CLK_TCK / result.accepted
+            result = dataclasses.replace(result, cpu_us_per_request=round(per_request, 1))
         progress(f"  reference: {result.accepted_rps:.0f} req/s")
         return result
 
@@ -457,8 +472,17 @@ def accept_figure(run: LoadRun, target: float | None) -> dict[str, Any]:
         target_ratio=target,
         cpu=run.cpu_load,
     )
+    figure["cpu_ratio"] = _cpu_ratio(run.reference, run.cpu_load)
     figure["pass"] = _verdict(figure)
     return figure
+
+
+def _cpu_ratio(reference: LoadResult, usage: dict[str, Any]) -> float | None:
+    """The reference's CPU per request over Mailman's CPU per mail: the ratio without the
+    noise of a shared machine (what another process or the hypervisor took does not count)."""
+    ours = usage.get("total_us_per_mail")
+    theirs = reference.cpu_us_per_request
+    return round(theirs / ours, 3) if ours and theirs else None
 
 
 def end_to_end_figure(run: LoadRun, target: float | None) -> dict[str, Any]:
@@ -482,6 +506,7 @@ def end_to_end_figure(run: LoadRun, target: float | None) -> dict[str, Any]:
         target_ratio=target,
         cpu=run.cpu_drained,
     )
+    figure["cpu_ratio"] = _cpu_ratio(run.reference, run.cpu_drained)
     figure["pass"] = _verdict(figure)
     return figure
 
@@ -538,7 +563,7 @@ async def run(settings: Settings) -> dict[str, Any]:
             progress(f"fakes and reference ready; load generator: {settings.loadgen}")
             async with aiohttp.ClientSession() as http:
                 fakes = Fakes(announced, http)
-                bench = Bench(settings, workdir, fakes, reference_url)
+                bench = Bench(settings, workdir, fakes, reference_url, reference_child.pid)
                 await _measure_all(settings, bench, workdir, fakes, figures)
         finally:
             await asyncio.gather(*(c.stop() for c in reversed(children)))

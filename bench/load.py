@@ -121,6 +121,8 @@ class LoadResult:
     accepted_ids: tuple[str, ...] | None = None
     #: The errors by HTTP status ("0": no answer: a socket error or a timeout).
     error_statuses: Mapping[str, int] = field(default_factory=dict)
+    #: CPU µs per accepted request of the server process (set for the reference).
+    cpu_us_per_request: float | None = None
 
     @property
     def accepted(self) -> int:
@@ -148,6 +150,7 @@ class LoadResult:
             "p50_ms": round(self.p50_ms, 2),
             "p99_ms": round(self.p99_ms, 2),
             "error_statuses": dict(sorted(self.error_statuses.items())),
+            "cpu_us_per_request": self.cpu_us_per_request,
         }
 
 

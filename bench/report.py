@@ -185,6 +185,8 @@ def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
             f"{_ms(figure['time_to_sent_p50_ms'])}, p99 {_ms(figure['time_to_sent_p99_ms'])}"
         )
     ratio = _pct(figure["ratio"])
+    if figure.get("cpu_ratio") is not None:
+        ratio += f" (CPU {_pct(figure['cpu_ratio'])})"
     cpu = _cpu(figure)
     return [title, measured, reference, ratio, target, cpu, lost, peak, _verdict(figure["pass"])]
 
@@ -249,7 +251,8 @@ created_at)) and the time from POST to `sent`, read from the store after every m
 CPU us/mail: utime + stime (/proc/<pid>/stat) of every process of the deployment, children of a
 --processes parent included, over the measured load (end to end: until every mail was sent),
 divided by the mails accepted in it; total = Mailman's processes; infra (Tansu, MariaDB, shared
-with anything else running) is not in the total.
+with anything else running) is not in the total. ratio (CPU x %): the reference's CPU per request
+over Mailman's CPU per mail, a ratio that what other processes or the hypervisor took cannot move.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..

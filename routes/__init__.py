@@ -28,27 +28,30 @@ class Outbound(Protocol):
 
 
 class Load:
-    """Requests this app is handling now; ``idle`` is set while there are none.
+    """Requests this app is handling now, and when one last began or ended.
 
-    The relay in the same process reads it to put accepts first: while
-    requests are in flight it defers its work (see ``actors.relay``).
+    The relay in the same process reads it to put accepts first: while the
+    API is busy it defers its work (see ``actors.relay``).
     """
 
-    __slots__ = ("idle", "requests")
+    __slots__ = ("active_at", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        #: ``time.monotonic()`` when a request last began or ended.
+        self.active_at = 0.0
 
     def enter(self) -> None:
         self.requests += 1
-        self.idle.clear()
+        self.active_at = time.monotonic()
 
     def leave(self) -> None:
         self.requests -= 1
-        if self.requests == 0:
-            self.idle.set()
+        self.active_at = time.monotonic()
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds without a request in flight (0 while there is one)."""
+        return 0.0 if self.requests else max(0.0, now - self.active_at)
 
 
 STORE = web.AppKey("store", Store)

@@ -237,7 +237,9 @@ class _Worker:
         self.name = name
         self._connect = connect
         self._write = write
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: Lists of jobs, one per event-loop turn that called (one thread wake-up each).
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._open = False
@@ -259,15 +261,28 @@ class _Worker:
         self._open = False
         if thread is None:
             return
+        self._submit()
         self._jobs.put(_STOP)
         await asyncio.to_thread(thread.join)
 
     async def call(self, operation: Op, arg: Any) -> Any:
+        """Run ``operation`` on the thread; its result.
+
+        The calls of one event-loop turn go to the thread together: one
+        wake-up (a system call) for all of them, and one batch.
+        """
         if not self._open or self._loop is None:
             raise RuntimeError("the store is not open")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put(_Job(operation, arg, future))
+        if not self._pending:
+            self._loop.call_soon(self._submit)
+        self._pending.append(_Job(operation, arg, future))
         return await future
+
+    def _submit(self) -> None:
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._jobs.put(jobs)
 
     # --- in the thread -------------------------------------------------------------
 
@@ -285,16 +300,16 @@ class _Worker:
                 first = self._jobs.get()
                 if first is _STOP:
                     break
-                jobs = [first]
+                jobs = first
                 while len(jobs) < MAX_BATCH:
                     try:
-                        job = self._jobs.get_nowait()
+                        more = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if job is _STOP:
+                    if more is _STOP:
                         stopping = True
                         break
-                    jobs.append(job)
+                    jobs += more
                 outcomes = self._batch(db, jobs)
                 self._loop.call_soon_threadsafe(
                     _settle, [(j.future, o) for j, o in zip(jobs, outcomes, strict=True)]
