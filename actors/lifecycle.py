@@ -85,6 +85,9 @@ class Actor(abc.ABC):
         """The next delivery from ``inbox``, or None once the actor is stopping."""
         if self.stopping.is_set():
             return None
+        ready = inbox.get_nowait()  # under load there is one: no task, no wait
+        if ready is not None:
+            return ready
         if self._stop_waiter is None:
             self._stop_waiter = asyncio.ensure_future(self.stopping.wait())
         getter: asyncio.Future[Any] = asyncio.ensure_future(inbox.get())
