@@ -42,11 +42,17 @@ log = structlog.get_logger("mailman.relay")
 MAX_BACKOFF = 5.0
 
 #: Accepts first: while the API in this process is busy (a request in flight,
-#: or one within ``QUIET_SECONDS``), the relay waits for a quiet spell of at
-#: most ``MAX_DEFER_SECONDS``, then claims at most ``BUSY_BATCH`` entries. The
-#: rest of a burst waits, committed, in the outbox and is drained at full
-#: speed once the requests stop.
+#: or one within ``QUIET_SECONDS``) and saturated (``SATURATED_REQUESTS`` in
+#: flight at once, or the event loop's timers running ``SATURATED_LAG_SECONDS``
+#: late or more), the relay waits for a
+#: quiet spell of at most ``MAX_DEFER_SECONDS``, then claims at most
+#: ``BUSY_BATCH`` entries. The rest of a burst waits, committed, in the outbox
+#: and is drained at full speed once the requests stop. A busy API whose loop
+#: still has room (steady traffic below what the process can take) is not
+#: held back.
 QUIET_SECONDS = 0.05
+SATURATED_REQUESTS = 8
+SATURATED_LAG_SECONDS = 0.005
 MAX_DEFER_SECONDS = 0.5
 BUSY_BATCH = 50
 
@@ -83,6 +89,7 @@ class Relay(Actor):
         nudge: Nudge,
         wake_address: str | None = None,
         load: Load | None = None,
+        saturated_lag: float = SATURATED_LAG_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("relay")
@@ -94,6 +101,8 @@ class Relay(Actor):
         self.owner = relay_owner()
         #: The API's requests in flight in this process (None: no API here).
         self.load = load
+        #: Timers this late mean a saturated loop (0: a busy API always counts as one).
+        self.saturated_lag = saturated_lag
         self._listener = (
             None if wake_address is None else WakeListener(wake_address, nudge.event.set)
         )
@@ -154,10 +163,12 @@ class Relay(Actor):
         return len(entries)
 
     async def _until_quiet(self) -> bool:
-        """Wait for the API to be quiet for ``QUIET_SECONDS`` (True), at most ``MAX_DEFER_SECONDS``.
+        """Wait while the API is busy and the loop saturated: True once either ends, False
+        after ``MAX_DEFER_SECONDS``.
 
-        Checks every ``QUIET_SECONDS`` while it waits: the API is not slowed by
-        telling anyone when it goes quiet.
+        Checks every ``QUIET_SECONDS`` while it waits (the API is not slowed by
+        telling anyone when it goes quiet); how late that timer fires says
+        whether the loop is saturated.
         """
         assert self.load is not None
         deadline = time.monotonic() + MAX_DEFER_SECONDS
@@ -168,9 +179,12 @@ class Relay(Actor):
                 return True
             if now >= deadline:
                 return False
+            wait = min(QUIET_SECONDS - quiet, deadline - now)
             with contextlib.suppress(TimeoutError):
-                wait = min(QUIET_SECONDS - quiet, deadline - now)
                 await asyncio.wait_for(self.stopping.wait(), wait)
+            late = time.monotonic() - now - wait
+            if self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag:
+                return True  # busy, but the loop has room for the relay's work too
         return True
 
     async def teardown(self) -> None:
