@@ -201,9 +201,14 @@ class Mailman:
             name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
             for name in config.chain
         }
-        #: The relay's wake-up socket: API and relay in other processes on one SQLite file.
+        #: The relay's wake-up socket: API and relay in other processes of one machine.
         path = sqlite_file(config)
-        self.wake_address = None if path is None else wake_address(path)
+        if path is not None:
+            self.wake_address = wake_address(path)
+        elif in_memory(config) and not is_memory_store(config.store):
+            self.wake_address = wake_address(config.store)  # MySQL, split on one machine
+        else:
+            self.wake_address = None  # with Kafka the relay looks every interval
         remote = None
         if (
             self.wake_address is not None

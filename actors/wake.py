@@ -25,11 +25,14 @@ import structlog
 log = structlog.get_logger("mailman.wake")
 
 
-def wake_address(store_path: str) -> str | None:
-    """The relay's wake-up socket for a SQLite file; None where there is none (not Linux)."""
+def wake_address(store: str) -> str | None:
+    """The relay's wake-up socket for a store (a SQLite file's path, or a store URL);
+    None where there is none (not Linux). Only a digest of ``store`` is in the name."""
     if not sys.platform.startswith("linux") or not hasattr(socket, "AF_UNIX"):
         return None
-    digest = hashlib.sha256(os.path.realpath(store_path).encode()).hexdigest()[:32]
+    if "://" not in store:
+        store = os.path.realpath(store)
+    digest = hashlib.sha256(store.encode()).hexdigest()[:32]
     return f"\0mailman-wake-{digest}"
 
 

@@ -344,6 +344,13 @@ def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> N
     assert worker.nudge.remote is None
     with pytest.raises(ConfigError, match="split only into api and the rest"):
         Mailman(make_config(tmp_path, None, "--role", "api,relay"))
+    # The same split on MySQL wakes the relay the same way; with Kafka it looks every interval.
+    mysql = ("--store", "mysql://root@127.0.0.1:3306/mailman")
+    assert Mailman(make_config(tmp_path, None, "--role", "api", *mysql)).nudge.remote is not None
+    kafka = ("--broker", "kafka://127.0.0.1:9092")
+    assert (
+        Mailman(make_config(tmp_path, None, "--role", "api", *mysql, *kafka)).nudge.remote is None
+    )
 
 
 def test_mailman_refuses_a_split_deployment_on_an_in_memory_store(tmp_path: Path) -> None:
