@@ -158,6 +158,8 @@ class Config:
     rate_limit: float = 0.0
     #: How long an API replica trusts what it read about a key (revocation takes this long).
     key_cache_seconds: float = 2.0
+    #: Unsent mails (queued or sending) beyond which POST /mail/send answers 503 (0: no limit).
+    backlog_limit: int = 100_000
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
@@ -232,6 +234,7 @@ ENV_ONLY = (
     "MAILMAN_IDEMPOTENCY_TTL_SECONDS",
     "MAILMAN_RATE_LIMIT",
     "MAILMAN_KEY_CACHE_SECONDS",
+    "MAILMAN_BACKLOG_LIMIT",
     "MAILMAN_EVENT_LOOP",
     "MAILMAN_LOG_LEVEL",
     "MAILMAN_LOG_FORMAT",
@@ -573,6 +576,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         idempotency_ttl=_number(env, "MAILMAN_IDEMPOTENCY_TTL_SECONDS", 86400.0, minimum=1),
         rate_limit=_number(env, "MAILMAN_RATE_LIMIT", 0.0),
         key_cache_seconds=_number(env, "MAILMAN_KEY_CACHE_SECONDS", 2.0),
+        backlog_limit=_integer(env, "MAILMAN_BACKLOG_LIMIT", 100_000),
         log_level=log_level,
         log_format=log_format,
         event_loop=event_loop,

@@ -20,6 +20,8 @@ from actors.messages import Dispatch
 from actors.store import Store
 from config import Config
 
+from .backlog import Backlog, refresher
+
 
 class Outbound(Protocol):
     """Where an accepted mail is handed on for sending (``actors.routing.Router``)."""
@@ -58,6 +60,7 @@ STORE = web.AppKey("store", Store)
 OUTBOUND = web.AppKey("outbound", Outbound)
 CONFIG = web.AppKey("config", Config)
 LOAD = web.AppKey("load", Load)
+BACKLOG = web.AppKey("backlog", Backlog)
 #: (tenant, idempotency key hash) of the requests this replica is committing now.
 INFLIGHT = web.AppKey("inflight", set[tuple[str, str]])
 
@@ -74,6 +77,7 @@ from .mail import routes as mail_routes  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
 
 __all__ = [
+    "BACKLOG",
     "CONFIG",
     "INFLIGHT",
     "KEYRING",
@@ -103,7 +107,9 @@ def create_app(
     app[INFLIGHT] = set()
     app[LOAD] = load or Load()
     app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+    app[BACKLOG] = backlog = Backlog(config.backlog_limit)
     app.cleanup_ctx.append(janitor)
+    app.cleanup_ctx.append(lambda _: refresher(backlog, store))
     app.add_routes(mail_routes)
     app.add_routes(health_routes)
     app.add_routes(openapi_routes)

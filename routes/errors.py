@@ -51,6 +51,7 @@ RATE_LIMITED = _PROBLEMS + "rate-limited"
 IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
 IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
 STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
+BACKLOG_FULL = _PROBLEMS + "backlog-full"
 TIMEOUT = _PROBLEMS + "timeout"
 #: RFC 9457: the problem has no more meaning than its HTTP status.
 ABOUT_BLANK = "about:blank"

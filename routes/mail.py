@@ -29,10 +29,12 @@ from actors.store import (
 )
 from config.logging import get_logger
 
-from . import CONFIG, INFLIGHT, OUTBOUND, STORE
+from . import BACKLOG, CONFIG, INFLIGHT, OUTBOUND, STORE
 from .auth import PRINCIPAL, Principal, requires
+from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
 from .body import read_body
 from .errors import (
+    BACKLOG_FULL,
     BAD_REQUEST,
     IDEMPOTENCY_IN_FLIGHT,
     IDEMPOTENCY_MISMATCH,
@@ -243,6 +245,15 @@ def accepted_body(mail_id: str) -> dict[str, Any]:
 async def send_mail(request: web.Request) -> web.Response:
     """Validate, commit to the store, hand on for sending, answer 201."""
     principal = request[PRINCIPAL]
+    backlog = request.app[BACKLOG]
+    if backlog.full():
+        raise Problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"{backlog.size} mails are waiting to be sent (the limit is {backlog.limit}); "
+            "nothing was stored. Try again after Retry-After.",
+            type=BACKLOG_FULL,
+            headers={hdrs.RETRY_AFTER: str(BACKLOG_RETRY_AFTER)},
+        )
     headers = await _take_token(request, principal)
     key = _idempotency_key(request)
     _require_json(request)
@@ -279,6 +290,7 @@ async def send_mail(request: web.Request) -> web.Response:
         log.debug("mail.replayed", mail_id=mail_id)
         headers[IDEMPOTENT_REPLAYED] = "true"
         return json_response(accepted_body(mail_id), status=HTTPStatus.CREATED, headers=headers)
+    backlog.accepted()
     try:
         await request.app[OUTBOUND].dispatch(Dispatch(mail_id=mail.id, accepted_at=mail.created_at))
     except Exception:

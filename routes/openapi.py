@@ -170,6 +170,12 @@ DOCUMENT: dict[str, Any] = {
                         "RateLimit-Remaining",
                         "RateLimit-Reset",
                     ),
+                    "503": _problem(
+                        "The store does not answer, or the backlog of unsent mail is over "
+                        "MAILMAN_BACKLOG_LIMIT (type backlog-full); nothing was stored, try "
+                        "again after Retry-After",
+                        "Retry-After",
+                    ),
                 },
             }
         },

@@ -577,6 +577,16 @@ async def test_claim_leases_oldest_first_up_to_limit(store: Store) -> None:
     assert await store.claim_outbox("relay-d", 0, 30.0, 9999.0) == []
 
 
+async def test_backlog_counts_mails_not_yet_final(store: Store) -> None:
+    """backlog() counts queued and sending mails, not sent or failed ones."""
+    assert await store.backlog() == 0
+    for i in range(4):
+        await store.add(mail(f"m{i}", created_at=1000.0 + i))
+    await store.apply([update(Status.SENDING, 1010.0, "m1"), update(Status.SENT, 1011.0, "m2")])
+    await store.apply([update(Status.FAILED, 1012.0, "m3")])
+    assert await store.backlog() == 2
+
+
 async def test_claim_marks_queued_mails_sending(store: Store) -> None:
     """A claim moves its mails from queued to sending; a mail already further stays where it is."""
     await store.add(mail("m1", created_at=1000.0))

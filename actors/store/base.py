@@ -291,6 +291,10 @@ class Store(abc.ABC):
     async def purge_idempotency(self, now: float) -> int:
         """Forget idempotency keys that expired before ``now``; how many."""
 
+    @abc.abstractmethod
+    async def backlog(self) -> int:
+        """How many mails are not final yet (``queued`` or ``sending``)."""
+
     # --- shared circuit-breaker state ------------------------------------------
 
     @abc.abstractmethod

@@ -570,6 +570,14 @@ class MySQLStore(Store):
 
         return await self._run(body)
 
+    async def backlog(self) -> int:
+        async def body(cur: Any) -> int:
+            await cur.execute(Q.backlog, sql.UNFINISHED)
+            (count,) = await cur.fetchone()
+            return int(count)
+
+        return await self._run(body, read_only=True)
+
     async def get(self, mail_id: str) -> MailRecord | None:
         if not _storable_id(mail_id):
             return None

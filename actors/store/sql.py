@@ -92,6 +92,10 @@ class Sql:
         )
 
     @property
+    def backlog(self) -> str:
+        return f"SELECT COUNT(*) FROM mails WHERE status IN ({self.marks(len(UNFINISHED))})"
+
+    @property
     def unfinished(self) -> str:
         return (
             f"SELECT id, created_at FROM mails WHERE status IN ({self.marks(len(UNFINISHED))}) "

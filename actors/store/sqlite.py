@@ -514,6 +514,10 @@ class SQLiteStore(Store):
         pending: list[Pending] = await self._read(_UNFINISHED_MAILS)
         return pending
 
+    async def backlog(self) -> int:
+        count: int = await self._read(_BACKLOG)
+        return count
+
     async def list_mails(self, query: MailQuery) -> list[MailSummary]:
         found: list[MailSummary] = await self._read(_LIST_MAILS, (query,))
         return found
@@ -733,6 +737,12 @@ def _TRANSITION(
         if moved.rowcount > 0:
             return Transition(changed=True, status=status)
     return Transition(changed=False, status=Status(row[0]))
+
+
+@op()
+@single
+def _BACKLOG(db: sqlite3.Connection) -> int:
+    return int(db.execute(Q.backlog, sql.UNFINISHED).fetchone()[0])
 
 
 @op()
