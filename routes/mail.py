@@ -448,6 +448,34 @@ async def show_mail(request: web.Request) -> web.Response:
     return json_response(show_body(record))
 
 
+@routes.post("/mail/{id}/retry")
+@requires(Scope.SEND)
+async def retry_mail(request: web.Request) -> web.Response:
+    """Send a ``failed`` mail again: a new round, the same id; 409 unless it is failed."""
+    mail_id = request.match_info["id"]
+    store, timeout = _store(request)
+    found = await guarded(store, timeout, store.load(mail_id))
+    if found is None or not request[PRINCIPAL].sees(found[0].tenant):
+        raise _unknown()
+    now = time.time()
+    result = await guarded(store, timeout, store.retry(mail_id, now))
+    if result is None:
+        raise _unknown()
+    note(request, mail_id=mail_id)
+    if not result.changed:
+        raise Problem(
+            HTTPStatus.CONFLICT,
+            f"The mail is {result.status.value}: only a failed mail can be sent again.",
+            type=STATUS_CONFLICT,
+        )
+    try:
+        await request.app[OUTBOUND].dispatch(Dispatch(mail_id=mail_id, accepted_at=now))
+    except Exception:  # committed: the relay finds it on its next look
+        log.exception("mail.dispatch_failed", mail_id=mail_id)
+    log.info("mail.retried", mail_id=mail_id)
+    return json_response(status_body(mail_id, result.status), status=HTTPStatus.ACCEPTED)
+
+
 @routes.post("/mail/{id}/sent")
 @requires(Scope.ADMIN)
 async def mark_sent(request: web.Request) -> web.Response:

@@ -259,6 +259,24 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/mail/{id}/retry": {
+            "post": {
+                "operationId": "retryMail",
+                "summary": "Send a failed mail again: a new round, the same id (needs `send`)",
+                "description": "The mail goes back to `queued`; its history stays. "
+                "409 unless the mail is `failed`.",
+                "parameters": [_MAIL_ID],
+                "responses": {
+                    "202": {
+                        "description": "Queued again",
+                        "content": {_JSON: {"schema": _ref("StatusAnswer")}},
+                    },
+                    **_COMMON_ERRORS,
+                    "404": _problem("No such mail (or another tenant's)"),
+                    "409": _problem("The mail is not failed"),
+                },
+            }
+        },
         "/mail/{id}/sent": {
             "post": {
                 "operationId": "markSent",

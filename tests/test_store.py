@@ -577,6 +577,32 @@ async def test_claim_leases_oldest_first_up_to_limit(store: Store) -> None:
     assert await store.claim_outbox("relay-d", 0, 30.0, 9999.0) == []
 
 
+async def test_retry_queues_a_failed_mail_for_a_new_round(store: Store) -> None:
+    """retry() moves a failed mail back to queued with an entry for the next round; else no-op."""
+    await store.add(mail("m1", created_at=1000.0))
+    await store.add(mail("m2", created_at=1001.0))
+    for entry in await claim_all(store, now=2000.0):
+        await store.published([entry.id])
+    await store.apply(
+        [
+            update(Status.SENDING, 2001.0, "m1", Outcome.TRANSIENT, round=0),
+            update(Status.FAILED, 2002.0, "m1", Outcome.REJECTED, round=2, reason="bounced"),
+            update(Status.SENT, 2003.0, "m2", Outcome.ACCEPTED),
+        ]
+    )
+    assert await store.retry("m1", 3000.0) == Transition(changed=True, status=Status.QUEUED)
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.updated_at, record.reason) == (Status.QUEUED, 3000.0, None)
+    assert len(record.attempts) == 2  # the history stays
+    (entry,) = await claim_all(store, now=3001.0)
+    assert (entry.mail_id, entry.accepted_at, entry.round) == ("m1", 3000.0, 3)
+    # Only a failed mail: now it is sending, and m2 is sent; an unknown one is None.
+    assert await store.retry("m1", 3002.0) == Transition(changed=False, status=Status.SENDING)
+    assert await store.retry("m2", 3002.0) == Transition(changed=False, status=Status.SENT)
+    assert await store.retry("nope", 3002.0) is None
+
+
 async def test_backlog_counts_mails_not_yet_final(store: Store) -> None:
     """backlog() counts queued and sending mails, not sent or failed ones."""
     assert await store.backlog() == 0

@@ -370,3 +370,31 @@ def test_mailman_refuses_unknown_roles_and_brokers(tmp_path: Path) -> None:
         Mailman(make_config(tmp_path, None, "--role", "api,sendgird"))
     with pytest.raises(ConfigError, match="unsupported broker"):
         Mailman(make_config(tmp_path, None, "--broker", "rabbit://x"))
+
+
+async def test_a_failed_mail_sent_again_goes_out_in_a_new_round(
+    tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
+) -> None:
+    """POST /mail/{id}/retry sends a failed mail again, same id, a new round; 409 unless failed."""
+    sendgrid.mode = mailgun.mode = "400"  # both reject it: failed
+    async with embedded(make_config(tmp_path, provider_env(sendgrid, mailgun))) as mailman:
+        api = Api(http, mailman.url)
+        mail_id = await api.send(subject="Again")
+        await api.wait_status(mail_id, "failed")
+        sendgrid.mode = mailgun.mode = "up"
+        async with http.post(f"{mailman.url}/mail/{mail_id}/retry") as resp:
+            assert resp.status == 202, await resp.text()
+            assert (await resp.json())["mail"]["status"] == "queued"
+        await api.wait_status(mail_id, "sent")
+        shown = await api.show(mail_id)
+        async with http.post(f"{mailman.url}/mail/{mail_id}/retry") as resp:
+            assert resp.status == 409
+            assert (await resp.json())["type"].endswith("/status-conflict")
+        async with http.post(f"{mailman.url}/mail/unknown-id/retry") as resp:
+            assert resp.status == 404
+    assert [(a["provider"], a["round"], a["outcome"]) for a in shown["attempts"]] == [
+        ("sendgrid", 0, "rejected"),
+        ("mailgun", 0, "rejected"),
+        ("sendgrid", 1, "accepted"),
+    ]
+    assert sendgrid.mail_ids() == [mail_id]

@@ -132,6 +132,8 @@ class OutboxEntry:
     id: int
     mail_id: str
     accepted_at: float
+    #: The round the mail starts in (0; more for a failed mail sent again).
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge_idempotency(self, now: float) -> int:
         """Forget idempotency keys that expired before ``now``; how many."""
+
+    @abc.abstractmethod
+    async def retry(self, mail_id: str, at: float) -> Transition | None:
+        """Send a ``failed`` mail again: back to ``queued`` with an outbox entry for a new round.
+
+        The entry is accepted at ``at`` (the retry window starts again) and
+        starts the round after the mail's last attempt. One transaction.
+        ``Transition(changed=False, status)`` if the mail is not ``failed``;
+        None if it is unknown.
+        """
 
     @abc.abstractmethod
     async def backlog(self) -> int:

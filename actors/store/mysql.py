@@ -158,6 +158,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at DOUBLE NOT NULL
     ) {_TABLE_OPTIONS}
     """,
+    # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
+    """
+    ALTER TABLE outbox ADD COLUMN round INT NOT NULL DEFAULT 0
+    """,
 )
 
 _SCHEMA_VERSION_TABLE = f"""
@@ -567,6 +571,24 @@ class MySQLStore(Store):
         async def body(cur: Any) -> int:
             purged: int = await cur.execute(Q.purge_idempotency, (now,))
             return purged
+
+        return await self._run(body)
+
+    async def retry(self, mail_id: str, at: float) -> Transition | None:
+        if not _storable_id(mail_id):
+            return None
+
+        async def body(cur: Any) -> Transition | None:
+            current = (await _lock_mails(cur, [mail_id])).get(mail_id)
+            if current is None:
+                return None
+            if current is not Status.FAILED:
+                return Transition(changed=False, status=current)
+            await cur.execute(Q.replay, (at, mail_id))
+            await cur.execute(Q.next_round, (mail_id,))
+            (round_,) = await cur.fetchone()
+            await cur.execute(Q.insert_round, (mail_id, at, int(round_)))
+            return Transition(changed=True, status=Status.QUEUED)
 
         return await self._run(body)
 

@@ -132,7 +132,7 @@ class Sql:
     def claimable(self) -> str:
         m = self.mark
         return (
-            "SELECT id, mail_id, accepted_at FROM outbox "
+            "SELECT id, mail_id, accepted_at, round FROM outbox "
             f"WHERE leased_until IS NULL OR leased_until < {m} ORDER BY id LIMIT {m}"
             f"{self.claim_lock}"
         )
@@ -143,6 +143,23 @@ class Sql:
             f"UPDATE outbox SET leased_by = {m}, leased_until = {m} "
             f"WHERE id IN ({self.marks(count)})"
         )
+
+    @property
+    def replay(self) -> str:
+        """A failed mail back to ``queued`` (parameters: at, mail id)."""
+        m = self.mark
+        return (
+            f"UPDATE mails SET status = '{Status.QUEUED.value}', updated_at = {m}, reason = NULL "
+            f"WHERE id = {m} AND status = '{Status.FAILED.value}'"
+        )
+
+    @property
+    def next_round(self) -> str:
+        return f"SELECT COALESCE(MAX(round), -1) + 1 FROM attempts WHERE mail_id = {self.mark}"
+
+    @property
+    def insert_round(self) -> str:
+        return f"INSERT INTO outbox (mail_id, accepted_at, round) VALUES ({self.marks(3)})"
 
     def delete_outbox(self, count: int) -> str:
         return f"DELETE FROM outbox WHERE id IN ({self.marks(count)})"
@@ -293,7 +310,7 @@ def pending_from_row(row: Sequence[Any]) -> Pending:
 
 
 def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
-    return OutboxEntry(id=row[0], mail_id=row[1], accepted_at=row[2])
+    return OutboxEntry(id=row[0], mail_id=row[1], accepted_at=row[2], round=int(row[3]))
 
 
 def breaker_from_row(row: Sequence[Any]) -> BreakerState:

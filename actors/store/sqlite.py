@@ -143,6 +143,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
+    """
+    ALTER TABLE outbox ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _SCHEMA_VERSION_TABLE = """
@@ -518,6 +522,10 @@ class SQLiteStore(Store):
         count: int = await self._read(_BACKLOG)
         return count
 
+    async def retry(self, mail_id: str, at: float) -> Transition | None:
+        result: Transition | None = await self._write(_RETRY, (mail_id, at))
+        return result
+
     async def list_mails(self, query: MailQuery) -> list[MailSummary]:
         found: list[MailSummary] = await self._read(_LIST_MAILS, (query,))
         return found
@@ -737,6 +745,19 @@ def _TRANSITION(
         if moved.rowcount > 0:
             return Transition(changed=True, status=status)
     return Transition(changed=False, status=Status(row[0]))
+
+
+@op()
+@single
+def _RETRY(db: sqlite3.Connection, mail_id: str, at: float) -> Transition | None:
+    row = db.execute("SELECT status FROM mails WHERE id = ?", (mail_id,)).fetchone()
+    if row is None:
+        return None
+    if db.execute(Q.replay, (at, mail_id)).rowcount == 0:
+        return Transition(changed=False, status=Status(row[0]))
+    (round_,) = db.execute(Q.next_round, (mail_id,)).fetchone()
+    db.execute(Q.insert_round, (mail_id, at, round_))
+    return Transition(changed=True, status=Status.QUEUED)
 
 
 @op()
