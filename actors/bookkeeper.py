@@ -44,7 +44,10 @@ class Bookkeeper(Actor):
         return batch
 
     async def _apply(self, batch: list[Delivery[StatusUpdate]]) -> None:
-        await self.store.apply([d.message for d in batch])
+        updates = [d.message for d in batch]
+        await self.through_outage(
+            self.store.unavailable, lambda: self.store.apply(updates), "apply"
+        )
         for delivery in batch:
             await delivery.ack()
         log.debug("status.applied", updates=len(batch))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,8 +21,13 @@ import structlog
 from .mailboxes import Delivery, Inbox
 
 M = TypeVar("M")
+T = TypeVar("T")
 
 log = structlog.get_logger("mailman.actor")
+
+#: First wait after a store call failed for an outage, doubling up to the cap (seconds).
+OUTAGE_BACKOFF = 0.05
+OUTAGE_BACKOFF_CAP = 5.0
 
 
 class Actor(abc.ABC):
@@ -103,6 +109,38 @@ class Actor(abc.ABC):
         with contextlib.suppress(asyncio.CancelledError):
             await getter
         return None
+
+    async def through_outage(
+        self,
+        unavailable: tuple[type[BaseException], ...],
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+    ) -> T:
+        """``operation()``, tried again while it fails with one of ``unavailable`` (the
+        store's "cannot reach the database" errors).
+
+        An outage is waited out with a backoff (``OUTAGE_BACKOFF`` doubling up to
+        ``OUTAGE_BACKOFF_CAP`` seconds), not crashed through: a crash would spend
+        the supervisor's restart budget, and a long outage would end the
+        process. Once the actor is stopping, the error is raised.
+        """
+        delay = OUTAGE_BACKOFF
+        while True:
+            try:
+                return await operation()
+            except unavailable as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning(
+                    "store.waiting",
+                    actor=self.name,
+                    operation=what,
+                    error=type(exc).__name__,
+                    retry_in=round(delay, 2),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            delay = min(delay * 2, OUTAGE_BACKOFF_CAP)
 
     async def wait(self) -> None:
         """Until the main loop ends; re-raises its exception."""

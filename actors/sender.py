@@ -97,7 +97,9 @@ class Sender(Actor):
         Logs one line per provider call (``provider.call``), with everything
         about it as fields: the hot path binds no context and logs nothing else.
         """
-        loaded = await self.store.load(dispatch.mail_id)
+        loaded = await self.through_outage(
+            self.store.unavailable, lambda: self.store.load(dispatch.mail_id), "load"
+        )
         if loaded is None:
             log.error("mail.unknown", mail_id=dispatch.mail_id, provider=self.provider)
             return
