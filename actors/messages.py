@@ -131,6 +131,16 @@ class Mail:
     #: Whose mail it is: the tenant of the API key that submitted it ("" without keys).
     tenant: str = ""
 
+    @property
+    def message_id(self) -> str:
+        """The mail's ``Message-ID`` header: the same through every provider, retry and
+        replay, so mail programs that dedupe by it show a mail sent twice once.
+
+        ``<mail id@sender's domain>``: the mail id is unique, and the domain
+        says whose it is (RFC 5322's advice for the right-hand side).
+        """
+        return f"<{self.id}@{self.sender.email.rpartition('@')[2]}>"
+
     def as_json(self) -> dict[str, Any]:
         """The submitted mail in the shape the API shows it."""
         out: dict[str, Any] = {

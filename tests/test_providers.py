@@ -115,6 +115,8 @@ async def test_sendgrid_success_sends_the_documented_body(sendgrid: FakeSendGrid
                 {"type": "text/plain", "value": "Hi Ann"},
                 {"type": "text/html", "value": "<p>Hi Ann</p>"},
             ],
+            # One Message-ID for the mail, whichever provider sends it.
+            "headers": {"Message-ID": f"<{mail.id}@example.com>"},
             "custom_args": {"mail_id": mail.id},
         }
     ]
@@ -216,6 +218,7 @@ async def test_mailgun_success_sends_the_documented_form(mailgun: FakeMailgun) -
             "text": ["Hi Ann"],
             "html": ["<p>Hi Ann</p>"],
             "h:Reply-To": ["Help <help@example.com>"],
+            "h:Message-Id": [f"<{mail.id}@example.com>"],
             "v:mail_id": [mail.id],
         }
     ]
@@ -388,7 +391,7 @@ async def test_outbox_writes_a_parseable_eml(tmp_path: Path) -> None:
     )
     result = await OutboxClient(OutboxConfig(directory)).send(mail)
 
-    assert result == Accepted(message_id=f"<{mail.id}@mailman.local>")
+    assert result == Accepted(message_id=mail.message_id)
     path = directory / f"{mail.id}.eml"
     msg = read_eml(path)
     assert msg["From"] == "Mailman <noreply@example.com>"
@@ -399,7 +402,7 @@ async def test_outbox_writes_a_parseable_eml(tmp_path: Path) -> None:
     assert msg["Cc"] == "Cat <cat@example.com>"
     assert msg["Reply-To"] == "help@example.com"
     assert msg["Subject"] == "Grüße"
-    assert msg["Message-ID"] == f"<{mail.id}@mailman.local>"
+    assert msg["Message-ID"] == mail.message_id
     assert msg["X-Mailman-Id"] == mail.id
     assert email.utils.parsedate_to_datetime(msg["Date"]).timestamp() == int(mail.created_at)
     assert msg["Bcc"] is None
@@ -500,3 +503,22 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
 
     assert parse_retry_after(value, now=now) == expected
+
+
+def test_one_message_id_whichever_provider_sends_the_mail() -> None:
+    """SendGrid's body, Mailgun's form and the .eml carry the same Message-ID for one mail."""
+    from actors.providers import mailgun, outbox, sendgrid
+
+    mail = Mail(
+        id=new_mail_id(),
+        sender=Address("noreply@mg.example.com", "Mailman"),
+        to=(Address("ann@example.com"),),
+        subject="Hi",
+        text="Hello",
+    )
+    expected = f"<{mail.id}@mg.example.com>"
+    assert mail.message_id == expected
+    assert sendgrid.body(mail)["headers"] == {"Message-ID": expected}
+    assert ("h:Message-Id", expected) in mailgun.form(mail)
+    parsed = BytesParser(policy=email.policy.default).parsebytes(outbox.render(mail))
+    assert parsed["Message-ID"] == expected

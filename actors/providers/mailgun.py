@@ -94,6 +94,7 @@ def form(mail: Mail) -> list[tuple[str, str]]:
         fields.append(("html", mail.html))
     if mail.reply_to is not None:
         fields.append(("h:Reply-To", formatted_address(mail.reply_to)))
+    fields.append(("h:Message-Id", mail.message_id))
     fields.append(("v:mail_id", mail.id))
     return fields
 

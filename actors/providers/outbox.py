@@ -35,7 +35,6 @@ from . import (
     display_name_words,
 )
 
-DOMAIN = "mailman.local"
 #: Where address headers are folded (RFC 5322's "SHOULD"; a long quoted name
 #: may pass it, never the 998 of its "MUST": validation bounds names).
 FOLD_AT = 78
@@ -68,7 +67,7 @@ class OutboxClient(ProviderClient):
 
 
 def message_id(mail: Mail) -> str:
-    return f"<{mail.id}@{DOMAIN}>"
+    return mail.message_id
 
 
 def render(mail: Mail) -> bytes:

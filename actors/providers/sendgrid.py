@@ -96,6 +96,7 @@ def body(mail: Mail) -> dict[str, Any]:
         content.append({"type": "text/html", "value": mail.html})
     if content:
         out["content"] = content
+    out["headers"] = {"Message-ID": mail.message_id}
     out["custom_args"] = {"mail_id": mail.id}
     return out
 
