@@ -100,7 +100,7 @@ class KafkaConfig:
     idempotent: bool = True
     linger_ms: int = 5
     #: A consumer silent this long is out of its group; its partitions move to the others.
-    session_timeout_ms: int = 10_000
+    session_timeout_ms: int = 6_000
     #: How long the broker may hold a fetch open waiting for data (a latency bound).
     fetch_max_wait_ms: int = 500
 
@@ -528,7 +528,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         replication_factor=_integer(env, "MAILMAN_KAFKA_REPLICATION_FACTOR", 1, minimum=1),
         idempotent=_flag(env, "MAILMAN_KAFKA_IDEMPOTENT", True),
         linger_ms=_integer(env, "MAILMAN_KAFKA_LINGER_MS", 5),
-        session_timeout_ms=_integer(env, "MAILMAN_KAFKA_SESSION_TIMEOUT_MS", 10_000, minimum=1),
+        session_timeout_ms=_integer(env, "MAILMAN_KAFKA_SESSION_TIMEOUT_MS", 6_000, minimum=1),
         fetch_max_wait_ms=_integer(env, "MAILMAN_KAFKA_FETCH_MAX_WAIT_MS", 500),
     )
     relay = RelayConfig(
