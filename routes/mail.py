@@ -425,15 +425,21 @@ async def list_mails(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@routes.get("/mail/{id}/status")
-@requires(Scope.READ)
-async def mail_status(request: web.Request) -> web.Response:
-    mail_id = request.match_info["id"]
+async def _visible(request: web.Request, mail_id: str) -> tuple[Mail, Status]:
+    """The caller's mail and its status; 404 if unknown or another tenant's."""
     store, timeout = _store(request)
     found = await guarded(store, timeout, store.load(mail_id))
     if found is None or not request[PRINCIPAL].sees(found[0].tenant):
         raise _unknown()  # another tenant's mail is as unknown as a missing one
-    return json_response(status_body(mail_id, found[1]))
+    return found
+
+
+@routes.get("/mail/{id}/status")
+@requires(Scope.READ)
+async def mail_status(request: web.Request) -> web.Response:
+    mail_id = request.match_info["id"]
+    _, status = await _visible(request, mail_id)
+    return json_response(status_body(mail_id, status))
 
 
 # ``send`` is excluded so that GET /mail/send is a 405, not an unknown mail.
@@ -453,10 +459,8 @@ async def show_mail(request: web.Request) -> web.Response:
 async def retry_mail(request: web.Request) -> web.Response:
     """Send a ``failed`` mail again: a new round, the same id; 409 unless it is failed."""
     mail_id = request.match_info["id"]
+    await _visible(request, mail_id)
     store, timeout = _store(request)
-    found = await guarded(store, timeout, store.load(mail_id))
-    if found is None or not request[PRINCIPAL].sees(found[0].tenant):
-        raise _unknown()
     now = time.time()
     result = await guarded(store, timeout, store.retry(mail_id, now))
     if result is None:
