@@ -54,7 +54,8 @@ except OSError:  # not glibc Linux: children are stopped by the parent's own shu
     _LIBC = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """In a child between fork and exec: SIGTERM when the parent dies (Linux)."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -257,7 +258,7 @@ class ProcessSupervisor:
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_fd,),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except BaseException:
             os.close(read_fd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import os
 import secrets
@@ -35,6 +34,8 @@ import aiohttp
 import aiomysql
 import orjson
 
+from actors.processes import die_with_parent
+
 from . import cpu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,17 +48,6 @@ _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 #: Inherited variables that would change the service under test; children never see them.
 _OWN_PREFIXES = ("MAILMAN_", "SENDGRID_", "MAILGUN_")
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc Linux: children are still stopped by the finally blocks
-    _LIBC = None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class StartError(RuntimeError):
@@ -130,7 +120,7 @@ async def spawn(
             stdout=asyncio.subprocess.PIPE if pipe_stdout else out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return Child(name, proc, log)
 
