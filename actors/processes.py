@@ -40,6 +40,7 @@ import structlog
 
 from config import ROLE_ALL, Config
 
+from .supervisor import RestartBudget
 from .system import ROLE_API, all_roles
 
 log = structlog.get_logger("mailman.processes")
@@ -100,7 +101,7 @@ class ProcessSupervisor:
         self.restarts: collections.Counter[str] = collections.Counter()
         self.ready = asyncio.Event()
         self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._recent: collections.deque[float] = collections.deque()
+        self._budget = RestartBudget(config.supervisor, time.monotonic)
         self._stopping = asyncio.Event()
         self._reserved: socket.socket | None = None
         #: Children that said "ready" at least once.
@@ -217,18 +218,13 @@ class ProcessSupervisor:
             await self._changed()
 
     def _spend_budget(self, spec: ProcessSpec) -> None:
-        now = time.monotonic()
-        window = self.config.supervisor.window_seconds
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - window:
-            self._recent.popleft()
         self.restarts[spec.name] += 1
-        if len(self._recent) > self.config.supervisor.max_restarts:
+        if not self._budget.charge():
             log.critical(
                 "processes.restart_budget_exceeded",
                 process=spec.name,
-                restarts=len(self._recent),
-                window_seconds=window,
+                restarts=self._budget.recent,
+                window_seconds=self.config.supervisor.window_seconds,
             )
             self._stopping.set()
             raise GaveUp(1)

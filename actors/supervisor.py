@@ -48,6 +48,32 @@ class RestartBudgetExceeded(RuntimeError):
     """Children crashed more often than the budget allows."""
 
 
+class RestartBudget:
+    """At most ``max_restarts`` restarts within ``window_seconds``, for any kind of child.
+
+    Shared by the actor supervisor and the ``--processes`` parent, so both
+    give up by the same rule.
+    """
+
+    def __init__(self, config: SupervisorConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self._recent: collections.deque[float] = collections.deque()
+
+    def charge(self) -> bool:
+        """Count one restart now; whether the budget still holds."""
+        now = self.clock()
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - self.config.window_seconds:
+            self._recent.popleft()
+        return len(self._recent) <= self.config.max_restarts
+
+    @property
+    def recent(self) -> int:
+        """Restarts within the window."""
+        return len(self._recent)
+
+
 class Supervisor:
     strategy = "one_for_one"
 
@@ -68,7 +94,7 @@ class Supervisor:
         self.restarts: dict[str, int] = collections.Counter()
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._recent: collections.deque[float] = collections.deque()
+        self._budget = RestartBudget(config, clock)
 
     def stop(self) -> None:
         """Ask ``run`` to stop every child and return."""
@@ -150,16 +176,12 @@ class Supervisor:
             return
 
     def _charge(self, name: str) -> None:
-        now = self.clock()
         self.restarts[name] += 1
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - self.config.window_seconds:
-            self._recent.popleft()
-        if len(self._recent) > self.config.max_restarts:
+        if not self._budget.charge():
             log.critical(
                 "supervisor.gave_up",
                 actor=name,
-                restarts=len(self._recent),
+                restarts=self._budget.recent,
                 window_seconds=self.config.window_seconds,
             )
             raise RestartBudgetExceeded(
@@ -171,5 +193,5 @@ class Supervisor:
         # Grows with the restarts inside the budget window, so a child that has
         # been up for a while starts again from the base delay.
         cfg = self.config
-        recent = max(1, len(self._recent))
+        recent = max(1, self._budget.recent)
         return min(cfg.backoff_cap_seconds, cfg.backoff_base_seconds * 2.0 ** (recent - 1))
