@@ -17,9 +17,7 @@ it again.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -153,8 +151,7 @@ class SharedHealth(Actor):
                 log.warning("breaker.sync_failed", error=repr(exc))
             if self.stopping.is_set():
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.sync_seconds)
+            await self.rest(self.sync_seconds)
 
     async def push(self) -> None:
         """Write the local changes made since the last push (kept for later if that fails)."""

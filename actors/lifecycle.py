@@ -110,6 +110,11 @@ class Actor(abc.ABC):
             await getter
         return None
 
+    async def rest(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the actor is asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
     async def through_outage(
         self,
         unavailable: tuple[type[BaseException], ...],
@@ -138,8 +143,7 @@ class Actor(abc.ABC):
                     error=type(exc).__name__,
                     retry_in=round(delay, 2),
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            await self.rest(delay)
             delay = min(delay * 2, OUTAGE_BACKOFF_CAP)
 
     async def wait(self) -> None:

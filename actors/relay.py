@@ -180,8 +180,7 @@ class Relay(Actor):
             if now >= deadline:
                 return False
             wait = min(QUIET_SECONDS - quiet, deadline - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), wait)
+            await self.rest(wait)
             late = time.monotonic() - now - wait
             if self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag:
                 return True  # busy, but the loop has room for the relay's work too
