@@ -47,8 +47,6 @@ class Sql:
     mark: str
     #: Appended to the claim's SELECT (MySQL: lock the rows, skip the locked).
     claim_lock: str = ""
-    #: The function that picks the larger of two values.
-    greatest: str = "MAX"
     _moves: dict[Status, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -217,7 +215,7 @@ class Sql:
 
 
 SQLITE = Sql(mark="?")
-MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED", greatest="GREATEST")
+MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED")
 
 
 # --- parameter rows -----------------------------------------------------------------

@@ -323,15 +323,16 @@ class _Worker:
 
     def _batch(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
         """Every job's result (or exception), the writer's in one transaction."""
-        groups: dict[Op, list[int]] = {}
+        # A batched operation's calls share one group; any other call is a group alone.
+        groups: dict[Op | int, list[int]] = {}
         for i, job in enumerate(jobs):
-            key = job.op if job.op.batched else Op(job.op.name, job.op.run)  # alone
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(job.op if job.op.batched else i, []).append(i)
         outcomes: list[Any] = [None] * len(jobs)
         try:
             if self._write:
                 db.execute("BEGIN IMMEDIATE")
-            for operation, indexes in groups.items():
+            for indexes in groups.values():
+                operation = jobs[indexes[0]].op
                 args = [jobs[i].arg for i in indexes]
                 for i, outcome in zip(indexes, self._group(db, operation, args), strict=True):
                     outcomes[i] = outcome
