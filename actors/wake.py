@@ -72,9 +72,7 @@ class WakeListener:
         while True:  # drain: many datagrams are one wake-up
             try:
                 self._sock.recv(16)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # nothing more waiting (BlockingIOError), or the socket is gone
                 break
             woken = True
         if woken:
