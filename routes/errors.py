@@ -205,22 +205,16 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     client left): method, path, status, duration_ms, request_id, plus what the
     handlers ``note``d (tenant, mail_id, recipients, problem...). Other lines of the
     request (debug detail, warnings, errors) get ``request_id`` from contextvars.
+    It also counts the request in flight (``LOAD``, read by a relay in this process).
     """
-    load = request.app[LOAD]
-    load.enter()
-    try:
-        return await _with_request_id(request, handler)
-    finally:
-        load.leave()
-
-
-async def _with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request_id(request)
     started = time.perf_counter()
     fields: dict[str, Any] = {}
     request[LOG_FIELDS] = fields
     # One contextvar set and reset: cheaper than ``bound_contextvars``, which reads
     # the whole context first and re-binds what it saved afterwards.
+    load = request.app[LOAD]
+    load.enter()
     tokens = structlog.contextvars.bind_contextvars(request_id=rid)
     try:
         try:
@@ -255,6 +249,7 @@ async def _with_request_id(request: web.Request, handler: Handler) -> web.Stream
         return response
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
+        load.leave()
 
 
 def _log_request(
