@@ -63,11 +63,7 @@ class OutboxClient(ProviderClient):
             await asyncio.to_thread(_write_atomically, self._directory, f"{mail.id}.eml", data)
         except OSError as exc:
             return Transient(f"cannot write outbox: {exc.strerror or exc}")
-        return Accepted(message_id=message_id(mail))
-
-
-def message_id(mail: Mail) -> str:
-    return mail.message_id
+        return Accepted(message_id=mail.message_id)
 
 
 def render(mail: Mail) -> bytes:
@@ -93,7 +89,7 @@ def render(mail: Mail) -> bytes:
         msg.set_raw("Reply-To", _address_header("Reply-To", (mail.reply_to,)))
     msg.set_raw("Subject", _subject_header(mail.subject))
     msg["Date"] = email.utils.formatdate(mail.created_at, usegmt=True)
-    msg["Message-ID"] = message_id(mail)
+    msg["Message-ID"] = mail.message_id
     msg["X-Mailman-Id"] = mail.id
     if mail.text is not None:
         msg.set_content(mail.text, cte=_transfer_encoding(mail.text))
