@@ -1,5 +1,5 @@
-"""Mailman's entry point: ``mailman [serve] [flags]``, ``mailman keys ...``, or
-``python mailman.py ...``.
+"""Mailman's entry point: ``mailman [serve] [flags]``, ``mailman keys ...``,
+``mailman dead-letters ...``, or ``python mailman.py ...``.
 
 Thin on purpose: read the configuration once, set up logging, handle
 signals in one place, run the system, turn the outcome into an exit code.
@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from actors.deadletters import dead_letters_main
 from actors.keys import keys_main
 from actors.processes import ProcessSupervisor
 from actors.supervisor import RestartBudgetExceeded
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:], env)
+    if argv[:1] == ["dead-letters"]:
+        return dead_letters_main(argv[1:], env)
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     try:

@@ -1,9 +1,13 @@
-"""The bookkeeper actor: applies status updates to the store, in batches.
+"""The bookkeeper actor: applies status updates from its mailbox to the store, in batches.
 
-Every update waiting in the mailbox when one arrives goes into the same
-transaction (group commit), so a burst of updates costs one commit. Moves
-are guarded by the store, so a replayed or late update never moves a mail
-backwards.
+Senders commit their own attempts (record first, then ack: see
+``actors.sender``); the bookkeeper applies the status records other actors
+publish to the ``status`` mailbox, and drains records an older version left
+there. Every update waiting in the mailbox when one arrives goes into the
+same transaction (group commit), so a burst of updates costs one commit.
+Moves are guarded by the store, so a replayed or late update never moves a
+mail backwards. A batch that fails is applied one update at a time, so one
+poison update is dead-lettered alone (``actors.poison``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import structlog
 from .lifecycle import Actor
 from .mailboxes import Delivery, Inbox, Mailbox
 from .messages import StatusUpdate
+from .poison import Poison
+from .routing import STATUS_MAILBOX
 from .store import Store
 
 log = structlog.get_logger("mailman.bookkeeper")
@@ -22,10 +28,15 @@ BATCH = 500
 
 
 class Bookkeeper(Actor):
-    def __init__(self, *, inbox: Mailbox[StatusUpdate], store: Store) -> None:
+    def __init__(
+        self, *, inbox: Mailbox[StatusUpdate], store: Store, poison_attempts: int = 5
+    ) -> None:
         super().__init__("bookkeeper")
         self.mailbox = inbox
         self.store = store
+        self.poison: Poison[StatusUpdate] = Poison(
+            self, mailbox=STATUS_MAILBOX, store=store, attempts=poison_attempts
+        )
 
     async def run(self) -> None:
         async with self.mailbox.subscribe() as inbox:
@@ -44,10 +55,25 @@ class Bookkeeper(Actor):
         return batch
 
     async def _apply(self, batch: list[Delivery[StatusUpdate]]) -> None:
-        updates = [d.message for d in batch]
-        await self.through_outage(
-            self.store.unavailable, lambda: self.store.apply(updates), "apply"
-        )
+        try:
+            await self._commit([d.message for d in batch])
+        except Exception as exc:
+            if self.stopping.is_set():
+                raise
+            log.warning("status.batch_failed", updates=len(batch), error=type(exc).__name__)
+            for delivery in batch:  # one at a time: a poison update fails alone
+                if not await self.poison.handle(delivery.message, self._commit_one):
+                    return  # stopping: the rest stays unacknowledged
+                await delivery.ack()
+            return
         for delivery in batch:
             await delivery.ack()
         log.debug("status.applied", updates=len(batch))
+
+    async def _commit(self, updates: list[StatusUpdate]) -> None:
+        await self.through_outage(
+            self.store.unavailable, lambda: self.store.apply(updates), "apply"
+        )
+
+    async def _commit_one(self, update: StatusUpdate) -> None:
+        await self._commit([update])

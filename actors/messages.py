@@ -53,6 +53,20 @@ class Outcome(StrEnum):
     MISCONFIGURED = "misconfigured"  # 401/403 and the like: our key or account is wrong
     REJECTED = "rejected"  # 400/413/422: this provider will never take this mail
     SKIPPED = "skipped"  # the provider's circuit breaker was open: no call was made
+    #: The call is in flight: recorded before it is made, so a crash leaves a trace.
+    PENDING = "pending"
+    #: No answer: the call timed out after the request went out, the connection
+    #: dropped before the answer, or the process died during the call (a
+    #: ``pending`` attempt found later). The provider may have taken the mail.
+    UNKNOWN = "unknown"
+
+
+class Check(StrEnum):
+    """What asking the provider about an ``unknown`` attempt found."""
+
+    TAKEN = "taken"  # the provider has the mail: it is ``sent``, not sent again
+    NOT_FOUND = "not-found"  # the provider has no record of it: sent again
+    CANNOT = "cannot-check"  # the provider offers no way to ask (or did not answer): sent again
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -171,6 +185,12 @@ class Attempt:
     outcome: Outcome
     reason: str | None = None
     message_id: str | None = None
+    #: The attempt's row in the store: set on attempts read back from it, and on
+    #: an update that finishes an attempt recorded before the call. Not compared:
+    #: two records of one attempt are equal whether or not they carry it.
+    id: int | None = field(default=None, compare=False)
+    #: For an ``unknown`` attempt: what asking the provider found (None: not asked yet).
+    checked: Check | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +234,12 @@ class StatusUpdate:
     provider: str | None = None
     provider_message_id: str | None = None
     reason: str | None = None
+    #: Recorded (``attempt.id`` None) or, for an attempt recorded before its call,
+    #: finished (``attempt.id`` set): outcome, reason, message id and check.
     attempt: Attempt | None = None
+    #: When the mail is next due to be handled (a retry's time); a mail ``sending``
+    #: past it with no live attempt is picked up again by the sweeper. None: ``at``.
+    due_at: float | None = None
 
 
 def key_of(record: object) -> str:

@@ -19,16 +19,28 @@ import structlog
 from .lifecycle import Actor
 from .mailboxes import Delivery
 from .messages import RetryLater
-from .routing import Router
+from .poison import Poison
+from .routing import RETRY_MAILBOX, Router
+from .store import Store
 
 log = structlog.get_logger("mailman.scheduler")
 
 
 class RetryScheduler(Actor):
-    def __init__(self, *, router: Router, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        router: Router,
+        store: Store,
+        poison_attempts: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__("retry")
         self.router = router
         self.clock = clock
+        self.poison: Poison[RetryLater] = Poison(
+            self, mailbox=RETRY_MAILBOX, store=store, attempts=poison_attempts, clock=clock
+        )
         self._due: list[tuple[float, int, Delivery[RetryLater]]] = []
         self._order = itertools.count()
         self._changed = asyncio.Event()
@@ -58,7 +70,10 @@ class RetryScheduler(Actor):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
                 continue
             _, _, delivery = heapq.heappop(self._due)
-            dispatch = delivery.message.dispatch
-            log.info("mail.retrying", mail_id=dispatch.mail_id, attempt=dispatch.round)
-            await self.router.dispatch(dispatch)
-            await delivery.ack()
+            if await self.poison.handle(delivery.message, self._hand_back):
+                await delivery.ack()
+
+    async def _hand_back(self, later: RetryLater) -> None:
+        dispatch = later.dispatch
+        log.info("mail.retrying", mail_id=dispatch.mail_id, attempt=dispatch.round)
+        await self.router.dispatch(dispatch)

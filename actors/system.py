@@ -33,6 +33,7 @@ from routes import Load, create_app
 
 from .bookkeeper import Bookkeeper
 from .breakers import ProviderBreaker, SharedHealth, make_breaker
+from .journal import Journal
 from .lifecycle import Actor
 from .mailboxes import Broker, MemoryBroker
 from .providers import ProviderClient
@@ -43,6 +44,7 @@ from .sender import Sender
 from .server import HttpServer
 from .store import Store, open_store
 from .supervisor import ChildSpec, Supervisor
+from .sweeper import Sweeper
 from .wake import WakeSender, wake_address
 
 log = structlog.get_logger("mailman")
@@ -196,6 +198,8 @@ class Mailman:
         }
         if given:
             raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
+        #: The senders' group commit: every sender's outcomes share transactions.
+        self.journal = Journal(self.store)
         #: One breaker per provider, outliving restarts of its sender.
         self.breakers: dict[str, ProviderBreaker] = {
             name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
@@ -255,10 +259,30 @@ class Mailman:
             )
         if ROLE_BOOKKEEPER in self.roles:
             children.append(
-                ChildSpec("bookkeeper", lambda: Bookkeeper(inbox=router.status, store=self.store))
+                ChildSpec(
+                    "bookkeeper",
+                    lambda: Bookkeeper(
+                        inbox=router.status, store=self.store, poison_attempts=cfg.poison_attempts
+                    ),
+                )
+            )
+            children.append(
+                ChildSpec(
+                    "sweeper",
+                    lambda: Sweeper(
+                        store=self.store, stale_after=cfg.stale_after, interval=cfg.sweep_interval
+                    ),
+                )
             )
         if ROLE_RETRY in self.roles:
-            children.append(ChildSpec("retry", lambda: RetryScheduler(router=router)))
+            children.append(
+                ChildSpec(
+                    "retry",
+                    lambda: RetryScheduler(
+                        router=router, store=self.store, poison_attempts=cfg.poison_attempts
+                    ),
+                )
+            )
         for name in senders:
             children.append(ChildSpec(f"sender:{name}", self._sender_factory(name)))
         if ROLE_RELAY in self.roles:
@@ -289,6 +313,10 @@ class Mailman:
                 retry=self.config.retry,
                 concurrency=self.config.sender_concurrency,
                 stop_timeout=self.config.shutdown_timeout,
+                stale_after=self.config.stale_after,
+                poison_attempts=self.config.poison_attempts,
+                peers=self.clients,
+                journal=self.journal,
             )
 
         return factory
@@ -326,11 +354,18 @@ class Mailman:
                 "to send for real)",
             )
 
+    async def _close_clients(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
     async def run(self, until: asyncio.Event) -> None:
         """Run until ``until`` is set; ``RestartBudgetExceeded`` if the supervisor gives up."""
         self._announce()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            # Senders close their own client; one opened only to ask about an
+            # ``unknown`` attempt (a lookup) is closed here.
+            stack.push_async_callback(self._close_clients)
             if ROLE_API in self.roles:
                 await check_exposure(self.config, self.store)
             if self.roles - {ROLE_API}:

@@ -160,9 +160,21 @@ class Config:
     key_cache_seconds: float = 2.0
     #: Unsent mails (queued or sending) beyond which POST /mail/send answers 503 (0: no limit).
     backlog_limit: int = 100_000
+    #: Times a mailbox record's handler may fail before the record is dead-lettered.
+    poison_attempts: int = 5
+    #: Seconds past the provider timeout after which an attempt with no recorded answer
+    #: counts as ``unknown``, and a ``sending`` mail nothing handles is picked up again.
+    sweep_margin: float = 20.0
+    #: How often the sweeper looks for such mails.
+    sweep_interval: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds after its start when an attempt with no answer recorded is ``unknown``."""
+        return self.provider_timeout + self.sweep_margin
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -195,6 +207,9 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 #: Settings without a flag: environment variables only (``--help`` lists them).
 ENV_ONLY = (
     "MAILMAN_PROVIDERS",
+    "MAILMAN_POISON_ATTEMPTS",
+    "MAILMAN_SWEEP_MARGIN_SECONDS",
+    "MAILMAN_SWEEP_INTERVAL_SECONDS",
     "SENDGRID_API_KEY",
     "SENDGRID_BASE_URL",
     "MAILGUN_API_KEY",
@@ -577,6 +592,9 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         rate_limit=_number(env, "MAILMAN_RATE_LIMIT", 0.0),
         key_cache_seconds=_number(env, "MAILMAN_KEY_CACHE_SECONDS", 2.0),
         backlog_limit=_integer(env, "MAILMAN_BACKLOG_LIMIT", 100_000),
+        poison_attempts=_integer(env, "MAILMAN_POISON_ATTEMPTS", 5, minimum=1),
+        sweep_margin=_number(env, "MAILMAN_SWEEP_MARGIN_SECONDS", 20.0, minimum=0.0),
+        sweep_interval=_number(env, "MAILMAN_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.01),
         log_level=log_level,
         log_format=log_format,
         event_loop=event_loop,

@@ -149,6 +149,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
         "outcome": attempt.outcome.value,
         "reason": attempt.reason,
         "message_id": attempt.message_id,
+        "checked": None if attempt.checked is None else attempt.checked.value,
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from actors.messages import Status
+from actors.messages import Check, Outcome, Status
 
 from .mail import DEFAULT_PAGE, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_PAGE
 
@@ -503,16 +503,20 @@ DOCUMENT: dict[str, Any] = {
                                         "at": {"type": "string", "format": "date-time"},
                                         "outcome": {
                                             "type": "string",
-                                            "enum": [
-                                                "accepted",
-                                                "transient",
-                                                "misconfigured",
-                                                "rejected",
-                                                "skipped",
-                                            ],
+                                            "description": "pending: the call is in "
+                                            "flight; unknown: no answer (a timeout, or "
+                                            "the process died mid-call): the provider "
+                                            "may have taken the mail",
+                                            "enum": [o.value for o in Outcome],
                                         },
                                         "reason": {"type": ["string", "null"]},
                                         "message_id": {"type": ["string", "null"]},
+                                        "checked": {
+                                            "description": "for an unknown attempt: what "
+                                            "asking the provider found (null: not asked)",
+                                            "type": ["string", "null"],
+                                            "enum": [*(c.value for c in Check), None],
+                                        },
                                     },
                                 },
                             },

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,10 +12,10 @@ from aiobreaker import CircuitBreakerError
 from aiobreaker.state import CircuitBreakerState
 
 from actors.breakers import BreakerLog, ProviderBreaker, SharedHealth, make_breaker, state_of
-from actors.mailboxes import MemoryBroker, MemoryMailbox
-from actors.messages import Address, Dispatch, Mail, Status, StatusUpdate
+from actors.mailboxes import MemoryBroker
+from actors.messages import Address, Dispatch, Mail, StatusUpdate
 from actors.providers import Accepted, ProviderClient, Result, Transient
-from actors.routing import STATUS_MAILBOX, Router
+from actors.routing import Router
 from actors.sender import Sender
 from actors.store import BreakerState, Store
 from actors.store.sqlite import SQLiteStore
@@ -51,51 +52,45 @@ class Scripted(ProviderClient):
         return self.answer
 
 
-class StatusBox(MemoryMailbox[StatusUpdate]):
-    """The bookkeeper's mailbox; every put raises while ``down`` is set."""
+class BrokenRecords(SQLiteStore):
+    """A real store whose ``apply`` (recording an outcome) raises while ``down`` is set."""
 
-    def __init__(self) -> None:
-        super().__init__(STATUS_MAILBOX, StatusUpdate)
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
         self.down = False
-        self.got: list[StatusUpdate] = []
 
-    async def put(self, message: StatusUpdate) -> None:
+    async def apply(self, updates: Sequence[StatusUpdate]) -> None:
         if self.down:
-            raise ConnectionError("status mailbox down")
-        await super().put(message)
-        self.got.append(message)
+            raise RuntimeError("recording failed")
+        await super().apply(updates)
 
 
 def sender_for(client: ProviderClient, breaker: ProviderBreaker, store: Store) -> Sender:
     router = Router(MemoryBroker(), ("sendgrid",))
-    router.status = StatusBox()
     return Sender(client=client, breaker=breaker, router=router, store=store, retry=RetryConfig())
 
 
-def status_box(sender: Sender) -> StatusBox:
-    assert isinstance(sender.router.status, StatusBox)
-    return sender.router.status
+async def outcomes(store: Store) -> list[str]:
+    record = await store.get(MAIL.id)
+    assert record is not None
+    return [a.outcome.value for a in record.attempts]
 
 
-async def test_failing_status_report_is_not_a_provider_failure(store: Store) -> None:
-    """A status mailbox put that raises propagates and leaves the provider's breaker untouched."""
-    breaker = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
-    client = Scripted(Accepted("msg-1"))
-    sender = sender_for(client, breaker, store)
-    status_box(sender).down = True
-    for _ in range(3):
-        with pytest.raises(ConnectionError):
+async def test_failing_outcome_record_is_not_a_provider_failure(tmp_path: Path) -> None:
+    """Recording the outcome failing propagates and leaves the provider's breaker untouched."""
+    async with BrokenRecords(str(tmp_path / "m.db")) as store:
+        await store.add(MAIL)
+        breaker = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+        client = Scripted(Accepted("msg-1"))
+        sender = sender_for(client, breaker, store)
+        store.down = True
+        with pytest.raises(RuntimeError, match="recording failed"):
             await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
-    # The provider answered each time; only the report after it failed, outside the breaker.
-    assert client.calls == 3
-    assert state_of(breaker) == "closed"
-    assert breaker.fail_counter == 0
-
-    status_box(sender).down = False
-    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
-    assert client.calls == 4
-    assert [u.status for u in status_box(sender).got] == [Status.SENT]
-    assert state_of(breaker) == "closed"
+        # The provider answered; only the record after it failed, outside the breaker.
+        assert client.calls == 1
+        assert state_of(breaker) == "closed"
+        assert breaker.fail_counter == 0
+        assert await outcomes(store) == ["pending"]
 
 
 async def test_unwell_provider_answer_counts_in_the_breaker(store: Store) -> None:
@@ -103,14 +98,13 @@ async def test_unwell_provider_answer_counts_in_the_breaker(store: Store) -> Non
     breaker = make_breaker("sendgrid", fail_max=2, reset_seconds=60)
     client = Scripted(Transient("down", 503))
     sender = sender_for(client, breaker, store)
-    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    await sender.handle(Dispatch(MAIL.id, time.time()))
     assert (state_of(breaker), breaker.fail_counter) == ("closed", 1)
-    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    await sender.handle(Dispatch(MAIL.id, time.time()))
     assert state_of(breaker) == "open"
-    await sender.handle(Dispatch(MAIL.id, MAIL.created_at))
+    await sender.handle(Dispatch(MAIL.id, time.time()))
     assert client.calls == 2  # the open breaker kept the third call away
-    outcomes = [u.attempt.outcome.value for u in status_box(sender).got if u.attempt]
-    assert outcomes == ["transient", "transient", "skipped"]
+    assert await outcomes(store) == ["transient", "transient", "skipped"]
 
 
 async def test_shared_health_mirrors_through_the_breakers_own_storage(store: Store) -> None:

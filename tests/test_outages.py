@@ -10,10 +10,11 @@ from pathlib import Path
 from actors.bookkeeper import Bookkeeper
 from actors.breakers import make_breaker
 from actors.mailboxes import MemoryBroker, MemoryMailbox
-from actors.messages import Dispatch, Mail, Status, StatusUpdate
+from actors.messages import Dispatch, Status, StatusUpdate
 from actors.providers import Accepted
 from actors.routing import Router
 from actors.sender import Sender
+from actors.store import Begun
 from actors.store.sqlite import SQLiteStore
 from config import RetryConfig
 
@@ -22,8 +23,8 @@ from .test_breakers import MAIL, Scripted
 
 
 class DownFor(SQLiteStore):
-    """A real SQLite store whose ``load`` and ``apply`` fail like an unreachable database
-    the first ``outages`` times."""
+    """A real SQLite store whose ``begin_attempt`` and ``apply`` fail like an unreachable
+    database the first ``outages`` times."""
 
     def __init__(self, path: str, outages: int) -> None:
         super().__init__(path)
@@ -35,9 +36,11 @@ class DownFor(SQLiteStore):
             self.refused += 1
             raise sqlite3.OperationalError("unable to open database file")
 
-    async def load(self, mail_id: str) -> tuple[Mail, Status] | None:
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
         self._maybe_down()
-        return await super().load(mail_id)
+        return await super().begin_attempt(mail_id, provider, round_, at, stale_before)
 
     async def apply(self, updates: Sequence[StatusUpdate]) -> None:
         self._maybe_down()
@@ -45,7 +48,8 @@ class DownFor(SQLiteStore):
 
 
 async def test_a_sender_waits_out_a_store_outage(tmp_path: Path) -> None:
-    """A sender whose load fails for an outage tries again with backoff and then sends."""
+    """A sender whose store calls fail for an outage tries again with backoff: it records the
+    attempt, sends once, and records the outcome once the store is back."""
     store = DownFor(str(tmp_path / "m.db"), outages=4)
     async with store:
         await store.add(MAIL)
@@ -60,8 +64,14 @@ async def test_a_sender_waits_out_a_store_outage(tmp_path: Path) -> None:
         )
         async with sender:
             await router.dispatch(Dispatch(MAIL.id, MAIL.created_at))
-            await eventually(lambda: client.calls == 1, what="the mail sent after the outage")
+
+            async def sent() -> bool:
+                record = await store.get(MAIL.id)
+                return record is not None and record.status is Status.SENT
+
+            await eventually(sent, what="the mail sent and recorded after the outage")
         assert store.refused == 4
+        assert client.calls == 1
 
 
 async def test_the_bookkeeper_waits_out_a_store_outage(tmp_path: Path) -> None:

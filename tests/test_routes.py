@@ -471,6 +471,7 @@ async def test_show_mail_has_submitted_fields_and_attempts(client: Client, store
             "outcome": "transient",
             "reason": "503",
             "message_id": None,
+            "checked": None,
         },
         {
             "provider": "mailgun",
@@ -479,6 +480,7 @@ async def test_show_mail_has_submitted_fields_and_attempts(client: Client, store
             "outcome": "accepted",
             "reason": None,
             "message_id": "mg-1",
+            "checked": None,
         },
     ]
     assert mail["links"] == [{"self": f"/mail/{mail_id}", "status": f"/mail/{mail_id}/status"}]

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
+from actors.messages import Address, Attempt, Check, Mail, Outcome, Status, StatusUpdate
 from actors.store import (
     ApiKey,
     BreakerState,
@@ -990,3 +991,149 @@ async def test_rate_bucket_is_shared_and_refills(store: Store, make_store: MakeS
     )
     assert (first.remaining, second.remaining) == (1, 0)
     assert third.retry_after == pytest.approx(0.5)
+
+
+# --- attempts recorded before the call, the sweeper, dead letters -------------------
+
+
+async def test_begin_attempt_records_a_pending_attempt_and_marks_sending(store: Store) -> None:
+    """begin_attempt() records the attempt as pending before the call and returns the mail."""
+    await store.add(mail())
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    assert begun is not None and begun.attempt_id is not None and begun.why is None
+    assert begun.mail == mail() and begun.status is Status.SENDING
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.SENDING
+    assert [(a.provider, a.outcome, a.id) for a in record.attempts] == [
+        ("sendgrid", Outcome.PENDING, begun.attempt_id)
+    ]
+
+
+async def test_a_finished_attempt_replaces_its_pending_record(store: Store) -> None:
+    """An update carrying the attempt's id finishes that row: one attempt, not two."""
+    await store.add(mail())
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    assert begun is not None and begun.attempt_id is not None
+    done = Attempt("sendgrid", 0, 2000.5, Outcome.ACCEPTED, None, "sg-1", id=begun.attempt_id)
+    await store.apply([StatusUpdate("m1", Status.SENT, 2000.5, "sendgrid", "sg-1", attempt=done)])
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.SENT
+    assert [(a.outcome, a.message_id, a.at) for a in record.attempts] == [
+        (Outcome.ACCEPTED, "sg-1", 2000.0)  # the row keeps when the call started
+    ]
+
+
+async def test_begin_attempt_refuses_while_another_is_in_flight(store: Store) -> None:
+    """A second begin for a mail whose attempt is pending and fresh is told busy."""
+    await store.add(mail())
+    first = await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    second = await store.begin_attempt("m1", "sendgrid", 0, 2001.0, 1001.0)
+    assert first is not None and first.attempt_id is not None
+    assert second is not None and second.attempt_id is None and second.why == "busy"
+
+
+async def test_a_stale_pending_attempt_becomes_unknown_and_waits_for_a_check(
+    store: Store,
+) -> None:
+    """A pending attempt older than stale_before turns unknown; the next begin returns it
+    unchecked, and once its check is recorded an attempt may begin."""
+    await store.add(mail())
+    first = await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    assert first is not None and first.attempt_id is not None
+    later = await store.begin_attempt("m1", "sendgrid", 0, 2100.0, 2050.0)
+    assert later is not None and later.attempt_id is None and later.why == "unchecked"
+    assert [(a.id, a.outcome) for a in later.unknown] == [(first.attempt_id, Outcome.UNKNOWN)]
+    checked = replace(later.unknown[0], checked=Check.NOT_FOUND)
+    await store.apply([StatusUpdate("m1", Status.SENDING, 2100.0, attempt=checked)])
+    again = await store.begin_attempt("m1", "mailgun", 0, 2101.0, 2050.0)
+    assert again is not None and again.attempt_id is not None
+    record = await store.get("m1")
+    assert record is not None
+    assert [(a.provider, a.outcome, a.checked) for a in record.attempts] == [
+        ("sendgrid", Outcome.UNKNOWN, Check.NOT_FOUND),
+        ("mailgun", Outcome.PENDING, None),
+    ]
+
+
+async def test_begin_attempt_on_final_and_unknown_mails(store: Store) -> None:
+    """A final mail is told final (no attempt recorded); an unknown id gives None."""
+    await store.add(mail())
+    await store.apply([update(Status.SENT, 1500.0, outcome=Outcome.ACCEPTED)])
+    final = await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    assert final is not None and final.why == "final" and final.status is Status.SENT
+    assert await store.begin_attempt("nope", "sendgrid", 0, 2000.0, 1000.0) is None
+    record = await store.get("m1")
+    assert record is not None and len(record.attempts) == 1
+
+
+async def test_requeue_turns_every_pending_attempt_unknown(store: Store) -> None:
+    """After a restart of the in-memory deployment no call is in flight: pending is unknown."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1500.0)
+    await store.begin_attempt("m1", "sendgrid", 0, 2000.0, 1000.0)
+    await store.requeue_unfinished()
+    record = await store.get("m1")
+    assert record is not None
+    assert [a.outcome for a in record.attempts] == [Outcome.UNKNOWN]
+
+
+async def test_sweep_picks_up_forgotten_sending_mails_only(store: Store) -> None:
+    """sweep() requeues a sending mail due before the cutoff with no live attempt and no
+    outbox entry; not one with a fresh attempt, a later due time, or an entry."""
+    for name in ("lost", "busy", "later", "queued"):
+        await store.add(mail(name, created_at=1000.0))
+    await store.claim_outbox("relay", 10, 30.0, 1000.0, done=())
+    entries = await store.claim_outbox("relay", 10, 30.0, 1000.0)
+    assert entries == []
+    claimed = await store.claim_outbox("relay", 0, 30.0, 1000.0)
+    assert claimed == []
+    # Remove the outbox entries of the three mails the relay handed on.
+    leased = await _outbox(store)
+    await store.published([e.id for e in leased if e.mail_id != "queued"])
+    await store.begin_attempt("busy", "sendgrid", 0, 1990.0, 0.0)
+    later = Attempt("sendgrid", 0, 1100.0, Outcome.TRANSIENT, "503")
+    await store.apply([StatusUpdate("later", Status.SENDING, 1100.0, attempt=later, due_at=5000.0)])
+    swept = await store.sweep(2000.0, 1500.0)
+    assert swept == ["lost"]
+    assert [e.mail_id for e in await _outbox(store) if e.mail_id != "queued"] == ["lost"]
+    assert await store.sweep(2000.0, 1500.0) == []  # it has an entry (and is due now) again
+
+
+async def _outbox(store: Store) -> list[OutboxEntry]:
+    """Every outbox entry, leases ignored (claimed far in the future, then released)."""
+    entries = await store.claim_outbox("inspector", 1000, 0.0, 10**12)
+    await store.requeue_unfinished()  # releases the leases again
+    return entries
+
+
+async def test_sweep_turns_stale_pending_attempts_unknown(store: Store) -> None:
+    """sweep() marks pending attempts started before the cutoff unknown and requeues the mail."""
+    await store.add(mail())
+    entries = await store.claim_outbox("relay", 10, 30.0, 1000.0)
+    await store.published([e.id for e in entries])
+    await store.begin_attempt("m1", "sendgrid", 0, 1100.0, 0.0)
+    assert await store.sweep(1200.0, 1150.0) == ["m1"]
+    record = await store.get("m1")
+    assert record is not None and [a.outcome for a in record.attempts] == [Outcome.UNKNOWN]
+
+
+async def test_dead_letters_keep_the_record_and_fail_the_mail(store: Store) -> None:
+    """add_dead_letter() keeps the raw bytes and error, fails the mail with the reason;
+    listing and marking replayed work."""
+    await store.add(mail())
+    letter = await store.add_dead_letter(
+        "send.sendgrid", "m1", b"\x00raw", "IndexError: hop", 3000.0
+    )
+    orphan = await store.add_dead_letter("status", None, b"not json", "not JSON", 3001.0)
+    letters = await store.dead_letters()
+    assert [(x.id, x.mailbox, x.mail_id, x.payload, x.error) for x in letters] == [
+        (letter, "send.sendgrid", "m1", b"\x00raw", "IndexError: hop"),
+        (orphan, "status", None, b"not json", "not JSON"),
+    ]
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.FAILED
+    assert record.reason is not None and f"dead letter {letter}" in record.reason
+    await store.mark_replayed([letter], 3100.0)
+    assert [x.id for x in await store.dead_letters()] == [orphan]
+    everything = await store.dead_letters(replayed=True)
+    assert [(x.id, x.replayed_at) for x in everything] == [(letter, 3100.0), (orphan, None)]

@@ -4,8 +4,12 @@ A call to a provider ends in one of four typed results, and the failure
 policy follows from the type alone:
 
 - ``Accepted``: the provider took the mail (2xx).
-- ``Transient``: timeout, connection error, 408, 429, 5xx. Fail over now,
-  retry later; counted by the circuit breaker.
+- ``Transient``: no connection (refused, DNS, connect timeout), 408, 429,
+  5xx. Fail over now, retry later; counted by the circuit breaker.
+- ``Unknown``: no answer after the request may have gone out (a timeout
+  once connected, a connection dropped before the answer). The provider
+  may have the mail: it is asked before the mail is sent again (see
+  ``ProviderClient.lookup``). Counted by the circuit breaker.
 - ``Misconfigured``: 401/403 (and 402/404/405: a wrong key, account, domain
   or URL). Logged as an error, fail over; counted by the circuit breaker.
 - ``Rejected``: 400/413/422 and other 4xx. This provider will never take this
@@ -25,7 +29,7 @@ from typing import ClassVar
 
 import aiohttp
 
-from ..messages import Address, Mail, Outcome
+from ..messages import Address, Check, Mail, Outcome
 
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500
@@ -62,6 +66,28 @@ class Transient(Result):
 
 
 @dataclass(frozen=True, slots=True)
+class Unknown(Result):
+    """No answer, after the request may have reached the provider: a read timeout, or
+    the connection dropped once the request was sent. The provider may have taken
+    the mail. Counted by the breaker (a provider this slow is unwell)."""
+
+    reason: str
+    outcome: ClassVar[Outcome] = Outcome.UNKNOWN
+    unwell: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a provider's records say about a mail (``ProviderClient.lookup``)."""
+
+    check: Check
+    #: The provider's id for the mail when it has it (``Check.TAKEN``).
+    message_id: str | None = None
+    #: Why it could not be checked, for the history (``Check.CANNOT``).
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Misconfigured(Result):
     reason: str
     status: int | None = None
@@ -86,6 +112,12 @@ class ProviderClient(abc.ABC):
     async def send(self, mail: Mail) -> Result:
         """Hand ``mail`` to the provider and say how that went."""
 
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        """Whether this provider took ``mail`` (by its ``Message-ID``) at or after the
+        unix time ``since``: asked before a mail whose attempt is ``unknown`` is sent
+        again. Never raises; a provider with no way to ask says ``Check.CANNOT``."""
+        return Found(Check.CANNOT, reason=f"{self.name} offers no lookup by Message-ID")
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections (one HTTP session per provider, reused)."""
 
@@ -101,6 +133,53 @@ def http_session(timeout: float) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("Accept-Encoding",),
     )
+
+
+#: Share of the provider timeout that getting a connection (a pooled one, or DNS,
+#: TCP and TLS) may take. Below 1 so that its timeout fires before the total one
+#: and raises ``ConnectionTimeoutError``: nothing was sent, unlike a total timeout.
+CONNECT_SHARE = 0.5
+#: Errors raised before any byte of the request was sent (aiohttp's connector
+#: errors): the provider cannot have the mail. ``ClientConnectorError`` covers
+#: DNS, refused, unreachable, TLS and proxy failures.
+NOT_SENT = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerFingerprintMismatch,
+)
+
+
+def request_timeout(total: float) -> aiohttp.ClientTimeout:
+    """The timeouts of one call: ``total`` for all of it, a share for the connection."""
+    return aiohttp.ClientTimeout(total=total, connect=total * CONNECT_SHARE)
+
+
+def no_answer(exc: BaseException, timeouts: aiohttp.ClientTimeout, key: str) -> Result:
+    """The result of a provider call that raised ``exc`` instead of answering.
+
+    ``Transient`` when the request never left (``NOT_SENT``); otherwise ``Unknown``:
+    a timeout after connecting, or the connection lost while sending or before the
+    answer was read (``ServerDisconnectedError``, ``ClientOSError``,
+    ``ClientPayloadError``, a malformed answer), so the provider may have the mail.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Transient(f"connection error: no connection within {timeouts.connect:g}s")
+    if isinstance(exc, NOT_SENT):
+        return Transient(redact(f"connection error: {describe(exc)}", key))
+    if isinstance(exc, TimeoutError):
+        return Unknown(f"timeout after {timeouts.total:g}s waiting for the answer")
+    return Unknown(redact(f"connection lost before the answer: {describe(exc)}", key))
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception (the type alone when it has no message)."""
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def redact(text: str, key: str) -> str:
+    """``text`` with the API key masked (error bodies and driver messages may echo it)."""
+    return text.replace(key, "[redacted]") if key else text
 
 
 def classify(status: int, reason: str, retry_after: str | None = None) -> Result:

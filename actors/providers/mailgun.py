@@ -3,28 +3,44 @@
 Success is ``200`` ``{"id": "<...@domain>", "message": "Queued. Thank you."}``.
 Errors are JSON ``{"message": ...}``, except ``401``, which is the plain text
 ``Forbidden``. See the provider API notes (providers.md).
+
+A failure before the request could reach Mailgun (no connection) is
+``Transient``; one after it may have (no answer in time, the connection lost
+before the answer) is ``Unknown``. Mailgun uses the ``h:Message-Id`` we send
+as the message's id, so ``lookup`` asks its Events API (``GET
+/v3/{domain}/events``) for an ``accepted`` event with that id.
 """
 
 from __future__ import annotations
 
 import base64
+import math
+from typing import Any
 
 import aiohttp
 import orjson
 
 from config import MailgunConfig
 
-from ..messages import Mail
+from ..messages import Check, Mail
 from . import (
     Accepted,
+    Found,
     Misconfigured,
     ProviderClient,
     Result,
-    Transient,
     classify,
+    describe,
     formatted_address,
     http_session,
+    no_answer,
+    redact,
+    request_timeout,
+    shorten,
 )
+
+#: The most events one page holds (the Events API's maximum).
+EVENTS_LIMIT = 300
 
 
 class MailgunClient(ProviderClient):
@@ -34,7 +50,10 @@ class MailgunClient(ProviderClient):
         self.name = config.name
         self._config = config
         self._timeout = timeout
-        self._url = f"{config.base_url.rstrip('/')}/v3/{config.domain}/messages"
+        base = f"{config.base_url.rstrip('/')}/v3/{config.domain}"
+        self._url = f"{base}/messages"
+        self._events_url = f"{base}/events"
+        self._timeouts = request_timeout(timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -57,18 +76,57 @@ class MailgunClient(ProviderClient):
                 data=aiohttp.FormData(form(mail)),
                 headers={"Authorization": basic_auth("api", key)},
                 allow_redirects=False,
+                timeout=self._timeouts,
             ) as resp:
                 raw = await resp.read()
                 if 200 <= resp.status < 300:
                     return Accepted(message_id=_message_id(raw))
-                reason = _redact(_error_reason(raw), key)
+                reason = redact(_error_reason(raw), key)
                 return classify(resp.status, reason, resp.headers.get("Retry-After"))
-        except TimeoutError:
-            return Transient(f"timeout after {self._timeout:g}s")
         except aiohttp.InvalidURL:
             return Misconfigured(f"invalid Mailgun URL {self._url!r}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, key)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        """Whether Mailgun accepted ``mail``: an ``accepted`` event with its Message-ID
+        at or after ``since`` (whole seconds, rounded down; the caller allows for clock
+        skew). Any failure to ask is ``Check.CANNOT``.
+
+        Mailgun's events can take a while to become searchable (its docs advise
+        trusting a page only once its events are half an hour old), so a
+        ``NOT_FOUND`` soon after the send is weaker than a ``TAKEN``.
+        """
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        key = self._config.api_key.reveal()
+        params = {
+            "message-id": mail.message_id.strip("<>"),
+            "begin": str(math.floor(since)) if math.isfinite(since) and since > 0 else "0",
+            "ascending": "yes",
+            "limit": str(EVENTS_LIMIT),
+            "event": "accepted",
+        }
+        try:
+            async with self._session.get(
+                self._events_url,
+                params=params,
+                headers={"Authorization": basic_auth("api", key)},
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    reason = shorten(redact(_error_reason(raw), key))
+                    return _cannot(f"events search: HTTP {resp.status}: {reason}")
+        except aiohttp.InvalidURL:
+            return _cannot(f"invalid Mailgun URL {self._events_url!r}")
+        except TimeoutError:
+            return _cannot(f"events search: no answer within {self._timeouts.total:g}s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Transient(_redact(f"connection error: {_describe(exc)}", key))
+            return _cannot(redact(f"events search: connection error: {describe(exc)}", key))
+        return _found(raw, mail.message_id)
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -108,6 +166,36 @@ def _message_id(raw: bytes) -> str:
     return str(data["id"]) if isinstance(data, dict) and data.get("id") else ""
 
 
+def _found(raw: bytes, message_id: str) -> Found:
+    """What an events search answer says: ``TAKEN`` if it lists an ``accepted`` event,
+    else ``NOT_FOUND``. The id is the event's message id, angle brackets put back
+    (``message_id``, the one searched for, if the event has none)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _cannot("events search: the answer is not JSON")
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return _cannot("events search: the answer has no list of items")
+    for item in items:
+        if isinstance(item, dict) and item.get("event") == "accepted":
+            found = _event_message_id(item)
+            return Found(Check.TAKEN, message_id=f"<{found}>" if found else message_id)
+    return Found(Check.NOT_FOUND)
+
+
+def _event_message_id(item: dict[str, Any]) -> str:
+    """``message.headers.message-id`` of an event ("" if it has none)."""
+    message = item.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    value = headers.get("message-id") if isinstance(headers, dict) else None
+    return value.strip("<>") if isinstance(value, str) else ""
+
+
+def _cannot(reason: str) -> Found:
+    return Found(Check.CANNOT, reason=reason)
+
+
 def _error_reason(raw: bytes) -> str:
     """The ``message`` of a Mailgun error body, or its text (401 is plain ``Forbidden``)."""
     text = raw.decode("utf-8", errors="replace")
@@ -118,12 +206,3 @@ def _error_reason(raw: bytes) -> str:
     if isinstance(data, dict) and data.get("message"):
         return str(data["message"])
     return text
-
-
-def _describe(exc: BaseException) -> str:
-    detail = str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def _redact(text: str, key: str) -> str:
-    return text.replace(key, "[redacted]") if key else text

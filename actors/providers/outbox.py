@@ -4,7 +4,8 @@ Useful in development and as the last link of a chain. Bcc recipients are left
 out of the file entirely (a Bcc header would tell every reader who else got
 the mail). Writing is atomic (a temporary file in the same directory, then
 ``os.replace``), so a reader never sees half a file, and writing the same mail
-again simply replaces the file.
+again simply replaces the file. So the file is there exactly when a send
+finished writing it, which is what ``lookup`` asks.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from pathlib import Path
 
 from config import OutboxConfig
 
-from ..messages import Address, Mail
+from ..messages import Address, Check, Mail
 from . import (
     MAX_ENCODED_WORD,
     Accepted,
+    Found,
     ProviderClient,
     Rejected,
     Result,
@@ -64,6 +66,19 @@ class OutboxClient(ProviderClient):
         except OSError as exc:
             return Transient(f"cannot write outbox: {exc.strerror or exc}")
         return Accepted(message_id=mail.message_id)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        """``TAKEN`` if the mail's file is in the outbox (written whenever: the file
+        holds this mail alone), ``NOT_FOUND`` if not; ``CANNOT`` if it cannot be told."""
+        if not _safe_file_name(mail.id):
+            return Found(Check.NOT_FOUND)  # send refuses such a mail: never written
+        try:
+            await asyncio.to_thread(os.stat, self._directory / f"{mail.id}.eml")
+        except (FileNotFoundError, NotADirectoryError):
+            return Found(Check.NOT_FOUND)
+        except OSError as exc:
+            return Found(Check.CANNOT, reason=f"cannot read outbox: {exc.strerror or exc}")
+        return Found(Check.TAKEN, message_id=mail.message_id)
 
 
 def render(mail: Mail) -> bytes:

@@ -3,6 +3,10 @@
 Success is ``202`` with an empty body and the message id in ``X-Message-Id``.
 Errors are JSON ``{"errors": [{"message", "field", "help"}]}``, except that a
 ``413`` may be an HTML page. See the provider API notes (providers.md).
+
+A failure before the request could reach SendGrid (no connection) is
+``Transient``; one after it may have (no answer in time, the connection lost
+before the answer) is ``Unknown``: SendGrid may have taken the mail.
 """
 
 from __future__ import annotations
@@ -14,8 +18,19 @@ import orjson
 
 from config import SendGridConfig
 
-from ..messages import Address, Mail
-from . import Accepted, Misconfigured, ProviderClient, Result, Transient, classify, http_session
+from ..messages import Address, Check, Mail
+from . import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Result,
+    classify,
+    http_session,
+    no_answer,
+    redact,
+    request_timeout,
+)
 
 #: Characters SendGrid refuses in a recipient's name.
 _NAME_FORBIDDEN = str.maketrans({";": " ", ",": " "})
@@ -29,6 +44,7 @@ class SendGridClient(ProviderClient):
         self._config = config
         self._timeout = timeout
         self._url = f"{config.base_url.rstrip('/')}/v3/mail/send"
+        self._timeouts = request_timeout(timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -48,18 +64,30 @@ class SendGridClient(ProviderClient):
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         try:
             async with self._session.post(
-                self._url, data=orjson.dumps(body(mail)), headers=headers, allow_redirects=False
+                self._url,
+                data=orjson.dumps(body(mail)),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts,
             ) as resp:
                 if 200 <= resp.status < 300:
                     return Accepted(message_id=resp.headers.get("X-Message-Id", ""))
-                reason = _redact(_error_reason(await resp.read()), key)
+                reason = redact(_error_reason(await resp.read()), key)
                 return classify(resp.status, reason, resp.headers.get("Retry-After"))
-        except TimeoutError:
-            return Transient(f"timeout after {self._timeout:g}s")
         except aiohttp.InvalidURL:
             return Misconfigured(f"invalid SendGrid URL {self._url!r}")
-        except (aiohttp.ClientError, OSError) as exc:
-            return Transient(_redact(f"connection error: {_describe(exc)}", key))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, key)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)
+
+
+#: Why a SendGrid send whose answer was lost cannot be checked.
+LOOKUP_UNAVAILABLE = (
+    "SendGrid has no lookup by Message-ID (its Email Activity API is a paid add-on "
+    "and searches by SendGrid's own message id, which a lost answer never gave us)"
+)
 
 
 def body(mail: Mail) -> dict[str, Any]:
@@ -115,12 +143,3 @@ def _error_reason(raw: bytes) -> str:
         if messages:
             return "; ".join(messages)
     return text
-
-
-def _describe(exc: BaseException) -> str:
-    detail = str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def _redact(text: str, key: str) -> str:
-    return text.replace(key, "[redacted]") if key else text

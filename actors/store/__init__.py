@@ -8,7 +8,9 @@ implementations. ``open_store`` picks one by URL.
 from .base import (
     KEY_COLUMNS,
     ApiKey,
+    Begun,
     BreakerState,
+    DeadLetter,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -29,7 +31,9 @@ from .base import (
 __all__ = [
     "KEY_COLUMNS",
     "ApiKey",
+    "Begun",
     "BreakerState",
+    "DeadLetter",
     "Idempotency",
     "IdempotencyMismatch",
     "MailQuery",

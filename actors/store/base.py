@@ -137,6 +137,39 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Begun:
+    """What ``begin_attempt`` found and did.
+
+    ``attempt_id`` is set when an attempt was recorded as ``pending`` (the
+    caller may now call the provider). Otherwise ``why`` says what stopped it:
+    ``final`` (the mail is ``sent`` or ``failed``), ``busy`` (another attempt
+    is in flight and not stale) or ``unchecked`` (``unknown`` attempts wait to
+    be checked with their providers first: ``unknown`` holds them).
+    """
+
+    mail: Mail
+    status: Status
+    attempt_id: int | None = None
+    why: str | None = None
+    unknown: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A mailbox record that could not be handled, kept with why and its raw bytes."""
+
+    id: int
+    #: The mailbox (``send.sendgrid``, ``status``...) it was taken from.
+    mailbox: str
+    #: The mail it is about, when that could be read from it.
+    mail_id: str | None
+    payload: bytes
+    error: str
+    at: float
+    replayed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerState:
     """A provider's circuit-breaker state as every process shares it.
 
@@ -245,6 +278,46 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        """Record an attempt with ``provider`` as ``pending`` before the call, if it may be made.
+
+        One transaction. ``pending`` attempts of the mail that started before
+        ``stale_before`` become ``unknown`` (their call outlived its process or
+        its time). No attempt is recorded if the mail is final, another attempt
+        is still pending, or ``unknown`` attempts are not checked yet (see
+        ``Begun``). Otherwise the mail is ``sending``, due now. None if unknown.
+        """
+
+    @abc.abstractmethod
+    async def sweep(self, now: float, stale_before: float, limit: int = 500) -> list[str]:
+        """Pick up mails that nothing is handling any more; the ids picked up.
+
+        ``pending`` attempts started before ``stale_before`` become ``unknown``;
+        mails ``sending``, due before ``stale_before``, with no pending attempt
+        and no outbox entry get a new outbox entry (the relay dispatches them
+        again) and are due ``now``. One transaction, at most ``limit`` mails.
+        """
+
+    # --- dead letters ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_dead_letter(
+        self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float
+    ) -> int:
+        """Keep a record no handler could handle; its id. The mail, if known and not
+        final, becomes ``failed`` with the error as its reason. One transaction."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, *, replayed: bool = False, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters, oldest first; those already replayed only with ``replayed``."""
+
+    @abc.abstractmethod
+    async def mark_replayed(self, ids: Sequence[int], at: float) -> None:
+        """Note that these dead letters were replayed."""
+
+    @abc.abstractmethod
     async def transition(
         self, mail_id: str, status: Status, at: float, reason: str | None = None
     ) -> Transition | None:
@@ -285,8 +358,9 @@ class Store(abc.ABC):
 
         Used at start by the one process of an in-memory deployment, whose
         mailboxes (and relay) died with the last run: it also releases every
-        lease, so entries claimed by that relay are published again at once.
-        Returns how many entries were made.
+        lease, so entries claimed by that relay are published again at once,
+        and turns every ``pending`` attempt ``unknown`` (its call died with
+        that run). Returns how many entries were made.
         """
 
     @abc.abstractmethod

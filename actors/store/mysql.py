@@ -52,7 +52,9 @@ from . import sql
 from .base import (
     KEY_COLUMNS,
     ApiKey,
+    Begun,
     BreakerState,
+    DeadLetter,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -161,6 +163,23 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
     """
     ALTER TABLE outbox ADD COLUMN round INT NOT NULL DEFAULT 0
+    """,
+    # 5: attempts recorded before their call (pending -> outcome, or unknown), when a
+    # mail is next due (the sweeper), and dead letters.
+    f"""
+    ALTER TABLE mails ADD COLUMN due_at DOUBLE NULL;
+    CREATE INDEX mails_by_due ON mails (status, due_at);
+    ALTER TABLE attempts ADD COLUMN checked VARCHAR(16) NULL;
+    CREATE INDEX attempts_by_outcome ON attempts (outcome, at);
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        mailbox     VARCHAR(255) NOT NULL,
+        mail_id     VARCHAR(64) NULL,
+        payload     LONGTEXT NOT NULL,  -- base64 of the record's bytes
+        error       TEXT NOT NULL,
+        at          DOUBLE NOT NULL,
+        replayed_at DOUBLE NULL
+    ) {_TABLE_OPTIONS}
     """,
 )
 
@@ -641,17 +660,13 @@ class MySQLStore(Store):
             for update in updates:
                 if update.mail_id not in known:
                     continue
-                if update.attempt is not None:
-                    await _record_attempt(cur, update.mail_id, update.attempt)
-                await _move(
-                    cur,
-                    update.mail_id,
-                    update.status,
-                    update.at,
-                    provider=update.provider,
-                    provider_message_id=update.provider_message_id,
-                    reason=update.reason,
-                )
+                attempt = update.attempt
+                if attempt is not None and attempt.id is None:
+                    await _record_attempt(cur, update.mail_id, attempt)
+                elif attempt is not None:
+                    await cur.execute(Q.finish_attempt, sql.finish_values(update.mail_id, attempt))
+                if update.status in sql.MOVE_ORDER:
+                    await cur.execute(Q.move(update.status), sql.move_values(update))
 
         await self._run(body)
 
@@ -672,6 +687,90 @@ class MySQLStore(Store):
             return Transition(changed=False, status=current)
 
         return await self._run(body)
+
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        if not _storable_id(mail_id):
+            return None
+
+        async def body(cur: Any) -> Begun | None:
+            # The mail's row locked: two begins for one mail take turns.
+            await cur.execute(
+                "SELECT payload, status FROM mails WHERE id = %s FOR UPDATE", (mail_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            mail, status = decode(Mail, row[0]), Status(row[1])
+            if status.terminal:
+                return Begun(mail, status, why="final")
+            await cur.execute(Q.stale_attempts_of, (sql.STALE_REASON, mail_id, stale_before))
+            await cur.execute(Q.live_attempt, (mail_id,))
+            if await cur.fetchone() is not None:
+                return Begun(mail, status, why="busy")
+            await cur.execute(Q.unchecked, (mail_id,))
+            unknown = tuple(sql.attempt_from_row(r) for r in await cur.fetchall())
+            if unknown:
+                return Begun(mail, status, why="unchecked", unknown=unknown)
+            await cur.execute(Q.insert_pending, (mail_id, provider, round_, at))
+            attempt_id = int(cur.lastrowid)
+            await cur.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
+            return Begun(mail, Status.SENDING, attempt_id=attempt_id)
+
+        return await self._run(body)
+
+    async def sweep(self, now: float, stale_before: float, limit: int = 500) -> list[str]:
+        async def body(cur: Any) -> list[str]:
+            await cur.execute(Q.stale_attempts, (sql.STALE_REASON, stale_before))
+            await cur.execute(Q.forgotten, (stale_before, limit))
+            rows = list(await cur.fetchall())
+            if not rows:
+                return []
+            ids = sorted(r[0] for r in rows)
+            await _lock_mails(cur, ids)
+            for chunk in sql.chunks(rows):
+                await cur.execute(Q.insert_rounds(len(chunk)), [v for r in chunk for v in r])
+            for chunk in sql.chunks(ids):
+                await cur.execute(Q.due_now(len(chunk)), (now, *chunk))
+            return [r[0] for r in rows]
+
+        return await self._run(body)
+
+    async def add_dead_letter(
+        self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float
+    ) -> int:
+        known = mail_id if mail_id is not None and _storable_id(mail_id) else None
+
+        async def body(cur: Any) -> int:
+            await cur.execute(Q.insert_dead_letter, (mailbox, known, sql.b64(payload), error, at))
+            letter = int(cur.lastrowid)
+            if known is not None and await _lock_mails(cur, [known]):
+                reason = sql.dead_letter_reason(letter, error)
+                await cur.execute(
+                    Q.move(Status.FAILED),
+                    (Status.FAILED.value, at, None, None, reason, at, known),
+                )
+            return letter
+
+        return await self._run(body)
+
+    async def dead_letters(self, *, replayed: bool = False, limit: int = 1000) -> list[DeadLetter]:
+        async def body(cur: Any) -> list[DeadLetter]:
+            await cur.execute(Q.dead_letters, (replayed, limit))
+            return [sql.dead_letter_from_row(r) for r in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    async def mark_replayed(self, ids: Sequence[int], at: float) -> None:
+        if not ids:
+            return
+
+        async def body(cur: Any) -> None:
+            for chunk in sql.chunks(ids):
+                await cur.execute(Q.mark_replayed(len(chunk)), (at, *chunk))
+
+        await self._run(body)
 
     async def unfinished(self) -> list[Pending]:
         async def body(cur: Any) -> list[Pending]:
@@ -712,7 +811,7 @@ class MySQLStore(Store):
             # Mail rows in id order, like every other locking statement here.
             mail_ids = sorted(e.mail_id for e in entries)
             await _lock_mails(cur, mail_ids)
-            await cur.execute(Q.mark_sending(len(mail_ids)), (now, *mail_ids))
+            await cur.execute(Q.mark_sending(len(mail_ids)), (now, now, *mail_ids))
             return entries
 
         return await self._run(body)
@@ -729,6 +828,8 @@ class MySQLStore(Store):
 
     async def requeue_unfinished(self) -> int:
         async def body(cur: Any) -> int:
+            # The process whose calls these were is gone: their answers are unknown.
+            await cur.execute(Q.stale_attempts, (sql.STALE_REASON, sql.FOREVER))
             made: int = await cur.execute(Q.requeue, sql.UNFINISHED)
             await cur.execute(Q.release_leases)
             return made
@@ -849,7 +950,7 @@ async def _move(
     if status not in sql.MOVE_ORDER:  # nothing moves to queued
         return
     await cur.execute(
-        Q.move(status), (status.value, at, provider, provider_message_id, reason, mail_id)
+        Q.move(status), (status.value, at, provider, provider_message_id, reason, at, mail_id)
     )
 
 

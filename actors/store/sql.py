@@ -10,12 +10,23 @@ MySQL's.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..messages import ALLOWED_FROM, Attempt, Mail, Outcome, Status, StatusUpdate, decode, encode
-from .base import BreakerState, MailRecord, MailSummary, OutboxEntry, Pending
+from ..messages import (
+    ALLOWED_FROM,
+    Attempt,
+    Check,
+    Mail,
+    Outcome,
+    Status,
+    StatusUpdate,
+    decode,
+    encode,
+)
+from .base import BreakerState, DeadLetter, MailRecord, MailSummary, OutboxEntry, Pending
 
 #: A mail still on its way: a restart hands these to the senders again.
 UNFINISHED: tuple[str, ...] = (Status.QUEUED.value, Status.SENDING.value)
@@ -30,7 +41,13 @@ CHUNK = 500
 MOVE_ORDER: tuple[Status, ...] = (Status.SENDING, Status.SENT, Status.FAILED)
 
 MAIL_COLUMNS = "id, status, payload, created_at, updated_at, tenant"
-ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id"
+ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id, id, checked"
+DEAD_LETTER_COLUMNS = "id, mailbox, mail_id, payload, error, at, replayed_at"
+
+#: Why a ``pending`` attempt became ``unknown``.
+STALE_REASON = "no answer recorded: the call outlived its process or its time"
+#: A time after every attempt (both databases bind it; infinity MySQL cannot).
+FOREVER = 1e18
 RECORD_COLUMNS = "payload, status, updated_at, provider, provider_message_id, reason"
 
 
@@ -113,15 +130,125 @@ class Sql:
                 updated_at = {m},
                 provider = COALESCE({m}, provider),
                 provider_message_id = COALESCE({m}, provider_message_id),
-                reason = COALESCE({m}, reason)
+                reason = COALESCE({m}, reason),
+                due_at = {m}
             WHERE id = {m} AND status IN ({allowed})
         """
 
     def mark_sending(self, count: int) -> str:
         """Claimed mails still ``queued`` become ``sending`` (handed to the senders)."""
         return (
-            f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {self.mark} "
+            f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {self.mark}, "
+            f"due_at = {self.mark} "
             f"WHERE id IN ({self.marks(count)}) AND status = '{Status.QUEUED.value}'"
+        )
+
+    # --- attempts recorded before the call, and the sweeper ---------------------------
+
+    @property
+    def finish_attempt(self) -> str:
+        """An attempt recorded before its call gets its outcome (parameters: ``finish_values``)."""
+        m = self.mark
+        return (
+            f"UPDATE attempts SET outcome = {m}, reason = {m}, "
+            f"message_id = COALESCE({m}, message_id), checked = COALESCE({m}, checked) "
+            f"WHERE id = {m} AND mail_id = {m}"
+        )
+
+    @property
+    def stale_attempts_of(self) -> str:
+        """A mail's pending attempts started before a time become unknown (reason, id, before)."""
+        m = self.mark
+        return (
+            f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
+            f"WHERE mail_id = {m} AND outcome = '{Outcome.PENDING.value}' AND at < {m}"
+        )
+
+    @property
+    def stale_attempts(self) -> str:
+        """Every pending attempt started before a time becomes unknown (reason, before)."""
+        m = self.mark
+        return (
+            f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
+            f"WHERE outcome = '{Outcome.PENDING.value}' AND at < {m}"
+        )
+
+    @property
+    def live_attempt(self) -> str:
+        return (
+            f"SELECT 1 FROM attempts WHERE mail_id = {self.mark} "
+            f"AND outcome = '{Outcome.PENDING.value}' LIMIT 1"
+        )
+
+    @property
+    def unchecked(self) -> str:
+        """A mail's unknown attempts nobody asked its provider about yet."""
+        return (
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {self.mark} "
+            f"AND outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL ORDER BY at, id"
+        )
+
+    @property
+    def insert_pending(self) -> str:
+        return (
+            "INSERT INTO attempts (mail_id, provider, round, at, outcome) "
+            f"VALUES ({self.marks(4)}, '{Outcome.PENDING.value}')"
+        )
+
+    @property
+    def begin_sending(self) -> str:
+        """The mail is ``sending`` and due now (parameters: at, at, mail id)."""
+        m = self.mark
+        return (
+            f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {m}, due_at = {m} "
+            f"WHERE id = {m} AND status IN ({self.marks(len(UNFINISHED))})"
+        )
+
+    @property
+    def forgotten(self) -> str:
+        """Mails ``sending``, due before a time, with no pending attempt and no outbox entry:
+        id, created_at and the round they are in (parameters: before, limit)."""
+        m = self.mark
+        return f"""
+            SELECT m.id, m.created_at,
+                   (SELECT COALESCE(MAX(a.round), 0) FROM attempts AS a WHERE a.mail_id = m.id)
+            FROM mails AS m
+            WHERE m.status = '{Status.SENDING.value}' AND COALESCE(m.due_at, m.updated_at) < {m}
+              AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.mail_id = m.id)
+              AND NOT EXISTS (
+                  SELECT 1 FROM attempts AS a
+                  WHERE a.mail_id = m.id AND a.outcome = '{Outcome.PENDING.value}'
+              )
+            ORDER BY m.created_at
+            LIMIT {m}
+        """
+
+    def insert_rounds(self, count: int) -> str:
+        return f"INSERT INTO outbox (mail_id, accepted_at, round) VALUES {self.rows(count, 3)}"
+
+    def due_now(self, count: int) -> str:
+        return f"UPDATE mails SET due_at = {self.mark} WHERE id IN ({self.marks(count)})"
+
+    # --- dead letters -------------------------------------------------------------------
+
+    @property
+    def insert_dead_letter(self) -> str:
+        return (
+            "INSERT INTO dead_letters (mailbox, mail_id, payload, error, at) "
+            f"VALUES ({self.marks(5)})"
+        )
+
+    @property
+    def dead_letters(self) -> str:
+        return (
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters "
+            f"WHERE replayed_at IS NULL OR {self.mark} ORDER BY id LIMIT {self.mark}"
+        )
+
+    def mark_replayed(self, count: int) -> str:
+        return (
+            f"UPDATE dead_letters SET replayed_at = {self.mark} "
+            f"WHERE id IN ({self.marks(count)}) AND replayed_at IS NULL"
         )
 
     # --- the outbox --------------------------------------------------------------
@@ -253,7 +380,30 @@ def move_values(update: StatusUpdate) -> tuple[object, ...]:
         update.provider,
         update.provider_message_id,
         update.reason,
+        update.at if update.due_at is None else update.due_at,
         update.mail_id,
+    )
+
+
+def b64(data: bytes) -> str:
+    """A dead letter's bytes as stored (text: the drivers agree on it)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def dead_letter_reason(letter: int | None, error: str) -> str:
+    """A dead-lettered mail's ``failed`` reason."""
+    return f"a record about this mail could not be handled (dead letter {letter}): {error}"[:1000]
+
+
+def finish_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
+    """Parameters of ``Sql.finish_attempt`` (``attempt.id`` is set)."""
+    return (
+        attempt.outcome.value,
+        attempt.reason,
+        attempt.message_id,
+        None if attempt.checked is None else attempt.checked.value,
+        attempt.id,
+        mail_id,
     )
 
 
@@ -269,7 +419,7 @@ def moves_in_order(updates: Sequence[StatusUpdate]) -> Iterator[tuple[Status, li
 
 
 def attempt_from_row(row: Sequence[Any]) -> Attempt:
-    provider, round_, at, outcome, reason, message_id = row
+    provider, round_, at, outcome, reason, message_id, attempt_id, checked = row
     return Attempt(
         provider=provider,
         round=round_,
@@ -277,6 +427,21 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
         outcome=Outcome(outcome),
         reason=reason,
         message_id=message_id,
+        id=int(attempt_id),
+        checked=None if checked is None else Check(checked),
+    )
+
+
+def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
+    letter_id, mailbox, mail_id, payload, error, at, replayed_at = row
+    return DeadLetter(
+        id=int(letter_id),
+        mailbox=mailbox,
+        mail_id=mail_id,
+        payload=base64.b64decode(payload),
+        error=error,
+        at=at,
+        replayed_at=replayed_at,
     )
 
 

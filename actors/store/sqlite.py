@@ -38,12 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..messages import Mail, Status, StatusUpdate
+from ..messages import Mail, Status, StatusUpdate, decode
 from . import sql
 from .base import (
     KEY_COLUMNS,
     ApiKey,
+    Begun,
     BreakerState,
+    DeadLetter,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -146,6 +148,23 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
     """
     ALTER TABLE outbox ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 5: attempts recorded before their call (pending -> outcome, or unknown), when a
+    # mail is next due (the sweeper), and dead letters.
+    """
+    ALTER TABLE mails ADD COLUMN due_at REAL NULL;
+    CREATE INDEX mails_by_due ON mails (status, due_at);
+    ALTER TABLE attempts ADD COLUMN checked TEXT NULL;  -- unknown attempts: what asking found
+    CREATE INDEX attempts_by_outcome ON attempts (outcome, at);
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        mailbox     TEXT NOT NULL,
+        mail_id     TEXT NULL,
+        payload     TEXT NOT NULL,  -- base64 of the record's bytes as the mailbox held them
+        error       TEXT NOT NULL,
+        at          REAL NOT NULL,
+        replayed_at REAL NULL
+    );
     """,
 )
 
@@ -515,6 +534,32 @@ class SQLiteStore(Store):
         result: Transition | None = await self._write(_TRANSITION, (mail_id, status, at, reason))
         return result
 
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        begun: Begun | None = await self._write(
+            _BEGIN, (mail_id, provider, round_, at, stale_before)
+        )
+        return begun
+
+    async def sweep(self, now: float, stale_before: float, limit: int = 500) -> list[str]:
+        swept: list[str] = await self._write(_SWEEP, (now, stale_before, limit))
+        return swept
+
+    async def add_dead_letter(
+        self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float
+    ) -> int:
+        letter: int = await self._write(_ADD_DEAD_LETTER, (mailbox, mail_id, payload, error, at))
+        return letter
+
+    async def dead_letters(self, *, replayed: bool = False, limit: int = 1000) -> list[DeadLetter]:
+        found: list[DeadLetter] = await self._read(_DEAD_LETTERS, (replayed, limit))
+        return found
+
+    async def mark_replayed(self, ids: Sequence[int], at: float) -> None:
+        if ids:
+            await self._write(_MARK_REPLAYED, (tuple(ids), at))
+
     async def unfinished(self) -> list[Pending]:
         pending: list[Pending] = await self._read(_UNFINISHED_MAILS)
         return pending
@@ -722,15 +767,94 @@ def _APPLY(db: sqlite3.Connection, batches: list[list[StatusUpdate]]) -> list[No
     attempts = [
         (*sql.attempt_values(u.mail_id, u.attempt), u.mail_id)
         for u in updates
-        if u.attempt is not None
+        if u.attempt is not None and u.attempt.id is None
     ]
     if attempts:
         db.executemany(_INSERT_ATTEMPT, attempts)
+    finished = [
+        sql.finish_values(u.mail_id, u.attempt)
+        for u in updates
+        if u.attempt is not None and u.attempt.id is not None
+    ]
+    if finished:
+        db.executemany(Q.finish_attempt, finished)
     # Moves in the order they can follow each other; a move that is not
     # allowed from the status reached is skipped, as one by one.
     for status, group in sql.moves_in_order(updates):
         db.executemany(Q.move(status), [sql.move_values(u) for u in group])
     return [None] * len(batches)
+
+
+@op()
+@single
+def _BEGIN(
+    db: sqlite3.Connection,
+    mail_id: str,
+    provider: str,
+    round_: int,
+    at: float,
+    stale_before: float,
+) -> Begun | None:
+    row = db.execute("SELECT payload, status FROM mails WHERE id = ?", (mail_id,)).fetchone()
+    if row is None:
+        return None
+    mail, status = decode(Mail, row[0]), Status(row[1])
+    if status.terminal:
+        return Begun(mail, status, why="final")
+    db.execute(Q.stale_attempts_of, (sql.STALE_REASON, mail_id, stale_before))
+    if db.execute(Q.live_attempt, (mail_id,)).fetchone() is not None:
+        return Begun(mail, status, why="busy")
+    unknown = tuple(sql.attempt_from_row(r) for r in db.execute(Q.unchecked, (mail_id,)))
+    if unknown:
+        return Begun(mail, status, why="unchecked", unknown=unknown)
+    attempt_id = db.execute(Q.insert_pending, (mail_id, provider, round_, at)).lastrowid
+    db.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
+    return Begun(mail, Status.SENDING, attempt_id=attempt_id)
+
+
+@op()
+@single
+def _SWEEP(db: sqlite3.Connection, now: float, stale_before: float, limit: int) -> list[str]:
+    db.execute(Q.stale_attempts, (sql.STALE_REASON, stale_before))
+    rows = db.execute(Q.forgotten, (stale_before, limit)).fetchall()
+    for chunk in sql.chunks(rows):
+        db.execute(Q.insert_rounds(len(chunk)), [v for r in chunk for v in r])
+        db.execute(Q.due_now(len(chunk)), (now, *(r[0] for r in chunk)))
+    return [r[0] for r in rows]
+
+
+@op()
+@single
+def _ADD_DEAD_LETTER(
+    db: sqlite3.Connection,
+    mailbox: str,
+    mail_id: str | None,
+    payload: bytes,
+    error: str,
+    at: float,
+) -> int:
+    letter = db.execute(
+        Q.insert_dead_letter, (mailbox, mail_id, sql.b64(payload), error, at)
+    ).lastrowid
+    if mail_id is not None:
+        reason = sql.dead_letter_reason(letter, error)
+        db.execute(
+            Q.move(Status.FAILED), (Status.FAILED.value, at, None, None, reason, at, mail_id)
+        )
+    return int(letter or 0)
+
+
+@op()
+@single
+def _DEAD_LETTERS(db: sqlite3.Connection, replayed: bool, limit: int) -> list[DeadLetter]:
+    return [sql.dead_letter_from_row(r) for r in db.execute(Q.dead_letters, (replayed, limit))]
+
+
+@op()
+@single
+def _MARK_REPLAYED(db: sqlite3.Connection, ids: tuple[int, ...], at: float) -> None:
+    for chunk in sql.chunks(ids):
+        db.execute(Q.mark_replayed(len(chunk)), (at, *chunk))
 
 
 @op()
@@ -742,7 +866,7 @@ def _TRANSITION(
     if row is None:
         return None
     if status in sql.MOVE_ORDER:
-        moved = db.execute(Q.move(status), (status.value, at, None, None, reason, mail_id))
+        moved = db.execute(Q.move(status), (status.value, at, None, None, reason, at, mail_id))
         if moved.rowcount > 0:
             return Transition(changed=True, status=status)
     return Transition(changed=False, status=Status(row[0]))
@@ -873,7 +997,7 @@ def _CLAIM(
         ids = [e.id for e in entries]
         db.execute(Q.lease(len(ids)), (owner, now + lease_seconds, *ids))
         mail_ids = [e.mail_id for e in entries]
-        db.execute(Q.mark_sending(len(mail_ids)), (now, *mail_ids))
+        db.execute(Q.mark_sending(len(mail_ids)), (now, now, *mail_ids))
     return entries
 
 
@@ -887,6 +1011,8 @@ def _PUBLISHED(db: sqlite3.Connection, ids: tuple[int, ...]) -> None:
 @op()
 @single
 def _REQUEUE(db: sqlite3.Connection) -> int:
+    # The process whose calls these were is gone: their answers are unknown.
+    db.execute(Q.stale_attempts, (sql.STALE_REASON, sql.FOREVER))
     made = max(db.execute(Q.requeue, sql.UNFINISHED).rowcount, 0)
     db.execute(Q.release_leases)
     return made

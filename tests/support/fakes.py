@@ -15,12 +15,22 @@ providers.md. ``mode`` forces a failure:
   fires); stopping the fake releases the waiting request;
 - ``"429"``: 429 with ``Retry-After: {retry_after}``;
 - ``"400"``: a permanent rejection;
-- ``"401"``: the provider's answer to a bad key.
+- ``"401"``: the provider's answer to a bad key;
+- ``"drop"``: serve the request as the healthy provider would (a valid mail is
+  accepted and kept), then close the connection without an answer.
 
-``delay`` seconds are waited before any answer (also cut short by stopping).
-``calls`` counts every request that reached the handler, in any mode;
+``delay`` seconds are waited before a request is looked at; ``answer_delay``
+seconds after it was served (a valid mail already accepted) and before the
+answer goes out, so a client that gives up first leaves the provider holding
+the mail. Stopping the fake cuts both short.
+``calls`` counts every request that reached the send endpoint, in any mode;
 ``received`` holds the parsed bodies of the requests that were accepted, and
 ``message_ids`` the provider message ids they were answered with.
+
+``FakeMailgun`` also serves the Events API (``GET /v3/{domain}/events``): an
+``accepted`` event per recipient of every accepted mail, searchable by
+``message-id``, ``event``, ``begin`` and ``end``. ``mode`` and the delays apply
+to it too; ``lookups`` counts its requests.
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import email.utils
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
 
@@ -39,8 +51,9 @@ import orjson
 from aiohttp import web
 from aiohttp.web_request import FileField
 
-Mode = Literal["up", "503", "timeout", "429", "400", "401"]
+Mode = Literal["up", "503", "timeout", "429", "400", "401", "drop"]
 Body = TypeVar("Body")
+Serve = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeProvider(abc.ABC, Generic[Body]):
@@ -50,12 +63,21 @@ class FakeProvider(abc.ABC, Generic[Body]):
     path: str
 
     def __init__(
-        self, *, api_key: str, mode: Mode = "up", retry_after: str = "1", delay: float = 0.0
+        self,
+        *,
+        api_key: str,
+        mode: Mode = "up",
+        retry_after: str = "1",
+        delay: float = 0.0,
+        answer_delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.mode: Mode = mode
         self.retry_after = retry_after
+        #: Seconds waited before a request is looked at.
         self.delay = delay
+        #: Seconds waited after a request was served (the mail kept), before answering.
+        self.answer_delay = answer_delay
         self.calls = 0
         #: Unix time of every call, in order (for "no call after ..." checks).
         self.call_times: list[float] = []
@@ -69,7 +91,7 @@ class FakeProvider(abc.ABC, Generic[Body]):
     async def __aenter__(self) -> Self:
         self._stopping = asyncio.Event()
         app = web.Application()
-        app.router.add_post(self.path, self._handle)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -84,17 +106,39 @@ class FakeProvider(abc.ABC, Generic[Body]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stopping.set()  # releases requests held by "timeout" mode or a delay
+        self._stopping.set()  # releases requests held by "timeout" mode or the delays
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    def add_routes(self, app: web.Application) -> None:
+        """Route the provider's endpoints to their handlers."""
+        app.router.add_post(self.path, self._handle)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         self.call_times.append(time.time())
-        if self.delay > 0:
+        return await self.answer(request, self.serve)
+
+    async def answer(self, request: web.Request, serve: Serve) -> web.StreamResponse:
+        """Answer ``request`` as ``mode`` and the delays say, ``serve`` being the healthy way."""
+        await self._pause(self.delay)
+        if self.mode not in ("up", "drop"):
+            return await self._failure()
+        response = await serve(request)
+        await self._pause(self.answer_delay)
+        if self.mode == "drop" and request.transport is not None:
+            request.transport.close()  # aiohttp drops an answer written to a closed transport
+        return response
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the fake stops."""
+        if seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.delay)
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _failure(self) -> web.StreamResponse:
+        """The answer of a forced failure ``mode``."""
         if self.mode == "timeout":
             await self._stopping.wait()
             return self.unavailable()
@@ -106,9 +150,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
             return response
         if self.mode == "401":
             return self.unauthorized()
-        if self.mode == "400":
-            return self.bad_request("rejected by the fake (mode 400)")
-        return await self.serve(request)
+        assert self.mode == "400", self.mode
+        return self.bad_request("rejected by the fake (mode 400)")
 
     @abc.abstractmethod
     async def serve(self, request: web.Request) -> web.StreamResponse:
@@ -148,8 +191,15 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
         mode: Mode = "up",
         retry_after: str = "1",
         delay: float = 0.0,
+        answer_delay: float = 0.0,
     ) -> None:
-        super().__init__(api_key=api_key, mode=mode, retry_after=retry_after, delay=delay)
+        super().__init__(
+            api_key=api_key,
+            mode=mode,
+            retry_after=retry_after,
+            delay=delay,
+            answer_delay=answer_delay,
+        )
 
     def mail_ids(self) -> list[str]:
         return [body.get("custom_args", {}).get("mail_id", "") for body in self.received]
@@ -326,9 +376,11 @@ def _is_email(value: object) -> bool:
 
 
 class FakeMailgun(FakeProvider[dict[str, list[str]]]):
-    """Mailgun Messages API: ``POST /v3/{domain}/messages``, Basic ``api:key``, form, 200."""
+    """Mailgun Messages API: ``POST /v3/{domain}/messages``, Basic ``api:key``, form, 200;
+    and its Events API: ``GET /v3/{domain}/events``, the ``accepted`` events."""
 
     path = "/v3/{domain}/messages"
+    events_path = "/v3/{domain}/events"
 
     def __init__(
         self,
@@ -338,19 +390,45 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         mode: Mode = "up",
         retry_after: str = "1",
         delay: float = 0.0,
+        answer_delay: float = 0.0,
     ) -> None:
-        super().__init__(api_key=api_key, mode=mode, retry_after=retry_after, delay=delay)
+        super().__init__(
+            api_key=api_key,
+            mode=mode,
+            retry_after=retry_after,
+            delay=delay,
+            answer_delay=answer_delay,
+        )
         self.domain = domain
+        #: The ``accepted`` events of the accepted mails (one per recipient), in order.
+        self.events: list[dict[str, Any]] = []
+        #: Requests that reached the events endpoint, in any mode.
+        self.lookups = 0
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        app.router.add_get(self.events_path, self._handle_events)
+
+    async def _handle_events(self, request: web.Request) -> web.StreamResponse:
+        self.lookups += 1
+        return await self.answer(request, self.serve_events)
 
     def mail_ids(self) -> list[str]:
         return [fields.get("v:mail_id", [""])[0] for fields in self.received]
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """The answer to a request with a wrong key or domain (None: it may go on)."""
         if _basic_credentials(request.headers.get("Authorization", "")) != ("api", self.api_key):
             return self.unauthorized()
         domain = request.match_info["domain"]
         if domain != self.domain:
             return _message(404, f"Domain not found: {domain}")
+        return None
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         post = await request.post()
         fields = {key: [_text(v) for v in post.getall(key)] for key in post}
         for required in ("from", "to", "subject"):
@@ -361,11 +439,71 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
                 "Need at least one of 'text', 'html' or 'template' parameters specified"
             )
         self.received.append(fields)
+        # Mailgun takes a Message-Id header given as h:Message-Id as the message's id.
+        given = fields.get("h:Message-Id", [""])[0].strip()
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-        self.message_ids.append(f"<{stamp}.{secrets.token_hex(8)}@{self.domain}>")
-        return web.json_response(
-            {"id": self.message_ids[-1], "message": "Queued. Thank you."}, dumps=_dumps
+        message_id = given or f"<{stamp}.{secrets.token_hex(8)}@{self.domain}>"
+        self.message_ids.append(message_id)
+        self._record_accepted(fields, message_id)
+        return web.json_response({"id": message_id, "message": "Queued. Thank you."}, dumps=_dumps)
+
+    def _record_accepted(self, fields: dict[str, list[str]], message_id: str) -> None:
+        """Mailgun's ``accepted`` events for a mail it took: one per recipient."""
+        now = time.time()
+        variables = {k[2:]: v[0] for k, v in fields.items() if k.startswith("v:") and v}
+        headers = {
+            "message-id": message_id.strip("<>"),
+            "from": fields["from"][0],
+            "to": ", ".join(fields.get("to", [])),
+            "subject": fields["subject"][0],
+        }
+        recipients = email.utils.getaddresses(
+            fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", [])
         )
+        for _, address in recipients:
+            self.events.append(
+                {
+                    "event": "accepted",
+                    "id": secrets.token_urlsafe(16),
+                    "timestamp": now,
+                    "recipient": address,
+                    "message": {"headers": headers},
+                    "user-variables": variables,
+                }
+            )
+
+    async def serve_events(self, request: web.Request) -> web.StreamResponse:
+        """The Events API: ``items`` filtered by ``message-id`` (no angle brackets),
+        ``event``, ``begin`` and ``end`` (epoch seconds), ``ascending``, ``limit``."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        try:
+            begin = float(query.get("begin", "0"))
+            end = float(query["end"]) if "end" in query else None
+            limit = int(query.get("limit", "300"))
+        except ValueError:
+            return self.bad_request("Invalid time range or limit")
+        if not 0 < limit <= 300:
+            return self.bad_request("limit must be between 1 and 300")
+        if query.get("ascending", "no") not in ("yes", "no"):
+            return self.bad_request("ascending must be 'yes' or 'no'")
+        message_id = query.get("message-id")
+        event = query.get("event")
+        items = [
+            e
+            for e in self.events
+            if e["timestamp"] >= begin
+            and (end is None or e["timestamp"] <= end)
+            and (message_id is None or e["message"]["headers"]["message-id"] == message_id)
+            and (event is None or e["event"] == event)
+        ]
+        if query.get("ascending", "no") == "no":
+            items.reverse()
+        page = f"{self.base_url}/v3/{self.domain}/events/{secrets.token_urlsafe(8)}"
+        paging = {"first": page, "last": page, "next": page, "previous": page}
+        return web.json_response({"items": items[:limit], "paging": paging}, dumps=_dumps)
 
     def unavailable(self) -> web.Response:
         return _message(503, "Service Unavailable")

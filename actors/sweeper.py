@@ -1,0 +1,65 @@
+"""The sweeper actor: picks up mails that nothing is handling any more.
+
+Record first (see ``actors.sender``) leaves a trace of every call: a
+``pending`` attempt. A mail can still be left ``sending`` with nobody on it:
+its sender died mid-call and the mailbox message went with it (in-process
+mailboxes), or a message was acknowledged but its hand-on never arrived.
+Every ``interval`` seconds the sweeper, in one store transaction, turns
+``pending`` attempts older than the provider timeout plus a margin into
+``unknown`` and gives each ``sending`` mail that was due before then, has no
+pending attempt and no outbox entry a new outbox entry: the relay dispatches
+it again, and its sender asks the provider about the ``unknown`` attempt
+before sending. A mail still waiting in a long Kafka backlog may be
+dispatched twice this way; its sender sends it once (``busy``/final).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from .lifecycle import Actor
+from .store import Store
+
+log = structlog.get_logger("mailman.sweeper")
+
+#: Most mails picked up in one sweep.
+BATCH = 500
+
+
+class Sweeper(Actor):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        stale_after: float,
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__("sweeper")
+        self.store = store
+        self.stale_after = stale_after
+        self.interval = interval
+        self.clock = clock
+        self.swept = 0
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            await self.rest(self.interval)
+            if self.stopping.is_set():
+                break
+            try:
+                await self.sweep_once()
+            except self.store.unavailable as exc:  # an outage: the next sweep tries again
+                log.warning("sweep.failed", error=type(exc).__name__)
+
+    async def sweep_once(self) -> int:
+        """One sweep; how many mails it picked up."""
+        now = self.clock()
+        swept = await self.store.sweep(now, now - self.stale_after, BATCH)
+        if swept:
+            self.swept += len(swept)
+            log.warning("mail.swept", mails=len(swept), first=swept[0])
+        return len(swept)
