@@ -16,7 +16,6 @@ nowhere to put it and it is left as it is.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import sys
 import time
@@ -26,9 +25,10 @@ from typing import TextIO
 
 import orjson
 
-from config import check_store_url, redact_url
+from config import redact_url
 
 from .store import DeadLetter, Store, open_store
+from .tools import run_store_tool
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -81,19 +81,10 @@ def dead_letters_main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser(env).parse_args(list(argv))
-    try:
-        check_store_url(args.store)
-    except ValueError as exc:
-        print(f"mailman dead-letters: {exc}", file=err)
-        return 2
     if args.command == "replay" and not args.ids and not args.all:
         print("mailman dead-letters: replay needs dead letter ids or --all", file=err)
         return 2
-    try:
-        return asyncio.run(_run(args, out, err))
-    except Exception as exc:  # the type and message only: store errors carry no password
-        print(f"mailman dead-letters: the store failed: {type(exc).__name__}: {exc}", file=err)
-        return 1
+    return run_store_tool("mailman dead-letters", args, lambda: _run(args, out, err), err)
 
 
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

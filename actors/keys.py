@@ -9,7 +9,6 @@ the way a password would be.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import re
 import secrets
@@ -22,9 +21,10 @@ from typing import TextIO
 
 from ulid import ULID
 
-from config import check_store_url, redact_url
+from config import redact_url
 
 from .store import ApiKey, Store, open_store
+from .tools import run_store_tool
 
 KEY_PREFIX = "mm_"
 #: A tenant name: what keys and mails are grouped by.
@@ -199,17 +199,4 @@ def keys_main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser(env).parse_args(list(argv))
-    try:
-        check_store_url(args.store)
-    except ValueError as exc:
-        print(f"mailman keys: {exc}", file=err)
-        return 2
-    try:
-        return asyncio.run(_run(args, out, err))
-    except ValueError as exc:  # a bad tenant or rate
-        print(f"mailman keys: {exc}", file=err)
-        return 2
-    except Exception as exc:
-        # The type and message only: store errors never carry the password (see the stores).
-        print(f"mailman keys: the store failed: {type(exc).__name__}: {exc}", file=err)
-        return 1
+    return run_store_tool("mailman keys", args, lambda: _run(args, out, err), err)
