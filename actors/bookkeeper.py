@@ -28,6 +28,8 @@ BATCH = 500
 
 
 class Bookkeeper(Actor):
+    subscribes = True
+
     def __init__(
         self, *, inbox: Mailbox[StatusUpdate], store: Store, poison_attempts: int = 5
     ) -> None:
@@ -39,7 +41,7 @@ class Bookkeeper(Actor):
         )
 
     async def run(self) -> None:
-        async with self.mailbox.subscribe() as inbox:
+        async with self.subscribed(self.mailbox) as inbox:
             while (first := await self.receive(inbox)) is not None:
                 await self._apply([first, *self._ready(inbox)])
             # Stopping: what is already in the mailbox (the senders stop

@@ -12,13 +12,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
 
-from .mailboxes import Delivery, Inbox
+from .mailboxes import Delivery, Inbox, Mailbox
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -35,6 +35,9 @@ class Actor(abc.ABC):
 
     #: Seconds ``stop`` lets the main loop wind down before cancelling it.
     stop_timeout: float = 10.0
+    #: Whether ``run`` reads a mailbox through ``subscribed``: then the actor takes
+    #: work (``taking``) once that subscription is open, not when it starts.
+    subscribes: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,6 +45,9 @@ class Actor(abc.ABC):
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._stop_waiter: asyncio.Future[Any] | None = None
+        #: Set once the actor takes work: when it started, or, for one that reads a
+        #: mailbox, once its subscription is open (a Kafka group join takes a while).
+        self.taking = asyncio.Event()
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources; runs in ``start`` before the main loop."""
@@ -62,6 +68,8 @@ class Actor(abc.ABC):
             await self.teardown()
             raise
         self._task = asyncio.create_task(self.run(), name=f"actor:{self.name}")
+        if not self.subscribes:
+            self.taking.set()
         log.debug("actor.started", actor=self.name)
 
     async def stop(self) -> None:
@@ -86,6 +94,23 @@ class Actor(abc.ABC):
                 self._stop_waiter.cancel()
             await self.teardown()
             log.debug("actor.stopped", actor=self.name)
+
+    @contextlib.asynccontextmanager
+    async def subscribed(self, mailbox: Mailbox[M]) -> AsyncIterator[Inbox[M]]:
+        """``mailbox.subscribe()``, setting ``taking`` once the subscription is open."""
+        async with mailbox.subscribe() as inbox:
+            self.taking.set()
+            yield inbox
+
+    async def until_taking(self) -> None:
+        """Return once the actor takes work, or its main loop ended (``wait`` says why)."""
+        if self._task is None or self.taking.is_set():
+            return
+        taking = asyncio.ensure_future(self.taking.wait())
+        try:
+            await asyncio.wait({taking, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            taking.cancel()
 
     async def receive(self, inbox: Inbox[M]) -> Delivery[M] | None:
         """The next delivery from ``inbox``, or None once the actor is stopping."""

@@ -27,6 +27,8 @@ log = structlog.get_logger("mailman.scheduler")
 
 
 class RetryScheduler(Actor):
+    subscribes = True
+
     def __init__(
         self,
         *,
@@ -49,7 +51,7 @@ class RetryScheduler(Actor):
         return len(self._due)
 
     async def run(self) -> None:
-        async with self.router.retry.subscribe() as inbox, asyncio.TaskGroup() as group:
+        async with self.subscribed(self.router.retry) as inbox, asyncio.TaskGroup() as group:
             group.create_task(self._release())
             # Taking in never waits on a sender, so a full sender mailbox can
             # never stall the senders that hand mails to us.

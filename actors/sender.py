@@ -65,6 +65,8 @@ class _Unwell(Exception):
 
 
 class Sender(Actor):
+    subscribes = True
+
     def __init__(
         self,
         *,
@@ -129,7 +131,7 @@ class Sender(Actor):
     async def run(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
         async with (
-            self.router.inbox_of(self.provider).subscribe() as inbox,
+            self.subscribed(self.router.inbox_of(self.provider)) as inbox,
             asyncio.TaskGroup() as group,
         ):
             while True:

@@ -110,6 +110,9 @@ class Supervisor:
                 actor = spec.factory()
                 await actor.start()
                 self.running[spec.name] = actor
+            # Ready once every actor takes work: one that reads a mailbox once its
+            # subscription is open (a Kafka group join takes seconds), all at once.
+            await asyncio.gather(*(a.until_taking() for a in self.running.values()))
             self.ready.set()
             try:
                 async with asyncio.TaskGroup() as group:

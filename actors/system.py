@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
@@ -48,6 +49,9 @@ from .sweeper import Sweeper
 from .wake import WakeSender, wake_address
 
 log = structlog.get_logger("mailman")
+
+#: Where a Kafka inbox puts a record that does not decode: (mailbox, key, bytes, error).
+DeadLetterSink = Callable[[str, bytes | None, bytes, str], Awaitable[None]]
 
 ROLE_API = "api"
 ROLE_RELAY = "relay"
@@ -115,7 +119,7 @@ def sqlite_file(config: Config) -> str | None:
     return rest[1:] if rest.startswith("/") else rest
 
 
-def make_broker(config: Config) -> Broker:
+def make_broker(config: Config, dead_letters: DeadLetterSink | None = None) -> Broker:
     if in_memory(config):
         return MemoryBroker(capacity=config.mailbox_capacity)
     scheme, _, rest = config.broker.partition("://")
@@ -135,6 +139,7 @@ def make_broker(config: Config) -> Broker:
             # A provider call never holds up polling (handlers run beside the
             # poll loop), but keep the limit well above the provider timeout.
             max_poll_interval_ms=max(300_000, int(config.provider_timeout * 4000)),
+            dead_letters=dead_letters,
         )
     raise ConfigError(
         f"unsupported broker {redact_url(config.broker)!r} "
@@ -187,7 +192,7 @@ class Mailman:
         self.config = config
         self.roles = roles_of(config)
         self.store = store or open_store(config.store)
-        self.broker = broker or make_broker(config)
+        self.broker = broker or make_broker(config, dead_letters=self._undecodable)
         self.router = Router(self.broker, config.chain)
         given = dict(clients or {})
         self.clients: dict[str, ProviderClient] = {
@@ -353,6 +358,14 @@ class Mailman:
                 f"{cfg.providers[0].directory}/ (set SENDGRID_API_KEY or MAILGUN_API_KEY "
                 "to send for real)",
             )
+
+    async def _undecodable(self, mailbox: str, key: bytes | None, value: bytes, error: str) -> None:
+        """A Kafka record that does not decode: kept in the store's dead letters (if the
+        store is down this raises, and the inbox tries again: the record is not skipped)."""
+        mail_id = key.decode(errors="replace") if key else None
+        await self.store.add_dead_letter(
+            mailbox, mail_id, value, f"undecodable: {error}", time.time()
+        )
 
     async def _close_clients(self) -> None:
         for client in self.clients.values():

@@ -20,6 +20,7 @@ from actors.mailboxes.kafka import (
     IdempotenceUnsupported,
     KafkaBroker,
     _Partition,
+    heartbeat_interval,
 )
 from actors.messages import Dispatch
 
@@ -302,6 +303,18 @@ def test_commit_point_never_passes_an_unfinished_offset() -> None:
     assert partition.committable() == 10
 
 
+def test_heartbeat_is_a_tenth_of_the_session_within_bounds() -> None:
+    """Members hear of a rebalance soon: heartbeats every tenth of the session, 0.1 to 1 s."""
+    assert heartbeat_interval(6000) == 600  # the production default session
+    assert heartbeat_interval(2000) == 200  # the tests' session on Tansu
+    assert heartbeat_interval(45000) == 1000
+    assert heartbeat_interval(300) == 100  # never above a third of the session
+    kb = KafkaBroker("127.0.0.1:9", session_timeout_ms=6000)
+    assert (kb.heartbeat_interval_ms, kb.rebalance_timeout_ms) == (600, 6000)
+    with pytest.raises(ValueError):
+        KafkaBroker("127.0.0.1:9", session_timeout_ms=6000, heartbeat_interval_ms=6000)
+
+
 @kafka_only
 async def test_undecodable_record_goes_to_dead_letters(broker: Broker) -> None:
     """A record that is not a message goes to the dead-letter topic; the next one is delivered."""
@@ -341,6 +354,92 @@ async def test_undecodable_record_goes_to_dead_letters(broker: Broker) -> None:
     assert "not JSON" in headers[DEAD_LETTER_ERROR]
     # The poison counted as done: the commit went past it and past step 2.
     assert committed == poison.offset + 2
+
+
+async def committed_offset(kb: KafkaBroker, tp: TopicPartition) -> int | None:
+    """The offset the mailbox's consumer group committed for ``tp``, asked from outside it."""
+    group = AIOKafkaConsumer(bootstrap_servers=kb.bootstrap, group_id=tp.topic)  # never joins
+    await group.start()
+    try:
+        committed: int | None = await group.committed(tp)
+        return committed
+    finally:
+        await group.stop()
+
+
+@kafka_only
+async def test_dead_letter_sink_gets_the_raw_record_and_keeps_it_while_failing(
+    broker: Broker,
+) -> None:
+    """An undecodable record goes to the sink with its raw bytes; while the sink fails it stays."""
+    kb = kafka(broker)
+    calls: list[tuple[str, bytes | None, bytes, str]] = []
+    failing = True
+
+    async def sink(mailbox: str, key: bytes | None, value: bytes, error: str) -> None:
+        calls.append((mailbox, key, value, error))
+        if failing:
+            raise RuntimeError("the dead-letter store is down")
+
+    sinking = KafkaBroker(
+        kb.bootstrap, topic_prefix=kb.topic_prefix, dead_letters=sink, **kafka_options()
+    )
+    await sinking.start()
+    try:
+        box = sinking.mailbox("contract.sink", Dispatch)
+        await box.put(step(1))
+        raw = AIOKafkaProducer(bootstrap_servers=kb.bootstrap, enable_idempotence=False)
+        await raw.start()
+        try:
+            poison = await raw.send_and_wait(box.topic, b"{not a dispatch", key=b"mail-0")
+        finally:
+            await raw.stop()
+        await box.put(step(2))  # same key: same partition, behind the poison
+        tp = TopicPartition(box.topic, poison.partition)
+
+        async def committed_is(offset: int) -> bool:
+            return await committed_offset(sinking, tp) == offset
+
+        # The sink fails: the records around the poison are delivered, the sink is
+        # tried again, and the commit point stays at the poison.
+        async with box.subscribe() as inbox:
+            got = [await asyncio.wait_for(inbox.get(), 10) for _ in range(2)]
+            for delivery in got:
+                await delivery.ack()
+            assert [d.message for d in got] == [step(1), step(2)]
+            await eventually(lambda: len(calls) >= 3, what="the sink tried again")
+            await eventually(lambda: committed_is(poison.offset), what="step 1 committed")
+        assert await committed_is(poison.offset)  # closed while failing: not skipped
+
+        # The next owner of the partition gets the poison again; now the sink takes it.
+        failing = False
+        tried = len(calls)
+        again: list[Dispatch] = []
+        async with box.subscribe() as inbox:
+
+            async def past_the_poison() -> bool:
+                again.extend(await drain(inbox))
+                return await committed_is(poison.offset + 2)
+
+            await eventually(past_the_poison, what="the commit past the poison")
+        assert len(calls) == tried + 1
+        assert again == [step(2)]  # behind the uncommitted poison: delivered again
+        letters = AIOKafkaConsumer(bootstrap_servers=kb.bootstrap)
+        await letters.start()
+        try:
+            dead_topic = [
+                TopicPartition(sinking.dead_letter_topic, p)
+                for p in letters.partitions_for_topic(sinking.dead_letter_topic) or ()
+            ]
+            ends = await letters.end_offsets(dead_topic) if dead_topic else {}
+        finally:
+            await letters.stop()
+    finally:
+        await sinking.stop()
+    mailbox, key, value, error = calls[-1]
+    assert (mailbox, key, value) == ("contract.sink", b"mail-0", b"{not a dispatch")
+    assert "not JSON" in error
+    assert all(offset == 0 for offset in ends.values())  # nothing went to the topic
 
 
 @kafka_only

