@@ -78,7 +78,8 @@ async def outcomes(store: Store) -> list[str]:
 
 async def test_failing_outcome_record_is_not_a_provider_failure(tmp_path: Path) -> None:
     """Recording the outcome failing propagates and leaves the provider's breaker untouched."""
-    async with BrokenRecords(str(tmp_path / "m.db")) as store:
+    store = BrokenRecords(str(tmp_path / "m.db"))
+    async with store:
         await store.add(MAIL)
         breaker = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
         client = Scripted(Accepted("msg-1"))
