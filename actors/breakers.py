@@ -143,12 +143,19 @@ class SharedHealth(Actor):
         self._outgoing.append(BreakerState(provider, state, opened_at, now))
 
     async def run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.push()
                 await self.pull()
             except Exception as exc:  # the store is unreachable: keep local state, try again
-                log.warning("breaker.sync_failed", error=repr(exc))
+                if not failing:  # one line per outage, not one per sync
+                    log.warning("breaker.sync_failed", error=repr(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("breaker.sync_resumed")
+                failing = False
             if self.stopping.is_set():
                 return
             await self.rest(self.sync_seconds)

@@ -159,6 +159,10 @@ class Sender(Actor):
         Logs one line per provider call (``provider.call``), with everything
         about it as fields, written once its outcome is committed.
         """
+        chain = self.router.chain
+        if not 0 <= dispatch.hop < len(chain) or chain[dispatch.hop] != self.provider:
+            # Before anything is recorded: a poison record, dead-lettered by the retries.
+            raise ValueError(f"hop {dispatch.hop} does not name {self.provider} in the chain")
         begun = await self._begin(dispatch)
         if begun is None:
             log.error("mail.unknown", mail_id=dispatch.mail_id, provider=self.provider)
@@ -169,7 +173,8 @@ class Sender(Actor):
             begun = await self._begin(dispatch)
             if begun is None:
                 return
-        if begun.attempt_id is None:
+        attempt_id = begun.attempt_id
+        if attempt_id is None:
             log.info(
                 "mail.skipped",
                 mail_id=dispatch.mail_id,
@@ -178,18 +183,19 @@ class Sender(Actor):
                 status=begun.status.value,
             )
             return
-        self._open[begun.attempt_id] = (dispatch.mail_id, dispatch.round)
+        self._open[attempt_id] = (dispatch.mail_id, dispatch.round)
         started = time.perf_counter()
         try:
             result = await self._call(begun.mail)
-        except Exception as exc:  # a bug, not an answer: the provider may have the mail
-            del self._open[begun.attempt_id]
-            reason = f"the call raised {type(exc).__name__}"
-            await self._record(
-                self._unknown(begun.attempt_id, dispatch.mail_id, dispatch.round, reason)
-            )
+            await self._after(dispatch, attempt_id, result, started)
+        except Exception as exc:
+            if self._open.pop(attempt_id, None) is not None:
+                # The outcome is not recorded (a bug, not an answer): the provider may
+                # have the mail, so whoever tries next asks first.
+                reason = f"the sender failed during the call: {type(exc).__name__}"
+                unknown = self._unknown(attempt_id, dispatch.mail_id, dispatch.round, reason)
+                await self._record(unknown)
             raise
-        await self._after(dispatch, begun.attempt_id, result, started)
 
     def _unknown(self, attempt_id: int, mail_id: str, round_: int, reason: str) -> StatusUpdate:
         """Records an attempt recorded ``pending`` as ``unknown``."""

@@ -229,7 +229,10 @@ class KafkaBroker(Broker):
         try:
             self._admin = admin
             await self._create_topics(
-                [self.dead_letter_topic, *(box.topic for box in self._boxes.values())]
+                [
+                    *([self.dead_letter_topic] if self.dead_letters is None else []),
+                    *(box.topic for box in self._boxes.values()),
+                ]
             )
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,
@@ -524,6 +527,7 @@ class _KafkaInbox(Inbox[M]):
             return
         self.closed = True
         self._arrived.set()  # a get still waiting gives up
+        self._dirty.set()  # the commit loop sees closed even if a cancel is lost
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -641,9 +645,8 @@ class _KafkaInbox(Inbox[M]):
                 return
             self._trying.add(me)
             try:
-                await asyncio.wait_for(
-                    self._dead_letter_once(record, error), self.broker.request_timeout_ms / 1000
-                )
+                async with asyncio.timeout(self.broker.request_timeout_ms / 1000):
+                    await self._dead_letter_once(record, error)
             except Exception as exc:
                 gone = partition.revoked or self.closed
                 log.warning(
@@ -718,7 +721,7 @@ class _KafkaInbox(Inbox[M]):
 
     async def _commit_loop(self) -> None:
         backoff = 0.1
-        while True:
+        while not self.closed:
             await self._dirty.wait()
             self._dirty.clear()
             try:
@@ -740,9 +743,10 @@ class _KafkaInbox(Inbox[M]):
                     offsets[partition.tp] = offset
             if not offsets:
                 return
-            await asyncio.wait_for(
-                self.consumer.commit(offsets), self.broker.request_timeout_ms / 1000
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 a cancel that lands in the
+            # loop turn wait_for's inner task finishes is lost, and close() hangs.
+            async with asyncio.timeout(self.broker.request_timeout_ms / 1000):
+                await self.consumer.commit(offsets)
             for partition in partitions:
                 if partition.tp in offsets:
                     partition.committed = offsets[partition.tp]

@@ -705,14 +705,14 @@ class MySQLStore(Store):
             mail, status = decode(Mail, row[0]), Status(row[1])
             if status.terminal:
                 return Begun(mail, status, why="final")
-            await cur.execute(Q.stale_attempts_of, (sql.STALE_REASON, mail_id, stale_before))
-            await cur.execute(Q.live_attempt, (mail_id,))
-            if await cur.fetchone() is not None:
-                return Begun(mail, status, why="busy")
-            await cur.execute(Q.unchecked, (mail_id,))
-            unknown = tuple(sql.attempt_from_row(r) for r in await cur.fetchall())
-            if unknown:
-                return Begun(mail, status, why="unchecked", unknown=unknown)
+            await cur.execute(Q.open_attempts, (mail_id,))
+            attempts = [sql.attempt_from_row(r) for r in await cur.fetchall()]
+            if attempts:
+                refused, stale = sql.begin_verdict(mail, status, attempts, stale_before)
+                if stale:
+                    await cur.execute(Q.stale_attempts_of(len(stale)), (sql.STALE_REASON, *stale))
+                if refused is not None:
+                    return refused
             await cur.execute(Q.insert_pending, (mail_id, provider, round_, at))
             attempt_id = int(cur.lastrowid)
             await cur.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))

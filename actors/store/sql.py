@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..messages import (
@@ -26,7 +26,7 @@ from ..messages import (
     decode,
     encode,
 )
-from .base import BreakerState, DeadLetter, MailRecord, MailSummary, OutboxEntry, Pending
+from .base import Begun, BreakerState, DeadLetter, MailRecord, MailSummary, OutboxEntry, Pending
 
 #: A mail still on its way: a restart hands these to the senders again.
 UNFINISHED: tuple[str, ...] = (Status.QUEUED.value, Status.SENDING.value)
@@ -155,13 +155,11 @@ class Sql:
             f"WHERE id = {m} AND mail_id = {m}"
         )
 
-    @property
-    def stale_attempts_of(self) -> str:
-        """A mail's pending attempts started before a time become unknown (reason, id, before)."""
-        m = self.mark
+    def stale_attempts_of(self, count: int) -> str:
+        """Pending attempts that went stale become unknown (parameters: reason, ids)."""
         return (
-            f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
-            f"WHERE mail_id = {m} AND outcome = '{Outcome.PENDING.value}' AND at < {m}"
+            f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {self.mark} "
+            f"WHERE id IN ({self.marks(count)}) AND outcome = '{Outcome.PENDING.value}'"
         )
 
     @property
@@ -174,18 +172,12 @@ class Sql:
         )
 
     @property
-    def live_attempt(self) -> str:
-        return (
-            f"SELECT 1 FROM attempts WHERE mail_id = {self.mark} "
-            f"AND outcome = '{Outcome.PENDING.value}' LIMIT 1"
-        )
-
-    @property
-    def unchecked(self) -> str:
-        """A mail's unknown attempts nobody asked its provider about yet."""
+    def open_attempts(self) -> str:
+        """A mail's attempts still in flight (pending) or not yet checked (unknown)."""
         return (
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {self.mark} "
-            f"AND outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL ORDER BY at, id"
+            f"AND (outcome = '{Outcome.PENDING.value}' "
+            f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL)) ORDER BY at, id"
         )
 
     @property
@@ -430,6 +422,26 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
         id=int(attempt_id),
         checked=None if checked is None else Check(checked),
     )
+
+
+def begin_verdict(
+    mail: Mail, status: Status, open_attempts: list[Attempt], stale_before: float
+) -> tuple[Begun | None, list[int]]:
+    """What ``begin_attempt`` decides from a mail's open attempts (``Sql.open_attempts``):
+    a ``Begun`` that refuses (None: record the attempt), and the ids of pending attempts
+    that went stale (to be made ``unknown``)."""
+    stale = [a for a in open_attempts if a.outcome is Outcome.PENDING and a.at < stale_before]
+    if any(a.outcome is Outcome.PENDING and a.at >= stale_before for a in open_attempts):
+        return Begun(mail, status, why="busy"), [a.id for a in stale if a.id is not None]
+    unknown = tuple(
+        replace(a, outcome=Outcome.UNKNOWN, reason=STALE_REASON) if a in stale else a
+        for a in open_attempts
+    )
+    if unknown:
+        return Begun(mail, status, why="unchecked", unknown=unknown), [
+            a.id for a in stale if a.id is not None
+        ]
+    return None, []
 
 
 def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:

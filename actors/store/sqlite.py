@@ -801,12 +801,13 @@ def _BEGIN(
     mail, status = decode(Mail, row[0]), Status(row[1])
     if status.terminal:
         return Begun(mail, status, why="final")
-    db.execute(Q.stale_attempts_of, (sql.STALE_REASON, mail_id, stale_before))
-    if db.execute(Q.live_attempt, (mail_id,)).fetchone() is not None:
-        return Begun(mail, status, why="busy")
-    unknown = tuple(sql.attempt_from_row(r) for r in db.execute(Q.unchecked, (mail_id,)))
-    if unknown:
-        return Begun(mail, status, why="unchecked", unknown=unknown)
+    attempts = [sql.attempt_from_row(r) for r in db.execute(Q.open_attempts, (mail_id,))]
+    if attempts:
+        refused, stale = sql.begin_verdict(mail, status, attempts, stale_before)
+        if stale:
+            db.execute(Q.stale_attempts_of(len(stale)), (sql.STALE_REASON, *stale))
+        if refused is not None:
+            return refused
     attempt_id = db.execute(Q.insert_pending, (mail_id, provider, round_, at)).lastrowid
     db.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)

@@ -27,7 +27,14 @@ class Process:
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The JSON log events so far (only those called ``name``, if given)."""
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        events = [json.loads(line) for line in lines if line.startswith("{")]
+        events = []
+        for line in lines:
+            if not line.startswith("{"):
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a line still being written, or cut short by a kill
+                continue
         return [e for e in events if name is None or e.get("event") == name]
 
     def ready(self) -> bool:
