@@ -228,7 +228,7 @@ class Sender(Actor):
                 attempt,
                 checked=found.check,
                 message_id=found.message_id or attempt.message_id,
-                reason=attempt.reason if found.reason is None else found.reason,
+                reason=_joined(attempt.reason, found.reason),
             )
             if found.check is Check.TAKEN:
                 taken = True
@@ -381,6 +381,13 @@ class Sender(Actor):
                 **line,
             )
             await self.router.retry.put(RetryLater(step.dispatch, due))
+
+
+def _joined(reason: str | None, check: str | None) -> str | None:
+    """An unknown attempt's reason with what checking it found, both kept."""
+    if check is None:
+        return reason
+    return f"{reason}; checked: {check}" if reason else f"checked: {check}"
 
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
