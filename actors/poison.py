@@ -53,7 +53,6 @@ class Poison(Generic[M]):
         self.store = store
         self.attempts = attempts
         self.clock = clock
-        self.dead_lettered = 0
 
     async def handle(self, message: M, handler: Callable[[M], Awaitable[None]]) -> bool:
         """Handle ``message``: True once handled or dead-lettered (ack it), False if the
@@ -95,7 +94,6 @@ class Poison(Generic[M]):
             ),
             "dead_letter",
         )
-        self.dead_lettered += 1
         log.error(
             "record.dead_lettered",
             mailbox=self.mailbox,

@@ -43,7 +43,6 @@ class Sweeper(Actor):
         self.stale_after = stale_after
         self.interval = interval
         self.clock = clock
-        self.swept = 0
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -60,6 +59,5 @@ class Sweeper(Actor):
         now = self.clock()
         swept = await self.store.sweep(now, now - self.stale_after, BATCH)
         if swept:
-            self.swept += len(swept)
             log.warning("mail.swept", mails=len(swept), first=swept[0])
         return len(swept)

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -48,10 +49,10 @@ from .supervisor import ChildSpec, Supervisor
 from .sweeper import Sweeper
 from .wake import WakeSender, wake_address
 
-log = structlog.get_logger("mailman")
+if TYPE_CHECKING:  # aiokafka is imported only when Kafka is used
+    from .mailboxes.kafka import DeadLetterSink
 
-#: Where a Kafka inbox puts a record that does not decode: (mailbox, key, bytes, error).
-DeadLetterSink = Callable[[str, bytes | None, bytes, str], Awaitable[None]]
+log = structlog.get_logger("mailman")
 
 ROLE_API = "api"
 ROLE_RELAY = "relay"

@@ -32,6 +32,7 @@ from actors.routing import send_mailbox
 from actors.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
+from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeProvider, FakeSendGrid
 from .support.faults import (
     Deployment,
@@ -43,7 +44,6 @@ from .support.faults import (
     Tally,
     UnrulySendGrid,
     dead_letters,
-    fresh_database,
     holds,
     publish_raw,
     report,
@@ -79,7 +79,7 @@ def fault_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 async def shared_mysql() -> AsyncIterator[str]:
     """A fresh database on the shared MySQL/MariaDB server (127.0.0.1:3306), dropped after."""
-    async with fresh_database() as url:
+    async with fresh_mysql("faults") as url:
         yield url
 
 

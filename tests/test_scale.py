@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -28,30 +26,20 @@ from actors.store import Store
 from actors.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
+from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeSendGrid
-from .support.kafka_broker import external_kafka, free_port, in_ci, kafka_options, start_tansu
+from .support.kafka_broker import external_kafka, free_port, kafka_options, start_tansu
 from .support.processes import Process, start_mailman, stop_process
 from .support.proxy import TcpProxy
 
 MAILS = 1000
-DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
 
 
 @pytest.fixture
 async def mysql_url() -> AsyncIterator[str]:
     """A fresh database of its own on the test MySQL/MariaDB server, dropped afterwards."""
-    base = urlsplit(os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL)
-    url = urlunsplit(base._replace(path=f"/mailman_scale_{secrets.token_hex(4)}"))
-    try:
-        await MySQLStore.create_database(url)
-    except OSError as exc:
-        if in_ci():
-            pytest.fail(f"no MySQL server for the scale test: {exc}")
-        pytest.skip(f"no MySQL server for the scale test: {exc}")
-    try:
+    async with fresh_mysql("scale") as url:
         yield url
-    finally:
-        await MySQLStore.drop_database(url)
 
 
 @pytest.fixture

@@ -40,10 +40,10 @@ from actors.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
 from actors.store.mysql import MySQLStore
 from actors.store.sqlite import SQLiteStore
 
+from .support.databases import DEFAULT_MYSQL_URL
+
 T = TypeVar("T")
 
-#: The MariaDB/MySQL server the "mysql" leg runs against (``MYSQL_URL`` overrides).
-DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
 #: Client error codes that mean "no server there" (not: "the server said no").
 _UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
 

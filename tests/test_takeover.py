@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -32,11 +30,11 @@ from actors.messages import Status
 from actors.store.mysql import MySQLStore
 
 from .conftest import eventually
+from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeSendGrid
-from .support.kafka_broker import in_ci, kafka_options
+from .support.kafka_broker import kafka_options
 from .support.processes import Process, start_mailman, stop_process
 
-DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
 PARTITIONS = 4
 #: Seconds allowed on top of the session timeout for the rebalance (generous on purpose).
 ALLOWANCE = 15.0
@@ -74,18 +72,8 @@ def assigned(process: Process, mailbox: str) -> set[int]:
 @pytest.fixture
 async def mysql_url() -> AsyncIterator[str]:
     """A fresh database of its own on the test MySQL/MariaDB server, dropped afterwards."""
-    base = urlsplit(os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL)
-    url = urlunsplit(base._replace(path=f"/mailman_takeover_{secrets.token_hex(4)}"))
-    try:
-        await MySQLStore.create_database(url)
-    except OSError as exc:
-        if in_ci():
-            pytest.fail(f"no MySQL server for the takeover test: {exc}")
-        pytest.skip(f"no MySQL server for the takeover test: {exc}")
-    try:
+    async with fresh_mysql("takeover") as url:
         yield url
-    finally:
-        await MySQLStore.drop_database(url)
 
 
 class Load:

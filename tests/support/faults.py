@@ -28,18 +28,14 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
 from aiohttp import web
-
-from actors.store.mysql import MySQLStore
 
 from ..conftest import eventually
 from .fakes import FakeMailgun, FakeProvider, FakeSendGrid, Mode
@@ -49,7 +45,6 @@ from .processes import ROOT, Process, start_mailman, stop_process
 #: Log events that mean an actor or a process failed (a SIGKILL leaves none of them).
 FAILURE_EVENTS = ("actor.crashed", "actor.exited", "actor.start_failed", "supervisor.gave_up")
 
-DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/"
 
 #: How long ``settle`` still waits once a process died or an actor failed.
 SETTLE_AFTER_FAILURE = 10.0
@@ -480,30 +475,6 @@ def report(path: Path, line: str) -> None:
     print(f"\n{line}")
     with path.open("a") as out:
         out.write(line + "\n")
-
-
-# --- databases -----------------------------------------------------------------
-
-
-@asynccontextmanager
-async def fresh_database(base_url: str | None = None) -> AsyncIterator[str]:
-    """A new database on the shared MySQL/MariaDB server (``$MYSQL_URL``), dropped after.
-
-    Without a server the test is skipped, except in CI, where it fails.
-    """
-    base = urlsplit(base_url or os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL)
-    url = urlunsplit(base._replace(path=f"/mailman_faults_{secrets.token_hex(4)}"))
-    try:
-        await MySQLStore.create_database(url)
-    except OSError as exc:
-        if in_ci():
-            pytest.fail(f"no MySQL server for the fault tests: {exc}")
-        pytest.skip(f"no MySQL server for the fault tests: {exc}")
-    try:
-        yield url
-    finally:
-        with contextlib.suppress(OSError):
-            await MySQLStore.drop_database(url)
 
 
 class PrivateMariaDB:
