@@ -22,26 +22,37 @@ import orjson
 
 
 class Status(StrEnum):
-    """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``."""
+    """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``; then, as the
+    provider reports it, ``sent`` -> ``delivered`` | ``bounced``."""
 
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    #: The recipient's server took the mail (the provider's delivery event).
+    DELIVERED = "delivered"
+    #: The provider gave up on the mail: a hard bounce, or it dropped the mail.
+    BOUNCED = "bounced"
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.SENT, Status.FAILED)
+        """Nothing more is sent for the mail (delivery events may still move it on)."""
+        return self not in (Status.QUEUED, Status.SENDING)
 
 
 #: The statuses each status may be reached from. Repeating a transition into
 #: ``sending`` is allowed (each attempt may name another provider); ``sent``
-#: and ``failed`` are final, and repeating them is a no-op.
+#: and ``failed`` end the sending, and repeating them is a no-op. Delivery
+#: events move a mail on from ``sent`` (or from ``sending``, when the event
+#: arrives before the sender's record): a later bounce overrides a delivery
+#: (an asynchronous bounce), never the other way round.
 ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset(),
     Status.SENDING: frozenset({Status.QUEUED, Status.SENDING}),
     Status.SENT: frozenset({Status.QUEUED, Status.SENDING}),
     Status.FAILED: frozenset({Status.QUEUED, Status.SENDING}),
+    Status.DELIVERED: frozenset({Status.SENDING, Status.SENT}),
+    Status.BOUNCED: frozenset({Status.SENDING, Status.SENT, Status.DELIVERED}),
 }
 
 
@@ -191,6 +202,52 @@ class Attempt:
     id: int | None = field(default=None, compare=False)
     #: For an ``unknown`` attempt: what asking the provider found (None: not asked yet).
     checked: Check | None = None
+
+
+class EventKind(StrEnum):
+    """What a provider reported about a mail after taking it (one set for every provider)."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # the recipient's server said "later": the provider keeps trying
+    BOUNCED = "bounced"  # ``bounce`` says hard (permanent) or soft (temporary)
+    DROPPED = "dropped"  # the provider would not send it (suppressed address, spam...)
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    OPENED = "opened"
+    CLICKED = "clicked"
+
+    @property
+    def moves_to(self) -> Status | None:
+        """The status this event moves a mail to, if any (a soft bounce moves none)."""
+        if self is EventKind.DELIVERED:
+            return Status.DELIVERED
+        if self is EventKind.DROPPED:
+            return Status.BOUNCED
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One event a provider reported about a mail, normalised, kept in its history."""
+
+    mail_id: str
+    provider: str
+    kind: EventKind
+    #: When the provider says it happened (unix time).
+    at: float
+    #: Unique per provider event (SendGrid's ``sg_event_id``, Mailgun's signature token):
+    #: an event delivered twice is kept once.
+    dedupe: str
+    #: ``hard`` or ``soft`` for a bounce.
+    bounce: str | None = None
+    reason: str | None = None
+    recipient: str | None = None
+
+    @property
+    def moves_to(self) -> Status | None:
+        if self.kind is EventKind.BOUNCED:
+            return Status.BOUNCED if self.bounce != "soft" else None
+        return self.kind.moves_to
 
 
 @dataclass(frozen=True, slots=True)

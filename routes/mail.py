@@ -18,7 +18,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from actors.keys import Scope
-from actors.messages import Attempt, Dispatch, Mail, Status, new_mail_id
+from actors.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status, new_mail_id
 from actors.store import (
     Idempotency,
     IdempotencyMismatch,
@@ -153,6 +153,17 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def _event_json(event: DeliveryEvent) -> dict[str, Any]:
+    return {
+        "provider": event.provider,
+        "event": event.kind.value,
+        "at": iso(event.at),
+        "bounce": event.bounce,
+        "reason": event.reason,
+        "recipient": event.recipient,
+    }
+
+
 def show_body(record: MailRecord) -> dict[str, Any]:
     mail = record.mail
     return {
@@ -166,6 +177,7 @@ def show_body(record: MailRecord) -> dict[str, Any]:
             "updated_at": iso(record.updated_at),
             "submitted": mail.as_json(),
             "attempts": [_attempt_json(a) for a in record.attempts],
+            "events": [_event_json(e) for e in record.events],
             "links": [{"self": f"/mail/{mail.id}", "status": f"/mail/{mail.id}/status"}],
         }
     }

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from actors.messages import Check, Outcome, Status
+from actors.messages import Check, EventKind, Outcome, Status
 
 from .mail import DEFAULT_PAGE, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_PAGE
 
@@ -517,6 +517,29 @@ DOCUMENT: dict[str, Any] = {
                                             "type": ["string", "null"],
                                             "enum": [*(c.value for c in Check), None],
                                         },
+                                    },
+                                },
+                            },
+                            "events": {
+                                "description": "what the provider reported after taking "
+                                "the mail (its webhooks), oldest first",
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["provider", "event", "at"],
+                                    "properties": {
+                                        "provider": {"type": "string"},
+                                        "event": {
+                                            "type": "string",
+                                            "enum": [k.value for k in EventKind],
+                                        },
+                                        "at": {"type": "string", "format": "date-time"},
+                                        "bounce": {
+                                            "type": ["string", "null"],
+                                            "enum": ["hard", "soft", None],
+                                        },
+                                        "reason": {"type": ["string", "null"]},
+                                        "recipient": {"type": ["string", "null"]},
                                     },
                                 },
                             },

@@ -54,12 +54,22 @@ def test_garbage_is_refused(raw: bytes) -> None:
         decode(Dispatch, raw)
 
 
-def test_sent_and_failed_are_final() -> None:
-    """Nothing moves a mail out of sent or failed, and nothing moves it back to queued."""
+def test_the_lifecycle_only_moves_forward() -> None:
+    """failed and bounced are final; sent moves on only to delivered or bounced, delivered
+    only to bounced; nothing goes back to queued or sending."""
+    done = {Status.SENT, Status.FAILED, Status.DELIVERED, Status.BOUNCED}
     for target, sources in ALLOWED_FROM.items():
-        assert Status.SENT not in sources and Status.FAILED not in sources, target
+        assert Status.FAILED not in sources and Status.BOUNCED not in sources, target
+        if target in (Status.QUEUED, Status.SENDING):
+            assert not sources & done, target
+    assert {t for t, s in ALLOWED_FROM.items() if Status.SENT in s} == {
+        Status.DELIVERED,
+        Status.BOUNCED,
+    }
+    assert {t for t, s in ALLOWED_FROM.items() if Status.DELIVERED in s} == {Status.BOUNCED}
     assert not ALLOWED_FROM[Status.QUEUED]
-    assert Status.SENT.terminal and Status.FAILED.terminal and not Status.SENDING.terminal
+    assert all(status.terminal for status in done)
+    assert not Status.SENDING.terminal and not Status.QUEUED.terminal
 
 
 def test_ids_are_unique_and_time_ordered() -> None:

@@ -23,10 +23,21 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from actors.messages import Address, Attempt, Check, Mail, Outcome, Status, StatusUpdate
+from actors.messages import (
+    Address,
+    Attempt,
+    Check,
+    DeliveryEvent,
+    EventKind,
+    Mail,
+    Outcome,
+    Status,
+    StatusUpdate,
+)
 from actors.store import (
     ApiKey,
     BreakerState,
+    EventResult,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -1137,3 +1148,63 @@ async def test_dead_letters_keep_the_record_and_fail_the_mail(store: Store) -> N
     assert [x.id for x in await store.dead_letters()] == [orphan]
     everything = await store.dead_letters(replayed=True)
     assert [(x.id, x.replayed_at) for x in everything] == [(letter, 3100.0), (orphan, None)]
+
+
+# --- delivery events ----------------------------------------------------------------
+
+
+def event(
+    kind: EventKind, at: float, dedupe: str, mail_id: str = "m1", **fields: object
+) -> DeliveryEvent:
+    return DeliveryEvent(mail_id, "sendgrid", kind, at, dedupe, **fields)  # type: ignore[arg-type]
+
+
+async def test_delivery_events_are_kept_once_and_move_the_status(store: Store) -> None:
+    """record_events() keeps each event once (by provider and dedupe), moves a sent mail to
+    delivered, and ignores events for unknown mails."""
+    await store.add(mail())
+    await store.apply(
+        [update(Status.SENT, 1500.0, outcome=Outcome.ACCEPTED, provider_message_id="sg-1")]
+    )
+    results = await store.record_events(
+        [
+            event(EventKind.DELIVERED, 1600.0, "e1", recipient="to@example.com"),
+            event(EventKind.DELIVERED, 1600.0, "e1"),
+            event(EventKind.OPENED, 1700.0, "e2"),
+            event(EventKind.DELIVERED, 1600.0, "e3", mail_id="nope"),
+        ]
+    )
+    assert results == [
+        EventResult.RECORDED,
+        EventResult.DUPLICATE,
+        EventResult.RECORDED,
+        EventResult.UNKNOWN_MAIL,
+    ]
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.DELIVERED
+    assert [(e.kind, e.dedupe, e.recipient) for e in record.events] == [
+        (EventKind.DELIVERED, "e1", "to@example.com"),
+        (EventKind.OPENED, "e2", None),
+    ]
+    assert await store.mail_for_message("sg-1") == "m1"
+    assert await store.mail_for_message("sg-2") is None
+
+
+async def test_events_out_of_order_never_move_a_mail_backwards(store: Store) -> None:
+    """A hard bounce after a delivery wins (an asynchronous bounce), a delivery after a bounce
+    does not, a soft bounce moves nothing, and a delivery before the sender's `sent` holds."""
+    await store.add(mail())
+    await store.add(mail("m2"))
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    await store.record_events([event(EventKind.BOUNCED, 1200.0, "s1", bounce="soft")])
+    assert await status_of(store) is Status.SENDING
+    await store.record_events([event(EventKind.DELIVERED, 1300.0, "d1")])
+    await store.apply([update(Status.SENT, 1250.0, outcome=Outcome.ACCEPTED)])  # late record
+    assert await status_of(store) is Status.DELIVERED
+    await store.record_events([event(EventKind.BOUNCED, 1400.0, "b1", bounce="hard", reason="550")])
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.BOUNCED and record.reason == "550"
+    await store.record_events([event(EventKind.DELIVERED, 1500.0, "d2")])
+    assert await status_of(store) is Status.BOUNCED
+    await store.record_events([event(EventKind.DROPPED, 1500.0, "x1", mail_id="m2")])
+    assert await status_of(store, "m2") is Status.BOUNCED

@@ -9,9 +9,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
 
-from ..messages import Attempt, Mail, Status, StatusUpdate
+from ..messages import Attempt, DeliveryEvent, Mail, Status, StatusUpdate
 
 
 class StoreUnavailable(ConnectionError):
@@ -107,6 +108,16 @@ class MailRecord:
     provider_message_id: str | None = None
     reason: str | None = None
     attempts: tuple[Attempt, ...] = ()
+    #: What the providers reported after taking it, oldest first.
+    events: tuple[DeliveryEvent, ...] = ()
+
+
+class EventResult(StrEnum):
+    """What ``record_events`` did with one event."""
+
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"  # the provider sent it before: kept once
+    UNKNOWN_MAIL = "unknown-mail"  # no such mail here: not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +310,22 @@ class Store(abc.ABC):
         and no outbox entry get a new outbox entry (the relay dispatches them
         again) and are due ``now``. One transaction, at most ``limit`` mails.
         """
+
+    # --- delivery events ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
+        """Keep provider events in their mails' histories, in one transaction.
+
+        An event whose (provider, dedupe) is already kept is a duplicate; one for
+        a mail this store does not have is not kept. A new event that moves its
+        mail (``DeliveryEvent.moves_to``) makes a guarded move, so events that
+        arrive out of order never move a mail backwards.
+        """
+
+    @abc.abstractmethod
+    async def mail_for_message(self, provider_message_id: str) -> str | None:
+        """The id of the mail a provider accepted under ``provider_message_id``, if any."""
 
     # --- dead letters ---------------------------------------------------------
 

@@ -47,7 +47,7 @@ import aiomysql
 
 from config import check_store_url
 
-from ..messages import ALLOWED_FROM, Attempt, Mail, Status, StatusUpdate, decode
+from ..messages import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status, StatusUpdate, decode
 from . import sql
 from .base import (
     KEY_COLUMNS,
@@ -55,6 +55,7 @@ from .base import (
     Begun,
     BreakerState,
     DeadLetter,
+    EventResult,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -180,6 +181,23 @@ MIGRATIONS: tuple[str, ...] = (
         at          DOUBLE NOT NULL,
         replayed_at DOUBLE NULL
     ) {_TABLE_OPTIONS}
+    """,
+    # 6: what providers report after taking a mail (their webhooks).
+    f"""
+    CREATE TABLE IF NOT EXISTS events (
+        id        BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        mail_id   VARCHAR(64) NOT NULL,
+        provider  VARCHAR(64) NOT NULL,
+        kind      VARCHAR(16) NOT NULL,
+        at        DOUBLE NOT NULL,
+        dedupe    VARCHAR(255) NOT NULL,
+        bounce    VARCHAR(8) NULL,
+        reason    TEXT NULL,
+        recipient VARCHAR(320) NULL,
+        UNIQUE KEY events_once (provider, dedupe),
+        INDEX events_by_mail (mail_id, at)
+    ) {_TABLE_OPTIONS};
+    CREATE INDEX mails_by_provider_message ON mails (provider_message_id)
     """,
 )
 
@@ -629,7 +647,9 @@ class MySQLStore(Store):
             if row is None:
                 return None
             await cur.execute(Q.attempts, (mail_id,))
-            return sql.record_from_rows(row, await cur.fetchall())
+            attempts = await cur.fetchall()
+            await cur.execute(Q.events, (mail_id,))
+            return sql.record_from_rows(row, attempts, await cur.fetchall())
 
         return await self._run(body, read_only=True)
 
@@ -736,6 +756,42 @@ class MySQLStore(Store):
             return [r[0] for r in rows]
 
         return await self._run(body)
+
+    async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
+        if not events:
+            return []
+        ids = sorted({e.mail_id for e in events if _storable_id(e.mail_id)})
+
+        async def body(cur: Any) -> list[EventResult]:
+            known = await _lock_mails(cur, ids) if ids else {}
+            results: list[EventResult] = []
+            for event in events:
+                if event.mail_id not in known:
+                    results.append(EventResult.UNKNOWN_MAIL)
+                    continue
+                kept = await cur.execute(
+                    f"INSERT INTO events ({sql.EVENT_COLUMNS}) VALUES ({Q.marks(8)}) "
+                    "ON DUPLICATE KEY UPDATE id = id",
+                    sql.event_values(event),
+                )
+                if kept != 1:
+                    results.append(EventResult.DUPLICATE)
+                    continue
+                results.append(EventResult.RECORDED)
+                status = event.moves_to
+                if status is not None:
+                    await cur.execute(Q.move(status), sql.event_move_values(event, status))
+            return results
+
+        return await self._run(body)
+
+    async def mail_for_message(self, provider_message_id: str) -> str | None:
+        async def body(cur: Any) -> str | None:
+            await cur.execute(Q.mail_for_message, (provider_message_id,))
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(body, read_only=True)
 
     async def add_dead_letter(
         self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float

@@ -19,6 +19,8 @@ from ..messages import (
     ALLOWED_FROM,
     Attempt,
     Check,
+    DeliveryEvent,
+    EventKind,
     Mail,
     Outcome,
     Status,
@@ -38,11 +40,18 @@ CHUNK = 500
 #: Statuses a status update can reach, in the order one can follow another:
 #: a batch applies its moves in this order, so a ``sending`` and a ``sent``
 #: for one mail in the same batch end ``sent``.
-MOVE_ORDER: tuple[Status, ...] = (Status.SENDING, Status.SENT, Status.FAILED)
+MOVE_ORDER: tuple[Status, ...] = (
+    Status.SENDING,
+    Status.SENT,
+    Status.FAILED,
+    Status.DELIVERED,
+    Status.BOUNCED,
+)
 
 MAIL_COLUMNS = "id, status, payload, created_at, updated_at, tenant"
 ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id, id, checked"
 DEAD_LETTER_COLUMNS = "id, mailbox, mail_id, payload, error, at, replayed_at"
+EVENT_COLUMNS = "mail_id, provider, kind, at, dedupe, bounce, reason, recipient"
 
 #: Why a ``pending`` attempt became ``unknown``.
 STALE_REASON = "no answer recorded: the call outlived its process or its time"
@@ -220,6 +229,16 @@ class Sql:
 
     def due_now(self, count: int) -> str:
         return f"UPDATE mails SET due_at = {self.mark} WHERE id IN ({self.marks(count)})"
+
+    # --- delivery events -----------------------------------------------------------------
+
+    @property
+    def events(self) -> str:
+        return f"SELECT {EVENT_COLUMNS} FROM events WHERE mail_id = {self.mark} ORDER BY at, id"
+
+    @property
+    def mail_for_message(self) -> str:
+        return f"SELECT id FROM mails WHERE provider_message_id = {self.mark} LIMIT 1"
 
     # --- dead letters -------------------------------------------------------------------
 
@@ -457,8 +476,35 @@ def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
     )
 
 
-def record_from_rows(row: Sequence[Any], attempts: Sequence[Sequence[Any]]) -> MailRecord:
-    """A ``MailRecord`` from a row of ``RECORD_COLUMNS`` and its attempts' rows."""
+def event_values(event: DeliveryEvent) -> tuple[object, ...]:
+    """An event's row, in ``EVENT_COLUMNS`` order."""
+    return (
+        event.mail_id,
+        event.provider,
+        event.kind.value,
+        event.at,
+        event.dedupe,
+        event.bounce,
+        event.reason,
+        event.recipient,
+    )
+
+
+def event_move_values(event: DeliveryEvent, status: Status) -> tuple[object, ...]:
+    """Parameters of ``Sql.move`` for the move an event makes (a bounce keeps its reason)."""
+    reason = event.reason if status is Status.BOUNCED else None
+    return (status.value, event.at, None, None, reason, event.at, event.mail_id)
+
+
+def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
+    mail_id, provider, kind, at, dedupe, bounce, reason, recipient = row
+    return DeliveryEvent(mail_id, provider, EventKind(kind), at, dedupe, bounce, reason, recipient)
+
+
+def record_from_rows(
+    row: Sequence[Any], attempts: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]] = ()
+) -> MailRecord:
+    """A ``MailRecord`` from a row of ``RECORD_COLUMNS``, its attempts' and events' rows."""
     payload, status, updated_at, provider, provider_message_id, reason = row
     return MailRecord(
         mail=decode(Mail, payload),
@@ -468,6 +514,7 @@ def record_from_rows(row: Sequence[Any], attempts: Sequence[Sequence[Any]]) -> M
         provider_message_id=provider_message_id,
         reason=reason,
         attempts=tuple(attempt_from_row(a) for a in attempts),
+        events=tuple(event_from_row(e) for e in events),
     )
 
 

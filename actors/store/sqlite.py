@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..messages import Mail, Status, StatusUpdate, decode
+from ..messages import DeliveryEvent, Mail, Status, StatusUpdate, decode
 from . import sql
 from .base import (
     KEY_COLUMNS,
@@ -46,6 +46,7 @@ from .base import (
     Begun,
     BreakerState,
     DeadLetter,
+    EventResult,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
@@ -165,6 +166,23 @@ MIGRATIONS: tuple[str, ...] = (
         at          REAL NOT NULL,
         replayed_at REAL NULL
     );
+    """,
+    # 6: what providers report after taking a mail (their webhooks).
+    """
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        mail_id   TEXT NOT NULL,
+        provider  TEXT NOT NULL,
+        kind      TEXT NOT NULL,   -- actors.messages.EventKind
+        at        REAL NOT NULL,   -- when the provider says it happened
+        dedupe    TEXT NOT NULL,   -- the provider's unique event id
+        bounce    TEXT NULL,       -- hard | soft
+        reason    TEXT NULL,
+        recipient TEXT NULL
+    );
+    CREATE UNIQUE INDEX events_once ON events (provider, dedupe);
+    CREATE INDEX events_by_mail ON events (mail_id, at);
+    CREATE INDEX mails_by_provider_message ON mails (provider_message_id);
     """,
 )
 
@@ -546,6 +564,16 @@ class SQLiteStore(Store):
         swept: list[str] = await self._write(_SWEEP, (now, stale_before, limit))
         return swept
 
+    async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
+        if not events:
+            return []
+        results: list[EventResult] = await self._write(_RECORD_EVENTS, (tuple(events),))
+        return results
+
+    async def mail_for_message(self, provider_message_id: str) -> str | None:
+        found: str | None = await self._read(_MAIL_FOR_MESSAGE, (provider_message_id,))
+        return found
+
     async def add_dead_letter(
         self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float
     ) -> int:
@@ -750,7 +778,8 @@ def _GET(db: sqlite3.Connection, mail_id: str) -> MailRecord | None:
     row = db.execute(Q.record, (mail_id,)).fetchone()
     if row is None:
         return None
-    return sql.record_from_rows(row, db.execute(Q.attempts, (mail_id,)).fetchall())
+    attempts = db.execute(Q.attempts, (mail_id,)).fetchall()
+    return sql.record_from_rows(row, attempts, db.execute(Q.events, (mail_id,)).fetchall())
 
 
 #: Records an attempt once; nothing for an unknown mail.
@@ -811,6 +840,35 @@ def _BEGIN(
     attempt_id = db.execute(Q.insert_pending, (mail_id, provider, round_, at)).lastrowid
     db.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)
+
+
+@op()
+@single
+def _RECORD_EVENTS(db: sqlite3.Connection, events: tuple[DeliveryEvent, ...]) -> list[EventResult]:
+    results: list[EventResult] = []
+    for event in events:
+        if db.execute("SELECT 1 FROM mails WHERE id = ?", (event.mail_id,)).fetchone() is None:
+            results.append(EventResult.UNKNOWN_MAIL)
+            continue
+        kept = db.execute(_INSERT_EVENT, sql.event_values(event)).rowcount
+        if kept <= 0:
+            results.append(EventResult.DUPLICATE)
+            continue
+        results.append(EventResult.RECORDED)
+        status = event.moves_to
+        if status is not None:
+            db.execute(Q.move(status), sql.event_move_values(event, status))
+    return results
+
+
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({sql.EVENT_COLUMNS}) VALUES ({Q.marks(8)})"
+
+
+@op()
+@single
+def _MAIL_FOR_MESSAGE(db: sqlite3.Connection, provider_message_id: str) -> str | None:
+    row = db.execute(Q.mail_for_message, (provider_message_id,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 @op()
