@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -32,12 +32,14 @@ __all__ = ["Config", "Mailman", "embedded", "main"]
 log = structlog.get_logger("mailman")
 
 
-async def serve(config: Config, argv: Sequence[str] = ()) -> int:
+async def serve(
+    config: Config, argv: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> int:
     """Run until SIGTERM or SIGINT; the exit code.
 
     With ``--processes N`` (N >= 2) this process supervises N child processes
-    (``argv``, the flags, is what they are started with); otherwise it runs
-    the actors itself.
+    (``argv``, the flags, and ``env``, this process's environment by default,
+    are what they are started with); otherwise it runs the actors itself.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -46,7 +48,8 @@ async def serve(config: Config, argv: Sequence[str] = ()) -> int:
     code = 0
     try:
         if config.processes > 1:
-            return await ProcessSupervisor(config, argv).run(stop)
+            children_env = os.environ if env is None else env
+            return await ProcessSupervisor(config, argv, children_env).run(stop)
         system = Mailman(config)
         async with asyncio.TaskGroup() as group:
             group.create_task(system.run(stop), name="mailman")
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     try:
-        return run(serve(config, argv), config.event_loop)
+        return run(serve(config, argv, env), config.event_loop)
     except ConfigError as exc:
         log.error("config.invalid", detail=str(exc))
         return 2

@@ -88,6 +88,17 @@ def make_breaker(provider: str, fail_max: int, reset_seconds: float) -> Provider
     return ProviderBreaker(provider, fail_max=fail_max, reset_seconds=reset_seconds)
 
 
+def states_of(
+    breakers: Mapping[str, ProviderBreaker], clock: Callable[[], float] = time.time
+) -> list[BreakerState]:
+    """Each breaker's state as it is in this process now (for ``/readyz`` and ``/metrics``)."""
+    now = clock()
+    return [
+        BreakerState(provider, state_of(breaker), _to_unix(breaker.storage.opened_at), now)
+        for provider, breaker in breakers.items()
+    ]
+
+
 def _to_unix(naive_utc: datetime | None) -> float | None:
     # aiobreaker keeps naive UTC datetimes.
     return None if naive_utc is None else naive_utc.replace(tzinfo=UTC).timestamp()

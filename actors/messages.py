@@ -155,6 +155,8 @@ class Mail:
     created_at: float = field(default_factory=time.time)
     #: Whose mail it is: the tenant of the API key that submitted it ("" without keys).
     tenant: str = ""
+    #: Where each change of the mail's status is POSTed (``actors.callbacks``); None: nowhere.
+    callback_url: str | None = None
 
     @property
     def message_id(self) -> str:
@@ -183,6 +185,8 @@ class Mail:
             out["text"] = self.text
         if self.html is not None:
             out["html"] = self.html
+        if self.callback_url is not None:
+            out["callback_url"] = self.callback_url
         return out
 
 

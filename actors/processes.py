@@ -20,6 +20,12 @@ Nothing is lost by a kill -9 of any of them: a mail is committed before its
 201, and a worker that starts again hands every unfinished mail back to its
 relay. Children get SIGTERM from the kernel if the parent dies (Linux
 ``PR_SET_PDEATHSIG``).
+
+Metrics: the parent gives every child the same ``PROMETHEUS_MULTIPROC_DIR``
+(a fresh directory of its own, or ``config.metrics_dir`` emptied of earlier
+runs' files), so each API child's ``/metrics`` answers the sum over all of
+them (prometheus-client's multiprocess mode); it marks each child that exits
+dead there, and removes a directory of its own when it stops.
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ import collections
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 
 from config import ROLE_ALL, Config
 
@@ -90,11 +100,17 @@ class ProcessSupervisor:
 
     strategy = "one_for_one"
 
-    def __init__(self, config: Config, argv: Sequence[str]) -> None:
+    def __init__(self, config: Config, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """``argv`` and ``env``: the flags and environment the entry point was given, which
+        the children are started with."""
         if config.processes < 2 or config.roles != (ROLE_ALL,):
             raise ValueError("a process supervisor is for --processes N >= 2 with every role")
         self.config = config
         self.argv = list(argv)
+        self.env = dict(env)
+        #: The children's PROMETHEUS_MULTIPROC_DIR (set in ``run``).
+        self.metrics_dir: Path | None = None
+        self._own_metrics_dir = False
         self.specs = process_specs(config)
         self.port = config.port
         self.pids: dict[str, int] = {}
@@ -117,11 +133,13 @@ class ProcessSupervisor:
     async def run(self, until: asyncio.Event) -> int:
         """Run the children until ``until`` is set; the exit code."""
         self._reserve_port()
+        self._prepare_metrics_dir()
         log.info(
             "processes.starting",
             strategy=self.strategy,
             processes=[s.name for s in self.specs],
             port=self.port,
+            metrics_dir=str(self.metrics_dir),
         )
         code = 0
         try:
@@ -140,6 +158,8 @@ class ProcessSupervisor:
             await self._stop_children()
             if self._reserved is not None:
                 self._reserved.close()
+            if self._own_metrics_dir and self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("processes.stopped", code=code)
         return code
 
@@ -182,6 +202,18 @@ class ProcessSupervisor:
         self.port = sock.getsockname()[1]
         self._reserved = sock
 
+    def _prepare_metrics_dir(self) -> None:
+        """The children's metrics directory: the configured one emptied, or a fresh one."""
+        if self.config.metrics_dir:
+            path = Path(self.config.metrics_dir)
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.glob("*.db"):  # an earlier run's counts would be summed in
+                stale.unlink()
+        else:
+            path = Path(tempfile.mkdtemp(prefix="mailman-metrics-"))
+            self._own_metrics_dir = True
+        self.metrics_dir = path
+
     # --- one child -------------------------------------------------------------------
 
     async def _watch(self, spec: ProcessSpec) -> None:
@@ -197,6 +229,8 @@ class ProcessSupervisor:
                 self._ready_once.add(spec.name)
                 self._ready_changed.set()
             code = await proc.wait()
+            if self.metrics_dir is not None:  # its live gauges no longer count
+                mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self._stopping.is_set():
                 return
             if code == EXIT_CONFIG:
@@ -250,8 +284,12 @@ class ProcessSupervisor:
         if spec.reuse_port:
             argv.append("--reuse-port")
         try:
+            env = dict(self.env)
+            if self.metrics_dir is not None:
+                env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_fd,),
                 preexec_fn=die_with_parent,

@@ -31,10 +31,11 @@ from config import (
     is_memory_store,
     redact_url,
 )
-from routes import Load, create_app
+from routes import HttpMetrics, Load, Probes, create_app
 
 from .bookkeeper import Bookkeeper
-from .breakers import ProviderBreaker, SharedHealth, make_breaker
+from .breakers import ProviderBreaker, SharedHealth, make_breaker, states_of
+from .callbacks import Notifier
 from .journal import Journal
 from .lifecycle import Actor
 from .mailboxes import Broker, MemoryBroker
@@ -230,6 +231,8 @@ class Mailman:
         self.nudge = Nudge(remote)
         #: The API's requests in flight: the relay beside it puts accepts first.
         self.load = Load()
+        #: This process's HTTP metrics, kept across restarts of the API actor.
+        self.http_metrics = HttpMetrics(config.metrics_dir) if ROLE_API in self.roles else None
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -280,6 +283,11 @@ class Mailman:
                     ),
                 )
             )
+            if cfg.callbacks.secret is not None:
+                # Status callbacks go out beside every bookkeeper (they need the secret).
+                children.append(
+                    ChildSpec("notifier", lambda: Notifier(store=self.store, config=cfg.callbacks))
+                )
         if ROLE_RETRY in self.roles:
             children.append(
                 ChildSpec(
@@ -327,10 +335,30 @@ class Mailman:
 
         return factory
 
+    def _probes(self) -> Probes:
+        """What ``/readyz`` and ``/metrics`` see of the actors beside the API in this process."""
+        others = self.roles - {ROLE_API}
+        local = {name: self.breakers[name] for name in self.config.chain if name in self.roles}
+        broker = self.broker
+        return Probes(
+            # An API-only process never starts the broker: it does not depend on it.
+            broker=broker.ping if others else None,
+            breakers=(lambda: states_of(local)) if local else None,
+            mailboxes=broker.depths if others and isinstance(broker, MemoryBroker) else None,
+        )
+
     def _server_factory(self) -> Actor:
         cfg = self.config
+        probes = self._probes()
         self._server = HttpServer(
-            lambda: create_app(store=self.store, outbound=self.nudge, config=cfg, load=self.load),
+            lambda: create_app(
+                store=self.store,
+                outbound=self.nudge,
+                config=cfg,
+                load=self.load,
+                metrics=self.http_metrics,
+                probes=probes,
+            ),
             host=cfg.host,
             port=self._server.port if self._server is not None else cfg.port,
             shutdown_timeout=cfg.shutdown_timeout,

@@ -8,6 +8,7 @@ Nothing else in Mailman reads ``os.environ``.
 from __future__ import annotations
 
 import argparse
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,27 @@ class RelayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackConfig:
+    """Status callbacks (``actors.callbacks``): ``callback_url`` hears each status change."""
+
+    #: Signs every callback (HMAC-SHA256); without it ``callback_url`` is refused.
+    secret: Secret | None = None
+    #: Let callbacks go to loopback, private and link-local addresses (a receiver on your network).
+    allow_private: bool = False
+    #: Seconds a receiver has to answer one callback.
+    timeout_seconds: float = 5.0
+    #: After a failed call: base * 2**(tries - 1), capped...
+    retry_base_seconds: float = 5.0
+    retry_cap_seconds: float = 600.0
+    #: ...until this long after the status change; then it is given up.
+    window_seconds: float = 24 * 3600.0
+    #: Calls in flight at once, per notifier.
+    concurrency: int = 16
+    #: How often a notifier looks for due callbacks.
+    interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 9292
@@ -167,9 +189,19 @@ class Config:
     sweep_margin: float = 20.0
     #: How often the sweeper looks for such mails.
     sweep_interval: float = 5.0
+    #: SendGrid's Event Webhook verification key (base64 DER): turns POST /webhooks/sendgrid on.
+    sendgrid_webhook_public_key: str | None = None
+    #: Mailgun's HTTP webhook signing key: turns POST /webhooks/mailgun on.
+    mailgun_webhook_signing_key: Secret | None = None
     log_level: str = "info"
     log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
+    #: prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``): the API
+    #: processes that share it each answer /metrics with the sum over all of them.
+    #: ``--processes`` makes a fresh one for its children.
+    metrics_dir: str | None = None
+    #: Status callbacks (``callback_url``).
+    callbacks: CallbackConfig = CallbackConfig()
 
     @property
     def stale_after(self) -> float:
@@ -250,9 +282,20 @@ ENV_ONLY = (
     "MAILMAN_RATE_LIMIT",
     "MAILMAN_KEY_CACHE_SECONDS",
     "MAILMAN_BACKLOG_LIMIT",
+    "MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY",
+    "MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY",
     "MAILMAN_EVENT_LOOP",
     "MAILMAN_LOG_LEVEL",
     "MAILMAN_LOG_FORMAT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "MAILMAN_CALLBACK_SECRET",
+    "MAILMAN_CALLBACK_ALLOW_PRIVATE",
+    "MAILMAN_CALLBACK_TIMEOUT_SECONDS",
+    "MAILMAN_CALLBACK_RETRY_BASE_SECONDS",
+    "MAILMAN_CALLBACK_RETRY_CAP_SECONDS",
+    "MAILMAN_CALLBACK_WINDOW_SECONDS",
+    "MAILMAN_CALLBACK_CONCURRENCY",
+    "MAILMAN_CALLBACK_INTERVAL_SECONDS",
 )
 
 _EPILOG = (
@@ -443,6 +486,32 @@ def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"{key} must be true or false, got {env.get(key)!r}")
 
 
+def _secret(env: Mapping[str, str], key: str) -> Secret | None:
+    raw = env.get(key, "").strip()
+    return Secret(raw) if raw else None
+
+
+def _public_key(env: Mapping[str, str], key: str) -> str | None:
+    """An ECDSA P-256 public key as base64 DER (SubjectPublicKeyInfo); PEM armour is dropped."""
+    raw = env.get(key, "")
+    lines = [line.strip() for line in raw.splitlines() if not line.strip().startswith("-----")]
+    text = "".join("".join(lines).split())
+    if not text:
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    try:
+        loaded = load_der_public_key(base64.b64decode(text, validate=True))
+    except ValueError:  # binascii.Error too
+        loaded = None
+    if not isinstance(loaded, ec.EllipticCurvePublicKey) or loaded.curve.name != "secp256r1":
+        raise ConfigError(
+            f"{key} must be an ECDSA P-256 public key, base64 DER as SendGrid shows it"
+        )
+    return text
+
+
 def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tuple[str, ...]]:
     names = [n.strip().lower() for n in env.get("MAILMAN_PROVIDERS", "sendgrid,mailgun").split(",")]
     names = [n for n in names if n]
@@ -562,6 +631,16 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         backoff_base_seconds=_number(env, "MAILMAN_RESTART_BACKOFF_SECONDS", 0.1),
         backoff_cap_seconds=_number(env, "MAILMAN_RESTART_BACKOFF_CAP_SECONDS", 5.0),
     )
+    callbacks = CallbackConfig(
+        secret=_secret(env, "MAILMAN_CALLBACK_SECRET"),
+        allow_private=_flag(env, "MAILMAN_CALLBACK_ALLOW_PRIVATE", False),
+        timeout_seconds=_number(env, "MAILMAN_CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.01),
+        retry_base_seconds=_number(env, "MAILMAN_CALLBACK_RETRY_BASE_SECONDS", 5.0, minimum=0.001),
+        retry_cap_seconds=_number(env, "MAILMAN_CALLBACK_RETRY_CAP_SECONDS", 600.0, minimum=0.001),
+        window_seconds=_number(env, "MAILMAN_CALLBACK_WINDOW_SECONDS", 86400.0),
+        concurrency=_integer(env, "MAILMAN_CALLBACK_CONCURRENCY", 16, minimum=1),
+        interval_seconds=_number(env, "MAILMAN_CALLBACK_INTERVAL_SECONDS", 1.0, minimum=0.01),
+    )
     return Config(
         host=args.host,
         port=port,
@@ -595,7 +674,11 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         poison_attempts=_integer(env, "MAILMAN_POISON_ATTEMPTS", 5, minimum=1),
         sweep_margin=_number(env, "MAILMAN_SWEEP_MARGIN_SECONDS", 20.0, minimum=0.0),
         sweep_interval=_number(env, "MAILMAN_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.01),
+        sendgrid_webhook_public_key=_public_key(env, "MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        mailgun_webhook_signing_key=_secret(env, "MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY"),
         log_level=log_level,
         log_format=log_format,
         event_loop=event_loop,
+        metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        callbacks=callbacks,
     )

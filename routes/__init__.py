@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 from aiohttp import web
 
 from actors.messages import Dispatch
-from actors.store import Store
+from actors.store import BreakerState, Store
 from config import Config
 
 from .backlog import Backlog, refresher
+from .instruments import HttpMetrics
 
 
 class Outbound(Protocol):
@@ -56,11 +58,25 @@ class Load:
         return 0.0 if self.requests else max(0.0, now - self.active_at)
 
 
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What ``/readyz`` and ``/metrics`` may look at beside the store, where this process has it."""
+
+    #: Raises when the broker this process uses cannot be reached; None: it uses none.
+    broker: Callable[[], Awaitable[None]] | None = None
+    #: This process's own provider breakers (fresher than the states shared in the store).
+    breakers: Callable[[], Sequence[BreakerState]] | None = None
+    #: Messages waiting in each in-process mailbox of this process.
+    mailboxes: Callable[[], Mapping[str, int]] | None = None
+
+
 STORE = web.AppKey("store", Store)
 OUTBOUND = web.AppKey("outbound", Outbound)
 CONFIG = web.AppKey("config", Config)
 LOAD = web.AppKey("load", Load)
 BACKLOG = web.AppKey("backlog", Backlog)
+HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
+PROBES = web.AppKey("probes", Probes)
 #: (tenant, idempotency key hash) of the requests this replica is committing now.
 INFLIGHT = web.AppKey("inflight", set[tuple[str, str]])
 
@@ -71,31 +87,46 @@ PURGE_SECONDS = 60.0
 
 # The handlers read the keys above, so they are imported after them.
 from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
+from .dashboard import routes as dashboard_routes  # noqa: E402
 from .errors import error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
+from .metrics import setup as setup_metrics  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
+from .webhooks import add_webhooks  # noqa: E402
 
 __all__ = [
     "BACKLOG",
     "CONFIG",
+    "HTTP_METRICS",
     "INFLIGHT",
     "KEYRING",
     "LOAD",
     "OUTBOUND",
+    "PROBES",
     "STORE",
+    "HttpMetrics",
     "Load",
     "Outbound",
+    "Probes",
     "create_app",
 ]
 
 
 def create_app(
-    *, store: Store, outbound: Outbound, config: Config, load: Load | None = None
+    *,
+    store: Store,
+    outbound: Outbound,
+    config: Config,
+    load: Load | None = None,
+    metrics: HttpMetrics | None = None,
+    probes: Probes | None = None,
 ) -> web.Application:
     """The API as an aiohttp application; ``store`` must already be open.
 
-    ``load`` counts the requests in flight (for a relay in the same process).
+    ``load`` counts the requests in flight (for a relay in the same process);
+    ``metrics`` this process's HTTP metrics (they outlive a restart of the
+    app); ``probes`` what else ``/readyz`` and ``/metrics`` may look at.
     """
     app = web.Application(
         client_max_size=config.max_body_bytes,
@@ -106,13 +137,18 @@ def create_app(
     app[CONFIG] = config
     app[INFLIGHT] = set()
     app[LOAD] = load or Load()
+    app[HTTP_METRICS] = metrics or HttpMetrics()
+    app[PROBES] = probes or Probes()
     app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
     app[BACKLOG] = backlog = Backlog(config.backlog_limit)
     app.cleanup_ctx.append(janitor)
     app.cleanup_ctx.append(lambda _: refresher(backlog, store))
     app.add_routes(mail_routes)
     app.add_routes(health_routes)
+    setup_metrics(app)
     app.add_routes(openapi_routes)
+    add_webhooks(app)
+    app.add_routes(dashboard_routes)
     return app
 
 

@@ -1,10 +1,11 @@
 """Who is calling: ``Authorization: Bearer <key>``, scopes and tenants.
 
 Every handler that needs a key says which scope with ``@requires(...)``;
-handlers without it (``/health``, ``/openapi.json``, aiohttp's own 404/405)
-are public. While the store holds no key at all the API is open: every
-caller is an anonymous admin of the tenant ``""`` (the entry point only
-allows that on a loopback address). Once a key exists, nothing is anonymous.
+handlers without it (``/health``, ``/healthz``, ``/readyz``, ``/metrics``,
+``/openapi.json``, aiohttp's own 404/405) are public. While the store holds
+no key at all the API is open: every caller is an anonymous admin of the
+tenant ``""`` (the entry point only allows that on a loopback address).
+Once a key exists, nothing is anonymous.
 
 A replica trusts what it read about a key for ``key_cache_seconds``, so a
 revocation takes effect on every replica within that time.

@@ -27,7 +27,8 @@ from aiohttp.typedefs import Handler
 from actors.store import StoreUnavailable
 from config.logging import get_logger
 
-from . import LOAD
+from . import HTTP_METRICS, LOAD
+from .instruments import UNROUTED
 from .validation import FieldError
 
 log = get_logger("mailman.http")
@@ -52,6 +53,7 @@ IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
 IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
 STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
 BACKLOG_FULL = _PROBLEMS + "backlog-full"
+NOT_READY = _PROBLEMS + "not-ready"
 TIMEOUT = _PROBLEMS + "timeout"
 #: RFC 9457: the problem has no more meaning than its HTTP status.
 ABOUT_BLANK = "about:blank"
@@ -261,13 +263,19 @@ def _log_request(
     *,
     event: str = "http.request",
 ) -> None:
-    """The request's canonical line (the access log): one per request, at info."""
+    """The request's canonical line (the access log): one per request, at info; and its
+    count and time in the HTTP metrics (by route template, never by raw path)."""
+    seconds = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    request.app[HTTP_METRICS].observe(
+        request.method, UNROUTED if resource is None else resource.canonical, status, seconds
+    )
     log.info(
         event,
         method=request.method,
         path=request.path,
         status=status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        duration_ms=round(seconds * 1000, 2),
         request_id=rid,
         **fields,
     )

@@ -16,7 +16,9 @@ from urllib.parse import urlencode
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractResolver
 
+from actors.callbacks import binds_loopback, resolution_problem
 from actors.keys import Scope
 from actors.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status, new_mail_id
 from actors.store import (
@@ -48,7 +50,7 @@ from .errors import (
     note,
 )
 from .guard import guarded
-from .validation import BODY_FIELD, FieldError, ValidationFailed, parse_mail
+from .validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed, parse_mail
 
 log = get_logger("mailman.http")
 
@@ -279,7 +281,10 @@ async def send_mail(request: web.Request) -> web.Response:
             default_subject=request.app[CONFIG].default_subject,
             now=now,
             tenant=principal.tenant,
+            callbacks=_callback_rules(request, principal),
         )
+        if mail.callback_url is not None:
+            await _check_callback(request, mail.callback_url)
     except ValidationFailed as exc:
         invalid = [e.field for e in exc.errors]
         note(request, invalid=invalid)
@@ -312,6 +317,39 @@ async def send_mail(request: web.Request) -> web.Response:
         log.exception("mail.dispatch_failed", mail_id=mail.id)
     log.debug("mail.accepted", mail_id=mail.id, recipients=recipients)
     return json_response(accepted_body(mail.id), status=HTTPStatus.CREATED, headers=headers)
+
+
+# --- status callbacks (actors.callbacks) ---------------------------------------------
+
+#: Resolves callback hosts at submission; the system's resolver when not set (tests set it).
+CALLBACK_RESOLVER = web.AppKey("callback_resolver", AbstractResolver)
+
+
+def _callback_rules(request: web.Request, principal: Principal) -> CallbackRules:
+    """What ``callback_url`` may be for this request.
+
+    Plain ``http`` only while the API runs open, which it does only with no key
+    in the store and only on loopback (``actors.system.check_exposure``): the
+    caller is then the anonymous principal, and the bind address says loopback.
+    """
+    config = request.app[CONFIG]
+    return CallbackRules(
+        enabled=config.callbacks.secret is not None,
+        allow_http=principal.key_id is None and binds_loopback(config.host),
+        allow_private=config.callbacks.allow_private,
+    )
+
+
+async def _check_callback(request: web.Request, url: str) -> None:
+    """Resolve the callback URL's host: ``ValidationFailed`` if an address is not public."""
+    config = request.app[CONFIG].callbacks
+    if config.allow_private:
+        return
+    problem = await resolution_problem(
+        url, resolver=request.app.get(CALLBACK_RESOLVER), within=config.timeout_seconds
+    )
+    if problem is not None:
+        raise ValidationFailed([FieldError("callback_url", problem)])
 
 
 async def _commit(request: web.Request, mail: Mail, idempotency: Idempotency | None) -> str:

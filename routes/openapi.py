@@ -74,6 +74,90 @@ _MARK_ERRORS = {
     "409": _problem("The mail is final in the other status"),
 }
 
+
+def _webhook(provider: str, summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A provider's webhook (routes/webhooks.py): public, signed, 404 while its key is unset."""
+    return {
+        "post": {
+            "operationId": f"{provider}Events",
+            "summary": summary,
+            "description": "For the provider, not for API clients: no API key, but signed.",
+            "security": [],
+            "requestBody": {"required": True, "content": {_JSON: {"schema": body}}},
+            "responses": {
+                "200": {
+                    "description": "Handled: counts of the events kept, seen before, for "
+                    "mails this service does not have, and skipped",
+                    "content": {_JSON: {"schema": _ref("WebhookAnswer")}},
+                },
+                "400": _problem("Not JSON, or not the provider's event shape"),
+                "401": {
+                    **_problem("No signature"),
+                    "headers": {
+                        "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}
+                    },
+                },
+                "403": _problem("A signature that does not verify, or a stale timestamp"),
+                "404": _problem("Off: no webhook key is configured for this provider"),
+                "408": _problem("The request body stalled"),
+                "413": _problem("The body is too large"),
+                "415": _problem("A Content-Encoding other than gzip or deflate"),
+                "503": _problem(
+                    "The store does not answer; try again after Retry-After", "Retry-After"
+                ),
+            },
+        }
+    }
+
+
+_SENDGRID_EVENTS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["event"],
+        "properties": {
+            "event": {"type": "string"},
+            "email": {"type": "string"},
+            "timestamp": {"type": "integer"},
+            "sg_event_id": {"type": "string"},
+            "sg_message_id": {"type": "string"},
+            "mail_id": {"type": "string", "description": "the custom_args Mailman sends"},
+            "type": {"type": "string", "enum": ["bounce", "blocked"]},
+            "reason": {"type": "string"},
+            "response": {"type": "string"},
+        },
+    },
+}
+
+_MAILGUN_EVENT = {
+    "type": "object",
+    "required": ["signature", "event-data"],
+    "properties": {
+        "signature": {
+            "type": "object",
+            "required": ["timestamp", "token", "signature"],
+            "properties": {
+                "timestamp": {"type": "string"},
+                "token": {"type": "string"},
+                "signature": {"type": "string"},
+            },
+        },
+        "event-data": {
+            "type": "object",
+            "required": ["event", "timestamp"],
+            "properties": {
+                "event": {"type": "string"},
+                "timestamp": {"type": "number"},
+                "recipient": {"type": "string"},
+                "severity": {"type": "string", "enum": ["permanent", "temporary"]},
+                "reason": {"type": "string"},
+                "user-variables": {"type": "object"},
+                "message": {"type": "object"},
+            },
+        },
+    },
+}
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -343,6 +427,83 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness: the process serves (it looks at nothing else)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Alive",
+                        "content": {_JSON: {"schema": _ref("Health")}},
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the store answers, the broker answers where this "
+                "process uses one, and at least one provider's breaker is not open",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Ready",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["status", "checks"],
+                                    "properties": {
+                                        "status": {"const": "ready"},
+                                        "checks": _ref("ReadyChecks"),
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "503": {
+                        "description": "Not ready; not_ready names what",
+                        "content": {
+                            _PROBLEM: {
+                                "schema": {
+                                    "allOf": [
+                                        _ref("Problem"),
+                                        {
+                                            "type": "object",
+                                            "required": ["not_ready", "checks"],
+                                            "properties": {
+                                                "not_ready": {
+                                                    "type": "array",
+                                                    "items": {
+                                                        "enum": ["store", "broker", "providers"]
+                                                    },
+                                                },
+                                                "checks": _ref("ReadyChecks"),
+                                            },
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format 0.0.4): HTTP figures of the API "
+                "processes, delivery figures read from the store",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -356,6 +517,15 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/webhooks/sendgrid": _webhook(
+            "sendgrid",
+            "SendGrid's Event Webhook: ECDSA-signed (X-Twilio-Email-Event-Webhook-Signature "
+            "and -Timestamp headers) arrays of events",
+            _SENDGRID_EVENTS,
+        ),
+        "/webhooks/mailgun": _webhook(
+            "mailgun", "A Mailgun webhook: one HMAC-signed event", _MAILGUN_EVENT
+        ),
     },
     "components": {
         "securitySchemes": {
@@ -390,6 +560,34 @@ DOCUMENT: dict[str, Any] = {
             },
         },
         "schemas": {
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"const": "ok"}},
+            },
+            "ReadyChecks": {
+                "type": "object",
+                "required": ["store", "broker", "providers"],
+                "properties": {
+                    "store": {"enum": ["ok", "unreachable"]},
+                    "broker": {"enum": ["ok", "unreachable", "not-used"]},
+                    "providers": {
+                        "type": "object",
+                        "description": "each provider's breaker state, as a call would meet it",
+                        "additionalProperties": {
+                            "enum": ["closed", "open", "half_open", "unknown"]
+                        },
+                    },
+                },
+            },
+            "WebhookAnswer": {
+                "type": "object",
+                "required": ["recorded", "duplicate", "unknown", "skipped"],
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("recorded", "duplicate", "unknown", "skipped")
+                },
+            },
             "MailSubmission": {
                 "type": "object",
                 "required": ["to", "from"],
@@ -403,6 +601,13 @@ DOCUMENT: dict[str, Any] = {
                     "content": {"type": "string", "description": "plain text (same as text)"},
                     "text": {"type": "string"},
                     "html": {"type": "string"},
+                    "callback_url": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "description": "Where each change of the mail's status is POSTed, "
+                        "signed (Mailman-Signature). https, to a public address; needs "
+                        "MAILMAN_CALLBACK_SECRET on the server (README: Status callbacks)",
+                    },
                 },
             },
             "Accepted": {
@@ -490,6 +695,7 @@ DOCUMENT: dict[str, Any] = {
                                     "subject": {"type": "string"},
                                     "text": {"type": "string"},
                                     "html": {"type": "string"},
+                                    "callback_url": {"type": "string"},
                                 },
                             },
                             "attempts": {
@@ -565,6 +771,156 @@ DOCUMENT: dict[str, Any] = {
                                 "field": {"type": "string"},
                                 "message": {"type": "string"},
                             },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+# --- the dashboard (routes/dashboard.py) -----------------------------------------------
+
+_COUNT = {"type": "integer", "minimum": 0}
+_WHEN = {"type": "string", "format": "date-time"}
+_BREAKER = {"enum": ["closed", "open", "half_open", "unknown"]}
+
+DOCUMENT["paths"]["/dashboard"] = {
+    "get": {
+        "operationId": "dashboard",
+        "summary": "The dashboard page (HTML, inline script and SVG); it holds no figures: "
+        "its script reads /dashboard/data with the admin key typed into it",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The page",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+}
+DOCUMENT["paths"]["/dashboard/data"] = {
+    "get": {
+        "operationId": "dashboardData",
+        "summary": "What the dashboard shows, read from the store (needs `admin`): providers "
+        "and their breakers, mails by status, provider calls per minute, the latest failures",
+        "description": "No mail content: ids, statuses, providers, outcomes, reasons, times "
+        "and counts. The same whichever process answers.",
+        "responses": {
+            "200": {
+                "description": "The figures",
+                "content": {_JSON: {"schema": _ref("DashboardData")}},
+            },
+            **_COMMON_ERRORS,
+        },
+    }
+}
+DOCUMENT["components"]["schemas"]["DashboardData"] = {
+    "type": "object",
+    "required": [
+        "generated_at",
+        "providers",
+        "mails",
+        "backlog",
+        "outbox",
+        "dead_letters",
+        "throughput",
+        "failures",
+    ],
+    "properties": {
+        "generated_at": _WHEN,
+        "providers": {
+            "type": "array",
+            "description": "the provider chain in order, then providers only seen in attempts",
+            "items": {
+                "type": "object",
+                "required": ["name", "in_chain", "breaker", "window", "attempts", "retries"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "in_chain": {"type": "boolean"},
+                    "breaker": _BREAKER,
+                    "window": {
+                        "type": "object",
+                        "description": "calls started in the chart's minutes",
+                        "required": ["accepted", "failed"],
+                        "properties": {"accepted": _COUNT, "failed": _COUNT},
+                    },
+                    "attempts": {
+                        "type": "object",
+                        "description": "every attempt kept, by outcome (pending: in flight)",
+                        "required": [o.value for o in Outcome],
+                        "properties": {o.value: _COUNT for o in Outcome},
+                    },
+                    "retries": _COUNT,
+                },
+            },
+        },
+        "mails": {
+            "type": "object",
+            "required": _STATUSES,
+            "properties": {s: _COUNT for s in _STATUSES},
+        },
+        "backlog": _COUNT,
+        "outbox": _COUNT,
+        "dead_letters": _COUNT,
+        "throughput": {
+            "type": "object",
+            "required": ["minutes", "per_minute"],
+            "properties": {
+                "minutes": _COUNT,
+                "per_minute": {
+                    "type": "array",
+                    "description": "oldest first; the last is the current minute (UTC)",
+                    "items": {
+                        "type": "object",
+                        "required": ["minute", "accepted", "failed"],
+                        "properties": {"minute": _WHEN, "accepted": _COUNT, "failed": _COUNT},
+                    },
+                },
+            },
+        },
+        "failures": {
+            "type": "object",
+            "required": ["mails", "attempts"],
+            "properties": {
+                "mails": {
+                    "type": "array",
+                    "description": "the newest failed mails, newest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "provider", "reason", "at"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "provider": {"type": ["string", "null"]},
+                            "reason": {"type": ["string", "null"]},
+                            "at": _WHEN,
+                        },
+                    },
+                },
+                "attempts": {
+                    "type": "array",
+                    "description": "the newest provider calls that did not get the mail "
+                    "taken (transient, misconfigured, rejected, unknown), newest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["mail_id", "provider", "round", "outcome", "reason", "at"],
+                        "properties": {
+                            "mail_id": {"type": "string"},
+                            "provider": {"type": "string"},
+                            "round": _COUNT,
+                            "outcome": {
+                                "enum": [
+                                    o.value
+                                    for o in (
+                                        Outcome.TRANSIENT,
+                                        Outcome.MISCONFIGURED,
+                                        Outcome.REJECTED,
+                                        Outcome.UNKNOWN,
+                                    )
+                                ]
+                            },
+                            "reason": {"type": ["string", "null"]},
+                            "at": _WHEN,
                         },
                     },
                 },

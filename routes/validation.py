@@ -47,6 +47,7 @@ from email.utils import getaddresses
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
+from actors.callbacks import url_problem
 from actors.messages import Address, Mail
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
@@ -89,6 +90,18 @@ class FieldError:
 
     def as_json(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRules:
+    """What a ``callback_url`` may be here (``actors.callbacks.url_problem``)."""
+
+    #: A signing secret is configured: without one, ``callback_url`` is refused.
+    enabled: bool = False
+    #: Plain ``http`` too: only while the API runs open on loopback.
+    allow_http: bool = False
+    #: Loopback, private and link-local hosts too (``MAILMAN_CALLBACK_ALLOW_PRIVATE``).
+    allow_private: bool = False
 
 
 class ValidationFailed(ValueError):
@@ -341,13 +354,21 @@ def _optional_string(body: Mapping[str, object], field: str, errors: _Errors) ->
 
 
 def parse_mail(
-    body: object, *, mail_id: str, default_subject: str, now: float, tenant: str = ""
+    body: object,
+    *,
+    mail_id: str,
+    default_subject: str,
+    now: float,
+    tenant: str = "",
+    callbacks: CallbackRules = CallbackRules(),
 ) -> Mail:
     """The ``Mail`` that a decoded JSON request body describes.
 
     Raises ``ValidationFailed`` listing every bad field. Unknown fields are
     ignored. When there are more than ``MAX_RECIPIENTS`` recipients, their
     entries are not checked one by one (that would be unbounded work).
+    ``callback_url`` is checked by ``callbacks`` without a DNS lookup (the
+    caller resolves it: ``actors.callbacks.resolution_problem``).
     """
     if not isinstance(body, dict):
         raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
@@ -402,6 +423,7 @@ def parse_mail(
         subject = default_subject
 
     text, html = _bodies(body, errors)
+    callback_url = _callback_url(body, callbacks, errors)
 
     if errors or sender is None:
         raise ValidationFailed(errors.as_list())
@@ -417,7 +439,25 @@ def parse_mail(
         reply_to=reply_to,
         created_at=now,
         tenant=tenant,
+        callback_url=callback_url,
     )
+
+
+def _callback_url(body: Mapping[str, object], rules: CallbackRules, errors: _Errors) -> str | None:
+    """The optional ``callback_url``, checked by ``rules`` (no DNS lookup)."""
+    url = _optional_string(body, "callback_url", errors)
+    if url is None:
+        return None
+    if not rules.enabled:
+        errors.add(
+            "callback_url", "callbacks are off here: the server needs MAILMAN_CALLBACK_SECRET"
+        )
+        return None
+    problem = url_problem(url, allow_http=rules.allow_http, allow_private=rules.allow_private)
+    if problem is not None:
+        errors.add("callback_url", problem)
+        return None
+    return url
 
 
 def _bodies(body: Mapping[str, object], errors: _Errors) -> tuple[str | None, str | None]:

@@ -1208,3 +1208,19 @@ async def test_events_out_of_order_never_move_a_mail_backwards(store: Store) -> 
     assert await status_of(store) is Status.BOUNCED
     await store.record_events([event(EventKind.DROPPED, 1500.0, "x1", mail_id="m2")])
     assert await status_of(store, "m2") is Status.BOUNCED
+
+
+async def test_a_delivery_before_the_senders_record_keeps_the_provider_findable(
+    store: Store,
+) -> None:
+    """When a delivery event moves a mail on before the sender's `sent` is recorded, the
+    mail names the event's provider and is found by the message id its attempt recorded."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    await store.record_events([event(EventKind.DELIVERED, 1300.0, "d1")])
+    sent = Attempt("sendgrid", 0, 1250.0, Outcome.ACCEPTED, None, "sg-9")
+    await store.apply([StatusUpdate("m1", Status.SENT, 1250.0, "sendgrid", "sg-9", attempt=sent)])
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider) == (Status.DELIVERED, "sendgrid")
+    assert await store.mail_for_message("sg-9") == "m1"

@@ -90,3 +90,6 @@ class Broker(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Disconnect. Idempotent."""
+
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Raise unless the broker answers now (``/readyz``); in-process mailboxes always do."""

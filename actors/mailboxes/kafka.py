@@ -279,6 +279,11 @@ class KafkaBroker(Broker):
             if admin is not None:
                 await admin.close()
 
+    async def ping(self) -> None:
+        """Ask the cluster for its metadata through the producer's connections: raises
+        (``KafkaError``) unless a broker answers, or when the broker is not started."""
+        await self._running_producer().client.fetch_all_metadata()
+
     def _running_producer(self) -> Any:
         if self._producer is None:
             raise RuntimeError("the KafkaBroker is not started")

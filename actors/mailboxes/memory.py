@@ -127,3 +127,7 @@ class MemoryBroker(Broker):
         elif box.kind is not kind:
             raise TypeError(f"mailbox {name} carries {box.kind.__name__}, not {kind.__name__}")
         return box  # type: ignore[return-value]
+
+    def depths(self) -> dict[str, int]:
+        """Messages waiting in each mailbox (taken but not yet acknowledged ones not counted)."""
+        return {name: box.qsize() for name, box in self._boxes.items()}

@@ -194,6 +194,27 @@ class BreakerState:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackDue:
+    """A status callback claimed for sending (``actors.callbacks``)."""
+
+    id: int
+    mail_id: str
+    url: str
+    #: The status the mail moved to, when (its ``updated_at``), and the mail's
+    #: provider and reason as they were then.
+    status: Status
+    at: float
+    provider: str | None
+    reason: str | None
+    #: When the callback was queued (its retry window starts then).
+    created_at: float
+    #: Tries so far, this one included.
+    attempts: int
+    #: What went wrong the last time, if it was tried before.
+    last_error: str | None = None
+
+
 class Store(abc.ABC):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -408,6 +429,34 @@ class Store(abc.ABC):
     async def backlog(self) -> int:
         """How many mails are not final yet (``queued`` or ``sending``)."""
 
+    # --- status callbacks (actors.callbacks) -----------------------------------
+    # Every status move of a mail with a ``callback_url`` queues a callback in the
+    # transaction that makes it (one per committed change; see ``sql.py``).
+
+    @abc.abstractmethod
+    async def claim_callbacks(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[CallbackDue]:
+        """Lease up to ``limit`` due callbacks to ``owner`` until ``now + lease_seconds``.
+
+        Due: not done, ``next_at`` reached, no live lease, and no earlier callback of
+        the same mail still open (a mail's callbacks go out one at a time, in order).
+        Each claim counts as a try. Oldest due first; several notifiers never get the
+        same callback while its lease holds.
+        """
+
+    @abc.abstractmethod
+    async def callback_done(self, callback_id: int, at: float) -> None:
+        """The receiver took the callback: it is done."""
+
+    @abc.abstractmethod
+    async def callback_failed(self, callback_id: int, error: str, next_at: float) -> None:
+        """The try failed: keep ``error``, release the lease, try again at ``next_at``."""
+
+    @abc.abstractmethod
+    async def callback_gave_up(self, callback_id: int, error: str, at: float) -> None:
+        """The retry window ran out: done, unsent, with ``error``."""
+
     # --- shared circuit-breaker state ------------------------------------------
 
     @abc.abstractmethod
@@ -417,6 +466,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def breakers(self) -> list[BreakerState]:
         """Every provider's last recorded breaker state."""
+
+    # --- observability: the figures /metrics reads (routes.metrics) ---------------
+
+    @abc.abstractmethod
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """Counts of what the store holds, read in one transaction (one snapshot).
+
+        A few aggregate queries, each over a whole table (``mails``, ``attempts``)
+        or a small one: meant to be read about once a second at most.
+        """
+
+    # --- the dashboard: what metrics_snapshot lacks (routes.dashboard) ------------------
+
+    @abc.abstractmethod
+    async def attempts_per_minute(self, since: float, outcomes: Sequence[str]) -> list[MinuteCount]:
+        """Attempts with one of ``outcomes`` that started at or after ``since``, counted
+        per whole (UTC) minute, provider and outcome. The ``(outcome, at)`` index serves it."""
+
+    @abc.abstractmethod
+    async def latest_failures(self, limit: int, outcomes: Sequence[str]) -> Failures:
+        """The newest ``limit`` failed mails (by creation) and the newest ``limit`` attempts
+        with one of ``outcomes`` (by start), newest first, in one read transaction.
+        Ids, providers, outcomes, reasons and times only: no mail content."""
 
 
 def bucket_step(
@@ -497,3 +569,71 @@ def open_store(url: str) -> Store:
 
         return MySQLStore.from_url(url)
     raise ValueError(f"unsupported store {scheme!r} (expected sqlite:///path or mysql://...)")
+
+
+# --- observability ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """What ``Store.metrics_snapshot`` counted; the same whichever process reads it."""
+
+    #: Mails by status; a status no mail has is absent.
+    mails: dict[str, int]
+    #: Attempts by (provider, outcome), ``pending`` ones (calls in flight) included.
+    attempts: dict[tuple[str, str], int]
+    #: Attempts in a retry round (round > 0), any outcome, by provider.
+    retries: dict[str, int]
+    #: Outbox entries not yet removed: not published yet, or published in the relay's last turn.
+    outbox: int
+    #: Dead letters not replayed.
+    dead_letters: int
+    #: Every provider's breaker state as shared in the store.
+    breakers: tuple[BreakerState, ...]
+
+
+# --- the dashboard (routes.dashboard) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """Attempts of one provider with one outcome that started in one minute."""
+
+    #: The minute's start, unix seconds (a multiple of 60).
+    minute: int
+    provider: str
+    outcome: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedMail:
+    """A ``failed`` mail as the dashboard shows it: no content."""
+
+    id: str
+    #: The provider it was last tried with, if any.
+    provider: str | None
+    reason: str | None
+    #: When it became ``failed`` (its ``updated_at``).
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """A provider attempt that did not get the mail accepted."""
+
+    mail_id: str
+    provider: str
+    round: int
+    outcome: str
+    reason: str | None
+    #: When the call started.
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """What ``Store.latest_failures`` found, newest first."""
+
+    mails: tuple[FailedMail, ...]
+    attempts: tuple[FailedAttempt, ...]

@@ -54,13 +54,17 @@ from .base import (
     ApiKey,
     Begun,
     BreakerState,
+    CallbackDue,
     DeadLetter,
     EventResult,
+    Failures,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
     MailRecord,
     MailSummary,
+    MetricsSnapshot,
+    MinuteCount,
     OutboxEntry,
     Pending,
     RateDecision,
@@ -197,7 +201,33 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE KEY events_once (provider, dedupe),
         INDEX events_by_mail (mail_id, at)
     ) {_TABLE_OPTIONS};
-    CREATE INDEX mails_by_provider_message ON mails (provider_message_id)
+    CREATE INDEX mails_by_provider_message ON mails (provider_message_id);
+    CREATE INDEX attempts_by_message ON attempts (message_id)
+    """,
+    # 7: status callbacks: a mail's callback URL, the status its last callback was
+    # queued for, and the callbacks to send (actors.callbacks).
+    f"""
+    ALTER TABLE mails ADD COLUMN callback_url TEXT NULL;
+    ALTER TABLE mails ADD COLUMN callback_status VARCHAR(16) NULL;
+    CREATE TABLE IF NOT EXISTS callbacks (
+        id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        mail_id      VARCHAR(64) NOT NULL,
+        url          TEXT NOT NULL,
+        status       VARCHAR(16) NOT NULL,
+        at           DOUBLE NOT NULL,
+        provider     VARCHAR(64) NULL,
+        reason       TEXT NULL,
+        created_at   DOUBLE NOT NULL,
+        attempts     INT NOT NULL DEFAULT 0,
+        next_at      DOUBLE NOT NULL,
+        leased_by    VARCHAR(255) NULL,
+        leased_until DOUBLE NULL,
+        done_at      DOUBLE NULL,
+        outcome      VARCHAR(16) NULL,
+        last_error   TEXT NULL,
+        INDEX callbacks_due (done_at, next_at),
+        INDEX callbacks_by_mail (mail_id, id)
+    ) {_TABLE_OPTIONS}
     """,
 )
 
@@ -625,6 +655,7 @@ class MySQLStore(Store):
             await cur.execute(Q.next_round, (mail_id,))
             (round_,) = await cur.fetchone()
             await cur.execute(Q.insert_round, (mail_id, at, int(round_)))
+            await _queue_callbacks(cur, [mail_id])
             return Transition(changed=True, status=Status.QUEUED)
 
         return await self._run(body)
@@ -687,6 +718,10 @@ class MySQLStore(Store):
                     await cur.execute(Q.finish_attempt, sql.finish_values(update.mail_id, attempt))
                 if update.status in sql.MOVE_ORDER:
                     await cur.execute(Q.move(update.status), sql.move_values(update))
+            await _queue_callbacks(
+                cur,
+                [u.mail_id for u in updates if u.mail_id in known and u.status in sql.MOVE_ORDER],
+            )
 
         await self._run(body)
 
@@ -703,6 +738,7 @@ class MySQLStore(Store):
             # The row is locked: the status read is the one the UPDATE sees.
             if current in ALLOWED_FROM[status]:
                 await _move(cur, mail_id, status, at, reason=reason)
+                await _queue_callbacks(cur, [mail_id])
                 return Transition(changed=True, status=status)
             return Transition(changed=False, status=current)
 
@@ -736,6 +772,8 @@ class MySQLStore(Store):
             await cur.execute(Q.insert_pending, (mail_id, provider, round_, at))
             attempt_id = int(cur.lastrowid)
             await cur.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
+            if mail.callback_url is not None:
+                await _queue_callbacks(cur, [mail_id])
             return Begun(mail, Status.SENDING, attempt_id=attempt_id)
 
         return await self._run(body)
@@ -781,13 +819,16 @@ class MySQLStore(Store):
                 status = event.moves_to
                 if status is not None:
                     await cur.execute(Q.move(status), sql.event_move_values(event, status))
+            await _queue_callbacks(
+                cur, [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
+            )
             return results
 
         return await self._run(body)
 
     async def mail_for_message(self, provider_message_id: str) -> str | None:
         async def body(cur: Any) -> str | None:
-            await cur.execute(Q.mail_for_message, (provider_message_id,))
+            await cur.execute(Q.mail_for_message, (provider_message_id, provider_message_id))
             row = await cur.fetchone()
             return None if row is None else str(row[0])
 
@@ -807,6 +848,7 @@ class MySQLStore(Store):
                     Q.move(Status.FAILED),
                     (Status.FAILED.value, at, None, None, reason, at, known),
                 )
+                await _queue_callbacks(cur, [known])
             return letter
 
         return await self._run(body)
@@ -868,6 +910,7 @@ class MySQLStore(Store):
             mail_ids = sorted(e.mail_id for e in entries)
             await _lock_mails(cur, mail_ids)
             await cur.execute(Q.mark_sending(len(mail_ids)), (now, now, *mail_ids))
+            await _queue_callbacks(cur, mail_ids)
             return entries
 
         return await self._run(body)
@@ -891,6 +934,42 @@ class MySQLStore(Store):
             return made
 
         return await self._run(body)
+
+    # --- status callbacks -------------------------------------------------------
+
+    async def claim_callbacks(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[CallbackDue]:
+        if limit <= 0:
+            return []
+
+        async def body(cur: Any) -> list[CallbackDue]:
+            # FOR UPDATE SKIP LOCKED, as the outbox's claim: a callback another
+            # notifier is claiming is passed over, and once it commits, its lease
+            # keeps the callback out of the WHERE.
+            await cur.execute(Q.claimable_callbacks, (now, now, limit))
+            claimed = [sql.callback_from_row(r) for r in await cur.fetchall()]
+            if claimed:
+                ids = [c.id for c in claimed]
+                await cur.execute(Q.lease_callbacks(len(ids)), (owner, now + lease_seconds, *ids))
+            return claimed
+
+        return await self._run(body)
+
+    async def callback_done(self, callback_id: int, at: float) -> None:
+        await self._callback_update(Q.callback_done, (at, callback_id))
+
+    async def callback_failed(self, callback_id: int, error: str, next_at: float) -> None:
+        await self._callback_update(Q.callback_failed, (error, next_at, callback_id))
+
+    async def callback_gave_up(self, callback_id: int, error: str, at: float) -> None:
+        await self._callback_update(Q.callback_gave_up, (at, error, callback_id))
+
+    async def _callback_update(self, statement: str, params: tuple[object, ...]) -> None:
+        async def body(cur: Any) -> None:
+            await cur.execute(statement, params)
+
+        await self._run(body)
 
     # --- shared circuit-breaker state ------------------------------------------
 
@@ -920,6 +999,57 @@ class MySQLStore(Store):
         async def body(cur: Any) -> list[BreakerState]:
             await cur.execute(Q.breakers)
             return [sql.breaker_from_row(r) for r in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    # --- observability (routes.metrics) ----------------------------------------
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """One read-only transaction: REPEATABLE READ makes its queries one snapshot."""
+
+        async def body(cur: Any) -> MetricsSnapshot:
+            rows: list[Any] = []
+            for statement in (
+                sql.METRICS_MAILS,
+                sql.METRICS_ATTEMPTS,
+                sql.METRICS_OUTBOX,
+                sql.METRICS_DEAD_LETTERS,
+                Q.breakers,
+            ):
+                await cur.execute(statement)
+                rows.append(await cur.fetchall())
+            mails, attempts, outbox, dead_letters, breakers = rows
+            return sql.metrics_from_rows(
+                mails, attempts, outbox[0][0], dead_letters[0][0], breakers
+            )
+
+        return await self._run(body, read_only=True)
+
+    # --- the dashboard (routes.dashboard) ----------------------------------------
+
+    async def attempts_per_minute(self, since: float, outcomes: Sequence[str]) -> list[MinuteCount]:
+        if not outcomes:
+            return []
+        statement = sql.attempts_per_minute(Q, sql.MINUTE_MYSQL, len(outcomes))
+
+        async def body(cur: Any) -> list[MinuteCount]:
+            await cur.execute(statement, (*outcomes, since))
+            return [sql.minute_count_from_row(r) for r in await cur.fetchall()]
+
+        return await self._run(body, read_only=True)
+
+    async def latest_failures(self, limit: int, outcomes: Sequence[str]) -> Failures:
+        """One read-only transaction: REPEATABLE READ makes its queries one snapshot."""
+        limit = max(limit, 0)
+
+        async def body(cur: Any) -> Failures:
+            await cur.execute(sql.latest_failed_mails(Q), (limit,))
+            mails = await cur.fetchall()
+            attempts: list[Any] = []
+            for outcome in outcomes:
+                await cur.execute(sql.latest_attempts(Q), (outcome, limit))
+                attempts.extend(await cur.fetchall())
+            return sql.failures_from_rows(mails, attempts, limit)
 
         return await self._run(body, read_only=True)
 
@@ -1008,6 +1138,22 @@ async def _move(
     await cur.execute(
         Q.move(status), (status.value, at, provider, provider_message_id, reason, at, mail_id)
     )
+
+
+async def _queue_callbacks(cur: Any, mail_ids: Sequence[str]) -> None:
+    """Queue a callback for each of these mails whose status moved since its last one
+    (see ``sql.Sql.callback_changes``); the caller's transaction moved and locked them."""
+    wanted = sorted(set(mail_ids))
+    changed: list[str] = []
+    for chunk in sql.chunks(wanted):
+        await cur.execute(Q.callback_changes(len(chunk)), tuple(chunk))
+        changed.extend(row[0] for row in await cur.fetchall())
+    if not changed:
+        return
+    now = time.time()
+    for chunk in sql.chunks(changed):
+        await cur.execute(Q.queue_callbacks(len(chunk)), (now, now, *chunk))
+        await cur.execute(Q.callbacks_queued(len(chunk)), tuple(chunk))
 
 
 async def _abandon(conn: Any, exc: BaseException) -> None:

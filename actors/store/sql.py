@@ -28,7 +28,21 @@ from ..messages import (
     decode,
     encode,
 )
-from .base import Begun, BreakerState, DeadLetter, MailRecord, MailSummary, OutboxEntry, Pending
+from .base import (
+    Begun,
+    BreakerState,
+    CallbackDue,
+    DeadLetter,
+    FailedAttempt,
+    FailedMail,
+    Failures,
+    MailRecord,
+    MailSummary,
+    MetricsSnapshot,
+    MinuteCount,
+    OutboxEntry,
+    Pending,
+)
 
 #: A mail still on its way: a restart hands these to the senders again.
 UNFINISHED: tuple[str, ...] = (Status.QUEUED.value, Status.SENDING.value)
@@ -48,7 +62,7 @@ MOVE_ORDER: tuple[Status, ...] = (
     Status.BOUNCED,
 )
 
-MAIL_COLUMNS = "id, status, payload, created_at, updated_at, tenant"
+MAIL_COLUMNS = "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status"
 ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id, id, checked"
 DEAD_LETTER_COLUMNS = "id, mailbox, mail_id, payload, error, at, replayed_at"
 EVENT_COLUMNS = "mail_id, provider, kind, at, dedupe, bounce, reason, recipient"
@@ -73,6 +87,8 @@ class Sql:
     mark: str
     #: Appended to the claim's SELECT (MySQL: lock the rows, skip the locked).
     claim_lock: str = ""
+    #: Appended to a SELECT of rows the transaction changes next (MySQL: lock them).
+    row_lock: str = ""
     _moves: dict[Status, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +107,7 @@ class Sql:
     # --- mails -------------------------------------------------------------------
 
     def insert_mails(self, count: int) -> str:
-        return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {self.rows(count, 6)}"
+        return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {self.rows(count, 8)}"
 
     def insert_outbox(self, count: int) -> str:
         return f"INSERT INTO outbox (mail_id, accepted_at) VALUES {self.rows(count, 2)}"
@@ -238,7 +254,13 @@ class Sql:
 
     @property
     def mail_for_message(self) -> str:
-        return f"SELECT id FROM mails WHERE provider_message_id = {self.mark} LIMIT 1"
+        """The mail a provider message id names: as recorded on the mail, or on an attempt
+        (a delivery event can move a mail on before the sender's ``sent`` is recorded)."""
+        m = self.mark
+        return (
+            f"SELECT id FROM mails WHERE provider_message_id = {m} "
+            f"UNION SELECT mail_id FROM attempts WHERE message_id = {m} LIMIT 1"
+        )
 
     # --- dead letters -------------------------------------------------------------------
 
@@ -351,9 +373,93 @@ class Sql:
 
     breakers = "SELECT provider, state, opened_at, updated_at FROM breakers ORDER BY provider"
 
+    # --- status callbacks (actors.callbacks) --------------------------------------------
+    # A mail with a callback URL carries ``callback_status``, the status its last
+    # callback was queued for. Every operation that moves mails ends with
+    # ``callback_changes`` over the mails it touched; for those whose status
+    # differs, ``queue_callbacks`` and ``callbacks_queued`` (the store's
+    # ``_queue_callbacks``). So each committed status change queues one
+    # callback, in its own transaction, whichever actor made it. (Not a
+    # trigger: MySQL with binary logging, its default, lets only SUPER users
+    # create triggers, unless log_bin_trust_function_creators is set.)
+
+    def callback_changes(self, count: int) -> str:
+        """Of these mails, those with a callback URL whose status moved since their last
+        callback was queued (on MySQL locked: the transaction holds them already)."""
+        return (
+            f"SELECT id FROM mails WHERE id IN ({self.marks(count)}) "
+            f"AND callback_status IS NOT NULL AND callback_status <> status ORDER BY id"
+            f"{self.row_lock}"
+        )
+
+    def queue_callbacks(self, count: int) -> str:
+        """A callback for the current status of each of these mails (parameters: now, ids)."""
+        return (
+            "INSERT INTO callbacks "
+            "(mail_id, url, status, at, provider, reason, created_at, next_at) "
+            f"SELECT id, callback_url, status, updated_at, provider, reason, {self.mark}, "
+            f"{self.mark} FROM mails WHERE id IN ({self.marks(count)}) ORDER BY id"
+        )
+
+    def callbacks_queued(self, count: int) -> str:
+        return f"UPDATE mails SET callback_status = status WHERE id IN ({self.marks(count)})"
+
+    @property
+    def claimable_callbacks(self) -> str:
+        """Due callbacks, none behind an open one of its mail (parameters: now, now, limit)."""
+        m = self.mark
+        return f"""
+            SELECT {CALLBACK_COLUMNS} FROM callbacks AS c
+            WHERE c.done_at IS NULL AND c.next_at <= {m}
+              AND (c.leased_until IS NULL OR c.leased_until < {m})
+              AND NOT EXISTS (
+                  SELECT 1 FROM callbacks AS p
+                  WHERE p.mail_id = c.mail_id AND p.done_at IS NULL AND p.id < c.id
+              )
+            ORDER BY c.next_at, c.id
+            LIMIT {m}{self.claim_lock}
+        """
+
+    def lease_callbacks(self, count: int) -> str:
+        """Parameters: owner, leased until, ids. A claim counts as a try."""
+        m = self.mark
+        return (
+            f"UPDATE callbacks SET leased_by = {m}, leased_until = {m}, attempts = attempts + 1 "
+            f"WHERE id IN ({self.marks(count)})"
+        )
+
+    @property
+    def callback_done(self) -> str:
+        """Parameters: at, id."""
+        return (
+            f"UPDATE callbacks SET done_at = {self.mark}, outcome = 'delivered', "
+            "leased_by = NULL, leased_until = NULL "
+            f"WHERE id = {self.mark} AND done_at IS NULL"
+        )
+
+    @property
+    def callback_failed(self) -> str:
+        """Parameters: error, next at, id."""
+        m = self.mark
+        return (
+            f"UPDATE callbacks SET last_error = {m}, next_at = {m}, "
+            "leased_by = NULL, leased_until = NULL "
+            f"WHERE id = {m} AND done_at IS NULL"
+        )
+
+    @property
+    def callback_gave_up(self) -> str:
+        """Parameters: at, error, id."""
+        m = self.mark
+        return (
+            f"UPDATE callbacks SET done_at = {m}, outcome = 'gave-up', last_error = {m}, "
+            "leased_by = NULL, leased_until = NULL "
+            f"WHERE id = {m} AND done_at IS NULL"
+        )
+
 
 SQLITE = Sql(mark="?")
-MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED")
+MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED", row_lock=" FOR UPDATE")
 
 
 # --- parameter rows -----------------------------------------------------------------
@@ -368,6 +474,9 @@ def mail_values(mail: Mail) -> tuple[object, ...]:
         mail.created_at,
         mail.created_at,
         mail.tenant,
+        mail.callback_url,
+        # The status its last callback was queued for: none for being accepted.
+        None if mail.callback_url is None else Status.QUEUED.value,
     )
 
 
@@ -493,7 +602,7 @@ def event_values(event: DeliveryEvent) -> tuple[object, ...]:
 def event_move_values(event: DeliveryEvent, status: Status) -> tuple[object, ...]:
     """Parameters of ``Sql.move`` for the move an event makes (a bounce keeps its reason)."""
     reason = event.reason if status is Status.BOUNCED else None
-    return (status.value, event.at, None, None, reason, event.at, event.mail_id)
+    return (status.value, event.at, event.provider, None, reason, event.at, event.mail_id)
 
 
 def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
@@ -535,6 +644,134 @@ def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
     return OutboxEntry(id=row[0], mail_id=row[1], accepted_at=row[2], round=int(row[3]))
 
 
+#: The columns ``callback_from_row`` reads (``callbacks AS c``), in its order.
+CALLBACK_COLUMNS = (
+    "c.id, c.mail_id, c.url, c.status, c.at, c.provider, c.reason, c.created_at, c.attempts, "
+    "c.last_error"
+)
+
+
+def callback_from_row(row: Sequence[Any]) -> CallbackDue:
+    """A claimed callback from a row of ``CALLBACK_COLUMNS`` (read before its claim's try)."""
+    callback_id, mail_id, url, status, at, provider, reason, created_at, attempts, error = row
+    return CallbackDue(
+        id=int(callback_id),
+        mail_id=mail_id,
+        url=url,
+        status=Status(status),
+        at=float(at),
+        provider=provider,
+        reason=reason,
+        created_at=float(created_at),
+        attempts=int(attempts) + 1,
+        last_error=error,
+    )
+
+
 def breaker_from_row(row: Sequence[Any]) -> BreakerState:
     provider, state, opened_at, updated_at = row
     return BreakerState(provider=provider, state=state, opened_at=opened_at, updated_at=updated_at)
+
+
+# --- observability: Store.metrics_snapshot (routes.metrics) ----------------------------
+# No parameters, the same in both dialects. Each runs in one read transaction.
+
+#: Mails by status (the ``mails_by_status`` index covers it).
+METRICS_MAILS = "SELECT status, COUNT(*) FROM mails GROUP BY status"
+#: Attempts by provider, outcome, and whether they were in a retry round.
+METRICS_ATTEMPTS = (
+    "SELECT provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END, COUNT(*) FROM attempts "
+    "GROUP BY provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END"
+)
+METRICS_OUTBOX = "SELECT COUNT(*) FROM outbox"
+METRICS_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL"
+
+
+def metrics_from_rows(
+    mails: Sequence[Sequence[Any]],
+    attempts: Sequence[Sequence[Any]],
+    outbox: int,
+    dead_letters: int,
+    breakers: Sequence[Sequence[Any]],
+) -> MetricsSnapshot:
+    """A ``MetricsSnapshot`` from the rows of the ``METRICS_*`` queries and ``Sql.breakers``."""
+    by_outcome: dict[tuple[str, str], int] = {}
+    retries: dict[str, int] = {}
+    for provider, outcome, retry, count in attempts:
+        by_outcome[(provider, outcome)] = by_outcome.get((provider, outcome), 0) + int(count)
+        if int(retry):
+            retries[provider] = retries.get(provider, 0) + int(count)
+    return MetricsSnapshot(
+        mails={str(status): int(count) for status, count in mails},
+        attempts=by_outcome,
+        retries=retries,
+        outbox=int(outbox),
+        dead_letters=int(dead_letters),
+        breakers=tuple(breaker_from_row(r) for r in breakers),
+    )
+
+
+# --- the dashboard: Store.attempts_per_minute and Store.latest_failures -----------------
+
+#: The start of an attempt's minute (unix seconds), per dialect (``at`` is never negative).
+MINUTE_SQLITE = "CAST(at / 60 AS INTEGER) * 60"
+MINUTE_MYSQL = "FLOOR(at / 60) * 60"
+
+
+def attempts_per_minute(q: Sql, minute: str, outcomes: int) -> str:
+    """Attempts per minute, provider and outcome (parameters: ``outcomes`` outcomes, since).
+
+    The ``attempts_by_outcome (outcome, at)`` index finds the rows."""
+    return (
+        f"SELECT {minute}, provider, outcome, COUNT(*) FROM attempts "
+        f"WHERE outcome IN ({q.marks(outcomes)}) AND at >= {q.mark} "
+        f"GROUP BY {minute}, provider, outcome"
+    )
+
+
+def latest_failed_mails(q: Sql) -> str:
+    """The newest failed mails (parameter: limit); ``mails_by_status`` serves the order."""
+    return (
+        f"SELECT id, provider, reason, updated_at FROM mails "
+        f"WHERE status = '{Status.FAILED.value}' ORDER BY created_at DESC LIMIT {q.mark}"
+    )
+
+
+def latest_attempts(q: Sql) -> str:
+    """The newest attempts with one outcome (parameters: outcome, limit), from the
+    ``(outcome, at)`` index; one query per outcome keeps each an index range."""
+    return (
+        f"SELECT mail_id, provider, round, outcome, reason, at, id FROM attempts "
+        f"WHERE outcome = {q.mark} ORDER BY at DESC, id DESC LIMIT {q.mark}"
+    )
+
+
+def minute_count_from_row(row: Sequence[Any]) -> MinuteCount:
+    minute, provider, outcome, count = row
+    return MinuteCount(
+        minute=int(minute), provider=str(provider), outcome=str(outcome), count=int(count)
+    )
+
+
+def failures_from_rows(
+    mails: Sequence[Sequence[Any]], attempts: Sequence[Sequence[Any]], limit: int
+) -> Failures:
+    """``Failures`` from ``latest_failed_mails`` rows and every ``latest_attempts`` query's
+    rows (merged here: the newest ``limit`` over all outcomes)."""
+    newest = sorted(attempts, key=lambda r: (float(r[5]), int(r[6])), reverse=True)[:limit]
+    return Failures(
+        mails=tuple(
+            FailedMail(id=str(i), provider=p, reason=r, at=float(at)) for i, p, r, at in mails
+        ),
+        attempts=tuple(
+            FailedAttempt(
+                mail_id=str(mail_id),
+                provider=str(provider),
+                round=int(round_),
+                outcome=str(outcome),
+                reason=reason,
+                at=float(at),
+            )
+            for mail_id, provider, round_, outcome, reason, at, _ in newest
+        ),
+    )

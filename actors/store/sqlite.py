@@ -45,13 +45,17 @@ from .base import (
     ApiKey,
     Begun,
     BreakerState,
+    CallbackDue,
     DeadLetter,
     EventResult,
+    Failures,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
     MailRecord,
     MailSummary,
+    MetricsSnapshot,
+    MinuteCount,
     OutboxEntry,
     Pending,
     RateDecision,
@@ -183,6 +187,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX events_once ON events (provider, dedupe);
     CREATE INDEX events_by_mail ON events (mail_id, at);
     CREATE INDEX mails_by_provider_message ON mails (provider_message_id);
+    CREATE INDEX attempts_by_message ON attempts (message_id);
+    """,
+    # 7: status callbacks: a mail's callback URL, the status its last callback was
+    # queued for, and the callbacks to send (actors.callbacks).
+    """
+    ALTER TABLE mails ADD COLUMN callback_url TEXT NULL;
+    ALTER TABLE mails ADD COLUMN callback_status TEXT NULL;
+    CREATE TABLE callbacks (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- also the order of a mail's changes
+        mail_id      TEXT NOT NULL,
+        url          TEXT NOT NULL,
+        status       TEXT NOT NULL,  -- the status the mail moved to...
+        at           REAL NOT NULL,  -- ...when (the mail's updated_at)
+        provider     TEXT NULL,
+        reason       TEXT NULL,
+        created_at   REAL NOT NULL,  -- queued: the retry window starts
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      REAL NOT NULL,  -- due then
+        leased_by    TEXT NULL,      -- the notifier sending it...
+        leased_until REAL NULL,      -- ...until then
+        done_at      REAL NULL,      -- delivered or given up
+        outcome      TEXT NULL,      -- delivered | gave-up
+        last_error   TEXT NULL
+    );
+    CREATE INDEX callbacks_due ON callbacks (done_at, next_at);
+    CREATE INDEX callbacks_by_mail ON callbacks (mail_id, id);
     """,
 )
 
@@ -664,6 +694,27 @@ class SQLiteStore(Store):
         made: int = await self._write(_REQUEUE)
         return made
 
+    # --- status callbacks -------------------------------------------------------
+
+    async def claim_callbacks(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[CallbackDue]:
+        if limit <= 0:
+            return []
+        claimed: list[CallbackDue] = await self._write(
+            _CLAIM_CALLBACKS, (owner, limit, lease_seconds, now)
+        )
+        return claimed
+
+    async def callback_done(self, callback_id: int, at: float) -> None:
+        await self._write(_CALLBACK_UPDATE, (Q.callback_done, (at, callback_id)))
+
+    async def callback_failed(self, callback_id: int, error: str, next_at: float) -> None:
+        await self._write(_CALLBACK_UPDATE, (Q.callback_failed, (error, next_at, callback_id)))
+
+    async def callback_gave_up(self, callback_id: int, error: str, at: float) -> None:
+        await self._write(_CALLBACK_UPDATE, (Q.callback_gave_up, (at, error, callback_id)))
+
     # --- shared circuit-breaker state ------------------------------------------
 
     async def save_breaker(self, state: BreakerState) -> None:
@@ -672,6 +723,26 @@ class SQLiteStore(Store):
     async def breakers(self) -> list[BreakerState]:
         found: list[BreakerState] = await self._read(_BREAKERS)
         return found
+
+    # --- observability (routes.metrics) ----------------------------------------
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """One read transaction on the reader: never waits for the writer."""
+        snapshot: MetricsSnapshot = await self._read(_METRICS_SNAPSHOT)
+        return snapshot
+
+    # --- the dashboard (routes.dashboard) ----------------------------------------
+
+    async def attempts_per_minute(self, since: float, outcomes: Sequence[str]) -> list[MinuteCount]:
+        if not outcomes:
+            return []
+        counts: list[MinuteCount] = await self._read(_ATTEMPTS_PER_MINUTE, (since, tuple(outcomes)))
+        return counts
+
+    async def latest_failures(self, limit: int, outcomes: Sequence[str]) -> Failures:
+        """One read transaction on the reader: never waits for the writer."""
+        failures: Failures = await self._read(_LATEST_FAILURES, (max(limit, 0), tuple(outcomes)))
+        return failures
 
 
 # --- operations (run on a worker thread) ---------------------------------------------
@@ -811,6 +882,7 @@ def _APPLY(db: sqlite3.Connection, batches: list[list[StatusUpdate]]) -> list[No
     # allowed from the status reached is skipped, as one by one.
     for status, group in sql.moves_in_order(updates):
         db.executemany(Q.move(status), [sql.move_values(u) for u in group])
+    _queue_callbacks(db, [u.mail_id for u in updates if u.status in sql.MOVE_ORDER])
     return [None] * len(batches)
 
 
@@ -839,6 +911,8 @@ def _BEGIN(
             return refused
     attempt_id = db.execute(Q.insert_pending, (mail_id, provider, round_, at)).lastrowid
     db.execute(Q.begin_sending, (at, at, mail_id, *sql.UNFINISHED))
+    if mail.callback_url is not None:
+        _queue_callbacks(db, [mail_id])
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)
 
 
@@ -858,6 +932,7 @@ def _RECORD_EVENTS(db: sqlite3.Connection, events: tuple[DeliveryEvent, ...]) ->
         status = event.moves_to
         if status is not None:
             db.execute(Q.move(status), sql.event_move_values(event, status))
+    _queue_callbacks(db, [e.mail_id for e in events if e.moves_to is not None])
     return results
 
 
@@ -867,7 +942,7 @@ _INSERT_EVENT = f"INSERT OR IGNORE INTO events ({sql.EVENT_COLUMNS}) VALUES ({Q.
 @op()
 @single
 def _MAIL_FOR_MESSAGE(db: sqlite3.Connection, provider_message_id: str) -> str | None:
-    row = db.execute(Q.mail_for_message, (provider_message_id,)).fetchone()
+    row = db.execute(Q.mail_for_message, (provider_message_id,) * 2).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -900,6 +975,7 @@ def _ADD_DEAD_LETTER(
         db.execute(
             Q.move(Status.FAILED), (Status.FAILED.value, at, None, None, reason, at, mail_id)
         )
+        _queue_callbacks(db, [mail_id])
     return int(letter or 0)
 
 
@@ -927,6 +1003,7 @@ def _TRANSITION(
     if status in sql.MOVE_ORDER:
         moved = db.execute(Q.move(status), (status.value, at, None, None, reason, at, mail_id))
         if moved.rowcount > 0:
+            _queue_callbacks(db, [mail_id])
             return Transition(changed=True, status=status)
     return Transition(changed=False, status=Status(row[0]))
 
@@ -941,6 +1018,7 @@ def _RETRY(db: sqlite3.Connection, mail_id: str, at: float) -> Transition | None
         return Transition(changed=False, status=Status(row[0]))
     (round_,) = db.execute(Q.next_round, (mail_id,)).fetchone()
     db.execute(Q.insert_round, (mail_id, at, round_))
+    _queue_callbacks(db, [mail_id])
     return Transition(changed=True, status=Status.QUEUED)
 
 
@@ -1057,6 +1135,7 @@ def _CLAIM(
         db.execute(Q.lease(len(ids)), (owner, now + lease_seconds, *ids))
         mail_ids = [e.mail_id for e in entries]
         db.execute(Q.mark_sending(len(mail_ids)), (now, now, *mail_ids))
+        _queue_callbacks(db, mail_ids)
     return entries
 
 
@@ -1075,6 +1154,44 @@ def _REQUEUE(db: sqlite3.Connection) -> int:
     made = max(db.execute(Q.requeue, sql.UNFINISHED).rowcount, 0)
     db.execute(Q.release_leases)
     return made
+
+
+# --- status callbacks --------------------------------------------------------------------
+
+
+def _queue_callbacks(db: sqlite3.Connection, mail_ids: Sequence[str]) -> None:
+    """Queue a callback for each of these mails whose status moved since its last one
+    (see ``sql.Sql.callback_changes``); the caller's transaction moved them."""
+    changed: list[str] = []
+    for chunk in sql.chunks(list(dict.fromkeys(mail_ids))):
+        changed.extend(row[0] for row in db.execute(Q.callback_changes(len(chunk)), chunk))
+    if not changed:
+        return
+    now = time.time()
+    for chunk in sql.chunks(changed):
+        db.execute(Q.queue_callbacks(len(chunk)), (now, now, *chunk))
+        db.execute(Q.callbacks_queued(len(chunk)), chunk)
+
+
+@op()
+@single
+def _CLAIM_CALLBACKS(
+    db: sqlite3.Connection, owner: str, limit: int, lease_seconds: float, now: float
+) -> list[CallbackDue]:
+    """The writer's ``BEGIN IMMEDIATE`` holds the file's write lock from before the SELECT."""
+    claimed = [
+        sql.callback_from_row(r) for r in db.execute(Q.claimable_callbacks, (now, now, limit))
+    ]
+    if claimed:
+        ids = [c.id for c in claimed]
+        db.execute(Q.lease_callbacks(len(ids)), (owner, now + lease_seconds, *ids))
+    return claimed
+
+
+@op()
+@single
+def _CALLBACK_UPDATE(db: sqlite3.Connection, statement: str, params: tuple[object, ...]) -> None:
+    db.execute(statement, params)
 
 
 @op()
@@ -1098,3 +1215,42 @@ def _SAVE_BREAKER(db: sqlite3.Connection, state: BreakerState) -> None:
 @single
 def _BREAKERS(db: sqlite3.Connection) -> list[BreakerState]:
     return [sql.breaker_from_row(r) for r in db.execute(Q.breakers)]
+
+
+# --- observability (routes.metrics) ----------------------------------------------------
+
+
+@op(snapshot=True)
+@single
+def _METRICS_SNAPSHOT(db: sqlite3.Connection) -> MetricsSnapshot:
+    return sql.metrics_from_rows(
+        db.execute(sql.METRICS_MAILS).fetchall(),
+        db.execute(sql.METRICS_ATTEMPTS).fetchall(),
+        db.execute(sql.METRICS_OUTBOX).fetchone()[0],
+        db.execute(sql.METRICS_DEAD_LETTERS).fetchone()[0],
+        db.execute(Q.breakers).fetchall(),
+    )
+
+
+# --- the dashboard (routes.dashboard) ------------------------------------------------------
+
+
+@op()
+@single
+def _ATTEMPTS_PER_MINUTE(
+    db: sqlite3.Connection, since: float, outcomes: tuple[str, ...]
+) -> list[MinuteCount]:
+    statement = sql.attempts_per_minute(Q, sql.MINUTE_SQLITE, len(outcomes))
+    return [sql.minute_count_from_row(r) for r in db.execute(statement, (*outcomes, since))]
+
+
+@op(snapshot=True)
+@single
+def _LATEST_FAILURES(db: sqlite3.Connection, limit: int, outcomes: tuple[str, ...]) -> Failures:
+    mails = db.execute(sql.latest_failed_mails(Q), (limit,)).fetchall()
+    attempts = [
+        row
+        for outcome in outcomes
+        for row in db.execute(sql.latest_attempts(Q), (outcome, limit)).fetchall()
+    ]
+    return sql.failures_from_rows(mails, attempts, limit)

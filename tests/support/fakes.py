@@ -31,6 +31,17 @@ the mail. Stopping the fake cuts both short.
 ``accepted`` event per recipient of every accepted mail, searchable by
 ``message-id``, ``event``, ``begin`` and ``end``. ``mode`` and the delays apply
 to it too; ``lookups`` counts its requests.
+
+Webhooks (off by default): given ``webhook_url`` and a key
+(``FakeSendGrid(webhook_private_key=...)``, ``FakeMailgun(webhook_signing_key=...)``),
+a fake posts its delivery events there itself after it accepted a mail, signed
+the way the provider signs them: SendGrid one array per mail (``processed``, then
+``delivered``, or ``bounce`` for a recipient whose local part starts with
+``bounce_prefix``), Mailgun one post per event (``accepted``, then ``delivered`` or
+a permanent ``failed``). They go out in a background task after the answer,
+never holding up the send, and a post that gets no 2xx is tried again
+(``webhook_attempts`` in all). ``webhook_answers`` holds the status of every post
+(0: no answer).
 """
 
 from __future__ import annotations
@@ -41,19 +52,44 @@ import base64
 import binascii
 import contextlib
 import email.utils
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
 
+import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.web_request import FileField
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 Mode = Literal["up", "503", "timeout", "429", "400", "401", "drop"]
 Body = TypeVar("Body")
 Serve = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A webhook post as it goes out: (body, headers); made again for each try.
+Post = Callable[[], tuple[bytes, dict[str, str]]]
+
+
+def sendgrid_webhook_signature(key: ec.EllipticCurvePrivateKey, timestamp: str, body: bytes) -> str:
+    """SendGrid's signature header: base64 DER ECDSA P-256/SHA-256 over timestamp + body."""
+    signature = key.sign(timestamp.encode("ascii") + body, ec.ECDSA(hashes.SHA256()))
+    return base64.b64encode(signature).decode("ascii")
+
+
+def sendgrid_verification_key(key: ec.EllipticCurvePrivateKey) -> str:
+    """The public half of ``key`` as SendGrid shows it: base64 DER SubjectPublicKeyInfo."""
+    der = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+def mailgun_webhook_signature(key: str, timestamp: str, token: str) -> str:
+    """Mailgun's ``signature.signature``: hex HMAC-SHA256 of timestamp + token."""
+    return hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
 
 
 class FakeProvider(abc.ABC, Generic[Body]):
@@ -70,8 +106,21 @@ class FakeProvider(abc.ABC, Generic[Body]):
         retry_after: str = "1",
         delay: float = 0.0,
         answer_delay: float = 0.0,
+        webhook_url: str | None = None,
+        bounce_prefix: str = "bounce",
     ) -> None:
         self.api_key = api_key
+        #: Where the fake posts its delivery events (None: it posts none).
+        self.webhook_url = webhook_url
+        #: Recipients whose local part starts with this bounce; the others are delivered.
+        self.bounce_prefix = bounce_prefix
+        #: Tries per webhook post, and the wait before the first retry (doubling).
+        self.webhook_attempts = 3
+        self.webhook_retry_delay = 0.05
+        #: The status of every webhook post, in order (0: no answer).
+        self.webhook_answers: list[int] = []
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self._webhook_session: aiohttp.ClientSession | None = None
         self.mode: Mode = mode
         self.retry_after = retry_after
         #: Seconds waited before a request is looked at.
@@ -107,9 +156,56 @@ class FakeProvider(abc.ABC, Generic[Body]):
         tb: TracebackType | None,
     ) -> None:
         self._stopping.set()  # releases requests held by "timeout" mode or the delays
+        for task in self._webhook_tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._webhook_tasks)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def bounces(self, address: str) -> bool:
+        """Whether the fake bounces mail to ``address`` (else it delivers it)."""
+        return address.partition("@")[0].lower().startswith(self.bounce_prefix)
+
+    def send_webhooks(self, posts: list[Post]) -> None:
+        """Post ``posts`` to ``webhook_url`` one after another, in the background."""
+        task = asyncio.create_task(self._post_all(posts), name="fake-webhooks")
+        self._webhook_tasks.add(task)
+        task.add_done_callback(self._webhook_tasks.discard)
+
+    async def _post_all(self, posts: list[Post]) -> None:
+        await asyncio.sleep(0)  # after the answer to the send has gone out
+        for post in posts:
+            await self._post(post)
+
+    #: Answers after which the provider does not try a post again (Mailgun: 406).
+    final_answers: frozenset[int] = frozenset()
+
+    async def _post(self, post: Post) -> None:
+        """One webhook post, tried again on no answer or a non-2xx one, as providers do."""
+        if self._webhook_session is None:
+            self._webhook_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        delay = self.webhook_retry_delay
+        for attempt in range(self.webhook_attempts):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
+            url = self.webhook_url
+            if url is None:
+                return
+            body, headers = post()
+            try:
+                async with self._webhook_session.post(url, data=body, headers=headers) as resp:
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            self.webhook_answers.append(status)
+            if 200 <= status < 300 or status in self.final_answers:
+                return
 
     def add_routes(self, app: web.Application) -> None:
         """Route the provider's endpoints to their handlers."""
@@ -192,6 +288,9 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
         retry_after: str = "1",
         delay: float = 0.0,
         answer_delay: float = 0.0,
+        webhook_url: str | None = None,
+        webhook_private_key: ec.EllipticCurvePrivateKey | None = None,
+        bounce_prefix: str = "bounce",
     ) -> None:
         super().__init__(
             api_key=api_key,
@@ -199,7 +298,11 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
             retry_after=retry_after,
             delay=delay,
             answer_delay=answer_delay,
+            webhook_url=webhook_url,
+            bounce_prefix=bounce_prefix,
         )
+        #: The Event Webhook's signing key (its public half is Mailman's verification key).
+        self.webhook_private_key = webhook_private_key
 
     def mail_ids(self) -> list[str]:
         return [body.get("custom_args", {}).get("mail_id", "") for body in self.received]
@@ -221,7 +324,61 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
             return _errors(400, *problems)
         self.received.append(body)
         self.message_ids.append(secrets.token_urlsafe(16))
+        if self.webhook_url is not None and self.webhook_private_key is not None:
+            self.send_webhooks([self._signed(self.events(body, self.message_ids[-1]))])
         return web.Response(status=202, headers={"X-Message-Id": self.message_ids[-1]})
+
+    def events(self, body: dict[str, Any], message_id: str) -> list[dict[str, Any]]:
+        """The Event Webhook's events for a mail it took: per recipient ``processed``,
+        then ``delivered`` or ``bounce``, with every ``custom_args`` key at top level."""
+        now = int(time.time())
+        # The Event Webhook's sg_message_id: the X-Message-Id, a dot, then the filter's id.
+        sg_message_id = f"{message_id}.filterdrecv-{secrets.token_hex(5)}-1-{now:X}-0.0"
+        events: list[dict[str, Any]] = []
+        for p in body["personalizations"]:
+            args = {**body.get("custom_args", {}), **p.get("custom_args", {})}
+            for kind in ("to", "cc", "bcc"):
+                for address in p.get(kind) or []:
+                    common = {
+                        "email": address["email"],
+                        "timestamp": now,
+                        "smtp-id": f"<{message_id}@ismtpd0001p1lon1.sendgrid.net>",
+                        "sg_message_id": sg_message_id,
+                        **args,
+                    }
+                    events.append(
+                        {**common, "event": "processed", "sg_event_id": secrets.token_urlsafe(16)}
+                    )
+                    if self.bounces(address["email"]):
+                        outcome = {
+                            "event": "bounce",
+                            "type": "bounce",
+                            "status": "5.1.1",
+                            "reason": "550 5.1.1 The email account that you tried to reach "
+                            "does not exist.",
+                        }
+                    else:
+                        outcome = {"event": "delivered", "response": "250 2.0.0 OK"}
+                    events.append({**common, **outcome, "sg_event_id": secrets.token_urlsafe(16)})
+        return events
+
+    def _signed(self, events: list[dict[str, Any]]) -> Post:
+        """The post of ``events``: signed anew at each try, with SendGrid's trailing CRLF."""
+        key = self.webhook_private_key
+        assert key is not None
+        body = orjson.dumps(events) + b"\r\n"
+
+        def post() -> tuple[bytes, dict[str, str]]:
+            timestamp = str(int(time.time()))
+            return body, {
+                "Content-Type": "application/json",
+                "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+                "X-Twilio-Email-Event-Webhook-Signature": sendgrid_webhook_signature(
+                    key, timestamp, body
+                ),
+            }
+
+        return post
 
     def unavailable(self) -> web.Response:
         return _errors(503, "Service Unavailable")
@@ -391,6 +548,9 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         retry_after: str = "1",
         delay: float = 0.0,
         answer_delay: float = 0.0,
+        webhook_url: str | None = None,
+        webhook_signing_key: str | None = None,
+        bounce_prefix: str = "bounce",
     ) -> None:
         super().__init__(
             api_key=api_key,
@@ -398,8 +558,12 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
             retry_after=retry_after,
             delay=delay,
             answer_delay=answer_delay,
+            webhook_url=webhook_url,
+            bounce_prefix=bounce_prefix,
         )
         self.domain = domain
+        #: The HTTP webhook signing key (not the API key).
+        self.webhook_signing_key = webhook_signing_key
         #: The ``accepted`` events of the accepted mails (one per recipient), in order.
         self.events: list[dict[str, Any]] = []
         #: Requests that reached the events endpoint, in any mode.
@@ -460,17 +624,57 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         recipients = email.utils.getaddresses(
             fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", [])
         )
+        posts: list[Post] = []
         for _, address in recipients:
-            self.events.append(
-                {
-                    "event": "accepted",
-                    "id": secrets.token_urlsafe(16),
-                    "timestamp": now,
-                    "recipient": address,
-                    "message": {"headers": headers},
-                    "user-variables": variables,
+            accepted = {
+                "event": "accepted",
+                "id": secrets.token_urlsafe(16),
+                "timestamp": now,
+                "recipient": address,
+                "message": {"headers": headers},
+                "user-variables": variables,
+            }
+            self.events.append(accepted)
+            if self.bounces(address):
+                outcome: dict[str, Any] = {
+                    "event": "failed",
+                    "severity": "permanent",
+                    "reason": "bounce",
+                    "log-level": "error",
+                    "delivery-status": {
+                        "code": 550,
+                        "message": "5.1.1 The email account that you tried to reach does not "
+                        "exist.",
+                        "description": "",
+                        "attempt-no": 1,
+                    },
                 }
-            )
+            else:
+                outcome = {
+                    "event": "delivered",
+                    "log-level": "info",
+                    "delivery-status": {"code": 250, "message": "OK", "attempt-no": 1},
+                }
+            delivered = {**accepted, **outcome, "id": secrets.token_urlsafe(16)}
+            posts += [self._signed(accepted), self._signed(delivered)]
+        if self.webhook_url is not None and self.webhook_signing_key is not None:
+            self.send_webhooks(posts)
+
+    #: Mailgun does not try a webhook again after a 406.
+    final_answers = frozenset({406})
+
+    def _signed(self, event: dict[str, Any]) -> Post:
+        """The webhook post of ``event``: one signature, the same at every try."""
+        timestamp = str(int(time.time()))
+        token = secrets.token_hex(25)
+        signature = mailgun_webhook_signature(self.webhook_signing_key or "", timestamp, token)
+        body = orjson.dumps(
+            {
+                "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+                "event-data": {**event, "timestamp": time.time()},
+            }
+        )
+        return lambda: (body, {"Content-Type": "application/json"})
 
     async def serve_events(self, request: web.Request) -> web.StreamResponse:
         """The Events API: ``items`` filtered by ``message-id`` (no angle brackets),
