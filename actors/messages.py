@@ -157,6 +157,8 @@ class Mail:
     tenant: str = ""
     #: Where each change of the mail's status is POSTed (``actors.callbacks``); None: nowhere.
     callback_url: str | None = None
+    #: The request that submitted it: logs carry it to every provider call for the mail.
+    request_id: str = ""
 
     @property
     def message_id(self) -> str:

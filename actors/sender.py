@@ -187,7 +187,7 @@ class Sender(Actor):
         started = time.perf_counter()
         try:
             result = await self._call(begun.mail)
-            await self._after(dispatch, attempt_id, result, started)
+            await self._after(dispatch, attempt_id, result, started, begun.mail.request_id)
         except Exception as exc:
             if self._open.pop(attempt_id, None) is not None:
                 # The outcome is not recorded (a bug, not an answer): the provider may
@@ -284,7 +284,12 @@ class Sender(Actor):
             return None
 
     async def _after(
-        self, dispatch: Dispatch, attempt_id: int, result: Result | None, started: float
+        self,
+        dispatch: Dispatch,
+        attempt_id: int,
+        result: Result | None,
+        started: float,
+        request_id: str = "",
     ) -> None:
         answered = time.perf_counter()
         now = self.clock()
@@ -293,6 +298,7 @@ class Sender(Actor):
             "provider": self.provider,
             "round": dispatch.round,
             "ms": round((answered - started) * 1000, 1),
+            "request_id": request_id,
         }
         if isinstance(result, Accepted):
             attempt = Attempt(

@@ -48,6 +48,7 @@ from .errors import (
     VALIDATION,
     Problem,
     note,
+    request_id,
 )
 from .guard import guarded
 from .validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed, parse_mail
@@ -282,6 +283,7 @@ async def send_mail(request: web.Request) -> web.Response:
             now=now,
             tenant=principal.tenant,
             callbacks=_callback_rules(request, principal),
+            request_id=request_id(request),
         )
         if mail.callback_url is not None:
             await _check_callback(request, mail.callback_url)

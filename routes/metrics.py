@@ -178,7 +178,13 @@ def store_families(
         "Provider attempts in a retry round (round > 0), any outcome",
         labels=["provider"],
     )
+    suppressed = CounterMetricFamily(
+        "mailman_duplicates_suppressed",
+        "Sends not made: an unknown attempt the provider was asked about had taken the mail",
+        labels=["provider"],
+    )
     for provider in providers_seen:
+        suppressed.add_metric([provider], snapshot.suppressed.get(provider, 0))
         for outcome in outcomes:
             attempts.add_metric([provider, outcome], snapshot.attempts.get((provider, outcome), 0))
         pending.add_metric([provider], snapshot.attempts.get((provider, Outcome.PENDING.value), 0))
@@ -205,7 +211,7 @@ def store_families(
         "mailman_dead_letters", "Dead letters not replayed (mailman dead-letters list)"
     )
     dead.add_metric([], snapshot.dead_letters)
-    return [*families, mails, attempts, pending, retries, breakers, outbox, dead]
+    return [*families, mails, attempts, pending, retries, suppressed, breakers, outbox, dead]
 
 
 def mailbox_family(depths: Mapping[str, int]) -> Metric:

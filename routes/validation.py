@@ -361,6 +361,7 @@ def parse_mail(
     now: float,
     tenant: str = "",
     callbacks: CallbackRules = CallbackRules(),
+    request_id: str = "",
 ) -> Mail:
     """The ``Mail`` that a decoded JSON request body describes.
 
@@ -440,6 +441,7 @@ def parse_mail(
         created_at=now,
         tenant=tenant,
         callback_url=callback_url,
+        request_id=request_id,
     )
 
 

@@ -9,6 +9,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -253,3 +254,34 @@ def test_lines_outside_a_loop_are_written_at_once() -> None:
     buffer = CountingBuffer()
     LineWriter(buffer).line(b'{"n": 1}')
     assert buffer.getvalue() == b'{"n": 1}\n'
+
+
+async def test_the_request_id_goes_with_the_mail_to_its_provider_call(tmp_path: Path) -> None:
+    """The provider.call line of a mail carries the request id of the POST that sent it."""
+    import aiohttp
+
+    from actors.system import embedded
+
+    from .conftest import eventually, make_config
+
+    with configured("info") as logs:
+        async with (
+            embedded(make_config(tmp_path)) as mailman,
+            aiohttp.ClientSession() as http,
+        ):
+            async with http.post(
+                f"{mailman.url}/mail/send", json=VALID, headers={"X-Request-Id": "trace-77"}
+            ) as resp:
+                assert resp.status == 201
+                mail_id = (await resp.json())["mail"]["id"]
+
+            def called() -> list[dict[str, Any]]:
+                return [
+                    line
+                    for line in logs.lines()
+                    if line["event"] == "provider.call" and line.get("mail_id") == mail_id
+                ]
+
+            await eventually(lambda: bool(called()), what="the provider call's line")
+            (line,) = called()
+    assert line["request_id"] == "trace-77" and line["outcome"] == "accepted"

@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pytest_aiohttp import AiohttpClient
 
 from actors.keys import Scope, create_key
 from actors.mailboxes.kafka import KafkaBroker
-from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
+from actors.messages import Address, Attempt, Check, Mail, Outcome, Status, StatusUpdate
 from actors.store import BreakerState, Store
 from actors.store.base import MetricsSnapshot
 from actors.store.mysql import MySQLStore
@@ -460,6 +461,24 @@ async def test_metrics_snapshot_counts_what_the_store_holds(any_store: Store) ->
         dead_letters=1,
         breakers=(opened,),
     )
+
+
+async def test_metrics_snapshot_counts_sends_suppressed_by_asking(any_store: Store) -> None:
+    """An unknown attempt the provider was asked about and had taken counts as a send
+    suppressed (by provider); one it had not taken does not."""
+    store = any_store
+    for mail_id in ("m1", "m2"):
+        await store.add(mail(mail_id, 1000.0))
+    for mail_id, check in (("m1", Check.TAKEN), ("m2", Check.NOT_FOUND)):
+        begun = await store.begin_attempt(mail_id, "mailgun", 0, 1010.0, stale_before=0.0)
+        assert begun is not None and begun.attempt_id is not None
+        unknown = Attempt("mailgun", 0, 1010.0, Outcome.UNKNOWN, "timeout", id=begun.attempt_id)
+        await store.apply([StatusUpdate(mail_id, Status.SENDING, 1011.0, attempt=unknown)])
+        checked = replace(unknown, checked=check)
+        await store.apply([StatusUpdate(mail_id, Status.SENDING, 1012.0, attempt=checked)])
+    snapshot = await store.metrics_snapshot()
+    assert snapshot.suppressed == {"mailgun": 1}
+    assert snapshot.attempts == {("mailgun", "unknown"): 2}
 
 
 class CountingStore(SQLiteStore):

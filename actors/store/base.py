@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 
@@ -590,6 +590,9 @@ class MetricsSnapshot:
     dead_letters: int
     #: Every provider's breaker state as shared in the store.
     breakers: tuple[BreakerState, ...]
+    #: Sends not made, by provider: ``unknown`` attempts the provider was asked about and
+    #: had taken (``checked`` = ``taken``), so the mail was not sent again.
+    suppressed: dict[str, int] = field(default_factory=dict)
 
 
 # --- the dashboard (routes.dashboard) -------------------------------------------------

@@ -678,10 +678,13 @@ def breaker_from_row(row: Sequence[Any]) -> BreakerState:
 
 #: Mails by status (the ``mails_by_status`` index covers it).
 METRICS_MAILS = "SELECT status, COUNT(*) FROM mails GROUP BY status"
-#: Attempts by provider, outcome, and whether they were in a retry round.
+#: Attempts by provider, outcome, whether they were in a retry round, and whether asking
+#: the provider found it had taken the mail (a send suppressed).
 METRICS_ATTEMPTS = (
-    "SELECT provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END, COUNT(*) FROM attempts "
-    "GROUP BY provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END"
+    "SELECT provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END, "
+    f"CASE WHEN checked = '{Check.TAKEN.value}' THEN 1 ELSE 0 END, COUNT(*) FROM attempts "
+    "GROUP BY provider, outcome, CASE WHEN round > 0 THEN 1 ELSE 0 END, "
+    f"CASE WHEN checked = '{Check.TAKEN.value}' THEN 1 ELSE 0 END"
 )
 METRICS_OUTBOX = "SELECT COUNT(*) FROM outbox"
 METRICS_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL"
@@ -697,10 +700,13 @@ def metrics_from_rows(
     """A ``MetricsSnapshot`` from the rows of the ``METRICS_*`` queries and ``Sql.breakers``."""
     by_outcome: dict[tuple[str, str], int] = {}
     retries: dict[str, int] = {}
-    for provider, outcome, retry, count in attempts:
+    suppressed: dict[str, int] = {}
+    for provider, outcome, retry, taken, count in attempts:
         by_outcome[(provider, outcome)] = by_outcome.get((provider, outcome), 0) + int(count)
         if int(retry):
             retries[provider] = retries.get(provider, 0) + int(count)
+        if int(taken):
+            suppressed[provider] = suppressed.get(provider, 0) + int(count)
     return MetricsSnapshot(
         mails={str(status): int(count) for status, count in mails},
         attempts=by_outcome,
@@ -708,6 +714,7 @@ def metrics_from_rows(
         outbox=int(outbox),
         dead_letters=int(dead_letters),
         breakers=tuple(breaker_from_row(r) for r in breakers),
+        suppressed=suppressed,
     )
 
 
