@@ -13,6 +13,9 @@ Three kinds of figures:
   not answer, ``mailman_store_up`` is 0 and these figures are left out.
 - **This process's in-process mailboxes** (``mailman_mailbox_depth``), where it has
   them next to its API (the one-process default).
+- **Consumer lag on Kafka** (``mailman_mailbox_lag``): per mailbox, the messages its
+  consumer group has not committed, asked of the cluster at most every
+  ``LAG_TTL_SECONDS``; left out while the cluster does not answer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actors.messages import Outcome, Status
+from actors.routing import RETRY_MAILBOX, STATUS_MAILBOX, send_mailbox
 from actors.store import Store
 from actors.store.base import MetricsSnapshot
 from config import Config
@@ -42,6 +46,8 @@ log = structlog.get_logger("mailman.http")
 
 #: How long one read of the store's figures serves scrapes.
 FIGURES_TTL_SECONDS = 1.0
+#: How long one read of the Kafka consumer lag serves scrapes (it opens two connections).
+LAG_TTL_SECONDS = 5.0
 #: Prometheus' text format, as ``generate_latest`` writes it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -100,13 +106,59 @@ class StoreFigures:
 FIGURES = web.AppKey("store_figures", StoreFigures)
 
 
+class KafkaLag:
+    """Each mailbox's consumer lag on the deployment's Kafka cluster, read at most once per
+    ``ttl`` seconds (concurrent scrapes share a read); None while the cluster is away."""
+
+    def __init__(self, config: Config, ttl: float = LAG_TTL_SECONDS) -> None:
+        self.bootstrap = config.broker.partition("://")[2].strip("/")
+        prefix = config.kafka.topic_prefix
+        names = [*(send_mailbox(p) for p in config.chain), STATUS_MAILBOX, RETRY_MAILBOX]
+        self.topics = {name: f"{prefix}{name}" for name in names}
+        self.ttl = ttl
+        self._task: asyncio.Task[dict[str, int] | None] | None = None
+        self._started = -math.inf
+
+    async def read(self) -> dict[str, int] | None:
+        now = time.monotonic()
+        task = self._task
+        if task is None or (task.done() and now - self._started >= self.ttl):
+            self._started = now
+            task = self._task = asyncio.create_task(self._read(), name="metrics-kafka-lag")
+        return await asyncio.shield(task)
+
+    async def _read(self) -> dict[str, int] | None:
+        from actors.mailboxes.kafka import consumer_lag
+
+        try:
+            return await consumer_lag(self.bootstrap, self.topics)
+        except Exception as exc:  # the cluster is away: the figure is left out
+            log.warning("metrics.kafka_unavailable", error=type(exc).__name__)
+            return None
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+LAG = web.AppKey("kafka_lag", KafkaLag)
+
+
 def setup(app: web.Application) -> None:
     """Route ``/metrics`` in ``app`` (from ``create_app``)."""
     figures = StoreFigures(app[STORE], app[CONFIG].store_timeout)
     app[FIGURES] = figures
+    lag = KafkaLag(app[CONFIG]) if app[CONFIG].broker.startswith("kafka://") else None
+    if lag is not None:
+        app[LAG] = lag
 
     async def close(_: web.Application) -> None:
         await figures.close()
+        if lag is not None:
+            await lag.close()
 
     app.on_cleanup.append(close)
     app.add_routes(routes)
@@ -124,6 +176,10 @@ async def metrics(request: web.Request) -> web.Response:
     families = store_families(config, snapshot, took, providers)
     if probes.mailboxes is not None:
         families.append(mailbox_family(probes.mailboxes()))
+    if LAG in app:
+        lags = await app[LAG].read()
+        if lags is not None:
+            families.append(lag_family(lags))
     body = app[HTTP_METRICS].exposition() + generate_latest(_Families(families))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -228,3 +284,14 @@ def mailbox_family(depths: Mapping[str, int]) -> Metric:
 def _ordered(known: list[str], seen: Iterable[str]) -> list[str]:
     """``known`` in its order, then whatever else was ``seen``, sorted."""
     return [*known, *sorted(set(seen) - set(known))]
+
+
+def lag_family(lags: Mapping[str, int]) -> Metric:
+    family = GaugeMetricFamily(
+        "mailman_mailbox_lag",
+        "Messages in a Kafka mailbox its consumer group has not committed (handled) yet",
+        labels=["mailbox"],
+    )
+    for mailbox, lag in sorted(lags.items()):
+        family.add_metric([mailbox], lag)
+    return family

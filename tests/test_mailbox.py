@@ -519,3 +519,33 @@ async def test_idempotent_producer_on_tansu_fails_loudly(broker: Broker) -> None
     with pytest.raises(IdempotenceUnsupported):
         await strict.start()
     await strict.stop()
+
+
+async def test_consumer_lag_counts_what_each_group_has_not_committed(
+    kafka_bootstrap: str,
+) -> None:
+    """consumer_lag(): a mailbox's lag is what was put and not yet acknowledged (committed)
+    by its group; a mailbox whose topic does not exist yet has none."""
+    from actors.mailboxes.kafka import consumer_lag
+
+    broker = KafkaBroker(kafka_bootstrap, topic_prefix=f"lag-{uuid4().hex[:8]}.", **kafka_options())
+    box = broker.mailbox("send.x", Dispatch)
+    await broker.start()
+    try:
+        topics = {"send.x": box.topic, "retry": broker.topic_of("retry")}
+        # One put per message: Tansu 0.6 answers ListOffsets with an end offset one past
+        # a multi-record batch's first record, not its last (Kafka: one past the last).
+        for n in range(5):
+            await box.put(dispatch(n))
+        assert await consumer_lag(kafka_bootstrap, topics) == {"send.x": 5, "retry": 0}
+        async with box.subscribe() as inbox:
+            for _ in range(3):
+                delivery = await asyncio.wait_for(inbox.get(), 10)
+                await delivery.ack()
+
+            async def lag_is_two() -> bool:
+                return (await consumer_lag(kafka_bootstrap, topics))["send.x"] == 2
+
+            await eventually(lag_is_two, what="three acknowledged messages committed")
+    finally:
+        await broker.stop()

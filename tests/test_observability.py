@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sqlite3
 import sys
@@ -23,13 +24,22 @@ from pytest_aiohttp import AiohttpClient
 
 from actors.keys import Scope, create_key
 from actors.mailboxes.kafka import KafkaBroker
-from actors.messages import Address, Attempt, Check, Mail, Outcome, Status, StatusUpdate
+from actors.messages import (
+    Address,
+    Attempt,
+    Check,
+    Dispatch,
+    Mail,
+    Outcome,
+    Status,
+    StatusUpdate,
+)
 from actors.store import BreakerState, Store
 from actors.store.base import MetricsSnapshot
 from actors.store.mysql import MySQLStore
 from actors.store.sqlite import SQLiteStore
 from actors.system import embedded
-from config import Config, ConfigError
+from config import Config, ConfigError, load
 from routes import HttpMetrics, Probes, create_app
 from routes.metrics import StoreFigures
 
@@ -213,6 +223,36 @@ async def test_readyz_follows_a_kafka_broker_going_away(
         tansu.stop()
     with pytest.raises(RuntimeError):  # a stopped broker is not ready either
         await broker.ping()
+
+
+async def test_metrics_show_each_kafka_mailboxs_consumer_lag(
+    make_client: Callable[..., Any], kafka_bootstrap: str
+) -> None:
+    """With a Kafka broker, /metrics shows each mailbox's lag: what its consumer group has
+    not committed (here: two dispatches nobody consumed), 0 for the rest."""
+    prefix = f"test-lag-{secrets.token_hex(4)}."
+    broker = KafkaBroker(kafka_bootstrap, topic_prefix=prefix, **kafka_options())
+    box = broker.mailbox("send.outbox", Dispatch)
+    await broker.start()
+    try:
+        for n in range(2):  # one put each: see test_mailbox's consumer-lag test for why
+            await box.put(Dispatch(mail_id=f"mail-{n}", accepted_at=1.0))
+    finally:
+        await broker.stop()
+    config = load(
+        [],
+        {
+            "MAILMAN_BROKER": f"kafka://{kafka_bootstrap}",
+            "MAILMAN_KAFKA_TOPIC_PREFIX": prefix,
+            "MAILMAN_PROVIDERS": "",
+        },
+    )
+    client = await make_client(config=config)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    samples = parse(await resp.text())
+    assert value(samples, "mailman_mailbox_lag", mailbox="send.outbox") == 2
+    assert value(samples, "mailman_mailbox_lag", mailbox="status") == 0
 
 
 async def test_readyz_is_503_only_while_every_breaker_is_open(

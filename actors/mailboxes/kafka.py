@@ -90,7 +90,7 @@ import collections
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -786,3 +786,50 @@ class _KafkaInbox(Inbox[M]):
             topic=self.mailbox.topic,
             partitions=sorted(tp.partition for tp in assigned),
         )
+
+
+async def consumer_lag(
+    bootstrap: str, topics: Mapping[str, str], *, request_timeout_ms: int = 5000
+) -> dict[str, int]:
+    """Messages each mailbox's consumer group has not committed yet, by mailbox name.
+
+    ``topics`` maps a mailbox name to its topic; its consumer group has the
+    topic's name (see ``_KafkaInbox``). Per partition: the end offset minus the
+    group's committed offset, or minus the partition's first offset when the
+    group never committed there (it starts from the earliest). A topic that
+    does not exist yet has no lag. Raises ``KafkaError``/``OSError`` when the
+    cluster does not answer.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            known = await consumer.topics()
+            lags: dict[str, int] = {}
+            for name, topic in topics.items():
+                if topic not in known:
+                    lags[name] = 0
+                    continue
+                parts = [
+                    TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+                ]
+                ends = await consumer.end_offsets(parts)
+                firsts = await consumer.beginning_offsets(parts)
+                committed = await admin.list_consumer_group_offsets(topic, partitions=parts)
+                lag = 0
+                for tp in parts:
+                    done = committed.get(tp)
+                    start = done.offset if done is not None and done.offset >= 0 else firsts[tp]
+                    lag += max(0, ends[tp] - start)
+                lags[name] = lag
+            return lags
+        finally:
+            await consumer.stop()
+    finally:
+        await admin.close()
