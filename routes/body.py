@@ -22,9 +22,17 @@ import asyncio
 import zlib
 from http import HTTPStatus
 
+import orjson
 from aiohttp import hdrs, web
 
-from .errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, Problem
+from .errors import (
+    BAD_REQUEST,
+    MALFORMED_JSON,
+    TIMEOUT,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    Problem,
+)
 
 #: The content codings a request body may use (the value of a 415's ``Accept-Encoding``).
 ACCEPTED_ENCODINGS = "gzip, deflate"
@@ -189,3 +197,13 @@ async def read_body(
     if decoder is not None:
         decoder.finish()
     return b"".join(parts)
+
+
+def decode_json(raw: bytes) -> object:
+    """``raw`` as JSON; a 400 problem (``malformed-json``) if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(
+            HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {exc}", type=MALFORMED_JSON
+        ) from None

@@ -34,13 +34,12 @@ from config.logging import get_logger
 from . import BACKLOG, CONFIG, INFLIGHT, OUTBOUND, STORE
 from .auth import PRINCIPAL, Principal, requires
 from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
-from .body import read_body
+from .body import decode_json, read_body
 from .errors import (
     BACKLOG_FULL,
     BAD_REQUEST,
     IDEMPOTENCY_IN_FLIGHT,
     IDEMPOTENCY_MISMATCH,
-    MALFORMED_JSON,
     NOT_FOUND,
     RATE_LIMITED,
     STATUS_CONFLICT,
@@ -103,22 +102,13 @@ def _require_json(request: web.Request) -> None:
 
 async def _read_json(request: web.Request) -> object:
     """The decoded JSON body; 413 beyond the size limit, 400 if it is not JSON."""
-    return _decode(
+    return decode_json(
         await read_body(
             request,
             limit=request.app[CONFIG].max_body_bytes,
             idle_timeout=request.app[CONFIG].body_idle_timeout,
         )
     )
-
-
-def _decode(raw: bytes) -> object:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(
-            HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {exc}", type=MALFORMED_JSON
-        ) from None
 
 
 def _invalid(errors: list[FieldError]) -> Problem:
@@ -557,7 +547,7 @@ async def _failure_reason(request: web.Request) -> str | None:
     if not raw.strip():
         return None
     _require_json(request)
-    body = _decode(raw)
+    body = decode_json(raw)
     if not isinstance(body, dict):
         raise _invalid([FieldError(BODY_FIELD, "must be a JSON object")])
     reason = body.get("reason")

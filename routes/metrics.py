@@ -25,6 +25,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, TypeVar
 
 import structlog
 from aiohttp import web
@@ -54,11 +55,47 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 routes = web.RouteTableDef()
 
 Read = tuple[MetricsSnapshot | None, float]
+T = TypeVar("T")
 
 
-class StoreFigures:
-    """The store's figures, read at most once per ``ttl`` seconds; concurrent scrapes share
-    one read. A failed read (None) is kept as long, so a down store is not hammered."""
+class Cached(Generic[T]):
+    """A slow read made at most once per ``ttl`` seconds; concurrent scrapes share it, and a
+    failed one (its fallback) is kept as long, so a source that is down is not hammered.
+    Subclasses write ``_read``."""
+
+    #: The read task's name.
+    name = "metrics-read"
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._task: asyncio.Task[T] | None = None
+        self._started = -math.inf
+
+    async def read(self) -> T:
+        now = self.clock()
+        task = self._task
+        if task is None or (task.done() and now - self._started >= self.ttl):
+            self._started = now
+            task = self._task = asyncio.create_task(self._read(), name=self.name)
+        # A scrape that gives up does not cancel the read the others wait for.
+        return await asyncio.shield(task)
+
+    async def _read(self) -> T:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class StoreFigures(Cached[Read]):
+    """The store's figures (None: the store did not answer) and how long reading took."""
+
+    name = "metrics-store-read"
 
     def __init__(
         self,
@@ -67,22 +104,9 @@ class StoreFigures:
         ttl: float = FIGURES_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(ttl, clock)
         self.store = store
         self.timeout = timeout
-        self.ttl = ttl
-        self.clock = clock
-        self._task: asyncio.Task[Read] | None = None
-        self._started = -math.inf
-
-    async def read(self) -> Read:
-        """The snapshot (None: the store did not answer) and how long reading it took."""
-        now = self.clock()
-        task = self._task
-        if task is None or (task.done() and now - self._started >= self.ttl):
-            self._started = now
-            task = self._task = asyncio.create_task(self._read(), name="metrics-store-read")
-        # A scrape that gives up does not cancel the read the others wait for.
-        return await asyncio.shield(task)
 
     async def _read(self) -> Read:
         started = time.perf_counter()
@@ -95,37 +119,22 @@ class StoreFigures:
             snapshot = None
         return snapshot, time.perf_counter() - started
 
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
 
 FIGURES = web.AppKey("store_figures", StoreFigures)
 
 
-class KafkaLag:
-    """Each mailbox's consumer lag on the deployment's Kafka cluster, read at most once per
-    ``ttl`` seconds (concurrent scrapes share a read); None while the cluster is away."""
+class KafkaLag(Cached[dict[str, int] | None]):
+    """Each mailbox's consumer lag on the deployment's Kafka cluster (None while the
+    cluster is away)."""
+
+    name = "metrics-kafka-lag"
 
     def __init__(self, config: Config, ttl: float = LAG_TTL_SECONDS) -> None:
+        super().__init__(ttl)
         self.bootstrap = config.broker.partition("://")[2].strip("/")
         prefix = config.kafka.topic_prefix
         names = [*(send_mailbox(p) for p in config.chain), STATUS_MAILBOX, RETRY_MAILBOX]
         self.topics = {name: f"{prefix}{name}" for name in names}
-        self.ttl = ttl
-        self._task: asyncio.Task[dict[str, int] | None] | None = None
-        self._started = -math.inf
-
-    async def read(self) -> dict[str, int] | None:
-        now = time.monotonic()
-        task = self._task
-        if task is None or (task.done() and now - self._started >= self.ttl):
-            self._started = now
-            task = self._task = asyncio.create_task(self._read(), name="metrics-kafka-lag")
-        return await asyncio.shield(task)
 
     async def _read(self) -> dict[str, int] | None:
         from actors.mailboxes.kafka import consumer_lag
@@ -135,13 +144,6 @@ class KafkaLag:
         except Exception as exc:  # the cluster is away: the figure is left out
             log.warning("metrics.kafka_unavailable", error=type(exc).__name__)
             return None
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 LAG = web.AppKey("kafka_lag", KafkaLag)

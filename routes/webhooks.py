@@ -47,8 +47,8 @@ from config import Secret
 from config.logging import get_logger
 
 from . import CONFIG, STORE
-from .body import read_body
-from .errors import BAD_REQUEST, MALFORMED_JSON, NOT_FOUND, Problem
+from .body import decode_json, read_body
+from .errors import BAD_REQUEST, NOT_FOUND, Problem
 from .guard import guarded
 from .validation import FieldError
 
@@ -223,15 +223,6 @@ class Incoming:
 
 def _malformed(detail: str, *errors: FieldError) -> Problem:
     return Problem(HTTPStatus.BAD_REQUEST, detail, type=BAD_REQUEST, errors=errors)
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(
-            HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {exc}", type=MALFORMED_JSON
-        ) from None
 
 
 def _text(value: object, limit: int | None = None) -> str | None:
@@ -460,7 +451,7 @@ async def sendgrid_events(request: web.Request) -> web.Response:
     raw = await _read(request)
     if not verify_sendgrid(key, signature, timestamp, raw):  # before the body is parsed
         raise _invalid("SendGrid")
-    incoming, skipped = parse_sendgrid(_json(raw))
+    incoming, skipped = parse_sendgrid(decode_json(raw))
     return await _record(request, SENDGRID, incoming, skipped)
 
 
@@ -471,7 +462,7 @@ async def mailgun_events(request: web.Request) -> web.Response:
     key = hooks.mailgun_key
     if key is None:
         raise _off("Mailgun", "MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY")
-    body = _json(await _read(request))
+    body = decode_json(await _read(request))
     if not isinstance(body, dict):
         raise _malformed("A Mailgun webhook is a JSON object with 'signature' and 'event-data'.")
     signed = body.get("signature")
