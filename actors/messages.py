@@ -159,6 +159,13 @@ class Mail:
     callback_url: str | None = None
     #: The request that submitted it: logs carry it to every provider call for the mail.
     request_id: str = ""
+    #: Custom ``X-`` headers, (name, value) in the order given.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Tags (SendGrid categories, Mailgun ``o:tag``).
+    tags: tuple[str, ...] = ()
+    #: The caller's metadata, (key, value) in the order given (SendGrid
+    #: ``custom_args``, Mailgun ``v:`` variables); never holds ``mail_id``.
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def message_id(self) -> str:
@@ -189,6 +196,12 @@ class Mail:
             out["html"] = self.html
         if self.callback_url is not None:
             out["callback_url"] = self.callback_url
+        if self.headers:
+            out["headers"] = dict(self.headers)
+        if self.tags:
+            out["tags"] = list(self.tags)
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         return out
 
 

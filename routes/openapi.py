@@ -15,6 +15,13 @@ from aiohttp import web
 from actors.messages import Check, EventKind, Outcome, Status
 
 from .mail import DEFAULT_PAGE, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_PAGE
+from .validation import (
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_METADATA_VALUE,
+    MAX_TAG,
+    MAX_TAGS,
+)
 
 routes = web.RouteTableDef()
 
@@ -49,6 +56,8 @@ _ADDRESS = {
     "required": ["email"],
     "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
 }
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 
 _LINKS = {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "string"}}}
 
@@ -608,6 +617,28 @@ DOCUMENT: dict[str, Any] = {
                         "signed (Mailman-Signature). https, to a public address; needs "
                         "MAILMAN_CALLBACK_SECRET on the server (README: Status callbacks)",
                     },
+                    "headers": {
+                        "type": "object",
+                        "maxProperties": MAX_HEADERS,
+                        "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
+                        "description": "Custom headers: names X-... (not X-SG-, X-SMTPAPI, "
+                        "X-Mailgun- or X-Mailman-), values printable ASCII",
+                    },
+                    "tags": {
+                        "type": "array",
+                        "maxItems": MAX_TAGS,
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG},
+                        "description": "SendGrid categories, Mailgun o:tag; no duplicates",
+                    },
+                    "metadata": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "string",
+                            "maxLength": MAX_METADATA_VALUE,
+                        },
+                        "description": "String map (SendGrid custom_args, Mailgun v: "
+                        "variables); keys of A-Z a-z 0-9 _ . -, mail_id reserved",
+                    },
                 },
             },
             "Accepted": {
@@ -696,6 +727,9 @@ DOCUMENT: dict[str, Any] = {
                                     "text": {"type": "string"},
                                     "html": {"type": "string"},
                                     "callback_url": {"type": "string"},
+                                    "headers": _STRING_MAP,
+                                    "tags": {"type": "array", "items": {"type": "string"}},
+                                    "metadata": _STRING_MAP,
                                 },
                             },
                             "attempts": {

@@ -35,15 +35,19 @@ accepted and then ``failed`` without a provider ever trying:
   ``MAX_SUBJECT``.
 - Bodies (``content``/``text``/``html``) may hold any character, controls
   included, except lone surrogates, which cannot be encoded at all.
+- ``headers``, ``tags`` and ``metadata`` (``_headers``, ``_tags``,
+  ``_metadata``) are bounded by what SendGrid (``headers``, ``categories``,
+  ``custom_args``) and Mailgun (``h:``, ``o:tag``, ``v:``) both take.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 
+import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
@@ -65,6 +69,80 @@ MAX_ADDRESS = 254
 MAX_NAME = 256
 #: The longest subject: RFC 5322's line limit; far more than any real subject.
 MAX_SUBJECT = 998
+
+#: The most custom headers one mail may have.
+MAX_HEADERS = 20
+#: The longest custom header name, ``X-`` included.
+MAX_HEADER_NAME = 100
+#: The longest custom header value. With its name, ``: `` and the value, a
+#: header must fit one line of RFC 5322 (998 characters), so that it can be
+#: written unfolded, and so a long name leaves less room.
+MAX_HEADER_VALUE = 998
+MAX_HEADER_LINE = 998
+#: A custom header name: ``X-`` and RFC 7230 token characters, a subset of RFC
+#: 5322's field-name characters that is also safe as an HTTP header name and a
+#: multipart form field name (Mailgun's ``h:<Name>``).
+_HEADER_NAME = re.compile(r"[Xx]-[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Header name prefixes (lowercase) that a provider or Mailman itself reserves:
+#: SendGrid's own (``X-SG-ID``, ``X-SG-EID``, the ``X-SMTPAPI`` header),
+#: Mailgun's controls (``X-Mailgun-Variables``, ``X-Mailgun-Tag``...), and
+#: Mailman's (``X-Mailman-Id``, ``-Tags``, ``-Metadata``).
+_RESERVED_HEADER_PREFIXES = ("x-sg-", "x-smtpapi", "x-mailgun-", "x-mailman-")
+#: A header value: printable ASCII (what every provider takes as it is).
+_HEADER_VALUE = re.compile(r"[ -~]*")
+#: The most tags: Mailgun's ``o:tag`` limit (SendGrid takes 10 categories).
+MAX_TAGS = 3
+#: The longest tag.
+MAX_TAG = 128
+_TAG = re.compile(r"[ -~]+")
+#: A metadata key.
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The longest metadata value.
+MAX_METADATA_VALUE = 1000
+#: The most bytes of metadata, as the compact JSON of SendGrid's ``custom_args``
+#: (Mailman's ``mail_id`` included): SendGrid's limit.
+MAX_METADATA_BYTES = 10_000
+#: The metadata key Mailman sets itself.
+RESERVED_METADATA_KEY = "mail_id"
+#: Keys of SendGrid's Event Webhook events: SendGrid puts ``custom_args`` at the
+#: top level of each event, where such a key would stand for the event's own field.
+SENDGRID_EVENT_KEYS = frozenset(
+    {
+        "asm_group_id",
+        "attempt",
+        "bounce_classification",
+        "category",
+        "cert_err",
+        "email",
+        "event",
+        "ip",
+        "marketing_campaign_id",
+        "marketing_campaign_name",
+        "pool",
+        "reason",
+        "response",
+        "send_at",
+        "sg_content_type",
+        "sg_event_id",
+        "sg_machine_open",
+        "sg_message_id",
+        "sg_template_id",
+        "sg_template_name",
+        "smtp-id",
+        "status",
+        "timestamp",
+        "tls",
+        "type",
+        "url",
+        "url_offset",
+        "useragent",
+    }
+)
+#: The most bytes of headers, tags and metadata together, counted as Mailgun's
+#: form fields (``h:Name`` and value, ``o:tag`` and value, ``v:key`` and value):
+#: Mailgun takes 16 kB of ``h:``/``o:``/``v:`` fields, and Mailman's own
+#: (``h:Reply-To``, ``h:Message-Id``, ``v:mail_id``) need the rest.
+MAX_EXTRA_BYTES = 11_000
 
 _LINE_BREAKS = ("\r", "\n")
 _BODIES = ("content", "text", "html")
@@ -425,6 +503,14 @@ def parse_mail(
 
     text, html = _bodies(body, errors)
     callback_url = _callback_url(body, callbacks, errors)
+    headers = _headers(body.get("headers"), errors)
+    tags = _tags(body.get("tags"), errors)
+    metadata = _metadata(body.get("metadata"), mail_id, errors)
+    if _extra_bytes(headers, tags, metadata) > MAX_EXTRA_BYTES:
+        errors.add(
+            "metadata" if metadata else "tags" if tags else "headers",
+            f"headers, tags and metadata together must be at most {MAX_EXTRA_BYTES} bytes",
+        )
 
     if errors or sender is None:
         raise ValidationFailed(errors.as_list())
@@ -442,6 +528,9 @@ def parse_mail(
         tenant=tenant,
         callback_url=callback_url,
         request_id=request_id,
+        headers=headers,
+        tags=tags,
+        metadata=metadata,
     )
 
 
@@ -478,3 +567,144 @@ def _bodies(body: Mapping[str, object], errors: _Errors) -> tuple[str | None, st
     if not wrong_type and not plain and not html:
         errors.add("content", "give a non-empty plain-text body (content or text) or html")
     return plain or None, html or None
+
+
+def _field_name(field: str, key: str) -> str:
+    """``field.key``, the key cut short if it is far too long to be valid anyway."""
+    return f"{field}.{key if len(key) <= 2 * MAX_HEADER_NAME else key[: 2 * MAX_HEADER_NAME]}"
+
+
+def _headers(value: object, errors: _Errors) -> tuple[tuple[str, str], ...]:
+    """The optional custom ``headers``: an object of ``X-`` header names to values.
+
+    Errors name the header (``headers.X-Name``); a name that differs from an
+    earlier one only in case is refused (it would be the same header).
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        errors.add("headers", "must be an object of header names to string values")
+        return ()
+    if len(value) > MAX_HEADERS:
+        errors.add("headers", f"must have at most {MAX_HEADERS} headers")
+        return ()
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, raw in value.items():
+        field = _field_name("headers", name)
+        problem = _header_name_problem(name) or _header_value_problem(raw)
+        if problem is None and len(name) + 2 + len(raw) > MAX_HEADER_LINE:
+            problem = f"must fit one line with its name: at most {MAX_HEADER_LINE} characters"
+        if problem is None and name.lower() in seen:
+            problem = "repeats another header's name (names are case-insensitive)"
+        if problem is not None:
+            errors.add(field, problem)
+            continue
+        seen.add(name.lower())
+        out.append((name, raw))
+    return tuple(out)
+
+
+def _header_name_problem(name: str) -> str | None:
+    if len(name) > MAX_HEADER_NAME:
+        return f"has a name over {MAX_HEADER_NAME} characters"
+    if not _HEADER_NAME.fullmatch(name):
+        return (
+            "must be named X-... with letters, digits and -, no spaces or colons "
+            "(other headers are set by Mailman or refused by providers)"
+        )
+    if name.lower().startswith(_RESERVED_HEADER_PREFIXES):
+        return "is reserved by a provider or by Mailman (X-SG-, X-SMTPAPI, X-Mailgun-, X-Mailman-)"
+    return None
+
+
+def _header_value_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    problem = header_problem(value)
+    if problem is not None:
+        return problem
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > MAX_HEADER_VALUE:
+        return f"must be at most {MAX_HEADER_VALUE} characters"
+    if not _HEADER_VALUE.fullmatch(value):
+        return "must be printable ASCII"
+    if value != value.strip(" "):
+        return "must not start or end with a space"
+    return None
+
+
+def _tags(value: object, errors: _Errors) -> tuple[str, ...]:
+    """The optional ``tags``: up to ``MAX_TAGS`` distinct printable ASCII strings."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        errors.add("tags", "must be a list of strings")
+        return ()
+    if len(value) > MAX_TAGS:
+        errors.add("tags", f"must have at most {MAX_TAGS} tags")
+        return ()
+    out: list[str] = []
+    for i, tag in enumerate(value):
+        field = f"tags[{i}]"
+        if not isinstance(tag, str):
+            errors.add(field, "must be a string")
+        elif not 1 <= len(tag) <= MAX_TAG or not _TAG.fullmatch(tag):
+            errors.add(field, f"must be 1 to {MAX_TAG} printable ASCII characters")
+        elif _ENCODED_WORD.search(tag):
+            errors.add(field, "must not contain an RFC 2047 encoded-word (=?...?=)")
+        elif tag != tag.strip(" "):
+            errors.add(field, "must not start or end with a space")
+        elif tag in out:
+            errors.add(field, "repeats an earlier tag")
+        else:
+            out.append(tag)
+    return tuple(out)
+
+
+def _metadata(value: object, mail_id: str, errors: _Errors) -> tuple[tuple[str, str], ...]:
+    """The optional ``metadata``: an object of short keys to string values."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        errors.add("metadata", "must be an object of string values")
+        return ()
+    if len(value) > MAX_METADATA_BYTES // len('"k":"",'):  # cannot fit: not checked one by one
+        errors.add("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return ()
+    out: list[tuple[str, str]] = []
+    for key, raw in value.items():
+        field = _field_name("metadata", key)
+        if not _METADATA_KEY.fullmatch(key):
+            errors.add(field, "must be named by 1 to 64 of A-Z, a-z, 0-9, _, . and -")
+        elif key == RESERVED_METADATA_KEY:
+            errors.add(field, "is reserved: Mailman sets mail_id itself")
+        elif key.lower() in SENDGRID_EVENT_KEYS:
+            errors.add(field, "is reserved: SendGrid's delivery events use this key")
+        elif not isinstance(raw, str):
+            errors.add(field, "must be a string")
+        elif len(raw) > MAX_METADATA_VALUE:
+            errors.add(field, f"must be at most {MAX_METADATA_VALUE} characters")
+        elif _NOT_ENCODABLE.search(raw):
+            errors.add(field, "must not contain a lone surrogate")
+        else:
+            out.append((key, raw))
+    if out and len(orjson.dumps({**dict(out), RESERVED_METADATA_KEY: mail_id})) > (
+        MAX_METADATA_BYTES
+    ):
+        errors.add("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return tuple(out)
+
+
+def _extra_bytes(
+    headers: Sequence[tuple[str, str]],
+    tags: Sequence[str],
+    metadata: Sequence[tuple[str, str]],
+) -> int:
+    """Headers, tags and metadata as Mailgun form fields: their names' and values' bytes."""
+    return (
+        sum(len(f"h:{k}{v}".encode()) for k, v in headers)
+        + sum(len(f"o:tag{t}".encode()) for t in tags)
+        + sum(len(f"v:{k}{v}".encode()) for k, v in metadata)
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -224,6 +225,50 @@ any_bodies = st.one_of(
     st.sampled_from([None, "", 5, "x" * 5000, "ü\x00" * 600]),
 )
 
+#: Printable ASCII: what header values and tags may hold.
+printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+header_names = st.one_of(
+    st.from_regex(r"X-[A-Za-z0-9-]{1,30}", fullmatch=True),
+    st.sampled_from(["X-Campaign", "x-trace-id", "X-" + "n" * 98]),
+)
+header_values = st.one_of(
+    st.text(printable, min_size=1, max_size=100),
+    st.builds(lambda n, w: (w + " ") * n + w, st.integers(0, 200), st.sampled_from(["ab", "x"])),
+    st.builds(lambda n: "z" * n, st.integers(900, 998)),
+)
+nasty_header_names = st.one_of(
+    header_names,
+    st.sampled_from(["Subject", "Bcc", "X-Mailman-Id", "X-SG-ID", "X-", "X-a b", "X-ü", ""]),
+    st.text(max_size=30),
+)
+metadata_values = st.one_of(
+    st.text(max_size=50), fine_text, st.builds(lambda n: "v" * n, st.integers(500, 1000))
+)
+metadata_keys = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+fine_headers = st.dictionaries(header_names, header_values, max_size=20)
+nasty_headers = st.one_of(
+    st.dictionaries(
+        nasty_header_names,
+        st.one_of(header_values, nasty_text, st.integers(), st.none()),
+        max_size=25,
+    ),
+    st.sampled_from([None, [], "X-A: b", 5]),
+)
+fine_tags = st.lists(st.text(printable, min_size=1, max_size=128), max_size=3, unique=True)
+nasty_tags = st.one_of(
+    st.lists(st.one_of(st.text(max_size=130), nasty_text, st.integers()), max_size=5),
+    st.sampled_from([None, "tag", {}]),
+)
+fine_metadata = st.dictionaries(metadata_keys, metadata_values, max_size=12)
+nasty_metadata = st.one_of(
+    st.dictionaries(
+        st.one_of(metadata_keys, st.text(max_size=70), st.sampled_from(["mail_id", "event"])),
+        st.one_of(metadata_values, nasty_text, st.integers(), st.lists(st.text())),
+        max_size=15,
+    ),
+    st.sampled_from([None, [], "a=b"]),
+)
+
 #: Each field: (a value a caller may well send, a value meant to be refused or to break).
 FIELDS: dict[str, tuple[st.SearchStrategy[object], st.SearchStrategy[object]]] = {
     "to": (recipients(fine_addresses), st.one_of(recipients(nasty_addresses), st.just([]))),
@@ -235,6 +280,9 @@ FIELDS: dict[str, tuple[st.SearchStrategy[object], st.SearchStrategy[object]]] =
     "content": (fine_bodies, any_bodies),
     "text": (fine_bodies, any_bodies),
     "html": (fine_bodies, any_bodies),
+    "headers": (fine_headers, nasty_headers),
+    "tags": (fine_tags, nasty_tags),
+    "metadata": (fine_metadata, nasty_metadata),
 }
 REQUIRED = ("to", "from")
 BODIES = ("content", "text", "html")
@@ -263,7 +311,13 @@ def header_texts(mail: Mail) -> list[str]:
     everyone = (mail.sender, *mail.to, *mail.cc, *mail.bcc)
     if mail.reply_to is not None:
         everyone += (mail.reply_to,)
-    return [mail.subject, *(a.email for a in everyone), *(a.name for a in everyone)]
+    return [
+        mail.subject,
+        *(a.email for a in everyone),
+        *(a.name for a in everyone),
+        *(value for _, value in mail.headers),
+        *mail.tags,
+    ]
 
 
 def assert_header_safe(mail: Mail) -> None:
@@ -341,6 +395,11 @@ def assert_mailgun_buildable(mail: Mail) -> None:
         len(k.encode()) + len(v.encode()) for k, v in fields if k[:2] in ("o:", "h:", "v:")
     )
     assert options <= MAILGUN_OPTIONS_BYTES
+    assert len(by_name.get("o:tag", [])) <= 3
+    for name, value in mail.headers:
+        assert by_name[f"h:{name}"] == [value]
+    for key, value in mail.metadata:
+        assert by_name[f"v:{key}"] == [value]
     recipients = sum(len(by_name.get(k, [])) for k in ("to", "cc", "bcc"))
     assert 1 <= recipients <= MAX_RECIPIENTS
     for key in ("from", "to", "cc", "bcc", "subject", "h:Reply-To", "v:mail_id"):
@@ -374,6 +433,11 @@ def assert_eml_buildable(mail: Mail) -> None:
         for key, value in part.items():
             assert not value.defects, (key, value, value.defects)
     assert msg["Bcc"] is None
+    for name, value in mail.headers:
+        assert msg.get_all(name) == [value], name
+    assert msg["X-Mailman-Tags"] == (", ".join(mail.tags) if mail.tags else None)
+    metadata = msg["X-Mailman-Metadata"]
+    assert (json.loads(str(metadata)) if metadata else {}) == dict(mail.metadata)
     # Leading spaces are folding whitespace to a reader (and to Python's parser when
     # the folder starts the subject on a continuation line).
     assert msg["Subject"].lstrip(" ") == mail.subject.lstrip(" ")

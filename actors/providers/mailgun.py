@@ -135,7 +135,8 @@ def basic_auth(user: str, password: str) -> str:
 
 
 def form(mail: Mail) -> list[tuple[str, str]]:
-    """The form fields for ``mail``; ``to``, ``cc`` and ``bcc`` repeat once per address.
+    """The form fields for ``mail``; ``to``, ``cc``, ``bcc`` and ``o:tag`` repeat once
+    per value; custom headers are ``h:<Name>``, metadata ``v:<key>``.
 
     Pure: building the request needs nothing but the mail. Addresses are
     written as in a header (``formatted_address``): a non-ASCII name becomes
@@ -153,6 +154,9 @@ def form(mail: Mail) -> list[tuple[str, str]]:
     if mail.reply_to is not None:
         fields.append(("h:Reply-To", formatted_address(mail.reply_to)))
     fields.append(("h:Message-Id", mail.message_id))
+    fields += [(f"h:{name}", value) for name, value in mail.headers]
+    fields += [("o:tag", tag) for tag in mail.tags]
+    fields += [(f"v:{key}", value) for key, value in mail.metadata]
     fields.append(("v:mail_id", mail.id))
     return fields
 

@@ -2,7 +2,9 @@
 
 Useful in development and as the last link of a chain. Bcc recipients are left
 out of the file entirely (a Bcc header would tell every reader who else got
-the mail). Writing is atomic (a temporary file in the same directory, then
+the mail). Custom headers are written as headers, tags as ``X-Mailman-Tags:
+a, b`` and metadata as ``X-Mailman-Metadata: {"key":"value"}`` (compact JSON).
+Writing is atomic (a temporary file in the same directory, then
 ``os.replace``), so a reader never sees half a file, and writing the same mail
 again simply replaces the file. So the file is there exactly when a send
 finished writing it, which is what ``lookup`` asks.
@@ -17,6 +19,7 @@ import email.errors
 import email.policy
 import email.utils
 import itertools
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -106,6 +109,15 @@ def render(mail: Mail) -> bytes:
     msg["Date"] = email.utils.formatdate(mail.created_at, usegmt=True)
     msg["Message-ID"] = mail.message_id
     msg["X-Mailman-Id"] = mail.id
+    # Printable ASCII that validation keeps within a line, folded at its spaces.
+    for name, value in mail.headers:
+        msg.set_raw(name, _folded(name, value.split(" ")))
+    if mail.tags:
+        msg.set_raw("X-Mailman-Tags", _folded("X-Mailman-Tags", ", ".join(mail.tags).split(" ")))
+    if mail.metadata:
+        # Not folded here: the email package folds it (a long word as encoded-words,
+        # which read back exactly: the JSON holds no space or "=" to lose or decode).
+        msg["X-Mailman-Metadata"] = metadata_header(mail.metadata)
     if mail.text is not None:
         msg.set_content(mail.text, cte=_transfer_encoding(mail.text))
         if mail.html is not None:
@@ -119,6 +131,14 @@ def render(mail: Mail) -> bytes:
     addresses = (mail.sender, *mail.to, *mail.cc, *((mail.reply_to,) if mail.reply_to else ()))
     ascii_only = all(a.email.isascii() for a in addresses)
     return msg.as_bytes(policy=_ASCII if ascii_only else _UTF8)
+
+
+def metadata_header(metadata: Sequence[tuple[str, str]]) -> str:
+    """The ``X-Mailman-Metadata`` value: the metadata as compact JSON, in the order
+    given, in ASCII with ``\\u`` escapes for everything else and for space and
+    ``=`` too (so no fold can lose a space, nor a reader decode an ``=?...?=``)."""
+    text = json.dumps(dict(metadata), separators=(",", ":"))
+    return text.replace(" ", "\\u0020").replace("=", "\\u003d")
 
 
 def _transfer_encoding(body: str) -> str | None:

@@ -448,6 +448,67 @@ def _sendgrid_problems(body: dict[str, Any]) -> list[Problem]:
             )
         )
     problems += _content_problems(body.get("content"))
+    problems += _extra_problems(body)
+    return problems
+
+
+#: Headers SendGrid will not take in ``headers`` (compared in lowercase).
+SENDGRID_RESERVED_HEADERS = frozenset(
+    {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+    }
+)
+#: SendGrid's limits on ``categories`` and ``custom_args``.
+SENDGRID_MAX_CATEGORIES = 10
+SENDGRID_MAX_CUSTOM_ARGS_BYTES = 10_000
+
+
+def _extra_problems(body: dict[str, Any]) -> list[Problem]:
+    """What SendGrid says about ``headers``, ``categories`` and ``custom_args``."""
+    problems: list[Problem] = []
+    headers = body.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        problems.append(("Headers must be a collection of strings.", "headers"))
+    else:
+        for name in headers:
+            if name.lower() in SENDGRID_RESERVED_HEADERS:
+                problems.append((f"The header {name} is reserved and cannot be set.", "headers"))
+    categories = body.get("categories", [])
+    if (
+        not isinstance(categories, list)
+        or len(categories) > SENDGRID_MAX_CATEGORIES
+        or not all(isinstance(c, str) and 0 < len(c) <= 255 for c in categories)
+    ):
+        problems.append(
+            (
+                "The categories parameter must be an array of at most "
+                f"{SENDGRID_MAX_CATEGORIES} strings.",
+                "categories",
+            )
+        )
+    args = body.get("custom_args", {})
+    if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
+        problems.append(("Custom args must be strings.", "custom_args"))
+    elif len(orjson.dumps(args)) > SENDGRID_MAX_CUSTOM_ARGS_BYTES:
+        problems.append(
+            (
+                f"The custom_args must total at most {SENDGRID_MAX_CUSTOM_ARGS_BYTES} bytes.",
+                "custom_args",
+            )
+        )
     return problems
 
 
@@ -532,6 +593,11 @@ def _is_email(value: object) -> bool:
 # --- Mailgun ---------------------------------------------------------------
 
 
+#: Mailgun's limits: tags per message, and bytes of ``o:``, ``h:`` and ``v:`` fields.
+MAILGUN_MAX_TAGS = 3
+MAILGUN_MAX_EXTRA_BYTES = 16_000
+
+
 class FakeMailgun(FakeProvider[dict[str, list[str]]]):
     """Mailgun Messages API: ``POST /v3/{domain}/messages``, Basic ``api:key``, form, 200;
     and its Events API: ``GET /v3/{domain}/events``, the ``accepted`` events."""
@@ -602,6 +668,16 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
             return self.bad_request(
                 "Need at least one of 'text', 'html' or 'template' parameters specified"
             )
+        if len(fields.get("o:tag", [])) > MAILGUN_MAX_TAGS:
+            return self.bad_request(f"Too many tags: at most {MAILGUN_MAX_TAGS} per message")
+        extra = sum(
+            len(key.encode()) + len(value.encode())
+            for key, values in fields.items()
+            if key.startswith(("o:", "h:", "v:"))
+            for value in values
+        )
+        if extra > MAILGUN_MAX_EXTRA_BYTES:
+            return self.bad_request("The o:, h: and v: parameters exceed 16 kB together")
         self.received.append(fields)
         # Mailgun takes a Message-Id header given as h:Message-Id as the message's id.
         given = fields.get("h:Message-Id", [""])[0].strip()
