@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from actors.store import Store
+from actors.store.mysql import MySQLStore
 from actors.store.sqlite import SQLiteStore
 from config import Config, load
 
 from .support.api import CountingOutbound
+from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -76,3 +78,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture
 def outbound() -> CountingOutbound:
     return CountingOutbound()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open store of each kind (MySQL: a fresh database; CI fails without a server)."""
+    if request.param == "sqlite":
+        async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
+            yield opened
+        return
+    async with fresh_mysql("any") as url, MySQLStore.from_url(url) as opened:
+        yield opened

@@ -19,7 +19,6 @@ from actors.keys import Scope, create_key
 from actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
 from actors.store import Store
 from actors.store.base import FailedAttempt, FailedMail, Failures, MinuteCount
-from actors.store.mysql import MySQLStore
 from actors.store.sqlite import SQLiteStore
 from actors.system import embedded
 from config import Config
@@ -29,7 +28,6 @@ from routes.dashboard import CHART_OUTCOMES, FAILED_OUTCOMES, FAILURES_SHOWN, WI
 from .conftest import eventually, make_config, provider_env
 from .support.api import CountingOutbound, problem
 from .support.chromium import Browser, Dom, Node, chromium, dump_dom
-from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.processes import mailman_process
 
@@ -65,17 +63,6 @@ def attempt(
 
 
 # --- the store's reads ---------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open store of each kind (MySQL: a fresh database; CI fails without a server)."""
-    if request.param == "sqlite":
-        async with SQLiteStore(str(tmp_path / "mailman.db")) as store:
-            yield store
-        return
-    async with fresh_mysql("dashboard") as url, MySQLStore.from_url(url) as store:
-        yield store
 
 
 async def test_store_counts_calls_per_minute_and_lists_the_latest_failures(

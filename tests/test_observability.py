@@ -36,7 +36,6 @@ from actors.messages import (
 )
 from actors.store import BreakerState, Store
 from actors.store.base import MetricsSnapshot
-from actors.store.mysql import MySQLStore
 from actors.store.sqlite import SQLiteStore
 from actors.system import embedded
 from config import Config, ConfigError, load
@@ -44,7 +43,6 @@ from routes import HttpMetrics, Probes, create_app
 from routes.metrics import StoreFigures
 
 from .conftest import eventually, make_config, provider_env
-from .support.databases import fresh_mysql
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import in_ci, kafka_options, start_tansu
 from .support.processes import ROOT, mailman_process
@@ -447,17 +445,6 @@ async def test_metrics_count_failovers_and_retries_as_the_mail_history_shows_the
 
 
 # --- the store's figures: both databases, and how often they are read ----------------------
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open store of each kind (MySQL: a fresh database; CI fails without a server)."""
-    if request.param == "sqlite":
-        async with SQLiteStore(str(tmp_path / "mailman.db")) as store:
-            yield store
-        return
-    async with fresh_mysql("metrics") as url, MySQLStore.from_url(url) as store:
-        yield store
 
 
 async def test_metrics_snapshot_counts_what_the_store_holds(any_store: Store) -> None:
