@@ -369,82 +369,79 @@ async def test_db_outage(
     assert load.retried["503"] > 0, "the API never answered 503 while the store was down"
 
 
-# --- 4. a provider slower than the timeout, which takes the mail anyway -----------------
+# --- 4 and 5: a provider misbehaving under a steady load ---------------------------------
+
+
+async def misbehaving(
+    fault: str,
+    sg: FakeSendGrid,
+    mg: FakeMailgun,
+    tmp_path: Path,
+    fault_report: Path,
+    *,
+    limit: int,
+    **env: str,
+) -> None:
+    """The embedded process sends ``limit`` mails at 100/s through the two (misbehaving)
+    fakes until every one is final; ``conclude`` checks and reports."""
+    began = time.monotonic()
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        deployment = Deployment(embedded_env(sg, mg, tmp_path, port, **env), tmp_path)
+        load = Load(http, url, fault, rate=100, limit=limit)
+        try:
+            await deployment.start(Role("mailman"))
+            load.start()
+            await load.finished()
+            final, _ = await settle(http, url, load.ids(), within=60, deployment=deployment)
+            dead = deployment.dead()
+        finally:
+            await load.close()
+            await deployment.close()
+    conclude(
+        fault_report,
+        fault,
+        load,
+        final,
+        (sg, mg),
+        began=began,
+        dead=dead,
+        sendgrid_calls=sg.calls,
+        mailgun_calls=mg.calls,
+    )
 
 
 async def test_slow_provider(tmp_path: Path, fault_report: Path) -> None:
     """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost."""
-    began = time.monotonic()
-    async with (
-        UnrulySendGrid(slow=1.5) as sg,
-        FakeMailgun() as mg,
-        aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
-    ):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = embedded_env(sg, mg, tmp_path, port, MAILMAN_BREAKER_RESET_SECONDS="2")
-        deployment = Deployment(env, tmp_path)
-        load = Load(http, url, "slow-provider", rate=100, limit=400)
-        try:
-            await deployment.start(Role("mailman"))
-            load.start()
-            await load.finished()
-            final, _ = await settle(http, url, load.ids(), within=60, deployment=deployment)
-            dead = deployment.dead()
-        finally:
-            await load.close()
-            await deployment.close()
-    conclude(
-        fault_report,
-        "slow-provider",
-        load,
-        final,
-        (sg, mg),
-        began=began,
-        dead=dead,
-        sendgrid_calls=sg.calls,
-        mailgun_calls=mg.calls,
-    )
-
-
-# --- 5. providers flapping between healthy and 503 ---------------------------------------
+    async with UnrulySendGrid(slow=1.5) as sg, FakeMailgun() as mg:
+        await misbehaving(
+            "slow-provider",
+            sg,
+            mg,
+            tmp_path,
+            fault_report,
+            limit=400,
+            MAILMAN_BREAKER_RESET_SECONDS="2",
+        )
 
 
 async def test_flapping_provider(tmp_path: Path, fault_report: Path) -> None:
     """SendGrid and Mailgun flap between healthy and 503 every second: no mail is lost."""
-    began = time.monotonic()
     async with (
         UnrulySendGrid(flap=Flap(1.0)) as sg,
         FlappingMailgun(flap=Flap(1.0, phase=0.5)) as mg,  # both down half a second in two
-        aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
     ):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = embedded_env(
-            sg, mg, tmp_path, port, MAILMAN_BREAKER_RESET_SECONDS="1", MAILMAN_BREAKER_FAIL_MAX="5"
+        await misbehaving(
+            "flapping-provider",
+            sg,
+            mg,
+            tmp_path,
+            fault_report,
+            limit=500,
+            MAILMAN_BREAKER_RESET_SECONDS="1",
+            MAILMAN_BREAKER_FAIL_MAX="5",
         )
-        deployment = Deployment(env, tmp_path)
-        load = Load(http, url, "flapping-provider", rate=100, limit=500)
-        try:
-            await deployment.start(Role("mailman"))
-            load.start()
-            await load.finished()
-            final, _ = await settle(http, url, load.ids(), within=60, deployment=deployment)
-            dead = deployment.dead()
-        finally:
-            await load.close()
-            await deployment.close()
-    conclude(
-        fault_report,
-        "flapping-provider",
-        load,
-        final,
-        (sg, mg),
-        began=began,
-        dead=dead,
-        sendgrid_calls=sg.calls,
-        mailgun_calls=mg.calls,
-    )
 
 
 # --- 6. poison records in a sender's topic ------------------------------------------------
