@@ -14,6 +14,7 @@ RUN pip install --no-compile . && mkdir -p /data && chown mailman /data
 
 USER mailman
 WORKDIR /data
-EXPOSE 9292
+# 9292: HTTP (role api); 2525: SMTP submission (role smtp).
+EXPOSE 9292 2525
 # Health checks live in docker-compose.yml: only the api role serves HTTP.
 CMD ["mailman"]

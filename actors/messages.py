@@ -26,6 +26,8 @@ class Status(StrEnum):
     provider reports it, ``sent`` -> ``delivered`` | ``bounced``."""
 
     QUEUED = "queued"
+    #: Waits for its ``send_at`` time; then ``queued``.
+    SCHEDULED = "scheduled"
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
@@ -37,7 +39,7 @@ class Status(StrEnum):
     @property
     def terminal(self) -> bool:
         """Nothing more is sent for the mail (delivery events may still move it on)."""
-        return self not in (Status.QUEUED, Status.SENDING)
+        return self not in (Status.QUEUED, Status.SCHEDULED, Status.SENDING)
 
 
 #: The statuses each status may be reached from. Repeating a transition into
@@ -47,10 +49,12 @@ class Status(StrEnum):
 #: arrives before the sender's record): a later bounce overrides a delivery
 #: (an asynchronous bounce), never the other way round.
 ALLOWED_FROM: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset(),
+    Status.QUEUED: frozenset({Status.SCHEDULED}),
+    Status.SCHEDULED: frozenset(),
     Status.SENDING: frozenset({Status.QUEUED, Status.SENDING}),
     Status.SENT: frozenset({Status.QUEUED, Status.SENDING}),
-    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING}),
+    # A scheduled mail can be marked failed by hand (so it is never sent).
+    Status.FAILED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING}),
     Status.DELIVERED: frozenset({Status.SENDING, Status.SENT}),
     Status.BOUNCED: frozenset({Status.SENDING, Status.SENT, Status.DELIVERED}),
 }
@@ -119,6 +123,13 @@ class _UlidSource:
 _ULIDS = _UlidSource()
 
 
+def iso_time(ts: float) -> str:
+    """A unix time as RFC 3339 in UTC, e.g. ``2025-01-02T03:04:05.678Z``."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def new_mail_id(now: float | None = None) -> str:
     """An opaque, time-ordered id made without a round trip (a ULID)."""
     return _ULIDS.new(time.time() if now is None else now)
@@ -137,6 +148,64 @@ class Address:
 
     def as_json(self) -> dict[str, str]:
         return {"email": self.email, "name": self.name} if self.name else {"email": self.email}
+
+
+class Disposition(StrEnum):
+    """How a mail program shows an attachment (RFC 2183)."""
+
+    #: A file of its own, offered for download.
+    ATTACHMENT = "attachment"
+    #: Shown in the body: an image the HTML refers to as ``cid:<content_id>``.
+    INLINE = "inline"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with a mail (``Mail.attachments``), as validation left it."""
+
+    #: The file's name, as the recipient sees it (no path).
+    filename: str
+    #: The file's bytes, as standard base64 (RFC 4648: padded, no line breaks):
+    #: kept and sent as given, so a mail read back from the store is the same.
+    #: Left out of ``repr``: megabytes have no place in a log line or a traceback.
+    content: str = field(repr=False)
+    #: Its MIME type, ``type/subtype``, lowercase, no parameters.
+    content_type: str
+    disposition: Disposition
+    #: What an inline file is referred to by (``cid:...`` in the HTML), without
+    #: angle brackets; None for a plain attachment.
+    content_id: str | None
+    #: The file's size in bytes (decoded).
+    size: int
+
+    @classmethod
+    def of(
+        cls,
+        filename: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        disposition: Disposition = Disposition.ATTACHMENT,
+        content_id: str | None = None,
+    ) -> Attachment:
+        """The attachment of ``data`` (its content base64-encoded, its size counted)."""
+        content = base64.b64encode(data).decode("ascii")
+        return cls(filename, content, content_type, disposition, content_id, len(data))
+
+    def decoded(self) -> bytes:
+        """The file's bytes."""
+        return base64.b64decode(self.content)
+
+    def as_json(self) -> dict[str, Any]:
+        """The attachment as the API shows it: by name, type and size, never its content."""
+        out: dict[str, Any] = {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "disposition": self.disposition.value,
+        }
+        if self.content_id is not None:
+            out["content_id"] = self.content_id
+        out["size"] = self.size
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +228,8 @@ class Mail:
     callback_url: str | None = None
     #: The request that submitted it: logs carry it to every provider call for the mail.
     request_id: str = ""
+    #: When to send it (unix time); None: at once. The mail waits ``scheduled`` till then.
+    send_at: float | None = None
     #: Custom ``X-`` headers, (name, value) in the order given.
     headers: tuple[tuple[str, str], ...] = ()
     #: Tags (SendGrid categories, Mailgun ``o:tag``).
@@ -166,6 +237,8 @@ class Mail:
     #: The caller's metadata, (key, value) in the order given (SendGrid
     #: ``custom_args``, Mailgun ``v:`` variables); never holds ``mail_id``.
     metadata: tuple[tuple[str, str], ...] = ()
+    #: Files sent with the mail, in the order given.
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def message_id(self) -> str:
@@ -196,12 +269,16 @@ class Mail:
             out["html"] = self.html
         if self.callback_url is not None:
             out["callback_url"] = self.callback_url
+        if self.send_at is not None:
+            out["send_at"] = iso_time(self.send_at)
         if self.headers:
             out["headers"] = dict(self.headers)
         if self.tags:
             out["tags"] = list(self.tags)
         if self.metadata:
             out["metadata"] = dict(self.metadata)
+        if self.attachments:
+            out["attachments"] = [a.as_json() for a in self.attachments]
         return out
 
 

@@ -45,6 +45,7 @@ from .routing import Router
 from .scheduler import RetryScheduler
 from .sender import Sender
 from .server import HttpServer
+from .smtp import SmtpServer
 from .store import Store, open_store
 from .supervisor import ChildSpec, Supervisor
 from .sweeper import Sweeper
@@ -59,6 +60,10 @@ ROLE_API = "api"
 ROLE_RELAY = "relay"
 ROLE_BOOKKEEPER = "bookkeeper"
 ROLE_RETRY = "retry"
+#: SMTP submission (``actors.smtp``): a role while ``MAILMAN_SMTP_PORT`` is not 0.
+ROLE_SMTP = "smtp"
+#: The roles that take mail in (commit it, wake the relay) and touch no mailbox.
+INTAKE_ROLES = frozenset({ROLE_API, ROLE_SMTP})
 
 
 def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
@@ -77,7 +82,8 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
 
 
 def all_roles(config: Config) -> frozenset[str]:
-    return frozenset({ROLE_API, ROLE_RELAY, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain})
+    smtp = (ROLE_SMTP,) if config.smtp.port is not None else ()
+    return frozenset({ROLE_API, ROLE_RELAY, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain, *smtp})
 
 
 def in_memory(config: Config) -> bool:
@@ -90,6 +96,8 @@ def roles_of(config: Config) -> frozenset[str]:
     if ROLE_ALL in config.roles:
         return known
     unknown = set(config.roles) - known
+    if ROLE_SMTP in unknown and config.smtp.port is None:
+        raise ConfigError("--role smtp needs an SMTP port, but MAILMAN_SMTP_PORT is 0 (off)")
     if unknown:
         raise ConfigError(
             f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
@@ -103,12 +111,16 @@ def roles_of(config: Config) -> frozenset[str]:
             "database belongs to one process (use --store sqlite:///mailman.db or "
             "mysql://user:password@host:3306/db, or --role all)"
         )
-    if in_memory(config) and roles not in (frozenset({ROLE_API}), known - {ROLE_API}):
+    # The intake roles (api, smtp) only commit mails and wake the relay: they go
+    # anywhere. The rest read in-process mailboxes: with memory:// all or none of them.
+    workers = known - INTAKE_ROLES
+    if in_memory(config) and (roles & workers) not in (frozenset(), workers):
         raise ConfigError(
             "with --broker memory:// the roles split only into api and the rest "
-            f"(--role api, and --role {','.join(sorted(known - {ROLE_API}))}): the outbox in "
-            "the shared store carries mails between them. Other splits need a shared "
-            "broker (--broker kafka://host:9092), or --role all"
+            f"(--role api, and --role {','.join(sorted(workers))}; smtp may go with "
+            "either, or alone): the outbox in the shared store carries mails between "
+            "them. Other splits need a shared broker (--broker kafka://host:9092), "
+            "or --role all"
         )
     return roles
 
@@ -159,16 +171,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def check_exposure(config: Config, store: Store) -> None:
-    """The secure default: an API with no key at all is refused off loopback (ConfigError).
+async def check_exposure(
+    config: Config, store: Store, roles: frozenset[str] = frozenset({ROLE_API})
+) -> None:
+    """The secure default: an API, or an SMTP listener, with no key at all is refused off
+    loopback (ConfigError). ``roles``: those this process runs.
 
     On loopback it runs open, with one warning line.
     """
     if await store.any_keys():
         return
-    if not is_loopback(config.host):
+    listeners = []
+    if ROLE_API in roles:
+        listeners.append(("", config.host))
+    if ROLE_SMTP in roles:
+        listeners.append(("SMTP ", config.smtp.host or config.host))
+    for what, host in listeners:
+        if is_loopback(host):
+            continue
         raise ConfigError(
-            f"refusing to serve on {config.host}: the store holds no API key, so anyone who "
+            f"refusing to serve {what}on {host}: the store holds no API key, so anyone who "
             "can reach the port could send mail. Create one first: "
             "mailman keys create --tenant NAME (with the same --store), "
             "or bind to 127.0.0.1"
@@ -223,11 +245,11 @@ class Mailman:
         remote = None
         if (
             self.wake_address is not None
-            and ROLE_API in self.roles
+            and self.roles & INTAKE_ROLES
             and ROLE_RELAY not in self.roles
         ):
             remote = WakeSender(self.wake_address)
-        #: The API's outbound mailbox: wakes the relay (the API never publishes itself).
+        #: The API's (and SMTP's) outbound mailbox: wakes the relay (they never publish).
         self.nudge = Nudge(remote)
         #: The API's requests in flight: the relay beside it puts accepts first.
         self.load = Load()
@@ -238,6 +260,14 @@ class Mailman:
         #: Set once every actor stopped, also when the supervisor gave up.
         self.stopped = asyncio.Event()
         self._server: HttpServer | None = None
+        self._smtp: SmtpServer | None = None
+
+    @property
+    def smtp_port(self) -> int:
+        """The port the SMTP actor listens on (role smtp)."""
+        if self._smtp is None:
+            raise RuntimeError("this process runs no SMTP server (role smtp)")
+        return self._smtp.port
 
     @property
     def port(self) -> int:
@@ -315,6 +345,8 @@ class Mailman:
             )
         if ROLE_API in self.roles:
             children.append(ChildSpec("api", self._server_factory))
+        if ROLE_SMTP in self.roles:
+            children.append(ChildSpec("smtp", self._smtp_factory))
         return children
 
     def _sender_factory(self, name: str) -> Callable[[], Actor]:
@@ -337,7 +369,7 @@ class Mailman:
 
     def _probes(self) -> Probes:
         """What ``/readyz`` and ``/metrics`` see of the actors beside the API in this process."""
-        others = self.roles - {ROLE_API}
+        others = self.roles - INTAKE_ROLES
         local = {name: self.breakers[name] for name in self.config.chain if name in self.roles}
         broker = self.broker
         return Probes(
@@ -368,6 +400,16 @@ class Mailman:
             reuse_port=cfg.reuse_port,
         )
         return self._server
+
+    def _smtp_factory(self) -> Actor:
+        # A restarted actor binds the port its predecessor had (port 0: the same free one).
+        self._smtp = SmtpServer(
+            store=self.store,
+            outbound=self.nudge,
+            config=self.config,
+            port=self._smtp.port if self._smtp is not None else None,
+        )
+        return self._smtp
 
     def _announce(self) -> None:
         cfg = self.config
@@ -408,10 +450,10 @@ class Mailman:
             # Senders close their own client; one opened only to ask about an
             # ``unknown`` attempt (a lookup) is closed here.
             stack.push_async_callback(self._close_clients)
-            if ROLE_API in self.roles:
-                await check_exposure(self.config, self.store)
-            if self.roles - {ROLE_API}:
-                # An API-only process never touches a mailbox (the relay
+            if self.roles & INTAKE_ROLES:
+                await check_exposure(self.config, self.store, self.roles)
+            if self.roles - INTAKE_ROLES:
+                # An API-only (or SMTP) process never touches a mailbox (the relay
                 # publishes), so it starts and answers even while Kafka is down.
                 await self.broker.start()
                 stack.push_async_callback(self.broker.stop)
@@ -429,7 +471,11 @@ class Mailman:
                 await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
                 if supervisor.ready.is_set():
                     self.ready.set()
-                    log.info("mailman.ready", **({"url": self.url} if self._server else {}))
+                    log.info(
+                        "mailman.ready",
+                        **({"url": self.url} if self._server else {}),
+                        **({"smtp_port": self.smtp_port} if self._smtp else {}),
+                    )
                 await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
                 supervisor.stop()
                 await running  # raises why the supervisor gave up, if it did

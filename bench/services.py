@@ -171,7 +171,9 @@ async def start_mailman(
     comes last, so with ``ready_events`` > 1 it waits for that one, or for that
     many ``mailman.ready`` lines.
     """
-    full_env = child_env({"MAILMAN_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"})
+    full_env = child_env(
+        {"MAILMAN_PORT": "0", "MAILMAN_SMTP_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"}
+    )
     child = await spawn(
         name, [sys.executable, str(ROOT / "mailman.py"), *argv], log, full_env, pipe_stdout=False
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,26 @@ class CallbackConfig:
     interval_seconds: float = 1.0
 
 
+#: The SMTP port of a plain ``mailman`` run (``MAILMAN_SMTP_PORT``).
+SMTP_PORT = 2525
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """SMTP submission (``actors.smtp``): apps send by SMTP, a Mailman key as the password."""
+
+    #: The port; None: no SMTP listener (``MAILMAN_SMTP_PORT=0``). 0 binds any free port,
+    #: from code only (tests): an app is configured with a port that stays put.
+    port: int | None = SMTP_PORT
+    #: The bind address; None: the API's (``Config.host``).
+    host: str | None = None
+    #: A PEM certificate chain and its private key: STARTTLS is offered, and AUTH needs it.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: The largest mail accepted (the SIZE extension), in bytes; None: ``Config.max_body_bytes``.
+    max_bytes: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -156,7 +177,9 @@ class Config:
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
     default_subject: str = "(no subject)"
-    max_body_bytes: int = 10 * 1024 * 1024
+    #: 16 MiB: a mail with the most attachments (10 MiB, about 13.4 MiB as base64
+    #: in JSON) and room for the rest of it.
+    max_body_bytes: int = 16 * 1024 * 1024
     provider_timeout: float = 10.0
     sender_concurrency: int = 32
     mailbox_capacity: int = 1000
@@ -202,6 +225,8 @@ class Config:
     metrics_dir: str | None = None
     #: Status callbacks (``callback_url``).
     callbacks: CallbackConfig = CallbackConfig()
+    #: SMTP submission (``actors.smtp``).
+    smtp: SmtpConfig = SmtpConfig()
 
     @property
     def stale_after(self) -> float:
@@ -296,13 +321,19 @@ ENV_ONLY = (
     "MAILMAN_CALLBACK_WINDOW_SECONDS",
     "MAILMAN_CALLBACK_CONCURRENCY",
     "MAILMAN_CALLBACK_INTERVAL_SECONDS",
+    "MAILMAN_SMTP_PORT",
+    "MAILMAN_SMTP_HOST",
+    "MAILMAN_SMTP_TLS_CERT",
+    "MAILMAN_SMTP_TLS_KEY",
+    "MAILMAN_SMTP_MAX_BYTES",
 )
 
 _EPILOG = (
     "Every flag has an environment twin; the flag wins. Settings without a flag are "
     "environment variables: " + ", ".join(ENV_ONLY) + ". "
     "README.md (section Configuration) says what each one does and its default. "
-    "Commands: `mailman [serve]` runs the service (the default); "
+    "Commands: `mailman [serve]` runs the service (the default; HTTP on --port, SMTP on "
+    "MAILMAN_SMTP_PORT, 2525 unless 0); "
     "`mailman keys create|list|revoke` manages API keys (`mailman keys --help`)."
 )
 
@@ -551,6 +582,63 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
     return tuple(chain), tuple(skipped)
 
 
+def tls_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server's TLS context from a PEM certificate chain and its private key.
+
+    ``ConfigError`` naming the files (never their contents) when one cannot be
+    read or they are no certificate and matching key. An encrypted key is
+    refused, not prompted for: a server has no one to ask.
+    """
+    for var, path in (("MAILMAN_SMTP_TLS_CERT", cert), ("MAILMAN_SMTP_TLS_KEY", key)):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{var}: cannot read {path} ({exc.strerror or type(exc).__name__})"
+            ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(
+            f"MAILMAN_SMTP_TLS_CERT and MAILMAN_SMTP_TLS_KEY: {cert} and {key} are not a PEM "
+            f"certificate chain and its unencrypted private key ({why})"
+        ) from None
+    return context
+
+
+def _no_password() -> str:
+    return ""
+
+
+def _smtp(env: Mapping[str, str]) -> SmtpConfig:
+    """``MAILMAN_SMTP_*``: port (0: off), host, TLS files, size limit."""
+    port = _integer(env, "MAILMAN_SMTP_PORT", SMTP_PORT)
+    if port > 65535:
+        raise ConfigError(f"MAILMAN_SMTP_PORT must be between 0 (off) and 65535, got {port}")
+    cert = env.get("MAILMAN_SMTP_TLS_CERT", "").strip()
+    key = env.get("MAILMAN_SMTP_TLS_KEY", "").strip()
+    if bool(cert) != bool(key):
+        raise ConfigError(
+            "MAILMAN_SMTP_TLS_CERT and MAILMAN_SMTP_TLS_KEY go together: set both (a PEM "
+            "certificate chain and its private key) or neither"
+        )
+    if cert:
+        tls_server_context(Path(cert), Path(key))
+    max_bytes = None
+    if env.get("MAILMAN_SMTP_MAX_BYTES", "").strip():
+        max_bytes = _integer(env, "MAILMAN_SMTP_MAX_BYTES", 0, minimum=1)
+    return SmtpConfig(
+        port=port or None,
+        host=env.get("MAILMAN_SMTP_HOST", "").strip() or None,
+        tls_cert=Path(cert) if cert else None,
+        tls_key=Path(key) if key else None,
+        max_bytes=max_bytes,
+    )
+
+
 def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """The Config that ``argv`` (flags) and ``env`` (environment) describe.
 
@@ -653,7 +741,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         providers=providers,
         skipped_providers=skipped,
         default_subject=env.get("MAILMAN_DEFAULT_SUBJECT") or "(no subject)",
-        max_body_bytes=_integer(env, "MAILMAN_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1),
+        max_body_bytes=_integer(env, "MAILMAN_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1),
         provider_timeout=_number(env, "MAILMAN_PROVIDER_TIMEOUT", 10.0, minimum=0.001),
         sender_concurrency=_integer(env, "MAILMAN_SENDER_CONCURRENCY", 32, minimum=1),
         mailbox_capacity=_integer(env, "MAILMAN_MAILBOX_CAPACITY", 1000, minimum=1),
@@ -681,4 +769,5 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         event_loop=event_loop,
         metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         callbacks=callbacks,
+        smtp=_smtp(env),
     )

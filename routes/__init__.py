@@ -77,8 +77,6 @@ LOAD = web.AppKey("load", Load)
 BACKLOG = web.AppKey("backlog", Backlog)
 HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
 PROBES = web.AppKey("probes", Probes)
-#: (tenant, idempotency key hash) of the requests this replica is committing now.
-INFLIGHT = web.AppKey("inflight", set[tuple[str, str]])
 
 log = structlog.get_logger("mailman.http")
 
@@ -86,7 +84,14 @@ log = structlog.get_logger("mailman.http")
 PURGE_SECONDS = 60.0
 
 # The handlers read the keys above, so they are imported after them.
+from .intake import Intake  # noqa: E402
+
+#: Accepts mail for every HTTP entry point (``routes.intake``).
+INTAKE = web.AppKey("intake", Intake)
+
 from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
+from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
+from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
 from .dashboard import routes as dashboard_routes  # noqa: E402
 from .errors import error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
@@ -99,7 +104,7 @@ __all__ = [
     "BACKLOG",
     "CONFIG",
     "HTTP_METRICS",
-    "INFLIGHT",
+    "INTAKE",
     "KEYRING",
     "LOAD",
     "OUTBOUND",
@@ -135,12 +140,12 @@ def create_app(
     app[STORE] = store
     app[OUTBOUND] = outbound
     app[CONFIG] = config
-    app[INFLIGHT] = set()
     app[LOAD] = load or Load()
     app[HTTP_METRICS] = metrics or HttpMetrics()
     app[PROBES] = probes or Probes()
     app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
     app[BACKLOG] = backlog = Backlog(config.backlog_limit)
+    app[INTAKE] = Intake(store=store, outbound=outbound, config=config, backlog=backlog)
     app.cleanup_ctx.append(janitor)
     app.cleanup_ctx.append(lambda _: refresher(backlog, store))
     app.add_routes(mail_routes)
@@ -149,6 +154,8 @@ def create_app(
     app.add_routes(openapi_routes)
     add_webhooks(app)
     app.add_routes(dashboard_routes)
+    app.add_routes(mailgun_compat_routes)
+    app.add_routes(sendgrid_compat_routes)
     return app
 
 

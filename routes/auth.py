@@ -133,6 +133,46 @@ class Keyring:
 KEYRING = web.AppKey("keyring", Keyring)
 
 
+class AuthFailed(Exception):
+    """Why a caller is refused (``authenticate``); each entry point words it its own way."""
+
+
+class NoKey(AuthFailed):
+    """No key was given, and keys exist (the API is not open)."""
+
+
+class BadKey(AuthFailed):
+    """The key given is unknown or revoked."""
+
+
+class MissingScope(AuthFailed):
+    """The key lacks the scope the request needs."""
+
+
+async def authenticate(keyring: Keyring, secret: str | None, needed: Scope) -> Principal:
+    """The caller that presents ``secret`` (None: no key), allowed ``needed``.
+
+    Shared by every entry point (Bearer here, Basic for the Mailgun-compatible
+    endpoint, SMTP AUTH): while the store holds no key at all, a caller without
+    one is the anonymous admin; once a key exists, nothing is anonymous.
+    Raises ``NoKey``, ``BadKey`` or ``MissingScope``.
+    """
+    if secret is None:
+        if await keyring.any_keys():
+            raise NoKey("an API key is needed")
+        principal = ANONYMOUS
+    else:
+        key = await keyring.find(secret)
+        if key is None:
+            raise BadKey("the API key is unknown or revoked")
+        principal = Principal(
+            tenant=key.tenant, scopes=effective(key.scopes), key_id=key.id, rate=key.rate
+        )
+    if not principal.may(needed):
+        raise MissingScope(f"This API key lacks the '{needed.value}' scope this request needs.")
+    return principal
+
+
 def _unauthorized(detail: str, *, error: str | None = None) -> Problem:
     challenge = 'Bearer realm="mailman"'
     if error is not None:
@@ -165,26 +205,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     needed: Scope | None = getattr(request.match_info.handler, _SCOPE_ATTRIBUTE, None)
     if needed is None:
         return await handler(request)
-    keyring = request.app[KEYRING]
-    secret = _bearer(request)
-    if secret is None:
-        if await keyring.any_keys():
-            raise _unauthorized("This endpoint needs an API key: 'Authorization: Bearer <key>'.")
-        principal = ANONYMOUS
-    else:
-        key = await keyring.find(secret)
-        if key is None:
-            log.debug("auth.refused", path=request.path)  # at info: http.request's problem
-            raise _unauthorized("The API key is unknown or revoked.", error="invalid_token")
-        principal = Principal(
-            tenant=key.tenant, scopes=effective(key.scopes), key_id=key.id, rate=key.rate
-        )
-    if not principal.may(needed):
-        raise Problem(
-            HTTPStatus.FORBIDDEN,
-            f"This API key lacks the '{needed.value}' scope this request needs.",
-            type=FORBIDDEN,
-        )
+    try:
+        principal = await authenticate(request.app[KEYRING], _bearer(request), needed)
+    except NoKey:
+        raise _unauthorized(
+            "This endpoint needs an API key: 'Authorization: Bearer <key>'."
+        ) from None
+    except BadKey:
+        log.debug("auth.refused", path=request.path)  # at info: http.request's problem
+        raise _unauthorized("The API key is unknown or revoked.", error="invalid_token") from None
+    except MissingScope as exc:
+        raise Problem(HTTPStatus.FORBIDDEN, str(exc), type=FORBIDDEN) from None
     request[PRINCIPAL] = principal
     # The tenant goes on the request's http.request line; other lines of the
     # request carry its request_id, which leads there (no contextvars to bind).

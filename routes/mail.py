@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
-import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,42 +13,32 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from aiohttp import hdrs, web
-from aiohttp.abc import AbstractResolver
+from aiohttp import web
 
-from actors.callbacks import binds_loopback, resolution_problem
 from actors.keys import Scope
-from actors.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status, new_mail_id
+from actors.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status
 from actors.store import (
-    Idempotency,
-    IdempotencyMismatch,
     MailQuery,
     MailRecord,
-    RateDecision,
     Store,
 )
 from config.logging import get_logger
 
-from . import BACKLOG, CONFIG, INFLIGHT, OUTBOUND, STORE
+from . import CONFIG, INTAKE, OUTBOUND, STORE
 from .auth import PRINCIPAL, Principal, requires
-from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
 from .body import decode_json, read_body
 from .errors import (
-    BACKLOG_FULL,
     BAD_REQUEST,
-    IDEMPOTENCY_IN_FLIGHT,
-    IDEMPOTENCY_MISMATCH,
     NOT_FOUND,
-    RATE_LIMITED,
     STATUS_CONFLICT,
     UNSUPPORTED_MEDIA_TYPE,
-    VALIDATION,
     Problem,
     note,
     request_id,
 )
 from .guard import guarded
-from .validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed, parse_mail
+from .intake import IDEMPOTENCY_KEY, idempotency_key_problem, invalid
+from .validation import BODY_FIELD, FieldError
 
 log = get_logger("mailman.http")
 
@@ -59,10 +47,7 @@ routes = web.RouteTableDef()
 JSON_CONTENT_TYPE = "application/json"
 _UTF8 = frozenset({"utf-8", "utf8"})
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
-#: What a request whose key is still being committed is asked to wait.
-IN_FLIGHT_RETRY_AFTER = 1
 #: GET /mail: mails per page by default, and at most.
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
@@ -108,15 +93,6 @@ async def _read_json(request: web.Request) -> object:
             limit=request.app[CONFIG].max_body_bytes,
             idle_timeout=request.app[CONFIG].body_idle_timeout,
         )
-    )
-
-
-def _invalid(errors: list[FieldError]) -> Problem:
-    return Problem(
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "The mail is not valid; see errors.",
-        type=VALIDATION,
-        errors=errors,
     )
 
 
@@ -176,10 +152,6 @@ def show_body(record: MailRecord) -> dict[str, Any]:
     }
 
 
-def _recipients(mail: Mail) -> int:
-    return len(mail.to) + len(mail.cc) + len(mail.bcc)
-
-
 # --- handlers ------------------------------------------------------------------
 
 
@@ -190,187 +162,70 @@ def _store(request: web.Request) -> tuple[Store, float]:
 def _idempotency_key(request: web.Request) -> str | None:
     """The ``Idempotency-Key`` header: 1-255 printable ASCII characters; 400 otherwise."""
     key = request.headers.get(IDEMPOTENCY_KEY)
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
-        raise Problem(
-            HTTPStatus.BAD_REQUEST,
-            f"{IDEMPOTENCY_KEY} must be 1 to 255 printable ASCII characters.",
-            type=BAD_REQUEST,
-            errors=[FieldError(IDEMPOTENCY_KEY, "must be 1 to 255 printable ASCII characters")],
-        )
+    if key is not None and (problem := idempotency_key_problem(key)) is not None:
+        raise problem
     return key
 
 
-def _fingerprint(body: object) -> str:
-    """A digest of the request body that ignores key order and spacing."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _rate_headers(rate: float, decision: RateDecision) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": f"{rate:g}",
-        "RateLimit-Remaining": str(decision.remaining),
-        "RateLimit-Reset": str(math.ceil(decision.reset)),
-    }
-
-
-async def _take_token(request: web.Request, principal: Principal) -> dict[str, str]:
-    """Charge one mail to the caller's bucket: its rate-limit headers; 429 when it is empty."""
-    rate = principal.rate if principal.rate is not None else request.app[CONFIG].rate_limit
-    if rate <= 0:
-        return {}
-    store, timeout = _store(request)
-    bucket = f"key:{principal.key_id}" if principal.key_id else "anonymous"
-    decision = await guarded(store, timeout, store.take_token(bucket, rate, time.time()))
-    headers = _rate_headers(rate, decision)
-    if not decision.allowed:
-        log.debug("mail.rate_limited", rate=rate)  # at info: http.request's problem
-        raise Problem(
-            HTTPStatus.TOO_MANY_REQUESTS,
-            f"This API key may send {rate:g} mails per second; wait for Retry-After.",
-            type=RATE_LIMITED,
-            headers={**headers, hdrs.RETRY_AFTER: str(max(1, math.ceil(decision.retry_after)))},
-        )
-    return headers
-
-
-def accepted_body(mail_id: str) -> dict[str, Any]:
+def accepted_body(mail_id: str, status: Status = Status.QUEUED) -> dict[str, Any]:
     """What POST /mail/send answers (and an idempotent repeat answers again)."""
     return {
         "mail": {
             "id": mail_id,
-            "status": Status.QUEUED.value,
+            "status": status.value,
             "links": [{"status": f"/mail/{mail_id}/status", "self": f"/mail/{mail_id}"}],
         }
     }
+
+
+async def read_mail_json(request: web.Request) -> object:
+    """The JSON body of a mail submission: 415 unless JSON in UTF-8, 413 past the limit."""
+    _require_json(request)
+    return await _read_json(request)
 
 
 @routes.post("/mail/send")
 @requires(Scope.SEND)
 async def send_mail(request: web.Request) -> web.Response:
     """Validate, commit to the store, hand on for sending, answer 201."""
+    intake = request.app[INTAKE]
     principal = request[PRINCIPAL]
-    backlog = request.app[BACKLOG]
-    if backlog.full():
-        raise Problem(
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            f"{backlog.size} mails are waiting to be sent (the limit is {backlog.limit}); "
-            "nothing was stored. Try again after Retry-After.",
-            type=BACKLOG_FULL,
-            headers={hdrs.RETRY_AFTER: str(BACKLOG_RETRY_AFTER)},
-        )
-    headers = await _take_token(request, principal)
+    intake.check_backlog()
+    headers = await intake.take_token(principal)
     key = _idempotency_key(request)
-    _require_json(request)
-    body = await _read_json(request)
-    now = time.time()
+    body = await read_mail_json(request)
     try:
-        mail = parse_mail(
+        accepted = await intake.accept(
             body,
-            mail_id=new_mail_id(),
-            default_subject=request.app[CONFIG].default_subject,
-            now=now,
-            tenant=principal.tenant,
-            callbacks=_callback_rules(request, principal),
+            principal=principal,
             request_id=request_id(request),
+            idempotency_key=key,
+            checked=True,
         )
-        if mail.callback_url is not None:
-            await _check_callback(request, mail.callback_url)
-    except ValidationFailed as exc:
-        invalid = [e.field for e in exc.errors]
-        note(request, invalid=invalid)
-        log.debug("mail.invalid", fields=invalid)
-        raise _invalid(exc.errors) from None
-    idempotency = None
-    if key is not None:
-        idempotency = Idempotency(
-            key_hash=hashlib.sha256(key.encode()).hexdigest(),
-            fingerprint=_fingerprint(body),
-            expires_at=now + request.app[CONFIG].idempotency_ttl,
-        )
-    mail_id = await _commit(request, mail, idempotency)
-    location = f"/mail/{mail_id}"
-    headers["Location"] = location
+    except Problem as problem:
+        invalid = [e.field for e in problem.errors]
+        if invalid:
+            note(request, invalid=invalid)
+        problem.headers = {**headers, **problem.headers}
+        raise
+    mail, mail_id = accepted.mail, accepted.mail_id
+    headers["Location"] = f"/mail/{mail_id}"
     # At info the request's one line, http.request, carries these; the events are debug detail.
-    recipients = _recipients(mail)
-    note(request, mail_id=mail_id, recipients=recipients)
-    if mail_id != mail.id:
+    note(request, mail_id=mail_id, recipients=accepted.recipients)
+    if accepted.replayed:
         note(request, replayed=True)
         log.debug("mail.replayed", mail_id=mail_id)
         headers[IDEMPOTENT_REPLAYED] = "true"
         return json_response(accepted_body(mail_id), status=HTTPStatus.CREATED, headers=headers)
-    backlog.accepted()
-    try:
-        await request.app[OUTBOUND].dispatch(Dispatch(mail_id=mail.id, accepted_at=mail.created_at))
-    except Exception:
-        # The mail is committed as queued: recovery dispatches it again at the
-        # next start, so the caller is still told it was accepted.
-        log.exception("mail.dispatch_failed", mail_id=mail.id)
-    log.debug("mail.accepted", mail_id=mail.id, recipients=recipients)
-    return json_response(accepted_body(mail.id), status=HTTPStatus.CREATED, headers=headers)
-
-
-# --- status callbacks (actors.callbacks) ---------------------------------------------
-
-#: Resolves callback hosts at submission; the system's resolver when not set (tests set it).
-CALLBACK_RESOLVER = web.AppKey("callback_resolver", AbstractResolver)
-
-
-def _callback_rules(request: web.Request, principal: Principal) -> CallbackRules:
-    """What ``callback_url`` may be for this request.
-
-    Plain ``http`` only while the API runs open, which it does only with no key
-    in the store and only on loopback (``actors.system.check_exposure``): the
-    caller is then the anonymous principal, and the bind address says loopback.
-    """
-    config = request.app[CONFIG]
-    return CallbackRules(
-        enabled=config.callbacks.secret is not None,
-        allow_http=principal.key_id is None and binds_loopback(config.host),
-        allow_private=config.callbacks.allow_private,
+    log.debug("mail.accepted", mail_id=mail.id, recipients=accepted.recipients)
+    return json_response(
+        accepted_body(mail.id, accepted_status(mail)), status=HTTPStatus.CREATED, headers=headers
     )
 
 
-async def _check_callback(request: web.Request, url: str) -> None:
-    """Resolve the callback URL's host: ``ValidationFailed`` if an address is not public."""
-    config = request.app[CONFIG].callbacks
-    if config.allow_private:
-        return
-    problem = await resolution_problem(
-        url, resolver=request.app.get(CALLBACK_RESOLVER), within=config.timeout_seconds
-    )
-    if problem is not None:
-        raise ValidationFailed([FieldError("callback_url", problem)])
-
-
-async def _commit(request: web.Request, mail: Mail, idempotency: Idempotency | None) -> str:
-    """Store the mail; the id that stands for this request (an earlier one's on a repeat)."""
-    store, timeout = _store(request)
-    if idempotency is None:
-        return await guarded(store, timeout, store.add(mail))
-    inflight = request.app[INFLIGHT]
-    slot = (mail.tenant, idempotency.key_hash)
-    if slot in inflight:
-        raise Problem(
-            HTTPStatus.CONFLICT,
-            f"A request with this {IDEMPOTENCY_KEY} is still being processed; "
-            "repeat it after Retry-After to get its answer.",
-            type=IDEMPOTENCY_IN_FLIGHT,
-            headers={hdrs.RETRY_AFTER: str(IN_FLIGHT_RETRY_AFTER)},
-        )
-    inflight.add(slot)
-    try:
-        return await guarded(store, timeout, store.add(mail, idempotency))
-    except IdempotencyMismatch:
-        raise Problem(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            f"This {IDEMPOTENCY_KEY} was already used with another request body.",
-            type=IDEMPOTENCY_MISMATCH,
-            errors=[FieldError(IDEMPOTENCY_KEY, "was used before with another body")],
-        ) from None
-    finally:
-        inflight.discard(slot)
+def accepted_status(mail: Mail) -> Status:
+    """The status a mail has once committed: ``scheduled`` if it waits for its time."""
+    return Status.QUEUED if mail.send_at is None else Status.SCHEDULED
 
 
 def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
@@ -549,10 +404,10 @@ async def _failure_reason(request: web.Request) -> str | None:
     _require_json(request)
     body = decode_json(raw)
     if not isinstance(body, dict):
-        raise _invalid([FieldError(BODY_FIELD, "must be a JSON object")])
+        raise invalid([FieldError(BODY_FIELD, "must be a JSON object")])
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
-        raise _invalid([FieldError("reason", "must be a string")])
+        raise invalid([FieldError("reason", "must be a string")])
     return reason or None
 
 

@@ -14,11 +14,21 @@ from aiohttp import web
 
 from actors.messages import Check, EventKind, Outcome, Status
 
-from .mail import DEFAULT_PAGE, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_PAGE
+from .compat_sendgrid import MAIL_IDS_HEADER as SENDGRID_MAIL_IDS
+from .compat_sendgrid import MAX_PERSONALIZATIONS
+from .compat_sendgrid import MESSAGE_ID_HEADER as SENDGRID_MESSAGE_ID
+from .compat_sendgrid import PATH as SENDGRID_PATH
+from .intake import IDEMPOTENCY_KEY
+from .mail import DEFAULT_PAGE, IDEMPOTENT_REPLAYED, MAX_PAGE
 from .validation import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_CONTENT_ID,
+    MAX_FILENAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
     MAX_METADATA_VALUE,
+    MAX_SCHEDULE_SECONDS,
     MAX_TAG,
     MAX_TAGS,
 )
@@ -34,14 +44,20 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _problem(description: str, *headers: str) -> dict[str, Any]:
+def _answer(description: str, media: str, schema: str, headers: tuple[str, ...]) -> dict[str, Any]:
+    """An answer with a body of ``schema`` as ``media`` and the named ``headers``."""
     answer: dict[str, Any] = {
         "description": description,
-        "content": {_PROBLEM: {"schema": _ref("Problem")}},
+        "content": {media: {"schema": _ref(schema)}},
     }
     if headers:
         answer["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
     return answer
+
+
+def _problem(description: str, *headers: str) -> dict[str, Any]:
+    """An error answer as problem details (RFC 9457)."""
+    return _answer(description, _PROBLEM, "Problem", headers)
 
 
 _STRING_OR_LIST = {
@@ -253,7 +269,11 @@ DOCUMENT: dict[str, Any] = {
                         "A request with this Idempotency-Key is still being processed",
                         "Retry-After",
                     ),
-                    "413": _problem("The body (decoded) is larger than MAILMAN_MAX_BODY_BYTES"),
+                    "413": _problem(
+                        "The body (decoded) is larger than MAILMAN_MAX_BODY_BYTES, or the "
+                        f"attachments are over {MAX_ATTACHMENT_BYTES} bytes in all, decoded "
+                        "(type too-large; errors names attachments)"
+                    ),
                     "415": _problem("Not application/json in UTF-8, or an unknown encoding"),
                     "422": _problem("Invalid fields (see errors), or a reused Idempotency-Key"),
                     "429": _problem(
@@ -639,6 +659,64 @@ DOCUMENT: dict[str, Any] = {
                         "description": "String map (SendGrid custom_args, Mailgun v: "
                         "variables); keys of A-Z a-z 0-9 _ . -, mail_id reserved",
                     },
+                    "attachments": {
+                        "type": "array",
+                        "maxItems": MAX_ATTACHMENTS,
+                        "items": _ref("AttachmentSubmission"),
+                        "description": f"Files, at most {MAX_ATTACHMENT_BYTES} bytes in all "
+                        "(decoded); over that the answer is 413",
+                    },
+                    "send_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "When to send (RFC 3339 with its offset, at most "
+                        f"{MAX_SCHEDULE_SECONDS // 3600} hours ahead): the mail waits "
+                        "'scheduled' till then; a time already past sends at once",
+                    },
+                },
+            },
+            "AttachmentSubmission": {
+                "type": "object",
+                "required": ["filename", "content"],
+                "properties": {
+                    "filename": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_FILENAME,
+                        "description": "No path, no control characters, no double quote",
+                    },
+                    "content": {
+                        "type": "string",
+                        "minLength": 1,
+                        "contentEncoding": "base64",
+                        "description": "The file's bytes, standard base64 (padding optional, "
+                        "no line breaks)",
+                    },
+                    "content_type": {
+                        "type": "string",
+                        "description": "type/subtype without parameters, not multipart/* or "
+                        "message/*; default: guessed from filename, else "
+                        "application/octet-stream",
+                    },
+                    "disposition": {"enum": ["attachment", "inline"], "default": "attachment"},
+                    "content_id": {
+                        "type": "string",
+                        "maxLength": MAX_CONTENT_ID + 2,
+                        "description": "Required for inline (the HTML's cid:...), refused for "
+                        "attachment; A-Z a-z 0-9 ! $ * + = _ ~ . @ -, surrounding <> dropped",
+                    },
+                },
+            },
+            "AttachmentShown": {
+                "type": "object",
+                "description": "A file as GET /mail/{id} shows it: never its content",
+                "required": ["filename", "content_type", "disposition", "size"],
+                "properties": {
+                    "filename": {"type": "string"},
+                    "content_type": {"type": "string"},
+                    "disposition": {"enum": ["attachment", "inline"]},
+                    "content_id": {"type": "string"},
+                    "size": {"type": "integer", "minimum": 1, "description": "bytes, decoded"},
                 },
             },
             "Accepted": {
@@ -650,7 +728,7 @@ DOCUMENT: dict[str, Any] = {
                         "required": ["id", "status", "links"],
                         "properties": {
                             "id": {"type": "string"},
-                            "status": {"const": "queued"},
+                            "status": {"enum": ["queued", "scheduled"]},
                             "links": _LINKS,
                         },
                     }
@@ -730,6 +808,11 @@ DOCUMENT: dict[str, Any] = {
                                     "headers": _STRING_MAP,
                                     "tags": {"type": "array", "items": {"type": "string"}},
                                     "metadata": _STRING_MAP,
+                                    "attachments": {
+                                        "type": "array",
+                                        "items": _ref("AttachmentShown"),
+                                    },
+                                    "send_at": {"type": "string", "format": "date-time"},
                                 },
                             },
                             "attempts": {
@@ -961,6 +1044,396 @@ DOCUMENT["components"]["schemas"]["DashboardData"] = {
             },
         },
     },
+}
+
+# --- the Mailgun-compatible endpoint (routes/compat_mailgun.py) -------------------------
+
+_MAILGUN_ERROR = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {"message": {"type": "string", "description": "Names the form field"}},
+}
+
+
+def _mailgun_error(description: str, *headers: str) -> dict[str, Any]:
+    """An error answer in Mailgun's shape, ``{"message": ...}``."""
+    return _answer(description, _JSON, "MailgunError", headers)
+
+
+_ADDRESSES = {
+    "oneOf": [
+        {"type": "string", "description": "one address, or several separated by commas"},
+        {"type": "array", "items": {"type": "string"}, "description": "repeated fields"},
+    ]
+}
+_MAILGUN_FIELDS: dict[str, Any] = {
+    "from": {"type": "string"},
+    "to": _ADDRESSES,
+    "cc": _ADDRESSES,
+    "bcc": _ADDRESSES,
+    "subject": {"type": "string"},
+    "text": {"type": "string"},
+    "html": {"type": "string"},
+    "o:tag": {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "maxItems": MAX_TAGS, "items": {"type": "string"}},
+        ]
+    },
+    "o:deliverytime": {
+        "type": "string",
+        "description": "RFC 2822 date (e.g. 'Thu, 13 Oct 2011 18:02:00 +0000'), at most "
+        f"{MAX_SCHEDULE_SECONDS // 3600} hours ahead: the mail waits 'scheduled'",
+    },
+    "o:testmode": {
+        "enum": ["yes", "no", "true", "false"],
+        "description": "yes: validated and answered 200, nothing stored or sent",
+    },
+    "h:Reply-To": {"type": "string"},
+}
+_MAILGUN_FORM = {
+    "type": "object",
+    "required": ["from", "to"],
+    "properties": _MAILGUN_FIELDS,
+    "additionalProperties": {"type": "string"},
+    "description": "Mailgun's Messages API form. Also h:X-<Name> (custom headers) and "
+    "v:<name> (metadata). Ignored: o:tracking, o:tracking-clicks, o:tracking-opens, "
+    "o:dkim... Refused (400): template, t:*, recipient-variables, amp-html, other o: "
+    "options, h: headers other than Reply-To and X-.",
+}
+_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+
+DOCUMENT["components"]["securitySchemes"]["mailgunBasic"] = {
+    "type": "http",
+    "scheme": "basic",
+    "description": "Mailgun's auth: user `api`, password a Mailman key",
+}
+DOCUMENT["components"]["schemas"]["MailgunError"] = _MAILGUN_ERROR
+DOCUMENT["paths"]["/v3/{domain}/messages"] = {
+    "post": {
+        "operationId": "mailgunSendMessage",
+        "summary": "Mailgun-compatible: send a message as Mailgun's Messages API takes it",
+        "description": "Change a Mailgun app's base URL to Mailman's and its key to a "
+        "Mailman key (needs `send`). Answers as Mailgun does: 200 with the mail's "
+        "Message-ID as id (the Mailman id is the part before @) and errors as "
+        '{"message": ...}.',
+        "security": [{"mailgunBasic": []}, {"bearerAuth": []}],
+        "parameters": [
+            {
+                "name": "domain",
+                "in": "path",
+                "required": True,
+                "description": "Any sending domain: Mailman has none (it is logged)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"},
+            },
+            {
+                "name": IDEMPOTENCY_KEY,
+                "in": "header",
+                "required": False,
+                "description": "As for POST /mail/send: a repeat answers the first answer",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "allOf": [
+                            _MAILGUN_FORM,
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "attachment": _FILES,
+                                    "inline": {
+                                        **_FILES,
+                                        "description": "Inline files; the HTML refers to "
+                                        "each as cid:<file name>",
+                                    },
+                                },
+                            },
+                        ]
+                    }
+                },
+                "application/x-www-form-urlencoded": {"schema": _MAILGUN_FORM},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Queued (or, with o:testmode=yes, checked and dropped)",
+                "headers": {
+                    "Location": {
+                        "schema": {"type": "string"},
+                        "description": "The mail: /mail/{id} (absent in test mode)",
+                    },
+                    IDEMPOTENT_REPLAYED: {
+                        "schema": {"type": "string", "enum": ["true"]},
+                        "description": "Present on a repeat answered from the first",
+                    },
+                    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
+                    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimit-Remaining"},
+                    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                },
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["id", "message"],
+                            "properties": {
+                                "id": {
+                                    "type": "string",
+                                    "description": "<mail id@sender's domain>, the Message-ID",
+                                },
+                                "message": {"const": "Queued. Thank you."},
+                            },
+                        }
+                    }
+                },
+            },
+            "400": _mailgun_error(
+                "An invalid message, a field Mailman cannot honour, a form that does not "
+                "parse, a bad Idempotency-Key or one reused with another form"
+            ),
+            "401": {
+                "description": "No key, or an unknown or revoked key (Mailgun's plain text)",
+                "headers": {
+                    "WWW-Authenticate": {
+                        "required": True,
+                        "schema": {"const": 'Basic realm="MG API"'},
+                    }
+                },
+                "content": {"text/plain": {"schema": {"const": "Forbidden"}}},
+            },
+            "403": _mailgun_error("The key lacks the send scope"),
+            "408": _mailgun_error("The request body stalled"),
+            "409": _mailgun_error(
+                "A request with this Idempotency-Key is still being processed", "Retry-After"
+            ),
+            "413": _mailgun_error("The body or the files are too large"),
+            "415": _mailgun_error("Not a form, or an unknown Content-Encoding"),
+            "429": _mailgun_error(
+                "Over the key's rate limit",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ),
+            "503": _mailgun_error(
+                "The store does not answer, or the backlog is full; nothing was stored, "
+                "try again after Retry-After",
+                "Retry-After",
+            ),
+        },
+    }
+}
+
+# --- the SendGrid-compatible endpoint (routes/compat_sendgrid.py) ------------------------
+
+_SENDGRID_ERRORS = {
+    "type": "object",
+    "required": ["errors"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["message", "field", "help"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "field": {
+                        "type": ["string", "null"],
+                        "description": "The field at fault as a SendGrid path, e.g. "
+                        "personalizations.0.to.1.email (null: the request as a whole)",
+                    },
+                    "help": {"type": "null"},
+                },
+            },
+        }
+    },
+}
+
+
+def _sendgrid_error(description: str, *headers: str) -> dict[str, Any]:
+    """An error answer in SendGrid's shape, ``{"errors": [{message, field, help}]}``."""
+    return _answer(description, _JSON, "SendGridErrors", headers)
+
+
+_SENDGRID_EMAIL = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {
+        "email": {"type": "string", "description": "The address alone"},
+        "name": {"type": "string"},
+    },
+}
+_SENDGRID_EMAILS = {"type": "array", "items": _SENDGRID_EMAIL}
+_UNIX_TIME = {"type": "integer", "minimum": 0, "description": "Unix time, whole seconds"}
+
+DOCUMENT["components"]["schemas"]["SendGridErrors"] = _SENDGRID_ERRORS
+DOCUMENT["components"]["schemas"]["SendGridMail"] = {
+    "type": "object",
+    "description": "SendGrid's v3 Mail Send body, as far as Mailman honours it. Refused with "
+    "a 400 naming the field: template_id, sections, asm, ip_pool_name, batch_id, "
+    "personalizations[].dynamic_template_data and substitutions, any enabled mail_settings "
+    "but sandbox_mode, any other field. tracking_settings is ignored.",
+    "required": ["personalizations", "from"],
+    "properties": {
+        "personalizations": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_PERSONALIZATIONS,
+            "description": "Each personalization is one Mailman mail; its fields override "
+            "the message's (headers and custom_args are merged over them)",
+            "items": {
+                "type": "object",
+                "required": ["to"],
+                "properties": {
+                    "to": {**_SENDGRID_EMAILS, "minItems": 1},
+                    "cc": _SENDGRID_EMAILS,
+                    "bcc": _SENDGRID_EMAILS,
+                    "from": _SENDGRID_EMAIL,
+                    "subject": {"type": "string"},
+                    "headers": _STRING_MAP,
+                    "custom_args": _STRING_MAP,
+                    "send_at": _UNIX_TIME,
+                },
+            },
+        },
+        "from": _SENDGRID_EMAIL,
+        "reply_to": _SENDGRID_EMAIL,
+        "reply_to_list": {
+            **_SENDGRID_EMAILS,
+            "maxItems": 1,
+            "description": "One address at most (Mailman keeps one reply-to)",
+        },
+        "subject": {"type": "string"},
+        "content": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "value"],
+                "properties": {
+                    "type": {"enum": ["text/plain", "text/html"]},
+                    "value": {"type": "string", "minLength": 1},
+                },
+            },
+        },
+        "attachments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["content", "filename"],
+                "properties": {
+                    "content": {"type": "string", "contentEncoding": "base64"},
+                    "filename": {"type": "string"},
+                    "type": {"type": "string"},
+                    "disposition": {"enum": ["attachment", "inline"]},
+                    "content_id": {"type": "string"},
+                },
+            },
+        },
+        "categories": {"type": "array", "items": {"type": "string"}, "description": "Tags"},
+        "custom_args": {**_STRING_MAP, "description": "Metadata"},
+        "headers": {**_STRING_MAP, "description": "X- headers only"},
+        "send_at": _UNIX_TIME,
+        "mail_settings": {
+            "type": "object",
+            "properties": {
+                "sandbox_mode": {
+                    "type": "object",
+                    "properties": {"enable": {"type": "boolean"}},
+                    "description": "enable: checked, answered 200, nothing stored or sent",
+                }
+            },
+        },
+        "tracking_settings": {"type": "object", "description": "Ignored"},
+    },
+}
+DOCUMENT["paths"][SENDGRID_PATH] = {
+    "post": {
+        "operationId": "sendgridMailSend",
+        "summary": "SendGrid-compatible: send as SendGrid's v3 Mail Send takes it",
+        "description": "Point a SendGrid SDK's host at Mailman and give it a Mailman key "
+        "(needs `send`). Each personalization is one mail; all are checked before any is "
+        "stored. Counts one mail per personalization against the key's rate. Answers as "
+        "SendGrid does: 202 with X-Message-Id, errors as "
+        '{"errors": [{"message", "field", "help"}]}.',
+        "parameters": [
+            {
+                "name": IDEMPOTENCY_KEY,
+                "in": "header",
+                "required": False,
+                "description": "As for POST /mail/send: a repeat of the same request answers "
+                "the same mails; another request with the key is a 400",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                _JSON: {
+                    "schema": _ref("SendGridMail"),
+                    "example": {
+                        "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+                        "from": {"email": "noreply@example.com", "name": "Shop"},
+                        "subject": "Welcome",
+                        "content": [{"type": "text/plain", "value": "Hello Ann"}],
+                    },
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "Sandbox mode: checked, nothing stored or sent (no body)"},
+            "202": {
+                "description": "Accepted: one mail per personalization (no body)",
+                "headers": {
+                    SENDGRID_MESSAGE_ID: {
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "The (first) mail's Mailman id: GET /mail/{id}",
+                    },
+                    SENDGRID_MAIL_IDS: {
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "Every mail's id, comma-separated, in order",
+                    },
+                    IDEMPOTENT_REPLAYED: {
+                        "schema": {"type": "string", "enum": ["true"]},
+                        "description": "Present on a repeat answered from the first",
+                    },
+                    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
+                    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimit-Remaining"},
+                    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                },
+            },
+            "400": _sendgrid_error(
+                "Invalid fields, a field Mailman cannot honour, malformed JSON, a bad "
+                "Idempotency-Key or one reused with another request; nothing was stored"
+            ),
+            "401": _sendgrid_error("No key, or an unknown or revoked key", "WWW-Authenticate"),
+            "403": _sendgrid_error("The key lacks the send scope"),
+            "405": _sendgrid_error("Any method but POST"),
+            "408": _sendgrid_error("The request body stalled"),
+            "409": _sendgrid_error(
+                "A request with this Idempotency-Key is still being processed", "Retry-After"
+            ),
+            "413": _sendgrid_error("The body or the attachments are too large"),
+            "415": _sendgrid_error("An unknown Content-Encoding"),
+            "429": _sendgrid_error(
+                "Over the key's rate limit (one token per personalization)",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ),
+            "503": _sendgrid_error(
+                "The store does not answer, or the backlog is full; try again after "
+                "Retry-After (X-Mailman-Ids names any mails already stored)",
+                "Retry-After",
+            ),
+        },
+    }
 }
 
 _BODY = orjson.dumps(DOCUMENT)

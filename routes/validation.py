@@ -38,21 +38,31 @@ accepted and then ``failed`` without a provider ever trying:
 - ``headers``, ``tags`` and ``metadata`` (``_headers``, ``_tags``,
   ``_metadata``) are bounded by what SendGrid (``headers``, ``categories``,
   ``custom_args``) and Mailgun (``h:``, ``o:tag``, ``v:``) both take.
+- ``attachments`` (``_attachments``): at most ``MAX_ATTACHMENTS`` files of
+  strict base64, ``MAX_ATTACHMENT_BYTES`` in all (decoded; over it the mail
+  is refused with 413, ``ValidationFailed.status``), names that can stand in
+  a header and a form part, ``type/subtype`` types (not ``multipart/*`` or
+  ``message/*``), inline files with a unique content id.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import mimetypes
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import getaddresses
+from http import HTTPStatus
 
 import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
 from actors.callbacks import url_problem
-from actors.messages import Address, Mail
+from actors.messages import Address, Attachment, Disposition, Mail
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
 MAX_RECIPIENTS = 1000
@@ -144,6 +154,14 @@ SENDGRID_EVENT_KEYS = frozenset(
 #: (``h:Reply-To``, ``h:Message-Id``, ``v:mail_id``) need the rest.
 MAX_EXTRA_BYTES = 11_000
 
+#: The furthest ahead ``send_at`` may be: what SendGrid allows (72 hours).
+MAX_SCHEDULE_SECONDS = 72 * 3600
+#: An RFC 3339 date-time: date, ``T`` (or a space), time, optional fraction, and an
+#: offset (``Z`` or ``+hh:mm``), which RFC 3339 requires.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
 _LINE_BREAKS = ("\r", "\n")
 _BODIES = ("content", "text", "html")
 
@@ -183,11 +201,19 @@ class CallbackRules:
 
 
 class ValidationFailed(ValueError):
-    """A submitted mail is invalid; ``errors`` names every bad field."""
+    """A submitted mail is invalid; ``errors`` names every bad field.
 
-    def __init__(self, errors: list[FieldError]) -> None:
+    ``status`` is the HTTP status that says so: 422, or 413 when the mail is
+    over a size limit (its files: ``MAX_ATTACHMENT_BYTES``), whatever else is
+    wrong with it too, since fixing the fields alone would not make it acceptable.
+    """
+
+    def __init__(
+        self, errors: list[FieldError], status: int = HTTPStatus.UNPROCESSABLE_ENTITY
+    ) -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
+        self.status = int(status)
 
 
 class _Errors:
@@ -196,8 +222,19 @@ class _Errors:
     def __init__(self) -> None:
         self._by_field: dict[str, FieldError] = {}
 
+    #: The status the errors are answered with (``ValidationFailed.status``).
+    status: int = HTTPStatus.UNPROCESSABLE_ENTITY
+
     def add(self, field: str, message: str) -> None:
         self._by_field.setdefault(field, FieldError(field, message))
+
+    def too_large(self, field: str, message: str) -> None:
+        """An error that makes the mail too large: answered 413, not 422."""
+        self.add(field, message)
+        self.status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __len__(self) -> int:
+        return len(self._by_field)
 
     def __bool__(self) -> bool:
         return bool(self._by_field)
@@ -503,9 +540,11 @@ def parse_mail(
 
     text, html = _bodies(body, errors)
     callback_url = _callback_url(body, callbacks, errors)
+    send_at = _send_at(body.get("send_at"), now, errors)
     headers = _headers(body.get("headers"), errors)
     tags = _tags(body.get("tags"), errors)
     metadata = _metadata(body.get("metadata"), mail_id, errors)
+    attachments = _attachments(body.get("attachments"), errors)
     if _extra_bytes(headers, tags, metadata) > MAX_EXTRA_BYTES:
         errors.add(
             "metadata" if metadata else "tags" if tags else "headers",
@@ -513,7 +552,7 @@ def parse_mail(
         )
 
     if errors or sender is None:
-        raise ValidationFailed(errors.as_list())
+        raise ValidationFailed(errors.as_list(), status=errors.status)
     return Mail(
         id=mail_id,
         sender=sender,
@@ -528,10 +567,36 @@ def parse_mail(
         tenant=tenant,
         callback_url=callback_url,
         request_id=request_id,
+        send_at=send_at,
         headers=headers,
         tags=tags,
         metadata=metadata,
+        attachments=attachments,
     )
+
+
+def _send_at(value: object, now: float, errors: _Errors) -> float | None:
+    """The optional ``send_at``: an RFC 3339 time with its offset, at most
+    ``MAX_SCHEDULE_SECONDS`` ahead. A time already past means "at once" (None)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.add("send_at", "must be an RFC 3339 time string, e.g. 2025-01-02T03:04:05Z")
+        return None
+    match = _RFC3339.fullmatch(value.strip())
+    try:
+        if match is None:
+            raise ValueError(value)
+        at = datetime.fromisoformat(value.strip().upper())
+    except ValueError:
+        errors.add("send_at", "must be an RFC 3339 time with its offset, e.g. 2025-01-02T03:04:05Z")
+        return None
+    when = at.timestamp()
+    if when > now + MAX_SCHEDULE_SECONDS:
+        hours = MAX_SCHEDULE_SECONDS // 3600
+        errors.add("send_at", f"must be at most {hours} hours ahead")
+        return None
+    return when if when > now else None
 
 
 def _callback_url(body: Mapping[str, object], rules: CallbackRules, errors: _Errors) -> str | None:
@@ -592,7 +657,7 @@ def _headers(value: object, errors: _Errors) -> tuple[tuple[str, str], ...]:
     seen: set[str] = set()
     for name, raw in value.items():
         field = _field_name("headers", name)
-        problem = _header_name_problem(name) or _header_value_problem(raw)
+        problem = header_name_problem(name) or header_value_problem(raw)
         if problem is None and len(name) + 2 + len(raw) > MAX_HEADER_LINE:
             problem = f"must fit one line with its name: at most {MAX_HEADER_LINE} characters"
         if problem is None and name.lower() in seen:
@@ -605,7 +670,7 @@ def _headers(value: object, errors: _Errors) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _header_name_problem(name: str) -> str | None:
+def header_name_problem(name: str) -> str | None:
     if len(name) > MAX_HEADER_NAME:
         return f"has a name over {MAX_HEADER_NAME} characters"
     if not _HEADER_NAME.fullmatch(name):
@@ -618,7 +683,7 @@ def _header_name_problem(name: str) -> str | None:
     return None
 
 
-def _header_value_problem(value: object) -> str | None:
+def header_value_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
     problem = header_problem(value)
@@ -708,3 +773,262 @@ def _extra_bytes(
         + sum(len(f"o:tag{t}".encode()) for t in tags)
         + sum(len(f"v:{k}{v}".encode()) for k, v in metadata)
     )
+
+
+# --- attachments ---------------------------------------------------------------
+
+#: The most files one mail may carry.
+MAX_ATTACHMENTS = 20
+#: The most bytes of files one mail may carry, decoded, all files together.
+#: As base64 in the JSON body that is about 13.4 MiB: ``MAILMAN_MAX_BODY_BYTES``
+#: (16 MiB by default) leaves room for the rest of the mail. Over it, the mail is
+#: refused with 413, not 422 (``ValidationFailed.status``).
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+#: The longest file name, in characters.
+MAX_FILENAME = 255
+#: The longest content id (without angle brackets).
+MAX_CONTENT_ID = 250
+#: What a file is sent as when its type is neither given nor guessed from its name.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: A MIME type: RFC 6838 restricted names, ``type/subtype``, no parameters.
+_CONTENT_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+#: Types that cannot travel as a base64 file: multipart bodies are built by
+#: Mailman, and RFC 2046 allows no base64 for a ``message/*`` part.
+_UNSENDABLE_TYPES = ("multipart/", "message/")
+#: A content id: characters that are safe at once in a ``Content-ID`` header
+#: (``<...>``), unescaped in an HTML ``src="cid:..."`` URL, and in a file name
+#: (Mailgun names an inline part by its content id).
+_CONTENT_ID = re.compile(r"[A-Za-z0-9!$*+=_~.@-]+")
+#: Unicode bidirectional controls: in a file name they disguise its extension
+#: (``invoice<U+202E>fdp.exe`` shows as ``invoiceexe.pdf``).
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Types by file extension: Python's built-in table only (not the host's
+#: ``/etc/mime.types``), so that a guess is the same on every machine.
+_MIME_TYPES = mimetypes.MimeTypes()
+#: A compressed file's type, by the compression ``mimetypes`` reads from its name
+#: (a ``.tar.gz`` file is gzip data, not a tar file).
+_COMPRESSED_TYPES = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+    "br": "application/x-brotli",
+}
+_DISPOSITIONS = " or ".join(d.value for d in Disposition)
+
+
+def guess_content_type(filename: str) -> str:
+    """The MIME type a file's name suggests; ``application/octet-stream`` if none does
+    (or if it suggests one that cannot travel as a file, such as ``message/rfc822``)."""
+    guessed, encoding = _MIME_TYPES.guess_type(filename, strict=True)
+    if encoding is not None:
+        return _COMPRESSED_TYPES.get(encoding, DEFAULT_CONTENT_TYPE)
+    if guessed is None or guessed.startswith(_UNSENDABLE_TYPES):
+        return DEFAULT_CONTENT_TYPE
+    return guessed
+
+
+def decode_base64(value: str) -> tuple[bytes, str]:
+    """The bytes that strict standard base64 ``value`` holds, and its canonical form
+    (padded, unused bits zero); ``ValueError`` with the message for the caller if
+    it is not base64.
+
+    The RFC 4648 alphabet only: no whitespace or line breaks, no base64url
+    (``-``, ``_``), nothing after the padding. Missing padding is put back.
+    """
+    padded = value if value.endswith("=") else value + "=" * (-len(value) % 4)
+    try:
+        data = binascii.a2b_base64(padded, strict_mode=True)
+    except ValueError:  # binascii.Error, or a str that is not ASCII
+        if "-" in value or "_" in value:
+            raise ValueError("must be standard base64 (+ and /), not base64url (- and _)") from None
+        if any(c.isspace() for c in value):
+            raise ValueError("must be base64 without line breaks or spaces") from None
+        raise ValueError(
+            "must be base64: A-Z, a-z, 0-9, + and /, then up to two = of padding"
+        ) from None
+    canonical = base64.b64encode(data).decode("ascii")
+    return data, value if canonical == value else canonical
+
+
+def filename_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an attached file; None if it can.
+
+    It goes into a ``Content-Disposition`` header (RFC 2231-encoded when it
+    is not ASCII) and into a multipart form part: the header rules apply
+    (``header_problem``), no path (``/``, ``\\``), no ``"``, no bidirectional
+    controls, no leading or trailing whitespace (of any kind: readers strip it),
+    not ``.`` or ``..``.
+    """
+    if not 1 <= len(name) <= MAX_FILENAME:
+        return f"must be 1 to {MAX_FILENAME} characters"
+    problem = header_problem(name)
+    if problem is not None:
+        return problem
+    if "/" in name or "\\" in name:
+        return "must be a file name without a path (no / or \\)"
+    if '"' in name:
+        return 'must not contain a double quote (")'
+    bidi = _BIDI_CONTROLS.search(name)
+    if bidi is not None:
+        return f"must not contain bidirectional control characters ({_describe(bidi.group())})"
+    if name != name.strip():  # Unicode whitespace too: mail readers drop it there
+        return "must not start or end with whitespace"
+    if name in (".", ".."):
+        return "must name a file"
+    return None
+
+
+def _attachments(value: object, errors: _Errors) -> tuple[Attachment, ...]:
+    """The optional ``attachments``: a list of files, each ``{filename, content
+    (base64), content_type?, disposition?, content_id?}``.
+
+    Errors name the file's field (``attachments[1].content``). More than
+    ``MAX_ATTACHMENT_BYTES`` in all (decoded) is a 413 (``_Errors.too_large``
+    on ``attachments``); everything else a 422. ``content_type`` defaults to a
+    guess from the file name, ``disposition`` to ``attachment``. An
+    ``inline`` file needs a ``content_id``, unique in the mail (ignoring
+    case), given with or without its angle brackets and kept without; a plain
+    attachment may not have one (Mailgun could not send it).
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        errors.add("attachments", "must be a list of objects")
+        return ()
+    if len(value) > MAX_ATTACHMENTS:
+        errors.add("attachments", f"must have at most {MAX_ATTACHMENTS} files")
+        return ()
+    out: list[Attachment] = []
+    content_ids: dict[str, int] = {}
+    total = 0
+    for i, raw in enumerate(value):
+        at = f"attachments[{i}]"
+        if not isinstance(raw, dict):
+            errors.add(at, "must be an object with filename and content")
+            continue
+        found = len(errors)
+        filename = _attachment_filename(raw.get("filename"), f"{at}.filename", errors)
+        content = _attachment_content(raw.get("content"), f"{at}.content", errors)
+        if content is not None:
+            total += len(content[0])
+        disposition = _attachment_disposition(raw.get("disposition"), f"{at}.disposition", errors)
+        content_type = _attachment_type(
+            raw.get("content_type"), filename, f"{at}.content_type", errors
+        )
+        content_id = _attachment_content_id(
+            raw.get("content_id"), disposition, f"{at}.content_id", errors
+        )
+        if content_id is not None:
+            first = content_ids.setdefault(content_id.lower(), i)
+            if first != i:
+                errors.add(f"{at}.content_id", f"repeats the content_id of attachments[{first}]")
+        if len(errors) > found:
+            continue
+        assert filename is not None and content is not None
+        assert disposition is not None and content_type is not None
+        data, canonical = content
+        out.append(
+            Attachment(filename, canonical, content_type, disposition, content_id, len(data))
+        )
+    if total > MAX_ATTACHMENT_BYTES:
+        errors.too_large(
+            "attachments",
+            f"the files must be at most {MAX_ATTACHMENT_BYTES} bytes in all (decoded); "
+            f"these are {total}",
+        )
+    return tuple(out)
+
+
+def _attachment_filename(value: object, field: str, errors: _Errors) -> str | None:
+    if value is None:
+        errors.add(field, "is required")
+        return None
+    if not isinstance(value, str):
+        errors.add(field, "must be a string")
+        return None
+    problem = filename_problem(value)
+    if problem is not None:
+        errors.add(field, problem)
+        return None
+    return value
+
+
+def _attachment_content(value: object, field: str, errors: _Errors) -> tuple[bytes, str] | None:
+    """The file's bytes and its canonical base64."""
+    if value is None:
+        errors.add(field, "is required")
+        return None
+    if not isinstance(value, str):
+        errors.add(field, "must be a base64 string")
+        return None
+    try:
+        data, canonical = decode_base64(value)
+    except ValueError as exc:
+        errors.add(field, str(exc))
+        return None
+    if not data:
+        errors.add(field, "must not be empty")
+        return None
+    return data, canonical
+
+
+def _attachment_disposition(value: object, field: str, errors: _Errors) -> Disposition | None:
+    if value is None:
+        return Disposition.ATTACHMENT
+    if isinstance(value, str) and value.lower() in _DISPOSITION_VALUES:
+        return Disposition(value.lower())
+    errors.add(field, f"must be {_DISPOSITIONS}")
+    return None
+
+
+_DISPOSITION_VALUES = frozenset(d.value for d in Disposition)
+
+
+def _attachment_type(
+    value: object, filename: str | None, field: str, errors: _Errors
+) -> str | None:
+    """The given MIME type, lowercase; a guess from the file name when none is given."""
+    if value is None:
+        return guess_content_type(filename) if filename is not None else DEFAULT_CONTENT_TYPE
+    if not isinstance(value, str) or not _CONTENT_TYPE.fullmatch(value):
+        errors.add(
+            field, "must be a MIME type, type/subtype (e.g. application/pdf), without parameters"
+        )
+        return None
+    lowered = value.lower()
+    if lowered.startswith(_UNSENDABLE_TYPES):
+        errors.add(
+            field, "must not be multipart/* or message/*: send the file as application/octet-stream"
+        )
+        return None
+    return lowered
+
+
+def _attachment_content_id(
+    value: object, disposition: Disposition | None, field: str, errors: _Errors
+) -> str | None:
+    """An inline file's content id, without angle brackets (None: none given)."""
+    if value is None:
+        if disposition is Disposition.INLINE:
+            errors.add(
+                field, "is required for an inline file (the HTML refers to it as cid:<content_id>)"
+            )
+        return None
+    if not isinstance(value, str):
+        errors.add(field, "must be a string")
+        return None
+    if disposition is Disposition.ATTACHMENT:
+        errors.add(field, "is only for inline files (disposition inline)")
+        return None
+    cid = value[1:-1] if len(value) >= 2 and value[0] == "<" and value[-1] == ">" else value
+    if not 1 <= len(cid) <= MAX_CONTENT_ID or not _CONTENT_ID.fullmatch(cid) or not cid.strip("."):
+        errors.add(
+            field,
+            f"must be 1 to {MAX_CONTENT_ID} of A-Z a-z 0-9 ! $ * + = _ ~ . @ - "
+            "(angle brackets around it are dropped)",
+        )
+        return None
+    return cid

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from actors.store import Store
@@ -44,6 +45,8 @@ def make_config(tmp_path: Path, env: Mapping[str, str] | None = None, *argv: str
     """A Config built as production builds it (flags, env), on a free port and a tmp store."""
     base = {
         "MAILMAN_PORT": "0",
+        # No SMTP listener: 2525 is one port for every test (tests/test_smtp.py asks for one).
+        "MAILMAN_SMTP_PORT": "0",
         "MAILMAN_STORE": f"sqlite:///{tmp_path / 'mailman.db'}",
         "MAILMAN_OUTBOX_DIR": str(tmp_path / "outbox"),
         "MAILMAN_PROVIDER_TIMEOUT": "2",
@@ -73,6 +76,27 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     """A SQLite store in the test's directory, open for the test."""
     async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
         yield opened
+
+
+@pytest.fixture
+async def sendgrid() -> AsyncIterator[FakeSendGrid]:
+    """A SendGrid fake on loopback (a test file may define its own)."""
+    async with FakeSendGrid(api_key="SG.secret-test-key") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def mailgun() -> AsyncIterator[FakeMailgun]:
+    """A Mailgun fake on loopback (a test file may define its own)."""
+    async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to a running Mailman."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

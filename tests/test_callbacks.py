@@ -49,8 +49,7 @@ from actors.messages import (
 from actors.store import CallbackDue, Store
 from actors.system import embedded, is_loopback
 from config import CallbackConfig, Config, Secret
-from routes import create_app
-from routes.mail import CALLBACK_RESOLVER
+from routes import INTAKE, create_app
 
 from .conftest import eventually, make_config
 from .support.api import VALID, CountingOutbound, problem
@@ -196,12 +195,6 @@ async def status_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> str:
         return status
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 # --- end to end: the embedded system, a receiver on loopback ----------------------------------
 
 
@@ -310,7 +303,7 @@ def make_client(
 
     async def make(config: Config, dns: Mapping[str, Sequence[str]] | None = None) -> Any:
         app = create_app(store=store, outbound=outbound, config=config)
-        app[CALLBACK_RESOLVER] = FixedResolver(
+        app[INTAKE].resolver = FixedResolver(
             dns if dns is not None else {"hooks.example.com": ["93.184.215.14"]}
         )
         return await aiohttp_client(app)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from pytest_aiohttp import AiohttpClient
 
 from actors.keys import Scope, create_key
@@ -169,12 +167,6 @@ async def test_dashboard_data_needs_an_admin_key_once_a_key_exists(
 
 
 # --- the page in headless Chromium ----------------------------------------------------------
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def send(http: aiohttp.ClientSession, url: str, key: str | None = None) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 
 from actors.deadletters import dead_letters_main
 from actors.mailboxes import MemoryMailbox
@@ -20,12 +18,6 @@ from actors.system import embedded
 
 from .conftest import eventually, make_config
 from .test_system import Api
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 class Buggy(ProviderClient):

@@ -48,12 +48,6 @@ async def running(tmp_path: Path, **env: str) -> AsyncIterator[Mailman]:
         yield mailman
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @contextlib.asynccontextmanager
 async def connection(port: int) -> AsyncIterator[tuple[Reader, Writer]]:
     """A raw TCP connection to the server, closed at the end whatever happened."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -261,24 +260,6 @@ def test_eml_writes_headers_tags_and_metadata() -> None:
 
 
 # --- end to end ------------------------------------------------------------------
-
-
-@pytest.fixture
-async def sendgrid() -> AsyncIterator[FakeSendGrid]:
-    async with FakeSendGrid(api_key="SG.secret-test-key") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def mailgun() -> AsyncIterator[FakeMailgun]:
-    async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def send_and_wait(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:

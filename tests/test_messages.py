@@ -56,20 +56,26 @@ def test_garbage_is_refused(raw: bytes) -> None:
 
 def test_the_lifecycle_only_moves_forward() -> None:
     """failed and bounced are final; sent moves on only to delivered or bounced, delivered
-    only to bounced; nothing goes back to queued or sending."""
+    only to bounced; nothing goes back to scheduled, queued or sending; scheduled leads
+    only to queued (its time came) or failed (cancelled by hand)."""
     done = {Status.SENT, Status.FAILED, Status.DELIVERED, Status.BOUNCED}
     for target, sources in ALLOWED_FROM.items():
         assert Status.FAILED not in sources and Status.BOUNCED not in sources, target
-        if target in (Status.QUEUED, Status.SENDING):
+        if target in (Status.SCHEDULED, Status.QUEUED, Status.SENDING):
             assert not sources & done, target
     assert {t for t, s in ALLOWED_FROM.items() if Status.SENT in s} == {
         Status.DELIVERED,
         Status.BOUNCED,
     }
     assert {t for t, s in ALLOWED_FROM.items() if Status.DELIVERED in s} == {Status.BOUNCED}
-    assert not ALLOWED_FROM[Status.QUEUED]
+    assert ALLOWED_FROM[Status.QUEUED] == {Status.SCHEDULED}
+    assert not ALLOWED_FROM[Status.SCHEDULED]
+    assert {t for t, s in ALLOWED_FROM.items() if Status.SCHEDULED in s} == {
+        Status.QUEUED,
+        Status.FAILED,
+    }
     assert all(status.terminal for status in done)
-    assert not Status.SENDING.terminal and not Status.QUEUED.terminal
+    assert not any(s.terminal for s in (Status.SENDING, Status.QUEUED, Status.SCHEDULED))
 
 
 def test_ids_are_unique_and_time_ordered() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,6 @@ EXAMPLE = (
     b'{"to": ["ann@example.com"], "from": "Mailman <noreply@example.com>", '
     b'"subject": "Welcome", "content": "Hello Ann, welcome aboard!"}'
 )
-
-
-@pytest.fixture
-async def sendgrid() -> AsyncIterator[FakeSendGrid]:
-    async with FakeSendGrid(api_key="SG.secret-test-key") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def mailgun() -> AsyncIterator[FakeMailgun]:
-    async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
-        yield fake
 
 
 class Api:
@@ -70,12 +57,6 @@ class Api:
             return await self.status(mail_id) == status
 
         await eventually(reached, within=within, what=f"{mail_id} {status}")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_original_example_is_accepted_and_sent(

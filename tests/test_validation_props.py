@@ -9,6 +9,7 @@ each within the provider's documented constraints (providers.md).
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -268,6 +269,56 @@ nasty_metadata = st.one_of(
     ),
     st.sampled_from([None, [], "a=b"]),
 )
+fine_filenames = st.one_of(
+    st.sampled_from(["a.pdf", "Rechnung März.pdf", "日本語.txt", "O'Brien (1); v=2.csv", "noext"]),
+    st.builds(lambda n: "f" * n + ".bin", st.integers(200, 251)),
+    fine_text.filter(bool),
+)
+file_contents = st.one_of(
+    st.binary(min_size=1, max_size=300).map(lambda b: base64.b64encode(b).decode()),
+    st.binary(min_size=1, max_size=30).map(lambda b: base64.b64encode(b).decode().rstrip("=")),
+)
+content_types = st.sampled_from(
+    ["application/pdf", "image/png", "text/plain", "TEXT/CSV", "application/vnd.ms-excel"]
+)
+content_ids = st.from_regex(r"[A-Za-z0-9!$*+=_~.@-]{1,40}", fullmatch=True)
+
+
+@st.composite
+def fine_file(draw: st.DrawFn) -> dict[str, Any]:
+    """A file as a caller would attach it: a name, base64, maybe a type, maybe inline."""
+    file: dict[str, Any] = {"filename": draw(fine_filenames), "content": draw(file_contents)}
+    if draw(st.booleans()):
+        file["content_type"] = draw(content_types)
+    if draw(st.booleans()):
+        cid = draw(content_ids)
+        file |= {"disposition": "inline", "content_id": draw(st.sampled_from([cid, f"<{cid}>"]))}
+    return file
+
+
+fine_attachments = st.lists(fine_file(), max_size=4)
+nasty_attachments = st.one_of(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "filename": st.one_of(fine_filenames, nasty_text, st.integers()),
+                "content": st.one_of(file_contents, st.text(max_size=20), st.none()),
+                "content_type": st.one_of(
+                    content_types,
+                    st.text(max_size=20),
+                    st.sampled_from(["multipart/mixed", "message/rfc822", "text/plain; a=b"]),
+                ),
+                "disposition": st.one_of(
+                    st.sampled_from(["inline", "attachment"]), st.text(max_size=8)
+                ),
+                "content_id": st.one_of(content_ids, st.text(max_size=20), nasty_text),
+            },
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([None, "a.pdf", {}, [1]]),
+)
 
 #: Each field: (a value a caller may well send, a value meant to be refused or to break).
 FIELDS: dict[str, tuple[st.SearchStrategy[object], st.SearchStrategy[object]]] = {
@@ -283,6 +334,7 @@ FIELDS: dict[str, tuple[st.SearchStrategy[object], st.SearchStrategy[object]]] =
     "headers": (fine_headers, nasty_headers),
     "tags": (fine_tags, nasty_tags),
     "metadata": (fine_metadata, nasty_metadata),
+    "attachments": (fine_attachments, nasty_attachments),
 }
 REQUIRED = ("to", "from")
 BODIES = ("content", "text", "html")
@@ -353,6 +405,10 @@ def assert_sendgrid_buildable(mail: Mail) -> None:
     assert 1 <= total <= MAX_RECIPIENTS
     assert decoded["subject"]
     assert all(c["value"] for c in decoded["content"])
+    files = decoded.get("attachments", [])
+    assert [base64.b64decode(f["content"], validate=True) for f in files] == [
+        a.decoded() for a in mail.attachments
+    ]
 
 
 def parse_addresses(name: str, value: str) -> list[tuple[str, str]]:
@@ -384,6 +440,7 @@ def assert_mailgun_buildable(mail: Mail) -> None:
     """Mailgun's form encodes, has the required fields, and every address round-trips."""
     fields = mailgun.form(mail)
     aiohttp.FormData(fields)()  # what the client sends: must encode
+    mailgun.request_body(mail)()  # with files: multipart, every part's headers safe
     by_name: dict[str, list[str]] = {}
     for key, value in fields:
         by_name.setdefault(key, []).append(value)
@@ -450,6 +507,15 @@ def assert_eml_buildable(mail: Mail) -> None:
         header = msg[key]
         got = [] if header is None else [(a.display_name, a.addr_spec) for a in header.addresses]
         assert same_addresses(got, want), (key, got, want)
+    files = sorted(
+        (part.get_filename() or "", part.get_payload(decode=True), part["Content-ID"] or "")
+        for part in msg.walk()
+        if part.get_content_disposition() in ("attachment", "inline")
+    )
+    assert files == sorted(
+        (a.filename, a.decoded(), f"<{a.content_id}>" if a.content_id else "")
+        for a in mail.attachments
+    )
     for subtype, body in (("plain", mail.text), ("html", mail.html)):
         found = msg.get_body((subtype,))
         if body is None:
@@ -506,6 +572,9 @@ PLACES: dict[str, Callable[[str], dict[str, object]]] = {
     "to[1]": lambda text: {"to": ["ann@example.com", f"{text} <bob@example.com>"]},
     "cc[0]": lambda text: {"cc": [f"{text}@example.com"]},
     "bcc[0]": lambda text: {"bcc": f"{_quoted(text)} <b+{text}@example.com>"},
+    "attachments[0].filename": lambda text: {
+        "attachments": [{"filename": f"f{text}.txt", "content": "QQ=="}]
+    },
 }
 
 

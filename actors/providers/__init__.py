@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import io
 import itertools
 import re
 import time
@@ -123,6 +124,16 @@ class ProviderClient(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
+
+
+#: Request bodies larger than this go to aiohttp as a stream (``io.BytesIO``), which
+#: it writes in chunks; it warns that raw bytes this large may hold up the event loop.
+STREAM_BODY_BYTES = 1024 * 1024
+
+
+def streamed(data: bytes) -> bytes | io.BytesIO:
+    """``data`` as a request body: as it is, or as a stream when it is large (files)."""
+    return data if len(data) <= STREAM_BODY_BYTES else io.BytesIO(data)
 
 
 def http_session(timeout: float) -> aiohttp.ClientSession:

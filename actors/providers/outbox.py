@@ -4,6 +4,8 @@ Useful in development and as the last link of a chain. Bcc recipients are left
 out of the file entirely (a Bcc header would tell every reader who else got
 the mail). Custom headers are written as headers, tags as ``X-Mailman-Tags:
 a, b`` and metadata as ``X-Mailman-Metadata: {"key":"value"}`` (compact JSON).
+Attachments make it ``multipart/mixed``, inline files in a ``multipart/related``
+with the HTML (``_attach``).
 Writing is atomic (a temporary file in the same directory, then
 ``os.replace``), so a reader never sees half a file, and writing the same mail
 again simply replaces the file. So the file is there exactly when a send
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from config import OutboxConfig
 
-from ..messages import Address, Check, Mail
+from ..messages import Address, Attachment, Check, Disposition, Mail
 from . import (
     MAX_ENCODED_WORD,
     Accepted,
@@ -61,7 +63,8 @@ class OutboxClient(ProviderClient):
         if not _safe_file_name(mail.id):
             return Rejected(f"mail id {mail.id!r} cannot name a file")
         try:
-            data = render(mail)
+            # Megabytes of files take a while to encode: not on the event loop.
+            data = await asyncio.to_thread(render, mail) if mail.attachments else render(mail)
         except (ValueError, email.errors.MessageError) as exc:
             return Rejected(f"cannot render mail as RFC 5322: {exc}")
         try:
@@ -126,11 +129,47 @@ def render(mail: Mail) -> bytes:
         msg.set_content(mail.html, subtype="html", cte=_transfer_encoding(mail.html))
     else:
         msg.set_content("")
+    if mail.attachments:
+        _attach(msg, mail.attachments)
     # Non-ASCII addresses cannot be written as encoded words: write UTF-8 headers then.
     # (Validation now refuses them; mails stored before it may still have them.)
     addresses = (mail.sender, *mail.to, *mail.cc, *((mail.reply_to,) if mail.reply_to else ()))
     ascii_only = all(a.email.isascii() for a in addresses)
     return msg.as_bytes(policy=_ASCII if ascii_only else _UTF8)
+
+
+def _attach(msg: EmailMessage, files: Sequence[Attachment]) -> None:
+    """Add the files to ``msg``, whose body is set: each a base64 part with its type and
+    ``Content-Disposition`` (the file name RFC 2231-encoded when it is not ASCII).
+
+    Inline files go into a ``multipart/related`` with the HTML body they belong
+    to (with the only body when there is no HTML), each with its ``Content-ID``;
+    the others make the message ``multipart/mixed``: ``mixed[alternative[text,
+    related[html, inline...]], attachment...]``.
+    """
+    inline = [f for f in files if f.disposition is Disposition.INLINE]
+    if inline:
+        html = msg.get_body(("html",))
+        related = html if html is not None else msg
+        for file in inline:
+            maintype, _, subtype = file.content_type.partition("/")
+            related.add_related(
+                file.decoded(), maintype, subtype, disposition="inline", filename=file.filename
+            )
+            # Written as it is, never folded: the email package would fold a long
+            # one into encoded-words, which RFC 2047 does not allow in a msg-id.
+            if file.content_id is not None:  # validation gives every inline file one
+                *_, part = related.iter_parts()
+                part.set_raw("Content-ID", f"<{file.content_id}>")
+    for file in files:
+        if file.disposition is Disposition.ATTACHMENT:
+            maintype, _, subtype = file.content_type.partition("/")
+            msg.add_attachment(file.decoded(), maintype, subtype, filename=file.filename)
+    # The email package gives each part it makes a MIME-Version of its own;
+    # RFC 2045 wants it in the message's header only.
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]
 
 
 def metadata_header(metadata: Sequence[tuple[str, str]]) -> str:

@@ -18,7 +18,7 @@ import orjson
 
 from config import SendGridConfig
 
-from ..messages import Address, Check, Mail
+from ..messages import Address, Attachment, Check, Mail
 from . import (
     Accepted,
     Found,
@@ -30,6 +30,7 @@ from . import (
     no_answer,
     redact,
     request_timeout,
+    streamed,
 )
 
 #: Characters SendGrid refuses in a recipient's name.
@@ -65,7 +66,7 @@ class SendGridClient(ProviderClient):
         try:
             async with self._session.post(
                 self._url,
-                data=orjson.dumps(body(mail)),
+                data=streamed(orjson.dumps(body(mail))),
                 headers=headers,
                 allow_redirects=False,
                 timeout=self._timeouts,
@@ -128,6 +129,23 @@ def body(mail: Mail) -> dict[str, Any]:
     if mail.tags:
         out["categories"] = list(mail.tags)
     out["custom_args"] = {**dict(mail.metadata), "mail_id": mail.id}
+    if mail.attachments:
+        out["attachments"] = [attachment(a) for a in mail.attachments]
+    return out
+
+
+def attachment(file: Attachment) -> dict[str, str]:
+    """One of SendGrid's ``attachments``: the base64 content as stored, the file's name,
+    type and disposition, and for an inline file its ``content_id`` (which SendGrid
+    requires for one, and writes as its ``Content-ID``)."""
+    out = {
+        "content": file.content,
+        "filename": file.filename,
+        "type": file.content_type,
+        "disposition": file.disposition.value,
+    }
+    if file.content_id is not None:
+        out["content_id"] = file.content_id
     return out
 
 

@@ -22,6 +22,18 @@ class StoreUnavailable(ConnectionError):
     """
 
 
+class MailTooLarge(ValueError):
+    """The store cannot hold a mail this large (MySQL: its INSERT would pass the server's
+    ``max_allowed_packet``, which would drop the connection). Nothing was stored."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the mail takes about {size} bytes to store, over the store's limit of {limit}"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class IdempotencyMismatch(Exception):
     """An ``Idempotency-Key`` the tenant already used, with another request body."""
 
@@ -154,8 +166,9 @@ class Begun:
     ``attempt_id`` is set when an attempt was recorded as ``pending`` (the
     caller may now call the provider). Otherwise ``why`` says what stopped it:
     ``final`` (the mail is ``sent`` or ``failed``), ``busy`` (another attempt
-    is in flight and not stale) or ``unchecked`` (``unknown`` attempts wait to
-    be checked with their providers first: ``unknown`` holds them).
+    is in flight and not stale), ``unchecked`` (``unknown`` attempts wait to
+    be checked with their providers first: ``unknown`` holds them) or
+    ``scheduled`` (its ``send_at`` has not come: the sweeper releases it).
     """
 
     mail: Mail
@@ -331,6 +344,12 @@ class Store(abc.ABC):
         and no outbox entry get a new outbox entry (the relay dispatches them
         again) and are due ``now``. One transaction, at most ``limit`` mails.
         """
+
+    @abc.abstractmethod
+    async def release_scheduled(self, now: float, limit: int = 500) -> list[str]:
+        """Scheduled mails whose ``send_at`` is ``now`` or earlier become ``queued``, each
+        with an outbox entry (the relay dispatches them), in one transaction; their ids,
+        at most ``limit``, earliest first."""
 
     # --- delivery events ------------------------------------------------------
 

@@ -47,7 +47,16 @@ import aiomysql
 
 from config import check_store_url
 
-from ..messages import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status, StatusUpdate, decode
+from ..messages import (
+    ALLOWED_FROM,
+    Attempt,
+    DeliveryEvent,
+    Mail,
+    Status,
+    StatusUpdate,
+    decode,
+    encode,
+)
 from . import sql
 from .base import (
     KEY_COLUMNS,
@@ -63,6 +72,7 @@ from .base import (
     MailQuery,
     MailRecord,
     MailSummary,
+    MailTooLarge,
     MetricsSnapshot,
     MinuteCount,
     OutboxEntry,
@@ -250,6 +260,12 @@ _ER_LOCK_DEADLOCK = 1213
 #: Duplicate column / duplicate key name: a migration statement that already ran.
 _ALREADY_DONE = frozenset({1060, 1061})
 _DEADLOCK_RETRIES = 5
+#: Characters of text and files under which a mail is not measured against
+#: ``max_allowed_packet`` (``MySQLStore._check_packet``): even as 4-byte UTF-8,
+#: escaped, with 1000 recipients, it stays below 4 MiB.
+_SMALL_MAIL = 256 * 1024
+#: Bytes of an INSERT of a mail besides its payload (the other columns, the SQL), with room.
+_STATEMENT_ROOM = 64 * 1024
 
 # Strict: a value too long for its column is an error, never silently cut.
 _SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
@@ -526,6 +542,7 @@ class MySQLStore(Store):
                 f"mail id {mail.id[:80]!r} cannot be stored: at most {_ID_MAX} characters, "
                 "no trailing space"
             )
+        await self._check_packet(mail)
 
         async def body(cur: Any) -> str:
             if idempotency is not None:
@@ -536,11 +553,43 @@ class MySQLStore(Store):
             inserted = await cur.execute(
                 f"{Q.insert_mails(1)} ON DUPLICATE KEY UPDATE id = id", sql.mail_values(mail)
             )
-            if inserted == 1:
+            if inserted == 1 and mail.send_at is None:  # a scheduled mail waits for its time
                 await cur.execute(Q.insert_outbox(1), (mail.id, mail.created_at))
             return mail.id
 
         return await self._run(body)
+
+    #: The server's ``max_allowed_packet``, read once, when a large mail first comes.
+    _max_packet: int | None = None
+
+    async def _check_packet(self, mail: Mail) -> None:
+        """``MailTooLarge`` if ``mail``'s INSERT would pass the server's ``max_allowed_packet``.
+
+        The server refuses such a statement (1153) and drops the connection, which
+        would look like an outage (a 503, tried again forever). Each mail is its
+        own INSERT, so only one mail's size counts. Mails whose text and files are
+        short (``_SMALL_MAIL``) are not measured: the smallest default limit (4 MiB,
+        MySQL 5.7; MariaDB's is 16 MiB, MySQL 8's 64 MiB) holds them.
+        """
+        rough = len(mail.text or "") + len(mail.html or "")
+        rough += sum(len(a.content) for a in mail.attachments)
+        if rough < _SMALL_MAIL:
+            return
+        if self._max_packet is None:
+
+            async def read(cur: Any) -> int:
+                await cur.execute("SELECT @@max_allowed_packet")
+                row = await cur.fetchone()
+                return int(row[0])
+
+            self._max_packet = await self._run(read, read_only=True)
+        payload = encode(mail)
+        # The payload goes as an escaped string literal: each quote and backslash takes
+        # two bytes (orjson already wrote control characters as JSON escapes).
+        size = len(payload) + payload.count(b'"') + payload.count(b"\\") + payload.count(b"'")
+        size += _STATEMENT_ROOM
+        if size > self._max_packet:
+            raise MailTooLarge(size, self._max_packet)
 
     async def list_mails(self, query: MailQuery) -> list[MailSummary]:
         where, params = list_filter(query, "%s")
@@ -761,6 +810,8 @@ class MySQLStore(Store):
             mail, status = decode(Mail, row[0]), Status(row[1])
             if status.terminal:
                 return Begun(mail, status, why="final")
+            if status is Status.SCHEDULED:  # not before its time (the sweeper releases it)
+                return Begun(mail, status, why="scheduled")
             await cur.execute(Q.open_attempts, (mail_id,))
             attempts = [sql.attempt_from_row(r) for r in await cur.fetchall()]
             if attempts:
@@ -792,6 +843,20 @@ class MySQLStore(Store):
             for chunk in sql.chunks(ids):
                 await cur.execute(Q.due_now(len(chunk)), (now, *chunk))
             return [r[0] for r in rows]
+
+        return await self._run(body)
+
+    async def release_scheduled(self, now: float, limit: int = 500) -> list[str]:
+        async def body(cur: Any) -> list[str]:
+            await cur.execute(Q.due_scheduled, (now, limit))
+            rows = list(await cur.fetchall())
+            for chunk in sql.chunks(rows):
+                await cur.execute(Q.release_scheduled(len(chunk)), (now, *(r[0] for r in chunk)))
+                await cur.execute(Q.insert_outbox(len(chunk)), [v for r in chunk for v in r])
+            ids = [r[0] for r in rows]
+            if ids:
+                await _queue_callbacks(cur, ids)
+            return ids
 
         return await self._run(body)
 

@@ -62,7 +62,9 @@ MOVE_ORDER: tuple[Status, ...] = (
     Status.BOUNCED,
 )
 
-MAIL_COLUMNS = "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status"
+MAIL_COLUMNS = (
+    "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status, due_at"
+)
 ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id, id, checked"
 DEAD_LETTER_COLUMNS = "id, mailbox, mail_id, payload, error, at, replayed_at"
 EVENT_COLUMNS = "mail_id, provider, kind, at, dedupe, bounce, reason, recipient"
@@ -107,7 +109,7 @@ class Sql:
     # --- mails -------------------------------------------------------------------
 
     def insert_mails(self, count: int) -> str:
-        return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {self.rows(count, 8)}"
+        return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {self.rows(count, 9)}"
 
     def insert_outbox(self, count: int) -> str:
         return f"INSERT INTO outbox (mail_id, accepted_at) VALUES {self.rows(count, 2)}"
@@ -239,6 +241,24 @@ class Sql:
             ORDER BY m.created_at
             LIMIT {m}
         """
+
+    @property
+    def due_scheduled(self) -> str:
+        """Scheduled mails whose time has come, earliest first (parameters: now, limit)."""
+        m = self.mark
+        return (
+            f"SELECT id, due_at FROM mails WHERE status = '{Status.SCHEDULED.value}' "
+            f"AND due_at <= {m} ORDER BY due_at, id LIMIT {m}{self.claim_lock}"
+        )
+
+    def release_scheduled(self, count: int) -> str:
+        """Due scheduled mails become ``queued`` (parameters: now, ids); the caller then
+        gives each an outbox entry, as a new mail gets at its commit."""
+        return (
+            f"UPDATE mails SET status = '{Status.QUEUED.value}', updated_at = {self.mark}, "
+            f"due_at = NULL WHERE id IN ({self.marks(count)}) "
+            f"AND status = '{Status.SCHEDULED.value}'"
+        )
 
     def insert_rounds(self, count: int) -> str:
         return f"INSERT INTO outbox (mail_id, accepted_at, round) VALUES {self.rows(count, 3)}"
@@ -466,18 +486,26 @@ MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED", row_lock=" FOR UPDA
 
 
 def mail_values(mail: Mail) -> tuple[object, ...]:
-    """A new mail's row for ``insert_mails`` (``queued``)."""
+    """A new mail's row for ``insert_mails``: ``queued``, or ``scheduled`` till its
+    ``send_at`` (kept as ``due_at``)."""
+    status = first_status(mail).value
     return (
         mail.id,
-        Status.QUEUED.value,
+        status,
         encode(mail).decode(),
         mail.created_at,
         mail.created_at,
         mail.tenant,
         mail.callback_url,
         # The status its last callback was queued for: none for being accepted.
-        None if mail.callback_url is None else Status.QUEUED.value,
+        None if mail.callback_url is None else status,
+        mail.send_at,
     )
+
+
+def first_status(mail: Mail) -> Status:
+    """A new mail's status: ``scheduled`` if it waits for its ``send_at``, else ``queued``."""
+    return Status.QUEUED if mail.send_at is None else Status.SCHEDULED
 
 
 def attempt_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:

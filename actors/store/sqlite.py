@@ -604,6 +604,10 @@ class SQLiteStore(Store):
         found: str | None = await self._read(_MAIL_FOR_MESSAGE, (provider_message_id,))
         return found
 
+    async def release_scheduled(self, now: float, limit: int = 500) -> list[str]:
+        released: list[str] = await self._write(_RELEASE, (now, limit))
+        return released
+
     async def add_dead_letter(
         self, mailbox: str, mail_id: str | None, payload: bytes, error: str, at: float
     ) -> int:
@@ -830,7 +834,9 @@ def _ADD(
     mails = list(new.values())
     for chunk in sql.chunks(mails):
         db.execute(Q.insert_mails(len(chunk)), [v for m in chunk for v in sql.mail_values(m)])
-        db.execute(Q.insert_outbox(len(chunk)), [v for m in chunk for v in (m.id, m.created_at)])
+        now = [m for m in chunk if m.send_at is None]  # scheduled ones wait for their time
+        if now:
+            db.execute(Q.insert_outbox(len(now)), [v for m in now for v in (m.id, m.created_at)])
     return outcomes
 
 
@@ -902,6 +908,8 @@ def _BEGIN(
     mail, status = decode(Mail, row[0]), Status(row[1])
     if status.terminal:
         return Begun(mail, status, why="final")
+    if status is Status.SCHEDULED:  # not before its time (the sweeper releases it)
+        return Begun(mail, status, why="scheduled")
     attempts = [sql.attempt_from_row(r) for r in db.execute(Q.open_attempts, (mail_id,))]
     if attempts:
         refused, stale = sql.begin_verdict(mail, status, attempts, stale_before)
@@ -955,6 +963,18 @@ def _SWEEP(db: sqlite3.Connection, now: float, stale_before: float, limit: int) 
         db.execute(Q.insert_rounds(len(chunk)), [v for r in chunk for v in r])
         db.execute(Q.due_now(len(chunk)), (now, *(r[0] for r in chunk)))
     return [r[0] for r in rows]
+
+
+@op()
+@single
+def _RELEASE(db: sqlite3.Connection, now: float, limit: int) -> list[str]:
+    rows = db.execute(Q.due_scheduled, (now, limit)).fetchall()
+    for chunk in sql.chunks(rows):
+        db.execute(Q.release_scheduled(len(chunk)), (now, *(r[0] for r in chunk)))
+        db.execute(Q.insert_outbox(len(chunk)), [v for r in chunk for v in r])
+    ids = [r[0] for r in rows]
+    _queue_callbacks(db, ids)
+    return ids
 
 
 @op()

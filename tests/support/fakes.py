@@ -25,7 +25,11 @@ answer goes out, so a client that gives up first leaves the provider holding
 the mail. Stopping the fake cuts both short.
 ``calls`` counts every request that reached the send endpoint, in any mode;
 ``received`` holds the parsed bodies of the requests that were accepted, and
-``message_ids`` the provider message ids they were answered with.
+``message_ids`` the provider message ids they were answered with. ``files``
+holds, for each accepted request, the files it carried (``ReceivedFile``: the
+decoded bytes, name, type, and how the provider would show it); SendGrid's
+fake checks ``attachments`` as SendGrid does, Mailgun's takes file parts
+(``attachment``, ``inline``) of a ``multipart/form-data`` body.
 
 ``FakeMailgun`` also serves the Events API (``GET /v3/{domain}/events``): an
 ``accepted`` event per recipient of every accepted mail, searchable by
@@ -57,6 +61,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
 
@@ -73,6 +78,23 @@ Body = TypeVar("Body")
 Serve = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: A webhook post as it goes out: (body, headers); made again for each try.
 Post = Callable[[], tuple[bytes, dict[str, str]]]
+#: The largest request body a fake reads (aiohttp's default is 1 MiB): past every
+#: provider's own limit, which the fakes check themselves.
+FAKE_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """A file a fake took with a mail, as the provider would send it on."""
+
+    #: ``attachment`` or ``inline``.
+    disposition: str
+    filename: str
+    content_type: str
+    data: bytes
+    #: What the HTML refers to an inline file by: SendGrid's ``content_id``; with
+    #: Mailgun the inline part's file name (Mailgun makes it the Content-ID).
+    content_id: str | None = None
 
 
 def sendgrid_webhook_signature(key: ec.EllipticCurvePrivateKey, timestamp: str, body: bytes) -> str:
@@ -133,13 +155,15 @@ class FakeProvider(abc.ABC, Generic[Body]):
         self.received: list[Body] = []
         #: The provider message ids handed out for ``received``, in the same order.
         self.message_ids: list[str] = []
+        #: The files of each request in ``received``, in the same order.
+        self.files: list[tuple[ReceivedFile, ...]] = []
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         self._stopping = asyncio.Event()
-        app = web.Application()
+        app = web.Application(client_max_size=FAKE_MAX_BODY)
         self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -313,8 +337,12 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
             return _errors(401, "authorization required")
         if auth != f"Bearer {self.api_key}":
             return self.unauthorized()
+        raw = await request.read()
+        if len(raw) >= SENDGRID_MAX_MESSAGE_BYTES:
+            # SendGrid's 413 is an HTML page, not its JSON error body.
+            return web.Response(status=413, text=SENDGRID_TOO_LARGE_PAGE, content_type="text/html")
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self.bad_request("Bad Request")
         if not isinstance(body, dict):
@@ -323,6 +351,7 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
         if problems:
             return _errors(400, *problems)
         self.received.append(body)
+        self.files.append(_sendgrid_files(body))
         self.message_ids.append(secrets.token_urlsafe(16))
         if self.webhook_url is not None and self.webhook_private_key is not None:
             self.send_webhooks([self._signed(self.events(body, self.message_ids[-1]))])
@@ -449,6 +478,7 @@ def _sendgrid_problems(body: dict[str, Any]) -> list[Problem]:
         )
     problems += _content_problems(body.get("content"))
     problems += _extra_problems(body)
+    problems += _attachment_problems(body.get("attachments", []))
     return problems
 
 
@@ -510,6 +540,84 @@ def _extra_problems(body: dict[str, Any]) -> list[Problem]:
             )
         )
     return problems
+
+
+#: SendGrid's limit on a whole message (the request body, files included).
+SENDGRID_MAX_MESSAGE_BYTES = 30 * 1000 * 1000
+SENDGRID_TOO_LARGE_PAGE = (
+    "<html><head><title>413 Request Entity Too Large</title></head>"
+    "<body><center><h1>413 Request Entity Too Large</h1></center></body></html>"
+)
+
+
+def _attachment_problems(attachments: Any) -> list[Problem]:
+    """What SendGrid says about ``attachments``: a list of objects, each with base64
+    ``content`` and a ``filename``; ``type`` without ``;`` or CRLF; ``disposition``
+    ``inline`` or ``attachment``; an inline one needs a ``content_id``."""
+    if not isinstance(attachments, list):
+        return [("The attachments parameter must be an array.", "attachments")]
+    problems: list[Problem] = []
+    for i, file in enumerate(attachments):
+        where = f"attachments.{i}"
+        if not isinstance(file, dict):
+            problems.append(("The attachment must be an object.", where))
+            continue
+        content = file.get("content")
+        if not isinstance(content, str) or not content:
+            problems.append(
+                (
+                    "The attachment content is required and must be a string at least one "
+                    "character in length.",
+                    f"{where}.content",
+                )
+            )
+        else:
+            try:
+                base64.b64decode(content, validate=True)
+            except binascii.Error:
+                problems.append(
+                    ("The attachment content must be base64 encoded.", f"{where}.content")
+                )
+        filename = file.get("filename")
+        if not isinstance(filename, str) or not filename:
+            problems.append(("The attachment filename parameter is required.", f"{where}.filename"))
+        kind = file.get("type", "application/octet-stream")
+        if not isinstance(kind, str) or not kind or any(c in kind for c in ";\r\n"):
+            problems.append(
+                ("The attachment type cannot contain ';', or CRLF characters.", f"{where}.type")
+            )
+        disposition = file.get("disposition", "attachment")
+        if disposition not in ("inline", "attachment"):
+            problems.append(
+                (
+                    'The disposition of your attachment can be either "inline" or "attachment".',
+                    f"{where}.disposition",
+                )
+            )
+        content_id = file.get("content_id")
+        if disposition == "inline" and (not isinstance(content_id, str) or not content_id):
+            problems.append(
+                (
+                    "The content_id parameter is required if your attachment disposition "
+                    "is inline.",
+                    f"{where}.content_id",
+                )
+            )
+    return problems
+
+
+def _sendgrid_files(body: dict[str, Any]) -> tuple[ReceivedFile, ...]:
+    """The files of an accepted Mail Send body (checked by ``_attachment_problems``)."""
+    return tuple(
+        ReceivedFile(
+            disposition=file.get("disposition", "attachment"),
+            filename=file["filename"],
+            content_type=file.get("type", "application/octet-stream"),
+            data=base64.b64decode(file["content"], validate=True),
+            content_id=file.get("content_id"),
+        )
+        for file in body.get("attachments", [])
+    )
 
 
 def _personalization_problems(i: int, p: dict[str, Any]) -> list[Problem]:
@@ -659,7 +767,12 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         refused = self._refused(request)
         if refused is not None:
             return refused
+        if (request.content_length or 0) > MAILGUN_MAX_MESSAGE_BYTES:
+            return _message(413, "Message size exceeds the 25 MB limit")
         post = await request.post()
+        files = _mailgun_files(post)
+        if isinstance(files, web.Response):
+            return files
         fields = {key: [_text(v) for v in post.getall(key)] for key in post}
         for required in ("from", "to", "subject"):
             if not any(fields.get(required, [])):
@@ -679,6 +792,7 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         if extra > MAILGUN_MAX_EXTRA_BYTES:
             return self.bad_request("The o:, h: and v: parameters exceed 16 kB together")
         self.received.append(fields)
+        self.files.append(files)
         # Mailgun takes a Message-Id header given as h:Message-Id as the message's id.
         given = fields.get("h:Message-Id", [""])[0].strip()
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
@@ -796,6 +910,38 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
 
     def bad_request(self, message: str, field: str | None = None) -> web.Response:
         return _message(400, message)
+
+
+#: Mailgun's limit on a whole message.
+MAILGUN_MAX_MESSAGE_BYTES = 25 * 1000 * 1000
+#: The form fields Mailgun takes files in.
+MAILGUN_FILE_FIELDS = ("attachment", "inline")
+
+
+def _mailgun_files(post: Any) -> tuple[ReceivedFile, ...] | web.Response:
+    """The file parts of a Mailgun form, read (and their temporary files closed); a 400
+    for a file in another field. An ``inline`` part's file name is its Content-ID."""
+    files: list[ReceivedFile] = []
+    problem = None
+    for key in post:
+        for value in post.getall(key):
+            if not isinstance(value, FileField):
+                continue
+            with value.file:
+                data = value.file.read()
+            if key not in MAILGUN_FILE_FIELDS:
+                problem = _message(400, f"'{key}' parameter is not a file parameter")
+                continue
+            files.append(
+                ReceivedFile(
+                    disposition=key,
+                    filename=value.filename,
+                    content_type=value.content_type,
+                    data=data,
+                    content_id=value.filename if key == "inline" else None,
+                )
+            )
+    return problem if problem is not None else tuple(files)
 
 
 def _text(value: str | bytes | bytearray | FileField) -> str:

@@ -58,7 +58,14 @@ class Process:
 
 async def start_mailman(env: Mapping[str, str], log: Path, *argv: str) -> Process:
     """Start ``python mailman.py ARGV`` and wait until it is ready (or fail with its log)."""
-    full_env = {**os.environ, "MAILMAN_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"}
+    # No SMTP listener unless ``env`` asks for one: 2525 is one port for every test.
+    full_env = {
+        **os.environ,
+        "MAILMAN_PORT": "0",
+        "MAILMAN_SMTP_PORT": "0",
+        **env,
+        "MAILMAN_LOG_FORMAT": "json",
+    }
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
