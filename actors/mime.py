@@ -28,6 +28,10 @@ taken, and from where:
   ``routes.validation``: printable ASCII, not ``X-Mailman-``, ``X-SG-``,
   ``X-SMTPAPI``, ``X-Mailgun-``, the first of a name only, at most
   ``MAX_HEADERS``). Others are dropped, not refused.
+- ``tags``, ``metadata``, ``send_at``: from the headers of the providers' own
+  SMTP services (``provider_options``): SendGrid's ``X-SMTPAPI`` and
+  Mailgun's ``X-Mailgun-Tag``, ``-Variables`` and ``-Deliver-By``, so an app
+  that set them for SendGrid or Mailgun keeps its tags and variables.
 
 Every other header is dropped: ``Received``, ``Message-ID``, ``Date``,
 ``MIME-Version``, ``Content-*``, ``Return-Path``, ``DKIM-Signature``, ``Bcc``,
@@ -42,10 +46,14 @@ from __future__ import annotations
 
 import base64
 import email
+import email.parser
 import email.policy
+import email.utils
+import json
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any
@@ -66,6 +74,25 @@ _FROM, _TO, _CC, _REPLY_TO, _SUBJECT = "from", "to", "cc", "reply-to", "subject"
 #: RFC 2046 allows it no base64, so it travels as plain bytes).
 _OCTETS = "application/octet-stream"
 _LINE_END = re.compile(r"\r\n?")
+
+
+#: A ``Message-ID`` worth deduplicating by: ``<left@right>``, printable ASCII, no spaces.
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}@[!-;=?-~]{1,250}>")
+#: The longest ``Message-ID`` kept as a key (``Idempotency-Key`` takes 255 with its prefix).
+_MAX_MESSAGE_ID = 240
+
+
+def message_id(raw: bytes) -> str | None:
+    """The mail's own ``Message-ID`` (headers only are parsed); None if it has none, or
+    more than one, or one that is not a plain ``<left@right>`` of at most 240 characters."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    found = headers.get_all("Message-ID") or []
+    if len(found) != 1:
+        return None
+    value = str(found[0]).strip()
+    if len(value) > _MAX_MESSAGE_ID or not _MESSAGE_ID.fullmatch(value):
+        return None
+    return value
 
 
 def to_body(raw: bytes, *, mail_from: str | None, recipients: Sequence[str]) -> dict[str, Any]:
@@ -117,6 +144,7 @@ def to_body(raw: bytes, *, mail_from: str | None, recipients: Sequence[str]) -> 
     headers = custom_headers(message)
     if headers:
         body["headers"] = headers
+    body.update(provider_options(message, errors))
     if errors:
         raise ValidationFailed(errors)
     return body
@@ -285,6 +313,81 @@ def _content_id(part: MIMEPart) -> str | None:
     if cid.startswith("<") and cid.endswith(">"):
         cid = cid[1:-1].strip()
     return cid or None
+
+
+#: What X-SMTPAPI (SendGrid's SMTP API header) keys become; other keys are refused.
+_SMTPAPI_KEYS = {"category": "tags", "unique_args": "metadata", "send_at": "send_at"}
+
+
+def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[str, Any]:
+    """Tags, metadata and ``send_at`` from the headers an app written for a provider's
+    SMTP service sets: SendGrid's ``X-SMTPAPI`` JSON (``category``, ``unique_args``,
+    ``send_at``) and Mailgun's ``X-Mailgun-Tag`` (repeated), ``X-Mailgun-Variables``
+    (a JSON object) and ``X-Mailgun-Deliver-By`` (an RFC 2822 date). Errors name the
+    header (``headers.X-SMTPAPI``); other SMTP API options (batch ``to``,
+    substitutions, filters...) are refused, as the HTTP endpoints refuse them."""
+    out: dict[str, Any] = {}
+    tags: list[str] = []
+    metadata: dict[str, Any] = {}
+    smtpapi = _json_header(message, "X-SMTPAPI", errors)
+    if smtpapi is not None:
+        for key, value in smtpapi.items():
+            if key not in _SMTPAPI_KEYS:
+                errors.append(
+                    FieldError("headers.X-SMTPAPI", f"{key!r} is not supported by Mailman")
+                )
+            elif key == "category" and isinstance(value, str | list):
+                tags += [value] if isinstance(value, str) else value
+            elif key == "unique_args" and isinstance(value, dict):
+                metadata.update(value)
+            elif key == "send_at" and isinstance(value, int) and not isinstance(value, bool):
+                out["send_at"] = _rfc3339(float(value))
+            else:
+                errors.append(FieldError("headers.X-SMTPAPI", f"{key!r} has the wrong type"))
+    tags += [_fix(str(v)).strip() for v in message.get_all("X-Mailgun-Tag") or []]
+    variables = _json_header(message, "X-Mailgun-Variables", errors)
+    if variables is not None:
+        metadata.update(variables)
+    deliver_by = message.get("X-Mailgun-Deliver-By")
+    if deliver_by is not None:
+        try:
+            when = email.utils.parsedate_to_datetime(str(deliver_by))
+        except (TypeError, ValueError):
+            when = None
+        if when is None or when.tzinfo is None:
+            errors.append(FieldError("headers.X-Mailgun-Deliver-By", "is not an RFC 2822 date"))
+        else:
+            out["send_at"] = _rfc3339(when.timestamp())
+    if tags:
+        out["tags"] = tags
+    if metadata:
+        # Mailman's metadata is a string map; numbers and the like are kept as their JSON.
+        out["metadata"] = {
+            k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+            for k, v in metadata.items()
+        }
+    return out
+
+
+def _json_header(
+    message: EmailMessage, name: str, errors: list[FieldError]
+) -> dict[str, Any] | None:
+    """A header holding a JSON object (None without it; an error naming it if not one)."""
+    raw = message.get(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(_fix(str(raw)))
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        errors.append(FieldError(f"headers.{name}", "must be a JSON object"))
+        return None
+    return value
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def custom_headers(message: EmailMessage) -> dict[str, str]:

@@ -58,13 +58,13 @@ from config.logging import get_logger
 from routes import Outbound
 from routes.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
 from routes.backlog import Backlog, refresher
-from routes.errors import Problem
-from routes.intake import Intake, refused
+from routes.errors import IDEMPOTENCY_MISMATCH, Problem
+from routes.intake import Accepted, Intake, refused
 from routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
 
 from .keys import Scope
 from .lifecycle import Actor
-from .mime import to_body
+from .mime import message_id, to_body
 from .store import Store, StoreUnavailable
 
 log = get_logger("mailman.smtp")
@@ -79,6 +79,8 @@ MAX_REPLY_LINES = 10
 MAX_REPLY_TEXT = 400
 
 TEMPORARY = "451 4.3.0"
+#: Mails are deduplicated by their Message-ID, as by an ``Idempotency-Key`` of this prefix.
+MESSAGE_ID_KEY = "smtp:"
 AUTH_SUCCESS = "235 2.7.0 Authentication successful"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure: try again later"
@@ -132,6 +134,8 @@ def refusal(problem: Problem) -> str:
         return f"{TEMPORARY} Rate limited: this key sends too fast. Try again{later}"
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again{later}"
+    if status == HTTPStatus.CONFLICT:  # the same Message-ID is being committed right now
+        return f"{TEMPORARY} This mail is being taken already. Try again{later}"
     if 400 <= status < 500:
         return _reply("554 5.6.0", [problem.detail])
     return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again later"
@@ -279,6 +283,27 @@ class SmtpHandler:
         # stored or not, and the count of busy mails stays right.
         return await asyncio.shield(task)
 
+    async def _accept(
+        self, raw: bytes, body: dict[str, Any], principal: Principal, request_id: str
+    ) -> Accepted:
+        """Accept the mail, once per ``Message-ID``: a client (or a relaying MTA) that sends
+        a mail again because it never got the ``250`` gets the first mail's id back, and
+        nothing is sent twice. The same ``Message-ID`` on another mail is a new mail."""
+        msgid = message_id(raw)
+        key = None if msgid is None else MESSAGE_ID_KEY + msgid
+        try:
+            return await self.intake.accept(
+                body, principal=principal, request_id=request_id, idempotency_key=key
+            )
+        except Problem as problem:
+            if key is None or problem.type != IDEMPOTENCY_MISMATCH:
+                raise
+        log.info("smtp.message_id_reused", request_id=request_id)
+        # Backlog and rate were charged by the first try.
+        return await self.intake.accept(
+            body, principal=principal, request_id=request_id, checked=True
+        )
+
     async def _deliver(
         self, raw: bytes, sender: str | None, recipients: tuple[str, ...], principal: Principal
     ) -> str:
@@ -292,7 +317,7 @@ class SmtpHandler:
                 )
             else:
                 body = to_body(raw, mail_from=sender, recipients=recipients)
-            accepted = await self.intake.accept(body, principal=principal, request_id=request_id)
+            accepted = await self._accept(raw, body, principal, request_id)
         except ValidationFailed as exc:
             return self._refused(refused(exc), request_id)
         except Problem as problem:
@@ -308,7 +333,7 @@ class SmtpHandler:
             if self.busy == 0:
                 self.idle.set()
         log.info(
-            "smtp.accepted",
+            "smtp.replayed" if accepted.replayed else "smtp.accepted",
             mail_id=accepted.mail_id,
             recipients=accepted.recipients,
             tenant=principal.tenant,
@@ -354,15 +379,34 @@ class SmtpProtocol(SMTP):
     """aiosmtpd's protocol (one per connection), known to its server for the stop, with
     enhanced status codes on aiosmtpd's own size refusals."""
 
-    def __init__(self, handler: SmtpHandler, *, connections: set[SmtpProtocol], **kwargs: Any):
+    def __init__(
+        self,
+        handler: SmtpHandler,
+        *,
+        connections: set[SmtpProtocol],
+        max_connections: int,
+        **kwargs: Any,
+    ):
         super().__init__(handler, **kwargs)
         self.connections = connections
+        self.max_connections = max_connections
+        #: Turned away at connect (too many connections): aiosmtpd never ran on it.
+        self.turned_away = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self not in self.connections and len(self.connections) >= self.max_connections:
+            self.turned_away = True
+            log.warning("smtp.too_many_connections", limit=self.max_connections)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")
+            transport.close()
+            return
         super().connection_made(transport)
         self.connections.add(self)  # called again after STARTTLS: a set keeps it once
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.turned_away:
+            return
         self.connections.discard(self)
         super().connection_lost(error)
 
@@ -421,6 +465,7 @@ class SmtpServer(Actor):
         return SmtpProtocol(
             self.handler,
             connections=self.connections,
+            max_connections=self.config.smtp.max_connections,
             data_size_limit=self.max_bytes,
             hostname=self.hostname,
             ident=IDENT,

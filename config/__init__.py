@@ -157,6 +157,9 @@ class SmtpConfig:
     tls_key: Path | None = None
     #: The largest mail accepted (the SIZE extension), in bytes; None: ``Config.max_body_bytes``.
     max_bytes: int | None = None
+    #: Connections served at once; more are told ``421`` and closed (each may hold
+    #: a mail of up to ``max_bytes`` in memory while it arrives).
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,7 @@ ENV_ONLY = (
     "MAILMAN_SMTP_TLS_CERT",
     "MAILMAN_SMTP_TLS_KEY",
     "MAILMAN_SMTP_MAX_BYTES",
+    "MAILMAN_SMTP_MAX_CONNECTIONS",
 )
 
 _EPILOG = (
@@ -636,6 +640,7 @@ def _smtp(env: Mapping[str, str]) -> SmtpConfig:
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
         max_bytes=max_bytes,
+        max_connections=_integer(env, "MAILMAN_SMTP_MAX_CONNECTIONS", 100, minimum=1),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from actors.mime import to_body
+from actors.mime import message_id, to_body
 from routes.validation import MAX_HEADERS, ValidationFailed, parse_mail
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 8
@@ -216,3 +216,63 @@ def test_a_mail_with_only_a_file_has_no_body_and_validation_says_so() -> None:
     with pytest.raises(ValidationFailed) as caught:
         parse_mail(body, mail_id="01JZ0000000000000000000000", default_subject="-", now=0.0)
     assert [e.field for e in caught.value.errors] == ["content"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"Message-ID: <a.1@shop.example.com>\r\n", "<a.1@shop.example.com>"),
+        (b"Message-Id:  <a.1@shop.example.com> \r\n", "<a.1@shop.example.com>"),
+        (b"", None),
+        (b"Message-ID: <a@b>\r\nMessage-ID: <c@d>\r\n", None),
+        (b"Message-ID: no-brackets@example.com\r\n", None),
+        (b"Message-ID: <has space@example.com>\r\n", None),
+        (b"Message-ID: <" + b"x" * 240 + b"@example.com>\r\n", None),
+    ],
+)
+def test_message_id_is_read_when_it_is_one_plain_id(headers: bytes, expected: str | None) -> None:
+    """One plain <left@right> Message-ID is the dedupe key; none, two or odd ones are not."""
+    raw = b"From: a@example.com\r\n" + headers + b"Subject: x\r\n\r\nbody\r\n"
+    assert message_id(raw) == expected
+
+
+def test_sendgrid_smtpapi_header_gives_tags_metadata_and_send_at() -> None:
+    """X-SMTPAPI's category, unique_args and send_at become tags, metadata and send_at."""
+    smtpapi = '{"category": ["welcome", "onboarding"], "unique_args": {"user": "42", "n": 7},'
+    smtpapi += ' "send_at": 1750003600}'
+    body = translate(message(X_SMTPAPI=smtpapi))
+    assert body["tags"] == ["welcome", "onboarding"]
+    assert body["metadata"] == {"user": "42", "n": "7"}
+    assert body["send_at"] == "2025-06-15T16:06:40+00:00"
+    assert "headers" not in body
+
+
+def test_mailgun_smtp_headers_give_tags_variables_and_delivery_time() -> None:
+    """X-Mailgun-Tag (repeated), X-Mailgun-Variables and X-Mailgun-Deliver-By are honoured."""
+    msg = message(X_Mailgun_Variables='{"order": "4711"}')
+    msg["X-Mailgun-Tag"] = "receipts"
+    msg["X-Mailgun-Tag"] = "eu"
+    msg["X-Mailgun-Deliver-By"] = "Sun, 15 Jun 2025 16:00:00 +0000"
+    body = translate(msg)
+    assert body["tags"] == ["receipts", "eu"]
+    assert body["metadata"] == {"order": "4711"}
+    assert body["send_at"] == "2025-06-15T16:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        ({"X_SMTPAPI": "not json"}, "headers.X-SMTPAPI"),
+        ({"X_SMTPAPI": '["a"]'}, "headers.X-SMTPAPI"),
+        ({"X_SMTPAPI": '{"to": ["a@example.com", "b@example.com"]}'}, "headers.X-SMTPAPI"),
+        ({"X_SMTPAPI": '{"category": 5}'}, "headers.X-SMTPAPI"),
+        ({"X_SMTPAPI": '{"send_at": "tomorrow"}'}, "headers.X-SMTPAPI"),
+        ({"X_Mailgun_Variables": "{broken"}, "headers.X-Mailgun-Variables"),
+        ({"X_Mailgun_Deliver_By": "someday"}, "headers.X-Mailgun-Deliver-By"),
+    ],
+)
+def test_provider_headers_mailman_cannot_honour_are_refused_naming_them(
+    headers: dict[str, str], field: str
+) -> None:
+    """A provider header that is not what it should be, or asks for batch sending, is refused."""
+    assert field in refused(message(**headers))

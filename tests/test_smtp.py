@@ -383,6 +383,54 @@ async def test_an_invalid_from_is_refused_naming_the_field_and_nothing_is_stored
     assert lines[1].startswith("5.1.7 from: ")
 
 
+async def test_a_mail_sent_again_with_its_message_id_is_taken_once(
+    tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
+) -> None:
+    """The same mail again (a client that lost the 250) gets the first id back and goes out
+    once; another mail with the same Message-ID, or with none, is a new mail."""
+    config = smtp_config(tmp_path, provider_env(sendgrid, mailgun))
+    msg = message()
+    msg["Message-ID"] = "<order-4711@shop.example.com>"
+    reused = message("Another mail")
+    reused["Message-ID"] = msg["Message-ID"]
+    bare = message()
+    recipients = ["ann@example.com"]
+    async with embedded(config) as mailman:
+        port = mailman.smtp_port
+        first = queued_id((await in_thread(transaction, port, msg, recipients))[1])
+        again = queued_id((await in_thread(transaction, port, msg, recipients))[1])
+        other = queued_id((await in_thread(transaction, port, reused, recipients))[1])
+        plain = [queued_id((await in_thread(transaction, port, bare, recipients))[1]) for _ in "ab"]
+        for mail_id in (first, other, *plain):
+            await wait_sent(http, mailman.url, mail_id)
+    assert again == first
+    assert len({first, other, *plain}) == 4
+    assert sorted(sendgrid.mail_ids()) == sorted([first, other, *plain])
+
+
+def connect(port: int) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", port, timeout=10)
+
+
+async def test_connections_past_the_limit_get_421_and_the_rest_are_served(
+    tmp_path: Path,
+) -> None:
+    """With a limit of 2, a third connection is told 421 at once; once one closes, a new
+    connection is served again."""
+    config = smtp_config(tmp_path)
+    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, max_connections=2))
+    async with embedded(config) as mailman:
+        port = mailman.smtp_port
+        first, second = await in_thread(connect, port), await in_thread(connect, port)
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            await in_thread(connect, port)
+        assert refused.value.smtp_code == 421
+        await in_thread(first.quit)
+        code, reply = await in_thread(transaction, port, message(), ["ann@example.com"])
+        await in_thread(second.quit)
+    assert code == 250, reply
+
+
 async def test_a_locked_store_is_a_transient_451(tmp_path: Path) -> None:
     """The store not answering in time: 451 4.3.0 (the client tries again), nothing lost."""
     config = smtp_config(tmp_path, {"MAILMAN_STORE_TIMEOUT_SECONDS": "0.3"})
@@ -447,11 +495,15 @@ async def test_stopping_says_421_to_an_idle_connection_and_is_prompt(tmp_path: P
             Problem(503, "backlog", headers={"Retry-After": "5"}),
             "451 4.3.0 Mailman cannot take mail now; nothing was stored. Try again in 5 s",
         ),
+        (
+            Problem(409, "in flight", headers={"Retry-After": "1"}),
+            "451 4.3.0 This mail is being taken already. Try again in 1 s",
+        ),
     ],
 )
 def test_refusals_are_worded_as_smtp_replies(problem: Problem, reply: str) -> None:
-    """422 is 550 (5.1.3 for a recipient), 413 is 552 5.3.4, 429 and 503 are a transient 451;
-    one reply line per field, printable ASCII only."""
+    """422 is 550 (5.1.3 for a recipient), 413 is 552 5.3.4, 429, 503 and 409 (the same
+    Message-ID in flight) are a transient 451; one reply line per field, printable ASCII."""
     assert refusal(problem) == reply
 
 
