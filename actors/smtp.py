@@ -55,7 +55,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from config import Config, tls_server_context
 from config.logging import get_logger
-from routes import Outbound
+from routes import HttpMetrics, Outbound
 from routes.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
 from routes.backlog import Backlog, refresher
 from routes.errors import IDEMPOTENCY_MISMATCH, Problem
@@ -150,9 +150,12 @@ class SmtpHandler:
     """aiosmtpd's handler: the AUTH, MAIL, RCPT and DATA hooks (one, shared by every
     connection of the actor)."""
 
-    def __init__(self, *, intake: Intake, keyring: Keyring) -> None:
+    def __init__(
+        self, *, intake: Intake, keyring: Keyring, metrics: HttpMetrics | None = None
+    ) -> None:
         self.intake = intake
         self.keyring = keyring
+        self.metrics = metrics
         #: Mails being translated or committed now; ``idle`` is set while there are none.
         self.busy = 0
         self.idle = asyncio.Event()
@@ -161,10 +164,19 @@ class SmtpHandler:
 
     # --- AUTH ---------------------------------------------------------------------
 
+    def counted(self, stage: str, reply: str | None) -> str | None:
+        """``reply``, counted in ``mailman_smtp_replies_total`` by stage and code."""
+        if self.metrics is not None and reply is not None:
+            self.metrics.smtp_reply(stage, reply[:3])
+        return reply
+
     async def handle_AUTH(
         self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> str | None:
         """AUTH PLAIN and LOGIN against the store's keys; None when already answered."""
+        return self.counted("auth", await self._auth(server, session, args))
+
+    async def _auth(self, server: SMTP, session: Session, args: list[str]) -> str | None:
         mechanism = args[0].upper()
         if mechanism == "PLAIN":
             password = await self._plain(server, args)
@@ -268,6 +280,11 @@ class SmtpHandler:
     # --- DATA -------------------------------------------------------------------
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await self._data(session, envelope)
+        self.counted("data", reply)
+        return reply
+
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         principal = await self.principal(session)
         if isinstance(principal, str):
             return principal
@@ -390,6 +407,7 @@ class SmtpProtocol(SMTP):
         super().__init__(handler, **kwargs)
         self.connections = connections
         self.max_connections = max_connections
+        self.counted = handler.counted
         #: Turned away at connect (too many connections): aiosmtpd never ran on it.
         self.turned_away = False
 
@@ -397,8 +415,10 @@ class SmtpProtocol(SMTP):
         if self not in self.connections and len(self.connections) >= self.max_connections:
             self.turned_away = True
             log.warning("smtp.too_many_connections", limit=self.max_connections)
+            reply = "421 4.7.0 Too many connections; try again later"
+            self.counted("connect", reply)
             if isinstance(transport, asyncio.WriteTransport):
-                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")
+                transport.write(reply.encode() + b"\r\n")
             transport.close()
             return
         super().connection_made(transport)
@@ -439,7 +459,13 @@ class SmtpServer(Actor):
     """
 
     def __init__(
-        self, *, store: Store, outbound: Outbound, config: Config, port: int | None = None
+        self,
+        *,
+        store: Store,
+        outbound: Outbound,
+        config: Config,
+        port: int | None = None,
+        metrics: HttpMetrics | None = None,
     ) -> None:
         super().__init__("smtp")
         smtp = config.smtp
@@ -452,7 +478,7 @@ class SmtpServer(Actor):
         self.keyring = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
         self.backlog = Backlog(config.backlog_limit)
         intake = Intake(store=store, outbound=outbound, config=config, backlog=self.backlog)
-        self.handler = SmtpHandler(intake=intake, keyring=self.keyring)
+        self.handler = SmtpHandler(intake=intake, keyring=self.keyring, metrics=metrics)
         self.connections: set[SmtpProtocol] = set()
         self.tls: ssl.SSLContext | None = None
         #: The name in the greeting (aiosmtpd's default asks DNS, once per connection).

@@ -253,8 +253,10 @@ class Mailman:
         self.nudge = Nudge(remote)
         #: The API's requests in flight: the relay beside it puts accepts first.
         self.load = Load()
-        #: This process's HTTP metrics, kept across restarts of the API actor.
-        self.http_metrics = HttpMetrics(config.metrics_dir) if ROLE_API in self.roles else None
+        #: This process's HTTP (and SMTP) metrics, kept across restarts of their actors.
+        self.http_metrics = (
+            HttpMetrics(config.metrics_dir) if self.roles & {ROLE_API, ROLE_SMTP} else None
+        )
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -408,6 +410,7 @@ class Mailman:
             outbound=self.nudge,
             config=self.config,
             port=self._smtp.port if self._smtp is not None else None,
+            metrics=self.http_metrics,
         )
         return self._smtp
 

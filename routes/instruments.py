@@ -1,9 +1,11 @@
 """Per-process HTTP metrics, counted for every request by ``request_id_middleware``.
 
-Two prometheus-client metrics:
+Three prometheus-client metrics:
 
 - ``mailman_http_requests_total{method, route, status}``, a counter;
-- ``mailman_http_request_duration_seconds{method, route}``, a histogram.
+- ``mailman_http_request_duration_seconds{method, route}``, a histogram;
+- ``mailman_smtp_replies_total{stage, code}``, a counter of the SMTP actor's
+  answers that matter (``connect``: turned away; ``auth``; ``data``: a mail's).
 
 ``route`` is the template of the route that took the request
 (``/mail/{id}/status``), never the raw path, so ids never become labels;
@@ -68,6 +70,12 @@ class HttpMetrics:
             ("method", "route", "status"),
             registry=own,
         )
+        self._smtp = Counter(
+            "mailman_smtp_replies",
+            "SMTP replies by stage (connect: turned away; auth; data: a mail's answer) and code",
+            ("stage", "code"),
+            registry=own,
+        )
         self._duration = Histogram(
             "mailman_http_request_duration_seconds",
             "Time from a request's headers to its answer, by method and route template",
@@ -104,6 +112,11 @@ class HttpMetrics:
         if label == method:  # an odd method is looked up each time: the cache stays bounded
             self._children[(method, route, status)] = child
         return child
+
+    def smtp_reply(self, stage: str, code: str) -> None:
+        """Count one SMTP reply (``actors.smtp``): ``stage`` connect, auth or data, and the
+        reply's three-digit ``code`` (a bounded set)."""
+        self._smtp.labels(stage, code).inc()
 
     def exposition(self) -> bytes:
         """The HTTP metrics in Prometheus' text format (every process's, in multiprocess mode)."""

@@ -413,10 +413,10 @@ def connect(port: int) -> smtplib.SMTP:
 
 
 async def test_connections_past_the_limit_get_421_and_the_rest_are_served(
-    tmp_path: Path,
+    tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """With a limit of 2, a third connection is told 421 at once; once one closes, a new
-    connection is served again."""
+    connection is served again; /metrics counts the 421 and the mail's 250."""
     config = smtp_config(tmp_path)
     config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, max_connections=2))
     async with embedded(config) as mailman:
@@ -428,7 +428,11 @@ async def test_connections_past_the_limit_get_421_and_the_rest_are_served(
         await in_thread(first.quit)
         code, reply = await in_thread(transaction, port, message(), ["ann@example.com"])
         await in_thread(second.quit)
+        async with http.get(f"{mailman.url}/metrics") as resp:
+            metrics = await resp.text()
     assert code == 250, reply
+    assert 'mailman_smtp_replies_total{code="421",stage="connect"} 1.0' in metrics
+    assert 'mailman_smtp_replies_total{code="250",stage="data"} 1.0' in metrics
 
 
 async def test_a_locked_store_is_a_transient_451(tmp_path: Path) -> None:
