@@ -161,21 +161,35 @@ def _fix(value: str) -> str:
 
 
 def _header_text(message: EmailMessage, name: str) -> str | None:
-    """A header's decoded value (encoded-words decoded, unfolded); None if absent."""
-    value = message.get(name)
+    """A header's decoded value (encoded-words decoded, unfolded); None if absent. A value
+    the email package cannot parse (``From: <``: its parsers raise on some) is the raw
+    text, unfolded, for validation to judge."""
+    try:
+        value = message.get(name)
+    except Exception:  # the email package's header parsers choke on some malformed values
+        value = _raw_header(message, name)
     if value is None:
         return None
     return _fix(str(value)).replace("\t", " ").strip()
 
 
+def _raw_header(message: Message, name: str) -> str | None:
+    """The first ``name`` header's value as sent, unfolded; None if absent."""
+    wanted = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == wanted:
+            return re.sub(r"\r?\n[ \t]", " ", str(value))
+    return None
+
+
 def _addresses(message: EmailMessage, name: str) -> tuple[HeaderAddress, ...] | None:
     """The addresses of an address header; None if absent or not parseable as addresses."""
-    header = message.get(name)
-    if header is None:
-        return None
     try:
-        found = tuple(getattr(header, "addresses", ()))
+        header = message.get(name)
+        found = tuple(getattr(header, "addresses", ())) if header is not None else None
     except Exception:  # the email package's parser has choked on odd headers before
+        return None
+    if found is None:
         return None
     return tuple(a for a in found if a.username and a.domain)
 
@@ -315,6 +329,8 @@ def _content_id(part: MIMEPart) -> str | None:
     return cid or None
 
 
+#: The last second of year 9999: a later unix time cannot be written as a date.
+_LAST_UNIX_TIME = 253_402_300_799
 #: What X-SMTPAPI (SendGrid's SMTP API header) keys become; other keys are refused.
 _SMTPAPI_KEYS = {"category": "tags", "unique_args": "metadata", "send_at": "send_at"}
 
@@ -340,15 +356,19 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
                 tags += [value] if isinstance(value, str) else value
             elif key == "unique_args" and isinstance(value, dict):
                 metadata.update(value)
-            elif key == "send_at" and isinstance(value, int) and not isinstance(value, bool):
+            elif key == "send_at" and type(value) is int and 0 <= value <= _LAST_UNIX_TIME:
                 out["send_at"] = _rfc3339(float(value))
             else:
                 errors.append(FieldError("headers.X-SMTPAPI", f"{key!r} has the wrong type"))
-    tags += [_fix(str(v)).strip() for v in message.get_all("X-Mailgun-Tag") or []]
+    tags += [
+        _fix(v).strip()
+        for k, v in message.raw_items()
+        if k.lower() == "x-mailgun-tag" and isinstance(v, str)
+    ]
     variables = _json_header(message, "X-Mailgun-Variables", errors)
     if variables is not None:
         metadata.update(variables)
-    deliver_by = message.get("X-Mailgun-Deliver-By")
+    deliver_by = _header_text(message, "X-Mailgun-Deliver-By")
     if deliver_by is not None:
         try:
             when = email.utils.parsedate_to_datetime(str(deliver_by))
@@ -373,7 +393,7 @@ def _json_header(
     message: EmailMessage, name: str, errors: list[FieldError]
 ) -> dict[str, Any] | None:
     """A header holding a JSON object (None without it; an error naming it if not one)."""
-    raw = message.get(name)
+    raw = _header_text(message, name)
     if raw is None:
         return None
     try:
@@ -394,12 +414,12 @@ def custom_headers(message: EmailMessage) -> dict[str, str]:
     """The ``X-`` headers Mailman can carry, in order; the first of each name only."""
     out: dict[str, str] = {}
     seen: set[str] = set()
-    for name, raw in message.items():
+    for name, _ in message.raw_items():
         lowered = name.lower()
         if not lowered.startswith("x-") or lowered in seen:
             continue
         seen.add(lowered)
-        value = _fix(str(raw)).replace("\t", " ").strip()
+        value = _header_text(message, name) or ""
         problem = header_name_problem(name) or header_value_problem(value)
         if problem is None and len(name) + 2 + len(value) <= MAX_HEADER_LINE:
             out[name] = value

@@ -12,6 +12,8 @@ from email.mime.text import MIMEText
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.mime import message_id, to_body
 from routes.validation import MAX_HEADERS, ValidationFailed, parse_mail
@@ -276,3 +278,66 @@ def test_provider_headers_mailman_cannot_honour_are_refused_naming_them(
 ) -> None:
     """A provider header that is not what it should be, or asks for batch sending, is refused."""
     assert field in refused(message(**headers))
+
+
+_HEADER_NAMES = st.sampled_from(
+    [
+        b"From",
+        b"To",
+        b"Cc",
+        b"Subject",
+        b"Reply-To",
+        b"Content-Type",
+        b"Content-Transfer-Encoding",
+        b"Content-Disposition",
+        b"Content-ID",
+        b"Message-ID",
+        b"X-SMTPAPI",
+        b"X-Mailgun-Variables",
+        b"X-Mailgun-Tag",
+        b"X-Mailgun-Deliver-By",
+        b"X-Custom",
+    ]
+)
+_HEADER_VALUES = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"<",
+            b"<@",
+            b"Ann <ann@example.com>",
+            b"multipart/mixed; boundary=XX",
+            b"text/plain; charset=bogus",
+            b"base64",
+            b"inline; filename*=utf-8''%E2%82%AC.png",
+            b'{"send_at": 99999999999999}',
+            b'{"category": [1, 2], "unique_args": {"a": [1]}}',
+            b"=?utf-8?b?w6k=?=",
+        ]
+    ),
+)
+_PARTS = (
+    b"--XX\r\nContent-Type: text/plain\r\n\r\nhi\r\n--XX\r\nContent-Type: image/png\r\n"
+    b"Content-Transfer-Encoding: base64\r\nContent-ID: <x>\r\n\r\n!!!\r\n--XX--\r\n"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=8),
+    payload=st.one_of(st.binary(max_size=120), st.just(_PARTS)),
+    recipients=st.lists(st.sampled_from(["ann@example.com", "x@y", "<>"]), max_size=3),
+)
+def test_any_bytes_are_a_body_or_a_refusal_naming_fields(
+    headers: list[tuple[bytes, bytes]], payload: bytes, recipients: list[str]
+) -> None:
+    """Whatever a client sends, the translation (and then validation) gives a body or a
+    ValidationFailed, never another exception, which SMTP would answer as a transient 451
+    for a client to retry forever."""
+    raw = b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + payload
+    message_id(raw)
+    try:
+        body = to_body(raw, mail_from="bounce@example.com", recipients=recipients)
+        parse_mail(body, mail_id="01J", default_subject="(none)", now=1.7e9)
+    except ValidationFailed as exc:
+        assert exc.errors
