@@ -79,6 +79,18 @@ _LINKS = {"type": "array", "items": {"type": "object", "additionalProperties": {
 
 _STATUSES = [s.value for s in Status]
 
+#: The headers of an accepted submission, beside its own: a repeat, and the caller's rate.
+_ACCEPTED_HEADERS = {
+    IDEMPOTENT_REPLAYED: {
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": "Present on a repeat answered from the first",
+    },
+    **{
+        name: {"$ref": f"#/components/headers/{name}"}
+        for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+    },
+}
+
 _COMMON_ERRORS = {
     "401": _problem("No key, or an unknown or revoked key", "WWW-Authenticate"),
     "403": _problem("The key lacks the scope this endpoint needs"),
@@ -238,15 +250,7 @@ DOCUMENT: dict[str, Any] = {
                                 "schema": {"type": "string"},
                                 "description": "The mail: /mail/{id}",
                             },
-                            IDEMPOTENT_REPLAYED: {
-                                "schema": {"type": "string", "enum": ["true"]},
-                                "description": "Present on a repeat answered from the first",
-                            },
-                            "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
-                            "RateLimit-Remaining": {
-                                "$ref": "#/components/headers/RateLimit-Remaining"
-                            },
-                            "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                            **_ACCEPTED_HEADERS,
                         },
                         "content": {_JSON: {"schema": _ref("Accepted")}},
                         "links": {
@@ -1166,13 +1170,7 @@ DOCUMENT["paths"]["/v3/{domain}/messages"] = {
                         "schema": {"type": "string"},
                         "description": "The mail: /mail/{id} (absent in test mode)",
                     },
-                    IDEMPOTENT_REPLAYED: {
-                        "schema": {"type": "string", "enum": ["true"]},
-                        "description": "Present on a repeat answered from the first",
-                    },
-                    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
-                    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimit-Remaining"},
-                    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                    **_ACCEPTED_HEADERS,
                 },
                 "content": {
                     _JSON: {
@@ -1398,13 +1396,7 @@ DOCUMENT["paths"][SENDGRID_PATH] = {
                         "schema": {"type": "string"},
                         "description": "Every mail's id, comma-separated, in order",
                     },
-                    IDEMPOTENT_REPLAYED: {
-                        "schema": {"type": "string", "enum": ["true"]},
-                        "description": "Present on a repeat answered from the first",
-                    },
-                    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
-                    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimit-Remaining"},
-                    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+                    **_ACCEPTED_HEADERS,
                 },
             },
             "400": _sendgrid_error(

@@ -68,18 +68,6 @@ async def keys(tmp_path: Path) -> Keys:
 
 
 @pytest.fixture
-async def sendgrid() -> AsyncIterator[FakeSendGrid]:
-    async with FakeSendGrid() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def mailgun() -> AsyncIterator[FakeMailgun]:
-    async with FakeMailgun() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def mailman(
     tmp_path: Path, keys: Keys, sendgrid: FakeSendGrid, mailgun: FakeMailgun
 ) -> AsyncIterator[Mailman]:

@@ -86,18 +86,6 @@ async def new_key(tmp_path: Path, scope: Scope = Scope.SEND, rate: float | None 
 
 
 @pytest.fixture
-async def sendgrid() -> AsyncIterator[FakeSendGrid]:
-    async with FakeSendGrid(api_key="SG.provider-key") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def mailgun() -> AsyncIterator[FakeMailgun]:
-    async with FakeMailgun(api_key="key-provider", domain="mg.example.com") as fake:
-        yield fake
-
-
-@pytest.fixture
 async def running(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun
 ) -> AsyncIterator[Running]:
