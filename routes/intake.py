@@ -238,10 +238,11 @@ class Intake:
         return accepted
 
     async def hand_on(self, mail: Mail) -> None:
-        """Wake the senders for a committed mail (scheduled mails wait for their time)."""
-        self.backlog.accepted()
+        """Wake the senders for a committed mail (scheduled mails wait for their time, and
+        are no part of the backlog till then)."""
         if mail.send_at is not None:
             return
+        self.backlog.accepted()
         try:
             await self.outbound.dispatch(Dispatch(mail_id=mail.id, accepted_at=mail.created_at))
         except Exception:

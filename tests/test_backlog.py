@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import UTC, datetime
 
 import pytest
 from pytest_aiohttp import AiohttpClient
@@ -11,6 +12,7 @@ from pytest_aiohttp import AiohttpClient
 from actors.messages import Status, StatusUpdate
 from actors.store import Store
 from config import Config
+from routes import BACKLOG
 from routes.backlog import RETRY_AFTER_SECONDS, Backlog
 
 from .conftest import eventually
@@ -65,3 +67,19 @@ async def test_a_full_backlog_refuses_new_mail_until_it_drains(
         return resp.status == 201
 
     await eventually(accepted_again, within=5, what="a 201 once the backlog was counted again")
+
+
+async def test_scheduled_mails_are_no_part_of_the_backlog(
+    client: Client, store: Store, outbound: CountingOutbound
+) -> None:
+    """Mails waiting for their send_at neither fill the backlog nor wake a sender."""
+    later = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
+    for _ in range(LIMIT):
+        resp = await client.post("/mail/send", json={**VALID, "send_at": later})
+        assert resp.status == 201
+        assert (await resp.json())["mail"]["status"] == "scheduled"
+    assert client.app[BACKLOG].size == 0
+    assert await store.backlog() == 0
+    assert outbound.dispatched == []
+    resp = await client.post("/mail/send", json=VALID)
+    assert resp.status == 201
