@@ -455,7 +455,8 @@ class SmtpServer(Actor):
     """Listens for SMTP clients; binds in ``start`` (after storage and mailboxes are ready).
 
     ``port``: the one to bind (``config.smtp.port`` when None; 0: any free one);
-    once started, the one bound.
+    once started, the one bound. ``tls_port`` likewise, for implicit TLS (with a
+    certificate only).
     """
 
     def __init__(
@@ -465,6 +466,7 @@ class SmtpServer(Actor):
         outbound: Outbound,
         config: Config,
         port: int | None = None,
+        tls_port: int | None = None,
         metrics: HttpMetrics | None = None,
     ) -> None:
         super().__init__("smtp")
@@ -483,11 +485,17 @@ class SmtpServer(Actor):
         self.tls: ssl.SSLContext | None = None
         #: The name in the greeting (aiosmtpd's default asks DNS, once per connection).
         self.hostname = socket.gethostname() or "mailman"
+        #: The implicit-TLS port (``config.smtp.tls_port`` when None), once bound the one
+        #: bound; None: none.
+        self.tls_port: int | None = tls_port if tls_port is not None else smtp.tls_port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    def _protocol(self) -> SmtpProtocol:
+    def _protocol(self, *, implicit: bool = False) -> SmtpProtocol:
+        """A connection's protocol: STARTTLS when a certificate is there; on the
+        implicit-TLS port the connection is TLS already (no STARTTLS, AUTH at once)."""
         return SmtpProtocol(
             self.handler,
             connections=self.connections,
@@ -495,9 +503,9 @@ class SmtpServer(Actor):
             data_size_limit=self.max_bytes,
             hostname=self.hostname,
             ident=IDENT,
-            tls_context=self.tls,
+            tls_context=None if implicit else self.tls,
             # AUTH needs TLS when TLS is there; without a certificate it works in the clear.
-            auth_require_tls=self.tls is not None,
+            auth_require_tls=self.tls is not None and not implicit,
             loop=self._loop,
         )
 
@@ -519,11 +527,21 @@ class SmtpServer(Actor):
             reuse_port=self.config.reuse_port or None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if self.tls_port is not None and self.tls is not None:
+            self._tls_server = await self._loop.create_server(
+                lambda: self._protocol(implicit=True),
+                self.host,
+                self.tls_port,
+                ssl=self.tls,
+                reuse_port=self.config.reuse_port or None,
+            )
+            self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
         log.info(
             "smtp.listening",
             host=self.host,
             port=self.port,
             starttls=self.tls is not None,
+            tls_port=self.tls_port if self._tls_server is not None else None,
             max_bytes=self.max_bytes,
         )
 
@@ -539,7 +557,10 @@ class SmtpServer(Actor):
 
     async def teardown(self) -> None:
         server, self._server = self._server, None
+        tls_server, self._tls_server = self._tls_server, None
         try:
+            if tls_server is not None:
+                tls_server.close()
             if server is not None:
                 server.close()
                 # Mails being committed finish and get their answer; then the rest go.

@@ -272,6 +272,13 @@ class Mailman:
         return self._smtp.port
 
     @property
+    def smtp_tls_port(self) -> int | None:
+        """The SMTP actor's implicit-TLS port (None: it has none)."""
+        if self._smtp is None:
+            raise RuntimeError("this process runs no SMTP server (role smtp)")
+        return self._smtp.tls_port
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("this process runs no HTTP server (role api)")
@@ -410,6 +417,7 @@ class Mailman:
             outbound=self.nudge,
             config=self.config,
             port=self._smtp.port if self._smtp is not None else None,
+            tls_port=self._smtp.tls_port if self._smtp is not None else None,
             metrics=self.http_metrics,
         )
         return self._smtp

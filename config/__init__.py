@@ -155,6 +155,9 @@ class SmtpConfig:
     #: A PEM certificate chain and its private key: STARTTLS is offered, and AUTH needs it.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: A second port speaking TLS from the first byte (implicit TLS, "SMTPS", as on 465)
+    #: with the same certificate; None: none. 0 binds any free port (from code: tests).
+    tls_port: int | None = None
     #: The largest mail accepted (the SIZE extension), in bytes; None: ``Config.max_body_bytes``.
     max_bytes: int | None = None
     #: Connections served at once; more are told ``421`` and closed (each may hold
@@ -328,6 +331,7 @@ ENV_ONLY = (
     "MAILMAN_SMTP_HOST",
     "MAILMAN_SMTP_TLS_CERT",
     "MAILMAN_SMTP_TLS_KEY",
+    "MAILMAN_SMTP_TLS_PORT",
     "MAILMAN_SMTP_MAX_BYTES",
     "MAILMAN_SMTP_MAX_CONNECTIONS",
 )
@@ -631,6 +635,18 @@ def _smtp(env: Mapping[str, str]) -> SmtpConfig:
         )
     if cert:
         tls_server_context(Path(cert), Path(key))
+    tls_port = _integer(env, "MAILMAN_SMTP_TLS_PORT", 0)
+    if tls_port > 65535:
+        raise ConfigError(
+            f"MAILMAN_SMTP_TLS_PORT must be between 0 (off) and 65535, got {tls_port}"
+        )
+    if tls_port and not cert:
+        raise ConfigError(
+            "MAILMAN_SMTP_TLS_PORT needs MAILMAN_SMTP_TLS_CERT and MAILMAN_SMTP_TLS_KEY "
+            "(the certificate it speaks TLS with)"
+        )
+    if tls_port and not port:
+        raise ConfigError("MAILMAN_SMTP_TLS_PORT needs the SMTP listener on (MAILMAN_SMTP_PORT)")
     max_bytes = None
     if env.get("MAILMAN_SMTP_MAX_BYTES", "").strip():
         max_bytes = _integer(env, "MAILMAN_SMTP_MAX_BYTES", 0, minimum=1)
@@ -639,6 +655,7 @@ def _smtp(env: Mapping[str, str]) -> SmtpConfig:
         host=env.get("MAILMAN_SMTP_HOST", "").strip() or None,
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
+        tls_port=tls_port or None,
         max_bytes=max_bytes,
         max_connections=_integer(env, "MAILMAN_SMTP_MAX_CONNECTIONS", 100, minimum=1),
     )

@@ -329,6 +329,34 @@ async def test_starttls_is_offered_and_auth_waits_for_it(tmp_path: Path) -> None
         assert await mails_in(mailman.store) == 1
 
 
+async def test_the_implicit_tls_port_speaks_tls_at_once_and_takes_auth(tmp_path: Path) -> None:
+    """MAILMAN_SMTP_TLS_PORT (as on 465): TLS from the first byte, AUTH offered without
+    STARTTLS, and a mail sent with SMTP_SSL is accepted."""
+    cert, key = self_signed(tmp_path)
+    env = {"MAILMAN_SMTP_TLS_CERT": str(cert), "MAILMAN_SMTP_TLS_KEY": str(key)}
+    config = smtp_config(tmp_path, env)
+    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, tls_port=0))
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with embedded(config) as mailman:
+        _, secret = await create_key(mailman.store, tenant="acme", scopes=(Scope.SEND,))
+        port = mailman.smtp_tls_port
+        assert port is not None and port != mailman.smtp_port
+
+        def send() -> tuple[bool, bool, str]:
+            with smtplib.SMTP_SSL("127.0.0.1", port, context=trust, timeout=10) as client:
+                client.ehlo("test.example")
+                offered = (client.has_extn("starttls"), client.has_extn("auth"))
+                client.login("api", secret)
+                client.send_message(message(), to_addrs=["ann@example.com"])
+                assert isinstance(client.sock, ssl.SSLSocket)
+                return (*offered, client.sock.version() or "")
+
+        starttls, auth, version = await in_thread(send)
+        assert await mails_in(mailman.store) == 1
+    assert (starttls, auth) == (False, True)
+    assert version.startswith("TLS")
+
+
 async def test_a_mail_over_the_size_limit_is_refused_with_552(tmp_path: Path) -> None:
     """EHLO says SIZE; a larger DATA, or a MAIL FROM announcing more, gets 552 5.3.4."""
     async with embedded(smtp_config(tmp_path, {"MAILMAN_SMTP_MAX_BYTES": "4000"})) as mailman:
@@ -571,6 +599,18 @@ def test_tls_files_are_checked_at_load_naming_paths_not_contents(tmp_path: Path)
     with pytest.raises(ConfigError) as refused:
         load([], {"MAILMAN_SMTP_TLS_CERT": str(secret), "MAILMAN_SMTP_TLS_KEY": str(key)})
     assert str(secret) in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_the_implicit_tls_port_needs_the_certificate(tmp_path: Path) -> None:
+    """MAILMAN_SMTP_TLS_PORT is taken with a certificate, refused without one or with SMTP off."""
+    cert, key = self_signed(tmp_path)
+    files = {"MAILMAN_SMTP_TLS_CERT": str(cert), "MAILMAN_SMTP_TLS_KEY": str(key)}
+    assert load([], {**files, "MAILMAN_SMTP_TLS_PORT": "465"}).smtp.tls_port == 465
+    assert load([], files).smtp.tls_port is None
+    with pytest.raises(ConfigError, match="MAILMAN_SMTP_TLS_CERT"):
+        load([], {"MAILMAN_SMTP_TLS_PORT": "465"})
+    with pytest.raises(ConfigError, match="MAILMAN_SMTP_PORT"):
+        load([], {**files, "MAILMAN_SMTP_TLS_PORT": "465", "MAILMAN_SMTP_PORT": "0"})
 
 
 def test_role_smtp_splits_like_api_and_wakes_a_relay_elsewhere(tmp_path: Path) -> None:
