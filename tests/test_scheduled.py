@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,6 +114,19 @@ async def test_the_store_releases_a_scheduled_mail_at_its_time(any_store: Store)
     assert (await any_store.load(later.id)) == (later, Status.QUEUED)
     claimed = await any_store.claim_outbox("test", 10, 30.0, now + 100)
     assert sorted(e.mail_id for e in claimed) == sorted([sooner.id, later.id])
+
+
+async def test_releasing_a_scheduled_mail_queues_its_queued_callback(any_store: Store) -> None:
+    """Being scheduled is the 201 itself; when its time comes the callback says queued."""
+    now = time.time()
+    mail = dataclasses.replace(
+        scheduled_mail(now + 10, now), callback_url="https://hooks.example.com/m"
+    )
+    await any_store.add(mail)
+    assert await any_store.claim_callbacks("test", 10, 30.0, now) == []
+    assert await any_store.release_scheduled(now + 10) == [mail.id]
+    (due,) = await any_store.claim_callbacks("test", 10, 30.0, now + 10)
+    assert (due.mail_id, due.status) == (mail.id, Status.QUEUED)
 
 
 async def test_a_scheduled_mail_marked_failed_is_never_released(any_store: Store) -> None:

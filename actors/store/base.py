@@ -256,7 +256,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, mail: Mail, idempotency: Idempotency | None = None) -> str:
-        """Store a new mail as ``queued`` with its outbox entry, in one transaction.
+        """Store a new mail as ``queued`` with its outbox entry, in one transaction (a mail
+        with a ``send_at`` as ``scheduled``, without one: ``release_scheduled`` adds it).
 
         Committed when this returns; adding the same id again is a no-op.
         With ``idempotency``, the key is recorded for ``mail.tenant`` in the
