@@ -241,6 +241,12 @@ class Mail:
     attachments: tuple[Attachment, ...] = ()
 
     @property
+    def first_status(self) -> Status:
+        """Its status once committed: ``scheduled`` if it waits for its ``send_at``,
+        else ``queued``."""
+        return Status.QUEUED if self.send_at is None else Status.SCHEDULED
+
+    @property
     def message_id(self) -> str:
         """The mail's ``Message-ID`` header: the same through every provider, retry and
         replay, so mail programs that dedupe by it show a mail sent twice once.

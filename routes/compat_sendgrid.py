@@ -61,6 +61,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from actors.keys import Scope
+from actors.messages import Mail
 from actors.store import StoreUnavailable
 from config.logging import get_logger
 
@@ -614,19 +615,22 @@ def from_problem(
     )
 
 
-def _check(intake: Intake, drafts: Sequence[Draft], principal: Principal, rid: str) -> None:
-    """Every draft through Mailman's validation; ``Refusal`` naming every bad field."""
+def _check(intake: Intake, drafts: Sequence[Draft], principal: Principal, rid: str) -> list[Mail]:
+    """Every draft through Mailman's validation: the mails, in order; ``Refusal`` naming
+    every bad field."""
     now = time.time()
     errors: list[SendGridError] = []
+    mails: list[Mail] = []
     too_large = False
     for draft in drafts:
         try:
-            intake.parse(draft.body, principal=principal, request_id=rid, now=now)
+            mails.append(intake.parse(draft.body, principal=principal, request_id=rid, now=now))
         except ValidationFailed as exc:
             too_large |= exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
             errors += [draft.error(e) for e in exc.errors]
     if errors:
         raise Refusal(413 if too_large else 400, errors, reason="validation")
+    return mails
 
 
 async def _charge(intake: Intake, principal: Principal, mails: int) -> dict[str, str]:
@@ -664,8 +668,8 @@ async def _send(request: web.Request) -> web.Response:
         ) from None
     translation = translate(body)
     rid = request_id(request)
-    _check(intake, translation.drafts, principal, rid)
-    mails = len(translation.drafts)
+    parsed = _check(intake, translation.drafts, principal, rid)
+    mails = len(parsed)
     if translation.sandbox:
         note(request, sandbox=True, mails=mails)
         log.debug("sendgrid.sandbox", mails=mails)
@@ -674,15 +678,13 @@ async def _send(request: web.Request) -> web.Response:
     headers = await _charge(intake, principal, mails)
     digest = fingerprint(body) if key is not None else ""
     accepted: list[Accepted] = []
-    for i, draft in enumerate(translation.drafts):
+    for i, (draft, mail) in enumerate(zip(translation.drafts, parsed, strict=True)):
         try:
             accepted.append(
-                await intake.accept(
+                await intake.keep(
+                    mail,
                     {**draft.body, _REQUEST_DIGEST: digest} if key is not None else draft.body,
-                    principal=principal,
-                    request_id=rid,
                     idempotency_key=None if key is None else f"{key}#{i}",
-                    checked=True,
                 )
             )
         except Problem as problem:

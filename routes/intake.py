@@ -209,9 +209,25 @@ class Intake:
         if not checked:
             self.check_backlog()
             rate = await self.take_token(principal)
-        now = time.time()
         try:
-            mail = self.parse(body, principal=principal, request_id=request_id, now=now)
+            mail = self.parse(body, principal=principal, request_id=request_id, now=time.time())
+        except ValidationFailed as exc:
+            log.debug("mail.invalid", fields=[e.field for e in exc.errors])
+            raise refused(exc) from None
+        return await self.keep(mail, body, idempotency_key=idempotency_key, rate_headers=rate)
+
+    async def keep(
+        self,
+        mail: Mail,
+        body: object,
+        *,
+        idempotency_key: str | None = None,
+        rate_headers: dict[str, str] | None = None,
+    ) -> Accepted:
+        """Commit ``mail`` (``parse``'s of ``body``, which an ``Idempotency-Key`` is
+        fingerprinted by) and hand it on; ``Problem`` if refused. For an entry point
+        that validates several mails before it keeps any: each is parsed once."""
+        try:
             if mail.callback_url is not None:
                 await self._check_callback(mail.callback_url)
         except ValidationFailed as exc:
@@ -222,7 +238,7 @@ class Intake:
             idempotency = Idempotency(
                 key_hash=hashlib.sha256(idempotency_key.encode()).hexdigest(),
                 fingerprint=fingerprint(body),
-                expires_at=now + self.config.idempotency_ttl,
+                expires_at=mail.created_at + self.config.idempotency_ttl,
             )
         try:
             mail_id = await self.commit(mail, idempotency)
@@ -232,7 +248,7 @@ class Intake:
             raise refused(
                 ValidationFailed([too_large], status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             ) from None
-        accepted = Accepted(mail=mail, mail_id=mail_id, rate_headers=rate)
+        accepted = Accepted(mail=mail, mail_id=mail_id, rate_headers=rate_headers or {})
         if not accepted.replayed:
             await self.hand_on(mail)
         return accepted

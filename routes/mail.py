@@ -219,13 +219,8 @@ async def send_mail(request: web.Request) -> web.Response:
         return json_response(accepted_body(mail_id), status=HTTPStatus.CREATED, headers=headers)
     log.debug("mail.accepted", mail_id=mail.id, recipients=accepted.recipients)
     return json_response(
-        accepted_body(mail.id, accepted_status(mail)), status=HTTPStatus.CREATED, headers=headers
+        accepted_body(mail.id, mail.first_status), status=HTTPStatus.CREATED, headers=headers
     )
-
-
-def accepted_status(mail: Mail) -> Status:
-    """The status a mail has once committed: ``scheduled`` if it waits for its time."""
-    return Status.QUEUED if mail.send_at is None else Status.SCHEDULED
 
 
 def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:

@@ -488,7 +488,7 @@ MYSQL = Sql(mark="%s", claim_lock=" FOR UPDATE SKIP LOCKED", row_lock=" FOR UPDA
 def mail_values(mail: Mail) -> tuple[object, ...]:
     """A new mail's row for ``insert_mails``: ``queued``, or ``scheduled`` till its
     ``send_at`` (kept as ``due_at``)."""
-    status = first_status(mail).value
+    status = mail.first_status.value
     return (
         mail.id,
         status,
@@ -501,11 +501,6 @@ def mail_values(mail: Mail) -> tuple[object, ...]:
         None if mail.callback_url is None else status,
         mail.send_at,
     )
-
-
-def first_status(mail: Mail) -> Status:
-    """A new mail's status: ``scheduled`` if it waits for its ``send_at``, else ``queued``."""
-    return Status.QUEUED if mail.send_at is None else Status.SCHEDULED
 
 
 def attempt_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
