@@ -6,10 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 
 RUN useradd --create-home --uid 10001 mailman
 WORKDIR /app
-COPY pyproject.toml README.md mailman.py ./
-COPY actors ./actors
-COPY routes ./routes
-COPY config ./config
+COPY pyproject.toml README.md ./
+COPY mailman ./mailman
 RUN pip install --no-compile . && mkdir -p /data && chown mailman /data
 
 USER mailman

@@ -5,8 +5,8 @@
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
-bench.reference``), and for every figure a fresh Mailman (``python
-mailman.py``, ``python mailman.py --processes 2``, or one process per role
+bench.reference``), and for every figure a fresh Mailman (``python -m
+mailman``, ``python -m mailman --processes 2``, or one process per role
 for the scaled figures) on a fresh store. The load generator is ``wrk`` where
 installed, else an aiohttp client in this process. Then it prints a table,
 writes ``DIR/results.json`` and draws ``DIR/bench.png``, and stops everything
@@ -16,7 +16,7 @@ The figures (targets: ratios to the reference measured just before):
 
 1. accept: POST /mail/send per second and p50/p99 latency, SQLite, providers
    answering at once. 1a one process (target 0.30), 1b ``--processes 2``
-   (0.50; skipped while mailman.py has no ``--processes``).
+   (0.50).
 2. end to end: mails per second from POST to ``sent`` and the p50/p99 time
    to ``sent`` (from the store). 2a one process (0.20), 2b ``--processes 2``
    (0.25).
@@ -82,16 +82,15 @@ from .services import (
     Receipts,
     Row,
     embedded,
-    processes_unsupported,
     scaled,
     scaled_unavailable,
     start_announcing,
 )
 
-#: Ratios to the reference: one process (``python mailman.py``) ...
+#: Ratios to the reference: one process (``python -m mailman``) ...
 ACCEPT_TARGET = 0.30
 END_TO_END_TARGET = 0.20
-#: ... and ``python mailman.py --processes PROCESSES``.
+#: ... and ``python -m mailman --processes PROCESSES``.
 PROCESSES_ACCEPT_TARGET = 0.50
 PROCESSES_END_TO_END_TARGET = 0.25
 #: The scaled runs (``SCALED_SENDERS`` SendGrid senders; no target) that --quick makes.
@@ -600,15 +599,13 @@ async def _measure_all(
             lambda: accept("accept", one_process, ACCEPT_TARGET),
         )
     )
-    no_processes = await processes_unsupported()
-    if no_processes is None:
-        figures.update(
-            await _figures(
-                f"1b accept, --processes {PROCESSES}",
-                ["processes_accept"],
-                lambda: accept("processes_accept", several, PROCESSES_ACCEPT_TARGET),
-            )
+    figures.update(
+        await _figures(
+            f"1b accept, --processes {PROCESSES}",
+            ["processes_accept"],
+            lambda: accept("processes_accept", several, PROCESSES_ACCEPT_TARGET),
         )
+    )
     figures.update(
         await _figures(
             "2a end to end, one process",
@@ -616,18 +613,13 @@ async def _measure_all(
             lambda: end_to_end("end_to_end", one_process, END_TO_END_TARGET),
         )
     )
-    if no_processes is None:
-        figures.update(
-            await _figures(
-                f"2b end to end, --processes {PROCESSES}",
-                ["processes_end_to_end"],
-                lambda: end_to_end("processes_end_to_end", several, PROCESSES_END_TO_END_TARGET),
-            )
+    figures.update(
+        await _figures(
+            f"2b end to end, --processes {PROCESSES}",
+            ["processes_end_to_end"],
+            lambda: end_to_end("processes_end_to_end", several, PROCESSES_END_TO_END_TARGET),
         )
-    else:
-        progress(f"figures 1b, 2b (--processes) skipped: {no_processes}")
-        figures["processes_accept"] = {"skipped": no_processes}
-        figures["processes_end_to_end"] = {"skipped": no_processes}
+    )
 
     async def failover() -> list[dict[str, Any]]:
         return [await bench.failover()]

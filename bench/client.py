@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from actors.messages import Address, Mail
-from actors.providers.sendgrid import SendGridClient, body
-from config import Secret, SendGridConfig
+from mailman.actors.messages import Address, Mail
+from mailman.actors.providers.sendgrid import SendGridClient, body
+from mailman.config import Secret, SendGridConfig
 
 from .services import start_announcing
 

@@ -7,7 +7,7 @@ both for every process of a deployment at one moment; ``usage`` turns two
 samples into CPU microseconds per accepted mail, per process and in total.
 
 A deployment's processes are the ones the benchmark started plus all their
-descendants (``/proc/<pid>/task/*/children``, recursively): a ``mailman.py
+descendants (``/proc/<pid>/task/*/children``, recursively): a ``mailman
 --processes N`` parent's children are found that way. A descendant takes the
 name its parent logged for it (``process.started``: ``worker``, ``api-1``,
 ...), else ``api`` (``api-2``, ...) if it holds a listening socket on the

@@ -11,7 +11,7 @@ carries that window as ``durable_ms``, and the provider call's own time as
 ``ms``.
 
 For each ``--store`` (give it twice for both): the fake providers
-(``python -m bench.fakes``) and a fresh ``python mailman.py`` (the embedded
+(``python -m bench.fakes``) and a fresh ``python -m mailman`` (the embedded
 deployment, one process, log level info, JSON log to a file) on a fresh store
 (SQLite file, or a fresh MySQL database, dropped after); ``--mails`` POSTs at
 ``--rate`` per second (open loop); wait until every mail is final; then
@@ -60,7 +60,7 @@ async def store(kind: str, run_dir: Path, mysql: str) -> AsyncIterator[tuple[str
         db = run_dir / "mailman.db"
         yield f"sqlite:///{db}", SQLiteRows(db)
         return
-    from actors.store.mysql import MySQLStore
+    from mailman.actors.store.mysql import MySQLStore
 
     url = urlunsplit(urlsplit(mysql)._replace(path=f"/mailman_durable_{secrets.token_hex(4)}"))
     await MySQLStore.create_database(url)

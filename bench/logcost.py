@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from config.logging import (
+from mailman.config.logging import (
     MASK,
     SECRET_MARKERS,
     NamedPrintLoggerFactory,

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: ``python mailman.py --processes PROCESSES`` for figures 1b and 2b.
+#: ``python -m mailman --processes PROCESSES`` for figures 1b and 2b.
 PROCESSES = 2
 #: The scaled deployment's SendGrid sender processes: one run (4a/4b/4c) for each.
 SCALED_SENDERS = (1, 2, 4)
@@ -243,7 +243,7 @@ Every figure ran against a fresh Mailman process (or set of processes) and a fre
 reference measured just before it in the same run, with the same load. Throughput counts 201
 answers per second. reference = python -m bench.reference, a bare aiohttp app whose one handler
 parses the same JSON and answers 201 with the same body and Location, storing nothing.
-1b/2b: python mailman.py --processes {PROCESSES} (the API in N - 1 children sharing the port, the
+1b/2b: python -m mailman --processes {PROCESSES} (the API in N - 1 children sharing the port, the
 other actors in one more child, one SQLite file). 4: Kafka (Tansu) + MySQL, one process per role and
 1, 2 or 4 SendGrid senders; accept and end to end are two views of one run per sender count.
 end to end: mails per second from the first POST to the last `sent` (sent / (last updated_at - first

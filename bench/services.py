@@ -34,7 +34,7 @@ import aiohttp
 import aiomysql
 import orjson
 
-from actors.processes import die_with_parent
+from mailman.actors.processes import die_with_parent
 
 from . import cpu
 
@@ -162,7 +162,7 @@ async def start_mailman(
     within: float = 60.0,
     ready_events: int = 1,
 ) -> Child:
-    """``python mailman.py argv`` with a JSON log in ``log``; returns once it logged
+    """``python -m mailman argv`` with a JSON log in ``log``; returns once it logged
     ``mailman.ready`` (and its URL, from that event's ``url`` or from ``http.listening``,
     if it serves HTTP).
 
@@ -175,7 +175,7 @@ async def start_mailman(
         {"MAILMAN_PORT": "0", "MAILMAN_SMTP_PORT": "0", **env, "MAILMAN_LOG_FORMAT": "json"}
     )
     child = await spawn(
-        name, [sys.executable, str(ROOT / "mailman.py"), *argv], log, full_env, pipe_stdout=False
+        name, [sys.executable, "-m", "mailman", *argv], log, full_env, pipe_stdout=False
     )
     try:
         deadline = time.monotonic() + within
@@ -382,31 +382,11 @@ class Deployment:
         return peaks
 
 
-async def processes_unsupported() -> str | None:
-    """Why ``python mailman.py --processes N`` cannot run here (None: it can)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "mailman.py"),
-        "--help",
-        cwd=ROOT,
-        env=child_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    if b"--processes" in out:
-        return None
-    if proc.returncode != 0:
-        return f"mailman.py --help exited {proc.returncode}"
-    return "mailman.py has no --processes flag"
-
-
 @asynccontextmanager
 async def embedded(workdir: Path, fakes: Fakes, processes: int = 1) -> AsyncIterator[Deployment]:
-    """``python mailman.py`` (every actor, in-process mailboxes) on a fresh SQLite store.
+    """``python -m mailman`` (every actor, in-process mailboxes) on a fresh SQLite store.
 
-    With ``processes`` > 1, ``python mailman.py --processes N``: a parent whose
+    With ``processes`` > 1, ``python -m mailman --processes N``: a parent whose
     children run the API (N - 1 of them, sharing the port) and the other actors
     (one more), all on the same SQLite file.
     """
@@ -477,7 +457,7 @@ async def scaled(
 ) -> AsyncIterator[Deployment]:
     """Tansu + MariaDB (a fresh database, dropped after) and one process per role,
     ``senders`` of them for the first provider (SendGrid), in one consumer group."""
-    from actors.store.mysql import MySQLStore
+    from mailman.actors.store.mysql import MySQLStore
 
     run_dir = Path(tempfile.mkdtemp(prefix="scaled-", dir=workdir))
     base = urlsplit(mysql_url)

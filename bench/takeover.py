@@ -493,7 +493,7 @@ class Bench:
     # --- the run --------------------------------------------------------------
 
     async def run(self) -> int:
-        from actors.store.mysql import MySQLStore
+        from mailman.actors.store.mysql import MySQLStore
         from tests.support.kafka_broker import start_tansu
 
         base = urlsplit(self.args.mysql)

@@ -18,15 +18,15 @@ import aiomysql
 import orjson
 import pytest
 
-from actors.messages import Attachment, Disposition, Mail, Status, decode, encode
-from actors.providers import streamed
-from actors.providers.mailgun import basic_auth, form, request_body
-from actors.providers.outbox import render
-from actors.providers.sendgrid import body as sendgrid_body
-from actors.store import MailTooLarge, Store
-from actors.store.mysql import MySQLStore
-from actors.system import embedded
-from routes.validation import (
+from mailman.actors.messages import Attachment, Disposition, Mail, Status, decode, encode
+from mailman.actors.providers import streamed
+from mailman.actors.providers.mailgun import basic_auth, form, request_body
+from mailman.actors.providers.outbox import render
+from mailman.actors.providers.sendgrid import body as sendgrid_body
+from mailman.actors.store import MailTooLarge, Store
+from mailman.actors.store.mysql import MySQLStore
+from mailman.actors.system import embedded
+from mailman.routes.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_CONTENT_ID,

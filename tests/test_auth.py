@@ -18,12 +18,12 @@ from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
-from actors.keys import Scope, create_key, hash_secret, keys_main
-from actors.messages import Status, StatusUpdate
-from actors.store import MailQuery, Store
-from actors.store.sqlite import SQLiteStore
-from config import Config
 from mailman import main
+from mailman.actors.keys import Scope, create_key, hash_secret, keys_main
+from mailman.actors.messages import Status, StatusUpdate
+from mailman.actors.store import MailQuery, Store
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.config import Config
 
 from .conftest import eventually
 from .support.api import (
@@ -134,7 +134,7 @@ def test_no_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:
     }
     argv = ["serve", "--host", "0.0.0.0", "--port", "0", "--store", f"sqlite:///{tmp_path}/k.db"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "mailman.py"), *argv],
+        [sys.executable, "-m", "mailman", *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -148,7 +148,7 @@ def test_no_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:
 
 async def test_open_on_loopback_warns_once(tmp_path: Path) -> None:
     """With no key, the embedded system runs open on loopback and logs one auth.open warning."""
-    from actors.system import embedded
+    from mailman.actors.system import embedded
 
     from .conftest import make_config
 

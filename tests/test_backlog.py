@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from actors.messages import Status, StatusUpdate
-from actors.store import Store
-from config import Config
-from routes import BACKLOG
-from routes.backlog import RETRY_AFTER_SECONDS, Backlog
+from mailman.actors.messages import Status, StatusUpdate
+from mailman.actors.store import Store
+from mailman.config import Config
+from mailman.routes import BACKLOG
+from mailman.routes.backlog import RETRY_AFTER_SECONDS, Backlog
 
 from .conftest import eventually
 from .support.api import VALID, Client, CountingOutbound, client_factory, problem

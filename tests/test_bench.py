@@ -3,7 +3,7 @@
 The benchmark itself is not part of the suite (it takes minutes and its
 figures depend on the machine); this runs it with small counts, the aiohttp
 load generator and no scaled figure, and checks what it produced (the
-``--processes`` figures too, once mailman.py has that flag).
+``--processes`` figures too).
 """
 
 from __future__ import annotations
@@ -33,12 +33,7 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
 
     results = json.loads((out / "results.json").read_text())
     figures = results["figures"]
-    measured = ["accept", "end_to_end", "failover"]
-    if _has_processes_flag():
-        measured += ["processes_accept", "processes_end_to_end"]
-    else:  # until mailman.py has --processes, its figures are skipped, not failed
-        assert figures["processes_accept"]["skipped"]
-        assert figures["processes_end_to_end"]["skipped"]
+    measured = ["accept", "end_to_end", "failover", "processes_accept", "processes_end_to_end"]
     for name in measured:
         figure = figures[name]
         assert "error" not in figure, f"{name}: {figure}"
@@ -51,9 +46,9 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
             assert usage["mails"] > 0, name
             assert usage["total_us_per_mail"] > 0, f"{name}: {usage}"
             assert set(usage["us_per_mail"]) == set(figures[name]["peak_memory"]["processes"])
-    if "processes_accept" in measured:  # the parent and its children, by name
-        processes = set(figures["processes_accept"]["cpu"]["us_per_mail"])
-        assert {"parent", "worker"} <= processes and len(processes) == 3, processes
+    # The parent and its children, by name.
+    processes = set(figures["processes_accept"]["cpu"]["us_per_mail"])
+    assert {"parent", "worker"} <= processes and len(processes) == 3, processes
     scaled = [n for n in figures if n.startswith("scaled_")]
     assert {"scaled_1_accept", "scaled_1_end_to_end", "scaled_4_end_to_end"} <= set(scaled)
     for name in scaled:
@@ -68,15 +63,3 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
     assert (out / "bench.png").read_bytes().startswith(PNG_MAGIC)
     assert "lost (201, never sent)" in done.stdout
     assert "CPU us/mail" in done.stdout
-
-
-def _has_processes_flag() -> bool:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "mailman.py"), "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return "--processes" in done.stdout

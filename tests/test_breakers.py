@@ -11,15 +11,21 @@ import pytest
 from aiobreaker import CircuitBreakerError
 from aiobreaker.state import CircuitBreakerState
 
-from actors.breakers import BreakerLog, ProviderBreaker, SharedHealth, make_breaker, state_of
-from actors.mailboxes import MemoryBroker
-from actors.messages import Address, Dispatch, Mail, StatusUpdate
-from actors.providers import Accepted, ProviderClient, Result, Transient
-from actors.routing import Router
-from actors.sender import Sender
-from actors.store import BreakerState, Store
-from actors.store.sqlite import SQLiteStore
-from config import RetryConfig
+from mailman.actors.breakers import (
+    BreakerLog,
+    ProviderBreaker,
+    SharedHealth,
+    make_breaker,
+    state_of,
+)
+from mailman.actors.mailboxes import MemoryBroker
+from mailman.actors.messages import Address, Dispatch, Mail, StatusUpdate
+from mailman.actors.providers import Accepted, ProviderClient, Result, Transient
+from mailman.actors.routing import Router
+from mailman.actors.sender import Sender
+from mailman.actors.store import BreakerState, Store
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.config import RetryConfig
 
 MAIL = Mail(
     id="mail-0001",

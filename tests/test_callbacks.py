@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from pytest_aiohttp import AiohttpClient
 
-from actors.callbacks import (
+from mailman.actors.callbacks import (
     SIGNATURE_HEADER,
     GuardedResolver,
     Notifier,
@@ -35,8 +35,8 @@ from actors.callbacks import (
     url_problem,
     verify,
 )
-from actors.keys import Scope, create_key
-from actors.messages import (
+from mailman.actors.keys import Scope, create_key
+from mailman.actors.messages import (
     Address,
     Attempt,
     DeliveryEvent,
@@ -46,10 +46,10 @@ from actors.messages import (
     Status,
     StatusUpdate,
 )
-from actors.store import CallbackDue, Store
-from actors.system import embedded, is_loopback
-from config import CallbackConfig, Config, Secret
-from routes import INTAKE, create_app
+from mailman.actors.store import CallbackDue, Store
+from mailman.actors.system import embedded, is_loopback
+from mailman.config import CallbackConfig, Config, Secret
+from mailman.routes import INTAKE, create_app
 
 from .conftest import eventually, make_config
 from .support.api import VALID, CountingOutbound, problem

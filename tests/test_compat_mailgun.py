@@ -16,13 +16,13 @@ import pytest
 import requests
 from pytest_aiohttp import AiohttpClient
 
-from actors.keys import Scope, create_key
-from actors.store import Store
-from actors.store.sqlite import SQLiteStore
-from actors.system import Mailman, embedded
-from config import Config
-from routes.compat_mailgun import Translation, Upload, message, translate
-from routes.validation import FieldError
+from mailman.actors.keys import Scope, create_key
+from mailman.actors.store import Store
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.actors.system import Mailman, embedded
+from mailman.config import Config
+from mailman.routes.compat_mailgun import Translation, Upload, message, translate
+from mailman.routes.validation import FieldError
 
 from .conftest import eventually, make_config, provider_env
 from .support.api import CountingOutbound, client_factory

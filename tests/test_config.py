@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import config
-from actors.store import open_store
-from config import (
+import mailman.config as config
+from mailman import main
+from mailman.actors.store import open_store
+from mailman.config import (
     ENV_ONLY,
     LOG_LEVELS,
     Config,
@@ -18,7 +19,6 @@ from config import (
     check_store_url,
     load,
 )
-from mailman import main
 
 DEFAULTS = Config()
 

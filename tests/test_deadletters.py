@@ -10,11 +10,19 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from actors.deadletters import dead_letters_main
-from actors.mailboxes import MemoryMailbox
-from actors.messages import Attempt, Dispatch, Mail, RetryLater, Status, StatusUpdate, decode
-from actors.providers import Accepted, ProviderClient, Result
-from actors.system import embedded
+from mailman.actors.deadletters import dead_letters_main
+from mailman.actors.mailboxes import MemoryMailbox
+from mailman.actors.messages import (
+    Attempt,
+    Dispatch,
+    Mail,
+    RetryLater,
+    Status,
+    StatusUpdate,
+    decode,
+)
+from mailman.actors.providers import Accepted, ProviderClient, Result
+from mailman.actors.system import embedded
 
 from .conftest import eventually, make_config
 from .test_system import Api

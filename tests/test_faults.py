@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from actors.messages import Address, Dispatch, Mail, encode, new_mail_id
-from actors.routing import send_mailbox
-from actors.store.mysql import MySQLStore
+from mailman.actors.messages import Address, Dispatch, Mail, encode, new_mail_id
+from mailman.actors.routing import send_mailbox
+from mailman.actors.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
 from .support.databases import fresh_mysql
@@ -97,7 +97,7 @@ async def private_mariadb(tmp_path: Path) -> AsyncIterator[PrivateMariaDB]:
 def embedded_env(
     sg: FakeSendGrid, mg: FakeMailgun, tmp_path: Path, port: int, **extra: str
 ) -> dict[str, str]:
-    """One ``mailman.py`` process on a SQLite file, SendGrid then Mailgun, a fixed port."""
+    """One ``mailman`` process on a SQLite file, SendGrid then Mailgun, a fixed port."""
     return provider_env(
         sg,
         mg,

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
-from actors.messages import Mail
-from actors.store import Idempotency, MailQuery, Store
-from actors.store.mysql import MySQLStore
-from actors.store.sqlite import SQLiteStore
-from config import Config
+from mailman.actors.messages import Mail
+from mailman.actors.store import Idempotency, MailQuery, Store
+from mailman.actors.store.mysql import MySQLStore
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.config import Config
 
 from .conftest import eventually
 from .support.api import (

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from actors.messages import Check, Mail
-from actors.providers import Accepted, Found, ProviderClient, Transient, Unknown
-from actors.providers.outbox import OutboxClient
-from config import OutboxConfig
+from mailman.actors.messages import Check, Mail
+from mailman.actors.providers import Accepted, Found, ProviderClient, Transient, Unknown
+from mailman.actors.providers.outbox import OutboxClient
+from mailman.config import OutboxConfig
 
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .test_providers import mailgun_client, make_mail, send_once, sendgrid_client

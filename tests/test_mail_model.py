@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from actors.messages import Mail, decode, encode
-from actors.providers.mailgun import basic_auth, form
-from actors.providers.outbox import render
-from actors.providers.sendgrid import body as sendgrid_body
-from actors.system import embedded
-from routes.validation import (
+from mailman.actors.messages import Mail, decode, encode
+from mailman.actors.providers.mailgun import basic_auth, form
+from mailman.actors.providers.outbox import render
+from mailman.actors.providers.sendgrid import body as sendgrid_body
+from mailman.actors.system import embedded
+from mailman.routes.validation import (
     MAX_EXTRA_BYTES,
     MAX_HEADERS,
     MAX_METADATA_BYTES,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.messages import (
+from mailman.actors.messages import (
     ALLOWED_FROM,
     Address,
     Attempt,

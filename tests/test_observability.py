@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
-from actors.keys import Scope, create_key
-from actors.mailboxes.kafka import KafkaBroker
-from actors.messages import (
+from mailman.actors.keys import Scope, create_key
+from mailman.actors.mailboxes.kafka import KafkaBroker
+from mailman.actors.messages import (
     Address,
     Attempt,
     Check,
@@ -34,13 +34,13 @@ from actors.messages import (
     Status,
     StatusUpdate,
 )
-from actors.store import BreakerState, Store
-from actors.store.base import MetricsSnapshot
-from actors.store.sqlite import SQLiteStore
-from actors.system import embedded
-from config import Config, ConfigError, load
-from routes import HttpMetrics, Probes, create_app
-from routes.metrics import StoreFigures
+from mailman.actors.store import BreakerState, Store
+from mailman.actors.store.base import MetricsSnapshot
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.actors.system import embedded
+from mailman.config import Config, ConfigError, load
+from mailman.routes import HttpMetrics, Probes, create_app
+from mailman.routes.metrics import StoreFigures
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid
@@ -652,7 +652,8 @@ async def test_a_missing_metrics_dir_ends_mailman_with_exit_2(tmp_path: Path) ->
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "mailman.py"),
+        "-m",
+        "mailman",
         env=env,
         cwd=ROOT,
         stdin=asyncio.subprocess.DEVNULL,

@@ -7,16 +7,16 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.bookkeeper import Bookkeeper
-from actors.breakers import make_breaker
-from actors.mailboxes import MemoryBroker, MemoryMailbox
-from actors.messages import Dispatch, Status, StatusUpdate
-from actors.providers import Accepted
-from actors.routing import Router
-from actors.sender import Sender
-from actors.store import Begun
-from actors.store.sqlite import SQLiteStore
-from config import RetryConfig
+from mailman.actors.bookkeeper import Bookkeeper
+from mailman.actors.breakers import make_breaker
+from mailman.actors.mailboxes import MemoryBroker, MemoryMailbox
+from mailman.actors.messages import Dispatch, Status, StatusUpdate
+from mailman.actors.providers import Accepted
+from mailman.actors.routing import Router
+from mailman.actors.sender import Sender
+from mailman.actors.store import Begun
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.config import RetryConfig
 
 from .conftest import eventually
 from .test_breakers import MAIL, Scripted

@@ -1,22 +1,40 @@
-"""The Docker image's install (``pip install .`` of the copied sources) carries every package."""
+"""Mailman installs as one package, ``mailman``, and lives beside an app's own packages."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 #: What the Dockerfile copies before ``pip install .``.
-COPIED = ("pyproject.toml", "README.md", "mailman.py", "actors", "routes", "config")
+COPIED = ("pyproject.toml", "README.md", "mailman")
+
+pytestmark = pytest.mark.slow
 
 
-def test_the_wheel_holds_every_package_of_the_source_tree(tmp_path: Path) -> None:
-    """Every package (a directory with __init__.py) under actors/, routes/ and config/,
-    and mailman.py, is in the wheel built from what the Dockerfile copies."""
-    source = tmp_path / "src"
+def embedded_example(readme: Path) -> str:
+    """The first ```python block under the ``## Embedded`` heading of ``readme``."""
+    text = readme.read_text(encoding="utf-8")
+    section = re.search(r"^## Embedded.*?(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    assert section is not None, f"{readme.name} has no '## Embedded' section"
+    block = re.search(r"^```python\n(.*?)^```", section[0], flags=re.MULTILINE | re.DOTALL)
+    assert block is not None, "the Embedded section has no ```python block"
+    return block[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from what the Dockerfile copies."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "src"
     source.mkdir()
     for name in COPIED:
         if (ROOT / name).is_dir():
@@ -25,20 +43,86 @@ def test_the_wheel_holds_every_package_of_the_source_tree(tmp_path: Path) -> Non
             )
         else:
             shutil.copy2(ROOT / name, source / name)
-    wheels = tmp_path / "wheels"
+    wheels = tmp / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
     )
-    (wheel,) = wheels.glob("mailman-*.whl")
+    (built,) = wheels.glob("mailman-*.whl")
+    return built
+
+
+def test_the_wheel_holds_every_package_of_mailman_and_nothing_else(wheel: Path) -> None:
+    """Every package under mailman/ is in the wheel, and nothing but mailman is at its top."""
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = sorted(
-        str(init.parent.relative_to(ROOT))
-        for top in ("actors", "routes", "config")
-        for init in (ROOT / top).rglob("__init__.py")
+        str(init.parent.relative_to(ROOT)) for init in (ROOT / "mailman").rglob("__init__.py")
     )
-    assert packages, "no packages found in the source tree"
+    assert "mailman" in packages
     missing = [p for p in packages if f"{p}/__init__.py" not in names]
     assert missing == [], f"packages left out of the wheel: {missing}"
-    assert "mailman.py" in names
+    tops = {name.split("/")[0] for name in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"mailman"}
+
+
+def _fresh_venv(where: Path, wheel: Path) -> Path:
+    """A new virtual environment with the wheel installed; its python.
+
+    Mailman's dependencies come from the test environment's site-packages,
+    added behind the new environment's own (a ``.pth`` line: the directories
+    it names are not site directories, so their own ``.pth`` files, such as
+    the editable install of this checkout, stay inert).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    subprocess.run(
+        [*pip, "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python
+
+
+def test_an_app_with_its_own_config_routes_and_actors_runs_the_embedded_example(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """Installed from the wheel beside an app that has its own ``config``, ``routes`` and
+    ``actors`` packages, the README's Embedded example passes and the app's imports stay its own."""
+    python = _fresh_venv(tmp_path / "venv", wheel)
+    app = tmp_path / "app"
+    for package in ("config", "routes", "actors"):
+        (app / package).mkdir(parents=True)
+        (app / package / "__init__.py").write_text(f'OWNER = "app"\nNAME = "{package}"\n')
+    (app / "config" / "settings.py").write_text("DEBUG = False\n")
+    (app / "test_example.py").write_text(embedded_example(ROOT / "README.md"))
+    (app / "test_own_packages.py").write_text(
+        "import actors\nimport config.settings\nimport routes\n\nimport mailman\n\n\n"
+        "def test_the_apps_packages_are_its_own():\n"
+        "    assert (config.OWNER, routes.OWNER, actors.OWNER) == ('app',) * 3\n"
+        "    assert config.settings.DEBUG is False\n"
+        f"    assert {str(tmp_path / 'venv')!r} in mailman.__file__\n"
+    )
+    # An empty ini file pins pytest's rootdir here, so no config further up applies.
+    (app / "pytest.ini").write_text("[pytest]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "2 passed" in output, output

@@ -69,7 +69,8 @@ async def test_bad_configuration_exits_2(tmp_path: Path) -> None:
     """A configuration that cannot work ends the process at once: exit code 2, a clear line."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "mailman.py"),
+        "-m",
+        "mailman",
         "--port",
         "not-a-port",
         cwd=ROOT,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from actors.breakers import SharedHealth, make_breaker, state_of
-from actors.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
-from actors.messages import Address, Dispatch, Mail
-from actors.relay import BUSY_BATCH, Nudge, Relay
-from actors.routing import Router
-from actors.store import Store
-from actors.store.sqlite import SQLiteStore
-from config import RelayConfig
-from routes import Load
+from mailman.actors.breakers import SharedHealth, make_breaker, state_of
+from mailman.actors.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
+from mailman.actors.messages import Address, Dispatch, Mail
+from mailman.actors.relay import BUSY_BATCH, Nudge, Relay
+from mailman.actors.routing import Router
+from mailman.actors.store import Store
+from mailman.actors.store.sqlite import SQLiteStore
+from mailman.config import RelayConfig
+from mailman.routes import Load
 
 from .conftest import eventually
 

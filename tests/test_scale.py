@@ -21,9 +21,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from actors.messages import Status
-from actors.store import Store
-from actors.store.mysql import MySQLStore
+from mailman.actors.messages import Status
+from mailman.actors.store import Store
+from mailman.actors.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
 from .support.databases import fresh_mysql
@@ -222,7 +222,7 @@ async def test_scaled_deployment_survives_failures(
 
 async def test_api_answers_201_while_kafka_is_down(tmp_path: Path, mysql_url: str) -> None:
     """An API-only process commits and answers 201 with the broker unreachable: no dual write."""
-    from actors.system import embedded
+    from mailman.actors.system import embedded
 
     from .conftest import make_config
 

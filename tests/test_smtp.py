@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from actors.keys import Scope, create_key
-from actors.smtp import refusal
-from actors.store import MailQuery, Store
-from actors.system import ROLE_SMTP, Mailman, all_roles, check_exposure, embedded
-from config import SMTP_PORT, Config, ConfigError, load
-from routes.errors import Problem
-from routes.validation import MAX_RECIPIENTS, FieldError
+from mailman.actors.keys import Scope, create_key
+from mailman.actors.smtp import refusal
+from mailman.actors.store import MailQuery, Store
+from mailman.actors.system import ROLE_SMTP, Mailman, all_roles, check_exposure, embedded
+from mailman.config import SMTP_PORT, Config, ConfigError, load
+from mailman.routes.errors import Problem
+from mailman.routes.validation import MAX_RECIPIENTS, FieldError
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid, ReceivedFile

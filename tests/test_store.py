@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from actors.messages import (
+from mailman.actors.messages import (
     Address,
     Attempt,
     Check,
@@ -34,7 +34,7 @@ from actors.messages import (
     Status,
     StatusUpdate,
 )
-from actors.store import (
+from mailman.actors.store import (
     ApiKey,
     BreakerState,
     EventResult,
@@ -47,9 +47,9 @@ from actors.store import (
     Transition,
     open_store,
 )
-from actors.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
-from actors.store.mysql import MySQLStore
-from actors.store.sqlite import SQLiteStore
+from mailman.actors.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
+from mailman.actors.store.mysql import MySQLStore
+from mailman.actors.store.sqlite import SQLiteStore
 
 from .support.databases import DEFAULT_MYSQL_URL
 
@@ -118,7 +118,7 @@ async def mysql_url(mysql_server: str) -> str:
 @pytest.fixture(params=["sqlite", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
-        from actors.store.sqlite import MIGRATIONS
+        from mailman.actors.store.sqlite import MIGRATIONS
 
         path = str(tmp_path / "mailman.db")
 

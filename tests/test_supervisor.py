@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from actors.lifecycle import Actor
-from actors.supervisor import ChildSpec, Restart, RestartBudgetExceeded, Supervisor
-from config import SupervisorConfig
+from mailman.actors.lifecycle import Actor
+from mailman.actors.supervisor import ChildSpec, Restart, RestartBudgetExceeded, Supervisor
+from mailman.config import SupervisorConfig
 
 from .conftest import eventually
 

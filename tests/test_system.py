@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from actors.messages import Dispatch, Mail, decode
-from actors.providers import Accepted, ProviderClient, Result
-from actors.supervisor import RestartBudgetExceeded
-from actors.system import Mailman, embedded
+from mailman.actors.messages import Dispatch, Mail, decode
+from mailman.actors.providers import Accepted, ProviderClient, Result
+from mailman.actors.supervisor import RestartBudgetExceeded
+from mailman.actors.system import Mailman, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid
@@ -345,7 +345,7 @@ async def test_supervisor_gives_up_past_budget(tmp_path: Path, http: aiohttp.Cli
 
 def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> None:
     """With in-process mailboxes the roles split only into api and the rest, on a shared file."""
-    from config import ConfigError
+    from mailman.config import ConfigError
 
     api = Mailman(make_config(tmp_path, None, "--role", "api"))
     assert api.roles == {"api"}
@@ -367,7 +367,7 @@ def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> N
 
 def test_mailman_refuses_a_split_deployment_on_an_in_memory_store(tmp_path: Path) -> None:
     """Running only some actors on an in-memory database (one process's own) is refused."""
-    from config import ConfigError
+    from mailman.config import ConfigError
 
     argv = ("--role", "api", "--broker", "kafka://127.0.0.1:9092", "--store", "sqlite://")
     with pytest.raises(ConfigError, match="store the processes share"):
@@ -376,7 +376,7 @@ def test_mailman_refuses_a_split_deployment_on_an_in_memory_store(tmp_path: Path
 
 def test_mailman_refuses_unknown_roles_and_brokers(tmp_path: Path) -> None:
     """Unknown roles and broker schemes are refused at start with a message naming them."""
-    from config import ConfigError
+    from mailman.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown role"):
         Mailman(make_config(tmp_path, None, "--role", "api,sendgird"))

@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 from aiokafka.partitioner import murmur2
 
-from actors.messages import Status
-from actors.store.mysql import MySQLStore
+from mailman.actors.messages import Status
+from mailman.actors.store.mysql import MySQLStore
 
 from .conftest import eventually
 from .support.databases import fresh_mysql

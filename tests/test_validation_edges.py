@@ -14,11 +14,11 @@ import orjson
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from actors.messages import Address, Mail
-from actors.providers import display_name_words, formatted_address, mailgun, outbox
-from actors.store import Store
-from config import Config
-from routes.validation import (
+from mailman.actors.messages import Address, Mail
+from mailman.actors.providers import display_name_words, formatted_address, mailgun, outbox
+from mailman.actors.store import Store
+from mailman.config import Config
+from mailman.routes.validation import (
     MAX_NAME,
     MAX_SUBJECT,
     ValidationFailed,

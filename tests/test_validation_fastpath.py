@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actors.messages import Address
-from routes.validation import (
+from mailman.actors.messages import Address
+from mailman.routes.validation import (
     MAX_ADDRESS,
     MAX_LOCAL_PART,
     MAX_NAME,

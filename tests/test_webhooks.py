@@ -23,9 +23,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from structlog.testing import capture_logs
 
-from actors.system import embedded
-from config import ConfigError, load
-from routes.webhooks import (
+from mailman.actors.system import embedded
+from mailman.config import ConfigError, load
+from mailman.routes.webhooks import (
     MAILGUN_PATH,
     MAX_SKEW_SECONDS,
     SENDGRID_PATH,

@@ -635,7 +635,8 @@ async def dead_letters(store_url: str) -> list[dict[str, Any]]:
 async def _mailman(*argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "mailman.py"),
+        "-m",
+        "mailman",
         *argv,
         cwd=ROOT,
         env={**os.environ, "MAILMAN_LOG_FORMAT": "json"},

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class Process:
-    """A ``python mailman.py`` child process whose JSON log goes to a file."""
+    """A ``python -m mailman`` child process whose JSON log goes to a file."""
 
     def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
         self.proc = proc
@@ -57,7 +57,7 @@ class Process:
 
 
 async def start_mailman(env: Mapping[str, str], log: Path, *argv: str) -> Process:
-    """Start ``python mailman.py ARGV`` and wait until it is ready (or fail with its log)."""
+    """Start ``python -m mailman ARGV`` and wait until it is ready (or fail with its log)."""
     # No SMTP listener unless ``env`` asks for one: 2525 is one port for every test.
     full_env = {
         **os.environ,
@@ -69,7 +69,8 @@ async def start_mailman(env: Mapping[str, str], log: Path, *argv: str) -> Proces
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(ROOT / "mailman.py"),
+            "-m",
+            "mailman",
             *argv,
             cwd=ROOT,
             env=full_env,

@@ -1,0 +1,460 @@
+"""Status callbacks: a mail's ``callback_url`` hears of every change of its status.
+
+The store queues a callback in the same transaction as each status move of a
+mail that has a ``callback_url`` (see ``actors.store.sql``, "status
+callbacks"), so no move is missed whichever actor makes it. The ``Notifier``
+(beside every bookkeeper) claims due callbacks under a lease, POSTs each one,
+signed, and records the outcome: a ``2xx`` ends it; anything else (another
+status, a redirect, a timeout, a refused address) tries it again after a
+backoff, until ``window_seconds`` after it was queued. It never blocks
+delivery: it is an actor of its own, and a failure only reschedules.
+
+The signature (``SIGNATURE_HEADER``): ``t=<unix time>,v1=<hex>``, where the hex
+is HMAC-SHA256, keyed with ``MAILMAN_CALLBACK_SECRET``, over ``"<t>."``
+followed by the raw body: Stripe's scheme. ``verify`` checks one.
+
+No server-side request forgery: a callback goes only to a public address.
+``url_problem`` refuses a URL whose host is a loopback, private, link-local,
+reserved or cloud metadata address, or names this machine (``localhost``);
+``resolution_problem`` resolves the host at submission and refuses it if any
+address it resolves to is one of those; at call time the ``GuardedResolver``
+checks every address again before aiohttp connects, and aiohttp connects
+only to the addresses it returned (no second lookup to rebind). Redirects
+are not followed. ``MAILMAN_CALLBACK_ALLOW_PRIVATE=true`` lifts the address
+rules (for a receiver on your own network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from mailman.config import CallbackConfig
+
+from .lifecycle import Actor
+from .store import CallbackDue, Store
+
+log = structlog.get_logger("mailman.callbacks")
+
+#: The header that carries a callback's signature.
+SIGNATURE_HEADER = "Mailman-Signature"
+USER_AGENT = "Mailman-Callbacks/1"
+#: The longest ``callback_url`` accepted.
+MAX_URL = 2048
+#: How long a claimed callback belongs to one notifier beyond its call's timeout
+#: (a notifier that died leaves it to another after that).
+LEASE_MARGIN_SECONDS = 30.0
+#: The most of a failed call's error kept with the callback.
+MAX_ERROR = 500
+
+#: Cloud metadata services. Most are link-local or private already; Azure's
+#: wire server (168.63.129.16) is a public address and must be named.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean...
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure wire server
+    )
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# --- signatures -------------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The hex HMAC-SHA256 of ``"<timestamp>." + body`` keyed with ``secret``."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Mailman-Signature`` value: ``t=<timestamp>,v1=<signature>``."""
+    return f"t={timestamp},v1={sign(secret, timestamp, body)}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, tolerance: float = 300.0, now: float | None = None
+) -> bool:
+    """Whether ``header`` signs ``body`` with ``secret``, made within ``tolerance`` seconds."""
+    fields: dict[str, str] = {}
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        fields.setdefault(name, value)
+    stamp = fields.get("t", "")
+    if not stamp.isdigit() or "v1" not in fields:
+        return False
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, int(stamp), body), fields["v1"])
+
+
+# --- where a callback may go ---------------------------------------------------------------
+
+
+def address_problem(address: IPAddress) -> str | None:
+    """Why a callback must not go to ``address``; None for a public unicast address."""
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped or address.sixtofour
+        if inner is not None:
+            problem = address_problem(inner)
+            if problem is not None:
+                return problem
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        return "not a public unicast address"
+    if address.is_private or not address.is_global:
+        return "a private address"
+    return None
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def names_this_machine(host: str) -> bool:
+    """``localhost`` and its subdomains (RFC 6761), which always mean this machine."""
+    name = host.rstrip(".").lower()
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def binds_loopback(host: str) -> bool:
+    """Whether a bind address (``MAILMAN_HOST``) is reachable from this machine only
+    (``actors.system.is_loopback``'s rule; the routes cannot import that module)."""
+    literal = _literal(host)
+    return host.lower() == "localhost" if literal is None else literal.is_loopback
+
+
+def url_problem(url: str, *, allow_http: bool, allow_private: bool) -> str | None:
+    """Why ``url`` cannot be a callback URL, without a DNS lookup; None if it can.
+
+    ``https`` (``http`` too with ``allow_http``), a host, no user or password,
+    no whitespace or control characters, at most ``MAX_URL`` characters.
+    Unless ``allow_private``: a host that is an IP address must be a public
+    one, and ``localhost`` names are refused.
+    """
+    if len(url) > MAX_URL:
+        return f"must be at most {MAX_URL} characters"
+    if any(c <= " " or c == "\x7f" for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parsed = URL(url)
+        host, port = parsed.host, parsed.port
+    except (ValueError, TypeError):
+        return "is not a URL"
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parsed.scheme not in schemes:
+        if parsed.scheme == "http":
+            return "must be an https URL (plain http only while the API runs open on loopback)"
+        return "must be an https URL"
+    if not host:
+        return "must name a host"
+    if parsed.user is not None or parsed.password is not None:
+        return "must not hold a user or password"
+    if port is None or not 0 < port < 65536:
+        return "has a bad port"
+    if allow_private:
+        return None
+    if names_this_machine(host):
+        return "must not name this machine"
+    literal = _literal(host)
+    if literal is not None:
+        problem = address_problem(literal)
+        if problem is not None:
+            return f"must not be {problem}"
+    return None
+
+
+class UnsafeDestination(OSError):
+    """A callback's host resolved to an address it must not go to."""
+
+
+class GuardedResolver(AbstractResolver):
+    """A resolver that refuses a host if any address it resolves to is not public.
+
+    Given to the notifier's ``TCPConnector``: aiohttp connects only to the
+    addresses a resolver returned, so what is checked is what is connected
+    to. (aiohttp does not ask a resolver about a host that is an IP
+    address: ``url_problem`` checks those.)
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if names_this_machine(host):
+            raise UnsafeDestination(f"{host} names this machine")
+        found = await self._inner.resolve(host, port, family)
+        for result in found:
+            address = _literal(result["host"].partition("%")[0])
+            problem = "not an IP address" if address is None else address_problem(address)
+            if problem is not None:
+                raise UnsafeDestination(f"{host} resolves to {result['host']}, {problem}")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def resolution_problem(
+    url: str, *, resolver: AbstractResolver | None = None, within: float = 5.0
+) -> str | None:
+    """Why ``url``'s host must not get callbacks, after resolving it; None if it may.
+
+    For a URL ``url_problem`` passed: a host that is an IP address was checked
+    there; a name is resolved (``resolver``, or the system's) and refused if
+    any address is not public, or if it does not resolve ``within`` seconds.
+    """
+    parsed = URL(url)
+    host = parsed.host or ""
+    if _literal(host) is not None:
+        return None
+    guard = GuardedResolver(resolver)
+    try:
+        async with asyncio.timeout(within):
+            await guard.resolve(host, parsed.port or 0, socket.AF_UNSPEC)
+    except UnsafeDestination as exc:
+        return f"must not resolve to a private address: {exc}"
+    except (OSError, TimeoutError):
+        return f"has a host that could not be resolved ({host})"
+    return None
+
+
+# --- the notifier -------------------------------------------------------------------------
+
+
+def iso(ts: float) -> str:
+    """A unix time as ISO 8601 in UTC, as the API writes times."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def payload(callback: CallbackDue) -> dict[str, Any]:
+    """What a callback POSTs (as JSON)."""
+    return {
+        "id": callback.id,
+        "mail_id": callback.mail_id,
+        "status": callback.status.value,
+        "at": iso(callback.at),
+        "reason": callback.reason,
+        "provider": callback.provider,
+    }
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: base doubling up to cap,
+    less up to a fifth at random (callbacks to one receiver that is down spread out)."""
+    doublings = min(max(attempts - 1, 0), 32)
+    delay: float = min(cap, base * float(2**doublings))
+    return delay * random.uniform(0.8, 1.0)
+
+
+def notifier_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Notifier(Actor):
+    """Sends due status callbacks, at most ``concurrency`` at once, never following redirects."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: CallbackConfig,
+        resolver: AbstractResolver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__("notifier")
+        if config.secret is None:
+            raise ValueError("callbacks need a signing secret (MAILMAN_CALLBACK_SECRET)")
+        self.store = store
+        self.config = config
+        self._secret = config.secret.reveal()
+        self.owner = notifier_owner()
+        self.lease_seconds = config.timeout_seconds + LEASE_MARGIN_SECONDS
+        #: Calls in flight get this long to finish once the actor is asked to stop.
+        self.grace = config.timeout_seconds
+        self.stop_timeout = self.grace + 5.0
+        self.clock = clock
+        self._resolver = resolver
+        self._http: aiohttp.ClientSession | None = None
+        self._inflight: dict[asyncio.Task[None], CallbackDue] = {}
+
+    async def setup(self) -> None:
+        inner = self._resolver or ThreadedResolver()
+        resolver = inner if self.config.allow_private else GuardedResolver(inner)
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=self.config.concurrency)
+        self._http = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def teardown(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                free = self.config.concurrency - len(self._inflight)
+                claimed = await self._claim(free) if free > 0 else []
+                for callback in claimed:
+                    task = asyncio.create_task(self._deliver(callback), name="callback")
+                    self._inflight[task] = callback
+                    task.add_done_callback(self._inflight.pop)
+                if claimed and len(claimed) == free:
+                    continue  # more may be due: claim again once a slot is free
+                await self._pause()
+        finally:
+            await self._drain()
+
+    async def _claim(self, limit: int) -> list[CallbackDue]:
+        try:
+            return await self.store.claim_callbacks(
+                self.owner, limit, self.lease_seconds, self.clock()
+            )
+        except self.store.unavailable as exc:  # an outage: the next look tries again
+            log.warning("callbacks.claim_failed", error=type(exc).__name__)
+            return []
+
+    async def _pause(self) -> None:
+        """Until the next look: ``interval_seconds``, or less once a full pool has a free slot."""
+        if len(self._inflight) < self.config.concurrency:
+            await self.rest(self.config.interval_seconds)
+            return
+        await asyncio.wait(
+            set(self._inflight),
+            timeout=self.config.interval_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+
+    async def _drain(self) -> None:
+        """Let calls in flight finish within ``grace``; cancel the rest and hand them back."""
+        if not self._inflight:
+            return
+        left = dict(self._inflight)
+        _, pending = await asyncio.wait(set(left), timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        now = self.clock()
+        for task in pending:
+            with contextlib.suppress(*self.store.unavailable):
+                await self.store.callback_failed(left[task].id, "stopped before an answer", now)
+
+    async def _deliver(self, callback: CallbackDue) -> None:
+        try:
+            await self._deliver_one(callback)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # its lease runs out and it is tried again; the others go on
+            log.exception("callback.crashed", mail_id=callback.mail_id)
+
+    async def _deliver_one(self, callback: CallbackDue) -> None:
+        started = time.monotonic()
+        error, status = await self._post(callback)
+        ms = round((time.monotonic() - started) * 1000, 1)
+        now = self.clock()
+        where = URL(callback.url).host
+        fields = {"mail_id": callback.mail_id, "status": callback.status.value, "host": where}
+        if error is None:
+            await self.through_outage(
+                self.store.unavailable,
+                lambda: self.store.callback_done(callback.id, now),
+                "callback_done",
+            )
+            log.info("callback.sent", **fields, http_status=status, ms=ms)
+            return
+        delay = backoff(
+            callback.attempts, self.config.retry_base_seconds, self.config.retry_cap_seconds
+        )
+        if now + delay > callback.created_at + self.config.window_seconds:
+            await self.through_outage(
+                self.store.unavailable,
+                lambda: self.store.callback_gave_up(callback.id, error, now),
+                "callback_gave_up",
+            )
+            log.warning(
+                "callback.gave_up", **fields, attempts=callback.attempts, error=error, ms=ms
+            )
+            return
+        await self.through_outage(
+            self.store.unavailable,
+            lambda: self.store.callback_failed(callback.id, error, now + delay),
+            "callback_failed",
+        )
+        log.warning(
+            "callback.failed",
+            **fields,
+            attempts=callback.attempts,
+            error=error,
+            retry_in=round(delay, 2),
+            ms=ms,
+        )
+
+    async def _post(self, callback: CallbackDue) -> tuple[str | None, int | None]:
+        """POST one callback: (None, status) for a 2xx; otherwise (what went wrong, status)."""
+        assert self._http is not None
+        problem = url_problem(
+            callback.url, allow_http=True, allow_private=self.config.allow_private
+        )
+        if problem is not None:
+            return f"refused: the URL {problem}", None
+        body = orjson.dumps(payload(callback))
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature_header(self._secret, int(self.clock()), body),
+        }
+        try:
+            async with self._http.post(
+                callback.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    return None, resp.status
+                return f"answered {resp.status}", resp.status
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, UnsafeDestination):
+                return f"refused: {exc.os_error}", None
+            return _error(exc), None
+        except TimeoutError:
+            return f"no answer within {self.config.timeout_seconds:g} s", None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return _error(exc), None
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_ERROR]

@@ -1,0 +1,244 @@
+"""Mailgun Messages API (``POST /v3/{domain}/messages``, form body, Basic auth).
+
+Success is ``200`` ``{"id": "<...@domain>", "message": "Queued. Thank you."}``.
+Errors are JSON ``{"message": ...}``, except ``401``, which is the plain text
+``Forbidden``. See the provider API notes (providers.md).
+
+A failure before the request could reach Mailgun (no connection) is
+``Transient``; one after it may have (no answer in time, the connection lost
+before the answer) is ``Unknown``. Mailgun uses the ``h:Message-Id`` we send
+as the message's id, so ``lookup`` asks its Events API (``GET
+/v3/{domain}/events``) for an ``accepted`` event with that id.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mailman.config import MailgunConfig
+
+from ..messages import Check, Disposition, Mail
+from . import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Result,
+    classify,
+    describe,
+    formatted_address,
+    http_session,
+    no_answer,
+    redact,
+    request_timeout,
+    shorten,
+    streamed,
+)
+
+#: The most events one page holds (the Events API's maximum).
+EVENTS_LIMIT = 300
+
+
+class MailgunClient(ProviderClient):
+    """Sends mail through Mailgun over one reused HTTP session."""
+
+    def __init__(self, config: MailgunConfig, timeout: float) -> None:
+        self.name = config.name
+        self._config = config
+        self._timeout = timeout
+        base = f"{config.base_url.rstrip('/')}/v3/{config.domain}"
+        self._url = f"{base}/messages"
+        self._events_url = f"{base}/events"
+        self._timeouts = request_timeout(timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = http_session(self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, mail: Mail) -> Result:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        key = self._config.api_key.reveal()
+        try:
+            async with self._session.post(
+                self._url,
+                data=request_body(mail),
+                headers={"Authorization": basic_auth("api", key)},
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if 200 <= resp.status < 300:
+                    return Accepted(message_id=_message_id(raw))
+                reason = redact(_error_reason(raw), key)
+                return classify(resp.status, reason, resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL:
+            return Misconfigured(f"invalid Mailgun URL {self._url!r}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, key)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        """Whether Mailgun accepted ``mail``: an ``accepted`` event with its Message-ID
+        at or after ``since`` (whole seconds, rounded down; the caller allows for clock
+        skew). Any failure to ask is ``Check.CANNOT``.
+
+        Mailgun's events can take a while to become searchable (its docs advise
+        trusting a page only once its events are half an hour old), so a
+        ``NOT_FOUND`` soon after the send is weaker than a ``TAKEN``.
+        """
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        key = self._config.api_key.reveal()
+        params = {
+            "message-id": mail.message_id.strip("<>"),
+            "begin": str(math.floor(since)) if math.isfinite(since) and since > 0 else "0",
+            "ascending": "yes",
+            "limit": str(EVENTS_LIMIT),
+            "event": "accepted",
+        }
+        try:
+            async with self._session.get(
+                self._events_url,
+                params=params,
+                headers={"Authorization": basic_auth("api", key)},
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    reason = shorten(redact(_error_reason(raw), key))
+                    return _cannot(f"events search: HTTP {resp.status}: {reason}")
+        except aiohttp.InvalidURL:
+            return _cannot(f"invalid Mailgun URL {self._events_url!r}")
+        except TimeoutError:
+            return _cannot(f"events search: no answer within {self._timeouts.total:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _cannot(redact(f"events search: connection error: {describe(exc)}", key))
+        return _found(raw, mail.message_id)
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An HTTP Basic ``Authorization`` value (``aiohttp.BasicAuth`` is deprecated in 3.14)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def form(mail: Mail) -> list[tuple[str, str]]:
+    """The form fields for ``mail``; ``to``, ``cc``, ``bcc`` and ``o:tag`` repeat once
+    per value; custom headers are ``h:<Name>``, metadata ``v:<key>``.
+
+    Pure: building the request needs nothing but the mail. Addresses are
+    written as in a header (``formatted_address``): a non-ASCII name becomes
+    RFC 2047 encoded-words of at most 75 characters.
+    """
+    fields = [("from", formatted_address(mail.sender))]
+    fields += [("to", formatted_address(a)) for a in mail.to]
+    fields += [("cc", formatted_address(a)) for a in mail.cc]
+    fields += [("bcc", formatted_address(a)) for a in mail.bcc]
+    fields.append(("subject", mail.subject))
+    if mail.text:
+        fields.append(("text", mail.text))
+    if mail.html:
+        fields.append(("html", mail.html))
+    if mail.reply_to is not None:
+        fields.append(("h:Reply-To", formatted_address(mail.reply_to)))
+    fields.append(("h:Message-Id", mail.message_id))
+    fields += [(f"h:{name}", value) for name, value in mail.headers]
+    fields += [("o:tag", tag) for tag in mail.tags]
+    fields += [(f"v:{key}", value) for key, value in mail.metadata]
+    fields.append(("v:mail_id", mail.id))
+    return fields
+
+
+def request_body(mail: Mail) -> aiohttp.FormData:
+    """The body of the send request: the ``form`` fields, url-encoded; with
+    attachments ``multipart/form-data`` (which Mailgun requires for files), the
+    same fields, then one file part per attachment: ``attachment`` parts, and
+    ``inline`` parts for the inline files.
+
+    Mailgun gives an inline part the ``Content-ID`` of its file name (the HTML
+    refers to it as ``cid:<file name>``), so an inline part is named by the
+    file's ``content_id``, not its ``filename``: the HTML's ``cid:`` references
+    then hold through Mailgun as through SendGrid. Validation keeps content ids
+    to characters that are safe in a file name.
+
+    File names go out as they are, UTF-8 in a quoted string (as browsers send
+    them; ``quote_fields=False``): aiohttp would otherwise percent-encode them
+    (``logo%40example``), and Mailgun would take that for the name. Validation
+    refuses the CR, LF and ``"`` that could break out of the quoted string.
+    """
+    if not mail.attachments:
+        return aiohttp.FormData(form(mail))
+    body = aiohttp.FormData(form(mail), quote_fields=False)
+    for file in mail.attachments:
+        inline = file.disposition is Disposition.INLINE and file.content_id is not None
+        body.add_field(
+            "inline" if inline else "attachment",
+            streamed(file.decoded()),
+            content_type=file.content_type,
+            filename=file.content_id if inline and file.content_id else file.filename,
+        )
+    return body
+
+
+def _message_id(raw: bytes) -> str:
+    """The ``id`` of a success body, angle brackets kept; "" if there is none."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(data["id"]) if isinstance(data, dict) and data.get("id") else ""
+
+
+def _found(raw: bytes, message_id: str) -> Found:
+    """What an events search answer says: ``TAKEN`` if it lists an ``accepted`` event,
+    else ``NOT_FOUND``. The id is the event's message id, angle brackets put back
+    (``message_id``, the one searched for, if the event has none)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _cannot("events search: the answer is not JSON")
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return _cannot("events search: the answer has no list of items")
+    for item in items:
+        if isinstance(item, dict) and item.get("event") == "accepted":
+            found = _event_message_id(item)
+            return Found(Check.TAKEN, message_id=f"<{found}>" if found else message_id)
+    return Found(Check.NOT_FOUND)
+
+
+def _event_message_id(item: dict[str, Any]) -> str:
+    """``message.headers.message-id`` of an event ("" if it has none)."""
+    message = item.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    value = headers.get("message-id") if isinstance(headers, dict) else None
+    return value.strip("<>") if isinstance(value, str) else ""
+
+
+def _cannot(reason: str) -> Found:
+    return Found(Check.CANNOT, reason=reason)
+
+
+def _error_reason(raw: bytes) -> str:
+    """The ``message`` of a Mailgun error body, or its text (401 is plain ``Forbidden``)."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return text
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return text

@@ -1,0 +1,165 @@
+"""SendGrid v3 Mail Send (``POST /v3/mail/send``, JSON, Bearer key).
+
+Success is ``202`` with an empty body and the message id in ``X-Message-Id``.
+Errors are JSON ``{"errors": [{"message", "field", "help"}]}``, except that a
+``413`` may be an HTML page. See the provider API notes (providers.md).
+
+A failure before the request could reach SendGrid (no connection) is
+``Transient``; one after it may have (no answer in time, the connection lost
+before the answer) is ``Unknown``: SendGrid may have taken the mail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mailman.config import SendGridConfig
+
+from ..messages import Address, Attachment, Check, Mail
+from . import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Result,
+    classify,
+    http_session,
+    no_answer,
+    redact,
+    request_timeout,
+    streamed,
+)
+
+#: Characters SendGrid refuses in a recipient's name.
+_NAME_FORBIDDEN = str.maketrans({";": " ", ",": " "})
+
+
+class SendGridClient(ProviderClient):
+    """Sends mail through SendGrid over one reused HTTP session."""
+
+    def __init__(self, config: SendGridConfig, timeout: float) -> None:
+        self.name = config.name
+        self._config = config
+        self._timeout = timeout
+        self._url = f"{config.base_url.rstrip('/')}/v3/mail/send"
+        self._timeouts = request_timeout(timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = http_session(self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, mail: Mail) -> Result:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        key = self._config.api_key.reveal()
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        try:
+            async with self._session.post(
+                self._url,
+                data=streamed(orjson.dumps(body(mail))),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    return Accepted(message_id=resp.headers.get("X-Message-Id", ""))
+                reason = redact(_error_reason(await resp.read()), key)
+                return classify(resp.status, reason, resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL:
+            return Misconfigured(f"invalid SendGrid URL {self._url!r}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, key)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)
+
+
+#: Why a SendGrid send whose answer was lost cannot be checked.
+LOOKUP_UNAVAILABLE = (
+    "SendGrid has no lookup by Message-ID (its Email Activity API is a paid add-on "
+    "and searches by SendGrid's own message id, which a lost answer never gave us)"
+)
+
+
+def body(mail: Mail) -> dict[str, Any]:
+    """The Mail Send JSON body for ``mail``: one personalization, no repeated address."""
+    seen: set[str] = set()
+
+    def recipients(addresses: tuple[Address, ...]) -> list[dict[str, str]]:
+        out = []
+        for address in addresses:
+            folded = address.email.casefold()
+            if folded in seen:
+                continue
+            seen.add(folded)
+            name = " ".join(address.name.translate(_NAME_FORBIDDEN).split())
+            out.append(Address(address.email, name).as_json())
+        return out
+
+    personalization: dict[str, Any] = {"to": recipients(mail.to)}
+    for field, addresses in (("cc", mail.cc), ("bcc", mail.bcc)):
+        kept = recipients(addresses)
+        if kept:
+            personalization[field] = kept
+    out: dict[str, Any] = {
+        "personalizations": [personalization],
+        "from": mail.sender.as_json(),
+        "subject": mail.subject,
+    }
+    if mail.reply_to is not None:
+        out["reply_to"] = mail.reply_to.as_json()
+    content = []
+    if mail.text:
+        content.append({"type": "text/plain", "value": mail.text})
+    if mail.html:
+        content.append({"type": "text/html", "value": mail.html})
+    if content:
+        out["content"] = content
+    out["headers"] = {**dict(mail.headers), "Message-ID": mail.message_id}
+    if mail.tags:
+        out["categories"] = list(mail.tags)
+    out["custom_args"] = {**dict(mail.metadata), "mail_id": mail.id}
+    if mail.attachments:
+        out["attachments"] = [attachment(a) for a in mail.attachments]
+    return out
+
+
+def attachment(file: Attachment) -> dict[str, str]:
+    """One of SendGrid's ``attachments``: the base64 content as stored, the file's name,
+    type and disposition, and for an inline file its ``content_id`` (which SendGrid
+    requires for one, and writes as its ``Content-ID``)."""
+    out = {
+        "content": file.content,
+        "filename": file.filename,
+        "type": file.content_type,
+        "disposition": file.disposition.value,
+    }
+    if file.content_id is not None:
+        out["content_id"] = file.content_id
+    return out
+
+
+def _error_reason(raw: bytes) -> str:
+    """The joined ``errors[].message`` of a SendGrid error body, or its text."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return text
+    if isinstance(data, dict) and isinstance(data.get("errors"), list):
+        messages = [
+            str(e["message"]) for e in data["errors"] if isinstance(e, dict) and e.get("message")
+        ]
+        if messages:
+            return "; ".join(messages)
+    return text

@@ -1,0 +1,214 @@
+"""The relay actor: publishes committed outbox entries to the first sender mailbox.
+
+The API commits a mail and its outbox entry in one transaction and answers
+201; it never publishes itself (no dual write). The relay claims a batch of
+entries under a lease (which marks their mails ``sending``), publishes them,
+and removes them in the transaction of its next claim: one store trip per
+batch. Several relays may run at once (leases keep them apart); one that
+dies leaves its entries to be claimed again once their lease runs out, so a
+crash between publishing and removing publishes some mails twice, never none
+(senders skip a mail that is already final).
+
+The API wakes a relay in the same process at once (``Nudge``), and one in
+another process on the same machine through a local datagram
+(``actors.wake``); a relay that hears nothing still looks every
+``interval_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from mailman.config import RelayConfig
+from mailman.routes import Load
+
+from .lifecycle import Actor
+from .messages import Dispatch
+from .routing import Router
+from .store import OutboxEntry, Store
+from .wake import WakeListener, WakeSender
+
+log = structlog.get_logger("mailman.relay")
+
+#: Longest wait after a failed publish before trying again.
+MAX_BACKOFF = 5.0
+
+#: Accepts first: while the API in this process is busy (a request in flight,
+#: or one within ``QUIET_SECONDS``) and saturated (``SATURATED_REQUESTS`` in
+#: flight at once, or the event loop's timers running ``SATURATED_LAG_SECONDS``
+#: late or more), the relay waits for a
+#: quiet spell of at most ``MAX_DEFER_SECONDS``, then claims at most
+#: ``BUSY_BATCH`` entries. The rest of a burst waits, committed, in the outbox
+#: and is drained at full speed once the requests stop. A busy API whose loop
+#: still has room (steady traffic below what the process can take) is not
+#: held back.
+QUIET_SECONDS = 0.05
+SATURATED_REQUESTS = 8
+SATURATED_LAG_SECONDS = 0.005
+MAX_DEFER_SECONDS = 0.5
+BUSY_BATCH = 50
+
+
+def relay_owner() -> str:
+    """A name for this relay that no other process has: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Nudge:
+    """The API's outbound side: a committed mail wakes the relay.
+
+    The relay in this process, if any, through ``event``; one in another
+    process on this machine through ``remote`` (a local datagram).
+    """
+
+    def __init__(self, remote: WakeSender | None = None) -> None:
+        self.event = asyncio.Event()
+        self.remote = remote
+
+    async def dispatch(self, dispatch: Dispatch) -> None:
+        self.event.set()
+        if self.remote is not None:
+            self.remote.wake()
+
+
+class Relay(Actor):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        router: Router,
+        config: RelayConfig,
+        nudge: Nudge,
+        wake_address: str | None = None,
+        load: Load | None = None,
+        saturated_lag: float = SATURATED_LAG_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__("relay")
+        self.store = store
+        self.router = router
+        self.config = config
+        self.nudge = nudge
+        self.clock = clock
+        self.owner = relay_owner()
+        #: The API's requests in flight in this process (None: no API here).
+        self.load = load
+        #: Timers this late mean a saturated loop (0: a busy API always counts as one).
+        self.saturated_lag = saturated_lag
+        self._listener = (
+            None if wake_address is None else WakeListener(wake_address, nudge.event.set)
+        )
+        self.published = 0
+        self._claimed: list[OutboxEntry] = []
+        #: Published entries not yet removed: the next claim removes them.
+        self._done: list[int] = []
+
+    async def setup(self) -> None:
+        if self._listener is not None:
+            self._listener.open()
+
+    async def run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                moved = await self.relay_once()
+            except Exception as exc:  # the store or the broker is unreachable: try again
+                failures += 1
+                delay = min(MAX_BACKOFF, self.config.interval_seconds * 2**failures)
+                log.warning("relay.publish_failed", error=repr(exc), retry_in=round(delay, 3))
+                await self._pause(delay)
+                continue
+            failures = 0
+            if moved < self.config.batch:
+                await self._pause(self.config.interval_seconds)
+
+    async def relay_once(self) -> int:
+        """Claim, publish and remove one batch; how many entries it held.
+
+        A batch whose publish failed is published again on the next call (it
+        is still leased to us) rather than waiting for its lease to run out.
+        """
+        self.nudge.event.clear()
+        entries = self._claimed
+        if not entries:
+            limit = self.config.batch
+            if self.load is not None and not await self._until_quiet():
+                limit = min(limit, BUSY_BATCH)
+            entries = await self.store.claim_outbox(
+                self.owner,
+                limit,
+                self.config.lease_seconds,
+                self.clock(),
+                done=self._done,
+            )
+            self._done = []
+        if not entries:
+            return 0
+        self._claimed = entries
+        await self.router.dispatch_many(
+            [Dispatch(mail_id=e.mail_id, accepted_at=e.accepted_at, round=e.round) for e in entries]
+        )
+        self._done = [e.id for e in entries]
+        self._claimed = []
+        self.published += len(entries)
+        log.debug("relay.published", mails=len(entries))
+        return len(entries)
+
+    async def _until_quiet(self) -> bool:
+        """Wait while the API is busy and the loop saturated: True once either ends, False
+        after ``MAX_DEFER_SECONDS``.
+
+        Checks every ``QUIET_SECONDS`` while it waits (the API is not slowed by
+        telling anyone when it goes quiet); how late that timer fires says
+        whether the loop is saturated.
+        """
+        assert self.load is not None
+        deadline = time.monotonic() + MAX_DEFER_SECONDS
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            quiet = self.load.quiet_for(now)
+            if quiet >= QUIET_SECONDS:
+                return True
+            if now >= deadline:
+                return False
+            wait = min(QUIET_SECONDS - quiet, deadline - now)
+            await self.rest(wait)
+            late = time.monotonic() - now - wait
+            if self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag:
+                return True  # busy, but the loop has room for the relay's work too
+        return True
+
+    async def teardown(self) -> None:
+        """Remove what was published since the last claim (a later claim would otherwise)."""
+        if self._listener is not None:
+            self._listener.close()
+        done, self._done = self._done, []
+        if done:
+            try:
+                await self.store.published(done)
+            except Exception as exc:  # left leased: claimed and published again later
+                log.warning("relay.remove_failed", entries=len(done), error=repr(exc))
+
+    async def _pause(self, seconds: float) -> None:
+        """Until a nudge, the stop request, or ``seconds`` pass."""
+        if self.nudge.event.is_set():
+            return
+        waits = {
+            asyncio.ensure_future(self.nudge.event.wait()),
+            asyncio.ensure_future(self.stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter

@@ -1,0 +1,399 @@
+"""The sender actor: one class for every provider, the provider client injected.
+
+It reads ``Dispatch`` messages from its provider's mailbox and, for each:
+
+1. **records the attempt first** (``pending``, in the store, one transaction
+   that also reads the mail): a crash during the call leaves a trace, and a
+   second delivery of the same message while the call runs is told ``busy``;
+2. before sending a mail again whose earlier attempt has no answer
+   (``unknown``: a timeout, or a process that died mid-call), **asks that
+   provider** whether it took the mail (Mailgun's events API; others cannot
+   say) and records the answer: a mail the provider has is ``sent``;
+3. calls the provider through its circuit breaker;
+4. **commits the outcome** (group commit, ``Journal``) before anything else
+   happens for the mail: before the mailbox message is acknowledged and
+   before the mail is handed on to the next provider at once (failover), to
+   the retry scheduler once every provider failed transiently, or given up.
+
+A record whose handling keeps raising is dead-lettered (``Poison``), so no
+single record can stop the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import structlog
+from aiobreaker import CircuitBreaker, CircuitBreakerError
+
+from mailman.config import RetryConfig
+
+from .journal import Journal
+from .lifecycle import Actor
+from .mailboxes import Delivery
+from .messages import Attempt, Check, Dispatch, Mail, Outcome, RetryLater, Status, StatusUpdate
+from .poison import Poison
+from .providers import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Rejected,
+    Result,
+    Transient,
+    Unknown,
+)
+from .routing import Forward, GiveUp, Retry, Router, next_step, send_mailbox
+from .store import Begun, Store
+
+log = structlog.get_logger("mailman.sender")
+
+#: How far before an ``unknown`` attempt's start a lookup searches (clock skew).
+LOOKUP_SLACK_SECONDS = 60.0
+
+
+class _Unwell(Exception):
+    """Raised inside the breaker so that it counts a result that says the provider is unwell."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(type(result).__name__)
+        self.result = result
+
+
+class Sender(Actor):
+    subscribes = True
+
+    def __init__(
+        self,
+        *,
+        client: ProviderClient,
+        breaker: CircuitBreaker,
+        router: Router,
+        store: Store,
+        retry: RetryConfig,
+        concurrency: int = 32,
+        stop_timeout: float = 10.0,
+        stale_after: float = 30.0,
+        poison_attempts: int = 5,
+        peers: Mapping[str, ProviderClient] | None = None,
+        journal: Journal | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(f"sender:{client.name}")
+        self.client = client
+        self.provider = client.name
+        self.breaker = breaker
+        self.router = router
+        self.store = store
+        self.retry = retry
+        self.concurrency = concurrency
+        self.stop_timeout = stop_timeout
+        #: An attempt with no answer recorded this long after its start is ``unknown``.
+        self.stale_after = stale_after
+        #: The clients of every provider in the chain, to ask about ``unknown`` attempts.
+        self.peers: Mapping[str, ProviderClient] = peers or {client.name: client}
+        self.journal = journal or Journal(store)
+        self.clock = clock
+        #: Attempts recorded ``pending`` whose outcome is not committed yet: id -> (mail, round).
+        self._open: dict[int, tuple[str, int]] = {}
+        self.poison: Poison[Dispatch] = Poison(
+            self,
+            mailbox=send_mailbox(self.provider),
+            store=store,
+            attempts=poison_attempts,
+            clock=clock,
+        )
+
+    async def setup(self) -> None:
+        await self.client.start()
+
+    async def teardown(self) -> None:
+        """Attempts whose call this sender abandoned (it crashed, or was cancelled on stop)
+        are recorded ``unknown``, so whoever handles the mail next asks before sending."""
+        try:
+            if self._open:
+                abandoned = [
+                    self._unknown(attempt_id, mail_id, round_, "the sender stopped during the call")
+                    for attempt_id, (mail_id, round_) in self._open.items()
+                ]
+                self._open.clear()
+                try:
+                    await self.store.apply(abandoned)
+                except Exception as exc:  # the sweeper finds them once they are stale
+                    log.warning("sender.abandon_failed", attempts=len(abandoned), error=repr(exc))
+        finally:
+            await self.client.close()
+
+    async def run(self) -> None:
+        slots = asyncio.Semaphore(self.concurrency)
+        async with (
+            self.subscribed(self.router.inbox_of(self.provider)) as inbox,
+            asyncio.TaskGroup() as group,
+        ):
+            while True:
+                await slots.acquire()
+                delivery = await self.receive(inbox)
+                if delivery is None:
+                    slots.release()
+                    break
+                group.create_task(self._handle_and_release(delivery, slots))
+            # Leaving the task group waits for the calls in flight.
+
+    async def _handle_and_release(
+        self, delivery: Delivery[Dispatch], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            if await self.poison.handle(delivery.message, self.handle):
+                await delivery.ack()
+        finally:
+            slots.release()
+
+    async def handle(self, dispatch: Dispatch) -> None:
+        """Try one mail with this provider and hand it on. Idempotent: a final mail, or
+        one whose attempt is in flight elsewhere, is left alone.
+
+        Logs one line per provider call (``provider.call``), with everything
+        about it as fields, written once its outcome is committed.
+        """
+        chain = self.router.chain
+        if not 0 <= dispatch.hop < len(chain) or chain[dispatch.hop] != self.provider:
+            # Before anything is recorded: a poison record, dead-lettered by the retries.
+            raise ValueError(f"hop {dispatch.hop} does not name {self.provider} in the chain")
+        begun = await self._begin(dispatch)
+        if begun is None:
+            log.error("mail.unknown", mail_id=dispatch.mail_id, provider=self.provider)
+            return
+        if begun.why == "unchecked":
+            if await self._check(dispatch, begun):
+                return  # a provider has it: recorded as sent
+            begun = await self._begin(dispatch)
+            if begun is None:
+                return
+        attempt_id = begun.attempt_id
+        if attempt_id is None:
+            log.info(
+                "mail.skipped",
+                mail_id=dispatch.mail_id,
+                provider=self.provider,
+                why=begun.why,
+                status=begun.status.value,
+            )
+            return
+        self._open[attempt_id] = (dispatch.mail_id, dispatch.round)
+        started = time.perf_counter()
+        try:
+            result = await self._call(begun.mail)
+            await self._after(dispatch, attempt_id, result, started, begun.mail.request_id)
+        except Exception as exc:
+            if self._open.pop(attempt_id, None) is not None:
+                # The outcome is not recorded (a bug, not an answer): the provider may
+                # have the mail, so whoever tries next asks first.
+                reason = f"the sender failed during the call: {type(exc).__name__}"
+                unknown = self._unknown(attempt_id, dispatch.mail_id, dispatch.round, reason)
+                await self._record(unknown)
+            raise
+
+    def _unknown(self, attempt_id: int, mail_id: str, round_: int, reason: str) -> StatusUpdate:
+        """Records an attempt recorded ``pending`` as ``unknown``."""
+        now = self.clock()
+        attempt = Attempt(self.provider, round_, now, Outcome.UNKNOWN, reason, id=attempt_id)
+        return StatusUpdate(mail_id, Status.SENDING, now, attempt=attempt)
+
+    async def _begin(self, dispatch: Dispatch) -> Begun | None:
+        now = self.clock()
+        return await self.through_outage(
+            self.store.unavailable,
+            lambda: self.store.begin_attempt(
+                dispatch.mail_id, self.provider, dispatch.round, now, now - self.stale_after
+            ),
+            "begin",
+        )
+
+    async def _check(self, dispatch: Dispatch, begun: Begun) -> bool:
+        """Ask the providers of the mail's ``unknown`` attempts whether they took it, and
+        record each answer; True if one did (the mail is then ``sent``)."""
+        taken = False
+        for attempt in begun.unknown:
+            client = self.peers.get(attempt.provider)
+            if client is None:
+                found = Found(Check.CANNOT, reason=f"{attempt.provider} is not configured here")
+            else:
+                found = await client.lookup(begun.mail, attempt.at - LOOKUP_SLACK_SECONDS)
+            now = self.clock()
+            checked = replace(
+                attempt,
+                checked=found.check,
+                message_id=found.message_id or attempt.message_id,
+                reason=_joined(attempt.reason, found.reason),
+            )
+            if found.check is Check.TAKEN:
+                taken = True
+                update = StatusUpdate(
+                    dispatch.mail_id,
+                    Status.SENT,
+                    now,
+                    provider=attempt.provider,
+                    provider_message_id=found.message_id,
+                    attempt=checked,
+                )
+            else:
+                update = StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=checked)
+            await self._record(update)
+            log.warning(
+                "attempt.checked",
+                mail_id=dispatch.mail_id,
+                provider=attempt.provider,
+                round=attempt.round,
+                check=found.check.value,
+                reason=found.reason,
+            )
+        return taken
+
+    async def _record(self, update: StatusUpdate) -> None:
+        """Commit ``update`` (group commit), waiting out a store outage."""
+        await self.through_outage(
+            self.store.unavailable, lambda: self.journal.record(update), "record"
+        )
+
+    async def _call(self, mail: Mail) -> Result | None:
+        """The provider's result, or None when its breaker is open (no call made).
+
+        The breaker wraps the provider call alone: it counts only the
+        provider's own answer. (The mail is already ``sending``: the relay's
+        claim marked it.)
+        """
+
+        async def guarded() -> Result:
+            result = await self.client.send(mail)
+            if result.unwell:
+                raise _Unwell(result)
+            return result
+
+        try:
+            result: Result = await self.breaker.call_async(guarded)
+            return result
+        except _Unwell as exc:
+            return exc.result
+        except CircuitBreakerError as exc:
+            if isinstance(exc.__cause__, _Unwell):  # this call failed and tripped the breaker
+                return exc.__cause__.result
+            return None
+
+    async def _after(
+        self,
+        dispatch: Dispatch,
+        attempt_id: int,
+        result: Result | None,
+        started: float,
+        request_id: str = "",
+    ) -> None:
+        answered = time.perf_counter()
+        now = self.clock()
+        line = {
+            "mail_id": dispatch.mail_id,
+            "provider": self.provider,
+            "round": dispatch.round,
+            "ms": round((answered - started) * 1000, 1),
+            "request_id": request_id,
+        }
+        if isinstance(result, Accepted):
+            attempt = Attempt(
+                self.provider,
+                dispatch.round,
+                now,
+                Outcome.ACCEPTED,
+                None,
+                result.message_id,
+                id=attempt_id,
+            )
+            await self._record(
+                StatusUpdate(
+                    dispatch.mail_id,
+                    Status.SENT,
+                    now,
+                    provider=self.provider,
+                    provider_message_id=result.message_id,
+                    attempt=attempt,
+                )
+            )
+            self._open.pop(attempt_id, None)
+            log.info(
+                "provider.call",
+                outcome="accepted",
+                message_id=result.message_id,
+                durable_ms=round((time.perf_counter() - answered) * 1000, 2),
+                **line,
+            )
+            return
+        retry_after: float | None = None
+        level = "info"
+        if result is None:
+            attempt = Attempt(
+                self.provider, dispatch.round, now, Outcome.SKIPPED, "circuit open", id=attempt_id
+            )
+            line.update(outcome="skipped", reason="circuit open")
+        else:
+            assert isinstance(result, Transient | Misconfigured | Rejected | Unknown)
+            attempt = Attempt(
+                self.provider, dispatch.round, now, result.outcome, result.reason, id=attempt_id
+            )
+            line.update(outcome=result.outcome.value, reason=result.reason)
+            if isinstance(result, Transient | Misconfigured | Rejected):
+                line.update(status=result.status)
+            if isinstance(result, Transient):
+                retry_after = result.retry_after
+                level = "warning"
+            elif isinstance(result, Unknown):
+                level = "warning"
+            elif isinstance(result, Misconfigured):
+                level = "error"
+        step = next_step(
+            self.router.chain,
+            dispatch,
+            rejected_now=isinstance(result, Rejected),
+            retry_after=retry_after,
+            now=now,
+            retry=self.retry,
+        )
+        if isinstance(step, GiveUp):
+            await self._record(
+                StatusUpdate(
+                    dispatch.mail_id, Status.FAILED, now, reason=step.reason, attempt=attempt
+                )
+            )
+            self._open.pop(attempt_id, None)
+            log.log(_LEVELS[level], "provider.call", then="failed", failed=step.reason, **line)
+            return
+        due = now + step.delay if isinstance(step, Retry) else now
+        await self._record(
+            StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due)
+        )
+        self._open.pop(attempt_id, None)
+        if isinstance(step, Forward):
+            to = self.router.chain[step.dispatch.hop]
+            log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
+            await self.router.dispatch(step.dispatch)
+        elif isinstance(step, Retry):
+            log.log(
+                _LEVELS[level],
+                "provider.call",
+                then="retry",
+                delay=round(step.delay, 3),
+                next_round=step.dispatch.round,
+                **line,
+            )
+            await self.router.retry.put(RetryLater(step.dispatch, due))
+
+
+def _joined(reason: str | None, check: str | None) -> str | None:
+    """An unknown attempt's reason with what checking it found, both kept."""
+    if check is None:
+        return reason
+    return f"{reason}; checked: {check}" if reason else f"checked: {check}"
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

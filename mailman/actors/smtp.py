@@ -1,0 +1,579 @@
+"""The SMTP server actor: apps that send by SMTP (Django, Rails, Laravel, cron jobs) get
+Mailman's failover by pointing their SMTP host, port and password at it.
+
+aiosmtpd's protocol, served by the running event loop (``loop.create_server``;
+aiosmtpd's ``Controller`` runs a loop in a thread of its own and is not used).
+A transaction, and what is answered:
+
+- ``AUTH PLAIN`` or ``AUTH LOGIN``: the password is a Mailman key with the
+  ``send`` scope; the user name is ignored (send ``api``, or anything). An
+  unknown or revoked key, or one without ``send``, is ``535 5.7.8``; a store
+  that does not answer ``454 4.7.0``. The key is never logged. With a
+  certificate configured, STARTTLS is offered and AUTH is refused before it
+  (``538 5.7.11``); without one AUTH works in the clear (terminate TLS in
+  front, or keep it on a private network).
+- ``MAIL FROM``: once the store holds a key, a client that has not
+  authenticated gets ``530 5.7.0 Authentication required``. While it holds
+  none, SMTP is open like the API, which ``actors.system.check_exposure``
+  allows on loopback only.
+- ``RCPT TO``: each address checked as the API checks one (``553 5.1.3``); at
+  most ``MAX_RECIPIENTS`` (``452 4.5.3``).
+- ``DATA``: over the size limit (``SIZE`` in the EHLO answer) ``552 5.3.4``.
+  Otherwise the mail becomes the body of ``POST /mail/send`` (``actors.mime``)
+  and is accepted as one (``routes.intake``: back pressure, the key's rate,
+  validation, the commit, waking the relay). ``250 2.0.0 Ok: queued as <id>``
+  is answered only once the mail is committed; ``GET /mail/<id>`` knows it.
+
+Refusals: a mail that is not valid ``550`` (``5.1.7`` for the sender,
+``5.1.3`` for a recipient, ``5.6.0`` for the rest), one line per field at
+fault, named as the API names it (``from``, ``to[0]``, ``headers.X-Name``,
+``attachments[1].filename``...); too large ``552 5.3.4``; rate-limited, backlog
+full, store unavailable or anything unexpected ``451 4.3.0`` (transient: the
+client tries again; nothing was stored).
+
+Stopping: the listener closes, mails being committed finish (within
+``shutdown_timeout``), the connections left get ``421 4.3.2`` and are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import logging
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailman.config import Config, tls_server_context
+from mailman.config.logging import get_logger
+from mailman.routes import HttpMetrics, Outbound
+from mailman.routes.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
+from mailman.routes.backlog import Backlog, refresher
+from mailman.routes.errors import IDEMPOTENCY_MISMATCH, Problem
+from mailman.routes.intake import Accepted, Intake, refused
+from mailman.routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
+
+from .keys import Scope
+from .lifecycle import Actor
+from .mime import message_id, to_body
+from .store import Store, StoreUnavailable
+
+log = get_logger("mailman.smtp")
+
+#: The greeting's software name (aiosmtpd's own would name itself and its version).
+IDENT = "Mailman ESMTP"
+#: Mails larger than this are translated in a worker thread, not in the event loop.
+THREAD_BYTES = 256 * 1024
+#: Reply lines listing the fields at fault, at most (SMTP replies should stay short).
+MAX_REPLY_LINES = 10
+#: Characters of one reply line's text, at most (RFC 5321: 512 with the code and CRLF).
+MAX_REPLY_TEXT = 400
+
+TEMPORARY = "451 4.3.0"
+#: Mails are deduplicated by their Message-ID, as by an ``Idempotency-Key`` of this prefix.
+MESSAGE_ID_KEY = "smtp:"
+AUTH_SUCCESS = "235 2.7.0 Authentication successful"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure: try again later"
+
+_REQUEST_PREFIX = secrets.token_hex(8)
+_REQUESTS = itertools.count(1)
+
+
+def _request_id() -> str:
+    return f"smtp-{_REQUEST_PREFIX}{next(_REQUESTS):012x}"
+
+
+def _reply_text(text: str) -> str:
+    """``text`` fit for a reply line: printable ASCII, one line, not too long."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return printable[:MAX_REPLY_TEXT]
+
+
+def _reply(code: str, lines: Sequence[str]) -> str:
+    """A (multi-line) reply: ``550-5.6.0 first``, ..., ``550 5.6.0 last``."""
+    basic, _, enhanced = code.partition(" ")
+    texts = [_reply_text(line) for line in lines[:MAX_REPLY_LINES]] or ["Refused"]
+    out = [f"{basic}-{enhanced} {text}" for text in texts[:-1]]
+    out.append(f"{basic} {enhanced} {texts[-1]}")
+    return "\r\n".join(out)
+
+
+def _enhanced(field: str) -> str:
+    """The enhanced status code (RFC 3463) of a refused field."""
+    if field == "from":
+        return "5.1.7"  # bad sender's mailbox address syntax
+    if field.partition("[")[0] in ("to", "cc", "bcc"):
+        return "5.1.3"  # bad destination mailbox address syntax
+    return "5.6.0"  # other media error
+
+
+def refusal(problem: Problem) -> str:
+    """The SMTP reply to a mail ``routes.intake`` refused."""
+    status = problem.status
+    retry_after = problem.headers.get("Retry-After")
+    later = f" in {retry_after} s" if retry_after else " later"
+    if status == HTTPStatus.UNPROCESSABLE_ENTITY:
+        errors = problem.errors
+        code = f"550 {_enhanced(errors[0].field) if errors else '5.6.0'}"
+        lines = [f"{e.field}: {e.message}" for e in errors] or [problem.detail]
+        return _reply(code, ["The mail is not valid; nothing was stored:", *lines])
+    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        lines = [f"{e.field}: {e.message}" for e in problem.errors] or [problem.detail]
+        return _reply("552 5.3.4", ["The mail is too large; nothing was stored:", *lines])
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        return f"{TEMPORARY} Rate limited: this key sends too fast. Try again{later}"
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again{later}"
+    if status == HTTPStatus.CONFLICT:  # the same Message-ID is being committed right now
+        return f"{TEMPORARY} This mail is being taken already. Try again{later}"
+    if 400 <= status < 500:
+        return _reply("554 5.6.0", [problem.detail])
+    return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again later"
+
+
+def _peer(session: Session) -> str | None:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+class SmtpHandler:
+    """aiosmtpd's handler: the AUTH, MAIL, RCPT and DATA hooks (one, shared by every
+    connection of the actor)."""
+
+    def __init__(
+        self, *, intake: Intake, keyring: Keyring, metrics: HttpMetrics | None = None
+    ) -> None:
+        self.intake = intake
+        self.keyring = keyring
+        self.metrics = metrics
+        #: Mails being translated or committed now; ``idle`` is set while there are none.
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._tasks: set[asyncio.Task[str]] = set()
+
+    # --- AUTH ---------------------------------------------------------------------
+
+    def counted(self, stage: str, reply: str | None) -> str | None:
+        """``reply``, counted in ``mailman_smtp_replies_total`` by stage and code."""
+        if self.metrics is not None and reply is not None:
+            self.metrics.smtp_reply(stage, reply[:3])
+        return reply
+
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        """AUTH PLAIN and LOGIN against the store's keys; None when already answered."""
+        return self.counted("auth", await self._auth(server, session, args))
+
+    async def _auth(self, server: SMTP, session: Session, args: list[str]) -> str | None:
+        mechanism = args[0].upper()
+        if mechanism == "PLAIN":
+            password = await self._plain(server, args)
+        elif mechanism == "LOGIN":
+            password = await self._login(server, args)
+        else:
+            return "504 5.5.4 Unrecognized authentication type"
+        if not isinstance(password, bytes):
+            return password  # a reply; None: aiosmtpd answered (the client gave up...)
+        try:
+            principal = await authenticate(self.keyring, _key(password), Scope.SEND)
+        except BadKey:
+            log.info("smtp.auth_refused", why="unknown_key", peer=_peer(session))
+            return "535 5.7.8 Authentication credentials invalid: unknown or revoked key"
+        except MissingScope:
+            log.info("smtp.auth_refused", why="no_send_scope", peer=_peer(session))
+            return "535 5.7.8 Authentication credentials invalid: the key lacks the send scope"
+        except StoreUnavailable:
+            log.warning("smtp.auth_unavailable", peer=_peer(session))
+            return AUTH_TEMPORARY
+        session.authenticated = True
+        session.auth_data = principal  # type: ignore[assignment]  # typed None, holds anything
+        return AUTH_SUCCESS
+
+    async def _plain(self, server: SMTP, args: list[str]) -> bytes | str | None:
+        """The password of ``AUTH PLAIN`` (RFC 4616); else a reply, or None if answered."""
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return None
+        else:
+            decoded = _b64(args[1])
+            if decoded is None:
+                return "501 5.5.2 Cannot decode base64"
+            blob = decoded
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            return "501 5.5.2 Cannot split the PLAIN value (authzid NUL user NUL password)"
+        return parts[2]
+
+    async def _login(self, server: SMTP, args: list[str]) -> bytes | str | None:
+        """The password of ``AUTH LOGIN`` (the user name is asked for, and ignored)."""
+        if len(args) == 1:
+            user = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            if not isinstance(user, bytes):
+                return None
+        elif _b64(args[1]) is None:
+            return "501 5.5.2 Cannot decode base64"
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return None
+        return password
+
+    # --- MAIL, RCPT -------------------------------------------------------------
+
+    async def principal(self, session: Session) -> Principal | str:
+        """Who sends: the key given with AUTH, or (while no key exists) the anonymous
+        caller; else the reply refusing the command."""
+        if session.authenticated and isinstance(session.auth_data, Principal):
+            return session.auth_data
+        try:
+            return await authenticate(self.keyring, None, Scope.SEND)
+        except NoKey:
+            return AUTH_REQUIRED
+        except StoreUnavailable:
+            return f"{TEMPORARY} Mailman's store is unavailable; try again later"
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        principal = await self.principal(session)
+        if isinstance(principal, str):
+            return principal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return f"452 4.5.3 Too many recipients: at most {MAX_RECIPIENTS} a mail"
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            return f"553 5.1.3 {_reply_text(str(exc))}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    # --- DATA -------------------------------------------------------------------
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await self._data(session, envelope)
+        self.counted("data", reply)
+        return reply
+
+    async def _data(self, session: Session, envelope: Envelope) -> str:
+        principal = await self.principal(session)
+        if isinstance(principal, str):
+            return principal
+        raw = envelope.original_content or b""
+        sender = envelope.mail_from
+        recipients = tuple(envelope.rcpt_tos)
+        self.busy += 1
+        self.idle.clear()
+        task = asyncio.create_task(self._deliver(raw, sender, recipients, principal))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # A client that hangs up does not cancel a commit half-way: the mail is
+        # stored or not, and the count of busy mails stays right.
+        return await asyncio.shield(task)
+
+    async def _accept(
+        self, raw: bytes, body: dict[str, Any], principal: Principal, request_id: str
+    ) -> Accepted:
+        """Accept the mail, once per ``Message-ID``: a client (or a relaying MTA) that sends
+        a mail again because it never got the ``250`` gets the first mail's id back, and
+        nothing is sent twice. The same ``Message-ID`` on another mail is a new mail."""
+        msgid = message_id(raw)
+        key = None if msgid is None else MESSAGE_ID_KEY + msgid
+        try:
+            return await self.intake.accept(
+                body, principal=principal, request_id=request_id, idempotency_key=key
+            )
+        except Problem as problem:
+            if key is None or problem.type != IDEMPOTENCY_MISMATCH:
+                raise
+        log.info("smtp.message_id_reused", request_id=request_id)
+        # Backlog and rate were charged by the first try.
+        return await self.intake.accept(
+            body, principal=principal, request_id=request_id, checked=True
+        )
+
+    async def _deliver(
+        self, raw: bytes, sender: str | None, recipients: tuple[str, ...], principal: Principal
+    ) -> str:
+        """Translate, accept, and the reply that says how it went."""
+        request_id = _request_id()
+        started = time.perf_counter()
+        try:
+            if len(raw) > THREAD_BYTES:
+                body = await asyncio.to_thread(
+                    to_body, raw, mail_from=sender, recipients=recipients
+                )
+            else:
+                body = to_body(raw, mail_from=sender, recipients=recipients)
+            accepted = await self._accept(raw, body, principal, request_id)
+        except ValidationFailed as exc:
+            return self._refused(refused(exc), request_id)
+        except Problem as problem:
+            return self._refused(problem, request_id)
+        except StoreUnavailable as exc:
+            log.warning("smtp.store_unavailable", request_id=request_id, error=str(exc))
+            return f"{TEMPORARY} The store is unavailable; nothing was stored. Try again later"
+        except Exception:
+            log.exception("smtp.failed", request_id=request_id)
+            return f"{TEMPORARY} Mailman could not take the mail; nothing was stored. Try again"
+        finally:
+            self.busy -= 1
+            if self.busy == 0:
+                self.idle.set()
+        log.info(
+            "smtp.replayed" if accepted.replayed else "smtp.accepted",
+            mail_id=accepted.mail_id,
+            recipients=accepted.recipients,
+            tenant=principal.tenant,
+            bytes=len(raw),
+            request_id=request_id,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return f"250 2.0.0 Ok: queued as {accepted.mail_id}"
+
+    def _refused(self, problem: Problem, request_id: str) -> str:
+        reply = refusal(problem)
+        log.info(
+            "smtp.refused",
+            code=int(reply[:3]),
+            status=problem.status,
+            fields=[e.field for e in problem.errors],
+            request_id=request_id,
+        )
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An error in aiosmtpd's command handling: a transient reply, no internals."""
+        log.error("smtp.error", error=type(error).__name__, exc_info=error)
+        return "451 4.3.0 Internal error; try again later"
+
+
+def _b64(value: str) -> bytes | None:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _key(raw: bytes) -> str:
+    """The key a client sent as its password (never logged)."""
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return ""
+
+
+class SmtpProtocol(SMTP):
+    """aiosmtpd's protocol (one per connection), known to its server for the stop, with
+    enhanced status codes on aiosmtpd's own size refusals."""
+
+    def __init__(
+        self,
+        handler: SmtpHandler,
+        *,
+        connections: set[SmtpProtocol],
+        max_connections: int,
+        **kwargs: Any,
+    ):
+        super().__init__(handler, **kwargs)
+        self.connections = connections
+        self.max_connections = max_connections
+        self.counted = handler.counted
+        #: Turned away at connect (too many connections): aiosmtpd never ran on it.
+        self.turned_away = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self not in self.connections and len(self.connections) >= self.max_connections:
+            self.turned_away = True
+            log.warning("smtp.too_many_connections", limit=self.max_connections)
+            reply = "421 4.7.0 Too many connections; try again later"
+            self.counted("connect", reply)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(reply.encode() + b"\r\n")
+            transport.close()
+            return
+        super().connection_made(transport)
+        self.connections.add(self)  # called again after STARTTLS: a set keeps it once
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.turned_away:
+            return
+        self.connections.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and status.startswith("552 Error:"):
+            limit = self.data_size_limit
+            await super().push(f"552 5.3.4 The mail is larger than the limit of {limit} bytes")
+            return
+        await super().push(status)
+
+    def goodbye(self) -> None:
+        """Say 421 and close the connection (Mailman is stopping)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.write(b"421 4.3.2 Mailman is shutting down; try again later\r\n")
+            transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+
+
+class SmtpServer(Actor):
+    """Listens for SMTP clients; binds in ``start`` (after storage and mailboxes are ready).
+
+    ``port``: the one to bind (``config.smtp.port`` when None; 0: any free one);
+    once started, the one bound. ``tls_port`` likewise, for implicit TLS (with a
+    certificate only).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        outbound: Outbound,
+        config: Config,
+        port: int | None = None,
+        tls_port: int | None = None,
+        metrics: HttpMetrics | None = None,
+    ) -> None:
+        super().__init__("smtp")
+        smtp = config.smtp
+        self.config = config
+        self.store = store
+        self.host = smtp.host or config.host
+        self.port = port if port is not None else smtp.port or 0
+        self.max_bytes = smtp.max_bytes or config.max_body_bytes
+        self.stop_timeout = config.shutdown_timeout + 5.0
+        self.keyring = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+        self.backlog = Backlog(config.backlog_limit)
+        intake = Intake(store=store, outbound=outbound, config=config, backlog=self.backlog)
+        self.handler = SmtpHandler(intake=intake, keyring=self.keyring, metrics=metrics)
+        self.connections: set[SmtpProtocol] = set()
+        self.tls: ssl.SSLContext | None = None
+        #: The name in the greeting (aiosmtpd's default asks DNS, once per connection).
+        self.hostname = socket.gethostname() or "mailman"
+        #: The implicit-TLS port (``config.smtp.tls_port`` when None), once bound the one
+        #: bound; None: none.
+        self.tls_port: int | None = tls_port if tls_port is not None else smtp.tls_port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    def _protocol(self, *, implicit: bool = False) -> SmtpProtocol:
+        """A connection's protocol: STARTTLS when a certificate is there; on the
+        implicit-TLS port the connection is TLS already (no STARTTLS, AUTH at once)."""
+        return SmtpProtocol(
+            self.handler,
+            connections=self.connections,
+            max_connections=self.config.smtp.max_connections,
+            data_size_limit=self.max_bytes,
+            hostname=self.hostname,
+            ident=IDENT,
+            tls_context=None if implicit else self.tls,
+            # AUTH needs TLS when TLS is there; without a certificate it works in the clear.
+            auth_require_tls=self.tls is not None and not implicit,
+            loop=self._loop,
+        )
+
+    async def setup(self) -> None:
+        # aiosmtpd logs each command (addresses too) at info: keep its warnings only.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        smtp = self.config.smtp
+        if smtp.tls_cert is not None and smtp.tls_key is not None:
+            self.tls = tls_server_context(smtp.tls_cert, smtp.tls_key)  # read at each start
+        self._loop = asyncio.get_running_loop()
+        await self._stack.enter_async_context(
+            contextlib.asynccontextmanager(refresher)(self.backlog, self.store)
+        )
+        self._server = await self._loop.create_server(
+            self._protocol,
+            self.host,
+            self.port,
+            # --reuse-port: several smtp processes on one machine share the port.
+            reuse_port=self.config.reuse_port or None,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        if self.tls_port is not None and self.tls is not None:
+            self._tls_server = await self._loop.create_server(
+                lambda: self._protocol(implicit=True),
+                self.host,
+                self.tls_port,
+                ssl=self.tls,
+                reuse_port=self.config.reuse_port or None,
+            )
+            self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
+        log.info(
+            "smtp.listening",
+            host=self.host,
+            port=self.port,
+            starttls=self.tls is not None,
+            tls_port=self.tls_port if self._tls_server is not None else None,
+            max_bytes=self.max_bytes,
+        )
+
+    async def run(self) -> None:
+        """Write the keys' last use every few seconds until stopped."""
+        every = max(self.config.key_cache_seconds, 1.0)
+        while not self.stopping.is_set():
+            await self.rest(every)
+            try:
+                await self.keyring.flush()
+            except Exception as exc:  # the store may be down a while: next time
+                log.warning("smtp.keys_flush_failed", error=type(exc).__name__)
+
+    async def teardown(self) -> None:
+        server, self._server = self._server, None
+        tls_server, self._tls_server = self._tls_server, None
+        try:
+            if tls_server is not None:
+                tls_server.close()
+            if server is not None:
+                server.close()
+                # Mails being committed finish and get their answer; then the rest go.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.handler.idle.wait(), self.config.shutdown_timeout)
+                for connection in list(self.connections):
+                    connection.goodbye()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), 1.0)
+                for connection in list(self.connections):
+                    connection.abort()
+                log.info("smtp.stopped")
+            with contextlib.suppress(Exception):
+                await self.keyring.flush()
+        finally:
+            await self._stack.aclose()

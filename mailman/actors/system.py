@@ -1,0 +1,529 @@
+"""The whole system: store, mailboxes, provider clients and actors, wired from a Config.
+
+``Mailman.run`` is what the entry point runs; ``embedded`` starts the same
+system inside the caller's event loop (for integration tests, ours and our
+users'):
+
+    async with embedded(config) as mailman:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{mailman.url}/mail/send", json={...})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mailman.config import (
+    ROLE_ALL,
+    Config,
+    ConfigError,
+    MailgunConfig,
+    OutboxConfig,
+    ProviderConfig,
+    SendGridConfig,
+    is_memory_store,
+    redact_url,
+)
+from mailman.routes import HttpMetrics, Load, Probes, create_app
+
+from .bookkeeper import Bookkeeper
+from .breakers import ProviderBreaker, SharedHealth, make_breaker, states_of
+from .callbacks import Notifier
+from .journal import Journal
+from .lifecycle import Actor
+from .mailboxes import Broker, MemoryBroker
+from .providers import ProviderClient
+from .relay import Nudge, Relay
+from .routing import Router
+from .scheduler import RetryScheduler
+from .sender import Sender
+from .server import HttpServer
+from .smtp import SmtpServer
+from .store import Store, open_store
+from .supervisor import ChildSpec, Supervisor
+from .sweeper import Sweeper
+from .wake import WakeSender, wake_address
+
+if TYPE_CHECKING:  # aiokafka is imported only when Kafka is used
+    from .mailboxes.kafka import DeadLetterSink
+
+log = structlog.get_logger("mailman")
+
+ROLE_API = "api"
+ROLE_RELAY = "relay"
+ROLE_BOOKKEEPER = "bookkeeper"
+ROLE_RETRY = "retry"
+#: SMTP submission (``actors.smtp``): a role while ``MAILMAN_SMTP_PORT`` is not 0.
+ROLE_SMTP = "smtp"
+#: The roles that take mail in (commit it, wake the relay) and touch no mailbox.
+INTAKE_ROLES = frozenset({ROLE_API, ROLE_SMTP})
+
+
+def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
+    """The client for one configured provider."""
+    if isinstance(provider, SendGridConfig):
+        from .providers.sendgrid import SendGridClient
+
+        return SendGridClient(provider, timeout)
+    if isinstance(provider, MailgunConfig):
+        from .providers.mailgun import MailgunClient
+
+        return MailgunClient(provider, timeout)
+    from .providers.outbox import OutboxClient
+
+    return OutboxClient(provider)
+
+
+def all_roles(config: Config) -> frozenset[str]:
+    smtp = (ROLE_SMTP,) if config.smtp.port is not None else ()
+    return frozenset({ROLE_API, ROLE_RELAY, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain, *smtp})
+
+
+def in_memory(config: Config) -> bool:
+    return config.broker.startswith("memory:")
+
+
+def roles_of(config: Config) -> frozenset[str]:
+    """The actors this process runs; refuses roles it does not know or cannot run alone."""
+    known = all_roles(config)
+    if ROLE_ALL in config.roles:
+        return known
+    unknown = set(config.roles) - known
+    if ROLE_SMTP in unknown and config.smtp.port is None:
+        raise ConfigError("--role smtp needs an SMTP port, but MAILMAN_SMTP_PORT is 0 (off)")
+    if unknown:
+        raise ConfigError(
+            f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
+        )
+    roles = frozenset(config.roles)
+    if roles == known:
+        return roles
+    if is_memory_store(config.store):
+        raise ConfigError(
+            "running a subset of roles needs a store the processes share: an in-memory "
+            "database belongs to one process (use --store sqlite:///mailman.db or "
+            "mysql://user:password@host:3306/db, or --role all)"
+        )
+    # The intake roles (api, smtp) only commit mails and wake the relay: they go
+    # anywhere. The rest read in-process mailboxes: with memory:// all or none of them.
+    workers = known - INTAKE_ROLES
+    if in_memory(config) and (roles & workers) not in (frozenset(), workers):
+        raise ConfigError(
+            "with --broker memory:// the roles split only into api and the rest "
+            f"(--role api, and --role {','.join(sorted(workers))}; smtp may go with "
+            "either, or alone): the outbox in the shared store carries mails between "
+            "them. Other splits need a shared broker (--broker kafka://host:9092), "
+            "or --role all"
+        )
+    return roles
+
+
+def sqlite_file(config: Config) -> str | None:
+    """The path of the store's SQLite file; None for MySQL or an in-memory database."""
+    scheme, _, rest = config.store.partition("://")
+    if scheme != "sqlite" or is_memory_store(config.store):
+        return None
+    return rest[1:] if rest.startswith("/") else rest
+
+
+def make_broker(config: Config, dead_letters: DeadLetterSink | None = None) -> Broker:
+    if in_memory(config):
+        return MemoryBroker(capacity=config.mailbox_capacity)
+    scheme, _, rest = config.broker.partition("://")
+    if scheme == "kafka" and rest.strip("/"):
+        from .mailboxes.kafka import KafkaBroker
+
+        kafka = config.kafka
+        return KafkaBroker(
+            rest.strip("/"),
+            topic_prefix=kafka.topic_prefix,
+            partitions=kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            idempotent=kafka.idempotent,
+            linger_ms=kafka.linger_ms,
+            session_timeout_ms=kafka.session_timeout_ms,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            # A provider call never holds up polling (handlers run beside the
+            # poll loop), but keep the limit well above the provider timeout.
+            max_poll_interval_ms=max(300_000, int(config.provider_timeout * 4000)),
+            dead_letters=dead_letters,
+        )
+    raise ConfigError(
+        f"unsupported broker {redact_url(config.broker)!r} "
+        "(expected memory:// or kafka://host:9092[,host2:9092])"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_exposure(
+    config: Config, store: Store, roles: frozenset[str] = frozenset({ROLE_API})
+) -> None:
+    """The secure default: an API, or an SMTP listener, with no key at all is refused off
+    loopback (ConfigError). ``roles``: those this process runs.
+
+    On loopback it runs open, with one warning line.
+    """
+    if await store.any_keys():
+        return
+    listeners = []
+    if ROLE_API in roles:
+        listeners.append(("", config.host))
+    if ROLE_SMTP in roles:
+        listeners.append(("SMTP ", config.smtp.host or config.host))
+    for what, host in listeners:
+        if is_loopback(host):
+            continue
+        raise ConfigError(
+            f"refusing to serve {what}on {host}: the store holds no API key, so anyone who "
+            "can reach the port could send mail. Create one first: "
+            "mailman keys create --tenant NAME (with the same --store), "
+            "or bind to 127.0.0.1"
+        )
+    log.warning(
+        "auth.open",
+        detail="no API key exists: the API is open to anyone on this machine "
+        "(run `mailman keys create --tenant NAME` to require keys)",
+    )
+
+
+class Mailman:
+    """One deployment's actors in this process, under one supervisor."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clients: Mapping[str, ProviderClient] | None = None,
+        store: Store | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.config = config
+        self.roles = roles_of(config)
+        self.store = store or open_store(config.store)
+        self.broker = broker or make_broker(config, dead_letters=self._undecodable)
+        self.router = Router(self.broker, config.chain)
+        given = dict(clients or {})
+        self.clients: dict[str, ProviderClient] = {
+            p.name: given.pop(p.name)
+            if p.name in given
+            else make_client(p, config.provider_timeout)
+            for p in config.providers
+        }
+        if given:
+            raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
+        #: The senders' group commit: every sender's outcomes share transactions.
+        self.journal = Journal(self.store)
+        #: One breaker per provider, outliving restarts of its sender.
+        self.breakers: dict[str, ProviderBreaker] = {
+            name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
+            for name in config.chain
+        }
+        #: The relay's wake-up socket: API and relay in other processes of one machine.
+        path = sqlite_file(config)
+        if path is not None:
+            self.wake_address = wake_address(path)
+        elif in_memory(config) and not is_memory_store(config.store):
+            self.wake_address = wake_address(config.store)  # MySQL, split on one machine
+        else:
+            self.wake_address = None  # with Kafka the relay looks every interval
+        remote = None
+        if (
+            self.wake_address is not None
+            and self.roles & INTAKE_ROLES
+            and ROLE_RELAY not in self.roles
+        ):
+            remote = WakeSender(self.wake_address)
+        #: The API's (and SMTP's) outbound mailbox: wakes the relay (they never publish).
+        self.nudge = Nudge(remote)
+        #: The API's requests in flight: the relay beside it puts accepts first.
+        self.load = Load()
+        #: This process's HTTP (and SMTP) metrics, kept across restarts of their actors.
+        self.http_metrics = (
+            HttpMetrics(config.metrics_dir) if self.roles & {ROLE_API, ROLE_SMTP} else None
+        )
+        self.supervisor: Supervisor | None = None
+        self.ready = asyncio.Event()
+        #: Set once every actor stopped, also when the supervisor gave up.
+        self.stopped = asyncio.Event()
+        self._server: HttpServer | None = None
+        self._smtp: SmtpServer | None = None
+
+    @property
+    def smtp_port(self) -> int:
+        """The port the SMTP actor listens on (role smtp)."""
+        if self._smtp is None:
+            raise RuntimeError("this process runs no SMTP server (role smtp)")
+        return self._smtp.port
+
+    @property
+    def smtp_tls_port(self) -> int | None:
+        """The SMTP actor's implicit-TLS port (None: it has none)."""
+        if self._smtp is None:
+            raise RuntimeError("this process runs no SMTP server (role smtp)")
+        return self._smtp.tls_port
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("this process runs no HTTP server (role api)")
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def _children(self) -> list[ChildSpec]:
+        cfg = self.config
+        router = self.router
+        children: list[ChildSpec] = []
+        senders = [name for name in cfg.chain if name in self.roles]
+        if senders:
+            breakers = {name: self.breakers[name] for name in senders}
+            children.append(
+                ChildSpec(
+                    "health",
+                    lambda: SharedHealth(
+                        breakers=breakers, store=self.store, sync_seconds=cfg.breaker.sync_seconds
+                    ),
+                )
+            )
+        if ROLE_BOOKKEEPER in self.roles:
+            children.append(
+                ChildSpec(
+                    "bookkeeper",
+                    lambda: Bookkeeper(
+                        inbox=router.status, store=self.store, poison_attempts=cfg.poison_attempts
+                    ),
+                )
+            )
+            children.append(
+                ChildSpec(
+                    "sweeper",
+                    lambda: Sweeper(
+                        store=self.store, stale_after=cfg.stale_after, interval=cfg.sweep_interval
+                    ),
+                )
+            )
+            if cfg.callbacks.secret is not None:
+                # Status callbacks go out beside every bookkeeper (they need the secret).
+                children.append(
+                    ChildSpec("notifier", lambda: Notifier(store=self.store, config=cfg.callbacks))
+                )
+        if ROLE_RETRY in self.roles:
+            children.append(
+                ChildSpec(
+                    "retry",
+                    lambda: RetryScheduler(
+                        router=router, store=self.store, poison_attempts=cfg.poison_attempts
+                    ),
+                )
+            )
+        for name in senders:
+            children.append(ChildSpec(f"sender:{name}", self._sender_factory(name)))
+        if ROLE_RELAY in self.roles:
+            children.append(
+                ChildSpec(
+                    "relay",
+                    lambda: Relay(
+                        store=self.store,
+                        router=router,
+                        config=cfg.relay,
+                        nudge=self.nudge,
+                        wake_address=self.wake_address,
+                        load=self.load if ROLE_API in self.roles else None,
+                    ),
+                )
+            )
+        if ROLE_API in self.roles:
+            children.append(ChildSpec("api", self._server_factory))
+        if ROLE_SMTP in self.roles:
+            children.append(ChildSpec("smtp", self._smtp_factory))
+        return children
+
+    def _sender_factory(self, name: str) -> Callable[[], Actor]:
+        def factory() -> Actor:
+            return Sender(
+                client=self.clients[name],
+                breaker=self.breakers[name],
+                router=self.router,
+                store=self.store,
+                retry=self.config.retry,
+                concurrency=self.config.sender_concurrency,
+                stop_timeout=self.config.shutdown_timeout,
+                stale_after=self.config.stale_after,
+                poison_attempts=self.config.poison_attempts,
+                peers=self.clients,
+                journal=self.journal,
+            )
+
+        return factory
+
+    def _probes(self) -> Probes:
+        """What ``/readyz`` and ``/metrics`` see of the actors beside the API in this process."""
+        others = self.roles - INTAKE_ROLES
+        local = {name: self.breakers[name] for name in self.config.chain if name in self.roles}
+        broker = self.broker
+        return Probes(
+            # An API-only process never starts the broker: it does not depend on it.
+            broker=broker.ping if others else None,
+            breakers=(lambda: states_of(local)) if local else None,
+            mailboxes=broker.depths if others and isinstance(broker, MemoryBroker) else None,
+        )
+
+    def _server_factory(self) -> Actor:
+        cfg = self.config
+        probes = self._probes()
+        self._server = HttpServer(
+            lambda: create_app(
+                store=self.store,
+                outbound=self.nudge,
+                config=cfg,
+                load=self.load,
+                metrics=self.http_metrics,
+                probes=probes,
+            ),
+            host=cfg.host,
+            port=self._server.port if self._server is not None else cfg.port,
+            shutdown_timeout=cfg.shutdown_timeout,
+            header_timeout=cfg.header_timeout,
+            body_idle_timeout=cfg.body_idle_timeout,
+            keepalive_seconds=cfg.keepalive_seconds,
+            reuse_port=cfg.reuse_port,
+        )
+        return self._server
+
+    def _smtp_factory(self) -> Actor:
+        # A restarted actor binds the port its predecessor had (port 0: the same free one).
+        self._smtp = SmtpServer(
+            store=self.store,
+            outbound=self.nudge,
+            config=self.config,
+            port=self._smtp.port if self._smtp is not None else None,
+            tls_port=self._smtp.tls_port if self._smtp is not None else None,
+            metrics=self.http_metrics,
+        )
+        return self._smtp
+
+    def _announce(self) -> None:
+        cfg = self.config
+        log.info(
+            "mailman.starting",
+            roles=sorted(self.roles),
+            chain=list(cfg.chain),
+            store=redact_url(cfg.store),
+            broker=redact_url(cfg.broker),
+        )
+        for name in cfg.skipped_providers:
+            log.warning("provider.skipped", provider=name, why="no API key configured")
+        if len(cfg.providers) == 1 and isinstance(cfg.providers[0], OutboxConfig):
+            log.warning(
+                "providers.none_configured",
+                detail=f"no provider configured: mails are written as .eml files to "
+                f"{cfg.providers[0].directory}/ (set SENDGRID_API_KEY or MAILGUN_API_KEY "
+                "to send for real)",
+            )
+
+    async def _undecodable(self, mailbox: str, key: bytes | None, value: bytes, error: str) -> None:
+        """A Kafka record that does not decode: kept in the store's dead letters (if the
+        store is down this raises, and the inbox tries again: the record is not skipped)."""
+        mail_id = key.decode(errors="replace") if key else None
+        await self.store.add_dead_letter(
+            mailbox, mail_id, value, f"undecodable: {error}", time.time()
+        )
+
+    async def _close_clients(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+    async def run(self, until: asyncio.Event) -> None:
+        """Run until ``until`` is set; ``RestartBudgetExceeded`` if the supervisor gives up."""
+        self._announce()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.store)
+            # Senders close their own client; one opened only to ask about an
+            # ``unknown`` attempt (a lookup) is closed here.
+            stack.push_async_callback(self._close_clients)
+            if self.roles & INTAKE_ROLES:
+                await check_exposure(self.config, self.store, self.roles)
+            if self.roles - INTAKE_ROLES:
+                # An API-only (or SMTP) process never touches a mailbox (the relay
+                # publishes), so it starts and answers even while Kafka is down.
+                await self.broker.start()
+                stack.push_async_callback(self.broker.stop)
+            if in_memory(self.config) and ROLE_RELAY in self.roles:
+                # In-process mailboxes died with the last run: every mail it
+                # left unfinished goes back to the outbox for the relay.
+                requeued = await self.store.requeue_unfinished()
+                if requeued:
+                    log.info("recovery.requeued", mails=requeued)
+            supervisor = self.supervisor = Supervisor(self._children(), self.config.supervisor)
+            running = asyncio.create_task(supervisor.run(), name="supervisor")
+            ready = asyncio.ensure_future(supervisor.ready.wait())
+            stop = asyncio.ensure_future(until.wait())
+            try:
+                await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+                if supervisor.ready.is_set():
+                    self.ready.set()
+                    log.info(
+                        "mailman.ready",
+                        **({"url": self.url} if self._server else {}),
+                        **({"smtp_port": self.smtp_port} if self._smtp else {}),
+                    )
+                await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+                supervisor.stop()
+                await running  # raises why the supervisor gave up, if it did
+            finally:
+                ready.cancel()
+                stop.cancel()
+                if not running.done():  # we were cancelled: stop the actors all the same
+                    supervisor.stop()
+                    await asyncio.shield(running)
+                if self.nudge.remote is not None:
+                    self.nudge.remote.close()
+                self.stopped.set()
+        log.info("mailman.stopped")
+
+
+@contextlib.asynccontextmanager
+async def embedded(
+    config: Config,
+    *,
+    clients: Mapping[str, ProviderClient] | None = None,
+) -> AsyncIterator[Mailman]:
+    """The whole system running in this event loop until the block ends.
+
+    Ready when the block starts: the store is open, every actor runs and the
+    HTTP server listens on ``mailman.url`` (use ``port=0`` for a free port).
+    """
+    system = Mailman(config, clients=clients)
+    until = asyncio.Event()
+    task = asyncio.create_task(system.run(until), name="mailman")
+    ready = asyncio.ensure_future(system.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()  # raises why it could not start
+        raise RuntimeError("mailman stopped before it was ready")
+    try:
+        yield system
+    finally:
+        until.set()
+        await task

@@ -1,0 +1,116 @@
+"""Mailman's entry point: ``mailman [serve] [flags]``, ``mailman keys ...``,
+``mailman dead-letters ...``, or ``python -m mailman ...``.
+
+Thin on purpose: read the configuration once, set up logging, handle
+signals in one place, run the system, turn the outcome into an exit code.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when the supervisor
+gave up (restart budget spent) or start-up failed, 2 for a bad configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from mailman.actors.deadletters import dead_letters_main
+from mailman.actors.keys import keys_main
+from mailman.actors.processes import ProcessSupervisor
+from mailman.actors.supervisor import RestartBudgetExceeded
+from mailman.actors.system import Mailman
+from mailman.config import Config, ConfigError, load
+from mailman.config.logging import configure_logging
+
+log = structlog.get_logger("mailman")
+
+
+async def serve(
+    config: Config, argv: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT; the exit code.
+
+    With ``--processes N`` (N >= 2) this process supervises N child processes
+    (``argv``, the flags, and ``env``, this process's environment by default,
+    are what they are started with); otherwise it runs the actors itself.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        if config.processes > 1:
+            children_env = os.environ if env is None else env
+            return await ProcessSupervisor(config, argv, children_env).run(stop)
+        system = Mailman(config)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(system.run(stop), name="mailman")
+            if config.ready_fd is not None:
+                group.create_task(_tell_ready(system, config.ready_fd))
+    except* RestartBudgetExceeded:
+        code = 1
+    except* ConfigError as eg:
+        log.error("config.invalid", detail=str(eg.exceptions[0]))
+        code = 2
+    except* OSError as eg:
+        log.error("mailman.start_failed", detail=str(eg.exceptions[0]))
+        code = 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return code
+
+
+async def _tell_ready(system: Mailman, fd: int) -> None:
+    """Write "ready" to the parent's pipe (``--processes``) once serving."""
+    with os.fdopen(fd, "wb", buffering=0) as pipe:
+        ready = asyncio.ensure_future(system.ready.wait())
+        stopped = asyncio.ensure_future(system.stopped.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopped.cancel()
+        if system.ready.is_set():
+            pipe.write(b"ready\n")
+
+
+def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
+    """Run ``main`` on uvloop when it is installed (and not refused), else on asyncio's loop."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise ConfigError("MAILMAN_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:], env)
+    if argv[:1] == ["dead-letters"]:
+        return dead_letters_main(argv[1:], env)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    try:
+        config = load(argv, env)
+    except ConfigError as exc:
+        print(f"mailman: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    try:
+        return run(serve(config, argv, env), config.event_loop)
+    except ConfigError as exc:
+        log.error("config.invalid", detail=str(exc))
+        return 2

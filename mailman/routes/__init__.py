@@ -1,0 +1,187 @@
+"""The HTTP layer: ``create_app`` builds the aiohttp application.
+
+The app holds no global state: its store, outbound mailbox and config are
+given to ``create_app`` and kept in the app under typed keys. The caller
+owns their lifecycle and binds the port (see ``actors.server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+
+from mailman.actors.messages import Dispatch
+from mailman.actors.store import BreakerState, Store
+from mailman.config import Config
+
+from .backlog import Backlog, refresher
+from .instruments import HttpMetrics
+
+
+class Outbound(Protocol):
+    """Where an accepted mail is handed on for sending (``actors.routing.Router``)."""
+
+    async def dispatch(self, dispatch: Dispatch) -> None: ...
+
+
+class Load:
+    """Requests this app is handling now, and when one last began or ended.
+
+    The relay in the same process reads it to put accepts first: while the
+    API is busy it defers its work (see ``actors.relay``).
+    """
+
+    __slots__ = ("active_at", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        #: ``time.monotonic()`` when a request last began or ended.
+        self.active_at = 0.0
+
+    def enter(self) -> None:
+        self.requests += 1
+        self.active_at = time.monotonic()
+
+    def leave(self) -> None:
+        self.requests -= 1
+        self.active_at = time.monotonic()
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds without a request in flight (0 while there is one)."""
+        return 0.0 if self.requests else max(0.0, now - self.active_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What ``/readyz`` and ``/metrics`` may look at beside the store, where this process has it."""
+
+    #: Raises when the broker this process uses cannot be reached; None: it uses none.
+    broker: Callable[[], Awaitable[None]] | None = None
+    #: This process's own provider breakers (fresher than the states shared in the store).
+    breakers: Callable[[], Sequence[BreakerState]] | None = None
+    #: Messages waiting in each in-process mailbox of this process.
+    mailboxes: Callable[[], Mapping[str, int]] | None = None
+
+
+STORE = web.AppKey("store", Store)
+OUTBOUND = web.AppKey("outbound", Outbound)
+CONFIG = web.AppKey("config", Config)
+LOAD = web.AppKey("load", Load)
+BACKLOG = web.AppKey("backlog", Backlog)
+HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
+PROBES = web.AppKey("probes", Probes)
+
+log = structlog.get_logger("mailman.http")
+
+#: How often the janitor forgets expired idempotency keys.
+PURGE_SECONDS = 60.0
+
+# The handlers read the keys above, so they are imported after them.
+from .intake import Intake  # noqa: E402
+
+#: Accepts mail for every HTTP entry point (``routes.intake``).
+INTAKE = web.AppKey("intake", Intake)
+
+from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
+from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
+from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
+from .dashboard import routes as dashboard_routes  # noqa: E402
+from .errors import error_middleware, request_id_middleware  # noqa: E402
+from .health import routes as health_routes  # noqa: E402
+from .mail import routes as mail_routes  # noqa: E402
+from .metrics import setup as setup_metrics  # noqa: E402
+from .openapi import routes as openapi_routes  # noqa: E402
+from .webhooks import add_webhooks  # noqa: E402
+
+__all__ = [
+    "BACKLOG",
+    "CONFIG",
+    "HTTP_METRICS",
+    "INTAKE",
+    "KEYRING",
+    "LOAD",
+    "OUTBOUND",
+    "PROBES",
+    "STORE",
+    "HttpMetrics",
+    "Load",
+    "Outbound",
+    "Probes",
+    "create_app",
+]
+
+
+def create_app(
+    *,
+    store: Store,
+    outbound: Outbound,
+    config: Config,
+    load: Load | None = None,
+    metrics: HttpMetrics | None = None,
+    probes: Probes | None = None,
+) -> web.Application:
+    """The API as an aiohttp application; ``store`` must already be open.
+
+    ``load`` counts the requests in flight (for a relay in the same process);
+    ``metrics`` this process's HTTP metrics (they outlive a restart of the
+    app); ``probes`` what else ``/readyz`` and ``/metrics`` may look at.
+    """
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+    )
+    app[STORE] = store
+    app[OUTBOUND] = outbound
+    app[CONFIG] = config
+    app[LOAD] = load or Load()
+    app[HTTP_METRICS] = metrics or HttpMetrics()
+    app[PROBES] = probes or Probes()
+    app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+    app[BACKLOG] = backlog = Backlog(config.backlog_limit)
+    app[INTAKE] = Intake(store=store, outbound=outbound, config=config, backlog=backlog)
+    app.cleanup_ctx.append(janitor)
+    app.cleanup_ctx.append(lambda _: refresher(backlog, store))
+    app.add_routes(mail_routes)
+    app.add_routes(health_routes)
+    setup_metrics(app)
+    app.add_routes(openapi_routes)
+    add_webhooks(app)
+    app.add_routes(dashboard_routes)
+    app.add_routes(mailgun_compat_routes)
+    app.add_routes(sendgrid_compat_routes)
+    return app
+
+
+async def janitor(app: web.Application) -> AsyncIterator[None]:
+    """While the app runs: write keys' last use, forget expired idempotency keys."""
+    task = asyncio.create_task(_sweep(app), name="api-janitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(Exception):
+        await app[KEYRING].flush()
+
+
+async def _sweep(app: web.Application) -> None:
+    keyring, store = app[KEYRING], app[STORE]
+    every = max(app[CONFIG].key_cache_seconds, 1.0)
+    last_purge = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await keyring.flush()
+            if time.monotonic() - last_purge >= PURGE_SECONDS:
+                last_purge = time.monotonic()
+                purged = await store.purge_idempotency(time.time())
+                if purged:
+                    log.info("idempotency.purged", keys=purged)
+        except Exception as exc:  # the store may be down for a while: try again later
+            log.warning("janitor.failed", error=type(exc).__name__)

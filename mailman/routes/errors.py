@@ -1,0 +1,281 @@
+"""Errors as problem details (RFC 9457), and the two middlewares around every request.
+
+Every error answer is ``application/problem+json`` with ``type``, ``title``,
+``status`` and ``detail`` (plus ``errors`` for a 422). Handlers raise
+``Problem``; aiohttp's own ``HTTPException``s (404, 405, 413...) and any
+unexpected exception are turned into problems by ``error_middleware``.
+
+At info a request logs one line, ``http.request`` (see ``request_id_middleware``):
+a refused one says why in its ``problem`` field rather than in a line of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from mailman.actors.store import StoreUnavailable
+from mailman.config.logging import get_logger
+
+from . import HTTP_METRICS, LOAD
+from .instruments import UNROUTED
+from .validation import FieldError
+
+log = get_logger("mailman.http")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-Id"
+
+_PROBLEMS = "https://mailman.dev/problems/"
+VALIDATION = _PROBLEMS + "validation"
+MALFORMED_JSON = _PROBLEMS + "malformed-json"
+UNSUPPORTED_MEDIA_TYPE = _PROBLEMS + "unsupported-media-type"
+TOO_LARGE = _PROBLEMS + "too-large"
+NOT_FOUND = _PROBLEMS + "not-found"
+METHOD_NOT_ALLOWED = _PROBLEMS + "method-not-allowed"
+STATUS_CONFLICT = _PROBLEMS + "status-conflict"
+INTERNAL = _PROBLEMS + "internal"
+BAD_REQUEST = _PROBLEMS + "bad-request"
+UNAUTHORIZED = _PROBLEMS + "unauthorized"
+FORBIDDEN = _PROBLEMS + "forbidden"
+RATE_LIMITED = _PROBLEMS + "rate-limited"
+IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
+IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
+STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
+BACKLOG_FULL = _PROBLEMS + "backlog-full"
+NOT_READY = _PROBLEMS + "not-ready"
+TIMEOUT = _PROBLEMS + "timeout"
+#: RFC 9457: the problem has no more meaning than its HTTP status.
+ABOUT_BLANK = "about:blank"
+
+#: What a 503 for an unreachable store asks the client to wait.
+STORE_RETRY_AFTER_SECONDS = 2
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+#: Headers of an aiohttp HTTPException not carried over to the problem answer.
+_BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING})
+
+
+#: What the handlers of a request add to its ``http.request`` line (see ``note``).
+LOG_FIELDS = web.RequestKey[dict[str, Any]]("log_fields")
+
+
+def note(request: web.Request, **fields: Any) -> None:
+    """Add ``fields`` to the request's ``http.request`` line, instead of a line of their own."""
+    noted = request.get(LOG_FIELDS)
+    if noted is not None:
+        noted.update(fields)
+
+
+def _note_problem(request: web.Request, type_: str) -> None:
+    note(request, problem=type_.removeprefix(_PROBLEMS))
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class Problem(Exception):
+    """An error answer a handler raises; rendered by ``error_middleware``."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type: str = ABOUT_BLANK,
+        title: str | None = None,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = int(status)
+        self.detail = detail
+        self.type = type
+        self.title = title or _title(status)
+        self.errors = tuple(errors)
+        #: Extra answer headers (``Retry-After``, ``WWW-Authenticate``...).
+        self.headers = dict(headers or {})
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors or self.status == HTTPStatus.UNPROCESSABLE_ENTITY:
+            body["errors"] = [e.as_json() for e in self.errors]
+        return body
+
+    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(self.as_json()),
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers={**self.headers, **(headers or {})},
+        )
+
+
+# aiohttp's exceptions, by status: (type, detail). Others become about:blank.
+_HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
+    404: (NOT_FOUND, "There is nothing at this path."),
+    405: (METHOD_NOT_ALLOWED, "This path does not accept this method."),
+    413: (TOO_LARGE, "The request body is larger than this service accepts."),
+    415: (UNSUPPORTED_MEDIA_TYPE, "This content type is not accepted here."),
+}
+
+
+def problem_from_http_exception(exc: web.HTTPException) -> web.Response:
+    """The problem answer for one of aiohttp's HTTP exceptions, keeping its headers (Allow...)."""
+    type_, detail = _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, _title(exc.status)))
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        detail = f"{exc.method} is not allowed here; allowed: {allowed}."
+    headers = {k: v for k, v in exc.headers.items() if k not in _BODY_HEADERS}
+    return Problem(exc.status, detail, type=type_).response(headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as a problem+json answer; unexpected ones as a 500 that reveals nothing."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        _note_problem(request, problem.type)
+        return problem.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and the like are answers, not errors
+            raise
+        _note_problem(request, _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, ""))[0])
+        return problem_from_http_exception(exc)
+    except StoreUnavailable as exc:
+        _note_problem(request, STORE_UNAVAILABLE)
+        log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))
+        return Problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "The store does not answer; nothing was changed. Try again later.",
+            type=STORE_UNAVAILABLE,
+            headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
+        ).response()
+    except Exception as exc:
+        transport = request.transport
+        if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
+            raise  # the client is gone: nobody to answer, request_id_middleware logs it once
+        _note_problem(request, INTERNAL)
+        log.exception("http.error", method=request.method, path=request.path)
+        return Problem(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "Something went wrong on our side; the request id names it in our logs.",
+            type=INTERNAL,
+        ).response()
+
+
+#: A new request id: 20 random hex digits for this process, then a counter (32 in all,
+#: like a UUID's hex). Unique without a system call per request (``uuid4`` is one).
+_REQUEST_ID_PREFIX = secrets.token_hex(10)
+_REQUEST_COUNT = itertools.count(1)
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` if it is a sane token, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_COUNT):012x}"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Binds a request id to every log event of the request, echoes it, logs the request.
+
+    The request's one line at info is ``http.request`` (``http.client_gone`` when the
+    client left): method, path, status, duration_ms, request_id, plus what the
+    handlers ``note``d (tenant, mail_id, recipients, problem...). Other lines of the
+    request (debug detail, warnings, errors) get ``request_id`` from contextvars.
+    It also counts the request in flight (``LOAD``, read by a relay in this process).
+    """
+    rid = request_id(request)
+    started = time.perf_counter()
+    fields: dict[str, Any] = {}
+    request[LOG_FIELDS] = fields
+    # One contextvar set and reset: cheaper than ``bound_contextvars``, which reads
+    # the whole context first and re-binds what it saved afterwards.
+    load = request.app[LOAD]
+    load.enter()
+    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # only if an inner middleware let one through
+            exc.headers[REQUEST_ID_HEADER] = rid
+            _log_request(request, rid, exc.status, started, fields)
+            raise
+        except ConnectionError:
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                raise
+            # The client disconnected mid-request (routes.body.ClientGone): not
+            # an error of ours, and there is no one left to answer.
+            # 499: nginx's "client closed request", for the log only.
+            _log_request(request, rid, 499, started, fields, event="http.client_gone")
+            return web.Response(status=499)  # never sent
+        response.headers[REQUEST_ID_HEADER] = rid
+        _log_request(request, rid, response.status, started, fields)
+        if response.headers.get(hdrs.CONNECTION, "").lower() == "close":
+            # The answer ends the connection (a 408 for a stalled body...).
+            response.force_close()
+            if not request.content.is_eof():
+                # aiohttp would first drain the unread body for up to its
+                # lingering time; a stalled one will not come: answer now, close.
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    pass  # the client left meanwhile
+                request.protocol.force_close()
+        return response
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+        load.leave()
+
+
+def _log_request(
+    request: web.Request,
+    rid: str,
+    status: int,
+    started: float,
+    fields: dict[str, Any],
+    *,
+    event: str = "http.request",
+) -> None:
+    """The request's canonical line (the access log): one per request, at info; and its
+    count and time in the HTTP metrics (by route template, never by raw path)."""
+    seconds = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    request.app[HTTP_METRICS].observe(
+        request.method, UNROUTED if resource is None else resource.canonical, status, seconds
+    )
+    log.info(
+        event,
+        method=request.method,
+        path=request.path,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        request_id=rid,
+        **fields,
+    )

@@ -1,0 +1,162 @@
+"""Health checks, none of which needs a key or shows any mail:
+
+- ``GET /healthz``: the process is alive and serving (always 200 while it answers);
+- ``GET /readyz``: ready for traffic: the store answers a trivial query within
+  ``READY_TIMEOUT_SECONDS``, the broker answers where this process uses one, and
+  at least one provider's circuit breaker is not open. Otherwise 503, a problem
+  naming what is not ready (``not_ready``) with every check's finding (``checks``);
+- ``GET /health``: what it always was (the store answers), for existing load balancers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from mailman.actors.store import BreakerState, Store
+from mailman.config import Config
+
+from . import CONFIG, PROBES, STORE, Probes
+from .errors import (
+    NOT_READY,
+    PROBLEM_CONTENT_TYPE,
+    STORE_RETRY_AFTER_SECONDS,
+    STORE_UNAVAILABLE,
+    Problem,
+)
+from .guard import guarded
+
+log = structlog.get_logger("mailman.http")
+
+routes = web.RouteTableDef()
+
+#: An id no mail has (ULIDs are 26 characters): reading it is a cheap round trip.
+_PROBE = "health-probe"
+
+#: The longest ``/readyz`` waits for the store or the broker (or the store timeout, if shorter).
+READY_TIMEOUT_SECONDS = 1.0
+
+#: A breaker's states (``actors.breakers``), and one this process cannot know now.
+OPEN, HALF_OPEN, CLOSED, UNKNOWN = "open", "half_open", "closed", "unknown"
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    """200 while the store answers; 503 problem when it does not."""
+    store = request.app[STORE]
+    try:
+        await guarded(store, request.app[CONFIG].store_timeout, store.load(_PROBE))
+    except Exception as exc:
+        log.warning("health.store_unavailable", error=type(exc).__name__)
+        raise Problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "The store does not answer.",
+            type=STORE_UNAVAILABLE,
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        ) from None
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process serves; it looks at nothing else."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """200 when store, broker and at least one provider are ready; else a 503 naming what is not."""
+    app = request.app
+    config, store, probes = app[CONFIG], app[STORE], app[PROBES]
+    within = min(READY_TIMEOUT_SECONDS, config.store_timeout)
+    shared, broker = await asyncio.gather(_shared_breakers(store, within), _broker(probes, within))
+    local = probes.breakers() if probes.breakers is not None else ()
+    providers = provider_states(config, shared, local, time.time())
+    checks: dict[str, Any] = {
+        "store": "ok" if shared is not None else "unreachable",
+        "broker": broker,
+        "providers": providers,
+    }
+    not_ready = [name for name in ("store", "broker") if checks[name] == "unreachable"]
+    if providers and all(state == OPEN for state in providers.values()):
+        not_ready.append("providers")
+    if not not_ready:
+        return web.json_response({"status": "ready", "checks": checks})
+    log.warning("health.not_ready", not_ready=not_ready)
+    body = Problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"Not ready: {', '.join(not_ready)}.",
+        type=NOT_READY,
+    ).as_json()
+    body.update(not_ready=not_ready, checks=checks)
+    return web.Response(
+        status=HTTPStatus.SERVICE_UNAVAILABLE,
+        body=orjson.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+async def _shared_breakers(store: Store, within: float) -> list[BreakerState] | None:
+    """The breaker states shared in the store (the trivial query); None if it does not answer."""
+    try:
+        return await guarded(store, within, store.breakers())
+    except Exception as exc:
+        log.warning("health.store_unavailable", error=type(exc).__name__)
+        return None
+
+
+async def _broker(probes: Probes, within: float) -> str:
+    if probes.broker is None:
+        return "not-used"
+    try:
+        async with asyncio.timeout(within):
+            await probes.broker()
+    except Exception as exc:
+        log.warning("health.broker_unreachable", error=type(exc).__name__)
+        return "unreachable"
+    return "ok"
+
+
+def effective_state(state: BreakerState, now: float, reset_seconds: float) -> str:
+    """The state a call would meet: an open breaker past its reset time lets a trial call
+    through (half-open) at the next call, though nothing has recorded that yet."""
+    if (
+        state.state == OPEN
+        and state.opened_at is not None
+        and now >= state.opened_at + reset_seconds
+    ):
+        return HALF_OPEN
+    return state.state
+
+
+def provider_states(
+    config: Config,
+    shared: Sequence[BreakerState] | None,
+    local: Sequence[BreakerState],
+    now: float,
+) -> dict[str, str]:
+    """Each provider of the chain's breaker state, as a call would meet it.
+
+    This process's own breaker where it has one (the freshest), else the state
+    shared in the store; a provider with neither is ``closed`` (nothing has
+    opened it), or ``unknown`` while the store does not answer (``shared`` None).
+    """
+    known: Mapping[str, BreakerState] = {
+        **{s.provider: s for s in shared or ()},
+        **{s.provider: s for s in local},
+    }
+    states: dict[str, str] = {}
+    for provider in config.chain:
+        state = known.get(provider)
+        if state is not None:
+            states[provider] = effective_state(state, now, config.breaker.reset_seconds)
+        else:
+            states[provider] = CLOSED if shared is not None else UNKNOWN
+    return states
