@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from mailman.actors.messages import Address, Mail
-from mailman.actors.providers.sendgrid import SendGridClient, body
 from mailman.config import Secret, SendGridConfig
+from mailman.core.messages import Address, Mail
+from mailman.providers.sendgrid import SendGridClient, body
 
 from .services import start_announcing
 

@@ -60,7 +60,7 @@ async def store(kind: str, run_dir: Path, mysql: str) -> AsyncIterator[tuple[str
         db = run_dir / "mailman.db"
         yield f"sqlite:///{db}", SQLiteRows(db)
         return
-    from mailman.actors.store.mysql import MySQLStore
+    from mailman.store.mysql import MySQLStore
 
     url = urlunsplit(urlsplit(mysql)._replace(path=f"/mailman_durable_{secrets.token_hex(4)}"))
     await MySQLStore.create_database(url)

@@ -457,7 +457,7 @@ async def scaled(
 ) -> AsyncIterator[Deployment]:
     """Tansu + MariaDB (a fresh database, dropped after) and one process per role,
     ``senders`` of them for the first provider (SendGrid), in one consumer group."""
-    from mailman.actors.store.mysql import MySQLStore
+    from mailman.store.mysql import MySQLStore
 
     run_dir = Path(tempfile.mkdtemp(prefix="scaled-", dir=workdir))
     base = urlsplit(mysql_url)

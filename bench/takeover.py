@@ -5,8 +5,8 @@
 
 Starts Tansu (the Kafka-protocol broker of the tests), a fresh MariaDB/MySQL
 database and the scaled deployment, one process per role, with two SendGrid
-workers and two bookkeepers: ``api``, ``relay``, ``sendgrid-a``,
-``sendgrid-b``, ``mailgun``, ``bookkeeper-a``, ``bookkeeper-b``, ``retry``.
+workers: ``api``, ``relay``, ``sendgrid-a``, ``sendgrid-b``, ``mailgun``,
+``sweeper``, ``retry``.
 Each SendGrid worker talks to a fake SendGrid of its own (in this process),
 which notes when each mail arrived, so a delivery is known by worker and time.
 Then it measures, in this order:
@@ -18,21 +18,13 @@ b. **kill sendgrid**: under a steady load (``--rate`` mails/s), SIGKILL
    the time until ``sendgrid-b`` delivers a mail from a partition that was
    ``sendgrid-a``'s (partitions are known by the key hash, as the producer
    computes it);
-c. **kill bookkeeper**: SIGKILL ``bookkeeper-a``: the longest gap between
-   mails becoming ``sent`` in the store, the longest a delivered mail waited
-   to be marked ``sent``, and when ``bookkeeper-b`` got the ``status``
-   partitions (where senders record outcomes themselves, statuses do not wait
-   for a bookkeeper at all, and only the last figure is about the group);
-d. **restart bookkeeper**: SIGKILL ``bookkeeper-b`` too (no bookkeeper left)
-   and start a new one at once: from the kill to statuses moving again, with
-   the new process's start-up, and when it got the ``status`` partitions;
-e. **join**: a new ``sendgrid-a`` joins ``sendgrid-b``'s group under load: the
+c. **join**: a new ``sendgrid-a`` joins ``sendgrid-b``'s group under load: the
    longest gap in deliveries the rebalance causes;
-f. **clean stop**: SIGTERM the new ``sendgrid-a`` (it leaves its group): gap,
+d. **clean stop**: SIGTERM the new ``sendgrid-a`` (it leaves its group): gap,
    and the time until ``sendgrid-b`` delivers from its partitions.
 
 From the processes' own log lines it also splits figures: a. when the last
-subscription joined its group (``kafka.subscribed``); b. and f. the wait
+subscription joined its group (``kafka.subscribed``); b. and d. the wait
 until the survivor hears of the rebalance (its ``kafka.revoked``) and the
 rejoin itself (``kafka.revoked`` -> ``kafka.assigned``).
 
@@ -245,8 +237,7 @@ class Bench:
             ("sendgrid-a", "sendgrid"),
             ("sendgrid-b", "sendgrid"),
             ("mailgun", "mailgun"),
-            ("bookkeeper-a", "bookkeeper"),
-            ("bookkeeper-b", "bookkeeper"),
+            ("sweeper", "sweeper"),
             ("retry", "retry"),
         ]
         spawned = time.time()
@@ -323,74 +314,6 @@ class Bench:
             "kafka.revoked -> kafka.assigned",
         )
 
-    async def kill_bookkeeper(self, load: Load) -> None:
-        await self.until(lambda: self._recent_sent(load, 1.0), 60, "statuses moving")
-        killed = await self.kill("bookkeeper-a")
-        await self.until(
-            lambda: self._recent_sent(load, 0.5, after=killed + 0.5), 120, "statuses moving"
-        )
-        await asyncio.sleep(self.args.session_ms / 1000 + 10)
-        end = time.time()
-        self.add(
-            "c kill bookkeeper",
-            "longest gap between mails becoming sent",
-            longest_gap(load.sent.values(), killed, end),
-            "SIGKILL bookkeeper-a of 2",
-        )
-        self.add(
-            "c kill bookkeeper",
-            "longest a delivered mail waited to be sent",
-            self._longest_unrecorded(load, killed, end),
-            "SendGrid receipt -> sent",
-        )
-        self.add(
-            "c kill bookkeeper",
-            "kill -> survivor assigned the status partitions",
-            since(
-                logged(self.children["bookkeeper-b"], "kafka.assigned", killed, ".status"), killed
-            ),
-            "bookkeeper-b's kafka.assigned",
-        )
-
-    async def restart_bookkeeper(self, load: Load) -> None:
-        await self.until(lambda: self._recent_sent(load, 1.0), 60, "statuses moving")
-        killed = await self.kill("bookkeeper-b")
-        spawned = time.time()
-        child = await self.start("bookkeeper-c", "bookkeeper")
-        ready = ready_at(child)
-        await self.until(lambda: self._recent_sent(load, 0.1, after=ready), 120, "statuses moving")
-        moving = min(t for t in load.sent.values() if t > ready)
-        await self.until(
-            lambda: logged(child, "kafka.assigned", spawned, ".status") is not None,
-            120,
-            "the new bookkeeper's assignment",
-        )
-        joined = logged(child, "kafka.assigned", spawned, ".status")
-        self.add(
-            "d restart bookkeeper",
-            "kill -> statuses move again",
-            moving - killed,
-            "SIGKILL the last bookkeeper, start a new one at once",
-        )
-        self.add(
-            "d restart bookkeeper",
-            "  of which: new process start -> ready",
-            ready - spawned,
-            "mailman.ready",
-        )
-        self.add(
-            "d restart bookkeeper",
-            "  of which: ready -> statuses move",
-            moving - ready,
-            "store polled every 50 ms",
-        )
-        self.add(
-            "d restart bookkeeper",
-            "  ready -> new bookkeeper assigned the status partitions",
-            since(joined, ready),
-            "its kafka.assigned: the group join",
-        )
-
     async def join_sendgrid(self, load: Load) -> None:
         spawned = time.time()
         child = await self.start("sendgrid-a", "sendgrid")
@@ -401,13 +324,13 @@ class Bench:
         times = [t for t, _ in self.stamps("sendgrid-a", "sendgrid-b")]
         first = min(t for t, _ in self.fakes["sendgrid-a"].stamps if t > ready)
         self.add(
-            "e join sendgrid",
+            "c join sendgrid",
             "longest gap in SendGrid deliveries",
             longest_gap(times, spawned, end),
             "a new sendgrid-a joins sendgrid-b",
         )
         self.add(
-            "e join sendgrid",
+            "c join sendgrid",
             "ready -> new worker's first delivery",
             first - ready,
             "mailman.ready -> its fake's first receipt",
@@ -424,13 +347,13 @@ class Bench:
         end = time.time()
         times = [t for t, _ in self.stamps("sendgrid-a", "sendgrid-b")]
         self.add(
-            "f stop sendgrid",
+            "d stop sendgrid",
             "longest gap in SendGrid deliveries",
             longest_gap(times, stopped, end),
             "SIGTERM sendgrid-a (LeaveGroup)",
         )
         self.add(
-            "f stop sendgrid",
+            "d stop sendgrid",
             "SIGTERM -> survivor delivers its partitions",
             (taken() or end) - stopped,
             f"partitions {sorted(theirs)}",
@@ -439,13 +362,13 @@ class Bench:
         revoked = logged(survivor, "kafka.revoked", stopped, ".send.sendgrid")
         reassigned = logged(survivor, "kafka.assigned", stopped, ".send.sendgrid")
         self.add(
-            "f stop sendgrid",
+            "d stop sendgrid",
             "  of which: SIGTERM -> survivor told to rebalance",
             since(revoked, stopped),
             "LeaveGroup, then the survivor's next heartbeat",
         )
         self.add(
-            "f stop sendgrid",
+            "d stop sendgrid",
             "  of which: rejoin (JoinGroup + SyncGroup)",
             since(reassigned, revoked),
             "kafka.revoked -> kafka.assigned",
@@ -468,18 +391,6 @@ class Bench:
 
         return first
 
-    @staticmethod
-    def _recent_sent(load: Load, within: float, after: float = 0.0) -> bool:
-        since = max(time.time() - within, after)
-        return any(t > since for t in load.sent.values())
-
-    def _longest_unrecorded(self, load: Load, start: float, end: float) -> float:
-        received = {m: t for t, m in self.stamps("sendgrid-a", "sendgrid-b")}
-        waits = [
-            load.sent.get(m, end) - received[m] for m, t in received.items() if start <= t <= end
-        ]
-        return max(waits, default=0.0)
-
     def _worst_wait(self, case: str, load: Load, start: float, end: float) -> None:
         received = {m: t for t, m in self.stamps("sendgrid-a", "sendgrid-b")}
         waits = [received.get(m, end) - t for m, t in load.posted.items() if start <= t <= end]
@@ -493,7 +404,7 @@ class Bench:
     # --- the run --------------------------------------------------------------
 
     async def run(self) -> int:
-        from mailman.actors.store.mysql import MySQLStore
+        from mailman.store.mysql import MySQLStore
         from tests.support.kafka_broker import start_tansu
 
         base = urlsplit(self.args.mysql)
@@ -541,8 +452,6 @@ class Bench:
             watcher = asyncio.create_task(load.watch())
             try:
                 await self.kill_sendgrid(load)
-                await self.kill_bookkeeper(load)
-                await self.restart_bookkeeper(load)
                 await self.join_sendgrid(load)
                 await self.stop_sendgrid(load)
                 load.stop()

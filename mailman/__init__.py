@@ -8,8 +8,8 @@ beside them: ``mailman.actors``, ``mailman.routes``, ``mailman.config``.
 
 from __future__ import annotations
 
-from mailman.actors.system import Mailman, embedded
 from mailman.cli import main
 from mailman.config import Config, load
+from mailman.system import Mailman, embedded
 
 __all__ = ["Config", "Mailman", "embedded", "load", "main"]

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mailman.actors.store import Store
-from mailman.actors.store.mysql import MySQLStore
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import Config, load
+from mailman.store import Store
+from mailman.store.mysql import MySQLStore
+from mailman.store.sqlite import SQLiteStore
 
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql

@@ -18,15 +18,8 @@ import aiomysql
 import orjson
 import pytest
 
-from mailman.actors.messages import Attachment, Disposition, Mail, Status, decode, encode
-from mailman.actors.providers import streamed
-from mailman.actors.providers.mailgun import basic_auth, form, request_body
-from mailman.actors.providers.outbox import render
-from mailman.actors.providers.sendgrid import body as sendgrid_body
-from mailman.actors.store import MailTooLarge, Store
-from mailman.actors.store.mysql import MySQLStore
-from mailman.actors.system import embedded
-from mailman.routes.validation import (
+from mailman.core.messages import Attachment, Disposition, Mail, Status, decode, encode
+from mailman.core.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_CONTENT_ID,
@@ -34,6 +27,13 @@ from mailman.routes.validation import (
     guess_content_type,
     parse_mail,
 )
+from mailman.providers import streamed
+from mailman.providers.mailgun import basic_auth, form, request_body
+from mailman.providers.outbox import render
+from mailman.providers.sendgrid import body as sendgrid_body
+from mailman.store import MailTooLarge, Store
+from mailman.store.mysql import MySQLStore
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.databases import fresh_mysql

@@ -19,11 +19,12 @@ from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
 from mailman import main
-from mailman.actors.keys import Scope, create_key, hash_secret, keys_main
-from mailman.actors.messages import Status, StatusUpdate
-from mailman.actors.store import MailQuery, Store
-from mailman.actors.store.sqlite import SQLiteStore
+from mailman.cli.keys import keys_main
 from mailman.config import Config
+from mailman.core.messages import Status, StatusUpdate
+from mailman.intake.keys import Scope, create_key, hash_secret
+from mailman.store import MailQuery, Store
+from mailman.store.sqlite import SQLiteStore
 
 from .conftest import eventually
 from .support.api import (
@@ -148,7 +149,7 @@ def test_no_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:
 
 async def test_open_on_loopback_warns_once(tmp_path: Path) -> None:
     """With no key, the embedded system runs open on loopback and logs one auth.open warning."""
-    from mailman.actors.system import embedded
+    from mailman.system import embedded
 
     from .conftest import make_config
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.messages import Status, StatusUpdate
-from mailman.actors.store import Store
 from mailman.config import Config
+from mailman.core.messages import Status, StatusUpdate
+from mailman.intake.backlog import RETRY_AFTER_SECONDS, Backlog
 from mailman.routes import BACKLOG
-from mailman.routes.backlog import RETRY_AFTER_SECONDS, Backlog
+from mailman.store import Store
 
 from .conftest import eventually
 from .support.api import VALID, Client, CountingOutbound, client_factory, problem

@@ -18,14 +18,14 @@ from mailman.actors.breakers import (
     make_breaker,
     state_of,
 )
-from mailman.actors.mailboxes import MemoryBroker
-from mailman.actors.messages import Address, Dispatch, Mail, StatusUpdate
-from mailman.actors.providers import Accepted, ProviderClient, Result, Transient
-from mailman.actors.routing import Router
 from mailman.actors.sender import Sender
-from mailman.actors.store import BreakerState, Store
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import RetryConfig
+from mailman.core.messages import Address, Dispatch, Mail, StatusUpdate
+from mailman.mailboxes import MemoryBroker
+from mailman.mailboxes.routing import Router
+from mailman.providers import Accepted, ProviderClient, Result, Transient
+from mailman.store import BreakerState, Store
+from mailman.store.sqlite import SQLiteStore
 
 MAIL = Mail(
     id="mail-0001",

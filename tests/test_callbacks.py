@@ -23,20 +23,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.callbacks import (
-    SIGNATURE_HEADER,
-    GuardedResolver,
-    Notifier,
-    UnsafeDestination,
-    binds_loopback,
-    resolution_problem,
-    sign,
-    signature_header,
-    url_problem,
-    verify,
-)
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.messages import (
+from mailman.actors.callbacks import SIGNATURE_HEADER, Notifier, sign, signature_header, verify
+from mailman.config import CallbackConfig, Config, Secret
+from mailman.core.callbacks import binds_loopback, url_problem
+from mailman.core.messages import (
     Address,
     Attempt,
     DeliveryEvent,
@@ -46,10 +36,11 @@ from mailman.actors.messages import (
     Status,
     StatusUpdate,
 )
-from mailman.actors.store import CallbackDue, Store
-from mailman.actors.system import embedded, is_loopback
-from mailman.config import CallbackConfig, Config, Secret
+from mailman.intake.keys import Scope, create_key
+from mailman.intake.resolve import GuardedResolver, UnsafeDestination, resolution_problem
 from mailman.routes import INTAKE, create_app
+from mailman.store import CallbackDue, Store
+from mailman.system import embedded, is_loopback
 
 from .conftest import eventually, make_config
 from .support.api import VALID, CountingOutbound, problem

@@ -16,13 +16,13 @@ import pytest
 import requests
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.store import Store
-from mailman.actors.store.sqlite import SQLiteStore
-from mailman.actors.system import Mailman, embedded
 from mailman.config import Config
+from mailman.core.validation import FieldError
+from mailman.intake.keys import Scope, create_key
 from mailman.routes.compat_mailgun import Translation, Upload, message, translate
-from mailman.routes.validation import FieldError
+from mailman.store import Store
+from mailman.store.sqlite import SQLiteStore
+from mailman.system import Mailman, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.api import CountingOutbound, client_factory

@@ -47,14 +47,14 @@ from sendgrid.helpers.mail import (
     To,
 )
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.messages import Mail as MailmanMail
-from mailman.actors.store import Idempotency, MailQuery, Store, StoreUnavailable
-from mailman.actors.store.sqlite import SQLiteStore
-from mailman.actors.system import Mailman, embedded
 from mailman.config import Config
+from mailman.core.messages import Mail as MailmanMail
+from mailman.core.validation import ValidationFailed, parse_address, parse_mail
+from mailman.intake.keys import Scope, create_key
 from mailman.routes.compat_sendgrid import GRANT_INVALID, Refusal, mailbox, translate
-from mailman.routes.validation import ValidationFailed, parse_address, parse_mail
+from mailman.store import Idempotency, MailQuery, Store, StoreUnavailable
+from mailman.store.sqlite import SQLiteStore
+from mailman.system import Mailman, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.api import Client, CountingOutbound, client_factory

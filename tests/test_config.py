@@ -9,7 +9,6 @@ import pytest
 
 import mailman.config as config
 from mailman import main
-from mailman.actors.store import open_store
 from mailman.config import (
     ENV_ONLY,
     LOG_LEVELS,
@@ -19,6 +18,7 @@ from mailman.config import (
     check_store_url,
     load,
 )
+from mailman.store import open_store
 
 DEFAULTS = Config()
 

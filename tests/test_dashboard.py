@@ -13,15 +13,15 @@ import aiohttp
 import orjson
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
-from mailman.actors.store import Store
-from mailman.actors.store.base import FailedAttempt, FailedMail, Failures, MinuteCount
-from mailman.actors.store.sqlite import SQLiteStore
-from mailman.actors.system import embedded
 from mailman.config import Config
+from mailman.core.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
+from mailman.intake.keys import Scope, create_key
 from mailman.routes import create_app
 from mailman.routes.dashboard import CHART_OUTCOMES, FAILED_OUTCOMES, FAILURES_SHOWN, WINDOW_MINUTES
+from mailman.store import Store
+from mailman.store.base import FailedAttempt, FailedMail, Failures, MinuteCount
+from mailman.store.sqlite import SQLiteStore
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.api import CountingOutbound, problem

@@ -10,19 +10,15 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from mailman.actors.deadletters import dead_letters_main
-from mailman.actors.mailboxes import MemoryMailbox
-from mailman.actors.messages import (
-    Attempt,
+from mailman.cli.dead_letters import dead_letters_main
+from mailman.core.messages import (
     Dispatch,
     Mail,
     RetryLater,
-    Status,
-    StatusUpdate,
     decode,
 )
-from mailman.actors.providers import Accepted, ProviderClient, Result
-from mailman.actors.system import embedded
+from mailman.providers import Accepted, ProviderClient, Result
+from mailman.system import embedded
 
 from .conftest import eventually, make_config
 from .test_system import Api
@@ -83,35 +79,29 @@ async def test_a_dead_lettered_mail_is_listed_and_replayed(
         assert orjson.loads(out)["replayed_at"] is not None
 
 
-async def test_poison_in_the_status_and_retry_mailboxes_is_dead_lettered(
+async def test_poison_in_the_retry_mailbox_is_dead_lettered(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """A status update and a retry record that make their handlers raise are dead-lettered;
-    the bookkeeper and the retry scheduler go on (no restart) and other mail still flows."""
+    """A retry record that makes its handler raise is dead-lettered; the retry scheduler
+    goes on (no restart) and other mail still flows."""
     config = make_config(tmp_path, {"MAILMAN_POISON_ATTEMPTS": "2"})
     async with embedded(config) as mailman:
         api = Api(http, mailman.url)
         victim = await api.send(subject="victim")
         await api.wait_status(victim, "sent")
-        status_box = mailman.router.status
-        assert isinstance(status_box, MemoryMailbox)
-        # An attempt whose outcome is no Outcome makes the store's apply raise.
-        weird = Attempt("sendgrid", 0, 1.0, "weird")  # type: ignore[arg-type]
-        await status_box.put(StatusUpdate(victim, Status.SENDING, 1.0, attempt=weird))
         # A hop past the chain's end makes handing the mail back raise.
         await mailman.router.retry.put(RetryLater(Dispatch(victim, 1.0, hop=7), 0.0))
 
-        async def both() -> bool:
-            return len(await mailman.store.dead_letters()) == 2
+        async def kept() -> bool:
+            return len(await mailman.store.dead_letters()) == 1
 
-        await eventually(both, what="both records dead-lettered")
+        await eventually(kept, what="the record dead-lettered")
         after = await api.send(subject="after")
         await api.wait_status(after, "sent")
         assert mailman.supervisor is not None
-        assert mailman.supervisor.restarts["bookkeeper"] == 0
         assert mailman.supervisor.restarts["retry"] == 0
         found = await mailman.store.dead_letters()
-    assert sorted(x.mailbox for x in found) == ["retry", "status"]
+    assert [x.mailbox for x in found] == ["retry"]
 
 
 async def test_replay_needs_ids_and_reports_what_it_cannot_do(tmp_path: Path) -> None:

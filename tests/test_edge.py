@@ -25,8 +25,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from mailman.actors.system import Mailman, embedded
 from mailman.config.logging import MASK, configure_logging
+from mailman.system import Mailman, embedded
 
 from .conftest import eventually, make_config
 

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.actors.messages import Address, Dispatch, Mail, encode, new_mail_id
-from mailman.actors.routing import send_mailbox
-from mailman.actors.store.mysql import MySQLStore
+from mailman.core.messages import Address, Dispatch, Mail, encode, new_mail_id
+from mailman.mailboxes.routing import send_mailbox
+from mailman.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
 from .support.databases import fresh_mysql
@@ -267,7 +267,7 @@ async def test_scaled_role_kill(
         env = scaled_env(kafka_bootstrap, shared_mysql, sg_a, mg)
         deployment = Deployment(env, tmp_path)
         load = Load(http, url, "scaled-role-kill", rate=40, limit=5000, concurrency=16)
-        order = ["api", "sendgrid-a", "relay", "mailgun", "bookkeeper", "sendgrid-b", "retry"]
+        order = ["api", "sendgrid-a", "relay", "mailgun", "sweeper", "sendgrid-b", "retry"]
         try:
             await deployment.start(
                 Role("api", "api", {"MAILMAN_PORT": str(port)}),
@@ -275,7 +275,7 @@ async def test_scaled_role_kill(
                 Role("sendgrid-a", "sendgrid"),
                 Role("sendgrid-b", "sendgrid", {"SENDGRID_BASE_URL": sg_b.base_url}),
                 Role("mailgun", "mailgun"),
-                Role("bookkeeper", "bookkeeper"),
+                Role("sweeper", "sweeper"),
                 Role("retry", "retry"),
             )
             load.start()
@@ -332,7 +332,7 @@ async def test_db_outage(
                 Role("relay", "relay"),
                 Role("sendgrid", "sendgrid"),
                 Role("mailgun", "mailgun"),
-                Role("bookkeeper", "bookkeeper"),
+                Role("sweeper", "sweeper"),
                 Role("retry", "retry"),
             )
             load.start()
@@ -484,7 +484,7 @@ async def test_poison(
         load = Load(http, url, "poison", rate=60, limit=300, concurrency=16)
         try:
             await deployment.start(
-                Role("core", "api,bookkeeper,relay,retry", {"MAILMAN_PORT": str(port)}),
+                Role("core", "api,relay,retry,sweeper", {"MAILMAN_PORT": str(port)}),
                 Role("sendgrid", "sendgrid"),
                 Role("mailgun", "mailgun"),
             )

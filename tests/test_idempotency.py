@@ -13,11 +13,11 @@ import pytest
 from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.messages import Mail
-from mailman.actors.store import Idempotency, MailQuery, Store
-from mailman.actors.store.mysql import MySQLStore
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import Config
+from mailman.core.messages import Mail
+from mailman.store import Idempotency, MailQuery, Store
+from mailman.store.mysql import MySQLStore
+from mailman.store.sqlite import SQLiteStore
 
 from .conftest import eventually
 from .support.api import (

@@ -17,11 +17,11 @@ import pytest
 import structlog
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.messages import Mail
-from mailman.actors.store import Store
 from mailman.config import Config
 from mailman.config.logging import MASK, LineWriter, configure_logging, get_logger
+from mailman.core.messages import Mail
+from mailman.intake.keys import Scope, create_key
+from mailman.store import Store
 
 from .support.api import VALID, Client, CountingOutbound, client_factory
 
@@ -260,7 +260,7 @@ async def test_the_request_id_goes_with_the_mail_to_its_provider_call(tmp_path: 
     """The provider.call line of a mail carries the request id of the POST that sent it."""
     import aiohttp
 
-    from mailman.actors.system import embedded
+    from mailman.system import embedded
 
     from .conftest import eventually, make_config
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mailman.actors.messages import Check, Mail
-from mailman.actors.providers import Accepted, Found, ProviderClient, Transient, Unknown
-from mailman.actors.providers.outbox import OutboxClient
 from mailman.config import OutboxConfig
+from mailman.core.messages import Check, Mail
+from mailman.providers import Accepted, Found, ProviderClient, Transient, Unknown
+from mailman.providers.outbox import OutboxClient
 
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .test_providers import mailgun_client, make_mail, send_once, sendgrid_client

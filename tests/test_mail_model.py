@@ -11,18 +11,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.actors.messages import Mail, decode, encode
-from mailman.actors.providers.mailgun import basic_auth, form
-from mailman.actors.providers.outbox import render
-from mailman.actors.providers.sendgrid import body as sendgrid_body
-from mailman.actors.system import embedded
-from mailman.routes.validation import (
+from mailman.core.messages import Mail, decode, encode
+from mailman.core.validation import (
     MAX_EXTRA_BYTES,
     MAX_HEADERS,
     MAX_METADATA_BYTES,
     ValidationFailed,
     parse_mail,
 )
+from mailman.providers.mailgun import basic_auth, form
+from mailman.providers.outbox import render
+from mailman.providers.sendgrid import body as sendgrid_body
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid

@@ -11,8 +11,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from mailman.actors.mailboxes import Broker, Inbox, MemoryBroker
-from mailman.actors.mailboxes.kafka import (
+from mailman.core.messages import Dispatch
+from mailman.mailboxes import Broker, Inbox, MemoryBroker
+from mailman.mailboxes.kafka import (
     DEAD_LETTER_ERROR,
     DEAD_LETTER_OFFSET,
     DEAD_LETTER_PARTITION,
@@ -22,7 +23,6 @@ from mailman.actors.mailboxes.kafka import (
     _Partition,
     heartbeat_interval,
 )
-from mailman.actors.messages import Dispatch
 
 from .conftest import eventually
 from .support.kafka_broker import external_kafka, kafka_options, start_tansu
@@ -526,7 +526,7 @@ async def test_consumer_lag_counts_what_each_group_has_not_committed(
 ) -> None:
     """consumer_lag(): a mailbox's lag is what was put and not yet acknowledged (committed)
     by its group; a mailbox whose topic does not exist yet has none."""
-    from mailman.actors.mailboxes.kafka import consumer_lag
+    from mailman.mailboxes.kafka import consumer_lag
 
     broker = KafkaBroker(kafka_bootstrap, topic_prefix=f"lag-{uuid4().hex[:8]}.", **kafka_options())
     box = broker.mailbox("send.x", Dispatch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailman.actors.messages import (
+from mailman.core.messages import (
     ALLOWED_FROM,
     Address,
     Attempt,

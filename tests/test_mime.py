@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailman.actors.mime import message_id, to_body
-from mailman.routes.validation import MAX_HEADERS, ValidationFailed, parse_mail
+from mailman.core.mime import message_id, to_body
+from mailman.core.validation import MAX_HEADERS, ValidationFailed, parse_mail
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 8
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(255, -1, -1)) * 4

@@ -22,9 +22,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.mailboxes.kafka import KafkaBroker
-from mailman.actors.messages import (
+from mailman.config import Config, ConfigError, load
+from mailman.core.messages import (
     Address,
     Attempt,
     Check,
@@ -34,13 +33,14 @@ from mailman.actors.messages import (
     Status,
     StatusUpdate,
 )
-from mailman.actors.store import BreakerState, Store
-from mailman.actors.store.base import MetricsSnapshot
-from mailman.actors.store.sqlite import SQLiteStore
-from mailman.actors.system import embedded
-from mailman.config import Config, ConfigError, load
+from mailman.intake.keys import Scope, create_key
+from mailman.mailboxes.kafka import KafkaBroker
 from mailman.routes import HttpMetrics, Probes, create_app
 from mailman.routes.metrics import StoreFigures
+from mailman.store import BreakerState, Store
+from mailman.store.base import MetricsSnapshot
+from mailman.store.sqlite import SQLiteStore
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid
@@ -250,7 +250,7 @@ async def test_metrics_show_each_kafka_mailboxs_consumer_lag(
     assert resp.status == 200
     samples = parse(await resp.text())
     assert value(samples, "mailman_mailbox_lag", mailbox="send.outbox") == 2
-    assert value(samples, "mailman_mailbox_lag", mailbox="status") == 0
+    assert value(samples, "mailman_mailbox_lag", mailbox="retry") == 0
 
 
 async def test_readyz_is_503_only_while_every_breaker_is_open(

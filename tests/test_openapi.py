@@ -10,11 +10,11 @@ from pathlib import Path
 
 import aiohttp
 
-from mailman.actors.keys import Scope, create_key
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import Config
+from mailman.intake.keys import Scope, create_key
 from mailman.routes import create_app
 from mailman.routes.openapi import DOCUMENT
+from mailman.store.sqlite import SQLiteStore
 
 from .conftest import provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid

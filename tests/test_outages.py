@@ -7,16 +7,15 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailman.actors.bookkeeper import Bookkeeper
 from mailman.actors.breakers import make_breaker
-from mailman.actors.mailboxes import MemoryBroker, MemoryMailbox
-from mailman.actors.messages import Dispatch, Status, StatusUpdate
-from mailman.actors.providers import Accepted
-from mailman.actors.routing import Router
 from mailman.actors.sender import Sender
-from mailman.actors.store import Begun
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import RetryConfig
+from mailman.core.messages import Dispatch, Status, StatusUpdate
+from mailman.mailboxes import MemoryBroker
+from mailman.mailboxes.routing import Router
+from mailman.providers import Accepted
+from mailman.store import Begun
+from mailman.store.sqlite import SQLiteStore
 
 from .conftest import eventually
 from .test_breakers import MAIL, Scripted
@@ -74,33 +73,22 @@ async def test_a_sender_waits_out_a_store_outage(tmp_path: Path) -> None:
         assert client.calls == 1
 
 
-async def test_the_bookkeeper_waits_out_a_store_outage(tmp_path: Path) -> None:
-    """The bookkeeper keeps its batch while the store is down and applies it once it is back."""
-    store = DownFor(str(tmp_path / "m.db"), outages=3)
-    async with store:
-        await store.add(MAIL)
-        inbox: MemoryMailbox[StatusUpdate] = MemoryMailbox("status", StatusUpdate)
-        bookkeeper = Bookkeeper(inbox=inbox, store=store)
-        async with bookkeeper:
-            await inbox.put(StatusUpdate(MAIL.id, Status.SENT, 2000.0, provider="sendgrid"))
-
-            async def sent() -> bool:
-                record = await store.get(MAIL.id)
-                return record is not None and record.status is Status.SENT
-
-            await eventually(sent, what="the update applied after the outage")
-            assert not bookkeeper.stopping.is_set()
-        assert store.refused == 3
-
-
 async def test_stopping_ends_the_wait(tmp_path: Path) -> None:
     """An actor waiting out an outage stops promptly when asked."""
     store = DownFor(str(tmp_path / "m.db"), outages=10**6)
     async with store:
-        inbox: MemoryMailbox[StatusUpdate] = MemoryMailbox("status", StatusUpdate)
-        bookkeeper = Bookkeeper(inbox=inbox, store=store)
-        await bookkeeper.start()
-        await inbox.put(StatusUpdate(MAIL.id, Status.SENT, 2000.0))
-        await eventually(lambda: store.refused >= 3, what="the bookkeeper waiting")
+        router = Router(MemoryBroker(), ("sendgrid",))
+        client = Scripted(Accepted("msg-1"))
+        sender = Sender(
+            client=client,
+            breaker=make_breaker("sendgrid", 5, 60),
+            router=router,
+            store=store,
+            retry=RetryConfig(),
+        )
+        await sender.start()
+        await router.dispatch(Dispatch(MAIL.id, MAIL.created_at))
+        await eventually(lambda: store.refused >= 3, what="the sender waiting")
         async with asyncio.timeout(5):
-            await bookkeeper.stop()
+            await sender.stop()
+        assert client.calls == 0

@@ -147,7 +147,7 @@ async def test_api_and_the_rest_by_hand_share_one_sqlite_file(tmp_path: Path) ->
     async with FakeSendGrid() as sg, FakeMailgun() as mg, aiohttp.ClientSession() as http:
         # A relay that only polled would wait 60 s: the wake-up must do it.
         env = env_for(sg, mg, tmp_path / "m.db", MAILMAN_RELAY_INTERVAL_SECONDS="60")
-        rest = "bookkeeper,mailgun,relay,retry,sendgrid"
+        rest = "mailgun,relay,retry,sendgrid,sweeper"
         async with (
             mailman_process(env, tmp_path / "rest.log", "--role", rest),
             mailman_process(env, tmp_path / "api.log", "--role", "api") as api,

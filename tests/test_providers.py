@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mailman.actors.messages import Address, Mail, new_mail_id
-from mailman.actors.providers import (
+from mailman.config import MailgunConfig, OutboxConfig, Secret, SendGridConfig
+from mailman.core.messages import Address, Mail, new_mail_id
+from mailman.providers import (
     MAX_REASON,
     Accepted,
     Misconfigured,
@@ -25,10 +26,9 @@ from mailman.actors.providers import (
     classify,
     parse_retry_after,
 )
-from mailman.actors.providers.mailgun import MailgunClient
-from mailman.actors.providers.outbox import OutboxClient
-from mailman.actors.providers.sendgrid import SendGridClient
-from mailman.config import MailgunConfig, OutboxConfig, Secret, SendGridConfig
+from mailman.providers.mailgun import MailgunClient
+from mailman.providers.outbox import OutboxClient
+from mailman.providers.sendgrid import SendGridClient
 from tests.support.fakes import FakeMailgun, FakeSendGrid, Mode
 
 SG_KEY = "SG.test-key-7f3a9c"
@@ -507,7 +507,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 def test_one_message_id_whichever_provider_sends_the_mail() -> None:
     """SendGrid's body, Mailgun's form and the .eml carry the same Message-ID for one mail."""
-    from mailman.actors.providers import mailgun, outbox, sendgrid
+    from mailman.providers import mailgun, outbox, sendgrid
 
     mail = Mail(
         id=new_mail_id(),

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from mailman.actors.breakers import SharedHealth, make_breaker, state_of
-from mailman.actors.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
-from mailman.actors.messages import Address, Dispatch, Mail
 from mailman.actors.relay import BUSY_BATCH, Nudge, Relay
-from mailman.actors.routing import Router
-from mailman.actors.store import Store
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import RelayConfig
+from mailman.core.messages import Address, Dispatch, Mail
+from mailman.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
+from mailman.mailboxes.routing import Router
 from mailman.routes import Load
+from mailman.store import Store
+from mailman.store.sqlite import SQLiteStore
 
 from .conftest import eventually
 

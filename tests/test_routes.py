@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
-from mailman.actors.messages import Address, Attempt, Dispatch, Mail, Outcome, Status, StatusUpdate
-from mailman.actors.store import Store
-from mailman.actors.store.sqlite import SQLiteStore
 from mailman.config import Config
+from mailman.core.messages import Address, Attempt, Dispatch, Mail, Outcome, Status, StatusUpdate
+from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_mail
 from mailman.routes import CONFIG, OUTBOUND, STORE, create_app
-from mailman.routes.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_mail
+from mailman.store import Store
+from mailman.store.sqlite import SQLiteStore
 
 Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mailman.actors.messages import Dispatch
-from mailman.actors.routing import Forward, GiveUp, Retry, backoff, next_step
 from mailman.config import RetryConfig
+from mailman.core.messages import Dispatch
+from mailman.core.policy import Forward, GiveUp, Retry, backoff, next_step
 
 CHAIN = ("sendgrid", "mailgun")
 RETRY = RetryConfig(base_seconds=1.0, cap_seconds=8.0, window_seconds=100.0)

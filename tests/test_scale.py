@@ -1,6 +1,6 @@
 """Scale-out: every actor its own OS process, Kafka mailboxes, MySQL store, failures on purpose.
 
-api x2, relay, sendgrid x2, mailgun, bookkeeper and retry run as separate
+api x2, relay, sendgrid x2, mailgun, sweeper and retry run as separate
 ``mailman --role ...`` processes against a real Kafka-protocol broker (Tansu,
 behind a TCP proxy that can cut the network) and MariaDB. 1,000 mails go in
 through both API replicas while SendGrid turns to 503, one SendGrid worker is
@@ -21,9 +21,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mailman.actors.messages import Status
-from mailman.actors.store import Store
-from mailman.actors.store.mysql import MySQLStore
+from mailman.core.messages import Status
+from mailman.store import Store
+from mailman.store.mysql import MySQLStore
 
 from .conftest import eventually, provider_env
 from .support.databases import fresh_mysql
@@ -126,7 +126,7 @@ async def test_scaled_deployment_survives_failures(
             ("sendgrid-a", "sendgrid", {}),
             ("sendgrid-b", "sendgrid", {"SENDGRID_BASE_URL": sg_b.base_url}),
             ("mailgun", "mailgun", {}),
-            ("bookkeeper", "bookkeeper", {}),
+            ("sweeper", "sweeper", {}),
             ("retry", "retry", {}),
         ]
         started = await asyncio.gather(
@@ -222,7 +222,7 @@ async def test_scaled_deployment_survives_failures(
 
 async def test_api_answers_201_while_kafka_is_down(tmp_path: Path, mysql_url: str) -> None:
     """An API-only process commits and answers 201 with the broker unreachable: no dual write."""
-    from mailman.actors.system import embedded
+    from mailman.system import embedded
 
     from .conftest import make_config
 

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.actors.messages import Address, Mail, Status, new_mail_id
-from mailman.actors.store import Store
-from mailman.actors.system import embedded
-from mailman.routes.validation import MAX_SCHEDULE_SECONDS, ValidationFailed, parse_mail
+from mailman.core.messages import Address, Mail, Status, new_mail_id
+from mailman.core.validation import MAX_SCHEDULE_SECONDS, ValidationFailed, parse_mail
+from mailman.store import Store
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid

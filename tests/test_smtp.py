@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailman.actors.keys import Scope, create_key
 from mailman.actors.smtp import refusal
-from mailman.actors.store import MailQuery, Store
-from mailman.actors.system import ROLE_SMTP, Mailman, all_roles, check_exposure, embedded
 from mailman.config import SMTP_PORT, Config, ConfigError, load
-from mailman.routes.errors import Problem
-from mailman.routes.validation import MAX_RECIPIENTS, FieldError
+from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed
+from mailman.intake.keys import Scope, create_key
+from mailman.intake.refusals import BacklogFull, KeyInFlight, Rate, RateLimited, Refused
+from mailman.store import MailQuery, Store
+from mailman.system import ROLE_SMTP, Mailman, all_roles, check_exposure, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid, ReceivedFile
@@ -507,36 +507,39 @@ async def test_stopping_says_421_to_an_idle_connection_and_is_prompt(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("problem", "reply"),
+    ("refused", "reply"),
     [
         (
-            Problem(422, "bad", errors=[FieldError("to[1]", "is not valid: ünï")]),
+            ValidationFailed([FieldError("to[1]", "is not valid: ünï")]),
             "550-5.1.3 The mail is not valid; nothing was stored:\r\n"
             "550 5.1.3 to[1]: is not valid: ?n?",
         ),
         (
-            Problem(413, "big", errors=[FieldError("attachments", "at most 10 MiB")]),
+            ValidationFailed([FieldError("attachments", "at most 10 MiB")], status=413),
             "552-5.3.4 The mail is too large; nothing was stored:\r\n"
             "552 5.3.4 attachments: at most 10 MiB",
         ),
         (
-            Problem(429, "slow down", headers={"Retry-After": "3"}),
+            RateLimited(Rate(2.0, 0, 1.0), retry_after=3),
             "451 4.3.0 Rate limited: this key sends too fast. Try again in 3 s",
         ),
         (
-            Problem(503, "backlog", headers={"Retry-After": "5"}),
+            BacklogFull(100, 100, retry_after=5),
             "451 4.3.0 Mailman cannot take mail now; nothing was stored. Try again in 5 s",
         ),
         (
-            Problem(409, "in flight", headers={"Retry-After": "1"}),
+            KeyInFlight(retry_after=1),
             "451 4.3.0 This mail is being taken already. Try again in 1 s",
         ),
     ],
 )
-def test_refusals_are_worded_as_smtp_replies(problem: Problem, reply: str) -> None:
-    """422 is 550 (5.1.3 for a recipient), 413 is 552 5.3.4, 429, 503 and 409 (the same
-    Message-ID in flight) are a transient 451; one reply line per field, printable ASCII."""
-    assert refusal(problem) == reply
+def test_refusals_are_worded_as_smtp_replies(
+    refused: Refused | ValidationFailed, reply: str
+) -> None:
+    """An invalid mail is 550 (5.1.3 for a recipient), one too large 552 5.3.4; a rate
+    limit, a full backlog and the same Message-ID in flight are a transient 451; one reply
+    line per field, printable ASCII."""
+    assert refusal(refused) == reply
 
 
 # --- its own process ---------------------------------------------------------------
@@ -553,7 +556,7 @@ async def test_role_smtp_runs_in_its_own_process_beside_the_rest(tmp_path: Path)
         "MAILMAN_SMTP_PORT": str(port),
         "MAILMAN_RELAY_INTERVAL_SECONDS": "60",  # only the wake-up can send it in time
     }
-    rest = "bookkeeper,outbox,relay,retry"
+    rest = "outbox,relay,retry,sweeper"
     async with (
         mailman_process(env, tmp_path / "rest.log", "--role", rest),
         mailman_process(env, tmp_path / "smtp.log", "--role", "smtp") as smtp,

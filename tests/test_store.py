@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from mailman.actors.messages import (
+from mailman.core.messages import (
     Address,
     Attempt,
     Check,
@@ -34,7 +34,7 @@ from mailman.actors.messages import (
     Status,
     StatusUpdate,
 )
-from mailman.actors.store import (
+from mailman.store import (
     ApiKey,
     BreakerState,
     EventResult,
@@ -47,9 +47,9 @@ from mailman.actors.store import (
     Transition,
     open_store,
 )
-from mailman.actors.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
-from mailman.actors.store.mysql import MySQLStore
-from mailman.actors.store.sqlite import SQLiteStore
+from mailman.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
+from mailman.store.mysql import MySQLStore
+from mailman.store.sqlite import SQLiteStore
 
 from .support.databases import DEFAULT_MYSQL_URL
 
@@ -118,7 +118,7 @@ async def mysql_url(mysql_server: str) -> str:
 @pytest.fixture(params=["sqlite", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
-        from mailman.actors.store.sqlite import MIGRATIONS
+        from mailman.store.sqlite import MIGRATIONS
 
         path = str(tmp_path / "mailman.db")
 

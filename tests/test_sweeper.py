@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mailman.actors.messages import Address, Mail, Outcome, Status
-from mailman.actors.system import embedded
+from mailman.core.messages import Address, Mail, Outcome, Status
+from mailman.system import embedded
 
 from .conftest import eventually, make_config
 

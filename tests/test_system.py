@@ -9,11 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from mailman.actors.messages import Dispatch, Mail, decode
-from mailman.actors.providers import Accepted, ProviderClient, Result
 from mailman.actors.supervisor import RestartBudgetExceeded
-from mailman.actors.system import Mailman, embedded
+from mailman.core.messages import Dispatch, Mail, decode
+from mailman.providers import Accepted, ProviderClient, Result
+from mailman.system import Mailman, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid
@@ -350,7 +351,7 @@ def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> N
     api = Mailman(make_config(tmp_path, None, "--role", "api"))
     assert api.roles == {"api"}
     assert api.nudge.remote is not None  # wakes the other process's relay
-    rest = "bookkeeper,outbox,relay,retry"
+    rest = "outbox,relay,retry,sweeper"
     worker = Mailman(make_config(tmp_path, None, "--role", rest))
     assert worker.roles == set(rest.split(","))
     assert worker.nudge.remote is None
@@ -363,6 +364,19 @@ def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> N
     assert (
         Mailman(make_config(tmp_path, None, "--role", "api", *mysql, *kafka)).nudge.remote is None
     )
+
+
+def test_the_old_role_name_bookkeeper_runs_the_sweeper(tmp_path: Path) -> None:
+    """``--role bookkeeper``, the sweeper's role before it was named after what it runs,
+    still runs it, and the start says so once."""
+    worker = Mailman(make_config(tmp_path, None, "--role", "bookkeeper,outbox,relay,retry"))
+    assert worker.roles == {"sweeper", "outbox", "relay", "retry"}
+    with capture_logs() as logs:
+        worker._announce()
+    renamed = [line for line in logs if line["event"] == "role.renamed"]
+    assert renamed == [
+        {"event": "role.renamed", "log_level": "warning", "role": "bookkeeper", "now": "sweeper"}
+    ]
 
 
 def test_mailman_refuses_a_split_deployment_on_an_in_memory_store(tmp_path: Path) -> None:

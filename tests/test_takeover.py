@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 from aiokafka.partitioner import murmur2
 
-from mailman.actors.messages import Status
-from mailman.actors.store.mysql import MySQLStore
+from mailman.core.messages import Status
+from mailman.store.mysql import MySQLStore
 
 from .conftest import eventually
 from .support.databases import fresh_mysql
@@ -136,7 +136,7 @@ async def test_survivor_takes_over_a_killed_senders_partitions(
             "sendgrid-a": ("sendgrid", sg_a),
             "sendgrid-b": ("sendgrid", sg_b),
             "mailgun": ("mailgun", sg_a),
-            "bookkeeper": ("bookkeeper", sg_a),
+            "sweeper": ("sweeper", sg_a),
             "retry": ("retry", sg_a),
         }
         started = await asyncio.gather(

@@ -14,17 +14,17 @@ import orjson
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.messages import Address, Mail
-from mailman.actors.providers import display_name_words, formatted_address, mailgun, outbox
-from mailman.actors.store import Store
 from mailman.config import Config
-from mailman.routes.validation import (
+from mailman.core.messages import Address, Mail
+from mailman.core.validation import (
     MAX_NAME,
     MAX_SUBJECT,
     ValidationFailed,
     header_problem,
     parse_address,
 )
+from mailman.providers import display_name_words, formatted_address, mailgun, outbox
+from mailman.store import Store
 from tests.support.api import Client, CountingOutbound, client_factory, problem
 from tests.test_validation_props import (
     assert_buildable_by_every_client,

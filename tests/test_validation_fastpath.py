@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mailman.actors.messages import Address
-from mailman.routes.validation import (
+from mailman.core.messages import Address
+from mailman.core.validation import (
     MAX_ADDRESS,
     MAX_LOCAL_PART,
     MAX_NAME,

@@ -25,9 +25,9 @@ import orjson
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
-from mailman.actors.messages import Address, Mail, new_mail_id
-from mailman.actors.providers import mailgun, outbox, sendgrid
-from mailman.routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
+from mailman.core.messages import Address, Mail, new_mail_id
+from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
+from mailman.providers import mailgun, outbox, sendgrid
 from tests.support.fakes import _sendgrid_problems
 
 DEFAULT_SUBJECT = "(no subject)"

@@ -23,7 +23,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from structlog.testing import capture_logs
 
-from mailman.actors.system import embedded
 from mailman.config import ConfigError, load
 from mailman.routes.webhooks import (
     MAILGUN_PATH,
@@ -34,6 +33,7 @@ from mailman.routes.webhooks import (
     verify_mailgun,
     verify_sendgrid,
 )
+from mailman.system import embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import (

@@ -27,8 +27,9 @@ from aiobreaker import CircuitBreaker, CircuitBreakerListener
 from aiobreaker.state import CircuitBreakerState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
+from mailman.store import BreakerState, Store
+
 from .lifecycle import Actor
-from .store import BreakerState, Store
 
 log = structlog.get_logger("mailman.breakers")
 

@@ -3,7 +3,7 @@
 The store queues a callback in the same transaction as each status move of a
 mail that has a ``callback_url`` (see ``actors.store.sql``, "status
 callbacks"), so no move is missed whichever actor makes it. The ``Notifier``
-(beside every bookkeeper) claims due callbacks under a lease, POSTs each one,
+(beside every sweeper) claims due callbacks under a lease, POSTs each one,
 signed, and records the outcome: a ``2xx`` ends it; anything else (another
 status, a redirect, a timeout, a refused address) tries it again after a
 backoff, until ``window_seconds`` after it was queued. It never blocks
@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import os
 import random
 import socket
@@ -43,43 +42,27 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from mailman.config import CallbackConfig
+from mailman.core.callbacks import url_problem
+from mailman.intake.resolve import GuardedResolver, UnsafeDestination
+from mailman.store import CallbackDue, Store
 
 from .lifecycle import Actor
-from .store import CallbackDue, Store
 
 log = structlog.get_logger("mailman.callbacks")
 
 #: The header that carries a callback's signature.
 SIGNATURE_HEADER = "Mailman-Signature"
 USER_AGENT = "Mailman-Callbacks/1"
-#: The longest ``callback_url`` accepted.
-MAX_URL = 2048
 #: How long a claimed callback belongs to one notifier beyond its call's timeout
 #: (a notifier that died leaves it to another after that).
 LEASE_MARGIN_SECONDS = 30.0
 #: The most of a failed call's error kept with the callback.
 MAX_ERROR = 500
-
-#: Cloud metadata services. Most are link-local or private already; Azure's
-#: wire server (168.63.129.16) is a public address and must be named.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean...
-        "169.254.170.2",  # AWS ECS task metadata
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
-        "168.63.129.16",  # Azure wire server
-    )
-)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 # --- signatures -------------------------------------------------------------------------
 
@@ -108,147 +91,6 @@ def verify(
     if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
         return False
     return hmac.compare_digest(sign(secret, int(stamp), body), fields["v1"])
-
-
-# --- where a callback may go ---------------------------------------------------------------
-
-
-def address_problem(address: IPAddress) -> str | None:
-    """Why a callback must not go to ``address``; None for a public unicast address."""
-    if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or address.sixtofour
-        if inner is not None:
-            problem = address_problem(inner)
-            if problem is not None:
-                return problem
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
-        return "not a public unicast address"
-    if address.is_private or not address.is_global:
-        return "a private address"
-    return None
-
-
-def _literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
-def names_this_machine(host: str) -> bool:
-    """``localhost`` and its subdomains (RFC 6761), which always mean this machine."""
-    name = host.rstrip(".").lower()
-    return name == "localhost" or name.endswith(".localhost")
-
-
-def binds_loopback(host: str) -> bool:
-    """Whether a bind address (``MAILMAN_HOST``) is reachable from this machine only
-    (``actors.system.is_loopback``'s rule; the routes cannot import that module)."""
-    literal = _literal(host)
-    return host.lower() == "localhost" if literal is None else literal.is_loopback
-
-
-def url_problem(url: str, *, allow_http: bool, allow_private: bool) -> str | None:
-    """Why ``url`` cannot be a callback URL, without a DNS lookup; None if it can.
-
-    ``https`` (``http`` too with ``allow_http``), a host, no user or password,
-    no whitespace or control characters, at most ``MAX_URL`` characters.
-    Unless ``allow_private``: a host that is an IP address must be a public
-    one, and ``localhost`` names are refused.
-    """
-    if len(url) > MAX_URL:
-        return f"must be at most {MAX_URL} characters"
-    if any(c <= " " or c == "\x7f" for c in url):
-        return "must not contain spaces or control characters"
-    try:
-        parsed = URL(url)
-        host, port = parsed.host, parsed.port
-    except (ValueError, TypeError):
-        return "is not a URL"
-    schemes = ("https", "http") if allow_http else ("https",)
-    if parsed.scheme not in schemes:
-        if parsed.scheme == "http":
-            return "must be an https URL (plain http only while the API runs open on loopback)"
-        return "must be an https URL"
-    if not host:
-        return "must name a host"
-    if parsed.user is not None or parsed.password is not None:
-        return "must not hold a user or password"
-    if port is None or not 0 < port < 65536:
-        return "has a bad port"
-    if allow_private:
-        return None
-    if names_this_machine(host):
-        return "must not name this machine"
-    literal = _literal(host)
-    if literal is not None:
-        problem = address_problem(literal)
-        if problem is not None:
-            return f"must not be {problem}"
-    return None
-
-
-class UnsafeDestination(OSError):
-    """A callback's host resolved to an address it must not go to."""
-
-
-class GuardedResolver(AbstractResolver):
-    """A resolver that refuses a host if any address it resolves to is not public.
-
-    Given to the notifier's ``TCPConnector``: aiohttp connects only to the
-    addresses a resolver returned, so what is checked is what is connected
-    to. (aiohttp does not ask a resolver about a host that is an IP
-    address: ``url_problem`` checks those.)
-    """
-
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if names_this_machine(host):
-            raise UnsafeDestination(f"{host} names this machine")
-        found = await self._inner.resolve(host, port, family)
-        for result in found:
-            address = _literal(result["host"].partition("%")[0])
-            problem = "not an IP address" if address is None else address_problem(address)
-            if problem is not None:
-                raise UnsafeDestination(f"{host} resolves to {result['host']}, {problem}")
-        return found
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-async def resolution_problem(
-    url: str, *, resolver: AbstractResolver | None = None, within: float = 5.0
-) -> str | None:
-    """Why ``url``'s host must not get callbacks, after resolving it; None if it may.
-
-    For a URL ``url_problem`` passed: a host that is an IP address was checked
-    there; a name is resolved (``resolver``, or the system's) and refused if
-    any address is not public, or if it does not resolve ``within`` seconds.
-    """
-    parsed = URL(url)
-    host = parsed.host or ""
-    if _literal(host) is not None:
-        return None
-    guard = GuardedResolver(resolver)
-    try:
-        async with asyncio.timeout(within):
-            await guard.resolve(host, parsed.port or 0, socket.AF_UNSPEC)
-    except UnsafeDestination as exc:
-        return f"must not resolve to a private address: {exc}"
-    except (OSError, TimeoutError):
-        return f"has a host that could not be resolved ({host})"
-    return None
 
 
 # --- the notifier -------------------------------------------------------------------------

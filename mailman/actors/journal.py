@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from .messages import StatusUpdate
-from .store import Store
+from mailman.core.messages import StatusUpdate
+from mailman.store import Store
 
 #: Most updates committed in one transaction.
 BATCH = 500

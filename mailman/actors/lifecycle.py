@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
-from .mailboxes import Delivery, Inbox, Mailbox
+from mailman.mailboxes import Delivery, Inbox, Mailbox
 
 M = TypeVar("M")
 T = TypeVar("T")

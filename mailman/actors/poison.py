@@ -22,9 +22,10 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from mailman.core.messages import encode, key_of
+from mailman.store import Store
+
 from .lifecycle import Actor
-from .messages import encode, key_of
-from .store import Store
 
 log = structlog.get_logger("mailman.poison")
 

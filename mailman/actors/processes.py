@@ -3,7 +3,7 @@
 The parent runs no actor itself. It starts ``N - 1`` API processes that
 share the port (``SO_REUSEPORT``: the kernel spreads connections over them)
 and one **worker** process with every other actor (relay, senders,
-bookkeeper, retry), all on the same store. The outbox in the store is the
+sweeper, retry), all on the same store. The outbox in the store is the
 mailbox between them: an API process commits a mail and its outbox entry
 and wakes the worker's relay with a local datagram (``actors.wake``).
 
@@ -49,9 +49,9 @@ import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
 from mailman.config import ROLE_ALL, Config
+from mailman.system import ROLE_API, all_roles
 
 from .supervisor import RestartBudget
-from .system import ROLE_API, all_roles
 
 log = structlog.get_logger("mailman.processes")
 

@@ -28,12 +28,12 @@ from collections.abc import Callable
 import structlog
 
 from mailman.config import RelayConfig
-from mailman.routes import Load
+from mailman.core.messages import Dispatch
+from mailman.intake.load import Load
+from mailman.mailboxes.routing import Router
+from mailman.store import OutboxEntry, Store
 
 from .lifecycle import Actor
-from .messages import Dispatch
-from .routing import Router
-from .store import OutboxEntry, Store
 from .wake import WakeListener, WakeSender
 
 log = structlog.get_logger("mailman.relay")

@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import structlog
 
+from mailman.core.messages import RetryLater
+from mailman.mailboxes import Delivery
+from mailman.mailboxes.routing import RETRY_MAILBOX, Router
+from mailman.store import Store
+
 from .lifecycle import Actor
-from .mailboxes import Delivery
-from .messages import RetryLater
 from .poison import Poison
-from .routing import RETRY_MAILBOX, Router
-from .store import Store
 
 log = structlog.get_logger("mailman.scheduler")
 

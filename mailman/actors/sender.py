@@ -31,13 +31,20 @@ import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError
 
 from mailman.config import RetryConfig
-
-from .journal import Journal
-from .lifecycle import Actor
-from .mailboxes import Delivery
-from .messages import Attempt, Check, Dispatch, Mail, Outcome, RetryLater, Status, StatusUpdate
-from .poison import Poison
-from .providers import (
+from mailman.core.messages import (
+    Attempt,
+    Check,
+    Dispatch,
+    Mail,
+    Outcome,
+    RetryLater,
+    Status,
+    StatusUpdate,
+)
+from mailman.core.policy import Forward, GiveUp, Retry, next_step
+from mailman.mailboxes import Delivery
+from mailman.mailboxes.routing import Router, send_mailbox
+from mailman.providers import (
     Accepted,
     Found,
     Misconfigured,
@@ -47,8 +54,11 @@ from .providers import (
     Transient,
     Unknown,
 )
-from .routing import Forward, GiveUp, Retry, Router, next_step, send_mailbox
-from .store import Begun, Store
+from mailman.store import Begun, Store
+
+from .journal import Journal
+from .lifecycle import Actor
+from .poison import Poison
 
 log = structlog.get_logger("mailman.sender")
 

@@ -29,11 +29,12 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from mailman.routes.errors import BAD_REQUEST, Problem
-
 from .lifecycle import Actor
 
 log = structlog.get_logger("mailman.http")
+
+#: The answer to a request aiohttp could not parse, by status (the app's error format).
+BadRequest = Callable[[int], StreamResponse]
 
 
 class HeaderTimeoutHandler(RequestHandler):
@@ -60,15 +61,19 @@ class HeaderTimeoutHandler(RequestHandler):
     these internals fails those tests (or mypy) rather than silently dropping
     the deadline.
 
-    Requests aiohttp cannot parse are also answered here as problem+json and
-    logged once at info level (aiohttp logs them at error, with a traceback).
+    Requests aiohttp cannot parse are also answered here (``bad_request``: the
+    app's problem+json) and logged once at info level (aiohttp logs them at
+    error, with a traceback).
     """
 
-    __slots__ = ("_header_deadline_count", "_header_timeout", "_header_timer")
+    __slots__ = ("_bad_request", "_header_deadline_count", "_header_timeout", "_header_timer")
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float, bad_request: BadRequest, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
+        self._bad_request = bad_request
         self._header_timer: asyncio.TimerHandle | None = None
         #: ``_request_count`` when the timer was armed: headers are in once it moves.
         self._header_deadline_count = 0
@@ -128,9 +133,7 @@ class HeaderTimeoutHandler(RequestHandler):
         # Only the kind of error: aiohttp's message quotes the offending bytes,
         # which may hold a credential (a mangled Authorization header...).
         log.info("http.bad_request", status=status, error=type(exc).__name__, peer=request.remote)
-        response = Problem(
-            status, "The request is not valid HTTP/1.1.", type=BAD_REQUEST
-        ).response()
+        response = self._bad_request(status)
         response.force_close()
         return response
 
@@ -138,14 +141,21 @@ class HeaderTimeoutHandler(RequestHandler):
 class HeaderTimeoutServer(web.Server):
     """aiohttp's low-level server (the protocol factory), building ``HeaderTimeoutHandler``s."""
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, header_timeout: float, bad_request: BadRequest, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.bad_request = bad_request
 
     def __call__(self) -> RequestHandler:
         # As aiohttp's Server.__call__, with our protocol class.
         return HeaderTimeoutHandler(
-            self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs
+            self,
+            loop=self._loop,
+            header_timeout=self.header_timeout,
+            bad_request=self.bad_request,
+            **self._kwargs,
         )
 
 
@@ -157,11 +167,19 @@ class HeaderTimeoutRunner(web.AppRunner):
     aiohttp offers for its protocol class; tests/test_edge.py pins it.
     """
 
-    __slots__ = ("_header_timeout",)
+    __slots__ = ("_bad_request", "_header_timeout")
 
-    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float,
+        bad_request: BadRequest,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
+        self._bad_request = bad_request
 
     async def _make_server(self) -> web.Server:
         # aiohttp starts the app and builds its Server from the app and our
@@ -173,6 +191,7 @@ class HeaderTimeoutRunner(web.AppRunner):
             handler_cancellation=stock.handler_cancellation,
             loop=asyncio.get_running_loop(),
             header_timeout=self._header_timeout,
+            bad_request=self._bad_request,
             **stock._kwargs,
         )
 
@@ -182,6 +201,7 @@ class HttpServer(Actor):
         self,
         app_factory: Callable[[], web.Application],
         *,
+        bad_request: BadRequest,
         host: str,
         port: int,
         shutdown_timeout: float = 10.0,
@@ -192,6 +212,7 @@ class HttpServer(Actor):
     ) -> None:
         super().__init__("api")
         self.app_factory = app_factory
+        self.bad_request = bad_request
         self.host = host
         self.port = port
         self.shutdown_timeout = shutdown_timeout
@@ -207,6 +228,7 @@ class HttpServer(Actor):
         self._runner = HeaderTimeoutRunner(
             self.app_factory(),
             header_timeout=self.header_timeout,
+            bad_request=self.bad_request,
             handle_signals=False,  # signals are handled in one place: the entry point
             access_log=None,  # the request-id middleware logs requests as events
             shutdown_timeout=self.shutdown_timeout,

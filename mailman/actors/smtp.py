@@ -55,17 +55,17 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailman.config import Config, tls_server_context
 from mailman.config.logging import get_logger
-from mailman.routes import HttpMetrics, Outbound
-from mailman.routes.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
-from mailman.routes.backlog import Backlog, refresher
-from mailman.routes.errors import IDEMPOTENCY_MISMATCH, Problem
-from mailman.routes.intake import Accepted, Intake, refused
-from mailman.routes.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
+from mailman.core.mime import message_id, to_body
+from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
+from mailman.intake.accept import Accepted, Intake, Outbound
+from mailman.intake.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
+from mailman.intake.backlog import Backlog, refresher
+from mailman.intake.instruments import HttpMetrics
+from mailman.intake.keys import Scope
+from mailman.intake.refusals import KeyInFlight, KeyReused, RateLimited, Refused
+from mailman.store import Store, StoreUnavailable
 
-from .keys import Scope
 from .lifecycle import Actor
-from .mime import message_id, to_body
-from .store import Store, StoreUnavailable
 
 log = get_logger("mailman.smtp")
 
@@ -117,28 +117,23 @@ def _enhanced(field: str) -> str:
     return "5.6.0"  # other media error
 
 
-def refusal(problem: Problem) -> str:
-    """The SMTP reply to a mail ``routes.intake`` refused."""
-    status = problem.status
-    retry_after = problem.headers.get("Retry-After")
-    later = f" in {retry_after} s" if retry_after else " later"
-    if status == HTTPStatus.UNPROCESSABLE_ENTITY:
-        errors = problem.errors
+def refusal(refused: Refused | ValidationFailed) -> str:
+    """The SMTP reply to a mail the intake refused."""
+    if isinstance(refused, ValidationFailed):
+        lines = [f"{e.field}: {e.message}" for e in refused.errors]
+        if refused.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            return _reply("552 5.3.4", ["The mail is too large; nothing was stored:", *lines])
+        errors = refused.errors
         code = f"550 {_enhanced(errors[0].field) if errors else '5.6.0'}"
-        lines = [f"{e.field}: {e.message}" for e in errors] or [problem.detail]
         return _reply(code, ["The mail is not valid; nothing was stored:", *lines])
-    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-        lines = [f"{e.field}: {e.message}" for e in problem.errors] or [problem.detail]
-        return _reply("552 5.3.4", ["The mail is too large; nothing was stored:", *lines])
-    if status == HTTPStatus.TOO_MANY_REQUESTS:
+    later = f" in {refused.retry_after} s" if refused.retry_after else " later"
+    if isinstance(refused, RateLimited):
         return f"{TEMPORARY} Rate limited: this key sends too fast. Try again{later}"
-    if status == HTTPStatus.SERVICE_UNAVAILABLE:
-        return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again{later}"
-    if status == HTTPStatus.CONFLICT:  # the same Message-ID is being committed right now
+    if isinstance(refused, KeyInFlight):  # the same Message-ID is being committed right now
         return f"{TEMPORARY} This mail is being taken already. Try again{later}"
-    if 400 <= status < 500:
-        return _reply("554 5.6.0", [problem.detail])
-    return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again later"
+    if isinstance(refused, KeyReused):
+        return _reply("550 5.6.0", ["This Message-ID was taken before with another mail"])
+    return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again{later}"
 
 
 def _peer(session: Session) -> str | None:
@@ -312,8 +307,8 @@ class SmtpHandler:
             return await self.intake.accept(
                 body, principal=principal, request_id=request_id, idempotency_key=key
             )
-        except Problem as problem:
-            if key is None or problem.type != IDEMPOTENCY_MISMATCH:
+        except KeyReused:
+            if key is None:
                 raise
         log.info("smtp.message_id_reused", request_id=request_id)
         # Backlog and rate were charged by the first try.
@@ -335,10 +330,8 @@ class SmtpHandler:
             else:
                 body = to_body(raw, mail_from=sender, recipients=recipients)
             accepted = await self._accept(raw, body, principal, request_id)
-        except ValidationFailed as exc:
-            return self._refused(refused(exc), request_id)
-        except Problem as problem:
-            return self._refused(problem, request_id)
+        except (Refused, ValidationFailed) as refused:
+            return self._refused(refused, request_id)
         except StoreUnavailable as exc:
             log.warning("smtp.store_unavailable", request_id=request_id, error=str(exc))
             return f"{TEMPORARY} The store is unavailable; nothing was stored. Try again later"
@@ -360,13 +353,14 @@ class SmtpHandler:
         )
         return f"250 2.0.0 Ok: queued as {accepted.mail_id}"
 
-    def _refused(self, problem: Problem, request_id: str) -> str:
-        reply = refusal(problem)
+    def _refused(self, refused: Refused | ValidationFailed, request_id: str) -> str:
+        reply = refusal(refused)
+        invalid = refused if isinstance(refused, ValidationFailed) else None
         log.info(
             "smtp.refused",
             code=int(reply[:3]),
-            status=problem.status,
-            fields=[e.field for e in problem.errors],
+            why=type(refused).__name__,
+            fields=[e.field for e in invalid.errors] if invalid is not None else [],
             request_id=request_id,
         )
         return reply

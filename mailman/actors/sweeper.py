@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 import structlog
 
+from mailman.store import Store
+
 from .lifecycle import Actor
-from .store import Store
 
 log = structlog.get_logger("mailman.sweeper")
 

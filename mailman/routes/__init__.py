@@ -12,50 +12,17 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 from aiohttp import web
 
-from mailman.actors.messages import Dispatch
-from mailman.actors.store import BreakerState, Store
 from mailman.config import Config
-
-from .backlog import Backlog, refresher
-from .instruments import HttpMetrics
-
-
-class Outbound(Protocol):
-    """Where an accepted mail is handed on for sending (``actors.routing.Router``)."""
-
-    async def dispatch(self, dispatch: Dispatch) -> None: ...
-
-
-class Load:
-    """Requests this app is handling now, and when one last began or ended.
-
-    The relay in the same process reads it to put accepts first: while the
-    API is busy it defers its work (see ``actors.relay``).
-    """
-
-    __slots__ = ("active_at", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        #: ``time.monotonic()`` when a request last began or ended.
-        self.active_at = 0.0
-
-    def enter(self) -> None:
-        self.requests += 1
-        self.active_at = time.monotonic()
-
-    def leave(self) -> None:
-        self.requests -= 1
-        self.active_at = time.monotonic()
-
-    def quiet_for(self, now: float) -> float:
-        """Seconds without a request in flight (0 while there is one)."""
-        return 0.0 if self.requests else max(0.0, now - self.active_at)
+from mailman.intake.accept import Intake, Outbound
+from mailman.intake.auth import Keyring
+from mailman.intake.backlog import Backlog, refresher
+from mailman.intake.instruments import HttpMetrics
+from mailman.intake.load import Load
+from mailman.store import BreakerState, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +50,11 @@ log = structlog.get_logger("mailman.http")
 #: How often the janitor forgets expired idempotency keys.
 PURGE_SECONDS = 60.0
 
-# The handlers read the keys above, so they are imported after them.
-from .intake import Intake  # noqa: E402
-
-#: Accepts mail for every HTTP entry point (``routes.intake``).
+#: Accepts mail for every HTTP entry point (``mailman.intake``).
 INTAKE = web.AppKey("intake", Intake)
 
-from .auth import KEYRING, Keyring, auth_middleware  # noqa: E402
+# The handlers read the keys above, so they are imported after them.
+from .auth import KEYRING, auth_middleware  # noqa: E402
 from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
 from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
 from .dashboard import routes as dashboard_routes  # noqa: E402

@@ -68,18 +68,28 @@ from aiohttp import MultipartReader, StreamReader, hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.multipart import BodyPartReader
 
-from mailman.actors.keys import Scope
-from mailman.actors.messages import Mail
-from mailman.actors.store import StoreUnavailable
 from mailman.config.logging import get_logger
+from mailman.core.messages import Mail
+from mailman.core.validation import FieldError, ValidationFailed, guess_content_type, header_problem
+from mailman.intake import refusals
+from mailman.intake.accept import idempotency_key_problem
+from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
+from mailman.intake.keys import Scope
+from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
-from .auth import BadKey, MissingScope, NoKey, Principal, authenticate
 from .body import read_body
-from .errors import STORE_RETRY_AFTER_SECONDS, Problem, note, request_id
-from .intake import IDEMPOTENCY_KEY, idempotency_key_problem, refused
+from .errors import (
+    IDEMPOTENCY_KEY,
+    STORE_RETRY_AFTER_SECONDS,
+    Problem,
+    as_problem,
+    bad_idempotency_key,
+    note,
+    rate_headers,
+    request_id,
+)
 from .mail import IDEMPOTENT_REPLAYED
-from .validation import FieldError, ValidationFailed, guess_content_type, header_problem
 
 log = get_logger("mailman.http")
 
@@ -573,15 +583,16 @@ async def send_message(request: web.Request) -> web.Response:
         try:
             principal = await _principal(request)
             key = request.headers.get(IDEMPOTENCY_KEY)
-            if key is not None and (problem := idempotency_key_problem(key)) is not None:
-                raise problem
+            if key is not None and (bad := idempotency_key_problem(key)) is not None:
+                raise bad_idempotency_key(bad)
             translation = translate(await read_form(request))
             if translation.ignored:
                 note(request, ignored=sorted(set(translation.ignored))[:20])
             if translation.testmode:
                 return _test(request, translation, principal)
             return await _accept(request, translation, principal, key)
-        except Problem as problem:
+        except (Problem, refusals.Refused, ValidationFailed) as caught:
+            problem = caught if isinstance(caught, Problem) else as_problem(caught)
             if problem.errors:
                 note(request, invalid=[e.field for e in problem.errors])
             raise _from_problem(problem, translation) from None
@@ -628,7 +639,7 @@ def _test(request: web.Request, translation: Translation, principal: Principal) 
             translation.body, principal=principal, request_id=request_id(request), now=time.time()
         )
     except ValidationFailed as exc:
-        raise refused(exc) from None
+        raise as_problem(exc) from None
     note(request, testmode=True)
     log.debug("mailgun.testmode", recipients=len(mail.to) + len(mail.cc) + len(mail.bcc))
     return _json(HTTPStatus.OK, {"id": mail.message_id, "message": QUEUED})
@@ -639,7 +650,7 @@ async def _accept(
 ) -> web.Response:
     intake = request.app[INTAKE]
     intake.check_backlog()
-    headers = await intake.take_token(principal)
+    headers = rate_headers(await intake.take_token(principal))
     try:
         accepted = await intake.accept(
             translation.body,
@@ -648,9 +659,10 @@ async def _accept(
             idempotency_key=key,
             checked=True,
         )
-    except Problem as problem:
+    except (refusals.Refused, ValidationFailed) as refusal:
+        problem = as_problem(refusal)
         problem.headers = {**headers, **problem.headers}
-        raise
+        raise problem from None
     mail_id = accepted.mail_id
     mail: Mail = dataclasses.replace(accepted.mail, id=mail_id)
     headers["Location"] = f"/mail/{mail_id}"

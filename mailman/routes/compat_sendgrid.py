@@ -60,18 +60,31 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from mailman.actors.keys import Scope
-from mailman.actors.messages import Mail
-from mailman.actors.store import StoreUnavailable
 from mailman.config.logging import get_logger
+from mailman.core.messages import Mail
+from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
+from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
+from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
+from mailman.intake.keys import Scope
+from mailman.intake.refusals import Refused
+from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE
-from .auth import KEYRING, BadKey, MissingScope, NoKey, Principal, authenticate
+from .auth import KEYRING
 from .body import read_body
-from .errors import STORE_RETRY_AFTER_SECONDS, TOO_LARGE, VALIDATION, Problem, note, request_id
-from .intake import IDEMPOTENCY_KEY, Accepted, Intake, fingerprint, idempotency_key_problem
+from .errors import (
+    IDEMPOTENCY_KEY,
+    STORE_RETRY_AFTER_SECONDS,
+    TOO_LARGE,
+    VALIDATION,
+    Problem,
+    as_problem,
+    bad_idempotency_key,
+    note,
+    rate_headers,
+    request_id,
+)
 from .mail import IDEMPOTENT_REPLAYED
-from .validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 
 log = get_logger("mailman.http")
 
@@ -644,10 +657,10 @@ async def _charge(intake: Intake, principal: Principal, mails: int) -> dict[str,
             reason="validation",
             field="personalizations",
         )
-    headers = await intake.take_token(principal)
+    taken = await intake.take_token(principal)
     for _ in range(mails - 1 if rate > 0 else 0):
-        headers = await intake.take_token(principal)
-    return headers
+        taken = await intake.take_token(principal)
+    return rate_headers(taken)
 
 
 async def _send(request: web.Request) -> web.Response:
@@ -656,7 +669,7 @@ async def _send(request: web.Request) -> web.Response:
     config, intake = request.app[CONFIG], request.app[INTAKE]
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None and (bad := idempotency_key_problem(key)) is not None:
-        raise bad
+        raise bad_idempotency_key(bad)
     raw = await read_body(
         request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout
     )
@@ -687,8 +700,8 @@ async def _send(request: web.Request) -> web.Response:
                     idempotency_key=None if key is None else f"{key}#{i}",
                 )
             )
-        except Problem as problem:
-            raise from_problem(problem, draft, {**headers, **_kept(accepted)}) from None
+        except (Refused, ValidationFailed) as refusal:
+            raise from_problem(as_problem(refusal), draft, {**headers, **_kept(accepted)}) from None
         except StoreUnavailable as exc:
             raise _store_down(exc, request, _kept(accepted)) from None
     ids = [a.mail_id for a in accepted]
@@ -728,8 +741,10 @@ async def sendgrid_send(request: web.Request) -> web.StreamResponse:
         return await _send(request)
     except Refusal as refusal:
         return _refused(request, refusal)
-    except Problem as problem:  # from the body reader, the intake's backlog and rate checks
+    except Problem as problem:  # from the body reader
         return _refused(request, from_problem(problem))
+    except Refused as refusal:  # the intake's backlog and rate checks
+        return _refused(request, from_problem(as_problem(refusal)))
     except StoreUnavailable as exc:
         return _refused(request, _store_down(exc, request))
     except ConnectionError:

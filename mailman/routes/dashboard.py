@@ -25,14 +25,14 @@ from typing import Any
 
 from aiohttp import web
 
-from mailman.actors.keys import Scope
-from mailman.actors.messages import Outcome, Status
-from mailman.actors.store.base import BreakerState, Failures, MetricsSnapshot, MinuteCount
 from mailman.config import Config
+from mailman.core.messages import Outcome, Status
+from mailman.intake.guard import guarded
+from mailman.intake.keys import Scope
+from mailman.store.base import BreakerState, Failures, MetricsSnapshot, MinuteCount
 
 from . import CONFIG, PROBES, STORE
 from .auth import requires
-from .guard import guarded
 from .health import CLOSED, effective_state, provider_states
 from .mail import iso
 

@@ -2,8 +2,9 @@
 
 Every error answer is ``application/problem+json`` with ``type``, ``title``,
 ``status`` and ``detail`` (plus ``errors`` for a 422). Handlers raise
-``Problem``; aiohttp's own ``HTTPException``s (404, 405, 413...) and any
-unexpected exception are turned into problems by ``error_middleware``.
+``Problem``; what the intake refused (``as_problem``), aiohttp's own
+``HTTPException``s (404, 405, 413...) and any unexpected exception are turned
+into problems by ``error_middleware``.
 
 At info a request logs one line, ``http.request`` (see ``request_id_middleware``):
 a refused one says why in its ``problem`` field rather than in a line of its own.
@@ -12,6 +13,7 @@ a refused one says why in its ``problem`` field rather than in a line of its own
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import secrets
 import time
@@ -24,12 +26,20 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from mailman.actors.store import StoreUnavailable
 from mailman.config.logging import get_logger
+from mailman.core.validation import FieldError, ValidationFailed
+from mailman.intake.instruments import UNROUTED
+from mailman.intake.refusals import (
+    BacklogFull,
+    KeyInFlight,
+    KeyReused,
+    RateLimited,
+    Refused,
+)
+from mailman.intake.refusals import Rate as Rate
+from mailman.store import StoreUnavailable
 
 from . import HTTP_METRICS, LOAD
-from .instruments import UNROUTED
-from .validation import FieldError
 
 log = get_logger("mailman.http")
 
@@ -131,6 +141,87 @@ class Problem(Exception):
         )
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def invalid(errors: Sequence[FieldError]) -> Problem:
+    """The 422 for a mail that is not valid."""
+    return Problem(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The mail is not valid; see errors.",
+        type=VALIDATION,
+        errors=errors,
+    )
+
+
+def rate_headers(rate: Rate | None) -> dict[str, str]:
+    """The caller's ``RateLimit-*`` headers (none without a limit)."""
+    if rate is None:
+        return {}
+    return {
+        "RateLimit-Limit": f"{rate.limit:g}",
+        "RateLimit-Remaining": str(rate.remaining),
+        "RateLimit-Reset": str(math.ceil(rate.reset)),
+    }
+
+
+def as_problem(refusal: Refused | ValidationFailed) -> Problem:
+    """What the intake refused, as the problem answered over HTTP."""
+    if isinstance(refusal, ValidationFailed):
+        if refusal.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            return Problem(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "The mail is too large; see errors.",
+                type=TOO_LARGE,
+                errors=refusal.errors,
+            )
+        return invalid(refusal.errors)
+    wait: dict[str, str] = {}
+    if refusal.retry_after is not None:
+        wait[hdrs.RETRY_AFTER] = str(refusal.retry_after)
+    if isinstance(refusal, BacklogFull):
+        return Problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"{refusal.size} mails are waiting to be sent (the limit is {refusal.limit}); "
+            "nothing was stored. Try again after Retry-After.",
+            type=BACKLOG_FULL,
+            headers=wait,
+        )
+    if isinstance(refusal, RateLimited):
+        return Problem(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            f"This API key may send {refusal.rate.limit:g} mails per second; wait for Retry-After.",
+            type=RATE_LIMITED,
+            headers={**rate_headers(refusal.rate), **wait},
+        )
+    if isinstance(refusal, KeyInFlight):
+        return Problem(
+            HTTPStatus.CONFLICT,
+            f"A request with this {IDEMPOTENCY_KEY} is still being processed; "
+            "repeat it after Retry-After to get its answer.",
+            type=IDEMPOTENCY_IN_FLIGHT,
+            headers=wait,
+        )
+    if isinstance(refusal, KeyReused):
+        return Problem(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            f"This {IDEMPOTENCY_KEY} was already used with another request body.",
+            type=IDEMPOTENCY_MISMATCH,
+            errors=[FieldError(IDEMPOTENCY_KEY, "was used before with another body")],
+        )
+    raise TypeError(f"no HTTP wording for {type(refusal).__name__}")
+
+
+def bad_idempotency_key(message: str) -> Problem:
+    """The 400 for an ``Idempotency-Key`` header that cannot be one."""
+    return Problem(
+        HTTPStatus.BAD_REQUEST,
+        f"{IDEMPOTENCY_KEY} {message}.",
+        type=BAD_REQUEST,
+        errors=[FieldError(IDEMPOTENCY_KEY, message)],
+    )
+
+
 # aiohttp's exceptions, by status: (type, detail). Others become about:blank.
 _HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
     404: (NOT_FOUND, "There is nothing at this path."),
@@ -150,6 +241,11 @@ def problem_from_http_exception(exc: web.HTTPException) -> web.Response:
     return Problem(exc.status, detail, type=type_).response(headers)
 
 
+def bad_http(status: int) -> web.Response:
+    """The answer to a request that is not valid HTTP/1.1 (the server actor answers it)."""
+    return Problem(status, "The request is not valid HTTP/1.1.", type=BAD_REQUEST).response()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as a problem+json answer; unexpected ones as a 500 that reveals nothing."""
@@ -158,6 +254,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Problem as problem:
         _note_problem(request, problem.type)
         return problem.response()
+    except (Refused, ValidationFailed) as refusal:
+        answer = as_problem(refusal)
+        _note_problem(request, answer.type)
+        return answer.response()
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise

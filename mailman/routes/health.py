@@ -20,8 +20,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from mailman.actors.store import BreakerState, Store
 from mailman.config import Config
+from mailman.intake.guard import guarded
+from mailman.store import BreakerState, Store
 
 from . import CONFIG, PROBES, STORE, Probes
 from .errors import (
@@ -31,7 +32,6 @@ from .errors import (
     STORE_UNAVAILABLE,
     Problem,
 )
-from .guard import guarded
 
 log = structlog.get_logger("mailman.http")
 

@@ -15,30 +15,37 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
-from mailman.actors.keys import Scope
-from mailman.actors.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status
-from mailman.actors.store import (
+from mailman.config.logging import get_logger
+from mailman.core.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status
+from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
+from mailman.intake.accept import idempotency_key_problem
+from mailman.intake.auth import Principal
+from mailman.intake.guard import guarded
+from mailman.intake.keys import Scope
+from mailman.intake.refusals import Refused
+from mailman.store import (
     MailQuery,
     MailRecord,
     Store,
 )
-from mailman.config.logging import get_logger
 
 from . import CONFIG, INTAKE, OUTBOUND, STORE
-from .auth import PRINCIPAL, Principal, requires
+from .auth import PRINCIPAL, requires
 from .body import decode_json, read_body
 from .errors import (
     BAD_REQUEST,
+    IDEMPOTENCY_KEY,
     NOT_FOUND,
     STATUS_CONFLICT,
     UNSUPPORTED_MEDIA_TYPE,
     Problem,
+    as_problem,
+    bad_idempotency_key,
+    invalid,
     note,
+    rate_headers,
     request_id,
 )
-from .guard import guarded
-from .intake import IDEMPOTENCY_KEY, idempotency_key_problem, invalid
-from .validation import BODY_FIELD, FieldError
 
 log = get_logger("mailman.http")
 
@@ -163,7 +170,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     """The ``Idempotency-Key`` header: 1-255 printable ASCII characters; 400 otherwise."""
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None and (problem := idempotency_key_problem(key)) is not None:
-        raise problem
+        raise bad_idempotency_key(problem)
     return key
 
 
@@ -191,7 +198,8 @@ async def send_mail(request: web.Request) -> web.Response:
     intake = request.app[INTAKE]
     principal = request[PRINCIPAL]
     intake.check_backlog()
-    headers = await intake.take_token(principal)
+    rate = await intake.take_token(principal)
+    headers = rate_headers(rate)
     key = _idempotency_key(request)
     body = await read_mail_json(request)
     try:
@@ -202,12 +210,13 @@ async def send_mail(request: web.Request) -> web.Response:
             idempotency_key=key,
             checked=True,
         )
-    except Problem as problem:
+    except (Refused, ValidationFailed) as refusal:
+        problem = as_problem(refusal)
         invalid = [e.field for e in problem.errors]
         if invalid:
             note(request, invalid=invalid)
         problem.headers = {**headers, **problem.headers}
-        raise
+        raise problem from None
     mail, mail_id = accepted.mail, accepted.mail_id
     headers["Location"] = f"/mail/{mail_id}"
     # At info the request's one line, http.request, carries these; the events are debug detail.

@@ -33,14 +33,14 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from mailman.actors.messages import Outcome, Status
-from mailman.actors.routing import RETRY_MAILBOX, STATUS_MAILBOX, send_mailbox
-from mailman.actors.store import Store
-from mailman.actors.store.base import MetricsSnapshot
 from mailman.config import Config
+from mailman.core.messages import Outcome, Status
+from mailman.intake.guard import guarded
+from mailman.mailboxes.routing import RETRY_MAILBOX, send_mailbox
+from mailman.store import Store
+from mailman.store.base import MetricsSnapshot
 
 from . import CONFIG, HTTP_METRICS, PROBES, STORE
-from .guard import guarded
 from .health import CLOSED, HALF_OPEN, OPEN, UNKNOWN, provider_states
 
 log = structlog.get_logger("mailman.http")
@@ -133,11 +133,11 @@ class KafkaLag(Cached[dict[str, int] | None]):
         super().__init__(ttl)
         self.bootstrap = config.broker.partition("://")[2].strip("/")
         prefix = config.kafka.topic_prefix
-        names = [*(send_mailbox(p) for p in config.chain), STATUS_MAILBOX, RETRY_MAILBOX]
+        names = [*(send_mailbox(p) for p in config.chain), RETRY_MAILBOX]
         self.topics = {name: f"{prefix}{name}" for name in names}
 
     async def _read(self) -> dict[str, int] | None:
-        from mailman.actors.mailboxes.kafka import consumer_lag
+        from mailman.mailboxes.kafka import consumer_lag
 
         try:
             return await consumer_lag(self.bootstrap, self.topics)

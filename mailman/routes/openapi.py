@@ -12,15 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mailman.actors.messages import Check, EventKind, Outcome, Status
-
-from .compat_sendgrid import MAIL_IDS_HEADER as SENDGRID_MAIL_IDS
-from .compat_sendgrid import MAX_PERSONALIZATIONS
-from .compat_sendgrid import MESSAGE_ID_HEADER as SENDGRID_MESSAGE_ID
-from .compat_sendgrid import PATH as SENDGRID_PATH
-from .intake import IDEMPOTENCY_KEY
-from .mail import DEFAULT_PAGE, IDEMPOTENT_REPLAYED, MAX_PAGE
-from .validation import (
+from mailman.core.messages import Check, EventKind, Outcome, Status
+from mailman.core.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_CONTENT_ID,
@@ -32,6 +25,13 @@ from .validation import (
     MAX_TAG,
     MAX_TAGS,
 )
+
+from .compat_sendgrid import MAIL_IDS_HEADER as SENDGRID_MAIL_IDS
+from .compat_sendgrid import MAX_PERSONALIZATIONS
+from .compat_sendgrid import MESSAGE_ID_HEADER as SENDGRID_MESSAGE_ID
+from .compat_sendgrid import PATH as SENDGRID_PATH
+from .errors import IDEMPOTENCY_KEY
+from .mail import DEFAULT_PAGE, IDEMPOTENT_REPLAYED, MAX_PAGE
 
 routes = web.RouteTableDef()
 

@@ -41,16 +41,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from mailman.actors.messages import DeliveryEvent, EventKind
-from mailman.actors.store import EventResult
 from mailman.config import Secret
 from mailman.config.logging import get_logger
+from mailman.core.messages import DeliveryEvent, EventKind
+from mailman.core.validation import FieldError
+from mailman.intake.guard import guarded
+from mailman.store import EventResult
 
 from . import CONFIG, STORE
 from .body import decode_json, read_body
 from .errors import BAD_REQUEST, NOT_FOUND, Problem
-from .guard import guarded
-from .validation import FieldError
 
 log = get_logger("mailman.webhooks")
 

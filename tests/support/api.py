@@ -11,10 +11,10 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from mailman.actors.messages import Dispatch
-from mailman.actors.store import Store
 from mailman.config import Config
+from mailman.core.messages import Dispatch
 from mailman.routes import Outbound, create_app
+from mailman.store import Store
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from mailman.actors.store.mysql import MySQLStore
+from mailman.store.mysql import MySQLStore
 
 from .kafka_broker import in_ci
 

@@ -21,8 +21,8 @@ import aiohttp
 import orjson
 
 from mailman.config import MailgunConfig
+from mailman.core.messages import Check, Disposition, Mail
 
-from ..messages import Check, Disposition, Mail
 from . import (
     Accepted,
     Found,

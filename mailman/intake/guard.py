@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from mailman.actors.store import Store, StoreUnavailable
+from mailman.store import Store, StoreUnavailable
 
 T = TypeVar("T")
 

@@ -104,7 +104,8 @@ from aiokafka.errors import (
     for_code,
 )
 
-from ..messages import decode, encode, key_of
+from mailman.core.messages import decode, encode, key_of
+
 from .base import Broker, Delivery, Inbox, M, Mailbox
 
 log = structlog.get_logger("mailman.kafka")

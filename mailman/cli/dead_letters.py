@@ -26,9 +26,9 @@ from typing import TextIO
 import orjson
 
 from mailman.config import redact_url
+from mailman.store import DeadLetter, Store, open_store
 
-from .store import DeadLetter, Store, open_store
-from .tools import run_store_tool
+from ._tools import run_store_tool
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 
-from ..messages import Attempt, DeliveryEvent, Mail, Status, StatusUpdate
+from mailman.core.messages import Attempt, DeliveryEvent, Mail, Status, StatusUpdate
 
 
 class StoreUnavailable(ConnectionError):

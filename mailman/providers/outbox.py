@@ -29,8 +29,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailman.config import OutboxConfig
+from mailman.core.messages import Address, Attachment, Check, Disposition, Mail
 
-from ..messages import Address, Attachment, Check, Disposition, Mail
 from . import (
     MAX_ENCODED_WORD,
     Accepted,

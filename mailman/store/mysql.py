@@ -46,8 +46,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiomysql
 
 from mailman.config import check_store_url
-
-from ..messages import (
+from mailman.core.messages import (
     ALLOWED_FROM,
     Attempt,
     DeliveryEvent,
@@ -57,6 +56,7 @@ from ..messages import (
     decode,
     encode,
 )
+
 from . import sql
 from .base import (
     KEY_COLUMNS,

@@ -58,7 +58,7 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any
 
-from mailman.routes.validation import (
+from .validation import (
     MAX_HEADER_LINE,
     MAX_HEADERS,
     FieldError,

@@ -38,7 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..messages import DeliveryEvent, Mail, Status, StatusUpdate, decode
+from mailman.core.messages import DeliveryEvent, Mail, Status, StatusUpdate, decode
+
 from . import sql
 from .base import (
     KEY_COLUMNS,

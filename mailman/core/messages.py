@@ -381,7 +381,7 @@ class RetryLater:
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """Asks the bookkeeper to record an attempt and/or move a mail's status.
+    """Asks the store to record an attempt and/or move a mail's status (``Store.apply``).
 
     Status moves are guarded (see ``ALLOWED_FROM``), so replaying an update,
     or applying two out of order, never moves a mail backwards.

@@ -20,6 +20,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from mailman.actors.breakers import ProviderBreaker, SharedHealth, make_breaker, states_of
+from mailman.actors.callbacks import Notifier
+from mailman.actors.journal import Journal
+from mailman.actors.lifecycle import Actor
+from mailman.actors.relay import Nudge, Relay
+from mailman.actors.scheduler import RetryScheduler
+from mailman.actors.sender import Sender
+from mailman.actors.server import HttpServer
+from mailman.actors.smtp import SmtpServer
+from mailman.actors.supervisor import ChildSpec, Supervisor
+from mailman.actors.sweeper import Sweeper
+from mailman.actors.wake import WakeSender, wake_address
 from mailman.config import (
     ROLE_ALL,
     Config,
@@ -31,37 +43,29 @@ from mailman.config import (
     is_memory_store,
     redact_url,
 )
-from mailman.routes import HttpMetrics, Load, Probes, create_app
-
-from .bookkeeper import Bookkeeper
-from .breakers import ProviderBreaker, SharedHealth, make_breaker, states_of
-from .callbacks import Notifier
-from .journal import Journal
-from .lifecycle import Actor
-from .mailboxes import Broker, MemoryBroker
-from .providers import ProviderClient
-from .relay import Nudge, Relay
-from .routing import Router
-from .scheduler import RetryScheduler
-from .sender import Sender
-from .server import HttpServer
-from .smtp import SmtpServer
-from .store import Store, open_store
-from .supervisor import ChildSpec, Supervisor
-from .sweeper import Sweeper
-from .wake import WakeSender, wake_address
+from mailman.intake.instruments import HttpMetrics
+from mailman.intake.load import Load
+from mailman.mailboxes import Broker, MemoryBroker
+from mailman.mailboxes.routing import Router
+from mailman.providers import ProviderClient
+from mailman.routes import Probes, create_app
+from mailman.routes.errors import bad_http
+from mailman.store import Store, open_store
 
 if TYPE_CHECKING:  # aiokafka is imported only when Kafka is used
-    from .mailboxes.kafka import DeadLetterSink
+    from mailman.mailboxes.kafka import DeadLetterSink
 
 log = structlog.get_logger("mailman")
 
 ROLE_API = "api"
 ROLE_RELAY = "relay"
-ROLE_BOOKKEEPER = "bookkeeper"
+#: The sweeper, and the notifier of status callbacks beside it.
+ROLE_SWEEPER = "sweeper"
 ROLE_RETRY = "retry"
 #: SMTP submission (``actors.smtp``): a role while ``MAILMAN_SMTP_PORT`` is not 0.
 ROLE_SMTP = "smtp"
+#: Roles renamed, by their old names: still taken, with a warning at start.
+RENAMED_ROLES = {"bookkeeper": ROLE_SWEEPER}
 #: The roles that take mail in (commit it, wake the relay) and touch no mailbox.
 INTAKE_ROLES = frozenset({ROLE_API, ROLE_SMTP})
 
@@ -69,21 +73,21 @@ INTAKE_ROLES = frozenset({ROLE_API, ROLE_SMTP})
 def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
     """The client for one configured provider."""
     if isinstance(provider, SendGridConfig):
-        from .providers.sendgrid import SendGridClient
+        from mailman.providers.sendgrid import SendGridClient
 
         return SendGridClient(provider, timeout)
     if isinstance(provider, MailgunConfig):
-        from .providers.mailgun import MailgunClient
+        from mailman.providers.mailgun import MailgunClient
 
         return MailgunClient(provider, timeout)
-    from .providers.outbox import OutboxClient
+    from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)
 
 
 def all_roles(config: Config) -> frozenset[str]:
     smtp = (ROLE_SMTP,) if config.smtp.port is not None else ()
-    return frozenset({ROLE_API, ROLE_RELAY, ROLE_BOOKKEEPER, ROLE_RETRY, *config.chain, *smtp})
+    return frozenset({ROLE_API, ROLE_RELAY, ROLE_SWEEPER, ROLE_RETRY, *config.chain, *smtp})
 
 
 def in_memory(config: Config) -> bool:
@@ -95,14 +99,15 @@ def roles_of(config: Config) -> frozenset[str]:
     known = all_roles(config)
     if ROLE_ALL in config.roles:
         return known
-    unknown = set(config.roles) - known
+    named = frozenset(RENAMED_ROLES.get(role, role) for role in config.roles)
+    unknown = set(named) - known
     if ROLE_SMTP in unknown and config.smtp.port is None:
         raise ConfigError("--role smtp needs an SMTP port, but MAILMAN_SMTP_PORT is 0 (off)")
     if unknown:
         raise ConfigError(
             f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(sorted(known))}"
         )
-    roles = frozenset(config.roles)
+    roles = named
     if roles == known:
         return roles
     if is_memory_store(config.store):
@@ -138,7 +143,7 @@ def make_broker(config: Config, dead_letters: DeadLetterSink | None = None) -> B
         return MemoryBroker(capacity=config.mailbox_capacity)
     scheme, _, rest = config.broker.partition("://")
     if scheme == "kafka" and rest.strip("/"):
-        from .mailboxes.kafka import KafkaBroker
+        from mailman.mailboxes.kafka import KafkaBroker
 
         kafka = config.kafka
         return KafkaBroker(
@@ -305,15 +310,7 @@ class Mailman:
                     ),
                 )
             )
-        if ROLE_BOOKKEEPER in self.roles:
-            children.append(
-                ChildSpec(
-                    "bookkeeper",
-                    lambda: Bookkeeper(
-                        inbox=router.status, store=self.store, poison_attempts=cfg.poison_attempts
-                    ),
-                )
-            )
+        if ROLE_SWEEPER in self.roles:
             children.append(
                 ChildSpec(
                     "sweeper",
@@ -323,7 +320,7 @@ class Mailman:
                 )
             )
             if cfg.callbacks.secret is not None:
-                # Status callbacks go out beside every bookkeeper (they need the secret).
+                # Status callbacks go out beside every sweeper (they need the secret).
                 children.append(
                     ChildSpec("notifier", lambda: Notifier(store=self.store, config=cfg.callbacks))
                 )
@@ -400,6 +397,7 @@ class Mailman:
                 metrics=self.http_metrics,
                 probes=probes,
             ),
+            bad_request=bad_http,
             host=cfg.host,
             port=self._server.port if self._server is not None else cfg.port,
             shutdown_timeout=cfg.shutdown_timeout,
@@ -431,6 +429,8 @@ class Mailman:
             store=redact_url(cfg.store),
             broker=redact_url(cfg.broker),
         )
+        for old in sorted(set(cfg.roles) & RENAMED_ROLES.keys()):
+            log.warning("role.renamed", role=old, now=RENAMED_ROLES[old])
         for name in cfg.skipped_providers:
             log.warning("provider.skipped", provider=name, why="no API key configured")
         if len(cfg.providers) == 1 and isinstance(cfg.providers[0], OutboxConfig):

@@ -1,4 +1,4 @@
-"""The failover policy as pure logic, and the mailbox names that carry it.
+"""The failover policy as pure logic.
 
 After each attempt a sender asks ``next_step`` what comes next: the next
 provider in the chain, a retry round after a backoff, or giving up.
@@ -7,21 +7,12 @@ provider in the chain, a retry round after a backoff, or giving up.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from mailman.config import RetryConfig
 
-from .mailboxes import Broker, Mailbox
-from .messages import Dispatch, RetryLater, StatusUpdate
-
-STATUS_MAILBOX = "status"
-RETRY_MAILBOX = "retry"
-
-
-def send_mailbox(provider: str) -> str:
-    """The name of the mailbox a provider's sender reads."""
-    return f"send.{provider}"
+from .messages import Dispatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,32 +73,3 @@ def next_step(
     if now + delay - dispatch.accepted_at > retry.window_seconds:
         return GiveUp(f"retry window of {retry.window_seconds:g} s ran out")
     return Retry(replace(carried, hop=live[0], round=dispatch.round + 1, retry_after=None), delay)
-
-
-class Router:
-    """The mailboxes of one deployment, by purpose."""
-
-    def __init__(self, broker: Broker, chain: tuple[str, ...]) -> None:
-        if not chain:
-            raise ValueError("the provider chain is empty")
-        self.chain = chain
-        self.status: Mailbox[StatusUpdate] = broker.mailbox(STATUS_MAILBOX, StatusUpdate)
-        self.retry: Mailbox[RetryLater] = broker.mailbox(RETRY_MAILBOX, RetryLater)
-        self.senders: dict[str, Mailbox[Dispatch]] = {
-            name: broker.mailbox(send_mailbox(name), Dispatch) for name in chain
-        }
-
-    def inbox_of(self, provider: str) -> Mailbox[Dispatch]:
-        return self.senders[provider]
-
-    async def dispatch(self, dispatch: Dispatch) -> None:
-        """Hand ``dispatch`` to the sender of the provider at its hop."""
-        await self.senders[self.chain[dispatch.hop]].put(dispatch)
-
-    async def dispatch_many(self, dispatches: Sequence[Dispatch]) -> None:
-        """Hand over a batch, one publish per mailbox; returns once every mailbox holds them."""
-        by_provider: dict[str, list[Dispatch]] = {}
-        for dispatch in dispatches:
-            by_provider.setdefault(self.chain[dispatch.hop], []).append(dispatch)
-        for provider, batch in by_provider.items():
-            await self.senders[provider].put_many(batch)

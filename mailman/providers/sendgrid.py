@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 
 from mailman.config import SendGridConfig
+from mailman.core.messages import Address, Attachment, Check, Mail
 
-from ..messages import Address, Attachment, Check, Mail
 from . import (
     Accepted,
     Found,

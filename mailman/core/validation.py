@@ -61,8 +61,9 @@ import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
-from mailman.actors.callbacks import url_problem
-from mailman.actors.messages import Address, Attachment, Disposition, Mail
+from mailman.core.callbacks import url_problem
+
+from .messages import Address, Attachment, Disposition, Mail
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
 MAX_RECIPIENTS = 1000

@@ -1,11 +1,9 @@
-"""Mailman's entry point: ``mailman [serve] [flags]``, ``mailman keys ...``,
-``mailman dead-letters ...``, or ``python -m mailman ...``.
+"""``mailman [serve] [flags]``: run the service until SIGTERM or SIGINT.
 
-Thin on purpose: read the configuration once, set up logging, handle
-signals in one place, run the system, turn the outcome into an exit code.
-
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when the supervisor
-gave up (restart budget spent) or start-up failed, 2 for a bad configuration.
+Read the configuration once, handle signals in one place, run the system (or,
+with ``--processes``, supervise its processes), turn the outcome into an exit
+code: 0 after a clean stop, 1 when the supervisor gave up (restart budget
+spent) or start-up failed, 2 for a bad configuration.
 """
 
 from __future__ import annotations
@@ -13,19 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
 
-from mailman.actors.deadletters import dead_letters_main
-from mailman.actors.keys import keys_main
 from mailman.actors.processes import ProcessSupervisor
 from mailman.actors.supervisor import RestartBudgetExceeded
-from mailman.actors.system import Mailman
-from mailman.config import Config, ConfigError, load
-from mailman.config.logging import configure_logging
+from mailman.config import Config, ConfigError
+from mailman.system import Mailman
 
 log = structlog.get_logger("mailman")
 
@@ -92,25 +86,3 @@ def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
         else:
             return uvloop.run(main)
     return asyncio.run(main)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    env = os.environ
-    if argv[:1] == ["keys"]:
-        return keys_main(argv[1:], env)
-    if argv[:1] == ["dead-letters"]:
-        return dead_letters_main(argv[1:], env)
-    if argv[:1] == ["serve"]:
-        argv = argv[1:]
-    try:
-        config = load(argv, env)
-    except ConfigError as exc:
-        print(f"mailman: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level, config.log_format)
-    try:
-        return run(serve(config, argv, env), config.event_loop)
-    except ConfigError as exc:
-        log.error("config.invalid", detail=str(exc))
-        return 2

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..messages import (
+from mailman.core.messages import (
     ALLOWED_FROM,
     Attempt,
     Check,
@@ -28,6 +28,7 @@ from ..messages import (
     decode,
     encode,
 )
+
 from .base import (
     Begun,
     BreakerState,

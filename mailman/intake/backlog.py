@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from mailman.actors.store import Store
 from mailman.config.logging import get_logger
+from mailman.store import Store
 
 log = get_logger("mailman.http")
 
