@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from mailman.config import Secret, SendGridConfig
-from mailman.core.messages import Address, Mail
+from mailman.core.model import Address, Mail
 from mailman.providers.sendgrid import SendGridClient, body
 
 from .services import start_announcing

@@ -4,7 +4,7 @@
 
 One handler. It parses the same JSON body the same way (orjson) and answers
 201 with the same response shape and ``Location`` header as Mailman, with a
-fresh ULID, but validates nothing beyond "a JSON object", stores nothing and
+fresh id from Mailman's own source, but validates nothing beyond "a JSON object", stores nothing and
 logs nothing. Whatever this process answers per second on this machine is the
 most an aiohttp service can answer: Mailman's figures are ratios to it.
 
@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import orjson
 from aiohttp import web
-from ulid import ULID
+
+from mailman.core.ids import new_id
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -37,7 +38,7 @@ async def send_mail(request: web.Request) -> web.Response:
         return web.Response(status=400)
     if not isinstance(body, dict):
         return web.Response(status=422)
-    mail_id = str(ULID())
+    mail_id = new_id()
     location = f"/mail/{mail_id}"
     answer = {
         "mail": {

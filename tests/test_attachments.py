@@ -18,7 +18,8 @@ import aiomysql
 import orjson
 import pytest
 
-from mailman.core.messages import Attachment, Disposition, Mail, Status, decode, encode
+from mailman.core.messages import decode, encode
+from mailman.core.model import Attachment, Disposition, Mail, Status
 from mailman.core.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,

@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 from mailman import main
 from mailman.cli.keys import keys_main
 from mailman.config import Config
-from mailman.core.messages import Status, StatusUpdate
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Status
 from mailman.intake.keys import Scope, create_key, hash_secret
 from mailman.store import MailQuery, Store
 from mailman.store.sqlite import SQLiteStore

@@ -10,7 +10,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
-from mailman.core.messages import Status, StatusUpdate
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Status
 from mailman.intake.backlog import RETRY_AFTER_SECONDS, Backlog
 from mailman.routes import BACKLOG
 from mailman.store import Store

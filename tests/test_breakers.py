@@ -20,7 +20,8 @@ from mailman.actors.breakers import (
 )
 from mailman.actors.sender import Sender
 from mailman.config import RetryConfig
-from mailman.core.messages import Address, Dispatch, Mail, StatusUpdate
+from mailman.core.messages import Dispatch, StatusUpdate
+from mailman.core.model import Address, Mail
 from mailman.mailboxes import MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers import Accepted, ProviderClient, Result, Transient

@@ -26,16 +26,8 @@ from pytest_aiohttp import AiohttpClient
 from mailman.actors.callbacks import SIGNATURE_HEADER, Notifier, sign, signature_header, verify
 from mailman.config import CallbackConfig, Config, Secret
 from mailman.core.callbacks import binds_loopback, url_problem
-from mailman.core.messages import (
-    Address,
-    Attempt,
-    DeliveryEvent,
-    EventKind,
-    Mail,
-    Outcome,
-    Status,
-    StatusUpdate,
-)
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Address, Attempt, DeliveryEvent, EventKind, Mail, Outcome, Status
 from mailman.intake.keys import Scope, create_key
 from mailman.intake.resolve import GuardedResolver, UnsafeDestination, resolution_problem
 from mailman.routes import INTAKE, create_app

@@ -48,7 +48,7 @@ from sendgrid.helpers.mail import (
 )
 
 from mailman.config import Config
-from mailman.core.messages import Mail as MailmanMail
+from mailman.core.model import Mail as MailmanMail
 from mailman.core.validation import ValidationFailed, parse_address, parse_mail
 from mailman.intake.keys import Scope, create_key
 from mailman.routes.compat_sendgrid import GRANT_INVALID, Refusal, mailbox, translate

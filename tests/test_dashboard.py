@@ -14,7 +14,8 @@ import orjson
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
-from mailman.core.messages import Address, Attempt, Mail, Outcome, Status, StatusUpdate
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Address, Attempt, Mail, Outcome, Status
 from mailman.intake.keys import Scope, create_key
 from mailman.routes import create_app
 from mailman.routes.dashboard import CHART_OUTCOMES, FAILED_OUTCOMES, FAILURES_SHOWN, WINDOW_MINUTES

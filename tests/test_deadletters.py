@@ -11,12 +11,8 @@ import aiohttp
 import orjson
 
 from mailman.cli.dead_letters import dead_letters_main
-from mailman.core.messages import (
-    Dispatch,
-    Mail,
-    RetryLater,
-    decode,
-)
+from mailman.core.messages import Dispatch, RetryLater, decode
+from mailman.core.model import Mail
 from mailman.providers import Accepted, ProviderClient, Result
 from mailman.system import embedded
 

@@ -27,7 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.core.messages import Address, Dispatch, Mail, encode, new_mail_id
+from mailman.core.ids import new_id
+from mailman.core.messages import Dispatch, encode
+from mailman.core.model import Address, Mail
 from mailman.mailboxes.routing import send_mailbox
 from mailman.store.mysql import MySQLStore
 
@@ -465,7 +467,7 @@ async def test_poison(
         # SendGrid refuses: a sender that trusts the record's hop fails over to a
         # provider past the end of the chain.
         target = Mail(
-            id=new_mail_id(),
+            id=new_id(),
             sender=Address("shop@example.com"),
             to=(Address("poison@example.com"),),
             subject="poison target",

@@ -14,7 +14,7 @@ from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
-from mailman.core.messages import Mail
+from mailman.core.model import Mail
 from mailman.store import Idempotency, MailQuery, Store
 from mailman.store.mysql import MySQLStore
 from mailman.store.sqlite import SQLiteStore

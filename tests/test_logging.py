@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
 from mailman.config.logging import MASK, LineWriter, configure_logging, get_logger
-from mailman.core.messages import Mail
+from mailman.core.model import Mail
 from mailman.intake.keys import Scope, create_key
 from mailman.store import Store
 

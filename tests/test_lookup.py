@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from mailman.config import OutboxConfig
-from mailman.core.messages import Check, Mail
+from mailman.core.model import Check, Mail
 from mailman.providers import Accepted, Found, ProviderClient, Transient, Unknown
 from mailman.providers.outbox import OutboxClient
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.core.messages import Mail, decode, encode
+from mailman.core.messages import decode, encode
+from mailman.core.model import Mail
 from mailman.core.validation import (
     MAX_EXTRA_BYTES,
     MAX_HEADERS,

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailman.core.messages import (
-    ALLOWED_FROM,
-    Address,
-    Attempt,
-    Dispatch,
-    Mail,
-    Outcome,
-    RetryLater,
-    Status,
-    StatusUpdate,
-    decode,
-    encode,
-    new_mail_id,
-)
+from mailman.core.ids import new_id
+from mailman.core.messages import Dispatch, RetryLater, StatusUpdate, decode, encode
+from mailman.core.model import ALLOWED_FROM, Address, Attempt, Mail, Outcome, Status
 
 
 def test_records_survive_the_wire() -> None:
@@ -80,7 +69,7 @@ def test_the_lifecycle_only_moves_forward() -> None:
 
 def test_ids_are_unique_and_time_ordered() -> None:
     """Ids made one after another are distinct and sort in the order they were made."""
-    ids = [new_mail_id(1_700_000_000.0 + n / 1000) for n in range(50)]
+    ids = [new_id(1_700_000_000.0 + n / 1000) for n in range(50)]
     assert len(set(ids)) == 50
     assert sorted(ids) == ids
-    assert len({new_mail_id() for _ in range(1000)}) == 1000
+    assert len({new_id() for _ in range(1000)}) == 1000

@@ -23,16 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config, ConfigError, load
-from mailman.core.messages import (
-    Address,
-    Attempt,
-    Check,
-    Dispatch,
-    Mail,
-    Outcome,
-    Status,
-    StatusUpdate,
-)
+from mailman.core.messages import Dispatch, StatusUpdate
+from mailman.core.model import Address, Attempt, Check, Mail, Outcome, Status
 from mailman.intake.keys import Scope, create_key
 from mailman.mailboxes.kafka import KafkaBroker
 from mailman.routes import HttpMetrics, Probes, create_app

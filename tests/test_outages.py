@@ -10,7 +10,8 @@ from pathlib import Path
 from mailman.actors.breakers import make_breaker
 from mailman.actors.sender import Sender
 from mailman.config import RetryConfig
-from mailman.core.messages import Dispatch, Status, StatusUpdate
+from mailman.core.messages import Dispatch, StatusUpdate
+from mailman.core.model import Status
 from mailman.mailboxes import MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers import Accepted

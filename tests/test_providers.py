@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from mailman.config import MailgunConfig, OutboxConfig, Secret, SendGridConfig
-from mailman.core.messages import Address, Mail, new_mail_id
+from mailman.core.ids import new_id
+from mailman.core.model import Address, Mail
 from mailman.providers import (
     MAX_REASON,
     Accepted,
@@ -41,7 +42,7 @@ SECRET = "SG.do-not-leak-XYZZY-0b5e"
 
 def make_mail(**changes: object) -> Mail:
     fields: dict[str, object] = {
-        "id": new_mail_id(),
+        "id": new_id(),
         "sender": Address("noreply@example.com", "Mailman"),
         "to": (Address("ann@example.com", "Ann"),),
         "subject": "Hello",
@@ -510,7 +511,7 @@ def test_one_message_id_whichever_provider_sends_the_mail() -> None:
     from mailman.providers import mailgun, outbox, sendgrid
 
     mail = Mail(
-        id=new_mail_id(),
+        id=new_id(),
         sender=Address("noreply@mg.example.com", "Mailman"),
         to=(Address("ann@example.com"),),
         subject="Hi",

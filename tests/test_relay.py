@@ -11,7 +11,8 @@ import pytest
 from mailman.actors.breakers import SharedHealth, make_breaker, state_of
 from mailman.actors.relay import BUSY_BATCH, Nudge, Relay
 from mailman.config import RelayConfig
-from mailman.core.messages import Address, Dispatch, Mail
+from mailman.core.messages import Dispatch
+from mailman.core.model import Address, Mail
 from mailman.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
 from mailman.mailboxes.routing import Router
 from mailman.routes import Load

@@ -17,7 +17,8 @@ from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
 from mailman.config import Config
-from mailman.core.messages import Address, Attempt, Dispatch, Mail, Outcome, Status, StatusUpdate
+from mailman.core.messages import Dispatch, StatusUpdate
+from mailman.core.model import Address, Attempt, Mail, Outcome, Status
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_mail
 from mailman.routes import CONFIG, OUTBOUND, STORE, create_app
 from mailman.store import Store

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mailman.core.messages import Status
+from mailman.core.model import Status
 from mailman.store import Store
 from mailman.store.mysql import MySQLStore
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailman.core.messages import Address, Mail, Status, new_mail_id
+from mailman.core.ids import new_id
+from mailman.core.model import Address, Mail, Status
 from mailman.core.validation import MAX_SCHEDULE_SECONDS, ValidationFailed, parse_mail
 from mailman.store import Store
 from mailman.system import embedded
@@ -88,7 +89,7 @@ def test_a_past_send_at_means_at_once() -> None:
 
 def scheduled_mail(send_at: float, now: float) -> Mail:
     return Mail(
-        id=new_mail_id(now),
+        id=new_id(now),
         sender=Address("noreply@example.com"),
         to=(Address("ann@example.com"),),
         subject="s",

@@ -23,7 +23,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from mailman.core.messages import (
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import (
     Address,
     Attempt,
     Check,
@@ -32,7 +33,6 @@ from mailman.core.messages import (
     Mail,
     Outcome,
     Status,
-    StatusUpdate,
 )
 from mailman.store import (
     ApiKey,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mailman.core.messages import Address, Mail, Outcome, Status
+from mailman.core.model import Address, Mail, Outcome, Status
 from mailman.system import embedded
 
 from .conftest import eventually, make_config

@@ -12,7 +12,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from mailman.actors.supervisor import RestartBudgetExceeded
-from mailman.core.messages import Dispatch, Mail, decode
+from mailman.core.messages import Dispatch, decode
+from mailman.core.model import Mail
 from mailman.providers import Accepted, ProviderClient, Result
 from mailman.system import Mailman, embedded
 

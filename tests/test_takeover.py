@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from aiokafka.partitioner import murmur2
 
-from mailman.core.messages import Status
+from mailman.core.model import Status
 from mailman.store.mysql import MySQLStore
 
 from .conftest import eventually

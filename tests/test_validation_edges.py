@@ -15,7 +15,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
-from mailman.core.messages import Address, Mail
+from mailman.core.model import Address, Mail
 from mailman.core.validation import (
     MAX_NAME,
     MAX_SUBJECT,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mailman.core.messages import Address
+from mailman.core.model import Address
 from mailman.core.validation import (
     MAX_ADDRESS,
     MAX_LOCAL_PART,

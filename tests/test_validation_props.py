@@ -25,7 +25,8 @@ import orjson
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
-from mailman.core.messages import Address, Mail, new_mail_id
+from mailman.core.ids import new_id
+from mailman.core.model import Address, Mail
 from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
 from mailman.providers import mailgun, outbox, sendgrid
 from tests.support.fakes import _sendgrid_problems
@@ -541,7 +542,7 @@ def assert_buildable_by_every_client(mail: Mail) -> None:
 
 def parse(body: object) -> Mail:
     """``parse_mail`` as the API calls it."""
-    return parse_mail(body, mail_id=new_mail_id(NOW), default_subject=DEFAULT_SUBJECT, now=NOW)
+    return parse_mail(body, mail_id=new_id(NOW), default_subject=DEFAULT_SUBJECT, now=NOW)
 
 
 # --- the properties ---------------------------------------------------------------

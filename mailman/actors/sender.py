@@ -31,16 +31,8 @@ import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError
 
 from mailman.config import RetryConfig
-from mailman.core.messages import (
-    Attempt,
-    Check,
-    Dispatch,
-    Mail,
-    Outcome,
-    RetryLater,
-    Status,
-    StatusUpdate,
-)
+from mailman.core.messages import Dispatch, RetryLater, StatusUpdate
+from mailman.core.model import Attempt, Check, Mail, Outcome, Status
 from mailman.core.policy import Forward, GiveUp, Retry, next_step
 from mailman.mailboxes import Delivery
 from mailman.mailboxes.routing import Router, send_mailbox

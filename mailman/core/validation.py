@@ -63,7 +63,7 @@ from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
 from mailman.core.callbacks import url_problem
 
-from .messages import Address, Attachment, Disposition, Mail
+from .model import Address, Attachment, Disposition, Mail
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
 MAX_RECIPIENTS = 1000

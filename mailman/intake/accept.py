@@ -25,7 +25,9 @@ from aiohttp.abc import AbstractResolver
 from mailman.config import Config
 from mailman.config.logging import get_logger
 from mailman.core.callbacks import binds_loopback
-from mailman.core.messages import Dispatch, Mail, new_mail_id
+from mailman.core.ids import new_id
+from mailman.core.messages import Dispatch
+from mailman.core.model import Mail
 from mailman.core.validation import (
     BODY_FIELD,
     CallbackRules,
@@ -139,7 +141,7 @@ class Intake:
         """The mail ``body`` describes (``ValidationFailed`` if it is not valid)."""
         return parse_mail(
             body,
-            mail_id=new_mail_id(now),
+            mail_id=new_id(now),
             default_subject=self.config.default_subject,
             now=now,
             tenant=principal.tenant,

@@ -15,8 +15,7 @@ import time
 from collections.abc import Iterable
 from enum import StrEnum
 
-from ulid import ULID
-
+from mailman.core.ids import new_id
 from mailman.store import ApiKey, Store
 
 KEY_PREFIX = "mm_"
@@ -77,7 +76,7 @@ async def create_key(
     chosen = tuple(sorted({Scope(s) for s in scopes})) or (Scope.SEND,)
     secret = new_secret()
     key = ApiKey(
-        id=f"key_{ULID()}",
+        id=f"key_{new_id()}",
         tenant=tenant,
         scopes=tuple(s.value for s in chosen),
         rate=rate,

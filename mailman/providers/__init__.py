@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import aiohttp
 
-from mailman.core.messages import Address, Check, Mail, Outcome
+from mailman.core.model import Address, Check, Mail, Outcome
 
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from mailman.config import MailgunConfig
-from mailman.core.messages import Check, Disposition, Mail
+from mailman.core.model import Check, Disposition, Mail
 
 from . import (
     Accepted,

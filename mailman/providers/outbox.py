@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailman.config import OutboxConfig
-from mailman.core.messages import Address, Attachment, Check, Disposition, Mail
+from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 
 from . import (
     MAX_ENCODED_WORD,

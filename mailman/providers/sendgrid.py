@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from mailman.config import SendGridConfig
-from mailman.core.messages import Address, Attachment, Check, Mail
+from mailman.core.model import Address, Attachment, Check, Mail
 
 from . import (
     Accepted,

@@ -69,7 +69,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.multipart import BodyPartReader
 
 from mailman.config.logging import get_logger
-from mailman.core.messages import Mail
+from mailman.core.model import Mail
 from mailman.core.validation import FieldError, ValidationFailed, guess_content_type, header_problem
 from mailman.intake import refusals
 from mailman.intake.accept import idempotency_key_problem

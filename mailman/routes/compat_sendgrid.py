@@ -61,7 +61,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
-from mailman.core.messages import Mail
+from mailman.core.model import Mail
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from mailman.config import Config
-from mailman.core.messages import Outcome, Status
+from mailman.core.model import Outcome, Status
 from mailman.intake.guard import guarded
 from mailman.intake.keys import Scope
 from mailman.store.base import BreakerState, Failures, MetricsSnapshot, MinuteCount

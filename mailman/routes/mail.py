@@ -16,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from mailman.config.logging import get_logger
-from mailman.core.messages import Attempt, DeliveryEvent, Dispatch, Mail, Status
+from mailman.core.messages import Dispatch
+from mailman.core.model import Attempt, DeliveryEvent, Mail, Status
 from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
 from mailman.intake.accept import idempotency_key_problem
 from mailman.intake.auth import Principal

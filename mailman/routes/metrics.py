@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from mailman.config import Config
-from mailman.core.messages import Outcome, Status
+from mailman.core.model import Outcome, Status
 from mailman.intake.guard import guarded
 from mailman.mailboxes.routing import RETRY_MAILBOX, send_mailbox
 from mailman.store import Store

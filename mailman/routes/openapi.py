@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mailman.core.messages import Check, EventKind, Outcome, Status
+from mailman.core.model import Check, EventKind, Outcome, Status
 from mailman.core.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,

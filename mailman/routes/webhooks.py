@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from mailman.config import Secret
 from mailman.config.logging import get_logger
-from mailman.core.messages import DeliveryEvent, EventKind
+from mailman.core.model import DeliveryEvent, EventKind
 from mailman.core.validation import FieldError
 from mailman.intake.guard import guarded
 from mailman.store import EventResult

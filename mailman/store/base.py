@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 
-from mailman.core.messages import Attempt, DeliveryEvent, Mail, Status, StatusUpdate
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Attempt, DeliveryEvent, Mail, Status
 
 
 class StoreUnavailable(ConnectionError):

@@ -46,16 +46,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiomysql
 
 from mailman.config import check_store_url
-from mailman.core.messages import (
-    ALLOWED_FROM,
-    Attempt,
-    DeliveryEvent,
-    Mail,
-    Status,
-    StatusUpdate,
-    decode,
-    encode,
-)
+from mailman.core.messages import StatusUpdate, decode, encode
+from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
 from . import sql
 from .base import (

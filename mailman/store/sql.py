@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mailman.core.messages import (
+from mailman.core.messages import StatusUpdate, decode, encode
+from mailman.core.model import (
     ALLOWED_FROM,
     Attempt,
     Check,
@@ -24,9 +25,6 @@ from mailman.core.messages import (
     Mail,
     Outcome,
     Status,
-    StatusUpdate,
-    decode,
-    encode,
 )
 
 from .base import (

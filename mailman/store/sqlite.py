@@ -38,7 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailman.core.messages import DeliveryEvent, Mail, Status, StatusUpdate, decode
+from mailman.core.messages import StatusUpdate, decode
+from mailman.core.model import DeliveryEvent, Mail, Status
 
 from . import sql
 from .base import (
