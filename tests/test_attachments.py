@@ -20,13 +20,13 @@ import pytest
 
 from mailman.core.messages import decode, encode
 from mailman.core.model import Attachment, Disposition, Mail, Status
+from mailman.core.submission import parse_mail
 from mailman.core.validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_CONTENT_ID,
     ValidationFailed,
     guess_content_type,
-    parse_mail,
 )
 from mailman.providers import streamed
 from mailman.providers.mailgun import basic_auth, form, request_body

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -179,13 +179,13 @@ def test_files_become_attachments_and_inline_parts_get_their_name_as_content_id(
     assert got.body["attachments"] == [
         {
             "filename": "a.pdf",
-            "content": base64.b64encode(PDF).decode(),
+            "content": PDF,
             "content_type": "application/pdf",
             "disposition": "attachment",
         },
         {
             "filename": "logo.png",
-            "content": base64.b64encode(PNG).decode(),
+            "content": PNG,
             "content_type": "image/png",
             "disposition": "inline",
             "content_id": "logo.png",
@@ -219,7 +219,7 @@ def test_options_map_and_harmless_ones_are_ignored() -> None:
             "headers": {"X-A": "1"},
             "reply_to": "r@example.com",
             "metadata": {"k": "v"},
-            "send_at": "2011-10-13T18:02:00+02:00",
+            "send_at": datetime(2011, 10, 13, 18, 2, tzinfo=timezone(timedelta(hours=2))),
         },
         testmode=True,
         recipients={"to": ["b@example.com"]},

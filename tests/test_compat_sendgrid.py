@@ -8,6 +8,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ from sendgrid.helpers.mail import (
 
 from mailman.config import Config
 from mailman.core.model import Mail as MailmanMail
-from mailman.core.validation import ValidationFailed, parse_address, parse_mail
+from mailman.core.submission import parse_mail
+from mailman.core.validation import ValidationFailed, parse_address
 from mailman.intake.keys import Scope, create_key
 from mailman.routes.compat_sendgrid import GRANT_INVALID, Refusal, mailbox, translate
 from mailman.store import Idempotency, MailQuery, Store, StoreUnavailable
@@ -618,7 +620,7 @@ def test_harmless_and_mappable_fields_are_taken() -> None:
     ).drafts
     assert draft.body["reply_to"] == "Help <help@example.com>"
     assert draft.body["headers"] == {"X-B": "2", "x-a": "3"}
-    assert draft.body["send_at"] == "1970-01-01T00:00:00Z"
+    assert draft.body["send_at"] == datetime(1970, 1, 1, tzinfo=UTC)
     assert draft.path("headers.x-a") == "personalizations.0.headers.x-a"
     assert draft.path("headers.X-B") == "headers.X-B"
     assert draft.addresses["reply_to"] == ("reply_to_list.0", "help@example.com")

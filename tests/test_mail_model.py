@@ -13,12 +13,12 @@ import pytest
 
 from mailman.core.messages import decode, encode
 from mailman.core.model import Mail
+from mailman.core.submission import parse_mail
 from mailman.core.validation import (
     MAX_EXTRA_BYTES,
     MAX_HEADERS,
     MAX_METADATA_BYTES,
     ValidationFailed,
-    parse_mail,
 )
 from mailman.providers.mailgun import basic_auth, form
 from mailman.providers.outbox import render

@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from mailman.config import Config
 from mailman.core.messages import Dispatch, StatusUpdate
 from mailman.core.model import Address, Attempt, Mail, Outcome, Status
-from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_mail
+from mailman.core.submission import parse_mail
+from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed
 from mailman.routes import CONFIG, OUTBOUND, STORE, create_app
 from mailman.store import Store
 from mailman.store.sqlite import SQLiteStore

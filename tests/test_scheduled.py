@@ -13,7 +13,8 @@ import pytest
 
 from mailman.core.ids import new_id
 from mailman.core.model import Address, Mail, Status
-from mailman.core.validation import MAX_SCHEDULE_SECONDS, ValidationFailed, parse_mail
+from mailman.core.submission import parse_mail
+from mailman.core.validation import MAX_SCHEDULE_SECONDS, ValidationFailed
 from mailman.store import Store
 from mailman.system import embedded
 

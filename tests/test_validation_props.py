@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from mailman.core.ids import new_id
 from mailman.core.model import Address, Mail
-from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_mail
+from mailman.core.submission import parse_mail
+from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed
 from mailman.providers import mailgun, outbox, sendgrid
 from tests.support.fakes import _sendgrid_problems
 

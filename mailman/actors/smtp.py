@@ -55,7 +55,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailman.config import Config, tls_server_context
 from mailman.config.logging import get_logger
-from mailman.core.mime import message_id, to_body
+from mailman.core.mime import message_id, submission_values
 from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, Outbound
 from mailman.intake.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
@@ -325,10 +325,10 @@ class SmtpHandler:
         try:
             if len(raw) > THREAD_BYTES:
                 body = await asyncio.to_thread(
-                    to_body, raw, mail_from=sender, recipients=recipients
+                    submission_values, raw, mail_from=sender, recipients=recipients
                 )
             else:
-                body = to_body(raw, mail_from=sender, recipients=recipients)
+                body = submission_values(raw, mail_from=sender, recipients=recipients)
             accepted = await self._accept(raw, body, principal, request_id)
         except (Refused, ValidationFailed) as refused:
             return self._refused(refused, request_id)

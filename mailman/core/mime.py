@@ -1,8 +1,9 @@
-"""A mail as an SMTP client sends it (RFC 5322 and MIME) turned into the body of
-``POST /mail/send``, so that SMTP takes the same road as the API (``routes.intake``).
+"""A mail as an SMTP client sends it (RFC 5322 and MIME) turned into a ``Submission``'s
+values (``core.submission``), so that SMTP takes the same road as every entry point.
 
-Pure: bytes in, a JSON-able dict out, no I/O (``tests/test_mime.py``). What is
-taken, and from where:
+Pure: bytes in, the values out, no I/O (``tests/test_mime.py``). Typed where the
+mail has the thing itself: a file's bytes, a ``datetime``. What is taken, and
+from where:
 
 - ``from``: the ``From`` header, what the recipients see; the envelope's
   ``MAIL FROM`` when there is no ``From``. More than one address is refused.
@@ -25,7 +26,7 @@ taken, and from where:
   gets one (``attachment-1.pdf``); a forwarded mail (``message/rfc822``) goes
   as an ``.eml`` file of type ``application/octet-stream``.
 - ``headers``: the ``X-`` headers Mailman can carry (the rules of
-  ``routes.validation``: printable ASCII, not ``X-Mailman-``, ``X-SG-``,
+  ``core.validation``: printable ASCII, not ``X-Mailman-``, ``X-SG-``,
   ``X-SMTPAPI``, ``X-Mailgun-``, the first of a name only, at most
   ``MAX_HEADERS``). Others are dropped, not refused.
 - ``tags``, ``metadata``, ``send_at``: from the headers of the providers' own
@@ -37,14 +38,13 @@ Every other header is dropped: ``Received``, ``Message-ID``, ``Date``,
 ``MIME-Version``, ``Content-*``, ``Return-Path``, ``DKIM-Signature``, ``Bcc``,
 ``Sender``...: Mailman and the provider write their own.
 
-Whatever is left is checked by ``routes.validation.parse_mail`` like any API
-request; only what cannot be put into that body at all is refused here, as a
+Whatever is left is checked by ``Submission.check`` like any API request;
+only what cannot be put into a submission at all is refused here, as a
 ``ValidationFailed`` naming the field.
 """
 
 from __future__ import annotations
 
-import base64
 import email
 import email.parser
 import email.policy
@@ -95,8 +95,10 @@ def message_id(raw: bytes) -> str | None:
     return value
 
 
-def to_body(raw: bytes, *, mail_from: str | None, recipients: Sequence[str]) -> dict[str, Any]:
-    """The ``POST /mail/send`` body for the mail ``raw`` (DATA), sent by ``mail_from``
+def submission_values(
+    raw: bytes, *, mail_from: str | None, recipients: Sequence[str]
+) -> dict[str, Any]:
+    """The ``Submission`` values of the mail ``raw`` (DATA), sent by ``mail_from``
     (``MAIL FROM``) to ``recipients`` (``RCPT TO``); ``ValidationFailed`` if it cannot be one."""
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)  # policy.default's message factory
@@ -280,7 +282,7 @@ def _files(part: MIMEPart, bodies: set[int], *, related: bool) -> Iterator[tuple
         yield part, related
 
 
-def _attachment(part: MIMEPart, number: int, related: bool) -> dict[str, str]:
+def _attachment(part: MIMEPart, number: int, related: bool) -> dict[str, str | bytes]:
     """One leaf part as an ``attachments`` entry (``related``: a part of multipart/related)."""
     content_type = part.get_content_type()
     if part.get_content_maintype() == "message":
@@ -296,9 +298,9 @@ def _attachment(part: MIMEPart, number: int, related: bool) -> dict[str, str]:
     disposition = part.get_content_disposition()
     inline = content_id is not None and (related or disposition != "attachment")
     filename = _filename(part) or f"{'inline' if inline else 'attachment'}-{number}{extension}"
-    out = {
+    out: dict[str, str | bytes] = {
         "filename": filename,
-        "content": base64.b64encode(data).decode("ascii"),
+        "content": data,
         "content_type": content_type,
         "disposition": "inline" if inline else "attachment",
     }
@@ -357,7 +359,7 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
             elif key == "unique_args" and isinstance(value, dict):
                 metadata.update(value)
             elif key == "send_at" and type(value) is int and 0 <= value <= _LAST_UNIX_TIME:
-                out["send_at"] = _rfc3339(float(value))
+                out["send_at"] = datetime.fromtimestamp(value, UTC)
             else:
                 errors.append(FieldError("headers.X-SMTPAPI", f"{key!r} has the wrong type"))
     tags += [
@@ -377,7 +379,7 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
         if when is None or when.tzinfo is None:
             errors.append(FieldError("headers.X-Mailgun-Deliver-By", "is not an RFC 2822 date"))
         else:
-            out["send_at"] = _rfc3339(when.timestamp())
+            out["send_at"] = when
     if tags:
         out["tags"] = tags
     if metadata:
@@ -404,10 +406,6 @@ def _json_header(
         errors.append(FieldError(f"headers.{name}", "must be a JSON object"))
         return None
     return value
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def custom_headers(message: EmailMessage) -> dict[str, str]:

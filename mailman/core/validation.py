@@ -1,8 +1,8 @@
-"""Validation of a submitted mail: a parsed JSON body in, a ``Mail`` out.
+"""The rules a submitted mail's values must follow, one function per kind of value.
 
-Pure functions, no I/O: ``parse_mail`` either returns a ``Mail`` or raises
-``ValidationFailed`` listing every bad field, one message per field, named
-as the API names them (``to[1]``, ``from``, ``subject``, ``content``...).
+Pure functions, no I/O. ``core.submission`` applies them to a whole mail;
+each one adds what is wrong to an ``Errors`` (one message per field, named as
+the API names them: ``to[1]``, ``from``, ``subject``, ``headers.X-Name``...).
 
 A ``201`` is a promise that every provider of the chain can take the mail, so
 whatever one of them would choke on is refused here, up front, rather than
@@ -51,7 +51,7 @@ import base64
 import binascii
 import mimetypes
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import getaddresses
@@ -61,9 +61,7 @@ import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
-from mailman.core.callbacks import url_problem
-
-from .model import Address, Attachment, Disposition, Mail
+from .model import Address, Attachment, Disposition
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
 MAX_RECIPIENTS = 1000
@@ -164,13 +162,12 @@ _RFC3339 = re.compile(
 )
 
 _LINE_BREAKS = ("\r", "\n")
-_BODIES = ("content", "text", "html")
 
 #: Characters that cannot stand in a header: C0 controls (TAB included), DEL,
 #: C1 controls, the Unicode line and paragraph separators, lone surrogates.
 _NOT_IN_HEADER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 #: Characters that cannot be encoded at all, not even in a body.
-_NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
+NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
 #: What Python's ``email`` parser (and a mail reader) decodes as an RFC 2047
 #: encoded-word: ``=?charset?q?text?=`` or ``?b?``, the text free of ``?``
 #: (the parser cannot decode one with more). Linear: no backtracking blow-up
@@ -191,7 +188,7 @@ class FieldError:
 
 @dataclass(frozen=True, slots=True)
 class CallbackRules:
-    """What a ``callback_url`` may be here (``actors.callbacks.url_problem``)."""
+    """What a ``callback_url`` may be here (``core.callbacks.url_problem``)."""
 
     #: A signing secret is configured: without one, ``callback_url`` is refused.
     enabled: bool = False
@@ -217,7 +214,7 @@ class ValidationFailed(ValueError):
         self.status = int(status)
 
 
-class _Errors:
+class Errors:
     """Collects field errors, keeping the first message for each field."""
 
     def __init__(self) -> None:
@@ -249,7 +246,7 @@ def has_line_break(value: str) -> bool:
     return any(c in value for c in _LINE_BREAKS)
 
 
-def _describe(char: str) -> str:
+def describe(char: str) -> str:
     if char == "\0":
         return "NUL"
     if char == "\t":
@@ -274,8 +271,8 @@ def header_problem(value: str) -> str | None:
     if bad is not None:
         char = bad.group()
         if "\ud800" <= char <= "\udfff":
-            return f"must not contain a lone surrogate ({_describe(char)})"
-        return f"must not contain control or line-separator characters ({_describe(char)})"
+            return f"must not contain a lone surrogate ({describe(char)})"
+        return f"must not contain control or line-separator characters ({describe(char)})"
     if _ENCODED_WORD.search(value):
         return "must not contain an RFC 2047 encoded-word (=?...?=): send the text itself"
     return None
@@ -430,7 +427,7 @@ def slow_address(raw: str) -> Address:
     return Address(email=email, name=name)
 
 
-def _one_address(value: object, field: str, errors: _Errors) -> Address | None:
+def one_address(value: object, field: str, errors: Errors) -> Address | None:
     if not isinstance(value, str):
         errors.add(field, "must be a string")
         return None
@@ -441,7 +438,7 @@ def _one_address(value: object, field: str, errors: _Errors) -> Address | None:
         return None
 
 
-def _address_list(value: object, field: str, errors: _Errors) -> list[object] | None:
+def address_list(value: object, field: str, errors: Errors) -> list[object] | None:
     """The raw entries of a recipient field (a string or a list); None for a wrong type."""
     if isinstance(value, str):
         return [value]
@@ -451,147 +448,38 @@ def _address_list(value: object, field: str, errors: _Errors) -> list[object] | 
     return None
 
 
-def _addresses(field: str, raw: list[object], errors: _Errors) -> tuple[Address, ...]:
+def addresses(field: str, raw: list[object], errors: Errors) -> tuple[Address, ...]:
     """Every entry of a recipient list parsed; errors name the entry (``to[1]``)."""
     out: list[Address] = []
     for i, entry in enumerate(raw):
-        address = _one_address(entry, f"{field}[{i}]", errors)
+        address = one_address(entry, f"{field}[{i}]", errors)
         if address is not None:
             out.append(address)
     return tuple(out)
 
 
-def _optional_string(body: Mapping[str, object], field: str, errors: _Errors) -> str | None:
-    value = body.get(field)
-    if value is None or isinstance(value, str):
-        return value
-    errors.add(field, "must be a string")
-    return None
-
-
-def parse_mail(
-    body: object,
-    *,
-    mail_id: str,
-    default_subject: str,
-    now: float,
-    tenant: str = "",
-    callbacks: CallbackRules = CallbackRules(),
-    request_id: str = "",
-) -> Mail:
-    """The ``Mail`` that a decoded JSON request body describes.
-
-    Raises ``ValidationFailed`` listing every bad field. Unknown fields are
-    ignored. When there are more than ``MAX_RECIPIENTS`` recipients, their
-    entries are not checked one by one (that would be unbounded work).
-    ``callback_url`` is checked by ``callbacks`` without a DNS lookup (the
-    caller resolves it: ``actors.callbacks.resolution_problem``).
-    """
-    if not isinstance(body, dict):
-        raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
-    errors = _Errors()
-
-    # Recipients: types first, then the count, then each entry.
-    lists: dict[str, list[object]] = {}
-    for field in ("to", "cc", "bcc"):
-        value = body.get(field)
-        if value is None:
-            if field == "to":
-                errors.add(field, "is required")
-            continue
-        entries = _address_list(value, field, errors)
-        if entries is None:
-            continue
-        if field == "to" and not entries:
-            errors.add(field, "must name at least one recipient")
-        lists[field] = entries
-    total = 0
-    too_many = False
-    for field, entries in lists.items():
-        total += len(entries)
-        if total > MAX_RECIPIENTS and not too_many:
-            too_many = True
-            errors.add(
-                field,
-                f"too many recipients: at most {MAX_RECIPIENTS} in to, cc and bcc together",
-            )
-    parsed: dict[str, tuple[Address, ...]] = {}
-    if not too_many:
-        parsed = {field: _addresses(field, entries, errors) for field, entries in lists.items()}
-
-    sender: Address | None = None
-    if body.get("from") is None:
-        errors.add("from", "is required")
-    else:
-        sender = _one_address(body["from"], "from", errors)
-
-    reply_to: Address | None = None
-    if body.get("reply_to") is not None:
-        reply_to = _one_address(body["reply_to"], "reply_to", errors)
-
-    subject = _optional_string(body, "subject", errors)
-    if subject is not None:
-        problem = header_problem(subject)
-        if problem is not None:
-            errors.add("subject", problem)
-        elif len(subject) > MAX_SUBJECT:
-            errors.add("subject", f"must be at most {MAX_SUBJECT} characters")
-    if not subject or not subject.strip():
-        subject = default_subject
-
-    text, html = _bodies(body, errors)
-    callback_url = _callback_url(body, callbacks, errors)
-    send_at = _send_at(body.get("send_at"), now, errors)
-    headers = _headers(body.get("headers"), errors)
-    tags = _tags(body.get("tags"), errors)
-    metadata = _metadata(body.get("metadata"), mail_id, errors)
-    attachments = _attachments(body.get("attachments"), errors)
-    if _extra_bytes(headers, tags, metadata) > MAX_EXTRA_BYTES:
-        errors.add(
-            "metadata" if metadata else "tags" if tags else "headers",
-            f"headers, tags and metadata together must be at most {MAX_EXTRA_BYTES} bytes",
-        )
-
-    if errors or sender is None:
-        raise ValidationFailed(errors.as_list(), status=errors.status)
-    return Mail(
-        id=mail_id,
-        sender=sender,
-        to=parsed.get("to", ()),
-        subject=subject,
-        text=text,
-        html=html,
-        cc=parsed.get("cc", ()),
-        bcc=parsed.get("bcc", ()),
-        reply_to=reply_to,
-        created_at=now,
-        tenant=tenant,
-        callback_url=callback_url,
-        request_id=request_id,
-        send_at=send_at,
-        headers=headers,
-        tags=tags,
-        metadata=metadata,
-        attachments=attachments,
-    )
-
-
-def _send_at(value: object, now: float, errors: _Errors) -> float | None:
-    """The optional ``send_at``: an RFC 3339 time with its offset, at most
-    ``MAX_SCHEDULE_SECONDS`` ahead. A time already past means "at once" (None)."""
+def send_at(value: object, now: float, errors: Errors) -> float | None:
+    """The optional ``send_at``: an RFC 3339 time with its offset (or, from an entry point
+    that has one, an aware ``datetime``), at most ``MAX_SCHEDULE_SECONDS`` ahead. A time
+    already past means "at once" (None)."""
     if value is None:
         return None
-    if not isinstance(value, str):
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        at = value
+    elif not isinstance(value, str):
         errors.add("send_at", "must be an RFC 3339 time string, e.g. 2025-01-02T03:04:05Z")
         return None
-    match = _RFC3339.fullmatch(value.strip())
-    try:
-        if match is None:
-            raise ValueError(value)
-        at = datetime.fromisoformat(value.strip().upper())
-    except ValueError:
-        errors.add("send_at", "must be an RFC 3339 time with its offset, e.g. 2025-01-02T03:04:05Z")
-        return None
+    else:
+        match = _RFC3339.fullmatch(value.strip())
+        try:
+            if match is None:
+                raise ValueError(value)
+            at = datetime.fromisoformat(value.strip().upper())
+        except ValueError:
+            errors.add(
+                "send_at", "must be an RFC 3339 time with its offset, e.g. 2025-01-02T03:04:05Z"
+            )
+            return None
     when = at.timestamp()
     if when > now + MAX_SCHEDULE_SECONDS:
         hours = MAX_SCHEDULE_SECONDS // 3600
@@ -600,47 +488,12 @@ def _send_at(value: object, now: float, errors: _Errors) -> float | None:
     return when if when > now else None
 
 
-def _callback_url(body: Mapping[str, object], rules: CallbackRules, errors: _Errors) -> str | None:
-    """The optional ``callback_url``, checked by ``rules`` (no DNS lookup)."""
-    url = _optional_string(body, "callback_url", errors)
-    if url is None:
-        return None
-    if not rules.enabled:
-        errors.add(
-            "callback_url", "callbacks are off here: the server needs MAILMAN_CALLBACK_SECRET"
-        )
-        return None
-    problem = url_problem(url, allow_http=rules.allow_http, allow_private=rules.allow_private)
-    if problem is not None:
-        errors.add("callback_url", problem)
-        return None
-    return url
-
-
-def _bodies(body: Mapping[str, object], errors: _Errors) -> tuple[str | None, str | None]:
-    """The plain-text and HTML bodies; ``content`` and ``text`` both name the plain text."""
-    content = _optional_string(body, "content", errors)
-    text = _optional_string(body, "text", errors)
-    html = _optional_string(body, "html", errors)
-    for field, value in (("content", content), ("text", text), ("html", html)):
-        bad = None if value is None else _NOT_ENCODABLE.search(value)
-        if bad is not None:
-            errors.add(field, f"must not contain a lone surrogate ({_describe(bad.group())})")
-    if content is not None and text is not None and content != text:
-        errors.add("text", "differs from content; give the plain text once")
-    plain = content if content is not None else text
-    wrong_type = any(body.get(f) is not None and not isinstance(body.get(f), str) for f in _BODIES)
-    if not wrong_type and not plain and not html:
-        errors.add("content", "give a non-empty plain-text body (content or text) or html")
-    return plain or None, html or None
-
-
 def _field_name(field: str, key: str) -> str:
     """``field.key``, the key cut short if it is far too long to be valid anyway."""
     return f"{field}.{key if len(key) <= 2 * MAX_HEADER_NAME else key[: 2 * MAX_HEADER_NAME]}"
 
 
-def _headers(value: object, errors: _Errors) -> tuple[tuple[str, str], ...]:
+def headers(value: object, errors: Errors) -> tuple[tuple[str, str], ...]:
     """The optional custom ``headers``: an object of ``X-`` header names to values.
 
     Errors name the header (``headers.X-Name``); a name that differs from an
@@ -701,7 +554,7 @@ def header_value_problem(value: object) -> str | None:
     return None
 
 
-def _tags(value: object, errors: _Errors) -> tuple[str, ...]:
+def tags(value: object, errors: Errors) -> tuple[str, ...]:
     """The optional ``tags``: up to ``MAX_TAGS`` distinct printable ASCII strings."""
     if value is None:
         return ()
@@ -729,7 +582,7 @@ def _tags(value: object, errors: _Errors) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _metadata(value: object, mail_id: str, errors: _Errors) -> tuple[tuple[str, str], ...]:
+def metadata(value: object, mail_id: str, errors: Errors) -> tuple[tuple[str, str], ...]:
     """The optional ``metadata``: an object of short keys to string values."""
     if value is None:
         return ()
@@ -752,7 +605,7 @@ def _metadata(value: object, mail_id: str, errors: _Errors) -> tuple[tuple[str, 
             errors.add(field, "must be a string")
         elif len(raw) > MAX_METADATA_VALUE:
             errors.add(field, f"must be at most {MAX_METADATA_VALUE} characters")
-        elif _NOT_ENCODABLE.search(raw):
+        elif NOT_ENCODABLE.search(raw):
             errors.add(field, "must not contain a lone surrogate")
         else:
             out.append((key, raw))
@@ -763,7 +616,7 @@ def _metadata(value: object, mail_id: str, errors: _Errors) -> tuple[tuple[str, 
     return tuple(out)
 
 
-def _extra_bytes(
+def extra_bytes(
     headers: Sequence[tuple[str, str]],
     tags: Sequence[str],
     metadata: Sequence[tuple[str, str]],
@@ -874,7 +727,7 @@ def filename_problem(name: str) -> str | None:
         return 'must not contain a double quote (")'
     bidi = _BIDI_CONTROLS.search(name)
     if bidi is not None:
-        return f"must not contain bidirectional control characters ({_describe(bidi.group())})"
+        return f"must not contain bidirectional control characters ({describe(bidi.group())})"
     if name != name.strip():  # Unicode whitespace too: mail readers drop it there
         return "must not start or end with whitespace"
     if name in (".", ".."):
@@ -882,12 +735,12 @@ def filename_problem(name: str) -> str | None:
     return None
 
 
-def _attachments(value: object, errors: _Errors) -> tuple[Attachment, ...]:
+def attachments(value: object, errors: Errors) -> tuple[Attachment, ...]:
     """The optional ``attachments``: a list of files, each ``{filename, content
     (base64), content_type?, disposition?, content_id?}``.
 
     Errors name the file's field (``attachments[1].content``). More than
-    ``MAX_ATTACHMENT_BYTES`` in all (decoded) is a 413 (``_Errors.too_large``
+    ``MAX_ATTACHMENT_BYTES`` in all (decoded) is a 413 (``Errors.too_large``
     on ``attachments``); everything else a 422. ``content_type`` defaults to a
     guess from the file name, ``disposition`` to ``attachment``. An
     ``inline`` file needs a ``content_id``, unique in the mail (ignoring
@@ -943,7 +796,7 @@ def _attachments(value: object, errors: _Errors) -> tuple[Attachment, ...]:
     return tuple(out)
 
 
-def _attachment_filename(value: object, field: str, errors: _Errors) -> str | None:
+def _attachment_filename(value: object, field: str, errors: Errors) -> str | None:
     if value is None:
         errors.add(field, "is required")
         return None
@@ -957,11 +810,17 @@ def _attachment_filename(value: object, field: str, errors: _Errors) -> str | No
     return value
 
 
-def _attachment_content(value: object, field: str, errors: _Errors) -> tuple[bytes, str] | None:
-    """The file's bytes and its canonical base64."""
+def _attachment_content(value: object, field: str, errors: Errors) -> tuple[bytes, str] | None:
+    """The file's bytes and its canonical base64: given as base64 (JSON), or as the bytes
+    themselves (an entry point that has them: SMTP, a multipart form)."""
     if value is None:
         errors.add(field, "is required")
         return None
+    if isinstance(value, bytes):
+        if not value:
+            errors.add(field, "must not be empty")
+            return None
+        return value, base64.b64encode(value).decode("ascii")
     if not isinstance(value, str):
         errors.add(field, "must be a base64 string")
         return None
@@ -976,7 +835,7 @@ def _attachment_content(value: object, field: str, errors: _Errors) -> tuple[byt
     return data, canonical
 
 
-def _attachment_disposition(value: object, field: str, errors: _Errors) -> Disposition | None:
+def _attachment_disposition(value: object, field: str, errors: Errors) -> Disposition | None:
     if value is None:
         return Disposition.ATTACHMENT
     if isinstance(value, str) and value.lower() in _DISPOSITION_VALUES:
@@ -988,9 +847,7 @@ def _attachment_disposition(value: object, field: str, errors: _Errors) -> Dispo
 _DISPOSITION_VALUES = frozenset(d.value for d in Disposition)
 
 
-def _attachment_type(
-    value: object, filename: str | None, field: str, errors: _Errors
-) -> str | None:
+def _attachment_type(value: object, filename: str | None, field: str, errors: Errors) -> str | None:
     """The given MIME type, lowercase; a guess from the file name when none is given."""
     if value is None:
         return guess_content_type(filename) if filename is not None else DEFAULT_CONTENT_TYPE
@@ -1009,7 +866,7 @@ def _attachment_type(
 
 
 def _attachment_content_id(
-    value: object, disposition: Disposition | None, field: str, errors: _Errors
+    value: object, disposition: Disposition | None, field: str, errors: Errors
 ) -> str | None:
     """An inline file's content id, without angle brackets (None: none given)."""
     if value is None:

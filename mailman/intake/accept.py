@@ -12,6 +12,7 @@ committed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import time
@@ -28,13 +29,8 @@ from mailman.core.callbacks import binds_loopback
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch
 from mailman.core.model import Mail
-from mailman.core.validation import (
-    BODY_FIELD,
-    CallbackRules,
-    FieldError,
-    ValidationFailed,
-    parse_mail,
-)
+from mailman.core.submission import parse_mail
+from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
 from mailman.intake.resolve import resolution_problem
 from mailman.store import Idempotency, IdempotencyMismatch, MailTooLarge, Store
 
@@ -84,9 +80,17 @@ def idempotency_key_problem(key: str) -> str | None:
     return "must be 1 to 255 printable ASCII characters"
 
 
-def fingerprint(body: object) -> str:
-    """A digest of a request body that ignores key order and spacing."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def fingerprint(values: object) -> str:
+    """A digest of what a request asked for (a JSON body, or an entry point's submission
+    values) that ignores key order and spacing; a file's bytes count as their base64."""
+    dumped = orjson.dumps(values, option=orjson.OPT_SORT_KEYS, default=_base64)
+    return hashlib.sha256(dumped).hexdigest()
+
+
+def _base64(value: object) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} cannot be fingerprinted")
 
 
 class Intake:
@@ -138,7 +142,8 @@ class Intake:
         return rate
 
     def parse(self, body: object, *, principal: Principal, request_id: str, now: float) -> Mail:
-        """The mail ``body`` describes (``ValidationFailed`` if it is not valid)."""
+        """The mail ``body`` describes (a decoded JSON body, or a ``Submission``'s values an
+        entry point built: ``core.submission``); ``ValidationFailed`` if it is not valid."""
         return parse_mail(
             body,
             mail_id=new_id(now),

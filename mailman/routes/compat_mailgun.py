@@ -3,8 +3,9 @@
 An app that sends through Mailgun gets Mailman's failover by changing its base
 URL (``https://api.mailgun.net`` to Mailman's) and its key (a Mailman key as
 the Basic password of the user ``api``). The form it posts is translated into
-the body of ``POST /mail/send`` and handed to the shared intake
-(``routes.intake``); what the intake refuses is worded the way Mailgun words
+a ``Submission``'s values (``core.submission``: a file's bytes as they came,
+the delivery time as a ``datetime``) and handed to the shared intake
+(``mailman.intake``); what the intake refuses is worded the way Mailgun words
 it, so the app's error handling keeps working:
 
 - ``200 {"id": "<mail id@sender's domain>", "message": "Queued. Thank you."}``
@@ -58,6 +59,7 @@ import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
@@ -261,8 +263,8 @@ def _split_addresses(name: str, values: Sequence[str]) -> list[str]:
     return out
 
 
-def _deliverytime(value: str) -> str:
-    """An RFC 2822 date as RFC 3339 (a date without a zone is UTC); 400 if it is not one."""
+def _deliverytime(value: str) -> datetime:
+    """An RFC 2822 date (a date without a zone is UTC); 400 if it is not one."""
     try:
         when = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -272,14 +274,12 @@ def _deliverytime(value: str) -> str:
             "'o:deliverytime' parameter must be an RFC 2822 date, "
             "e.g. 'Thu, 13 Oct 2011 18:02:00 +0000'"
         )
-    if when.tzinfo is None:
-        return when.isoformat() + "+00:00"
-    return when.isoformat()
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def translate(form: Iterable[tuple[str, Value]]) -> Translation:
-    """The body of ``POST /mail/send`` that a Mailgun form stands for; ``Refused`` (400)
-    for what Mailman cannot honour, naming the field. Validation is the intake's."""
+    """The ``Submission`` values a Mailgun form stands for; ``Refused`` (400) for what
+    Mailman cannot honour, naming the field. Validation is the intake's."""
     fields: dict[str, list[Value]] = {}
     for name, value in form:
         fields.setdefault(name, []).append(value)
@@ -291,7 +291,7 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
     headers: dict[str, str] = {}
     metadata: dict[str, str] = {}
     files: list[tuple[str, str]] = []
-    attachments: list[dict[str, str]] = []
+    attachments: list[dict[str, str | bytes]] = []
     ignored: list[str] = []
     testmode = False
     for name, values in fields.items():
@@ -360,11 +360,11 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
     return Translation(body, testmode, recipients, tuple(files), tuple(ignored))
 
 
-def _attachment(kind: str, upload: Upload) -> dict[str, str]:
+def _attachment(kind: str, upload: Upload) -> dict[str, str | bytes]:
     """A file part as an entry of ``attachments``: an inline file's content id is its name."""
-    out = {
+    out: dict[str, str | bytes] = {
         "filename": upload.filename,
-        "content": base64.b64encode(upload.data).decode("ascii"),
+        "content": upload.data,
         "content_type": upload.content_type or guess_content_type(upload.filename),
         "disposition": kind,
     }

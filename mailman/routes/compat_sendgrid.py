@@ -2,7 +2,7 @@
 by changing only the host (``SendGridAPIClient(api_key=MAILMAN_KEY, host="http://mailman:9292")``).
 
 The body is SendGrid's v3 Mail Send JSON. Each personalization becomes one Mailman mail,
-translated into the body of Mailman's own ``POST /mail/send`` and handed to ``routes.intake``:
+translated into a ``Submission``'s values (``core.submission``) and handed to the intake:
 
 - ``personalizations[]``: ``to``, ``cc``, ``bcc`` ({email, name}), and per personalization
   ``from``, ``subject``, ``headers``, ``custom_args`` and ``send_at``, which override (or,
@@ -13,7 +13,7 @@ translated into the body of Mailman's own ``POST /mail/send`` and handed to ``ro
 - ``attachments[]`` {content, filename, type, disposition, content_id}: Mailman's
   ``attachments`` (``type`` is ``content_type``);
 - ``categories``: tags; ``custom_args``: metadata; ``headers``: headers; ``send_at`` (unix
-  seconds): Mailman's ``send_at`` (RFC 3339); all under Mailman's rules (``X-`` headers only,
+  seconds): Mailman's ``send_at``; all under Mailman's rules (``X-`` headers only,
   at most 3 tags...), refused with the SendGrid path of the field at fault;
 - ``mail_settings.sandbox_mode.enable``: everything is checked, then the answer is ``200``
   with nothing stored or sent, as SendGrid does.
@@ -229,7 +229,7 @@ class _Errors:
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """One personalization as the body of ``POST /mail/send``, and where its fields came from."""
+    """One personalization as a ``Submission``'s values, and where its fields came from."""
 
     body: dict[str, Any]
     #: Mailman's field name (``subject``, ``headers.X-A``...) -> the SendGrid path.
@@ -330,11 +330,6 @@ def _send_at(value: object, path: str, errors: _Errors) -> int | None:
         errors.add(path, "must be a unix time from 1970 to 9999")
         return None
     return value
-
-
-def rfc3339(unix: int) -> str:
-    """A unix time as Mailman's ``send_at``: RFC 3339 in UTC."""
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sandbox(value: object, errors: _Errors) -> bool:
@@ -560,7 +555,7 @@ def _draft(
     elif send_at is not None:
         paths["send_at"] = "send_at"
     if send_at is not None:
-        body["send_at"] = rfc3339(send_at)
+        body["send_at"] = datetime.fromtimestamp(send_at, UTC)
     own_headers = _object(p.get("headers"), f"{where}.headers", errors)
     if headers or own_headers:
         # Names are case-insensitive: the personalization's replaces the message's.

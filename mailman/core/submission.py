@@ -1,0 +1,650 @@
+"""A mail as a caller submits it: the typed model every entry point builds, and its validation.
+
+``Submission`` is the contract of ``POST /mail/send`` (its JSON Schema is the
+request body of the OpenAPI document) and the one road into the mail model for
+every other entry point: the SendGrid- and Mailgun-compatible endpoints and
+SMTP build a ``Submission`` from what their clients sent, with typed values
+where they have them (a file's bytes, a ``datetime``), never through another
+entry point's JSON. ``Submission.check`` validates, ``mail`` builds the
+``Mail``; ``parse_mail`` does both.
+
+Each field's rule is a function of ``core.validation`` (no I/O), so every
+entry point refuses exactly the same things. What is wrong is raised as one
+``ValidationFailed`` naming every bad field, one message per field, in the
+order of the fields below, named as the API names them (``to[1]``,
+``headers.X-Name``, ``attachments[0].filename``). Unknown fields are ignored;
+``null`` is the same as leaving an optional field out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Annotated, Any, ClassVar, NamedTuple, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
+
+from . import validation
+from .callbacks import MAX_URL, url_problem
+from .model import Address, Attachment, Disposition, Mail
+from .validation import (
+    BODY_FIELD,
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_CONTENT_ID,
+    MAX_EXTRA_BYTES,
+    MAX_FILENAME,
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_METADATA_VALUE,
+    MAX_RECIPIENTS,
+    MAX_SCHEDULE_SECONDS,
+    MAX_SUBJECT,
+    MAX_TAG,
+    MAX_TAGS,
+    CallbackRules,
+    Errors,
+    FieldError,
+    ValidationFailed,
+)
+
+#: The fields, in the order their errors are reported.
+FIELDS = (
+    "to",
+    "cc",
+    "bcc",
+    "from",
+    "reply_to",
+    "subject",
+    "content",
+    "text",
+    "html",
+    "callback_url",
+    "send_at",
+    "headers",
+    "tags",
+    "metadata",
+    "attachments",
+)
+_ORDER = {name: i for i, name in enumerate(FIELDS)}
+_RECIPIENT_FIELDS = ("to", "cc", "bcc")
+#: The error type that carries every ``FieldError`` of a submission out of pydantic.
+_REFUSED = "mailman_refused"
+
+
+#: No callbacks: the rules when none are given.
+NO_CALLBACKS = CallbackRules()
+
+
+class Context(NamedTuple):
+    """What a submission is checked against besides its own values: the validation context."""
+
+    #: The id the mail gets (its metadata's size counts it).
+    mail_id: str
+    #: Now (unix time): ``send_at`` may be at most ``MAX_SCHEDULE_SECONDS`` after it.
+    now: float
+    #: What ``callback_url`` may be for this caller.
+    callbacks: CallbackRules = NO_CALLBACKS
+
+
+class _Run:
+    """One validation's context: the rules, and what the field rules leave for the mail's."""
+
+    __slots__ = ("errors", "given", "kept", "too_many_recipients")
+
+    def __init__(self, given: Context) -> None:
+        self.given = given
+        #: What is wrong, field by field (the first message of each).
+        self.errors = Errors()
+        #: More than ``MAX_RECIPIENTS`` recipients: their entries are not checked one by one.
+        self.too_many_recipients = False
+        #: The valid entries of ``headers``, ``tags`` and ``metadata``, for their joint limit.
+        self.kept: dict[str, tuple[Any, ...]] = {}
+
+
+# --- one rule per field -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A field that ``check`` validates (adding to ``Errors``), documented by ``schema``."""
+
+    check: Callable[[Any, Errors, _Run], Any]
+    schema: dict[str, Any]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        check = self.check
+
+        def validate(value: Any, info: ValidationInfo) -> Any:
+            run = cast(_Run, info.context)  # Submission._whole made sure of it
+            return check(value, run.errors, run)
+
+        return core_schema.with_info_plain_validator_function(validate)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return self.schema
+
+
+def _recipients(name: str, *, required: bool) -> Callable[[Any, Errors, _Run], Any]:
+    def check(value: Any, errors: Errors, run: _Run) -> tuple[Address, ...]:
+        if value is None:
+            if required:
+                errors.add(name, "is required")
+            return ()
+        entries = validation.address_list(value, name, errors)
+        if entries is None:
+            return ()
+        if required and not entries:
+            errors.add(name, "must name at least one recipient")
+        if run.too_many_recipients:
+            return ()
+        return validation.addresses(name, entries, errors)
+
+    return check
+
+
+def _address(name: str, *, required: bool) -> Callable[[Any, Errors, _Run], Any]:
+    def check(value: Any, errors: Errors, run: _Run) -> Address | None:
+        if value is None:
+            if required:
+                errors.add(name, "is required")
+            return None
+        return validation.one_address(value, name, errors)
+
+    return check
+
+
+def _string(name: str) -> Callable[[Any, Errors, _Run], str | None]:
+    """An optional string that may hold any character but a lone surrogate (a body)."""
+
+    def check(value: Any, errors: Errors, run: _Run) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            errors.add(name, "must be a string")
+            return None
+        bad = validation.NOT_ENCODABLE.search(value)
+        if bad is not None:
+            errors.add(
+                name, f"must not contain a lone surrogate ({validation.describe(bad.group())})"
+            )
+            return None
+        return value
+
+    return check
+
+
+def _subject(value: Any, errors: Errors, run: _Run) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.add("subject", "must be a string")
+        return None
+    problem = validation.header_problem(value)
+    if problem is not None:
+        errors.add("subject", problem)
+    elif len(value) > MAX_SUBJECT:
+        errors.add("subject", f"must be at most {MAX_SUBJECT} characters")
+    return value
+
+
+def _callback_url(value: Any, errors: Errors, run: _Run) -> str | None:
+    """Checked without a DNS lookup (the intake resolves the host)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.add("callback_url", "must be a string")
+        return None
+    allowed = run.given.callbacks
+    if not allowed.enabled:
+        errors.add(
+            "callback_url", "callbacks are off here: the server needs MAILMAN_CALLBACK_SECRET"
+        )
+        return None
+    problem = url_problem(value, allow_http=allowed.allow_http, allow_private=allowed.allow_private)
+    if problem is not None:
+        errors.add("callback_url", problem)
+        return None
+    return value
+
+
+def _send_at(value: Any, errors: Errors, run: _Run) -> float | None:
+    return validation.send_at(value, run.given.now, errors)
+
+
+def _kept(name: str, check: Callable[[Any, Errors, _Run], tuple[Any, ...]]) -> Any:
+    """``check``, its valid entries kept for the joint limit of headers, tags and metadata."""
+
+    def keep(value: Any, errors: Errors, run: _Run) -> tuple[Any, ...]:
+        out = check(value, errors, run)
+        if out:
+            run.kept[name] = out
+        return out
+
+    return keep
+
+
+def _headers(value: Any, errors: Errors, run: _Run) -> tuple[tuple[str, str], ...]:
+    return validation.headers(value, errors)
+
+
+def _tags(value: Any, errors: Errors, run: _Run) -> tuple[str, ...]:
+    return validation.tags(value, errors)
+
+
+def _metadata(value: Any, errors: Errors, run: _Run) -> tuple[tuple[str, str], ...]:
+    return validation.metadata(value, run.given.mail_id, errors)
+
+
+def _attachments(value: Any, errors: Errors, run: _Run) -> tuple[Attachment, ...]:
+    return validation.attachments(value, errors)
+
+
+# --- what the OpenAPI document says of each field ------------------------------------
+
+#: One address, with an optional display name.
+MAILBOX: dict[str, Any] = {
+    "type": "string",
+    "format": "mailbox",
+    "minLength": 3,
+    "maxLength": validation.MAX_NAME + validation.MAX_ADDRESS + 3,
+    "description": "One address, optionally with a display name: `ann@example.com` or "
+    "`Ann <ann@example.com>`. ASCII before the @; an international domain is fine",
+}
+
+
+def _recipients_schema(required: bool, description: str) -> dict[str, Any]:
+    listed = {"type": "array", "items": MAILBOX, "maxItems": MAX_RECIPIENTS}
+    options: list[dict[str, Any]] = [MAILBOX, {**listed, "minItems": 1} if required else listed]
+    if not required:
+        options.append({"type": "null"})
+    return {"anyOf": options, "description": description}
+
+
+def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}], "description": description}
+
+
+#: Header text: no control characters (TAB included), no Unicode line separators.
+_HEADER_TEXT = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+
+_FILE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "File",
+    "required": ["filename", "content"],
+    "properties": {
+        "filename": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_FILENAME,
+            "description": "The file's name, no path; non-ASCII is fine",
+        },
+        "content": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": "^[A-Za-z0-9+/]+={0,2}$",
+            "description": "The file's bytes in standard base64, no line breaks",
+        },
+        "content_type": _nullable(
+            {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
+                "[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$",
+            },
+            "type/subtype, no parameters, not multipart/* or message/*; default: guessed "
+            "from the file name",
+        ),
+        "disposition": _nullable(
+            {"type": "string", "enum": [d.value for d in Disposition]},
+            "attachment (the default) or inline",
+        ),
+        "content_id": _nullable(
+            {"type": "string", "minLength": 1, "maxLength": MAX_CONTENT_ID + 2},
+            "Required for an inline file, refused for an attachment: the HTML refers to it "
+            "as cid:<content_id>",
+        ),
+    },
+}
+
+
+class Submission(BaseModel):
+    """A mail to send: ``POST /mail/send``'s body, and what every other entry point builds.
+
+    At least one non-empty body (``content``/``text`` or ``html``); at most
+    ``MAX_RECIPIENTS`` recipients in ``to``, ``cc`` and ``bcc`` together; headers,
+    tags and metadata together at most ``MAX_EXTRA_BYTES`` as Mailgun form fields.
+    """
+
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, populate_by_name=True, title="MailSubmission"
+    )
+
+    to: Annotated[
+        tuple[Address, ...],
+        _Rule(_recipients("to", required=True), _recipients_schema(True, "Who gets the mail")),
+    ]
+    cc: Annotated[
+        tuple[Address, ...],
+        _Rule(_recipients("cc", required=False), _recipients_schema(False, "Copies")),
+    ] = ()
+    bcc: Annotated[
+        tuple[Address, ...],
+        _Rule(_recipients("bcc", required=False), _recipients_schema(False, "Blind copies")),
+    ] = ()
+    sender: Annotated[
+        Address | None,
+        _Rule(_address("from", required=True), {**MAILBOX, "description": "Who sends it"}),
+    ] = Field(alias="from")
+    reply_to: Annotated[
+        Address | None,
+        _Rule(_address("reply_to", required=False), _nullable(MAILBOX, "Where answers go")),
+    ] = None
+    subject: Annotated[
+        str | None,
+        _Rule(
+            _subject,
+            _nullable(
+                {"type": "string", "maxLength": MAX_SUBJECT, "pattern": _HEADER_TEXT},
+                "Missing or empty: MAILMAN_DEFAULT_SUBJECT",
+            ),
+        ),
+    ] = None
+    content: Annotated[
+        str | None,
+        _Rule(_string("content"), _nullable({"type": "string"}, "The plain-text body")),
+    ] = None
+    text: Annotated[
+        str | None,
+        _Rule(
+            _string("text"),
+            _nullable({"type": "string"}, "The same as content; if both, they must be equal"),
+        ),
+    ] = None
+    html: Annotated[
+        str | None, _Rule(_string("html"), _nullable({"type": "string"}, "The HTML body"))
+    ] = None
+    callback_url: Annotated[
+        str | None,
+        _Rule(
+            _callback_url,
+            _nullable(
+                {"type": "string", "format": "uri", "maxLength": MAX_URL},
+                "Each status change is POSTed here, signed: https, a public host "
+                "(only with MAILMAN_CALLBACK_SECRET set)",
+            ),
+        ),
+    ] = None
+    send_at: Annotated[
+        float | None,
+        _Rule(
+            _send_at,
+            _nullable(
+                {"type": "string", "format": "date-time"},
+                f"When to send it: RFC 3339 with its offset, at most "
+                f"{MAX_SCHEDULE_SECONDS // 3600} hours ahead; a time past sends at once",
+            ),
+        ),
+    ] = None
+    headers: Annotated[
+        tuple[tuple[str, str], ...],
+        _Rule(
+            _kept("headers", _headers),
+            _nullable(
+                {
+                    "type": "object",
+                    "maxProperties": MAX_HEADERS,
+                    "propertyNames": {"pattern": "^[Xx]-", "maxLength": MAX_HEADER_NAME},
+                    "additionalProperties": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_HEADER_VALUE,
+                        "pattern": "^[ -~]*$",
+                    },
+                },
+                "Custom X- headers (not X-SG-, X-SMTPAPI, X-Mailgun-, X-Mailman-)",
+            ),
+        ),
+    ] = ()
+    tags: Annotated[
+        tuple[str, ...],
+        _Rule(
+            _kept("tags", _tags),
+            _nullable(
+                {
+                    "type": "array",
+                    "maxItems": MAX_TAGS,
+                    "uniqueItems": True,
+                    "items": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_TAG,
+                        "pattern": "^[ -~]+$",
+                    },
+                },
+                "Tags (SendGrid categories, Mailgun o:tag)",
+            ),
+        ),
+    ] = ()
+    metadata: Annotated[
+        tuple[tuple[str, str], ...],
+        _Rule(
+            _kept("metadata", _metadata),
+            _nullable(
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+                },
+                "Your own string map (SendGrid custom_args, Mailgun v: variables); mail_id "
+                "and the keys of SendGrid's events are reserved",
+            ),
+        ),
+    ] = ()
+    attachments: Annotated[
+        tuple[Attachment, ...],
+        _Rule(
+            _attachments,
+            _nullable(
+                {"type": "array", "maxItems": MAX_ATTACHMENTS, "items": _FILE_SCHEMA},
+                f"Files, at most {MAX_ATTACHMENTS} and {MAX_ATTACHMENT_BYTES} bytes in all "
+                "(decoded); more is a 413",
+            ),
+        ),
+    ] = ()
+
+    #: The most recipients, ``to``, ``cc`` and ``bcc`` together.
+    max_recipients: ClassVar[int] = MAX_RECIPIENTS
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _whole(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        """Every field's rule, then the rules of the mail as a whole; every error at once."""
+        run = info.context
+        if not isinstance(data, Mapping) or not isinstance(run, _Run):
+            raise _refused([FieldError(BODY_FIELD, "must be a JSON object")], data)
+        errors = run.errors
+        _count_recipients(data, errors, run)
+        model = None
+        try:
+            model = handler(data)  # each field's rule adds to ``errors``
+        except ValidationError as exc:  # only a required field left out
+            for line in exc.errors():
+                missing = str(line["loc"][0]) if line["type"] == "missing" else None
+                errors.add(missing or _loc(line["loc"]), "is required" if missing else line["msg"])
+        _bodies(data, errors)
+        kept = run.kept
+        if kept:
+            headers, tags, metadata = (kept.get(n, ()) for n in ("headers", "tags", "metadata"))
+            if validation.extra_bytes(headers, tags, metadata) > MAX_EXTRA_BYTES:
+                errors.add(
+                    "metadata" if metadata else "tags" if tags else "headers",
+                    f"headers, tags and metadata together must be at most {MAX_EXTRA_BYTES} bytes",
+                )
+        if errors:
+            too_large = errors.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            raise _refused(sorted(errors.as_list(), key=_position), data, too_large=too_large)
+        return model
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], given: Context) -> Submission:
+        """The submission ``values`` describe (a decoded JSON body, or what an entry point
+        built); ``ValidationFailed`` naming every bad field."""
+        try:
+            return cls.model_validate(values, context=_Run(given))
+        except ValidationError as exc:
+            raise _failed(exc) from None
+
+    def mail(
+        self,
+        given: Context,
+        *,
+        default_subject: str,
+        tenant: str = "",
+        request_id: str = "",
+    ) -> Mail:
+        """The mail to store (``given``: the context this submission was checked in)."""
+        assert self.sender is not None  # required: check refuses a submission without one
+        plain = self.content if self.content is not None else self.text
+        subject = self.subject if self.subject and self.subject.strip() else default_subject
+        return Mail(
+            id=given.mail_id,
+            sender=self.sender,
+            to=self.to,
+            subject=subject,
+            text=plain or None,
+            html=self.html or None,
+            cc=self.cc,
+            bcc=self.bcc,
+            reply_to=self.reply_to,
+            created_at=given.now,
+            tenant=tenant,
+            callback_url=self.callback_url,
+            request_id=request_id,
+            send_at=self.send_at,
+            headers=self.headers,
+            tags=self.tags,
+            metadata=self.metadata,
+            attachments=self.attachments,
+        )
+
+
+def parse_mail(
+    body: object,
+    *,
+    mail_id: str,
+    default_subject: str,
+    now: float,
+    tenant: str = "",
+    callbacks: CallbackRules | None = None,
+    request_id: str = "",
+) -> Mail:
+    """The ``Mail`` that ``body`` (a decoded JSON body, or an entry point's values)
+    describes; ``ValidationFailed`` listing every bad field. ``callback_url`` is checked
+    without a DNS lookup (the intake resolves it: ``intake.resolve``)."""
+    given = Context(mail_id, now, callbacks or NO_CALLBACKS)
+    if not isinstance(body, Mapping):
+        raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
+    return Submission.check(body, given).mail(
+        given, default_subject=default_subject, tenant=tenant, request_id=request_id
+    )
+
+
+# --- the mail as a whole ------------------------------------------------------------
+
+
+def _count_recipients(data: Mapping[str, Any], errors: Errors, run: _Run) -> None:
+    """At most ``MAX_RECIPIENTS`` in ``to``, ``cc`` and ``bcc`` together; past that their
+    entries are not checked one by one (that would be unbounded work)."""
+    total = 0
+    for name in _RECIPIENT_FIELDS:
+        value = data.get(name)
+        if type(value) is list:
+            total += len(value)
+        elif isinstance(value, str):
+            total += 1
+            continue
+        else:
+            continue
+        if total > MAX_RECIPIENTS:
+            run.too_many_recipients = True
+            errors.add(
+                name, f"too many recipients: at most {MAX_RECIPIENTS} in to, cc and bcc together"
+            )
+            return
+
+
+def _bodies(data: Mapping[str, Any], errors: Errors) -> None:
+    """``content`` and ``text`` are the same body (equal when both are given), and there
+    is a non-empty body (unless a body is of the wrong type: its own error says so)."""
+    get = data.get
+    content, text, html = get("content"), get("text"), get("html")
+    if isinstance(content, str) and isinstance(text, str) and content != text:
+        errors.add("text", "differs from content; give the plain text once")
+    plain = content if content is not None else text
+    if plain or html:  # non-empty (of a wrong type, its own rule says so)
+        return
+    if all(v is None or isinstance(v, str) for v in (content, text, html)):
+        errors.add("content", "give a non-empty plain-text body (content or text) or html")
+
+
+def _position(error: FieldError) -> int:
+    top = error.field.partition(".")[0].partition("[")[0]
+    return _ORDER.get(top, len(_ORDER))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or BODY_FIELD
+
+
+def _refused(
+    errors: list[FieldError], input_value: object, *, too_large: bool = False
+) -> ValidationError:
+    """Every ``FieldError`` of a submission in one line error, for ``_failed`` to unpack."""
+    return ValidationError.from_exception_data(
+        "Submission",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    _REFUSED, "the mail is not valid", {"errors": errors, "too_large": too_large}
+                ),
+                loc=(),
+                input=input_value,
+            )
+        ],
+    )
+
+
+def _failed(exc: ValidationError) -> ValidationFailed:
+    for line in exc.errors():
+        context = line.get("ctx") or {}
+        if "errors" in context:
+            status = (
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                if context["too_large"]
+                else HTTPStatus.UNPROCESSABLE_ENTITY
+            )
+            return ValidationFailed(list(context["errors"]), status=status)
+    return ValidationFailed([FieldError(_loc(line["loc"]), line["msg"]) for line in exc.errors()])
+
+
+__all__ = ["FIELDS", "MAILBOX", "Context", "Submission", "parse_mail"]
