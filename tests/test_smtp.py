@@ -26,11 +26,12 @@ from cryptography.x509.oid import NameOID
 
 from mailman.actors.smtp import refusal
 from mailman.config import SMTP_PORT, Config, ConfigError, load
+from mailman.config.roles import ROLE_SMTP, all_roles
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed
 from mailman.intake.keys import Scope, create_key
 from mailman.intake.refusals import BacklogFull, KeyInFlight, Rate, RateLimited, Refused
 from mailman.store import MailQuery, Store
-from mailman.system import ROLE_SMTP, Mailman, all_roles, check_exposure, embedded
+from mailman.system import Mailman, check_exposure, embedded
 
 from .conftest import eventually, make_config, provider_env
 from .support.fakes import FakeMailgun, FakeSendGrid, ReceivedFile

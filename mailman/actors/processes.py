@@ -49,7 +49,7 @@ import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
 from mailman.config import ROLE_ALL, Config
-from mailman.system import ROLE_API, all_roles
+from mailman.config.roles import ROLE_API, all_roles
 
 from .supervisor import RestartBudget
 
