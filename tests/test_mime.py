@@ -245,7 +245,7 @@ def test_sendgrid_smtpapi_header_gives_tags_metadata_and_send_at() -> None:
     body = translate(message(X_SMTPAPI=smtpapi))
     assert body["tags"] == ["welcome", "onboarding"]
     assert body["metadata"] == {"user": "42", "n": "7"}
-    assert body["send_at"] == "2025-06-15T16:06:40+00:00"
+    assert body["send_at"] == "2025-06-15T16:06:40Z"
     assert "headers" not in body
 
 
@@ -258,7 +258,7 @@ def test_mailgun_smtp_headers_give_tags_variables_and_delivery_time() -> None:
     body = translate(msg)
     assert body["tags"] == ["receipts", "eu"]
     assert body["metadata"] == {"order": "4711"}
-    assert body["send_at"] == "2025-06-15T16:00:00+00:00"
+    assert body["send_at"] == "2025-06-15T16:00:00Z"
 
 
 @pytest.mark.parametrize(

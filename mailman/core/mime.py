@@ -53,11 +53,11 @@ import json
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any
 
+from .clock import iso_time
 from .validation import (
     MAX_HEADER_LINE,
     MAX_HEADERS,
@@ -357,7 +357,7 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
             elif key == "unique_args" and isinstance(value, dict):
                 metadata.update(value)
             elif key == "send_at" and type(value) is int and 0 <= value <= _LAST_UNIX_TIME:
-                out["send_at"] = _rfc3339(float(value))
+                out["send_at"] = iso_time(value, "seconds")
             else:
                 errors.append(FieldError("headers.X-SMTPAPI", f"{key!r} has the wrong type"))
     tags += [
@@ -377,7 +377,7 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
         if when is None or when.tzinfo is None:
             errors.append(FieldError("headers.X-Mailgun-Deliver-By", "is not an RFC 2822 date"))
         else:
-            out["send_at"] = _rfc3339(when.timestamp())
+            out["send_at"] = iso_time(when.timestamp(), "seconds")
     if tags:
         out["tags"] = tags
     if metadata:
@@ -404,10 +404,6 @@ def _json_header(
         errors.append(FieldError(f"headers.{name}", "must be a JSON object"))
         return None
     return value
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def custom_headers(message: EmailMessage) -> dict[str, str]:

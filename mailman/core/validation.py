@@ -53,7 +53,6 @@ import mimetypes
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from email.utils import getaddresses
 from http import HTTPStatus
 
@@ -63,6 +62,7 @@ from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
 from mailman.core.callbacks import url_problem
 
+from .clock import parse_time
 from .model import Address, Attachment, Disposition, Mail
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
@@ -588,11 +588,10 @@ def _send_at(value: object, now: float, errors: _Errors) -> float | None:
     try:
         if match is None:
             raise ValueError(value)
-        at = datetime.fromisoformat(value.strip().upper())
+        when = parse_time(value)
     except ValueError:
         errors.add("send_at", "must be an RFC 3339 time with its offset, e.g. 2025-01-02T03:04:05Z")
         return None
-    when = at.timestamp()
     if when > now + MAX_SCHEDULE_SECONDS:
         hours = MAX_SCHEDULE_SECONDS // 3600
         errors.add("send_at", f"must be at most {hours} hours ahead")

@@ -53,7 +53,6 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -61,6 +60,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
+from mailman.core.clock import iso_time
 from mailman.core.model import Mail
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
@@ -332,11 +332,6 @@ def _send_at(value: object, path: str, errors: _Errors) -> int | None:
     return value
 
 
-def rfc3339(unix: int) -> str:
-    """A unix time as Mailman's ``send_at``: RFC 3339 in UTC."""
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _sandbox(value: object, errors: _Errors) -> bool:
     """Whether ``mail_settings`` asks for sandbox mode; other enabled settings are refused."""
     if value is None:
@@ -560,7 +555,7 @@ def _draft(
     elif send_at is not None:
         paths["send_at"] = "send_at"
     if send_at is not None:
-        body["send_at"] = rfc3339(send_at)
+        body["send_at"] = iso_time(send_at, "seconds")
     own_headers = _object(p.get("headers"), f"{where}.headers", errors)
     if headers or own_headers:
         # Names are case-insensitive: the personalization's replaces the message's.

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from mailman.config import Config
+from mailman.core.clock import iso_time
 from mailman.core.model import Outcome, Status
 from mailman.intake.guard import guarded
 from mailman.intake.keys import Scope
@@ -34,7 +35,6 @@ from mailman.store.base import BreakerState, Failures, MetricsSnapshot, MinuteCo
 from . import CONFIG, PROBES, STORE
 from .auth import requires
 from .health import CLOSED, effective_state, provider_states
-from .mail import iso
 
 routes = web.RouteTableDef()
 
@@ -102,7 +102,7 @@ def figures(
             window[m.provider][kind] += m.count
     per_minute = [
         {
-            "minute": iso(first + 60 * i),
+            "minute": iso_time(first + 60 * i),
             "accepted": counts["accepted"][i],
             "failed": counts["failed"][i],
         }
@@ -128,7 +128,7 @@ def figures(
         )
     mails = {s.value: snapshot.mails.get(s.value, 0) for s in Status}
     return {
-        "generated_at": iso(now),
+        "generated_at": iso_time(now),
         "providers": providers,
         "mails": mails,
         "backlog": mails[Status.QUEUED.value] + mails[Status.SENDING.value],
@@ -137,7 +137,7 @@ def figures(
         "throughput": {"minutes": WINDOW_MINUTES, "per_minute": per_minute},
         "failures": {
             "mails": [
-                {"id": f.id, "provider": f.provider, "reason": f.reason, "at": iso(f.at)}
+                {"id": f.id, "provider": f.provider, "reason": f.reason, "at": iso_time(f.at)}
                 for f in failures.mails
             ],
             "attempts": [
@@ -147,7 +147,7 @@ def figures(
                     "round": a.round,
                     "outcome": a.outcome,
                     "reason": a.reason,
-                    "at": iso(a.at),
+                    "at": iso_time(a.at),
                 }
                 for a in failures.attempts
             ],
