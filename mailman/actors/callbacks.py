@@ -46,6 +46,7 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from mailman.config import CallbackConfig
+from mailman.core.backoff import capped_exponential
 from mailman.core.callbacks import url_problem
 from mailman.core.clock import iso_time
 from mailman.intake.resolve import GuardedResolver, UnsafeDestination
@@ -111,9 +112,7 @@ def payload(callback: CallbackDue) -> dict[str, Any]:
 def backoff(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next try after ``attempts`` failed ones: base doubling up to cap,
     less up to a fifth at random (callbacks to one receiver that is down spread out)."""
-    doublings = min(max(attempts - 1, 0), 32)
-    delay: float = min(cap, base * float(2**doublings))
-    return delay * random.uniform(0.8, 1.0)
+    return capped_exponential(base, cap, attempts) * random.uniform(0.8, 1.0)
 
 
 def notifier_owner() -> str:
