@@ -66,6 +66,16 @@ def test_the_wheel_holds_every_package_of_mailman_and_nothing_else(wheel: Path) 
     assert {t for t in tops if not t.endswith(".dist-info")} == {"mailman"}
 
 
+def test_the_wheel_carries_the_dashboard_files(wheel: Path) -> None:
+    """The dashboard's page, style and script (package data) are in the wheel, as they are
+    in the source."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = ROOT / "mailman" / "routes" / "static"
+    files = sorted(f"mailman/routes/static/{p.name}" for p in static.iterdir() if p.is_file())
+    assert {f"mailman/routes/static/dashboard.{ext}" for ext in ("html", "css", "js")} <= set(files)
+    assert [f for f in files if f not in names] == []
+
+
 def _fresh_venv(where: Path, wheel: Path) -> Path:
     """A new virtual environment with the wheel installed; its python.
 

@@ -36,7 +36,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -47,7 +46,9 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from mailman.config import CallbackConfig
+from mailman.core.backoff import capped_exponential
 from mailman.core.callbacks import url_problem
+from mailman.core.clock import iso_time
 from mailman.intake.resolve import GuardedResolver, UnsafeDestination
 from mailman.store import CallbackDue, Store
 
@@ -96,18 +97,13 @@ def verify(
 # --- the notifier -------------------------------------------------------------------------
 
 
-def iso(ts: float) -> str:
-    """A unix time as ISO 8601 in UTC, as the API writes times."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def payload(callback: CallbackDue) -> dict[str, Any]:
     """What a callback POSTs (as JSON)."""
     return {
         "id": callback.id,
         "mail_id": callback.mail_id,
         "status": callback.status.value,
-        "at": iso(callback.at),
+        "at": iso_time(callback.at),
         "reason": callback.reason,
         "provider": callback.provider,
     }
@@ -116,9 +112,7 @@ def payload(callback: CallbackDue) -> dict[str, Any]:
 def backoff(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next try after ``attempts`` failed ones: base doubling up to cap,
     less up to a fifth at random (callbacks to one receiver that is down spread out)."""
-    doublings = min(max(attempts - 1, 0), 32)
-    delay: float = min(cap, base * float(2**doublings))
-    return delay * random.uniform(0.8, 1.0)
+    return capped_exponential(base, cap, attempts) * random.uniform(0.8, 1.0)
 
 
 def notifier_owner() -> str:

@@ -19,15 +19,15 @@ from typing import Any, Self, TypeVar
 import structlog
 
 from mailman.mailboxes import Delivery, Inbox, Mailbox
+from mailman.retry import Backoff, retrying
 
 M = TypeVar("M")
 T = TypeVar("T")
 
 log = structlog.get_logger("mailman.actor")
 
-#: First wait after a store call failed for an outage, doubling up to the cap (seconds).
-OUTAGE_BACKOFF = 0.05
-OUTAGE_BACKOFF_CAP = 5.0
+#: Waits after a store call failed for an outage: 0.05 s, doubling up to 5 s, until it works.
+OUTAGE_BACKOFF = Backoff(first=0.05, cap=5.0)
 
 
 class Actor(abc.ABC):
@@ -149,27 +149,21 @@ class Actor(abc.ABC):
         """``operation()``, tried again while it fails with one of ``unavailable`` (the
         store's "cannot reach the database" errors).
 
-        An outage is waited out with a backoff (``OUTAGE_BACKOFF`` doubling up to
-        ``OUTAGE_BACKOFF_CAP`` seconds), not crashed through: a crash would spend
-        the supervisor's restart budget, and a long outage would end the
-        process. Once the actor is stopping, the error is raised.
+        An outage is waited out with a backoff (``OUTAGE_BACKOFF``; each wait is one
+        ``store.waiting`` warning), not crashed through: a crash would spend the
+        supervisor's restart budget, and a long outage would end the process.
+        Once the actor is stopping, the error is raised (a wait ends at once).
         """
-        delay = OUTAGE_BACKOFF
-        while True:
-            try:
-                return await operation()
-            except unavailable as exc:
-                if self.stopping.is_set():
-                    raise
-                log.warning(
-                    "store.waiting",
-                    actor=self.name,
-                    operation=what,
-                    error=type(exc).__name__,
-                    retry_in=round(delay, 2),
-                )
-            await self.rest(delay)
-            delay = min(delay * 2, OUTAGE_BACKOFF_CAP)
+        return await retrying(
+            operation,
+            on=unavailable,
+            backoff=OUTAGE_BACKOFF,
+            stop=self.stopping,
+            event="store.waiting",
+            logger=log,
+            actor=self.name,
+            operation=what,
+        )
 
     async def wait(self) -> None:
         """Until the main loop ends; re-raises its exception."""

@@ -15,7 +15,6 @@ and the actor being asked to stop (the record is left for the next owner).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -23,6 +22,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from mailman.core.messages import encode, key_of
+from mailman.retry import Backoff, retrying
 from mailman.store import Store
 
 from .lifecycle import Actor
@@ -31,7 +31,8 @@ log = structlog.get_logger("mailman.poison")
 
 M = TypeVar("M")
 
-#: The first wait before a failed record is handled again; it doubles each time.
+#: The first wait before a failed record is handled again; it doubles each time (no cap:
+#: ``attempts`` ends it).
 FIRST_BACKOFF = 0.05
 
 
@@ -54,36 +55,31 @@ class Poison(Generic[M]):
         self.store = store
         self.attempts = attempts
         self.clock = clock
+        self.backoff = Backoff(first=FIRST_BACKOFF, attempts=attempts)
 
     async def handle(self, message: M, handler: Callable[[M], Awaitable[None]]) -> bool:
         """Handle ``message``: True once handled or dead-lettered (ack it), False if the
-        actor is stopping and the message should stay unacknowledged."""
-        delay = FIRST_BACKOFF
-        for attempt in range(1, self.attempts + 1):
-            try:
-                await handler(message)
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.actor.stopping.is_set():
-                    return False
-                if attempt == self.attempts:
-                    await self._bury(message, exc)
-                    return True
-                log.warning(
-                    "record.failed",
-                    mailbox=self.mailbox,
-                    mail_id=_mail_id(message),
-                    attempt=attempt,
-                    of=self.attempts,
-                    error=_describe(exc),
-                )
-            await self.actor.rest(delay)
-            delay *= 2
+        actor is stopping and the message should stay unacknowledged.
+
+        Each failure but the last is one ``record.failed`` warning."""
+        try:
+            await retrying(
+                lambda: handler(message),
+                on=Exception,
+                backoff=self.backoff,
+                stop=self.actor.stopping,
+                event="record.failed",
+                logger=log,
+                describe=_describe,
+                mailbox=self.mailbox,
+                mail_id=_mail_id(message),
+                of=self.attempts,
+            )
+        except Exception as exc:
             if self.actor.stopping.is_set():
                 return False
-        return True  # pragma: no cover - the loop always returns
+            await self._bury(message, exc)
+        return True
 
     async def _bury(self, message: M, exc: Exception) -> None:
         mail_id = _mail_id(message)

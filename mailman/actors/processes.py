@@ -50,6 +50,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from mailman.config import ROLE_ALL, Config
 from mailman.config.roles import ROLE_API, all_roles
+from mailman.core.backoff import capped_exponential
 
 from .supervisor import RestartBudget
 
@@ -240,9 +241,10 @@ class ProcessSupervisor:
             log.error("process.exited", process=spec.name, code=code, pid=proc.pid)
             self._spend_budget(spec)
             failures += 1
-            delay = min(
+            delay = capped_exponential(
+                self.config.supervisor.backoff_base_seconds,
                 self.config.supervisor.backoff_cap_seconds,
-                self.config.supervisor.backoff_base_seconds * 2 ** (failures - 1),
+                failures,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)

@@ -31,6 +31,7 @@ from mailman.config import RelayConfig
 from mailman.core.messages import Dispatch
 from mailman.intake.load import Load
 from mailman.mailboxes.routing import Router
+from mailman.retry import Backoff, retrying
 from mailman.store import OutboxEntry, Store
 
 from .lifecycle import Actor
@@ -116,17 +117,27 @@ class Relay(Actor):
             self._listener.open()
 
     async def run(self) -> None:
-        failures = 0
+        # The store or the broker unreachable: tried again after twice the interval,
+        # doubling up to MAX_BACKOFF (each wait one relay.publish_failed warning), or at
+        # once when a nudge comes; the claimed batch is kept and published first.
+        first = min(MAX_BACKOFF, 2 * self.config.interval_seconds)
+        backoff = Backoff(first=first, cap=MAX_BACKOFF)
         while not self.stopping.is_set():
             try:
-                moved = await self.relay_once()
-            except Exception as exc:  # the store or the broker is unreachable: try again
-                failures += 1
-                delay = min(MAX_BACKOFF, self.config.interval_seconds * 2**failures)
-                log.warning("relay.publish_failed", error=repr(exc), retry_in=round(delay, 3))
-                await self._pause(delay)
-                continue
-            failures = 0
+                moved = await retrying(
+                    self.relay_once,
+                    on=Exception,
+                    backoff=backoff,
+                    stop=self.stopping,
+                    wake=self.nudge.event,
+                    event="relay.publish_failed",
+                    logger=log,
+                    describe=repr,
+                )
+            except Exception:  # raised only once stopping: until then each failure is retried
+                if self.stopping.is_set():
+                    return
+                raise
             if moved < self.config.batch:
                 await self._pause(self.config.interval_seconds)
 

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from mailman.config import SupervisorConfig
+from mailman.core.backoff import capped_exponential
 
 from .lifecycle import Actor
 
@@ -197,4 +198,4 @@ class Supervisor:
         # been up for a while starts again from the base delay.
         cfg = self.config
         recent = max(1, self._budget.recent)
-        return min(cfg.backoff_cap_seconds, cfg.backoff_base_seconds * 2.0 ** (recent - 1))
+        return capped_exponential(cfg.backoff_base_seconds, cfg.backoff_cap_seconds, recent)

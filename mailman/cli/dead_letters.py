@@ -20,12 +20,12 @@ import base64
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import TextIO
 
 import orjson
 
 from mailman.config import redact_url
+from mailman.core.clock import iso_time
 from mailman.store import DeadLetter, Store, open_store
 
 from ._tools import run_store_tool
@@ -167,7 +167,8 @@ async def _publish(bootstrap: str, topic: str, payload: bytes) -> None:
 
 
 def _when(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A time in the table and the JSON: RFC 3339 in UTC, to the second."""
+    return iso_time(at, "seconds")
 
 
 def _table(letters: list[DeadLetter]) -> str:

@@ -8,10 +8,10 @@ import argparse
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import TextIO
 
 from mailman.config import redact_url
+from mailman.core.clock import iso_time
 from mailman.intake.keys import Scope, create_key
 from mailman.store import ApiKey, open_store
 
@@ -62,7 +62,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def _when(at: float | None) -> str:
     if at is None:
         return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_time(at, "seconds")
 
 
 def _table(keys: list[ApiKey]) -> str:

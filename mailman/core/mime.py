@@ -53,11 +53,11 @@ import json
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any
 
+from .clock import datetime_of
 from .validation import (
     MAX_HEADER_LINE,
     MAX_HEADERS,
@@ -359,7 +359,7 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
             elif key == "unique_args" and isinstance(value, dict):
                 metadata.update(value)
             elif key == "send_at" and type(value) is int and 0 <= value <= _LAST_UNIX_TIME:
-                out["send_at"] = datetime.fromtimestamp(value, UTC)
+                out["send_at"] = datetime_of(value)
             else:
                 errors.append(FieldError("headers.X-SMTPAPI", f"{key!r} has the wrong type"))
     tags += [

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from mailman.config import RetryConfig
 
+from .backoff import capped_exponential
 from .messages import Dispatch
 
 
@@ -40,7 +41,7 @@ Step = Forward | Retry | GiveUp
 
 def backoff(retry: RetryConfig, round_: int, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter: between half and all of base * 2**round, capped."""
-    ceiling = min(retry.cap_seconds, retry.base_seconds * 2.0 ** min(round_, 60))
+    ceiling = capped_exponential(retry.base_seconds, retry.cap_seconds, round_ + 1)
     return ceiling / 2 + rand() * ceiling / 2
 
 

@@ -61,6 +61,7 @@ import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT, CASE_INSENSITIVE_MAILBOX_NAMES
 
+from .clock import parse_time
 from .model import Address, Attachment, Disposition
 
 #: The most recipients one mail may have, ``to``, ``cc`` and ``bcc`` together.
@@ -465,7 +466,7 @@ def send_at(value: object, now: float, errors: Errors) -> float | None:
     if value is None:
         return None
     if isinstance(value, datetime) and value.tzinfo is not None:
-        at = value
+        when = value.timestamp()
     elif not isinstance(value, str):
         errors.add("send_at", "must be an RFC 3339 time string, e.g. 2025-01-02T03:04:05Z")
         return None
@@ -474,13 +475,12 @@ def send_at(value: object, now: float, errors: Errors) -> float | None:
         try:
             if match is None:
                 raise ValueError(value)
-            at = datetime.fromisoformat(value.strip().upper())
+            when = parse_time(value)
         except ValueError:
             errors.add(
                 "send_at", "must be an RFC 3339 time with its offset, e.g. 2025-01-02T03:04:05Z"
             )
             return None
-    when = at.timestamp()
     if when > now + MAX_SCHEDULE_SECONDS:
         hours = MAX_SCHEDULE_SECONDS // 3600
         errors.add("send_at", f"must be at most {hours} hours ahead")

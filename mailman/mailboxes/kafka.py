@@ -89,7 +89,6 @@ import asyncio
 import collections
 import contextlib
 import heapq
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -105,6 +104,7 @@ from aiokafka.errors import (
 )
 
 from mailman.core.messages import decode, encode, key_of
+from mailman.retry import Backoff, retrying
 
 from .base import Broker, Delivery, Inbox, M, Mailbox
 
@@ -123,9 +123,9 @@ DEAD_LETTER_ERROR = "mailman-dead-letter-error"
 #: ``await sink(mailbox name, record key, record value, error text)``.
 DeadLetterSink = Callable[[str, bytes | None, bytes, str], Awaitable[None]]
 
-#: Backoff between tries to dead-letter a record: first wait, and the longest (seconds).
-DEAD_LETTER_BACKOFF = 0.1
-DEAD_LETTER_BACKOFF_CAP = 5.0
+#: Waits between tries to dead-letter a record, and to commit offsets: 0.1 s doubling to 5 s.
+DEAD_LETTER_BACKOFF = Backoff(first=0.1, cap=5.0)
+COMMIT_BACKOFF = Backoff(first=0.1, cap=5.0)
 
 
 def heartbeat_interval(session_timeout_ms: int) -> int:
@@ -644,49 +644,60 @@ class _KafkaInbox(Inbox[M]):
         """Hand an undecodable record to the sink (or the dead-letter topic) until that
         succeeds, then count it as done. Not retried once its partition was revoked or
         the inbox closed: it stays uncommitted, so the partition's next owner gets it."""
-        backoff = DEAD_LETTER_BACKOFF
         me = asyncio.current_task()
-        for attempt in itertools.count(1):
-            if attempt > 1 and (partition.revoked or self.closed):
-                return
+        tries = 0
+
+        def gone() -> bool:
+            return partition.revoked or self.closed
+
+        async def once() -> bool:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and gone():
+                return False
             self._trying.add(me)
             try:
                 async with asyncio.timeout(self.broker.request_timeout_ms / 1000):
                     await self._dead_letter_once(record, error)
-            except Exception as exc:
-                gone = partition.revoked or self.closed
-                log.warning(
-                    "kafka.dead_letter_failed",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    attempt=attempt,
-                    error=repr(exc),
-                    then="left to the partition's next owner" if gone else f"retry in {backoff} s",
-                )
-                if gone:
-                    return
-            else:
-                log.warning(
-                    "kafka.dead_lettered",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=error,
-                    **(
-                        {"sink": True}
-                        if self.broker.dead_letters is not None
-                        else {"dead_letter_topic": self.broker.dead_letter_topic}
-                    ),
-                )
-                if not partition.revoked:
-                    partition.finish(record.offset)
-                    self._dirty.set()
-                return
             finally:
                 self._trying.discard(me)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, DEAD_LETTER_BACKOFF_CAP)
+            return True
+
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        try:
+            done = await retrying(
+                once,
+                on=lambda exc: not gone(),
+                backoff=DEAD_LETTER_BACKOFF,
+                event="kafka.dead_letter_failed",
+                logger=log,
+                describe=repr,
+                **where,
+            )
+        except Exception as exc:  # the partition moved or the inbox closed meanwhile
+            log.warning(
+                "kafka.dead_letter_failed",
+                **where,
+                attempt=tries,
+                error=repr(exc),
+                then="left to the partition's next owner",
+            )
+            return
+        if not done:
+            return
+        log.warning(
+            "kafka.dead_lettered",
+            **where,
+            error=error,
+            **(
+                {"sink": True}
+                if self.broker.dead_letters is not None
+                else {"dead_letter_topic": self.broker.dead_letter_topic}
+            ),
+        )
+        if not partition.revoked:
+            partition.finish(record.offset)
+            self._dirty.set()
 
     async def _dead_letter_once(self, record: Any, error: str) -> None:
         sink = self.broker.dead_letters
@@ -726,19 +737,20 @@ class _KafkaInbox(Inbox[M]):
         self._ready.set()
 
     async def _commit_loop(self) -> None:
-        backoff = 0.1
+        """Commit what is done whenever an ack comes; a failed commit is tried again (with
+        whatever was acked meanwhile) after ``COMMIT_BACKOFF``, until it goes through."""
         while not self.closed:
             await self._dirty.wait()
             self._dirty.clear()
-            try:
-                await self._commit(list(self.partitions.values()))
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("kafka.commit_failed", topic=self.mailbox.topic, error=repr(exc))
-                self._dirty.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = 0.1
+            await retrying(
+                lambda: self._commit(list(self.partitions.values())),
+                on=(KafkaError, TimeoutError),
+                backoff=COMMIT_BACKOFF,
+                event="kafka.commit_failed",
+                logger=log,
+                describe=repr,
+                topic=self.mailbox.topic,
+            )
 
     async def _commit(self, partitions: list[_Partition]) -> None:
         async with self._commit_lock:

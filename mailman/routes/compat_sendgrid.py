@@ -53,7 +53,6 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -61,6 +60,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
+from mailman.core.clock import datetime_of
 from mailman.core.model import Mail
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
@@ -555,7 +555,7 @@ def _draft(
     elif send_at is not None:
         paths["send_at"] = "send_at"
     if send_at is not None:
-        body["send_at"] = datetime.fromtimestamp(send_at, UTC)
+        body["send_at"] = datetime_of(send_at)
     own_headers = _object(p.get("headers"), f"{where}.headers", errors)
     if headers or own_headers:
         # Names are case-insensitive: the personalization's replaces the message's.

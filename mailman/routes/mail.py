@@ -7,7 +7,6 @@ import binascii
 import dataclasses
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
@@ -16,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from mailman.config.logging import get_logger
+from mailman.core.clock import iso_time, parse_time
 from mailman.core.messages import Dispatch
 from mailman.core.model import Attempt, DeliveryEvent, Mail, Status
 from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
@@ -72,11 +72,6 @@ def json_response(
     )
 
 
-def iso(ts: float) -> str:
-    """A unix time as ISO 8601 in UTC, e.g. ``2025-01-02T03:04:05.678Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _require_json(request: web.Request) -> None:
     if request.content_type != JSON_CONTENT_TYPE:
         raise Problem(
@@ -122,7 +117,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     return {
         "provider": attempt.provider,
         "round": attempt.round,
-        "at": iso(attempt.at),
+        "at": iso_time(attempt.at),
         "outcome": attempt.outcome.value,
         "reason": attempt.reason,
         "message_id": attempt.message_id,
@@ -134,7 +129,7 @@ def _event_json(event: DeliveryEvent) -> dict[str, Any]:
     return {
         "provider": event.provider,
         "event": event.kind.value,
-        "at": iso(event.at),
+        "at": iso_time(event.at),
         "bounce": event.bounce,
         "reason": event.reason,
         "recipient": event.recipient,
@@ -150,8 +145,8 @@ def show_body(record: MailRecord) -> dict[str, Any]:
             "provider": record.provider,
             "provider_message_id": record.provider_message_id,
             "reason": record.reason,
-            "created_at": iso(mail.created_at),
-            "updated_at": iso(record.updated_at),
+            "created_at": iso_time(mail.created_at),
+            "updated_at": iso_time(record.updated_at),
             "submitted": mail.as_json(),
             "attempts": [_attempt_json(a) for a in record.attempts],
             "events": [_event_json(e) for e in record.events],
@@ -278,14 +273,6 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
     )
 
 
-def parse_time(raw: str) -> float:
-    """An RFC 3339 time (UTC when it names no offset) as unix time; ValueError if it is not."""
-    value = datetime.fromisoformat(raw.strip().replace("z", "Z"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
 def _encode_cursor(mail_id: str) -> str:
     return base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
 
@@ -313,7 +300,7 @@ async def list_mails(request: web.Request) -> web.Response:
             {
                 "id": m.id,
                 "status": m.status.value,
-                "created_at": iso(m.created_at),
+                "created_at": iso_time(m.created_at),
                 "links": [{"self": f"/mail/{m.id}", "status": f"/mail/{m.id}/status"}],
             }
             for m in page[: query.limit]
