@@ -6,8 +6,9 @@ Nothing else in Mailman reads ``os.environ``.
 
 Each setting is declared once, as a field of those dataclasses
 (``settings``, ``declare``): its default, environment variable, flag,
-parser, bounds, help and docs line. ``load`` and ``--help`` (``flags``)
-come from the declarations.
+parser, bounds, help and docs line. ``load``, ``--help`` (``flags``) and
+docs/configuration.md (``docs``; ``python -m mailman.config --markdown``)
+all come from the declarations.
 """
 
 from __future__ import annotations
