@@ -19,7 +19,6 @@ from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
 from mailman import main
-from mailman.cli.keys import keys_main
 from mailman.config import Config
 from mailman.core.messages import StatusUpdate
 from mailman.core.model import Status
@@ -91,29 +90,29 @@ def test_keys_create_prints_the_key_alone_and_list_never_shows_it(tmp_path: Path
     env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'k.db'}"}
     out, err = io.StringIO(), io.StringIO()
     argv = ["create", "--tenant", "acme", "--scope", "read", "--scope", "send", "--rate", "5"]
-    assert keys_main(argv, env, out=out, err=err) == 0
+    assert main(["keys", *argv], env, out=out, err=err) == 0
     secret = out.getvalue()
     assert secret.endswith("\n") and secret.count("\n") == 1
     secret = secret.strip()
     assert secret.startswith("mm_") and len(secret) >= 3 + 43  # 256 bits in base64url
     listing = io.StringIO()
-    assert keys_main(["list"], env, out=listing, err=io.StringIO()) == 0
+    assert main(["keys", "list"], env, out=listing, err=io.StringIO()) == 0
     table = listing.getvalue()
     assert secret not in table and secret not in err.getvalue()
     assert "acme" in table and "read,send" in table and "5/s" in table
     key_id = table.splitlines()[1].split()[0]
-    assert keys_main(["revoke", key_id], env, out=io.StringIO(), err=io.StringIO()) == 0
-    assert keys_main(["revoke", "key_nope"], env, out=io.StringIO(), err=io.StringIO()) == 1
+    assert main(["keys", "revoke", key_id], env, out=io.StringIO(), err=io.StringIO()) == 0
+    assert main(["keys", "revoke", "key_nope"], env, out=io.StringIO(), err=io.StringIO()) == 1
 
 
 def test_keys_command_refuses_bad_input(tmp_path: Path) -> None:
     """A bad store URL or tenant name is exit 2 with a message, no traceback."""
     env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'k.db'}"}
     err = io.StringIO()
-    assert keys_main(["--store", "foo://x", "list"], env, out=io.StringIO(), err=err) == 2
+    assert main(["keys", "--store", "foo://x", "list"], env, out=io.StringIO(), err=err) == 2
     assert "unsupported store" in err.getvalue()
     err = io.StringIO()
-    assert keys_main(["create", "--tenant", "a b"], env, out=io.StringIO(), err=err) == 2
+    assert main(["keys", "create", "--tenant", "a b"], env, out=io.StringIO(), err=err) == 2
     assert "tenant" in err.getvalue()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from mailman import main
 from mailman.config import (
     ENV_ONLY,
     LOG_LEVELS,
+    SETTINGS,
     Config,
     ConfigError,
     check_broker_url,
@@ -135,7 +138,8 @@ def test_help_covers_every_flag_the_parser_has(capsys: pytest.CaptureFixture[str
     out = help_text(capsys)
     shown = set(re.findall(r"\[(--[a-z-]+)[ \]]", out))
     assert {flag for flag, *_ in FLAGS} <= shown
-    for flag in shown:
+    # --version is the command line's own, no setting (test_cli.py tests it).
+    for flag in shown - {"--version"}:
         # A value flag shows its metavar; an on/off flag (--reuse-port) has none.
         described = rf"{flag}(?: [A-Z_]+)? [^()]*\(default: [^;]*; env MAILMAN_[A-Z_]+\)"
         assert re.search(described, out), flag
@@ -154,7 +158,7 @@ def test_help_epilog_names_env_only_settings_and_points_to_the_readme(
 
 def test_env_only_lists_every_variable_config_reads() -> None:
     """``ENV_ONLY`` plus the flags' twins are exactly the env variables ``config`` reads."""
-    source = Path(config.__file__).read_text()
+    source = "".join(path.read_text() for path in Path(config.__file__).parent.glob("*.py"))
     read = set(re.findall(r"\"((?:MAILMAN|SENDGRID|MAILGUN|PROMETHEUS)_[A-Z_]+)\"", source))
     on_off = {"MAILMAN_REUSE_PORT"}  # --reuse-port: a flag without a value
     assert read == set(ENV_ONLY) | {var for *_, var in FLAGS} | on_off
@@ -262,3 +266,31 @@ def test_an_unknown_log_level_is_refused_with_the_accepted_ones(
 def test_known_log_levels_load_in_lower_case(level: str) -> None:
     """Every accepted level loads, in any case."""
     assert load([], {"MAILMAN_LOG_LEVEL": level}).log_level == level.lower()
+
+
+@pytest.mark.parametrize("raw", ["inf", "nan"])
+def test_a_count_that_is_not_finite_is_refused(raw: str) -> None:
+    """A whole-number setting given inf or nan is refused by name, not a traceback."""
+    with pytest.raises(
+        ConfigError, match=rf"^MAILMAN_RELAY_BATCH must be a whole number, got '{raw}'"
+    ):
+        load([], {"MAILMAN_RELAY_BATCH": raw})
+
+
+def test_each_setting_fills_its_config_attribute_with_its_default() -> None:
+    """A declared setting's path is a ``Config`` attribute whose value is the declared default
+    (provider settings: the fields of ``Config.providers``' entries)."""
+    for s in SETTINGS.values():
+        if s.owner:
+            kind = next(k for name, k in SETTINGS[s.owner].parts if s.path.startswith(f"{name}."))
+            assert s.path.split(".", 1)[1] in {f.name for f in dataclasses.fields(kind)}, s.path
+        else:
+            assert operator.attrgetter(s.path)(DEFAULTS) == s.default, s.path
+
+
+def test_the_environment_fills_the_declared_attribute() -> None:
+    """Each whole-number or number setting's variable lands in its own attribute."""
+    for s in SETTINGS.values():
+        if s.env is not None and type(s.default) in (int, float) and not s.flag:
+            value = operator.attrgetter(s.path)(load([], {s.env: "7"}))
+            assert value == 7, s.path

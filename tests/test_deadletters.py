@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from mailman.cli.dead_letters import dead_letters_main
+from mailman import main
 from mailman.core.messages import Dispatch, RetryLater, decode
 from mailman.core.model import Mail
 from mailman.providers import Accepted, ProviderClient, Result
@@ -39,7 +39,7 @@ class Buggy(ProviderClient):
 async def cli(*argv: str) -> tuple[int, str, str]:
     """``mailman dead-letters ARGV`` as a command run beside the service: (code, out, err)."""
     out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.to_thread(dead_letters_main, list(argv), {}, out=out, err=err)
+    code = await asyncio.to_thread(main, ["dead-letters", *argv], {}, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -1,45 +1,41 @@
 """Mailman's command line: ``mailman [serve] [flags]``, ``mailman keys ...``,
-``mailman dead-letters ...`` (or ``python -m mailman ...``).
+``mailman dead-letters ...``, ``mailman --version`` (or ``python -m mailman ...``).
 
-Thin on purpose: pick the command, read the configuration once, set up
-logging, run it, return its exit code.
+Thin on purpose: one parser (``parser``) picks the command, the command reads
+its configuration once, runs, and returns its exit code.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
-import structlog
+from . import dead_letters, keys, serve
+from .command import Call, Command
+from .parser import build_parser, with_command
 
-from mailman.config import ConfigError, load
-from mailman.config.logging import configure_logging
-
-from .dead_letters import dead_letters_main
-from .keys import keys_main
-from .serve import run, serve
-
-log = structlog.get_logger("mailman")
+#: Every command; the first is the default.
+COMMANDS: tuple[Command, ...] = (serve.COMMAND, keys.COMMAND, dead_letters.COMMAND)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    env = os.environ
-    if argv[:1] == ["keys"]:
-        return keys_main(argv[1:], env)
-    if argv[:1] == ["dead-letters"]:
-        return dead_letters_main(argv[1:], env)
-    if argv[:1] == ["serve"]:
-        argv = argv[1:]
-    try:
-        config = load(argv, env)
-    except ConfigError as exc:
-        print(f"mailman: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level, config.log_format)
-    try:
-        return run(serve(config, argv, env), config.event_loop)
-    except ConfigError as exc:
-        log.error("config.invalid", detail=str(exc))
-        return 2
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run the command ``argv`` names (``sys.argv``'s by default) with ``env``
+    (``os.environ``'s); its exit code. ``--help``, ``--version`` and bad usage exit
+    through ``SystemExit``, as argparse does."""
+    call = Call(
+        argv=with_command(sys.argv[1:] if argv is None else argv, COMMANDS),
+        env=os.environ if env is None else env,
+        out=out or sys.stdout,
+        err=err or sys.stderr,
+    )
+    args = build_parser(COMMANDS, call.env).parse_args(list(call.argv))
+    command = next(c for c in COMMANDS if c.name == args.command)
+    return command.run(args, call)

@@ -17,79 +17,85 @@ from __future__ import annotations
 
 import argparse
 import base64
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TextIO
 
 import orjson
 
-from mailman.config import redact_url
+from mailman.config import SETTINGS
+from mailman.config.flags import add_flag
 from mailman.core.clock import iso_time
 from mailman.store import DeadLetter, Store, open_store
 
-from ._tools import run_store_tool
+from ._tools import add_store_flag, run_store_tool
+from .command import Call, Command
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    default_store = env.get("MAILMAN_STORE", "sqlite:///mailman.db")
-    default_broker = env.get("MAILMAN_BROKER", "memory://")
+def _define(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.description = "List and replay the mailbox records no handler could handle."
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--store",
-        default=default_store,
-        help=f"store URL, as the service's (env MAILMAN_STORE; now: {redact_url(default_store)})",
-    )
-    p = argparse.ArgumentParser(
-        prog="mailman dead-letters",
-        description="List and replay the mailbox records no handler could handle.",
-    )
-    commands = p.add_subparsers(dest="command", required=True, metavar="{list,replay}")
-    listing = commands.add_parser("list", parents=[common], help="the dead letters, oldest first")
+    add_store_flag(common, env)
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,replay}")
+    listing = actions.add_parser("list", parents=[common], help="the dead letters, oldest first")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument(
         "--all", action="store_true", help="also the ones already replayed (default: not)"
     )
     listing.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
-    replay = commands.add_parser(
+    replay = actions.add_parser(
         "replay", parents=[common], help="send the mails of dead letters again"
     )
     replay.add_argument("ids", nargs="*", type=int, help="dead letter ids (see list)")
     replay.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
-    replay.add_argument(
-        "--broker",
-        default=default_broker,
-        help="the service's broker (env MAILMAN_BROKER): with kafka://, a record that names no "
-        "mail is published again to its topic",
+    add_flag(
+        replay,
+        SETTINGS["broker"],
+        help="the service's broker: with kafka://, a record that names no mail is published "
+        "again to its topic",
     )
-    replay.add_argument(
-        "--topic-prefix",
-        default=env.get("MAILMAN_KAFKA_TOPIC_PREFIX", "mailman."),
-        help="the service's Kafka topic prefix (env MAILMAN_KAFKA_TOPIC_PREFIX)",
+    add_flag(
+        replay,
+        SETTINGS["kafka.topic_prefix"],
+        flag="--topic-prefix",
+        help="the service's Kafka topic prefix",
     )
-    return p
 
 
-def dead_letters_main(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The service's store, broker and topic prefix, as the flags and environment say."""
+
+    store: str
+    broker: str
+    topic_prefix: str
+
+
+def _run(args: argparse.Namespace, call: Call) -> int:
     """0 done, 1 the store failed or a letter could not be replayed, 2 bad usage."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    args = _parser(env).parse_args(list(argv))
-    if args.command == "replay" and not args.ids and not args.all:
-        print("mailman dead-letters: replay needs dead letter ids or --all", file=err)
+    if args.action == "replay" and not args.ids and not args.all:
+        print("mailman dead-letters: replay needs dead letter ids or --all", file=call.err)
         return 2
-    return run_store_tool("mailman dead-letters", args, lambda: _run(args, out, err), err)
+    where = _Where(
+        store=SETTINGS["store"].read_args(args, call.env),
+        broker=SETTINGS["broker"].read_args(args, call.env),
+        topic_prefix=SETTINGS["kafka.topic_prefix"].read_args(args, call.env),
+    )
+    return run_store_tool(
+        "mailman dead-letters",
+        where.store,
+        lambda: _letters(args, where, call.out, call.err),
+        call.err,
+    )
 
 
-async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with open_store(args.store) as store:
-        if args.command == "list":
+COMMAND = Command("dead-letters", "list and replay dead letters", _define, _run)
+
+
+async def _letters(args: argparse.Namespace, where: _Where, out: TextIO, err: TextIO) -> int:
+    async with open_store(where.store) as store:
+        if args.action == "list":
             letters = await store.dead_letters(replayed=args.all, limit=args.limit)
             if args.json:
                 for letter in letters:
@@ -97,7 +103,7 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             else:
                 print(_table(letters), file=out)
             return 0
-        return await _replay(store, args, out, err)
+        return await _replay(store, args, where, out, err)
 
 
 def as_json(letter: DeadLetter) -> dict[str, object]:
@@ -113,7 +119,9 @@ def as_json(letter: DeadLetter) -> dict[str, object]:
     }
 
 
-async def _replay(store: Store, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _replay(
+    store: Store, args: argparse.Namespace, where: _Where, out: TextIO, err: TextIO
+) -> int:
     pending = await store.dead_letters(replayed=False, limit=1_000_000)
     failures = 0
     if args.all:
@@ -126,7 +134,7 @@ async def _replay(store: Store, args: argparse.Namespace, out: TextIO, err: Text
             failures += 1
     replayed: list[int] = []
     for letter in chosen:
-        done, note = await _replay_one(store, letter, args)
+        done, note = await _replay_one(store, letter, where)
         print(f"dead letter {letter.id}: {note}", file=out if done else err)
         if done:
             replayed.append(letter.id)
@@ -136,9 +144,7 @@ async def _replay(store: Store, args: argparse.Namespace, out: TextIO, err: Text
     return 1 if failures else 0
 
 
-async def _replay_one(
-    store: Store, letter: DeadLetter, args: argparse.Namespace
-) -> tuple[bool, str]:
+async def _replay_one(store: Store, letter: DeadLetter, where: _Where) -> tuple[bool, str]:
     """Replay one letter: (done, what happened)."""
     if letter.mail_id is not None:
         moved = await store.retry(letter.mail_id, time.time())
@@ -147,10 +153,10 @@ async def _replay_one(
         if moved.changed:
             return True, f"mail {letter.mail_id} queued again (a new round)"
         return True, f"mail {letter.mail_id} is {moved.status.value}: nothing to send"
-    scheme, _, rest = str(args.broker).partition("://")
+    scheme, _, rest = where.broker.partition("://")
     if scheme != "kafka" or not rest.strip("/"):
         return False, "names no mail; publishing it again needs --broker kafka://..."
-    topic = f"{args.topic_prefix}{letter.mailbox}"
+    topic = f"{where.topic_prefix}{letter.mailbox}"
     await _publish(rest.strip("/"), topic, letter.payload)
     return True, f"published again to {topic}"
 

@@ -5,37 +5,29 @@ keeps only its hash (``mailman.intake.keys``)."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TextIO
 
-from mailman.config import redact_url
+from mailman.config import SETTINGS
 from mailman.core.clock import iso_time
 from mailman.intake.keys import Scope, create_key
 from mailman.store import ApiKey, open_store
 
-from ._tools import run_store_tool
+from ._tools import add_store_flag, run_store_tool
+from .command import Call, Command
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    default_store = env.get("MAILMAN_STORE", "sqlite:///mailman.db")
-    store_help = (
-        f"store URL, as the service's (default: sqlite:///mailman.db; env MAILMAN_STORE; "
-        f"now: {redact_url(default_store)})"
-    )
+def _define(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.description = "Manage the API keys that callers send as 'Authorization: Bearer <key>'."
+    add_store_flag(p, env)
     # --store may stand before or after the command; given after, it must not
     # be reset by the command's own default.
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
-    p = argparse.ArgumentParser(
-        prog="mailman keys",
-        description="Manage the API keys that callers send as 'Authorization: Bearer <key>'.",
-    )
-    p.add_argument("--store", default=default_store, help=store_help)
-    commands = p.add_subparsers(dest="command", required=True, metavar="{create,list,revoke}")
-    create = commands.add_parser(
-        "create", parents=[store], help="make a key and print it (alone, once) on stdout"
+    after = argparse.ArgumentParser(add_help=False)
+    add_store_flag(after, env, default=argparse.SUPPRESS)
+    actions = p.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
+    create = actions.add_parser(
+        "create", parents=[after], help="make a key and print it (alone, once) on stdout"
     )
     create.add_argument("--tenant", required=True, help="whose mails the key sends and reads")
     create.add_argument(
@@ -48,15 +40,25 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--rate",
         type=float,
         default=None,
-        help="mails per second for this key, also its burst (default: MAILMAN_RATE_LIMIT; "
-        "0: unlimited)",
+        help=f"mails per second for this key, also its burst (default: "
+        f"{SETTINGS['rate_limit'].env}; 0: unlimited)",
     )
-    commands.add_parser(
-        "list", parents=[store], help="every key: id, tenant, scopes, rate, times (never the key)"
+    actions.add_parser(
+        "list", parents=[after], help="every key: id, tenant, scopes, rate, times (never the key)"
     )
-    revoke = commands.add_parser("revoke", parents=[store], help="revoke a key by its id")
+    revoke = actions.add_parser("revoke", parents=[after], help="revoke a key by its id")
     revoke.add_argument("id", help="the key's id (key_...), as `mailman keys list` shows it")
-    return p
+
+
+def _run(args: argparse.Namespace, call: Call) -> int:
+    """``mailman keys ...``: 0 done, 1 the store failed or no such key, 2 bad usage."""
+    store = SETTINGS["store"].read_args(args, call.env)
+    return run_store_tool(
+        "mailman keys", store, lambda: _keys(args, store, call.out, call.err), call.err
+    )
+
+
+COMMAND = Command("keys", "create, list and revoke API keys", _define, _run)
 
 
 def _when(at: float | None) -> str:
@@ -87,9 +89,9 @@ def _table(keys: list[ApiKey]) -> str:
     )
 
 
-async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with open_store(args.store) as store:
-        if args.command == "create":
+async def _keys(args: argparse.Namespace, url: str, out: TextIO, err: TextIO) -> int:
+    async with open_store(url) as store:
+        if args.action == "create":
             key, secret = await create_key(
                 store, tenant=args.tenant, scopes=args.scope or (Scope.SEND,), rate=args.rate
             )
@@ -99,7 +101,7 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "this is the only time the key is shown",
                 file=err,
             )
-        elif args.command == "list":
+        elif args.action == "list":
             print(_table(await store.keys()), file=out)
         else:
             if not await store.revoke_key(args.id, time.time()):
@@ -107,17 +109,3 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return 1
             print(f"revoked {args.id}", file=err)
     return 0
-
-
-def keys_main(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """``mailman keys ...``: 0 done, 1 the store failed or no such key, 2 bad usage."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    args = _parser(env).parse_args(list(argv))
-    return run_store_tool("mailman keys", args, lambda: _run(args, out, err), err)

@@ -8,6 +8,7 @@ spent) or start-up failed, 2 for a bad configuration.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -18,10 +19,38 @@ import structlog
 
 from mailman.actors.processes import ProcessSupervisor
 from mailman.actors.supervisor import RestartBudgetExceeded
-from mailman.config import Config, ConfigError
+from mailman.config import SETTINGS, Config, ConfigError, from_args
+from mailman.config.flags import DESCRIPTION, add_service_flags
+from mailman.config.logging import configure_logging
 from mailman.system import Mailman
 
+from .command import Call, Command
+
 log = structlog.get_logger("mailman")
+
+
+def _define(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    parser.description = DESCRIPTION
+    add_service_flags(parser)
+
+
+def _run(args: argparse.Namespace, call: Call) -> int:
+    """0 after a clean stop, 1 when it gave up or could not start, 2 for a bad configuration."""
+    try:
+        config = from_args(args, call.env)
+    except ConfigError as exc:
+        print(f"mailman: {exc}", file=call.err)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    try:
+        # The flags alone (not the command): what --processes' children are started with.
+        return run(serve(config, call.argv[1:], call.env), config.event_loop)
+    except ConfigError as exc:
+        log.error("config.invalid", detail=str(exc))
+        return 2
+
+
+COMMAND = Command("serve", "run the service (the default command)", _define, _run)
 
 
 async def serve(
@@ -82,7 +111,8 @@ def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
             import uvloop
         except ImportError:
             if event_loop == "uvloop":
-                raise ConfigError("MAILMAN_EVENT_LOOP=uvloop but uvloop is not installed") from None
+                name = SETTINGS["event_loop"].name
+                raise ConfigError(f"{name}=uvloop but uvloop is not installed") from None
         else:
             return uvloop.run(main)
     return asyncio.run(main)

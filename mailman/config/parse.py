@@ -1,0 +1,161 @@
+"""Setting parsers: a setting's raw text to its value, or ``ConfigError``.
+
+Each takes the raw text and the ``Setting`` (its default, bounds and the name
+its messages use). Numbers, booleans and the text parsers take a blank value
+as the default; the others take it as what it says.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+from .secret import Secret
+
+if TYPE_CHECKING:
+    from .declare import Parse, Setting
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+def text(raw: str, s: Setting) -> str:
+    """As given, empty included."""
+    return raw
+
+
+def text_or_default(raw: str, s: Setting) -> Any:
+    """As given; empty: the default."""
+    return raw or s.default
+
+
+def stripped(raw: str, s: Setting) -> Any:
+    """Without surrounding blanks; blank: the default."""
+    return raw.strip() or s.default
+
+
+def path(raw: str, s: Setting) -> Any:
+    """A path; empty: the default."""
+    return Path(raw) if raw else s.default
+
+
+def stripped_path(raw: str, s: Setting) -> Any:
+    """A path without surrounding blanks; blank: the default."""
+    value = raw.strip()
+    return Path(value) if value else s.default
+
+
+def base_url(raw: str, s: Setting) -> str:
+    """A base URL without trailing slashes; empty: the default."""
+    return str(raw or s.default).rstrip("/")
+
+
+def secret(raw: str, s: Setting) -> Any:
+    """A ``Secret`` without surrounding blanks; blank: the default."""
+    value = raw.strip()
+    return Secret(value) if value else s.default
+
+
+def number(raw: str, s: Setting) -> Any:
+    """A number of at least ``s.minimum``; blank: the default."""
+    if raw.strip() == "":
+        return s.default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{s.name} must be a number, got {raw!r}") from None
+    if value < s.minimum:
+        raise ConfigError(f"{s.name} must be at least {s.minimum}, got {raw!r}")
+    return value
+
+
+def integer(raw: str, s: Setting) -> Any:
+    """A whole number (``1e3`` too) of at least ``s.minimum``; blank: the default."""
+    value = number(raw, s)
+    if value is s.default:
+        return value
+    if not math.isfinite(value) or value != int(value):
+        raise ConfigError(f"{s.name} must be a whole number, got {raw!r}")
+    return int(value)
+
+
+def whole(raw: str, s: Setting) -> int:
+    """Digits only, from ``s.minimum`` up to ``s.maximum``."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{s.name} must be a whole number, got {raw!r}") from None
+    if s.maximum is not None and not s.minimum <= value <= s.maximum:
+        raise ConfigError(f"{s.name} must be between {s.minimum} and {s.maximum}, got {value}")
+    if value < s.minimum:
+        raise ConfigError(f"{s.name} must be at least {s.minimum}, got {value}")
+    return value
+
+
+def port_or_off(raw: str, s: Setting) -> int | None:
+    """A port up to ``s.maximum``; 0: None (off); blank: the default."""
+    value = integer(raw, s)
+    if value is None:
+        return None
+    if s.maximum is not None and value > s.maximum:
+        raise ConfigError(
+            f"{s.name} must be between {s.minimum} (off) and {s.maximum}, got {value}"
+        )
+    return int(value) or None
+
+
+def boolean(raw: str, s: Setting) -> Any:
+    """true/false, yes/no, on/off or 1/0, in any case; blank: the default."""
+    value = raw.strip().lower()
+    if not value:
+        return s.default
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ConfigError(f"{s.name} must be true or false, got {raw!r}")
+
+
+def choice(*, echo: bool = False) -> Parse:
+    """One of ``s.choices``, in any case (lowered); ``echo``: the refusal quotes the value."""
+
+    def parse(raw: str, s: Setting) -> str:
+        value = raw.lower()
+        if value in s.choices:
+            return value
+        got = f", got {raw!r}" if echo else ""
+        raise ConfigError(f"{s.name} must be one of {', '.join(s.choices)}{got}")
+
+    return parse
+
+
+def roles(raw: str, s: Setting) -> tuple[str, ...]:
+    """A comma list of roles, lowered, blanks dropped; at least one."""
+    value = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    if not value:
+        raise ConfigError(f"{s.name} names no role")
+    return value
+
+
+def public_key(raw: str, s: Setting) -> str | None:
+    """An ECDSA P-256 public key as base64 DER (SubjectPublicKeyInfo); PEM armour is
+    dropped; blank: None."""
+    lines = [line.strip() for line in raw.splitlines() if not line.strip().startswith("-----")]
+    value = "".join("".join(lines).split())
+    if not value:
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    try:
+        loaded = load_der_public_key(base64.b64decode(value, validate=True))
+    except ValueError:  # binascii.Error too
+        loaded = None
+    if not isinstance(loaded, ec.EllipticCurvePublicKey) or loaded.curve.name != "secp256r1":
+        raise ConfigError(
+            f"{s.name} must be an ECDSA P-256 public key, base64 DER as SendGrid shows it"
+        )
+    return value

@@ -1,0 +1,716 @@
+"""Every setting, declared once: the frozen dataclasses ``load`` fills.
+
+Each field made with ``setting(...)`` carries its default, environment
+variable, flag, parser, bounds, one-line help and docs line (``declare``).
+Fields without one (``skipped_providers``) are derived by ``load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from . import parse
+from .declare import Setting, by_load, setting, walk
+from .secret import Secret
+
+ROLE_ALL = "all"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: The SMTP port of a plain ``mailman`` run (``MAILMAN_SMTP_PORT``).
+SMTP_PORT = 2525
+#: The highest TCP port.
+PORT_MAX = 65535
+#: 24 hours, in seconds.
+DAY = 24 * 3600.0
+
+
+# --- providers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendGridConfig:
+    api_key: Secret = setting(
+        env="SENDGRID_API_KEY",
+        parse=parse.secret,
+        help="SendGrid key; without one SendGrid is left out of the chain, with a warning",
+        doc="SendGrid key. Without one, SendGrid is left out of the chain, with a warning at start",
+    )
+    base_url: str = setting(
+        "https://api.sendgrid.com",
+        env="SENDGRID_BASE_URL",
+        parse=parse.base_url,
+        help="SendGrid's API; EU subusers: https://api.eu.sendgrid.com",
+        doc="SendGrid's API. EU subusers: `https://api.eu.sendgrid.com`",
+    )
+    name: str = "sendgrid"
+
+
+@dataclass(frozen=True, slots=True)
+class MailgunConfig:
+    api_key: Secret = setting(
+        env="MAILGUN_API_KEY",
+        parse=parse.secret,
+        help="Mailgun key; without one Mailgun is left out of the chain, with a warning",
+        doc="Mailgun key. Without one, Mailgun is left out, with a warning",
+    )
+    domain: str = setting(
+        env="MAILGUN_DOMAIN",
+        parse=parse.stripped,
+        help="your Mailgun sending domain (required with a key)",
+    )
+    base_url: str = setting(
+        "https://api.mailgun.net",
+        env="MAILGUN_BASE_URL",
+        parse=parse.base_url,
+        help="Mailgun's API; EU region: https://api.eu.mailgun.net",
+        doc="Mailgun's API. EU region: `https://api.eu.mailgun.net`",
+    )
+    name: str = "mailgun"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
+
+    directory: Path = setting(
+        Path("outbox"),
+        env="MAILMAN_OUTBOX_DIR",
+        parse=parse.path,
+        help="where the local outbox provider writes .eml files (the whole chain when no "
+        "provider has a key)",
+        doc="where the local `outbox` provider writes `.eml` files. This provider is the whole "
+        "chain when no provider has a key",
+    )
+    name: str = "outbox"
+
+
+ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
+
+#: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
+PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (SendGridConfig, MailgunConfig, OutboxConfig)
+KNOWN_PROVIDERS = tuple(
+    next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
+)
+
+
+# --- nested configs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    fail_max: int = setting(
+        5,
+        env="MAILMAN_BREAKER_FAIL_MAX",
+        minimum=1,
+        help="unwell answers in a row that open a provider's breaker",
+    )
+    reset_seconds: float = setting(
+        30.0,
+        env="MAILMAN_BREAKER_RESET_SECONDS",
+        help="seconds a breaker stays open before its half-open trial",
+    )
+    #: How often each process reads the breaker states the others shared.
+    sync_seconds: float = setting(
+        0.5,
+        env="MAILMAN_BREAKER_SYNC_SECONDS",
+        minimum=0.01,
+        help="how often each process applies the breaker states other processes shared",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Backoff once every provider failed transiently: base * 2**round, capped, with jitter."""
+
+    base_seconds: float = setting(
+        5.0, env="MAILMAN_RETRY_BASE_SECONDS", help="backoff of the first retry round"
+    )
+    cap_seconds: float = setting(
+        600.0, env="MAILMAN_RETRY_CAP_SECONDS", help="longest backoff between rounds"
+    )
+    window_seconds: float = setting(
+        DAY,
+        env="MAILMAN_RETRY_WINDOW_SECONDS",
+        note="24 h",
+        help="after this, an unsent mail ends failed",
+        doc="after this, an unsent mail ends `failed`",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """One-for-one restarts; more than ``max_restarts`` in ``window_seconds`` ends the process."""
+
+    max_restarts: int = setting(
+        5,
+        env="MAILMAN_MAX_RESTARTS",
+        help="restart budget: more restarts than this within the restart window end the process",
+        doc="restart budget: more restarts than this…",
+    )
+    window_seconds: float = setting(
+        60.0,
+        env="MAILMAN_RESTART_WINDOW_SECONDS",
+        help="the restart budget's window, in seconds (past the budget: exit 1)",
+        doc="…within this many seconds ends the process (exit 1)",
+    )
+    backoff_base_seconds: float = setting(
+        0.1,
+        env="MAILMAN_RESTART_BACKOFF_SECONDS",
+        help="first delay before a restart, doubling up to the backoff cap",
+        doc="first delay before a restart, doubling up to…",
+    )
+    backoff_cap_seconds: float = setting(
+        5.0,
+        env="MAILMAN_RESTART_BACKOFF_CAP_SECONDS",
+        help="longest delay before a restart",
+        doc="…this",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Kafka mailboxes: one topic per mailbox, ``{topic_prefix}{mailbox}``."""
+
+    topic_prefix: str = setting(
+        "mailman.",
+        env="MAILMAN_KAFKA_TOPIC_PREFIX",
+        metavar="PREFIX",
+        help="prefix of every topic and consumer group",
+    )
+    partitions: int = setting(
+        6, env="MAILMAN_KAFKA_PARTITIONS", minimum=1, help="partitions of topics Mailman creates"
+    )
+    replication_factor: int = setting(
+        1,
+        env="MAILMAN_KAFKA_REPLICATION_FACTOR",
+        minimum=1,
+        help="replicas of topics Mailman creates (3 on a production cluster)",
+    )
+    #: Idempotent producer (exactly-once per partition on retries); needs broker support.
+    idempotent: bool = setting(
+        True,
+        env="MAILMAN_KAFKA_IDEMPOTENT",
+        help="idempotent producer; false for brokers without InitProducerId (for example Tansu)",
+        doc="idempotent producer. Set it to `false` for brokers without `InitProducerId` "
+        "(for example Tansu)",
+    )
+    linger_ms: int = setting(5, env="MAILMAN_KAFKA_LINGER_MS", help="producer batching delay")
+    #: A consumer silent this long is out of its group; its partitions move to the others.
+    session_timeout_ms: int = setting(
+        6_000,
+        env="MAILMAN_KAFKA_SESSION_TIMEOUT_MS",
+        minimum=1,
+        help="a silent (killed) consumer leaves its group after this and one heartbeat",
+        doc="a silent (killed) consumer leaves its group after this plus one heartbeat (a tenth "
+        "of it, at most 1 s), and its partitions move to the others after one rebalance; 6000 "
+        "is the lowest a Kafka broker allows by default (`group.min.session.timeout.ms`). A "
+        "stopped one leaves at once",
+    )
+    #: How long the broker may hold a fetch open waiting for data (a latency bound).
+    fetch_max_wait_ms: int = setting(
+        500,
+        env="MAILMAN_KAFKA_FETCH_MAX_WAIT_MS",
+        help="longest a fetch may wait on the broker (Tansu: 100)",
+        doc="longest a fetch may wait on the broker; lower it for brokers that hold fetches "
+        "even with data waiting (Tansu: `100`)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The relay publishes committed outbox entries to the first sender mailbox."""
+
+    batch: int = setting(
+        500, env="MAILMAN_RELAY_BATCH", minimum=1, help="outbox entries published per batch"
+    )
+    #: How often a relay looks for entries when nothing woke it.
+    interval_seconds: float = setting(
+        0.2,
+        env="MAILMAN_RELAY_INTERVAL_SECONDS",
+        minimum=0.001,
+        help="how often an idle relay looks for new entries",
+        doc="how often an idle relay looks for new entries (an API on the same machine and "
+        "store wakes it at once)",
+    )
+    #: How long a claimed entry stays leased to one relay (then another may take it).
+    lease_seconds: float = setting(
+        30.0,
+        env="MAILMAN_RELAY_LEASE_SECONDS",
+        minimum=0.1,
+        help="how long a claimed entry belongs to one relay before another may take it",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackConfig:
+    """Status callbacks (``actors.callbacks``): ``callback_url`` hears each status change."""
+
+    #: Signs every callback (HMAC-SHA256); without it ``callback_url`` is refused.
+    secret: Secret | None = setting(
+        None,
+        env="MAILMAN_CALLBACK_SECRET",
+        parse=parse.secret,
+        help="signs every status callback (HMAC-SHA256); without it callback_url is refused",
+        doc="signs every status callback (HMAC-SHA256); without it `callback_url` is refused "
+        "and no callbacks are sent (see [Status callbacks](../README.md#status-callbacks))",
+    )
+    #: Let callbacks go to loopback, private and link-local addresses (a receiver on your network).
+    allow_private: bool = setting(
+        False,
+        env="MAILMAN_CALLBACK_ALLOW_PRIVATE",
+        help="let callbacks go to loopback, private and link-local addresses",
+        doc="let callbacks go to loopback, private and link-local addresses (a receiver on "
+        "your own network)",
+    )
+    #: Seconds a receiver has to answer one callback.
+    timeout_seconds: float = setting(
+        5.0,
+        env="MAILMAN_CALLBACK_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="seconds a receiver has to answer one callback",
+    )
+    #: After a failed call: base * 2**(tries - 1), capped...
+    retry_base_seconds: float = setting(
+        5.0,
+        env="MAILMAN_CALLBACK_RETRY_BASE_SECONDS",
+        minimum=0.001,
+        help="wait after a callback's first failed try, doubling after each one",
+        doc="wait after a callback's first failed try, doubling after each one...",
+    )
+    retry_cap_seconds: float = setting(
+        600.0,
+        env="MAILMAN_CALLBACK_RETRY_CAP_SECONDS",
+        minimum=0.001,
+        help="longest wait between a callback's tries",
+        doc="...up to this",
+    )
+    #: ...until this long after the status change; then it is given up.
+    window_seconds: float = setting(
+        DAY,
+        env="MAILMAN_CALLBACK_WINDOW_SECONDS",
+        note="24 h",
+        help="a callback still failing this long after its change is given up",
+    )
+    #: Calls in flight at once, per notifier.
+    concurrency: int = setting(
+        16,
+        env="MAILMAN_CALLBACK_CONCURRENCY",
+        minimum=1,
+        help="callbacks in flight at once, per notifier",
+    )
+    #: How often a notifier looks for due callbacks.
+    interval_seconds: float = setting(
+        1.0,
+        env="MAILMAN_CALLBACK_INTERVAL_SECONDS",
+        minimum=0.01,
+        help="how often a notifier looks for due callbacks",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """SMTP submission (``actors.smtp``): apps send by SMTP, a Mailman key as the password."""
+
+    #: The port; None: no SMTP listener (``MAILMAN_SMTP_PORT=0``). 0 binds any free port,
+    #: from code only (tests): an app is configured with a port that stays put.
+    port: int | None = setting(
+        SMTP_PORT,
+        env="MAILMAN_SMTP_PORT",
+        parse=parse.port_or_off,
+        maximum=PORT_MAX,
+        help="SMTP submission port; 0 turns SMTP off",
+        doc="SMTP submission port ([Drop-in: SMTP](../README.md#drop-in-smtp)); `0` turns SMTP "
+        "off (unlike `MAILMAN_PORT`, `0` is not \u201cany free port\u201d: apps need a port "
+        "that stays put)",
+    )
+    #: The bind address; None: the API's (``Config.host``).
+    host: str | None = setting(
+        None,
+        env="MAILMAN_SMTP_HOST",
+        parse=parse.stripped,
+        note="the API's, MAILMAN_HOST",
+        help="the SMTP bind address; off loopback it needs a key in the store",
+        doc="the SMTP bind address. Off loopback it needs a key in the store, as the API does",
+    )
+    #: A PEM certificate chain and its private key: STARTTLS is offered, and AUTH needs it.
+    tls_cert: Path | None = setting(
+        None,
+        env="MAILMAN_SMTP_TLS_CERT",
+        parse=parse.stripped_path,
+        note="no TLS",
+        help="a PEM certificate chain: STARTTLS is offered and AUTH needs it (with the key)",
+        doc="a PEM certificate chain: STARTTLS is offered and AUTH needs it. It goes with "
+        "`MAILMAN_SMTP_TLS_KEY`, both or neither; a file that cannot be read, or that is no "
+        "certificate and matching key, stops the start (exit 2, naming the file)",
+    )
+    tls_key: Path | None = setting(
+        None,
+        env="MAILMAN_SMTP_TLS_KEY",
+        parse=parse.stripped_path,
+        note="no TLS",
+        help="the certificate's unencrypted private key (PEM)",
+        doc="the unencrypted private key of `MAILMAN_SMTP_TLS_CERT`'s certificate (PEM); both "
+        "or neither",
+    )
+    #: A second port speaking TLS from the first byte (implicit TLS, "SMTPS", as on 465)
+    #: with the same certificate; None: none. 0 binds any free port (from code: tests).
+    tls_port: int | None = setting(
+        None,
+        env="MAILMAN_SMTP_TLS_PORT",
+        parse=parse.port_or_off,
+        maximum=PORT_MAX,
+        unset="0",
+        note="off",
+        help="a second SMTP port with implicit TLS (as on 465); needs the certificate",
+        doc="a second SMTP port with implicit TLS (as on 465), with the certificate above, "
+        "which it needs; AUTH is taken at once there",
+    )
+    #: The largest mail accepted (the SIZE extension), in bytes; None: ``Config.max_body_bytes``.
+    max_bytes: int | None = setting(
+        None,
+        env="MAILMAN_SMTP_MAX_BYTES",
+        parse=parse.integer,
+        minimum=1,
+        note="MAILMAN_MAX_BODY_BYTES",
+        help="the largest mail SMTP takes (SIZE); bigger ones get 552",
+        doc="the largest mail SMTP takes (`SIZE`); bigger ones get `552`",
+    )
+    #: Connections served at once; more are told ``421`` and closed (each may hold
+    #: a mail of up to ``max_bytes`` in memory while it arrives).
+    max_connections: int = setting(
+        100,
+        env="MAILMAN_SMTP_MAX_CONNECTIONS",
+        minimum=1,
+        help="SMTP connections served at once; more are answered 421 and closed",
+        doc="SMTP connections served at once; more are answered `421 4.7.0` and closed (each "
+        "may hold a mail of up to `MAILMAN_SMTP_MAX_BYTES` in memory while it arrives)",
+    )
+
+
+# --- the whole configuration --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = setting(
+        "127.0.0.1",
+        env="MAILMAN_HOST",
+        flag="--host",
+        metavar="HOST",
+        help="bind address",
+        doc="bind address (`0.0.0.0` in a container)",
+    )
+    port: int = setting(
+        9292,
+        env="MAILMAN_PORT",
+        flag="--port",
+        metavar="PORT",
+        parse=parse.whole,
+        maximum=PORT_MAX,
+        label="port",
+        help="HTTP port, 0: any free port",
+        doc="HTTP port (`0`: any free port)",
+    )
+    store: str = setting(
+        "sqlite:///mailman.db",
+        env="MAILMAN_STORE",
+        flag="--store",
+        metavar="URL",
+        help="store URL",
+        doc="store URL: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or "
+        "`mysql://user:password@host:3306/db` (the password is never logged)",
+    )
+    broker: str = setting(
+        "memory://",
+        env="MAILMAN_BROKER",
+        flag="--broker",
+        metavar="URL",
+        help="broker URL",
+        doc="mailboxes: `memory://` (in-process) or `kafka://host:9092[,host2:9092]`",
+    )
+    roles: tuple[str, ...] = setting(
+        (ROLE_ALL,),
+        env="MAILMAN_ROLE",
+        flag="--role",
+        metavar="ROLES",
+        parse=parse.roles,
+        help="comma list of actors to run in this process",
+        doc="actors to run here: `all`, or a comma list of `api`, `smtp`, `relay`, `sweeper`, "
+        "`retry` and provider names. A subset needs Kafka and MySQL, except `api` and the rest "
+        "on one SQLite file",
+    )
+    #: 1: every actor in this process. N >= 2: a parent runs the API in N - 1
+    #: processes sharing the port and the other actors in one more.
+    processes: int = setting(
+        1,
+        env="MAILMAN_PROCESSES",
+        flag="--processes",
+        metavar="N",
+        parse=parse.whole,
+        minimum=1,
+        help="processes to run: N >= 2 runs the API in N-1 processes sharing the port and "
+        "the other actors in one more, on the same store",
+        doc="`N` \u2265 2: the API in N \u2212 1 processes sharing the port, the other actors in "
+        "one more, all on the same store (see [One machine, every "
+        "core](../README.md#one-machine-every-core))",
+    )
+    #: Share the port with other processes (SO_REUSEPORT): set for --processes' API children.
+    reuse_port: bool = setting(
+        False,
+        env="MAILMAN_REUSE_PORT",
+        flag="--reuse-port",
+        unset="off",
+        help="share the port with other Mailman processes through SO_REUSEPORT, e.g. several "
+        "--role api processes started by hand",
+        doc="bind the port with `SO_REUSEPORT`, so several `--role api` processes can listen on "
+        "it (`--processes` sets it for its own)",
+    )
+    #: Internal (--processes' children): a pipe to write "ready" to once serving.
+    ready_fd: int | None = setting(
+        None,
+        flag="--ready-fd",
+        parse=parse.whole,
+        hidden=True,
+        help="internal (--processes' children): a pipe to write ready to once serving",
+    )
+    providers: tuple[ProviderConfig, ...] = setting(
+        (OutboxConfig(),),
+        env="MAILMAN_PROVIDERS",
+        parse=by_load,
+        unset="sendgrid,mailgun",
+        parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
+        help="the provider chain, in failover order (sendgrid, mailgun, outbox)",
+        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `outbox`)",
+    )
+    #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
+    skipped_providers: tuple[str, ...] = ()
+    default_subject: str = setting(
+        "(no subject)",
+        env="MAILMAN_DEFAULT_SUBJECT",
+        parse=parse.text_or_default,
+        help="subject for mails submitted without one",
+    )
+    #: 16 MiB: a mail with the most attachments (10 MiB, about 13.4 MiB as base64
+    #: in JSON) and room for the rest of it.
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024,
+        env="MAILMAN_MAX_BODY_BYTES",
+        minimum=1,
+        note="16 MiB",
+        help="larger request bodies get 413",
+        doc="larger request bodies get 413. Room for a mail with the most attachments "
+        "(10 MiB, about 13.4 MiB as base64)",
+    )
+    provider_timeout: float = setting(
+        10.0,
+        env="MAILMAN_PROVIDER_TIMEOUT",
+        minimum=0.001,
+        help="seconds per provider HTTP call",
+    )
+    sender_concurrency: int = setting(
+        32,
+        env="MAILMAN_SENDER_CONCURRENCY",
+        minimum=1,
+        help="provider calls in flight per sender",
+    )
+    mailbox_capacity: int = setting(
+        1000,
+        env="MAILMAN_MAILBOX_CAPACITY",
+        minimum=1,
+        help="messages an in-process mailbox holds before put waits",
+        doc="messages an in-process mailbox holds before `put` waits",
+    )
+    shutdown_timeout: float = setting(
+        10.0,
+        env="MAILMAN_SHUTDOWN_TIMEOUT",
+        help="seconds in-flight requests and provider calls get on stop",
+    )
+    breaker: BreakerConfig = BreakerConfig()
+    retry: RetryConfig = RetryConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    relay: RelayConfig = RelayConfig()
+    #: The HTTP edge: a request's headers must arrive within this many seconds...
+    header_timeout: float = setting(
+        10.0,
+        env="MAILMAN_HEADER_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="a request's headers must arrive within this long (slow-loris clients are cut)",
+    )
+    #: ...a request body that sends nothing for this long is cut...
+    body_idle_timeout: float = setting(
+        10.0,
+        env="MAILMAN_BODY_IDLE_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="a request body that sends nothing for this long is cut (408)",
+        doc="a request body that sends nothing for this long is cut (`408`)",
+    )
+    #: ...and an idle keep-alive connection is closed after this long.
+    keepalive_seconds: float = setting(
+        75.0,
+        env="MAILMAN_KEEPALIVE_SECONDS",
+        minimum=0.01,
+        help="idle keep-alive connections close after this long",
+    )
+    #: How long the API waits on the store before it answers 503.
+    store_timeout: float = setting(
+        5.0,
+        env="MAILMAN_STORE_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="how long the API waits on the store before it answers 503 with Retry-After",
+        doc="how long the API waits on the store before it answers `503` with `Retry-After`",
+    )
+    #: How long an ``Idempotency-Key`` is remembered.
+    idempotency_ttl: float = setting(
+        DAY,
+        env="MAILMAN_IDEMPOTENCY_TTL_SECONDS",
+        minimum=1,
+        note="24 h",
+        help="how long an Idempotency-Key is remembered",
+        doc="how long an `Idempotency-Key` is remembered",
+    )
+    #: Mails per second per API key when the key sets no rate of its own (0: unlimited).
+    rate_limit: float = setting(
+        0.0,
+        env="MAILMAN_RATE_LIMIT",
+        note="unlimited",
+        help="mails per second (and burst) for keys made without --rate",
+        doc="mails per second (and burst) for keys made without `--rate`",
+    )
+    #: How long an API replica trusts what it read about a key (revocation takes this long).
+    key_cache_seconds: float = setting(
+        2.0,
+        env="MAILMAN_KEY_CACHE_SECONDS",
+        help="how long an API replica trusts what it read about a key: a revocation takes at "
+        "most this long",
+    )
+    #: Unsent mails (queued or sending) beyond which POST /mail/send answers 503 (0: no limit).
+    backlog_limit: int = setting(
+        100_000,
+        env="MAILMAN_BACKLOG_LIMIT",
+        help="unsent mails at which POST /mail/send answers 503 (0: no limit)",
+        doc="unsent mails (`queued` or `sending`) at which `POST /mail/send` answers `503` "
+        "(0: no limit; see [Back pressure](../README.md#back-pressure))",
+    )
+    #: Times a mailbox record's handler may fail before the record is dead-lettered.
+    poison_attempts: int = setting(
+        5,
+        env="MAILMAN_POISON_ATTEMPTS",
+        minimum=1,
+        help="times a mailbox record's handler may fail before the record goes to the dead letters",
+        doc="times a mailbox record's handler may fail before the record goes to the dead "
+        "letters and its mail ends `failed`",
+    )
+    #: Seconds past the provider timeout after which an attempt with no recorded answer
+    #: counts as ``unknown``, and a ``sending`` mail nothing handles is picked up again.
+    sweep_margin: float = setting(
+        20.0,
+        env="MAILMAN_SWEEP_MARGIN_SECONDS",
+        minimum=0.0,
+        help="seconds past the provider timeout after which an unanswered attempt is unknown",
+        doc="an attempt with no answer recorded `MAILMAN_PROVIDER_TIMEOUT` + this many seconds "
+        "after it started is `unknown`, and a `sending` mail that nothing has handled for that "
+        "long is dispatched again (see [Delivery guarantees](../README.md#delivery-guarantees))",
+    )
+    #: How often the sweeper looks for such mails.
+    sweep_interval: float = setting(
+        5.0,
+        env="MAILMAN_SWEEP_INTERVAL_SECONDS",
+        minimum=0.01,
+        help="how often the sweeper (role sweeper) looks for such mails",
+        doc="how often the sweeper (role `sweeper`) looks for such mails",
+    )
+    #: SendGrid's Event Webhook verification key (base64 DER): turns POST /webhooks/sendgrid on.
+    sendgrid_webhook_public_key: str | None = setting(
+        None,
+        env="MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY",
+        parse=parse.public_key,
+        note="off",
+        help="SendGrid's Event Webhook verification key: turns POST /webhooks/sendgrid on",
+        doc="SendGrid's Event Webhook verification key (base64, as SendGrid shows it; a PEM "
+        "block works too). Turns `POST /webhooks/sendgrid` on; a key that is not ECDSA P-256 "
+        "stops the start (exit 2)",
+    )
+    #: Mailgun's HTTP webhook signing key: turns POST /webhooks/mailgun on.
+    mailgun_webhook_signing_key: Secret | None = setting(
+        None,
+        env="MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY",
+        parse=parse.secret,
+        note="off",
+        help="Mailgun's HTTP webhook signing key: turns POST /webhooks/mailgun on",
+        doc="Mailgun's HTTP webhook signing key (not the API key; a secret, never logged). "
+        "Turns `POST /webhooks/mailgun` on",
+    )
+    log_level: str = setting(
+        "info",
+        env="MAILMAN_LOG_LEVEL",
+        parse=parse.choice(echo=True),
+        choices=LOG_LEVELS,
+        help="debug, info, warning, error or critical",
+        doc="`debug`, `info`, `warning`, `error`, `critical` (anything else is refused at start)",
+    )
+    #: auto (JSON unless on a terminal) | json | console
+    log_format: str = setting(
+        "auto",
+        env="MAILMAN_LOG_FORMAT",
+        parse=parse.choice(),
+        choices=LOG_FORMATS,
+        help="json, console, or auto: JSON lines unless stderr is a terminal",
+        doc="`json`, `console`, or `auto`: JSON lines unless stderr is a terminal",
+    )
+    #: auto (uvloop when installed) | uvloop | asyncio
+    event_loop: str = setting(
+        "auto",
+        env="MAILMAN_EVENT_LOOP",
+        parse=parse.choice(),
+        choices=EVENT_LOOPS,
+        help="uvloop, asyncio, or auto: uvloop when installed",
+        doc="`uvloop` (faster; used by `auto` when installed, which it is on Linux) or `asyncio`",
+    )
+    #: prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``): the API
+    #: processes that share it each answer /metrics with the sum over all of them.
+    #: ``--processes`` makes a fresh one for its children.
+    metrics_dir: str | None = setting(
+        None,
+        env="PROMETHEUS_MULTIPROC_DIR",
+        parse=parse.text_or_default,
+        note="none, or with --processes a fresh one of its own",
+        help="prometheus-client's multiprocess directory: /metrics sums the API processes "
+        "sharing it",
+        doc="prometheus-client's multiprocess directory: every API process sharing it answers "
+        "`/metrics` with the sum over all of them ([Observability](../README.md#observability))."
+        " Read when the process starts; `--processes` passes it to its children and empties it "
+        "at start",
+    )
+    #: Status callbacks (``callback_url``).
+    callbacks: CallbackConfig = CallbackConfig()
+    #: SMTP submission (``actors.smtp``).
+    smtp: SmtpConfig = SmtpConfig()
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds after its start when an attempt with no answer recorded is ``unknown``."""
+        return self.provider_timeout + self.sweep_margin
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """Provider names in failover order."""
+        return tuple(p.name for p in self.providers)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """A Config from environment variables alone (no flags)."""
+        from .load import load
+
+        return load([], env)
+
+
+#: Every setting by its path (``breaker.fail_max``, ``sendgrid.api_key``), in the
+#: order of the declarations.
+SETTINGS: dict[str, Setting] = {s.path: s for s in walk(Config)}
+
+#: Settings without a flag: environment variables only (``--help`` lists them).
+ENV_ONLY = tuple(s.env for s in SETTINGS.values() if s.env is not None and s.flag is None)

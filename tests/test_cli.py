@@ -1,0 +1,148 @@
+"""The one command line: ``mailman [serve]|keys|dead-letters``, ``--version``, ``--help``."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from mailman import main
+from mailman.config import Config
+
+#: Every level of the command line.
+LEVELS = (
+    (),
+    ("serve",),
+    ("keys",),
+    ("keys", "create"),
+    ("keys", "list"),
+    ("keys", "revoke"),
+    ("dead-letters",),
+    ("dead-letters", "list"),
+    ("dead-letters", "replay"),
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` reads ``os.environ`` unless given an env: keep the caller's settings out."""
+    for name in ("MAILMAN_STORE", "MAILMAN_BROKER", "MAILMAN_KAFKA_TOPIC_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "100")
+
+
+def exits(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int | str | None, str, str]:
+    """``main(argv)`` that exits (argparse): its code, stdout and stderr, each with runs of
+    whitespace made one space."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return exit_info.value.code, " ".join(captured.out.split()), " ".join(captured.err.split())
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``mailman --version`` prints 'mailman X.Y.Z', the installed package's version, exit 0."""
+    assert exits(capsys, "--version") == (0, f"mailman {version('mailman')}", "")
+
+
+def test_version_from_python_m_mailman() -> None:
+    """``python -m mailman --version`` answers the same, on stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mailman", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"mailman {version('mailman')}\n", "")
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=" ".join)
+def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tuple[str]) -> None:
+    """``--help`` after any command or subcommand shows that level's usage and exits 0."""
+    code, out, _ = exits(capsys, *level, "--help")
+    assert code == 0
+    assert out.startswith(" ".join(("usage: mailman", *level)) + " ")
+
+
+def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``mailman --help`` lists serve (the default), keys and dead-letters, and --version."""
+    _, out, _ = exits(capsys, "--help")
+    assert "{serve,keys,dead-letters}" in out
+    assert "serve run the service (the default command)" in out
+    assert "--version" in out
+
+
+def test_serve_is_the_default_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2."""
+    assert main(["--port", "x"]) == 2
+    bare = capsys.readouterr()
+    assert main(["serve", "--port", "x"]) == 2
+    assert capsys.readouterr() == bare
+    assert bare.err == "mailman: port must be a whole number, got 'x'\n"
+
+
+def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """A command after the service's flags is no command: argparse refuses it (exit 2)."""
+    code, _, err = exits(capsys, "--port", "1", "keys", "list")
+    assert code == 2
+    assert "unrecognized arguments: keys list" in err
+
+
+@pytest.mark.parametrize(
+    ("level", "flag", "var", "default"),
+    [
+        ((), "--store", "MAILMAN_STORE", Config().store),
+        (("keys",), "--store", "MAILMAN_STORE", Config().store),
+        (("keys", "list"), "--store", "MAILMAN_STORE", Config().store),
+        (("dead-letters", "list"), "--store", "MAILMAN_STORE", Config().store),
+        (("dead-letters", "replay"), "--store", "MAILMAN_STORE", Config().store),
+        (("dead-letters", "replay"), "--broker", "MAILMAN_BROKER", Config().broker),
+        (
+            ("dead-letters", "replay"),
+            "--topic-prefix",
+            "MAILMAN_KAFKA_TOPIC_PREFIX",
+            Config().kafka.topic_prefix,
+        ),
+    ],
+)
+def test_the_tools_flags_are_the_service_settings(
+    capsys: pytest.CaptureFixture[str], level: tuple[str], flag: str, var: str, default: str
+) -> None:
+    """keys' and dead-letters' --store, --broker, --topic-prefix show the service's variable
+    and default."""
+    _, out, _ = exits(capsys, *level, "--help")
+    line = re.search(rf"{re.escape(flag)} [A-Z]+ [^()]*\(default: (\S+); env (\w+)", out)
+    assert line is not None, out
+    assert (line[1], line[2]) == (default, var)
+
+
+def test_keys_help_shows_the_store_in_effect_without_its_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mailman keys --help`` says which store MAILMAN_STORE names now, password masked."""
+    monkeypatch.setenv("MAILMAN_STORE", "mysql://u:s3cret@db.example/mail")
+    _, out, _ = exits(capsys, "keys", "--help")
+    assert "now: mysql://u:********@db.example/mail)" in out
+    assert "s3cret" not in out
+
+
+def test_dead_letters_reads_the_store_from_the_environment(tmp_path: Path) -> None:
+    """``dead-letters list`` opens MAILMAN_STORE's store; a bad one is exit 2; --store wins."""
+    db = tmp_path / "letters.db"
+    out, err = io.StringIO(), io.StringIO()
+    env = {"MAILMAN_STORE": f"sqlite:///{db}"}
+    assert main(["dead-letters", "list", "--json"], env, out=out, err=err) == 0
+    assert (out.getvalue(), err.getvalue()) == ("", "")
+    assert db.exists()
+    err = io.StringIO()
+    bad = {"MAILMAN_STORE": "foo://x"}
+    assert main(["dead-letters", "list"], bad, out=io.StringIO(), err=err) == 2
+    assert err.getvalue().startswith("mailman dead-letters: unsupported store 'foo'")
+    flagged = ["dead-letters", "list", "--store", f"sqlite:///{db}"]
+    assert main(flagged, bad, out=io.StringIO(), err=io.StringIO()) == 0
