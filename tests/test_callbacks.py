@@ -140,13 +140,13 @@ class FixedResolver(AbstractResolver):
         pass
 
 
-def readme_verify() -> Callable[..., bool]:
-    """The ``verify`` function the README's Status callbacks section shows, as written."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = re.search(r"^## Status callbacks.*?(?=^## |\Z)", text, flags=re.M | re.S)
-    assert section is not None, "README has no '## Status callbacks' section"
+def docs_verify() -> Callable[..., bool]:
+    """The ``verify`` function docs/callbacks.md's Signature section shows, as written."""
+    text = (ROOT / "docs" / "callbacks.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Signature.*?(?=^## |\Z)", text, flags=re.M | re.S)
+    assert section is not None, "docs/callbacks.md has no '## Signature' section"
     block = re.search(r"^```python\n(.*?)^```", section[0], flags=re.M | re.S)
-    assert block is not None, "the Status callbacks section has no ```python block"
+    assert block is not None, "the Signature section has no ```python block"
     namespace: dict[str, Any] = {}
     exec(block[1], namespace)
     found: Callable[..., bool] = namespace["verify"]
@@ -184,7 +184,7 @@ async def status_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> str:
 async def test_each_status_change_is_posted_signed_in_order(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """A sent mail POSTs sending then sent, each signed so that the README's verify accepts it."""
+    """A sent mail POSTs sending then sent, each signed so that the docs' verify accepts it."""
     config = make_config(tmp_path, callback_env())
     async with Receiver() as receiver, embedded(config) as mailman:
         mail_id = await send(http, mailman.url, callback_url=receiver.url())
@@ -192,7 +192,7 @@ async def test_each_status_change_is_posted_signed_in_order(
         async with http.get(f"{mailman.url}/mail/{mail_id}") as resp:
             shown = (await resp.json())["mail"]
     assert receiver.statuses() == ["sending", "sent"]
-    check = readme_verify()
+    check = docs_verify()
     ids = []
     for call in receiver.on("/hook"):
         assert call.headers["Content-Type"] == "application/json"
@@ -545,7 +545,7 @@ def test_signature_scheme() -> None:
     assert not verify(SECRET, header, body + b" ", now=1_700_000_000)
     assert not verify("other", header, body, now=1_700_000_000)
     assert not verify(SECRET, "v1=" + expected, body, now=1_700_000_000)
-    assert readme_verify()(SECRET, signature_header(SECRET, int(time.time()), body), body)
+    assert docs_verify()(SECRET, signature_header(SECRET, int(time.time()), body), body)
 
 
 # --- the store: every change queued once, claimed in order ------------------------------------

@@ -145,13 +145,14 @@ def test_help_covers_every_flag_the_parser_has(capsys: pytest.CaptureFixture[str
         assert re.search(described, out), flag
 
 
-def test_help_epilog_names_env_only_settings_and_points_to_the_readme(
+def test_help_epilog_names_env_only_settings_and_points_to_the_docs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The epilog says settings without a flag are env variables, names them, and cites README."""
+    """The epilog says settings without a flag are env variables, names them, and cites the
+    configuration page of the docs."""
     out = help_text(capsys)
     epilog = out[out.index("Settings without a flag") :]
-    assert "README" in epilog
+    assert "docs/configuration.md" in epilog
     for name in ENV_ONLY:
         assert re.search(rf"\b{name}\b", epilog), name
 

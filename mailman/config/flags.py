@@ -88,11 +88,7 @@ def epilog(width: int | None = None) -> str:
             lines.append(f"  {s.env}")
             lines.append(indent.fill(f"{s.help} (default: {default_text(s)})"))
     lines.append("")
-    lines.append(
-        fill.fill(
-            "docs/configuration.md and README.md (section Configuration) say more about each."
-        )
-    )
+    lines.append(fill.fill("docs/configuration.md says more about each."))
     return "\n".join(lines)
 
 

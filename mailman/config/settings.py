@@ -255,7 +255,7 @@ class CallbackConfig:
         parse=parse.secret,
         help="signs every status callback (HMAC-SHA256); without it callback_url is refused",
         doc="signs every status callback (HMAC-SHA256); without it `callback_url` is refused "
-        "and no callbacks are sent (see [Status callbacks](../README.md#status-callbacks))",
+        "and no callbacks are sent (see [Status callbacks](callbacks.md))",
     )
     #: Let callbacks go to loopback, private and link-local addresses (a receiver on your network).
     allow_private: bool = setting(
@@ -322,7 +322,7 @@ class SmtpConfig:
         parse=parse.port_or_off,
         maximum=PORT_MAX,
         help="SMTP submission port; 0 turns SMTP off",
-        doc="SMTP submission port ([Drop-in: SMTP](../README.md#drop-in-smtp)); `0` turns SMTP "
+        doc="SMTP submission port ([Drop-in: SMTP](drop-in-smtp.md)); `0` turns SMTP "
         "off (unlike `MAILMAN_PORT`, `0` is not \u201cany free port\u201d: apps need a port "
         "that stays put)",
     )
@@ -455,7 +455,7 @@ class Config:
         "the other actors in one more, on the same store",
         doc="`N` \u2265 2: the API in N \u2212 1 processes sharing the port, the other actors in "
         "one more, all on the same store (see [One machine, every "
-        "core](../README.md#one-machine-every-core))",
+        "core](processes.md))",
     )
     #: Share the port with other processes (SO_REUSEPORT): set for --processes' API children.
     reuse_port: bool = setting(
@@ -593,7 +593,7 @@ class Config:
         env="MAILMAN_BACKLOG_LIMIT",
         help="unsent mails at which POST /mail/send answers 503 (0: no limit)",
         doc="unsent mails (`queued` or `sending`) at which `POST /mail/send` answers `503` "
-        "(0: no limit; see [Back pressure](../README.md#back-pressure))",
+        "(0: no limit; see [Back pressure](limits.md#back-pressure))",
     )
     #: Times a mailbox record's handler may fail before the record is dead-lettered.
     poison_attempts: int = setting(
@@ -613,7 +613,7 @@ class Config:
         help="seconds past the provider timeout after which an unanswered attempt is unknown",
         doc="an attempt with no answer recorded `MAILMAN_PROVIDER_TIMEOUT` + this many seconds "
         "after it started is `unknown`, and a `sending` mail that nothing has handled for that "
-        "long is dispatched again (see [Delivery guarantees](../README.md#delivery-guarantees))",
+        "long is dispatched again (see [Delivery guarantees](guarantees.md))",
     )
     #: How often the sweeper looks for such mails.
     sweep_interval: float = setting(
@@ -681,7 +681,7 @@ class Config:
         help="prometheus-client's multiprocess directory: /metrics sums the API processes "
         "sharing it",
         doc="prometheus-client's multiprocess directory: every API process sharing it answers "
-        "`/metrics` with the sum over all of them ([Observability](../README.md#observability))."
+        "`/metrics` with the sum over all of them ([Observability](observability.md))."
         " Read when the process starts; `--processes` passes it to its children and empties it "
         "at start",
     )

@@ -14,8 +14,8 @@ seven are counted as ``other``. The label sets are therefore bounded.
 
 Cheap on purpose: the labelled children are looked up once per
 (method, route, status) and kept, so a request costs one dict lookup, one
-counter increment and one histogram observation (the README's
-Observability section gives the measured cost).
+counter increment and one histogram observation (docs/observability.md
+gives the measured cost).
 
 **Multiprocess.** With a directory (``--processes`` gives its children one
 as ``PROMETHEUS_MULTIPROC_DIR``), prometheus-client keeps each value in a
