@@ -21,6 +21,18 @@ from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier (``pytest -m "not slow"`` leaves it out): every test of
+    ``tests/system/`` (whole processes, faults, the benchmark), and every test that
+    needs the Kafka broker (a group join or rebalance takes seconds)."""
+    for item in items:
+        system = "system" in Path(str(item.path)).relative_to(Path(__file__).parent).parts[:1]
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kafka = "kafka_bootstrap" in getattr(item, "fixturenames", ()) or "kafka" in params.values()
+        if system or kafka:
+            item.add_marker(pytest.mark.slow)
+
+
 async def eventually(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
@@ -201,6 +202,7 @@ def figure(row: Node, name: str) -> int:
     return int(row.one("td", data_figure=name).text)
 
 
+@pytest.mark.slow
 async def test_dashboard_in_chromium_shows_what_the_service_did(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -302,6 +304,7 @@ async def test_dashboard_in_chromium_shows_what_the_service_did(
         assert reason in row.text
 
 
+@pytest.mark.slow
 async def test_dashboard_asks_for_the_admin_key_and_keeps_it_in_the_tab_only(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -370,6 +373,7 @@ async def test_dashboard_asks_for_the_admin_key_and_keeps_it_in_the_tab_only(
 # --- the same figures from every process -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_dashboard_figures_are_the_same_from_every_api_process(tmp_path: Path) -> None:
     """--processes 3 (two API children on one port): both children answer /dashboard/data with
     the store's figures, every mail and every call as the store itself counts them."""

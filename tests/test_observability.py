@@ -568,6 +568,7 @@ async def test_metrics_say_store_down_and_leave_its_figures_out(
 # --- --processes: every API child answers the sum ------------------------------------------
 
 
+@pytest.mark.slow
 async def test_processes_metrics_are_summed_over_every_api_child(tmp_path: Path) -> None:
     """--processes 3 (two API children sharing the port): whichever child answers /metrics, it
     counts every child's requests; a killed child's counts stay in the sum after its restart."""

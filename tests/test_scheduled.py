@@ -190,6 +190,7 @@ async def test_a_scheduled_mail_goes_out_at_its_time(
     assert first_try >= send_at
 
 
+@pytest.mark.slow
 async def test_a_scheduled_mail_survives_a_restart(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
 ) -> None:

@@ -464,6 +464,7 @@ async def test_connections_past_the_limit_get_421_and_the_rest_are_served(
     assert 'mailman_smtp_replies_total{code="250",stage="data"} 1.0' in metrics
 
 
+@pytest.mark.slow
 async def test_a_locked_store_is_a_transient_451(tmp_path: Path) -> None:
     """The store not answering in time: 451 4.3.0 (the client tries again), nothing lost."""
     config = smtp_config(tmp_path, {"MAILMAN_STORE_TIMEOUT_SECONDS": "0.3"})
@@ -546,6 +547,7 @@ def test_refusals_are_worded_as_smtp_replies(
 # --- its own process ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_role_smtp_runs_in_its_own_process_beside_the_rest(tmp_path: Path) -> None:
     """--role smtp in one process, the relay and senders in another, on one SQLite file: a
     mail sent by SMTP is committed there and sent by the other (the relay is woken)."""

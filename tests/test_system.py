@@ -126,6 +126,7 @@ async def test_fails_over_to_mailgun(
     assert sendgrid.calls == 1 and sendgrid.received == []
 
 
+@pytest.mark.slow
 async def test_open_breaker_skips_sendgrid_then_closes_after_trial(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
 ) -> None:
