@@ -66,6 +66,17 @@ def test_the_wheel_holds_every_package_of_mailman_and_nothing_else(wheel: Path) 
     assert {t for t in tops if not t.endswith(".dist-info")} == {"mailman"}
 
 
+def test_the_wheel_carries_the_store_migrations(wheel: Path) -> None:
+    """Every migration script of the store (``mailman/store/migrations/<dialect>/*.sql``,
+    package data) is in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scripts = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "mailman/store/migrations").rglob("*.sql")
+    )
+    assert {script.split("/")[3] for script in scripts} == {"sqlite", "mysql"}
+    assert [script for script in scripts if script not in names] == []
+
+
 def _fresh_venv(where: Path, wheel: Path) -> Path:
     """A new virtual environment with the wheel installed; its python.
 

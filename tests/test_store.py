@@ -16,6 +16,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -45,10 +46,12 @@ from mailman.store import (
     Pending,
     Store,
     Transition,
+    migrations,
     open_store,
 )
 from mailman.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
 from mailman.store.mysql import MySQLStore
+from mailman.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from mailman.store.sqlite import SQLiteStore
 
 from .support.databases import DEFAULT_MYSQL_URL
@@ -118,12 +121,10 @@ async def mysql_url(mysql_server: str) -> str:
 @pytest.fixture(params=["sqlite", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
-        from mailman.store.sqlite import MIGRATIONS
-
         path = str(tmp_path / "mailman.db")
 
         def make(extra: Sequence[str] = ()) -> Store:
-            return SQLiteStore(path, migrations=(*MIGRATIONS, *extra))
+            return SQLiteStore(path, migrations=(*SQLITE_MIGRATIONS, *extra))
 
         return make
     if request.param == "mysql":
@@ -471,6 +472,34 @@ async def test_reopen_applies_only_missing_migrations(make_store: MakeStore) -> 
             assert isinstance(newer, Versioned)
             assert await newer.schema_version() == latest + 1
             assert await newer.load("m1") == (mail(), Status.QUEUED)
+
+
+def test_both_dialects_have_the_same_numbered_migrations() -> None:
+    """Migration N exists for SQLite and for MySQL, under one name, read as package data."""
+    folder = resources.files("mailman.store.migrations")
+    names = {
+        dialect: sorted(
+            e.name for e in folder.joinpath(dialect).iterdir() if e.name.endswith(".sql")
+        )
+        for dialect in ("sqlite", "mysql")
+    }
+    assert names["sqlite"] == names["mysql"]
+    assert len(SQLITE_MIGRATIONS) == len(MYSQL_MIGRATIONS) == len(names["sqlite"]) >= 7
+
+
+def test_migrations_must_be_numbered_from_one_without_gaps(tmp_path: Path) -> None:
+    """A dialect whose migration files skip a number (or repeat one) is refused at load."""
+    (tmp_path / "sqlite").mkdir()
+    (tmp_path / "sqlite" / "0001_first.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (tmp_path / "sqlite" / "README.txt").write_text("not a migration")
+    assert migrations.scripts("sqlite", tmp_path) == ("CREATE TABLE a (x INTEGER);",)
+    (tmp_path / "sqlite" / "0003_third.sql").write_text("CREATE TABLE c (x INTEGER);")
+    with pytest.raises(RuntimeError, match=r"not numbered 1\.\.N"):
+        migrations.scripts("sqlite", tmp_path)
+    (tmp_path / "sqlite" / "0003_third.sql").unlink()
+    (tmp_path / "sqlite" / "0001_again.sql").write_text("CREATE TABLE b (x INTEGER);")
+    with pytest.raises(RuntimeError, match="two sqlite migrations numbered 1"):
+        migrations.scripts("sqlite", tmp_path)
 
 
 # --- concurrency ---------------------------------------------------------------------

@@ -26,7 +26,8 @@ Ids are compared with ``utf8mb4_bin`` (case-sensitive), which pads trailing
 spaces: an id longer than 64 characters, or ending in a space, is one the
 store cannot hold. Lookups answer None for it; ``add`` refuses it.
 
-The schema is versioned like SQLite's (``MIGRATIONS``, ``schema_version``).
+The schema is versioned like SQLite's (``MIGRATIONS``: the scripts of
+``migrations/mysql/``; ``schema_version``).
 MySQL DDL commits implicitly and cannot be rolled back, so each migration is
 idempotent (``CREATE TABLE IF NOT EXISTS``, indexes declared inside the
 table) and its version is recorded after its statements ran: a run that died
@@ -49,7 +50,7 @@ from mailman.config import check_store_url
 from mailman.core.messages import StatusUpdate, decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
-from . import sql
+from . import migrations, sql
 from .base import (
     KEY_COLUMNS,
     ApiKey,
@@ -82,156 +83,8 @@ T = TypeVar("T")
 
 _TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
-#: Migration N (1-based) brings the schema from version N-1 to N. Append only.
-#: Statements are separated by ``;`` (none inside a literal), and each must be
-#: safe to run again: DDL commits at once, so a crash can leave one half done.
-MIGRATIONS: tuple[str, ...] = (
-    # 1: mails and their attempts.
-    f"""
-    CREATE TABLE IF NOT EXISTS mails (
-        id                  VARCHAR(64) NOT NULL PRIMARY KEY,
-        status              VARCHAR(16) NOT NULL,
-        payload             LONGTEXT NOT NULL,
-        created_at          DOUBLE NOT NULL,
-        updated_at          DOUBLE NOT NULL,
-        provider            VARCHAR(64) NULL,
-        provider_message_id VARCHAR(255) NULL,
-        reason              TEXT NULL,
-        INDEX mails_by_status (status, created_at)
-    ) {_TABLE_OPTIONS};
-
-    CREATE TABLE IF NOT EXISTS attempts (
-        id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        mail_id    VARCHAR(64) NOT NULL,
-        provider   VARCHAR(64) NOT NULL,
-        round      INT NOT NULL,
-        at         DOUBLE NOT NULL,
-        outcome    VARCHAR(16) NOT NULL,
-        reason     TEXT NULL,
-        message_id VARCHAR(255) NULL,
-        UNIQUE KEY attempts_once (mail_id, provider, round, at, outcome),
-        FOREIGN KEY (mail_id) REFERENCES mails (id)
-    ) {_TABLE_OPTIONS}
-    """,
-    # 2: the transactional outbox and the shared circuit-breaker state.
-    f"""
-    CREATE TABLE IF NOT EXISTS outbox (
-        id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        mail_id      VARCHAR(64) NOT NULL,
-        accepted_at  DOUBLE NOT NULL,
-        leased_by    VARCHAR(255) NULL,
-        leased_until DOUBLE NULL,
-        INDEX outbox_by_lease (leased_until, id),
-        INDEX outbox_by_mail (mail_id)
-    ) {_TABLE_OPTIONS};
-
-    CREATE TABLE IF NOT EXISTS breakers (
-        provider   VARCHAR(64) NOT NULL PRIMARY KEY,
-        state      VARCHAR(16) NOT NULL,
-        opened_at  DOUBLE NULL,
-        updated_at DOUBLE NOT NULL
-    ) {_TABLE_OPTIONS}
-    """,
-    # 3: tenants, API keys, idempotency keys and rate-limit buckets. ADD COLUMN
-    # and CREATE INDEX have no IF NOT EXISTS in MySQL 8: a re-run skips them
-    # by their "already there" errors (see _ALREADY_DONE).
-    f"""
-    ALTER TABLE mails ADD COLUMN tenant VARCHAR(64) NOT NULL DEFAULT '';
-    CREATE INDEX mails_by_tenant ON mails (tenant, id);
-
-    CREATE TABLE IF NOT EXISTS api_keys (
-        id           VARCHAR(64) NOT NULL PRIMARY KEY,
-        secret_hash  CHAR(64) NOT NULL,
-        tenant       VARCHAR(64) NOT NULL,
-        scopes       VARCHAR(255) NOT NULL,
-        rate         DOUBLE NULL,
-        created_at   DOUBLE NOT NULL,
-        last_used_at DOUBLE NULL,
-        revoked_at   DOUBLE NULL,
-        UNIQUE KEY api_keys_by_hash (secret_hash)
-    ) {_TABLE_OPTIONS};
-
-    CREATE TABLE IF NOT EXISTS idempotency (
-        tenant      VARCHAR(64) NOT NULL,
-        key_hash    CHAR(64) NOT NULL,
-        fingerprint CHAR(64) NOT NULL,
-        mail_id     VARCHAR(64) NOT NULL,
-        expires_at  DOUBLE NOT NULL,
-        PRIMARY KEY (tenant, key_hash),
-        INDEX idempotency_by_expiry (expires_at)
-    ) {_TABLE_OPTIONS};
-
-    CREATE TABLE IF NOT EXISTS rate_buckets (
-        id         VARCHAR(128) NOT NULL PRIMARY KEY,
-        tokens     DOUBLE NOT NULL,
-        updated_at DOUBLE NOT NULL
-    ) {_TABLE_OPTIONS}
-    """,
-    # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
-    """
-    ALTER TABLE outbox ADD COLUMN round INT NOT NULL DEFAULT 0
-    """,
-    # 5: attempts recorded before their call (pending -> outcome, or unknown), when a
-    # mail is next due (the sweeper), and dead letters.
-    f"""
-    ALTER TABLE mails ADD COLUMN due_at DOUBLE NULL;
-    CREATE INDEX mails_by_due ON mails (status, due_at);
-    ALTER TABLE attempts ADD COLUMN checked VARCHAR(16) NULL;
-    CREATE INDEX attempts_by_outcome ON attempts (outcome, at);
-    CREATE TABLE IF NOT EXISTS dead_letters (
-        id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        mailbox     VARCHAR(255) NOT NULL,
-        mail_id     VARCHAR(64) NULL,
-        payload     LONGTEXT NOT NULL,  -- base64 of the record's bytes
-        error       TEXT NOT NULL,
-        at          DOUBLE NOT NULL,
-        replayed_at DOUBLE NULL
-    ) {_TABLE_OPTIONS}
-    """,
-    # 6: what providers report after taking a mail (their webhooks).
-    f"""
-    CREATE TABLE IF NOT EXISTS events (
-        id        BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        mail_id   VARCHAR(64) NOT NULL,
-        provider  VARCHAR(64) NOT NULL,
-        kind      VARCHAR(16) NOT NULL,
-        at        DOUBLE NOT NULL,
-        dedupe    VARCHAR(255) NOT NULL,
-        bounce    VARCHAR(8) NULL,
-        reason    TEXT NULL,
-        recipient VARCHAR(320) NULL,
-        UNIQUE KEY events_once (provider, dedupe),
-        INDEX events_by_mail (mail_id, at)
-    ) {_TABLE_OPTIONS};
-    CREATE INDEX mails_by_provider_message ON mails (provider_message_id);
-    CREATE INDEX attempts_by_message ON attempts (message_id)
-    """,
-    # 7: status callbacks: a mail's callback URL, the status its last callback was
-    # queued for, and the callbacks to send (actors.callbacks).
-    f"""
-    ALTER TABLE mails ADD COLUMN callback_url TEXT NULL;
-    ALTER TABLE mails ADD COLUMN callback_status VARCHAR(16) NULL;
-    CREATE TABLE IF NOT EXISTS callbacks (
-        id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        mail_id      VARCHAR(64) NOT NULL,
-        url          TEXT NOT NULL,
-        status       VARCHAR(16) NOT NULL,
-        at           DOUBLE NOT NULL,
-        provider     VARCHAR(64) NULL,
-        reason       TEXT NULL,
-        created_at   DOUBLE NOT NULL,
-        attempts     INT NOT NULL DEFAULT 0,
-        next_at      DOUBLE NOT NULL,
-        leased_by    VARCHAR(255) NULL,
-        leased_until DOUBLE NULL,
-        done_at      DOUBLE NULL,
-        outcome      VARCHAR(16) NULL,
-        last_error   TEXT NULL,
-        INDEX callbacks_due (done_at, next_at),
-        INDEX callbacks_by_mail (mail_id, id)
-    ) {_TABLE_OPTIONS}
-    """,
-)
+#: Migration N (1-based) brings the schema from version N-1 to N.
+MIGRATIONS: tuple[str, ...] = migrations.scripts("mysql")
 
 _SCHEMA_VERSION_TABLE = f"""
     CREATE TABLE IF NOT EXISTS schema_version (
@@ -250,7 +103,7 @@ _POOL_RECYCLE_SECONDS = 3600
 
 _ER_LOCK_DEADLOCK = 1213
 #: Duplicate column / duplicate key name: a migration statement that already ran.
-_ALREADY_DONE = frozenset({1060, 1061})
+ALREADY_DONE = frozenset({1060, 1061})
 _DEADLOCK_RETRIES = 5
 #: Characters of text and files under which a mail is not measured against
 #: ``max_allowed_packet`` (``MySQLStore._check_packet``): even as 4-byte UTF-8,
@@ -466,7 +319,7 @@ class MySQLStore(Store):
                 try:
                     await cur.execute(statement)
                 except aiomysql.OperationalError as exc:
-                    if _error_code(exc) not in _ALREADY_DONE:
+                    if _error_code(exc) not in ALREADY_DONE:
                         raise
             await cur.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",

@@ -21,10 +21,10 @@ writer serves the reads too.
 ``--role``): ``BEGIN IMMEDIATE`` takes the file's write lock, and a writer
 that finds it taken waits up to ``busy_timeout``.
 
-The schema is versioned: ``MIGRATIONS`` is an ordered tuple of SQL scripts,
-script N bringing the schema from version N-1 to N. ``open()`` applies the
-missing ones, each in its own transaction that also records its version in
-``schema_version``. Never edit a released migration: append a new one.
+The schema is versioned: ``MIGRATIONS`` are the scripts of
+``migrations/sqlite/``, script N bringing the schema from version N-1 to N.
+``open()`` applies the missing ones, each in its own transaction that also
+records its version in ``schema_version``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 from mailman.core.messages import StatusUpdate, decode
 from mailman.core.model import DeliveryEvent, Mail, Status
 
-from . import sql
+from . import migrations, sql
 from .base import (
     KEY_COLUMNS,
     ApiKey,
@@ -69,154 +69,8 @@ from .base import (
 )
 from .sql import SQLITE as Q
 
-#: Migration N (1-based) brings the schema from version N-1 to N. Append only.
-MIGRATIONS: tuple[str, ...] = (
-    # 1: mails and their attempts.
-    """
-    CREATE TABLE mails (
-        id                  TEXT PRIMARY KEY,
-        status              TEXT NOT NULL,
-        payload             TEXT NOT NULL,  -- the Mail, as actors.messages.encode made it
-        created_at          REAL NOT NULL,
-        updated_at          REAL NOT NULL,
-        provider            TEXT NULL,
-        provider_message_id TEXT NULL,
-        reason              TEXT NULL
-    );
-    CREATE INDEX mails_by_status ON mails (status, created_at);
-
-    CREATE TABLE attempts (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        mail_id    TEXT NOT NULL REFERENCES mails (id),
-        provider   TEXT NOT NULL,
-        round      INTEGER NOT NULL,
-        at         REAL NOT NULL,
-        outcome    TEXT NOT NULL,
-        reason     TEXT NULL,
-        message_id TEXT NULL
-    );
-    -- A replayed attempt is recorded once (INSERT OR IGNORE).
-    CREATE UNIQUE INDEX attempts_once ON attempts (mail_id, provider, round, at, outcome);
-    """,
-    # 2: the transactional outbox and the shared circuit-breaker state.
-    """
-    CREATE TABLE outbox (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- claim order: oldest first
-        mail_id      TEXT NOT NULL,
-        accepted_at  REAL NOT NULL,
-        leased_by    TEXT NULL,  -- the relay that claimed it ...
-        leased_until REAL NULL   -- ... until then (unix time); NULL: never claimed
-    );
-    -- claim_outbox: the claimable entries, by id.
-    CREATE INDEX outbox_by_lease ON outbox (leased_until, id);
-    -- requeue_unfinished: does this mail have an entry?
-    CREATE INDEX outbox_by_mail ON outbox (mail_id);
-
-    CREATE TABLE breakers (
-        provider   TEXT PRIMARY KEY,
-        state      TEXT NOT NULL,  -- closed | open | half_open
-        opened_at  REAL NULL,
-        updated_at REAL NOT NULL   -- the newest wins
-    );
-    """,
-    # 3: tenants, API keys, idempotency keys and rate-limit buckets.
-    """
-    ALTER TABLE mails ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
-    -- list_mails: a tenant's mails, newest (highest ULID) first.
-    CREATE INDEX mails_by_tenant ON mails (tenant, id);
-
-    CREATE TABLE api_keys (
-        id           TEXT PRIMARY KEY,
-        secret_hash  TEXT NOT NULL UNIQUE,  -- SHA-256 of the key; the key itself is never kept
-        tenant       TEXT NOT NULL,
-        scopes       TEXT NOT NULL,         -- comma list
-        rate         REAL NULL,             -- mails/s; NULL: the service default
-        created_at   REAL NOT NULL,
-        last_used_at REAL NULL,
-        revoked_at   REAL NULL
-    );
-
-    CREATE TABLE idempotency (
-        tenant      TEXT NOT NULL,
-        key_hash    TEXT NOT NULL,  -- SHA-256 of the Idempotency-Key header
-        fingerprint TEXT NOT NULL,  -- SHA-256 of the request body
-        mail_id     TEXT NOT NULL,
-        expires_at  REAL NOT NULL,
-        PRIMARY KEY (tenant, key_hash)
-    );
-    CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
-
-    CREATE TABLE rate_buckets (
-        id         TEXT PRIMARY KEY,
-        tokens     REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    """,
-    # 4: the round an outbox entry starts (a failed mail sent again starts a new one).
-    """
-    ALTER TABLE outbox ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 5: attempts recorded before their call (pending -> outcome, or unknown), when a
-    # mail is next due (the sweeper), and dead letters.
-    """
-    ALTER TABLE mails ADD COLUMN due_at REAL NULL;
-    CREATE INDEX mails_by_due ON mails (status, due_at);
-    ALTER TABLE attempts ADD COLUMN checked TEXT NULL;  -- unknown attempts: what asking found
-    CREATE INDEX attempts_by_outcome ON attempts (outcome, at);
-    CREATE TABLE dead_letters (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        mailbox     TEXT NOT NULL,
-        mail_id     TEXT NULL,
-        payload     TEXT NOT NULL,  -- base64 of the record's bytes as the mailbox held them
-        error       TEXT NOT NULL,
-        at          REAL NOT NULL,
-        replayed_at REAL NULL
-    );
-    """,
-    # 6: what providers report after taking a mail (their webhooks).
-    """
-    CREATE TABLE events (
-        id        INTEGER PRIMARY KEY AUTOINCREMENT,
-        mail_id   TEXT NOT NULL,
-        provider  TEXT NOT NULL,
-        kind      TEXT NOT NULL,   -- actors.messages.EventKind
-        at        REAL NOT NULL,   -- when the provider says it happened
-        dedupe    TEXT NOT NULL,   -- the provider's unique event id
-        bounce    TEXT NULL,       -- hard | soft
-        reason    TEXT NULL,
-        recipient TEXT NULL
-    );
-    CREATE UNIQUE INDEX events_once ON events (provider, dedupe);
-    CREATE INDEX events_by_mail ON events (mail_id, at);
-    CREATE INDEX mails_by_provider_message ON mails (provider_message_id);
-    CREATE INDEX attempts_by_message ON attempts (message_id);
-    """,
-    # 7: status callbacks: a mail's callback URL, the status its last callback was
-    # queued for, and the callbacks to send (actors.callbacks).
-    """
-    ALTER TABLE mails ADD COLUMN callback_url TEXT NULL;
-    ALTER TABLE mails ADD COLUMN callback_status TEXT NULL;
-    CREATE TABLE callbacks (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- also the order of a mail's changes
-        mail_id      TEXT NOT NULL,
-        url          TEXT NOT NULL,
-        status       TEXT NOT NULL,  -- the status the mail moved to...
-        at           REAL NOT NULL,  -- ...when (the mail's updated_at)
-        provider     TEXT NULL,
-        reason       TEXT NULL,
-        created_at   REAL NOT NULL,  -- queued: the retry window starts
-        attempts     INTEGER NOT NULL DEFAULT 0,
-        next_at      REAL NOT NULL,  -- due then
-        leased_by    TEXT NULL,      -- the notifier sending it...
-        leased_until REAL NULL,      -- ...until then
-        done_at      REAL NULL,      -- delivered or given up
-        outcome      TEXT NULL,      -- delivered | gave-up
-        last_error   TEXT NULL
-    );
-    CREATE INDEX callbacks_due ON callbacks (done_at, next_at);
-    CREATE INDEX callbacks_by_mail ON callbacks (mail_id, id);
-    """,
-)
+#: Migration N (1-based) brings the schema from version N-1 to N.
+MIGRATIONS: tuple[str, ...] = migrations.scripts("sqlite")
 
 _SCHEMA_VERSION_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_version (
