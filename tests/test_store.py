@@ -6,6 +6,7 @@ parametrised by backend, so a ``"mysql"`` param runs the same suite there.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import os
@@ -24,7 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiomysql
 import pytest
 
-from mailman.core.messages import StatusUpdate
+from mailman.core.messages import StatusUpdate, encode
 from mailman.core.model import (
     Address,
     Attempt,
@@ -42,6 +43,7 @@ from mailman.store import (
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
+    MailRecord,
     OutboxEntry,
     Pending,
     Store,
@@ -49,8 +51,10 @@ from mailman.store import (
     migrations,
     open_store,
 )
+from mailman.store.dialect import Dialect
 from mailman.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
 from mailman.store.mysql import MySQLStore
+from mailman.store.operation import Engine, Statement, Steps, write
 from mailman.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from mailman.store.sqlite import SQLiteStore
 
@@ -61,8 +65,8 @@ T = TypeVar("T")
 #: Client error codes that mean "no server there" (not: "the server said no").
 _UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
 
-#: Makes a new, unopened store on the test's database; ``extra`` migrations
-#: are appended to the backend's own.
+#: Makes a new, unopened store on the test's database: ``make(extra=(), upto=None)``,
+#: with the backend's first ``upto`` migrations (None: all) and then ``extra``.
 MakeStore = Callable[..., Store]
 
 
@@ -123,15 +127,15 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
         path = str(tmp_path / "mailman.db")
 
-        def make(extra: Sequence[str] = ()) -> Store:
-            return SQLiteStore(path, migrations=(*SQLITE_MIGRATIONS, *extra))
+        def make(extra: Sequence[str] = (), upto: int | None = None) -> Store:
+            return SQLiteStore(path, migrations=(*SQLITE_MIGRATIONS[:upto], *extra))
 
         return make
     if request.param == "mysql":
         url: str = request.getfixturevalue("mysql_url")
 
-        def make_mysql(extra: Sequence[str] = ()) -> Store:
-            return MySQLStore.from_url(url, migrations=(*MYSQL_MIGRATIONS, *extra))
+        def make_mysql(extra: Sequence[str] = (), upto: int | None = None) -> Store:
+            return MySQLStore.from_url(url, migrations=(*MYSQL_MIGRATIONS[:upto], *extra))
 
         return make_mysql
     raise AssertionError(f"unknown backend {request.param}")
@@ -352,6 +356,25 @@ async def test_unknown_mail_in_batch_does_not_fail_the_rest(store: Store) -> Non
     assert await store.get("ghost") is None
 
 
+async def test_one_calls_moves_are_made_in_move_order(store: Store) -> None:
+    """The moves of one apply() call are made in MOVE_ORDER, whatever order they came in:
+    a sent and a failed for one mail end sent, a delivered before its sent ends delivered."""
+    await store.add(mail("m1"))
+    await store.add(mail("m2"))
+    await store.apply(
+        [
+            update(Status.FAILED, 1003.0, mail_id="m1", reason="gave up"),
+            update(Status.SENT, 1002.0, mail_id="m1", provider_message_id="sg-1"),
+            update(Status.DELIVERED, 1005.0, mail_id="m2"),
+            update(Status.SENT, 1004.0, mail_id="m2"),
+        ]
+    )
+    first = await store.get("m1")
+    assert first is not None
+    assert (first.status, first.reason, first.provider_message_id) == (Status.SENT, None, "sg-1")
+    assert await status_of(store, "m2") is Status.DELIVERED
+
+
 async def test_apply_empty_batch(store: Store) -> None:
     """An empty batch is accepted and changes nothing."""
     await store.add(mail())
@@ -383,6 +406,16 @@ async def test_transition_results(store: Store) -> None:
     record = await store.get("m1")
     assert record is not None
     assert (record.status, record.reason, record.updated_at) == (Status.FAILED, "gave up", 1003.0)
+
+
+async def test_nothing_moves_a_mail_to_queued_by_hand(store: Store) -> None:
+    """transition() to queued changes nothing, a scheduled mail's included (release_scheduled
+    and retry make mails queued): it reports where the mail stands."""
+    await store.add(mail("later", send_at=9000.0))
+    assert await store.transition("later", Status.QUEUED, 1001.0) == Transition(
+        False, Status.SCHEDULED
+    )
+    assert await status_of(store, "later") is Status.SCHEDULED
 
 
 async def test_transition_unknown_mail(store: Store) -> None:
@@ -474,6 +507,61 @@ async def test_reopen_applies_only_missing_migrations(make_store: MakeStore) -> 
             assert await newer.load("m1") == (mail(), Status.QUEUED)
 
 
+@write
+def _plant(d: Dialect, planted: Mail, entry: bool) -> Steps[None]:
+    """A ``sending`` mail, one attempt and (from version 2 on) its outbox entry, in the
+    columns of schema version 1: what a database of any version can hold."""
+    yield Statement(
+        f"INSERT INTO mails (id, status, payload, created_at, updated_at) VALUES ({d.marks(5)})",
+        (planted.id, "sending", encode(planted).decode(), planted.created_at, 1001.0),
+    )
+    yield Statement(
+        "INSERT INTO attempts (mail_id, provider, round, at, outcome, reason) "
+        f"VALUES ({d.marks(6)})",
+        (planted.id, "sendgrid", 0, 1001.0, "transient", "503"),
+    )
+    if entry:
+        yield Statement(
+            f"INSERT INTO outbox (mail_id, accepted_at) VALUES ({d.marks(2)})",
+            (planted.id, planted.created_at),
+        )
+
+
+@pytest.mark.parametrize("version", range(1, len(SQLITE_MIGRATIONS)))
+async def test_a_database_of_an_older_schema_upgrades_and_keeps_its_data(
+    make_store: MakeStore, version: int
+) -> None:
+    """A database made with the first N migrations opens at the latest version with its
+    mail, attempt and outbox entry intact, and every operation works on them."""
+    old = mail("old", created_at=1000.0)
+    async with make_store(upto=version) as older:
+        assert isinstance(older, Versioned) and isinstance(older, Engine)
+        assert await older.schema_version() == version
+        await older.run(_plant, old, version >= 2)
+
+    async with make_store() as store:
+        assert isinstance(store, Versioned)
+        assert await store.schema_version() == len(store.migrations) > version
+        transient = Attempt("sendgrid", 0, 1001.0, Outcome.TRANSIENT, "503")
+        assert await store.get("old") == MailRecord(
+            old, Status.SENDING, 1001.0, attempts=(transient,)
+        )
+        if version >= 2:
+            assert [(e.mail_id, e.accepted_at, e.round) for e in await claim_all(store)] == [
+                ("old", 1000.0, 0)
+            ]
+        begun = await store.begin_attempt("old", "mailgun", 1, 1003.0, 0.0)
+        assert begun is not None and begun.attempt_id is not None
+        done = Attempt("mailgun", 1, 1003.0, Outcome.ACCEPTED, None, "mg-1", id=begun.attempt_id)
+        await store.apply(
+            [StatusUpdate("old", Status.SENT, 1004.0, "mailgun", "mg-1", attempt=done)]
+        )
+        assert await store.add(mail("new", created_at=1005.0, tenant="t")) == "new"
+        assert await status_of(store, "old") is Status.SENT
+        assert await store.mail_for_message("mg-1") == "old"
+        assert [m.id for m in await store.list_mails(MailQuery(tenant="t", limit=10))] == ["new"]
+
+
 def test_both_dialects_have_the_same_numbered_migrations() -> None:
     """Migration N exists for SQLite and for MySQL, under one name, read as package data."""
     folder = resources.files("mailman.store.migrations")
@@ -500,6 +588,47 @@ def test_migrations_must_be_numbered_from_one_without_gaps(tmp_path: Path) -> No
     (tmp_path / "sqlite" / "0001_again.sql").write_text("CREATE TABLE b (x INTEGER);")
     with pytest.raises(RuntimeError, match="two sqlite migrations numbered 1"):
         migrations.scripts("sqlite", tmp_path)
+
+
+def _store_imports() -> dict[str, set[str]]:
+    """Which modules of ``mailman.store`` each of its modules imports (anywhere in it)."""
+    package = Path(__file__).resolve().parent.parent / "mailman" / "store"
+    files = {p.stem: p for p in package.glob("*.py")}
+    files["migrations"] = package / "migrations" / "__init__.py"
+    imports: dict[str, set[str]] = {}
+    for name, path in files.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = node.module or ""
+            if node.level == 0 and module.startswith("mailman.store"):
+                module = module.removeprefix("mailman.store").lstrip(".")
+            elif node.level != 1:
+                continue
+            if module:
+                found.add(module.split(".")[0])
+            else:  # a submodule, or a name of the package itself
+                found.update(a.name if a.name in files else "__init__" for a in node.names)
+        imports[name] = found & (set(files) - {name})
+    return imports
+
+
+def test_the_store_modules_import_no_circle() -> None:
+    """No module of the store imports one that imports it back; the concern modules and the
+    interfaces import no driver (only ``open_store``, in the package, picks one)."""
+    imports = _store_imports()
+    drivers = {"sqlite", "mysql"}
+    assert {name for name, found in imports.items() if found & drivers} == {"__init__"}
+
+    def reaches(start: str, seen: frozenset[str]) -> None:
+        for module in imports[start]:
+            assert module not in seen, f"import circle: {' -> '.join(seen)} -> {module}"
+            reaches(module, seen | {module})
+
+    for module in imports:
+        if module != "__init__":  # importing a submodule runs the package first, by design
+            reaches(module, frozenset({module}))
 
 
 # --- concurrency ---------------------------------------------------------------------
