@@ -350,8 +350,8 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
         outcomes.append(mail.id)
         fresh.setdefault(mail.id, mail)  # a repeated add inserts neither the mail nor an entry
     stored = yield from _insert_new(d, list(fresh.values()))
-    now = [m for m in stored if m.send_at is None]  # scheduled ones wait for their time
-    for chunk in chunks(now):
+    entering = [m for m in stored if m.send_at is None]  # scheduled ones wait for their time
+    for chunk in chunks(entering):
         yield Statement(
             outbox.entries(d, len(chunk)), [v for m in chunk for v in (m.id, m.created_at)]
         )
@@ -386,7 +386,7 @@ def listing(d: Dialect, query: MailQuery) -> Steps[list[MailSummary]]:
 
 
 @write
-def move(
+def move_one(
     d: Dialect, mail_id: str, status: Status, at: float, reason: str | None
 ) -> Steps[Transition | None]:
     current = (yield from moves.statuses(d, [mail_id])).get(mail_id)
@@ -499,7 +499,7 @@ class SqlMails(Mails, Engine):
     ) -> Transition | None:
         if not self.dialect.holds_id(mail_id):
             return None
-        return await self.run(move, mail_id, status, at, reason)
+        return await self.run(move_one, mail_id, status, at, reason)
 
     async def unfinished(self) -> list[Pending]:
         return await self.run(unfinished)
