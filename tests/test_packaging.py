@@ -76,6 +76,17 @@ def test_the_wheel_carries_the_dashboard_files(wheel: Path) -> None:
     assert [f for f in files if f not in names] == []
 
 
+def test_the_wheel_carries_the_store_migrations(wheel: Path) -> None:
+    """Every migration script of the store (``mailman/store/migrations/<dialect>/*.sql``,
+    package data) is in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scripts = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "mailman/store/migrations").rglob("*.sql")
+    )
+    assert {script.split("/")[3] for script in scripts} == {"sqlite", "mysql"}
+    assert [script for script in scripts if script not in names] == []
+
+
 def _fresh_venv(where: Path, wheel: Path) -> Path:
     """A new virtual environment with the wheel installed; its python.
 

@@ -1,35 +1,59 @@
 """The store: where accepted mails, their status and their attempts live.
 
-``base`` is the interface every database implements; ``sql`` the SQL and
-row handling that SQLite and MySQL share; ``sqlite`` and ``mysql`` the two
-implementations. ``open_store`` picks one by URL.
+One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
+``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
+``figures``): its interface, records, SQL and operations, written once for both
+databases (``dialect``, ``operation``). ``base.Store`` is all of them in one;
+``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
+schema of each. ``open_store`` picks a driver by URL.
 """
 
 from .base import (
-    KEY_COLUMNS,
     ApiKey,
     Begun,
     BreakerState,
     CallbackDue,
     DeadLetter,
     EventResult,
+    FailedAttempt,
+    FailedMail,
+    Failures,
     Idempotency,
     IdempotencyMismatch,
     MailQuery,
     MailRecord,
     MailSummary,
     MailTooLarge,
+    MetricsSnapshot,
+    MinuteCount,
     OutboxEntry,
     Pending,
     RateDecision,
     Store,
     StoreUnavailable,
     Transition,
-    api_key_from_row,
-    bucket_step,
-    list_filter,
-    open_store,
 )
+from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
+from .mails import list_filter
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names: ``sqlite:///path/to.db`` (``sqlite://`` alone: in memory),
+    ``mysql://user:password@host:3306/database``. A driver is imported when first named."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"store URL {url!r} has no scheme (expected sqlite:///path)")
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        path = rest[1:] if rest.startswith("/") else rest
+        return SQLiteStore(path or ":memory:")
+    if scheme == "mysql":
+        from .mysql import MySQLStore
+
+        return MySQLStore.from_url(url)
+    raise ValueError(f"unsupported store {scheme!r} (expected sqlite:///path or mysql://...)")
+
 
 __all__ = [
     "KEY_COLUMNS",
@@ -39,12 +63,17 @@ __all__ = [
     "CallbackDue",
     "DeadLetter",
     "EventResult",
+    "FailedAttempt",
+    "FailedMail",
+    "Failures",
     "Idempotency",
     "IdempotencyMismatch",
     "MailQuery",
     "MailRecord",
     "MailSummary",
     "MailTooLarge",
+    "MetricsSnapshot",
+    "MinuteCount",
     "OutboxEntry",
     "Pending",
     "RateDecision",

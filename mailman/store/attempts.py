@@ -1,0 +1,301 @@
+"""Attempts: each try of a mail with a provider, recorded ``pending`` before the call
+(``begin_attempt``) and finished with its outcome after it (``apply``), which also
+records the status moves the senders report."""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mailman.core.messages import StatusUpdate, decode
+from mailman.core.model import Attempt, Check, Mail, Outcome, Status
+
+from . import callbacks, moves
+from .dialect import Dialect
+from .moves import MOVE_ORDER, UNFINISHED
+from .operation import Engine, Statement, Steps, write, write_batch
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """What ``begin_attempt`` found and did.
+
+    ``attempt_id`` is set when an attempt was recorded as ``pending`` (the
+    caller may now call the provider). Otherwise ``why`` says what stopped it:
+    ``final`` (the mail is ``sent`` or ``failed``), ``busy`` (another attempt
+    is in flight and not stale), ``unchecked`` (``unknown`` attempts wait to
+    be checked with their providers first: ``unknown`` holds them) or
+    ``scheduled`` (its ``send_at`` has not come: the sweeper releases it).
+    """
+
+    mail: Mail
+    status: Status
+    attempt_id: int | None = None
+    why: str | None = None
+    unknown: tuple[Attempt, ...] = ()
+
+
+class Attempts(abc.ABC):
+    """Attempts and the status moves the senders report."""
+
+    @abc.abstractmethod
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        """Record an attempt with ``provider`` as ``pending`` before the call, if it may be made.
+
+        One transaction. ``pending`` attempts of the mail that started before
+        ``stale_before`` become ``unknown`` (their call outlived its process or
+        its time). No attempt is recorded if the mail is final, another attempt
+        is still pending, or ``unknown`` attempts are not checked yet (see
+        ``Begun``). Otherwise the mail is ``sending``, due now. None if unknown.
+        """
+
+    @abc.abstractmethod
+    async def apply(self, updates: Sequence[StatusUpdate]) -> None:
+        """Record attempts and guarded status moves, all in one transaction.
+
+        A move not allowed by ``ALLOWED_FROM`` is skipped (never an error); an
+        attempt already recorded is not recorded twice. Updates for unknown
+        mails are ignored. The moves are made in ``MOVE_ORDER``, so a ``sending``
+        and a ``sent`` for one mail in the same call end ``sent``.
+        """
+
+
+#: Why a ``pending`` attempt became ``unknown``.
+STALE_REASON = "no answer recorded: the call outlived its process or its time"
+#: A time after every attempt (both databases bind it; infinity MySQL cannot).
+FOREVER = 1e18
+
+# --- SQL ---------------------------------------------------------------------------------
+
+#: The columns ``attempt_from_row`` reads, in its order.
+ATTEMPT_COLUMNS = "provider, round, at, outcome, reason, message_id, id, checked"
+
+
+@functools.cache
+def history(d: Dialect) -> str:
+    """A mail's attempts, oldest first (parameter: mail id)."""
+    return f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {d.mark} ORDER BY at, id"
+
+
+@functools.cache
+def next_round(d: Dialect) -> str:
+    """The round after a mail's last attempt (parameter: mail id)."""
+    return f"SELECT COALESCE(MAX(round), -1) + 1 FROM attempts WHERE mail_id = {d.mark}"
+
+
+@functools.cache
+def _insert(d: Dialect) -> str:
+    """Records an attempt once (a replayed update finds it there)."""
+    return d.insert_once(
+        "attempts",
+        "mail_id, provider, round, at, outcome, reason, message_id",
+        d.rows(1, 7),
+        key="id",
+    )
+
+
+@functools.cache
+def _finish(d: Dialect) -> str:
+    """An attempt recorded before its call gets its outcome (parameters: ``finish_values``)."""
+    m = d.mark
+    return (
+        f"UPDATE attempts SET outcome = {m}, reason = {m}, "
+        f"message_id = COALESCE({m}, message_id), checked = COALESCE({m}, checked) "
+        f"WHERE id = {m} AND mail_id = {m}"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _stale_of(d: Dialect, count: int) -> str:
+    """Pending attempts that went stale become unknown (parameters: reason, ids)."""
+    return (
+        f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {d.mark} "
+        f"WHERE id IN ({d.marks(count)}) AND outcome = '{Outcome.PENDING.value}'"
+    )
+
+
+@functools.cache
+def stale(d: Dialect) -> str:
+    """Every pending attempt started before a time becomes unknown (reason, before)."""
+    m = d.mark
+    return (
+        f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
+        f"WHERE outcome = '{Outcome.PENDING.value}' AND at < {m}"
+    )
+
+
+@functools.cache
+def _mail(d: Dialect) -> str:
+    """The mail and its status (on MySQL locked: two begins for one mail take turns)."""
+    return f"SELECT payload, status FROM mails WHERE id = {d.mark}{d.row_lock}"
+
+
+@functools.cache
+def _open(d: Dialect) -> str:
+    """A mail's attempts still in flight (pending) or not yet checked (unknown)."""
+    return (
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {d.mark} "
+        f"AND (outcome = '{Outcome.PENDING.value}' "
+        f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL)) ORDER BY at, id"
+    )
+
+
+@functools.cache
+def _insert_pending(d: Dialect) -> str:
+    return (
+        "INSERT INTO attempts (mail_id, provider, round, at, outcome) "
+        f"VALUES ({d.marks(4)}, '{Outcome.PENDING.value}')"
+    )
+
+
+@functools.cache
+def _sending(d: Dialect) -> str:
+    """The mail is ``sending`` and due now (parameters: at, at, mail id, ``UNFINISHED``)."""
+    m = d.mark
+    return (
+        f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {m}, due_at = {m} "
+        f"WHERE id = {m} AND status IN ({d.marks(len(UNFINISHED))})"
+    )
+
+
+def attempt_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
+    return (
+        mail_id,
+        attempt.provider,
+        attempt.round,
+        attempt.at,
+        attempt.outcome.value,
+        attempt.reason,
+        attempt.message_id,
+    )
+
+
+def finish_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
+    """Parameters of ``_finish`` (``attempt.id`` is set)."""
+    return (
+        attempt.outcome.value,
+        attempt.reason,
+        attempt.message_id,
+        None if attempt.checked is None else attempt.checked.value,
+        attempt.id,
+        mail_id,
+    )
+
+
+def attempt_from_row(row: Sequence[Any]) -> Attempt:
+    provider, round_, at, outcome, reason, message_id, attempt_id, checked = row
+    return Attempt(
+        provider=provider,
+        round=round_,
+        at=at,
+        outcome=Outcome(outcome),
+        reason=reason,
+        message_id=message_id,
+        id=int(attempt_id),
+        checked=None if checked is None else Check(checked),
+    )
+
+
+def begin_verdict(
+    mail: Mail, status: Status, open_attempts: list[Attempt], stale_before: float
+) -> tuple[Begun | None, list[int]]:
+    """What ``begin_attempt`` decides from a mail's open attempts (``_open``): a ``Begun``
+    that refuses (None: record the attempt), and the ids of pending attempts that went
+    stale (to be made ``unknown``)."""
+    stale = [a for a in open_attempts if a.outcome is Outcome.PENDING and a.at < stale_before]
+    if any(a.outcome is Outcome.PENDING and a.at >= stale_before for a in open_attempts):
+        return Begun(mail, status, why="busy"), [a.id for a in stale if a.id is not None]
+    unknown = tuple(
+        replace(a, outcome=Outcome.UNKNOWN, reason=STALE_REASON) if a in stale else a
+        for a in open_attempts
+    )
+    if unknown:
+        return Begun(mail, status, why="unchecked", unknown=unknown), [
+            a.id for a in stale if a.id is not None
+        ]
+    return None, []
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+@write
+def begin(
+    d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+) -> Steps[Begun | None]:
+    row = (yield Statement(_mail(d), (mail_id,))).fetchone()
+    if row is None:
+        return None
+    mail, status = decode(Mail, row[0]), Status(row[1])
+    if status.terminal:
+        return Begun(mail, status, why="final")
+    if status is Status.SCHEDULED:  # not before its time (the sweeper releases it)
+        return Begun(mail, status, why="scheduled")
+    cur = yield Statement(_open(d), (mail_id,))
+    attempts = [attempt_from_row(r) for r in cur.fetchall()]
+    if attempts:
+        refused, stale_ids = begin_verdict(mail, status, attempts, stale_before)
+        if stale_ids:
+            yield Statement(_stale_of(d, len(stale_ids)), (STALE_REASON, *stale_ids))
+        if refused is not None:
+            return refused
+    cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
+    attempt_id = cur.lastrowid
+    yield Statement(_sending(d), (at, at, mail_id, *UNFINISHED))
+    if mail.callback_url is not None:
+        yield from callbacks.queue(d, [mail_id])
+    return Begun(mail, Status.SENDING, attempt_id=attempt_id)
+
+
+@write_batch
+def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]]:
+    """Every call's updates in one go; those for mails not there change nothing."""
+    updates = [u for batch in batches for u in batch if d.holds_id(u.mail_id)]
+    if not d.one_writer:
+        # Lock every mail of the batch up front, in id order: concurrent batches
+        # then queue behind each other instead of deadlocking.
+        known = yield from moves.statuses(d, sorted({u.mail_id for u in updates}))
+        updates = [u for u in updates if u.mail_id in known]
+    new = [u for u in updates if u.attempt is not None and u.attempt.id is None]
+    if new and d.one_writer:
+        # A finish or a move of a mail not there changes nothing, but a new attempt
+        # needs its mail (the foreign key). (Most batches have none: the senders
+        # record their attempts with ``begin_attempt``.)
+        known = yield from moves.statuses(d, sorted({u.mail_id for u in new}))
+        new = [u for u in new if u.mail_id in known]
+    if new:
+        rows = [attempt_values(u.mail_id, u.attempt) for u in new if u.attempt is not None]
+        yield Statement(_insert(d), rows, many=True)
+    finished = [
+        finish_values(u.mail_id, u.attempt)
+        for u in updates
+        if u.attempt is not None and u.attempt.id is not None
+    ]
+    if finished:
+        yield Statement(_finish(d), finished, many=True)
+    # Moves in the order they can follow each other; a move that is not
+    # allowed from the status reached is skipped, as one by one.
+    for status, group in moves.moves_in_order(updates):
+        yield Statement(moves.move(d, status), [moves.move_values(u) for u in group], many=True)
+    yield from callbacks.queue(d, [u.mail_id for u in updates if u.status in MOVE_ORDER])
+    return [None] * len(batches)
+
+
+class SqlAttempts(Attempts, Engine):
+    """``Attempts`` on a driver."""
+
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        if not self.dialect.holds_id(mail_id):
+            return None
+        return await self.run(begin, mail_id, provider, round_, at, stale_before)
+
+    async def apply(self, updates: Sequence[StatusUpdate]) -> None:
+        if updates:
+            await self.run_batched(apply, list(updates))

@@ -1,0 +1,113 @@
+"""What differs between SQLite and MySQL in the statements themselves.
+
+The concern modules (``mails``, ``attempts``...) write each statement once, with
+the dialect's placeholder, locks and the few clauses the two databases spell
+differently taken from here. Where the two differ in more than spelling (who else
+may write at the same time), the concern module keeps both halves side by side,
+choosing by ``Dialect.one_writer``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Ids per ``IN (...)`` list, and rows per multi-row ``INSERT``: far below
+#: either database's limit on bound parameters.
+CHUNK = 500
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, eq=False)
+class Dialect:
+    """One database's SQL. Compared (and hashed) by identity: there are two, ``SQLITE``
+    and ``MYSQL``."""
+
+    name: str
+    #: The driver's placeholder.
+    mark: str
+    #: SQLite: one writer at a time holds the whole database (``BEGIN IMMEDIATE``), so
+    #: what a transaction read stays true until it commits and no row needs a lock.
+    #: MySQL: several writers at once; a transaction locks the rows it changes next.
+    one_writer: bool
+    #: Appended to a claim's SELECT (MySQL: lock the rows, skip the locked).
+    claim_lock: str = ""
+    #: Appended to a SELECT of rows the transaction changes next (MySQL: lock them).
+    row_lock: str = ""
+    #: The larger of two values (SQLite's scalar ``MAX``, MySQL's ``GREATEST``).
+    greatest: str = "MAX"
+    #: The start of an attempt's minute (unix seconds; ``at`` is never negative).
+    minute: str = "CAST(at / 60 AS INTEGER) * 60"
+    #: The longest mail id the store can hold (MySQL: ``VARCHAR(64)``); None: any.
+    id_max: int | None = None
+    #: MySQL: a statement larger than the server's ``max_allowed_packet`` drops the
+    #: connection, so a large mail is measured first (``mails.MailTooLarge``).
+    packet_limited: bool = False
+    #: MySQL spells "insert unless the key is there" ``ON DUPLICATE KEY UPDATE``.
+    on_duplicate_key: bool = False
+
+    def marks(self, count: int) -> str:
+        """``count`` placeholders, comma separated."""
+        return _marks(self, count)
+
+    def rows(self, count: int, width: int) -> str:
+        """``count`` parenthesised rows of ``width`` placeholders (a multi-row VALUES)."""
+        return _rows(self, count, width)
+
+    def insert_once(self, table: str, columns: str, values: str, key: str) -> str:
+        """An INSERT that does nothing for a row whose unique key is there already: its
+        row count is 1 if it inserted, 0 if not. (MySQL: ``ON DUPLICATE KEY UPDATE`` a
+        column to itself, not ``INSERT IGNORE``: aiomysql turns the warning that one
+        raises, "Duplicate entry", into a Python warning.)"""
+        if not self.on_duplicate_key:
+            return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES {values}"
+        return (
+            f"INSERT INTO {table} ({columns}) VALUES {values} ON DUPLICATE KEY UPDATE {key} = {key}"
+        )
+
+    def holds_id(self, mail_id: str) -> bool:
+        """Whether ``mail_id`` is an id the store can hold exactly. MySQL compares ids with
+        ``utf8mb4_bin``, which pads trailing spaces, in a ``VARCHAR(64)``: a longer id, one
+        ending in a space or not encodable is none it has (lookups answer None)."""
+        if self.id_max is None:
+            return True
+        if not mail_id or len(mail_id) > self.id_max or mail_id.endswith(" "):
+            return False
+        try:
+            mail_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            return False
+        return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _marks(dialect: Dialect, count: int) -> str:
+    return ", ".join([dialect.mark] * count)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rows(dialect: Dialect, count: int, width: int) -> str:
+    row = f"({_marks(dialect, width)})"
+    return ", ".join([row] * count)
+
+
+SQLITE = Dialect(name="sqlite", mark="?", one_writer=True)
+MYSQL = Dialect(
+    name="mysql",
+    mark="%s",
+    one_writer=False,
+    claim_lock=" FOR UPDATE SKIP LOCKED",
+    row_lock=" FOR UPDATE",
+    greatest="GREATEST",
+    minute="FLOOR(at / 60) * 60",
+    id_max=64,
+    packet_limited=True,
+    on_duplicate_key=True,
+)

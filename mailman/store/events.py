@@ -1,0 +1,139 @@
+"""Delivery events: what providers report after taking a mail (their webhooks), kept in
+the mail's history; a delivery or a bounce moves the mail on."""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from mailman.core.model import DeliveryEvent, EventKind, Status
+
+from . import callbacks, moves
+from .dialect import Dialect
+from .operation import Engine, Statement, Steps, read, write
+
+
+class EventResult(StrEnum):
+    """What ``record_events`` did with one event."""
+
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"  # the provider sent it before: kept once
+    UNKNOWN_MAIL = "unknown-mail"  # no such mail here: not kept
+
+
+class Events(abc.ABC):
+    """Provider events about mails."""
+
+    @abc.abstractmethod
+    async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
+        """Keep provider events in their mails' histories, in one transaction.
+
+        An event whose (provider, dedupe) is already kept is a duplicate; one for
+        a mail this store does not have is not kept. A new event that moves its
+        mail (``DeliveryEvent.moves_to``) makes a guarded move, so events that
+        arrive out of order never move a mail backwards.
+        """
+
+    @abc.abstractmethod
+    async def mail_for_message(self, provider_message_id: str) -> str | None:
+        """The id of the mail a provider accepted under ``provider_message_id``, if any."""
+
+
+# --- SQL ---------------------------------------------------------------------------------
+
+#: An event's columns, in ``event_values`` and ``event_from_row`` order.
+EVENT_COLUMNS = "mail_id, provider, kind, at, dedupe, bounce, reason, recipient"
+
+
+@functools.cache
+def history(d: Dialect) -> str:
+    """A mail's events, oldest first (parameter: mail id)."""
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE mail_id = {d.mark} ORDER BY at, id"
+
+
+@functools.cache
+def _insert(d: Dialect) -> str:
+    return d.insert_once("events", EVENT_COLUMNS, d.rows(1, 8), key="id")
+
+
+@functools.cache
+def _mail_for_message(d: Dialect) -> str:
+    """The mail a provider message id names: as recorded on the mail, or on an attempt
+    (a delivery event can move a mail on before the sender's ``sent`` is recorded)."""
+    m = d.mark
+    return (
+        f"SELECT id FROM mails WHERE provider_message_id = {m} "
+        f"UNION SELECT mail_id FROM attempts WHERE message_id = {m} LIMIT 1"
+    )
+
+
+def event_values(event: DeliveryEvent) -> tuple[object, ...]:
+    """An event's row, in ``EVENT_COLUMNS`` order."""
+    return (
+        event.mail_id,
+        event.provider,
+        event.kind.value,
+        event.at,
+        event.dedupe,
+        event.bounce,
+        event.reason,
+        event.recipient,
+    )
+
+
+def event_move_values(event: DeliveryEvent, status: Status) -> tuple[object, ...]:
+    """Parameters of ``moves.move`` for the move an event makes (a bounce keeps its reason)."""
+    reason = event.reason if status is Status.BOUNCED else None
+    return (status.value, event.at, event.provider, None, reason, event.at, event.mail_id)
+
+
+def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
+    mail_id, provider, kind, at, dedupe, bounce, reason, recipient = row
+    return DeliveryEvent(mail_id, provider, EventKind(kind), at, dedupe, bounce, reason, recipient)
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+@write
+def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventResult]]:
+    """The events' mails are read first (on MySQL locked, in id order)."""
+    ids = sorted({e.mail_id for e in events if d.holds_id(e.mail_id)})
+    known = yield from moves.statuses(d, ids)
+    results: list[EventResult] = []
+    for event in events:
+        if event.mail_id not in known:
+            results.append(EventResult.UNKNOWN_MAIL)
+            continue
+        if (yield Statement(_insert(d), event_values(event))).rowcount != 1:
+            results.append(EventResult.DUPLICATE)
+            continue
+        results.append(EventResult.RECORDED)
+        status = event.moves_to
+        if status is not None:
+            yield Statement(moves.move(d, status), event_move_values(event, status))
+    yield from callbacks.queue(
+        d, [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
+    )
+    return results
+
+
+@read
+def mail_for(d: Dialect, provider_message_id: str) -> Steps[str | None]:
+    row = (yield Statement(_mail_for_message(d), (provider_message_id,) * 2)).fetchone()
+    return None if row is None else str(row[0])
+
+
+class SqlEvents(Events, Engine):
+    """``Events`` on a driver."""
+
+    async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
+        if not events:
+            return []
+        return await self.run(record, tuple(events))
+
+    async def mail_for_message(self, provider_message_id: str) -> str | None:
+        return await self.run(mail_for, provider_message_id)

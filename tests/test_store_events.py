@@ -1,0 +1,87 @@
+"""Delivery events: kept once, moving mails on, never backwards.
+
+Part of the store contract (``test_store``): each test runs on every backend.
+"""
+
+from __future__ import annotations
+
+from mailman.core.messages import StatusUpdate
+from mailman.core.model import Attempt, EventKind, Outcome, Status
+from mailman.store import (
+    EventResult,
+    Store,
+)
+
+from . import test_store as contract
+from .test_store import event, mail, status_of, update
+
+# The contract's fixtures: every test here runs on SQLite and on a fresh MySQL database.
+make_store, store = contract.make_store, contract.store
+mysql_server, mysql_url = contract.mysql_server, contract.mysql_url
+
+
+async def test_delivery_events_are_kept_once_and_move_the_status(store: Store) -> None:
+    """record_events() keeps each event once (by provider and dedupe), moves a sent mail to
+    delivered, and ignores events for unknown mails."""
+    await store.add(mail())
+    await store.apply(
+        [update(Status.SENT, 1500.0, outcome=Outcome.ACCEPTED, provider_message_id="sg-1")]
+    )
+    results = await store.record_events(
+        [
+            event(EventKind.DELIVERED, 1600.0, "e1", recipient="to@example.com"),
+            event(EventKind.DELIVERED, 1600.0, "e1"),
+            event(EventKind.OPENED, 1700.0, "e2"),
+            event(EventKind.DELIVERED, 1600.0, "e3", mail_id="nope"),
+        ]
+    )
+    assert results == [
+        EventResult.RECORDED,
+        EventResult.DUPLICATE,
+        EventResult.RECORDED,
+        EventResult.UNKNOWN_MAIL,
+    ]
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.DELIVERED
+    assert [(e.kind, e.dedupe, e.recipient) for e in record.events] == [
+        (EventKind.DELIVERED, "e1", "to@example.com"),
+        (EventKind.OPENED, "e2", None),
+    ]
+    assert await store.mail_for_message("sg-1") == "m1"
+    assert await store.mail_for_message("sg-2") is None
+
+
+async def test_events_out_of_order_never_move_a_mail_backwards(store: Store) -> None:
+    """A hard bounce after a delivery wins (an asynchronous bounce), a delivery after a bounce
+    does not, a soft bounce moves nothing, and a delivery before the sender's `sent` holds."""
+    await store.add(mail())
+    await store.add(mail("m2"))
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    await store.record_events([event(EventKind.BOUNCED, 1200.0, "s1", bounce="soft")])
+    assert await status_of(store) is Status.SENDING
+    await store.record_events([event(EventKind.DELIVERED, 1300.0, "d1")])
+    await store.apply([update(Status.SENT, 1250.0, outcome=Outcome.ACCEPTED)])  # late record
+    assert await status_of(store) is Status.DELIVERED
+    await store.record_events([event(EventKind.BOUNCED, 1400.0, "b1", bounce="hard", reason="550")])
+    record = await store.get("m1")
+    assert record is not None and record.status is Status.BOUNCED and record.reason == "550"
+    await store.record_events([event(EventKind.DELIVERED, 1500.0, "d2")])
+    assert await status_of(store) is Status.BOUNCED
+    await store.record_events([event(EventKind.DROPPED, 1500.0, "x1", mail_id="m2")])
+    assert await status_of(store, "m2") is Status.BOUNCED
+
+
+async def test_a_delivery_before_the_senders_record_keeps_the_provider_findable(
+    store: Store,
+) -> None:
+    """When a delivery event moves a mail on before the sender's `sent` is recorded, the
+    mail names the event's provider and is found by the message id its attempt recorded."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    await store.record_events([event(EventKind.DELIVERED, 1300.0, "d1")])
+    sent = Attempt("sendgrid", 0, 1250.0, Outcome.ACCEPTED, None, "sg-9")
+    await store.apply([StatusUpdate("m1", Status.SENT, 1250.0, "sendgrid", "sg-9", attempt=sent)])
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider) == (Status.DELIVERED, "sendgrid")
+    assert await store.mail_for_message("sg-9") == "m1"
