@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiomysql
 import pytest
+from structlog.testing import capture_logs
 
 from mailman.core.messages import StatusUpdate, encode
 from mailman.core.model import (
@@ -513,6 +514,53 @@ async def test_mysql_concurrent_first_opens_all_migrate_once(mysql_url: str) -> 
         assert await stores[-1].load("m1") == (mail(), Status.QUEUED)
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_mysql_runs_a_deadlock_victim_again(mysql_url: str) -> None:
+    """A transaction the server rolls back as a deadlock victim is run again to its end, and
+    the retry is logged once as store.deadlock."""
+    store = MySQLStore.from_url(mysql_url)
+    async with store:
+        await store.add(mail("a"))
+        await store.add(mail("b"))
+        parts = urlsplit(mysql_url)
+        other = await aiomysql.connect(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+            db=parts.path.lstrip("/"),
+        )
+        holds_a, holds_b = asyncio.Event(), asyncio.Event()
+        tries = 0
+
+        async def body(cur: Any) -> int:
+            nonlocal tries
+            tries += 1
+            await cur.execute("SELECT id FROM mails WHERE id = 'a' FOR UPDATE")
+            if tries == 1:
+                holds_a.set()
+                await holds_b.wait()
+            await cur.execute("SELECT id FROM mails WHERE id = 'b' FOR UPDATE")
+            return tries
+
+        async def crosswise() -> None:
+            # It writes a row, so the server rolls back the lighter one: the store's.
+            async with other.cursor() as cur:
+                await cur.execute("START TRANSACTION")
+                await cur.execute("UPDATE mails SET updated_at = updated_at + 1 WHERE id = 'b'")
+                holds_b.set()
+                await holds_a.wait()
+                await cur.execute("SELECT id FROM mails WHERE id = 'a' FOR UPDATE")
+            await other.commit()
+
+        try:
+            with capture_logs() as logs:
+                ran, _ = await asyncio.gather(store._run(body), crosswise())
+        finally:
+            other.close()
+    assert ran == 2
+    assert [line["attempt"] for line in logs if line["event"] == "store.deadlock"] == [1]
 
 
 async def test_mysql_password_never_shown(mysql_server: str) -> None:
