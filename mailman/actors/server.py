@@ -57,7 +57,7 @@ class HeaderTimeoutHandler(RequestHandler):
     A request's body is not under this deadline (``read_body`` bounds its
     silences). Bytes of a next request pipelined while one is being handled
     are timed from the first byte that arrives once the connection is idle.
-    tests/test_edge.py pins this behaviour: an aiohttp upgrade that renames
+    tests/integration/test_edge.py pins this behaviour: an aiohttp upgrade that renames
     these internals fails those tests (or mypy) rather than silently dropping
     the deadline.
 
@@ -164,7 +164,7 @@ class HeaderTimeoutRunner(web.AppRunner):
 
     Overrides aiohttp's ``BaseRunner._make_server`` and reuses the stock
     Server's ``_kwargs`` (the protocol's keyword arguments): the smallest hook
-    aiohttp offers for its protocol class; tests/test_edge.py pins it.
+    aiohttp offers for its protocol class; tests/integration/test_edge.py pins it.
     """
 
     __slots__ = ("_bad_request", "_header_timeout")

@@ -1,7 +1,7 @@
 """A mail as an SMTP client sends it (RFC 5322 and MIME) turned into a ``Submission``'s
 values (``core.submission``), so that SMTP takes the same road as every entry point.
 
-Pure: bytes in, the values out, no I/O (``tests/test_mime.py``). Typed where the
+Pure: bytes in, the values out, no I/O (``tests/unit/test_mime.py``). Typed where the
 mail has the thing itself: a file's bytes, a ``datetime``. What is taken, and
 from where:
 

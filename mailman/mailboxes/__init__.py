@@ -3,7 +3,7 @@
 ``base`` is the interface; ``memory`` the bounded in-process queue (actors in
 one process); ``kafka`` a Kafka topic (actors in several processes), imported
 only when a Kafka broker is configured. One contract test suite
-(``tests/test_mailbox.py``) runs against both.
+(``tests/integration/test_mailbox.py``) runs against both.
 """
 
 from .base import Broker, Delivery, Inbox, M, Mailbox

@@ -1,6 +1,6 @@
 """The contract: an OpenAPI 3.1 document for every endpoint, served at ``GET /openapi.json``.
 
-Written by hand next to the routes; ``tests/test_openapi.py`` keeps the two in
+Written by hand next to the routes; ``tests/system/test_openapi.py`` keeps the two in
 step (every route documented, nothing documented that is not routed), and
 schemathesis fuzzes the running service against it in CI.
 """

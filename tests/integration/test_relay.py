@@ -1,0 +1,165 @@
+"""The relay (transactional outbox) and shared provider health, against a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from mailman.actors.breakers import SharedHealth, make_breaker, state_of
+from mailman.actors.relay import BUSY_BATCH, Nudge, Relay
+from mailman.config import RelayConfig
+from mailman.core.messages import Dispatch
+from mailman.core.model import Address, Mail
+from mailman.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
+from mailman.mailboxes.routing import Router
+from mailman.routes import Load
+from mailman.store import Store
+from mailman.store.sqlite import SQLiteStore
+
+from ..conftest import eventually
+
+FAST = RelayConfig(batch=50, interval_seconds=0.01, lease_seconds=5)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with SQLiteStore(str(tmp_path / "mailman.db")) as opened:
+        yield opened
+
+
+def mail(n: int) -> Mail:
+    return Mail(
+        id=f"mail-{n:04d}",
+        sender=Address("a@example.com"),
+        to=(Address("b@example.com"),),
+        subject="s",
+        text="t",
+        created_at=1000.0 + n,
+    )
+
+
+async def drain(box: Mailbox[Dispatch], into: list[str]) -> None:
+    async with box.subscribe() as inbox:
+        while True:
+            delivery = await inbox.get()
+            into.append(delivery.message.mail_id)
+            await delivery.ack()
+
+
+async def test_relay_publishes_committed_mails_once_and_empties_the_outbox(store: Store) -> None:
+    """Two relays on one store hand every committed mail to the first mailbox exactly once."""
+    router = Router(MemoryBroker(), ("sendgrid", "mailgun"))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    relays = [Relay(store=store, router=router, config=FAST, nudge=Nudge()) for _ in range(2)]
+    async with relays[0], relays[1]:
+        for n in range(200):
+            await store.add(mail(n))
+        await eventually(lambda: len(got) >= 200, what="200 mails relayed")
+    # The last batch's entries are removed by the next claim, or when the relay stops.
+    assert await store.claim_outbox("probe", 10, 1, 10**10) == []
+    consumer.cancel()
+    assert sorted(got) == [mail(n).id for n in range(200)]
+    assert relays[0].published + relays[1].published == 200
+
+
+class FlakyMailbox(MemoryMailbox[Dispatch]):
+    """A mailbox whose first ``failures`` publishes fail, like a broker that is down."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("send.sendgrid", Dispatch)
+        self.failures = failures
+
+    async def put_many(self, messages: Iterable[Dispatch]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker unreachable")
+        await super().put_many(messages)
+
+
+class FlakyBroker(MemoryBroker):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self._boxes["send.sendgrid"] = FlakyMailbox(failures)  # type: ignore[assignment]
+
+
+async def test_relay_outlives_a_broker_outage(store: Store) -> None:
+    """A failed publish keeps the mail in the outbox; the relay retries until it goes through."""
+    router = Router(FlakyBroker(failures=3), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    await store.add(mail(1))
+    async with Relay(store=store, router=router, config=FAST, nudge=Nudge()) as relay:
+        await eventually(lambda: got == [mail(1).id], what="the mail relayed after the outage")
+        assert relay.published == 1
+    consumer.cancel()
+
+
+async def test_nudge_wakes_the_relay(store: Store) -> None:
+    """The API's nudge makes an idle relay publish at once, not at its next poll."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    nudge = Nudge()
+    slow = RelayConfig(batch=50, interval_seconds=3600, lease_seconds=5)
+    async with Relay(store=store, router=router, config=slow, nudge=nudge):
+        await store.add(mail(2))
+        await nudge.dispatch(Dispatch(mail(2).id, 0.0))
+        await eventually(lambda: got == [mail(2).id], within=5, what="the nudged relay")
+    consumer.cancel()
+
+
+async def test_relay_puts_accepts_first(store: Store) -> None:
+    """While the API has requests in flight the relay hands on small batches; idle, the rest."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    load = Load()
+    load.enter()  # a request in flight, for as long as the test wants
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    for n in range(300):
+        await store.add(mail(n))
+    # saturated_lag=0: the test's loop is idle, so treat any busy API as a saturated one.
+    relay = Relay(
+        store=store, router=router, config=config, nudge=Nudge(), load=load, saturated_lag=0
+    )
+    async with relay:
+        await eventually(lambda: len(got) >= BUSY_BATCH, what="a first small batch")
+        assert len(got) < 300  # the API is busy: the backlog waits in the outbox
+        load.leave()
+        await eventually(lambda: len(got) == 300, what="the rest once the API is idle")
+    consumer.cancel()
+    assert sorted(got) == [mail(n).id for n in range(300)]
+
+
+async def test_relay_keeps_pace_with_a_busy_api_whose_loop_has_room(store: Store) -> None:
+    """Requests in flight alone do not hold the relay back: steady traffic is not a burst."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    load = Load()
+    load.enter()  # busy for the whole test, but the loop is idle: its timers run on time
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    for n in range(300):
+        await store.add(mail(n))
+    async with Relay(store=store, router=router, config=config, nudge=Nudge(), load=load):
+        await eventually(lambda: len(got) == 300, what="every mail while the API is busy")
+    consumer.cancel()
+
+
+async def test_breaker_state_is_shared_between_processes(store: Store) -> None:
+    """One process opening SendGrid's breaker makes another skip it; closing it is shared too."""
+    first = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    second = make_breaker("sendgrid", fail_max=1, reset_seconds=60)
+    one = SharedHealth(breakers={"sendgrid": first}, store=store, sync_seconds=0.01)
+    two = SharedHealth(breakers={"sendgrid": second}, store=store, sync_seconds=0.01)
+    async with one, two:
+        first.open()
+        await eventually(lambda: state_of(second) == "open", what="the open state shared")
+        assert second.storage.opened_at == first.storage.opened_at
+        first.close()
+        await eventually(lambda: state_of(second) == "closed", what="the closed state shared")
+        assert state_of(first) == "closed"  # applying a remote change echoes nothing back

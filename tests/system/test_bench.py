@@ -1,0 +1,65 @@
+"""The benchmark cannot rot: one quick smoke run of ``python -m bench`` as a real process.
+
+The benchmark itself is not part of the suite (it takes minutes and its
+figures depend on the machine); this runs it with small counts, the aiohttp
+load generator and no scaled figure, and checks what it produced (the
+``--processes`` figures too).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path) -> None:
+    """A quick bench run exits 0, measures every figure with nothing lost and draws the chart."""
+    out = tmp_path / "results"
+    argv = [sys.executable, "-m", "bench", "--quick", "--no-scaled", "--loadgen", "aiohttp"]
+    done = subprocess.run(
+        [*argv, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    results = json.loads((out / "results.json").read_text())
+    figures = results["figures"]
+    measured = ["accept", "end_to_end", "failover", "processes_accept", "processes_end_to_end"]
+    for name in measured:
+        figure = figures[name]
+        assert "error" not in figure, f"{name}: {figure}"
+        assert figure["accepted"] > 0, name
+        assert figure["lost"] == 0, f"{name}: {figure}"
+        assert figure["peak_memory"]["max_kib"] > 0, name
+    for name in measured:
+        if name != "failover":  # CPU per accepted mail, per process and in total
+            usage = figures[name]["cpu"]
+            assert usage["mails"] > 0, name
+            assert usage["total_us_per_mail"] > 0, f"{name}: {usage}"
+            assert set(usage["us_per_mail"]) == set(figures[name]["peak_memory"]["processes"])
+    # The parent and its children, by name.
+    processes = set(figures["processes_accept"]["cpu"]["us_per_mail"])
+    assert {"parent", "worker"} <= processes and len(processes) == 3, processes
+    scaled = [n for n in figures if n.startswith("scaled_")]
+    assert {"scaled_1_accept", "scaled_1_end_to_end", "scaled_4_end_to_end"} <= set(scaled)
+    for name in scaled:
+        assert figures[name] == {"skipped": "--no-scaled"}
+    assert figures["accept"]["reference"]["accepted_rps"] > 0
+    assert figures["accept"]["target_ratio"] == 0.30
+    assert figures["end_to_end"]["target_ratio"] == 0.20
+    assert figures["end_to_end"]["mails_sent"] == figures["end_to_end"]["mails"] > 0
+    assert figures["failover"]["to_mailgun_s"] is not None
+    assert results["lost"] == 0
+    assert set(results["peak_memory"]) == set(measured)
+    assert (out / "bench.png").read_bytes().startswith(PNG_MAGIC)
+    assert "lost (201, never sent)" in done.stdout
+    assert "CPU us/mail" in done.stdout
