@@ -182,9 +182,6 @@ class FieldError:
     field: str
     message: str
 
-    def as_json(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message}
-
 
 @dataclass(frozen=True, slots=True)
 class CallbackRules:

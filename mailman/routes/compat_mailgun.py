@@ -81,6 +81,19 @@ from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
 from .body import read_body
+from .contract import (
+    ACCEPTED_HEADERS,
+    BEARER,
+    IDEMPOTENT_REPLAYED,
+    MAILGUN_BASIC,
+    RATE_HEADERS,
+    Answer,
+    Body,
+    Header,
+    Param,
+    idempotency_key,
+    operation,
+)
 from .errors import (
     IDEMPOTENCY_KEY,
     STORE_RETRY_AFTER_SECONDS,
@@ -91,15 +104,19 @@ from .errors import (
     rate_headers,
     request_id,
 )
-from .mail import IDEMPOTENT_REPLAYED
+from .models.mailgun import (
+    QUEUED,
+    MailgunError,
+    MailgunForm,
+    MailgunMultipartForm,
+    MailgunQueued,
+)
 
 log = get_logger("mailman.http")
 
 routes = web.RouteTableDef()
 
 PATH = "/v3/{domain}/messages"
-#: What Mailgun answers for an accepted message.
-QUEUED = "Queued. Thank you."
 #: The challenge of a 401, as Mailgun sends it.
 CHALLENGE = 'Basic realm="MG API"'
 #: The Basic user Mailgun's clients send; the password is the key.
@@ -563,7 +580,7 @@ async def _principal(request: web.Request) -> Principal:
 
 
 def _json(
-    status: int, body: dict[str, str], headers: Mapping[str, str] | None = None
+    status: int, body: MailgunQueued | MailgunError, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
         status=status,
@@ -573,7 +590,62 @@ def _json(
     )
 
 
+def _error(description: str, *shared: str) -> Answer:
+    """An error answer in Mailgun's shape, ``{"message": ...}``."""
+    return Answer(description, MailgunError, shared=shared)
+
+
 @routes.post(PATH)
+@operation(
+    "mailgunSendMessage",
+    "Mailgun-compatible: send a message as Mailgun's Messages API takes it",
+    description="Change a Mailgun app's base URL to Mailman's and its key to a Mailman key "
+    "(needs `send`). Answers as Mailgun does: 200 with the mail's Message-ID as id (the "
+    'Mailman id is the part before @) and errors as {"message": ...}.',
+    security=({MAILGUN_BASIC: []}, {BEARER: []}),
+    parameters=(
+        Param(
+            "domain",
+            "path",
+            {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"},
+            "Any sending domain: Mailman has none (it is logged)",
+        ),
+        idempotency_key("As for POST /mail/send: a repeat answers the first answer"),
+    ),
+    body=Body({MULTIPART: MailgunMultipartForm, URLENCODED: MailgunForm}),
+    answers={
+        200: Answer(
+            "Queued (or, with o:testmode=yes, checked and dropped)",
+            MailgunQueued,
+            headers={
+                "Location": Header("The mail: /mail/{id} (absent in test mode)"),
+                **ACCEPTED_HEADERS,
+            },
+            shared=RATE_HEADERS,
+        ),
+        400: _error(
+            "An invalid message, a field Mailman cannot honour, a form that does not parse, "
+            "a bad Idempotency-Key or one reused with another form"
+        ),
+        401: Answer(
+            "No key, or an unknown or revoked key (Mailgun's plain text)",
+            schema={"const": "Forbidden"},
+            media="text/plain",
+            headers={hdrs.WWW_AUTHENTICATE: Header(schema={"const": CHALLENGE}, required=True)},
+        ),
+        403: _error("The key lacks the send scope"),
+        408: _error("The request body stalled"),
+        409: _error("A request with this Idempotency-Key is still being processed", "Retry-After"),
+        413: _error("The body or the files are too large"),
+        415: _error("Not a form, or an unknown Content-Encoding"),
+        429: _error("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
+        503: _error(
+            "The store does not answer, or the backlog is full; nothing was stored, try "
+            "again after Retry-After",
+            "Retry-After",
+        ),
+    },
+)
 async def send_message(request: web.Request) -> web.Response:
     """Mailgun's ``POST /v3/{domain}/messages``: accept the form as a mail, answer like Mailgun."""
     domain = request.match_info["domain"]

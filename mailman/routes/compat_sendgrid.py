@@ -72,6 +72,17 @@ from mailman.store import StoreUnavailable
 from . import CONFIG, INTAKE
 from .auth import KEYRING
 from .body import read_body
+from .contract import (
+    ACCEPTED_HEADERS,
+    BEARER,
+    IDEMPOTENT_REPLAYED,
+    RATE_HEADERS,
+    Answer,
+    Body,
+    Header,
+    idempotency_key,
+    operation,
+)
 from .errors import (
     IDEMPOTENCY_KEY,
     STORE_RETRY_AFTER_SECONDS,
@@ -84,7 +95,8 @@ from .errors import (
     rate_headers,
     request_id,
 )
-from .mail import IDEMPOTENT_REPLAYED
+from .models.sendgrid import MAX_PERSONALIZATIONS, MAX_UNIX_TIME, SendGridErrors, SendGridMail
+from .models.sendgrid import SendGridError as SendGridErrorJson
 
 log = get_logger("mailman.http")
 
@@ -94,8 +106,6 @@ PATH = "/v3/mail/send"
 MESSAGE_ID_HEADER = "X-Message-Id"
 #: Every mail's id, comma-separated, in personalization order.
 MAIL_IDS_HEADER = "X-Mailman-Ids"
-#: SendGrid's limit on personalizations in one request.
-MAX_PERSONALIZATIONS = 1000
 #: SendGrid's message for a key it does not take.
 GRANT_INVALID = "The provided authorization grant is invalid, expired, or revoked"
 #: SendGrid's message for a request without a key.
@@ -106,8 +116,6 @@ INTERNAL_RETRY_AFTER_SECONDS = 5
 #: The body key that carries the whole request's digest into each mail's idempotency
 #: fingerprint (``parse_mail`` ignores fields it does not know).
 _REQUEST_DIGEST = "sendgrid_request"
-#: The latest unix time a ``send_at`` may name (the end of year 9999).
-_MAX_UNIX_TIME = 253_402_300_799
 
 #: Top-level fields refused, and why: dropping them would send another mail than asked.
 REFUSED: dict[str, str] = {
@@ -168,7 +176,7 @@ class SendGridError:
     message: str
     field: str | None = None
 
-    def as_json(self) -> dict[str, str | None]:
+    def as_json(self) -> SendGridErrorJson:
         return {"message": self.message, "field": self.field, "help": None}
 
 
@@ -203,9 +211,10 @@ class Refusal(Exception):
         return cls(status, [SendGridError(message, field)], headers, reason=reason)
 
     def response(self) -> web.Response:
+        body: SendGridErrors = {"errors": [e.as_json() for e in self.errors]}
         return web.Response(
             status=self.status,
-            body=orjson.dumps({"errors": [e.as_json() for e in self.errors]}),
+            body=orjson.dumps(body),
             content_type="application/json",
             headers=self.headers,
         )
@@ -326,7 +335,7 @@ def _send_at(value: object, path: str, errors: _Errors) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         errors.add(path, "must be a unix time in whole seconds")
         return None
-    if not 0 <= value <= _MAX_UNIX_TIME:
+    if not 0 <= value <= MAX_UNIX_TIME:
         errors.add(path, "must be a unix time from 1970 to 9999")
         return None
     return value
@@ -729,7 +738,73 @@ def _store_down(
     )
 
 
+def _error(description: str, *shared: str) -> Answer:
+    """An error answer in SendGrid's shape, ``{"errors": [{message, field, help}]}``."""
+    return Answer(description, SendGridErrors, shared=shared)
+
+
 @routes.post(PATH)
+@operation(
+    "sendgridMailSend",
+    "SendGrid-compatible: send as SendGrid's v3 Mail Send takes it",
+    description="Point a SendGrid SDK's host at Mailman and give it a Mailman key (needs "
+    "`send`). Each personalization is one mail; all are checked before any is stored. "
+    "Counts one mail per personalization against the key's rate. Answers as SendGrid does: "
+    '202 with X-Message-Id, errors as {"errors": [{"message", "field", "help"}]}.',
+    security=({BEARER: []},),
+    parameters=(
+        idempotency_key(
+            "As for POST /mail/send: a repeat of the same request answers the same mails; "
+            "another request with the key is a 400"
+        ),
+    ),
+    body=Body.json(
+        SendGridMail,
+        example={
+            "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+            "from": {"email": "noreply@example.com", "name": "Shop"},
+            "subject": "Welcome",
+            "content": [{"type": "text/plain", "value": "Hello Ann"}],
+        },
+    ),
+    answers={
+        200: Answer("Sandbox mode: checked, nothing stored or sent (no body)"),
+        202: Answer(
+            "Accepted: one mail per personalization (no body)",
+            headers={
+                MESSAGE_ID_HEADER: Header(
+                    "The (first) mail's Mailman id: GET /mail/{id}", required=True
+                ),
+                MAIL_IDS_HEADER: Header(
+                    "Every mail's id, comma-separated, in order", required=True
+                ),
+                **ACCEPTED_HEADERS,
+            },
+            shared=RATE_HEADERS,
+        ),
+        400: _error(
+            "Invalid fields, a field Mailman cannot honour, malformed JSON, a bad "
+            "Idempotency-Key or one reused with another request; nothing was stored"
+        ),
+        401: _error("No key, or an unknown or revoked key", "WWW-Authenticate"),
+        403: _error("The key lacks the send scope"),
+        405: _error("Any method but POST"),
+        408: _error("The request body stalled"),
+        409: _error("A request with this Idempotency-Key is still being processed", "Retry-After"),
+        413: _error("The body or the attachments are too large"),
+        415: _error("An unknown Content-Encoding"),
+        429: _error(
+            "Over the key's rate limit (one token per personalization)",
+            "Retry-After",
+            *RATE_HEADERS,
+        ),
+        503: _error(
+            "The store does not answer, or the backlog is full; try again after Retry-After "
+            "(X-Mailman-Ids names any mails already stored)",
+            "Retry-After",
+        ),
+    },
+)
 async def sendgrid_send(request: web.Request) -> web.StreamResponse:
     """SendGrid's v3 Mail Send: 202 and ``X-Message-Id``, or SendGrid's error shape."""
     try:
