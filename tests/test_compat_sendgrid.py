@@ -642,3 +642,8 @@ def test_an_address_error_names_the_email_or_the_name(to: dict[str, str], field:
     with pytest.raises(ValidationFailed) as caught:
         parse_mail(draft.body, mail_id="01J", default_subject="(none)", now=0.0)
     assert [draft.path(e.field) for e in caught.value.errors] == [field]
+
+
+def test_a_null_reply_to_list_entry_is_refused_by_name() -> None:
+    """reply_to_list's one entry must be an address: null is refused, not dropped."""
+    assert refusal({**BODY, "reply_to_list": [None]}) == ["reply_to_list.0"]

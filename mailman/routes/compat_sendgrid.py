@@ -444,14 +444,15 @@ def translate(body: object) -> Translation:
     elif (sender := _address(body["from"], "from", errors)) is not None:
         common["from"], addresses["from"] = sender[0], ("from", sender[1])
     reply_to, reply_list = body.get("reply_to"), body.get("reply_to_list")
+    listed = False  # reply_to is reply_to_list's one entry, whatever it is
     if reply_list is not None:
         if reply_to is not None:
             errors.add("reply_to_list", "give reply_to or reply_to_list, not both")
         elif not isinstance(reply_list, list) or len(reply_list) != 1:
             errors.add("reply_to_list", "Mailman keeps one reply-to address: give exactly one")
         else:
-            reply_to = reply_list[0]
-    if reply_to is not None:
+            reply_to, listed = reply_list[0], True
+    if reply_to is not None or listed:
         where = "reply_to" if reply_list is None else "reply_to_list.0"
         if (got := _address(reply_to, where, errors)) is not None:
             common["reply_to"], addresses["reply_to"] = got[0], (where, got[1])
