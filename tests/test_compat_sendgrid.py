@@ -647,3 +647,10 @@ def test_an_address_error_names_the_email_or_the_name(to: dict[str, str], field:
 def test_a_null_reply_to_list_entry_is_refused_by_name() -> None:
     """reply_to_list's one entry must be an address: null is refused, not dropped."""
     assert refusal({**BODY, "reply_to_list": [None]}) == ["reply_to_list.0"]
+
+
+def test_a_whole_number_send_at_is_whole_seconds_however_written() -> None:
+    """A send_at written 1.75e9 is the JSON number 1750000000, whole seconds; 1.5 is not."""
+    (draft,) = translate({**BODY, "send_at": 1.75e9}).drafts
+    assert draft.body["send_at"] == datetime.fromtimestamp(1_750_000_000, UTC)
+    assert refusal({**BODY, "send_at": 1.5}) == ["send_at"]

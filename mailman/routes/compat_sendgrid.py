@@ -332,6 +332,8 @@ def _object(value: object, path: str, errors: _Errors) -> dict[str, Any]:
 
 def _send_at(value: object, path: str, errors: _Errors) -> int | None:
     """A unix ``send_at`` (whole seconds, 1970 to 9999); None if it is not one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 is the JSON number 1: whole seconds
     if isinstance(value, bool) or not isinstance(value, int):
         errors.add(path, "must be a unix time in whole seconds")
         return None
