@@ -654,3 +654,16 @@ def test_a_whole_number_send_at_is_whole_seconds_however_written() -> None:
     (draft,) = translate({**BODY, "send_at": 1.75e9}).drafts
     assert draft.body["send_at"] == datetime.fromtimestamp(1_750_000_000, UTC)
     assert refusal({**BODY, "send_at": 1.5}) == ["send_at"]
+
+
+@pytest.mark.parametrize("disposition", ["left out", None, "attachment", "ATTACHMENT"])
+def test_a_plain_attachments_content_id_is_ignored_in_any_case(disposition: str | None) -> None:
+    """A content_id on a plain attachment (disposition left out, null, or attachment in any
+    case) is ignored, as SendGrid ignores it; the mail is valid."""
+    file: dict[str, Any] = {"content": "QQ==", "filename": "a.txt", "content_id": {"any": 1}}
+    if disposition != "left out":
+        file["disposition"] = disposition
+    (draft,) = translate({**BODY, "attachments": [file]}).drafts
+    assert "content_id" not in draft.body["attachments"][0]
+    mail = parse_mail(draft.body, mail_id="01J", default_subject="(none)", now=0.0)
+    assert mail.attachments[0].content_id is None

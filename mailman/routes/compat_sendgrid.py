@@ -61,7 +61,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
-from mailman.core.model import Mail
+from mailman.core.model import Disposition, Mail
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
@@ -413,7 +413,10 @@ def _attachments(value: object, errors: _Errors) -> list[dict[str, object]] | No
             if key not in _ATTACHMENT_FIELDS:
                 errors.add(f"{where}.{key}", "is not a field of an attachment")
         mapped = {_ATTACHMENT_FIELDS[k]: v for k, v in item.items() if k in _ATTACHMENT_FIELDS}
-        if mapped.get("disposition", "attachment") == "attachment":
+        disposition = mapped.get("disposition")
+        if disposition is None or (
+            isinstance(disposition, str) and disposition.lower() == Disposition.ATTACHMENT
+        ):
             # SendGrid takes (and ignores) a content_id on a plain attachment; Mailman
             # refuses one (Mailgun could not send it), so it is dropped here.
             mapped.pop("content_id", None)
