@@ -80,6 +80,7 @@ from .contract import (
     Answer,
     Body,
     Header,
+    Link,
     idempotency_key,
     operation,
 )
@@ -95,7 +96,14 @@ from .errors import (
     rate_headers,
     request_id,
 )
-from .models.sendgrid import MAX_PERSONALIZATIONS, MAX_UNIX_TIME, SendGridErrors, SendGridMail
+from .models.sendgrid import (
+    MAX_PERSONALIZATIONS,
+    MAX_UNIX_TIME,
+    Personalization,
+    SendGridErrors,
+    SendGridMail,
+    fields_of,
+)
 from .models.sendgrid import SendGridError as SendGridErrorJson
 
 log = get_logger("mailman.http")
@@ -130,27 +138,9 @@ REFUSED_IN_PERSONALIZATION: dict[str, str] = {
     "dynamic_template_data": "needs a template_id, which Mailman cannot render",
     "substitutions": "substitutions need SendGrid's templating, which Mailman does not have",
 }
-#: Top-level fields taken (``tracking_settings`` is taken and ignored).
-KNOWN = frozenset(
-    {
-        "personalizations",
-        "from",
-        "reply_to",
-        "reply_to_list",
-        "subject",
-        "content",
-        "attachments",
-        "categories",
-        "custom_args",
-        "headers",
-        "send_at",
-        "mail_settings",
-        "tracking_settings",
-    }
-)
-PERSONALIZATION_KNOWN = frozenset(
-    {"to", "cc", "bcc", "from", "subject", "headers", "custom_args", "send_at"}
-)
+#: Top-level fields taken (``tracking_settings`` is taken and ignored): the model's.
+KNOWN = fields_of(SendGridMail)
+PERSONALIZATION_KNOWN = fields_of(Personalization)
 #: SendGrid's content types and the Mailman body each becomes.
 _CONTENT_TYPES = {"text/plain": "text", "text/html": "html"}
 #: SendGrid's attachment fields and Mailman's names for them.
@@ -787,6 +777,10 @@ def _error(description: str, *shared: str) -> Answer:
                 **ACCEPTED_HEADERS,
             },
             shared=RATE_HEADERS,
+            links={
+                name: Link(operation_id, {"id": f"$response.header.{MESSAGE_ID_HEADER}"})
+                for name, operation_id in (("ShowMail", "showMail"), ("MailStatus", "mailStatus"))
+            },
         ),
         400: _error(
             "Invalid fields, a field Mailman cannot honour, malformed JSON, a bad "

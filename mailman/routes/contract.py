@@ -128,7 +128,7 @@ def idempotency_key(description: str) -> Param:
     return Param(
         IDEMPOTENCY_KEY,
         "header",
-        {"type": "string", "minLength": 1, "maxLength": 255},
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]*$"},
         description,
     )
 

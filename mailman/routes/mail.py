@@ -192,6 +192,7 @@ UNKNOWN = problem("No such mail (or another tenant's)")
                     ("MailStatus", "mailStatus"),
                     ("MarkSent", "markSent"),
                     ("MarkFailed", "markFailed"),
+                    ("RetryMail", "retryMail"),
                 )
             },
         ),
@@ -308,6 +309,10 @@ def parse_time(raw: str) -> float:
     return value.timestamp()
 
 
+#: The document's format for a cursor: only what a page's ``next`` gave out.
+CURSOR_FORMAT = "cursor"
+
+
 def _encode_cursor(mail_id: str) -> str:
     return base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
 
@@ -346,7 +351,12 @@ def _decode_cursor(cursor: str) -> str | None:
             "query",
             {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
         ),
-        Param("cursor", "query", {"type": "string"}, "From the previous page's `next`; opaque"),
+        Param(
+            "cursor",
+            "query",
+            {"type": "string", "format": CURSOR_FORMAT},
+            "From the previous page's `next`, as it is (opaque): nothing else is a cursor",
+        ),
     ),
     answers={
         200: Answer("A page; `next` is absent on the last one", MailList),

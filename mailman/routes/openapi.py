@@ -17,7 +17,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import hdrs, web
 from pydantic import TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from .auth import scope_of
 from .contract import (
@@ -53,6 +53,13 @@ class _Generator(GenerateJsonSchema):
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
+
+    def default_schema(self, schema: Any) -> JsonSchemaValue:
+        """A field's schema, and its default unless that is null (left out is left out)."""
+        out = super().default_schema(schema)
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
 
 
 class _Schemas:
