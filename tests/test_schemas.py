@@ -3,6 +3,7 @@ a value matches the schema exactly when core.validation accepts it."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from mailman.core import schemas, validation
 from mailman.core.validation import Errors
+
+from .support.schemathesis_hooks import ADDRESSES, CURSORS, MAILBOXES
 
 #: Text as JSON carries it (no lone surrogates), with the characters the rules are about.
 TEXT = st.text(
@@ -89,3 +92,19 @@ def test_a_value_matches_the_schema_exactly_when_the_validation_takes_it(name: s
         assert validator.is_valid(value) == takes(value), value
 
     agree()
+
+
+@settings(max_examples=300, deadline=None)
+@given(MAILBOXES, ADDRESSES)
+def test_the_fuzzing_strategies_make_valid_values(mailbox: str, address: str) -> None:
+    """What the schemathesis hooks generate for mailbox and address the validation takes."""
+    validation.parse_address(mailbox)
+    assert validation.parse_address(address).email.lower() == address.lower()
+
+
+@settings(max_examples=100, deadline=None)
+@given(CURSORS)
+def test_the_fuzzed_cursors_are_cursors(cursor: str) -> None:
+    """What the schemathesis hooks generate for GET /mail's cursor decodes to a mail id."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    assert raw.isalnum() and 0 < len(raw) <= 64
