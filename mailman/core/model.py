@@ -11,9 +11,6 @@ import base64
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-from .clock import iso_time
 
 
 class Status(StrEnum):
@@ -139,18 +136,6 @@ class Attachment:
         """The file's bytes."""
         return base64.b64decode(self.content)
 
-    def as_json(self) -> dict[str, Any]:
-        """The attachment as the API shows it: by name, type and size, never its content."""
-        out: dict[str, Any] = {
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "disposition": self.disposition.value,
-        }
-        if self.content_id is not None:
-            out["content_id"] = self.content_id
-        out["size"] = self.size
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class Mail:
@@ -199,37 +184,6 @@ class Mail:
         says whose it is (RFC 5322's advice for the right-hand side).
         """
         return f"<{self.id}@{self.sender.email.rpartition('@')[2]}>"
-
-    def as_json(self) -> dict[str, Any]:
-        """The submitted mail in the shape the API shows it."""
-        out: dict[str, Any] = {
-            "from": self.sender.as_json(),
-            "to": [a.as_json() for a in self.to],
-            "subject": self.subject,
-        }
-        if self.cc:
-            out["cc"] = [a.as_json() for a in self.cc]
-        if self.bcc:
-            out["bcc"] = [a.as_json() for a in self.bcc]
-        if self.reply_to:
-            out["reply_to"] = self.reply_to.as_json()
-        if self.text is not None:
-            out["text"] = self.text
-        if self.html is not None:
-            out["html"] = self.html
-        if self.callback_url is not None:
-            out["callback_url"] = self.callback_url
-        if self.send_at is not None:
-            out["send_at"] = iso_time(self.send_at)
-        if self.headers:
-            out["headers"] = dict(self.headers)
-        if self.tags:
-            out["tags"] = list(self.tags)
-        if self.metadata:
-            out["metadata"] = dict(self.metadata)
-        if self.attachments:
-            out["attachments"] = [a.as_json() for a in self.attachments]
-        return out
 
 
 @dataclass(frozen=True, slots=True)

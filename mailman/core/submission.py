@@ -36,25 +36,17 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
-from . import validation
+from . import schemas, validation
 from .callbacks import MAX_URL, url_problem
-from .model import Address, Attachment, Disposition, Mail
+from .model import Address, Attachment, Mail
 from .validation import (
     BODY_FIELD,
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
-    MAX_CONTENT_ID,
     MAX_EXTRA_BYTES,
-    MAX_FILENAME,
-    MAX_HEADER_NAME,
-    MAX_HEADER_VALUE,
-    MAX_HEADERS,
-    MAX_METADATA_VALUE,
     MAX_RECIPIENTS,
     MAX_SCHEDULE_SECONDS,
     MAX_SUBJECT,
-    MAX_TAG,
-    MAX_TAGS,
     CallbackRules,
     Errors,
     FieldError,
@@ -259,68 +251,45 @@ def _attachments(value: Any, errors: Errors, run: _Run) -> tuple[Attachment, ...
 
 # --- what the OpenAPI document says of each field ------------------------------------
 
-#: One address, with an optional display name.
-MAILBOX: dict[str, Any] = {
-    "type": "string",
-    "format": "mailbox",
-    "minLength": 3,
-    "maxLength": validation.MAX_NAME + validation.MAX_ADDRESS + 3,
-    "description": "One address, optionally with a display name: `ann@example.com` or "
-    "`Ann <ann@example.com>`. ASCII before the @; an international domain is fine",
-}
-
 
 def _recipients_schema(required: bool, description: str) -> dict[str, Any]:
-    listed = {"type": "array", "items": MAILBOX, "maxItems": MAX_RECIPIENTS}
-    options: list[dict[str, Any]] = [MAILBOX, {**listed, "minItems": 1} if required else listed]
+    listed = {"type": "array", "items": schemas.MAILBOX, "maxItems": MAX_RECIPIENTS}
+    options: list[dict[str, Any]] = [
+        schemas.MAILBOX,
+        {**listed, "minItems": 1} if required else listed,
+    ]
     if not required:
         options.append({"type": "null"})
     return {"anyOf": options, "description": description}
 
 
-def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}], "description": description}
+_nullable = schemas.nullable
 
-
-#: Header text: no control characters (TAB included), no Unicode line separators.
-_HEADER_TEXT = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
-
+#: A file (``validation.attachments``).
 _FILE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "File",
     "required": ["filename", "content"],
     "properties": {
-        "filename": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_FILENAME,
-            "description": "The file's name, no path; non-ASCII is fine",
-        },
-        "content": {
-            "type": "string",
-            "minLength": 1,
-            "pattern": "^[A-Za-z0-9+/]+={0,2}$",
-            "description": "The file's bytes in standard base64, no line breaks",
-        },
-        "content_type": _nullable(
-            {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
-                "[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$",
-            },
-            "type/subtype, no parameters, not multipart/* or message/*; default: guessed "
-            "from the file name",
-        ),
-        "disposition": _nullable(
-            {"type": "string", "enum": [d.value for d in Disposition]},
-            "attachment (the default) or inline",
-        ),
-        "content_id": _nullable(
-            {"type": "string", "minLength": 1, "maxLength": MAX_CONTENT_ID + 2},
-            "Required for an inline file, refused for an attachment: the HTML refers to it "
-            "as cid:<content_id>",
-        ),
+        "filename": schemas.FILENAME,
+        "content": schemas.BASE64,
+        "content_type": _nullable(schemas.CONTENT_TYPE),
+        "disposition": _nullable(schemas.DISPOSITION),
+        "content_id": _nullable(schemas.CONTENT_ID),
     },
+    **schemas.inline_needs_content_id("content_id"),
+}
+
+#: The rules of the mail as a whole: JSON Schema can say a non-empty body, the rest in words.
+_WHOLE: dict[str, Any] = {
+    "description": "A mail to send. At least one non-empty body (content or text, or html); "
+    "content and text equal when both are given; at most "
+    f"{MAX_RECIPIENTS} recipients in to, cc and bcc together; headers, tags and metadata "
+    f"together at most {MAX_EXTRA_BYTES} bytes as Mailgun form fields.",
+    "anyOf": [
+        {"required": [name], "properties": {name: schemas.string(minLength=1)}}
+        for name in ("content", "text", "html")
+    ],
 }
 
 
@@ -333,7 +302,11 @@ class Submission(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="ignore", frozen=True, populate_by_name=True, title="MailSubmission"
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        title="MailSubmission",
+        json_schema_extra=_WHOLE,
     )
 
     to: Annotated[
@@ -350,20 +323,20 @@ class Submission(BaseModel):
     ] = ()
     sender: Annotated[
         Address | None,
-        _Rule(_address("from", required=True), {**MAILBOX, "description": "Who sends it"}),
+        _Rule(_address("from", required=True), {**schemas.MAILBOX, "description": "Who sends it"}),
     ] = Field(alias="from")
     reply_to: Annotated[
         Address | None,
-        _Rule(_address("reply_to", required=False), _nullable(MAILBOX, "Where answers go")),
+        _Rule(
+            _address("reply_to", required=False),
+            _nullable(schemas.MAILBOX, "Where answers go"),
+        ),
     ] = None
     subject: Annotated[
         str | None,
         _Rule(
             _subject,
-            _nullable(
-                {"type": "string", "maxLength": MAX_SUBJECT, "pattern": _HEADER_TEXT},
-                "Missing or empty: MAILMAN_DEFAULT_SUBJECT",
-            ),
+            _nullable(schemas.SUBJECT, "Missing or empty: MAILMAN_DEFAULT_SUBJECT"),
         ),
     ] = None
     content: Annotated[
@@ -406,55 +379,21 @@ class Submission(BaseModel):
         tuple[tuple[str, str], ...],
         _Rule(
             _kept("headers", _headers),
-            _nullable(
-                {
-                    "type": "object",
-                    "maxProperties": MAX_HEADERS,
-                    "propertyNames": {"pattern": "^[Xx]-", "maxLength": MAX_HEADER_NAME},
-                    "additionalProperties": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": MAX_HEADER_VALUE,
-                        "pattern": "^[ -~]*$",
-                    },
-                },
-                "Custom X- headers (not X-SG-, X-SMTPAPI, X-Mailgun-, X-Mailman-)",
-            ),
+            _nullable(schemas.HEADERS, schemas.HEADERS_DESCRIPTION),
         ),
     ] = ()
     tags: Annotated[
         tuple[str, ...],
         _Rule(
             _kept("tags", _tags),
-            _nullable(
-                {
-                    "type": "array",
-                    "maxItems": MAX_TAGS,
-                    "uniqueItems": True,
-                    "items": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": MAX_TAG,
-                        "pattern": "^[ -~]+$",
-                    },
-                },
-                "Tags (SendGrid categories, Mailgun o:tag)",
-            ),
+            _nullable(schemas.TAGS, "Tags (SendGrid categories, Mailgun o:tag)"),
         ),
     ] = ()
     metadata: Annotated[
         tuple[tuple[str, str], ...],
         _Rule(
             _kept("metadata", _metadata),
-            _nullable(
-                {
-                    "type": "object",
-                    "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-                    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-                },
-                "Your own string map (SendGrid custom_args, Mailgun v: variables); mail_id "
-                "and the keys of SendGrid's events are reserved",
-            ),
+            _nullable(schemas.METADATA, schemas.METADATA_DESCRIPTION),
         ),
     ] = ()
     attachments: Annotated[
@@ -647,4 +586,4 @@ def _failed(exc: ValidationError) -> ValidationFailed:
     return ValidationFailed([FieldError(_loc(line["loc"]), line["msg"]) for line in exc.errors()])
 
 
-__all__ = ["FIELDS", "MAILBOX", "Context", "Submission", "parse_mail"]
+__all__ = ["FIELDS", "Context", "Submission", "parse_mail"]

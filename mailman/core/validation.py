@@ -97,7 +97,7 @@ _HEADER_NAME = re.compile(r"[Xx]-[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: SendGrid's own (``X-SG-ID``, ``X-SG-EID``, the ``X-SMTPAPI`` header),
 #: Mailgun's controls (``X-Mailgun-Variables``, ``X-Mailgun-Tag``...), and
 #: Mailman's (``X-Mailman-Id``, ``-Tags``, ``-Metadata``).
-_RESERVED_HEADER_PREFIXES = ("x-sg-", "x-smtpapi", "x-mailgun-", "x-mailman-")
+RESERVED_HEADER_PREFIXES = ("x-sg-", "x-smtpapi", "x-mailgun-", "x-mailman-")
 #: A header value: printable ASCII (what every provider takes as it is).
 _HEADER_VALUE = re.compile(r"[ -~]*")
 #: The most tags: Mailgun's ``o:tag`` limit (SendGrid takes 10 categories).
@@ -182,9 +182,6 @@ class FieldError:
 
     field: str
     message: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +529,7 @@ def header_name_problem(name: str) -> str | None:
             "must be named X-... with letters, digits and -, no spaces or colons "
             "(other headers are set by Mailman or refused by providers)"
         )
-    if name.lower().startswith(_RESERVED_HEADER_PREFIXES):
+    if name.lower().startswith(RESERVED_HEADER_PREFIXES):
         return "is reserved by a provider or by Mailman (X-SG-, X-SMTPAPI, X-Mailgun-, X-Mailman-)"
     return None
 
@@ -650,7 +647,7 @@ _CONTENT_TYPE = re.compile(
 )
 #: Types that cannot travel as a base64 file: multipart bodies are built by
 #: Mailman, and RFC 2046 allows no base64 for a ``message/*`` part.
-_UNSENDABLE_TYPES = ("multipart/", "message/")
+UNSENDABLE_TYPES = ("multipart/", "message/")
 #: A content id: characters that are safe at once in a ``Content-ID`` header
 #: (``<...>``), unescaped in an HTML ``src="cid:..."`` URL, and in a file name
 #: (Mailgun names an inline part by its content id).
@@ -679,7 +676,7 @@ def guess_content_type(filename: str) -> str:
     guessed, encoding = _MIME_TYPES.guess_type(filename, strict=True)
     if encoding is not None:
         return _COMPRESSED_TYPES.get(encoding, DEFAULT_CONTENT_TYPE)
-    if guessed is None or guessed.startswith(_UNSENDABLE_TYPES):
+    if guessed is None or guessed.startswith(UNSENDABLE_TYPES):
         return DEFAULT_CONTENT_TYPE
     return guessed
 
@@ -857,7 +854,7 @@ def _attachment_type(value: object, filename: str | None, field: str, errors: Er
         )
         return None
     lowered = value.lower()
-    if lowered.startswith(_UNSENDABLE_TYPES):
+    if lowered.startswith(UNSENDABLE_TYPES):
         errors.add(
             field, "must not be multipart/* or message/*: send the file as application/octet-stream"
         )

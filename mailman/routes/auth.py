@@ -42,6 +42,12 @@ def requires(scope: Scope) -> Callable[[F], F]:
     return mark
 
 
+def scope_of(handler: object) -> Scope | None:
+    """The scope ``@requires`` marked ``handler`` with; None: it is public."""
+    scope = getattr(handler, _SCOPE_ATTRIBUTE, None)
+    return scope if isinstance(scope, Scope) else None
+
+
 KEYRING = web.AppKey("keyring", Keyring)
 
 
@@ -74,7 +80,7 @@ def _bearer(request: web.Request) -> str | None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the caller and check the scope the handler requires."""
-    needed: Scope | None = getattr(request.match_info.handler, _SCOPE_ATTRIBUTE, None)
+    needed = scope_of(request.match_info.handler)
     if needed is None:
         return await handler(request)
     try:

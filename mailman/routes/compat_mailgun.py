@@ -81,6 +81,19 @@ from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
 from .body import read_body
+from .contract import (
+    ACCEPTED_HEADERS,
+    BEARER,
+    IDEMPOTENT_REPLAYED,
+    MAILGUN_BASIC,
+    RATE_HEADERS,
+    Answer,
+    Body,
+    Header,
+    Param,
+    idempotency_key,
+    operation,
+)
 from .errors import (
     IDEMPOTENCY_KEY,
     STORE_RETRY_AFTER_SECONDS,
@@ -91,15 +104,23 @@ from .errors import (
     rate_headers,
     request_id,
 )
-from .mail import IDEMPOTENT_REPLAYED
+from .models.mailgun import (
+    FILE_FIELDS,
+    IGNORED_OPTIONS,
+    QUEUED,
+    TESTMODE,
+    UNSUPPORTED,
+    MailgunError,
+    MailgunForm,
+    MailgunMultipartForm,
+    MailgunQueued,
+)
 
 log = get_logger("mailman.http")
 
 routes = web.RouteTableDef()
 
 PATH = "/v3/{domain}/messages"
-#: What Mailgun answers for an accepted message.
-QUEUED = "Queued. Thank you."
 #: The challenge of a 401, as Mailgun sends it.
 CHALLENGE = 'Basic realm="MG API"'
 #: The Basic user Mailgun's clients send; the password is the key.
@@ -113,25 +134,6 @@ MAX_FIELDS = 10_000
 
 #: Fields that may be given once.
 SINGLE = ("from", "subject", "text", "html", "o:deliverytime", "o:testmode")
-#: Options the provider's account settings decide: accepted and ignored.
-IGNORED_OPTIONS = frozenset(
-    {
-        "o:tracking",
-        "o:tracking-clicks",
-        "o:tracking-opens",
-        "o:tracking-pixel-location-top",
-        "o:dkim",
-        "o:secondary-dkim",
-        "o:secondary-dkim-public",
-    }
-)
-#: Fields Mailman cannot honour, and why.
-UNSUPPORTED = {
-    "template": "Mailman does not render Mailgun templates; send text or html",
-    "recipient-variables": "batch sending is not supported: Mailman would send one mail "
-    "to every recipient; send one message per recipient",
-    "amp-html": "Mailman sends no AMP part; send text or html",
-}
 #: The form field each of Mailman's fields came from, for the words of a 400.
 FORM_NAMES = {
     "from": "from",
@@ -157,7 +159,6 @@ _ATTACHMENT_PARTS = {
     "content_id": "its file name as content id",
     "disposition": "its disposition",
 }
-_TESTMODE = {"yes": True, "true": True, "no": False, "false": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +297,7 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
     testmode = False
     for name, values in fields.items():
         lower = name.lower()
-        if lower in ("attachment", "inline"):
+        if lower in FILE_FIELDS:
             for value in values:
                 if not isinstance(value, Upload):
                     raise bad(f"'{name}' parameter must be a file (a multipart part with a name)")
@@ -326,7 +327,7 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
         elif name == "o:deliverytime":
             body["send_at"] = _deliverytime(texts[0])
         elif name == "o:testmode":
-            on = _TESTMODE.get(texts[0].strip().lower())
+            on = TESTMODE.get(texts[0].strip().lower())
             if on is None:
                 raise bad("'o:testmode' parameter must be yes or no")
             testmode = on
@@ -563,7 +564,7 @@ async def _principal(request: web.Request) -> Principal:
 
 
 def _json(
-    status: int, body: dict[str, str], headers: Mapping[str, str] | None = None
+    status: int, body: MailgunQueued | MailgunError, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
         status=status,
@@ -573,7 +574,62 @@ def _json(
     )
 
 
+def _error(description: str, *shared: str) -> Answer:
+    """An error answer in Mailgun's shape, ``{"message": ...}``."""
+    return Answer(description, MailgunError, shared=shared)
+
+
 @routes.post(PATH)
+@operation(
+    "mailgunSendMessage",
+    "Mailgun-compatible: send a message as Mailgun's Messages API takes it",
+    description="Change a Mailgun app's base URL to Mailman's and its key to a Mailman key "
+    "(needs `send`). Answers as Mailgun does: 200 with the mail's Message-ID as id (the "
+    'Mailman id is the part before @) and errors as {"message": ...}.',
+    security=({MAILGUN_BASIC: []}, {BEARER: []}),
+    parameters=(
+        Param(
+            "domain",
+            "path",
+            {"type": "string"},
+            "Any sending domain: Mailman has none (it is logged)",
+        ),
+        idempotency_key("As for POST /mail/send: a repeat answers the first answer"),
+    ),
+    body=Body({MULTIPART: MailgunMultipartForm, URLENCODED: MailgunForm}),
+    answers={
+        200: Answer(
+            "Queued (or, with o:testmode=yes, checked and dropped)",
+            MailgunQueued,
+            headers={
+                "Location": Header("The mail: /mail/{id} (absent in test mode)"),
+                **ACCEPTED_HEADERS,
+            },
+            shared=RATE_HEADERS,
+        ),
+        400: _error(
+            "An invalid message, a field Mailman cannot honour, a form that does not parse, "
+            "a bad Idempotency-Key or one reused with another form"
+        ),
+        401: Answer(
+            "No key, or an unknown or revoked key (Mailgun's plain text)",
+            schema={"const": "Forbidden"},
+            media="text/plain",
+            headers={hdrs.WWW_AUTHENTICATE: Header(schema={"const": CHALLENGE}, required=True)},
+        ),
+        403: _error("The key lacks the send scope"),
+        408: _error("The request body stalled"),
+        409: _error("A request with this Idempotency-Key is still being processed", "Retry-After"),
+        413: _error("The body or the files are too large"),
+        415: _error("Not a form, or an unknown Content-Encoding"),
+        429: _error("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
+        503: _error(
+            "The store does not answer, or the backlog is full; nothing was stored, try "
+            "again after Retry-After",
+            "Retry-After",
+        ),
+    },
+)
 async def send_message(request: web.Request) -> web.Response:
     """Mailgun's ``POST /v3/{domain}/messages``: accept the form as a mail, answer like Mailgun."""
     domain = request.match_info["domain"]

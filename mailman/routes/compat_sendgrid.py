@@ -61,7 +61,7 @@ from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
 from mailman.core.clock import datetime_of
-from mailman.core.model import Mail
+from mailman.core.model import Disposition, Mail
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
@@ -72,6 +72,18 @@ from mailman.store import StoreUnavailable
 from . import CONFIG, INTAKE
 from .auth import KEYRING
 from .body import read_body
+from .contract import (
+    ACCEPTED_HEADERS,
+    BEARER,
+    IDEMPOTENT_REPLAYED,
+    RATE_HEADERS,
+    Answer,
+    Body,
+    Header,
+    Link,
+    idempotency_key,
+    operation,
+)
 from .errors import (
     IDEMPOTENCY_KEY,
     STORE_RETRY_AFTER_SECONDS,
@@ -84,7 +96,15 @@ from .errors import (
     rate_headers,
     request_id,
 )
-from .mail import IDEMPOTENT_REPLAYED
+from .models.sendgrid import (
+    MAX_PERSONALIZATIONS,
+    MAX_UNIX_TIME,
+    Personalization,
+    SendGridErrors,
+    SendGridMail,
+    fields_of,
+)
+from .models.sendgrid import SendGridError as SendGridErrorJson
 
 log = get_logger("mailman.http")
 
@@ -94,8 +114,6 @@ PATH = "/v3/mail/send"
 MESSAGE_ID_HEADER = "X-Message-Id"
 #: Every mail's id, comma-separated, in personalization order.
 MAIL_IDS_HEADER = "X-Mailman-Ids"
-#: SendGrid's limit on personalizations in one request.
-MAX_PERSONALIZATIONS = 1000
 #: SendGrid's message for a key it does not take.
 GRANT_INVALID = "The provided authorization grant is invalid, expired, or revoked"
 #: SendGrid's message for a request without a key.
@@ -106,8 +124,6 @@ INTERNAL_RETRY_AFTER_SECONDS = 5
 #: The body key that carries the whole request's digest into each mail's idempotency
 #: fingerprint (``parse_mail`` ignores fields it does not know).
 _REQUEST_DIGEST = "sendgrid_request"
-#: The latest unix time a ``send_at`` may name (the end of year 9999).
-_MAX_UNIX_TIME = 253_402_300_799
 
 #: Top-level fields refused, and why: dropping them would send another mail than asked.
 REFUSED: dict[str, str] = {
@@ -122,27 +138,9 @@ REFUSED_IN_PERSONALIZATION: dict[str, str] = {
     "dynamic_template_data": "needs a template_id, which Mailman cannot render",
     "substitutions": "substitutions need SendGrid's templating, which Mailman does not have",
 }
-#: Top-level fields taken (``tracking_settings`` is taken and ignored).
-KNOWN = frozenset(
-    {
-        "personalizations",
-        "from",
-        "reply_to",
-        "reply_to_list",
-        "subject",
-        "content",
-        "attachments",
-        "categories",
-        "custom_args",
-        "headers",
-        "send_at",
-        "mail_settings",
-        "tracking_settings",
-    }
-)
-PERSONALIZATION_KNOWN = frozenset(
-    {"to", "cc", "bcc", "from", "subject", "headers", "custom_args", "send_at"}
-)
+#: Top-level fields taken (``tracking_settings`` is taken and ignored): the model's.
+KNOWN = fields_of(SendGridMail)
+PERSONALIZATION_KNOWN = fields_of(Personalization)
 #: SendGrid's content types and the Mailman body each becomes.
 _CONTENT_TYPES = {"text/plain": "text", "text/html": "html"}
 #: SendGrid's attachment fields and Mailman's names for them.
@@ -168,7 +166,7 @@ class SendGridError:
     message: str
     field: str | None = None
 
-    def as_json(self) -> dict[str, str | None]:
+    def as_json(self) -> SendGridErrorJson:
         return {"message": self.message, "field": self.field, "help": None}
 
 
@@ -203,9 +201,10 @@ class Refusal(Exception):
         return cls(status, [SendGridError(message, field)], headers, reason=reason)
 
     def response(self) -> web.Response:
+        body: SendGridErrors = {"errors": [e.as_json() for e in self.errors]}
         return web.Response(
             status=self.status,
-            body=orjson.dumps({"errors": [e.as_json() for e in self.errors]}),
+            body=orjson.dumps(body),
             content_type="application/json",
             headers=self.headers,
         )
@@ -323,10 +322,12 @@ def _object(value: object, path: str, errors: _Errors) -> dict[str, Any]:
 
 def _send_at(value: object, path: str, errors: _Errors) -> int | None:
     """A unix ``send_at`` (whole seconds, 1970 to 9999); None if it is not one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 is the JSON number 1: whole seconds
     if isinstance(value, bool) or not isinstance(value, int):
         errors.add(path, "must be a unix time in whole seconds")
         return None
-    if not 0 <= value <= _MAX_UNIX_TIME:
+    if not 0 <= value <= MAX_UNIX_TIME:
         errors.add(path, "must be a unix time from 1970 to 9999")
         return None
     return value
@@ -402,7 +403,10 @@ def _attachments(value: object, errors: _Errors) -> list[dict[str, object]] | No
             if key not in _ATTACHMENT_FIELDS:
                 errors.add(f"{where}.{key}", "is not a field of an attachment")
         mapped = {_ATTACHMENT_FIELDS[k]: v for k, v in item.items() if k in _ATTACHMENT_FIELDS}
-        if mapped.get("disposition", "attachment") == "attachment":
+        disposition = mapped.get("disposition")
+        if disposition is None or (
+            isinstance(disposition, str) and disposition.lower() == Disposition.ATTACHMENT
+        ):
             # SendGrid takes (and ignores) a content_id on a plain attachment; Mailman
             # refuses one (Mailgun could not send it), so it is dropped here.
             mapped.pop("content_id", None)
@@ -435,14 +439,15 @@ def translate(body: object) -> Translation:
     elif (sender := _address(body["from"], "from", errors)) is not None:
         common["from"], addresses["from"] = sender[0], ("from", sender[1])
     reply_to, reply_list = body.get("reply_to"), body.get("reply_to_list")
+    listed = False  # reply_to is reply_to_list's one entry, whatever it is
     if reply_list is not None:
         if reply_to is not None:
             errors.add("reply_to_list", "give reply_to or reply_to_list, not both")
         elif not isinstance(reply_list, list) or len(reply_list) != 1:
             errors.add("reply_to_list", "Mailman keeps one reply-to address: give exactly one")
         else:
-            reply_to = reply_list[0]
-    if reply_to is not None:
+            reply_to, listed = reply_list[0], True
+    if reply_to is not None or listed:
         where = "reply_to" if reply_list is None else "reply_to_list.0"
         if (got := _address(reply_to, where, errors)) is not None:
             common["reply_to"], addresses["reply_to"] = got[0], (where, got[1])
@@ -729,7 +734,77 @@ def _store_down(
     )
 
 
+def _error(description: str, *shared: str) -> Answer:
+    """An error answer in SendGrid's shape, ``{"errors": [{message, field, help}]}``."""
+    return Answer(description, SendGridErrors, shared=shared)
+
+
 @routes.post(PATH)
+@operation(
+    "sendgridMailSend",
+    "SendGrid-compatible: send as SendGrid's v3 Mail Send takes it",
+    description="Point a SendGrid SDK's host at Mailman and give it a Mailman key (needs "
+    "`send`). Each personalization is one mail; all are checked before any is stored. "
+    "Counts one mail per personalization against the key's rate. Answers as SendGrid does: "
+    '202 with X-Message-Id, errors as {"errors": [{"message", "field", "help"}]}.',
+    security=({BEARER: []},),
+    parameters=(
+        idempotency_key(
+            "As for POST /mail/send: a repeat of the same request answers the same mails; "
+            "another request with the key is a 400"
+        ),
+    ),
+    body=Body.json(
+        SendGridMail,
+        example={
+            "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+            "from": {"email": "noreply@example.com", "name": "Shop"},
+            "subject": "Welcome",
+            "content": [{"type": "text/plain", "value": "Hello Ann"}],
+        },
+    ),
+    answers={
+        200: Answer("Sandbox mode: checked, nothing stored or sent (no body)"),
+        202: Answer(
+            "Accepted: one mail per personalization (no body)",
+            headers={
+                MESSAGE_ID_HEADER: Header(
+                    "The (first) mail's Mailman id: GET /mail/{id}", required=True
+                ),
+                MAIL_IDS_HEADER: Header(
+                    "Every mail's id, comma-separated, in order", required=True
+                ),
+                **ACCEPTED_HEADERS,
+            },
+            shared=RATE_HEADERS,
+            links={
+                name: Link(operation_id, {"id": f"$response.header.{MESSAGE_ID_HEADER}"})
+                for name, operation_id in (("ShowMail", "showMail"), ("MailStatus", "mailStatus"))
+            },
+        ),
+        400: _error(
+            "Invalid fields, a field Mailman cannot honour, malformed JSON, a bad "
+            "Idempotency-Key or one reused with another request; nothing was stored"
+        ),
+        401: _error("No key, or an unknown or revoked key", "WWW-Authenticate"),
+        403: _error("The key lacks the send scope"),
+        405: _error("Any method but POST"),
+        408: _error("The request body stalled"),
+        409: _error("A request with this Idempotency-Key is still being processed", "Retry-After"),
+        413: _error("The body or the attachments are too large"),
+        415: _error("An unknown Content-Encoding"),
+        429: _error(
+            "Over the key's rate limit (one token per personalization)",
+            "Retry-After",
+            *RATE_HEADERS,
+        ),
+        503: _error(
+            "The store does not answer, or the backlog is full; try again after Retry-After "
+            "(X-Mailman-Ids names any mails already stored)",
+            "Retry-After",
+        ),
+    },
+)
 async def sendgrid_send(request: web.Request) -> web.StreamResponse:
     """SendGrid's v3 Mail Send: 202 and ``X-Message-Id``, or SendGrid's error shape."""
     try:

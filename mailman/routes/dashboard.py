@@ -26,7 +26,7 @@ import importlib.resources
 import string
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Literal
 
 from aiohttp import web
 
@@ -39,7 +39,9 @@ from mailman.store.base import BreakerState, Failures, MetricsSnapshot, MinuteCo
 
 from . import CONFIG, PROBES, STORE
 from .auth import requires
+from .contract import Answer, operation
 from .health import CLOSED, effective_state, provider_states
+from .models.dashboard import FAILED_OUTCOMES, DashboardData, Minute, ProviderFigures, Window
 
 routes = web.RouteTableDef()
 
@@ -50,10 +52,6 @@ FAILURES_SHOWN = 10
 #: How often the page reads the figures again.
 REFRESH_SECONDS = 5
 
-#: Outcomes of a provider call that did not get the mail taken (``skipped``: no call made).
-FAILED_OUTCOMES: tuple[str, ...] = tuple(
-    o.value for o in (Outcome.TRANSIENT, Outcome.MISCONFIGURED, Outcome.REJECTED, Outcome.UNKNOWN)
-)
 #: What the throughput chart counts.
 CHART_OUTCOMES: tuple[str, ...] = (Outcome.ACCEPTED.value, *FAILED_OUTCOMES)
 
@@ -63,6 +61,14 @@ CHART_OUTCOMES: tuple[str, ...] = (Outcome.ACCEPTED.value, *FAILED_OUTCOMES)
 
 @routes.get("/dashboard/data")
 @requires(Scope.ADMIN)
+@operation(
+    "dashboardData",
+    "What the dashboard shows, read from the store (needs `admin`): providers and their "
+    "breakers, mails by status, provider calls per minute, the latest failures",
+    description="No mail content: ids, statuses, providers, outcomes, reasons, times and "
+    "counts. The same whichever process answers.",
+    answers={200: Answer("The figures", DashboardData)},
+)
 async def dashboard_data(request: web.Request) -> web.Response:
     """Everything the page shows, read from the store now (admin scope)."""
     app = request.app
@@ -90,22 +96,24 @@ def figures(
     failures: Failures,
     local: Sequence[BreakerState],
     now: float,
-) -> dict[str, Any]:
-    """The body of ``GET /dashboard/data`` (documented in ``routes.openapi``)."""
+) -> DashboardData:
+    """The body of ``GET /dashboard/data``."""
     first = window_start(now)
     states = provider_states(config, snapshot.breakers, local, now)
     shared = {b.provider: b for b in snapshot.breakers}
     seen = {p for p, _ in snapshot.attempts} | {m.provider for m in minutes} | set(snapshot.retries)
     names = [*config.chain, *sorted(seen - set(config.chain))]
-    window: dict[str, dict[str, int]] = {p: {"accepted": 0, "failed": 0} for p in names}
+    window: dict[str, Window] = {p: {"accepted": 0, "failed": 0} for p in names}
     counts = {"accepted": [0] * WINDOW_MINUTES, "failed": [0] * WINDOW_MINUTES}
     for m in minutes:
         index = (m.minute - first) // 60
-        kind = "accepted" if m.outcome == Outcome.ACCEPTED.value else "failed"
+        kind: Literal["accepted", "failed"] = (
+            "accepted" if m.outcome == Outcome.ACCEPTED.value else "failed"
+        )
         if 0 <= index < WINDOW_MINUTES:
             counts[kind][index] += m.count
             window[m.provider][kind] += m.count
-    per_minute = [
+    per_minute: list[Minute] = [
         {
             "minute": iso_time(first + 60 * i),
             "accepted": counts["accepted"][i],
@@ -113,7 +121,7 @@ def figures(
         }
         for i in range(WINDOW_MINUTES)
     ]
-    providers = []
+    providers: list[ProviderFigures] = []
     for name in names:
         if name in states:
             breaker = states[name]
@@ -213,6 +221,12 @@ _HEADERS: Mapping[str, str] = {
 
 
 @routes.get("/dashboard")
+@operation(
+    "dashboard",
+    "The dashboard page (HTML, inline script and SVG); it holds no figures: its script "
+    "reads /dashboard/data with the admin key typed into it",
+    answers={200: Answer("The page", schema={"type": "string"}, media="text/html")},
+)
 async def dashboard(request: web.Request) -> web.Response:
     """The page (public: it holds no figures; its script reads them with the key)."""
     return web.Response(body=_BODY, content_type="text/html", charset="utf-8", headers=_HEADERS)

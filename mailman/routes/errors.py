@@ -40,6 +40,7 @@ from mailman.intake.refusals import Rate as Rate
 from mailman.store import StoreUnavailable
 
 from . import HTTP_METRICS, LOAD
+from .models.common import Problem as ProblemJson
 
 log = get_logger("mailman.http")
 
@@ -121,15 +122,15 @@ class Problem(Exception):
         #: Extra answer headers (``Retry-After``, ``WWW-Authenticate``...).
         self.headers = dict(headers or {})
 
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def as_json(self) -> ProblemJson:
+        body: ProblemJson = {
             "type": self.type,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
         }
         if self.errors or self.status == HTTPStatus.UNPROCESSABLE_ENTITY:
-            body["errors"] = [e.as_json() for e in self.errors]
+            body["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
         return body
 
     def response(self, headers: Mapping[str, str] | None = None) -> web.Response:

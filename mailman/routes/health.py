@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Literal
 
 import orjson
 import structlog
@@ -25,6 +25,7 @@ from mailman.intake.guard import guarded
 from mailman.store import BreakerState, Store
 
 from . import CONFIG, PROBES, STORE, Probes
+from .contract import PROBLEM, Answer, operation, problem
 from .errors import (
     NOT_READY,
     PROBLEM_CONTENT_TYPE,
@@ -32,6 +33,7 @@ from .errors import (
     STORE_UNAVAILABLE,
     Problem,
 )
+from .models.health import Health, NotReady, Readiness, Ready, ReadyChecks
 
 log = structlog.get_logger("mailman.http")
 
@@ -48,6 +50,14 @@ OPEN, HALF_OPEN, CLOSED, UNKNOWN = "open", "half_open", "closed", "unknown"
 
 
 @routes.get("/health")
+@operation(
+    "health",
+    "For load balancers: the store answers",
+    answers={
+        200: Answer("Healthy", Health),
+        503: problem("The store does not answer", "Retry-After"),
+    },
+)
 async def health(request: web.Request) -> web.Response:
     """200 while the store answers; 503 problem when it does not."""
     store = request.app[STORE]
@@ -61,16 +71,34 @@ async def health(request: web.Request) -> web.Response:
             type=STORE_UNAVAILABLE,
             headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
         ) from None
-    return web.json_response({"status": "ok"})
+    return web.json_response(OK)
+
+
+#: Healthy, alive.
+OK: Health = {"status": "ok"}
 
 
 @routes.get("/healthz")
+@operation(
+    "healthz",
+    "Liveness: the process serves (it looks at nothing else)",
+    answers={200: Answer("Alive", Health)},
+)
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process serves; it looks at nothing else."""
-    return web.json_response({"status": "ok"})
+    return web.json_response(OK)
 
 
 @routes.get("/readyz")
+@operation(
+    "readyz",
+    "Readiness: the store answers, the broker answers where this process uses one, and at "
+    "least one provider's breaker is not open",
+    answers={
+        200: Answer("Ready", Ready),
+        503: Answer("Not ready; not_ready names what", NotReady, media=PROBLEM),
+    },
+)
 async def readyz(request: web.Request) -> web.Response:
     """200 when store, broker and at least one provider are ready; else a 503 naming what is not."""
     app = request.app
@@ -79,23 +107,28 @@ async def readyz(request: web.Request) -> web.Response:
     shared, broker = await asyncio.gather(_shared_breakers(store, within), _broker(probes, within))
     local = probes.breakers() if probes.breakers is not None else ()
     providers = provider_states(config, shared, local, time.time())
-    checks: dict[str, Any] = {
+    checks: ReadyChecks = {
         "store": "ok" if shared is not None else "unreachable",
         "broker": broker,
         "providers": providers,
     }
-    not_ready = [name for name in ("store", "broker") if checks[name] == "unreachable"]
+    not_ready: list[Readiness] = []
+    if checks["store"] == "unreachable":
+        not_ready.append("store")
+    if checks["broker"] == "unreachable":
+        not_ready.append("broker")
     if providers and all(state == OPEN for state in providers.values()):
         not_ready.append("providers")
     if not not_ready:
-        return web.json_response({"status": "ready", "checks": checks})
+        ready: Ready = {"status": "ready", "checks": checks}
+        return web.json_response(ready)
     log.warning("health.not_ready", not_ready=not_ready)
-    body = Problem(
+    problem_json = Problem(
         HTTPStatus.SERVICE_UNAVAILABLE,
         f"Not ready: {', '.join(not_ready)}.",
         type=NOT_READY,
     ).as_json()
-    body.update(not_ready=not_ready, checks=checks)
+    body: NotReady = {**problem_json, "not_ready": not_ready, "checks": checks}
     return web.Response(
         status=HTTPStatus.SERVICE_UNAVAILABLE,
         body=orjson.dumps(body),
@@ -112,7 +145,7 @@ async def _shared_breakers(store: Store, within: float) -> list[BreakerState] | 
         return None
 
 
-async def _broker(probes: Probes, within: float) -> str:
+async def _broker(probes: Probes, within: float) -> Literal["ok", "unreachable", "not-used"]:
     if probes.broker is None:
         return "not-used"
     try:

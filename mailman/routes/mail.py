@@ -8,7 +8,6 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -17,22 +16,32 @@ from aiohttp import web
 from mailman.config.logging import get_logger
 from mailman.core.clock import iso_time, parse_time
 from mailman.core.messages import Dispatch
-from mailman.core.model import Attempt, DeliveryEvent, Mail, Status
-from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
+from mailman.core.model import Mail, Status
+from mailman.core.submission import Submission
+from mailman.core.validation import MAX_ATTACHMENT_BYTES, FieldError, ValidationFailed
 from mailman.intake.accept import idempotency_key_problem
 from mailman.intake.auth import Principal
 from mailman.intake.guard import guarded
 from mailman.intake.keys import Scope
 from mailman.intake.refusals import Refused
-from mailman.store import (
-    MailQuery,
-    MailRecord,
-    Store,
-)
+from mailman.store import MailQuery, Store
 
 from . import CONFIG, INTAKE, OUTBOUND, STORE
 from .auth import PRINCIPAL, requires
 from .body import decode_json, read_body
+from .contract import (
+    ACCEPTED_HEADERS,
+    IDEMPOTENT_REPLAYED,
+    RATE_HEADERS,
+    Answer,
+    Body,
+    Header,
+    Link,
+    Param,
+    idempotency_key,
+    operation,
+    problem,
+)
 from .errors import (
     BAD_REQUEST,
     IDEMPOTENCY_KEY,
@@ -42,11 +51,21 @@ from .errors import (
     Problem,
     as_problem,
     bad_idempotency_key,
-    invalid,
     note,
     rate_headers,
     request_id,
 )
+from .models.mail import (
+    Accepted,
+    MailDetail,
+    MailList,
+    MarkFailed,
+    StatusAnswer,
+    detail,
+    mail_links,
+    status_answer,
+)
+from .models.mail import accepted as answer_accepted
 
 log = get_logger("mailman.http")
 
@@ -55,7 +74,6 @@ routes = web.RouteTableDef()
 JSON_CONTENT_TYPE = "application/json"
 _UTF8 = frozenset({"utf-8", "utf8"})
 
-IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 #: GET /mail: mails per page by default, and at most.
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
@@ -103,58 +121,6 @@ def _unknown() -> Problem:
     return Problem(HTTPStatus.NOT_FOUND, "There is no mail with this id.", type=NOT_FOUND)
 
 
-def status_body(mail_id: str, status: Status) -> dict[str, Any]:
-    return {
-        "mail": {
-            "id": mail_id,
-            "status": status.value,
-            "links": [{"self": f"/mail/{mail_id}/status", "show": f"/mail/{mail_id}"}],
-        }
-    }
-
-
-def _attempt_json(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "provider": attempt.provider,
-        "round": attempt.round,
-        "at": iso_time(attempt.at),
-        "outcome": attempt.outcome.value,
-        "reason": attempt.reason,
-        "message_id": attempt.message_id,
-        "checked": None if attempt.checked is None else attempt.checked.value,
-    }
-
-
-def _event_json(event: DeliveryEvent) -> dict[str, Any]:
-    return {
-        "provider": event.provider,
-        "event": event.kind.value,
-        "at": iso_time(event.at),
-        "bounce": event.bounce,
-        "reason": event.reason,
-        "recipient": event.recipient,
-    }
-
-
-def show_body(record: MailRecord) -> dict[str, Any]:
-    mail = record.mail
-    return {
-        "mail": {
-            "id": mail.id,
-            "status": record.status.value,
-            "provider": record.provider,
-            "provider_message_id": record.provider_message_id,
-            "reason": record.reason,
-            "created_at": iso_time(mail.created_at),
-            "updated_at": iso_time(record.updated_at),
-            "submitted": mail.as_json(),
-            "attempts": [_attempt_json(a) for a in record.attempts],
-            "events": [_event_json(e) for e in record.events],
-            "links": [{"self": f"/mail/{mail.id}", "status": f"/mail/{mail.id}/status"}],
-        }
-    }
-
-
 # --- handlers ------------------------------------------------------------------
 
 
@@ -170,25 +136,84 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def accepted_body(mail_id: str, status: Status = Status.QUEUED) -> dict[str, Any]:
-    """What POST /mail/send answers (and an idempotent repeat answers again)."""
-    return {
-        "mail": {
-            "id": mail_id,
-            "status": status.value,
-            "links": [{"status": f"/mail/{mail_id}/status", "self": f"/mail/{mail_id}"}],
-        }
-    }
-
-
 async def read_mail_json(request: web.Request) -> object:
     """The JSON body of a mail submission: 415 unless JSON in UTF-8, 413 past the limit."""
     _require_json(request)
     return await _read_json(request)
 
 
+#: The mail's id in a path.
+MAIL_ID = Param(
+    "id",
+    "path",
+    {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$"},
+    "The mail's id (a ULID), as POST /mail/send answered it",
+)
+#: The answers of a mail the caller may not see, or that does not exist.
+UNKNOWN = problem("No such mail (or another tenant's)")
+
+
 @routes.post("/mail/send")
 @requires(Scope.SEND)
+@operation(
+    "sendMail",
+    "Submit a mail; committed to the store before the 201",
+    description="Needs the `send` scope. Counts against the key's rate limit.",
+    parameters=(
+        idempotency_key(
+            "1-255 printable ASCII characters, scoped to the tenant and kept "
+            "MAILMAN_IDEMPOTENCY_TTL_SECONDS (24 h by default). A repeat with "
+            "the same body answers the first answer again."
+        ),
+    ),
+    body=Body.json(
+        Submission,
+        example={
+            "to": ["Ann <ann@example.com>"],
+            "from": "Mailman <noreply@example.com>",
+            "subject": "Welcome",
+            "content": "Hello Ann, welcome aboard!",
+        },
+    ),
+    answers={
+        201: Answer(
+            "Accepted (or, with Idempotent-Replayed, accepted before)",
+            Accepted,
+            headers={
+                "Location": Header("The mail: /mail/{id}", required=True),
+                **ACCEPTED_HEADERS,
+            },
+            shared=RATE_HEADERS,
+            links={
+                name: Link(operation_id, {"id": "$response.body#/mail/id"})
+                for name, operation_id in (
+                    ("ShowMail", "showMail"),
+                    ("MailStatus", "mailStatus"),
+                    ("MarkSent", "markSent"),
+                    ("MarkFailed", "markFailed"),
+                    ("RetryMail", "retryMail"),
+                )
+            },
+        ),
+        400: problem("Malformed JSON, a bad body encoding or Idempotency-Key"),
+        408: problem("The request body stalled"),
+        409: problem("A request with this Idempotency-Key is still being processed", "Retry-After"),
+        413: problem(
+            "The body (decoded) is larger than MAILMAN_MAX_BODY_BYTES, or the attachments are "
+            f"over {MAX_ATTACHMENT_BYTES} bytes in all, decoded (type too-large; errors "
+            "names attachments)"
+        ),
+        415: problem("Not application/json in UTF-8, or an unknown encoding"),
+        422: problem("Invalid fields (see errors), or a reused Idempotency-Key"),
+        429: problem("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
+        503: problem(
+            "The store does not answer, or the backlog of unsent mail is over "
+            "MAILMAN_BACKLOG_LIMIT (type backlog-full); nothing was stored, try again after "
+            "Retry-After",
+            "Retry-After",
+        ),
+    },
+)
 async def send_mail(request: web.Request) -> web.Response:
     """Validate, commit to the store, hand on for sending, answer 201."""
     intake = request.app[INTAKE]
@@ -221,10 +246,12 @@ async def send_mail(request: web.Request) -> web.Response:
         note(request, replayed=True)
         log.debug("mail.replayed", mail_id=mail_id)
         headers[IDEMPOTENT_REPLAYED] = "true"
-        return json_response(accepted_body(mail_id), status=HTTPStatus.CREATED, headers=headers)
+        return json_response(
+            answer_accepted(mail_id, Status.QUEUED), status=HTTPStatus.CREATED, headers=headers
+        )
     log.debug("mail.accepted", mail_id=mail.id, recipients=accepted.recipients)
     return json_response(
-        accepted_body(mail.id, mail.first_status), status=HTTPStatus.CREATED, headers=headers
+        answer_accepted(mail.id, mail.first_status), status=HTTPStatus.CREATED, headers=headers
     )
 
 
@@ -273,6 +300,10 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
     )
 
 
+#: The document's format for a cursor: only what a page's ``next`` gave out.
+CURSOR_FORMAT = "cursor"
+
+
 def _encode_cursor(mail_id: str) -> str:
     return base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
 
@@ -288,6 +319,41 @@ def _decode_cursor(cursor: str) -> str | None:
 
 @routes.get("/mail")
 @requires(Scope.READ)
+@operation(
+    "listMails",
+    "The caller's mails, newest first, a page at a time",
+    description="Needs `read` (or `send`); admin keys list every tenant's mails.",
+    parameters=(
+        Param("status", "query", {"type": "string", "enum": [s.value for s in Status]}),
+        Param(
+            "since",
+            "query",
+            {"type": "string", "format": "date-time"},
+            "created at or after this RFC 3339 time",
+        ),
+        Param(
+            "until",
+            "query",
+            {"type": "string", "format": "date-time"},
+            "created before this RFC 3339 time",
+        ),
+        Param(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+        ),
+        Param(
+            "cursor",
+            "query",
+            {"type": "string", "format": CURSOR_FORMAT},
+            "From the previous page's `next`, as it is (opaque): nothing else is a cursor",
+        ),
+    ),
+    answers={
+        200: Answer("A page; `next` is absent on the last one", MailList),
+        400: problem("A bad query parameter (see errors)"),
+    },
+)
 async def list_mails(request: web.Request) -> web.Response:
     """The caller's mails, newest first, a page at a time."""
     query = _list_query(request[PRINCIPAL], request.query)
@@ -295,13 +361,13 @@ async def list_mails(request: web.Request) -> web.Response:
     page = await guarded(
         store, timeout, store.list_mails(dataclasses.replace(query, limit=query.limit + 1))
     )
-    body: dict[str, Any] = {
+    body: MailList = {
         "mails": [
             {
                 "id": m.id,
-                "status": m.status.value,
+                "status": m.status,
                 "created_at": iso_time(m.created_at),
-                "links": [{"self": f"/mail/{m.id}", "status": f"/mail/{m.id}/status"}],
+                "links": [mail_links(m.id)],
             }
             for m in page[: query.limit]
         ]
@@ -326,26 +392,50 @@ async def _visible(request: web.Request, mail_id: str) -> tuple[Mail, Status]:
 
 @routes.get("/mail/{id}/status")
 @requires(Scope.READ)
+@operation(
+    "mailStatus",
+    "The mail's status",
+    parameters=(MAIL_ID,),
+    answers={200: Answer("The status", StatusAnswer), 404: UNKNOWN},
+)
 async def mail_status(request: web.Request) -> web.Response:
     mail_id = request.match_info["id"]
     _, status = await _visible(request, mail_id)
-    return json_response(status_body(mail_id, status))
+    return json_response(status_answer(mail_id, status))
 
 
 # ``send`` is excluded so that GET /mail/send is a 405, not an unknown mail.
 @routes.get("/mail/{id:(?!send$)[^/]+}")
 @requires(Scope.READ)
+@operation(
+    "showMail",
+    "The whole mail: what was submitted, status, provider, attempts",
+    parameters=(MAIL_ID,),
+    answers={200: Answer("The mail", MailDetail), 404: UNKNOWN},
+)
 async def show_mail(request: web.Request) -> web.Response:
     mail_id = request.match_info["id"]
     store, timeout = _store(request)
     record = await guarded(store, timeout, store.get(mail_id))
     if record is None or not request[PRINCIPAL].sees(record.mail.tenant):
         raise _unknown()
-    return json_response(show_body(record))
+    return json_response(detail(record))
 
 
 @routes.post("/mail/{id}/retry")
 @requires(Scope.SEND)
+@operation(
+    "retryMail",
+    "Send a failed mail again: a new round, the same id (needs `send`)",
+    description="The mail goes back to `queued`; its history stays. "
+    "409 unless the mail is `failed`.",
+    parameters=(MAIL_ID,),
+    answers={
+        202: Answer("Queued again", StatusAnswer),
+        404: UNKNOWN,
+        409: problem("The mail is not failed"),
+    },
+)
 async def retry_mail(request: web.Request) -> web.Response:
     """Send a ``failed`` mail again: a new round, the same id; 409 unless it is failed."""
     mail_id = request.match_info["id"]
@@ -367,17 +457,42 @@ async def retry_mail(request: web.Request) -> web.Response:
     except Exception:  # committed: the relay finds it on its next look
         log.exception("mail.dispatch_failed", mail_id=mail_id)
     log.info("mail.retried", mail_id=mail_id)
-    return json_response(status_body(mail_id, result.status), status=HTTPStatus.ACCEPTED)
+    return json_response(status_answer(mail_id, result.status), status=HTTPStatus.ACCEPTED)
+
+
+#: What marking a mail by hand may answer besides its 200.
+_MARK_ANSWERS = {404: UNKNOWN, 409: problem("The mail is final in the other status")}
 
 
 @routes.post("/mail/{id}/sent")
 @requires(Scope.ADMIN)
+@operation(
+    "markSent",
+    "Mark a mail sent by hand (bookkeeping; needs `admin`)",
+    parameters=(MAIL_ID,),
+    answers={200: Answer("Moved, or already sent", StatusAnswer), **_MARK_ANSWERS},
+)
 async def mark_sent(request: web.Request) -> web.Response:
     return await _mark(request, Status.SENT, reason=None)
 
 
 @routes.post("/mail/{id}/failed")
 @requires(Scope.ADMIN)
+@operation(
+    "markFailed",
+    "Mark a mail failed by hand (bookkeeping; needs `admin`)",
+    parameters=(MAIL_ID,),
+    body=Body.json(MarkFailed, required=False),
+    answers={
+        200: Answer("Moved, or already failed", StatusAnswer),
+        400: problem("Malformed JSON or a bad body encoding"),
+        **_MARK_ANSWERS,
+        408: problem("The request body stalled"),
+        413: problem("The body is too large"),
+        415: problem("Not application/json"),
+        422: problem("reason is not a string, or the body not an object"),
+    },
+)
 async def mark_failed(request: web.Request) -> web.Response:
     return await _mark(request, Status.FAILED, reason=await _failure_reason(request))
 
@@ -394,13 +509,7 @@ async def _failure_reason(request: web.Request) -> str | None:
     if not raw.strip():
         return None
     _require_json(request)
-    body = decode_json(raw)
-    if not isinstance(body, dict):
-        raise invalid([FieldError(BODY_FIELD, "must be a JSON object")])
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise invalid([FieldError("reason", "must be a string")])
-    return reason or None
+    return MarkFailed.read(decode_json(raw)).reason or None
 
 
 async def _mark(request: web.Request, status: Status, *, reason: str | None) -> web.Response:
@@ -422,4 +531,4 @@ async def _mark(request: web.Request, status: Status, *, reason: str | None) -> 
             type=STATUS_CONFLICT,
         )
     log.info("mail.marked", mail_id=mail_id, status=status.value, changed=result.changed)
-    return json_response(status_body(mail_id, result.status))
+    return json_response(status_answer(mail_id, result.status))

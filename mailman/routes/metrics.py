@@ -41,6 +41,7 @@ from mailman.store import Store
 from mailman.store.base import MetricsSnapshot
 
 from . import CONFIG, HTTP_METRICS, PROBES, STORE
+from .contract import Answer, operation
 from .health import CLOSED, HALF_OPEN, OPEN, UNKNOWN, provider_states
 
 log = structlog.get_logger("mailman.http")
@@ -167,6 +168,12 @@ def setup(app: web.Application) -> None:
 
 
 @routes.get("/metrics")
+@operation(
+    "metrics",
+    "Prometheus metrics (text format 0.0.4): HTTP figures of the API processes, delivery "
+    "figures read from the store",
+    answers={200: Answer("The metrics", schema={"type": "string"}, media="text/plain")},
+)
 async def metrics(request: web.Request) -> web.Response:
     """Every figure in Prometheus' text format."""
     app = request.app

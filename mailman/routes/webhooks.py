@@ -30,9 +30,10 @@ import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import hdrs, web
@@ -50,11 +51,14 @@ from mailman.store import EventResult
 
 from . import CONFIG, STORE
 from .body import decode_json, read_body
+from .contract import Answer, Body, Header, operation, problem
 from .errors import BAD_REQUEST, NOT_FOUND, Problem
+from .models.webhooks import MailgunWebhook, SendGridEvents, WebhookAnswer
 
 log = get_logger("mailman.webhooks")
 
 routes = web.RouteTableDef()
+H = TypeVar("H", bound=Callable[..., object])
 
 SENDGRID = "sendgrid"
 MAILGUN = "mailgun"
@@ -379,7 +383,7 @@ def parse_mailgun(data: object, token: str) -> Incoming | None:
 # --- recording ---------------------------------------------------------------------
 
 
-def _answer(**counts: int) -> web.Response:
+def _answer(counts: WebhookAnswer) -> web.Response:
     return web.Response(body=orjson.dumps(counts), content_type="application/json")
 
 
@@ -417,14 +421,14 @@ async def _record(
             message_id=item.message_id,
             kind=item.event.kind.value,
         )
-    counts = {
+    counts: WebhookAnswer = {
         "recorded": sum(r is EventResult.RECORDED for r in results),
         "duplicate": sum(r is EventResult.DUPLICATE for r in results),
         "unknown": unknown,
         "skipped": skipped,
     }
     log.info("webhook.received", provider=provider, events=len(incoming) + skipped, **counts)
-    return _answer(**counts)
+    return _answer(counts)
 
 
 async def _read(request: web.Request) -> bytes:
@@ -437,7 +441,40 @@ async def _read(request: web.Request) -> bytes:
 # --- endpoints -----------------------------------------------------------------------
 
 
+def _webhook(provider: str, summary: str, body: Any) -> Callable[[H], H]:
+    """A provider's webhook: public, signed, 404 while its key is unset."""
+    return operation(
+        f"{provider}Events",
+        summary,
+        description="For the provider, not for API clients: no API key, but signed.",
+        body=Body.json(body),
+        answers={
+            200: Answer(
+                "Handled: counts of the events kept, seen before, for mails this service "
+                "does not have, and skipped",
+                WebhookAnswer,
+            ),
+            400: problem("Not JSON, or not the provider's event shape"),
+            401: dataclasses.replace(
+                problem("No signature"), headers={hdrs.WWW_AUTHENTICATE: Header(required=True)}
+            ),
+            403: problem("A signature that does not verify, or a stale timestamp"),
+            404: problem("Off: no webhook key is configured for this provider"),
+            408: problem("The request body stalled"),
+            413: problem("The body is too large"),
+            415: problem("A Content-Encoding other than gzip or deflate"),
+            503: problem("The store does not answer; try again after Retry-After", "Retry-After"),
+        },
+    )
+
+
 @routes.post(SENDGRID_PATH)
+@_webhook(
+    SENDGRID,
+    "SendGrid's Event Webhook: ECDSA-signed (X-Twilio-Email-Event-Webhook-Signature "
+    "and -Timestamp headers) arrays of events",
+    SendGridEvents,
+)
 async def sendgrid_events(request: web.Request) -> web.Response:
     """SendGrid's Event Webhook: a signed JSON array of events."""
     key = request.app[WEBHOOKS].sendgrid_key
@@ -456,6 +493,7 @@ async def sendgrid_events(request: web.Request) -> web.Response:
 
 
 @routes.post(MAILGUN_PATH)
+@_webhook(MAILGUN, "A Mailgun webhook: one HMAC-signed event", MailgunWebhook)
 async def mailgun_events(request: web.Request) -> web.Response:
     """A Mailgun webhook: one signed event, ``{"signature": {...}, "event-data": {...}}``."""
     hooks = request.app[WEBHOOKS]
@@ -480,9 +518,9 @@ async def mailgun_events(request: web.Request) -> web.Response:
         raise _invalid("Mailgun")
     if token in hooks.tokens:
         # A replay (or Mailgun sending it again): processed once, acknowledged again.
-        counts = {"recorded": 0, "duplicate": 1, "unknown": 0, "skipped": 0}
+        counts: WebhookAnswer = {"recorded": 0, "duplicate": 1, "unknown": 0, "skipped": 0}
         log.info("webhook.received", provider=MAILGUN, events=1, replayed=True, **counts)
-        return _answer(**counts)
+        return _answer(counts)
     event = parse_mailgun(body.get("event-data"), token)
     response = await _record(request, MAILGUN, [] if event is None else [event], int(event is None))
     hooks.tokens.add(token, time.time())  # only once handled: a 503 may be retried

@@ -32,6 +32,7 @@ from mailman.providers import streamed
 from mailman.providers.mailgun import basic_auth, form, request_body
 from mailman.providers.outbox import render
 from mailman.providers.sendgrid import body as sendgrid_body
+from mailman.routes.models.mail import submitted
 from mailman.store import MailTooLarge, Store
 from mailman.store.mysql import MySQLStore
 from mailman.system import embedded
@@ -311,9 +312,10 @@ def test_a_bad_disposition_in_a_record_is_refused() -> None:
         decode(Mail, orjson.dumps(raw))
 
 
-def test_as_json_shows_files_by_name_type_and_size_only() -> None:
-    """as_json lists each file's name, type, disposition, content id and size, never content."""
-    shown = with_files().as_json()
+def test_submitted_shows_files_by_name_type_and_size_only() -> None:
+    """GET /mail/{id}'s submitted lists each file's name, type, disposition, content id and
+    size, never its content."""
+    shown = submitted(with_files())
     assert shown["attachments"] == [
         {
             "filename": "Rechnung März.pdf",
@@ -330,7 +332,7 @@ def test_as_json_shows_files_by_name_type_and_size_only() -> None:
         },
     ]
     assert b64(PNG) not in orjson.dumps(shown).decode()
-    assert "attachments" not in parse().as_json()
+    assert "attachments" not in submitted(parse())
     assert b64(PNG) not in repr(with_files())
 
 

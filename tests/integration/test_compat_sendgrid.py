@@ -642,3 +642,28 @@ def test_an_address_error_names_the_email_or_the_name(to: dict[str, str], field:
     with pytest.raises(ValidationFailed) as caught:
         parse_mail(draft.body, mail_id="01J", default_subject="(none)", now=0.0)
     assert [draft.path(e.field) for e in caught.value.errors] == [field]
+
+
+def test_a_null_reply_to_list_entry_is_refused_by_name() -> None:
+    """reply_to_list's one entry must be an address: null is refused, not dropped."""
+    assert refusal({**BODY, "reply_to_list": [None]}) == ["reply_to_list.0"]
+
+
+def test_a_whole_number_send_at_is_whole_seconds_however_written() -> None:
+    """A send_at written 1.75e9 is the JSON number 1750000000, whole seconds; 1.5 is not."""
+    (draft,) = translate({**BODY, "send_at": 1.75e9}).drafts
+    assert draft.body["send_at"] == datetime.fromtimestamp(1_750_000_000, UTC)
+    assert refusal({**BODY, "send_at": 1.5}) == ["send_at"]
+
+
+@pytest.mark.parametrize("disposition", ["left out", None, "attachment", "ATTACHMENT"])
+def test_a_plain_attachments_content_id_is_ignored_in_any_case(disposition: str | None) -> None:
+    """A content_id on a plain attachment (disposition left out, null, or attachment in any
+    case) is ignored, as SendGrid ignores it; the mail is valid."""
+    file: dict[str, Any] = {"content": "QQ==", "filename": "a.txt", "content_id": {"any": 1}}
+    if disposition != "left out":
+        file["disposition"] = disposition
+    (draft,) = translate({**BODY, "attachments": [file]}).drafts
+    assert "content_id" not in draft.body["attachments"][0]
+    mail = parse_mail(draft.body, mail_id="01J", default_subject="(none)", now=0.0)
+    assert mail.attachments[0].content_id is None

@@ -19,7 +19,8 @@ from mailman.core.messages import StatusUpdate
 from mailman.core.model import Address, Attempt, Mail, Outcome, Status
 from mailman.intake.keys import Scope, create_key
 from mailman.routes import create_app
-from mailman.routes.dashboard import CHART_OUTCOMES, FAILED_OUTCOMES, FAILURES_SHOWN, WINDOW_MINUTES
+from mailman.routes.dashboard import CHART_OUTCOMES, FAILURES_SHOWN, WINDOW_MINUTES
+from mailman.routes.models.dashboard import FAILED_OUTCOMES
 from mailman.store import Store
 from mailman.store.base import FailedAttempt, FailedMail, Failures, MinuteCount
 from mailman.store.sqlite import SQLiteStore

@@ -23,6 +23,7 @@ from mailman.core.validation import (
 from mailman.providers.mailgun import basic_auth, form
 from mailman.providers.outbox import render
 from mailman.providers.sendgrid import body as sendgrid_body
+from mailman.routes.models.mail import submitted
 from mailman.system import embedded
 
 from ..conftest import eventually, make_config, provider_env
@@ -206,13 +207,14 @@ def test_the_fields_survive_encode_and_decode() -> None:
     assert (older.headers, older.tags, older.metadata) == ((), (), ())
 
 
-def test_as_json_shows_the_fields_only_when_given() -> None:
-    """as_json shows headers, tags and metadata as given, and leaves them out when empty."""
-    shown = full_mail().as_json()
+def test_submitted_shows_the_fields_only_when_given() -> None:
+    """GET /mail/{id}'s submitted shows headers, tags and metadata as given, and leaves them
+    out when empty."""
+    shown = submitted(full_mail())
     assert shown["headers"] == FIELDS["headers"]
     assert shown["tags"] == FIELDS["tags"]
     assert shown["metadata"] == FIELDS["metadata"]
-    assert not {"headers", "tags", "metadata"} & set(parse().as_json())
+    assert not {"headers", "tags", "metadata"} & set(submitted(parse()))
 
 
 # --- the providers' requests -----------------------------------------------------

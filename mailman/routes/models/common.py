@@ -1,0 +1,35 @@
+"""Shapes several answers share: problem details and their field errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, NotRequired
+
+from pydantic import Field
+
+# pydantic reads typing_extensions' TypedDict (typing's lacks what it needs before 3.12).
+from typing_extensions import TypedDict
+
+
+class InvalidField(TypedDict):
+    """One field at fault, named as the API names it (``to[1]``, ``headers.X-Name``)."""
+
+    field: str
+    message: str
+
+
+class Problem(TypedDict):
+    """An error answer: problem details (RFC 9457). ``errors`` names every field at fault
+    (always present on a 422)."""
+
+    type: Annotated[str, Field(description="A URI naming the kind of problem")]
+    title: str
+    status: int
+    detail: Annotated[str, Field(description="What went wrong, for a person")]
+    errors: NotRequired[list[InvalidField]]
+
+
+#: A time as the API writes it: ISO 8601 in UTC with milliseconds (``2025-01-02T03:04:05.678Z``).
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+#: A count: a whole number, never negative.
+Count = Annotated[int, Field(ge=0)]

@@ -1,0 +1,369 @@
+"""The mail endpoints' bodies: the 201 of ``POST /mail/send``, a mail's status, the
+listing, the mail shown in full, and ``POST /mail/{id}/failed``'s optional body."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NotRequired
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
+
+from mailman.core.clock import iso_time
+from mailman.core.model import (
+    Address,
+    Attachment,
+    Attempt,
+    Check,
+    DeliveryEvent,
+    Disposition,
+    EventKind,
+    Mail,
+    Outcome,
+    Status,
+)
+from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
+from mailman.store import MailRecord
+
+from .common import Time
+
+# --- links -------------------------------------------------------------------------
+
+
+class AcceptedLinks(TypedDict):
+    """Where an accepted mail is read: its status, and itself."""
+
+    status: str
+    self: str
+
+
+class StatusLinks(TypedDict):
+    self: str
+    show: Annotated[str, Field(description="The whole mail")]
+
+
+class MailLinks(TypedDict):
+    self: str
+    status: str
+
+
+# --- answers -----------------------------------------------------------------------
+
+#: The status a mail has once accepted: ``scheduled`` while it waits for its ``send_at``.
+FirstStatus = Annotated[
+    Status,
+    WithJsonSchema({"type": "string", "enum": [Status.QUEUED.value, Status.SCHEDULED.value]}),
+]
+
+
+class AcceptedMail(TypedDict):
+    id: Annotated[str, Field(description="The mail's id (a ULID)")]
+    status: FirstStatus
+    links: list[AcceptedLinks]
+
+
+class Accepted(TypedDict):
+    """What ``POST /mail/send`` answers (and an idempotent repeat answers again)."""
+
+    mail: AcceptedMail
+
+
+class MailStatus(TypedDict):
+    id: str
+    status: Status
+    links: list[StatusLinks]
+
+
+class StatusAnswer(TypedDict):
+    """A mail's status."""
+
+    mail: MailStatus
+
+
+class MailListed(TypedDict):
+    id: str
+    status: Status
+    created_at: Time
+    links: list[MailLinks]
+
+
+class MailList(TypedDict):
+    """A page of mails, newest first; ``next`` is absent on the last page."""
+
+    mails: list[MailListed]
+    next: NotRequired[Annotated[str, Field(description="The next page's path")]]
+
+
+class AddressShown(TypedDict):
+    """An address, and its display name when it has one."""
+
+    email: str
+    name: NotRequired[str]
+
+
+class AttachmentShown(TypedDict):
+    """A file as ``GET /mail/{id}`` shows it: never its content."""
+
+    filename: str
+    content_type: str
+    disposition: Disposition
+    content_id: NotRequired[str]
+    size: Annotated[int, Field(ge=1, description="bytes, decoded")]
+
+
+# ``from`` is a keyword: the functional form.
+SubmittedMail = TypedDict(
+    "SubmittedMail",
+    {
+        "from": AddressShown,
+        "to": list[AddressShown],
+        "subject": str,
+        "cc": NotRequired[list[AddressShown]],
+        "bcc": NotRequired[list[AddressShown]],
+        "reply_to": NotRequired[AddressShown],
+        "text": NotRequired[str],
+        "html": NotRequired[str],
+        "callback_url": NotRequired[str],
+        "send_at": NotRequired[Time],
+        "headers": NotRequired[dict[str, str]],
+        "tags": NotRequired[list[str]],
+        "metadata": NotRequired[dict[str, str]],
+        "attachments": NotRequired[list[AttachmentShown]],
+    },
+)
+SubmittedMail.__doc__ = (
+    "The mail as it was accepted (after validation); what was not given is absent."
+)
+
+
+class AttemptShown(TypedDict):
+    """One call to one provider."""
+
+    provider: str
+    round: int
+    at: Time
+    outcome: Annotated[
+        Outcome,
+        Field(
+            description="pending: the call is in flight; unknown: no answer (a timeout, or "
+            "the process died mid-call): the provider may have taken the mail"
+        ),
+    ]
+    reason: str | None
+    message_id: str | None
+    checked: Annotated[
+        Check | None,
+        Field(
+            description="for an unknown attempt: what asking the provider found (null: not asked)"
+        ),
+    ]
+
+
+#: A bounce's kind (``DeliveryEvent.bounce``): hard (permanent) or soft (temporary).
+Bounce = Annotated[
+    str | None, WithJsonSchema({"anyOf": [{"enum": ["hard", "soft"]}, {"type": "null"}]})
+]
+
+
+class EventShown(TypedDict):
+    """What a provider reported after taking the mail (its webhooks)."""
+
+    provider: str
+    event: EventKind
+    at: Time
+    bounce: Bounce
+    reason: str | None
+    recipient: str | None
+
+
+class MailShown(TypedDict):
+    id: str
+    status: Status
+    provider: str | None
+    provider_message_id: str | None
+    reason: str | None
+    created_at: Time
+    updated_at: Time
+    submitted: SubmittedMail
+    attempts: list[AttemptShown]
+    events: Annotated[list[EventShown], Field(description="oldest first")]
+    links: list[MailLinks]
+
+
+class MailDetail(TypedDict):
+    """The whole mail: what was submitted, its status, provider, attempts and events."""
+
+    mail: MailShown
+
+
+# --- requests ----------------------------------------------------------------------
+
+
+class MarkFailed(BaseModel):
+    """``POST /mail/{id}/failed``'s optional body; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    reason: Annotated[
+        str | None, Field(description="Why, kept as the mail's reason; empty: no reason")
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise PydanticCustomError("not_an_object", "must be a JSON object")
+        return data
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _string(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise PydanticCustomError("not_a_string", "must be a string")
+        return value
+
+    @classmethod
+    def read(cls, body: object) -> MarkFailed:
+        """What ``body`` (decoded JSON) says; ``ValidationFailed`` naming what is wrong."""
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                [
+                    FieldError(".".join(str(p) for p in e["loc"]) or BODY_FIELD, e["msg"])
+                    for e in exc.errors()
+                ]
+            ) from None
+
+
+# --- answers from the mail model ---------------------------------------------------
+
+
+def accepted(mail_id: str, status: Status) -> Accepted:
+    return {
+        "mail": {
+            "id": mail_id,
+            "status": status,
+            "links": [{"status": f"/mail/{mail_id}/status", "self": f"/mail/{mail_id}"}],
+        }
+    }
+
+
+def status_answer(mail_id: str, status: Status) -> StatusAnswer:
+    return {
+        "mail": {
+            "id": mail_id,
+            "status": status,
+            "links": [{"self": f"/mail/{mail_id}/status", "show": f"/mail/{mail_id}"}],
+        }
+    }
+
+
+def mail_links(mail_id: str) -> MailLinks:
+    return {"self": f"/mail/{mail_id}", "status": f"/mail/{mail_id}/status"}
+
+
+def _address(address: Address) -> AddressShown:
+    if address.name:
+        return {"email": address.email, "name": address.name}
+    return {"email": address.email}
+
+
+def _attachment(attachment: Attachment) -> AttachmentShown:
+    if attachment.content_id is None:
+        return {
+            "filename": attachment.filename,
+            "content_type": attachment.content_type,
+            "disposition": attachment.disposition,
+            "size": attachment.size,
+        }
+    return {
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "disposition": attachment.disposition,
+        "content_id": attachment.content_id,
+        "size": attachment.size,
+    }
+
+
+def submitted(mail: Mail) -> SubmittedMail:
+    """The mail as ``GET /mail/{id}`` shows what was submitted: by name, type and size
+    for its files, never their content."""
+    out: SubmittedMail = {
+        "from": _address(mail.sender),
+        "to": [_address(a) for a in mail.to],
+        "subject": mail.subject,
+    }
+    if mail.cc:
+        out["cc"] = [_address(a) for a in mail.cc]
+    if mail.bcc:
+        out["bcc"] = [_address(a) for a in mail.bcc]
+    if mail.reply_to:
+        out["reply_to"] = _address(mail.reply_to)
+    if mail.text is not None:
+        out["text"] = mail.text
+    if mail.html is not None:
+        out["html"] = mail.html
+    if mail.callback_url is not None:
+        out["callback_url"] = mail.callback_url
+    if mail.send_at is not None:
+        out["send_at"] = iso_time(mail.send_at)
+    if mail.headers:
+        out["headers"] = dict(mail.headers)
+    if mail.tags:
+        out["tags"] = list(mail.tags)
+    if mail.metadata:
+        out["metadata"] = dict(mail.metadata)
+    if mail.attachments:
+        out["attachments"] = [_attachment(a) for a in mail.attachments]
+    return out
+
+
+def _attempt(attempt: Attempt) -> AttemptShown:
+    return {
+        "provider": attempt.provider,
+        "round": attempt.round,
+        "at": iso_time(attempt.at),
+        "outcome": attempt.outcome,
+        "reason": attempt.reason,
+        "message_id": attempt.message_id,
+        "checked": attempt.checked,
+    }
+
+
+def _event(event: DeliveryEvent) -> EventShown:
+    return {
+        "provider": event.provider,
+        "event": event.kind,
+        "at": iso_time(event.at),
+        "bounce": event.bounce,
+        "reason": event.reason,
+        "recipient": event.recipient,
+    }
+
+
+def detail(record: MailRecord) -> MailDetail:
+    mail = record.mail
+    return {
+        "mail": {
+            "id": mail.id,
+            "status": record.status,
+            "provider": record.provider,
+            "provider_message_id": record.provider_message_id,
+            "reason": record.reason,
+            "created_at": iso_time(mail.created_at),
+            "updated_at": iso_time(record.updated_at),
+            "submitted": submitted(mail),
+            "attempts": [_attempt(a) for a in record.attempts],
+            "events": [_event(e) for e in record.events],
+            "links": [mail_links(mail.id)],
+        }
+    }
