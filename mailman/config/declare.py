@@ -10,7 +10,7 @@ docs table all come from these declarations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar, overload
 
@@ -18,15 +18,15 @@ from . import parse as parsers
 
 T = TypeVar("T")
 
-#: A setting's parser: the raw text (from its flag or its environment variable)
-#: to its value, or ``ConfigError`` with a message that names the setting.
-Parse = Callable[[str, "Setting"], Any]
+#: A setting's parser (``parse``): the raw text (from its flag or its environment
+#: variable) to its value, or ``ConfigError`` with a message that names the setting.
+Parse = parsers.Parse
 
 
-def by_load(raw: str, setting: Setting) -> Any:
+def by_load(raw: str, setting: parsers.Bounds) -> Any:
     """The parser of a setting that ``load`` reads with its own code (it needs more
     than one variable, e.g. the provider chain), ``parts`` included; never called."""
-    raise AssertionError(f"{setting.path} is read by load's own code")
+    raise AssertionError(f"{setting.name} is read by load's own code")
 
 
 @dataclass(frozen=True, slots=True)

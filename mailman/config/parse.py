@@ -1,65 +1,87 @@
 """Setting parsers: a setting's raw text to its value, or ``ConfigError``.
 
-Each takes the raw text and the ``Setting`` (its default, bounds and the name
-its messages use). Numbers, booleans and the text parsers take a blank value
-as the default; the others take it as what it says.
+Each takes the raw text and the setting (a ``Bounds``: its default, bounds and
+the name its messages use; ``declare.Setting`` is one). Numbers, booleans and
+the text parsers take a blank value as the default; the others take it as what
+it says.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import ConfigError
 from .secret import Secret
 
-if TYPE_CHECKING:
-    from .declare import Parse, Setting
+
+class Bounds(Protocol):
+    """What a parser reads of the setting it parses for."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default(self) -> Any: ...
+
+    @property
+    def minimum(self) -> float: ...
+
+    @property
+    def maximum(self) -> float | None: ...
+
+    @property
+    def choices(self) -> tuple[str, ...]: ...
+
+
+#: A setting's parser: the raw text to its value, or ``ConfigError`` naming the setting.
+Parse = Callable[[str, Bounds], Any]
 
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
 
-def text(raw: str, s: Setting) -> str:
+def text(raw: str, s: Bounds) -> str:
     """As given, empty included."""
     return raw
 
 
-def text_or_default(raw: str, s: Setting) -> Any:
+def text_or_default(raw: str, s: Bounds) -> Any:
     """As given; empty: the default."""
     return raw or s.default
 
 
-def stripped(raw: str, s: Setting) -> Any:
+def stripped(raw: str, s: Bounds) -> Any:
     """Without surrounding blanks; blank: the default."""
     return raw.strip() or s.default
 
 
-def path(raw: str, s: Setting) -> Any:
+def path(raw: str, s: Bounds) -> Any:
     """A path; empty: the default."""
     return Path(raw) if raw else s.default
 
 
-def stripped_path(raw: str, s: Setting) -> Any:
+def stripped_path(raw: str, s: Bounds) -> Any:
     """A path without surrounding blanks; blank: the default."""
     value = raw.strip()
     return Path(value) if value else s.default
 
 
-def base_url(raw: str, s: Setting) -> str:
+def base_url(raw: str, s: Bounds) -> str:
     """A base URL without trailing slashes; empty: the default."""
     return str(raw or s.default).rstrip("/")
 
 
-def secret(raw: str, s: Setting) -> Any:
+def secret(raw: str, s: Bounds) -> Any:
     """A ``Secret`` without surrounding blanks; blank: the default."""
     value = raw.strip()
     return Secret(value) if value else s.default
 
 
-def number(raw: str, s: Setting) -> Any:
+def number(raw: str, s: Bounds) -> Any:
     """A number of at least ``s.minimum``; blank: the default."""
     if raw.strip() == "":
         return s.default
@@ -72,7 +94,7 @@ def number(raw: str, s: Setting) -> Any:
     return value
 
 
-def integer(raw: str, s: Setting) -> Any:
+def integer(raw: str, s: Bounds) -> Any:
     """A whole number (``1e3`` too) of at least ``s.minimum``; blank: the default."""
     value = number(raw, s)
     if value is s.default:
@@ -82,7 +104,7 @@ def integer(raw: str, s: Setting) -> Any:
     return int(value)
 
 
-def whole(raw: str, s: Setting) -> int:
+def whole(raw: str, s: Bounds) -> int:
     """Digits only, from ``s.minimum`` up to ``s.maximum``."""
     try:
         value = int(raw)
@@ -95,7 +117,7 @@ def whole(raw: str, s: Setting) -> int:
     return value
 
 
-def port_or_off(raw: str, s: Setting) -> int | None:
+def port_or_off(raw: str, s: Bounds) -> int | None:
     """A port up to ``s.maximum``; 0: None (off); blank: the default."""
     value = integer(raw, s)
     if value is None:
@@ -107,7 +129,7 @@ def port_or_off(raw: str, s: Setting) -> int | None:
     return int(value) or None
 
 
-def boolean(raw: str, s: Setting) -> Any:
+def boolean(raw: str, s: Bounds) -> Any:
     """true/false, yes/no, on/off or 1/0, in any case; blank: the default."""
     value = raw.strip().lower()
     if not value:
@@ -122,7 +144,7 @@ def boolean(raw: str, s: Setting) -> Any:
 def choice(*, echo: bool = False) -> Parse:
     """One of ``s.choices``, in any case (lowered); ``echo``: the refusal quotes the value."""
 
-    def parse(raw: str, s: Setting) -> str:
+    def parse(raw: str, s: Bounds) -> str:
         value = raw.lower()
         if value in s.choices:
             return value
@@ -132,7 +154,7 @@ def choice(*, echo: bool = False) -> Parse:
     return parse
 
 
-def roles(raw: str, s: Setting) -> tuple[str, ...]:
+def roles(raw: str, s: Bounds) -> tuple[str, ...]:
     """A comma list of roles, lowered, blanks dropped; at least one."""
     value = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
     if not value:
@@ -140,7 +162,7 @@ def roles(raw: str, s: Setting) -> tuple[str, ...]:
     return value
 
 
-def public_key(raw: str, s: Setting) -> str | None:
+def public_key(raw: str, s: Bounds) -> str | None:
     """An ECDSA P-256 public key as base64 DER (SubjectPublicKeyInfo); PEM armour is
     dropped; blank: None."""
     lines = [line.strip() for line in raw.splitlines() if not line.strip().startswith("-----")]

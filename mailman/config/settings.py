@@ -7,7 +7,6 @@ Fields without one (``skipped_providers``) are derived by ``load``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -699,13 +698,6 @@ class Config:
     def chain(self) -> tuple[str, ...]:
         """Provider names in failover order."""
         return tuple(p.name for p in self.providers)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Config:
-        """A Config from environment variables alone (no flags)."""
-        from .load import load
-
-        return load([], env)
 
 
 #: Every setting by its path (``breaker.fail_max``, ``sendgrid.api_key``), in the
