@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -425,3 +426,12 @@ async def test_concurrent_requests_keep_tenants_apart(client: Client, store: Sto
     assert all(r.status == 201 for r in answers)
     resp = await client.get("/mail", headers=bearer(a))
     assert len((await resp.json())["mails"]) == 10
+
+
+async def test_key_ids_come_from_the_one_id_source(store: Store) -> None:
+    """A key's id is ``key_`` and a ULID from ``core.ids``, like a mail's id: time-ordered."""
+    first, _ = await create_key(store, tenant="acme", scopes=(Scope.SEND,))
+    second, _ = await create_key(store, tenant="acme", scopes=(Scope.SEND,))
+    for key in (first, second):
+        assert re.fullmatch(r"key_[0-9A-HJKMNP-TV-Z]{26}", key.id), key.id
+    assert first.id < second.id
