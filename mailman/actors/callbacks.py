@@ -30,11 +30,8 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import os
 import random
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +47,10 @@ from mailman.core.backoff import capped_exponential
 from mailman.core.callbacks import url_problem
 from mailman.core.clock import iso_time
 from mailman.intake.resolve import GuardedResolver, UnsafeDestination
+from mailman.providers import describe
 from mailman.store import CallbackDue, Store
 
-from .lifecycle import Actor
+from .lifecycle import Actor, owner_name
 
 log = structlog.get_logger("mailman.callbacks")
 
@@ -115,10 +113,6 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return capped_exponential(base, cap, attempts) * random.uniform(0.8, 1.0)
 
 
-def notifier_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Notifier(Actor):
     """Sends due status callbacks, at most ``concurrency`` at once, never following redirects."""
 
@@ -136,7 +130,7 @@ class Notifier(Actor):
         self.store = store
         self.config = config
         self._secret = config.secret.reveal()
-        self.owner = notifier_owner()
+        self.owner = owner_name()
         self.lease_seconds = config.timeout_seconds + LEASE_MARGIN_SECONDS
         #: Calls in flight get this long to finish once the actor is asked to stop.
         self.grace = config.timeout_seconds
@@ -284,13 +278,8 @@ class Notifier(Actor):
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, UnsafeDestination):
                 return f"refused: {exc.os_error}", None
-            return _error(exc), None
+            return describe(exc)[:MAX_ERROR], None
         except TimeoutError:
             return f"no answer within {self.config.timeout_seconds:g} s", None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _error(exc), None
-
-
-def _error(exc: BaseException) -> str:
-    text = str(exc)
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_ERROR]
+            return describe(exc)[:MAX_ERROR], None

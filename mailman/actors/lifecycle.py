@@ -12,6 +12,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -28,6 +31,12 @@ log = structlog.get_logger("mailman.actor")
 
 #: Waits after a store call failed for an outage: 0.05 s, doubling up to 5 s, until it works.
 OUTAGE_BACKOFF = Backoff(first=0.05, cap=5.0)
+
+
+def owner_name() -> str:
+    """A name for a lease holder (a relay, a notifier) that no other process has: host,
+    pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Actor(abc.ABC):

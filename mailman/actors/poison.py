@@ -22,12 +22,16 @@ from typing import Generic, TypeVar
 import structlog
 
 from mailman.core.messages import encode, key_of
+from mailman.providers import describe
 from mailman.retry import Backoff, retrying
 from mailman.store import Store
 
 from .lifecycle import Actor
 
 log = structlog.get_logger("mailman.poison")
+
+#: The most of an error kept with a dead letter.
+MAX_ERROR = 500
 
 M = TypeVar("M")
 
@@ -109,6 +113,5 @@ def _mail_id(message: object) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    detail = str(exc)
-    text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return text[:500]
+    """The error as a dead letter (and the retry log) keeps it: ``Type: message``, cut."""
+    return describe(exc)[:MAX_ERROR]

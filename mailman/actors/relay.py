@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import structlog
@@ -34,7 +31,7 @@ from mailman.mailboxes.routing import Router
 from mailman.retry import Backoff, retrying
 from mailman.store import OutboxEntry, Store
 
-from .lifecycle import Actor
+from .lifecycle import Actor, owner_name
 from .wake import WakeListener, WakeSender
 
 log = structlog.get_logger("mailman.relay")
@@ -56,11 +53,6 @@ SATURATED_REQUESTS = 8
 SATURATED_LAG_SECONDS = 0.005
 MAX_DEFER_SECONDS = 0.5
 BUSY_BATCH = 50
-
-
-def relay_owner() -> str:
-    """A name for this relay that no other process has: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Nudge:
@@ -99,7 +91,7 @@ class Relay(Actor):
         self.config = config
         self.nudge = nudge
         self.clock = clock
-        self.owner = relay_owner()
+        self.owner = owner_name()
         #: The API's requests in flight in this process (None: no API here).
         self.load = load
         #: Timers this late mean a saturated loop (0: a busy API always counts as one).

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Annotated, Any, ClassVar, NamedTuple, cast
+from typing import Annotated, Any, NamedTuple, cast
 
 from pydantic import (
     BaseModel,
@@ -407,9 +407,6 @@ class Submission(BaseModel):
             ),
         ),
     ] = ()
-
-    #: The most recipients, ``to``, ``cc`` and ``bcc`` together.
-    max_recipients: ClassVar[int] = MAX_RECIPIENTS
 
     @model_validator(mode="wrap")
     @classmethod

@@ -33,10 +33,10 @@ from mailman.intake.refusals import (
     BacklogFull,
     KeyInFlight,
     KeyReused,
+    Rate,
     RateLimited,
     Refused,
 )
-from mailman.intake.refusals import Rate as Rate
 from mailman.store import StoreUnavailable
 
 from . import HTTP_METRICS, LOAD
