@@ -45,8 +45,24 @@ from .outbox import Outbox, OutboxEntry, SqlOutbox
 class StoreUnavailable(ConnectionError):
     """The store cannot be reached or did not answer in time; nothing was changed by us.
 
-    The message names the cause without connection details (no password, no URL).
+    Only raised where that is known: an operation the caller gave up on before it
+    started is never run later (SQLite's writer skips it; a MySQL transaction is
+    rolled back unless its COMMIT was sent, which is ``OutcomeUnknown``). The
+    message names the cause without connection details (no password, no URL).
     """
+
+
+class OutcomeUnknown(ConnectionError):
+    """A write's COMMIT was sent but its answer was lost: it may or may not have been made.
+
+    Not a ``StoreUnavailable``: nothing says the change was not made. ``mail_id``
+    names the mail whose commit it was, where the caller knows it (the intake
+    sets it): reading that mail back settles the question (not found: never stored).
+    """
+
+    def __init__(self, message: str, *, mail_id: str | None = None) -> None:
+        super().__init__(message)
+        self.mail_id = mail_id
 
 
 class Store(
@@ -123,6 +139,7 @@ __all__ = [
     "MetricsSnapshot",
     "MinuteCount",
     "OutboxEntry",
+    "OutcomeUnknown",
     "Pending",
     "RateDecision",
     "SqlStore",

@@ -17,7 +17,10 @@ more than SQLite's one writer does, they say so (``Dialect.one_writer``):
 * a transaction chosen as a deadlock victim (1213: rolled back whole by the
   server) is run again, a few times (``MySQLStore._run``, on ``mailman.retry``;
   each retry logs ``store.deadlock``); every other error
-  propagates, a lost connection included.
+  propagates, a lost connection included. An error before ``COMMIT`` (a
+  cancelled caller included) rolls the transaction back: nothing was changed.
+  A ``COMMIT`` whose answer is lost (the connection broke, the caller gave up
+  while it was on the wire) is ``OutcomeUnknown``: it may have been made.
 
 Statements that make the server raise a warning are avoided on purpose:
 ``aiomysql`` turns every server warning into a Python ``warnings.warn``. So a
@@ -53,7 +56,7 @@ from mailman.config import check_store_url
 from mailman.retry import Backoff, retrying
 
 from . import migrations
-from .base import SqlStore
+from .base import OutcomeUnknown, SqlStore
 from .dialect import MYSQL
 from .operation import Batched, Operation, Steps
 
@@ -105,6 +108,20 @@ def _error_code(exc: BaseException) -> int | None:
     return None
 
 
+def _answer_lost(exc: BaseException) -> bool:
+    """Whether a COMMIT that raised ``exc`` may have been made: its answer never came
+    (the connection broke, the call was cancelled), as opposed to the server's
+    refusal (an error code below 2000), which rolled it back."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        # A timeout's one cancellation: the caller gave up waiting; more: it is torn down.
+        return task is None or task.cancelling() <= 1
+    if isinstance(exc, aiomysql.InterfaceError | OSError | TimeoutError):
+        return True
+    code = _error_code(exc)
+    return code is None or 2000 <= code < 3000
+
+
 def _is_deadlock(exc: Exception) -> bool:
     """The transaction was chosen as a deadlock victim: rolled back whole, safe to run again."""
     return _error_code(exc) == _ER_LOCK_DEADLOCK
@@ -154,8 +171,9 @@ class MySQLStore(SqlStore):
 
     dialect = MYSQL
 
-    #: Server gone or unreachable (2003, 2006, 2013...), a closed connection, socket errors.
-    unavailable = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError)
+    #: Server gone or unreachable (2003, 2006, 2013...), a closed connection, socket errors;
+    #: a COMMIT whose answer was lost (the actors wait it out as an outage and try again).
+    unavailable = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError, OutcomeUnknown)
 
     def __init__(
         self,
@@ -375,11 +393,20 @@ class MySQLStore(SqlStore):
                         "START TRANSACTION READ ONLY" if read_only else "START TRANSACTION"
                     )
                     result = await body(cur)
-                    await conn.commit()
-                    return result
-                except BaseException as exc:
+                except BaseException as exc:  # before COMMIT: rolled back, nothing changed
                     await _abandon(conn, exc)
                     raise
+                try:
+                    await conn.commit()
+                except BaseException as exc:
+                    await _abandon(conn, exc)
+                    if read_only or not _answer_lost(exc):
+                        raise
+                    raise OutcomeUnknown(
+                        f"the answer to COMMIT was lost ({type(exc).__name__}): "
+                        "the change may or may not have been made"
+                    ) from exc
+                return result
 
         return await retrying(
             once, on=_is_deadlock, backoff=DEADLOCK_BACKOFF, event="store.deadlock"
