@@ -19,8 +19,9 @@ more than SQLite's one writer does, they say so (``Dialect.one_writer``):
   each retry logs ``store.deadlock``); every other error
   propagates, a lost connection included. An error before ``COMMIT`` (a
   cancelled caller included) rolls the transaction back: nothing was changed.
-  A ``COMMIT`` whose answer is lost (the connection broke, the caller gave up
-  while it was on the wire) is ``OutcomeUnknown``: it may have been made.
+  Once ``COMMIT`` is sent, a cancelled caller waits for its answer (the change
+  may be made); one whose answer is lost (the connection broke) or late
+  (``COMMIT_ANSWER_SECONDS``) is ``OutcomeUnknown``: it may have been made.
 
 Statements that make the server raise a warning are avoided on purpose:
 ``aiomysql`` turns every server warning into a Python ``warnings.warn``. So a
@@ -83,6 +84,9 @@ _DEFAULT_PORT = 3306
 _CONNECT_TIMEOUT = 10
 _POOL_RECYCLE_SECONDS = 3600
 
+#: How long a COMMIT's answer is awaited once it is sent, past a caller's timeout.
+COMMIT_ANSWER_SECONDS = 30.0
+
 _ER_LOCK_DEADLOCK = 1213
 #: Duplicate column / duplicate key name: a migration statement that already ran.
 ALREADY_DONE = frozenset({1060, 1061})
@@ -110,16 +114,57 @@ def _error_code(exc: BaseException) -> int | None:
 
 def _answer_lost(exc: BaseException) -> bool:
     """Whether a COMMIT that raised ``exc`` may have been made: its answer never came
-    (the connection broke, the call was cancelled), as opposed to the server's
-    refusal (an error code below 2000), which rolled it back."""
-    if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        # A timeout's one cancellation: the caller gave up waiting; more: it is torn down.
-        return task is None or task.cancelling() <= 1
-    if isinstance(exc, aiomysql.InterfaceError | OSError | TimeoutError):
+    (the connection broke), as opposed to the server's refusal (an error code below
+    2000), which rolled it back."""
+    if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
     code = _error_code(exc)
     return code is None or 2000 <= code < 3000
+
+
+async def _commit(conn: Any, read_only: bool) -> None:
+    """COMMIT, and wait for its answer even if the caller is cancelled meanwhile.
+
+    Once COMMIT is sent the change may be made: a caller's timeout then waits
+    for the answer (up to ``COMMIT_ANSWER_SECONDS``) instead of saying nothing
+    was changed. An answer lost (the connection broke) or not come in that
+    time is ``OutcomeUnknown``. A second cancellation (the caller is torn down,
+    not timed out) closes the connection and goes on.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + COMMIT_ANSWER_SECONDS
+    committing = asyncio.ensure_future(conn.commit())
+    cancels = 0
+    while not committing.done() and loop.time() < deadline:
+        try:
+            await asyncio.wait([committing], timeout=deadline - loop.time())
+        except asyncio.CancelledError:
+            cancels += 1
+            if cancels > 1 or read_only:
+                committing.cancel()
+                conn.close()
+                raise
+    if not committing.done():
+        committing.cancel()
+        conn.close()
+        if read_only:
+            raise TimeoutError("no answer to COMMIT")
+        raise OutcomeUnknown(
+            f"no answer to COMMIT within {COMMIT_ANSWER_SECONDS:g} s: "
+            "the change may or may not have been made"
+        )
+    exc = committing.exception()
+    if exc is not None:
+        await _abandon(conn, exc)
+        if read_only or not _answer_lost(exc):
+            raise exc
+        raise OutcomeUnknown(
+            f"the answer to COMMIT was lost ({type(exc).__name__}): "
+            "the change may or may not have been made"
+        ) from exc
+    task = asyncio.current_task()
+    if cancels and task is not None and task.cancelling() > 1:
+        raise asyncio.CancelledError  # committed, but the caller is being torn down
 
 
 def _is_deadlock(exc: Exception) -> bool:
@@ -396,16 +441,7 @@ class MySQLStore(SqlStore):
                 except BaseException as exc:  # before COMMIT: rolled back, nothing changed
                     await _abandon(conn, exc)
                     raise
-                try:
-                    await conn.commit()
-                except BaseException as exc:
-                    await _abandon(conn, exc)
-                    if read_only or not _answer_lost(exc):
-                        raise
-                    raise OutcomeUnknown(
-                        f"the answer to COMMIT was lost ({type(exc).__name__}): "
-                        "the change may or may not have been made"
-                    ) from exc
+                await _commit(conn, read_only)
                 return result
 
         return await retrying(
