@@ -19,11 +19,12 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from mailman.actors.journal import Journal
+from mailman.actors.smtp import outcome_unknown
 from mailman.config import Config
 from mailman.core.messages import StatusUpdate
 from mailman.core.model import Attempt, Mail, Outcome, Status
 from mailman.intake.guard import guarded
-from mailman.store import Store, StoreUnavailable
+from mailman.store import OutcomeUnknown, Store, StoreUnavailable
 from mailman.store.dialect import Dialect
 from mailman.store.mails import add
 from mailman.store.mysql import MySQLStore
@@ -102,13 +103,15 @@ async def test_a_write_already_started_is_waited_for_past_the_timeout(tmp_path: 
     operation's result (it is committed), not a timeout that would say nothing was changed."""
     started.clear()
     release.clear()
-    async with SQLiteStore(str(tmp_path / "m.db")) as store:
+    store = SQLiteStore(str(tmp_path / "m.db"))
+    async with store:
         scopes: list[asyncio.Timeout] = []
 
         async def caller() -> str:
             async with asyncio.timeout(None) as scope:
                 scopes.append(scope)
-                return await store.run(slow_add, mail("m1"))
+                added: str = await store.run(slow_add, mail("m1"))
+                return added
 
         task = asyncio.create_task(caller())
         try:
@@ -133,7 +136,8 @@ async def test_an_operations_own_sqlite_error_fails_it_alone(tmp_path: Path) -> 
     def broken(d: Dialect) -> Steps[None]:
         yield Statement("SELECT * FROM no_such_table")
 
-    async with SQLiteStore(str(tmp_path / "m.db")) as store:
+    store = SQLiteStore(str(tmp_path / "m.db"))
+    async with store:
         outcomes = await asyncio.gather(
             store.add(mail("m1")),
             store.run(broken),
@@ -202,7 +206,8 @@ async def proxied_mysql() -> AsyncIterator[tuple[MySQLStore, TcpProxy]]:
         async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
             user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
             via = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
-            async with MySQLStore.from_url(via) as store:
+            store = MySQLStore.from_url(via)
+            async with store:
                 yield store, proxy
 
 
@@ -232,6 +237,39 @@ async def test_a_lost_commit_answer_is_a_503_that_says_the_outcome_is_unknown(
     assert settled.status == (200 if committed else 404)
     if committed:
         assert (await settled.json())["mail"]["id"] == mail_id
+
+
+@pytest.mark.parametrize("entry", ["sendgrid", "mailgun"])
+async def test_the_compatible_endpoints_say_the_outcome_is_unknown_in_their_shape(
+    aiohttp_client: AiohttpClient, proxied_mysql: tuple[MySQLStore, TcpProxy], entry: str
+) -> None:
+    """A lost COMMIT answer on the SendGrid- and Mailgun-compatible endpoints: 503 in their
+    error shape, naming the mail and its Location, never "nothing was stored"."""
+    store, proxy = proxied_mysql
+    client = await client_factory(aiohttp_client, store, CountingOutbound(), Config())()
+    proxy.trip_at(b"INSERT INTO mails", b"\x03COMMIT", forward=False)
+    if entry == "sendgrid":
+        resp = await client.post(
+            "/v3/mail/send",
+            json={
+                "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+                "from": {"email": "noreply@example.com"},
+                "subject": "Hi",
+                "content": [{"type": "text/plain", "value": "Hi Ann"}],
+            },
+        )
+        message = (await resp.json())["errors"][0]["message"]
+    else:
+        form = {"from": "a@shop.example.com", "to": "ann@example.com", "text": "Hi"}
+        resp = await client.post("/v3/mg.example.com/messages", data=form)
+        message = (await resp.json())["message"]
+    assert resp.status == 503, message
+    assert proxy.tripped.is_set()
+    location = resp.headers["Location"]
+    mail_id = location.removeprefix("/mail/")
+    assert mail_id in message and "may or may not" in message
+    assert "nothing" not in message
+    assert (await client.get(location)).status == 404
 
 
 # --- the whole system ----------------------------------------------------------------------
@@ -315,3 +353,14 @@ async def test_an_odd_provider_id_spoils_no_neighbour(
     assert mailgun.mail_ids() == []
     assert shown["provider_message_id"] == "odd-\\xff\\xfe-id"
     assert [a["message_id"] for a in shown["attempts"]] == ["odd-\\xff\\xfe-id"]
+
+
+def test_the_smtp_reply_to_an_unknown_outcome_never_says_nothing_was_stored() -> None:
+    """An unknown outcome names the mail; it is transient (451) only when the Message-ID
+    deduplicates a retry, else permanent (554) so no MTA retries it blindly."""
+    unknown = OutcomeUnknown("lost", mail_id="01ABC")
+    deduplicated = outcome_unknown(unknown, deduplicated=True)
+    blind = outcome_unknown(unknown, deduplicated=False)
+    assert deduplicated.startswith("451 4.3.0 ") and "01ABC" in deduplicated
+    assert blind.startswith("554 5.3.0 ") and "GET /mail/01ABC" in blind
+    assert all("nothing" not in reply for reply in (deduplicated, blind))

@@ -355,10 +355,10 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
             return _errors(400, *problems)
         self.received.append(body)
         self.files.append(_sendgrid_files(body))
-        raw = self.raw_message_id(body) if self.raw_message_id is not None else None
-        if raw is not None:
-            self.message_ids.append(raw.decode("utf-8", "backslashreplace"))
-            return _raw_accepted(request, raw)
+        odd = self.raw_message_id(body) if self.raw_message_id is not None else None
+        if odd is not None:
+            self.message_ids.append(odd.decode("utf-8", "backslashreplace"))
+            return _raw_accepted(request, odd)
         self.message_ids.append(secrets.token_urlsafe(16))
         if self.webhook_url is not None and self.webhook_private_key is not None:
             self.send_webhooks([self._signed(self.events(body, self.message_ids[-1]))])
