@@ -137,13 +137,14 @@ _STOP = None
 _WHOLE_TRANSACTION = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
 
 
-def _lost(db: sqlite3.Connection, exc: BaseException) -> bool:
-    """Whether ``exc`` lost the whole transaction, not only the operation that raised it.
+def _lost(db: sqlite3.Connection, exc: BaseException, *, write: bool) -> bool:
+    """Whether ``exc`` lost the whole transaction (the writer's batch; for the reader,
+    the connection), not only the operation that raised it.
 
     An error while binding a parameter (a string SQLite cannot encode), a constraint,
     "too many SQL variables": that operation's own fault, undone by its savepoint.
     """
-    if not db.in_transaction:
+    if write and not db.in_transaction:
         return True
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
@@ -217,6 +218,7 @@ class _Worker:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if self._abandon(job):
+                future.cancel()  # nobody waits for it: the thread settles it no more
                 raise  # never started, never will: nothing was changed
         again = False
         while not future.done():
@@ -325,7 +327,7 @@ class _Worker:
         try:
             return self._guarded(db, jobs)
         except Exception as exc:
-            if _lost(db, exc):
+            if _lost(db, exc, write=self._write):
                 raise  # locked, I/O error: the transaction is lost, for every job
             if len(jobs) == 1:
                 return [exc]
@@ -334,7 +336,7 @@ class _Worker:
             try:
                 outcomes.extend(self._guarded(db, [job]))
             except Exception as exc:
-                if _lost(db, exc):
+                if _lost(db, exc, write=self._write):
                     raise
                 outcomes.append(exc)
         return outcomes
