@@ -33,7 +33,14 @@ from mailman.core.model import Mail
 from mailman.core.submission import parse_mail
 from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
 from mailman.intake.resolve import resolution_problem
-from mailman.store import Idempotency, IdempotencyMismatch, MailTooLarge, OutcomeUnknown, Store
+from mailman.store import (
+    Idempotency,
+    IdempotencyMismatch,
+    MailTooLarge,
+    OutcomeUnknown,
+    Store,
+    StoreUnavailable,
+)
 
 from .auth import Principal
 from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
@@ -133,9 +140,13 @@ class Intake:
             return None
         store = self.store
         bucket = f"key:{principal.key_id}" if principal.key_id else "anonymous"
-        decision = await guarded(
-            store, self.config.store_timeout, store.take_token(bucket, limit, time.time())
-        )
+        try:
+            decision = await guarded(
+                store, self.config.store_timeout, store.take_token(bucket, limit, time.time())
+            )
+        except OutcomeUnknown:
+            # A token spent or not: no mail is stored yet, and a retry sends it once.
+            raise StoreUnavailable("the store's answer to a rate token was lost") from None
         rate = Rate(limit, decision.remaining, decision.reset)
         if not decision.allowed:
             log.debug("mail.rate_limited", rate=limit)

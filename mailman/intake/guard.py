@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from mailman.store import OutcomeUnknown, Store, StoreUnavailable
+from mailman.store import OutcomeUnknown, Store, StoreUnavailable, giving_up_by
 
 T = TypeVar("T")
 
@@ -21,8 +21,9 @@ async def guarded(store: Store, within: float, operation: Awaitable[T]) -> T:
     through as itself: it does not say nothing was changed.
     """
     try:
-        async with asyncio.timeout(within):
-            return await operation
+        async with asyncio.timeout(within) as scope:
+            with giving_up_by(scope):
+                return await operation
     except TimeoutError:
         raise StoreUnavailable(f"the store did not answer within {within:g} s") from None
     except OutcomeUnknown:

@@ -33,6 +33,7 @@ from .base import (
     Store,
     StoreUnavailable,
     Transition,
+    giving_up_by,
 )
 from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
 from .mails import list_filter
@@ -84,6 +85,7 @@ __all__ = [
     "Transition",
     "api_key_from_row",
     "bucket_step",
+    "giving_up_by",
     "list_filter",
     "open_store",
 ]

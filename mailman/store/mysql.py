@@ -57,7 +57,7 @@ from mailman.config import check_store_url
 from mailman.retry import Backoff, retrying
 
 from . import migrations
-from .base import OutcomeUnknown, SqlStore
+from .base import OutcomeUnknown, SqlStore, timed_out
 from .dialect import MYSQL
 from .operation import Batched, Operation, Steps
 
@@ -125,25 +125,25 @@ def _answer_lost(exc: BaseException) -> bool:
 async def _commit(conn: Any, read_only: bool) -> None:
     """COMMIT, and wait for its answer even if the caller is cancelled meanwhile.
 
-    Once COMMIT is sent the change may be made: a caller's timeout then waits
-    for the answer (up to ``COMMIT_ANSWER_SECONDS``) instead of saying nothing
-    was changed. An answer lost (the connection broke) or not come in that
-    time is ``OutcomeUnknown``. A second cancellation (the caller is torn down,
-    not timed out) closes the connection and goes on.
+    Once COMMIT is sent the change may be made: a caller's own timeout
+    (``giving_up_by``) then waits for the answer (up to ``COMMIT_ANSWER_SECONDS``)
+    instead of saying nothing was changed. An answer lost (the connection broke)
+    or not come in that time is ``OutcomeUnknown``. Any other cancellation (the
+    caller is torn down) closes the connection and goes on.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + COMMIT_ANSWER_SECONDS
     committing = asyncio.ensure_future(conn.commit())
-    cancels = 0
+    waited = False
     while not committing.done() and loop.time() < deadline:
         try:
             await asyncio.wait([committing], timeout=deadline - loop.time())
         except asyncio.CancelledError:
-            cancels += 1
-            if cancels > 1 or read_only:
+            if waited or read_only or not timed_out():
                 committing.cancel()
                 conn.close()
-                raise
+                raise  # torn down (or a read): nobody is told anything
+            waited = True  # the caller's own timeout: the answer is still wanted
     if not committing.done():
         committing.cancel()
         conn.close()
@@ -162,9 +162,6 @@ async def _commit(conn: Any, read_only: bool) -> None:
             f"the answer to COMMIT was lost ({type(exc).__name__}): "
             "the change may or may not have been made"
         ) from exc
-    task = asyncio.current_task()
-    if cancels and task is not None and task.cancelling() > 1:
-        raise asyncio.CancelledError  # committed, but the caller is being torn down
 
 
 def _is_deadlock(exc: Exception) -> bool:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from . import migrations
-from .base import OutcomeUnknown, SqlStore
+from .base import OutcomeUnknown, SqlStore, timed_out
 from .dialect import SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
 
@@ -199,12 +199,12 @@ class _Worker:
         The calls of one event-loop turn go to the thread together: one
         wake-up (a system call) for all of them, and one batch.
 
-        Cancelled (a caller's timeout) before the thread started it, the job is
-        abandoned: the thread skips it and the cancellation goes on (nothing was
-        changed). Cancelled once started, the call waits for the job's outcome and
-        answers it, however late: the change may be committed, and a caller told
-        "timed out" would believe it was not. Cancelled again meanwhile (more than
-        the one cancellation a timeout makes), it re-raises after the outcome.
+        Cancelled before the thread started it, the job is abandoned: the thread
+        skips it and the cancellation goes on (nothing was changed). Cancelled once
+        started by the caller's own timeout (``giving_up_by``), the call waits for
+        the job's outcome and answers it, however late: the change may be committed,
+        and a caller told "timed out" would believe it was not. Any other
+        cancellation (the caller torn down) goes on at once.
         """
         if not self._open or self._loop is None:
             raise RuntimeError("the store is not open")
@@ -220,16 +220,10 @@ class _Worker:
             if self._abandon(job):
                 future.cancel()  # nobody waits for it: the thread settles it no more
                 raise  # never started, never will: nothing was changed
-        again = False
-        while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                again = True
-        task = asyncio.current_task()
-        if again or (task is not None and task.cancelling() > 1):
-            raise asyncio.CancelledError
-        return future.result()
+            if not timed_out():
+                raise  # torn down, not timed out: nobody is told anything
+        # Started: its outcome is the answer, however late (cancelled again: torn down).
+        return await asyncio.shield(future)
 
     def _abandon(self, job: _Job) -> bool:
         """Give ``job`` up if the thread has not started it; False if it has."""

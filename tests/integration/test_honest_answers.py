@@ -24,7 +24,7 @@ from mailman.config import Config
 from mailman.core.messages import StatusUpdate
 from mailman.core.model import Attempt, Mail, Outcome, Status
 from mailman.intake.guard import guarded
-from mailman.store import OutcomeUnknown, Store, StoreUnavailable
+from mailman.store import OutcomeUnknown, Store, StoreUnavailable, giving_up_by
 from mailman.store.dialect import Dialect
 from mailman.store.mails import add
 from mailman.store.mysql import MySQLStore
@@ -110,8 +110,9 @@ async def test_a_write_already_started_is_waited_for_past_the_timeout(tmp_path: 
         async def caller() -> str:
             async with asyncio.timeout(None) as scope:
                 scopes.append(scope)
-                added: str = await store.run(slow_add, mail("m1"))
-                return added
+                with giving_up_by(scope):
+                    added: str = await store.run(slow_add, mail("m1"))
+                    return added
 
         task = asyncio.create_task(caller())
         try:
@@ -364,3 +365,22 @@ def test_the_smtp_reply_to_an_unknown_outcome_never_says_nothing_was_stored() ->
     assert deduplicated.startswith("451 4.3.0 ") and "01ABC" in deduplicated
     assert blind.startswith("554 5.3.0 ") and "GET /mail/01ABC" in blind
     assert all("nothing" not in reply for reply in (deduplicated, blind))
+
+
+async def test_a_caller_torn_down_mid_operation_is_not_kept_alive(tmp_path: Path) -> None:
+    """A caller cancelled from outside (not its own timeout) while its operation runs ends at
+    once: the operation still commits, but the caller is not kept running."""
+    started.clear()
+    release.clear()
+    store = SQLiteStore(str(tmp_path / "m.db"))
+    async with store:
+        task = asyncio.create_task(store.run(slow_add, mail("m1")))
+        try:
+            await asyncio.to_thread(started.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            release.set()
+        await store.add(mail("after", created_at=2000.0))  # the writer is past slow_add
+        assert await store.load("m1") is not None
