@@ -80,6 +80,7 @@ from mailman.intake.keys import Scope
 from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
+from .auth import PRINCIPAL
 from .body import read_body
 from .contract import (
     ACCEPTED_HEADERS,
@@ -557,6 +558,7 @@ async def _principal(request: web.Request) -> Principal:
     except MissingScope as exc:
         raise Refused(HTTPStatus.FORBIDDEN, str(exc), kind="forbidden") from None
     note(request, tenant=principal.tenant)
+    request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
     return principal
 
 
