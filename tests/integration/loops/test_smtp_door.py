@@ -37,7 +37,7 @@ class Client:
 
     async def reply(self) -> str:
         """The next (multi-line) reply, joined; "" once the server closed."""
-        lines = []
+        lines: list[str] = []
         while True:
             line = (await self.reader.readline()).decode()
             if not line:
