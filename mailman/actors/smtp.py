@@ -565,9 +565,11 @@ class SmtpProtocol(SMTP):
             self.handler.background.add(task)
             task.add_done_callback(self.handler.background.discard)
             return
-        if now >= self._last + self.settings.idle_timeout and not self._busy:
-            self.close_with(IDLE, "smtp.idle_timeout")
-            return
+        if now >= self._last + self.settings.idle_timeout:
+            if not self._busy:
+                self.close_with(IDLE, "smtp.idle_timeout")
+                return
+            self._last = now  # committing a mail, or delaying a refusal: not idle
         self._arm()
 
     async def _auth_deadline(self) -> None:
