@@ -159,3 +159,22 @@ async def test_every_body_is_charged_at_the_cost_factor(
         assert resp.status == 200
     assert seen == [1234 * COST_FACTOR]
     assert budget.used == 0
+
+
+async def test_the_mailgun_endpoint_answers_503_in_its_own_shape(
+    client: Client, budget: Budget
+) -> None:
+    """On the Mailgun-compatible endpoint the refusal is Mailgun's {"message": ...}, with
+    Retry-After."""
+    form = {
+        "from": "sender@example.com",
+        "to": "ann@example.com",
+        "subject": "Hello",
+        "text": "x" * 6000,
+    }
+    async with client.post("/v3/example.com/messages", data=form) as resp:
+        assert resp.status == 503, await resp.text()
+        assert "Retry-After" in resp.headers
+        body = await resp.json()
+        assert "memory" in body["message"]
+    assert budget.used == 0
