@@ -626,8 +626,8 @@ def _error(description: str, *shared: str) -> Answer:
         415: _error("Not a form, or an unknown Content-Encoding"),
         429: _error("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
         503: _error(
-            "The store does not answer, or the backlog is full; nothing was stored, try "
-            "again after Retry-After",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; nothing was stored, try again after Retry-After",
             "Retry-After",
         ),
     },

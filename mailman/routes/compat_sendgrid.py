@@ -800,8 +800,9 @@ def _error(description: str, *shared: str) -> Answer:
             *RATE_HEADERS,
         ),
         503: _error(
-            "The store does not answer, or the backlog is full; try again after Retry-After "
-            "(X-Mailman-Ids names any mails already stored)",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; try again after Retry-After (X-Mailman-Ids names any "
+            "mails already stored)",
             "Retry-After",
         ),
     },
