@@ -301,10 +301,11 @@ def addressed(
 
 @write
 def reclaim(d: Dialect, pages: int) -> Steps[int]:
+    """Python's ``sqlite3`` steps a statement that returns no rows once, and each step of
+    ``incremental_vacuum`` frees one page: it is run once per page."""
     (free,) = (yield Statement("PRAGMA freelist_count")).fetchone()
-    if not free:
-        return 0
-    (yield Statement(f"PRAGMA incremental_vacuum({int(pages)})")).fetchall()
+    for _ in range(min(int(free), pages)):
+        yield Statement("PRAGMA incremental_vacuum")
     (left,) = (yield Statement("PRAGMA freelist_count")).fetchone()
     return int(free) - int(left)
 
