@@ -57,7 +57,7 @@ def full_mail(mail_id: str, created_at: float = 1000.0, **fields: object) -> Mai
         tags=("welcome",),
         attachments=(Attachment.of("cv.pdf", b"%PDF secret"),),
         request_id="req-1",
-        **fields,
+        **fields,  # type: ignore[arg-type]
     )
 
 
