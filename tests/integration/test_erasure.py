@@ -1,14 +1,19 @@
-"""Erasure over HTTP: DELETE /mail/{id}, a purged mail's answer, and the contract."""
+"""Erasure: DELETE /mail/{id}, a purged mail's answer, the contract, ``mailman erase``."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
+from pathlib import Path
 
+from mailman import main
 from mailman.core.clock import iso_time
 from mailman.core.messages import StatusUpdate
-from mailman.core.model import Status
+from mailman.core.model import Address, Mail, Status
 from mailman.intake.keys import Scope
 from mailman.store import Store
+from mailman.store.sqlite import SQLiteStore
 
 from ..support.api import VALID, Client, problem
 from .test_auth import bearer, client, key, make_client, sent_id
@@ -107,3 +112,76 @@ async def test_the_contract_documents_delete_and_purged_at(client: Client) -> No
     shown = document["components"]["schemas"]["MailShown"]
     assert "purged_at" in shown["properties"] and "purged_at" in shown["required"]
     assert "submitted" not in shown["required"]
+
+
+# --- mailman erase ----------------------------------------------------------------------
+
+
+def _person(mail_id: str, tenant: str = "acme", **fields: object) -> Mail:
+    values: dict[str, object] = {
+        "id": mail_id,
+        "sender": Address("shop@example.com"),
+        "to": (Address("someone@example.com"),),
+        "subject": "hi",
+        "tenant": tenant,
+        "created_at": 1000.0,
+        **fields,
+    }
+    return Mail(**values)  # type: ignore[arg-type]
+
+
+async def _fill(path: str) -> None:
+    """Ann's mails: to her (sent), cc (failed, another tenant), reply-to (scheduled), from
+    her (queued: on its way); and Bob's (sent)."""
+    async with SQLiteStore(path) as store:
+        await store.add(_person("to", to=(Address("Ann@Example.com", "Ann"),)))
+        await store.add(_person("cc", "globex", cc=(Address("ann@example.com"),)))
+        await store.add(_person("later", reply_to=Address("ann@example.com"), send_at=10**10))
+        await store.add(_person("from", sender=Address("ann@example.com")))
+        await store.add(_person("bob", to=(Address("bob@example.com"),)))
+        await store.apply(
+            [
+                StatusUpdate("to", Status.SENT, 2000.0, provider="sendgrid"),
+                StatusUpdate("cc", Status.FAILED, 2000.0, provider="sendgrid"),
+                StatusUpdate("bob", Status.SENT, 2000.0, provider="sendgrid"),
+            ]
+        )
+
+
+async def _left(path: str) -> list[str]:
+    async with SQLiteStore(path) as store:
+        ids = ("to", "cc", "later", "from", "bob")
+        return [mail_id for mail_id in ids if await store.get(mail_id) is not None]
+
+
+def test_erase_deletes_every_mail_to_or_from_the_address(tmp_path: Path) -> None:
+    """``mailman erase --address`` erases Ann's final and scheduled mails in every tenant,
+    says how many, leaves the one still queued (exit 1) and Bob's; then, with --tenant,
+    only that tenant's."""
+    path = str(tmp_path / "mailman.db")
+    asyncio.run(_fill(path))
+    env = {"MAILMAN_STORE": f"sqlite:///{path}"}
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["erase", "--address", "ANN@example.com"], env, out=out, err=err)
+    assert (code, err.getvalue()) == (1, "")
+    assert out.getvalue().splitlines() == [
+        "mail from is queued: left",
+        "erased 3 mail(s) to or from ANN@example.com",
+        "left 1 mail(s) still being sent: run again once they are final",
+    ]
+    assert asyncio.run(_left(path)) == ["from", "bob"]
+
+    out = io.StringIO()
+    assert main(["erase", "--address", "bob@example.com", "--tenant", "globex"], env, out=out) == 0
+    assert out.getvalue() == "erased 0 mail(s) to or from bob@example.com\n"
+    assert main(["erase", "--address", "bob@example.com", "--tenant", "acme"], env, out=out) == 0
+    assert asyncio.run(_left(path)) == ["from"]
+
+
+def test_erase_refuses_what_is_no_address(tmp_path: Path) -> None:
+    """An --address without @ is bad usage (exit 2), naming it; nothing is opened."""
+    err = io.StringIO()
+    env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'never.db'}"}
+    assert main(["erase", "--address", "ann"], env, err=err) == 2
+    assert err.getvalue() == "mailman erase: --address 'ann' is not an e-mail address\n"
+    assert not (tmp_path / "never.db").exists()
