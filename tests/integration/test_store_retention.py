@@ -6,6 +6,7 @@ are given, never waited for: each operation takes its cutoffs and "now".
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from dataclasses import replace
@@ -129,6 +130,24 @@ async def test_drops_go_in_batches(store: Store) -> None:
     assert await store.purge_bodies(before=3000.0, now=3000.0, limit=2) == 2
     assert await store.drop_records(before=3000.0, limit=3) == 3
     assert await store.drop_records(before=3000.0, limit=3) == 2
+
+
+async def test_purgers_at_once_share_the_work(store: Store) -> None:
+    """Two purges and two drops running at once (two processes' purgers) each finish,
+    together handle every mail once, and leave no row behind."""
+    for i in range(6):
+        await store.add(mail(f"m{i}"))
+        await finished(store, f"m{i}", 2000.0)
+    purged = await asyncio.gather(
+        store.purge_bodies(before=3000.0, now=3000.0, limit=3),
+        store.purge_bodies(before=3000.0, now=3000.0, limit=3),
+    )
+    assert sum(purged) == 6
+    dropped = await asyncio.gather(
+        store.drop_records(before=4000.0, limit=3), store.drop_records(before=4000.0, limit=3)
+    )
+    assert sum(dropped) == 6
+    assert [await store.get(f"m{i}") for i in range(6)] == [None] * 6
 
 
 async def test_finished_callbacks_replayed_letters_and_expired_keys_are_dropped(
