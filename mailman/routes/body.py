@@ -13,7 +13,12 @@ the body arrives as sent and is decoded here, chunk by chunk, so that
 - a body that sends nothing for ``idle_timeout`` seconds is a 408, and the
   connection is closed (``Connection: close``);
 - a client that disconnects mid-body raises ``ClientGone``, which the
-  request-id middleware logs once at info level.
+  request-id middleware logs once at info level;
+- the body is charged to the process's in-flight budget (``intake.budget``)
+  before it is read: its ``Content-Length`` at once, a chunked or encoded one
+  as it arrives; past the budget (or past the caller's half of it) a 503 with
+  ``Retry-After``, before the rest is read. ``budget_middleware`` gives the
+  bytes back once the answer is ready.
 """
 
 from __future__ import annotations
@@ -24,10 +29,16 @@ from http import HTTPStatus
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
+from mailman.config.logging import get_logger
+from mailman.intake.budget import Budget, Hold, OverBudget, owner_of
+
+from .auth import PRINCIPAL
 from .errors import (
     BAD_REQUEST,
     MALFORMED_JSON,
+    OVER_BUDGET,
     TIMEOUT,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
@@ -39,6 +50,13 @@ ACCEPTED_ENCODINGS = "gzip, deflate"
 _IDENTITY = frozenset({"", "identity"})
 _GZIP = frozenset({"gzip", "x-gzip"})
 _DEFLATE = "deflate"
+
+log = get_logger("mailman.http")
+
+#: The process's in-flight budget (``create_app`` sets it).
+BUDGET = web.AppKey("budget", Budget)
+#: What the request holds of it, once its body is being read.
+HOLD = web.RequestKey("budget_hold", Hold)
 
 
 class ClientGone(ConnectionResetError):
@@ -169,6 +187,57 @@ async def _next_chunk(request: web.Request, idle_timeout: float | None) -> bytes
         ) from None
 
 
+def _over_budget(request: web.Request, exc: OverBudget) -> Problem:
+    log.warning(
+        "budget.refused",
+        path=request.path,
+        whole=exc.whole,
+        wanted=exc.wanted,
+        limit=exc.limit if exc.whole else exc.owner_limit,
+    )
+    whose = "this service's" if exc.whole else "this caller's share of the"
+    return Problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"The body would pass {whose} memory for bodies in flight; nothing was read or "
+        "stored. Try again after Retry-After.",
+        type=OVER_BUDGET,
+        headers={hdrs.RETRY_AFTER: str(exc.retry_after), hdrs.CONNECTION: "close"},
+    )
+
+
+def _hold(request: web.Request) -> Hold | None:
+    """The request's hold on the budget, made on first use (owner: the caller's key, or
+    its address); None without a budget."""
+    hold = request.get(HOLD)
+    if hold is None:
+        budget = request.app.get(BUDGET)
+        if budget is None:
+            return None
+        principal = request.get(PRINCIPAL)
+        hold = budget.hold(owner_of(principal.key_id if principal else None, request.remote))
+        request[HOLD] = hold
+    return hold
+
+
+def _charge(request: web.Request, hold: Hold | None, nbytes: int) -> None:
+    if hold is not None:
+        try:
+            hold.reserve(nbytes)
+        except OverBudget as exc:
+            raise _over_budget(request, exc) from None
+
+
+@web.middleware
+async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives back what the request's body held of the budget once its answer is ready."""
+    try:
+        return await handler(request)
+    finally:
+        hold = request.get(HOLD)
+        if hold is not None:
+            hold.release()
+
+
 async def read_body(
     request: web.Request, *, limit: int, idle_timeout: float | None = None
 ) -> bytes:
@@ -177,12 +246,14 @@ async def read_body(
     415 for a content coding other than gzip, deflate or identity; 400 if it
     does not decode; 413 beyond ``limit`` bytes (decoded, or on the wire);
     408 if nothing arrives for ``idle_timeout`` seconds (None: wait forever);
-    ``ClientGone`` if the client disconnects first.
+    ``ClientGone`` if the client disconnects first; 503 past the in-flight budget.
     """
     coding = _coding(request)
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
+    hold = _hold(request)
+    _charge(request, hold, length or 0)
     decoder = None if coding == "identity" else Decoder(coding, limit)
     parts: list[bytes] = []
     received = 0
@@ -194,6 +265,7 @@ async def read_body(
             parts.append(chunk)
         else:
             parts += decoder.feed(chunk)
+        _charge(request, hold, max(received, decoder.size if decoder else 0))
     if decoder is not None:
         decoder.finish()
     return b"".join(parts)

@@ -80,6 +80,7 @@ from mailman.intake.keys import Scope
 from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
+from .auth import PRINCIPAL
 from .body import read_body
 from .contract import (
     ACCEPTED_HEADERS,
@@ -557,6 +558,7 @@ async def _principal(request: web.Request) -> Principal:
     except MissingScope as exc:
         raise Refused(HTTPStatus.FORBIDDEN, str(exc), kind="forbidden") from None
     note(request, tenant=principal.tenant)
+    request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
     return principal
 
 
@@ -624,8 +626,8 @@ def _error(description: str, *shared: str) -> Answer:
         415: _error("Not a form, or an unknown Content-Encoding"),
         429: _error("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
         503: _error(
-            "The store does not answer, or the backlog is full; nothing was stored, try "
-            "again after Retry-After",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; nothing was stored, try again after Retry-After",
             "Retry-After",
         ),
     },

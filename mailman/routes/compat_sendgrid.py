@@ -70,7 +70,7 @@ from mailman.intake.refusals import Refused
 from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE
-from .auth import KEYRING
+from .auth import KEYRING, PRINCIPAL
 from .body import read_body
 from .contract import (
     ACCEPTED_HEADERS,
@@ -666,6 +666,7 @@ async def _charge(intake: Intake, principal: Principal, mails: int) -> dict[str,
 async def _send(request: web.Request) -> web.Response:
     principal = await _principal(request)
     note(request, tenant=principal.tenant)
+    request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
     config, intake = request.app[CONFIG], request.app[INTAKE]
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None and (bad := idempotency_key_problem(key)) is not None:
@@ -799,8 +800,9 @@ def _error(description: str, *shared: str) -> Answer:
             *RATE_HEADERS,
         ),
         503: _error(
-            "The store does not answer, or the backlog is full; try again after Retry-After "
-            "(X-Mailman-Ids names any mails already stored)",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; try again after Retry-After (X-Mailman-Ids names any "
+            "mails already stored)",
             "Retry-After",
         ),
     },

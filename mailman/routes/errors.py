@@ -64,6 +64,7 @@ IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
 IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
 STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
 BACKLOG_FULL = _PROBLEMS + "backlog-full"
+OVER_BUDGET = _PROBLEMS + "over-budget"
 NOT_READY = _PROBLEMS + "not-ready"
 TIMEOUT = _PROBLEMS + "timeout"
 #: RFC 9457: the problem has no more meaning than its HTTP status.

@@ -208,7 +208,8 @@ UNKNOWN = problem("No such mail (or another tenant's)")
         429: problem("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
         503: problem(
             "The store does not answer, or the backlog of unsent mail is over "
-            "MAILMAN_BACKLOG_LIMIT (type backlog-full); nothing was stored, try again after "
+            "MAILMAN_BACKLOG_LIMIT (type backlog-full), or the body does not fit in the memory "
+            "for bodies in flight (type over-budget); nothing was stored, try again after "
             "Retry-After",
             "Retry-After",
         ),
