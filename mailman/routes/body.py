@@ -19,14 +19,18 @@ the body arrives as sent and is decoded here, chunk by chunk, so that
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from http import HTTPStatus
 
 import orjson
 from aiohttp import hdrs, web
 
+from mailman.core.validation import BODY_FIELD, FieldError
+
 from .errors import (
     BAD_REQUEST,
+    DUPLICATE_KEY,
     MALFORMED_JSON,
     TIMEOUT,
     TOO_LARGE,
@@ -200,10 +204,75 @@ async def read_body(
 
 
 def decode_json(raw: bytes) -> object:
-    """``raw`` as JSON; a 400 problem (``malformed-json``) if it is not JSON."""
+    """``raw`` as JSON; a 400 problem if it is not JSON (``malformed-json``) or if an
+    object in it names a key twice (``duplicate-key``, naming the key and where it is).
+
+    orjson parses (it decides what is JSON, and is fast); the standard library's C
+    scanner then reads the same text again only to look for a repeated key, which
+    orjson, like most parsers, would silently resolve to the last value. That check
+    costs about 4 µs on a typical 500-byte mail (docs/http-api.md).
+    """
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Problem(
             HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {exc}", type=MALFORMED_JSON
         ) from None
+    if isinstance(value, dict | list):  # a scalar has no keys
+        try:
+            _DUPLICATE_SCAN.decode(raw.decode("utf-8"))
+        except _Duplicate:
+            field = duplicate_key(raw)
+            raise Problem(
+                HTTPStatus.BAD_REQUEST,
+                f"The body gives {field} more than once: give each key of an object once.",
+                type=DUPLICATE_KEY,
+                errors=[FieldError(field, "is given more than once")],
+            ) from None
+        except ValueError:  # what orjson took and the stdlib does not: nothing to compare
+            pass
+    return value
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> None:
+    """An object's pairs; raises ``_Duplicate`` if a key repeats (nothing is built)."""
+    if len(pairs) > 1 and len({key for key, _ in pairs}) != len(pairs):
+        raise _Duplicate
+
+
+_DUPLICATE_SCAN = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+
+
+class _Seen(dict[str, object]):
+    """An object as parsed, and the first key it repeats (None: none)."""
+
+    repeated: str | None = None
+
+
+def _mark_duplicates(pairs: list[tuple[str, object]]) -> _Seen:
+    seen = _Seen()
+    for key, value in pairs:
+        if key in seen and seen.repeated is None:
+            seen.repeated = key
+        seen[key] = value
+    return seen
+
+
+def duplicate_key(raw: bytes) -> str:
+    """The first repeated key of ``raw`` (known to have one), named as the API names
+    fields: ``to``, ``attachments[0].filename``."""
+    tree = json.loads(raw, object_pairs_hook=_mark_duplicates)
+    stack: list[tuple[str, object]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _Seen):
+            if node.repeated is not None:
+                return f"{path}.{node.repeated}" if path else node.repeated
+            stack += [(f"{path}.{k}" if path else k, v) for k, v in reversed(node.items())]
+        elif isinstance(node, list):
+            stack += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(node)))]
+    return BODY_FIELD

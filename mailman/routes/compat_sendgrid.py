@@ -71,7 +71,7 @@ from mailman.store import StoreUnavailable
 
 from . import CONFIG, INTAKE
 from .auth import KEYRING
-from .body import read_body
+from .body import decode_json, read_body
 from .contract import (
     ACCEPTED_HEADERS,
     BEARER,
@@ -674,10 +674,13 @@ async def _send(request: web.Request) -> web.Response:
         request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout
     )
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Refusal.one(
-            400, f"The body is not valid JSON: {exc}", reason="malformed-json"
+        body = decode_json(raw)
+    except Problem as problem:  # not JSON, or a key given twice in one object
+        raise Refusal(
+            400,
+            [SendGridError(problem.detail, _INDEX.sub(r".\1", e.field)) for e in problem.errors]
+            or [SendGridError(problem.detail)],
+            reason=problem.type.rsplit("/", 1)[-1],
         ) from None
     translation = translate(body)
     rid = request_id(request)
