@@ -170,7 +170,7 @@ FILENAME: dict[str, Any] = string(
     minLength=1,
     maxLength=validation.MAX_FILENAME,
     pattern=f"^{_NO_ENCODED_WORD}(?!\\.\\.?$)(?![{_SPACES}])(?![\\s\\S]*[{_SPACES}]$)"
-    f'[^{_HEADER_CONTROLS}{_DECEPTIVE}/\\\\"{_BIDI}]+$',
+    f'[^{_HEADER_CONTROLS}/\\\\"{_BIDI}]+$',
     description="The file's name, no path; non-ASCII is fine",
 )
 

@@ -307,8 +307,10 @@ def describe(char: str) -> str:
     return f"U+{ord(char):04X}"
 
 
-def header_problem(value: str) -> str | None:
+def header_problem(value: str, *, deceptive: bool = True) -> str | None:
     """Why ``value`` cannot stand in a header (subject, name, address); None if it can.
+    ``deceptive=False``: bidirectional controls and invisible characters are left to
+    the caller (a file name has its own rule for them).
 
     Refused: CR and LF (header injection), any other C0 control (NUL, and TAB:
     it is folding whitespace, which providers may fold at or turn into a
@@ -329,11 +331,11 @@ def header_problem(value: str) -> str | None:
         if "\ud800" <= char <= "\udfff":
             return f"must not contain a lone surrogate ({describe(char)})"
         return f"must not contain control or line-separator characters ({describe(char)})"
-    deceptive = _DECEPTIVE.search(value)
-    if deceptive is not None:
+    found = _DECEPTIVE.search(value) if deceptive else None
+    if found is not None:
         return (
             "must not contain bidirectional control or invisible characters "
-            f"({describe(deceptive.group())})"
+            f"({describe(found.group())})"
         )
     if _ENCODED_WORD.search(value):
         return "must not contain an RFC 2047 encoded-word (=?...?=): send the text itself"
@@ -786,7 +788,7 @@ def filename_problem(name: str) -> str | None:
     """
     if not 1 <= len(name) <= MAX_FILENAME:
         return f"must be 1 to {MAX_FILENAME} characters"
-    problem = header_problem(name)
+    problem = header_problem(name, deceptive=False)
     if problem is not None:
         return problem
     if "/" in name or "\\" in name:

@@ -90,6 +90,7 @@ from .errors import (
     TOO_LARGE,
     VALIDATION,
     Problem,
+    Render,
     as_problem,
     bad_idempotency_key,
     note,
@@ -838,6 +839,24 @@ async def sendgrid_other_method(request: web.Request) -> web.StreamResponse:
             405, "method not allowed", {hdrs.ALLOW: hdrs.METH_POST}, reason="method-not-allowed"
         ),
     )
+
+
+def render(problem: Problem) -> web.Response:
+    """A problem raised outside the handler (aiohttp's 404, a middleware's refusal) in
+    SendGrid's shape."""
+    return from_problem(problem).response()
+
+
+def error_shape(request: web.Request) -> Render | None:
+    """SendGrid's shape for every error at its Mail Send path."""
+    path = request.path
+    return render if path == PATH or path.startswith(PATH + "/") else None
+
+
+def v3_error_shape(request: web.Request) -> Render | None:
+    """SendGrid's shape at any other ``/v3/`` path (a Mailgun client's are Mailgun's:
+    ``compat_mailgun.error_shape`` is asked first)."""
+    return render if request.path.startswith("/v3/") else None
 
 
 def _internal(request: web.Request) -> web.Response:
