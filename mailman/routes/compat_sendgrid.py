@@ -100,7 +100,9 @@ from .errors import (
 from .models.sendgrid import (
     MAX_PERSONALIZATIONS,
     MAX_UNIX_TIME,
+    Content,
     Personalization,
+    SendGridAddress,
     SendGridErrors,
     SendGridMail,
     fields_of,
@@ -142,6 +144,9 @@ REFUSED_IN_PERSONALIZATION: dict[str, str] = {
 #: Top-level fields taken (``tracking_settings`` is taken and ignored): the model's.
 KNOWN = fields_of(SendGridMail)
 PERSONALIZATION_KNOWN = fields_of(Personalization)
+#: The fields of an email object and of a content block (any other is refused).
+_ADDRESS_FIELDS = fields_of(SendGridAddress)
+_CONTENT_FIELDS = fields_of(Content)
 #: SendGrid's content types and the Mailman body each becomes.
 _CONTENT_TYPES = {"text/plain": "text", "text/html": "html"}
 #: SendGrid's attachment fields and Mailman's names for them.
@@ -296,6 +301,10 @@ def _address(value: object, path: str, errors: _Errors) -> tuple[str, str] | Non
         return None
     email, name = value.get("email"), value.get("name")
     ok = True
+    for key in value:
+        if key not in _ADDRESS_FIELDS:
+            errors.add(f"{path}.{key}", "is not a field of an email object (email, name)")
+            ok = False
     if not isinstance(email, str) or not email:
         errors.add(f"{path}.email", "is required: a string holding one address")
         ok = False
@@ -347,6 +356,10 @@ def _sandbox(value: object, errors: _Errors) -> bool:
         if not isinstance(setting, dict):
             errors.add(where, "must be an object")
             continue
+        if name == "sandbox_mode":
+            for key in setting:
+                if key != "enable":
+                    errors.add(f"{where}.{key}", "is not a field of sandbox_mode (enable)")
         enable = setting.get("enable")
         if enable is not None and not isinstance(enable, bool):
             errors.add(f"{where}.enable", "must be true or false")
@@ -370,6 +383,9 @@ def _content(value: object, out: dict[str, Any], paths: dict[str, str], errors: 
         if not isinstance(block, dict):
             errors.add(where, "must be an object with a type and a value")
             continue
+        for key in block:
+            if key not in _CONTENT_FIELDS:
+                errors.add(f"{where}.{key}", "is not a field of a content object (type, value)")
         type_, text = block.get("type"), block.get("value")
         kind = None
         if not isinstance(type_, str):
