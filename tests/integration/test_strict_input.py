@@ -229,6 +229,30 @@ async def test_mark_failed_refuses_a_key_given_twice(client: Client) -> None:
     assert (await problem(resp, 400))["errors"][0]["field"] == "reason"
 
 
+@pytest.mark.parametrize(
+    ("raw", "repeats"),
+    [
+        (b'{"a": "x:y", "b:c": "12:00", "d" : [1, {"e" :"::"}]}', False),
+        (b'{"a": "x:y", "a" : "12:00"}', True),
+        (b'{"s": "a\\u003ab", "t": "\\u003A"}', False),
+        # An escaped colon must not hide a repeat by evening out the count.
+        (b'{"s": "a\\u003ab", "t": 1, "t": 2}', True),
+        (b'[{"k": 1}, {"k": 2}, [{"k": {"k": 1}}]]', False),
+        (b'[[{"k": {"j": 1, "j": 2}}]]', True),
+        (b'{"x": "\\\\u003a", "y": 1, "y": 1}', True),
+    ],
+    ids=["colons", "repeat", "escaped", "escaped repeat", "same key apart", "deep", "backslash"],
+)
+def test_repeats_are_found_however_the_colons_are_written(raw: bytes, repeats: bool) -> None:
+    """Colons in keys and strings, spaces around them and escaped colons neither hide a
+    repeated key nor make one up."""
+    if repeats:
+        with pytest.raises(Problem):
+            decode_json(raw)
+    else:
+        decode_json(raw)
+
+
 def test_the_parser_finds_duplicates_at_any_depth_and_only_there() -> None:
     """Nested objects in lists are searched; the same key in two objects is no duplicate."""
     assert decode_json(b'[{"a": 1}, {"a": 2}]') == [{"a": 1}, {"a": 2}]
