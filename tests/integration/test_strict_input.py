@@ -421,3 +421,23 @@ async def test_a_mailgun_401_from_the_middleware_shape_is_plain_forbidden() -> N
     assert answer.headers["WWW-Authenticate"] == 'Basic realm="MG API"'
     answer = render(Problem(413, "too large"))
     assert answer.status == 413 and orjson.loads(answer.body) == {"message": "too large"}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("action", ["sent", "retry"])
+async def test_sent_and_retry_refuse_a_body_with_fields(
+    client: Client, store: Store, action: str
+) -> None:
+    """POST /mail/{id}/sent and /retry take no fields: one is a 422 naming it (it was
+    ignored), and the mail is left as it was; an empty object or no body is fine."""
+    resp = await client.post("/mail/send", data=orjson.dumps(VALID), headers=JSON)
+    mail_id = (await resp.json())["mail"]["id"]
+    before = await store.load(mail_id)
+    url = f"/mail/{mail_id}/{action}"
+    resp = await client.post(url, data=orjson.dumps({"reason": "by hand"}), headers=JSON)
+    assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["reason"]
+    assert await store.load(mail_id) == before
+    if action == "sent":
+        resp = await client.post(url, data=b"{}", headers=JSON)
+        assert resp.status == 200, await resp.text()
+        resp = await client.post(url)
+        assert resp.status == 200, await resp.text()

@@ -34,8 +34,10 @@ from mailman.core.validation import (
     BODY_FIELD,
     MAX_REASON,
     MAX_UNKNOWN_NAMED,
+    Errors,
     FieldError,
     ValidationFailed,
+    unknown_fields,
 )
 from mailman.store import MailRecord
 
@@ -259,6 +261,23 @@ class MarkFailed(BaseModel):
                     for e in exc.errors()[:MAX_UNKNOWN_NAMED]
                 ]
             ) from None
+
+
+class NoFields(BaseModel):
+    """The optional body of ``POST /mail/{id}/sent`` and ``/retry``: nothing, or ``{}``;
+    any field is refused (422), never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="NoFields")
+
+    @classmethod
+    def read(cls, body: object) -> None:
+        """``ValidationFailed`` naming every field of ``body`` (decoded JSON)."""
+        if not isinstance(body, dict):
+            raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
+        if body:
+            errors = Errors()
+            unknown_fields(body, frozenset(), "", errors)
+            raise ValidationFailed(errors.as_list())
 
 
 # --- answers from the mail model ---------------------------------------------------
