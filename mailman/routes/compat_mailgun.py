@@ -18,7 +18,11 @@ it, so the app's error handling keeps working:
   for a missing, unknown or revoked key; ``403``, ``408``, ``409``, ``413``,
   ``415``, ``429`` and ``503`` as ``{"message": ...}`` with Mailman's headers
   (``Retry-After``, ``RateLimit-*``). Nothing is answered as problem+json
-  and no input is a 500.
+  and no input is a 500: what is refused before the handler (aiohttp's 404 and
+  405 under ``/v3/{domain}/messages``, a middleware's refusal) is worded here
+  too (``error_shape``, which ``routes.errors`` asks).
+- An address of ``to``, ``cc`` or ``bcc`` that does not read as one (``ann@``)
+  is a 400 naming it, never dropped from the list.
 
 The form (``multipart/form-data`` or ``application/x-www-form-urlencoded``):
 

@@ -34,7 +34,10 @@ SendGrid path such as ``personalizations.0.to.1.email``), 401 no or bad key, 403
 without the ``send`` scope, 408 a stalled body, 409 an ``Idempotency-Key`` still in flight,
 413 too large, 415 an unknown ``Content-Encoding``, 429 over the key's rate, 503 backlog
 full or store down (with ``Retry-After``). Nothing here answers problem+json or a 500: an
-unexpected error is logged (``http.error``) and answered 503 with ``Retry-After``.
+unexpected error is logged (``http.error``) and answered 503 with ``Retry-After``; what is
+refused before the handler (a 404 under ``/v3/``, a middleware's refusal) is worded here
+too (``error_shape``, which ``routes.errors`` asks). A key given twice in one JSON object
+is a 400 naming it, as is an unknown field of any object of the body.
 
 Every personalization is validated before any is committed, so a bad third one leaves no
 mail behind. The key's rate is charged per mail (it counts mails a second), after
