@@ -433,17 +433,21 @@ _EMPTY_BODY_ANSWERS = {
 }
 
 
-async def _json_body(request: web.Request) -> object | None:
-    """An optional JSON body (None: none, or only whitespace); 415 unless JSON."""
+#: What ``_json_body`` says of a request without a body (JSON's ``null`` is a body).
+NO_BODY = object()
+
+
+async def _json_body(request: web.Request) -> object:
+    """An optional JSON body (``NO_BODY``: none, or only whitespace); 415 unless JSON."""
     if not request.body_exists:
-        return None
+        return NO_BODY
     raw = await read_body(
         request,
         limit=request.app[CONFIG].max_body_bytes,
         idle_timeout=request.app[CONFIG].body_idle_timeout,
     )
     if not raw.strip():
-        return None
+        return NO_BODY
     _require_json(request)
     return decode_json(raw)
 
@@ -451,7 +455,7 @@ async def _json_body(request: web.Request) -> object | None:
 async def _no_fields(request: web.Request) -> None:
     """Nothing, or ``{}``: any field is a 422 naming it (it would be ignored otherwise)."""
     body = await _json_body(request)
-    if body is not None:
+    if body is not NO_BODY:
         NoFields.read(body)
 
 
@@ -545,7 +549,7 @@ async def mark_failed(request: web.Request) -> web.Response:
 async def _failure_reason(request: web.Request) -> str | None:
     """The optional ``{"reason": "..."}`` body of POST /mail/{id}/failed."""
     body = await _json_body(request)
-    return None if body is None else MarkFailed.read(body).reason or None
+    return None if body is NO_BODY else MarkFailed.read(body).reason or None
 
 
 async def _mark(request: web.Request, status: Status, *, reason: str | None) -> web.Response:

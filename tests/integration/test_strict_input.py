@@ -132,6 +132,8 @@ async def test_mark_failed_refuses_an_unknown_field_and_a_long_reason(
     url = f"/mail/{mail_id}/failed"
     resp = await client.post(url, data=orjson.dumps({"reason": "x", "why": "y"}), headers=JSON)
     assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["why"]
+    resp = await client.post(url, data=b"null", headers=JSON)
+    assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["body"]
     long = {"reason": "r" * (MAX_REASON + 1)}
     resp = await client.post(url, data=orjson.dumps(long), headers=JSON)
     assert (await problem(resp, 422))["errors"] == [
@@ -436,6 +438,9 @@ async def test_sent_and_retry_refuse_a_body_with_fields(
     resp = await client.post(url, data=orjson.dumps({"reason": "by hand"}), headers=JSON)
     assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["reason"]
     assert await store.load(mail_id) == before
+    for other in (b"null", b"[]", b'"x"'):
+        resp = await client.post(url, data=other, headers=JSON)
+        assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["body"]
     if action == "sent":
         resp = await client.post(url, data=b"{}", headers=JSON)
         assert resp.status == 200, await resp.text()
