@@ -14,11 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
 from mailman.core.validation import MAX_REASON
+from mailman.routes import create_app
 from mailman.routes.body import decode_json
+from mailman.routes.compat_mailgun import render
 from mailman.routes.errors import Problem
 from mailman.store import Store
 from mailman.system import embedded
@@ -416,8 +419,6 @@ async def test_mailmans_own_paths_keep_problem_json(client: Client) -> None:
 
 async def test_a_mailgun_401_from_the_middleware_shape_is_plain_forbidden() -> None:
     """A 401 raised outside the handler under Mailgun's paths is its plain Forbidden."""
-    from mailman.routes.compat_mailgun import render
-
     answer = render(Problem(401, "The API key is unknown or revoked."))
     assert answer.status == 401 and answer.text == "Forbidden"
     assert answer.headers["WWW-Authenticate"] == 'Basic realm="MG API"'
@@ -446,3 +447,25 @@ async def test_sent_and_retry_refuse_a_body_with_fields(
         assert resp.status == 200, await resp.text()
         resp = await client.post(url)
         assert resp.status == 200, await resp.text()
+
+
+async def test_a_middlewares_refusal_is_in_the_paths_shape(
+    aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
+) -> None:
+    """A refusal a middleware raises (a byte budget's 413, a 429) is answered in the
+    provider's shape under its path, with its headers, and as problem+json elsewhere."""
+
+    @web.middleware
+    async def refuse(request: web.Request, handler: Any) -> web.StreamResponse:
+        raise Problem(429, "Slow down.", headers={"Retry-After": "3"})
+
+    app = create_app(store=store, outbound=outbound, config=Config())
+    app.middlewares.append(refuse)
+    client = await aiohttp_client(app)
+    resp = await client.post(SENDGRID, data=orjson.dumps(sendgrid_body()), headers=JSON)
+    assert (resp.status, resp.headers["Retry-After"]) == (429, "3")
+    assert await resp.json() == {"errors": [{"message": "Slow down.", "field": None, "help": None}]}
+    resp = await client.post(MAILGUN, data=mailgun_form())
+    assert (resp.status, resp.headers["Retry-After"]) == (429, "3")
+    assert await resp.json() == {"message": "Slow down."}
+    assert (await problem(await client.get("/mail"), 429))["detail"] == "Slow down."
