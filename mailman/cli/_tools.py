@@ -1,6 +1,6 @@
 """What the command-line tools beside the service (``mailman keys``, ``mailman
-dead-letters``) share: the ``--store`` flag, open the service's store, run, turn
-errors into exit codes.
+dead-letters``, ``mailman erase``) share: the ``--store`` flag, open the service's
+store, run, turn errors into exit codes.
 
 Every tool takes ``--store`` the same way (``store_flags``): the service's
 setting (``MAILMAN_STORE`` when not given, then its default), before or after

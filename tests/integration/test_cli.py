@@ -1,4 +1,4 @@
-"""The one command line: ``mailman [serve]|keys|dead-letters``, ``--version``, ``--help``."""
+"""The one command line: ``mailman [serve]|keys|dead-letters|erase``, ``--version``, ``--help``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ LEVELS = (
     ("dead-letters",),
     ("dead-letters", "list"),
     ("dead-letters", "replay"),
+    ("erase",),
 )
 
 
@@ -73,9 +74,10 @@ def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tu
 
 
 def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """``mailman --help`` lists serve (the default), keys and dead-letters, and --version."""
+    """``mailman --help`` lists serve (the default), keys, dead-letters and erase, and
+    --version."""
     _, out, _ = exits(capsys, "--help")
-    assert "{serve,keys,dead-letters}" in out
+    assert "{serve,keys,dead-letters,erase}" in out
     assert "serve run the service (the default command)" in out
     assert "--version" in out
 
@@ -105,6 +107,7 @@ def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) 
         (("dead-letters", "list"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--broker", "MAILMAN_BROKER", Config().broker),
+        (("erase",), "--store", "MAILMAN_STORE", Config().store),
         (
             ("dead-letters", "replay"),
             "--topic-prefix",
@@ -149,50 +152,54 @@ def test_dead_letters_reads_the_store_from_the_environment(tmp_path: Path) -> No
     assert main(flagged, bad, out=io.StringIO(), err=io.StringIO()) == 0
 
 
-#: Each tool's read-only action, to run against a store.
-TOOLS = (("keys", "list"), ("dead-letters", "list"))
+#: Each tool and arguments that run it against a store without changing it.
+TOOLS = (
+    ("keys", ["list"]),
+    ("dead-letters", ["list"]),
+    ("erase", ["--address", "nobody@example.com"]),
+)
 
 
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
 @pytest.mark.parametrize("where", ["flag", "flag-after", "env"])
 def test_the_tools_refuse_a_sqlite_store_that_does_not_exist(
-    tmp_path: Path, tool: tuple[str, str], where: str
+    tmp_path: Path, tool: str, action: list[str], where: str
 ) -> None:
-    """keys and dead-letters exit 2 with one line naming a SQLite file that does not exist,
-    however --store is given, and create nothing."""
+    """keys, dead-letters and erase exit 2 with one line naming a SQLite file that does not
+    exist, however --store is given, and create nothing."""
     db = tmp_path / "typo.db"
     url = f"sqlite:///{db}"
     argv, env = {
-        "flag": ([tool[0], "--store", url, tool[1]], {}),
-        "flag-after": ([*tool, "--store", url], {}),
-        "env": (list(tool), {"MAILMAN_STORE": url}),
+        "flag": ([tool, "--store", url, *action], {}),
+        "flag-after": ([tool, *action, "--store", url], {}),
+        "env": ([tool, *action], {"MAILMAN_STORE": url}),
     }[where]
     out, err = io.StringIO(), io.StringIO()
     assert main(argv, env, out=out, err=err) == 2
     assert out.getvalue() == ""
     assert err.getvalue().count("\n") == 1
-    assert err.getvalue().startswith(f"mailman {tool[0]}: no store at {db}:")
+    assert err.getvalue().startswith(f"mailman {tool}: no store at {db}:")
     assert not db.exists()
 
 
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
 @pytest.mark.parametrize("before", [True, False])
 def test_the_tools_take_store_before_or_after_the_action(
-    tmp_path: Path, tool: tuple[str, str], before: bool
+    tmp_path: Path, tool: str, action: list[str], before: bool
 ) -> None:
-    """keys and dead-letters both take --store before or after their action, over the
+    """keys, dead-letters and erase take --store before or after their action, over the
     environment."""
     url = sqlite_store(tmp_path / "real.db")
-    argv = [tool[0], "--store", url, tool[1]] if before else [*tool, "--store", url]
+    argv = [tool, "--store", url, *action] if before else [tool, *action, "--store", url]
     env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
     err = io.StringIO()
     assert main(argv, env, out=io.StringIO(), err=err) == 0, err.getvalue()
     assert not (tmp_path / "elsewhere.db").exists()
 
 
-@pytest.mark.parametrize("tool", ["keys", "dead-letters"])
+@pytest.mark.parametrize("tool", ["keys", "dead-letters", "erase"])
 def test_the_tools_say_store_the_same_way(capsys: pytest.CaptureFixture[str], tool: str) -> None:
-    """keys and dead-letters show one and the same --store help at their top level."""
+    """keys, dead-letters and erase show one and the same --store help at their top level."""
     _, out, _ = exits(capsys, tool, "--help")
     line = re.search(r"--store URL (.*?\))", out)
     assert line is not None, out
