@@ -57,10 +57,13 @@ INTAKE = web.AppKey("intake", Intake)
 # The handlers read the keys above, so they are imported after them.
 from .auth import KEYRING, auth_middleware  # noqa: E402
 from .body import BUDGET, budget_middleware  # noqa: E402
+from .compat_mailgun import error_shape as mailgun_error_shape  # noqa: E402
 from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
+from .compat_sendgrid import error_shape as sendgrid_error_shape  # noqa: E402
 from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
+from .compat_sendgrid import v3_error_shape as sendgrid_v3_error_shape  # noqa: E402
 from .dashboard import routes as dashboard_routes  # noqa: E402
-from .errors import error_middleware, request_id_middleware  # noqa: E402
+from .errors import ERROR_SHAPES, error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 from .metrics import setup as setup_metrics  # noqa: E402
@@ -126,6 +129,14 @@ def create_app(
     app.add_routes(dashboard_routes)
     app.add_routes(mailgun_compat_routes)
     app.add_routes(sendgrid_compat_routes)
+    # Errors under the drop-in endpoints' paths (404, 405, a middleware's) in their
+    # provider's shape: SendGrid's Mail Send path, Mailgun's paths and Basic-auth
+    # callers, then SendGrid's for the rest of /v3/.
+    app[ERROR_SHAPES] = (
+        sendgrid_error_shape,
+        mailgun_error_shape,
+        sendgrid_v3_error_shape,
+    )
     return app
 
 
