@@ -73,8 +73,8 @@ def next_step(
     """
     provider = chain[dispatch.hop]
     rejected = (*dispatch.rejected, provider) if rejected_now else dispatch.rejected
-    waits = [clamp_wait(w, retry) for w in (dispatch.retry_after, retry_after)]
-    waits = [w for w in waits if w is not None]
+    clamped = (clamp_wait(w, retry) for w in (dispatch.retry_after, retry_after))
+    waits = [w for w in clamped if w is not None]
     carried = replace(dispatch, rejected=rejected, retry_after=max(waits) if waits else None)
     for hop in range(dispatch.hop + 1, len(chain)):
         if chain[hop] not in rejected:
