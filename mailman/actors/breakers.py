@@ -92,7 +92,7 @@ def make_breaker(provider: str, fail_max: int, reset_seconds: float) -> Provider
 def states_of(
     breakers: Mapping[str, ProviderBreaker], clock: Callable[[], float] = time.time
 ) -> list[BreakerState]:
-    """Each breaker's state as it is in this process now (for ``/readyz`` and ``/metrics``)."""
+    """Each breaker's state as it is in this process now (for the health answers, ``/metrics``)."""
     now = clock()
     return [
         BreakerState(provider, state_of(breaker), _to_unix(breaker.storage.opened_at), now)
