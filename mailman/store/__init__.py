@@ -30,6 +30,7 @@ from .base import (
     Pending,
     RateDecision,
     Store,
+    StoreSetupNeeded,
     StoreUnavailable,
     Transition,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Pending",
     "RateDecision",
     "Store",
+    "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
     "api_key_from_row",
