@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace, call: Call) -> int:
     store or broker it could not open."""
     # Before the configuration is read (it may be what fails): its format from the
     # environment, JSON off a terminal.
-    configure_logging("info", call.env.get("MAILMAN_LOG_FORMAT", "auto"), cache=False)
+    configure_logging("info", call.env.get("MAILMAN_LOG_FORMAT", "auto"), call.err, cache=False)
     try:
         config = from_args(args, call.env)
     except ConfigError as exc:

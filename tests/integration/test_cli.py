@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -79,12 +80,21 @@ def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[st
 
 
 def test_serve_is_the_default_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2."""
+    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2, with
+    one JSON line (config.invalid) naming what is wrong."""
+
+    def refusal() -> dict[str, object]:
+        (line,) = capsys.readouterr().err.splitlines()
+        event: dict[str, object] = json.loads(line)
+        del event["timestamp"]
+        return event
+
     assert main(["--port", "x"]) == 2
-    bare = capsys.readouterr()
+    bare = refusal()
     assert main(["serve", "--port", "x"]) == 2
-    assert capsys.readouterr() == bare
-    assert bare.err == "mailman: port must be a whole number, got 'x'\n"
+    assert refusal() == bare
+    assert bare["event"] == "config.invalid"
+    assert bare["detail"] == "port must be a whole number, got 'x'"
 
 
 def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
