@@ -215,3 +215,21 @@ async def test_a_missing_database_that_the_user_may_not_create_says_what_to_run(
         for host in ("%", "localhost"):
             await cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
         conn.close()
+
+
+@pytest.mark.slow
+async def test_a_kafka_broker_that_stays_down_ends_start_up_with_exit_2(tmp_path: Path) -> None:
+    """Kafka on a closed port: waited for (broker.waiting), then exit 2 with one JSON line
+    naming the broker; aiokafka's own lines are JSON too."""
+    env = base_env(
+        tmp_path,
+        MAILMAN_STORE=f"sqlite:///{tmp_path / 'mailman.db'}",
+        MAILMAN_BROKER="kafka://127.0.0.1:1",
+        MAILMAN_STARTUP_TIMEOUT_SECONDS="1",
+        MAILMAN_LOG_FORMAT="json",
+    )
+    code, events, raw = await run_to_exit(env)
+    assert code == 2, raw
+    assert [e for e in events if e["event"] == "broker.waiting"]
+    (failed,) = [e for e in events if e["event"] == "mailman.start_failed"]
+    assert failed["broker"] == "kafka://127.0.0.1:1"
