@@ -285,7 +285,14 @@ class Mailman:
         self.journal = Journal(self.store)
         #: One breaker per provider, outliving restarts of its sender.
         self.breakers: dict[str, ProviderBreaker] = {
-            name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
+            name: make_breaker(
+                name,
+                config.breaker.fail_max,
+                config.breaker.reset_seconds,
+                # A trial call lasts at most the provider timeout; twice that, and
+                # another process may take over the trial of one that died.
+                trial_lease=2 * config.provider_timeout + 1.0,
+            )
             for name in config.chain
         }
         #: The relay's wake-up socket: API and relay in other processes of one machine.
