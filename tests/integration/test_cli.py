@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import structlog
 
 from mailman import main
 from mailman.config import Config
@@ -79,6 +82,23 @@ def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[st
     assert "--version" in out
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """A test whose command sets up logging (as the command line does) leaves the set-up
+    of the tests after it as it was."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("logging_restored")
 def test_serve_is_the_default_command(capsys: pytest.CaptureFixture[str]) -> None:
     """Flags without a command are serve's: both forms refuse a bad port alike, exit 2, with
     one JSON line (config.invalid) naming what is wrong."""
