@@ -28,6 +28,7 @@ from mailman.actors.supervisor import RestartBudgetExceeded
 from mailman.config import SETTINGS, Config, ConfigError, from_args
 from mailman.config.flags import DESCRIPTION, add_service_flags
 from mailman.config.logging import configure_logging
+from mailman.config.settings import LOG_FORMATS
 from mailman.system import Mailman, StartupFailed
 
 from .command import Call, Command
@@ -45,7 +46,8 @@ def _run(args: argparse.Namespace, call: Call) -> int:
     store or broker it could not open."""
     # Before the configuration is read (it may be what fails): its format from the
     # environment, JSON off a terminal.
-    configure_logging("info", call.env.get("MAILMAN_LOG_FORMAT", "auto"), call.err, cache=False)
+    early = call.env.get("MAILMAN_LOG_FORMAT", "").strip().lower()
+    configure_logging("info", early if early in LOG_FORMATS else "auto", call.err, cache=False)
     try:
         config = from_args(args, call.env)
     except ConfigError as exc:
