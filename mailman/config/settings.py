@@ -578,6 +578,14 @@ class Config:
         env="MAILMAN_SHUTDOWN_TIMEOUT",
         help="seconds in-flight requests and provider calls get on stop",
     )
+    startup_timeout: float = setting(
+        60.0,
+        env="MAILMAN_STARTUP_TIMEOUT_SECONDS",
+        minimum=0.0,
+        help="how long start-up waits for a store or broker that is missing or down (then exit 2)",
+        doc="how long start-up waits for a store or broker that is missing or down, "
+        "trying again with backoff (then exit 2)",
+    )
     breaker: BreakerConfig = BreakerConfig()
     retry: RetryConfig = RetryConfig()
     supervisor: SupervisorConfig = SupervisorConfig()

@@ -33,6 +33,7 @@ from .base import (
     Pending,
     RateDecision,
     Store,
+    StoreSetupNeeded,
     StoreUnavailable,
     Transition,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "Pending",
     "RateDecision",
     "Store",
+    "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
     "api_key_from_row",

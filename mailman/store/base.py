@@ -88,6 +88,15 @@ class Store(
     #: The errors that mean the database cannot be reached (the API answers 503).
     unavailable: tuple[type[BaseException], ...] = ()
 
+    def may_come_up(self, exc: BaseException) -> bool:
+        """Whether ``open()`` failing with ``exc`` may pass by waiting (the server or the
+        volume is not there yet), as start-up waits; not when someone must act first."""
+        return isinstance(exc, self.unavailable) and not isinstance(exc, StoreSetupNeeded)
+
+
+class StoreSetupNeeded(Exception):
+    """The store cannot open until someone acts; the message says what to run."""
+
 
 class SqlStore(
     SqlMails,
@@ -133,6 +142,7 @@ __all__ = [
     "RateDecision",
     "SqlStore",
     "Store",
+    "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
 ]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import structlog
 
 from mailman import main
 from mailman.config import Config
@@ -82,13 +86,39 @@ def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[st
     assert "--version" in out
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """A test whose command sets up logging (as the command line does) leaves the set-up
+    of the tests after it as it was."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("logging_restored")
 def test_serve_is_the_default_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2."""
+    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2, with
+    one JSON line (config.invalid) naming what is wrong."""
+
+    def refusal() -> dict[str, object]:
+        (line,) = capsys.readouterr().err.splitlines()
+        event: dict[str, object] = json.loads(line)
+        del event["timestamp"]
+        return event
+
     assert main(["--port", "x"]) == 2
-    bare = capsys.readouterr()
+    bare = refusal()
     assert main(["serve", "--port", "x"]) == 2
-    assert capsys.readouterr() == bare
-    assert bare.err == "mailman: port must be a whole number, got 'x'\n"
+    assert refusal() == bare
+    assert bare["event"] == "config.invalid"
+    assert bare["detail"] == "port must be a whole number, got 'x'"
 
 
 def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
