@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 from mailman.core.messages import StatusUpdate, decode
 from mailman.core.model import Attempt, Check, Mail, Outcome, Status
 
-from . import callbacks, moves
-from .dialect import Dialect
+from . import callbacks, moves, summary
+from .dialect import Dialect, chunks
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, write, write_batch
 
@@ -120,12 +121,12 @@ def _stale_of(d: Dialect, count: int) -> str:
 
 
 @functools.cache
-def stale(d: Dialect) -> str:
-    """Every pending attempt started before a time becomes unknown (reason, before)."""
-    m = d.mark
+def _stale(d: Dialect) -> str:
+    """Pending attempts started before a time (parameter: before), from the
+    ``(outcome, at)`` index; on MySQL locked, as the UPDATE that follows would."""
     return (
-        f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
-        f"WHERE outcome = '{Outcome.PENDING.value}' AND at < {m}"
+        f"SELECT id, provider FROM attempts WHERE outcome = '{Outcome.PENDING.value}' "
+        f"AND at < {d.mark} ORDER BY id{d.row_lock}"
     )
 
 
@@ -221,11 +222,36 @@ def begin_verdict(
     return None, []
 
 
+def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
+    """Every pending attempt started before ``before`` becomes unknown; what that changes
+    in the figures (the caller bumps them, last)."""
+    rows = list((yield Statement(_stale(d), (before,))).fetchall())
+    deltas: Counter[summary.Key] = Counter()
+    for chunk in chunks(rows):
+        yield Statement(_stale_of(d, len(chunk)), (STALE_REASON, *(r[0] for r in chunk)))
+    for _, provider in rows:
+        deltas[(summary.ATTEMPTS, str(provider), Outcome.PENDING.value)] -= 1
+        deltas[(summary.ATTEMPTS, str(provider), Outcome.UNKNOWN.value)] += 1
+    return deltas
+
+
 # --- operations ----------------------------------------------------------------------------
 
 
 @write
 def begin(
+    d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+) -> Steps[Begun | None]:
+    """The mail and its attempts are looked at before and after (on MySQL locked: two
+    begins for one mail take turns), so the figures gain exactly what changed."""
+    before = yield from summary.look(d, [mail_id])
+    begun = yield from _begin(d, mail_id, provider, round_, at, stale_before)
+    if begun is not None and begun.why not in ("final", "scheduled"):
+        yield from summary.settle(d, before)
+    return begun
+
+
+def _begin(
     d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
 ) -> Steps[Begun | None]:
     row = (yield Statement(_mail(d), (mail_id,))).fetchone()
@@ -256,18 +282,15 @@ def begin(
 def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]]:
     """Every call's updates in one go; those for mails not there change nothing."""
     updates = [u for batch in batches for u in batch if d.holds_id(u.mail_id)]
-    if not d.one_writer:
-        # Lock every mail of the batch up front, in id order: concurrent batches
-        # then queue behind each other instead of deadlocking.
-        known = yield from moves.statuses(d, sorted({u.mail_id for u in updates}))
-        updates = [u for u in updates if u.mail_id in known]
+    # Every mail of the batch and its attempts, before (the figures gain what changed).
+    # On MySQL they are locked up front, in id order: concurrent batches then queue
+    # behind each other instead of deadlocking.
+    before = yield from summary.look(d, {u.mail_id for u in updates})
+    known = before.mails
+    updates = [u for u in updates if u.mail_id in known]
+    # A new attempt needs its mail (the foreign key). (Most batches have none: the
+    # senders record their attempts with ``begin_attempt``.)
     new = [u for u in updates if u.attempt is not None and u.attempt.id is None]
-    if new and d.one_writer:
-        # A finish or a move of a mail not there changes nothing, but a new attempt
-        # needs its mail (the foreign key). (Most batches have none: the senders
-        # record their attempts with ``begin_attempt``.)
-        known = yield from moves.statuses(d, sorted({u.mail_id for u in new}))
-        new = [u for u in new if u.mail_id in known]
     if new:
         rows = [attempt_values(u.mail_id, u.attempt) for u in new if u.attempt is not None]
         yield Statement(_insert(d), rows, many=True)
@@ -283,6 +306,7 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     for status, group in moves.moves_in_order(updates):
         yield Statement(moves.move(d, status), [moves.move_values(u) for u in group], many=True)
     yield from callbacks.queue(d, [u.mail_id for u in updates if u.status in MOVE_ORDER])
+    yield from summary.settle(d, before)
     return [None] * len(batches)
 
 

@@ -72,6 +72,24 @@ class Dialect:
             f"INSERT INTO {table} ({columns}) VALUES {values} ON DUPLICATE KEY UPDATE {key} = {key}"
         )
 
+    def add_to(self, table: str, key: str, column: str) -> str:
+        """Insert a row, or add to ``column`` of the row its key names (parameters: the key's
+        columns, the amount, the amount again). SQLite's upsert (``ON CONFLICT``); MySQL's
+        ``ON DUPLICATE KEY UPDATE`` with the amount bound again (``VALUES()`` there is
+        deprecated in MySQL 8, and a warning would become a Python one)."""
+        columns = f"{key}, {column}"
+        values = self.rows(1, key.count(",") + 2)
+        m = self.mark
+        if self.on_duplicate_key:
+            return (
+                f"INSERT INTO {table} ({columns}) VALUES {values} "
+                f"ON DUPLICATE KEY UPDATE {column} = {column} + {m}"
+            )
+        return (
+            f"INSERT INTO {table} ({columns}) VALUES {values} "
+            f"ON CONFLICT ({key}) DO UPDATE SET {column} = {column} + {m}"
+        )
+
     def holds_id(self, mail_id: str) -> bool:
         """Whether ``mail_id`` is an id the store can hold exactly. MySQL compares ids with
         ``utf8mb4_bin``, which pads trailing spaces, in a ``VARCHAR(64)``: a longer id, one

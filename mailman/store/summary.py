@@ -1,0 +1,168 @@
+"""The ``figures`` table: what ``/metrics`` and the dashboard count, kept as mails move.
+
+Every operation that adds mails, moves a mail's status, records or finishes an attempt
+or adds or replays a dead letter also adds its changes to this table, in the same
+transaction (``bump``, the last statements of the operation). So a read of the figures
+is a read of a few dozen rows, whatever the number of mails kept (``figures.metrics``),
+and never a count over ``mails`` or ``attempts``.
+
+One row per figure, label, sublabel and shard:
+
+- ``mails``/status: mails in that status. A mail moving on takes one from its old status
+  and adds one to its new one; a mail removed by retention (in a final status) is *not*
+  taken off, so a final status counts every mail that ended there, its record kept or not.
+  Statuses nothing can leave (queued, scheduled, sending are left) are gauges.
+- ``attempts``/provider/outcome: attempts with that outcome; ``pending`` ones (a call in
+  flight) move to their outcome, the others are totals, never taken off.
+- ``retries``/provider: attempts in a retry round (round > 0); a total.
+- ``suppressed``/provider: ``unknown`` attempts the provider had taken when asked; a total.
+- ``dead_letters``: dead letters not replayed yet; a gauge.
+
+Where a figure is touched by many transactions at once (MySQL: every accepted mail adds
+to ``mails``/``queued``), one row would make them wait for each other's commit; each
+transaction adds to one of ``SHARDS`` rows of the figure instead, chosen at random, and a
+read sums them. SQLite has one writer: one shard. Rows are bumped in key order, at the
+end of the transaction, so two transactions never wait on each other in a circle.
+
+An operation that moves mails computes what changed by reading the mails it touches
+(and their attempts) before and after (``look``; on MySQL those rows are locked first,
+as every move locks them): exact, whatever each guarded ``UPDATE`` did or skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mailman.core.model import Check, Status
+
+from . import moves
+from .dialect import Dialect, chunks
+from .operation import Statement, Steps
+
+T = TypeVar("T")
+
+#: Rows per figure on a database with several writers (MySQL); SQLite uses one.
+SHARDS = 8
+
+#: The figures' names (the table's ``figure`` column).
+MAILS = "mails"
+ATTEMPTS = "attempts"
+RETRIES = "retries"
+SUPPRESSED = "suppressed"
+DEAD_LETTERS = "dead_letters"
+
+#: A figure's key: (figure, label, sublabel); '' where it has none.
+Key = tuple[str, str, str]
+
+#: The figures read (summed over shards): a handful of rows.
+READ = "SELECT figure, label, sublabel, SUM(amount) FROM figures GROUP BY figure, label, sublabel"
+
+
+@functools.cache
+def _bump(d: Dialect) -> str:
+    """Add to a figure's shard (parameters: figure, label, sublabel, shard, amount, amount)."""
+    return d.add_to("figures", "figure, label, sublabel, shard", "amount")
+
+
+@functools.lru_cache(maxsize=1024)
+def _attempts_of(d: Dialect, count: int) -> str:
+    """These mails' attempts as ``tally`` counts them (on MySQL locked)."""
+    return (
+        "SELECT id, provider, outcome, round, checked FROM attempts "
+        f"WHERE mail_id IN ({d.marks(count)}) ORDER BY id{d.row_lock}"
+    )
+
+
+def bump(d: Dialect, deltas: Counter[Key] | dict[Key, int]) -> Steps[None]:
+    """Add ``deltas`` to the figures (zeros skipped), one statement per figure, in key
+    order, on one shard chosen for this transaction."""
+    shard = 0 if d.one_writer else random.randrange(SHARDS)
+    for (figure, label, sublabel), amount in sorted(deltas.items()):
+        if amount:
+            yield Statement(_bump(d), (figure, label, sublabel, shard, amount, amount))
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """Some mails' statuses and their attempts, as ``look`` read them."""
+
+    #: Mail id -> status (a mail not there is absent).
+    mails: dict[str, Status]
+    #: Attempt id -> (provider, outcome, in a retry round, checked and taken).
+    attempts: dict[int, tuple[str, str, bool, bool]]
+    #: Whether the attempts were read (else ``attempts`` is empty).
+    with_attempts: bool
+
+
+def look(d: Dialect, ids: Iterable[str], attempts: bool = True) -> Steps[Seen]:
+    """The statuses of these mails and (``attempts``) their attempts. On MySQL the rows
+    are locked (mails first, in id order), so they change only by this transaction till
+    it commits."""
+    ordered = sorted(set(ids))
+    statuses = yield from moves.statuses(d, ordered)
+    found: dict[int, tuple[str, str, bool, bool]] = {}
+    if attempts:
+        for chunk in chunks(ordered):
+            cur = yield Statement(_attempts_of(d, len(chunk)), chunk)
+            for attempt_id, provider, outcome, round_, checked in cur.fetchall():
+                found[int(attempt_id)] = (
+                    str(provider),
+                    str(outcome),
+                    int(round_) > 0,
+                    checked == Check.TAKEN.value,
+                )
+    return Seen(statuses, found, attempts)
+
+
+def tally(seen: Seen) -> Counter[Key]:
+    """What ``seen`` adds to the figures."""
+    counts: Counter[Key] = Counter()
+    for status in seen.mails.values():
+        counts[(MAILS, status.value, "")] += 1
+    for provider, outcome, retry, taken in seen.attempts.values():
+        counts[(ATTEMPTS, provider, outcome)] += 1
+        if retry:
+            counts[(RETRIES, provider, "")] += 1
+        if taken:
+            counts[(SUPPRESSED, provider, "")] += 1
+    return counts
+
+
+def changes(before: Seen, after: Seen) -> Counter[Key]:
+    """What the figures gain (or lose: negative) from ``before`` to ``after``."""
+    deltas = tally(after)
+    deltas.subtract(tally(before))
+    return deltas
+
+
+def settle(d: Dialect, before: Seen, extra: dict[Key, int] | None = None) -> Steps[None]:
+    """Look again at what ``before`` saw and bump the figures by what changed (and
+    ``extra``): the end of an operation that moved mails."""
+    after = yield from look(d, before.mails, attempts=before.with_attempts)
+    deltas = changes(before, after)
+    for key, amount in (extra or {}).items():
+        deltas[key] += amount
+    yield from bump(d, deltas)
+
+
+def mail_added(statuses: Iterable[Status]) -> Counter[Key]:
+    """Deltas of new mails in these (first) statuses."""
+    return Counter((MAILS, s.value, "") for s in statuses)
+
+
+def moved(source: Status, target: Status, count: int) -> Counter[Key]:
+    """Deltas of ``count`` mails moved from ``source`` to ``target`` (none if the same)."""
+    deltas: Counter[Key] = Counter()
+    deltas[(MAILS, source.value, "")] -= count
+    deltas[(MAILS, target.value, "")] += count
+    return deltas
+
+
+def read_rows(rows: Sequence[Sequence[Any]]) -> dict[Key, int]:
+    """The figures from ``READ``'s rows."""
+    return {(str(f), str(a), str(b)): int(n) for f, a, b, n in rows}
