@@ -2,6 +2,7 @@
 
     python -m bench [--quick] [--requests N] [--concurrency C] [--duration S]
                     [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
+    python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
@@ -660,7 +661,12 @@ def write_outputs(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "figures":  # python -m bench figures: see bench/figures.py
+        from . import figures
+
+        return figures.main(args[1:])
+    settings = parse_args(args)
     try:
         results = asyncio.run(run(settings))
     except (KeyboardInterrupt, asyncio.CancelledError):
