@@ -242,18 +242,9 @@ def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
 def begin(
     d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
 ) -> Steps[Begun | None]:
-    """The mail and its attempts are looked at before and after (on MySQL locked: two
-    begins for one mail take turns), so the figures gain exactly what changed."""
-    before = yield from summary.look(d, [mail_id])
-    begun = yield from _begin(d, mail_id, provider, round_, at, stale_before)
-    if begun is not None and begun.why not in ("final", "scheduled"):
-        yield from summary.settle(d, before)
-    return begun
-
-
-def _begin(
-    d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
-) -> Steps[Begun | None]:
+    """The figures gain what it changed, known exactly: the mail's status is read under
+    its lock (MySQL; SQLite: the one writer), the pending attempt is new, and each stale
+    one's guarded UPDATE says whether it changed it (not a concurrent sweep)."""
     row = (yield Statement(_mail(d), (mail_id,))).fetchone()
     if row is None:
         return None
@@ -262,19 +253,30 @@ def _begin(
         return Begun(mail, status, why="final")
     if status is Status.SCHEDULED:  # not before its time (the sweeper releases it)
         return Begun(mail, status, why="scheduled")
+    deltas: Counter[summary.Key] = Counter()
     cur = yield Statement(_open(d), (mail_id,))
     attempts = [attempt_from_row(r) for r in cur.fetchall()]
     if attempts:
         refused, stale_ids = begin_verdict(mail, status, attempts, stale_before)
-        if stale_ids:
-            yield Statement(_stale_of(d, len(stale_ids)), (STALE_REASON, *stale_ids))
+        for attempt in attempts:
+            if attempt.id in stale_ids:
+                made = yield Statement(_stale_of(d, 1), (STALE_REASON, attempt.id))
+                if made.rowcount == 1:
+                    deltas[(summary.ATTEMPTS, attempt.provider, Outcome.PENDING.value)] -= 1
+                    deltas[(summary.ATTEMPTS, attempt.provider, Outcome.UNKNOWN.value)] += 1
         if refused is not None:
+            yield from summary.bump(d, deltas)
             return refused
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
+    deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
+    if round_ > 0:
+        deltas[(summary.RETRIES, provider, "")] += 1
     yield Statement(_sending(d), (at, at, mail_id, *UNFINISHED))
+    deltas.update(summary.moved(status, Status.SENDING, 1))
     if mail.callback_url is not None:
         yield from callbacks.queue(d, [mail_id])
+    yield from summary.bump(d, deltas)
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)
 
 

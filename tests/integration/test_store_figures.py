@@ -79,7 +79,7 @@ def event(mail_id: str, kind: EventKind, at: float, bounce: str | None = None) -
 async def mixed_workload(store: Store) -> None:
     """Mails accepted, scheduled, claimed, sent, failed, bounced and delivered by events,
     retried, dead-lettered, failed by hand, left pending and swept; repeats included."""
-    for n in range(1, 10):
+    for n in range(1, 11):
         await store.add(mail(f"m{n}", 1000.0 + n))
     await store.add(mail("m1", 1000.0))  # a repeated add: nothing new
     await store.add(mail("s1", 1000.0, send_at=2000.0))
@@ -145,6 +145,10 @@ async def mixed_workload(store: Store) -> None:
     # m9: a pending call left when the process restarts (requeue: it becomes unknown).
     assert await store.begin_attempt("m9", "mailgun", 0, 1020.0, stale_before=0.0)
     await store.requeue_unfinished()
+    # m10: a call whose process died, found by the next begin (refused: unchecked).
+    assert await store.begin_attempt("m10", "sendgrid", 1, 1020.0, stale_before=0.0)
+    again = await store.begin_attempt("m10", "mailgun", 2, 1500.0, stale_before=1400.0)
+    assert again is not None and again.why == "unchecked"
     # s1's time came; s2's has not.
     assert await store.release_scheduled(2000.0) == ["s1"]
     # A dead letter about no mail, replayed; another left waiting.
@@ -180,12 +184,12 @@ async def test_figures_kept_match_a_recount_after_a_mixed_workload(fresh_store: 
         "delivered": 1,  # m2
         "bounced": 1,  # m3
         "failed": 2,  # m5 (dead-lettered), m6
-        "sending": 3,  # m7, m8, m9
+        "sending": 4,  # m7, m8, m9, m10
         "queued": 1,  # s1
         "scheduled": 1,  # s2
     }
-    assert kept.attempts[("sendgrid", "unknown")] == 1  # m7, swept
-    assert kept.retries == {"mailgun": 2}  # m2's round 1, m8's round 2
+    assert kept.attempts[("sendgrid", "unknown")] == 2  # m7 swept, m10 found by a begin
+    assert kept.retries == {"mailgun": 2, "sendgrid": 1}  # m2, m8; m10
     assert kept.suppressed == {"mailgun": 1}  # m4
     assert kept.dead_letters == 2
 
@@ -243,7 +247,7 @@ async def test_deleting_final_mails_takes_nothing_off_the_totals(fresh_store: St
     after, counted = await store.metrics_snapshot(), await store.recount()
     assert after.mails == before.mails and after.attempts == before.attempts
     assert after.retries == before.retries and after.suppressed == before.suppressed
-    assert counted.mails == {"sending": 3, "queued": 1, "scheduled": 1}
+    assert counted.mails == {"sending": 4, "queued": 1, "scheduled": 1}
     assert {s: after.mails[s] for s in counted.mails} == counted.mails
 
 
