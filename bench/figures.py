@@ -6,7 +6,8 @@ For each size N, a fresh store (SQLite in a temporary folder; ``--mysql``: a fre
 database on ``$MYSQL_URL``, else MariaDB on 127.0.0.1) is filled directly with N
 mails, nearly all final (sent, delivered, bounced, failed), a few on their way, each
 with one attempt, in multi-row INSERTs through the store's own engine; the figures
-(``store.summary``) are bumped with them as the operations would. Then:
+(``store.summary``) are bumped with them as the operations would. Then, every store
+in turn (round robin, so that what else the machine does falls on every size alike):
 
 - ``kept``: ``Store.metrics_snapshot()``, what ``/metrics`` and the dashboard read (the
   figures table, the outbox, dead letters waiting, breakers), ``--reads`` times; p50,
@@ -111,13 +112,10 @@ def _payload() -> str:
     return encode(mail).decode()
 
 
-async def _timed(read: Callable[[], Awaitable[object]], times: int) -> list[float]:
-    took = []
-    for _ in range(times):
-        started = time.perf_counter()
-        await read()
-        took.append((time.perf_counter() - started) * 1000)
-    return took
+async def _timed(read: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await read()
+    return (time.perf_counter() - started) * 1000
 
 
 @contextlib.asynccontextmanager
@@ -138,30 +136,45 @@ async def _fresh(kind: str, folder: Path, size: int) -> AsyncIterator[Store]:
 
 
 async def measure(
-    kind: str, size: int, reads: int, recounts: int, folder: Path
-) -> dict[str, float]:
-    """Fill a fresh store with ``size`` mails, then time both reads."""
-    async with _fresh(kind, folder, size) as store:
-        assert isinstance(store, Engine)
-        payload = _payload()
-        started = time.perf_counter()
-        for start in range(0, size, PER_TRANSACTION):
-            await store.run(fill, start, min(start + PER_TRANSACTION, size), payload)
-        filled = time.perf_counter() - started
-        kept_value = await store.metrics_snapshot()
-        counted = await store.recount()
-        if kept_value != counted:
-            raise AssertionError(f"figures kept {kept_value} != recounted {counted}")
-        kept = await _timed(store.metrics_snapshot, reads)
-        recount = await _timed(store.recount, recounts)
-    return {
-        "size": size,
-        "fill_s": round(filled, 1),
-        "kept_p50_ms": round(statistics.median(kept), 3),
-        "kept_p99_ms": round(sorted(kept)[int(len(kept) * 0.99) - 1], 3),
-        "kept_max_ms": round(max(kept), 3),
-        "recount_p50_ms": round(statistics.median(recount), 1),
-    }
+    kind: str, sizes: Sequence[int], reads: int, recounts: int, folder: Path
+) -> list[dict[str, float]]:
+    """Fill a fresh store per size, then time the reads of every store in turn (round
+    robin: whatever else the machine does meanwhile falls on every size alike)."""
+    payload = _payload()
+    async with contextlib.AsyncExitStack() as stack:
+        stores: list[Store] = []
+        filled: list[float] = []
+        for size in sizes:
+            store = await stack.enter_async_context(_fresh(kind, folder, size))
+            assert isinstance(store, Engine)
+            started = time.perf_counter()
+            for start in range(0, size, PER_TRANSACTION):
+                await store.run(fill, start, min(start + PER_TRANSACTION, size), payload)
+            filled.append(time.perf_counter() - started)
+            kept, counted = await store.metrics_snapshot(), await store.recount()
+            if kept != counted:
+                raise AssertionError(f"figures kept {kept} != recounted {counted}")
+            print(f"filled {size:,} mails in {filled[-1]:.1f} s", flush=True)
+            stores.append(store)
+        kept_ms: list[list[float]] = [[] for _ in sizes]
+        recount_ms: list[list[float]] = [[] for _ in sizes]
+        for _ in range(reads):
+            for n, store in enumerate(stores):
+                kept_ms[n].append(await _timed(store.metrics_snapshot))
+        for _ in range(recounts):
+            for n, store in enumerate(stores):
+                recount_ms[n].append(await _timed(store.recount))
+    return [
+        {
+            "size": size,
+            "fill_s": round(filled[n], 1),
+            "kept_p50_ms": round(statistics.median(kept_ms[n]), 3),
+            "kept_p99_ms": round(sorted(kept_ms[n])[max(int(reads * 0.99) - 1, 0)], 3),
+            "kept_max_ms": round(max(kept_ms[n]), 3),
+            "recount_p50_ms": round(statistics.median(recount_ms[n]), 1),
+        }
+        for n, size in enumerate(sizes)
+    ]
 
 
 def table(kind: str, rows: Sequence[dict[str, float]]) -> str:
@@ -197,12 +210,8 @@ def main(argv: Sequence[str]) -> int:
     if not sizes or min(sizes) < 1 or args.reads < 1 or args.recounts < 1:
         parser.error("--sizes, --reads and --recounts must be positive")
     kind = "mysql" if args.mysql else "sqlite"
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-figures-") as folder:
-        for size in sizes:
-            row = asyncio.run(measure(kind, size, args.reads, args.recounts, Path(folder)))
-            print(row, flush=True)
-            rows.append(row)
+        rows = asyncio.run(measure(kind, sizes, args.reads, args.recounts, Path(folder)))
     print()
     print(table(kind, rows))
     return 0
