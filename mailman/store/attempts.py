@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mailman.core.messages import StatusUpdate, decode
-from mailman.core.model import Attempt, Check, Mail, Outcome, Status
+from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Status
 
 from . import callbacks, moves, summary
 from .dialect import Dialect, chunks
@@ -222,6 +222,38 @@ def begin_verdict(
     return None, []
 
 
+def applied(before: summary.Seen, updates: Sequence[StatusUpdate]) -> summary.Seen:
+    """What ``apply``'s statements leave of the mails and attempts ``before`` saw (locked,
+    on MySQL; SQLite: the one writer), worked out as they run: new attempts inserted
+    unless their unique key is there, finishes of the attempts there, then the moves in
+    ``MOVE_ORDER``, each only from a status it is allowed from."""
+    statuses = dict(before.mails)
+    attempts = dict(before.attempts)
+    keys = {a.key for a in attempts.values()}
+    fresh = -1  # ids for the attempts inserted (unknown here, and never compared)
+    for u in updates:
+        a = u.attempt
+        if a is not None and a.id is None and u.mail_id in statuses:
+            held = summary.Held(u.mail_id, a.provider, a.round, a.at, a.outcome.value, None)
+            if held.key not in keys:
+                keys.add(held.key)
+                attempts[fresh] = held
+                fresh -= 1
+    for u in updates:
+        a = u.attempt
+        if a is not None and a.id is not None:
+            old = attempts.get(a.id)
+            if old is not None and old.mail_id == u.mail_id:
+                checked = old.checked if a.checked is None else a.checked.value
+                attempts[a.id] = replace(old, outcome=a.outcome.value, checked=checked)
+    for status, group in moves.moves_in_order(updates):
+        for u in group:
+            current = statuses.get(u.mail_id)
+            if current is not None and current in ALLOWED_FROM[status]:
+                statuses[u.mail_id] = status
+    return summary.Seen(statuses, attempts, before.with_attempts)
+
+
 def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
     """Every pending attempt started before ``before`` becomes unknown; what that changes
     in the figures (the caller bumps them, last)."""
@@ -287,7 +319,9 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     # Every mail of the batch and its attempts, before (the figures gain what changed).
     # On MySQL they are locked up front, in id order: concurrent batches then queue
     # behind each other instead of deadlocking.
-    before = yield from summary.look(d, {u.mail_id for u in updates})
+    before = yield from summary.look(
+        d, {u.mail_id for u in updates}, attempts=any(u.attempt for u in updates)
+    )
     known = before.mails
     updates = [u for u in updates if u.mail_id in known]
     # A new attempt needs its mail (the foreign key). (Most batches have none: the
@@ -308,7 +342,7 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     for status, group in moves.moves_in_order(updates):
         yield Statement(moves.move(d, status), [moves.move_values(u) for u in group], many=True)
     yield from callbacks.queue(d, [u.mail_id for u in updates if u.status in MOVE_ORDER])
-    yield from summary.settle(d, before)
+    yield from summary.bump(d, summary.changes(before, applied(before, updates)))
     return [None] * len(batches)
 
 

@@ -73,7 +73,7 @@ def _bump(d: Dialect) -> str:
 def _attempts_of(d: Dialect, count: int) -> str:
     """These mails' attempts as ``tally`` counts them (on MySQL locked)."""
     return (
-        "SELECT id, provider, outcome, round, checked FROM attempts "
+        "SELECT id, mail_id, provider, round, at, outcome, checked FROM attempts "
         f"WHERE mail_id IN ({d.marks(count)}) ORDER BY id{d.row_lock}"
     )
 
@@ -88,13 +88,30 @@ def bump(d: Dialect, deltas: Counter[Key] | dict[Key, int]) -> Steps[None]:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """An attempt as ``look`` read it: what the figures count of it, and its unique key."""
+
+    mail_id: str
+    provider: str
+    round: int
+    at: float
+    outcome: str
+    checked: str | None
+
+    @property
+    def key(self) -> tuple[str, str, int, float, str]:
+        """The ``attempts_once`` unique key."""
+        return (self.mail_id, self.provider, self.round, self.at, self.outcome)
+
+
+@dataclass(frozen=True, slots=True)
 class Seen:
     """Some mails' statuses and their attempts, as ``look`` read them."""
 
     #: Mail id -> status (a mail not there is absent).
     mails: dict[str, Status]
-    #: Attempt id -> (provider, outcome, in a retry round, checked and taken).
-    attempts: dict[int, tuple[str, str, bool, bool]]
+    #: Attempt id -> the attempt.
+    attempts: dict[int, Held]
     #: Whether the attempts were read (else ``attempts`` is empty).
     with_attempts: bool
 
@@ -105,16 +122,13 @@ def look(d: Dialect, ids: Iterable[str], attempts: bool = True) -> Steps[Seen]:
     it commits."""
     ordered = sorted(set(ids))
     statuses = yield from moves.statuses(d, ordered)
-    found: dict[int, tuple[str, str, bool, bool]] = {}
+    found: dict[int, Held] = {}
     if attempts:
         for chunk in chunks(ordered):
             cur = yield Statement(_attempts_of(d, len(chunk)), chunk)
-            for attempt_id, provider, outcome, round_, checked in cur.fetchall():
-                found[int(attempt_id)] = (
-                    str(provider),
-                    str(outcome),
-                    int(round_) > 0,
-                    checked == Check.TAKEN.value,
+            for attempt_id, mail_id, provider, round_, at, outcome, checked in cur.fetchall():
+                found[int(attempt_id)] = Held(
+                    str(mail_id), str(provider), int(round_), float(at), str(outcome), checked
                 )
     return Seen(statuses, found, attempts)
 
@@ -124,12 +138,12 @@ def tally(seen: Seen) -> Counter[Key]:
     counts: Counter[Key] = Counter()
     for status in seen.mails.values():
         counts[(MAILS, status.value, "")] += 1
-    for provider, outcome, retry, taken in seen.attempts.values():
-        counts[(ATTEMPTS, provider, outcome)] += 1
-        if retry:
-            counts[(RETRIES, provider, "")] += 1
-        if taken:
-            counts[(SUPPRESSED, provider, "")] += 1
+    for a in seen.attempts.values():
+        counts[(ATTEMPTS, a.provider, a.outcome)] += 1
+        if a.round > 0:
+            counts[(RETRIES, a.provider, "")] += 1
+        if a.checked == Check.TAKEN.value:
+            counts[(SUPPRESSED, a.provider, "")] += 1
     return counts
 
 

@@ -130,18 +130,17 @@ async def mixed_workload(store: Store) -> None:
     # m7: a call in flight whose process died: the sweeper makes it unknown.
     assert await store.begin_attempt("m7", "sendgrid", 0, 1020.0, stale_before=0.0)
     await store.sweep(1200.0, stale_before=1100.0)
-    # m8: an attempt recorded only with its answer (no begin), misconfigured, in round 2.
-    await store.apply(
-        [
-            StatusUpdate(
-                "m8",
-                Status.SENDING,
-                1020.0,
-                "mailgun",
-                attempt=Attempt("mailgun", 2, 1020.0, Outcome.MISCONFIGURED, "401"),
-            )
-        ]
+    # m8: an attempt recorded only with its answer (no begin), misconfigured, in round 2;
+    # the same update again, in one batch and in the next: recorded once.
+    late = StatusUpdate(
+        "m8",
+        Status.SENDING,
+        1020.0,
+        "mailgun",
+        attempt=Attempt("mailgun", 2, 1020.0, Outcome.MISCONFIGURED, "401"),
     )
+    await store.apply([late, late])
+    await store.apply([late])
     # m9: a pending call left when the process restarts (requeue: it becomes unknown).
     assert await store.begin_attempt("m9", "mailgun", 0, 1020.0, stale_before=0.0)
     await store.requeue_unfinished()
