@@ -1,6 +1,7 @@
 """``python -m bench figures``: what a read of the figures costs as the store grows.
 
-    python -m bench figures [--sizes 1000,100000,1000000] [--reads R] [--mysql]
+    python -m bench figures [--sizes 1000,100000,1000000] [--reads R] [--recounts R]
+                            [--mysql] [--writes N]
 
 For each size N, a fresh store (SQLite in a temporary folder; ``--mysql``: a fresh
 database on ``$MYSQL_URL``, else MariaDB on 127.0.0.1) is filled directly with N
@@ -15,8 +16,10 @@ in turn (round robin, so that what else the machine does falls on every size ali
 - ``recount``: the same figures counted from every row, as every scrape did before
   (``Store.recount()``), a few times; p50 in ms.
 
-Both are checked equal. Prints a table; figures vary with the machine, no test asserts
-on them.
+Both are checked equal. ``--writes N`` also times N mails added, claimed, begun and
+sent at once on a fresh store (CPU and wall µs per mail), what keeping the figures
+costs the writes: run it on two checkouts to compare. Prints a table; figures vary
+with the machine, no test asserts on them.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
-from mailman.core.messages import encode
-from mailman.core.model import Address, Mail, Outcome, Status
+from mailman.core.messages import StatusUpdate, encode
+from mailman.core.model import Address, Attempt, Mail, Outcome, Status
 from mailman.store import Store, summary
 from mailman.store.dialect import Dialect
 from mailman.store.mysql import MySQLStore
@@ -177,6 +180,43 @@ async def measure(
     ]
 
 
+async def write_path(kind: str, count: int, folder: Path) -> dict[str, float]:
+    """What the writes that keep the figures cost: ``count`` mails added, claimed, begun
+    and answered (sent) at once on a fresh store; this process's CPU µs (SQLite's writer
+    thread included) and wall µs per mail, each phase. Run it on two checkouts to compare."""
+    async with _fresh(kind, folder, 0) as store:
+        ids = [f"w{n:07d}" for n in range(count)]
+        phases: dict[str, float] = {}
+
+        async def phase(name: str, work: Awaitable[object]) -> None:
+            cpu, wall = time.process_time(), time.perf_counter()
+            await work
+            phases[f"{name}_cpu_us"] = round((time.process_time() - cpu) * 1e6 / count, 1)
+            phases[f"{name}_wall_us"] = round((time.perf_counter() - wall) * 1e6 / count, 1)
+
+        def one(mail_id: str) -> Mail:
+            return Mail(
+                id=mail_id,
+                sender=Address("from@example.com"),
+                to=(Address("ann@example.com"),),
+                subject="s",
+                text="t",
+                created_at=1000.0,
+            )
+
+        async def send(mail_id: str) -> None:
+            begun = await store.begin_attempt(mail_id, "sendgrid", 0, 1002.0, 0.0)
+            assert begun is not None and begun.attempt_id is not None
+            done = Attempt("sendgrid", 0, 1002.0, Outcome.ACCEPTED, None, "x", id=begun.attempt_id)
+            sent = StatusUpdate(mail_id, Status.SENT, 1003.0, "sendgrid", "x", attempt=done)
+            await store.apply([sent])
+
+        await phase("add", asyncio.gather(*(store.add(one(i)) for i in ids)))
+        await phase("claim", store.claim_outbox("relay", count, 30.0, 1001.0))
+        await phase("send", asyncio.gather(*(send(i) for i in ids)))
+        return phases
+
+
 def table(kind: str, rows: Sequence[dict[str, float]]) -> str:
     lines = [
         "| store | mails | kept: p50 ms | kept: p99 ms | kept: max ms | recount: p50 ms | fill s |",
@@ -202,6 +242,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--reads", type=int, default=200, help="timed reads of the figures kept")
     parser.add_argument("--recounts", type=int, default=3, help="timed recounts from every row")
     parser.add_argument("--mysql", action="store_true", help="MySQL/MariaDB instead of SQLite")
+    parser.add_argument(
+        "--writes",
+        type=int,
+        default=0,
+        help="also time N mails added, claimed, begun and sent at once (CPU and wall µs "
+        "per mail): what keeping the figures costs the writes, to compare two checkouts",
+    )
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -212,8 +259,13 @@ def main(argv: Sequence[str]) -> int:
     kind = "mysql" if args.mysql else "sqlite"
     with tempfile.TemporaryDirectory(prefix="bench-figures-") as folder:
         rows = asyncio.run(measure(kind, sizes, args.reads, args.recounts, Path(folder)))
+        if args.writes > 0:
+            writes = asyncio.run(write_path(kind, args.writes, Path(folder)))
     print()
     print(table(kind, rows))
+    if args.writes > 0:
+        print()
+        print(f"writes ({kind}, {args.writes} mails at once), µs per mail: {writes}")
     return 0
 
 

@@ -72,22 +72,25 @@ class Dialect:
             f"INSERT INTO {table} ({columns}) VALUES {values} ON DUPLICATE KEY UPDATE {key} = {key}"
         )
 
-    def add_to(self, table: str, key: str, column: str) -> str:
-        """Insert a row, or add to ``column`` of the row its key names (parameters: the key's
-        columns, the amount, the amount again). SQLite's upsert (``ON CONFLICT``); MySQL's
-        ``ON DUPLICATE KEY UPDATE`` with the amount bound again (``VALUES()`` there is
-        deprecated in MySQL 8, and a warning would become a Python one)."""
+    def add_to(self, table: str, key: str, column: str, count: int = 1) -> str:
+        """Insert ``count`` rows, or add each one's amount to ``column`` of the row its key
+        names. SQLite: one upsert of every row (parameters: each row's key columns and
+        amount), its amount read back as ``excluded``. MySQL: one row (``count`` 1) and the
+        amount bound twice (parameters: the key's columns, the amount, the amount again):
+        ``VALUES()`` in ``ON DUPLICATE KEY UPDATE`` is deprecated in MySQL 8, where its
+        warning would become a Python one, and MariaDB knows no row alias."""
         columns = f"{key}, {column}"
-        values = self.rows(1, key.count(",") + 2)
-        m = self.mark
+        values = self.rows(count, key.count(",") + 2)
         if self.on_duplicate_key:
+            if count != 1:
+                raise ValueError("MySQL adds to one row per statement")
             return (
                 f"INSERT INTO {table} ({columns}) VALUES {values} "
-                f"ON DUPLICATE KEY UPDATE {column} = {column} + {m}"
+                f"ON DUPLICATE KEY UPDATE {column} = {column} + {self.mark}"
             )
         return (
             f"INSERT INTO {table} ({columns}) VALUES {values} "
-            f"ON CONFLICT ({key}) DO UPDATE SET {column} = {column} + {m}"
+            f"ON CONFLICT ({key}) DO UPDATE SET {column} = {column} + excluded.{column}"
         )
 
     def holds_id(self, mail_id: str) -> bool:

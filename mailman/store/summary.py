@@ -63,10 +63,10 @@ Key = tuple[str, str, str]
 READ = "SELECT figure, label, sublabel, SUM(amount) FROM figures GROUP BY figure, label, sublabel"
 
 
-@functools.cache
-def _bump(d: Dialect) -> str:
-    """Add to a figure's shard (parameters: figure, label, sublabel, shard, amount, amount)."""
-    return d.add_to("figures", "figure, label, sublabel, shard", "amount")
+@functools.lru_cache(maxsize=64)
+def _bump(d: Dialect, count: int) -> str:
+    """Add to ``count`` figures' shards (SQLite: one statement; MySQL: ``count`` is 1)."""
+    return d.add_to("figures", "figure, label, sublabel, shard", "amount", count)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -79,12 +79,18 @@ def _attempts_of(d: Dialect, count: int) -> str:
 
 
 def bump(d: Dialect, deltas: Counter[Key] | dict[Key, int]) -> Steps[None]:
-    """Add ``deltas`` to the figures (zeros skipped), one statement per figure, in key
-    order, on one shard chosen for this transaction."""
-    shard = 0 if d.one_writer else random.randrange(SHARDS)
-    for (figure, label, sublabel), amount in sorted(deltas.items()):
-        if amount:
-            yield Statement(_bump(d), (figure, label, sublabel, shard, amount, amount))
+    """Add ``deltas`` to the figures (zeros skipped). SQLite: one statement. MySQL: one
+    statement per figure, in key order, on one shard chosen for this transaction."""
+    changed = sorted((key, amount) for key, amount in deltas.items() if amount)
+    if not changed:
+        return
+    if d.one_writer:  # SQLite: one shard, every figure in one upsert
+        params = [v for (f, a, b), amount in changed for v in (f, a, b, 0, amount)]
+        yield Statement(_bump(d, len(changed)), params)
+        return
+    shard = random.randrange(SHARDS)
+    for (figure, label, sublabel), amount in changed:
+        yield Statement(_bump(d, 1), (figure, label, sublabel, shard, amount, amount))
 
 
 @dataclass(frozen=True, slots=True)
