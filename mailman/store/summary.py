@@ -65,32 +65,30 @@ READ = "SELECT figure, label, sublabel, SUM(amount) FROM figures GROUP BY figure
 
 @functools.lru_cache(maxsize=64)
 def _bump(d: Dialect, count: int) -> str:
-    """Add to ``count`` figures' shards (SQLite: one statement; MySQL: ``count`` is 1)."""
+    """Add to ``count`` figures' shards."""
     return d.add_to("figures", "figure, label, sublabel, shard", "amount", count)
 
 
 @functools.lru_cache(maxsize=1024)
-def _attempts_of(d: Dialect, count: int) -> str:
-    """These mails' attempts as ``tally`` counts them (on MySQL locked)."""
+def _with_attempts(d: Dialect, count: int) -> str:
+    """These mails' statuses and their attempts, in one read (on MySQL locked, mails
+    in id order, each with its attempts)."""
     return (
-        "SELECT id, mail_id, provider, round, at, outcome, checked FROM attempts "
-        f"WHERE mail_id IN ({d.marks(count)}) ORDER BY id{d.row_lock}"
+        "SELECT m.id, m.status, a.id, a.provider, a.round, a.at, a.outcome, a.checked "
+        "FROM mails AS m LEFT JOIN attempts AS a ON a.mail_id = m.id "
+        f"WHERE m.id IN ({d.marks(count)}) ORDER BY m.id, a.id{d.row_lock}"
     )
 
 
 def bump(d: Dialect, deltas: Counter[Key] | dict[Key, int]) -> Steps[None]:
-    """Add ``deltas`` to the figures (zeros skipped). SQLite: one statement. MySQL: one
-    statement per figure, in key order, on one shard chosen for this transaction."""
+    """Add ``deltas`` to the figures (zeros skipped) in one statement, in key order, on
+    one shard chosen for this transaction (SQLite: shard 0)."""
     changed = sorted((key, amount) for key, amount in deltas.items() if amount)
     if not changed:
         return
-    if d.one_writer:  # SQLite: one shard, every figure in one upsert
-        params = [v for (f, a, b), amount in changed for v in (f, a, b, 0, amount)]
-        yield Statement(_bump(d, len(changed)), params)
-        return
-    shard = random.randrange(SHARDS)
-    for (figure, label, sublabel), amount in changed:
-        yield Statement(_bump(d, 1), (figure, label, sublabel, shard, amount, amount))
+    shard = 0 if d.one_writer else random.randrange(SHARDS)
+    params = [v for (f, a, b), amount in changed for v in (f, a, b, shard, amount)]
+    yield Statement(_bump(d, len(changed)), params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +125,20 @@ def look(d: Dialect, ids: Iterable[str], attempts: bool = True) -> Steps[Seen]:
     are locked (mails first, in id order), so they change only by this transaction till
     it commits."""
     ordered = sorted(set(ids))
-    statuses = yield from moves.statuses(d, ordered)
-    found: dict[int, Held] = {}
-    if attempts:
-        for chunk in chunks(ordered):
-            cur = yield Statement(_attempts_of(d, len(chunk)), chunk)
-            for attempt_id, mail_id, provider, round_, at, outcome, checked in cur.fetchall():
-                found[int(attempt_id)] = Held(
+    if not attempts:
+        statuses = yield from moves.statuses(d, ordered)
+        return Seen(statuses, {}, False)
+    found: dict[str, Status] = {}
+    held: dict[int, Held] = {}
+    for chunk in chunks(ordered):
+        cur = yield Statement(_with_attempts(d, len(chunk)), chunk)
+        for mail_id, status, attempt_id, provider, round_, at, outcome, checked in cur.fetchall():
+            found[mail_id] = Status(status)
+            if attempt_id is not None:
+                held[int(attempt_id)] = Held(
                     str(mail_id), str(provider), int(round_), float(at), str(outcome), checked
                 )
-    return Seen(statuses, found, attempts)
+    return Seen(found, held, True)
 
 
 def tally(seen: Seen) -> Counter[Key]:
