@@ -1,22 +1,23 @@
 """The ``figures`` table: what ``/metrics`` and the dashboard count, kept as mails move.
 
-Every operation that adds mails, moves a mail's status, records or finishes an attempt
-or adds or replays a dead letter also adds its changes to this table, in the same
-transaction (``bump``, the last statements of the operation). So a read of the figures
-is a read of a few dozen rows, whatever the number of mails kept (``figures.metrics``),
-and never a count over ``mails`` or ``attempts``.
+Every operation that adds mails, moves a mail's status or records or finishes an
+attempt also adds what it changed to this table, in the same transaction (``bump``, its
+last statement). So a read of the figures is a read of a few dozen rows, whatever the
+number of mails kept (``figures.metrics``), never a count over ``mails`` or ``attempts``.
 
 One row per figure, label, sublabel and shard:
 
 - ``mails``/status: mails in that status. A mail moving on takes one from its old status
-  and adds one to its new one; a mail removed by retention (in a final status) is *not*
-  taken off, so a final status counts every mail that ended there, its record kept or not.
-  Statuses nothing can leave (queued, scheduled, sending are left) are gauges.
-- ``attempts``/provider/outcome: attempts with that outcome; ``pending`` ones (a call in
-  flight) move to their outcome, the others are totals, never taken off.
+  and adds one to its new one. Retention deletes only mails in a final status, and is
+  *not* taken off: a final status counts every mail that ended there, its record kept
+  or not; ``queued``, ``scheduled`` and ``sending`` count the mails there now.
+- ``attempts``/provider/outcome: attempts with that outcome. A ``pending`` one (a call
+  in flight) moves to its outcome; the other outcomes are totals, never taken off.
 - ``retries``/provider: attempts in a retry round (round > 0); a total.
 - ``suppressed``/provider: ``unknown`` attempts the provider had taken when asked; a total.
-- ``dead_letters``: dead letters not replayed yet; a gauge.
+
+(Outbox entries and dead letters not replayed are counted where they wait: see
+``figures.metrics``.)
 
 Where a figure is touched by many transactions at once (MySQL: every accepted mail adds
 to ``mails``/``queued``), one row would make them wait for each other's commit; each
@@ -24,9 +25,10 @@ transaction adds to one of ``SHARDS`` rows of the figure instead, chosen at rand
 read sums them. SQLite has one writer: one shard. Rows are bumped in key order, at the
 end of the transaction, so two transactions never wait on each other in a circle.
 
-An operation that moves mails computes what changed by reading the mails it touches
-(and their attempts) before and after (``look``; on MySQL those rows are locked first,
-as every move locks them): exact, whatever each guarded ``UPDATE`` did or skipped.
+What an operation changed is known exactly: from what it read under the lock of the
+rows it changes (MySQL; SQLite: the one writer), worked out as its guarded statements
+run (``attempts.applied``, ``moves.statuses``), or by reading the mails again
+(``settle``).
 """
 
 from __future__ import annotations
@@ -36,15 +38,13 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from mailman.core.model import Check, Status
 
 from . import moves
 from .dialect import Dialect, chunks
 from .operation import Statement, Steps
-
-T = TypeVar("T")
 
 #: Rows per figure on a database with several writers (MySQL); SQLite uses one.
 SHARDS = 8
@@ -54,7 +54,6 @@ MAILS = "mails"
 ATTEMPTS = "attempts"
 RETRIES = "retries"
 SUPPRESSED = "suppressed"
-DEAD_LETTERS = "dead_letters"
 
 #: A figure's key: (figure, label, sublabel); '' where it has none.
 Key = tuple[str, str, str]
@@ -122,8 +121,8 @@ class Seen:
 
 def look(d: Dialect, ids: Iterable[str], attempts: bool = True) -> Steps[Seen]:
     """The statuses of these mails and (``attempts``) their attempts. On MySQL the rows
-    are locked (mails first, in id order), so they change only by this transaction till
-    it commits."""
+    are locked (in mail id order, each mail with its attempts), so they change only by
+    this transaction till it commits."""
     ordered = sorted(set(ids))
     if not attempts:
         statuses = yield from moves.statuses(d, ordered)
