@@ -2,6 +2,7 @@
 
     python -m bench [--quick] [--requests N] [--concurrency C] [--duration S]
                     [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
+    python -m bench soak [--minutes M] [--rate R] ...   (see bench/soak.py)
     python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
 
 Starts everything itself on loopback, each in its own process: the fake
@@ -661,12 +662,16 @@ def write_outputs(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "figures":  # python -m bench figures: see bench/figures.py
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # python -m bench soak: retention levels the store off
+        from . import soak
+
+        return soak.main(argv[1:])
+    if argv[:1] == ["figures"]:  # python -m bench figures: what a read of them costs
         from . import figures
 
-        return figures.main(args[1:])
-    settings = parse_args(args)
+        return figures.main(argv[1:])
+    settings = parse_args(argv)
     try:
         results = asyncio.run(run(settings))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -24,6 +24,7 @@ from mailman.actors.breakers import ProviderBreaker, SharedHealth, make_breaker,
 from mailman.actors.callbacks import Notifier
 from mailman.actors.journal import Journal
 from mailman.actors.lifecycle import Actor
+from mailman.actors.purger import Purger
 from mailman.actors.relay import Nudge, Relay
 from mailman.actors.scheduler import RetryScheduler
 from mailman.actors.sender import Sender
@@ -269,6 +270,18 @@ class Mailman:
                     "sweeper",
                     lambda: Sweeper(
                         store=self.store, stale_after=cfg.stale_after, interval=cfg.sweep_interval
+                    ),
+                )
+            )
+            # Retention (store.retention) erases beside every sweeper, in small batches.
+            children.append(
+                ChildSpec(
+                    "purger",
+                    lambda: Purger(
+                        store=self.store,
+                        body_retention=cfg.body_retention,
+                        record_retention=cfg.record_retention,
+                        interval=cfg.retention_interval,
                     ),
                 )
             )

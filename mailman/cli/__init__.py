@@ -1,5 +1,6 @@
 """Mailman's command line: ``mailman [serve] [flags]``, ``mailman keys ...``,
-``mailman dead-letters ...``, ``mailman --version`` (or ``python -m mailman ...``).
+``mailman dead-letters ...``, ``mailman erase ...``, ``mailman --version`` (or
+``python -m mailman ...``).
 
 Thin on purpose: one parser (``parser``) picks the command, the command reads
 its configuration once, runs, and returns its exit code.
@@ -12,12 +13,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from . import dead_letters, keys, serve
+from . import dead_letters, erase, keys, serve
 from .command import Call, Command
 from .parser import build_parser, with_command
 
 #: Every command; the first is the default.
-COMMANDS: tuple[Command, ...] = (serve.COMMAND, keys.COMMAND, dead_letters.COMMAND)
+COMMANDS: tuple[Command, ...] = (
+    serve.COMMAND,
+    keys.COMMAND,
+    dead_letters.COMMAND,
+    erase.COMMAND,
+)
 
 
 def main(

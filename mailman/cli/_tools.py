@@ -1,5 +1,6 @@
 """What the command-line tools beside the service (``mailman keys``, ``mailman
-dead-letters``) share: open the service's store, run, turn errors into exit codes."""
+dead-letters``, ``mailman erase``) share: open the service's store, run, turn errors
+into exit codes."""
 
 from __future__ import annotations
 

@@ -622,6 +622,40 @@ class Config:
         help="how often the sweeper (role sweeper) looks for such mails",
         doc="how often the sweeper (role `sweeper`) looks for such mails",
     )
+    #: After this, a final mail's content is erased (``store.retention``); None: kept.
+    body_retention: float | None = setting(
+        30 * DAY,
+        env="MAILMAN_BODY_RETENTION",
+        parse=parse.duration_or_off,
+        unset="30d",
+        help="a final mail's content (addresses, subject, text, files...) is erased this "
+        "long after its last change: 90s, 15m, 12h, 30d, or off",
+        doc="a final mail's content (addresses, subject, text, HTML, files, headers, "
+        "metadata) is erased this long after its last status change; its status record "
+        "stays. `90s`, `15m`, `12h`, `30d`, or `off` (see [Retention](retention.md))",
+    )
+    #: After this, a final mail is deleted with all its rows; None: kept.
+    record_retention: float | None = setting(
+        400 * DAY,
+        env="MAILMAN_RECORD_RETENTION",
+        parse=parse.duration_or_off,
+        unset="400d",
+        help="a final mail is deleted with its attempts, events and callbacks this long "
+        "after its last change: 90s, 15m, 12h, 30d, or off",
+        doc="a final mail is deleted (then `404`) with its attempts, events, callbacks and "
+        "idempotency keys this long after its last status change; finished callbacks and "
+        "replayed dead letters too. `90s`, `15m`, `12h`, `30d`, or `off`",
+    )
+    #: How often the purger (role sweeper) looks for what retention erases.
+    retention_interval: float = setting(
+        60.0,
+        env="MAILMAN_RETENTION_INTERVAL",
+        parse=parse.duration,
+        unset="1m",
+        help="how often the purger (role sweeper) erases what retention says",
+        doc="how often the purger (role `sweeper`) erases what the two retentions say, "
+        "in batches of 500 mails",
+    )
     #: SendGrid's Event Webhook verification key (base64 DER): turns POST /webhooks/sendgrid on.
     sendgrid_webhook_public_key: str | None = setting(
         None,

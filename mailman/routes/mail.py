@@ -422,6 +422,43 @@ async def show_mail(request: web.Request) -> web.Response:
     return json_response(detail(record))
 
 
+@routes.delete("/mail/{id:(?!send$)[^/]+}")
+@requires(Scope.SEND)
+@operation(
+    "eraseMail",
+    "Erase a mail now: its content and its record (needs `send`; admins any tenant's)",
+    description="Deletes the mail with its attempts, events, callbacks and idempotency key "
+    "(GDPR art. 17); afterwards it is 404. A `scheduled` mail is cancelled and erased. A "
+    "mail still `queued` or `sending` is refused with 409: a sender may hold it; erase it "
+    "once it is final. Without a request, MAILMAN_BODY_RETENTION and "
+    "MAILMAN_RECORD_RETENTION erase mails by age.",
+    parameters=(MAIL_ID,),
+    answers={
+        204: Answer("Erased: nothing of the mail is left"),
+        404: UNKNOWN,
+        409: problem("The mail is queued or sending (type status-conflict): not erased"),
+    },
+)
+async def erase_mail(request: web.Request) -> web.Response:
+    """Erase a final or scheduled mail now; 409 while it is on its way."""
+    mail_id = request.match_info["id"]
+    await _visible(request, mail_id)
+    store, timeout = _store(request)
+    erased = await guarded(store, timeout, store.erase(mail_id, time.time()))
+    if erased is None:
+        raise _unknown()
+    note(request, mail_id=mail_id)
+    if not erased.erased:
+        raise Problem(
+            HTTPStatus.CONFLICT,
+            f"The mail is {erased.status.value}: it is on its way to a provider and cannot be "
+            "erased before it is final (sent or failed). Try again then.",
+            type=STATUS_CONFLICT,
+        )
+    log.info("mail.erased", mail_id=mail_id, status=erased.status.value)
+    return web.Response(status=HTTPStatus.NO_CONTENT)
+
+
 @routes.post("/mail/{id}/retry")
 @requires(Scope.SEND)
 @operation(
@@ -433,7 +470,7 @@ async def show_mail(request: web.Request) -> web.Response:
     answers={
         202: Answer("Queued again", StatusAnswer),
         404: UNKNOWN,
-        409: problem("The mail is not failed"),
+        409: problem("The mail is not failed, or its content was erased (retention)"),
     },
 )
 async def retry_mail(request: web.Request) -> web.Response:
@@ -447,11 +484,10 @@ async def retry_mail(request: web.Request) -> web.Response:
         raise _unknown()
     note(request, mail_id=mail_id)
     if not result.changed:
-        raise Problem(
-            HTTPStatus.CONFLICT,
-            f"The mail is {result.status.value}: only a failed mail can be sent again.",
-            type=STATUS_CONFLICT,
-        )
+        detail = f"The mail is {result.status.value}: only a failed mail can be sent again."
+        if result.status is Status.FAILED:  # its content was erased (MAILMAN_BODY_RETENTION)
+            detail = "The mail's content was erased (retention): there is nothing to send again."
+        raise Problem(HTTPStatus.CONFLICT, detail, type=STATUS_CONFLICT)
     try:
         await request.app[OUTBOUND].dispatch(Dispatch(mail_id=mail_id, accepted_at=now))
     except Exception:  # committed: the relay finds it on its next look

@@ -1,7 +1,7 @@
 """The store as the rest of Mailman sees it: every concern's interface in one ``Store``.
 
 Each concern (``mails``, ``outbox``, ``attempts``, ``events``, ``dead_letters``,
-``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``) declares its
+``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``, ``retention``) declares its
 interface, records, SQL and operations in its own module. ``Store`` is all of
 them plus a lifecycle; ``SqlStore`` all of them on a driver (``Engine``), so a
 driver (``sqlite``, ``mysql``) only says how it connects and how it runs an
@@ -40,6 +40,7 @@ from .mails import (
     Transition,
 )
 from .outbox import Outbox, OutboxEntry, SqlOutbox
+from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
 
 
 class StoreUnavailable(ConnectionError):
@@ -60,6 +61,7 @@ class Store(
     Callbacks,
     Breakers,
     Figures,
+    Retention,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -98,6 +100,7 @@ class SqlStore(
     SqlCallbacks,
     SqlBreakers,
     SqlFigures,
+    SqlRetention,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and
@@ -105,11 +108,14 @@ class SqlStore(
 
 
 __all__ = [
+    "Addressed",
     "ApiKey",
     "Begun",
     "BreakerState",
     "CallbackDue",
     "DeadLetter",
+    "Dropped",
+    "Erased",
     "EventResult",
     "FailedAttempt",
     "FailedMail",

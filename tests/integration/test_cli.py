@@ -1,4 +1,4 @@
-"""The one command line: ``mailman [serve]|keys|dead-letters``, ``--version``, ``--help``."""
+"""The one command line: ``mailman [serve]|keys|dead-letters|erase``, ``--version``, ``--help``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ LEVELS = (
     ("dead-letters",),
     ("dead-letters", "list"),
     ("dead-letters", "replay"),
+    ("erase",),
 )
 
 
@@ -71,9 +72,10 @@ def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tu
 
 
 def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """``mailman --help`` lists serve (the default), keys and dead-letters, and --version."""
+    """``mailman --help`` lists serve (the default), keys, dead-letters and erase, and
+    --version."""
     _, out, _ = exits(capsys, "--help")
-    assert "{serve,keys,dead-letters}" in out
+    assert "{serve,keys,dead-letters,erase}" in out
     assert "serve run the service (the default command)" in out
     assert "--version" in out
 
@@ -103,6 +105,7 @@ def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) 
         (("dead-letters", "list"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--broker", "MAILMAN_BROKER", Config().broker),
+        (("erase",), "--store", "MAILMAN_STORE", Config().store),
         (
             ("dead-letters", "replay"),
             "--topic-prefix",

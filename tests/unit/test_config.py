@@ -20,6 +20,7 @@ from mailman.config import (
     check_broker_url,
     check_store_url,
     load,
+    parse,
 )
 from mailman.store import open_store
 
@@ -292,6 +293,43 @@ def test_each_setting_fills_its_config_attribute_with_its_default() -> None:
 def test_the_environment_fills_the_declared_attribute() -> None:
     """Each whole-number or number setting's variable lands in its own attribute."""
     for s in SETTINGS.values():
-        if s.env is not None and type(s.default) in (int, float) and not s.flag:
+        durations = (parse.duration, parse.duration_or_off)  # "7" has no unit: refused
+        if (
+            s.env is not None
+            and type(s.default) in (int, float)
+            and not s.flag
+            and s.parse not in durations
+        ):
             value = operator.attrgetter(s.path)(load([], {s.env: "7"}))
             assert value == 7, s.path
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("30d", 2592000.0), (" 1.5H ", 5400.0)],
+)
+def test_a_duration_reads_with_its_unit(raw: str, seconds: float) -> None:
+    """A retention written 90s, 15m, 12h or 30d (any case, blanks around) is seconds."""
+    assert load([], {"MAILMAN_BODY_RETENTION": raw}).body_retention == seconds
+
+
+def test_retention_defaults_are_30_and_400_days_and_off_turns_one_off() -> None:
+    """Bodies go after 30 days and records after 400 by default; ``off`` keeps them."""
+    assert DEFAULTS.body_retention == 30 * 86400 and DEFAULTS.record_retention == 400 * 86400
+    assert SETTINGS["body_retention"].shown == "30d"
+    off = load([], {"MAILMAN_BODY_RETENTION": "off", "MAILMAN_RECORD_RETENTION": "OFF"})
+    assert off.body_retention is None and off.record_retention is None
+
+
+@pytest.mark.parametrize("raw", ["30", "30y", "d", "-1d", "0s", "nanh", "infd", "soon"])
+def test_a_bad_duration_is_refused_naming_the_setting(raw: str) -> None:
+    """A duration without a unit, with an unknown one, zero or negative is refused by name."""
+    with pytest.raises(ConfigError, match=r"^MAILMAN_RECORD_RETENTION must be a duration"):
+        load([], {"MAILMAN_RECORD_RETENTION": raw})
+
+
+def test_the_retention_interval_cannot_be_off() -> None:
+    """``off`` is no interval: the purger's interval is refused by name."""
+    with pytest.raises(ConfigError, match=r"^MAILMAN_RETENTION_INTERVAL must be a duration"):
+        load([], {"MAILMAN_RETENTION_INTERVAL": "off"})
+    assert parse.DURATION_UNITS["m"] == 60

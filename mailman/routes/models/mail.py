@@ -192,7 +192,20 @@ class MailShown(TypedDict):
     reason: str | None
     created_at: Time
     updated_at: Time
-    submitted: SubmittedMail
+    submitted: NotRequired[
+        Annotated[
+            SubmittedMail,
+            Field(description="What was submitted; absent once the content was erased"),
+        ]
+    ]
+    purged_at: Annotated[
+        Time | None,
+        Field(
+            description="When the mail's content (addresses, subject, text, files, headers, "
+            "metadata) was erased by MAILMAN_BODY_RETENTION; null: kept. Its status, attempts "
+            "and events stay until MAILMAN_RECORD_RETENTION, then the mail is gone (404)"
+        ),
+    ]
     attempts: list[AttemptShown]
     events: Annotated[list[EventShown], Field(description="oldest first")]
     links: list[MailLinks]
@@ -351,19 +364,21 @@ def _event(event: DeliveryEvent) -> EventShown:
 
 
 def detail(record: MailRecord) -> MailDetail:
+    """The mail in full; a purged one without ``submitted`` (its content is gone)."""
     mail = record.mail
-    return {
-        "mail": {
-            "id": mail.id,
-            "status": record.status,
-            "provider": record.provider,
-            "provider_message_id": record.provider_message_id,
-            "reason": record.reason,
-            "created_at": iso_time(mail.created_at),
-            "updated_at": iso_time(record.updated_at),
-            "submitted": submitted(mail),
-            "attempts": [_attempt(a) for a in record.attempts],
-            "events": [_event(e) for e in record.events],
-            "links": [mail_links(mail.id)],
-        }
+    shown: MailShown = {
+        "id": mail.id,
+        "status": record.status,
+        "provider": record.provider,
+        "provider_message_id": record.provider_message_id,
+        "reason": record.reason,
+        "created_at": iso_time(mail.created_at),
+        "updated_at": iso_time(record.updated_at),
+        "purged_at": None if record.purged_at is None else iso_time(record.purged_at),
+        "attempts": [_attempt(a) for a in record.attempts],
+        "events": [_event(e) for e in record.events],
+        "links": [mail_links(mail.id)],
     }
+    if record.purged_at is None:
+        shown["submitted"] = submitted(mail)
+    return {"mail": shown}
