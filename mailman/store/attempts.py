@@ -251,7 +251,7 @@ def applied(before: summary.Seen, updates: Sequence[StatusUpdate]) -> summary.Se
             current = statuses.get(u.mail_id)
             if current is not None and current in ALLOWED_FROM[status]:
                 statuses[u.mail_id] = status
-    return summary.Seen(statuses, attempts, before.with_attempts)
+    return summary.Seen(statuses, attempts)
 
 
 def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
@@ -316,11 +316,15 @@ def begin(
 def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]]:
     """Every call's updates in one go; those for mails not there change nothing."""
     updates = [u for batch in batches for u in batch if d.holds_id(u.mail_id)]
-    # Every mail of the batch and its attempts, before (the figures gain what changed).
-    # On MySQL they are locked up front, in id order: concurrent batches then queue
-    # behind each other instead of deadlocking.
+    # Every mail of the batch, the attempts it finishes and every attempt of a mail it
+    # records a new one for, before (the figures gain what changed). On MySQL they are
+    # locked up front, mails in id order: concurrent batches then queue behind each
+    # other instead of deadlocking.
     before = yield from summary.look(
-        d, {u.mail_id for u in updates}, attempts=any(u.attempt for u in updates)
+        d,
+        (u.mail_id for u in updates),
+        attempts=(u.attempt.id for u in updates if u.attempt and u.attempt.id is not None),
+        of=(u.mail_id for u in updates if u.attempt and u.attempt.id is None),
     )
     known = before.mails
     updates = [u for u in updates if u.mail_id in known]

@@ -112,7 +112,7 @@ def add(
     cur = yield Statement(_insert(d), (mailbox, mail_id, b64(payload), error, at))
     letter = int(cur.lastrowid or 0)
     if mail_id is not None:
-        before = yield from summary.look(d, [mail_id], attempts=False)
+        before = yield from summary.look(d, [mail_id])
         if before.mails:
             reason = dead_letter_reason(letter, error)
             failed = moves.plain_move_values(mail_id, Status.FAILED, at, reason)

@@ -102,7 +102,7 @@ def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
 def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventResult]]:
     """The events' mails are read first (on MySQL locked, in id order), and again at the
     end: the figures gain the moves made."""
-    before = yield from summary.look(d, (e.mail_id for e in events if d.holds_id(e.mail_id)), False)
+    before = yield from summary.look(d, (e.mail_id for e in events if d.holds_id(e.mail_id)))
     known = before.mails
     results: list[EventResult] = []
     for event in events:

@@ -195,7 +195,7 @@ def claim(
     yield Statement(_lease(d, len(ids)), (owner, now + lease_seconds, *ids))
     # Mail rows in id order, like every other locking statement.
     mail_ids = sorted(e.mail_id for e in claimed)
-    before = yield from summary.look(d, mail_ids, attempts=False)
+    before = yield from summary.look(d, mail_ids)
     yield Statement(_sending(d, len(mail_ids)), (now, now, *mail_ids))
     yield from callbacks.queue(d, mail_ids)
     # Queued ones became sending (the statuses read are those the UPDATE saw).

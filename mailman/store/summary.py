@@ -37,7 +37,7 @@ import functools
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailman.core.model import Check, Status
@@ -68,14 +68,25 @@ def _bump(d: Dialect, count: int) -> str:
     return d.add_to("figures", "figure, label, sublabel, shard", "amount", count)
 
 
+#: The attempt columns ``Held`` reads, in its order.
+HELD_COLUMNS = "id, mail_id, provider, round, at, outcome, checked"
+
+
 @functools.lru_cache(maxsize=1024)
-def _with_attempts(d: Dialect, count: int) -> str:
-    """These mails' statuses and their attempts, in one read (on MySQL locked, mails
-    in id order, each with its attempts)."""
+def _attempts_by_id(d: Dialect, count: int) -> str:
+    """These attempts (on MySQL locked: by primary key, the rows alone)."""
     return (
-        "SELECT m.id, m.status, a.id, a.provider, a.round, a.at, a.outcome, a.checked "
-        "FROM mails AS m LEFT JOIN attempts AS a ON a.mail_id = m.id "
-        f"WHERE m.id IN ({d.marks(count)}) ORDER BY m.id, a.id{d.row_lock}"
+        f"SELECT {HELD_COLUMNS} FROM attempts WHERE id IN ({d.marks(count)}) "
+        f"ORDER BY id{d.row_lock}"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _attempts_of(d: Dialect, count: int) -> str:
+    """These mails' attempts (on MySQL locked)."""
+    return (
+        f"SELECT {HELD_COLUMNS} FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"ORDER BY id{d.row_lock}"
     )
 
 
@@ -109,35 +120,31 @@ class Held:
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """Some mails' statuses and their attempts, as ``look`` read them."""
+    """Some mails' statuses and some attempts, as ``look`` read them."""
 
     #: Mail id -> status (a mail not there is absent).
     mails: dict[str, Status]
     #: Attempt id -> the attempt.
-    attempts: dict[int, Held]
-    #: Whether the attempts were read (else ``attempts`` is empty).
-    with_attempts: bool
+    attempts: dict[int, Held] = field(default_factory=dict)
 
 
-def look(d: Dialect, ids: Iterable[str], attempts: bool = True) -> Steps[Seen]:
-    """The statuses of these mails and (``attempts``) their attempts. On MySQL the rows
-    are locked (in mail id order, each mail with its attempts), so they change only by
-    this transaction till it commits."""
-    ordered = sorted(set(ids))
-    if not attempts:
-        statuses = yield from moves.statuses(d, ordered)
-        return Seen(statuses, {}, False)
-    found: dict[str, Status] = {}
+def look(
+    d: Dialect, ids: Iterable[str], attempts: Iterable[int] = (), of: Iterable[str] = ()
+) -> Steps[Seen]:
+    """The statuses of the mails ``ids``, the ``attempts`` with these ids and every attempt
+    of the mails ``of``. On MySQL the rows are locked (the mails first, in id order), so
+    they change only by this transaction till it commits; attempts read by id lock those
+    rows alone (no gap of the ``mail_id`` index, where other mails' attempts go)."""
+    statuses = yield from moves.statuses(d, sorted(set(ids)))
     held: dict[int, Held] = {}
-    for chunk in chunks(ordered):
-        cur = yield Statement(_with_attempts(d, len(chunk)), chunk)
-        for mail_id, status, attempt_id, provider, round_, at, outcome, checked in cur.fetchall():
-            found[mail_id] = Status(status)
-            if attempt_id is not None:
+    for sql, keys in ((_attempts_by_id, sorted(set(attempts))), (_attempts_of, sorted(set(of)))):
+        for chunk in chunks(keys):
+            cur = yield Statement(sql(d, len(chunk)), chunk)
+            for attempt_id, mail_id, provider, round_, at, outcome, checked in cur.fetchall():
                 held[int(attempt_id)] = Held(
                     str(mail_id), str(provider), int(round_), float(at), str(outcome), checked
                 )
-    return Seen(found, held, True)
+    return Seen(statuses, held)
 
 
 def tally(seen: Seen) -> Counter[Key]:
@@ -164,7 +171,7 @@ def changes(before: Seen, after: Seen) -> Counter[Key]:
 def settle(d: Dialect, before: Seen, extra: dict[Key, int] | None = None) -> Steps[None]:
     """Look again at what ``before`` saw and bump the figures by what changed (and
     ``extra``): the end of an operation that moved mails."""
-    after = yield from look(d, before.mails, attempts=before.with_attempts)
+    after = yield from look(d, before.mails)
     deltas = changes(before, after)
     for key, amount in (extra or {}).items():
         deltas[key] += amount
