@@ -54,6 +54,7 @@ from mailman.config.roles import (
     in_memory,
     roles_of,
 )
+from mailman.intake.budget import Budget
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.load import Load
 from mailman.mailboxes import Broker, MemoryBroker
@@ -216,6 +217,8 @@ class Mailman:
         self.http_metrics = (
             HttpMetrics(config.metrics_dir) if self.roles & {ROLE_API, ROLE_SMTP} else None
         )
+        #: Bytes of bodies in flight, shared by the API and SMTP of this process.
+        self.budget = Budget(config.max_inflight_bytes)
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -362,6 +365,7 @@ class Mailman:
                 load=self.load,
                 metrics=self.http_metrics,
                 probes=probes,
+                budget=self.budget,
             ),
             bad_request=bad_http,
             host=cfg.host,
@@ -383,6 +387,7 @@ class Mailman:
             port=self._smtp.port if self._smtp is not None else None,
             tls_port=self._smtp.tls_port if self._smtp is not None else None,
             metrics=self.http_metrics,
+            budget=self.budget,
         )
         return self._smtp
 

@@ -387,6 +387,44 @@ class SmtpConfig:
         doc="SMTP connections served at once; more are answered `421 4.7.0` and closed (each "
         "may hold a mail of up to `MAILMAN_SMTP_MAX_BYTES` in memory while it arrives)",
     )
+    #: Connections from one client address at once; more from it are told ``421``.
+    max_connections_per_ip: int = setting(
+        20,
+        env="MAILMAN_SMTP_MAX_CONNECTIONS_PER_IP",
+        minimum=1,
+        help="SMTP connections from one client address at once; more get 421 and are closed",
+        doc="SMTP connections from one client address at once; more from it are answered "
+        "`421 4.7.0` and closed, while other addresses still get in",
+    )
+    #: A connection that sends no command for this long is told ``421 4.4.2`` and closed.
+    idle_timeout: float = setting(
+        30.0,
+        env="MAILMAN_SMTP_IDLE_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="an SMTP connection silent this long between commands gets 421 and is closed",
+        doc="an SMTP connection that sends no command for this long gets `421 4.4.2` and is "
+        "closed (a mail's `DATA` is under `MAILMAN_BODY_IDLE_TIMEOUT_SECONDS` likewise)",
+    )
+    #: Once the store holds a key: a connection not authenticated this long after it
+    #: opened is told ``421 4.4.2`` and closed.
+    auth_timeout: float = setting(
+        10.0,
+        env="MAILMAN_SMTP_AUTH_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="a connection that has not authenticated this long after connecting gets 421",
+        doc="once the store holds a key, a connection that has not authenticated this long "
+        "after it opened gets `421 4.4.2` and is closed (silent or not)",
+    )
+    #: A failed AUTH is answered after this long, doubled with each failure on the
+    #: connection, at most 8 times as long (other connections are not held up).
+    auth_failure_delay: float = setting(
+        1.0,
+        env="MAILMAN_SMTP_AUTH_FAILURE_DELAY_SECONDS",
+        minimum=0.0,
+        help="a failed SMTP AUTH is answered after this long, doubling per failure (8x at most)",
+        doc="a failed SMTP AUTH (`535`) is answered after this long, doubled with each "
+        "failure on the connection, at most 8 times as long; other clients are not held up",
+    )
 
 
 # --- the whole configuration --------------------------------------------------------
@@ -502,6 +540,19 @@ class Config:
         help="larger request bodies get 413",
         doc="larger request bodies get 413. Room for a mail with the most attachments "
         "(10 MiB, about 13.4 MiB as base64)",
+    )
+    #: 256 MiB: bodies (HTTP and SMTP) read or held at once, across the process.
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024,
+        env="MAILMAN_MAX_INFLIGHT_BYTES",
+        minimum=0,
+        note="256 MiB",
+        help="memory for bodies being read or held at once (about 4x their size); "
+        "past it 503/452; 0: no limit",
+        doc="memory for request bodies and SMTP mails being read or held at once, across "
+        "the process, each charged about 4 times its size; past it new bodies get `503` with "
+        "`Retry-After` (SMTP: `452 4.3.1`), and one key (or client address) may hold half "
+        "at most. `0`: no limit. See [Limits](limits.md#memory)",
     )
     provider_timeout: float = setting(
         10.0,

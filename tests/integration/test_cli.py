@@ -14,6 +14,8 @@ import pytest
 from mailman import main
 from mailman.config import Config
 
+from ..conftest import sqlite_store
+
 #: Every level of the command line.
 LEVELS = (
     (),
@@ -139,13 +141,66 @@ def test_dead_letters_reads_the_store_from_the_environment(tmp_path: Path) -> No
     """``dead-letters list`` opens MAILMAN_STORE's store; a bad one is exit 2; --store wins."""
     db = tmp_path / "letters.db"
     out, err = io.StringIO(), io.StringIO()
-    env = {"MAILMAN_STORE": f"sqlite:///{db}"}
+    env = {"MAILMAN_STORE": sqlite_store(db)}
     assert main(["dead-letters", "list", "--json"], env, out=out, err=err) == 0
     assert (out.getvalue(), err.getvalue()) == ("", "")
-    assert db.exists()
     err = io.StringIO()
     bad = {"MAILMAN_STORE": "foo://x"}
     assert main(["dead-letters", "list"], bad, out=io.StringIO(), err=err) == 2
     assert err.getvalue().startswith("mailman dead-letters: unsupported store 'foo'")
     flagged = ["dead-letters", "list", "--store", f"sqlite:///{db}"]
     assert main(flagged, bad, out=io.StringIO(), err=io.StringIO()) == 0
+
+
+#: Each tool and arguments that run it against a store without changing it.
+TOOLS = (
+    ("keys", ["list"]),
+    ("dead-letters", ["list"]),
+    ("erase", ["--address", "nobody@example.com"]),
+)
+
+
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
+@pytest.mark.parametrize("where", ["flag", "flag-after", "env"])
+def test_the_tools_refuse_a_sqlite_store_that_does_not_exist(
+    tmp_path: Path, tool: str, action: list[str], where: str
+) -> None:
+    """keys, dead-letters and erase exit 2 with one line naming a SQLite file that does not
+    exist, however --store is given, and create nothing."""
+    db = tmp_path / "typo.db"
+    url = f"sqlite:///{db}"
+    argv, env = {
+        "flag": ([tool, "--store", url, *action], {}),
+        "flag-after": ([tool, *action, "--store", url], {}),
+        "env": ([tool, *action], {"MAILMAN_STORE": url}),
+    }[where]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(argv, env, out=out, err=err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith(f"mailman {tool}: no store at {db}:")
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
+@pytest.mark.parametrize("before", [True, False])
+def test_the_tools_take_store_before_or_after_the_action(
+    tmp_path: Path, tool: str, action: list[str], before: bool
+) -> None:
+    """keys, dead-letters and erase take --store before or after their action, over the
+    environment."""
+    url = sqlite_store(tmp_path / "real.db")
+    argv = [tool, "--store", url, *action] if before else [tool, *action, "--store", url]
+    env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
+    err = io.StringIO()
+    assert main(argv, env, out=io.StringIO(), err=err) == 0, err.getvalue()
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+@pytest.mark.parametrize("tool", ["keys", "dead-letters", "erase"])
+def test_the_tools_say_store_the_same_way(capsys: pytest.CaptureFixture[str], tool: str) -> None:
+    """keys, dead-letters and erase show one and the same --store help at their top level."""
+    _, out, _ = exits(capsys, tool, "--help")
+    line = re.search(r"--store URL (.*?\))", out)
+    assert line is not None, out
+    assert line[1].startswith("store URL, as the service's (default: ")

@@ -22,6 +22,8 @@ TEXT = st.text(
     st.one_of(
         st.characters(codec="utf-8"),
         st.sampled_from(' \t\r\n\x00\x1f\x7f\x85\xa0\u2028\u202e\u3000=?qQbB<>/\\".:_-xX'),
+        # Bidirectional controls, invisible characters and the marks (allowed).
+        st.sampled_from("\u202a\u202d\u2066\u2069\u200b\u200c\u200d\u2060\ufeff\u200e\u200f"),
     ),
     max_size=40,
 )

@@ -30,7 +30,15 @@ from mailman.core.model import (
     Outcome,
     Status,
 )
-from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
+from mailman.core.validation import (
+    BODY_FIELD,
+    MAX_REASON,
+    MAX_UNKNOWN_NAMED,
+    Errors,
+    FieldError,
+    ValidationFailed,
+    unknown_fields,
+)
 from mailman.store import MailRecord
 
 from .common import Time
@@ -221,12 +229,16 @@ class MailDetail(TypedDict):
 
 
 class MarkFailed(BaseModel):
-    """``POST /mail/{id}/failed``'s optional body; other fields are ignored."""
+    """``POST /mail/{id}/failed``'s optional body; any other field is refused (422)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason: Annotated[
-        str | None, Field(description="Why, kept as the mail's reason; empty: no reason")
+        str | None,
+        Field(
+            description="Why, kept as the mail's reason; empty: no reason",
+            json_schema_extra={"maxLength": MAX_REASON},
+        ),
     ] = None
 
     @model_validator(mode="before")
@@ -241,6 +253,8 @@ class MarkFailed(BaseModel):
     def _string(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise PydanticCustomError("not_a_string", "must be a string")
+        if isinstance(value, str) and len(value) > MAX_REASON:
+            raise PydanticCustomError("too_long", f"must be at most {MAX_REASON} characters")
         return value
 
     @classmethod
@@ -251,10 +265,32 @@ class MarkFailed(BaseModel):
         except ValidationError as exc:
             raise ValidationFailed(
                 [
-                    FieldError(".".join(str(p) for p in e["loc"]) or BODY_FIELD, e["msg"])
-                    for e in exc.errors()
+                    FieldError(
+                        ".".join(str(p) for p in e["loc"]) or BODY_FIELD,
+                        "is not a known field: leave it out, or check its spelling"
+                        if e["type"] == "extra_forbidden"
+                        else e["msg"],
+                    )
+                    for e in exc.errors()[:MAX_UNKNOWN_NAMED]
                 ]
             ) from None
+
+
+class NoFields(BaseModel):
+    """The optional body of ``POST /mail/{id}/sent`` and ``/retry``: nothing, or ``{}``;
+    any field is refused (422), never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="NoFields")
+
+    @classmethod
+    def read(cls, body: object) -> None:
+        """``ValidationFailed`` naming every field of ``body`` (decoded JSON)."""
+        if not isinstance(body, dict):
+            raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
+        if body:
+            errors = Errors()
+            unknown_fields(body, frozenset(), "", errors)
+            raise ValidationFailed(errors.as_list())
 
 
 # --- answers from the mail model ---------------------------------------------------
