@@ -3,6 +3,7 @@
     python -m bench [--quick] [--requests N] [--concurrency C] [--duration S]
                     [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
     python -m bench soak [--minutes M] [--rate R] ...   (see bench/soak.py)
+    python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
@@ -666,6 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import soak
 
         return soak.main(argv[1:])
+    if argv[:1] == ["figures"]:  # python -m bench figures: what a read of them costs
+        from . import figures
+
+        return figures.main(argv[1:])
     settings = parse_args(argv)
     try:
         results = asyncio.run(run(settings))

@@ -2,8 +2,9 @@
 
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
-``figures``, ``retention``): its interface, records, SQL and operations, written once for both
-databases (``dialect``, ``operation``). ``base.Store`` is all of them in one;
+``figures``, kept as mails move by ``summary``, ``retention``): its interface,
+records, SQL and operations, written once for both databases (``dialect``,
+``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
 schema of each. ``open_store`` picks a driver by URL.
 """

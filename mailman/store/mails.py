@@ -12,7 +12,7 @@ from typing import Any
 from mailman.core.messages import decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
-from . import attempts, callbacks, events, idempotency, moves, outbox
+from . import attempts, callbacks, events, idempotency, moves, outbox, summary
 from .dialect import Dialect, chunks
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
@@ -360,6 +360,7 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
         yield Statement(
             outbox.entries(d, len(chunk)), [v for m in chunk for v in (m.id, m.created_at)]
         )
+    yield from summary.bump(d, summary.mail_added(m.first_status for m in stored))
     return outcomes
 
 
@@ -402,6 +403,7 @@ def move_one(
     if status in MOVE_ORDER and current in ALLOWED_FROM[status]:
         yield Statement(moves.move(d, status), moves.plain_move_values(mail_id, status, at, reason))
         yield from callbacks.queue(d, [mail_id])
+        yield from summary.bump(d, summary.moved(current, status, 1))
         return Transition(changed=True, status=status)
     return Transition(changed=False, status=current)
 
@@ -430,6 +432,7 @@ def retry(d: Dialect, mail_id: str, at: float) -> Steps[Transition | None]:
     (round_,) = (yield Statement(attempts.next_round(d), (mail_id,))).fetchone()
     yield Statement(outbox.rounds(d, 1), (mail_id, at, int(round_)))
     yield from callbacks.queue(d, [mail_id])
+    yield from summary.bump(d, summary.moved(Status.FAILED, Status.QUEUED, 1))
     return Transition(changed=True, status=Status.QUEUED)
 
 
@@ -443,6 +446,8 @@ def release(d: Dialect, now: float, limit: int) -> Steps[list[str]]:
         yield Statement(outbox.entries(d, len(chunk)), [v for r in chunk for v in r])
     ids = [r[0] for r in rows]
     yield from callbacks.queue(d, ids)
+    # Every row claimed is scheduled (MySQL: locked since; SQLite: the one writer).
+    yield from summary.bump(d, summary.moved(Status.SCHEDULED, Status.QUEUED, len(ids)))
     return ids
 
 

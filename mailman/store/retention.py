@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailman.core.messages import decode, encode
-from mailman.core.model import Address, Mail, Status
+from mailman.core.model import Address, Mail, Outcome, Status
 
-from . import moves
+from . import moves, summary
 from .dialect import SQLITE, Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
@@ -159,6 +160,16 @@ def _to_drop(d: Dialect) -> str:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _pending_of(d: Dialect, count: int) -> str:
+    """These mails' calls still pending, their providers (on MySQL locked: a sweep
+    making them unknown meanwhile would count them too)."""
+    return (
+        f"SELECT provider FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"AND outcome = '{Outcome.PENDING.value}'{d.row_lock}"
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _delete_rows(d: Dialect, table: str, count: int) -> str:
     return f"DELETE FROM {table} WHERE mail_id IN ({d.marks(count)})"
@@ -223,13 +234,20 @@ def has_address(mail: Mail, address: str) -> bool:
 # --- operations ----------------------------------------------------------------------------
 
 
-def drop_rows(d: Dialect, mail_ids: Sequence[str]) -> Steps[None]:
+def drop_rows(d: Dialect, mail_ids: Sequence[str]) -> Steps[Counter[summary.Key]]:
     """Delete these mails and every row that names them (theirs first: attempts
-    reference mails)."""
+    reference mails). The figures keep what these mails and attempts ended as
+    (``store.summary``), but a call still pending (of a mail failed meanwhile) is in
+    flight no longer: what the figures' pending calls lose (the caller bumps it, last)."""
+    gone: Counter[summary.Key] = Counter()
     for chunk in chunks(mail_ids):
+        cur = yield Statement(_pending_of(d, len(chunk)), chunk)
+        for (provider,) in cur.fetchall():
+            gone[(summary.ATTEMPTS, str(provider), Outcome.PENDING.value)] -= 1
         for table in MAIL_ROWS:
             yield Statement(_delete_rows(d, table, len(chunk)), chunk)
         yield Statement(_delete_mails(d, len(chunk)), chunk)
+    return gone
 
 
 @write
@@ -253,7 +271,8 @@ def purge_bodies(d: Dialect, before: float, now: float, limit: int) -> Steps[int
 @write
 def drop_records(d: Dialect, before: float, limit: int) -> Steps[int]:
     ids = [row[0] for row in (yield Statement(_to_drop(d), (*FINAL, before, limit))).fetchall()]
-    yield from drop_rows(d, ids)
+    gone = yield from drop_rows(d, ids)
+    yield from summary.bump(d, gone)
     return len(ids)
 
 
@@ -280,7 +299,11 @@ def erase(d: Dialect, mail_id: str, now: float) -> Steps[Erased | None]:
     if current is Status.SCHEDULED:  # cancelled as by hand, so nothing ever sends it
         values = moves.plain_move_values(mail_id, Status.FAILED, now, CANCELLED)
         yield Statement(moves.move(d, Status.FAILED), values)
-    yield from drop_rows(d, [mail_id])
+    gone = yield from drop_rows(d, [mail_id])
+    # The figures count it where it ended (failed, if it was cancelled), its record gone.
+    if current is Status.SCHEDULED:
+        gone.update(summary.moved(Status.SCHEDULED, Status.FAILED, 1))
+    yield from summary.bump(d, gone)
     return Erased(erased=True, status=current)
 
 
