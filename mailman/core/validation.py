@@ -764,6 +764,8 @@ def decode_base64(value: str) -> tuple[bytes, str]:
     """
     padded = value if value.endswith("=") else value + "=" * (-len(value) % 4)
     try:
+        if len(padded) % 4:  # "00000000=": padding after a whole group (strict mode takes it)
+            raise ValueError("padding out of place")
         data = binascii.a2b_base64(padded, strict_mode=True)
     except ValueError:  # binascii.Error, or a str that is not ASCII
         if "-" in value or "_" in value:

@@ -110,3 +110,12 @@ def test_the_fuzzed_cursors_are_cursors(cursor: str) -> None:
     """What the schemathesis hooks generate for GET /mail's cursor decodes to a mail id."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     assert raw.isalnum() and 0 < len(raw) <= 64
+
+
+@pytest.mark.parametrize(
+    "value", ["00000000=", "0000000=", "000000==", "AAAA", "AA", "A===", "AAAA="]
+)
+def test_base64_padding_is_judged_alike(value: str) -> None:
+    """Padding after a whole group of four is refused by the schema and the validation alike."""
+    schema, takes = RULES["base64"]
+    assert jsonschema_rs.Draft202012Validator(schema).is_valid(value) == takes(value), value
