@@ -4,6 +4,7 @@
                     [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
     python -m bench soak [--minutes M] [--rate R] ...   (see bench/soak.py)
     python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
+    python -m bench memory [--budget B] [--large 40] [--small 1000]  (bench/memory.py)
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
@@ -671,6 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import figures
 
         return figures.main(argv[1:])
+    if argv[:1] == ["memory"]:  # python -m bench memory: peak RSS with bodies in flight
+        from . import memory
+
+        return asyncio.run(memory.main(argv[1:]))
     settings = parse_args(argv)
     try:
         results = asyncio.run(run(settings))

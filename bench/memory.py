@@ -1,6 +1,6 @@
-"""``python -m bench.memory``: the service process's peak memory under large and many bodies.
+"""``python -m bench memory``: the service process's peak memory under large and many bodies.
 
-    python -m bench.memory [--budget BYTES] [--large N] [--small N] [--out DIR]
+    python -m bench memory [--budget BYTES] [--large N] [--small N] [--out DIR]
 
 Starts the fake providers (``python -m bench.fakes``) and, for each load, a
 fresh ``python -m mailman`` (every actor in one process, SQLite, the fakes as
@@ -143,7 +143,7 @@ async def run_load(
 
 
 async def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__)
     parser.add_argument("--budget", help="MAILMAN_MAX_INFLIGHT_BYTES (0: none)")
     parser.add_argument("--large", type=int, default=40, help="10 MiB mails at once")
     parser.add_argument("--small", type=int, default=1000, help="small mails at once")
