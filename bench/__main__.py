@@ -2,6 +2,9 @@
 
     python -m bench [--quick] [--requests N] [--concurrency C] [--duration S]
                     [--warmup N] [--no-scaled] [--out DIR] [--loadgen auto|wrk|aiohttp]
+    python -m bench soak [--minutes M] [--rate R] ...   (see bench/soak.py)
+    python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
+    python -m bench memory [--budget B] [--large 40] [--small 1000]  (bench/memory.py)
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
@@ -660,7 +663,20 @@ def write_outputs(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # python -m bench soak: retention levels the store off
+        from . import soak
+
+        return soak.main(argv[1:])
+    if argv[:1] == ["figures"]:  # python -m bench figures: what a read of them costs
+        from . import figures
+
+        return figures.main(argv[1:])
+    if argv[:1] == ["memory"]:  # python -m bench memory: peak RSS with bodies in flight
+        from . import memory
+
+        return asyncio.run(memory.main(argv[1:]))
+    settings = parse_args(argv)
     try:
         results = asyncio.run(run(settings))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -24,6 +26,7 @@ from mailman.actors.breakers import ProviderBreaker, SharedHealth, make_breaker,
 from mailman.actors.callbacks import Notifier
 from mailman.actors.journal import Journal
 from mailman.actors.lifecycle import Actor
+from mailman.actors.purger import Purger
 from mailman.actors.relay import Nudge, Relay
 from mailman.actors.scheduler import RetryScheduler
 from mailman.actors.sender import Sender
@@ -53,11 +56,13 @@ from mailman.config.roles import (
     in_memory,
     roles_of,
 )
+from mailman.intake.budget import Budget
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.load import Load
 from mailman.mailboxes import Broker, MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers import ProviderClient
+from mailman.retry import Backoff, retrying
 from mailman.routes import Probes, create_app
 from mailman.routes.errors import bad_http
 from mailman.store import Store, open_store
@@ -66,6 +71,99 @@ if TYPE_CHECKING:  # aiokafka is imported only when Kafka is used
     from mailman.mailboxes.kafka import DeadLetterSink
 
 log = structlog.get_logger("mailman")
+
+
+#: Start-up's waits for a store or broker that is not up yet: 0.5 s, doubling to 5 s.
+STARTUP_BACKOFF = Backoff(first=0.5, cap=5.0, jitter=0.25)
+
+
+class StartupFailed(Exception):
+    """The store or the broker could not be opened at start (waited for in vain, or it
+    needs someone to act first): one line names it (password redacted) and why."""
+
+    def __init__(self, what: str, target: str, detail: str) -> None:
+        super().__init__(f"{what} {target}: {detail}")
+        self.what = what
+        self.target = target
+        self.detail = detail
+
+
+def _secret_free(url: str) -> Callable[[BaseException], str]:
+    """Describes an error as ``Type: message``, any password of ``url`` masked."""
+    password = urlsplit(url).password if "://" in url else None
+
+    def describe(exc: BaseException) -> str:
+        text = str(exc)
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return text.replace(password, "********") if password else text
+
+    return describe
+
+
+async def wait_until_up(
+    what: str,
+    url: str,
+    attempt: Callable[[], Awaitable[None]],
+    may_come_up: Callable[[Exception], bool],
+    *,
+    within: float,
+    stop: asyncio.Event | None = None,
+    hint: Callable[[], str | None] = lambda: None,
+) -> None:
+    """``await attempt()``, tried again with ``STARTUP_BACKOFF`` while it fails with an
+    error that ``may_come_up``, for up to ``within`` seconds: one ``{what}.waiting``
+    warning per try. ``StartupFailed`` once the time is up, or at once for an error no
+    wait mends. (``stop`` set: no further try; the last failure is raised.)"""
+    target = redact_url(url)
+    describe = _secret_free(url)
+    last: list[Exception] = []
+
+    async def once() -> None:
+        try:
+            await attempt()
+        except Exception as exc:
+            last[:] = [exc]
+            raise
+
+    tries = STARTUP_BACKOFF if within > 0 else Backoff(first=0.0, attempts=1)
+    named: dict[str, Any] = {what: target}
+    try:
+        async with asyncio.timeout(within if within > 0 else None) as deadline:
+            await retrying(
+                once,
+                on=may_come_up,
+                backoff=tries,
+                event=f"{what}.waiting",
+                logger=log,
+                stop=stop,
+                describe=describe,
+                **named,
+            )
+    except TimeoutError:
+        if not deadline.expired():
+            raise StartupFailed(what, target, _detail(describe(last[-1]), hint())) from None
+        why = describe(last[-1]) if last else "no answer"
+        raise StartupFailed(
+            what, target, _detail(f"still down after {within:g} s: {why}", hint())
+        ) from None
+    except Exception as exc:
+        raise StartupFailed(what, target, _detail(describe(exc), hint())) from None
+
+
+def _detail(detail: str, hint: str | None) -> str:
+    return f"{detail} ({hint})" if hint else detail
+
+
+def sqlite_hint(path: str | None) -> str | None:
+    """What is wrong with a SQLite file's directory, if anything (for start-up's line)."""
+    if path is None:
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by this user"
+    return None
 
 
 def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
@@ -189,7 +287,14 @@ class Mailman:
         self.journal = Journal(self.store)
         #: One breaker per provider, outliving restarts of its sender.
         self.breakers: dict[str, ProviderBreaker] = {
-            name: make_breaker(name, config.breaker.fail_max, config.breaker.reset_seconds)
+            name: make_breaker(
+                name,
+                config.breaker.fail_max,
+                config.breaker.reset_seconds,
+                # A trial call lasts at most the provider timeout; twice that, and
+                # another process may take over the trial of one that died.
+                trial_lease=2 * config.provider_timeout + 1.0,
+            )
             for name in config.chain
         }
         #: The relay's wake-up socket: API and relay in other processes of one machine.
@@ -215,6 +320,8 @@ class Mailman:
         self.http_metrics = (
             HttpMetrics(config.metrics_dir) if self.roles & {ROLE_API, ROLE_SMTP} else None
         )
+        #: Bytes of bodies in flight, shared by the API and SMTP of this process.
+        self.budget = Budget(config.max_inflight_bytes)
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
         #: Set once every actor stopped, also when the supervisor gave up.
@@ -269,6 +376,18 @@ class Mailman:
                     "sweeper",
                     lambda: Sweeper(
                         store=self.store, stale_after=cfg.stale_after, interval=cfg.sweep_interval
+                    ),
+                )
+            )
+            # Retention (store.retention) erases beside every sweeper, in small batches.
+            children.append(
+                ChildSpec(
+                    "purger",
+                    lambda: Purger(
+                        store=self.store,
+                        body_retention=cfg.body_retention,
+                        record_retention=cfg.record_retention,
+                        interval=cfg.retention_interval,
                     ),
                 )
             )
@@ -349,6 +468,7 @@ class Mailman:
                 load=self.load,
                 metrics=self.http_metrics,
                 probes=probes,
+                budget=self.budget,
             ),
             bad_request=bad_http,
             host=cfg.host,
@@ -370,6 +490,7 @@ class Mailman:
             port=self._smtp.port if self._smtp is not None else None,
             tls_port=self._smtp.tls_port if self._smtp is not None else None,
             metrics=self.http_metrics,
+            budget=self.budget,
         )
         return self._smtp
 
@@ -406,21 +527,55 @@ class Mailman:
         for client in self.clients.values():
             await client.close()
 
+    async def _open_store(self, until: asyncio.Event) -> None:
+        """Open the store, waiting for it while it is down or missing (start-up timeout)."""
+        path = sqlite_file(self.config)
+        await wait_until_up(
+            "store",
+            self.config.store,
+            self.store.open,
+            self.store.may_come_up,
+            within=self.config.startup_timeout,
+            stop=until,
+            hint=lambda: sqlite_hint(path),
+        )
+
+    async def _start_broker(self, until: asyncio.Event) -> None:
+        """Start the broker, waiting for it while it is down (start-up timeout).
+
+        An API-only (or SMTP) process never touches a mailbox (the relay
+        publishes), so it does not start one: it answers even while Kafka is down.
+        """
+        await wait_until_up(
+            "broker",
+            self.config.broker,
+            self.broker.start,
+            self.broker.may_come_up,
+            within=self.config.startup_timeout,
+            stop=until,
+        )
+
     async def run(self, until: asyncio.Event) -> None:
         """Run until ``until`` is set; ``RestartBudgetExceeded`` if the supervisor gives up."""
         self._announce()
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.store)
+            try:
+                await self._open_store(until)
+                stack.push_async_callback(self.store.close)
+                if self.roles - INTAKE_ROLES:
+                    await self._start_broker(until)
+                    stack.push_async_callback(self.broker.stop)
+            except StartupFailed:
+                if not until.is_set():
+                    raise
+                self.stopped.set()  # stopped while waiting: a clean stop
+                log.info("mailman.stopped")
+                return
             # Senders close their own client; one opened only to ask about an
             # ``unknown`` attempt (a lookup) is closed here.
             stack.push_async_callback(self._close_clients)
             if self.roles & INTAKE_ROLES:
                 await check_exposure(self.config, self.store, self.roles)
-            if self.roles - INTAKE_ROLES:
-                # An API-only (or SMTP) process never touches a mailbox (the relay
-                # publishes), so it starts and answers even while Kafka is down.
-                await self.broker.start()
-                stack.push_async_callback(self.broker.stop)
             if in_memory(self.config) and ROLE_RELAY in self.roles:
                 # In-process mailboxes died with the last run: every mail it
                 # left unfinished goes back to the outbox for the relay.

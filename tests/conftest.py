@@ -70,6 +70,18 @@ def make_config(tmp_path: Path, env: Mapping[str, str] | None = None, *argv: str
     return load(list(argv), {**base, **(env or {})})
 
 
+def sqlite_store(path: Path) -> str:
+    """The URL of a SQLite store at ``path``, created (migrated) the way the service
+    creates its store on its first start: the CLI tools work on an existing store only."""
+
+    async def create() -> None:
+        async with SQLiteStore(str(path)):
+            pass
+
+    asyncio.run(create())
+    return f"sqlite:///{path}"
+
+
 def provider_env(sg: FakeSendGrid, mg: FakeMailgun, **extra: str) -> dict[str, str]:
     """The environment that points Mailman's provider chain at the two fakes."""
     return {

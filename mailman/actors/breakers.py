@@ -18,12 +18,15 @@ it again.
 from __future__ import annotations
 
 import collections
+import functools
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
-from aiobreaker import CircuitBreaker, CircuitBreakerListener
+from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener
 from aiobreaker.state import CircuitBreakerState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
@@ -33,12 +36,28 @@ from .lifecycle import Actor
 
 log = structlog.get_logger("mailman.breakers")
 
+T = TypeVar("T")
+
 
 class ProviderBreaker(CircuitBreaker):  # type: ignore[misc]
     """A provider's circuit breaker, keeping a public reference to the storage it runs on.
 
     The storage holds the breaker's state, failure counter and ``opened_at``;
     ``SharedHealth`` reads and writes them there.
+
+    Two things differ from aiobreaker's breaker:
+
+    * **Half-open admits exactly one trial call.** Once the breaker has been open
+      ``reset_seconds``, the next call is the trial; every other call meets the
+      breaker as if it were open (``CircuitBreakerError``: the sender fails the mail
+      over or retries it later, never sends it twice) until the trial's answer closes
+      or re-opens it. Where the breaker is shared (``claim``, set by ``SharedHealth``),
+      the trial is claimed in the store as well, so one process of all makes it.
+      aiobreaker lets every call through while half-open: the sender's whole
+      concurrency reached a provider that was still slow.
+    * **A state change is a change.** Opening an open breaker (a call that was in
+      flight when it opened failing later) or closing a closed one does nothing: no
+      ``breaker.state_changed`` line, and ``opened_at`` stays the first opening's.
     """
 
     def __init__(
@@ -48,30 +67,116 @@ class ProviderBreaker(CircuitBreaker):  # type: ignore[misc]
         fail_max: int,
         reset_seconds: float,
         storage: CircuitMemoryStorage | None = None,
+        trial_lease: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage or CircuitMemoryStorage(CircuitBreakerState.CLOSED)
+        self.provider = provider
+        self.reset_seconds = reset_seconds
+        #: How long a trial claimed in the store may last before another process may
+        #: claim it (the process making it is presumed dead): longer than a call.
+        self.trial_lease = trial_lease
+        #: Claims the trial among every process sharing the breaker (``SharedHealth``);
+        #: None: this process decides alone.
+        self.claim: Callable[[], Awaitable[bool]] | None = None
+        self._clock = clock
+        #: A trial call is under way in this process.
+        self._trial = False
+        #: Until when (``clock``) a refused claim is not asked again.
+        self._refused_until = -math.inf
+        self._claim_failing = False
         super().__init__(
             fail_max=fail_max,
-            timeout_duration=timedelta(seconds=reset_seconds),
+            # aiobreaker takes a zero timedelta for "use 60 s": a microsecond is zero here.
+            timeout_duration=timedelta(seconds=max(reset_seconds, 1e-6)),
             listeners=[BreakerLog(provider)],
             state_storage=self.storage,
             name=provider,
         )
 
+    def open(self) -> None:
+        if self.current_state is not CircuitBreakerState.OPEN:
+            super().open()
+
+    def half_open(self) -> None:
+        if self.current_state is not CircuitBreakerState.HALF_OPEN:
+            super().half_open()
+
+    def close(self) -> None:
+        if self.current_state is not CircuitBreakerState.CLOSED:
+            super().close()
+
+    @property
+    def trial_under_way(self) -> bool:
+        """Whether this process's trial call is in flight."""
+        return self._trial
+
+    async def call_async(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await func(...)`` as the breaker's state allows: closed, any call; open, none
+        until ``reset_seconds`` passed; then one trial call, the others refused."""
+        state = self.current_state
+        if state is CircuitBreakerState.CLOSED:
+            result: T = await super().call_async(func, *args, **kwargs)
+            return result
+        if state is CircuitBreakerState.OPEN and not self._due():
+            raise CircuitBreakerError("circuit breaker open", self._reopens_at())
+        if self._trial:
+            raise CircuitBreakerError("a half-open trial call is under way", self._reopens_at())
+        self._trial = True
+        try:
+            if not await self._claimed():
+                raise CircuitBreakerError(
+                    "another process makes the half-open trial call", self._reopens_at()
+                )
+            if self.current_state is not CircuitBreakerState.CLOSED:
+                self.half_open()
+            # Half-open: success closes the breaker, failure opens it again.
+            result = await super().call_async(func, *args, **kwargs)
+            return result
+        finally:
+            self._trial = False
+
+    def _due(self) -> bool:
+        opened_at = self.storage.opened_at
+        now = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as aiobreaker keeps it
+        return opened_at is None or now >= opened_at + self.timeout_duration
+
+    def _reopens_at(self) -> datetime | None:
+        opened_at = self.storage.opened_at
+        return None if opened_at is None else opened_at + self.timeout_duration
+
+    async def _claimed(self) -> bool:
+        """Whether this process may make the trial: the store's claim where the breaker is
+        shared (asked again at most once a second after a refusal); if the store does not
+        answer, this process's trial alone (mail keeps flowing)."""
+        if self.claim is None:
+            return True
+        if self._clock() < self._refused_until:
+            return False
+        try:
+            claimed = await self.claim()
+        except Exception as exc:
+            if not self._claim_failing:
+                log.warning("breaker.claim_failed", provider=self.provider, error=repr(exc))
+            self._claim_failing = True
+            return True
+        self._claim_failing = False
+        if not claimed:
+            self._refused_until = self._clock() + min(1.0, self.reset_seconds)
+        return claimed
+
 
 class BreakerLog(CircuitBreakerListener):  # type: ignore[misc]
-    """Logs every state change of a provider's circuit breaker."""
+    """Logs every change of a provider's circuit breaker's state (only changes)."""
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
 
     def state_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
-        log.warning(
-            "breaker.state_changed",
-            provider=self.provider,
-            old=state_name(old),
-            new=state_name(new),
-        )
+        before, after = state_name(old), state_name(new)
+        if before == after:
+            return
+        log.warning("breaker.state_changed", provider=self.provider, old=before, new=after)
 
 
 def state_name(state: object) -> str:
@@ -84,15 +189,20 @@ def state_of(breaker: CircuitBreaker) -> str:
     return state_name(breaker.current_state)
 
 
-def make_breaker(provider: str, fail_max: int, reset_seconds: float) -> ProviderBreaker:
-    """A provider's breaker: opens after ``fail_max`` unwell results in a row."""
-    return ProviderBreaker(provider, fail_max=fail_max, reset_seconds=reset_seconds)
+def make_breaker(
+    provider: str, fail_max: int, reset_seconds: float, trial_lease: float = 60.0
+) -> ProviderBreaker:
+    """A provider's breaker: opens after ``fail_max`` unwell results in a row; a trial
+    claimed in the store is another process's to take over after ``trial_lease``."""
+    return ProviderBreaker(
+        provider, fail_max=fail_max, reset_seconds=reset_seconds, trial_lease=trial_lease
+    )
 
 
 def states_of(
     breakers: Mapping[str, ProviderBreaker], clock: Callable[[], float] = time.time
 ) -> list[BreakerState]:
-    """Each breaker's state as it is in this process now (for ``/readyz`` and ``/metrics``)."""
+    """Each breaker's state as it is in this process now (for the health answers, ``/metrics``)."""
     now = clock()
     return [
         BreakerState(provider, state_of(breaker), _to_unix(breaker.storage.opened_at), now)
@@ -134,11 +244,20 @@ class SharedHealth(Actor):
     async def setup(self) -> None:
         for provider, breaker in self.breakers.items():
             breaker.add_listener(self._publishers[provider])
+            breaker.claim = functools.partial(self.claim_trial, provider)
 
     async def teardown(self) -> None:
         for provider, breaker in self.breakers.items():
             if self._publishers[provider] in breaker.listeners:
                 breaker.remove_listener(self._publishers[provider])
+            breaker.claim = None
+
+    async def claim_trial(self, provider: str) -> bool:
+        """Claim ``provider``'s half-open trial in the store, for this process."""
+        breaker = self.breakers[provider]
+        return await self.store.claim_trial(
+            provider, self.clock(), breaker.reset_seconds, breaker.trial_lease
+        )
 
     def changed(self, provider: str, state: str) -> None:
         """A local change to ``state`` (called by the breaker's listener).
@@ -212,4 +331,5 @@ class _Publish(CircuitBreakerListener):  # type: ignore[misc]
         self.provider = provider
 
     def state_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
-        self.health.changed(self.provider, state_name(new))
+        if state_name(old) != state_name(new):
+            self.health.changed(self.provider, state_name(new))

@@ -289,7 +289,9 @@ class Sender(Actor):
             await self._record(replace(update, provider_message_id=None, attempt=bare))
 
     async def _call(self, mail: Mail) -> Result | None:
-        """The provider's result, or None when its breaker is open (no call made).
+        """The provider's result, or None when its breaker keeps the call away (open, or
+        half-open with another call as its one trial): no call made, the mail is skipped
+        here (next provider, or a retry round), never sent twice.
 
         The breaker wraps the provider call alone: it counts only the
         provider's own answer. (The mail is already ``sending``: the relay's

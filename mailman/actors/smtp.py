@@ -38,8 +38,24 @@ mail has a ``Message-ID`` (a retry is deduplicated by it: never sent twice), and
 ``554 5.3.0`` when it has none (a retry could send it twice; the client should
 check the id instead).
 
+The door: at most ``max_connections`` connections at once and
+``max_connections_per_ip`` from one client address (more get ``421 4.7.0``
+and are closed); a connection that sends nothing for ``idle_timeout``
+seconds, or (once the store holds a key) has not authenticated within
+``auth_timeout`` seconds of connecting, gets ``421 4.4.2`` and is closed; a
+failed AUTH is answered after ``auth_failure_delay`` seconds, doubled with
+each failure on the connection (8 times at most), holding up that
+connection only. Mails are charged to the process's in-flight budget
+(``intake.budget``): ``MAIL FROM ... SIZE=`` reserves at once, ``DATA``
+grows as it arrives; past the budget (or the sender's half of it)
+``452 4.3.1`` (at ``MAIL``, or at the end of ``DATA``, whose bytes were
+discarded as they came).
+
 Stopping: the listener closes, mails being committed finish (within
 ``shutdown_timeout``), the connections left get ``421 4.3.2`` and are closed.
+Every ``421`` is written before the close on asyncio's loop and on uvloop
+(whose transports are not ``asyncio.WriteTransport``s: no ``isinstance``
+check may stand in the way of the write).
 """
 
 from __future__ import annotations
@@ -56,17 +72,19 @@ import ssl
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailman.config import Config, tls_server_context
 from mailman.config.logging import get_logger
+from mailman.config.settings import SmtpConfig
 from mailman.core.mime import message_id, submission_values
 from mailman.core.validation import MAX_RECIPIENTS, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, Outbound
 from mailman.intake.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
 from mailman.intake.backlog import Backlog, refresher
+from mailman.intake.budget import Budget, Hold, OverBudget, owner_of
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.keys import Scope
 from mailman.intake.refusals import KeyInFlight, KeyReused, RateLimited, Refused
@@ -91,6 +109,15 @@ MESSAGE_ID_KEY = "smtp:"
 AUTH_SUCCESS = "235 2.7.0 Authentication successful"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure: try again later"
+#: Past the in-flight budget (RFC 3463 4.3.1: mail system full).
+NO_ROOM = "452 4.3.1 Insufficient system storage; try again later"
+TOO_MANY = "421 4.7.0 Too many connections; try again later"
+TOO_MANY_FROM_YOU = "421 4.7.0 Too many connections from your address; try again later"
+IDLE = "421 4.4.2 Idle too long; closing the connection"
+NO_AUTH = "421 4.4.2 No authentication in time; closing the connection"
+SHUTTING_DOWN = "421 4.3.2 Mailman is shutting down; try again later"
+#: A failed AUTH's delay grows to at most this many times ``auth_failure_delay``.
+AUTH_DELAY_CAP = 8
 
 _REQUEST_PREFIX = secrets.token_hex(8)
 _REQUESTS = itertools.count(1)
@@ -143,6 +170,27 @@ def refusal(refused: Refused | ValidationFailed) -> str:
     return f"{TEMPORARY} Mailman cannot take mail now; nothing was stored. Try again{later}"
 
 
+def say_and_close(transport: asyncio.BaseTransport | None, reply: str) -> None:
+    """Write ``reply`` and close ``transport`` (after what is buffered is sent).
+
+    No ``isinstance(transport, asyncio.WriteTransport)``: uvloop's transports are not
+    subclasses of asyncio's, and such a check silently skipped the write there."""
+    if transport is None or transport.is_closing():
+        return
+    with contextlib.suppress(Exception):
+        cast(asyncio.WriteTransport, transport).write(reply.encode() + b"\r\n")
+    transport.close()
+
+
+def _size(mail_options: Sequence[str]) -> int:
+    """The ``SIZE=`` a client declared at ``MAIL FROM`` (0: none; aiosmtpd checked it)."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
 def _peer(session: Session) -> str | None:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) and peer else None
@@ -163,6 +211,8 @@ class SmtpHandler:
         self.idle = asyncio.Event()
         self.idle.set()
         self._tasks: set[asyncio.Task[str]] = set()
+        #: The connections' AUTH-deadline checks (kept from the garbage collector).
+        self.background: set[asyncio.Task[None]] = set()
 
     # --- AUTH ---------------------------------------------------------------------
 
@@ -175,8 +225,12 @@ class SmtpHandler:
     async def handle_AUTH(
         self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> str | None:
-        """AUTH PLAIN and LOGIN against the store's keys; None when already answered."""
-        return self.counted("auth", await self._auth(server, session, args))
+        """AUTH PLAIN and LOGIN against the store's keys; None when already answered.
+        A refusal (535) comes after a delay that grows with each one on the connection."""
+        reply = await self._auth(server, session, args)
+        if reply is not None and reply.startswith("535") and isinstance(server, SmtpProtocol):
+            await server.auth_failed()
+        return self.counted("auth", reply)
 
     async def _auth(self, server: SMTP, session: Session, args: list[str]) -> str | None:
         mechanism = args[0].upper()
@@ -257,6 +311,9 @@ class SmtpHandler:
         principal = await self.principal(session)
         if isinstance(principal, str):
             return principal
+        # Room for the declared size now; without SIZE, DATA grows it as it arrives.
+        if isinstance(server, SmtpProtocol) and not server.reserve(principal, _size(mail_options)):
+            return self.counted("mail", NO_ROOM) or NO_ROOM
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -374,6 +431,11 @@ class SmtpHandler:
         )
         return reply
 
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if isinstance(server, SmtpProtocol):
+            server.release()
+        return "250 2.0.0 OK"
+
     async def handle_exception(self, error: Exception) -> str:
         """An error in aiosmtpd's command handling: a transient reply, no internals."""
         log.error("smtp.error", error=type(error).__name__, exc_info=error)
@@ -411,41 +473,239 @@ def _key(raw: bytes) -> str:
 
 class SmtpProtocol(SMTP):
     """aiosmtpd's protocol (one per connection), known to its server for the stop, with
-    enhanced status codes on aiosmtpd's own size refusals."""
+    the door's limits (connections, per address, timeouts, AUTH delay), the in-flight
+    budget, and enhanced status codes on aiosmtpd's own size refusals."""
 
     def __init__(
         self,
         handler: SmtpHandler,
         *,
         connections: set[SmtpProtocol],
-        max_connections: int,
+        by_address: dict[str, int],
+        settings: SmtpConfig,
+        budget: Budget,
         **kwargs: Any,
     ):
         super().__init__(handler, **kwargs)
+        self.handler = handler
         self.connections = connections
-        self.max_connections = max_connections
+        self.by_address = by_address
+        self.settings = settings
+        self.budget = budget
         self.counted = handler.counted
         #: Turned away at connect (too many connections): aiosmtpd never ran on it.
         self.turned_away = False
+        #: The client's address, once counted in ``by_address``.
+        self.address: str | None = None
+        #: What the transaction holds of the in-flight budget.
+        self.hold: Hold | None = None
+        self.auth_failures = 0
+        #: Bytes last arrived, connection opened (loop time); the auth deadline passed
+        #: with the door open (no key in the store): no more checks.
+        self._last = 0.0
+        self._opened = 0.0
+        self._door_open = False
+        #: A mail being committed, or a failed AUTH's delay: not idle.
+        self._busy = False
+
+    # --- the door -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self not in self.connections and len(self.connections) >= self.max_connections:
-            self.turned_away = True
-            log.warning("smtp.too_many_connections", limit=self.max_connections)
-            reply = "421 4.7.0 Too many connections; try again later"
-            self.counted("connect", reply)
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(reply.encode() + b"\r\n")
-            transport.close()
+        if self in self.connections:  # again after STARTTLS
+            super().connection_made(transport)
             return
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        reply = None
+        if len(self.connections) >= self.settings.max_connections:
+            reply = TOO_MANY
+        elif self.by_address.get(address, 0) >= self.settings.max_connections_per_ip:
+            reply = TOO_MANY_FROM_YOU
+        if reply is not None:
+            self.turned_away = True
+            log.warning(
+                "smtp.too_many_connections",
+                peer=address,
+                per_address=reply is TOO_MANY_FROM_YOU,
+                limit=self.settings.max_connections
+                if reply is TOO_MANY
+                else self.settings.max_connections_per_ip,
+            )
+            self.counted("connect", reply)
+            say_and_close(transport, reply)
+            return
+        self.address = address
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        self._opened = self._last = self.loop.time()
         super().connection_made(transport)
-        self.connections.add(self)  # called again after STARTTLS: a set keeps it once
+        self.connections.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.turned_away:
             return
         self.connections.discard(self)
+        self.release()
+        if self.address is not None:
+            left = self.by_address.get(self.address, 0) - 1
+            if left > 0:
+                self.by_address[self.address] = left
+            else:
+                self.by_address.pop(self.address, None)
+            self.address = None
         super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self.loop.time()
+        super().data_received(data)
+
+    # aiosmtpd's timer closed silently after ``timeout`` without a command; this one
+    # says 421, counts bytes (a long DATA is not idle), and has the AUTH deadline.
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._last = self.loop.time()
+        if self._timeout_handle is None:
+            self._arm()
+
+    def _awaiting_auth(self) -> bool:
+        session = self.session
+        return not self._door_open and not (session is not None and session.authenticated)
+
+    def _arm(self) -> None:
+        deadline = self._last + self.settings.idle_timeout
+        if self._awaiting_auth():
+            deadline = min(deadline, self._opened + self.settings.auth_timeout)
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        now = self.loop.time()
+        if self.transport is None:
+            return
+        if self._awaiting_auth() and now >= self._opened + self.settings.auth_timeout:
+            self._door_open = True  # checked once: the task below decides
+            self._timeout_handle = self.loop.call_at(
+                now + self.settings.idle_timeout, self._timeout_cb
+            )
+            task = self.loop.create_task(self._auth_deadline())
+            self.handler.background.add(task)
+            task.add_done_callback(self.handler.background.discard)
+            return
+        if now >= self._last + self.settings.idle_timeout:
+            if not self._busy:
+                self.close_with(IDLE, "smtp.idle_timeout")
+                return
+            self._last = now  # committing a mail, or delaying a refusal: not idle
+        self._arm()
+
+    async def _auth_deadline(self) -> None:
+        """The connection has not authenticated in time: 421 if the door needs AUTH."""
+        session = self.session
+        if session is None or session.authenticated:
+            return
+        answer = await self.handler.principal(session)
+        if answer == AUTH_REQUIRED and not session.authenticated:
+            self.close_with(NO_AUTH, "smtp.auth_timeout")
+
+    def close_with(self, reply: str, event: str) -> None:
+        """Say ``reply`` (a 421) and close."""
+        log.info(event, peer=self.address)
+        self.counted("timeout", reply)
+        say_and_close(self.transport, reply)
+
+    async def auth_failed(self) -> None:
+        """Wait before the refusal: ``auth_failure_delay``, doubled per failure, capped."""
+        self.auth_failures += 1
+        base = self.settings.auth_failure_delay
+        delay = min(base * 2 ** (self.auth_failures - 1), base * AUTH_DELAY_CAP)
+        if delay > 0:
+            self._busy = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._busy = False
+
+    # --- the budget ---------------------------------------------------------------
+
+    def reserve(self, principal: Principal, size: int) -> bool:
+        """A new hold for this transaction (the last one's is given back), with room for
+        ``size`` bytes; False if there is none."""
+        self.release()
+        self.hold = self.budget.hold(owner_of(principal.key_id, self.address))
+        return self._charge(size)
+
+    def _charge(self, size: int) -> bool:
+        if self.hold is None:
+            self.hold = self.budget.hold(owner_of(None, self.address))
+        try:
+            self.hold.reserve(size)
+        except OverBudget as exc:
+            log.warning("budget.refused", smtp=True, whole=exc.whole, peer=self.address)
+            return False
+        return True
+
+    def release(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.release()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, charging the budget as lines arrive (and discarding them past
+        it or past the size limit, answering at the end: RFC 5321 4.2.5)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            refusal = await self._read_data(envelope)
+            if refusal is None:
+                self._busy = True
+                try:
+                    status = await self._call_handler_hook("DATA")
+                finally:
+                    self._busy = False
+            else:
+                status = self.counted("data", refusal) or refusal
+        finally:
+            self.release()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _read_data(self, envelope: Envelope) -> str | None:
+        """The mail into ``envelope``; else the reply refusing it (its bytes discarded)."""
+        limit = self.data_size_limit
+        lines: list[bytes] = []
+        size = 0
+        partial = False  # the last piece read ended mid-line
+        refusal: str | None = None
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                refusal = refusal or "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
+                line = await self._reader.read(exc.consumed)
+            if not partial and line == b".\r\n":
+                break
+            size += len(line)
+            at_start = not partial
+            partial = not line.endswith(b"\r\n")
+            if refusal is None and limit and size > limit:
+                refusal = f"552 5.3.4 The mail is larger than the limit of {limit} bytes"
+            if refusal is None and not self._charge(size):
+                refusal = NO_ROOM
+            if refusal is not None:
+                lines.clear()
+                continue
+            lines.append(line[1:] if at_start and line.startswith(b".") else line)
+        raw = b"".join(lines)
+        lines.clear()
+        envelope.content = envelope.original_content = raw
+        return refusal
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552 Error:"):
@@ -456,16 +716,13 @@ class SmtpProtocol(SMTP):
 
     def goodbye(self) -> None:
         """Say 421 and close the connection (Mailman is stopping)."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            with contextlib.suppress(Exception):
-                transport.write(b"421 4.3.2 Mailman is shutting down; try again later\r\n")
-            transport.close()
+        self.counted("stop", SHUTTING_DOWN)
+        say_and_close(self.transport, SHUTTING_DOWN)
 
     def abort(self) -> None:
         transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.abort()
+        if transport is not None:
+            cast(asyncio.WriteTransport, transport).abort()
 
 
 class SmtpServer(Actor):
@@ -485,6 +742,7 @@ class SmtpServer(Actor):
         port: int | None = None,
         tls_port: int | None = None,
         metrics: HttpMetrics | None = None,
+        budget: Budget | None = None,
     ) -> None:
         super().__init__("smtp")
         smtp = config.smtp
@@ -499,6 +757,10 @@ class SmtpServer(Actor):
         intake = Intake(store=store, outbound=outbound, config=config, backlog=self.backlog)
         self.handler = SmtpHandler(intake=intake, keyring=self.keyring, metrics=metrics)
         self.connections: set[SmtpProtocol] = set()
+        #: Connections open now, by client address.
+        self.by_address: dict[str, int] = {}
+        #: Bytes of mails in flight (shared with the API of this process).
+        self.budget = budget or Budget(config.max_inflight_bytes)
         self.tls: ssl.SSLContext | None = None
         #: The name in the greeting (aiosmtpd's default asks DNS, once per connection).
         self.hostname = socket.gethostname() or "mailman"
@@ -516,7 +778,9 @@ class SmtpServer(Actor):
         return SmtpProtocol(
             self.handler,
             connections=self.connections,
-            max_connections=self.config.smtp.max_connections,
+            by_address=self.by_address,
+            settings=self.config.smtp,
+            budget=self.budget,
             data_size_limit=self.max_bytes,
             hostname=self.hostname,
             ident=IDENT,

@@ -1,5 +1,6 @@
 """Mailman's command line: ``mailman [serve] [flags]``, ``mailman keys ...``,
-``mailman dead-letters ...``, ``mailman --version`` (or ``python -m mailman ...``).
+``mailman dead-letters ...``, ``mailman erase ...``, ``mailman --version`` (or
+``python -m mailman ...``).
 
 Thin on purpose: one parser (``parser``) picks the command, the command reads
 its configuration once, runs, and returns its exit code.
@@ -12,12 +13,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from . import dead_letters, keys, serve
+import structlog
+
+from mailman.config.logging import configure_logging
+
+from . import dead_letters, erase, keys, serve
 from .command import Call, Command
 from .parser import build_parser, with_command
 
 #: Every command; the first is the default.
-COMMANDS: tuple[Command, ...] = (serve.COMMAND, keys.COMMAND, dead_letters.COMMAND)
+COMMANDS: tuple[Command, ...] = (
+    serve.COMMAND,
+    keys.COMMAND,
+    dead_letters.COMMAND,
+    erase.COMMAND,
+)
 
 
 def main(
@@ -38,4 +48,10 @@ def main(
     )
     args = build_parser(COMMANDS, call.env).parse_args(list(call.argv))
     command = next(c for c in COMMANDS if c.name == args.command)
-    return command.run(args, call)
+    try:
+        return command.run(args, call)
+    except Exception as exc:  # one JSON line with the traceback inside, not raw text
+        if not structlog.is_configured():
+            configure_logging("info", call.env.get("MAILMAN_LOG_FORMAT", "auto"), cache=False)
+        structlog.get_logger("mailman").error("mailman.crashed", exc_info=exc)
+        return 1

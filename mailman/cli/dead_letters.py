@@ -29,14 +29,13 @@ from mailman.config.flags import add_flag
 from mailman.core.clock import iso_time
 from mailman.store import DeadLetter, Store, open_store
 
-from ._tools import add_store_flag, run_store_tool
+from ._tools import run_store_tool, store_flags
 from .command import Call, Command
 
 
 def _define(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.description = "List and replay the mailbox records no handler could handle."
-    common = argparse.ArgumentParser(add_help=False)
-    add_store_flag(common, env)
+    common = store_flags(p, env)
     actions = p.add_subparsers(dest="action", required=True, metavar="{list,replay}")
     listing = actions.add_parser("list", parents=[common], help="the dead letters, oldest first")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")

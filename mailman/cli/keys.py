@@ -14,17 +14,13 @@ from mailman.core.clock import iso_time
 from mailman.intake.keys import Scope, create_key
 from mailman.store import ApiKey, open_store
 
-from ._tools import add_store_flag, run_store_tool
+from ._tools import run_store_tool, store_flags
 from .command import Call, Command
 
 
 def _define(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.description = "Manage the API keys that callers send as 'Authorization: Bearer <key>'."
-    add_store_flag(p, env)
-    # --store may stand before or after the command; given after, it must not
-    # be reset by the command's own default.
-    after = argparse.ArgumentParser(add_help=False)
-    add_store_flag(after, env, default=argparse.SUPPRESS)
+    after = store_flags(p, env)
     actions = p.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
     create = actions.add_parser(
         "create", parents=[after], help="make a key and print it (alone, once) on stdout"

@@ -3,7 +3,13 @@
 Read the configuration once, handle signals in one place, run the system (or,
 with ``--processes``, supervise its processes), turn the outcome into an exit
 code: 0 after a clean stop, 1 when the supervisor gave up (restart budget
-spent) or start-up failed, 2 for a bad configuration.
+spent) or something unexpected ended it, 2 for a bad configuration or a store
+or broker that could not be opened at start (waited for up to
+``MAILMAN_STARTUP_TIMEOUT_SECONDS``).
+
+Logging is configured before anything can fail (the configuration included),
+so every line this command writes, a failure at start included, is one JSON
+object (off a terminal), never a raw traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from mailman.actors.supervisor import RestartBudgetExceeded
 from mailman.config import SETTINGS, Config, ConfigError, from_args
 from mailman.config.flags import DESCRIPTION, add_service_flags
 from mailman.config.logging import configure_logging
-from mailman.system import Mailman
+from mailman.config.settings import LOG_FORMATS
+from mailman.system import Mailman, StartupFailed
 
 from .command import Call, Command
 
@@ -35,11 +42,16 @@ def _define(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
 
 
 def _run(args: argparse.Namespace, call: Call) -> int:
-    """0 after a clean stop, 1 when it gave up or could not start, 2 for a bad configuration."""
+    """0 after a clean stop, 1 when it gave up or crashed, 2 for a bad configuration or a
+    store or broker it could not open."""
+    # Before the configuration is read (it may be what fails): its format from the
+    # environment, JSON off a terminal.
+    early = call.env.get("MAILMAN_LOG_FORMAT", "").strip().lower()
+    configure_logging("info", early if early in LOG_FORMATS else "auto", call.err, cache=False)
     try:
         config = from_args(args, call.env)
     except ConfigError as exc:
-        print(f"mailman: {exc}", file=call.err)
+        log.error("config.invalid", detail=str(exc))
         return 2
     configure_logging(config.log_level, config.log_format)
     try:
@@ -78,6 +90,11 @@ async def serve(
                 group.create_task(_tell_ready(system, config.ready_fd))
     except* RestartBudgetExceeded:
         code = 1
+    except* StartupFailed as eg:
+        failed = eg.exceptions[0]
+        assert isinstance(failed, StartupFailed)
+        log.error("mailman.start_failed", **{failed.what: failed.target}, detail=failed.detail)
+        code = 2
     except* ConfigError as eg:
         log.error("config.invalid", detail=str(eg.exceptions[0]))
         code = 2

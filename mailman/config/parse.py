@@ -129,6 +129,41 @@ def port_or_off(raw: str, s: Bounds) -> int | None:
     return int(value) or None
 
 
+#: The units of a duration, in seconds.
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(raw: str, s: Bounds) -> Any:
+    """A duration with its unit: ``90s``, ``15m``, ``12h``, ``30d`` (``1.5h`` too), more
+    than 0; blank: the default. A bare number is refused: ``30`` could mean 30 seconds
+    or 30 days, and a retention cut to seconds erases mail."""
+    value = raw.strip().lower()
+    if not value:
+        return s.default
+    amount, unit = value[:-1].strip(), value[-1:]
+    try:
+        seconds = float(amount) * DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"{s.name} must be a duration like 90s, 15m, 12h or 30d, got {raw!r}"
+        ) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{s.name} must be a duration over 0 (like 30d), got {raw!r}")
+    return seconds
+
+
+def duration_or_off(raw: str, s: Bounds) -> Any:
+    """A ``duration``, or ``off`` (None: never); blank: the default."""
+    if raw.strip().lower() == "off":
+        return None
+    try:
+        return duration(raw, s)
+    except ConfigError:
+        raise ConfigError(
+            f"{s.name} must be a duration like 90s, 15m, 12h or 30d, or off, got {raw!r}"
+        ) from None
+
+
 def boolean(raw: str, s: Bounds) -> Any:
     """true/false, yes/no, on/off or 1/0, in any case; blank: the default."""
     value = raw.strip().lower()

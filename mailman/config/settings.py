@@ -387,6 +387,44 @@ class SmtpConfig:
         doc="SMTP connections served at once; more are answered `421 4.7.0` and closed (each "
         "may hold a mail of up to `MAILMAN_SMTP_MAX_BYTES` in memory while it arrives)",
     )
+    #: Connections from one client address at once; more from it are told ``421``.
+    max_connections_per_ip: int = setting(
+        20,
+        env="MAILMAN_SMTP_MAX_CONNECTIONS_PER_IP",
+        minimum=1,
+        help="SMTP connections from one client address at once; more get 421 and are closed",
+        doc="SMTP connections from one client address at once; more from it are answered "
+        "`421 4.7.0` and closed, while other addresses still get in",
+    )
+    #: A connection that sends no command for this long is told ``421 4.4.2`` and closed.
+    idle_timeout: float = setting(
+        30.0,
+        env="MAILMAN_SMTP_IDLE_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="an SMTP connection silent this long between commands gets 421 and is closed",
+        doc="an SMTP connection that sends no command for this long gets `421 4.4.2` and is "
+        "closed (a mail's `DATA` is under `MAILMAN_BODY_IDLE_TIMEOUT_SECONDS` likewise)",
+    )
+    #: Once the store holds a key: a connection not authenticated this long after it
+    #: opened is told ``421 4.4.2`` and closed.
+    auth_timeout: float = setting(
+        10.0,
+        env="MAILMAN_SMTP_AUTH_TIMEOUT_SECONDS",
+        minimum=0.01,
+        help="a connection that has not authenticated this long after connecting gets 421",
+        doc="once the store holds a key, a connection that has not authenticated this long "
+        "after it opened gets `421 4.4.2` and is closed (silent or not)",
+    )
+    #: A failed AUTH is answered after this long, doubled with each failure on the
+    #: connection, at most 8 times as long (other connections are not held up).
+    auth_failure_delay: float = setting(
+        1.0,
+        env="MAILMAN_SMTP_AUTH_FAILURE_DELAY_SECONDS",
+        minimum=0.0,
+        help="a failed SMTP AUTH is answered after this long, doubling per failure (8x at most)",
+        doc="a failed SMTP AUTH (`535`) is answered after this long, doubled with each "
+        "failure on the connection, at most 8 times as long; other clients are not held up",
+    )
 
 
 # --- the whole configuration --------------------------------------------------------
@@ -503,6 +541,19 @@ class Config:
         doc="larger request bodies get 413. Room for a mail with the most attachments "
         "(10 MiB, about 13.4 MiB as base64)",
     )
+    #: 256 MiB: bodies (HTTP and SMTP) read or held at once, across the process.
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024,
+        env="MAILMAN_MAX_INFLIGHT_BYTES",
+        minimum=0,
+        note="256 MiB",
+        help="memory for bodies being read or held at once (about 4x their size); "
+        "past it 503/452; 0: no limit",
+        doc="memory for request bodies and SMTP mails being read or held at once, across "
+        "the process, each charged about 4 times its size; past it new bodies get `503` with "
+        "`Retry-After` (SMTP: `452 4.3.1`), and one key (or client address) may hold half "
+        "at most. `0`: no limit. See [Limits](limits.md#memory)",
+    )
     provider_timeout: float = setting(
         10.0,
         env="MAILMAN_PROVIDER_TIMEOUT",
@@ -526,6 +577,14 @@ class Config:
         10.0,
         env="MAILMAN_SHUTDOWN_TIMEOUT",
         help="seconds in-flight requests and provider calls get on stop",
+    )
+    startup_timeout: float = setting(
+        60.0,
+        env="MAILMAN_STARTUP_TIMEOUT_SECONDS",
+        minimum=0.0,
+        help="how long start-up waits for a store or broker that is missing or down (then exit 2)",
+        doc="how long start-up waits for a store or broker that is missing or down, "
+        "trying again with backoff (then exit 2)",
     )
     breaker: BreakerConfig = BreakerConfig()
     retry: RetryConfig = RetryConfig()
@@ -621,6 +680,40 @@ class Config:
         minimum=0.01,
         help="how often the sweeper (role sweeper) looks for such mails",
         doc="how often the sweeper (role `sweeper`) looks for such mails",
+    )
+    #: After this, a final mail's content is erased (``store.retention``); None: kept.
+    body_retention: float | None = setting(
+        30 * DAY,
+        env="MAILMAN_BODY_RETENTION",
+        parse=parse.duration_or_off,
+        unset="30d",
+        help="a final mail's content (addresses, subject, text, files...) is erased this "
+        "long after its last change: 90s, 15m, 12h, 30d, or off",
+        doc="a final mail's content (addresses, subject, text, HTML, files, headers, "
+        "metadata) is erased this long after its last status change; its status record "
+        "stays. `90s`, `15m`, `12h`, `30d`, or `off` (see [Retention](retention.md))",
+    )
+    #: After this, a final mail is deleted with all its rows; None: kept.
+    record_retention: float | None = setting(
+        400 * DAY,
+        env="MAILMAN_RECORD_RETENTION",
+        parse=parse.duration_or_off,
+        unset="400d",
+        help="a final mail is deleted with its attempts, events and callbacks this long "
+        "after its last change: 90s, 15m, 12h, 30d, or off",
+        doc="a final mail is deleted (then `404`) with its attempts, events, callbacks and "
+        "idempotency keys this long after its last status change; finished callbacks and "
+        "replayed dead letters too. `90s`, `15m`, `12h`, `30d`, or `off`",
+    )
+    #: How often the purger (role sweeper) looks for what retention erases.
+    retention_interval: float = setting(
+        60.0,
+        env="MAILMAN_RETENTION_INTERVAL",
+        parse=parse.duration,
+        unset="1m",
+        help="how often the purger (role sweeper) erases what retention says",
+        doc="how often the purger (role `sweeper`) erases what the two retentions say, "
+        "in batches of 500 mails",
     )
     #: SendGrid's Event Webhook verification key (base64 DER): turns POST /webhooks/sendgrid on.
     sendgrid_webhook_public_key: str | None = setting(

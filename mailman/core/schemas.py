@@ -48,6 +48,8 @@ _NO_ENCODED_WORD = rf"(?![\s\S]*{_ENCODED_WORD})"
 #: Characters that cannot stand in a header (``validation._NOT_IN_HEADER``; a lone
 #: surrogate cannot travel in UTF-8 JSON at all).
 _HEADER_CONTROLS = r"\u0000-\u001f\u007f-\u009f\u2028\u2029"
+#: Bidirectional controls and invisible characters (``validation._DECEPTIVE``).
+_DECEPTIVE = r"\u202a-\u202e\u2066-\u2069\u200b-\u200d\u2060\ufeff"
 #: Whitespace as Python's ``str.strip`` sees it, beyond the controls above.
 _SPACES = "".join(
     f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace() and ord(c) >= 0x20
@@ -68,7 +70,9 @@ def nullable(schema: dict[str, Any], description: str | None = None) -> dict[str
 
 
 #: Header text: a subject, a display name (``validation.header_problem``).
-HEADER_TEXT: dict[str, Any] = string(pattern=f"^{_NO_ENCODED_WORD}[^{_HEADER_CONTROLS}]*$")
+HEADER_TEXT: dict[str, Any] = string(
+    pattern=f"^{_NO_ENCODED_WORD}[^{_HEADER_CONTROLS}{_DECEPTIVE}]*$"
+)
 
 #: One address, with an optional display name (``validation.parse_address``).
 MAILBOX: dict[str, Any] = string(
@@ -77,7 +81,8 @@ MAILBOX: dict[str, Any] = string(
     "`Ann <ann@example.com>`. ASCII before the @ (at most "
     f"{validation.MAX_LOCAL_PART} characters), an international domain is fine, at most "
     f"{validation.MAX_ADDRESS} characters; a name of at most {validation.MAX_NAME}, "
-    "without control characters or an encoded-word (=?...?=)",
+    "without control, bidirectional-control or invisible characters or an encoded-word "
+    "(=?...?=)",
 )
 
 #: One address alone, no display name (SendGrid's ``email``).

@@ -12,8 +12,10 @@ Each field's rule is a function of ``core.validation`` (no I/O), so every
 entry point refuses exactly the same things. What is wrong is raised as one
 ``ValidationFailed`` naming every bad field, one message per field, in the
 order of the fields below, named as the API names them (``to[1]``,
-``headers.X-Name``, ``attachments[0].filename``). Unknown fields are ignored;
-``null`` is the same as leaving an optional field out.
+``headers.X-Name``, ``attachments[0].filename``). An unknown field (``Cc``,
+``attachment``, ``callbackUrl``...) is refused, named, rather than dropped: a
+mail without what the caller meant it to have is another mail. ``null`` is the
+same as leaving an optional field out.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ FIELDS = (
     "attachments",
 )
 _ORDER = {name: i for i, name in enumerate(FIELDS)}
+_KNOWN = frozenset(FIELDS)
 _RECIPIENT_FIELDS = ("to", "cc", "bcc")
 #: The error type that carries every ``FieldError`` of a submission out of pydantic.
 _REFUSED = "mailman_refused"
@@ -270,6 +273,7 @@ _FILE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "File",
     "required": ["filename", "content"],
+    "additionalProperties": False,
     "properties": {
         "filename": schemas.FILENAME,
         "content": schemas.BASE64,
@@ -301,12 +305,14 @@ class Submission(BaseModel):
     tags and metadata together at most ``MAX_EXTRA_BYTES`` as Mailgun form fields.
     """
 
+    # Unknown fields are refused by ``_whole`` (worded and ordered like every other error);
+    # the document says so with ``additionalProperties: false``.
     model_config = ConfigDict(
         extra="ignore",
         frozen=True,
         populate_by_name=True,
         title="MailSubmission",
-        json_schema_extra=_WHOLE,
+        json_schema_extra={**_WHOLE, "additionalProperties": False},
     )
 
     to: Annotated[
@@ -416,6 +422,7 @@ class Submission(BaseModel):
         if not isinstance(data, Mapping) or not isinstance(run, _Run):
             raise _refused([FieldError(BODY_FIELD, "must be a JSON object")], data)
         errors = run.errors
+        validation.unknown_fields(data, _KNOWN, "", errors)
         _count_recipients(data, errors, run)
         model = None
         try:

@@ -16,6 +16,11 @@ accepted and then ``failed`` without a provider ever trying:
   undefined in a header and would be written raw. TAB is refused too: it is
   folding whitespace, so a provider may fold at it or turn it into a space,
   and no real subject or name needs one.
+- Header text holds no bidirectional control (U+202A to U+202E, U+2066 to
+  U+2069) and no invisible character (U+200B to U+200D, U+2060, U+FEFF): they
+  make a subject or a display name read as other text than it holds (a
+  spoofed sender's name, a reversed word). U+200E and U+200F (the left-to-right
+  and right-to-left marks) stay allowed: right-to-left text needs them.
 - Header text holds nothing that reads as an RFC 2047 encoded-word
   (``=?utf-8?q?...?=``): a mail reader would decode it, so an address would
   become another one and a subject or name would not be what was submitted.
@@ -51,7 +56,7 @@ import base64
 import binascii
 import mimetypes
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import getaddresses
@@ -167,6 +172,11 @@ _LINE_BREAKS = ("\r", "\n")
 #: Characters that cannot stand in a header: C0 controls (TAB included), DEL,
 #: C1 controls, the Unicode line and paragraph separators, lone surrogates.
 _NOT_IN_HEADER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Characters that make header text read as other than it is: the bidirectional
+#: embeddings, overrides and isolates (U+202A to U+202E, U+2066 to U+2069; a U+202E
+#: turns ``Invoice for ann`` into ``nna rof eciovnI``), and the invisible ones
+#: (U+200B to U+200D, U+2060, U+FEFF), which make two names that look alike differ.
+_DECEPTIVE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b-\u200d\u2060\ufeff]")
 #: Characters that cannot be encoded at all, not even in a body.
 NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
 #: What Python's ``email`` parser (and a mail reader) decodes as an RFC 2047
@@ -239,6 +249,51 @@ class Errors:
         return list(self._by_field.values())
 
 
+#: The longest free text an operator posts: the reason of ``POST /mail/{id}/failed``.
+MAX_REASON = 1000
+
+#: The most unknown fields of one object named one by one; the rest are counted.
+MAX_UNKNOWN_NAMED = 20
+
+
+def unknown_fields(
+    value: Mapping[str, object], known: Set[str], prefix: str, errors: Errors
+) -> None:
+    """Each key of ``value`` that is not in ``known`` as an error naming it (``prefix``:
+    the object's own path, ``attachments[0]``; empty at the top), at most
+    ``MAX_UNKNOWN_NAMED`` of them and then one error counting the rest."""
+    unknown = [key for key in value if key not in known]
+    for key in unknown[:MAX_UNKNOWN_NAMED]:
+        field = _field_name(prefix, key) if prefix else _cut_key(key)
+        meant = _meant(key, known)
+        errors.add(
+            field,
+            f"is not a known field: did you mean {meant}?"
+            if meant
+            else "is not a known field: leave it out, or check its spelling",
+        )
+    if len(unknown) > MAX_UNKNOWN_NAMED:
+        errors.add(
+            prefix or BODY_FIELD,
+            f"has {len(unknown) - MAX_UNKNOWN_NAMED} more unknown fields",
+        )
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _meant(key: str, known: Set[str]) -> str | None:
+    """The known field ``key`` is likely a misspelling of (``Cc``, ``callbackUrl``,
+    ``attachment``, ``reply-to``); None if none is close."""
+    if len(key) > 64:
+        return None
+    snake = _CAMEL.sub(r"_\1", key).lower().replace("-", "_")
+    for guess in (snake, snake + "s", snake.removesuffix("s")):
+        if guess in known and guess != key:
+            return guess
+    return None
+
+
 def has_line_break(value: str) -> bool:
     """True if ``value`` holds a CR or LF (a header injection attempt)."""
     return any(c in value for c in _LINE_BREAKS)
@@ -252,15 +307,20 @@ def describe(char: str) -> str:
     return f"U+{ord(char):04X}"
 
 
-def header_problem(value: str) -> str | None:
+def header_problem(value: str, *, deceptive: bool = True) -> str | None:
     """Why ``value`` cannot stand in a header (subject, name, address); None if it can.
+    ``deceptive=False``: bidirectional controls and invisible characters are left to
+    the caller (a file name has its own rule for them).
 
     Refused: CR and LF (header injection), any other C0 control (NUL, and TAB:
     it is folding whitespace, which providers may fold at or turn into a
     space), DEL, C1 controls (U+0080 to U+009F, U+0085 NEL among them), the
     Unicode separators U+2028 and U+2029 (Python's ``email`` package splits
     header lines at them, like at U+000B, U+000C, U+001C to U+001E and
-    U+0085), lone surrogates (not encodable), and RFC 2047 encoded-words
+    U+0085), lone surrogates (not encodable), bidirectional controls (U+202A
+    to U+202E, U+2066 to U+2069) and invisible characters (U+200B to U+200D,
+    U+2060, U+FEFF), which make a subject or a name read as other text, and
+    RFC 2047 encoded-words
     (``=?charset?q?...?=``), which a mail reader would decode into other text.
     """
     if has_line_break(value):
@@ -271,6 +331,12 @@ def header_problem(value: str) -> str | None:
         if "\ud800" <= char <= "\udfff":
             return f"must not contain a lone surrogate ({describe(char)})"
         return f"must not contain control or line-separator characters ({describe(char)})"
+    found = _DECEPTIVE.search(value) if deceptive else None
+    if found is not None:
+        return (
+            "must not contain bidirectional control or invisible characters "
+            f"({describe(found.group())})"
+        )
     if _ENCODED_WORD.search(value):
         return "must not contain an RFC 2047 encoded-word (=?...?=): send the text itself"
     return None
@@ -485,9 +551,14 @@ def send_at(value: object, now: float, errors: Errors) -> float | None:
     return when if when > now else None
 
 
+def _cut_key(key: str) -> str:
+    """``key``, cut short if it is far too long to be valid anyway."""
+    return key if len(key) <= 2 * MAX_HEADER_NAME else key[: 2 * MAX_HEADER_NAME]
+
+
 def _field_name(field: str, key: str) -> str:
     """``field.key``, the key cut short if it is far too long to be valid anyway."""
-    return f"{field}.{key if len(key) <= 2 * MAX_HEADER_NAME else key[: 2 * MAX_HEADER_NAME]}"
+    return f"{field}.{_cut_key(key)}"
 
 
 def headers(value: object, errors: Errors) -> tuple[tuple[str, str], ...]:
@@ -628,6 +699,8 @@ def extra_bytes(
 
 # --- attachments ---------------------------------------------------------------
 
+#: The fields of a file in ``attachments``.
+ATTACHMENT_FIELDS = frozenset({"filename", "content", "content_type", "disposition", "content_id"})
 #: The most files one mail may carry.
 MAX_ATTACHMENTS = 20
 #: The most bytes of files one mail may carry, decoded, all files together.
@@ -691,6 +764,8 @@ def decode_base64(value: str) -> tuple[bytes, str]:
     """
     padded = value if value.endswith("=") else value + "=" * (-len(value) % 4)
     try:
+        if len(padded) % 4:  # "00000000=": padding after a whole group (strict mode takes it)
+            raise ValueError("padding out of place")
         data = binascii.a2b_base64(padded, strict_mode=True)
     except ValueError:  # binascii.Error, or a str that is not ASCII
         if "-" in value or "_" in value:
@@ -715,7 +790,7 @@ def filename_problem(name: str) -> str | None:
     """
     if not 1 <= len(name) <= MAX_FILENAME:
         return f"must be 1 to {MAX_FILENAME} characters"
-    problem = header_problem(name)
+    problem = header_problem(name, deceptive=False)
     if problem is not None:
         return problem
     if "/" in name or "\\" in name:
@@ -761,6 +836,7 @@ def attachments(value: object, errors: Errors) -> tuple[Attachment, ...]:
             errors.add(at, "must be an object with filename and content")
             continue
         found = len(errors)
+        unknown_fields(raw, ATTACHMENT_FIELDS, at, errors)
         filename = _attachment_filename(raw.get("filename"), f"{at}.filename", errors)
         content = _attachment_content(raw.get("content"), f"{at}.content", errors)
         if content is not None:

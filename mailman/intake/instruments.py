@@ -114,8 +114,8 @@ class HttpMetrics:
         return child
 
     def smtp_reply(self, stage: str, code: str) -> None:
-        """Count one SMTP reply (``actors.smtp``): ``stage`` connect, auth or data, and the
-        reply's three-digit ``code`` (a bounded set)."""
+        """Count one SMTP reply (``actors.smtp``): ``stage`` connect, auth, mail,
+        data, timeout or stop, and the reply's three-digit ``code`` (a bounded set)."""
         self._smtp.labels(stage, code).inc()
 
     def exposition(self) -> bytes:

@@ -93,3 +93,8 @@ class Broker(abc.ABC):
 
     async def ping(self) -> None:  # noqa: B027 - optional hook
         """Raise unless the broker answers now (``/readyz``); in-process mailboxes always do."""
+
+    def may_come_up(self, exc: BaseException) -> bool:
+        """Whether ``start()`` failing with ``exc`` may pass by waiting (the broker is not
+        up yet), as start-up waits; not when someone must act first."""
+        return isinstance(exc, OSError)

@@ -280,6 +280,13 @@ class KafkaBroker(Broker):
             if admin is not None:
                 await admin.close()
 
+    def may_come_up(self, exc: BaseException) -> bool:
+        """A cluster that is down or unreachable may come up; one that cannot run an
+        idempotent producer will not."""
+        if isinstance(exc, IdempotenceUnsupported):
+            return False
+        return isinstance(exc, KafkaError | OSError)
+
     async def ping(self) -> None:
         """Ask the cluster for its metadata through the producer's connections: raises
         (``KafkaError``) unless a broker answers, or when the broker is not started."""

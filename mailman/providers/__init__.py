@@ -22,6 +22,7 @@ import abc
 import email.utils
 import io
 import itertools
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -232,20 +233,30 @@ def shorten(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+def parse_retry_after(
+    value: str | None, now: float | None = None, cap: float = math.inf
+) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), clamped to
+    ``[0, cap]``; None when absent or unusable (not a number or date, NaN).
+
+    ``inf``, ``1e400`` or a date in the year 9999 become ``cap``: the failover policy
+    clamps again to ``MAILMAN_RETRY_CAP_SECONDS``, so no answer makes a mail wait
+    longer than a backoff may, or fail because a wait ran past its retry window.
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(cap, max(0.0, seconds))
 
 
 def display_name_words(name: str) -> list[str]:

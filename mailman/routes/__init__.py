@@ -20,6 +20,7 @@ from mailman.config import Config
 from mailman.intake.accept import Intake, Outbound
 from mailman.intake.auth import Keyring
 from mailman.intake.backlog import Backlog, refresher
+from mailman.intake.budget import Budget
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.load import Load
 from mailman.store import BreakerState, Store
@@ -55,10 +56,14 @@ INTAKE = web.AppKey("intake", Intake)
 
 # The handlers read the keys above, so they are imported after them.
 from .auth import KEYRING, auth_middleware  # noqa: E402
+from .body import BUDGET, budget_middleware  # noqa: E402
+from .compat_mailgun import error_shape as mailgun_error_shape  # noqa: E402
 from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
+from .compat_sendgrid import error_shape as sendgrid_error_shape  # noqa: E402
 from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
+from .compat_sendgrid import v3_error_shape as sendgrid_v3_error_shape  # noqa: E402
 from .dashboard import routes as dashboard_routes  # noqa: E402
-from .errors import error_middleware, request_id_middleware  # noqa: E402
+from .errors import ERROR_SHAPES, error_middleware, request_id_middleware  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 from .metrics import setup as setup_metrics  # noqa: E402
@@ -67,6 +72,7 @@ from .webhooks import add_webhooks  # noqa: E402
 
 __all__ = [
     "BACKLOG",
+    "BUDGET",
     "CONFIG",
     "HTTP_METRICS",
     "INTAKE",
@@ -91,6 +97,7 @@ def create_app(
     load: Load | None = None,
     metrics: HttpMetrics | None = None,
     probes: Probes | None = None,
+    budget: Budget | None = None,
 ) -> web.Application:
     """The API as an aiohttp application; ``store`` must already be open.
 
@@ -100,7 +107,7 @@ def create_app(
     """
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[request_id_middleware, error_middleware, auth_middleware, budget_middleware],
     )
     app[STORE] = store
     app[OUTBOUND] = outbound
@@ -108,6 +115,7 @@ def create_app(
     app[LOAD] = load or Load()
     app[HTTP_METRICS] = metrics or HttpMetrics()
     app[PROBES] = probes or Probes()
+    app[BUDGET] = budget or Budget(config.max_inflight_bytes)
     app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
     app[BACKLOG] = backlog = Backlog(config.backlog_limit)
     app[INTAKE] = Intake(store=store, outbound=outbound, config=config, backlog=backlog)
@@ -121,6 +129,14 @@ def create_app(
     app.add_routes(dashboard_routes)
     app.add_routes(mailgun_compat_routes)
     app.add_routes(sendgrid_compat_routes)
+    # Errors under the drop-in endpoints' paths (404, 405, a middleware's) in their
+    # provider's shape: SendGrid's Mail Send path, Mailgun's paths and Basic-auth
+    # callers, then SendGrid's for the rest of /v3/.
+    app[ERROR_SHAPES] = (
+        sendgrid_error_shape,
+        mailgun_error_shape,
+        sendgrid_v3_error_shape,
+    )
     return app
 
 

@@ -18,7 +18,11 @@ it, so the app's error handling keeps working:
   for a missing, unknown or revoked key; ``403``, ``408``, ``409``, ``413``,
   ``415``, ``429`` and ``503`` as ``{"message": ...}`` with Mailman's headers
   (``Retry-After``, ``RateLimit-*``). Nothing is answered as problem+json
-  and no input is a 500.
+  and no input is a 500: what is refused before the handler (aiohttp's 404 and
+  405 under ``/v3/{domain}/messages``, a middleware's refusal) is worded here
+  too (``error_shape``, which ``routes.errors`` asks).
+- An address of ``to``, ``cc`` or ``bcc`` that does not read as one (``ann@``)
+  is a 400 naming it, never dropped from the list.
 
 The form (``multipart/form-data`` or ``application/x-www-form-urlencoded``):
 
@@ -56,6 +60,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +85,7 @@ from mailman.intake.keys import Scope
 from mailman.store import OutcomeUnknown, StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
+from .auth import PRINCIPAL
 from .body import read_body
 from .contract import (
     ACCEPTED_HEADERS,
@@ -98,6 +104,7 @@ from .errors import (
     IDEMPOTENCY_KEY,
     STORE_RETRY_AFTER_SECONDS,
     Problem,
+    Render,
     as_problem,
     bad_idempotency_key,
     note,
@@ -254,7 +261,12 @@ def _split_addresses(name: str, values: Sequence[str]) -> list[str]:
             raise bad(f"'{name}' parameter does not parse as a list of addresses") from None
         for display, address in pairs:
             if not display and not address:
-                continue
+                # getaddresses' word for an empty entry, or for one it cannot read
+                # (``ann@``): the first is skipped, the second never dropped.
+                entry = _bad_entry(value)
+                if entry is None:
+                    continue
+                raise bad(f"'{name}' parameter is not a valid address: {_quoted(entry)}")
             if not address:
                 out.append(display)
             elif display:
@@ -263,6 +275,15 @@ def _split_addresses(name: str, values: Sequence[str]) -> list[str]:
             else:
                 out.append(address)
     return out
+
+
+def _bad_entry(value: str) -> str | None:
+    """The first entry of a comma-separated ``value`` that holds no readable address;
+    None if only empty entries are to blame (``a@example.com, , b@example.com``)."""
+    for entry in value.split(","):
+        if entry.strip() and getaddresses([entry]) == [("", "")]:
+            return entry.strip()
+    return None
 
 
 def _deliverytime(value: str) -> datetime:
@@ -558,6 +579,7 @@ async def _principal(request: web.Request) -> Principal:
     except MissingScope as exc:
         raise Refused(HTTPStatus.FORBIDDEN, str(exc), kind="forbidden") from None
     note(request, tenant=principal.tenant)
+    request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
     return principal
 
 
@@ -625,8 +647,8 @@ def _error(description: str, *shared: str) -> Answer:
         415: _error("Not a form, or an unknown Content-Encoding"),
         429: _error("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
         503: _error(
-            "The store does not answer, or the backlog is full; nothing was stored, try "
-            "again after Retry-After",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; nothing was stored, try again after Retry-After",
             "Retry-After",
         ),
     },
@@ -689,9 +711,38 @@ async def send_message(request: web.Request) -> web.Response:
 def _refusal(request: web.Request, refusal: Refused) -> web.Response:
     """Mailgun's error answer: plain ``Forbidden`` for a 401, else ``{"message": ...}``."""
     note(request, problem=refusal.kind)
+    return _response(refusal)
+
+
+def _response(refusal: Refused) -> web.Response:
     if refusal.status == HTTPStatus.UNAUTHORIZED:
         return web.Response(status=refusal.status, text=refusal.message, headers=refusal.headers)
     return _json(refusal.status, {"message": refusal.message}, refusal.headers)
+
+
+def render(problem: Problem) -> web.Response:
+    """A problem raised outside the handler (aiohttp's 404 and 405, a middleware's refusal)
+    in Mailgun's shape: plain ``Forbidden`` for a 401, else ``{"message": ...}``."""
+    if problem.status == HTTPStatus.UNAUTHORIZED:
+        return _response(_forbidden())
+    return _response(_from_problem(problem, None))
+
+
+#: Mailgun's paths under a domain: ``/v3/{domain}/messages`` and what lies under it.
+_DOMAIN_PATH = re.compile(r"/v3/[^/]+/messages(?:/.*)?")
+
+
+def error_shape(request: web.Request) -> Render | None:
+    """Mailgun's shape for every error at its messages path (``GET /v3/d/messages`` is a
+    405 ``{"message": ...}``), and at any other ``/v3/`` path a client authenticates at
+    Mailgun's way (HTTP Basic)."""
+    path = request.path
+    if _DOMAIN_PATH.fullmatch(path):
+        return render
+    scheme = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")[0]
+    if path.startswith("/v3/") and scheme.lower() == "basic":
+        return render
+    return None
 
 
 def _test(request: web.Request, translation: Translation, principal: Principal) -> web.Response:

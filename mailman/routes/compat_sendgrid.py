@@ -34,7 +34,10 @@ SendGrid path such as ``personalizations.0.to.1.email``), 401 no or bad key, 403
 without the ``send`` scope, 408 a stalled body, 409 an ``Idempotency-Key`` still in flight,
 413 too large, 415 an unknown ``Content-Encoding``, 429 over the key's rate, 503 backlog
 full or store down (with ``Retry-After``). Nothing here answers problem+json or a 500: an
-unexpected error is logged (``http.error``) and answered 503 with ``Retry-After``.
+unexpected error is logged (``http.error``) and answered 503 with ``Retry-After``; what is
+refused before the handler (a 404 under ``/v3/``, a middleware's refusal) is worded here
+too (``error_shape``, which ``routes.errors`` asks). A key given twice in one JSON object
+is a 400 naming it, as is an unknown field of any object of the body.
 
 Every personalization is validated before any is committed, so a bad third one leaves no
 mail behind. The key's rate is charged per mail (it counts mails a second), after
@@ -70,8 +73,8 @@ from mailman.intake.refusals import Refused
 from mailman.store import OutcomeUnknown, StoreUnavailable
 
 from . import CONFIG, INTAKE
-from .auth import KEYRING
-from .body import read_body
+from .auth import KEYRING, PRINCIPAL
+from .body import decode_json, read_body
 from .contract import (
     ACCEPTED_HEADERS,
     BEARER,
@@ -90,6 +93,7 @@ from .errors import (
     TOO_LARGE,
     VALIDATION,
     Problem,
+    Render,
     as_problem,
     bad_idempotency_key,
     note,
@@ -100,7 +104,9 @@ from .errors import (
 from .models.sendgrid import (
     MAX_PERSONALIZATIONS,
     MAX_UNIX_TIME,
+    Content,
     Personalization,
+    SendGridAddress,
     SendGridErrors,
     SendGridMail,
     fields_of,
@@ -142,6 +148,9 @@ REFUSED_IN_PERSONALIZATION: dict[str, str] = {
 #: Top-level fields taken (``tracking_settings`` is taken and ignored): the model's.
 KNOWN = fields_of(SendGridMail)
 PERSONALIZATION_KNOWN = fields_of(Personalization)
+#: The fields of an email object and of a content block (any other is refused).
+_ADDRESS_FIELDS = fields_of(SendGridAddress)
+_CONTENT_FIELDS = fields_of(Content)
 #: SendGrid's content types and the Mailman body each becomes.
 _CONTENT_TYPES = {"text/plain": "text", "text/html": "html"}
 #: SendGrid's attachment fields and Mailman's names for them.
@@ -296,6 +305,10 @@ def _address(value: object, path: str, errors: _Errors) -> tuple[str, str] | Non
         return None
     email, name = value.get("email"), value.get("name")
     ok = True
+    for key in value:
+        if key not in _ADDRESS_FIELDS:
+            errors.add(f"{path}.{key}", "is not a field of an email object (email, name)")
+            ok = False
     if not isinstance(email, str) or not email:
         errors.add(f"{path}.email", "is required: a string holding one address")
         ok = False
@@ -347,6 +360,10 @@ def _sandbox(value: object, errors: _Errors) -> bool:
         if not isinstance(setting, dict):
             errors.add(where, "must be an object")
             continue
+        if name == "sandbox_mode":
+            for key in setting:
+                if key != "enable":
+                    errors.add(f"{where}.{key}", "is not a field of sandbox_mode (enable)")
         enable = setting.get("enable")
         if enable is not None and not isinstance(enable, bool):
             errors.add(f"{where}.enable", "must be true or false")
@@ -370,6 +387,9 @@ def _content(value: object, out: dict[str, Any], paths: dict[str, str], errors: 
         if not isinstance(block, dict):
             errors.add(where, "must be an object with a type and a value")
             continue
+        for key in block:
+            if key not in _CONTENT_FIELDS:
+                errors.add(f"{where}.{key}", "is not a field of a content object (type, value)")
         type_, text = block.get("type"), block.get("value")
         kind = None
         if not isinstance(type_, str):
@@ -667,6 +687,7 @@ async def _charge(intake: Intake, principal: Principal, mails: int) -> dict[str,
 async def _send(request: web.Request) -> web.Response:
     principal = await _principal(request)
     note(request, tenant=principal.tenant)
+    request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
     config, intake = request.app[CONFIG], request.app[INTAKE]
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None and (bad := idempotency_key_problem(key)) is not None:
@@ -675,10 +696,13 @@ async def _send(request: web.Request) -> web.Response:
         request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout
     )
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Refusal.one(
-            400, f"The body is not valid JSON: {exc}", reason="malformed-json"
+        body = decode_json(raw)
+    except Problem as problem:  # not JSON, or a key given twice in one object
+        raise Refusal(
+            400,
+            [SendGridError(problem.detail, _INDEX.sub(r".\1", e.field)) for e in problem.errors]
+            or [SendGridError(problem.detail)],
+            reason=problem.type.rsplit("/", 1)[-1],
         ) from None
     translation = translate(body)
     rid = request_id(request)
@@ -814,8 +838,9 @@ def _error(description: str, *shared: str) -> Answer:
             *RATE_HEADERS,
         ),
         503: _error(
-            "The store does not answer, or the backlog is full; try again after Retry-After "
-            "(X-Mailman-Ids names any mails already stored)",
+            "The store does not answer, the backlog is full, or the body does not fit in the "
+            "memory for bodies in flight; try again after Retry-After (X-Mailman-Ids names any "
+            "mails already stored)",
             "Retry-After",
         ),
     },
@@ -852,6 +877,24 @@ async def sendgrid_other_method(request: web.Request) -> web.StreamResponse:
             405, "method not allowed", {hdrs.ALLOW: hdrs.METH_POST}, reason="method-not-allowed"
         ),
     )
+
+
+def render(problem: Problem) -> web.Response:
+    """A problem raised outside the handler (aiohttp's 404, a middleware's refusal) in
+    SendGrid's shape."""
+    return from_problem(problem).response()
+
+
+def error_shape(request: web.Request) -> Render | None:
+    """SendGrid's shape for every error at its Mail Send path."""
+    path = request.path
+    return render if path == PATH or path.startswith(PATH + "/") else None
+
+
+def v3_error_shape(request: web.Request) -> Render | None:
+    """SendGrid's shape at any other ``/v3/`` path (a Mailgun client's are Mailgun's:
+    ``compat_mailgun.error_shape`` is asked first)."""
+    return render if request.path.startswith("/v3/") else None
 
 
 def _internal(request: web.Request) -> web.Response:

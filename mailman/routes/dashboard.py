@@ -9,10 +9,12 @@ nothing by itself; its script reads ``/dashboard/data`` every ``REFRESH_SECONDS`
 with the admin key the user typed (kept in ``sessionStorage`` only, sent as
 ``Authorization: Bearer``), or with none while the API is open.
 
-Every figure is read from the store (``Store.metrics_snapshot``,
-``attempts_per_minute``, ``latest_failures``), which every process of every
-deployment shares: whichever API process answers, with ``--processes N`` or in the
-scaled deployment, the figures are the same. Breaker states are the store's
+Every figure is read from the store (``Store.metrics_snapshot``: the figures it
+keeps as mails move, a few dozen rows; ``attempts_per_minute``, ``latest_failures``:
+index ranges over the last minutes and the newest failures), which every process of
+every deployment shares, at a cost that does not grow with the mails kept:
+whichever API process answers, with ``--processes N`` or in the scaled
+deployment, the figures are the same. Breaker states are the store's
 shared ones, or this process's own where it runs the senders (fresher). No mail
 content: ids, statuses, providers, outcomes, reasons, times and counts only.
 """

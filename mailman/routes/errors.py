@@ -4,7 +4,8 @@ Every error answer is ``application/problem+json`` with ``type``, ``title``,
 ``status`` and ``detail`` (plus ``errors`` for a 422). Handlers raise
 ``Problem``; what the intake refused (``as_problem``), aiohttp's own
 ``HTTPException``s (404, 405, 413...) and any unexpected exception are turned
-into problems by ``error_middleware``.
+into problems by ``error_middleware``, and answered in the shape of the path's API:
+problem+json, or, under a drop-in endpoint's path, its provider's (``ERROR_SHAPES``).
 
 At info a request logs one line, ``http.request`` (see ``request_id_middleware``):
 a refused one says why in its ``problem`` field rather than in a line of its own.
@@ -17,7 +18,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -50,6 +51,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _PROBLEMS = "https://mailman.dev/problems/"
 VALIDATION = _PROBLEMS + "validation"
 MALFORMED_JSON = _PROBLEMS + "malformed-json"
+DUPLICATE_KEY = _PROBLEMS + "duplicate-key"
 UNSUPPORTED_MEDIA_TYPE = _PROBLEMS + "unsupported-media-type"
 TOO_LARGE = _PROBLEMS + "too-large"
 NOT_FOUND = _PROBLEMS + "not-found"
@@ -65,6 +67,7 @@ IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
 STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
 OUTCOME_UNKNOWN = _PROBLEMS + "outcome-unknown"
 BACKLOG_FULL = _PROBLEMS + "backlog-full"
+OVER_BUDGET = _PROBLEMS + "over-budget"
 NOT_READY = _PROBLEMS + "not-ready"
 TIMEOUT = _PROBLEMS + "timeout"
 #: RFC 9457: the problem has no more meaning than its HTTP status.
@@ -264,14 +267,32 @@ _HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
 }
 
 
-def problem_from_http_exception(exc: web.HTTPException) -> web.Response:
-    """The problem answer for one of aiohttp's HTTP exceptions, keeping its headers (Allow...)."""
+def http_problem(exc: web.HTTPException) -> Problem:
+    """The problem for one of aiohttp's HTTP exceptions, with its headers (Allow...)."""
     type_, detail = _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, _title(exc.status)))
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         detail = f"{exc.method} is not allowed here; allowed: {allowed}."
     headers = {k: v for k, v in exc.headers.items() if k not in _BODY_HEADERS}
-    return Problem(exc.status, detail, type=type_).response(headers)
+    return Problem(exc.status, detail, type=type_, headers=headers)
+
+
+#: How an error is answered at a path that speaks another API's language (the drop-in
+#: endpoints: SendGrid's ``{"errors": [...]}``, Mailgun's ``{"message": ...}``).
+Render = Callable[[Problem], web.Response]
+#: Given a request, the ``Render`` of its path's provider; None: problem+json.
+ErrorShape = Callable[[web.Request], Render | None]
+#: The app's error shapes, asked in order (``create_app`` sets them).
+ERROR_SHAPES = web.AppKey("error_shapes", tuple[ErrorShape, ...])
+
+
+def _answer(request: web.Request, problem: Problem) -> web.Response:
+    """``problem`` as the request's path words errors: problem+json, or a provider's shape."""
+    for shape in request.app.get(ERROR_SHAPES, ()):
+        render = shape(request)
+        if render is not None:
+            return render(problem)
+    return problem.response()
 
 
 def bad_http(status: int) -> web.Response:
@@ -286,40 +307,46 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except Problem as problem:
         _note_problem(request, problem.type)
-        return problem.response()
+        return _answer(request, problem)
     except (Refused, ValidationFailed) as refusal:
         answer = as_problem(refusal)
         _note_problem(request, answer.type)
-        return answer.response()
+        return _answer(request, answer)
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise
         _note_problem(request, _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, ""))[0])
-        return problem_from_http_exception(exc)
+        return _answer(request, http_problem(exc))
     except OutcomeUnknown as exc:
         _note_problem(request, OUTCOME_UNKNOWN)
         log.warning("store.outcome_unknown", method=request.method, path=request.path)
-        return outcome_unknown(exc).response()
+        return _answer(request, outcome_unknown(exc))
     except StoreUnavailable as exc:
         _note_problem(request, STORE_UNAVAILABLE)
         log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))
-        return Problem(
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            "The store does not answer; nothing was changed. Try again later.",
-            type=STORE_UNAVAILABLE,
-            headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
-        ).response()
+        return _answer(
+            request,
+            Problem(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "The store does not answer; nothing was changed. Try again later.",
+                type=STORE_UNAVAILABLE,
+                headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
+            ),
+        )
     except Exception as exc:
         transport = request.transport
         if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
             raise  # the client is gone: nobody to answer, request_id_middleware logs it once
         _note_problem(request, INTERNAL)
         log.exception("http.error", method=request.method, path=request.path)
-        return Problem(
-            HTTPStatus.INTERNAL_SERVER_ERROR,
-            "Something went wrong on our side; the request id names it in our logs.",
-            type=INTERNAL,
-        ).response()
+        return _answer(
+            request,
+            Problem(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side; the request id names it in our logs.",
+                type=INTERNAL,
+            ),
+        )
 
 
 #: A new request id: 20 random hex digits for this process, then a counter (32 in all,

@@ -1,10 +1,14 @@
 """Health checks, none of which needs a key or shows any mail:
 
-- ``GET /healthz``: the process is alive and serving (always 200 while it answers);
-- ``GET /readyz``: ready for traffic: the store answers a trivial query within
-  ``READY_TIMEOUT_SECONDS``, the broker answers where this process uses one, and
-  at least one provider's circuit breaker is not open. Otherwise 503, a problem
-  naming what is not ready (``not_ready``) with every check's finding (``checks``);
+- ``GET /healthz``: the process is alive and serving (always 200 while it answers),
+  with each provider's circuit-breaker state as details (``providers``);
+- ``GET /readyz``: this replica can accept and keep mail: the store answers a trivial
+  query within ``READY_TIMEOUT_SECONDS`` and the broker answers where this process
+  uses one. Otherwise 503, a problem naming what is not ready (``not_ready``) with
+  every check's finding (``checks``). Provider breakers are shown there too but never
+  make it 503: with every provider down, accepting and queueing mail is exactly what
+  a replica should go on doing (an orchestrator takes a replica that is not ready out
+  of its load balancer), and the mails go out once a provider is back.
 - ``GET /health``: what it always was (the store answers), for existing load balancers.
 """
 
@@ -33,7 +37,7 @@ from .errors import (
     STORE_UNAVAILABLE,
     Problem,
 )
-from .models.health import Health, NotReady, Readiness, Ready, ReadyChecks
+from .models.health import Alive, Health, NotReady, Readiness, Ready, ReadyChecks
 
 log = structlog.get_logger("mailman.http")
 
@@ -44,6 +48,10 @@ _PROBE = "health-probe"
 
 #: The longest ``/readyz`` waits for the store or the broker (or the store timeout, if shorter).
 READY_TIMEOUT_SECONDS = 1.0
+
+#: The longest ``/healthz`` waits for the breaker states shared in the store: liveness
+#: probes time out after a second or so, and it must answer while the store does not.
+ALIVE_STORE_SECONDS = 0.25
 
 #: A breaker's states (``actors.breakers``), and one this process cannot know now.
 OPEN, HALF_OPEN, CLOSED, UNKNOWN = "open", "half_open", "closed", "unknown"
@@ -81,26 +89,38 @@ OK: Health = {"status": "ok"}
 @routes.get("/healthz")
 @operation(
     "healthz",
-    "Liveness: the process serves (it looks at nothing else)",
-    answers={200: Answer("Alive", Health)},
+    "Liveness: the process serves (200 whatever else is down), with each provider's "
+    "breaker state as details",
+    answers={200: Answer("Alive", Alive)},
 )
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the process serves; it looks at nothing else."""
-    return web.json_response(OK)
+    """200 while the process serves, whatever else is down; each provider's breaker state as
+    details (``unknown`` where neither this process nor the store can say now)."""
+    app = request.app
+    config, store, probes = app[CONFIG], app[STORE], app[PROBES]
+    within = min(ALIVE_STORE_SECONDS, config.store_timeout)
+    shared = await _shared_breakers(store, within)
+    local = probes.breakers() if probes.breakers is not None else ()
+    alive: Alive = {
+        "status": "ok",
+        "providers": provider_states(config, shared, local, time.time()),
+    }
+    return web.json_response(alive)
 
 
 @routes.get("/readyz")
 @operation(
     "readyz",
-    "Readiness: the store answers, the broker answers where this process uses one, and at "
-    "least one provider's breaker is not open",
+    "Readiness: this replica can accept and keep mail (the store answers, the broker answers "
+    "where this process uses one); provider breakers are shown, never make it 503",
     answers={
         200: Answer("Ready", Ready),
         503: Answer("Not ready; not_ready names what", NotReady, media=PROBLEM),
     },
 )
 async def readyz(request: web.Request) -> web.Response:
-    """200 when store, broker and at least one provider are ready; else a 503 naming what is not."""
+    """200 when the store and the broker answer; else a 503 naming which does not. Provider
+    breakers are reported in ``checks`` but do not count (see the module's docstring)."""
     app = request.app
     config, store, probes = app[CONFIG], app[STORE], app[PROBES]
     within = min(READY_TIMEOUT_SECONDS, config.store_timeout)
@@ -117,8 +137,6 @@ async def readyz(request: web.Request) -> web.Response:
         not_ready.append("store")
     if checks["broker"] == "unreachable":
         not_ready.append("broker")
-    if providers and all(state == OPEN for state in providers.values()):
-        not_ready.append("providers")
     if not not_ready:
         ready: Ready = {"status": "ready", "checks": checks}
         return web.json_response(ready)

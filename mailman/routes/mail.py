@@ -60,6 +60,7 @@ from .models.mail import (
     MailDetail,
     MailList,
     MarkFailed,
+    NoFields,
     StatusAnswer,
     detail,
     mail_links,
@@ -209,7 +210,8 @@ UNKNOWN = problem("No such mail (or another tenant's)")
         503: dataclasses.replace(
             problem(
                 "The store does not answer, or the backlog of unsent mail is over "
-                "MAILMAN_BACKLOG_LIMIT (type backlog-full); nothing was stored, try again "
+                "MAILMAN_BACKLOG_LIMIT (type backlog-full), or the body does not fit in the "
+                "memory for bodies in flight (type over-budget); nothing was stored, try again "
                 "after Retry-After. Type outcome-unknown: the store's answer to the commit "
                 "was lost; the mail (mail_id, Location) may or may not be stored: GET it "
                 "(404: never stored)",
@@ -427,6 +429,79 @@ async def show_mail(request: web.Request) -> web.Response:
     return json_response(detail(record))
 
 
+#: What an endpoint whose optional body has no fields answers for a body it cannot take.
+_EMPTY_BODY_ANSWERS = {
+    400: problem("Malformed JSON or a bad body encoding"),
+    408: problem("The request body stalled"),
+    413: problem("The body is too large"),
+    415: problem("Not application/json"),
+    422: problem("The body is not an empty object: errors names each field"),
+}
+
+
+#: What ``_json_body`` says of a request without a body (JSON's ``null`` is a body).
+NO_BODY = object()
+
+
+async def _json_body(request: web.Request) -> object:
+    """An optional JSON body (``NO_BODY``: none, or only whitespace); 415 unless JSON."""
+    if not request.body_exists:
+        return NO_BODY
+    raw = await read_body(
+        request,
+        limit=request.app[CONFIG].max_body_bytes,
+        idle_timeout=request.app[CONFIG].body_idle_timeout,
+    )
+    if not raw.strip():
+        return NO_BODY
+    _require_json(request)
+    return decode_json(raw)
+
+
+async def _no_fields(request: web.Request) -> None:
+    """Nothing, or ``{}``: any field is a 422 naming it (it would be ignored otherwise)."""
+    body = await _json_body(request)
+    if body is not NO_BODY:
+        NoFields.read(body)
+
+
+@routes.delete("/mail/{id:(?!send$)[^/]+}")
+@requires(Scope.SEND)
+@operation(
+    "eraseMail",
+    "Erase a mail now: its content and its record (needs `send`; admins any tenant's)",
+    description="Deletes the mail with its attempts, events, callbacks and idempotency key "
+    "(GDPR art. 17); afterwards it is 404. A `scheduled` mail is cancelled and erased. A "
+    "mail still `queued` or `sending` is refused with 409: a sender may hold it; erase it "
+    "once it is final. Without a request, MAILMAN_BODY_RETENTION and "
+    "MAILMAN_RECORD_RETENTION erase mails by age.",
+    parameters=(MAIL_ID,),
+    answers={
+        204: Answer("Erased: nothing of the mail is left"),
+        404: UNKNOWN,
+        409: problem("The mail is queued or sending (type status-conflict): not erased"),
+    },
+)
+async def erase_mail(request: web.Request) -> web.Response:
+    """Erase a final or scheduled mail now; 409 while it is on its way."""
+    mail_id = request.match_info["id"]
+    await _visible(request, mail_id)
+    store, timeout = _store(request)
+    erased = await guarded(store, timeout, store.erase(mail_id, time.time()))
+    if erased is None:
+        raise _unknown()
+    note(request, mail_id=mail_id)
+    if not erased.erased:
+        raise Problem(
+            HTTPStatus.CONFLICT,
+            f"The mail is {erased.status.value}: it is on its way to a provider and cannot be "
+            "erased before it is final (sent or failed). Try again then.",
+            type=STATUS_CONFLICT,
+        )
+    log.info("mail.erased", mail_id=mail_id, status=erased.status.value)
+    return web.Response(status=HTTPStatus.NO_CONTENT)
+
+
 @routes.post("/mail/{id}/retry")
 @requires(Scope.SEND)
 @operation(
@@ -435,14 +510,17 @@ async def show_mail(request: web.Request) -> web.Response:
     description="The mail goes back to `queued`; its history stays. "
     "409 unless the mail is `failed`.",
     parameters=(MAIL_ID,),
+    body=Body.json(NoFields, required=False),
     answers={
         202: Answer("Queued again", StatusAnswer),
         404: UNKNOWN,
-        409: problem("The mail is not failed"),
+        409: problem("The mail is not failed, or its content was erased (retention)"),
+        **_EMPTY_BODY_ANSWERS,
     },
 )
 async def retry_mail(request: web.Request) -> web.Response:
     """Send a ``failed`` mail again: a new round, the same id; 409 unless it is failed."""
+    await _no_fields(request)
     mail_id = request.match_info["id"]
     await _visible(request, mail_id)
     store, timeout = _store(request)
@@ -452,11 +530,10 @@ async def retry_mail(request: web.Request) -> web.Response:
         raise _unknown()
     note(request, mail_id=mail_id)
     if not result.changed:
-        raise Problem(
-            HTTPStatus.CONFLICT,
-            f"The mail is {result.status.value}: only a failed mail can be sent again.",
-            type=STATUS_CONFLICT,
-        )
+        detail = f"The mail is {result.status.value}: only a failed mail can be sent again."
+        if result.status is Status.FAILED:  # its content was erased (MAILMAN_BODY_RETENTION)
+            detail = "The mail's content was erased (retention): there is nothing to send again."
+        raise Problem(HTTPStatus.CONFLICT, detail, type=STATUS_CONFLICT)
     try:
         await request.app[OUTBOUND].dispatch(Dispatch(mail_id=mail_id, accepted_at=now))
     except Exception:  # committed: the relay finds it on its next look
@@ -475,9 +552,15 @@ _MARK_ANSWERS = {404: UNKNOWN, 409: problem("The mail is final in the other stat
     "markSent",
     "Mark a mail sent by hand (bookkeeping; needs `admin`)",
     parameters=(MAIL_ID,),
-    answers={200: Answer("Moved, or already sent", StatusAnswer), **_MARK_ANSWERS},
+    body=Body.json(NoFields, required=False),
+    answers={
+        200: Answer("Moved, or already sent", StatusAnswer),
+        **_MARK_ANSWERS,
+        **_EMPTY_BODY_ANSWERS,
+    },
 )
 async def mark_sent(request: web.Request) -> web.Response:
+    await _no_fields(request)
     return await _mark(request, Status.SENT, reason=None)
 
 
@@ -495,7 +578,10 @@ async def mark_sent(request: web.Request) -> web.Response:
         408: problem("The request body stalled"),
         413: problem("The body is too large"),
         415: problem("Not application/json"),
-        422: problem("reason is not a string, or the body not an object"),
+        422: problem(
+            "reason is not a string or is over 1,000 characters, another field is given, "
+            "or the body is not an object"
+        ),
     },
 )
 async def mark_failed(request: web.Request) -> web.Response:
@@ -504,17 +590,8 @@ async def mark_failed(request: web.Request) -> web.Response:
 
 async def _failure_reason(request: web.Request) -> str | None:
     """The optional ``{"reason": "..."}`` body of POST /mail/{id}/failed."""
-    if not request.body_exists:
-        return None
-    raw = await read_body(
-        request,
-        limit=request.app[CONFIG].max_body_bytes,
-        idle_timeout=request.app[CONFIG].body_idle_timeout,
-    )
-    if not raw.strip():
-        return None
-    _require_json(request)
-    return MarkFailed.read(decode_json(raw)).reason or None
+    body = await _json_body(request)
+    return None if body is NO_BODY else MarkFailed.read(body).reason or None
 
 
 async def _mark(request: web.Request, status: Status, *, reason: str | None) -> web.Response:

@@ -8,7 +8,9 @@ Three kinds of figures:
   attempts by outcome, retries, breaker states, outbox depth and dead letters.
   The store is what every process of every deployment shares, so these are right
   whichever process answers, also in the scaled deployment, whose senders serve
-  no HTTP. One read transaction (``Store.metrics_snapshot``) at most every
+  no HTTP. The store keeps these figures as mails move (``store.summary``), so the
+  read is of a few dozen rows, the same cost with a thousand mails kept or a
+  hundred million: one read transaction (``Store.metrics_snapshot``) at most every
   ``FIGURES_TTL_SECONDS``, shared by concurrent scrapes; while the store does
   not answer, ``mailman_store_up`` is 0 and these figures are left out.
 - **This process's in-process mailboxes** (``mailman_mailbox_depth``), where it has
@@ -218,7 +220,10 @@ def store_families(
         return families
 
     mails = GaugeMetricFamily(
-        "mailman_mails", "Mails in the store by status (every process's)", labels=["status"]
+        "mailman_mails",
+        "Mails by status: on their way now (queued, scheduled, sending), or that ended there "
+        "(sent, delivered, bounced, failed: still counted once retention removed them)",
+        labels=["status"],
     )
     for status in _ordered([s.value for s in Status], snapshot.mails):
         mails.add_metric([status], snapshot.mails.get(status, 0))
@@ -229,8 +234,8 @@ def store_families(
     outcomes = _ordered(final, {o for _, o in snapshot.attempts} - {Outcome.PENDING.value})
     attempts = CounterMetricFamily(
         "mailman_provider_attempts",
-        "Provider attempts recorded in the store, by provider and outcome, once they have one "
-        "(skipped: the breaker was open, no call made)",
+        "Provider attempts by provider and outcome, once they have one (skipped: the breaker "
+        "was open, no call made); still counted once retention removed them",
         labels=["provider", "outcome"],
     )
     pending = GaugeMetricFamily(

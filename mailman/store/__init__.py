@@ -2,18 +2,22 @@
 
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
-``figures``): its interface, records, SQL and operations, written once for both
-databases (``dialect``, ``operation``). ``base.Store`` is all of them in one;
+``figures``, kept as mails move by ``summary``, ``retention``): its interface,
+records, SQL and operations, written once for both databases (``dialect``,
+``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
 schema of each. ``open_store`` picks a driver by URL.
 """
 
 from .base import (
+    Addressed,
     ApiKey,
     Begun,
     BreakerState,
     CallbackDue,
     DeadLetter,
+    Dropped,
+    Erased,
     EventResult,
     FailedAttempt,
     FailedMail,
@@ -31,6 +35,7 @@ from .base import (
     Pending,
     RateDecision,
     Store,
+    StoreSetupNeeded,
     StoreUnavailable,
     Transition,
     giving_up_by,
@@ -59,11 +64,14 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "KEY_COLUMNS",
+    "Addressed",
     "ApiKey",
     "Begun",
     "BreakerState",
     "CallbackDue",
     "DeadLetter",
+    "Dropped",
+    "Erased",
     "EventResult",
     "FailedAttempt",
     "FailedMail",
@@ -81,6 +89,7 @@ __all__ = [
     "Pending",
     "RateDecision",
     "Store",
+    "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
     "api_key_from_row",

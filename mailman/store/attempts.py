@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mailman.core.messages import StatusUpdate, decode
-from mailman.core.model import Attempt, Check, Mail, Outcome, Status
+from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Status
 
-from . import callbacks, moves
-from .dialect import Dialect
+from . import callbacks, moves, summary
+from .dialect import Dialect, chunks
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, write, write_batch
 
@@ -120,12 +121,12 @@ def _stale_of(d: Dialect, count: int) -> str:
 
 
 @functools.cache
-def stale(d: Dialect) -> str:
-    """Every pending attempt started before a time becomes unknown (reason, before)."""
-    m = d.mark
+def _stale(d: Dialect) -> str:
+    """Pending attempts started before a time (parameter: before), from the
+    ``(outcome, at)`` index; on MySQL locked, as the UPDATE that follows would."""
     return (
-        f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {m} "
-        f"WHERE outcome = '{Outcome.PENDING.value}' AND at < {m}"
+        f"SELECT id, provider FROM attempts WHERE outcome = '{Outcome.PENDING.value}' "
+        f"AND at < {d.mark} ORDER BY id{d.row_lock}"
     )
 
 
@@ -221,6 +222,51 @@ def begin_verdict(
     return None, []
 
 
+def applied(before: summary.Seen, updates: Sequence[StatusUpdate]) -> summary.Seen:
+    """What ``apply``'s statements leave of the mails and attempts ``before`` saw (locked,
+    on MySQL; SQLite: the one writer), worked out as they run: new attempts inserted
+    unless their unique key is there, finishes of the attempts there, then the moves in
+    ``MOVE_ORDER``, each only from a status it is allowed from."""
+    statuses = dict(before.mails)
+    attempts = dict(before.attempts)
+    keys = {a.key for a in attempts.values()}
+    fresh = -1  # ids for the attempts inserted (unknown here, and never compared)
+    for u in updates:
+        a = u.attempt
+        if a is not None and a.id is None and u.mail_id in statuses:
+            held = summary.Held(u.mail_id, a.provider, a.round, a.at, a.outcome.value, None)
+            if held.key not in keys:
+                keys.add(held.key)
+                attempts[fresh] = held
+                fresh -= 1
+    for u in updates:
+        a = u.attempt
+        if a is not None and a.id is not None:
+            old = attempts.get(a.id)
+            if old is not None and old.mail_id == u.mail_id:
+                checked = old.checked if a.checked is None else a.checked.value
+                attempts[a.id] = replace(old, outcome=a.outcome.value, checked=checked)
+    for status, group in moves.moves_in_order(updates):
+        for u in group:
+            current = statuses.get(u.mail_id)
+            if current is not None and current in ALLOWED_FROM[status]:
+                statuses[u.mail_id] = status
+    return summary.Seen(statuses, attempts)
+
+
+def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
+    """Every pending attempt started before ``before`` becomes unknown; what that changes
+    in the figures (the caller bumps them, last)."""
+    rows = list((yield Statement(_stale(d), (before,))).fetchall())
+    deltas: Counter[summary.Key] = Counter()
+    for chunk in chunks(rows):
+        yield Statement(_stale_of(d, len(chunk)), (STALE_REASON, *(r[0] for r in chunk)))
+    for _, provider in rows:
+        deltas[(summary.ATTEMPTS, str(provider), Outcome.PENDING.value)] -= 1
+        deltas[(summary.ATTEMPTS, str(provider), Outcome.UNKNOWN.value)] += 1
+    return deltas
+
+
 # --- operations ----------------------------------------------------------------------------
 
 
@@ -228,6 +274,9 @@ def begin_verdict(
 def begin(
     d: Dialect, mail_id: str, provider: str, round_: int, at: float, stale_before: float
 ) -> Steps[Begun | None]:
+    """The figures gain what it changed, known exactly: the mail's status is read under
+    its lock (MySQL; SQLite: the one writer), the pending attempt is new, and each stale
+    one's guarded UPDATE says whether it changed it (not a concurrent sweep)."""
     row = (yield Statement(_mail(d), (mail_id,))).fetchone()
     if row is None:
         return None
@@ -236,19 +285,30 @@ def begin(
         return Begun(mail, status, why="final")
     if status is Status.SCHEDULED:  # not before its time (the sweeper releases it)
         return Begun(mail, status, why="scheduled")
+    deltas: Counter[summary.Key] = Counter()
     cur = yield Statement(_open(d), (mail_id,))
     attempts = [attempt_from_row(r) for r in cur.fetchall()]
     if attempts:
         refused, stale_ids = begin_verdict(mail, status, attempts, stale_before)
-        if stale_ids:
-            yield Statement(_stale_of(d, len(stale_ids)), (STALE_REASON, *stale_ids))
+        for attempt in attempts:
+            if attempt.id in stale_ids:
+                made = yield Statement(_stale_of(d, 1), (STALE_REASON, attempt.id))
+                if made.rowcount == 1:
+                    deltas[(summary.ATTEMPTS, attempt.provider, Outcome.PENDING.value)] -= 1
+                    deltas[(summary.ATTEMPTS, attempt.provider, Outcome.UNKNOWN.value)] += 1
         if refused is not None:
+            yield from summary.bump(d, deltas)
             return refused
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
+    deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
+    if round_ > 0:
+        deltas[(summary.RETRIES, provider, "")] += 1
     yield Statement(_sending(d), (at, at, mail_id, *UNFINISHED))
+    deltas.update(summary.moved(status, Status.SENDING, 1))
     if mail.callback_url is not None:
         yield from callbacks.queue(d, [mail_id])
+    yield from summary.bump(d, deltas)
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)
 
 
@@ -256,18 +316,21 @@ def begin(
 def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]]:
     """Every call's updates in one go; those for mails not there change nothing."""
     updates = [u for batch in batches for u in batch if d.holds_id(u.mail_id)]
-    if not d.one_writer:
-        # Lock every mail of the batch up front, in id order: concurrent batches
-        # then queue behind each other instead of deadlocking.
-        known = yield from moves.statuses(d, sorted({u.mail_id for u in updates}))
-        updates = [u for u in updates if u.mail_id in known]
+    # Every mail of the batch, the attempts it finishes and every attempt of a mail it
+    # records a new one for, before (the figures gain what changed). On MySQL they are
+    # locked up front, mails in id order: concurrent batches then queue behind each
+    # other instead of deadlocking.
+    before = yield from summary.look(
+        d,
+        (u.mail_id for u in updates),
+        attempts=(u.attempt.id for u in updates if u.attempt and u.attempt.id is not None),
+        of=(u.mail_id for u in updates if u.attempt and u.attempt.id is None),
+    )
+    known = before.mails
+    updates = [u for u in updates if u.mail_id in known]
+    # A new attempt needs its mail (the foreign key). (Most batches have none: the
+    # senders record their attempts with ``begin_attempt``.)
     new = [u for u in updates if u.attempt is not None and u.attempt.id is None]
-    if new and d.one_writer:
-        # A finish or a move of a mail not there changes nothing, but a new attempt
-        # needs its mail (the foreign key). (Most batches have none: the senders
-        # record their attempts with ``begin_attempt``.)
-        known = yield from moves.statuses(d, sorted({u.mail_id for u in new}))
-        new = [u for u in new if u.mail_id in known]
     if new:
         rows = [attempt_values(u.mail_id, u.attempt) for u in new if u.attempt is not None]
         yield Statement(_insert(d), rows, many=True)
@@ -283,6 +346,7 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     for status, group in moves.moves_in_order(updates):
         yield Statement(moves.move(d, status), [moves.move_values(u) for u in group], many=True)
     yield from callbacks.queue(d, [u.mail_id for u in updates if u.status in MOVE_ORDER])
+    yield from summary.bump(d, summary.changes(before, applied(before, updates)))
     return [None] * len(batches)
 
 

@@ -1,7 +1,7 @@
 """The store as the rest of Mailman sees it: every concern's interface in one ``Store``.
 
 Each concern (``mails``, ``outbox``, ``attempts``, ``events``, ``dead_letters``,
-``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``) declares its
+``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``, ``retention``) declares its
 interface, records, SQL and operations in its own module. ``Store`` is all of
 them plus a lifecycle; ``SqlStore`` all of them on a driver (``Engine``), so a
 driver (``sqlite``, ``mysql``) only says how it connects and how it runs an
@@ -44,6 +44,7 @@ from .mails import (
     Transition,
 )
 from .outbox import Outbox, OutboxEntry, SqlOutbox
+from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
 
 
 class StoreUnavailable(ConnectionError):
@@ -108,6 +109,7 @@ class Store(
     Callbacks,
     Breakers,
     Figures,
+    Retention,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -134,6 +136,15 @@ class Store(
     #: The errors that mean the database cannot be reached (the API answers 503).
     unavailable: tuple[type[BaseException], ...] = ()
 
+    def may_come_up(self, exc: BaseException) -> bool:
+        """Whether ``open()`` failing with ``exc`` may pass by waiting (the server or the
+        volume is not there yet), as start-up waits; not when someone must act first."""
+        return isinstance(exc, self.unavailable) and not isinstance(exc, StoreSetupNeeded)
+
+
+class StoreSetupNeeded(Exception):
+    """The store cannot open until someone acts; the message says what to run."""
+
 
 class SqlStore(
     SqlMails,
@@ -146,6 +157,7 @@ class SqlStore(
     SqlCallbacks,
     SqlBreakers,
     SqlFigures,
+    SqlRetention,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and
@@ -153,11 +165,14 @@ class SqlStore(
 
 
 __all__ = [
+    "Addressed",
     "ApiKey",
     "Begun",
     "BreakerState",
     "CallbackDue",
     "DeadLetter",
+    "Dropped",
+    "Erased",
     "EventResult",
     "FailedAttempt",
     "FailedMail",
@@ -176,6 +191,7 @@ __all__ = [
     "RateDecision",
     "SqlStore",
     "Store",
+    "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
     "giving_up_by",

@@ -37,6 +37,18 @@ class Breakers(abc.ABC):
     async def breakers(self) -> list[BreakerState]:
         """Every provider's last recorded breaker state."""
 
+    @abc.abstractmethod
+    async def claim_trial(
+        self, provider: str, now: float, reset_seconds: float, lease_seconds: float
+    ) -> bool:
+        """Claim ``provider``'s half-open trial for the caller: True for exactly one caller
+        of all processes once the shared breaker has been open ``reset_seconds``.
+
+        One conditional UPDATE: the row turns ``half_open`` (``updated_at`` = ``now``, the
+        claim's time) only if it is ``open`` since ``now - reset_seconds`` or earlier, or
+        ``half_open`` by a claim older than ``lease_seconds`` (its trial presumed dead).
+        """
+
 
 # --- SQL ---------------------------------------------------------------------------------
 
@@ -59,6 +71,16 @@ def _newer(d: Dialect) -> str:
     )
 
 
+@functools.cache
+def _claim(d: Dialect) -> str:
+    m = d.mark
+    return (
+        f"UPDATE breakers SET state = 'half_open', updated_at = {m} "
+        f"WHERE provider = {m} AND ((state = 'open' AND opened_at <= {m}) "
+        f"OR (state = 'half_open' AND updated_at < {m}))"
+    )
+
+
 def breaker_from_row(row: Sequence[Any]) -> BreakerState:
     provider, state, opened_at, updated_at = row
     return BreakerState(provider=provider, state=state, opened_at=opened_at, updated_at=updated_at)
@@ -78,6 +100,15 @@ def save(d: Dialect, state: BreakerState) -> Steps[None]:
     )
 
 
+@write
+def claim(
+    d: Dialect, provider: str, now: float, reset_seconds: float, lease_seconds: float
+) -> Steps[bool]:
+    """Turn the row ``half_open`` if its trial is due and unclaimed; whether it did."""
+    cur = yield Statement(_claim(d), (now, provider, now - reset_seconds, now - lease_seconds))
+    return bool(cur.rowcount == 1)
+
+
 @read
 def every(d: Dialect) -> Steps[list[BreakerState]]:
     cur = yield Statement(BREAKERS)
@@ -92,3 +123,8 @@ class SqlBreakers(Breakers, Engine):
 
     async def breakers(self) -> list[BreakerState]:
         return await self.run(every)
+
+    async def claim_trial(
+        self, provider: str, now: float, reset_seconds: float, lease_seconds: float
+    ) -> bool:
+        return await self.run(claim, provider, now, reset_seconds, lease_seconds)

@@ -11,7 +11,7 @@ from typing import Any
 
 from mailman.core.model import Status
 
-from . import callbacks, moves
+from . import callbacks, moves, summary
 from .dialect import Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
@@ -111,11 +111,14 @@ def add(
         mail_id = None
     cur = yield Statement(_insert(d), (mailbox, mail_id, b64(payload), error, at))
     letter = int(cur.lastrowid or 0)
-    if mail_id is not None and (yield from moves.statuses(d, [mail_id])):
-        reason = dead_letter_reason(letter, error)
-        failed = moves.plain_move_values(mail_id, Status.FAILED, at, reason)
-        yield Statement(moves.move(d, Status.FAILED), failed)
-        yield from callbacks.queue(d, [mail_id])
+    if mail_id is not None:
+        before = yield from summary.look(d, [mail_id])
+        if before.mails:
+            reason = dead_letter_reason(letter, error)
+            failed = moves.plain_move_values(mail_id, Status.FAILED, at, reason)
+            yield Statement(moves.move(d, Status.FAILED), failed)
+            yield from callbacks.queue(d, [mail_id])
+            yield from summary.settle(d, before)
     return letter
 
 

@@ -72,6 +72,28 @@ class Dialect:
             f"INSERT INTO {table} ({columns}) VALUES {values} ON DUPLICATE KEY UPDATE {key} = {key}"
         )
 
+    def add_to(self, table: str, key: str, column: str, count: int = 1) -> str:
+        """Insert ``count`` rows, or add each one's amount to ``column`` of the row its key
+        names, in one statement (parameters: each row's key columns, then its amount).
+        SQLite reads the amount back as ``excluded``; MySQL from a derived table (``VALUES()``
+        in ``ON DUPLICATE KEY UPDATE`` is deprecated in MySQL 8, where its warning would
+        become a Python one, and MariaDB knows no row alias)."""
+        width = key.count(",") + 2
+        columns = f"{key}, {column}"
+        if not self.on_duplicate_key:
+            return (
+                f"INSERT INTO {table} ({columns}) VALUES {self.rows(count, width)} "
+                f"ON CONFLICT ({key}) DO UPDATE SET {column} = {column} + excluded.{column}"
+            )
+        # The first row names the derived table's columns (k0, k1... and n, the amount).
+        names = [f"k{n}" for n in range(width - 1)] + ["n"]
+        first = ", ".join(f"{self.mark} AS {name}" for name in names)
+        rows = [f"SELECT {first}"] + [f"SELECT {self.marks(width)}"] * (count - 1)
+        return (
+            f"INSERT INTO {table} ({columns}) SELECT * FROM ({' UNION ALL '.join(rows)}) AS added "
+            f"ON DUPLICATE KEY UPDATE {column} = {column} + added.n"
+        )
+
     def holds_id(self, mail_id: str) -> bool:
         """Whether ``mail_id`` is an id the store can hold exactly. MySQL compares ids with
         ``utf8mb4_bin``, which pads trailing spaces, in a ``VARCHAR(64)``: a longer id, one

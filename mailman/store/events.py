@@ -11,7 +11,7 @@ from typing import Any
 
 from mailman.core.model import DeliveryEvent, EventKind, Status
 
-from . import callbacks, moves
+from . import callbacks, moves, summary
 from .dialect import Dialect
 from .operation import Engine, Statement, Steps, read, write
 
@@ -100,9 +100,10 @@ def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
 
 @write
 def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventResult]]:
-    """The events' mails are read first (on MySQL locked, in id order)."""
-    ids = sorted({e.mail_id for e in events if d.holds_id(e.mail_id)})
-    known = yield from moves.statuses(d, ids)
+    """The events' mails are read first (on MySQL locked, in id order), and again at the
+    end: the figures gain the moves made."""
+    before = yield from summary.look(d, (e.mail_id for e in events if d.holds_id(e.mail_id)))
+    known = before.mails
     results: list[EventResult] = []
     for event in events:
         if event.mail_id not in known:
@@ -115,9 +116,10 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
         status = event.moves_to
         if status is not None:
             yield Statement(moves.move(d, status), event_move_values(event, status))
-    yield from callbacks.queue(
-        d, [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
-    )
+    moved = [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
+    yield from callbacks.queue(d, moved)
+    if moved:
+        yield from summary.settle(d, before)
     return results
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from mailman.core.messages import decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
-from . import attempts, callbacks, events, idempotency, moves, outbox
+from . import attempts, callbacks, events, idempotency, moves, outbox, summary
 from .dialect import Dialect, chunks
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
@@ -44,6 +44,9 @@ class MailRecord:
     attempts: tuple[Attempt, ...] = ()
     #: What the providers reported after taking it, oldest first.
     events: tuple[DeliveryEvent, ...] = ()
+    #: When its content was erased (``store.retention``): ``mail`` is then a stub that
+    #: keeps only its id, tenant and creation time. None: kept.
+    purged_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +139,9 @@ class Mails(abc.ABC):
 
         The entry is accepted at ``at`` (the retry window starts again) and
         starts the round after the mail's last attempt. One transaction.
-        ``Transition(changed=False, status)`` if the mail is not ``failed``;
-        None if it is unknown.
+        ``Transition(changed=False, status)`` if the mail is not ``failed``, or is
+        but its content was erased (``purged_at``: nothing left to send); None if it
+        is unknown.
         """
 
     @abc.abstractmethod
@@ -152,7 +156,7 @@ class Mails(abc.ABC):
 MAIL_COLUMNS = (
     "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status, due_at"
 )
-RECORD_COLUMNS = "payload, status, updated_at, provider, provider_message_id, reason"
+RECORD_COLUMNS = "payload, status, updated_at, provider, provider_message_id, reason, purged_at"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -221,7 +225,7 @@ def _replay(d: Dialect) -> str:
     m = d.mark
     return (
         f"UPDATE mails SET status = '{Status.QUEUED.value}', updated_at = {m}, reason = NULL "
-        f"WHERE id = {m} AND status = '{Status.FAILED.value}'"
+        f"WHERE id = {m} AND status = '{Status.FAILED.value}' AND purged_at IS NULL"
     )
 
 
@@ -268,7 +272,7 @@ def record_from_rows(
     row: Sequence[Any], attempt_rows: Sequence[Sequence[Any]], event_rows: Sequence[Sequence[Any]]
 ) -> MailRecord:
     """A ``MailRecord`` from a row of ``RECORD_COLUMNS``, its attempts' and events' rows."""
-    payload, status, updated_at, provider, provider_message_id, reason = row
+    payload, status, updated_at, provider, provider_message_id, reason, purged_at = row
     return MailRecord(
         mail=decode(Mail, payload),
         status=Status(status),
@@ -278,6 +282,7 @@ def record_from_rows(
         reason=reason,
         attempts=tuple(attempts.attempt_from_row(a) for a in attempt_rows),
         events=tuple(events.event_from_row(e) for e in event_rows),
+        purged_at=purged_at,
     )
 
 
@@ -355,6 +360,7 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
         yield Statement(
             outbox.entries(d, len(chunk)), [v for m in chunk for v in (m.id, m.created_at)]
         )
+    yield from summary.bump(d, summary.mail_added(m.first_status for m in stored))
     return outcomes
 
 
@@ -397,6 +403,7 @@ def move_one(
     if status in MOVE_ORDER and current in ALLOWED_FROM[status]:
         yield Statement(moves.move(d, status), moves.plain_move_values(mail_id, status, at, reason))
         yield from callbacks.queue(d, [mail_id])
+        yield from summary.bump(d, summary.moved(current, status, 1))
         return Transition(changed=True, status=status)
     return Transition(changed=False, status=current)
 
@@ -420,10 +427,12 @@ def retry(d: Dialect, mail_id: str, at: float) -> Steps[Transition | None]:
         return None
     if current is not Status.FAILED:
         return Transition(changed=False, status=current)
-    yield Statement(_replay(d), (at, mail_id))
+    if (yield Statement(_replay(d), (at, mail_id))).rowcount == 0:
+        return Transition(changed=False, status=current)  # its content was erased
     (round_,) = (yield Statement(attempts.next_round(d), (mail_id,))).fetchone()
     yield Statement(outbox.rounds(d, 1), (mail_id, at, int(round_)))
     yield from callbacks.queue(d, [mail_id])
+    yield from summary.bump(d, summary.moved(Status.FAILED, Status.QUEUED, 1))
     return Transition(changed=True, status=Status.QUEUED)
 
 
@@ -437,6 +446,8 @@ def release(d: Dialect, now: float, limit: int) -> Steps[list[str]]:
         yield Statement(outbox.entries(d, len(chunk)), [v for r in chunk for v in r])
     ids = [r[0] for r in rows]
     yield from callbacks.queue(d, ids)
+    # Every row claimed is scheduled (MySQL: locked since; SQLite: the one writer).
+    yield from summary.bump(d, summary.moved(Status.SCHEDULED, Status.QUEUED, len(ids)))
     return ids
 
 

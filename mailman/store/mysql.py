@@ -52,12 +52,13 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiomysql
+import structlog
 
 from mailman.config import check_store_url
 from mailman.retry import Backoff, retrying
 
 from . import migrations
-from .base import OutcomeUnknown, SqlStore, timed_out
+from .base import OutcomeUnknown, SqlStore, StoreSetupNeeded, timed_out
 from .dialect import MYSQL
 from .operation import Batched, Operation, Steps
 
@@ -79,6 +80,13 @@ _SCHEMA_VERSION_TABLE = f"""
 
 _MIGRATION_LOCK = "mailman.migrate"
 _MIGRATION_LOCK_SECONDS = 60
+
+#: Server errors no wait mends: access denied (1044, 1045, 1698), unknown database (1049).
+_ACCESS_DENIED = frozenset({1044, 1045, 1227, 1698})
+_UNKNOWN_DATABASE = 1049
+_DATABASE_DENIED = 1044
+
+log = structlog.get_logger("mailman.store")
 
 _DEFAULT_PORT = 3306
 _CONNECT_TIMEOUT = 10
@@ -207,8 +215,9 @@ async def drive(cur: Any, steps: Steps[T]) -> T:
 class MySQLStore(SqlStore):
     """Mails, statuses and attempts in a MySQL 8 / MariaDB 10.6+ database.
 
-    The database must exist (``create_database`` makes one); the tables are
-    made by ``open()``. The password is kept out of ``repr`` and of errors.
+    ``open()`` creates the database if it does not exist and the user may
+    (``CREATE DATABASE IF NOT EXISTS``; otherwise ``StoreSetupNeeded`` says what
+    to run), then the tables. The password is kept out of ``repr`` and of errors.
     """
 
     dialect = MYSQL
@@ -316,7 +325,19 @@ class MySQLStore(SqlStore):
         with _password_hidden(self.__password):
             # Migrating first also proves the server is there and the
             # credentials work, before there is a pool to clean up.
-            await self._migrate()
+            try:
+                await self._migrate()
+            except aiomysql.OperationalError as exc:
+                if _code(exc) == _DATABASE_DENIED:  # MariaDB: also when it does not exist
+                    raise StoreSetupNeeded(
+                        f"user {self.user!r} may not use database {self.database!r} on "
+                        f"{self.host}:{self.port} (or it does not exist); have an "
+                        f"administrator run: {self._setup_statements()}"
+                    ) from None
+                if _code(exc) != _UNKNOWN_DATABASE:
+                    raise
+                await self._create_missing_database()
+                await self._migrate()
             self._pool = await aiomysql.create_pool(
                 minsize=self.pool_min,
                 maxsize=self.pool_max,
@@ -325,6 +346,43 @@ class MySQLStore(SqlStore):
                 init_command=_SESSION_INIT,
                 **self._connect_kwargs(),
             )
+
+    async def _create_missing_database(self) -> None:
+        """``CREATE DATABASE IF NOT EXISTS`` (utf8mb4, binary collation), as this user;
+        ``StoreSetupNeeded`` naming the statements to run when the user may not."""
+        target = _Target(self.host, self.port, self.user, self.__password, self.database, 0, 1)
+        try:
+            await _admin(target, self._create_statement())
+        except aiomysql.OperationalError as exc:
+            if _code(exc) not in _ACCESS_DENIED:
+                raise
+            raise StoreSetupNeeded(
+                f"database {self.database!r} does not exist on {self.host}:{self.port} and "
+                f"user {self.user!r} may not create it; have an administrator run: "
+                f"{self._setup_statements()}"
+            ) from None
+        log.warning(
+            "store.database_created", database=self.database, host=f"{self.host}:{self.port}"
+        )
+
+    def _create_statement(self) -> str:
+        return (
+            f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
+            "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+
+    def _setup_statements(self) -> str:
+        """What an administrator runs so that this user has its database."""
+        return (
+            f"{self._create_statement()}; "
+            f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'%';"
+        )
+
+    def may_come_up(self, exc: BaseException) -> bool:
+        """A server that is down or unreachable may come up; access denied will not."""
+        if isinstance(exc, aiomysql.OperationalError) and _code(exc) in _ACCESS_DENIED:
+            return False
+        return super().may_come_up(exc)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -576,6 +634,12 @@ async def _admin(target: _Target, statement: str) -> None:
         conn.close()
         raise
     await conn.ensure_closed()
+
+
+def _code(exc: BaseException) -> int | None:
+    """The server's error number of a driver error (``exc.args[0]``), if it has one."""
+    code = exc.args[0] if exc.args else None
+    return code if isinstance(code, int) else None
 
 
 @contextlib.contextmanager

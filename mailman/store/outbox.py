@@ -12,7 +12,7 @@ from typing import Any
 
 from mailman.core.model import Outcome, Status
 
-from . import attempts, callbacks, moves
+from . import attempts, callbacks, moves, summary
 from .dialect import Dialect, chunks
 from .moves import UNFINISHED
 from .operation import Engine, Statement, Steps, write
@@ -195,9 +195,12 @@ def claim(
     yield Statement(_lease(d, len(ids)), (owner, now + lease_seconds, *ids))
     # Mail rows in id order, like every other locking statement.
     mail_ids = sorted(e.mail_id for e in claimed)
-    yield from moves.lock(d, mail_ids)
+    before = yield from summary.look(d, mail_ids)
     yield Statement(_sending(d, len(mail_ids)), (now, now, *mail_ids))
     yield from callbacks.queue(d, mail_ids)
+    # Queued ones became sending (the statuses read are those the UPDATE saw).
+    queued = sum(1 for s in before.mails.values() if s is Status.QUEUED)
+    yield from summary.bump(d, summary.moved(Status.QUEUED, Status.SENDING, queued))
     return claimed
 
 
@@ -210,17 +213,19 @@ def remove(d: Dialect, ids: tuple[int, ...]) -> Steps[None]:
 @write
 def requeue(d: Dialect) -> Steps[int]:
     # The process whose calls these were is gone: their answers are unknown.
-    yield Statement(attempts.stale(d), (attempts.STALE_REASON, attempts.FOREVER))
+    deltas = yield from attempts.go_stale(d, attempts.FOREVER)
     made = (yield Statement(_requeue(d), UNFINISHED)).rowcount
     yield Statement(_RELEASE_LEASES)
+    yield from summary.bump(d, deltas)
     return max(made, 0)
 
 
 @write
 def sweep(d: Dialect, now: float, stale_before: float, limit: int) -> Steps[list[str]]:
-    yield Statement(attempts.stale(d), (attempts.STALE_REASON, stale_before))
+    deltas = yield from attempts.go_stale(d, stale_before)
     rows = list((yield Statement(_forgotten(d), (stale_before, limit))).fetchall())
     if not rows:
+        yield from summary.bump(d, deltas)  # last: figures rows are locked after the rest
         return []
     ids = sorted(r[0] for r in rows)
     yield from moves.lock(d, ids)
@@ -228,6 +233,7 @@ def sweep(d: Dialect, now: float, stale_before: float, limit: int) -> Steps[list
         yield Statement(rounds(d, len(chunk)), [v for r in chunk for v in r])
     for chunk in chunks(ids):
         yield Statement(_due_now(d, len(chunk)), (now, *chunk))
+    yield from summary.bump(d, deltas)
     return [r[0] for r in rows]
 
 

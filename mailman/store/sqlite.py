@@ -41,6 +41,7 @@ records its version in ``schema_version``.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -404,7 +405,18 @@ class SQLiteStore(SqlStore):
 
     # --- lifecycle ---------------------------------------------------------
 
+    def _create(self) -> None:
+        """Create the file readable by its owner only (0600) if it is not there yet: it
+        holds every mail. SQLite gives the ``-wal`` and ``-shm`` files the mode of the
+        database file."""
+        path = self.path.removeprefix("file:").partition("?")[0]
+        if self.in_memory or not path or os.path.exists(path):
+            return
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
     def _connect(self, *, write: bool) -> sqlite3.Connection:
+        if write:
+            self._create()
         db = sqlite3.connect(
             self.path,
             isolation_level=None,
@@ -412,6 +424,11 @@ class SQLiteStore(SqlStore):
             timeout=BUSY_TIMEOUT_MS / 1000,
         )
         try:
+            if write:
+                # Freed pages go back to the file system on ``retention.reclaim``. Takes
+                # effect only before the first table is made (a new file); an older file
+                # keeps ``NONE`` until a VACUUM (docs/retention.md).
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if write and not self.in_memory:
                 db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")

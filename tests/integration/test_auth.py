@@ -27,7 +27,7 @@ from mailman.intake.keys import Scope, create_key, hash_secret
 from mailman.store import MailQuery, Store
 from mailman.store.sqlite import SQLiteStore
 
-from ..conftest import eventually
+from ..conftest import eventually, sqlite_store
 from ..support.api import (
     VALID,
     Client,
@@ -88,7 +88,7 @@ async def sent_id(client: Client, secret: str | None, body: object = VALID) -> s
 
 def test_keys_create_prints_the_key_alone_and_list_never_shows_it(tmp_path: Path) -> None:
     """`mailman keys create` prints only the key on stdout; list shows ids, never keys."""
-    env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'k.db'}"}
+    env = {"MAILMAN_STORE": sqlite_store(tmp_path / "k.db")}
     out, err = io.StringIO(), io.StringIO()
     argv = ["create", "--tenant", "acme", "--scope", "read", "--scope", "send", "--rate", "5"]
     assert main(["keys", *argv], env, out=out, err=err) == 0
@@ -108,7 +108,7 @@ def test_keys_create_prints_the_key_alone_and_list_never_shows_it(tmp_path: Path
 
 def test_keys_command_refuses_bad_input(tmp_path: Path) -> None:
     """A bad store URL or tenant name is exit 2 with a message, no traceback."""
-    env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'k.db'}"}
+    env = {"MAILMAN_STORE": sqlite_store(tmp_path / "k.db")}
     err = io.StringIO()
     assert main(["keys", "--store", "foo://x", "list"], env, out=io.StringIO(), err=err) == 2
     assert "unsupported store" in err.getvalue()
@@ -121,7 +121,7 @@ def test_keys_subcommand_runs_from_the_entry_point(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`mailman keys create` through main() prints the key and exits 0."""
-    store = f"sqlite:///{tmp_path / 'k.db'}"
+    store = sqlite_store(tmp_path / "k.db")
     assert main(["keys", "create", "--tenant", "acme", "--store", store]) == 0
     assert capsys.readouterr().out.startswith("mm_")
 

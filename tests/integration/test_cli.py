@@ -1,18 +1,24 @@
-"""The one command line: ``mailman [serve]|keys|dead-letters``, ``--version``, ``--help``."""
+"""The one command line: ``mailman [serve]|keys|dead-letters|erase``, ``--version``, ``--help``."""
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import structlog
 
 from mailman import main
 from mailman.config import Config
+
+from ..conftest import sqlite_store
 
 #: Every level of the command line.
 LEVELS = (
@@ -25,6 +31,7 @@ LEVELS = (
     ("dead-letters",),
     ("dead-letters", "list"),
     ("dead-letters", "replay"),
+    ("erase",),
 )
 
 
@@ -71,20 +78,47 @@ def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tu
 
 
 def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """``mailman --help`` lists serve (the default), keys and dead-letters, and --version."""
+    """``mailman --help`` lists serve (the default), keys, dead-letters and erase, and
+    --version."""
     _, out, _ = exits(capsys, "--help")
-    assert "{serve,keys,dead-letters}" in out
+    assert "{serve,keys,dead-letters,erase}" in out
     assert "serve run the service (the default command)" in out
     assert "--version" in out
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """A test whose command sets up logging (as the command line does) leaves the set-up
+    of the tests after it as it was."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("logging_restored")
 def test_serve_is_the_default_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2."""
+    """Flags without a command are serve's: both forms refuse a bad port alike, exit 2, with
+    one JSON line (config.invalid) naming what is wrong."""
+
+    def refusal() -> dict[str, object]:
+        (line,) = capsys.readouterr().err.splitlines()
+        event: dict[str, object] = json.loads(line)
+        del event["timestamp"]
+        return event
+
     assert main(["--port", "x"]) == 2
-    bare = capsys.readouterr()
+    bare = refusal()
     assert main(["serve", "--port", "x"]) == 2
-    assert capsys.readouterr() == bare
-    assert bare.err == "mailman: port must be a whole number, got 'x'\n"
+    assert refusal() == bare
+    assert bare["event"] == "config.invalid"
+    assert bare["detail"] == "port must be a whole number, got 'x'"
 
 
 def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +137,7 @@ def test_flags_before_a_command_are_refused(capsys: pytest.CaptureFixture[str]) 
         (("dead-letters", "list"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--store", "MAILMAN_STORE", Config().store),
         (("dead-letters", "replay"), "--broker", "MAILMAN_BROKER", Config().broker),
+        (("erase",), "--store", "MAILMAN_STORE", Config().store),
         (
             ("dead-letters", "replay"),
             "--topic-prefix",
@@ -136,13 +171,66 @@ def test_dead_letters_reads_the_store_from_the_environment(tmp_path: Path) -> No
     """``dead-letters list`` opens MAILMAN_STORE's store; a bad one is exit 2; --store wins."""
     db = tmp_path / "letters.db"
     out, err = io.StringIO(), io.StringIO()
-    env = {"MAILMAN_STORE": f"sqlite:///{db}"}
+    env = {"MAILMAN_STORE": sqlite_store(db)}
     assert main(["dead-letters", "list", "--json"], env, out=out, err=err) == 0
     assert (out.getvalue(), err.getvalue()) == ("", "")
-    assert db.exists()
     err = io.StringIO()
     bad = {"MAILMAN_STORE": "foo://x"}
     assert main(["dead-letters", "list"], bad, out=io.StringIO(), err=err) == 2
     assert err.getvalue().startswith("mailman dead-letters: unsupported store 'foo'")
     flagged = ["dead-letters", "list", "--store", f"sqlite:///{db}"]
     assert main(flagged, bad, out=io.StringIO(), err=io.StringIO()) == 0
+
+
+#: Each tool and arguments that run it against a store without changing it.
+TOOLS = (
+    ("keys", ["list"]),
+    ("dead-letters", ["list"]),
+    ("erase", ["--address", "nobody@example.com"]),
+)
+
+
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
+@pytest.mark.parametrize("where", ["flag", "flag-after", "env"])
+def test_the_tools_refuse_a_sqlite_store_that_does_not_exist(
+    tmp_path: Path, tool: str, action: list[str], where: str
+) -> None:
+    """keys, dead-letters and erase exit 2 with one line naming a SQLite file that does not
+    exist, however --store is given, and create nothing."""
+    db = tmp_path / "typo.db"
+    url = f"sqlite:///{db}"
+    argv, env = {
+        "flag": ([tool, "--store", url, *action], {}),
+        "flag-after": ([tool, *action, "--store", url], {}),
+        "env": ([tool, *action], {"MAILMAN_STORE": url}),
+    }[where]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(argv, env, out=out, err=err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith(f"mailman {tool}: no store at {db}:")
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(("tool", "action"), TOOLS, ids=[t for t, _ in TOOLS])
+@pytest.mark.parametrize("before", [True, False])
+def test_the_tools_take_store_before_or_after_the_action(
+    tmp_path: Path, tool: str, action: list[str], before: bool
+) -> None:
+    """keys, dead-letters and erase take --store before or after their action, over the
+    environment."""
+    url = sqlite_store(tmp_path / "real.db")
+    argv = [tool, "--store", url, *action] if before else [tool, *action, "--store", url]
+    env = {"MAILMAN_STORE": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
+    err = io.StringIO()
+    assert main(argv, env, out=io.StringIO(), err=err) == 0, err.getvalue()
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+@pytest.mark.parametrize("tool", ["keys", "dead-letters", "erase"])
+def test_the_tools_say_store_the_same_way(capsys: pytest.CaptureFixture[str], tool: str) -> None:
+    """keys, dead-letters and erase show one and the same --store help at their top level."""
+    _, out, _ = exits(capsys, tool, "--help")
+    line = re.search(r"--store URL (.*?\))", out)
+    assert line is not None, out
+    assert line[1].startswith("store URL, as the service's (default: ")

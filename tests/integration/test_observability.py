@@ -119,12 +119,29 @@ def make_client(aiohttp_client: AiohttpClient, sqlite_store: Store) -> Callable[
 async def test_healthz_is_200_even_while_the_store_is_gone(
     make_client: Callable[..., Any], sqlite_store: Store
 ) -> None:
-    """/healthz says only that the process serves: 200 with the store closed."""
+    """/healthz says that the process serves: 200 with the store closed, the provider
+    breakers it cannot read from the store shown unknown."""
     client = await make_client()
     await sqlite_store.close()
     resp = await client.get("/healthz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ok"}
+    assert await resp.json() == {"status": "ok", "providers": {"outbox": "unknown"}}
+
+
+async def test_healthz_shows_each_provider_breaker(
+    make_client: Callable[..., Any], sqlite_store: Store, tmp_path: Path
+) -> None:
+    """/healthz's details name each provider's breaker state (shared, or this process's own)."""
+    now = time.time()
+    await sqlite_store.save_breaker(BreakerState("mailgun", "open", now, now))
+    local = [BreakerState("sendgrid", "half_open", now, now)]
+    client = await make_client(make_config(tmp_path, TWO_PROVIDERS), Probes(breakers=lambda: local))
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {
+        "status": "ok",
+        "providers": {"sendgrid": "half_open", "mailgun": "open"},
+    }
 
 
 async def test_readyz_is_200_and_lists_every_check_when_all_is_well(
@@ -245,21 +262,19 @@ async def test_metrics_show_each_kafka_mailboxs_consumer_lag(
     assert value(samples, "mailman_mailbox_lag", mailbox="retry") == 0
 
 
-async def test_readyz_is_503_only_while_every_breaker_is_open(
+async def test_readyz_stays_200_while_every_breaker_is_open(
     make_client: Callable[..., Any], sqlite_store: Store, tmp_path: Path
 ) -> None:
-    """Every provider's shared breaker open: 503 naming providers; one open past its reset time
-    (a trial call would go through) or closed is enough to be ready again."""
+    """Every provider's shared breaker open: still ready (the replica accepts and keeps
+    mail), the breakers shown in checks; one open past its reset time shows half_open."""
     client = await make_client(make_config(tmp_path, TWO_PROVIDERS))
     now = time.time()
     await sqlite_store.save_breaker(BreakerState("sendgrid", "open", now, now))
-    resp = await client.get("/readyz")
-    assert resp.status == 200  # mailgun is still closed
     await sqlite_store.save_breaker(BreakerState("mailgun", "open", now, now + 0.001))
     resp = await client.get("/readyz")
-    assert resp.status == 503
+    assert resp.status == 200
     body = await resp.json()
-    assert body["not_ready"] == ["providers"]
+    assert body["status"] == "ready"
     assert body["checks"]["providers"] == {"sendgrid": "open", "mailgun": "open"}
     # Opened longer ago than MAILMAN_BREAKER_RESET_SECONDS (30): the next call is a trial.
     long_ago = now - 60
@@ -279,7 +294,7 @@ async def test_readyz_prefers_this_process_breakers_to_the_shared_state(
     local = [BreakerState("sendgrid", "open", now, now)]
     client = await make_client(make_config(tmp_path, TWO_PROVIDERS), Probes(breakers=lambda: local))
     resp = await client.get("/readyz")
-    assert resp.status == 503
+    assert resp.status == 200
     assert (await resp.json())["checks"]["providers"] == {"sendgrid": "open", "mailgun": "open"}
 
 
@@ -294,11 +309,11 @@ async def test_health_readyz_and_metrics_need_no_key_once_keys_exist(
         assert (await client.get(path)).status == 200, path
 
 
-async def test_embedded_readyz_turns_503_once_every_provider_breaker_opens(
+async def test_embedded_readyz_stays_200_once_every_provider_breaker_opens(
     tmp_path: Path,
 ) -> None:
-    """The whole system with both providers down (one failure opens a breaker): /readyz is 503
-    naming providers, /metrics shows both breakers open, /healthz stays 200."""
+    """The whole system with both providers down (one failure opens a breaker): /metrics and
+    /healthz show both breakers open, /readyz stays 200 (mail is still accepted and kept)."""
     async with (
         FakeSendGrid(mode="503") as sg,
         FakeMailgun(mode="503") as mg,
@@ -312,14 +327,16 @@ async def test_embedded_readyz_turns_503_once_every_provider_breaker_opens(
             async with http.post(f"{mailman.url}/mail/send", json=body) as resp:
                 assert resp.status == 201
 
-            async def not_ready() -> bool:
-                async with http.get(f"{mailman.url}/readyz") as resp:
-                    return resp.status == 503
+            async def both_open() -> bool:
+                async with http.get(f"{mailman.url}/healthz") as resp:
+                    assert resp.status == 200
+                    providers = (await resp.json())["providers"]
+                    return bool(providers == {"sendgrid": "open", "mailgun": "open"})
 
-            await eventually(not_ready, what="/readyz 503")
+            await eventually(both_open, what="both breakers open in /healthz")
             async with http.get(f"{mailman.url}/readyz") as resp:
+                assert resp.status == 200
                 answer = await resp.json()
-            assert answer["not_ready"] == ["providers"]
             assert answer["checks"]["providers"] == {"sendgrid": "open", "mailgun": "open"}
             _, samples = await scrape(http, mailman.url)
             for provider in ("sendgrid", "mailgun"):

@@ -497,13 +497,24 @@ def test_classify_reason() -> None:
         ("soon", None),
         ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
         ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("inf", 600.0),
+        ("Infinity", 600.0),
+        ("1e400", 600.0),
+        ("-inf", 0.0),
+        ("nan", None),
+        ("-5", 0.0),
+        ("86400", 600.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 600.0),
+        ("Mon, 99 Foo 99999 99:99:99 GMT", None),
+        ("\u00e9\u00e9", None),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    """Retry-After is read as delta-seconds or as an HTTP date (never negative)."""
+    """Retry-After is read as delta-seconds or as an HTTP date, clamped to [0, cap]; a value
+    that is neither (garbage, NaN) counts as absent."""
     now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
 
-    assert parse_retry_after(value, now=now) == expected
+    assert parse_retry_after(value, now=now, cap=600.0) == expected
 
 
 def test_one_message_id_whichever_provider_sends_the_mail() -> None:

@@ -651,7 +651,6 @@ def test_parse_mail_builds_the_mail() -> None:
             "subject": "Hi",
             "text": "plain",
             "html": "<b>hi</b>",
-            "unknown": "ignored",
         }
     )
     assert mail == Mail(

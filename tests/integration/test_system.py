@@ -426,3 +426,30 @@ async def test_a_failed_mail_sent_again_goes_out_in_a_new_round(
         ("sendgrid", 1, "accepted"),
     ]
     assert sendgrid.mail_ids() == [mail_id]
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "1e400", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_an_endless_retry_after_delays_the_mail_and_never_fails_it(
+    retry_after: str,
+    tmp_path: Path,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Both providers answering 429 with a Retry-After of forever: the mail waits the backoff
+    cap, is tried again, and is sent once a provider recovers (it was failed at once)."""
+    sendgrid.mode = mailgun.mode = "429"
+    sendgrid.retry_after = mailgun.retry_after = retry_after
+    env = provider_env(sendgrid, mailgun, MAILMAN_BREAKER_FAIL_MAX="1000")
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        api = Api(http, mailman.url)
+        mail_id = await api.send()
+
+        async def second_round() -> bool:
+            return mailgun.calls >= 2
+
+        await eventually(second_round, what="a second round after Retry-After")
+        assert await api.status(mail_id) == "sending"
+        mailgun.mode = "up"
+        await api.wait_status(mail_id, "sent")
+    assert mailgun.mail_ids() == [mail_id]

@@ -19,6 +19,8 @@ providers.md. ``mode`` forces a failure:
 - ``"drop"``: serve the request as the healthy provider would (a valid mail is
   accepted and kept), then close the connection without an answer.
 
+``gate``, when given an unset ``asyncio.Event``, holds every request (after
+``delay``) until it is set: a provider exactly as slow as a test needs.
 ``delay`` seconds are waited before a request is looked at; ``answer_delay``
 seconds after it was served (a valid mail already accepted) and before the
 answer goes out, so a client that gives up first leaves the provider holding
@@ -149,6 +151,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
         self.delay = delay
         #: Seconds waited after a request was served (the mail kept), before answering.
         self.answer_delay = answer_delay
+        #: Requests wait for this event (if any) before they are looked at.
+        self.gate: asyncio.Event | None = None
         self.calls = 0
         #: Unix time of every call, in order (for "no call after ..." checks).
         self.call_times: list[float] = []
@@ -180,6 +184,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
         tb: TracebackType | None,
     ) -> None:
         self._stopping.set()  # releases requests held by "timeout" mode or the delays
+        if self.gate is not None:
+            self.gate.set()  # and by the gate
         for task in self._webhook_tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -243,6 +249,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
     async def answer(self, request: web.Request, serve: Serve) -> web.StreamResponse:
         """Answer ``request`` as ``mode`` and the delays say, ``serve`` being the healthy way."""
         await self._pause(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.mode not in ("up", "drop"):
             return await self._failure()
         response = await serve(request)

@@ -64,6 +64,46 @@ async def test_document_names_exactly_the_routes(tmp_path: Path) -> None:
     assert routed == documented
 
 
+def _objects(node: Any, schemas: dict[str, Any], seen: set[str]) -> list[dict[str, Any]]:
+    """Every object schema (``type: object`` with properties) ``node`` holds or refers to."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.rsplit("/", 1)[-1] not in seen:
+            seen.add(ref.rsplit("/", 1)[-1])
+            found += _objects(schemas[ref.rsplit("/", 1)[-1]], schemas, seen)
+        if node.get("type") == "object" and "properties" in node:
+            found.append(node)
+        for value in node.values():
+            found += _objects(value, schemas, seen)
+    elif isinstance(node, list):
+        for value in node:
+            found += _objects(value, schemas, seen)
+    return found
+
+
+async def test_every_json_request_object_refuses_other_fields(tmp_path: Path) -> None:
+    """Every object of Mailman's own JSON request bodies (nested ones too: files...) and of
+    the SendGrid-compatible one says additionalProperties: false, or on purpose a schema for
+    them (SendGrid's mail settings Mailman leaves alone); the providers' webhooks are theirs."""
+    doc = await the_document(tmp_path)
+    schemas = doc["components"]["schemas"]
+    checked = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None or path.startswith("/webhooks/"):
+                continue
+            for found in _objects(body["schema"], schemas, set()):
+                checked += 1
+                assert "additionalProperties" in found, (method, path, sorted(found["properties"]))
+                if found["additionalProperties"] is not False:  # mail_settings and its others
+                    assert set(found["properties"]) in ({"sandbox_mode"}, {"enable"}), path
+    assert checked >= 8
+    for name in ("MailSubmission", "MarkFailed", "SendGridMail", "Personalization"):
+        assert schemas[name]["additionalProperties"] is False, name
+
+
 async def test_a_route_without_a_contract_is_an_error(tmp_path: Path) -> None:
     """The document refuses an app with a route that declares no @operation."""
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import operator
 import re
 from pathlib import Path
 
 import pytest
+import structlog
 
 import mailman.config as config
 from mailman import main
@@ -20,6 +23,7 @@ from mailman.config import (
     check_broker_url,
     check_store_url,
     load,
+    parse,
 )
 from mailman.store import open_store
 
@@ -106,11 +110,25 @@ def help_text(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """``main(argv)``'s stderr, once it returned 2."""
-    assert main(list(argv)) == 2
+    """The ``detail`` of the one line ``main(argv)`` wrote to stderr, a JSON object
+    (``config.invalid``), once it returned 2. The logging set-up is left as it was."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    try:
+        assert main(list(argv)) == 2
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        logging.captureWarnings(False)
     captured = capsys.readouterr()
     assert captured.out == ""
-    return captured.err
+    (line,) = captured.err.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "config.invalid"
+    detail: str = event["detail"]
+    return detail
 
 
 @pytest.mark.parametrize(("flag", "metavar", "default", "var"), FLAGS)
@@ -179,10 +197,9 @@ def test_a_flag_beats_its_env_twin_and_the_env_beats_the_default() -> None:
 def test_a_bad_store_url_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], url: str
 ) -> None:
-    """A store URL Mailman cannot open is refused at load: one ``mailman:`` line, exit 2."""
+    """A store URL Mailman cannot open is refused at load: one JSON line, exit 2."""
     err = refusal(capsys, "--store", url)
-    assert err.startswith("mailman: --store (MAILMAN_STORE): ")
-    assert err.count("\n") == 1
+    assert err.startswith("--store (MAILMAN_STORE): ")
     assert "Traceback" not in err
 
 
@@ -224,8 +241,7 @@ def test_a_bad_broker_url_is_one_line_and_exit_2(
 ) -> None:
     """A broker URL other than ``memory://`` or ``kafka://host:port[,...]`` is exit 2."""
     err = refusal(capsys, "--broker", url)
-    assert err.startswith("mailman: --broker (MAILMAN_BROKER): ")
-    assert err.count("\n") == 1
+    assert err.startswith("--broker (MAILMAN_BROKER): ")
 
 
 @pytest.mark.parametrize("url", GOOD_BROKERS)
@@ -247,7 +263,7 @@ def test_a_password_never_appears_in_a_url_refusal(
 ) -> None:
     """Refusing a URL that carries a password never prints the password."""
     err = refusal(capsys, flag, url)
-    assert err.startswith("mailman: ")
+    assert err
     assert "s3cret" not in err
 
 
@@ -257,7 +273,7 @@ def test_an_unknown_log_level_is_refused_with_the_accepted_ones(
     """``MAILMAN_LOG_LEVEL=loud`` is exit 2, and the message lists every accepted level."""
     monkeypatch.setenv("MAILMAN_LOG_LEVEL", "loud")
     err = refusal(capsys)
-    assert err.startswith("mailman: MAILMAN_LOG_LEVEL must be one of ")
+    assert err.startswith("MAILMAN_LOG_LEVEL must be one of ")
     assert "'loud'" in err
     for level in ("debug", "info", "warning", "error", "critical"):
         assert level in err
@@ -292,6 +308,43 @@ def test_each_setting_fills_its_config_attribute_with_its_default() -> None:
 def test_the_environment_fills_the_declared_attribute() -> None:
     """Each whole-number or number setting's variable lands in its own attribute."""
     for s in SETTINGS.values():
-        if s.env is not None and type(s.default) in (int, float) and not s.flag:
+        durations = (parse.duration, parse.duration_or_off)  # "7" has no unit: refused
+        if (
+            s.env is not None
+            and type(s.default) in (int, float)
+            and not s.flag
+            and s.parse not in durations
+        ):
             value = operator.attrgetter(s.path)(load([], {s.env: "7"}))
             assert value == 7, s.path
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("30d", 2592000.0), (" 1.5H ", 5400.0)],
+)
+def test_a_duration_reads_with_its_unit(raw: str, seconds: float) -> None:
+    """A retention written 90s, 15m, 12h or 30d (any case, blanks around) is seconds."""
+    assert load([], {"MAILMAN_BODY_RETENTION": raw}).body_retention == seconds
+
+
+def test_retention_defaults_are_30_and_400_days_and_off_turns_one_off() -> None:
+    """Bodies go after 30 days and records after 400 by default; ``off`` keeps them."""
+    assert DEFAULTS.body_retention == 30 * 86400 and DEFAULTS.record_retention == 400 * 86400
+    assert SETTINGS["body_retention"].shown == "30d"
+    off = load([], {"MAILMAN_BODY_RETENTION": "off", "MAILMAN_RECORD_RETENTION": "OFF"})
+    assert off.body_retention is None and off.record_retention is None
+
+
+@pytest.mark.parametrize("raw", ["30", "30y", "d", "-1d", "0s", "nanh", "infd", "soon"])
+def test_a_bad_duration_is_refused_naming_the_setting(raw: str) -> None:
+    """A duration without a unit, with an unknown one, zero or negative is refused by name."""
+    with pytest.raises(ConfigError, match=r"^MAILMAN_RECORD_RETENTION must be a duration"):
+        load([], {"MAILMAN_RECORD_RETENTION": raw})
+
+
+def test_the_retention_interval_cannot_be_off() -> None:
+    """``off`` is no interval: the purger's interval is refused by name."""
+    with pytest.raises(ConfigError, match=r"^MAILMAN_RETENTION_INTERVAL must be a duration"):
+        load([], {"MAILMAN_RETENTION_INTERVAL": "off"})
+    assert parse.DURATION_UNITS["m"] == 60

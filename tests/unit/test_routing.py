@@ -50,11 +50,11 @@ def test_backoff_grows_and_is_capped_with_jitter() -> None:
 
 def test_retry_after_stretches_the_backoff() -> None:
     """A provider's Retry-After seen during the round is honoured before the next round."""
-    first = step(Dispatch("m", accepted_at=0.0), retry_after=30.0)
-    assert isinstance(first, Forward) and first.dispatch.retry_after == 30.0
+    first = step(Dispatch("m", accepted_at=0.0), retry_after=6.0)
+    assert isinstance(first, Forward) and first.dispatch.retry_after == 6.0
     second = step(first.dispatch)
     assert isinstance(second, Retry)
-    assert second.delay == 30.0
+    assert second.delay == 6.0
     assert second.dispatch.retry_after is None
 
 
@@ -77,7 +77,28 @@ def test_rejecting_provider_is_skipped_in_later_rounds() -> None:
 
 
 def test_retry_window_runs_out() -> None:
-    """No new round starts once it would begin after the retry window."""
-    result = step(Dispatch("m", accepted_at=0.0, hop=1, round=3), now=95.0)
+    """No new round starts once the retry window is over."""
+    result = step(Dispatch("m", accepted_at=0.0, hop=1, round=3), now=100.0)
     assert isinstance(result, GiveUp)
     assert "window" in result.reason
+
+
+def test_a_round_that_would_start_past_the_window_starts_at_its_end() -> None:
+    """A backoff ending past the window is cut to the window's end: the mail gets a last
+    round instead of failing while its window has time left."""
+    result = step(Dispatch("m", accepted_at=0.0, hop=1, round=3), now=95.0)
+    assert isinstance(result, Retry)
+    assert result.delay == 5.0
+
+
+def test_an_endless_retry_after_is_held_to_the_cap() -> None:
+    """Retry-After of inf (what "inf", "1e400" or a date in 9999 come to) waits the cap, never
+    fails the mail; NaN and negative waits count as absent and as zero."""
+    first = step(Dispatch("m", accepted_at=0.0), retry_after=float("inf"))
+    assert isinstance(first, Forward) and first.dispatch.retry_after == RETRY.cap_seconds
+    second = step(first.dispatch)
+    assert isinstance(second, Retry) and second.delay == RETRY.cap_seconds
+    nan = step(Dispatch("m", accepted_at=0.0), retry_after=float("nan"))
+    assert isinstance(nan, Forward) and nan.dispatch.retry_after is None
+    negative = step(Dispatch("m", accepted_at=0.0), retry_after=-5.0)
+    assert isinstance(negative, Forward) and negative.dispatch.retry_after == 0.0

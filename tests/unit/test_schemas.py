@@ -22,6 +22,8 @@ TEXT = st.text(
     st.one_of(
         st.characters(codec="utf-8"),
         st.sampled_from(' \t\r\n\x00\x1f\x7f\x85\xa0\u2028\u202e\u3000=?qQbB<>/\\".:_-xX'),
+        # Bidirectional controls, invisible characters and the marks (allowed).
+        st.sampled_from("\u202a\u202d\u2066\u2069\u200b\u200c\u200d\u2060\ufeff\u200e\u200f"),
     ),
     max_size=40,
 )
@@ -108,3 +110,12 @@ def test_the_fuzzed_cursors_are_cursors(cursor: str) -> None:
     """What the schemathesis hooks generate for GET /mail's cursor decodes to a mail id."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     assert raw.isalnum() and 0 < len(raw) <= 64
+
+
+@pytest.mark.parametrize(
+    "value", ["00000000=", "0000000=", "000000==", "AAAA", "AA", "A===", "AAAA="]
+)
+def test_base64_padding_is_judged_alike(value: str) -> None:
+    """Padding after a whole group of four is refused by the schema and the validation alike."""
+    schema, takes = RULES["base64"]
+    assert jsonschema_rs.Draft202012Validator(schema).is_valid(value) == takes(value), value

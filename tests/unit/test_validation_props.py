@@ -606,3 +606,44 @@ def test_what_no_header_can_hold_is_refused_in_its_field(
         assert [e.field for e in exc.errors] == [place]
         return
     raise AssertionError(f"accepted {mail!r}")
+
+
+#: Bidirectional embeddings, overrides and isolates, and invisible characters: refused in
+#: a subject and in a display name (they make it read as other text), fine in a body.
+DECEPTIVE = [
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2066, 0x206A)),
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+]
+#: The places of header text that is a subject or holds a display name.
+NAME_PLACES = sorted(p for p in PLACES if p != "attachments[0].filename")
+
+
+@given(
+    place=st.sampled_from(NAME_PLACES),
+    before=fine_text,
+    bad=st.sampled_from(DECEPTIVE),
+    after=fine_text,
+)
+@settings(max_examples=200, deadline=None)
+def test_bidi_and_invisible_characters_are_refused_in_header_text(
+    place: str, before: str, bad: str, after: str
+) -> None:
+    """A bidirectional control or an invisible character anywhere in a subject or an
+    address (its display name) is refused in that field, and nowhere else."""
+    body: dict[str, object] = {
+        "from": "sender@example.com",
+        "to": ["ann@example.com"],
+        "content": f"{before}{bad}{after}" or "Hi",
+    }
+    body |= PLACES[place](before + bad + after)
+    try:
+        mail = parse(body)
+    except ValidationFailed as exc:
+        assert [e.field for e in exc.errors] == [place]
+        return
+    raise AssertionError(f"accepted {mail!r}")

@@ -15,13 +15,26 @@ Breaker = Annotated[
     str, WithJsonSchema({"type": "string", "enum": ["closed", "open", "half_open", "unknown"]})
 ]
 #: What ``/readyz`` may find not ready.
-Readiness = Literal["store", "broker", "providers"]
+Readiness = Literal["store", "broker"]
 
 
 class Health(TypedDict):
     """Healthy (``/health``), alive (``/healthz``)."""
 
     status: Literal["ok"]
+
+
+class Alive(TypedDict):
+    """Alive (``/healthz``), with each provider's breaker state as details."""
+
+    status: Literal["ok"]
+    providers: Annotated[
+        dict[str, Breaker],
+        Field(
+            description="each provider's breaker state, as a call would meet it (shown, "
+            "never counted: readiness is about accepting and keeping mail)"
+        ),
+    ]
 
 
 class ReadyChecks(TypedDict):

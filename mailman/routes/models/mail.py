@@ -30,7 +30,15 @@ from mailman.core.model import (
     Outcome,
     Status,
 )
-from mailman.core.validation import BODY_FIELD, FieldError, ValidationFailed
+from mailman.core.validation import (
+    BODY_FIELD,
+    MAX_REASON,
+    MAX_UNKNOWN_NAMED,
+    Errors,
+    FieldError,
+    ValidationFailed,
+    unknown_fields,
+)
 from mailman.store import MailRecord
 
 from .common import Time
@@ -192,7 +200,20 @@ class MailShown(TypedDict):
     reason: str | None
     created_at: Time
     updated_at: Time
-    submitted: SubmittedMail
+    submitted: NotRequired[
+        Annotated[
+            SubmittedMail,
+            Field(description="What was submitted; absent once the content was erased"),
+        ]
+    ]
+    purged_at: Annotated[
+        Time | None,
+        Field(
+            description="When the mail's content (addresses, subject, text, files, headers, "
+            "metadata) was erased by MAILMAN_BODY_RETENTION; null: kept. Its status, attempts "
+            "and events stay until MAILMAN_RECORD_RETENTION, then the mail is gone (404)"
+        ),
+    ]
     attempts: list[AttemptShown]
     events: Annotated[list[EventShown], Field(description="oldest first")]
     links: list[MailLinks]
@@ -208,12 +229,16 @@ class MailDetail(TypedDict):
 
 
 class MarkFailed(BaseModel):
-    """``POST /mail/{id}/failed``'s optional body; other fields are ignored."""
+    """``POST /mail/{id}/failed``'s optional body; any other field is refused (422)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason: Annotated[
-        str | None, Field(description="Why, kept as the mail's reason; empty: no reason")
+        str | None,
+        Field(
+            description="Why, kept as the mail's reason; empty: no reason",
+            json_schema_extra={"maxLength": MAX_REASON},
+        ),
     ] = None
 
     @model_validator(mode="before")
@@ -228,6 +253,8 @@ class MarkFailed(BaseModel):
     def _string(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise PydanticCustomError("not_a_string", "must be a string")
+        if isinstance(value, str) and len(value) > MAX_REASON:
+            raise PydanticCustomError("too_long", f"must be at most {MAX_REASON} characters")
         return value
 
     @classmethod
@@ -238,10 +265,32 @@ class MarkFailed(BaseModel):
         except ValidationError as exc:
             raise ValidationFailed(
                 [
-                    FieldError(".".join(str(p) for p in e["loc"]) or BODY_FIELD, e["msg"])
-                    for e in exc.errors()
+                    FieldError(
+                        ".".join(str(p) for p in e["loc"]) or BODY_FIELD,
+                        "is not a known field: leave it out, or check its spelling"
+                        if e["type"] == "extra_forbidden"
+                        else e["msg"],
+                    )
+                    for e in exc.errors()[:MAX_UNKNOWN_NAMED]
                 ]
             ) from None
+
+
+class NoFields(BaseModel):
+    """The optional body of ``POST /mail/{id}/sent`` and ``/retry``: nothing, or ``{}``;
+    any field is refused (422), never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="NoFields")
+
+    @classmethod
+    def read(cls, body: object) -> None:
+        """``ValidationFailed`` naming every field of ``body`` (decoded JSON)."""
+        if not isinstance(body, dict):
+            raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
+        if body:
+            errors = Errors()
+            unknown_fields(body, frozenset(), "", errors)
+            raise ValidationFailed(errors.as_list())
 
 
 # --- answers from the mail model ---------------------------------------------------
@@ -351,19 +400,21 @@ def _event(event: DeliveryEvent) -> EventShown:
 
 
 def detail(record: MailRecord) -> MailDetail:
+    """The mail in full; a purged one without ``submitted`` (its content is gone)."""
     mail = record.mail
-    return {
-        "mail": {
-            "id": mail.id,
-            "status": record.status,
-            "provider": record.provider,
-            "provider_message_id": record.provider_message_id,
-            "reason": record.reason,
-            "created_at": iso_time(mail.created_at),
-            "updated_at": iso_time(record.updated_at),
-            "submitted": submitted(mail),
-            "attempts": [_attempt(a) for a in record.attempts],
-            "events": [_event(e) for e in record.events],
-            "links": [mail_links(mail.id)],
-        }
+    shown: MailShown = {
+        "id": mail.id,
+        "status": record.status,
+        "provider": record.provider,
+        "provider_message_id": record.provider_message_id,
+        "reason": record.reason,
+        "created_at": iso_time(mail.created_at),
+        "updated_at": iso_time(record.updated_at),
+        "purged_at": None if record.purged_at is None else iso_time(record.purged_at),
+        "attempts": [_attempt(a) for a in record.attempts],
+        "events": [_event(e) for e in record.events],
+        "links": [mail_links(mail.id)],
     }
+    if record.purged_at is None:
+        shown["submitted"] = submitted(mail)
+    return {"mail": shown}

@@ -46,7 +46,9 @@ _UNIX_TIME = {
 
 
 class SendGridAddress(BaseModel):
-    """An address; other fields are ignored."""
+    """An address; any other field is refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
     email: Annotated[str, _schema(schemas.ADDRESS)]
     name: Annotated[str | None, _nullable(schemas.NAME)] = None
@@ -86,7 +88,9 @@ _CONTENT_TYPE = {
 
 
 class Content(BaseModel):
-    """A body; other fields are ignored."""
+    """A body; any other field is refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Annotated[str, _schema(_CONTENT_TYPE)]
     value: Annotated[str, Field(min_length=1)]
@@ -116,15 +120,19 @@ class SendGridAttachment(BaseModel):
 
 
 class SandboxMode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     enable: Annotated[
         bool | None, Field(description="true: checked, answered 200, nothing stored or sent")
     ] = None
 
 
-#: Any other mail setting: never enabled (only sandbox_mode may be).
+#: Any other mail setting: never enabled (only sandbox_mode may be); its other fields
+#: (a footer's text...) are SendGrid's and left alone.
 _OFF: dict[str, Any] = {
     "type": "object",
     "properties": {"enable": {"anyOf": [{"const": False}, {"type": "null"}]}},
+    "additionalProperties": True,
 }
 
 
