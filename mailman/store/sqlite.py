@@ -215,16 +215,18 @@ class _Worker:
         job = _Job(operation, args, kwargs, future)
         self._pending.append(job)
         try:
-            # Shielded: a cancelled caller must not cancel the outcome it may still need.
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:
             if self._abandon(job):
-                future.cancel()  # nobody waits for it: the thread settles it no more
                 raise  # never started, never will: nothing was changed
             if not timed_out():
                 raise  # torn down, not timed out: nobody is told anything
         # Started: its outcome is the answer, however late (cancelled again: torn down).
-        return await asyncio.shield(future)
+        if future.done() and not future.cancelled():
+            return future.result()  # settled as the timeout fired
+        # The cancellation cancelled the future: the thread settles the job's new one.
+        job.future = self._loop.create_future()
+        return await job.future
 
     def _abandon(self, job: _Job) -> bool:
         """Give ``job`` up if the thread has not started it; False if it has."""
@@ -256,7 +258,7 @@ class _Worker:
         except BaseException as exc:
             self._loop.call_soon_threadsafe(_fail, connected, exc)
             return
-        self._loop.call_soon_threadsafe(_settle, [(connected, None)])
+        self._loop.call_soon_threadsafe(_succeed, connected)
         try:
             stopping = False
             while not stopping:
@@ -278,17 +280,15 @@ class _Worker:
         finally:
             db.close()
 
-    def _batch(
-        self, db: sqlite3.Connection, jobs: list[_Job]
-    ) -> list[tuple[asyncio.Future[Any], Any]]:
-        """Each job's future with its result (or exception), the writer's in one
+    def _batch(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[_Job, Any]]:
+        """Each job with its result (or exception), the writer's in one
         transaction. Only jobs still wanted are started, once the write lock is held
         (a job whose caller gave up while the lock was awaited is skipped)."""
         try:
             if self._write:
                 db.execute("BEGIN IMMEDIATE")
         except Exception as exc:  # nothing started: every job fails, nothing changed
-            return [(job.future, exc) for job in jobs]
+            return [(job, exc) for job in jobs]
         started = self._start(jobs)
         # A batched operation's calls share one group; any other call is a group alone.
         groups: dict[AnyOperation | int, list[int]] = {}
@@ -304,18 +304,18 @@ class _Worker:
         except Exception as exc:  # the whole transaction failed: every job with it
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            return [(job.future, exc) for job in started]
+            return [(job, exc) for job in started]
         if self._write:
             try:
                 db.execute("COMMIT")
             except Exception as exc:
                 if db.in_transaction:  # still open: rolled back, so nothing was changed
                     db.execute("ROLLBACK")
-                    return [(job.future, exc) for job in started]
+                    return [(job, exc) for job in started]
                 # SQLite ended it itself (an I/O error mid-commit): made or not, unknown.
                 unknown = OutcomeUnknown(f"the commit failed ({type(exc).__name__})")
-                return [(job.future, unknown) for job in started]
-        return [(job.future, o) for job, o in zip(started, outcomes, strict=True)]
+                return [(job, unknown) for job in started]
+        return [(job, o) for job, o in zip(started, outcomes, strict=True)]
 
     def _group(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
         """One operation's calls; alone (each in a savepoint) if the batch of them fails."""
@@ -366,14 +366,20 @@ def _run(db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
     return [drive(db, operation.steps(SQLITE, *job.args, **job.kwargs)) for job in jobs]
 
 
-def _settle(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, outcome in pairs:
+def _settle(pairs: list[tuple[_Job, Any]]) -> None:
+    for job, outcome in pairs:
+        future = job.future  # read now: a caller waiting past its timeout replaces it
         if future.done():  # its caller was cancelled
             continue
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
+
+def _succeed(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
