@@ -11,6 +11,12 @@ next commit: one transaction per batch. Up to ``concurrency`` commits run at
 once, so on a database with a round trip per statement (MySQL) an outcome
 does not wait for a whole batch ahead of it; SQLite's writer thread groups
 them into one transaction anyway.
+
+One update's failure fails that update alone: a batch that fails for another
+reason than an outage (``store.unavailable``: every update would fail alike,
+and each caller waits it out) is committed again update by update, so that no
+healthy neighbour of a bad update is failed with it (and, its mail taken by a
+provider, sent again).
 """
 
 from __future__ import annotations
@@ -54,11 +60,27 @@ class Journal:
     async def _commit(self, batch: Sequence[tuple[StatusUpdate, asyncio.Future[None]]]) -> None:
         try:
             await self.store.apply([update for update, _ in batch])
-        except Exception as exc:  # every caller of this batch sees why (and may try again)
-            for _, future in batch:
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, self.store.unavailable):
+                await self._one_by_one(batch)
+                return
+            for _, future in batch:  # every caller of this batch sees why (and may try again)
                 if not future.done():
                     future.set_exception(exc)
             return
         for _, future in batch:
             if not future.done():
+                future.set_result(None)
+
+    async def _one_by_one(self, batch: Sequence[tuple[StatusUpdate, asyncio.Future[None]]]) -> None:
+        """Each update of a failed batch in a transaction of its own: only the bad fail."""
+        outcomes = await asyncio.gather(
+            *(self.store.apply([update]) for update, _ in batch), return_exceptions=True
+        )
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
                 future.set_result(None)

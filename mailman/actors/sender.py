@@ -261,6 +261,33 @@ class Sender(Actor):
             self.store.unavailable, lambda: self.journal.record(update), "record"
         )
 
+    async def _record_sent(self, mail_id: str, attempt: Attempt, now: float) -> None:
+        """Record a mail the provider took as ``sent``. Should what the provider said
+        be what cannot be recorded (not an outage), it is recorded ``sent`` without
+        it: the provider has the mail, and recording it ``unknown`` would send it again."""
+        update = StatusUpdate(
+            mail_id,
+            Status.SENT,
+            now,
+            provider=self.provider,
+            provider_message_id=attempt.message_id,
+            attempt=attempt,
+        )
+        try:
+            await self._record(update)
+        except Exception as exc:
+            if isinstance(exc, self.store.unavailable) or attempt.message_id is None:
+                raise
+            log.error(
+                "sender.record_failed",
+                mail_id=mail_id,
+                provider=self.provider,
+                error=type(exc).__name__,
+            )
+            reason = f"the provider's answer could not be recorded ({type(exc).__name__})"
+            bare = replace(attempt, message_id=None, reason=reason)
+            await self._record(replace(update, provider_message_id=None, attempt=bare))
+
     async def _call(self, mail: Mail) -> Result | None:
         """The provider's result, or None when its breaker keeps the call away (open, or
         half-open with another call as its one trial): no call made, the mail is skipped
@@ -314,16 +341,7 @@ class Sender(Actor):
                 result.message_id,
                 id=attempt_id,
             )
-            await self._record(
-                StatusUpdate(
-                    dispatch.mail_id,
-                    Status.SENT,
-                    now,
-                    provider=self.provider,
-                    provider_message_id=result.message_id,
-                    attempt=attempt,
-                )
-            )
+            await self._record_sent(dispatch.mail_id, attempt, now)
             self._open.pop(attempt_id, None)
             log.info(
                 "provider.call",

@@ -31,6 +31,13 @@ fault, named as the API names it (``from``, ``to[0]``, ``headers.X-Name``,
 full, store unavailable or anything unexpected ``451 4.3.0`` (transient: the
 client tries again; nothing was stored).
 
+A commit whose outcome is unknown (MySQL: the answer to ``COMMIT`` was lost) is
+never a plain "nothing was stored": the reply names the mail's id, which
+``GET /mail/<id>`` settles (404: never stored). It is ``451 4.3.0`` when the
+mail has a ``Message-ID`` (a retry is deduplicated by it: never sent twice), and
+``554 5.3.0`` when it has none (a retry could send it twice; the client should
+check the id instead).
+
 The door: at most ``max_connections`` connections at once and
 ``max_connections_per_ip`` from one client address (more get ``421 4.7.0``
 and are closed); a connection that sends nothing for ``idle_timeout``
@@ -81,7 +88,7 @@ from mailman.intake.budget import Budget, Hold, OverBudget, owner_of
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.keys import Scope
 from mailman.intake.refusals import KeyInFlight, KeyReused, RateLimited, Refused
-from mailman.store import Store, StoreUnavailable
+from mailman.store import OutcomeUnknown, Store, StoreUnavailable
 
 from .lifecycle import Actor
 
@@ -392,6 +399,8 @@ class SmtpHandler:
         except StoreUnavailable as exc:
             log.warning("smtp.store_unavailable", request_id=request_id, error=str(exc))
             return f"{TEMPORARY} The store is unavailable; nothing was stored. Try again later"
+        except OutcomeUnknown as exc:
+            return outcome_unknown(exc, deduplicated=message_id(raw) is not None)
         except Exception:
             log.exception("smtp.failed", request_id=request_id)
             return f"{TEMPORARY} Mailman could not take the mail; nothing was stored. Try again"
@@ -431,6 +440,20 @@ class SmtpHandler:
         """An error in aiosmtpd's command handling: a transient reply, no internals."""
         log.error("smtp.error", error=type(error).__name__, exc_info=error)
         return "451 4.3.0 Internal error; try again later"
+
+
+def outcome_unknown(exc: OutcomeUnknown, *, deduplicated: bool) -> str:
+    """The reply to a mail whose commit's outcome is unknown: never "nothing was stored".
+
+    Transient (451) only when a retry cannot send it twice (its Message-ID
+    deduplicates it); otherwise permanent (554), so that no MTA retries it blindly.
+    """
+    mail_id = exc.mail_id or "unknown"
+    log.warning("smtp.outcome_unknown", mail_id=mail_id, deduplicated=deduplicated)
+    check = f"the store's answer was lost: mail {mail_id} may be stored and sent"
+    if deduplicated:
+        return f"{TEMPORARY} Outcome unknown: {check}; a retry (same Message-ID) is sent once"
+    return f"554 5.3.0 Outcome unknown: {check}; GET /mail/{mail_id} says (404: never stored)"
 
 
 def _b64(value: str) -> bytes | None:

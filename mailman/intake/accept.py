@@ -16,6 +16,7 @@ import base64
 import hashlib
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
@@ -32,7 +33,14 @@ from mailman.core.model import Mail
 from mailman.core.submission import parse_mail
 from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
 from mailman.intake.resolve import resolution_problem
-from mailman.store import Idempotency, IdempotencyMismatch, MailTooLarge, Store
+from mailman.store import (
+    Idempotency,
+    IdempotencyMismatch,
+    MailTooLarge,
+    OutcomeUnknown,
+    Store,
+    StoreUnavailable,
+)
 
 from .auth import Principal
 from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
@@ -132,9 +140,13 @@ class Intake:
             return None
         store = self.store
         bucket = f"key:{principal.key_id}" if principal.key_id else "anonymous"
-        decision = await guarded(
-            store, self.config.store_timeout, store.take_token(bucket, limit, time.time())
-        )
+        try:
+            decision = await guarded(
+                store, self.config.store_timeout, store.take_token(bucket, limit, time.time())
+            )
+        except OutcomeUnknown:
+            # A token spent or not: no mail is stored yet, and a retry sends it once.
+            raise StoreUnavailable("the store's answer to a rate token was lost") from None
         rate = Rate(limit, decision.remaining, decision.reset)
         if not decision.allowed:
             log.debug("mail.rate_limited", rate=limit)
@@ -257,17 +269,28 @@ class Intake:
             raise ValidationFailed([FieldError("callback_url", problem)])
 
     async def commit(self, mail: Mail, idempotency: Idempotency | None) -> str:
-        """Store the mail; the id that stands for this request (an earlier one's on a repeat)."""
-        store, timeout = self.store, self.config.store_timeout
+        """Store the mail; the id that stands for this request (an earlier one's on a repeat).
+
+        ``StoreUnavailable``: the mail was not stored (and never will be by this call).
+        ``OutcomeUnknown`` naming ``mail.id``: it may have been; reading it settles it.
+        """
+        store = self.store
         if idempotency is None:
-            return await guarded(store, timeout, store.add(mail))
+            return await self._add(store.add(mail), mail)
         slot = (mail.tenant, idempotency.key_hash)
         if slot in self.inflight:
             raise KeyInFlight(IN_FLIGHT_RETRY_AFTER)
         self.inflight.add(slot)
         try:
-            return await guarded(store, timeout, store.add(mail, idempotency))
+            return await self._add(store.add(mail, idempotency), mail)
         except IdempotencyMismatch as exc:
             raise KeyReused(exc.mail_id) from None
         finally:
             self.inflight.discard(slot)
+
+    async def _add(self, adding: Awaitable[str], mail: Mail) -> str:
+        try:
+            return await guarded(self.store, self.config.store_timeout, adding)
+        except OutcomeUnknown as exc:
+            log.warning("mail.outcome_unknown", mail_id=mail.id, error=str(exc))
+            raise OutcomeUnknown(str(exc), mail_id=mail.id) from None

@@ -51,10 +51,27 @@ class Result:
     unwell: ClassVar[bool] = False
 
 
+def escaped(text: str) -> str:
+    """``text`` as it can be stored and logged: bytes that were not UTF-8 (aiohttp decodes
+    a header's as lone surrogates) written as ``\\xNN``, other lone surrogates as
+    ``\\udNNN``. A provider's odd but successful answer is recorded, not an error."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted(Result):
+    #: The provider's id for the mail, ``escaped`` (a 2xx is a success, whatever its id).
     message_id: str
     outcome: ClassVar[Outcome] = Outcome.ACCEPTED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message_id", escaped(self.message_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +100,14 @@ class Found:
     """What a provider's records say about a mail (``ProviderClient.lookup``)."""
 
     check: Check
-    #: The provider's id for the mail when it has it (``Check.TAKEN``).
+    #: The provider's id for the mail when it has it (``Check.TAKEN``), ``escaped``.
     message_id: str | None = None
     #: Why it could not be checked, for the history (``Check.CANNOT``).
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.message_id is not None:
+            object.__setattr__(self, "message_id", escaped(self.message_id))
 
 
 @dataclass(frozen=True, slots=True)

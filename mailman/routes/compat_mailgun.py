@@ -82,7 +82,7 @@ from mailman.intake import refusals
 from mailman.intake.accept import idempotency_key_problem
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
 from mailman.intake.keys import Scope
-from mailman.store import StoreUnavailable
+from mailman.store import OutcomeUnknown, StoreUnavailable
 
 from . import CONFIG, INTAKE, KEYRING
 from .auth import PRINCIPAL
@@ -108,6 +108,7 @@ from .errors import (
     as_problem,
     bad_idempotency_key,
     note,
+    outcome_unknown,
     rate_headers,
     request_id,
 )
@@ -683,6 +684,12 @@ async def send_message(request: web.Request) -> web.Response:
                 "The store does not answer; nothing was stored. Try again later.",
                 kind="store-unavailable",
                 headers={hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)},
+            ) from None
+        except OutcomeUnknown as exc:
+            problem = outcome_unknown(exc)
+            log.warning("store.outcome_unknown", method=request.method, path=request.path)
+            raise Refused(
+                problem.status, problem.detail, kind="outcome-unknown", headers=problem.headers
             ) from None
     except Refused as refusal:
         return _refusal(request, refusal)

@@ -70,7 +70,7 @@ from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
 from mailman.intake.keys import Scope
 from mailman.intake.refusals import Refused
-from mailman.store import StoreUnavailable
+from mailman.store import OutcomeUnknown, StoreUnavailable
 
 from . import CONFIG, INTAKE
 from .auth import KEYRING, PRINCIPAL
@@ -97,6 +97,7 @@ from .errors import (
     as_problem,
     bad_idempotency_key,
     note,
+    outcome_unknown,
     rate_headers,
     request_id,
 )
@@ -728,6 +729,8 @@ async def _send(request: web.Request) -> web.Response:
             raise from_problem(as_problem(refusal), draft, {**headers, **_kept(accepted)}) from None
         except StoreUnavailable as exc:
             raise _store_down(exc, request, _kept(accepted)) from None
+        except OutcomeUnknown as exc:
+            raise _unknown(exc, request, _kept(accepted)) from None
     ids = [a.mail_id for a in accepted]
     headers[MESSAGE_ID_HEADER] = ids[0]
     headers[MAIL_IDS_HEADER] = ",".join(ids)
@@ -755,6 +758,18 @@ def _store_down(
         "The store does not answer; nothing more was stored. Try again after Retry-After.",
         {hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS), **(headers or {})},
         reason="store-unavailable",
+    )
+
+
+def _unknown(
+    exc: OutcomeUnknown, request: web.Request, headers: Mapping[str, str] | None = None
+) -> Refusal:
+    """A commit whose answer was lost: never "nothing was stored". ``Location`` names the
+    mail in doubt (``GET`` settles it; 404: never stored), ``X-Mailman-Ids`` those kept."""
+    log.warning("store.outcome_unknown", method=request.method, path=request.path)
+    problem = outcome_unknown(exc)
+    return Refusal.one(
+        503, problem.detail, {**problem.headers, **(headers or {})}, reason="outcome-unknown"
     )
 
 
@@ -842,6 +857,8 @@ async def sendgrid_send(request: web.Request) -> web.StreamResponse:
         return _refused(request, from_problem(as_problem(refusal)))
     except StoreUnavailable as exc:
         return _refused(request, _store_down(exc, request))
+    except OutcomeUnknown as exc:
+        return _refused(request, _unknown(exc, request))
     except ConnectionError:
         transport = request.transport
         if transport is None or transport.is_closing():

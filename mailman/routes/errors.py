@@ -38,7 +38,7 @@ from mailman.intake.refusals import (
     RateLimited,
     Refused,
 )
-from mailman.store import StoreUnavailable
+from mailman.store import OutcomeUnknown, StoreUnavailable
 
 from . import HTTP_METRICS, LOAD
 from .models.common import Problem as ProblemJson
@@ -65,6 +65,7 @@ RATE_LIMITED = _PROBLEMS + "rate-limited"
 IDEMPOTENCY_MISMATCH = _PROBLEMS + "idempotency-key-reused"
 IDEMPOTENCY_IN_FLIGHT = _PROBLEMS + "idempotency-key-in-flight"
 STORE_UNAVAILABLE = _PROBLEMS + "store-unavailable"
+OUTCOME_UNKNOWN = _PROBLEMS + "outcome-unknown"
 BACKLOG_FULL = _PROBLEMS + "backlog-full"
 OVER_BUDGET = _PROBLEMS + "over-budget"
 NOT_READY = _PROBLEMS + "not-ready"
@@ -115,6 +116,7 @@ class Problem(Exception):
         title: str | None = None,
         errors: Sequence[FieldError] = (),
         headers: Mapping[str, str] | None = None,
+        mail_id: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = int(status)
@@ -124,6 +126,8 @@ class Problem(Exception):
         self.errors = tuple(errors)
         #: Extra answer headers (``Retry-After``, ``WWW-Authenticate``...).
         self.headers = dict(headers or {})
+        #: The mail the problem is about (an outcome-unknown 503), written as ``mail_id``.
+        self.mail_id = mail_id
 
     def as_json(self) -> ProblemJson:
         body: ProblemJson = {
@@ -134,6 +138,8 @@ class Problem(Exception):
         }
         if self.errors or self.status == HTTPStatus.UNPROCESSABLE_ENTITY:
             body["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        if self.mail_id is not None:
+            body["mail_id"] = self.mail_id
         return body
 
     def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -143,6 +149,32 @@ class Problem(Exception):
             content_type=PROBLEM_CONTENT_TYPE,
             headers={**self.headers, **(headers or {})},
         )
+
+
+def outcome_unknown(exc: OutcomeUnknown) -> Problem:
+    """The 503 for a commit whose answer was lost: it never says nothing was changed.
+
+    With the mail's id (``mail_id``, ``Location``) where the store was adding one:
+    ``GET /mail/{id}`` settles it (found: stored, it will be sent; 404: never stored).
+    """
+    headers: dict[str, str] = {hdrs.RETRY_AFTER: str(STORE_RETRY_AFTER_SECONDS)}
+    if exc.mail_id is None:
+        detail = "The store's answer was lost: the change may or may not have been made."
+    else:
+        headers[hdrs.LOCATION] = f"/mail/{exc.mail_id}"
+        detail = (
+            f"The store's answer was lost: mail {exc.mail_id} may or may not be stored. "
+            f"GET /mail/{exc.mail_id} settles it (404: never stored); do not send it again "
+            "before."
+        )
+    return Problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        detail,
+        type=OUTCOME_UNKNOWN,
+        title="Outcome unknown",
+        headers=headers,
+        mail_id=exc.mail_id,
+    )
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -285,6 +317,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         _note_problem(request, _HTTP_PROBLEMS.get(exc.status, (ABOUT_BLANK, ""))[0])
         return _answer(request, http_problem(exc))
+    except OutcomeUnknown as exc:
+        _note_problem(request, OUTCOME_UNKNOWN)
+        log.warning("store.outcome_unknown", method=request.method, path=request.path)
+        return _answer(request, outcome_unknown(exc))
     except StoreUnavailable as exc:
         _note_problem(request, STORE_UNAVAILABLE)
         log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))

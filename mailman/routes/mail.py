@@ -207,12 +207,17 @@ UNKNOWN = problem("No such mail (or another tenant's)")
         415: problem("Not application/json in UTF-8, or an unknown encoding"),
         422: problem("Invalid fields (see errors), or a reused Idempotency-Key"),
         429: problem("Over the key's rate limit", "Retry-After", *RATE_HEADERS),
-        503: problem(
-            "The store does not answer, or the backlog of unsent mail is over "
-            "MAILMAN_BACKLOG_LIMIT (type backlog-full), or the body does not fit in the memory "
-            "for bodies in flight (type over-budget); nothing was stored, try again after "
-            "Retry-After",
-            "Retry-After",
+        503: dataclasses.replace(
+            problem(
+                "The store does not answer, or the backlog of unsent mail is over "
+                "MAILMAN_BACKLOG_LIMIT (type backlog-full), or the body does not fit in the "
+                "memory for bodies in flight (type over-budget); nothing was stored, try again "
+                "after Retry-After. Type outcome-unknown: the store's answer to the commit "
+                "was lost; the mail (mail_id, Location) may or may not be stored: GET it "
+                "(404: never stored)",
+                "Retry-After",
+            ),
+            headers={"Location": Header("outcome-unknown: the mail in doubt, /mail/{id}")},
         ),
     },
 )

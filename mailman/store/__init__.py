@@ -31,12 +31,14 @@ from .base import (
     MetricsSnapshot,
     MinuteCount,
     OutboxEntry,
+    OutcomeUnknown,
     Pending,
     RateDecision,
     Store,
     StoreSetupNeeded,
     StoreUnavailable,
     Transition,
+    giving_up_by,
 )
 from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
 from .mails import list_filter
@@ -83,6 +85,7 @@ __all__ = [
     "MetricsSnapshot",
     "MinuteCount",
     "OutboxEntry",
+    "OutcomeUnknown",
     "Pending",
     "RateDecision",
     "Store",
@@ -91,6 +94,7 @@ __all__ = [
     "Transition",
     "api_key_from_row",
     "bucket_step",
+    "giving_up_by",
     "list_filter",
     "open_store",
 ]

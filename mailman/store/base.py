@@ -11,6 +11,10 @@ operation. Everything a caller was answered ``201`` for is committed here first.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from types import TracebackType
 
 from .attempts import Attempts, Begun, SqlAttempts
@@ -46,8 +50,52 @@ from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
 class StoreUnavailable(ConnectionError):
     """The store cannot be reached or did not answer in time; nothing was changed by us.
 
-    The message names the cause without connection details (no password, no URL).
+    Only raised where that is known: an operation the caller gave up on before it
+    started is never run later (SQLite's writer skips it; a MySQL transaction is
+    rolled back unless its COMMIT was sent, which is ``OutcomeUnknown``). The
+    message names the cause without connection details (no password, no URL).
     """
+
+
+#: The timeout a caller gives up by (``giving_up_by``), seen by the drivers in its task.
+_GIVING_UP: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "mailman_store_giving_up", default=None
+)
+
+
+@contextlib.contextmanager
+def giving_up_by(scope: asyncio.Timeout) -> Iterator[None]:
+    """Store calls inside: ``scope`` (an ``asyncio.timeout``) gives up only on what has not
+    started. An operation the store has started when ``scope`` expires is waited for and
+    its outcome answered (its change may be committed); one not started is abandoned,
+    never run. Without this, a cancellation ends the call at once, started or not (the
+    caller is being torn down: it tells nobody that nothing was changed)."""
+    token = _GIVING_UP.set(scope)
+    try:
+        yield
+    finally:
+        _GIVING_UP.reset(token)
+
+
+def timed_out() -> bool:
+    """Whether the cancellation being handled is the caller's ``giving_up_by`` timeout
+    alone (not also a cancellation from outside)."""
+    scope = _GIVING_UP.get()
+    task = asyncio.current_task()
+    return scope is not None and scope.expired() and task is not None and task.cancelling() <= 1
+
+
+class OutcomeUnknown(ConnectionError):
+    """A write's COMMIT was sent but its answer was lost: it may or may not have been made.
+
+    Not a ``StoreUnavailable``: nothing says the change was not made. ``mail_id``
+    names the mail whose commit it was, where the caller knows it (the intake
+    sets it): reading that mail back settles the question (not found: never stored).
+    """
+
+    def __init__(self, message: str, *, mail_id: str | None = None) -> None:
+        super().__init__(message)
+        self.mail_id = mail_id
 
 
 class Store(
@@ -138,6 +186,7 @@ __all__ = [
     "MetricsSnapshot",
     "MinuteCount",
     "OutboxEntry",
+    "OutcomeUnknown",
     "Pending",
     "RateDecision",
     "SqlStore",
@@ -145,4 +194,6 @@ __all__ = [
     "StoreSetupNeeded",
     "StoreUnavailable",
     "Transition",
+    "giving_up_by",
+    "timed_out",
 ]

@@ -17,7 +17,11 @@ more than SQLite's one writer does, they say so (``Dialect.one_writer``):
 * a transaction chosen as a deadlock victim (1213: rolled back whole by the
   server) is run again, a few times (``MySQLStore._run``, on ``mailman.retry``;
   each retry logs ``store.deadlock``); every other error
-  propagates, a lost connection included.
+  propagates, a lost connection included. An error before ``COMMIT`` (a
+  cancelled caller included) rolls the transaction back: nothing was changed.
+  Once ``COMMIT`` is sent, a cancelled caller waits for its answer (the change
+  may be made); one whose answer is lost (the connection broke) or late
+  (``COMMIT_ANSWER_SECONDS``) is ``OutcomeUnknown``: it may have been made.
 
 Statements that make the server raise a warning are avoided on purpose:
 ``aiomysql`` turns every server warning into a Python ``warnings.warn``. So a
@@ -54,7 +58,7 @@ from mailman.config import check_store_url
 from mailman.retry import Backoff, retrying
 
 from . import migrations
-from .base import SqlStore, StoreSetupNeeded
+from .base import OutcomeUnknown, SqlStore, StoreSetupNeeded, timed_out
 from .dialect import MYSQL
 from .operation import Batched, Operation, Steps
 
@@ -88,6 +92,9 @@ _DEFAULT_PORT = 3306
 _CONNECT_TIMEOUT = 10
 _POOL_RECYCLE_SECONDS = 3600
 
+#: How long a COMMIT's answer is awaited once it is sent, past a caller's timeout.
+COMMIT_ANSWER_SECONDS = 30.0
+
 _ER_LOCK_DEADLOCK = 1213
 #: Duplicate column / duplicate key name: a migration statement that already ran.
 ALREADY_DONE = frozenset({1060, 1061})
@@ -111,6 +118,58 @@ def _error_code(exc: BaseException) -> int | None:
     if isinstance(exc, aiomysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return exc.args[0]
     return None
+
+
+def _answer_lost(exc: BaseException) -> bool:
+    """Whether a COMMIT that raised ``exc`` may have been made: its answer never came
+    (the connection broke), as opposed to the server's refusal (an error code below
+    2000), which rolled it back."""
+    if isinstance(exc, aiomysql.InterfaceError | OSError):
+        return True
+    code = _error_code(exc)
+    return code is None or 2000 <= code < 3000
+
+
+async def _commit(conn: Any, read_only: bool) -> None:
+    """COMMIT, and wait for its answer even if the caller is cancelled meanwhile.
+
+    Once COMMIT is sent the change may be made: a caller's own timeout
+    (``giving_up_by``) then waits for the answer (up to ``COMMIT_ANSWER_SECONDS``)
+    instead of saying nothing was changed. An answer lost (the connection broke)
+    or not come in that time is ``OutcomeUnknown``. Any other cancellation (the
+    caller is torn down) closes the connection and goes on.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + COMMIT_ANSWER_SECONDS
+    committing = asyncio.ensure_future(conn.commit())
+    waited = False
+    while not committing.done() and loop.time() < deadline:
+        try:
+            await asyncio.wait([committing], timeout=deadline - loop.time())
+        except asyncio.CancelledError:
+            if waited or read_only or not timed_out():
+                committing.cancel()
+                conn.close()
+                raise  # torn down (or a read): nobody is told anything
+            waited = True  # the caller's own timeout: the answer is still wanted
+    if not committing.done():
+        committing.cancel()
+        conn.close()
+        if read_only:
+            raise TimeoutError("no answer to COMMIT")
+        raise OutcomeUnknown(
+            f"no answer to COMMIT within {COMMIT_ANSWER_SECONDS:g} s: "
+            "the change may or may not have been made"
+        )
+    exc = committing.exception()
+    if exc is not None:
+        await _abandon(conn, exc)
+        if read_only or not _answer_lost(exc):
+            raise exc
+        raise OutcomeUnknown(
+            f"the answer to COMMIT was lost ({type(exc).__name__}): "
+            "the change may or may not have been made"
+        ) from exc
 
 
 def _is_deadlock(exc: Exception) -> bool:
@@ -163,8 +222,9 @@ class MySQLStore(SqlStore):
 
     dialect = MYSQL
 
-    #: Server gone or unreachable (2003, 2006, 2013...), a closed connection, socket errors.
-    unavailable = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError)
+    #: Server gone or unreachable (2003, 2006, 2013...), a closed connection, socket errors;
+    #: a COMMIT whose answer was lost (the actors wait it out as an outage and try again).
+    unavailable = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError, OutcomeUnknown)
 
     def __init__(
         self,
@@ -433,11 +493,11 @@ class MySQLStore(SqlStore):
                         "START TRANSACTION READ ONLY" if read_only else "START TRANSACTION"
                     )
                     result = await body(cur)
-                    await conn.commit()
-                    return result
-                except BaseException as exc:
+                except BaseException as exc:  # before COMMIT: rolled back, nothing changed
                     await _abandon(conn, exc)
                     raise
+                await _commit(conn, read_only)
+                return result
 
         return await retrying(
             once, on=_is_deadlock, backoff=DEADLOCK_BACKOFF, event="store.deadlock"

@@ -19,6 +19,14 @@ modules', shared with MySQL; this module runs them (``drive``).
 An in-memory database (``":memory:"``) lives in one connection, so there the
 writer serves the reads too.
 
+A caller that gives up on an operation (its timeout cancels the call) before
+the writer has taken it into a transaction abandons it: the writer skips it,
+so "nothing was changed" is true of it. Once taken (after ``BEGIN IMMEDIATE``
+got the lock: a job waiting for another process's lock can still be
+abandoned), the caller waits for its outcome, however late; a ``COMMIT`` that
+fails is ``OutcomeUnknown``. One per-job state, moved under a lock, decides
+which side won (``_Job.state``: pending, then started or abandoned).
+
 ``synchronous=FULL`` makes a commit survive a kill -9 or a power loss: a
 ``201`` is never lost. Several processes may share one file (``--processes``,
 ``--role``): ``BEGIN IMMEDIATE`` takes the file's write lock, and a writer
@@ -43,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from . import migrations
-from .base import SqlStore
+from .base import OutcomeUnknown, SqlStore, timed_out
 from .dialect import SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
 
@@ -107,6 +115,10 @@ def drive(db: sqlite3.Connection, steps: Steps[T]) -> T:
 AnyOperation = Operation[Any, Any] | Batched[Any, Any]
 
 
+#: A job's state: queued; taken into a transaction by the thread; given up by its caller.
+PENDING, STARTED, ABANDONED = "pending", "started", "abandoned"
+
+
 @dataclass(slots=True)
 class _Job:
     operation: AnyOperation
@@ -114,9 +126,33 @@ class _Job:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]
+    #: ``PENDING`` until the thread starts it or its caller abandons it (whichever
+    #: comes first, under ``_Worker._claims``): never both.
+    state: str = PENDING
 
 
 _STOP = None
+
+#: SQLite's primary result codes that lose the whole transaction (locked, I/O, full,
+#: corrupt...), not just the statement: every job of the batch fails with them.
+_WHOLE_TRANSACTION = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
+
+
+def _lost(db: sqlite3.Connection, exc: BaseException, *, write: bool) -> bool:
+    """Whether ``exc`` lost the whole transaction (the writer's batch; for the reader,
+    the connection), not only the operation that raised it.
+
+    An error while binding a parameter (a string SQLite cannot encode), a constraint,
+    "too many SQL variables": that operation's own fault, undone by its savepoint.
+    """
+    if write and not db.in_transaction:
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _WHOLE_TRANSACTION
+        return isinstance(exc, sqlite3.OperationalError)
+    return not isinstance(exc, Exception)
 
 
 class _Worker:
@@ -132,6 +168,8 @@ class _Worker:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._open = False
+        #: Guards every job's ``state``: the thread starting it, its caller abandoning it.
+        self._claims = threading.Lock()
 
     async def start(self) -> None:
         """Start the thread and connect; raises what connecting raised."""
@@ -161,14 +199,50 @@ class _Worker:
 
         The calls of one event-loop turn go to the thread together: one
         wake-up (a system call) for all of them, and one batch.
+
+        Cancelled before the thread started it, the job is abandoned: the thread
+        skips it and the cancellation goes on (nothing was changed). Cancelled once
+        started by the caller's own timeout (``giving_up_by``), the call waits for
+        the job's outcome and answers it, however late: the change may be committed,
+        and a caller told "timed out" would believe it was not. Any other
+        cancellation (the caller torn down) goes on at once.
         """
         if not self._open or self._loop is None:
             raise RuntimeError("the store is not open")
         future: asyncio.Future[Any] = self._loop.create_future()
         if not self._pending:
             self._loop.call_soon(self._submit)
-        self._pending.append(_Job(operation, args, kwargs, future))
-        return await future
+        job = _Job(operation, args, kwargs, future)
+        self._pending.append(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._abandon(job):
+                raise  # never started, never will: nothing was changed
+            if not timed_out():
+                raise  # torn down, not timed out: nobody is told anything
+        # Started: its outcome is the answer, however late (cancelled again: torn down).
+        if future.done() and not future.cancelled():
+            return future.result()  # settled as the timeout fired
+        # The cancellation cancelled the future: the thread settles the job's new one.
+        job.future = self._loop.create_future()
+        return await job.future
+
+    def _abandon(self, job: _Job) -> bool:
+        """Give ``job`` up if the thread has not started it; False if it has."""
+        with self._claims:
+            if job.state is PENDING:
+                job.state = ABANDONED
+                return True
+            return False
+
+    def _start(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs the thread now runs: those whose caller has not abandoned them."""
+        with self._claims:
+            started = [job for job in jobs if job.state is PENDING]
+            for job in started:
+                job.state = STARTED
+        return started
 
     def _submit(self) -> None:
         jobs, self._pending = self._pending, []
@@ -184,7 +258,7 @@ class _Worker:
         except BaseException as exc:
             self._loop.call_soon_threadsafe(_fail, connected, exc)
             return
-        self._loop.call_soon_threadsafe(_settle, [(connected, None)])
+        self._loop.call_soon_threadsafe(_succeed, connected)
         try:
             stopping = False
             while not stopping:
@@ -202,51 +276,63 @@ class _Worker:
                         break
                     jobs += more
                 outcomes = self._batch(db, jobs)
-                self._loop.call_soon_threadsafe(
-                    _settle, [(j.future, o) for j, o in zip(jobs, outcomes, strict=True)]
-                )
+                self._loop.call_soon_threadsafe(_settle, outcomes)
         finally:
             db.close()
 
-    def _batch(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
-        """Every job's result (or exception), the writer's in one transaction."""
-        # A batched operation's calls share one group; any other call is a group alone.
-        groups: dict[AnyOperation | int, list[int]] = {}
-        for i, job in enumerate(jobs):
-            operation = job.operation
-            groups.setdefault(operation if isinstance(operation, Batched) else i, []).append(i)
-        outcomes: list[Any] = [None] * len(jobs)
+    def _batch(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[_Job, Any]]:
+        """Each job with its result (or exception), the writer's in one
+        transaction. Only jobs still wanted are started, once the write lock is held
+        (a job whose caller gave up while the lock was awaited is skipped)."""
         try:
             if self._write:
                 db.execute("BEGIN IMMEDIATE")
+        except Exception as exc:  # nothing started: every job fails, nothing changed
+            return [(job, exc) for job in jobs]
+        started = self._start(jobs)
+        # A batched operation's calls share one group; any other call is a group alone.
+        groups: dict[AnyOperation | int, list[int]] = {}
+        for i, job in enumerate(started):
+            operation = job.operation
+            groups.setdefault(operation if isinstance(operation, Batched) else i, []).append(i)
+        outcomes: list[Any] = [None] * len(started)
+        try:
             for indexes in groups.values():
-                group = [jobs[i] for i in indexes]
+                group = [started[i] for i in indexes]
                 for i, outcome in zip(indexes, self._group(db, group), strict=True):
                     outcomes[i] = outcome
-            if self._write:
-                db.execute("COMMIT")
         except Exception as exc:  # the whole transaction failed: every job with it
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            return [exc] * len(jobs)
-        return outcomes
+            return [(job, exc) for job in started]
+        if self._write:
+            try:
+                db.execute("COMMIT")
+            except Exception as exc:
+                if db.in_transaction:  # still open: rolled back, so nothing was changed
+                    db.execute("ROLLBACK")
+                    return [(job, exc) for job in started]
+                # SQLite ended it itself (an I/O error mid-commit): made or not, unknown.
+                unknown = OutcomeUnknown(f"the commit failed ({type(exc).__name__})")
+                return [(job, unknown) for job in started]
+        return [(job, o) for job, o in zip(started, outcomes, strict=True)]
 
     def _group(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
         """One operation's calls; alone (each in a savepoint) if the batch of them fails."""
         try:
             return self._guarded(db, jobs)
-        except sqlite3.OperationalError:
-            raise  # locked, I/O error: the transaction is lost, for every job
         except Exception as exc:
+            if _lost(db, exc, write=self._write):
+                raise  # locked, I/O error: the transaction is lost, for every job
             if len(jobs) == 1:
                 return [exc]
         outcomes: list[Any] = []
         for job in jobs:
             try:
                 outcomes.extend(self._guarded(db, [job]))
-            except sqlite3.OperationalError:
-                raise
             except Exception as exc:
+                if _lost(db, exc, write=self._write):
+                    raise
                 outcomes.append(exc)
         return outcomes
 
@@ -280,14 +366,20 @@ def _run(db: sqlite3.Connection, jobs: list[_Job]) -> list[Any]:
     return [drive(db, operation.steps(SQLITE, *job.args, **job.kwargs)) for job in jobs]
 
 
-def _settle(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, outcome in pairs:
+def _settle(pairs: list[tuple[_Job, Any]]) -> None:
+    for job, outcome in pairs:
+        future = job.future  # read now: a caller waiting past its timeout replaces it
         if future.done():  # its caller was cancelled
             continue
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
+
+def _succeed(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -303,8 +395,9 @@ class SQLiteStore(SqlStore):
 
     dialect = SQLITE
 
-    #: "database is locked" (busy past the timeout), "disk I/O error", "unable to open".
-    unavailable = (sqlite3.OperationalError,)
+    #: "database is locked" (busy past the timeout), "disk I/O error", "unable to open";
+    #: a commit that failed half-way (the actors wait it out as an outage).
+    unavailable = (sqlite3.OperationalError, OutcomeUnknown)
 
     def __init__(self, path: str, *, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path

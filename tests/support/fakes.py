@@ -335,6 +335,9 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
         )
         #: The Event Webhook's signing key (its public half is Mailman's verification key).
         self.webhook_private_key = webhook_private_key
+        #: Picks the raw bytes of a request's ``X-Message-Id`` (not UTF-8, say); None:
+        #: the usual token. ``message_ids`` then holds them ``\\xNN``-escaped.
+        self.raw_message_id: Callable[[dict[str, Any]], bytes | None] | None = None
 
     def mail_ids(self) -> list[str]:
         return [body.get("custom_args", {}).get("mail_id", "") for body in self.received]
@@ -360,6 +363,10 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
             return _errors(400, *problems)
         self.received.append(body)
         self.files.append(_sendgrid_files(body))
+        odd = self.raw_message_id(body) if self.raw_message_id is not None else None
+        if odd is not None:
+            self.message_ids.append(odd.decode("utf-8", "backslashreplace"))
+            return _raw_accepted(request, odd)
         self.message_ids.append(secrets.token_urlsafe(16))
         if self.webhook_url is not None and self.webhook_private_key is not None:
             self.send_webhooks([self._signed(self.events(body, self.message_ids[-1]))])
@@ -431,6 +438,20 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
 
 
 Problem = tuple[str, str | None]
+
+
+def _raw_accepted(request: web.Request, message_id: bytes) -> web.Response:
+    """A 202 whose ``X-Message-Id`` is ``message_id`` byte for byte (aiohttp writes only
+    UTF-8 headers): written on the transport by hand, the connection then closed (the
+    response returned is dropped, written to a closed transport)."""
+    assert request.transport is not None
+    request.transport.write(
+        b"HTTP/1.1 202 Accepted\r\nX-Message-Id: "
+        + message_id
+        + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    request.transport.close()
+    return web.Response(status=202)
 
 
 def _errors(status: int, *problems: Problem | str) -> web.Response:

@@ -26,6 +26,12 @@ class Problem(TypedDict):
     status: int
     detail: Annotated[str, Field(description="What went wrong, for a person")]
     errors: NotRequired[list[InvalidField]]
+    mail_id: NotRequired[
+        Annotated[
+            str,
+            Field(description="The mail an outcome-unknown 503 is about: GET /mail/{mail_id}"),
+        ]
+    ]
 
 
 #: A time as the API writes it: ISO 8601 in UTC with milliseconds (``2025-01-02T03:04:05.678Z``).
