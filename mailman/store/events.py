@@ -70,6 +70,17 @@ def _mail_for_message(d: Dialect) -> str:
     )
 
 
+@functools.cache
+def _forget_if_purged(d: Dialect, count: int) -> str:
+    """Recipients of events of purged mails, forgotten: an event that comes after the
+    purge (a late bounce, an open) must not bring an address back."""
+    return (
+        f"UPDATE events SET recipient = NULL WHERE mail_id IN ({d.marks(count)}) "
+        "AND recipient IS NOT NULL AND EXISTS (SELECT 1 FROM mails "
+        "WHERE mails.id = events.mail_id AND mails.purged_at IS NOT NULL)"
+    )
+
+
 def event_values(event: DeliveryEvent) -> tuple[object, ...]:
     """An event's row, in ``EVENT_COLUMNS`` order."""
     return (
@@ -116,6 +127,9 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
         status = event.moves_to
         if status is not None:
             yield Statement(moves.move(d, status), event_move_values(event, status))
+    addressed = sorted({e.mail_id for e in events if e.mail_id in known and e.recipient})
+    if addressed:
+        yield Statement(_forget_if_purged(d, len(addressed)), addressed)
     moved = [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
     yield from callbacks.queue(d, moved)
     if moved:

@@ -88,6 +88,17 @@ async def test_a_final_mail_past_body_retention_keeps_only_its_record(store: Sto
     assert await store.purge_bodies(before=9000.0, now=9000.0) == 0  # once is enough
 
 
+async def test_an_event_after_the_purge_brings_no_address_back(store: Store) -> None:
+    """A delivery event that comes after a mail's content was purged keeps no recipient."""
+    await store.add(full_mail("m1"), idem("k1"))
+    await finished(store, "m1", 2000.0)
+    assert await store.purge_bodies(before=3000.0, now=5000.0) == 1
+    await store.record_events([event(EventKind.OPENED, 6000.0, "e2", recipient="to@x.com")])
+    record = await store.get("m1")
+    assert record is not None
+    assert [(e.kind, e.recipient) for e in record.events] == [(EventKind.OPENED, None)]
+
+
 async def test_mails_not_final_are_never_purged_nor_dropped(store: Store) -> None:
     """Queued, sending and scheduled mails keep everything, however old."""
     await store.add(mail("q"))
