@@ -356,6 +356,46 @@ async def test_an_odd_provider_id_spoils_no_neighbour(
     assert [a["message_id"] for a in shown["attempts"]] == ["odd-\\xff\\xfe-id"]
 
 
+async def test_a_provider_id_the_store_cannot_keep_is_left_out_not_sent_again(
+    tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
+) -> None:
+    """A 202 whose X-Message-Id is too long for MySQL's column: that mail is recorded sent
+    without the id (sent once, not again), and its neighbours are untouched."""
+    long_id = b"x" * 300  # the column holds 255
+    sendgrid.raw_message_id = lambda body: long_id if body.get("subject") == "long" else None
+    async with fresh_mysql("longid") as url:
+        config = make_config(tmp_path, {**provider_env(sendgrid, mailgun), "MAILMAN_STORE": url})
+        async with embedded(config) as mailman:
+
+            async def post(subject: str) -> str:
+                body = {**VALID, "subject": subject}
+                async with http.post(f"{mailman.url}/mail/send", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    mail_id: str = (await resp.json())["mail"]["id"]
+                    return mail_id
+
+            subjects = [f"healthy {i}" for i in range(10)]
+            subjects.insert(4, "long")
+            ids = await asyncio.gather(*(post(s) for s in subjects))
+
+            async def all_sent() -> bool:
+                for mail_id in ids:
+                    async with http.get(f"{mailman.url}/mail/{mail_id}/status") as resp:
+                        if (await resp.json())["mail"]["status"] != "sent":
+                            return False
+                return True
+
+            await eventually(all_sent, within=20, what="every mail sent")
+            async with http.get(f"{mailman.url}/mail/{ids[4]}") as resp:
+                shown = (await resp.json())["mail"]
+    assert sorted(sendgrid.mail_ids()) == sorted(ids)  # each exactly once
+    assert mailgun.mail_ids() == []
+    assert shown["provider_message_id"] is None
+    [attempt] = shown["attempts"]
+    assert attempt["outcome"] == "accepted"
+    assert "could not be recorded" in attempt["reason"]
+
+
 def test_the_smtp_reply_to_an_unknown_outcome_never_says_nothing_was_stored() -> None:
     """An unknown outcome names the mail; it is transient (451) only when the Message-ID
     deduplicates a retry, else permanent (554) so no MTA retries it blindly."""
