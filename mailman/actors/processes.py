@@ -56,7 +56,8 @@ from .supervisor import RestartBudget
 
 log = structlog.get_logger("mailman.processes")
 
-#: Exit code of a child whose configuration is bad: restarting cannot help.
+#: Exit code of a child that cannot start (a bad configuration, or a store or broker
+#: still down after ``MAILMAN_STARTUP_TIMEOUT_SECONDS``): restarting it at once cannot help.
 EXIT_CONFIG = 2
 
 _PR_SET_PDEATHSIG = 1
@@ -235,7 +236,7 @@ class ProcessSupervisor:
             if self._stopping.is_set():
                 return
             if code == EXIT_CONFIG:
-                log.error("process.config_invalid", process=spec.name, code=code)
+                log.error("process.start_failed", process=spec.name, code=code)
                 self._stopping.set()
                 raise GaveUp(EXIT_CONFIG)
             log.error("process.exited", process=spec.name, code=code, pid=proc.pid)
