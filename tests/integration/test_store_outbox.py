@@ -111,13 +111,20 @@ async def test_concurrent_claims_never_share_an_entry(store: Store, make_store: 
     owner_of: dict[int, str] = {}
     twice: list[tuple[int, str, str]] = []
 
+    # Every claimer makes its first claim before any goes on: on a busy machine one
+    # instance's claimers could otherwise take every entry before the other's begin.
+    started = asyncio.Barrier(8)
+
     async def relay(on: Store, owner: str) -> None:
-        while batch := await on.claim_outbox(owner, 2, 60.0, 5000.0):
+        batch = await on.claim_outbox(owner, 2, 60.0, 5000.0)
+        await started.wait()
+        while batch:
             for entry in batch:
                 if entry.id in owner_of:
                     twice.append((entry.id, owner_of[entry.id], owner))
                 owner_of[entry.id] = owner
             await asyncio.sleep(0)
+            batch = await on.claim_outbox(owner, 2, 60.0, 5000.0)
 
     async with make_store() as other:
         await asyncio.gather(
