@@ -755,6 +755,16 @@ class Config:
         doc="Mailgun's HTTP webhook signing key (not the API key; a secret, never logged). "
         "Turns `POST /webhooks/mailgun` on",
     )
+    #: Resend's webhook signing secret (Svix, whsec_...): turns POST /webhooks/resend on.
+    resend_webhook_secret: Secret | None = setting(
+        None,
+        env="MAILMAN_RESEND_WEBHOOK_SECRET",
+        parse=parse.svix_secret,
+        note="off",
+        help="Resend's webhook signing secret (whsec_...): turns POST /webhooks/resend on",
+        doc="Resend's webhook signing secret (`whsec_...`, a secret, never logged). Turns "
+        "`POST /webhooks/resend` on; one that is not `whsec_<base64>` stops the start (exit 2)",
+    )
     log_level: str = setting(
         "info",
         env="MAILMAN_LOG_LEVEL",

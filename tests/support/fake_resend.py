@@ -13,6 +13,11 @@ is still being served (``hold``) is ``409 concurrent_idempotent_requests``. A
 request whose answer is lost (``mode = "drop"``, ``answer_delay``) has its key
 kept all the same: the mail was taken.
 
+Webhooks (off by default): given ``webhook_url`` and ``webhook_secret`` (``whsec_...``),
+it posts, after taking a mail, ``email.sent`` then ``email.delivered`` (or ``email.bounced``,
+Permanent, when a ``to`` address's local part starts with ``bounce_prefix``), one event a
+post, signed the Svix way (``svix-id``, ``svix-timestamp``, ``svix-signature``).
+
 ``copies`` counts the mails it took (what recipients would get); ``replays`` the
 requests answered from a kept key.
 """
@@ -23,21 +28,37 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import re
+import secrets
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .fakes import FakeProvider, Mode, ReceivedFile, Serve
+from .fakes import FakeProvider, Mode, Post, ReceivedFile, Serve
 
 #: How long Resend keeps an idempotency key.
 IDEMPOTENCY_TTL = 24 * 3600.0
 #: The most addresses Resend takes in ``to``.
 MAX_TO = 50
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def svix_headers(secret: str, msg_id: str, timestamp: str, body: bytes) -> dict[str, str]:
+    """The headers Svix signs a post with: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>``
+    keyed with the base64 part of the ``whsec_`` secret."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "Content-Type": "application/json",
+        "svix-id": msg_id,
+        "svix-timestamp": timestamp,
+        "svix-signature": "v1," + base64.b64encode(digest).decode("ascii"),
+    }
 
 
 def error(status: int, name: str, message: str) -> web.Response:
@@ -51,8 +72,16 @@ class FakeResend(FakeProvider[dict[str, Any]]):
 
     path = "/emails"
 
-    def __init__(self, *, api_key: str = "re_test", mode: Mode = "up", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "re_test",
+        mode: Mode = "up",
+        webhook_secret: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(api_key=api_key, mode=mode, **kwargs)
+        self.webhook_secret = webhook_secret
         self.idempotency_ttl = IDEMPOTENCY_TTL
         #: key -> (body hash, id, unix time kept); an id of None: still being served.
         self.keys: dict[str, tuple[str, str | None, float]] = {}
@@ -148,7 +177,38 @@ class FakeResend(FakeProvider[dict[str, Any]]):
             )
         )
         self.message_ids.append(str(uuid.uuid4()))
+        if self.webhook_url is not None and self.webhook_secret is not None:
+            self.send_webhooks(self.events(body, self.message_ids[-1]))
         return web.json_response({"id": self.message_ids[-1]})
+
+    def events(self, body: dict[str, Any], email_id: str) -> list[Post]:
+        """The posts of a mail it took: ``email.sent``, then delivered or bounced."""
+        to = body["to"] if isinstance(body["to"], list) else [body["to"]]
+        data = {
+            "email_id": email_id,
+            "from": body["from"],
+            "to": to,
+            "subject": body["subject"],
+            "created_at": _now(),
+            "tags": {t["name"]: t["value"] for t in body.get("tags", [])},
+        }
+        bounced = [a for a in to if self.bounces(a.rpartition("<")[2].strip(">"))]
+        outcome: dict[str, Any] = {"type": "email.delivered", "data": data}
+        if bounced:
+            bounce = {
+                "type": "Permanent",
+                "subType": "General",
+                "message": "The recipient's email provider sent a hard bounce message.",
+            }
+            outcome = {"type": "email.bounced", "data": {**data, "bounce": bounce}}
+        return [self._signed({"type": "email.sent", "data": data}), self._signed(outcome)]
+
+    def _signed(self, event: dict[str, Any]) -> Post:
+        """The post of ``event``: one svix-id, signed anew (a new timestamp) at each try."""
+        body = orjson.dumps({**event, "created_at": _now()})
+        msg_id = "msg_" + secrets.token_urlsafe(18)
+        secret = self.webhook_secret or ""
+        return lambda: (body, svix_headers(secret, msg_id, str(int(time.time())), body))
 
     def unavailable(self) -> web.Response:
         return error(503, "application_error", "Service unavailable")
@@ -161,6 +221,10 @@ class FakeResend(FakeProvider[dict[str, Any]]):
 
     def bad_request(self, message: str, field: str | None = None) -> web.Response:
         return error(422, "validation_error", message)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _problem(body: dict[str, Any]) -> tuple[str, str] | None:
