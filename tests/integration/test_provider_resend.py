@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from mailman.config import ResendConfig, Secret
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
@@ -367,3 +368,31 @@ async def test_failover_into_and_out_of_resend(
     assert shown["provider"] == expected[-1]
     sent_by = fake if expected[-1] == "resend" else sendgrid
     assert sent_by.mail_ids() == [mail_id]
+
+
+async def test_key_never_in_a_log_line(
+    tmp_path: Path,
+    fake: FakeResend,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Resend refusing the key, its answer echoing it: the mail fails over to SendGrid and
+    no log line holds the key."""
+    fake.mode, fake.echo = "401", True
+    env = resend_env(fake, sendgrid, mailgun, "resend,sendgrid")
+    with capture_logs() as logs:
+        async with embedded(make_config(tmp_path, env)) as mailman:
+            api = Api(http, mailman.url)
+            mail_id = await api.send()
+            await api.wait_status(mail_id, "sent")
+            shown = await api.show(mail_id)
+
+    assert [(a["provider"], a["outcome"]) for a in shown["attempts"]] == [
+        ("resend", "misconfigured"),
+        ("sendgrid", "accepted"),
+    ]
+    assert "[redacted]" in shown["attempts"][0]["reason"]
+    assert any(line.get("provider") == "resend" for line in logs)
+    assert_no_secret(logs)
+    assert_no_secret(shown)
