@@ -41,6 +41,7 @@ from mailman.config import (
     MailgunConfig,
     OutboxConfig,
     ProviderConfig,
+    ResendConfig,
     SendGridConfig,
     is_memory_store,
     redact_url,
@@ -176,6 +177,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.mailgun import MailgunClient
 
         return MailgunClient(provider, timeout)
+    if isinstance(provider, ResendConfig):
+        from mailman.providers.resend import ResendClient
+
+        return ResendClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

@@ -17,6 +17,7 @@ from mailman.store.sqlite import SQLiteStore
 
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
+from .support.fake_resend import FakeResend
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -113,6 +114,13 @@ async def sendgrid() -> AsyncIterator[FakeSendGrid]:
 async def mailgun() -> AsyncIterator[FakeMailgun]:
     """A Mailgun fake on loopback (a test file may define its own)."""
     async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def resend() -> AsyncIterator[FakeResend]:
+    """A Resend fake on loopback."""
+    async with FakeResend(api_key="re_secret-test-key") as fake:
         yield fake
 
 

@@ -25,6 +25,7 @@ from .settings import (
     MailgunConfig,
     OutboxConfig,
     ProviderConfig,
+    ResendConfig,
     SendGridConfig,
     SmtpConfig,
 )
@@ -94,6 +95,12 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
                     f"{SETTINGS['mailgun.domain'].name} is not"
                 )
             chain.append(MailgunConfig(key, domain, read("mailgun.base_url")))
+        elif name == "resend":
+            key = read("resend.api_key")
+            if key is None:
+                skipped.append(name)
+                continue
+            chain.append(ResendConfig(key, read("resend.base_url")))
         else:
             chain.append(outbox)
     if not chain:

@@ -197,6 +197,21 @@ def roles(raw: str, s: Bounds) -> tuple[str, ...]:
     return value
 
 
+def svix_secret(raw: str, s: Bounds) -> Any:
+    """A Svix signing secret (``whsec_`` then base64, as Resend shows it) as a ``Secret``;
+    blank: the default. Its value is never in an error."""
+    value = raw.strip()
+    if not value:
+        return s.default
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:  # binascii.Error too
+        key = b""
+    if not key:
+        raise ConfigError(f"{s.name} must be a signing secret as Resend shows it: whsec_<base64>")
+    return Secret(value)
+
+
 def public_key(raw: str, s: Bounds) -> str | None:
     """An ECDSA P-256 public key as base64 DER (SubjectPublicKeyInfo); PEM armour is
     dropped; blank: None."""

@@ -71,6 +71,20 @@ class MailgunConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResendConfig:
+    api_key: Secret = setting(
+        env="RESEND_API_KEY",
+        parse=parse.secret,
+        help="Resend key; without one Resend is left out of the chain, with a warning",
+        doc="Resend key. Without one, Resend is left out of the chain, with a warning at start",
+    )
+    base_url: str = setting(
+        "https://api.resend.com", env="RESEND_BASE_URL", parse=parse.base_url, help="Resend's API"
+    )
+    name: str = "resend"
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxConfig:
     """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
 
@@ -86,10 +100,15 @@ class OutboxConfig:
     name: str = "outbox"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
+ProviderConfig = SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
-PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (SendGridConfig, MailgunConfig, OutboxConfig)
+PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
+    SendGridConfig,
+    MailgunConfig,
+    ResendConfig,
+    OutboxConfig,
+)
 KNOWN_PROVIDERS = tuple(
     next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
 )
@@ -519,8 +538,8 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, outbox)",
-        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `outbox`)",
+        help="the provider chain, in failover order (sendgrid, mailgun, resend, outbox)",
+        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `resend`, `outbox`)",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
@@ -735,6 +754,16 @@ class Config:
         help="Mailgun's HTTP webhook signing key: turns POST /webhooks/mailgun on",
         doc="Mailgun's HTTP webhook signing key (not the API key; a secret, never logged). "
         "Turns `POST /webhooks/mailgun` on",
+    )
+    #: Resend's webhook signing secret (Svix, whsec_...): turns POST /webhooks/resend on.
+    resend_webhook_secret: Secret | None = setting(
+        None,
+        env="MAILMAN_RESEND_WEBHOOK_SECRET",
+        parse=parse.svix_secret,
+        note="off",
+        help="Resend's webhook signing secret (whsec_...): turns POST /webhooks/resend on",
+        doc="Resend's webhook signing secret (`whsec_...`, a secret, never logged). Turns "
+        "`POST /webhooks/resend` on; one that is not `whsec_<base64>` stops the start (exit 2)",
     )
     log_level: str = setting(
         "info",

@@ -1,4 +1,4 @@
-"""Provider events in: ``POST /webhooks/sendgrid`` and ``POST /webhooks/mailgun``.
+"""Provider events in: ``POST /webhooks/sendgrid``, ``/webhooks/mailgun``, ``/webhooks/resend``.
 
 What a provider reports after taking a mail (delivered, bounced, opened...)
 arrives here signed by the provider, is normalised to one event set
@@ -12,8 +12,10 @@ move it backwards.
 - SendGrid: ECDSA P-256 / SHA-256 over the timestamp header and the raw body,
   checked before the body is parsed. Mailgun: hex HMAC-SHA256 over
   ``timestamp + token`` (both in the JSON body), compared in constant time.
+  Resend (Svix): base64 HMAC-SHA256 over ``svix-id.svix-timestamp.body``, keyed with
+  the base64 part of the ``whsec_`` secret, checked before the body is parsed.
 - A timestamp more than ``MAX_SKEW_SECONDS`` away from now is refused, and so
-  is a replayed Mailgun token: nothing is processed again (see ``RecentTokens``).
+  is a replayed Mailgun token or Svix id: nothing is processed again (``RecentTokens``).
 - No signature: 401; a bad or stale one: 403; a malformed body: 400. Nothing is
   stored for any of them. Events for mails this store does not have are
   acknowledged (200) and logged as ``webhook.unknown_mail``, so the provider
@@ -32,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -53,7 +56,7 @@ from . import CONFIG, STORE
 from .body import decode_json, read_body
 from .contract import Answer, Body, Header, operation, problem
 from .errors import BAD_REQUEST, NOT_FOUND, Problem
-from .models.webhooks import MailgunWebhook, SendGridEvents, WebhookAnswer
+from .models.webhooks import MailgunWebhook, ResendWebhook, SendGridEvents, WebhookAnswer
 
 log = get_logger("mailman.webhooks")
 
@@ -62,6 +65,8 @@ H = TypeVar("H", bound=Callable[..., object])
 
 SENDGRID = "sendgrid"
 MAILGUN = "mailgun"
+RESEND = "resend"
+RESEND_PATH = "/webhooks/resend"
 SENDGRID_PATH = "/webhooks/sendgrid"
 MAILGUN_PATH = "/webhooks/mailgun"
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
@@ -118,6 +123,31 @@ def verify_mailgun(key: str, timestamp: str, token: str, signature: str) -> bool
     """Whether ``signature`` is Mailgun's for ``timestamp`` and ``token``, in constant time."""
     expected = mailgun_signature(key, timestamp, token).encode("ascii")
     return hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape"))
+
+
+def svix_key(secret: str) -> bytes:
+    """The HMAC key of a Svix signing secret: the base64 after ``whsec_``."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def svix_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    """A Svix ``v1`` signature: base64 HMAC-SHA256 of ``id.timestamp.body``."""
+    signed = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogateescape") + body
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+
+
+def verify_svix(key: bytes, msg_id: str, timestamp: str, body: bytes, header: str) -> bool:
+    """Whether one of the space-separated ``v1,<base64>`` entries of ``header`` is the
+    signature of ``msg_id``, ``timestamp`` and ``body``, compared in constant time."""
+    expected = svix_signature(key, msg_id, timestamp, body).encode("ascii")
+    found = False
+    for entry in header.split():
+        version, _, signature = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(
+            expected, signature.encode("utf-8", "surrogateescape")
+        ):
+            found = True
+    return found
 
 
 def _missing(detail: str) -> Problem:
@@ -186,13 +216,15 @@ class Webhooks:
     sendgrid_key: ec.EllipticCurvePublicKey | None = None
     mailgun_key: Secret | None = field(default=None, repr=False)
     tokens: RecentTokens = field(default_factory=RecentTokens)
+    resend_key: bytes | None = field(default=None, repr=False)
+    svix_ids: RecentTokens = field(default_factory=RecentTokens)
 
 
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 
 def add_webhooks(app: web.Application) -> None:
-    """Route ``POST /webhooks/{sendgrid,mailgun}`` on ``app``, keyed from its config.
+    """Route ``POST /webhooks/{sendgrid,mailgun,resend}`` on ``app``, keyed from its config.
 
     The routes always exist (so the OpenAPI document names them); without its key
     an endpoint answers 404.
@@ -202,6 +234,7 @@ def add_webhooks(app: web.Application) -> None:
     app[WEBHOOKS] = Webhooks(
         sendgrid_key=None if key is None else sendgrid_public_key(key),
         mailgun_key=config.mailgun_webhook_signing_key,
+        resend_key=None if (r := config.resend_webhook_secret) is None else svix_key(r.reveal()),
     )
     app.add_routes(routes)
 
@@ -380,6 +413,91 @@ def parse_mailgun(data: object, token: str) -> Incoming | None:
     )
 
 
+#: Resend's event types, as the normalised kind (``email.bounced`` is hard when its
+#: ``bounce.type`` is ``Permanent``); others (email.sent, and any new one) are skipped.
+RESEND_KINDS: dict[str, EventKind] = {
+    "email.delivered": EventKind.DELIVERED,
+    "email.delivery_delayed": EventKind.DEFERRED,
+    "email.bounced": EventKind.BOUNCED,
+    "email.failed": EventKind.DROPPED,
+    "email.suppressed": EventKind.DROPPED,
+    "email.complained": EventKind.COMPLAINED,
+    "email.opened": EventKind.OPENED,
+    "email.clicked": EventKind.CLICKED,
+}
+
+
+def _resend_tag(tags: object, name: str) -> str | None:
+    """The value of tag ``name``: Resend's events give tags as an object (``{name:
+    value}``), its send requests as a list of ``{"name", "value"}``; both are read."""
+    if isinstance(tags, dict):
+        return _text(tags.get(name))
+    if isinstance(tags, list):
+        for tag in tags:
+            if isinstance(tag, dict) and tag.get("name") == name:
+                return _text(tag.get("value"))
+    return None
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _iso_time(value: object) -> float | None:
+    """Unix seconds from an ISO 8601 time (Resend's ``created_at``), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def parse_resend(body: object, msg_id: str, sent_at: float) -> Incoming | None:
+    """The event of a Resend webhook, None if it is one we skip; 400 if malformed.
+    Its ``svix-id`` is its dedupe key; its time ``created_at`` (else the signature's)."""
+    if not isinstance(body, dict) or _text(body.get("type")) is None:
+        raise _malformed("A Resend webhook is a JSON object with a 'type'.")
+    kind = RESEND_KINDS.get(body["type"])
+    if kind is None:
+        return None
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise _malformed(
+            "A Resend event carries its email in 'data'.",
+            FieldError("data", "required: an object"),
+        )
+    email_id = _text(data.get("email_id"))
+    mail_id = _resend_tag(data.get("tags"), "mail_id")
+    to = data.get("to")
+    recipient = to[0] if isinstance(to, list) and len(to) == 1 else to
+    bounce, reason = None, None
+    if kind is EventKind.BOUNCED:
+        detail = _object(data.get("bounce"))
+        bounce = "hard" if detail.get("type") == "Permanent" else "soft"
+        parts = [_text(detail.get(k)) for k in ("type", "subType", "message")]
+        reason = _text(": ".join(p for p in parts if p), _MAX_REASON)
+    elif kind is EventKind.DROPPED:
+        failed = _object(data.get("failed"))
+        reason = _text(failed.get("reason"), _MAX_REASON) or body["type"]
+    return Incoming(
+        DeliveryEvent(
+            mail_id=mail_id or "",
+            provider=RESEND,
+            kind=kind,
+            at=_iso_time(body.get("created_at")) or sent_at,
+            dedupe=_dedupe(msg_id),
+            bounce=bounce,
+            reason=reason,
+            recipient=_text(recipient, _MAX_RECIPIENT),
+        ),
+        message_id=email_id,
+    )
+
+
 # --- recording ---------------------------------------------------------------------
 
 
@@ -524,4 +642,40 @@ async def mailgun_events(request: web.Request) -> web.Response:
     event = parse_mailgun(body.get("event-data"), token)
     response = await _record(request, MAILGUN, [] if event is None else [event], int(event is None))
     hooks.tokens.add(token, time.time())  # only once handled: a 503 may be retried
+    return response
+
+
+SVIX_ID, SVIX_TIMESTAMP, SVIX_SIGNATURE = "svix-id", "svix-timestamp", "svix-signature"
+
+
+@routes.post(RESEND_PATH)
+@_webhook(
+    RESEND,
+    "A Resend webhook: one event, signed the Svix way (svix-id, svix-timestamp and "
+    "svix-signature headers)",
+    ResendWebhook,
+)
+async def resend_events(request: web.Request) -> web.Response:
+    """A Resend webhook: one Svix-signed event, ``{"type", "created_at", "data"}``."""
+    hooks = request.app[WEBHOOKS]
+    key = hooks.resend_key
+    if key is None:
+        raise _off("Resend", "MAILMAN_RESEND_WEBHOOK_SECRET")
+    msg_id, timestamp, signature = (
+        request.headers.get(h, "").strip() for h in (SVIX_ID, SVIX_TIMESTAMP, SVIX_SIGNATURE)
+    )
+    if not msg_id or not timestamp or not signature:
+        raise _missing(f"Send the {SVIX_ID}, {SVIX_TIMESTAMP} and {SVIX_SIGNATURE} headers.")
+    _check_fresh(timestamp, "Resend", time.time())
+    raw = await _read(request)
+    if not verify_svix(key, msg_id, timestamp, raw, signature):  # before the body is parsed
+        raise _invalid("Resend")
+    if msg_id in hooks.svix_ids:
+        # A replay (or Resend sending it again): processed once, acknowledged again.
+        counts: WebhookAnswer = {"recorded": 0, "duplicate": 1, "unknown": 0, "skipped": 0}
+        log.info("webhook.received", provider=RESEND, events=1, replayed=True, **counts)
+        return _answer(counts)
+    event = parse_resend(decode_json(raw), msg_id, float(timestamp))
+    response = await _record(request, RESEND, [] if event is None else [event], int(event is None))
+    hooks.svix_ids.add(msg_id, time.time())  # only once handled: a 503 may be retried
     return response

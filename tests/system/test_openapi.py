@@ -124,7 +124,7 @@ async def test_every_protected_operation_documents_auth_errors(tmp_path: Path) -
             if operation.get("security") == []:
                 public = (
                     *("/health", "/healthz", "/readyz", "/metrics", "/openapi.json"),
-                    *("/webhooks/sendgrid", "/webhooks/mailgun"),
+                    *("/webhooks/sendgrid", "/webhooks/mailgun", "/webhooks/resend"),
                     "/dashboard",  # the page; its figures need an admin key
                 )
                 assert path in public, (method, path)
@@ -167,6 +167,7 @@ async def test_schemathesis_finds_no_mismatch(tmp_path: Path) -> None:
                 ec.generate_private_key(ec.SECP256R1())
             ),
             MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY="fuzz-signing-key",
+            MAILMAN_RESEND_WEBHOOK_SECRET="whsec_ZnV6ei1zaWduaW5nLXNlY3JldA==",
         )
         async with mailman_process(env, tmp_path / "mailman.log") as proc:
             st = await asyncio.create_subprocess_exec(

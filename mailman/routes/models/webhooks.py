@@ -1,4 +1,4 @@
-"""The webhooks' bodies and answer: what SendGrid and Mailgun post, what Mailman answers.
+"""The webhooks' bodies and answer: what SendGrid, Mailgun and Resend post, what Mailman answers.
 
 The request models only document what the providers send: ``routes.webhooks`` parses the
 events itself, after checking the signature over the raw bytes, and words a malformed body
@@ -62,6 +62,18 @@ class MailgunWebhook(BaseModel):
 
     signature: MailgunSignature
     event_data: MailgunEventData = Field(alias="event-data")
+
+
+class ResendWebhook(BaseModel):
+    """One Resend webhook event (the fields Mailman reads)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    created_at: str | None = None
+    data: dict[str, Any] = Field(
+        description="the email: email_id (Resend's id), to, tags (mail_id), bounce, failed"
+    )
 
 
 class WebhookAnswer(TypedDict):

@@ -1,0 +1,216 @@
+"""Resend (``POST /emails``, JSON, Bearer key, an ``Idempotency-Key`` per mail).
+
+Success is ``200`` ``{"id": "<uuid>"}``. Errors are JSON ``{"statusCode",
+"name", "message"}``. See the provider API notes (providers.md).
+
+Every request for a mail carries ``Idempotency-Key: <mail id>`` and a body
+built from the mail alone, byte for byte the same at every attempt. Resend
+keeps a key 24 hours: the same key and body answer the first request's id and
+send nothing. So:
+
+- a lost answer (``Unknown``) is checked by ``lookup`` asking again: it posts
+  the same request once more. Resend answers the id of the mail it took
+  (``TAKEN``, nothing sent again); had the first request never reached it,
+  this request sends the mail, once, and it is ``TAKEN`` all the same. Either
+  way Resend holds exactly one copy;
+- ``409 concurrent_idempotent_requests`` (the first request is still being
+  handled) is ``Transient``: it may yet succeed, and a later try under the same
+  key is answered with its id;
+- ``409 invalid_idempotent_request`` (the key was used with another body) is
+  ``Rejected``: Resend will not take this mail under its key for 24 hours.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mailman.config import ResendConfig
+from mailman.core.model import Attachment, Check, Disposition, Mail
+
+from . import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Rejected,
+    Result,
+    Transient,
+    Unknown,
+    classify,
+    formatted_address,
+    http_session,
+    no_answer,
+    redact,
+    request_timeout,
+    shorten,
+    streamed,
+)
+
+#: How long Resend keeps an idempotency key.
+KEY_KEPT_SECONDS = 24 * 3600.0
+#: Past this age of an attempt, its key may be gone: ``lookup`` would send a second copy.
+LOOKUP_WINDOW_SECONDS = KEY_KEPT_SECONDS - 3600.0
+#: The tag that carries the mail id (events find the mail by it).
+MAIL_ID_TAG = "mail_id"
+#: The longest tag name or value Resend takes.
+MAX_TAG = 256
+#: What Resend refuses in a tag name or value: anything but ASCII letters, digits, ``_``, ``-``.
+_TAG_FORBIDDEN = re.compile(r"[^A-Za-z0-9_-]")
+#: Resend's ``name`` of a 409 whose first request is still in flight.
+CONCURRENT = "concurrent_idempotent_requests"
+
+
+class ResendClient(ProviderClient):
+    """Sends mail through Resend over one reused HTTP session."""
+
+    def __init__(self, config: ResendConfig, timeout: float) -> None:
+        self.name = config.name
+        self._config = config
+        self._timeout = timeout
+        self._url = f"{config.base_url.rstrip('/')}/emails"
+        self._timeouts = request_timeout(timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = http_session(self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, mail: Mail) -> Result:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        key = self._config.api_key.reveal()
+        headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": mail.id,
+        }
+        try:
+            async with self._session.post(
+                self._url,
+                data=streamed(orjson.dumps(body(mail))),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if 200 <= resp.status < 300:
+                    return Accepted(message_id=_message_id(raw))
+                name, message = _error(raw)
+                reason = redact(f"{name}: {message}" if name else message, key)
+                if resp.status == 409 and name == CONCURRENT:
+                    return Transient(shorten(reason), 409, 1.0)
+                return classify(resp.status, reason, resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL:
+            return Misconfigured(f"invalid Resend URL {self._url!r}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, key)
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        """Asks Resend by sending the same request again under the mail's key: Resend
+        answers the id it gave the first time and sends nothing (``TAKEN``). Had the
+        first never reached it, this one sends the mail: ``TAKEN`` too, one copy.
+        Past the key's 24 hours, or without an answer, ``CANNOT``."""
+        if time.time() - since > LOOKUP_WINDOW_SECONDS:
+            return Found(Check.CANNOT, reason=KEY_EXPIRED)
+        result = await self.send(mail)
+        if isinstance(result, Accepted):
+            return Found(Check.TAKEN, message_id=result.message_id)
+        if isinstance(result, Unknown):
+            return Found(Check.CANNOT, reason=f"asked again under its key: {result.reason}")
+        assert isinstance(result, Transient | Misconfigured | Rejected)
+        status = f"HTTP {result.status}: " if result.status else ""
+        return Found(Check.CANNOT, reason=f"asked again under its key: {status}{result.reason}")
+
+
+#: Why an attempt older than Resend's key window cannot be checked.
+KEY_EXPIRED = (
+    "the attempt is older than Resend keeps an Idempotency-Key (24 h): asking again "
+    "could send a second copy"
+)
+
+
+def body(mail: Mail) -> dict[str, Any]:
+    """The ``POST /emails`` body for ``mail``: built from the mail alone, so every
+    attempt sends the same bytes (Resend refuses a key reused with another body)."""
+    out: dict[str, Any] = {
+        "from": formatted_address(mail.sender),
+        "to": [formatted_address(a) for a in mail.to],
+        "subject": mail.subject,
+    }
+    if mail.cc:
+        out["cc"] = [formatted_address(a) for a in mail.cc]
+    if mail.bcc:
+        out["bcc"] = [formatted_address(a) for a in mail.bcc]
+    if mail.reply_to is not None:
+        out["reply_to"] = formatted_address(mail.reply_to)
+    if mail.text:
+        out["text"] = mail.text
+    if mail.html:
+        out["html"] = mail.html
+    out["headers"] = {**dict(mail.headers), "Message-ID": mail.message_id}
+    if mail.attachments:
+        out["attachments"] = [attachment(a) for a in mail.attachments]
+    out["tags"] = tags(mail)
+    return out
+
+
+def attachment(file: Attachment) -> dict[str, str]:
+    """One of Resend's ``attachments``: base64 content as stored, name and type; an
+    inline file also its ``content_id`` (the HTML's ``cid:``)."""
+    out = {"filename": file.filename, "content": file.content, "content_type": file.content_type}
+    if file.disposition is Disposition.INLINE and file.content_id is not None:
+        out["content_id"] = file.content_id
+    return out
+
+
+def tag_text(text: str) -> str:
+    """``text`` as Resend takes it in a tag: each other character as ``_``, at most 256."""
+    return _TAG_FORBIDDEN.sub("_", text)[:MAX_TAG] or "_"
+
+
+def tags(mail: Mail) -> list[dict[str, str]]:
+    """Resend's ``tags``: the mail id (``mail_id``) first, then each metadata pair, then
+    each tag (value ``true``); characters Resend refuses become ``_``; a name already
+    given is left out."""
+    pairs = [(MAIL_ID_TAG, mail.id)]
+    pairs += [(tag_text(k), tag_text(v)) for k, v in mail.metadata]
+    pairs += [(tag_text(t), "true") for t in mail.tags]
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name not in seen:
+            seen.add(name)
+            out.append({"name": name, "value": value})
+    return out
+
+
+def _message_id(raw: bytes) -> str:
+    """The ``id`` of a success body ("" if there is none)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(data["id"]) if isinstance(data, dict) and data.get("id") else ""
+
+
+def _error(raw: bytes) -> tuple[str, str]:
+    """``(name, message)`` of a Resend error body; ``("", text)`` if it is not one."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "", text
+    if isinstance(data, dict) and data.get("message"):
+        return str(data.get("name") or ""), str(data["message"])
+    return "", text
