@@ -42,6 +42,7 @@ from mailman.config import (
     OutboxConfig,
     ProviderConfig,
     SendGridConfig,
+    SesConfig,
     is_memory_store,
     redact_url,
 )
@@ -176,6 +177,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.mailgun import MailgunClient
 
         return MailgunClient(provider, timeout)
+    if isinstance(provider, SesConfig):
+        from mailman.providers.ses import SesClient
+
+        return SesClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

@@ -17,6 +17,7 @@ from mailman.store.sqlite import SQLiteStore
 
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
+from .support.fake_ses import FakeSes, isolate_aws
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -113,6 +114,14 @@ async def sendgrid() -> AsyncIterator[FakeSendGrid]:
 async def mailgun() -> AsyncIterator[FakeMailgun]:
     """A Mailgun fake on loopback (a test file may define its own)."""
     async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def ses(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeSes]:
+    """An SES fake on loopback; the AWS credential chain finds its keys and nothing else."""
+    async with FakeSes() as fake:
+        isolate_aws(monkeypatch, fake.env())
         yield fake
 
 

@@ -36,6 +36,7 @@ from .settings import (
     RelayConfig,
     RetryConfig,
     SendGridConfig,
+    SesConfig,
     SmtpConfig,
     SupervisorConfig,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "RetryConfig",
     "Secret",
     "SendGridConfig",
+    "SesConfig",
     "Setting",
     "SmtpConfig",
     "SupervisorConfig",

@@ -86,10 +86,47 @@ class OutboxConfig:
     name: str = "outbox"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
+@dataclass(frozen=True, slots=True)
+class SesConfig:
+    """Amazon SES (API v2). Its credentials come from the standard AWS chain, never from here."""
+
+    region: str = setting(
+        env="SES_REGION",
+        parse=parse.stripped,
+        help="the AWS region SES sends from, e.g. eu-west-1 (unset: AWS_REGION; needed with ses)",
+        doc="the AWS region SES sends from, e.g. `eu-west-1`. Unset: `AWS_REGION`, then "
+        "`AWS_DEFAULT_REGION`; required with `ses` in the chain. Credentials come from the "
+        "standard AWS chain (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+        "`AWS_PROFILE`, SSO, container and instance roles), never logged; see "
+        "[Amazon SES](provider-ses.md)",
+    )
+    endpoint_url: str | None = setting(
+        None,
+        env="SES_ENDPOINT_URL",
+        parse=parse.stripped,
+        help="SES's API (default https://email.{region}.amazonaws.com)",
+        doc="SES's API. Unset: `https://email.{region}.amazonaws.com`",
+    )
+    configuration_set: str | None = setting(
+        None,
+        env="SES_CONFIGURATION_SET",
+        parse=parse.stripped,
+        help="the SES configuration set every mail names (its event destinations publish events)",
+        doc="the SES configuration set every mail names (its event destinations publish "
+        "SES's events)",
+    )
+    name: str = "ses"
+
+
+ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig | SesConfig
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
-PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (SendGridConfig, MailgunConfig, OutboxConfig)
+PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
+    SendGridConfig,
+    MailgunConfig,
+    OutboxConfig,
+    SesConfig,
+)
 KNOWN_PROVIDERS = tuple(
     next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
 )
@@ -519,8 +556,8 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, outbox)",
-        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `outbox`)",
+        help="the provider chain, in failover order (sendgrid, mailgun, outbox, ses)",
+        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `outbox`, `ses`)",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
