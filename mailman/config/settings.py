@@ -22,6 +22,8 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 SMTP_PORT = 2525
 #: The highest TCP port.
 PORT_MAX = 65535
+#: SNS's own hosts, over HTTPS: where signing certificates and subscribe URLs may be.
+SNS_HOST_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
 #: 24 hours, in seconds.
 DAY = 24 * 3600.0
 
@@ -112,8 +114,8 @@ class SesConfig:
         env="SES_CONFIGURATION_SET",
         parse=parse.stripped,
         help="the SES configuration set every mail names (its event destinations publish events)",
-        doc="the SES configuration set every mail names (its event destinations publish "
-        "SES's events)",
+        doc="the SES configuration set every mail names; its event destination publishes the "
+        "events `POST /webhooks/ses` takes",
     )
     name: str = "ses"
 
@@ -772,6 +774,28 @@ class Config:
         help="Mailgun's HTTP webhook signing key: turns POST /webhooks/mailgun on",
         doc="Mailgun's HTTP webhook signing key (not the API key; a secret, never logged). "
         "Turns `POST /webhooks/mailgun` on",
+    )
+    #: The SNS topics whose SES events POST /webhooks/ses takes: turns it on.
+    ses_sns_topic_arns: tuple[str, ...] = setting(
+        (),
+        env="MAILMAN_SES_SNS_TOPIC_ARNS",
+        parse=parse.sns_topic_arns,
+        note="off",
+        help="the SNS topics (comma list of ARNs) SES publishes events to: turns POST "
+        "/webhooks/ses on",
+        doc="the SNS topics (a comma list of ARNs) that SES's event destination publishes to. "
+        "Turns `POST /webhooks/ses` on; a message signed by SNS for any other topic is refused "
+        "(see [Delivery events](webhooks.md#amazon-ses))",
+    )
+    sns_host_pattern: str = setting(
+        SNS_HOST_PATTERN,
+        env="MAILMAN_SNS_HOST_PATTERN",
+        parse=parse.pattern,
+        help="where SNS signing certificates and subscribe URLs may be fetched from (a regex "
+        "over scheme://host[:port]); for tests only",
+        doc="where SNS signing certificates (`SigningCertURL`) and subscription URLs "
+        "(`SubscribeURL`) may be fetched from: a regular expression over `scheme://host[:port]`. "
+        "Change it for tests only",
     )
     log_level: str = setting(
         "info",

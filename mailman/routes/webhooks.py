@@ -204,6 +204,9 @@ def add_webhooks(app: web.Application) -> None:
         mailgun_key=config.mailgun_webhook_signing_key,
     )
     app.add_routes(routes)
+    from .webhooks_ses import add_ses_webhook  # it builds on this module
+
+    add_ses_webhook(app)
 
 
 def _off(provider: str, variable: str) -> Problem:

@@ -20,6 +20,15 @@ An accepted mail is kept: its JSON in ``received``, its MIME parsed in
 request's headers in ``request_headers``, the ``MessageId`` it was answered
 with in ``message_ids``. ``sending_paused`` answers every send with SES's
 ``SendingPausedException``. The modes of ``FakeProvider`` apply.
+
+SNS, as SES's event destination: the fake serves its signing certificate
+(``cert_path``, issued by a test CA made with ``cryptography``; ``cert_fetches``
+counts the fetches) and a subscribe URL (``GET /confirm?Token=...``, kept in
+``confirmations``), and ``sns_message`` makes SNS messages signed as SNS signs
+them (``SignatureVersion`` 1: SHA1, 2: SHA256). Given ``webhook_url``, it posts
+SES's events for every mail it accepted there itself: ``Send``, then
+``Delivery`` for the recipients, ``Bounce`` (permanent) for those whose local
+part starts with ``bounce_prefix``, tried again like the other fakes' webhooks.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ import base64
 import binascii
 import datetime
 import email.policy
+import functools
 import io
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
@@ -41,8 +52,12 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
-from .fakes import FakeProvider, Mode, ReceivedFile
+from .fakes import FakeProvider, Mode, Post, ReceivedFile
 
 #: The test credentials the fake knows unless told others.
 ACCESS_KEY = "AKIAFAKESES000000001"
@@ -63,6 +78,73 @@ SIGNATURE_MISMATCH = (
     "your AWS Secret Access Key and signing method. Consult the service documentation for details."
 )
 INVALID_TOKEN = "The security token included in the request is invalid."
+#: The topic the fake's events are published to, and SNS's fields signed per message type.
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:mailman-ses-events"
+SNS_SIGNED = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": (
+        *("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
+    ),
+}
+SNS_SIGNED["UnsubscribeConfirmation"] = SNS_SIGNED["SubscriptionConfirmation"]
+SNS_SIGNATURE_HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningCertificate:
+    """An RSA key and its certificate, issued by a test CA (as SNS's is by Amazon's)."""
+
+    key: rsa.RSAPrivateKey
+    pem: bytes
+
+
+@functools.cache
+def sns_certificate(name: str = "sns.amazonaws.com") -> SigningCertificate:
+    """A signing certificate for ``name`` from a test CA made here (one per name)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Mailman Test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return SigningCertificate(key, leaf.public_bytes(serialization.Encoding.PEM))
+
+
+def sns_sign(key: rsa.RSAPrivateKey, message: dict[str, Any], version: str = "1") -> str:
+    """SNS's ``Signature`` of ``message``: RSA over ``name\nvalue\n`` of its signed fields."""
+    text = "".join(
+        f"{name}\n{message[name]}\n"
+        for name in SNS_SIGNED[message["Type"]]
+        if message.get(name) is not None
+    )
+    signature = key.sign(text.encode(), padding.PKCS1v15(), SNS_SIGNATURE_HASHES[version]())
+    return base64.b64encode(signature).decode("ascii")
+
+
+def iso_now(offset: float = 0.0) -> str:
+    """The time as SNS and SES write it: ``2026-12-06T09:00:00.123Z``."""
+    now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=offset)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 class FakeSes(FakeProvider[dict[str, Any]]):
@@ -82,6 +164,10 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         retry_after: str = "1",
         delay: float = 0.0,
         answer_delay: float = 0.0,
+        webhook_url: str | None = None,
+        bounce_prefix: str = "bounce",
+        topic_arn: str = TOPIC_ARN,
+        signature_version: str = "1",
     ) -> None:
         super().__init__(
             api_key=secret_key,
@@ -89,7 +175,17 @@ class FakeSes(FakeProvider[dict[str, Any]]):
             retry_after=retry_after,
             delay=delay,
             answer_delay=answer_delay,
+            webhook_url=webhook_url,
+            bounce_prefix=bounce_prefix,
         )
+        #: SNS: the topic, the signature version, the certificate and where it is served.
+        self.topic_arn = topic_arn
+        self.signature_version = signature_version
+        self.certificate = sns_certificate()
+        self.cert_path = "/SimpleNotificationService-0000000000000000000000.pem"
+        self.cert_fetches = 0
+        #: The tokens of the subscriptions confirmed at ``/confirm``.
+        self.confirmations: list[str] = []
         self.access_key = access_key
         self.secret_key = secret_key
         self.session_token = session_token
@@ -103,6 +199,158 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         #: The parsed MIME of each accepted mail, and the headers of its request.
         self.messages: list[EmailMessage] = []
         self.request_headers: list[dict[str, str]] = []
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        app.router.add_get(self.cert_path, self._certificate)
+        app.router.add_get("/confirm", self._confirm)
+
+    async def _certificate(self, request: web.Request) -> web.Response:
+        self.cert_fetches += 1
+        return web.Response(body=self.certificate.pem, content_type="application/x-x509-ca-cert")
+
+    async def _confirm(self, request: web.Request) -> web.Response:
+        if request.query.get("Action") != "ConfirmSubscription" or not request.query.get("Token"):
+            return web.Response(status=400, text="<Error><Code>InvalidParameter</Code></Error>")
+        self.confirmations.append(request.query["Token"])
+        arn = f"{request.query.get('TopicArn', '')}:{uuid.uuid4()}"
+        return web.Response(
+            text=f"<ConfirmSubscriptionResponse><ConfirmSubscriptionResult><SubscriptionArn>"
+            f"{arn}</SubscriptionArn></ConfirmSubscriptionResult></ConfirmSubscriptionResponse>",
+            content_type="text/xml",
+        )
+
+    def sns_message(
+        self,
+        kind: str,
+        message: str,
+        *,
+        key: rsa.RSAPrivateKey | None = None,
+        cert_url: str | None = None,
+        topic_arn: str | None = None,
+        version: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """An SNS message of type ``kind`` carrying ``message``, signed as SNS signs it
+        (with another ``key``, for a forgery), its certificate on this fake."""
+        body: dict[str, Any] = {
+            "Type": kind,
+            "MessageId": str(uuid.uuid4()),
+            "TopicArn": topic_arn or self.topic_arn,
+            "Message": message,
+            "Timestamp": iso_now(),
+            "SignatureVersion": version or self.signature_version,
+            "SigningCertURL": cert_url or f"{self.base_url}{self.cert_path}",
+            **fields,
+        }
+        if kind == "SubscriptionConfirmation":
+            token = uuid.uuid4().hex * 2
+            body.setdefault("Token", token)
+            body.setdefault(
+                "SubscribeURL",
+                f"{self.base_url}/confirm?Action=ConfirmSubscription&TopicArn={body['TopicArn']}"
+                f"&Token={token}",
+            )
+        if kind == "Notification":
+            body["UnsubscribeURL"] = f"{self.base_url}/unsubscribe"
+        body["Signature"] = sns_sign(key or self.certificate.key, body, body["SignatureVersion"])
+        return body
+
+    def ses_event(self, kind: str, index: int, **details: Any) -> dict[str, Any]:
+        """SES's event ``kind`` for the ``index``-th accepted mail, ``details`` its object."""
+        body, message = self.received[index], self.messages[index]
+        destination = body["Destination"]
+        recipients = [
+            a
+            for f in ("ToAddresses", "CcAddresses", "BccAddresses")
+            for a in destination.get(f, [])
+        ]
+        tags: dict[str, list[str]] = {t["Name"]: [t["Value"]] for t in body.get("EmailTags", [])}
+        if body.get("ConfigurationSetName"):
+            tags["ses:configuration-set"] = [body["ConfigurationSetName"]]
+        mail = {
+            "timestamp": iso_now(),
+            "source": body.get("FromEmailAddress", ""),
+            "sendingAccountId": "123456789012",
+            "messageId": self.message_ids[index],
+            "destination": recipients,
+            "headersTruncated": False,
+            "headers": [{"name": n, "value": str(v)} for n, v in message.items()],
+            "commonHeaders": {
+                "from": [str(message["From"])],
+                "to": [str(message["To"])],
+                "messageId": str(message["Message-ID"]),
+                "subject": str(message["Subject"]),
+            },
+            "tags": tags,
+        }
+        field = {
+            "Send": "send",
+            "Delivery": "delivery",
+            "Bounce": "bounce",
+            "Complaint": "complaint",
+            "DeliveryDelay": "deliveryDelay",
+            "Reject": "reject",
+            "Open": "open",
+            "Click": "click",
+        }[kind]
+        return {"eventType": kind, "mail": mail, field: {"timestamp": iso_now(), **details}}
+
+    def _publish(self, index: int) -> None:
+        """Post SES's events for the ``index``-th accepted mail to ``webhook_url``."""
+        destination = self.received[index]["Destination"]
+        recipients = [
+            a
+            for f in ("ToAddresses", "CcAddresses", "BccAddresses")
+            for a in destination.get(f, [])
+        ]
+        bounced = [a for a in recipients if self.bounces(a)]
+        delivered = [a for a in recipients if not self.bounces(a)]
+        events = [self.ses_event("Send", index)]
+        if delivered:
+            events.append(
+                self.ses_event(
+                    "Delivery",
+                    index,
+                    recipients=delivered,
+                    processingTimeMillis=420,
+                    smtpResponse="250 2.6.0 Message received",
+                    reportingMTA="a8-70.smtp-out.amazonses.com",
+                )
+            )
+        if bounced:
+            events.append(
+                self.ses_event(
+                    "Bounce",
+                    index,
+                    bounceType="Permanent",
+                    bounceSubType="General",
+                    feedbackId=str(uuid.uuid4()),
+                    bouncedRecipients=[
+                        {
+                            "emailAddress": a,
+                            "action": "failed",
+                            "status": "5.1.1",
+                            "diagnosticCode": "smtp; 550 5.1.1 The email account that you tried "
+                            "to reach does not exist.",
+                        }
+                        for a in bounced
+                    ],
+                )
+            )
+        self.send_webhooks([self._sns_post(e) for e in events])
+
+    def _sns_post(self, event: dict[str, Any]) -> Post:
+        """The post of one SES event as an SNS notification: the same at every try."""
+        message = self.sns_message("Notification", orjson.dumps(event).decode())
+        body = orjson.dumps(message)
+        headers = {
+            "Content-Type": "text/plain; charset=UTF-8",
+            "x-amz-sns-message-type": "Notification",
+            "x-amz-sns-message-id": message["MessageId"],
+            "x-amz-sns-topic-arn": message["TopicArn"],
+        }
+        return lambda: (body, headers)
 
     def env(self) -> dict[str, str]:
         """The environment that makes the standard AWS chain find this fake's credentials."""
@@ -140,6 +388,8 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         self.request_headers.append(dict(request.headers))
         stamp = int(time.time() * 1000)
         self.message_ids.append(f"{stamp:016x}-{uuid.uuid4()}-000000")
+        if self.webhook_url is not None:
+            self._publish(len(self.received) - 1)
         return web.json_response({"MessageId": self.message_ids[-1]}, dumps=_dumps)
 
     def refused(self, request: web.Request, raw: bytes) -> web.Response | None:
