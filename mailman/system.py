@@ -43,6 +43,7 @@ from mailman.config import (
     ProviderConfig,
     ResendConfig,
     SendGridConfig,
+    SesConfig,
     is_memory_store,
     redact_url,
 )
@@ -181,6 +182,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.resend import ResendClient
 
         return ResendClient(provider, timeout)
+    if isinstance(provider, SesConfig):
+        from mailman.providers.ses import SesClient
+
+        return SesClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

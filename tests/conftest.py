@@ -18,6 +18,7 @@ from mailman.store.sqlite import SQLiteStore
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
 from .support.fake_resend import FakeResend
+from .support.fake_ses import FakeSes, isolate_aws
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -121,6 +122,14 @@ async def mailgun() -> AsyncIterator[FakeMailgun]:
 async def resend() -> AsyncIterator[FakeResend]:
     """A Resend fake on loopback."""
     async with FakeResend(api_key="re_secret-test-key") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def ses(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeSes]:
+    """An SES fake on loopback; the AWS credential chain finds its keys and nothing else."""
+    async with FakeSes() as fake:
+        isolate_aws(monkeypatch, fake.env())
         yield fake
 
 

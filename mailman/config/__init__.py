@@ -37,6 +37,7 @@ from .settings import (
     ResendConfig,
     RetryConfig,
     SendGridConfig,
+    SesConfig,
     SmtpConfig,
     SupervisorConfig,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "RetryConfig",
     "Secret",
     "SendGridConfig",
+    "SesConfig",
     "Setting",
     "SmtpConfig",
     "SupervisorConfig",

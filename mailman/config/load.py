@@ -10,7 +10,8 @@ broker URLs.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from .settings import (
     ProviderConfig,
     ResendConfig,
     SendGridConfig,
+    SesConfig,
     SmtpConfig,
 )
 from .tls import tls_server_context
@@ -101,11 +103,39 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
                 skipped.append(name)
                 continue
             chain.append(ResendConfig(key, read("resend.base_url")))
+        elif name == "ses":
+            chain.append(_ses(env, read("ses.region"), read))
         else:
             chain.append(outbox)
     if not chain:
         chain.append(outbox)
     return tuple(chain), tuple(skipped)
+
+
+#: An AWS region's name (``us-east-1``, ``eu-central-2``): it becomes part of a host name.
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
+#: An SES configuration set's name: letters, digits, ``_`` and ``-``, at most 64.
+_SES_CONFIGURATION_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _ses(env: Mapping[str, str], region: str | None, read: Callable[[str], Any]) -> SesConfig:
+    """SES's settings: the region (``SES_REGION``, else ``AWS_REGION``, else
+    ``AWS_DEFAULT_REGION``) is required and must be a region's name."""
+    name = SETTINGS["ses.region"].name
+    region = (
+        region or env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    )
+    if not region:
+        raise ConfigError(f"{name} (or AWS_REGION) is required with ses in the provider chain")
+    if not _AWS_REGION.fullmatch(region):
+        raise ConfigError(f"{name} must be an AWS region such as eu-west-1, got {region!r}")
+    configuration_set = read("ses.configuration_set")
+    if configuration_set is not None and not _SES_CONFIGURATION_SET.fullmatch(configuration_set):
+        raise ConfigError(
+            f"{SETTINGS['ses.configuration_set'].name} must be 1 to 64 letters, digits, _ or -, "
+            f"got {configuration_set!r}"
+        )
+    return SesConfig(region, read("ses.endpoint_url"), configuration_set)
 
 
 def _check_processes(config: Config) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -210,6 +211,35 @@ def svix_secret(raw: str, s: Bounds) -> Any:
     if not key:
         raise ConfigError(f"{s.name} must be a signing secret as Resend shows it: whsec_<base64>")
     return Secret(value)
+
+
+#: An SNS topic's ARN: ``arn:aws:sns:us-east-1:123456789012:name`` (other partitions too).
+_SNS_TOPIC_ARN = re.compile(
+    r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?"
+)
+
+
+def sns_topic_arns(raw: str, s: Bounds) -> tuple[str, ...]:
+    """A comma list of SNS topic ARNs, blanks dropped; blank: none."""
+    value = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for arn in value:
+        if not _SNS_TOPIC_ARN.fullmatch(arn):
+            raise ConfigError(
+                f"{s.name} must list SNS topic ARNs (arn:aws:sns:region:account:name), got {arn!r}"
+            )
+    return value
+
+
+def pattern(raw: str, s: Bounds) -> str:
+    """A regular expression that compiles; blank: the default."""
+    value = raw.strip()
+    if not value:
+        return str(s.default)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{s.name} is not a regular expression: {exc}") from None
+    return value
 
 
 def public_key(raw: str, s: Bounds) -> str | None:

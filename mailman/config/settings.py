@@ -22,6 +22,8 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 SMTP_PORT = 2525
 #: The highest TCP port.
 PORT_MAX = 65535
+#: SNS's own hosts, over HTTPS: where signing certificates and subscribe URLs may be.
+SNS_HOST_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
 #: 24 hours, in seconds.
 DAY = 24 * 3600.0
 
@@ -100,13 +102,46 @@ class OutboxConfig:
     name: str = "outbox"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig
+@dataclass(frozen=True, slots=True)
+class SesConfig:
+    """Amazon SES (API v2). Its credentials come from the standard AWS chain, never from here."""
+
+    region: str = setting(
+        env="SES_REGION",
+        parse=parse.stripped,
+        help="the AWS region SES sends from, e.g. eu-west-1 (unset: AWS_REGION; needed with ses)",
+        doc="the AWS region SES sends from, e.g. `eu-west-1`. Unset: `AWS_REGION`, then "
+        "`AWS_DEFAULT_REGION`; required with `ses` in the chain. Credentials come from the "
+        "standard AWS chain (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+        "`AWS_PROFILE`, SSO, container and instance roles), never logged; see "
+        "[Amazon SES](provider-ses.md)",
+    )
+    endpoint_url: str | None = setting(
+        None,
+        env="SES_ENDPOINT_URL",
+        parse=parse.stripped,
+        help="SES's API (default https://email.{region}.amazonaws.com)",
+        doc="SES's API. Unset: `https://email.{region}.amazonaws.com`",
+    )
+    configuration_set: str | None = setting(
+        None,
+        env="SES_CONFIGURATION_SET",
+        parse=parse.stripped,
+        help="the SES configuration set every mail names (its event destinations publish events)",
+        doc="the SES configuration set every mail names; its event destination publishes the "
+        "events `POST /webhooks/ses` takes",
+    )
+    name: str = "ses"
+
+
+ProviderConfig = SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig | SesConfig
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
 PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
     SendGridConfig,
     MailgunConfig,
     ResendConfig,
+    SesConfig,
     OutboxConfig,
 )
 KNOWN_PROVIDERS = tuple(
@@ -538,8 +573,9 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, resend, outbox)",
-        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `resend`, `outbox`)",
+        help="the provider chain, in failover order (sendgrid, mailgun, resend, ses, outbox)",
+        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `resend`, `ses`, "
+        "`outbox`)",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
@@ -764,6 +800,28 @@ class Config:
         help="Resend's webhook signing secret (whsec_...): turns POST /webhooks/resend on",
         doc="Resend's webhook signing secret (`whsec_...`, a secret, never logged). Turns "
         "`POST /webhooks/resend` on; one that is not `whsec_<base64>` stops the start (exit 2)",
+    )
+    #: The SNS topics whose SES events POST /webhooks/ses takes: turns it on.
+    ses_sns_topic_arns: tuple[str, ...] = setting(
+        (),
+        env="MAILMAN_SES_SNS_TOPIC_ARNS",
+        parse=parse.sns_topic_arns,
+        note="off",
+        help="the SNS topics (comma list of ARNs) SES publishes events to: turns POST "
+        "/webhooks/ses on",
+        doc="the SNS topics (a comma list of ARNs) that SES's event destination publishes to. "
+        "Turns `POST /webhooks/ses` on; a message signed by SNS for any other topic is refused "
+        "(see [Delivery events](webhooks.md#amazon-ses))",
+    )
+    sns_host_pattern: str = setting(
+        SNS_HOST_PATTERN,
+        env="MAILMAN_SNS_HOST_PATTERN",
+        parse=parse.pattern,
+        help="where SNS signing certificates and subscribe URLs may be fetched from (a regex "
+        "over scheme://host[:port]); for tests only",
+        doc="where SNS signing certificates (`SigningCertURL`) and subscription URLs "
+        "(`SubscribeURL`) may be fetched from: a regular expression over `scheme://host[:port]`. "
+        "Change it for tests only",
     )
     log_level: str = setting(
         "info",

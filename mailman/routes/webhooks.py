@@ -237,6 +237,9 @@ def add_webhooks(app: web.Application) -> None:
         resend_key=None if (r := config.resend_webhook_secret) is None else svix_key(r.reveal()),
     )
     app.add_routes(routes)
+    from .webhooks_ses import add_ses_webhook  # it builds on this module
+
+    add_ses_webhook(app)
 
 
 def _off(provider: str, variable: str) -> Problem:

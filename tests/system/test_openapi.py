@@ -125,6 +125,7 @@ async def test_every_protected_operation_documents_auth_errors(tmp_path: Path) -
                 public = (
                     *("/health", "/healthz", "/readyz", "/metrics", "/openapi.json"),
                     *("/webhooks/sendgrid", "/webhooks/mailgun", "/webhooks/resend"),
+                    "/webhooks/ses",
                     "/dashboard",  # the page; its figures need an admin key
                 )
                 assert path in public, (method, path)

@@ -1,0 +1,277 @@
+"""Amazon SES API v2 ``SendEmail`` (``POST /v2/email/outbound-emails``), SigV4-signed.
+
+The mail goes as raw MIME (``Content.Raw.Data``): the RFC 5322 message the
+outbox writes (``outbox.render``: our Message-ID, headers, attachments, no
+Bcc header), its recipients in ``Destination`` (the Bcc ones only there), the
+mail id as the email tag ``mail_id`` (and each metadata entry SES can take as
+a tag), and ``ConfigurationSetName`` when one is configured. Success is
+``200`` ``{"MessageId"}``; errors are JSON ``{"message"}`` with their type in
+the ``x-amzn-ErrorType`` header. See the provider API notes (providers.md).
+
+Requests are signed by botocore's ``SigV4Auth`` over the exact bytes sent,
+with credentials from botocore's standard chain (environment, shared files
+and profiles, SSO, container and instance roles). Finding them may do network
+I/O (a role's metadata service, STS), so it happens in a thread, at start and
+whenever botocore says refreshable credentials are near expiry; the event loop
+never waits on it. SES has no lookup by Message-ID: ``lookup`` is
+``Check.CANNOT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.session import Session
+
+from mailman.config import SesConfig
+from mailman.config.logging import get_logger
+from mailman.core.model import Check, Mail
+
+from . import (
+    Accepted,
+    Found,
+    Misconfigured,
+    ProviderClient,
+    Result,
+    Transient,
+    classify,
+    describe,
+    http_session,
+    no_answer,
+    request_timeout,
+    shorten,
+    streamed,
+)
+from .outbox import render
+
+log = get_logger("mailman.providers.ses")
+
+#: The SigV4 service name of SES.
+SERVICE = "ses"
+#: The send endpoint's path.
+SEND_PATH = "/v2/email/outbound-emails"
+#: The email tag that carries the mail id (SES events list it in ``mail.tags``).
+MAIL_ID_TAG = "mail_id"
+#: What SES takes as an email tag's name or value.
+TAG = re.compile(r"[A-Za-z0-9_-]{1,256}")
+#: Seconds before credentials that were not found are looked for again.
+RESOLVE_AGAIN_SECONDS = 30.0
+#: Error types that say the account cannot send at all (400s, but not about this mail).
+ACCOUNT_ERRORS = frozenset({"AccountSuspendedException", "SendingPausedException"})
+#: Error types that say "later" (a 400 for a sending quota).
+LATER_ERRORS = frozenset({"LimitExceededException", "TooManyRequestsException", "Throttling"})
+
+NO_CREDENTIALS = (
+    "no AWS credentials found (the standard chain: AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared files, SSO, container or instance role)"
+)
+LOOKUP_UNAVAILABLE = "SES has no lookup by Message-ID (it offers no search of sent mail)"
+
+
+class SesClient(ProviderClient):
+    """Sends mail through SES over one reused HTTP session, signing each request."""
+
+    def __init__(self, config: SesConfig, timeout: float) -> None:
+        self.name = config.name
+        self._config = config
+        self._timeout = timeout
+        base = config.endpoint_url or f"https://email.{config.region}.amazonaws.com"
+        self._url = f"{base.rstrip('/')}{SEND_PATH}"
+        self._timeouts = request_timeout(timeout)
+        self._session: aiohttp.ClientSession | None = None
+        #: botocore's credentials (refreshable ones refresh themselves when asked).
+        self._credentials: Credentials | None = None
+        #: The credentials last taken from them: what requests are signed with.
+        self._frozen: ReadOnlyCredentials | None = None
+        #: When the chain was last asked (monotonic), and what it said if it failed.
+        self._resolved_at: float | None = None
+        self._resolve_error = NO_CREDENTIALS
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = http_session(self._timeout)
+        await self._signing_credentials()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, mail: Mail) -> Result:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        credentials = await self._signing_credentials()
+        if isinstance(credentials, Misconfigured | Transient):
+            return credentials
+        # Megabytes of files take a while to encode and hash: not on the event loop.
+        if mail.attachments:
+            data, headers = await asyncio.to_thread(self._signed, mail, credentials)
+        else:
+            data, headers = self._signed(mail, credentials)
+        try:
+            async with self._session.post(
+                self._url,
+                data=streamed(data),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if 200 <= resp.status < 300:
+                    return Accepted(message_id=_message_id(raw))
+                kind, message = error_of(raw, resp.headers.get("x-amzn-ErrorType"))
+                reason = self._redact(f"{kind}: {message}" if kind else message)
+                return result_of(resp.status, kind, reason, resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL:
+            return Misconfigured(f"invalid SES URL {self._url!r}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return no_answer(exc, self._timeouts, credentials.secret_key or "")
+
+    async def lookup(self, mail: Mail, since: float) -> Found:
+        return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)
+
+    def _signed(self, mail: Mail, credentials: ReadOnlyCredentials) -> tuple[bytes, dict[str, str]]:
+        """The request body for ``mail`` and its headers, SigV4-signed over those bytes."""
+        data = orjson.dumps(body(mail, self._config.configuration_set))
+        request = AWSRequest(
+            method="POST", url=self._url, data=data, headers={"Content-Type": "application/json"}
+        )
+        SigV4Auth(credentials, SERVICE, self._config.region).add_auth(request)
+        return data, {name: str(value) for name, value in request.headers.items()}
+
+    async def _signing_credentials(self) -> ReadOnlyCredentials | Misconfigured | Transient:
+        """The credentials to sign with: found in a thread (once, or again after
+        ``RESOLVE_AGAIN_SECONDS`` when there were none), refreshed in a thread when
+        botocore says they are near expiry."""
+        if self._stale():
+            async with self._lock:
+                if self._credentials is None and self._may_resolve():
+                    await self._resolve()
+                if self._credentials is None:
+                    return Misconfigured(self._resolve_error)
+                if self._stale():
+                    try:
+                        self._frozen = await asyncio.to_thread(
+                            self._credentials.get_frozen_credentials
+                        )
+                    except Exception as exc:  # any failure of a refresh: try again next time
+                        return Transient(self._redact(f"AWS credentials: {describe(exc)}"))
+        assert self._frozen is not None
+        return self._frozen
+
+    def _stale(self) -> bool:
+        """Whether the frozen credentials are missing or botocore would refresh them."""
+        if self._frozen is None:
+            return True
+        creds = self._credentials
+        return isinstance(creds, RefreshableCredentials) and creds.refresh_needed()
+
+    def _may_resolve(self) -> bool:
+        at = self._resolved_at
+        return at is None or time.monotonic() - at >= RESOLVE_AGAIN_SECONDS
+
+    async def _resolve(self) -> None:
+        """Ask botocore's credential chain (in a thread: it may call a metadata service)."""
+        self._resolved_at = time.monotonic()
+        try:
+            found = await asyncio.to_thread(_find_credentials)
+        except Exception as exc:  # a broken profile or config file: say so, send nothing
+            self._resolve_error = shorten(f"AWS credentials: {describe(exc)}")
+            log.error("ses.credentials_failed", provider=self.name, error=self._resolve_error)
+            return
+        if found is None:
+            self._resolve_error = NO_CREDENTIALS
+            log.error("ses.no_credentials", provider=self.name, detail=NO_CREDENTIALS)
+            return
+        self._credentials = found
+        log.info("ses.credentials", provider=self.name, source=found.method)
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the secret key, session token or access key id."""
+        frozen = self._frozen
+        if frozen is not None:
+            for secret in (frozen.secret_key, frozen.token, frozen.access_key):
+                if secret:
+                    text = text.replace(secret, "[redacted]")
+        return text
+
+
+def _find_credentials() -> Credentials | None:
+    """The standard AWS credential chain's answer (blocking: call it in a thread)."""
+    return Session().get_credentials()
+
+
+def body(mail: Mail, configuration_set: str | None = None) -> dict[str, Any]:
+    """The ``SendEmail`` JSON body for ``mail``: raw MIME content, recipients in
+    ``Destination``, the mail id and the tag-safe metadata as ``EmailTags``."""
+    destination: dict[str, list[str]] = {"ToAddresses": [a.email for a in mail.to]}
+    if mail.cc:
+        destination["CcAddresses"] = [a.email for a in mail.cc]
+    if mail.bcc:
+        destination["BccAddresses"] = [a.email for a in mail.bcc]
+    tags = [{"Name": MAIL_ID_TAG, "Value": mail.id}]
+    tags += [
+        {"Name": key, "Value": value}
+        for key, value in mail.metadata
+        if key != MAIL_ID_TAG and TAG.fullmatch(key) and TAG.fullmatch(value)
+    ]
+    out: dict[str, Any] = {
+        "FromEmailAddress": mail.sender.email,
+        "Destination": destination,
+        "Content": {"Raw": {"Data": base64.b64encode(render(mail)).decode("ascii")}},
+        "EmailTags": tags,
+    }
+    if configuration_set:
+        out["ConfigurationSetName"] = configuration_set
+    return out
+
+
+def result_of(status: int, kind: str, reason: str, retry_after: str | None) -> Result:
+    """The result of an SES error: by status (``classify``), but an account that may not
+    send is ``Misconfigured`` and a sending quota ``Transient``, whatever their status."""
+    if kind in ACCOUNT_ERRORS:
+        return Misconfigured(shorten(reason), status)
+    if kind in LATER_ERRORS:
+        result = classify(429, reason, retry_after)
+        assert isinstance(result, Transient)
+        return Transient(result.reason, status, result.retry_after)
+    return classify(status, reason, retry_after)
+
+
+def error_of(raw: bytes, error_type: str | None) -> tuple[str, str]:
+    """(type, message) of an SES error answer: the type from ``x-amzn-ErrorType``
+    (``Type:url``) or the body's ``__type``/``code`` (``ns#Type``), the message from
+    its ``message``/``Message``; the body's text when it is not JSON."""
+    kind = (error_type or "").partition(":")[0].strip()
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return kind, text
+    if not isinstance(data, dict):
+        return kind, text
+    if not kind:
+        found = data.get("__type") or data.get("code") or data.get("Code") or ""
+        kind = str(found).rpartition("#")[2]
+    message = data.get("message") or data.get("Message")
+    return kind, str(message) if message else text
+
+
+def _message_id(raw: bytes) -> str:
+    """The ``MessageId`` of a success body ("" if there is none)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(data["MessageId"]) if isinstance(data, dict) and data.get("MessageId") else ""
