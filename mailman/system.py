@@ -40,6 +40,7 @@ from mailman.config import (
     ConfigError,
     MailgunConfig,
     OutboxConfig,
+    PostmarkConfig,
     ProviderConfig,
     SendGridConfig,
     is_memory_store,
@@ -176,6 +177,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.mailgun import MailgunClient
 
         return MailgunClient(provider, timeout)
+    if isinstance(provider, PostmarkConfig):
+        from mailman.providers.postmark import PostmarkClient
+
+        return PostmarkClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

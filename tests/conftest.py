@@ -17,6 +17,7 @@ from mailman.store.sqlite import SQLiteStore
 
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
+from .support.fake_postmark import FakePostmark
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -114,6 +115,18 @@ async def mailgun() -> AsyncIterator[FakeMailgun]:
     """A Mailgun fake on loopback (a test file may define its own)."""
     async with FakeMailgun(api_key="key-secret-test", domain="mg.example.com") as fake:
         yield fake
+
+
+@pytest.fixture
+async def postmark() -> AsyncIterator[FakePostmark]:
+    """A Postmark fake on loopback (a test file may define its own)."""
+    async with FakePostmark(server_token="pm-secret-test-token") as fake:
+        yield fake
+
+
+def postmark_env(pm: FakePostmark) -> dict[str, str]:
+    """The settings that point Mailman's ``postmark`` provider at the fake."""
+    return {"POSTMARK_SERVER_TOKEN": pm.server_token, "POSTMARK_BASE_URL": pm.base_url}
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from .settings import (
     Config,
     MailgunConfig,
     OutboxConfig,
+    PostmarkConfig,
     ProviderConfig,
     SendGridConfig,
     SmtpConfig,
@@ -94,6 +95,14 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
                     f"{SETTINGS['mailgun.domain'].name} is not"
                 )
             chain.append(MailgunConfig(key, domain, read("mailgun.base_url")))
+        elif name == "postmark":
+            token = read("postmark.server_token")
+            if token is None:
+                skipped.append(name)
+                continue
+            chain.append(
+                PostmarkConfig(token, read("postmark.base_url"), read("postmark.message_stream"))
+            )
         else:
             chain.append(outbox)
     if not chain:

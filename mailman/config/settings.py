@@ -71,6 +71,29 @@ class MailgunConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostmarkConfig:
+    server_token: Secret = setting(
+        env="POSTMARK_SERVER_TOKEN",
+        parse=parse.secret,
+        help="Postmark server token; without one Postmark is left out, with a warning",
+        doc="Postmark server API token. Without one, Postmark is left out, with a warning",
+    )
+    base_url: str = setting(
+        "https://api.postmarkapp.com",
+        env="POSTMARK_BASE_URL",
+        parse=parse.base_url,
+        help="Postmark's API",
+    )
+    message_stream: str = setting(
+        "outbound",
+        env="POSTMARK_MESSAGE_STREAM",
+        parse=parse.stripped,
+        help="the Postmark message stream mail goes out on (and is searched in)",
+    )
+    name: str = "postmark"
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxConfig:
     """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
 
@@ -86,10 +109,15 @@ class OutboxConfig:
     name: str = "outbox"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | OutboxConfig
+ProviderConfig = SendGridConfig | MailgunConfig | PostmarkConfig | OutboxConfig
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
-PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (SendGridConfig, MailgunConfig, OutboxConfig)
+PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
+    SendGridConfig,
+    MailgunConfig,
+    PostmarkConfig,
+    OutboxConfig,
+)
 KNOWN_PROVIDERS = tuple(
     next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
 )
@@ -519,8 +547,10 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, outbox)",
-        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `outbox`)",
+        help=f"the provider chain, in failover order ({', '.join(KNOWN_PROVIDERS)})",
+        doc="the provider chain, in failover order ("
+        + ", ".join(f"`{n}`" for n in KNOWN_PROVIDERS)
+        + ")",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
