@@ -766,6 +766,16 @@ class Config:
         doc="Mailgun's HTTP webhook signing key (not the API key; a secret, never logged). "
         "Turns `POST /webhooks/mailgun` on",
     )
+    #: ``user:password`` of Postmark's webhooks (basic auth): turns POST /webhooks/postmark on.
+    postmark_webhook_credentials: Secret | None = setting(
+        None,
+        env="MAILMAN_POSTMARK_WEBHOOK_CREDENTIALS",
+        parse=parse.user_password,
+        note="off",
+        help="user:password Postmark's webhooks send: turns POST /webhooks/postmark on",
+        doc="`user:password` that Postmark's webhooks must send as HTTP basic auth (put them "
+        "in the webhook URL; a secret, never logged). Turns `POST /webhooks/postmark` on",
+    )
     log_level: str = setting(
         "info",
         env="MAILMAN_LOG_LEVEL",

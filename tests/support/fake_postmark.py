@@ -18,6 +18,11 @@ when they carry no offset, as Postmark reads them). ``lookups`` counts its
 requests; ``mode`` and the delays apply to it as to sending (``FakeProvider``).
 ``unread_sends`` and ``lost_answers`` hold the next sends unanswered (the mail
 not kept, or kept), leaving the search alone.
+
+Webhooks (off by default): given ``webhook_url`` (with ``user:password@`` in it,
+as Postmark's settings take them: sent as HTTP basic auth), the fake posts one
+record per recipient of a mail it took, in the background: ``Delivery``, or a
+hard ``Bounce`` for a local part starting with ``bounce_prefix``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .fakes import FakeProvider, Mode, ReceivedFile
+from .fakes import FakeProvider, Mode, Post, ReceivedFile
 
 #: Postmark's limits: recipients in To, Cc and Bcc together; bytes of a request.
 POSTMARK_MAX_RECIPIENTS = 50
@@ -59,6 +64,8 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         delay: float = 0.0,
         answer_delay: float = 0.0,
         streams: tuple[str, ...] = ("outbound",),
+        webhook_url: str | None = None,
+        bounce_prefix: str = "bounce",
     ) -> None:
         super().__init__(
             api_key=server_token,
@@ -66,6 +73,8 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
             retry_after=retry_after,
             delay=delay,
             answer_delay=answer_delay,
+            webhook_url=webhook_url,
+            bounce_prefix=bounce_prefix,
         )
         #: The message streams the server has.
         self.streams = streams
@@ -163,6 +172,8 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
                 "Attachments": [f.filename for f in files],
             }
         )
+        if self.webhook_url is not None:
+            self.send_webhooks([_post(r) for r in self.records(self.messages[-1])])
         return _json(
             200,
             {
@@ -173,6 +184,55 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
                 "Message": "OK",
             },
         )
+
+    #: Postmark does not try a webhook again after a 403.
+    final_answers = frozenset({403})
+
+    def records(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Postmark's webhook records for a message it took: per recipient a ``Delivery``,
+        or a hard ``Bounce`` for one whose local part starts with ``bounce_prefix``."""
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        common = {
+            "ServerID": 23,
+            "MessageStream": message["MessageStream"],
+            "MessageID": message["MessageID"],
+            "Tag": message["Tag"],
+            "Metadata": message["Metadata"],
+        }
+        out: list[dict[str, Any]] = []
+        for address in message["Recipients"]:
+            if self.bounces(address):
+                out.append(
+                    {
+                        **common,
+                        "RecordType": "Bounce",
+                        "ID": len(self.webhook_answers) + len(out) + 4_000_000,
+                        "Type": "HardBounce",
+                        "TypeCode": 1,
+                        "Name": "Hard bounce",
+                        "Description": "The server was unable to deliver your message (ex: "
+                        "unknown user, mailbox not found).",
+                        "Details": "smtp;550 5.1.1 The email account that you tried to reach "
+                        "does not exist.",
+                        "Email": address,
+                        "From": message["From"],
+                        "BouncedAt": now,
+                        "Inactive": True,
+                        "CanActivate": True,
+                        "Subject": message["Subject"],
+                    }
+                )
+            else:
+                out.append(
+                    {
+                        **common,
+                        "RecordType": "Delivery",
+                        "Recipient": address,
+                        "DeliveredAt": now,
+                        "Details": "smtp;250 2.0.0 OK",
+                    }
+                )
+        return out
 
     def _problem(self, body: dict[str, Any]) -> str | None:
         """What Postmark would refuse in ``body`` (None: nothing)."""
@@ -245,6 +305,12 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
 
     def bad_request(self, message: str, field: str | None = None) -> web.Response:
         return _error(422, 300, message)
+
+
+def _post(record: dict[str, Any]) -> Post:
+    """The webhook post of ``record``: JSON; the credentials go in ``webhook_url``."""
+    body = orjson.dumps(record)
+    return lambda: (body, {"Content-Type": "application/json"})
 
 
 def _recipients(body: dict[str, Any]) -> list[str]:

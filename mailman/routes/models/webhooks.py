@@ -1,4 +1,4 @@
-"""The webhooks' bodies and answer: what SendGrid and Mailgun post, what Mailman answers.
+"""The webhooks' bodies and answer: what SendGrid, Mailgun and Postmark post, what Mailman answers.
 
 The request models only document what the providers send: ``routes.webhooks`` parses the
 events itself, after checking the signature over the raw bytes, and words a malformed body
@@ -62,6 +62,31 @@ class MailgunWebhook(BaseModel):
 
     signature: MailgunSignature
     event_data: MailgunEventData = Field(alias="event-data")
+
+
+class PostmarkEvent(BaseModel):
+    """One Postmark webhook: a record of one kind (the fields Mailman reads)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    RecordType: str
+    MessageID: str | None = None
+    Metadata: Annotated[
+        dict[str, Any] | None, Field(description="holds the mail_id Mailman sends")
+    ] = None
+    Recipient: str | None = None
+    Email: str | None = None
+    Type: str | None = None
+    TypeCode: int | None = None
+    ID: int | None = None
+    Description: str | None = None
+    Details: str | None = None
+    DeliveredAt: str | None = None
+    BouncedAt: str | None = None
+    ReceivedAt: str | None = None
+    ChangedAt: str | None = None
+    SuppressSending: bool | None = None
+    SuppressionReason: str | None = None
 
 
 class WebhookAnswer(TypedDict):
