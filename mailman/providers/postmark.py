@@ -43,6 +43,10 @@ from . import (
 TOKEN_HEADER = "X-Postmark-Server-Token"
 #: The metadata key that carries Mailman's mail id (searched by ``lookup``).
 MAIL_ID_KEY = "mail_id"
+#: ``ErrorCode``s of a 422 that say the account or server is wrong, not the mail:
+#: out of credits (405), account pending approval (412), no such message stream
+#: (1235). Misconfigured: logged as errors and counted by the breaker.
+ACCOUNT_ERRORS = frozenset({405, 412, 1235})
 #: Messages asked for per search page (Postmark allows up to 500): one mail id
 #: matches one message, so one small page is enough.
 SEARCH_COUNT = 50
@@ -91,7 +95,10 @@ class PostmarkClient(ProviderClient):
                 if 200 <= resp.status < 300:
                     return Accepted(message_id=_message_id(raw))
                 reason = redact(_error_reason(raw), token)
-                return classify(resp.status, reason, resp.headers.get("Retry-After"))
+                result = classify(resp.status, reason, resp.headers.get("Retry-After"))
+                if resp.status == 422 and _error_code(raw) in ACCOUNT_ERRORS:
+                    return Misconfigured(shorten(reason), resp.status)
+                return result
         except aiohttp.InvalidURL:
             return Misconfigured(f"invalid Postmark URL {self._url!r}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -211,6 +218,16 @@ def _found(raw: bytes, mail_id: str) -> Found:
 
 def _cannot(reason: str) -> Found:
     return Found(Check.CANNOT, reason=reason)
+
+
+def _error_code(raw: bytes) -> int | None:
+    """The ``ErrorCode`` of a Postmark error body, if it has one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    code = data.get("ErrorCode") if isinstance(data, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _error_reason(raw: bytes) -> str:

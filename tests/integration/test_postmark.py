@@ -141,13 +141,14 @@ async def test_attachments_and_inline_files(postmark: FakePostmark) -> None:
 
 
 async def test_message_stream_is_the_configured_one(postmark: FakePostmark) -> None:
-    """POSTMARK_MESSAGE_STREAM picks the stream; one the server lacks is Rejected (422)."""
+    """POSTMARK_MESSAGE_STREAM picks the stream; one the server lacks (422, ErrorCode
+    1235) is Misconfigured: the account is wrong, not the mail."""
     ok = await send_once(client_for(postmark, stream="broadcast"), make_mail())
     missing = await send_once(client_for(postmark, stream="nope"), make_mail())
 
     assert isinstance(ok, Accepted)
     assert postmark.received[0]["MessageStream"] == "broadcast"
-    assert isinstance(missing, Rejected)
+    assert isinstance(missing, Misconfigured)
     assert missing.status == 422
     assert missing.reason == (
         "ErrorCode 1235: The 'MessageStream' provided does not exist on this server."
@@ -227,6 +228,15 @@ async def test_no_answer_is_unknown_no_connection_transient(postmark: FakePostma
     assert isinstance(refused, Transient)
     assert refused.reason.startswith("connection error")
     assert isinstance(nonsense, Misconfigured) and "URL" in nonsense.reason
+
+
+def test_names_are_written_as_in_a_header() -> None:
+    """A name with a comma is quoted, a non-ASCII one RFC 2047-encoded, in the lists."""
+    mail = make_mail(to=(Address("ann@example.com", "Doe, Ann"), Address("jo@example.com", "Jöe")))
+
+    assert body(mail, "outbound")["To"] == (
+        '"Doe, Ann" <ann@example.com>, =?utf-8?q?J=C3=B6e?= <jo@example.com>'
+    )
 
 
 def test_body_is_pure_and_carries_the_message_id() -> None:
