@@ -40,6 +40,7 @@ from mailman.config import (
     ConfigError,
     MailgunConfig,
     OutboxConfig,
+    PostmarkConfig,
     ProviderConfig,
     ResendConfig,
     SendGridConfig,
@@ -186,6 +187,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.ses import SesClient
 
         return SesClient(provider, timeout)
+    if isinstance(provider, PostmarkConfig):
+        from mailman.providers.postmark import PostmarkClient
+
+        return PostmarkClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

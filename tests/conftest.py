@@ -17,6 +17,7 @@ from mailman.store.sqlite import SQLiteStore
 
 from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
+from .support.fake_postmark import FakePostmark
 from .support.fake_resend import FakeResend
 from .support.fake_ses import FakeSes, isolate_aws
 from .support.fakes import FakeMailgun, FakeSendGrid
@@ -131,6 +132,17 @@ async def ses(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeSes]:
     async with FakeSes() as fake:
         isolate_aws(monkeypatch, fake.env())
         yield fake
+
+
+async def postmark() -> AsyncIterator[FakePostmark]:
+    """A Postmark fake on loopback (a test file may define its own)."""
+    async with FakePostmark(server_token="pm-secret-test-token") as fake:
+        yield fake
+
+
+def postmark_env(pm: FakePostmark) -> dict[str, str]:
+    """The settings that point Mailman's ``postmark`` provider at the fake."""
+    return {"POSTMARK_SERVER_TOKEN": pm.server_token, "POSTMARK_BASE_URL": pm.base_url}
 
 
 @pytest.fixture

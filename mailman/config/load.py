@@ -25,6 +25,7 @@ from .settings import (
     Config,
     MailgunConfig,
     OutboxConfig,
+    PostmarkConfig,
     ProviderConfig,
     ResendConfig,
     SendGridConfig,
@@ -105,6 +106,14 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
             chain.append(ResendConfig(key, read("resend.base_url")))
         elif name == "ses":
             chain.append(_ses(env, read("ses.region"), read))
+        elif name == "postmark":
+            token = read("postmark.server_token")
+            if token is None:
+                skipped.append(name)
+                continue
+            chain.append(
+                PostmarkConfig(token, read("postmark.base_url"), read("postmark.message_stream"))
+            )
         else:
             chain.append(outbox)
     if not chain:

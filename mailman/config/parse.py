@@ -82,6 +82,17 @@ def secret(raw: str, s: Bounds) -> Any:
     return Secret(value) if value else s.default
 
 
+def user_password(raw: str, s: Bounds) -> Any:
+    """``user:password`` as a ``Secret`` (both parts non-empty); blank: the default."""
+    value = raw.strip()
+    if not value:
+        return s.default
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError(f"{s.name} must be user:password, both non-empty")
+    return Secret(value)
+
+
 def number(raw: str, s: Bounds) -> Any:
     """A number of at least ``s.minimum``; blank: the default."""
     if raw.strip() == "":

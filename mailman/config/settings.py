@@ -87,6 +87,29 @@ class ResendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostmarkConfig:
+    server_token: Secret = setting(
+        env="POSTMARK_SERVER_TOKEN",
+        parse=parse.secret,
+        help="Postmark server token; without one Postmark is left out, with a warning",
+        doc="Postmark server API token. Without one, Postmark is left out, with a warning",
+    )
+    base_url: str = setting(
+        "https://api.postmarkapp.com",
+        env="POSTMARK_BASE_URL",
+        parse=parse.base_url,
+        help="Postmark's API",
+    )
+    message_stream: str = setting(
+        "outbound",
+        env="POSTMARK_MESSAGE_STREAM",
+        parse=parse.stripped,
+        help="the Postmark message stream mail goes out on (and is searched in)",
+    )
+    name: str = "postmark"
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxConfig:
     """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
 
@@ -134,7 +157,9 @@ class SesConfig:
     name: str = "ses"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig | SesConfig
+ProviderConfig = (
+    SendGridConfig | MailgunConfig | ResendConfig | SesConfig | PostmarkConfig | OutboxConfig
+)
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
 PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
@@ -142,6 +167,7 @@ PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
     MailgunConfig,
     ResendConfig,
     SesConfig,
+    PostmarkConfig,
     OutboxConfig,
 )
 KNOWN_PROVIDERS = tuple(
@@ -573,9 +599,10 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, resend, ses, outbox)",
-        doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `resend`, `ses`, "
-        "`outbox`)",
+        help=f"the provider chain, in failover order ({', '.join(KNOWN_PROVIDERS)})",
+        doc="the provider chain, in failover order ("
+        + ", ".join(f"`{n}`" for n in KNOWN_PROVIDERS)
+        + ")",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
@@ -822,6 +849,16 @@ class Config:
         doc="where SNS signing certificates (`SigningCertURL`) and subscription URLs "
         "(`SubscribeURL`) may be fetched from: a regular expression over `scheme://host[:port]`. "
         "Change it for tests only",
+    )
+    #: ``user:password`` of Postmark's webhooks (basic auth): turns POST /webhooks/postmark on.
+    postmark_webhook_credentials: Secret | None = setting(
+        None,
+        env="MAILMAN_POSTMARK_WEBHOOK_CREDENTIALS",
+        parse=parse.user_password,
+        note="off",
+        help="user:password Postmark's webhooks send: turns POST /webhooks/postmark on",
+        doc="`user:password` that Postmark's webhooks must send as HTTP basic auth (put them "
+        "in the webhook URL; a secret, never logged). Turns `POST /webhooks/postmark` on",
     )
     log_level: str = setting(
         "info",

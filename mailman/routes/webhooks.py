@@ -1,4 +1,4 @@
-"""Provider events in: ``POST /webhooks/sendgrid``, ``/webhooks/mailgun``, ``/webhooks/resend``.
+"""Provider events in: ``POST /webhooks/{sendgrid,mailgun,resend,postmark}``.
 
 What a provider reports after taking a mail (delivered, bounced, opened...)
 arrives here signed by the provider, is normalised to one event set
@@ -14,6 +14,9 @@ move it backwards.
   ``timestamp + token`` (both in the JSON body), compared in constant time.
   Resend (Svix): base64 HMAC-SHA256 over ``svix-id.svix-timestamp.body``, keyed with
   the base64 part of the ``whsec_`` secret, checked before the body is parsed.
+- Postmark signs nothing: its webhook URL carries a user and password (HTTP basic
+  auth, as Postmark recommends), compared in constant time; missing or wrong: 401
+  (Postmark tries a post again after a 401, and stops after a 403).
 - A timestamp more than ``MAX_SKEW_SECONDS`` away from now is refused, and so
   is a replayed Mailgun token or Svix id: nothing is processed again (``RecentTokens``).
 - No signature: 401; a bad or stale one: 403; a malformed body: 400. Nothing is
@@ -56,7 +59,13 @@ from . import CONFIG, STORE
 from .body import decode_json, read_body
 from .contract import Answer, Body, Header, operation, problem
 from .errors import BAD_REQUEST, NOT_FOUND, Problem
-from .models.webhooks import MailgunWebhook, ResendWebhook, SendGridEvents, WebhookAnswer
+from .models.webhooks import (
+    MailgunWebhook,
+    PostmarkEvent,
+    ResendWebhook,
+    SendGridEvents,
+    WebhookAnswer,
+)
 
 log = get_logger("mailman.webhooks")
 
@@ -69,6 +78,8 @@ RESEND = "resend"
 RESEND_PATH = "/webhooks/resend"
 SENDGRID_PATH = "/webhooks/sendgrid"
 MAILGUN_PATH = "/webhooks/mailgun"
+POSTMARK = "postmark"
+POSTMARK_PATH = "/webhooks/postmark"
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
 
@@ -150,6 +161,29 @@ def verify_svix(key: bytes, msg_id: str, timestamp: str, body: bytes, header: st
     return found
 
 
+def verify_basic(header: str, credentials: str) -> bool:
+    """Whether ``header`` (an ``Authorization`` value) is HTTP basic auth with exactly
+    ``credentials`` (``user:password``), compared in constant time."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except ValueError:  # binascii.Error is a ValueError
+        return False
+    return hmac.compare_digest(given, credentials.encode("utf-8"))
+
+
+def _unauthorized(detail: str, kind: str) -> Problem:
+    """401 asking for basic auth (Postmark's webhooks: missing or wrong credentials)."""
+    return Problem(
+        HTTPStatus.UNAUTHORIZED,
+        detail,
+        type=kind,
+        headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="mailman-webhooks", charset="UTF-8"'},
+    )
+
+
 def _missing(detail: str) -> Problem:
     return Problem(
         HTTPStatus.UNAUTHORIZED,
@@ -215,6 +249,7 @@ class Webhooks:
 
     sendgrid_key: ec.EllipticCurvePublicKey | None = None
     mailgun_key: Secret | None = field(default=None, repr=False)
+    postmark_credentials: Secret | None = field(default=None, repr=False)
     tokens: RecentTokens = field(default_factory=RecentTokens)
     resend_key: bytes | None = field(default=None, repr=False)
     svix_ids: RecentTokens = field(default_factory=RecentTokens)
@@ -224,7 +259,8 @@ WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 
 def add_webhooks(app: web.Application) -> None:
-    """Route ``POST /webhooks/{sendgrid,mailgun,resend}`` on ``app``, keyed from its config.
+    """Route ``POST /webhooks/{sendgrid,mailgun,resend,postmark}`` on ``app``, keyed from its
+    config (SES's is added by ``webhooks_ses``).
 
     The routes always exist (so the OpenAPI document names them); without its key
     an endpoint answers 404.
@@ -235,6 +271,7 @@ def add_webhooks(app: web.Application) -> None:
         sendgrid_key=None if key is None else sendgrid_public_key(key),
         mailgun_key=config.mailgun_webhook_signing_key,
         resend_key=None if (r := config.resend_webhook_secret) is None else svix_key(r.reveal()),
+        postmark_credentials=config.postmark_webhook_credentials,
     )
     app.add_routes(routes)
     from .webhooks_ses import add_ses_webhook  # it builds on this module
@@ -446,7 +483,7 @@ def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _iso_time(value: object) -> float | None:
+def _resend_time(value: object) -> float | None:
     """Unix seconds from an ISO 8601 time (Resend's ``created_at``), else None."""
     if not isinstance(value, str):
         return None
@@ -491,13 +528,120 @@ def parse_resend(body: object, msg_id: str, sent_at: float) -> Incoming | None:
             mail_id=mail_id or "",
             provider=RESEND,
             kind=kind,
-            at=_iso_time(body.get("created_at")) or sent_at,
+            at=_resend_time(body.get("created_at")) or sent_at,
             dedupe=_dedupe(msg_id),
             bounce=bounce,
             reason=reason,
             recipient=_text(recipient, _MAX_RECIPIENT),
         ),
         message_id=email_id,
+    )
+
+
+#: Postmark's record types, as the normalised kind (``Bounce`` by its ``Type`` below,
+#: ``SubscriptionChange`` only when a recipient suppressed sending); others are skipped.
+POSTMARK_KINDS: dict[str, EventKind] = {
+    "Delivery": EventKind.DELIVERED,
+    "Bounce": EventKind.BOUNCED,
+    "SpamComplaint": EventKind.COMPLAINED,
+    "Open": EventKind.OPENED,
+    "Click": EventKind.CLICKED,
+    "SubscriptionChange": EventKind.UNSUBSCRIBED,
+}
+#: The field with each record type's time.
+POSTMARK_TIMES = {
+    "Delivery": "DeliveredAt",
+    "Bounce": "BouncedAt",
+    "SpamComplaint": "BouncedAt",
+    "Open": "ReceivedAt",
+    "Click": "ReceivedAt",
+    "SubscriptionChange": "ChangedAt",
+}
+#: Bounce ``Type``s that are permanent (hard) or temporary (soft); others (auto
+#: responders, address changes, challenge mails...) say nothing of delivery: skipped.
+POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress", "ManuallyDeactivated"})
+POSTMARK_SOFT = frozenset({"SoftBounce", "Transient", "DnsError", "Blocked", "DMARCPolicy"})
+
+
+def _iso_time(value: object) -> float | None:
+    """Unix seconds from an ISO 8601 time with an offset (Postmark's ``...Z``), else None."""
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def _postmark_kind(data: dict[str, Any]) -> tuple[EventKind, str | None] | None:
+    """The kind of a Postmark record and a bounce's ``hard``/``soft``; None: skipped."""
+    record = data["RecordType"]
+    kind = POSTMARK_KINDS.get(record)
+    if kind is EventKind.BOUNCED:
+        bounce_type = data.get("Type")
+        if bounce_type == "SpamComplaint":
+            return EventKind.COMPLAINED, None
+        if bounce_type in POSTMARK_HARD:
+            return kind, "hard"
+        if bounce_type in POSTMARK_SOFT:
+            return kind, "soft"
+        return None
+    if kind is EventKind.UNSUBSCRIBED and not (
+        data.get("SuppressSending") is True and data.get("SuppressionReason") == "ManualSuppression"
+    ):
+        return None  # a reactivation, or the suppression a bounce or complaint brings
+    return None if kind is None else (kind, None)
+
+
+def parse_postmark(data: object) -> Incoming | None:
+    """The event of a Postmark webhook, None if it is one we skip; 400 if malformed.
+
+    Postmark's records carry no event id: the dedupe key is the record type, the
+    bounce ``ID`` or the message id, the recipient and the time, the same in every
+    retry of one post.
+    """
+    if not isinstance(data, dict) or _text(data.get("RecordType")) is None:
+        raise _malformed(
+            "A Postmark webhook is a JSON object with a 'RecordType'.",
+            FieldError("RecordType", "required: a non-empty string"),
+        )
+    found = _postmark_kind(data)
+    if found is None:
+        return None
+    kind, bounce = found
+    record = data["RecordType"]
+    stamp = data.get(POSTMARK_TIMES[record])
+    at = _iso_time(stamp)
+    if at is None:
+        raise _malformed(
+            f"A Postmark {record} record lacks its time.",
+            FieldError(POSTMARK_TIMES[record], "required: an ISO 8601 time with an offset"),
+        )
+    metadata = data.get("Metadata")
+    mail_id = _text(metadata.get("mail_id")) if isinstance(metadata, dict) else None
+    message_id = _text(data.get("MessageID"))
+    recipient = _text(data.get("Recipient")) or _text(data.get("Email"))
+    ident = data.get("ID")
+    ident = str(ident) if isinstance(ident, int | str) and not isinstance(ident, bool) else None
+    dedupe = ":".join(["postmark", record, ident or message_id or "", recipient or "", str(stamp)])
+    reason = None
+    if kind in (EventKind.BOUNCED, EventKind.COMPLAINED):
+        parts = [_text(data.get("Name")) or _text(data.get("Type")), _text(data.get("Description"))]
+        reason = _text(": ".join(p for p in parts if p), _MAX_REASON)
+    return Incoming(
+        DeliveryEvent(
+            mail_id=mail_id or "",
+            provider=POSTMARK,
+            kind=kind,
+            at=at,
+            dedupe=_dedupe(dedupe),
+            bounce=bounce,
+            reason=reason,
+            recipient=None if recipient is None else _text(recipient, _MAX_RECIPIENT),
+        ),
+        message_id=message_id,
     )
 
 
@@ -682,3 +826,29 @@ async def resend_events(request: web.Request) -> web.Response:
     response = await _record(request, RESEND, [] if event is None else [event], int(event is None))
     hooks.svix_ids.add(msg_id, time.time())  # only once handled: a 503 may be retried
     return response
+
+
+@routes.post(POSTMARK_PATH)
+@_webhook(
+    POSTMARK,
+    "A Postmark webhook: one record, with HTTP basic auth (the user and password in its URL)",
+    PostmarkEvent,
+)
+async def postmark_events(request: web.Request) -> web.Response:
+    """A Postmark webhook: one record (``RecordType``), checked by its basic auth."""
+    credentials = request.app[WEBHOOKS].postmark_credentials
+    if credentials is None:
+        raise _off("Postmark", "MAILMAN_POSTMARK_WEBHOOK_CREDENTIALS")
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if not header.strip():
+        raise _unauthorized(
+            "Put the user and password in Postmark's webhook URL (HTTP basic auth).",
+            SIGNATURE_MISSING,
+        )
+    if not verify_basic(header, credentials.reveal()):  # before the body is read
+        raise _unauthorized(
+            "The Postmark webhook's user and password are not the configured ones.",
+            SIGNATURE_INVALID,
+        )
+    event = parse_postmark(decode_json(await _read(request)))
+    return await _record(request, POSTMARK, [] if event is None else [event], int(event is None))

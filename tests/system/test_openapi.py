@@ -126,6 +126,7 @@ async def test_every_protected_operation_documents_auth_errors(tmp_path: Path) -
                     *("/health", "/healthz", "/readyz", "/metrics", "/openapi.json"),
                     *("/webhooks/sendgrid", "/webhooks/mailgun", "/webhooks/resend"),
                     "/webhooks/ses",
+                    "/webhooks/postmark",
                     "/dashboard",  # the page; its figures need an admin key
                 )
                 assert path in public, (method, path)

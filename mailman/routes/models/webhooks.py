@@ -1,4 +1,4 @@
-"""The webhooks' bodies and answer: what SendGrid, Mailgun and Resend post, what Mailman answers.
+"""The webhooks' bodies and answer: what the providers post, what Mailman answers.
 
 The request models only document what the providers send: ``routes.webhooks`` parses the
 events itself, after checking the signature over the raw bytes, and words a malformed body
@@ -74,6 +74,31 @@ class ResendWebhook(BaseModel):
     data: dict[str, Any] = Field(
         description="the email: email_id (Resend's id), to, tags (mail_id), bounce, failed"
     )
+
+
+class PostmarkEvent(BaseModel):
+    """One Postmark webhook: a record of one kind (the fields Mailman reads)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    RecordType: str
+    MessageID: str | None = None
+    Metadata: Annotated[
+        dict[str, Any] | None, Field(description="holds the mail_id Mailman sends")
+    ] = None
+    Recipient: str | None = None
+    Email: str | None = None
+    Type: str | None = None
+    TypeCode: int | None = None
+    ID: int | None = None
+    Description: str | None = None
+    Details: str | None = None
+    DeliveredAt: str | None = None
+    BouncedAt: str | None = None
+    ReceivedAt: str | None = None
+    ChangedAt: str | None = None
+    SuppressSending: bool | None = None
+    SuppressionReason: str | None = None
 
 
 class WebhookAnswer(TypedDict):
