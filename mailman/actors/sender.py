@@ -161,7 +161,7 @@ class Sender(Actor):
         Logs one line per provider call (``provider.call``), with everything
         about it as fields, written once its outcome is committed.
         """
-        chain = self.router.chain
+        chain = self.router.chain_of(dispatch)
         if not 0 <= dispatch.hop < len(chain) or chain[dispatch.hop] != self.provider:
             # Before anything is recorded: a poison record, dead-lettered by the retries.
             raise ValueError(f"hop {dispatch.hop} does not name {self.provider} in the chain")
@@ -374,7 +374,7 @@ class Sender(Actor):
             elif isinstance(result, Misconfigured):
                 level = "error"
         step = next_step(
-            self.router.chain,
+            self.router.chain_of(dispatch),
             dispatch,
             rejected_now=isinstance(result, Rejected),
             retry_after=retry_after,
@@ -396,7 +396,7 @@ class Sender(Actor):
         )
         self._open.pop(attempt_id, None)
         if isinstance(step, Forward):
-            to = self.router.chain[step.dispatch.hop]
+            to = self.router.provider_of(step.dispatch)
             log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
             await self.router.dispatch(step.dispatch)
         elif isinstance(step, Retry):

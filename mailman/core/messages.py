@@ -23,7 +23,7 @@ from .model import Attempt, Status
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Asks a sender to try a mail with the provider at ``hop`` of the chain.
+    """Asks a sender to try a mail with the provider at ``hop`` of its chain.
 
     Carries the mail's id, not its body: the sender reads the mail from the
     store, and so also learns whether it is already ``sent`` (at-least-once
@@ -38,6 +38,9 @@ class Dispatch:
     rejected: tuple[str, ...] = ()
     #: The longest ``Retry-After`` any provider asked for in this round.
     retry_after: float | None = None
+    #: The providers this mail tries, in order (``core.chain``): ``hop`` indexes it.
+    #: Empty: the deployment's chain as given (a record from before weights).
+    chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
