@@ -391,13 +391,22 @@ class Sender(Actor):
             log.log(_LEVELS[level], "provider.call", then="failed", failed=step.reason, **line)
             return
         due = now + step.delay if isinstance(step, Retry) else now
+        to = self.router.provider_of(step.dispatch) if isinstance(step, Forward) else None
         await self._record(
-            StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due)
+            StatusUpdate(
+                dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due, failover_to=to
+            )
         )
         self._open.pop(attempt_id, None)
         if isinstance(step, Forward):
-            to = self.router.provider_of(step.dispatch)
             log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
+            log.warning(
+                "mail.failover",
+                mail_id=dispatch.mail_id,
+                **{"from": self.provider, "to": to},
+                reason=attempt.outcome.value,
+                round=dispatch.round,
+            )
             await self.router.dispatch(step.dispatch)
         elif isinstance(step, Retry):
             log.log(

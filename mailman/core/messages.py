@@ -71,6 +71,9 @@ class StatusUpdate:
     #: When the mail is next due to be handled (a retry's time); a mail ``sending``
     #: past it with no live attempt is picked up again by the sweeper. None: ``at``.
     due_at: float | None = None
+    #: The provider the mail moves on to at once after ``attempt`` (failover): counted
+    #: in the figures (``mailman_failovers_total``) when this finishes the attempt.
+    failover_to: str | None = None
 
 
 def key_of(record: object) -> str:
