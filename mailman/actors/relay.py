@@ -162,7 +162,7 @@ class Relay(Actor):
                     mail_id=e.mail_id,
                     accepted_at=e.accepted_at,
                     round=e.round,
-                    chain=self.router.order(e.mail_id),
+                    chain=self.router.order(e.mail_id, e.providers),
                 )
                 for e in entries
             ]

@@ -107,6 +107,13 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
     return tuple(chain), tuple(skipped)
 
 
+def configured_chain(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The providers this deployment's ``env`` configures (``MAILMAN_PROVIDERS`` less
+    those without a key); ``ConfigError`` as at start."""
+    providers, _ = _providers(env)
+    return tuple(p.name for p in providers)
+
+
 def _weighted(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
     """``MAILMAN_PROVIDERS`` as (name, weight) pairs (weight 0: none given)."""
     chain_setting = SETTINGS["providers"]

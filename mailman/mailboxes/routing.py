@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mailman.config.parse import weighted_names
 from mailman.core.chain import Chain
 from mailman.core.messages import Dispatch, RetryLater
 
@@ -36,13 +37,18 @@ class Router:
     def inbox_of(self, provider: str) -> Mailbox[Dispatch]:
         return self.senders[provider]
 
-    def order(self, mail_id: str, own: Chain | None = None) -> tuple[str, ...]:
-        """The providers ``mail_id`` tries, in order: by ``own`` chain (a tenant's) where
-        it names providers of this deployment, else by the deployment's."""
+    def order(self, mail_id: str, own: str | None = None) -> tuple[str, ...]:
+        """The providers ``mail_id`` tries, in order: by its ``own`` chain as written (its
+        tenant's), cut to the providers of this deployment, else by the deployment's."""
         if own is not None:
-            own = own.keep(frozenset(self.chain))
-            if own.names:
-                return own.order(mail_id)
+            try:
+                pairs = weighted_names(own)
+            except ValueError:  # checked when it was set: not from this version
+                pairs = ()
+            names = tuple(n for n, _ in pairs)
+            mine = Chain(names, tuple(w for _, w in pairs)).keep(frozenset(self.chain))
+            if mine.names:
+                return mine.order(mail_id)
         return self.routes.order(mail_id)
 
     def chain_of(self, dispatch: Dispatch) -> tuple[str, ...]:
