@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from mailman.config import KNOWN_PROVIDERS
 from mailman.config.parse import weighted_names
 from mailman.core.chain import Chain
 
@@ -79,3 +80,9 @@ def test_weighted_names_refuses_bad_weights_saying_why(text: str, says: str) -> 
     """A weight that is not a whole number >= 1, a part without a name, or a name twice."""
     with pytest.raises(ValueError, match=says):
         weighted_names(text)
+
+
+def test_every_known_provider_name_fits_the_failover_figure() -> None:
+    """mailman_failovers_total keeps ``to`` in the figures' sublabel, VARCHAR(16) on MySQL
+    (``from`` in the label, 64): a longer provider name would fail the sender's record."""
+    assert all(len(name) <= 16 for name in KNOWN_PROVIDERS)
