@@ -288,7 +288,7 @@ class Mailman:
         self.roles = roles_of(config)
         self.store = store or open_store(config.store)
         self.broker = broker or make_broker(config, dead_letters=self._undecodable)
-        self.router = Router(self.broker, config.chain)
+        self.router = Router(self.broker, config.chain, config.weights)
         given = dict(clients or {})
         self.clients: dict[str, ProviderClient] = {
             p.name: given.pop(p.name)

@@ -157,7 +157,15 @@ class Relay(Actor):
             return 0
         self._claimed = entries
         await self.router.dispatch_many(
-            [Dispatch(mail_id=e.mail_id, accepted_at=e.accepted_at, round=e.round) for e in entries]
+            [
+                Dispatch(
+                    mail_id=e.mail_id,
+                    accepted_at=e.accepted_at,
+                    round=e.round,
+                    chain=self.router.order(e.mail_id, e.providers),
+                )
+                for e in entries
+            ]
         )
         self._done = [e.id for e in entries]
         self._claimed = []

@@ -161,7 +161,7 @@ class Sender(Actor):
         Logs one line per provider call (``provider.call``), with everything
         about it as fields, written once its outcome is committed.
         """
-        chain = self.router.chain
+        chain = self.router.chain_of(dispatch)
         if not 0 <= dispatch.hop < len(chain) or chain[dispatch.hop] != self.provider:
             # Before anything is recorded: a poison record, dead-lettered by the retries.
             raise ValueError(f"hop {dispatch.hop} does not name {self.provider} in the chain")
@@ -374,7 +374,7 @@ class Sender(Actor):
             elif isinstance(result, Misconfigured):
                 level = "error"
         step = next_step(
-            self.router.chain,
+            self.router.chain_of(dispatch),
             dispatch,
             rejected_now=isinstance(result, Rejected),
             retry_after=retry_after,
@@ -391,13 +391,22 @@ class Sender(Actor):
             log.log(_LEVELS[level], "provider.call", then="failed", failed=step.reason, **line)
             return
         due = now + step.delay if isinstance(step, Retry) else now
+        to = self.router.provider_of(step.dispatch) if isinstance(step, Forward) else None
         await self._record(
-            StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due)
+            StatusUpdate(
+                dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due, failover_to=to
+            )
         )
         self._open.pop(attempt_id, None)
         if isinstance(step, Forward):
-            to = self.router.chain[step.dispatch.hop]
             log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
+            log.warning(
+                "mail.failover",
+                mail_id=dispatch.mail_id,
+                **{"from": self.provider, "to": to},
+                reason=attempt.outcome.value,
+                round=dispatch.round,
+            )
             await self.router.dispatch(step.dispatch)
         elif isinstance(step, Retry):
             log.log(

@@ -1,4 +1,5 @@
 """Mailman's command line: ``mailman [serve] [flags]``, ``mailman keys ...``,
+``mailman tenants ...``,
 ``mailman dead-letters ...``, ``mailman erase ...``, ``mailman --version`` (or
 ``python -m mailman ...``).
 
@@ -17,7 +18,7 @@ import structlog
 
 from mailman.config.logging import configure_logging
 
-from . import dead_letters, erase, keys, serve
+from . import dead_letters, erase, keys, serve, tenants
 from .command import Call, Command
 from .parser import build_parser, with_command
 
@@ -25,6 +26,7 @@ from .parser import build_parser, with_command
 COMMANDS: tuple[Command, ...] = (
     serve.COMMAND,
     keys.COMMAND,
+    tenants.COMMAND,
     dead_letters.COMMAND,
     erase.COMMAND,
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .declare import Setting
 from .errors import ConfigError
-from .load import from_args, load
+from .load import configured_chain, from_args, load
 from .secret import Secret
 from .settings import (
     ENV_ONLY,
@@ -74,6 +74,7 @@ __all__ = [
     "SupervisorConfig",
     "check_broker_url",
     "check_store_url",
+    "configured_chain",
     "from_args",
     "is_memory_store",
     "load",

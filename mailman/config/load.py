@@ -18,6 +18,7 @@ from typing import Any
 from .declare import build, by_load
 from .errors import ConfigError
 from .flags import service_parser
+from .parse import weighted_names
 from .settings import (
     KNOWN_PROVIDERS,
     ROLE_ALL,
@@ -52,7 +53,13 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if s.parse is not by_load and not s.owner:
             values[s.path] = s.read_args(args, env)
     providers, skipped = _providers(env)
-    config = replace(build(Config, values), providers=providers, skipped_providers=skipped)
+    weights = _weights(env, providers)
+    config = replace(
+        build(Config, values),
+        providers=providers,
+        skipped_providers=skipped,
+        provider_weights=weights,
+    )
     _check_processes(config)
     _check_urls(config)
     _check_smtp(config.smtp)
@@ -63,8 +70,7 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
     """The chain ``MAILMAN_PROVIDERS`` names, less the providers without a key (skipped);
     the outbox alone when none is left."""
     chain_setting = SETTINGS["providers"]
-    raw = chain_setting.raw(None, env) or ""
-    names = [n for n in (n.strip().lower() for n in raw.split(",")) if n]
+    names = [name for name, _ in _weighted(env)]
     unknown = [n for n in names if n not in KNOWN_PROVIDERS]
     if unknown:
         raise ConfigError(
@@ -145,6 +151,30 @@ def _ses(env: Mapping[str, str], region: str | None, read: Callable[[str], Any])
             f"got {configuration_set!r}"
         )
     return SesConfig(region, read("ses.endpoint_url"), configuration_set)
+
+
+def configured_chain(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The providers this deployment's ``env`` configures (``MAILMAN_PROVIDERS`` less
+    those without a key); ``ConfigError`` as at start."""
+    providers, _ = _providers(env)
+    return tuple(p.name for p in providers)
+
+
+def _weighted(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """``MAILMAN_PROVIDERS`` as (name, weight) pairs (weight 0: none given)."""
+    chain_setting = SETTINGS["providers"]
+    try:
+        return weighted_names(chain_setting.raw(None, env) or "")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{chain_setting.name}: {exc} (a chain like sendgrid:3,mailgun:1,outbox)"
+        ) from None
+
+
+def _weights(env: Mapping[str, str], providers: tuple[ProviderConfig, ...]) -> tuple[int, ...]:
+    """The weight of each provider of the chain (0: unweighted), in its order."""
+    given = dict(_weighted(env))
+    return tuple(given.get(p.name, 0) for p in providers)
 
 
 def _check_processes(config: Config) -> None:

@@ -272,3 +272,30 @@ def public_key(raw: str, s: Bounds) -> str | None:
             f"{s.name} must be an ECDSA P-256 public key, base64 DER as SendGrid shows it"
         )
     return value
+
+
+def weighted_names(text: str) -> tuple[tuple[str, int], ...]:
+    """A provider chain ``name[:weight],...``: (name, weight) pairs, weight 0 when none is
+    given (names lower-cased, blanks ignored). ``ValueError`` saying what is wrong: a
+    part without a name, a provider named twice, a weight that is not a whole number of
+    at least 1."""
+    pairs: list[tuple[str, int]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, colon, weight = part.partition(":")
+        name = name.strip().lower()
+        if not name:
+            raise ValueError(f"{part.strip()!r} has no provider name")
+        value = 0
+        if colon:
+            raw = weight.strip()
+            if not raw.isdigit() or int(raw) < 1:
+                raise ValueError(
+                    f"the weight of {name} must be a whole number of at least 1, got {raw!r}"
+                )
+            value = int(raw)
+        if any(name == seen for seen, _ in pairs):
+            raise ValueError(f"{name} is named twice")
+        pairs.append((name, value))
+    return tuple(pairs)

@@ -599,13 +599,19 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help=f"the provider chain, in failover order ({', '.join(KNOWN_PROVIDERS)})",
+        help=f"the provider chain, in failover order ({', '.join(KNOWN_PROVIDERS)}); "
+        "name:weight splits first attempts by weight, e.g. sendgrid:3,mailgun:1,outbox",
         doc="the provider chain, in failover order ("
         + ", ".join(f"`{n}`" for n in KNOWN_PROVIDERS)
-        + ")",
+        + "). `name:weight` (a whole number \u2265 1) splits the mails' first attempts between "
+        "the weighted providers by weight, e.g. `sendgrid:3,mailgun:1,outbox`: the weighted ones "
+        "come first, then the rest in order (see "
+        "[Which provider first](how-it-works.md#which-provider-first))",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
+    #: The weight of each of ``providers`` (``name:weight``; 0: unweighted), in its order.
+    provider_weights: tuple[int, ...] = ()
     default_subject: str = setting(
         "(no subject)",
         env="MAILMAN_DEFAULT_SUBJECT",
@@ -913,8 +919,13 @@ class Config:
 
     @property
     def chain(self) -> tuple[str, ...]:
-        """Provider names in failover order."""
+        """Provider names in the order ``MAILMAN_PROVIDERS`` gives them."""
         return tuple(p.name for p in self.providers)
+
+    @property
+    def weights(self) -> tuple[int, ...]:
+        """The weight of each provider of ``chain`` (0: unweighted)."""
+        return self.provider_weights or (0,) * len(self.providers)
 
 
 #: Every setting by its path (``breaker.fail_max``, ``sendgrid.api_key``), in the

@@ -23,7 +23,7 @@ from .model import Attempt, Status
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Asks a sender to try a mail with the provider at ``hop`` of the chain.
+    """Asks a sender to try a mail with the provider at ``hop`` of its chain.
 
     Carries the mail's id, not its body: the sender reads the mail from the
     store, and so also learns whether it is already ``sent`` (at-least-once
@@ -38,6 +38,9 @@ class Dispatch:
     rejected: tuple[str, ...] = ()
     #: The longest ``Retry-After`` any provider asked for in this round.
     retry_after: float | None = None
+    #: The providers this mail tries, in order (``core.chain``): ``hop`` indexes it.
+    #: Empty: the deployment's chain as given (a record from before weights).
+    chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,9 @@ class StatusUpdate:
     #: When the mail is next due to be handled (a retry's time); a mail ``sending``
     #: past it with no live attempt is picked up again by the sweeper. None: ``at``.
     due_at: float | None = None
+    #: The provider the mail moves on to at once after ``attempt`` (failover): counted
+    #: in the figures (``mailman_failovers_total``) when this finishes the attempt.
+    failover_to: str | None = None
 
 
 def key_of(record: object) -> str:

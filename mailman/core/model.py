@@ -163,6 +163,9 @@ class Mail:
     headers: tuple[tuple[str, str], ...] = ()
     #: Tags (SendGrid categories, Mailgun ``o:tag``).
     tags: tuple[str, ...] = ()
+    #: The provider chain it was accepted with, as written (its tenant's own, ``mailman
+    #: tenants set``); None: the deployment's ``MAILMAN_PROVIDERS``.
+    providers: str | None = None
     #: The caller's metadata, (key, value) in the order given (SendGrid
     #: ``custom_args``, Mailgun ``v:`` variables); never holds ``mail_id``.
     metadata: tuple[tuple[str, str], ...] = ()

@@ -17,7 +17,7 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Protocol
 
@@ -47,6 +47,7 @@ from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
 from .backlog import Backlog
 from .guard import guarded
 from .refusals import BacklogFull, KeyInFlight, KeyReused, Rate, RateLimited
+from .tenants import TenantChains
 
 log = get_logger("mailman.intake")
 
@@ -125,6 +126,10 @@ class Intake:
         self.resolver = resolver
         #: (tenant, idempotency key hash) of the requests being committed now.
         self.inflight: set[tuple[str, str]] = set()
+        #: Tenants' own provider chains, carried with each mail they accept.
+        self.chains = TenantChains(
+            store, ttl=config.key_cache_seconds, timeout=config.store_timeout
+        )
 
     def check_backlog(self) -> None:
         """``BacklogFull`` while the backlog of unsent mail is full (nothing is stored then)."""
@@ -210,6 +215,9 @@ class Intake:
         except ValidationFailed as exc:
             log.debug("mail.invalid", fields=[e.field for e in exc.errors])
             raise
+        chain = await self.chains.of(mail.tenant)
+        if chain is not None:
+            mail = replace(mail, providers=chain)
         idempotency = None
         if idempotency_key is not None:
             idempotency = Idempotency(

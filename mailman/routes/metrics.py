@@ -253,6 +253,14 @@ def store_families(
         "Sends not made: an unknown attempt the provider was asked about had taken the mail",
         labels=["provider"],
     )
+    failovers = CounterMetricFamily(
+        "mailman_failovers",
+        "Mails handed on at once from one provider (from) to the next (to) after an attempt "
+        "that did not send them (not a retry round after a backoff)",
+        labels=["from", "to"],
+    )
+    for (source, target), count in sorted(snapshot.failovers.items()):
+        failovers.add_metric([source, target], count)
     for provider in providers_seen:
         suppressed.add_metric([provider], snapshot.suppressed.get(provider, 0))
         for outcome in outcomes:
@@ -281,7 +289,10 @@ def store_families(
         "mailman_dead_letters", "Dead letters not replayed (mailman dead-letters list)"
     )
     dead.add_metric([], snapshot.dead_letters)
-    return [*families, mails, attempts, pending, retries, suppressed, breakers, outbox, dead]
+    return [
+        *families,
+        *(mails, attempts, pending, retries, suppressed, failovers, breakers, outbox, dead),
+    ]
 
 
 def mailbox_family(depths: Mapping[str, int]) -> Metric:

@@ -346,8 +346,24 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     for status, group in moves.moves_in_order(updates):
         yield Statement(moves.move(d, status), [moves.move_values(u) for u in group], many=True)
     yield from callbacks.queue(d, [u.mail_id for u in updates if u.status in MOVE_ORDER])
-    yield from summary.bump(d, summary.changes(before, applied(before, updates)))
+    deltas = summary.changes(before, applied(before, updates))
+    deltas.update(_failovers(before, updates))
+    yield from summary.bump(d, deltas)
     return [None] * len(batches)
+
+
+def _failovers(before: summary.Seen, updates: Sequence[StatusUpdate]) -> Counter[summary.Key]:
+    """The failovers ``updates`` record: each one that hands its mail on (``failover_to``)
+    and changes its attempt's outcome, so a replayed update is not counted again."""
+    counts: Counter[summary.Key] = Counter()
+    for u in updates:
+        a = u.attempt
+        if u.failover_to is None or a is None or a.id is None:
+            continue
+        old = before.attempts.get(a.id)
+        if old is not None and old.mail_id == u.mail_id and old.outcome != a.outcome.value:
+            counts[(summary.FAILOVERS, a.provider, u.failover_to)] += 1
+    return counts
 
 
 class SqlAttempts(Attempts, Engine):

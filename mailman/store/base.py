@@ -45,6 +45,7 @@ from .mails import (
 )
 from .outbox import Outbox, OutboxEntry, SqlOutbox
 from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
+from .tenants import SqlTenants, Tenants
 
 
 class StoreUnavailable(ConnectionError):
@@ -110,6 +111,7 @@ class Store(
     Breakers,
     Figures,
     Retention,
+    Tenants,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -158,6 +160,7 @@ class SqlStore(
     SqlBreakers,
     SqlFigures,
     SqlRetention,
+    SqlTenants,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and

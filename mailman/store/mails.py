@@ -154,19 +154,20 @@ class Mails(abc.ABC):
 # --- SQL ---------------------------------------------------------------------------------
 
 MAIL_COLUMNS = (
-    "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status, due_at"
+    "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status, due_at, "
+    "providers"
 )
 RECORD_COLUMNS = "payload, status, updated_at, provider, provider_message_id, reason, purged_at"
 
 
 @functools.lru_cache(maxsize=1024)
 def _insert(d: Dialect, count: int) -> str:
-    return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {d.rows(count, 9)}"
+    return f"INSERT INTO mails ({MAIL_COLUMNS}) VALUES {d.rows(count, 10)}"
 
 
 @functools.cache
 def _insert_once(d: Dialect) -> str:
-    return d.insert_once("mails", MAIL_COLUMNS, d.rows(1, 9), key="id")
+    return d.insert_once("mails", MAIL_COLUMNS, d.rows(1, 10), key="id")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -265,6 +266,7 @@ def mail_values(mail: Mail) -> tuple[object, ...]:
         # The status its last callback was queued for: none for being accepted.
         None if mail.callback_url is None else status,
         mail.send_at,
+        mail.providers,
     )
 
 

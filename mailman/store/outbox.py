@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mailman.core.model import Outcome, Status
@@ -27,6 +27,8 @@ class OutboxEntry:
     accepted_at: float
     #: The round the mail starts in (0; more for a failed mail sent again).
     round: int = 0
+    #: The provider chain the mail was accepted with, as written; None: the deployment's.
+    providers: str | None = None
 
 
 class Outbox(abc.ABC):
@@ -90,6 +92,14 @@ def entries(d: Dialect, count: int) -> str:
 def rounds(d: Dialect, count: int) -> str:
     """New entries for a round (parameters: mail id, accepted at, round; per entry)."""
     return f"INSERT INTO outbox (mail_id, accepted_at, round) VALUES {d.rows(count, 3)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _own_chains(d: Dialect, count: int) -> str:
+    """The chains of these mails that have their own (a tenant's)."""
+    return (
+        f"SELECT id, providers FROM mails WHERE id IN ({d.marks(count)}) AND providers IS NOT NULL"
+    )
 
 
 @functools.cache
@@ -201,7 +211,19 @@ def claim(
     # Queued ones became sending (the statuses read are those the UPDATE saw).
     queued = sum(1 for s in before.mails.values() if s is Status.QUEUED)
     yield from summary.bump(d, summary.moved(Status.QUEUED, Status.SENDING, queued))
-    return claimed
+    chains = yield from _chains(d, mail_ids)
+    if not chains:
+        return claimed
+    return [replace(e, providers=chains.get(e.mail_id)) for e in claimed]
+
+
+def _chains(d: Dialect, mail_ids: Sequence[str]) -> Steps[dict[str, str]]:
+    """The chains these mails were accepted with, where they have their own."""
+    found: dict[str, str] = {}
+    for chunk in chunks(mail_ids):
+        cur = yield Statement(_own_chains(d, len(chunk)), chunk)
+        found.update((str(mail_id), str(chain)) for mail_id, chain in cur.fetchall())
+    return found
 
 
 @write

@@ -15,6 +15,9 @@ One row per figure, label, sublabel and shard:
   in flight) moves to its outcome; the other outcomes are totals, never taken off.
 - ``retries``/provider: attempts in a retry round (round > 0); a total.
 - ``suppressed``/provider: ``unknown`` attempts the provider had taken when asked; a total.
+- ``failovers``/provider/next provider: mails handed on at once from one provider to the
+  next (``StatusUpdate.failover_to``), counted when the update finishes the attempt; a
+  total. Not in the rows (``figures.recount`` cannot count it).
 
 (Outbox entries and dead letters not replayed are counted where they wait: see
 ``figures.metrics``.)
@@ -54,6 +57,7 @@ MAILS = "mails"
 ATTEMPTS = "attempts"
 RETRIES = "retries"
 SUPPRESSED = "suppressed"
+FAILOVERS = "failovers"
 
 #: A figure's key: (figure, label, sublabel); '' where it has none.
 Key = tuple[str, str, str]

@@ -28,6 +28,9 @@ LEVELS = (
     ("keys", "create"),
     ("keys", "list"),
     ("keys", "revoke"),
+    ("tenants",),
+    ("tenants", "set"),
+    ("tenants", "list"),
     ("dead-letters",),
     ("dead-letters", "list"),
     ("dead-letters", "replay"),
@@ -78,10 +81,10 @@ def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tu
 
 
 def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """``mailman --help`` lists serve (the default), keys, dead-letters and erase, and
-    --version."""
+    """``mailman --help`` lists serve (the default), keys, tenants, dead-letters and erase,
+    and --version."""
     _, out, _ = exits(capsys, "--help")
-    assert "{serve,keys,dead-letters,erase}" in out
+    assert "{serve,keys,tenants,dead-letters,erase}" in out
     assert "serve run the service (the default command)" in out
     assert "--version" in out
 
@@ -185,6 +188,7 @@ def test_dead_letters_reads_the_store_from_the_environment(tmp_path: Path) -> No
 #: Each tool and arguments that run it against a store without changing it.
 TOOLS = (
     ("keys", ["list"]),
+    ("tenants", ["list"]),
     ("dead-letters", ["list"]),
     ("erase", ["--address", "nobody@example.com"]),
 )
@@ -227,7 +231,7 @@ def test_the_tools_take_store_before_or_after_the_action(
     assert not (tmp_path / "elsewhere.db").exists()
 
 
-@pytest.mark.parametrize("tool", ["keys", "dead-letters", "erase"])
+@pytest.mark.parametrize("tool", ["keys", "tenants", "dead-letters", "erase"])
 def test_the_tools_say_store_the_same_way(capsys: pytest.CaptureFixture[str], tool: str) -> None:
     """keys, dead-letters and erase show one and the same --store help at their top level."""
     _, out, _ = exits(capsys, tool, "--help")

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
+from structlog.testing import capture_logs
 
 from mailman.config import Config, ConfigError, load
 from mailman.core.messages import Dispatch, StatusUpdate
@@ -453,6 +454,42 @@ async def test_metrics_count_failovers_and_retries_as_the_mail_history_shows_the
     assert value(samples, "mailman_mails", status="sent") == 1
 
 
+async def test_a_failover_is_counted_by_from_and_to_and_logged_once(tmp_path: Path) -> None:
+    """SendGrid answering 503: the mail moves on to Mailgun, which /metrics counts as
+    mailman_failovers_total{from="sendgrid",to="mailgun"} 1, with one mail.failover warning
+    naming the mail, both providers and the kind of failure."""
+    async with (
+        FakeSendGrid(mode="503") as sg,
+        FakeMailgun() as mg,
+        aiohttp.ClientSession() as http,
+        embedded(make_config(tmp_path, provider_env(sg, mg))) as mailman,
+    ):
+        with capture_logs() as logs:
+            body = {"to": "ann@example.com", "from": "a@example.com", "content": "x"}
+            async with http.post(f"{mailman.url}/mail/send", json=body) as resp:
+                mail_id = (await resp.json())["mail"]["id"]
+
+            async def sent() -> bool:
+                record = await mailman.store.get(mail_id)
+                return record is not None and record.status is Status.SENT
+
+            await eventually(sent, what="the mail sent by Mailgun")
+        _, samples = await scrape(http, mailman.url)
+    assert value(samples, "mailman_failovers_total", **{"from": "sendgrid", "to": "mailgun"}) == 1
+    moved = [e for e in logs if e["event"] == "mail.failover"]
+    assert moved == [
+        {
+            "event": "mail.failover",
+            "log_level": "warning",
+            "mail_id": mail_id,
+            "from": "sendgrid",
+            "to": "mailgun",
+            "reason": "transient",
+            "round": 0,
+        }
+    ]
+
+
 # --- the store's figures: both databases, and how often they are read ----------------------
 
 
@@ -515,6 +552,22 @@ async def test_metrics_snapshot_counts_sends_suppressed_by_asking(any_store: Sto
     snapshot = await store.metrics_snapshot()
     assert snapshot.suppressed == {"mailgun": 1}
     assert snapshot.attempts == {("mailgun", "unknown"): 2}
+
+
+async def test_failovers_are_counted_once_when_the_attempt_is_finished(any_store: Store) -> None:
+    """An update that finishes an attempt and hands the mail on counts one failover
+    (from, to); the same update applied again counts none; one with no hand-on none."""
+    store = any_store
+    for mail_id in ("m1", "m2"):
+        await store.add(mail(mail_id, 1000.0))
+    for mail_id, to in (("m1", "mailgun"), ("m2", None)):
+        begun = await store.begin_attempt(mail_id, "sendgrid", 0, 1010.0, stale_before=0.0)
+        assert begun is not None and begun.attempt_id is not None
+        failed = Attempt("sendgrid", 0, 1011.0, Outcome.TRANSIENT, "503", id=begun.attempt_id)
+        update = StatusUpdate(mail_id, Status.SENDING, 1011.0, attempt=failed, failover_to=to)
+        await store.apply([update])
+        await store.apply([update])  # replayed
+    assert (await store.metrics_snapshot()).failovers == {("sendgrid", "mailgun"): 1}
 
 
 class CountingStore(SQLiteStore):

@@ -349,3 +349,26 @@ def test_the_retention_interval_cannot_be_off() -> None:
     with pytest.raises(ConfigError, match=r"^MAILMAN_RETENTION_INTERVAL must be a duration"):
         load([], {"MAILMAN_RETENTION_INTERVAL": "off"})
     assert parse.DURATION_UNITS["m"] == 60
+
+
+def test_provider_weights_load_in_chain_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sendgrid:3,mailgun:1,outbox`` loads the chain as given with its weights; a skipped
+    provider (no key) takes its weight with it."""
+    monkeypatch.setenv("MAILMAN_PROVIDERS", "sendgrid:3,mailgun:1,outbox")
+    monkeypatch.setenv("SENDGRID_API_KEY", "k")
+    loaded = config.load([], dict(__import__("os").environ))
+    assert loaded.chain == ("sendgrid", "outbox")
+    assert loaded.weights == (3, 0)
+    assert loaded.skipped_providers == ("mailgun",)
+
+
+@pytest.mark.parametrize("chain", ["sendgrid:0,outbox", "sendgrid:three", "outbox:2.5"])
+def test_a_bad_provider_weight_is_refused_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, chain: str
+) -> None:
+    """A weight that is not a whole number >= 1: one JSON line naming MAILMAN_PROVIDERS,
+    exit 2."""
+    monkeypatch.setenv("MAILMAN_PROVIDERS", chain)
+    err = refusal(capsys, "--store", "sqlite:///:memory:")
+    assert "MAILMAN_PROVIDERS" in err and "at least 1" in err
+    assert "Traceback" not in err
