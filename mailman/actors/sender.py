@@ -8,7 +8,9 @@ It reads ``Dispatch`` messages from its provider's mailbox and, for each:
 2. before sending a mail again whose earlier attempt has no answer
    (``unknown``: a timeout, or a process that died mid-call), **asks that
    provider** whether it took the mail (Mailgun's events API; others cannot
-   say) and records the answer: a mail the provider has is ``sent``;
+   say) and records the answer: a mail the provider has is ``sent``. For a
+   provider whose own "processed" event comes through its webhook (SendGrid,
+   SES), it waits for that event instead, up to a grace, holding no slot;
 3. calls the provider through its circuit breaker;
 4. **commits the outcome** (group commit, ``Journal``) before anything else
    happens for the mail: before the mailbox message is acknowledged and
@@ -171,7 +173,7 @@ class Sender(Actor):
             return
         if begun.why == "unchecked":
             if await self._check(dispatch, begun):
-                return  # a provider has it: recorded as sent
+                return  # a provider has it (recorded as sent), or its event is awaited
             begun = await self._begin(dispatch)
             if begun is None:
                 return
@@ -217,12 +219,33 @@ class Sender(Actor):
 
     async def _check(self, dispatch: Dispatch, begun: Begun) -> bool:
         """Ask the providers of the mail's ``unknown`` attempts whether they took it, and
-        record each answer; True if one did (the mail is then ``sent``)."""
+        record each answer; True if nothing more is to be done now: one did (the mail is
+        then ``sent``), or an attempt still waits for its provider's own event.
+
+        An attempt with a provider that reports taking a mail (``event_grace``) is
+        not asked: it waits, from its start, up to the grace for that event (which
+        settles the mail ``sent``, ``store.events``). Meanwhile the mail is due
+        when the grace ends (a restart or the sweeper takes it up from there) and
+        the dispatch waits in the retry scheduler, holding no sender slot. Once
+        the grace is over with no event, the attempt is checked ``cannot-check``
+        and the mail is sent again.
+        """
         taken = False
+        wait_until: float | None = None
         for attempt in begun.unknown:
             client = self.peers.get(attempt.provider)
             if client is None:
                 found = Found(Check.CANNOT, reason=f"{attempt.provider} is not configured here")
+            elif client.event_grace > 0:
+                until = attempt.at + client.event_grace
+                if self.clock() < until:
+                    wait_until = until if wait_until is None else max(wait_until, until)
+                    continue
+                found = Found(
+                    Check.CANNOT,
+                    reason=f"no event from {attempt.provider} that it took the mail "
+                    f"within {client.event_grace:g} s",
+                )
             else:
                 found = await client.lookup(begun.mail, attempt.at - LOOKUP_SLACK_SECONDS)
             now = self.clock()
@@ -253,7 +276,20 @@ class Sender(Actor):
                 check=found.check.value,
                 reason=found.reason,
             )
-        return taken
+        if taken:
+            return True
+        if wait_until is None:
+            return False
+        now = self.clock()
+        await self._record(StatusUpdate(dispatch.mail_id, Status.SENDING, now, due_at=wait_until))
+        log.info(
+            "attempt.waiting",
+            mail_id=dispatch.mail_id,
+            provider=self.provider,
+            seconds=round(wait_until - now, 3),
+        )
+        await self.router.retry.put(RetryLater(dispatch, wait_until))
+        return True
 
     async def _record(self, update: StatusUpdate) -> None:
         """Commit ``update`` (group commit), waiting out a store outage."""
