@@ -9,7 +9,7 @@ event themselves, once the mail is seen waiting, so the order is the test's.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def waiting(logs: list[dict[str, Any]], mail_id: str) -> bool:
+def waiting(logs: Sequence[MutableMapping[str, Any]], mail_id: str) -> bool:
     """Whether the mail was seen waiting for its provider's event."""
     return any(e["event"] == "attempt.waiting" and e["mail_id"] == mail_id for e in logs)
 
