@@ -406,14 +406,21 @@ async def misbehaving(
     fault_report: Path,
     *,
     limit: int,
+    webhook: bool = False,
     **env: str,
 ) -> None:
     """The embedded process sends ``limit`` mails at 100/s through the two (misbehaving)
-    fakes until every one is final; ``conclude`` checks and reports."""
+    fakes until every one is final; ``conclude`` checks and reports. ``webhook``: SendGrid
+    posts its events (processed first) to Mailman, whose SendGrid webhook is on."""
     began = time.monotonic()
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        if webhook:
+            key = ec.generate_private_key(ec.SECP256R1())
+            sg.webhook_private_key = key
+            sg.webhook_url = f"{url}/webhooks/sendgrid"
+            env = {**env, "MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY": sendgrid_verification_key(key)}
         deployment = Deployment(embedded_env(sg, mg, tmp_path, port, **env), tmp_path)
         load = Load(http, url, fault, rate=100, limit=limit)
         try:
@@ -435,19 +442,29 @@ async def misbehaving(
         dead=dead,
         sendgrid_calls=sg.calls,
         mailgun_calls=mg.calls,
+        sendgrid_taken_by_event=sum(
+            1
+            for mail in final.values()
+            for a in mail["attempts"]
+            if a["provider"] == "sendgrid" and a["checked"] == "taken"
+        ),
     )
 
 
-async def test_slow_provider(tmp_path: Path, fault_report: Path) -> None:
-    """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost."""
+@pytest.mark.parametrize("webhook", [False, True], ids=["no-webhook", "sendgrid-webhook"])
+async def test_slow_provider(webhook: bool, tmp_path: Path, fault_report: Path) -> None:
+    """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost;
+    with its webhook on, its processed events settle the lost answers instead of Mailgun
+    sending them again."""
     async with UnrulySendGrid(slow=1.5) as sg, FakeMailgun() as mg:
         await misbehaving(
-            "slow-provider",
+            "slow-provider" + ("-sendgrid-webhook" if webhook else ""),
             sg,
             mg,
             tmp_path,
             fault_report,
             limit=400,
+            webhook=webhook,
             MAILMAN_BREAKER_RESET_SECONDS="2",
         )
 
