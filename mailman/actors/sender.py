@@ -232,6 +232,7 @@ class Sender(Actor):
         """
         taken = False
         wait_until: float | None = None
+        awaited: list[str] = []
         for attempt in begun.unknown:
             client = self.peers.get(attempt.provider)
             if client is None:
@@ -240,6 +241,7 @@ class Sender(Actor):
                 until = attempt.at + client.event_grace
                 if self.clock() < until:
                     wait_until = until if wait_until is None else max(wait_until, until)
+                    awaited.append(attempt.provider)
                     continue
                 found = Found(
                     Check.CANNOT,
@@ -285,7 +287,7 @@ class Sender(Actor):
         log.info(
             "attempt.waiting",
             mail_id=dispatch.mail_id,
-            provider=self.provider,
+            provider=",".join(sorted(set(awaited))),
             seconds=round(wait_until - now, 3),
         )
         await self.router.retry.put(RetryLater(dispatch, wait_until))

@@ -33,9 +33,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def waiting(logs: Sequence[MutableMapping[str, Any]], mail_id: str) -> bool:
-    """Whether the mail was seen waiting for its provider's event."""
-    return any(e["event"] == "attempt.waiting" and e["mail_id"] == mail_id for e in logs)
+def waiting(
+    logs: Sequence[MutableMapping[str, Any]], mail_id: str, provider: str = "sendgrid"
+) -> bool:
+    """Whether the mail was seen waiting for ``provider``'s event."""
+    return any(
+        e["event"] == "attempt.waiting" and e["mail_id"] == mail_id and e["provider"] == provider
+        for e in logs
+    )
 
 
 async def processed(service: Service, mail_id: str, message_id: str) -> None:
@@ -156,7 +161,7 @@ async def test_ses_send_event_settles_a_lost_answer_as_sent(
             service = Service(mailman.url, http, sg, mg)
             with capture_logs() as logs:
                 mail_id = await service.send()
-                await eventually(lambda: waiting(logs, mail_id), what="the mail waiting")
+                await eventually(lambda: waiting(logs, mail_id, "ses"), what="the mail waiting")
             event = ses.ses_event("Send", ses.mail_ids().index(mail_id))
             notification = ses.sns_message("Notification", orjson.dumps(event).decode())
             status, _ = await service.post("/webhooks/ses", orjson.dumps(notification), {})
