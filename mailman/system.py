@@ -44,6 +44,7 @@ from mailman.config import (
     ResendConfig,
     SendGridConfig,
     SesConfig,
+    SmtpRelayConfig,
     is_memory_store,
     redact_url,
 )
@@ -186,6 +187,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.ses import SesClient
 
         return SesClient(provider, timeout)
+    if isinstance(provider, SmtpRelayConfig):
+        from mailman.providers.smtp_relay import SmtpRelayClient
+
+        return SmtpRelayClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)

@@ -19,6 +19,7 @@ from .support.api import CountingOutbound
 from .support.databases import fresh_mysql
 from .support.fake_resend import FakeResend
 from .support.fake_ses import FakeSes, isolate_aws
+from .support.fake_smtp_relay import FakeSmtpRelay
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -130,6 +131,16 @@ async def ses(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeSes]:
     """An SES fake on loopback; the AWS credential chain finds its keys and nothing else."""
     async with FakeSes() as fake:
         isolate_aws(monkeypatch, fake.env())
+        yield fake
+
+
+@pytest.fixture
+async def smtp_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FakeSmtpRelay]:
+    """An SMTP relay fake on loopback whose CA the process trusts (``SSL_CERT_FILE``)."""
+    async with FakeSmtpRelay(tmp_path) as fake:
+        monkeypatch.setenv("SSL_CERT_FILE", str(fake.ca_file))
         yield fake
 
 

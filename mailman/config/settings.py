@@ -134,7 +134,31 @@ class SesConfig:
     name: str = "ses"
 
 
-ProviderConfig = SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig | SesConfig
+@dataclass(frozen=True, slots=True)
+class SmtpRelayConfig:
+    """Any SMTP server as a provider (``providers.smtp_relay``)."""
+
+    url: Secret = setting(
+        env="SMTP_RELAY_URL",
+        parse=parse.secret,
+        help="the SMTP relay: smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or "
+        "smtp://host:25; without one smtp-relay is left out of the chain, with a warning",
+        doc="the SMTP relay: `smtp+starttls://user:pass@host:587` (STARTTLS required), "
+        "`smtps://user:pass@host:465` (implicit TLS) or `smtp://host:25` (plain: credentials "
+        "only on loopback). The password is never logged. See [SMTP relay](provider-smtp-relay.md)",
+    )
+    max_connections: int = setting(
+        4,
+        env="SMTP_RELAY_MAX_CONNECTIONS",
+        minimum=1,
+        help="connections to the relay at once, each reused from mail to mail",
+    )
+    name: str = "smtp-relay"
+
+
+ProviderConfig = (
+    SendGridConfig | MailgunConfig | ResendConfig | OutboxConfig | SesConfig | SmtpRelayConfig
+)
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
 PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
@@ -143,6 +167,7 @@ PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
     ResendConfig,
     SesConfig,
     OutboxConfig,
+    SmtpRelayConfig,
 )
 KNOWN_PROVIDERS = tuple(
     next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
@@ -573,9 +598,10 @@ class Config:
         parse=by_load,
         unset="sendgrid,mailgun",
         parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help="the provider chain, in failover order (sendgrid, mailgun, resend, ses, outbox)",
+        help="the provider chain, in failover order (sendgrid, mailgun, resend, ses, outbox, "
+        "smtp-relay)",
         doc="the provider chain, in failover order (`sendgrid`, `mailgun`, `resend`, `ses`, "
-        "`outbox`)",
+        "`outbox`, `smtp-relay`)",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
