@@ -456,6 +456,7 @@ class Mailman:
                 poison_attempts=self.config.poison_attempts,
                 peers=self.clients,
                 journal=self.journal,
+                hold_unknown=self.config.unknown_policy == "hold",
             )
 
         return factory

@@ -18,6 +18,8 @@ ROLE_ALL = "all"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: What follows an attempt whose answer was lost at a provider that cannot be asked.
+UNKNOWN_POLICIES = ("resend", "hold")
 #: The SMTP port of a plain ``mailman`` run (``MAILMAN_SMTP_PORT``).
 SMTP_PORT = 2525
 #: The highest TCP port.
@@ -640,6 +642,19 @@ class Config:
         env="MAILMAN_PROVIDER_TIMEOUT",
         minimum=0.001,
         help="seconds per provider HTTP call",
+    )
+    unknown_policy: str = setting(
+        "resend",
+        env="MAILMAN_UNKNOWN_POLICY",
+        parse=parse.choice(),
+        choices=UNKNOWN_POLICIES,
+        help="a mail whose answer was lost at a provider that cannot be asked (smtp-relay, "
+        "sendgrid, ses): resend it, or hold it as unknown for an operator",
+        doc="a mail whose answer was lost (an `unknown` attempt) at a provider that cannot be "
+        "asked whether it took it (`smtp-relay`, `sendgrid`, `ses`): `resend` sends it on, at "
+        "the risk "
+        "of a second copy; `hold` keeps it `unknown` for an operator (`POST /mail/{id}/retry` "
+        "or `/sent`). See [Delivery guarantees](guarantees.md#a-lost-answer)",
     )
     sender_concurrency: int = setting(
         32,

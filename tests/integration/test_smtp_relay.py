@@ -354,3 +354,84 @@ async def test_a_wrong_relay_password_is_never_logged_nor_shown(
     assert any("535" in repr(entry) for entry in logs)
     for text in (repr(logs), repr(shown)):
         assert wrong not in text and quote(wrong, safe="") not in text
+
+
+async def held_mail(api: Api, smtp_relay: FakeSmtpRelay) -> str:
+    """A mail whose relay answer was lost, once the hold policy held it."""
+    smtp_relay.drop = True
+    mail_id = await api.send(subject="Lost answer")
+    await api.wait_status(mail_id, "unknown")
+    smtp_relay.drop = False
+    return mail_id
+
+
+async def test_hold_keeps_a_lost_answer_unknown_until_an_operator_acts(
+    tmp_path: Path,
+    smtp_relay: FakeSmtpRelay,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+) -> None:
+    """MAILMAN_UNKNOWN_POLICY=hold: the relay took the message but its 250 was lost; the
+    mail stays unknown (one copy, Mailgun never called, listed by status); /retry sends it
+    once more, /sent records another one sent without sending it."""
+    env = provider_env(
+        sendgrid,
+        mailgun,
+        MAILMAN_PROVIDERS="smtp-relay,mailgun",
+        SMTP_RELAY_URL=smtp_relay.url("smtps"),
+        MAILMAN_UNKNOWN_POLICY="hold",
+    )
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        api = Api(http, mailman.url)
+        retried = await held_mail(api, smtp_relay)
+        held = await api.show(retried)
+        async with http.get(f"{mailman.url}/mail", params={"status": "unknown"}) as resp:
+            listed = [m["id"] for m in (await resp.json())["mails"]]
+        async with http.post(f"{mailman.url}/mail/{retried}/retry") as resp:
+            assert resp.status == 202, await resp.text()
+        await api.wait_status(retried, "sent")
+        marked = await held_mail(api, smtp_relay)
+        async with http.post(f"{mailman.url}/mail/{marked}/sent") as resp:
+            assert resp.status == 200, await resp.text()
+        shown = await api.show(retried)
+        assert await api.status(marked) == "sent"
+    assert [(a["provider"], a["outcome"], a["checked"]) for a in held["attempts"]] == [
+        ("smtp-relay", "unknown", "cannot-check")
+    ]
+    assert "held" in held["reason"] and listed == [retried]
+    assert [(a["provider"], a["outcome"]) for a in shown["attempts"]] == [
+        ("smtp-relay", "unknown"),
+        ("smtp-relay", "accepted"),
+    ]
+    assert [parsed(m.data)["X-Mailman-Id"] for m in smtp_relay.dropped] == [retried, marked]
+    assert [parsed(m.data)["X-Mailman-Id"] for m in smtp_relay.envelopes] == [retried]
+    assert mailgun.calls == 0 and sendgrid.calls == 0
+
+
+async def test_resend_by_default_sends_a_lost_answer_on(
+    tmp_path: Path,
+    smtp_relay: FakeSmtpRelay,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Without a policy (resend): the relay cannot be asked, so Mailgun sends the mail,
+    a second copy if the relay had it."""
+    env = provider_env(
+        sendgrid,
+        mailgun,
+        MAILMAN_PROVIDERS="smtp-relay,mailgun",
+        SMTP_RELAY_URL=smtp_relay.url("smtps"),
+    )
+    smtp_relay.drop = True
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        api = Api(http, mailman.url)
+        mail_id = await api.send()
+        await api.wait_status(mail_id, "sent")
+        shown = await api.show(mail_id)
+    assert [(a["provider"], a["outcome"], a["checked"]) for a in shown["attempts"]] == [
+        ("smtp-relay", "unknown", "cannot-check"),
+        ("mailgun", "accepted", None),
+    ]
+    assert len(smtp_relay.dropped) == 1 and mailgun.mail_ids() == [mail_id]
