@@ -107,7 +107,9 @@ class SmtpRelayClient(ProviderClient):
                 except _Stale:
                     conn.close()
                     continue
-                if conn.is_connected and not isinstance(result, Unknown):
+                # aiosmtplib closes a connection that timed out or was lost (a late
+                # reply must not answer the next mail's command): only one in step stays.
+                if conn.is_connected:
                     self._idle.append(conn)
                 else:
                     conn.close()

@@ -269,6 +269,27 @@ async def test_lost_answer_after_data_is_unknown(smtp_relay: FakeSmtpRelay) -> N
     assert found.check is Check.CANNOT
 
 
+async def test_no_answer_is_transient_before_data_and_unknown_after(
+    smtp_relay: FakeSmtpRelay,
+) -> None:
+    """A relay silent at MAIL FROM: Transient, and that connection is not used again (a
+    late reply would answer the next mail's command). Silent after the message: Unknown."""
+    relay_client = client(smtp_relay.url("smtps"), timeout=0.3)
+    await relay_client.start()
+    try:
+        smtp_relay.stall = {"MAIL"}
+        silent = await relay_client.send(make_mail())
+        smtp_relay.stall = set()
+        after = await relay_client.send(make_mail())
+        smtp_relay.stall = {"DATA"}
+        lost = await relay_client.send(make_mail())
+    finally:
+        await relay_client.close()
+    assert isinstance(silent, Transient) and "MAIL FROM" in silent.reason, silent
+    assert isinstance(after, Accepted) and smtp_relay.connections == 2
+    assert isinstance(lost, Unknown), lost
+
+
 async def test_connections_are_reused_and_a_closed_one_replaced(smtp_relay: FakeSmtpRelay) -> None:
     """Mails one after another share one connection; one the smtp_relay closed while idle is
     replaced before anything is sent (no error, one copy)."""

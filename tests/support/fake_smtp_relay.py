@@ -20,6 +20,7 @@ Forced answers: ``replies`` maps ``"MAIL"``, ``"RCPT"`` or ``"DATA"`` to the rep
 given there instead (``"451 4.3.0 ..."``); ``refuse`` maps one recipient address to
 its RCPT reply. ``drop=True``: the message is read (and kept in ``dropped``),
 then the connection is closed before the ``250``: the client cannot tell.
+``stall`` holds the steps (``"MAIL"``, ``"DATA"``) answered only once the relay stops.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class FakeSmtpRelay:
         self.replies: dict[str, str] = {}
         self.refuse: dict[str, str] = {}
         self.drop = False
+        #: Steps ("MAIL", "DATA") that get no answer while the relay runs.
+        self.stall: set[str] = set()
+        self._stopping = asyncio.Event()
         self.envelopes: list[RelayedMail] = []
         self.dropped: list[RelayedMail] = []
         self.connections = 0
@@ -116,6 +120,7 @@ class FakeSmtpRelay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping.set()
         for server in self._servers:
             server.close()
         for protocol in self._protocols:
@@ -169,6 +174,8 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if "MAIL" in self.relay.stall:
+            await self.relay._stopping.wait()
         if "MAIL" in self.relay.replies:
             return self.relay.replies["MAIL"]
         envelope.mail_from = address
@@ -185,6 +192,8 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if "DATA" in self.relay.stall:
+            await self.relay._stopping.wait()
         if "DATA" in self.relay.replies:
             return self.relay.replies["DATA"]
         content = envelope.original_content or b""
