@@ -395,7 +395,7 @@ async def test_hold_keeps_a_lost_answer_unknown_until_an_operator_acts(
 ) -> None:
     """MAILMAN_UNKNOWN_POLICY=hold: the relay took the message but its 250 was lost; the
     mail stays unknown (one copy, Mailgun never called, listed by status); /retry sends it
-    once more, /sent records another one sent without sending it."""
+    once more, /sent records another one sent without sending it; the kept figures agree."""
     env = provider_env(
         sendgrid,
         mailgun,
@@ -417,6 +417,8 @@ async def test_hold_keeps_a_lost_answer_unknown_until_an_operator_acts(
             assert resp.status == 200, await resp.text()
         shown = await api.show(retried)
         assert await api.status(marked) == "sent"
+        # The figures kept per status (held, then sent again) are what a count finds.
+        assert await mailman.store.metrics_snapshot() == await mailman.store.recount()
     assert [(a["provider"], a["outcome"], a["checked"]) for a in held["attempts"]] == [
         ("smtp-relay", "unknown", "cannot-check")
     ]
