@@ -45,6 +45,7 @@ from mailman.config import (
     ResendConfig,
     SendGridConfig,
     SesConfig,
+    SmtpRelayConfig,
     is_memory_store,
     redact_url,
 )
@@ -191,6 +192,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.postmark import PostmarkClient
 
         return PostmarkClient(provider, timeout)
+    if isinstance(provider, SmtpRelayConfig):
+        from mailman.providers.smtp_relay import SmtpRelayClient
+
+        return SmtpRelayClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)
@@ -456,6 +461,7 @@ class Mailman:
                 poison_attempts=self.config.poison_attempts,
                 peers=self.clients,
                 journal=self.journal,
+                hold_unknown=self.config.unknown_policy == "hold",
             )
 
         return factory

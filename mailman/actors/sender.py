@@ -83,6 +83,7 @@ class Sender(Actor):
         poison_attempts: int = 5,
         peers: Mapping[str, ProviderClient] | None = None,
         journal: Journal | None = None,
+        hold_unknown: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(f"sender:{client.name}")
@@ -99,6 +100,9 @@ class Sender(Actor):
         #: The clients of every provider in the chain, to ask about ``unknown`` attempts.
         self.peers: Mapping[str, ProviderClient] = peers or {client.name: client}
         self.journal = journal or Journal(store)
+        #: ``MAILMAN_UNKNOWN_POLICY=hold``: a mail whose answer was lost at a provider
+        #: that cannot be asked is held ``unknown``, never sent again by itself.
+        self.hold_unknown = hold_unknown
         self.clock = clock
         #: Attempts recorded ``pending`` whose outcome is not committed yet: id -> (mail, round).
         self._open: dict[int, tuple[str, int]] = {}
@@ -171,7 +175,7 @@ class Sender(Actor):
             return
         if begun.why == "unchecked":
             if await self._check(dispatch, begun):
-                return  # a provider has it: recorded as sent
+                return  # a provider has it (recorded as sent), or it is held (unknown)
             begun = await self._begin(dispatch)
             if begun is None:
                 return
@@ -217,8 +221,10 @@ class Sender(Actor):
 
     async def _check(self, dispatch: Dispatch, begun: Begun) -> bool:
         """Ask the providers of the mail's ``unknown`` attempts whether they took it, and
-        record each answer; True if one did (the mail is then ``sent``)."""
+        record each answer; True if one did (the mail is then ``sent``), or if one could
+        not say and ``hold_unknown`` holds the mail (it is then ``unknown``)."""
         taken = False
+        cannot: list[str] = []
         for attempt in begun.unknown:
             client = self.peers.get(attempt.provider)
             if client is None:
@@ -244,6 +250,8 @@ class Sender(Actor):
                 )
             else:
                 update = StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=checked)
+                if found.check is Check.CANNOT:
+                    cannot.append(attempt.provider)
             await self._record(update)
             log.warning(
                 "attempt.checked",
@@ -253,7 +261,20 @@ class Sender(Actor):
                 check=found.check.value,
                 reason=found.reason,
             )
-        return taken
+        if taken or not (cannot and self.hold_unknown):
+            return taken
+        await self._hold(dispatch.mail_id, cannot)
+        return True
+
+    async def _hold(self, mail_id: str, providers: list[str]) -> None:
+        """``MAILMAN_UNKNOWN_POLICY=hold``: keep the mail ``unknown`` for an operator."""
+        names = ", ".join(dict.fromkeys(providers))
+        reason = (
+            f"held: the answer was lost at {names}, which cannot be asked whether it took "
+            "the mail; POST /mail/{id}/retry sends it again, /sent records it sent"
+        )
+        await self._record(StatusUpdate(mail_id, Status.UNKNOWN, self.clock(), reason=reason))
+        log.warning("mail.held", mail_id=mail_id, providers=names)
 
     async def _record(self, update: StatusUpdate) -> None:
         """Commit ``update`` (group commit), waiting out a store outage."""
