@@ -532,8 +532,8 @@ class Mailman:
             log.warning(
                 "providers.none_configured",
                 detail=f"no provider configured: mails are written as .eml files to "
-                f"{cfg.providers[0].directory}/ (set SENDGRID_API_KEY or MAILGUN_API_KEY "
-                "to send for real)",
+                f"{cfg.providers[0].directory}/ (set a provider's key, such as SENDGRID_API_KEY, "
+                "POSTMARK_SERVER_TOKEN or SMTP_RELAY_URL, to send for real)",
             )
 
     async def _undecodable(self, mailbox: str, key: bytes | None, value: bytes, error: str) -> None:
