@@ -45,6 +45,7 @@ from mailman.config import (
     ResendConfig,
     SendGridConfig,
     SesConfig,
+    SmtpRelayConfig,
     is_memory_store,
     redact_url,
 )
@@ -202,6 +203,10 @@ def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
         from mailman.providers.postmark import PostmarkClient
 
         return PostmarkClient(provider, timeout)
+    if isinstance(provider, SmtpRelayConfig):
+        from mailman.providers.smtp_relay import SmtpRelayClient
+
+        return SmtpRelayClient(provider, timeout)
     from mailman.providers.outbox import OutboxClient
 
     return OutboxClient(provider)
@@ -469,6 +474,7 @@ class Mailman:
                 poison_attempts=self.config.poison_attempts,
                 peers=self.clients,
                 journal=self.journal,
+                hold_unknown=self.config.unknown_policy == "hold",
             )
 
         return factory
@@ -539,8 +545,8 @@ class Mailman:
             log.warning(
                 "providers.none_configured",
                 detail=f"no provider configured: mails are written as .eml files to "
-                f"{cfg.providers[0].directory}/ (set SENDGRID_API_KEY or MAILGUN_API_KEY "
-                "to send for real)",
+                f"{cfg.providers[0].directory}/ (set a provider's key, such as SENDGRID_API_KEY, "
+                "POSTMARK_SERVER_TOKEN or SMTP_RELAY_URL, to send for real)",
             )
 
     async def _undecodable(self, mailbox: str, key: bytes | None, value: bytes, error: str) -> None:

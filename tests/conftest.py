@@ -20,6 +20,7 @@ from .support.databases import fresh_mysql
 from .support.fake_postmark import FakePostmark
 from .support.fake_resend import FakeResend
 from .support.fake_ses import FakeSes, isolate_aws
+from .support.fake_smtp_relay import FakeSmtpRelay
 from .support.fakes import FakeMailgun, FakeSendGrid
 from .support.kafka_broker import kafka_bootstrap  # noqa: F401
 
@@ -143,6 +144,16 @@ async def postmark() -> AsyncIterator[FakePostmark]:
 def postmark_env(pm: FakePostmark) -> dict[str, str]:
     """The settings that point Mailman's ``postmark`` provider at the fake."""
     return {"POSTMARK_SERVER_TOKEN": pm.server_token, "POSTMARK_BASE_URL": pm.base_url}
+
+
+@pytest.fixture
+async def smtp_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FakeSmtpRelay]:
+    """An SMTP relay fake on loopback whose CA the process trusts (``SSL_CERT_FILE``)."""
+    async with FakeSmtpRelay(tmp_path) as fake:
+        monkeypatch.setenv("SSL_CERT_FILE", str(fake.ca_file))
+        yield fake
 
 
 @pytest.fixture

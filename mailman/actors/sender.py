@@ -85,6 +85,7 @@ class Sender(Actor):
         poison_attempts: int = 5,
         peers: Mapping[str, ProviderClient] | None = None,
         journal: Journal | None = None,
+        hold_unknown: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(f"sender:{client.name}")
@@ -101,6 +102,9 @@ class Sender(Actor):
         #: The clients of every provider in the chain, to ask about ``unknown`` attempts.
         self.peers: Mapping[str, ProviderClient] = peers or {client.name: client}
         self.journal = journal or Journal(store)
+        #: ``MAILMAN_UNKNOWN_POLICY=hold``: a mail whose answer was lost at a provider
+        #: that cannot be asked is held ``unknown``, never sent again by itself.
+        self.hold_unknown = hold_unknown
         self.clock = clock
         #: Attempts recorded ``pending`` whose outcome is not committed yet: id -> (mail, round).
         self._open: dict[int, tuple[str, int]] = {}
@@ -173,7 +177,7 @@ class Sender(Actor):
             return
         if begun.why == "unchecked":
             if await self._check(dispatch, begun):
-                return  # a provider has it (recorded as sent), or its event is awaited
+                return  # a provider has it (sent), its event is awaited, or it is held
             begun = await self._begin(dispatch)
             if begun is None:
                 return
@@ -220,7 +224,8 @@ class Sender(Actor):
     async def _check(self, dispatch: Dispatch, begun: Begun) -> bool:
         """Ask the providers of the mail's ``unknown`` attempts whether they took it, and
         record each answer; True if nothing more is to be done now: one did (the mail is
-        then ``sent``), or an attempt still waits for its provider's own event.
+        then ``sent``), an attempt still waits for its provider's own event, or one could
+        not say and ``hold_unknown`` holds the mail (it is then ``unknown``).
 
         An attempt with a provider that reports taking a mail (``event_grace``) is
         not asked: it waits, from its start, up to the grace for that event (which
@@ -228,9 +233,10 @@ class Sender(Actor):
         when the grace ends (a restart or the sweeper takes it up from there) and
         the dispatch waits in the retry scheduler, holding no sender slot. Once
         the grace is over with no event, the attempt is checked ``cannot-check``
-        and the mail is sent again.
+        and the mail is sent again (or held, ``hold_unknown``).
         """
         taken = False
+        cannot: list[str] = []
         wait_until: float | None = None
         awaited: list[str] = []
         for attempt in begun.unknown:
@@ -269,6 +275,8 @@ class Sender(Actor):
                 )
             else:
                 update = StatusUpdate(dispatch.mail_id, Status.SENDING, now, attempt=checked)
+                if found.check is Check.CANNOT:
+                    cannot.append(attempt.provider)
             await self._record(update)
             log.warning(
                 "attempt.checked",
@@ -281,7 +289,10 @@ class Sender(Actor):
         if taken:
             return True
         if wait_until is None:
-            return False
+            if not (cannot and self.hold_unknown):
+                return False
+            await self._hold(dispatch.mail_id, cannot)
+            return True
         now = self.clock()
         await self._record(StatusUpdate(dispatch.mail_id, Status.SENDING, now, due_at=wait_until))
         log.info(
@@ -292,6 +303,16 @@ class Sender(Actor):
         )
         await self.router.retry.put(RetryLater(dispatch, wait_until))
         return True
+
+    async def _hold(self, mail_id: str, providers: list[str]) -> None:
+        """``MAILMAN_UNKNOWN_POLICY=hold``: keep the mail ``unknown`` for an operator."""
+        names = ", ".join(dict.fromkeys(providers))
+        reason = (
+            f"held: the answer was lost at {names}, which cannot be asked whether it took "
+            "the mail; POST /mail/{id}/retry sends it again, /sent records it sent"
+        )
+        await self._record(StatusUpdate(mail_id, Status.UNKNOWN, self.clock(), reason=reason))
+        log.warning("mail.held", mail_id=mail_id, providers=names)
 
     async def _record(self, update: StatusUpdate) -> None:
         """Commit ``update`` (group commit), waiting out a store outage."""

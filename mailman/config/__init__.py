@@ -40,10 +40,18 @@ from .settings import (
     SendGridConfig,
     SesConfig,
     SmtpConfig,
+    SmtpRelayConfig,
     SupervisorConfig,
 )
 from .tls import tls_server_context
-from .urls import check_broker_url, check_store_url, is_memory_store, redact_url
+from .urls import (
+    SmtpRelayTarget,
+    check_broker_url,
+    check_store_url,
+    is_memory_store,
+    parse_smtp_relay_url,
+    redact_url,
+)
 
 __all__ = [
     "ENV_ONLY",
@@ -71,6 +79,8 @@ __all__ = [
     "SesConfig",
     "Setting",
     "SmtpConfig",
+    "SmtpRelayConfig",
+    "SmtpRelayTarget",
     "SupervisorConfig",
     "check_broker_url",
     "check_store_url",
@@ -78,6 +88,7 @@ __all__ = [
     "from_args",
     "is_memory_store",
     "load",
+    "parse_smtp_relay_url",
     "redact_url",
     "tls_server_context",
 ]

@@ -32,9 +32,10 @@ from .settings import (
     SendGridConfig,
     SesConfig,
     SmtpConfig,
+    SmtpRelayConfig,
 )
 from .tls import tls_server_context
-from .urls import check_broker_url, check_store_url, is_memory_store
+from .urls import check_broker_url, check_store_url, is_memory_store, parse_smtp_relay_url
 
 
 def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
@@ -120,6 +121,13 @@ def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tupl
             chain.append(
                 PostmarkConfig(token, read("postmark.base_url"), read("postmark.message_stream"))
             )
+        elif name == "smtp-relay":
+            url = read("smtp-relay.url")
+            if url is None:
+                skipped.append(name)
+                continue
+            parse_smtp_relay_url(url.reveal())  # a bad URL is exit 2, never a traceback
+            chain.append(SmtpRelayConfig(url, read("smtp-relay.max_connections")))
         else:
             chain.append(outbox)
     if not chain:

@@ -18,6 +18,8 @@ ROLE_ALL = "all"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: What follows an attempt whose answer was lost at a provider that cannot be asked.
+UNKNOWN_POLICIES = ("resend", "hold")
 #: The SMTP port of a plain ``mailman`` run (``MAILMAN_SMTP_PORT``).
 SMTP_PORT = 2525
 #: The highest TCP port.
@@ -157,8 +159,36 @@ class SesConfig:
     name: str = "ses"
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpRelayConfig:
+    """Any SMTP server as a provider (``providers.smtp_relay``)."""
+
+    url: Secret = setting(
+        env="SMTP_RELAY_URL",
+        parse=parse.secret,
+        help="the SMTP relay: smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or "
+        "smtp://host:25; without one smtp-relay is left out of the chain, with a warning",
+        doc="the SMTP relay: `smtp+starttls://user:pass@host:587` (STARTTLS required), "
+        "`smtps://user:pass@host:465` (implicit TLS) or `smtp://host:25` (plain: credentials "
+        "only on loopback). The password is never logged. See [SMTP relay](provider-smtp-relay.md)",
+    )
+    max_connections: int = setting(
+        4,
+        env="SMTP_RELAY_MAX_CONNECTIONS",
+        minimum=1,
+        help="connections to the relay at once, each reused from mail to mail",
+    )
+    name: str = "smtp-relay"
+
+
 ProviderConfig = (
-    SendGridConfig | MailgunConfig | ResendConfig | SesConfig | PostmarkConfig | OutboxConfig
+    SendGridConfig
+    | MailgunConfig
+    | ResendConfig
+    | SesConfig
+    | PostmarkConfig
+    | SmtpRelayConfig
+    | OutboxConfig
 )
 
 #: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
@@ -168,6 +198,7 @@ PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
     ResendConfig,
     SesConfig,
     PostmarkConfig,
+    SmtpRelayConfig,
     OutboxConfig,
 )
 KNOWN_PROVIDERS = tuple(
@@ -659,6 +690,19 @@ class Config:
         "`processed`, SES's `Send`) before the mail is sent again; only where that provider's "
         "webhook is on (`MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY`, `MAILMAN_SES_SNS_TOPIC_ARNS`). "
         "`0`: not waited for. See [Guarantees](guarantees.md)",
+    )
+    unknown_policy: str = setting(
+        "resend",
+        env="MAILMAN_UNKNOWN_POLICY",
+        parse=parse.choice(),
+        choices=UNKNOWN_POLICIES,
+        help="a mail whose answer was lost at a provider that cannot be asked (smtp-relay, "
+        "sendgrid, ses): resend it, or hold it as unknown for an operator",
+        doc="a mail whose answer was lost (an `unknown` attempt) at a provider that cannot be "
+        "asked whether it took it (`smtp-relay`, `sendgrid`, `ses`): `resend` sends it on, at "
+        "the risk "
+        "of a second copy; `hold` keeps it `unknown` for an operator (`POST /mail/{id}/retry` "
+        "or `/sent`). See [Delivery guarantees](guarantees.md#a-lost-answer)",
     )
     sender_concurrency: int = setting(
         32,

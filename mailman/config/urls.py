@@ -3,7 +3,9 @@ redacted, so a password never reaches a log or an error."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -104,3 +106,66 @@ def check_broker_url(url: str) -> None:
                 f"bad kafka broker address {address!r}: need host:port, "
                 f"a port from 1 to 65535 ({_BROKER_EXPECTED})"
             )
+
+
+#: ``SMTP_RELAY_URL`` schemes: how each one secures the connection, and its default port.
+SMTP_RELAY_SCHEMES = {
+    "smtp+starttls": ("starttls", 587),
+    "smtps": ("tls", 465),
+    "smtp": ("plain", 25),
+}
+_RELAY_EXPECTED = (
+    "expected smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or smtp://host:25"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRelayTarget:
+    """An ``SMTP_RELAY_URL``, parsed: ``security`` is ``starttls`` (required), ``tls``
+    (implicit, from the first byte) or ``plain``. User and password URL-decoded."""
+
+    security: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_smtp_relay_url(url: str) -> SmtpRelayTarget:
+    """``url`` parsed, or ``ConfigError`` (whose message never quotes the password).
+
+    ``smtp://`` is plain text: it carries a user and password only to a loopback
+    host (a relay on the same machine), never across a network in the clear.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SMTP_RELAY_SCHEMES:
+        raise ConfigError(f"unsupported SMTP relay URL scheme {scheme!r} ({_RELAY_EXPECTED})")
+    security, default_port = SMTP_RELAY_SCHEMES[scheme.lower()]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"malformed SMTP relay URL ({_RELAY_EXPECTED})") from None
+    if not parts.hostname:
+        raise ConfigError(f"the SMTP relay URL names no host ({_RELAY_EXPECTED})")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError("the SMTP relay URL takes no path, query or fragment")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if (username is None) != (password is None):
+        raise ConfigError("the SMTP relay URL needs both a user and a password, or neither")
+    if security == "plain" and password is not None and not _loopback(parts.hostname):
+        raise ConfigError(
+            "smtp:// would send the relay's password in the clear: use smtp+starttls:// or "
+            "smtps:// (smtp:// takes a user and password on a loopback host only)"
+        )
+    return SmtpRelayTarget(security, parts.hostname, port or default_port, username, password)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

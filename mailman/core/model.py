@@ -23,6 +23,9 @@ class Status(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    #: Held: its answer was lost at a provider that cannot be asked, and
+    #: ``MAILMAN_UNKNOWN_POLICY=hold`` keeps it for an operator (``/retry``, ``/sent``).
+    UNKNOWN = "unknown"
     #: The recipient's server took the mail (the provider's delivery event).
     DELIVERED = "delivered"
     #: The provider gave up on the mail: a hard bounce, or it dropped the mail.
@@ -44,11 +47,13 @@ ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.SCHEDULED}),
     Status.SCHEDULED: frozenset(),
     Status.SENDING: frozenset({Status.QUEUED, Status.SENDING}),
-    Status.SENT: frozenset({Status.QUEUED, Status.SENDING}),
+    Status.SENT: frozenset({Status.QUEUED, Status.SENDING, Status.UNKNOWN}),
     # A scheduled mail can be marked failed by hand (so it is never sent).
-    Status.FAILED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING}),
-    Status.DELIVERED: frozenset({Status.SENDING, Status.SENT}),
-    Status.BOUNCED: frozenset({Status.SENDING, Status.SENT, Status.DELIVERED}),
+    Status.FAILED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING, Status.UNKNOWN}),
+    # Held: nothing moves it on but an operator (or a delivery event, proof it went out).
+    Status.UNKNOWN: frozenset({Status.SENDING}),
+    Status.DELIVERED: frozenset({Status.SENDING, Status.SENT, Status.UNKNOWN}),
+    Status.BOUNCED: frozenset({Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN}),
 }
 
 

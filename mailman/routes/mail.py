@@ -506,20 +506,22 @@ async def erase_mail(request: web.Request) -> web.Response:
 @requires(Scope.SEND)
 @operation(
     "retryMail",
-    "Send a failed mail again: a new round, the same id (needs `send`)",
+    "Send a failed or held mail again: a new round, the same id (needs `send`)",
     description="The mail goes back to `queued`; its history stays. "
-    "409 unless the mail is `failed`.",
+    "409 unless the mail is `failed`, or `unknown` (held: its answer was lost, see "
+    "`MAILMAN_UNKNOWN_POLICY`).",
     parameters=(MAIL_ID,),
     body=Body.json(NoFields, required=False),
     answers={
         202: Answer("Queued again", StatusAnswer),
         404: UNKNOWN,
-        409: problem("The mail is not failed, or its content was erased (retention)"),
+        409: problem("The mail is not failed or unknown, or its content was erased (retention)"),
         **_EMPTY_BODY_ANSWERS,
     },
 )
 async def retry_mail(request: web.Request) -> web.Response:
-    """Send a ``failed`` mail again: a new round, the same id; 409 unless it is failed."""
+    """Send a ``failed`` (or held ``unknown``) mail again: a new round, the same id; 409
+    unless it is one of those."""
     await _no_fields(request)
     mail_id = request.match_info["id"]
     await _visible(request, mail_id)
@@ -530,8 +532,10 @@ async def retry_mail(request: web.Request) -> web.Response:
         raise _unknown()
     note(request, mail_id=mail_id)
     if not result.changed:
-        detail = f"The mail is {result.status.value}: only a failed mail can be sent again."
-        if result.status is Status.FAILED:  # its content was erased (MAILMAN_BODY_RETENTION)
+        detail = (
+            f"The mail is {result.status.value}: only a failed or unknown mail can be sent again."
+        )
+        if result.status in (Status.FAILED, Status.UNKNOWN):  # its content was erased
             detail = "The mail's content was erased (retention): there is nothing to send again."
         raise Problem(HTTPStatus.CONFLICT, detail, type=STATUS_CONFLICT)
     try:

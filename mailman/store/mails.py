@@ -153,6 +153,8 @@ class Mails(abc.ABC):
 
 # --- SQL ---------------------------------------------------------------------------------
 
+#: The statuses ``POST /mail/{id}/retry`` sends a mail again from (``unknown``: a held mail).
+SENT_AGAIN = (Status.FAILED, Status.UNKNOWN)
 MAIL_COLUMNS = (
     "id, status, payload, created_at, updated_at, tenant, callback_url, callback_status, due_at, "
     "providers"
@@ -222,11 +224,12 @@ def _unfinished(d: Dialect) -> str:
 
 @functools.cache
 def _replay(d: Dialect) -> str:
-    """A failed mail back to ``queued`` (parameters: at, mail id)."""
+    """A failed or held (``unknown``) mail back to ``queued`` (parameters: at, mail id)."""
     m = d.mark
+    again = ", ".join(f"'{s.value}'" for s in SENT_AGAIN)
     return (
         f"UPDATE mails SET status = '{Status.QUEUED.value}', updated_at = {m}, reason = NULL "
-        f"WHERE id = {m} AND status = '{Status.FAILED.value}' AND purged_at IS NULL"
+        f"WHERE id = {m} AND status IN ({again}) AND purged_at IS NULL"
     )
 
 
@@ -427,14 +430,14 @@ def retry(d: Dialect, mail_id: str, at: float) -> Steps[Transition | None]:
     current = (yield from moves.statuses(d, [mail_id])).get(mail_id)
     if current is None:
         return None
-    if current is not Status.FAILED:
+    if current not in SENT_AGAIN:
         return Transition(changed=False, status=current)
     if (yield Statement(_replay(d), (at, mail_id))).rowcount == 0:
         return Transition(changed=False, status=current)  # its content was erased
     (round_,) = (yield Statement(attempts.next_round(d), (mail_id,))).fetchone()
     yield Statement(outbox.rounds(d, 1), (mail_id, at, int(round_)))
     yield from callbacks.queue(d, [mail_id])
-    yield from summary.bump(d, summary.moved(Status.FAILED, Status.QUEUED, 1))
+    yield from summary.bump(d, summary.moved(current, Status.QUEUED, 1))
     return Transition(changed=True, status=Status.QUEUED)
 
 

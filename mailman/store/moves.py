@@ -25,6 +25,7 @@ UNFINISHED: tuple[str, ...] = (Status.QUEUED.value, Status.SENDING.value)
 #: for one mail in the same batch end ``sent``.
 MOVE_ORDER: tuple[Status, ...] = (
     Status.SENDING,
+    Status.UNKNOWN,
     Status.SENT,
     Status.FAILED,
     Status.DELIVERED,

@@ -191,3 +191,23 @@ async def test_an_event_for_a_mail_already_sent_elsewhere_moves_nothing(
     assert shown["provider_message_id"] == mg.message_ids[0]
     assert shown["attempts"][0]["checked"] == "cannot-check"
     assert [e["event"] for e in shown["events"]] == ["processed"]
+
+
+async def test_with_hold_no_event_holds_the_mail_and_a_late_event_settles_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """MAILMAN_UNKNOWN_POLICY=hold: no event within the grace holds the mail unknown, not
+    sent again; SendGrid's processed event coming later makes it sent."""
+    async with FakeSendGrid(mode="drop") as sg, FakeMailgun() as mg:
+        env = webhook_env(
+            sg, mg, MAILMAN_UNKNOWN_GRACE_SECONDS="0.2", MAILMAN_UNKNOWN_POLICY="hold"
+        )
+        async with embedded(make_config(tmp_path, env)) as mailman:
+            service = Service(mailman.url, http, sg, mg)
+            mail_id = await service.send()
+            held = await service.wait(mail_id, "unknown")
+            await processed(service, mail_id, sg.message_ids[0])
+            shown = await service.wait(mail_id, "sent")
+    assert sg.mail_ids() == [mail_id] and mg.calls == 0
+    assert "no event from sendgrid" in held["attempts"][0]["reason"]
+    assert (shown["provider"], shown["provider_message_id"]) == ("sendgrid", sg.message_ids[0])

@@ -234,6 +234,29 @@ async def test_retry_queues_a_failed_mail_for_a_new_round(store: Store) -> None:
     assert await store.retry("nope", 3002.0) is None
 
 
+async def test_a_held_mail_is_final_until_retried_or_marked(store: Store) -> None:
+    """An unknown (held) mail: no sending, no claim, no late sending move takes it back;
+    retry() queues it for a new round, and a held one may be marked sent."""
+    for mail_id in ("m1", "m2"):
+        await store.add(mail(mail_id, created_at=1000.0))
+    for entry in await claim_all(store, now=2000.0):
+        await store.published([entry.id])
+    await store.apply(
+        [
+            update(Status.SENDING, 2001.0, mail_id, Outcome.UNKNOWN, provider="smtp-relay")
+            for mail_id in ("m1", "m2")
+        ]
+    )
+    await store.apply([update(Status.UNKNOWN, 2002.0, m, reason="held") for m in ("m1", "m2")])
+    await store.apply([update(Status.SENDING, 2003.0, "m1", Outcome.TRANSIENT, round=1)])
+    assert await status_of(store, "m1") == Status.UNKNOWN
+    assert await claim_all(store, now=2004.0) == []
+    assert await store.retry("m1", 3000.0) == Transition(changed=True, status=Status.QUEUED)
+    assert [e.mail_id for e in await claim_all(store, now=3001.0)] == ["m1"]
+    await store.apply([update(Status.SENT, 3002.0, "m2")])
+    assert await status_of(store, "m2") == Status.SENT
+
+
 # --- idempotency keys ---------------------------------------------------------
 
 
