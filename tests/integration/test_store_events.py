@@ -123,3 +123,22 @@ async def test_processed_settles_an_unknown_attempt_as_sent(store: Store) -> Non
     assert record is not None
     assert (record.status, record.provider_message_id) == (Status.DELIVERED, "sg-7")
     assert await store.metrics_snapshot() == await store.recount()
+
+
+async def test_an_unknown_recorded_after_the_processed_event_is_taken(store: Store) -> None:
+    """A processed event that comes while the call is still pending makes the mail sent;
+    the unknown outcome recorded after it is checked taken, and the figures agree."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
+    assert begun is not None and begun.attempt_id is not None
+    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
+    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    lost = Attempt("sendgrid", 0, 1200.0, Outcome.UNKNOWN, "timeout", id=begun.attempt_id)
+    await store.apply([StatusUpdate("m1", Status.SENDING, 1202.0, attempt=lost)])
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider_message_id) == (Status.SENT, "sg-7")
+    assert [(a.outcome, a.checked) for a in record.attempts] == [(Outcome.UNKNOWN, Check.TAKEN)]
+    assert await store.metrics_snapshot() == await store.recount()
+    assert (await store.metrics_snapshot()).suppressed == {"sendgrid": 1}
