@@ -170,6 +170,17 @@ def sqlite_hint(path: str | None) -> str | None:
     return None
 
 
+def event_grace(config: Config, provider: ProviderConfig) -> float:
+    """How long an ``unknown`` attempt with ``provider`` waits for its own event that it
+    took the mail: ``MAILMAN_UNKNOWN_GRACE_SECONDS`` for SendGrid and SES when their
+    webhook is on here, else 0 (not waited for)."""
+    if isinstance(provider, SendGridConfig) and config.sendgrid_webhook_public_key is not None:
+        return config.unknown_grace_seconds
+    if isinstance(provider, SesConfig) and config.ses_sns_topic_arns:
+        return config.unknown_grace_seconds
+    return 0.0
+
+
 def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
     """The client for one configured provider."""
     if isinstance(provider, SendGridConfig):
@@ -303,6 +314,8 @@ class Mailman:
         }
         if given:
             raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
+        for p in config.providers:
+            self.clients[p.name].event_grace = event_grace(config, p)
         #: The senders' group commit: every sender's outcomes share transactions.
         self.journal = Journal(self.store)
         #: One breaker per provider, outliving restarts of its sender.

@@ -8,7 +8,9 @@ It reads ``Dispatch`` messages from its provider's mailbox and, for each:
 2. before sending a mail again whose earlier attempt has no answer
    (``unknown``: a timeout, or a process that died mid-call), **asks that
    provider** whether it took the mail (Mailgun's events API; others cannot
-   say) and records the answer: a mail the provider has is ``sent``;
+   say) and records the answer: a mail the provider has is ``sent``. For a
+   provider whose own "processed" event comes through its webhook (SendGrid,
+   SES), it waits for that event instead, up to a grace, holding no slot;
 3. calls the provider through its circuit breaker;
 4. **commits the outcome** (group commit, ``Journal``) before anything else
    happens for the mail: before the mailbox message is acknowledged and
@@ -175,7 +177,7 @@ class Sender(Actor):
             return
         if begun.why == "unchecked":
             if await self._check(dispatch, begun):
-                return  # a provider has it (recorded as sent), or it is held (unknown)
+                return  # a provider has it (sent), its event is awaited, or it is held
             begun = await self._begin(dispatch)
             if begun is None:
                 return
@@ -221,14 +223,37 @@ class Sender(Actor):
 
     async def _check(self, dispatch: Dispatch, begun: Begun) -> bool:
         """Ask the providers of the mail's ``unknown`` attempts whether they took it, and
-        record each answer; True if one did (the mail is then ``sent``), or if one could
-        not say and ``hold_unknown`` holds the mail (it is then ``unknown``)."""
+        record each answer; True if nothing more is to be done now: one did (the mail is
+        then ``sent``), an attempt still waits for its provider's own event, or one could
+        not say and ``hold_unknown`` holds the mail (it is then ``unknown``).
+
+        An attempt with a provider that reports taking a mail (``event_grace``) is
+        not asked: it waits, from its start, up to the grace for that event (which
+        settles the mail ``sent``, ``store.events``). Meanwhile the mail is due
+        when the grace ends (a restart or the sweeper takes it up from there) and
+        the dispatch waits in the retry scheduler, holding no sender slot. Once
+        the grace is over with no event, the attempt is checked ``cannot-check``
+        and the mail is sent again (or held, ``hold_unknown``).
+        """
         taken = False
         cannot: list[str] = []
+        wait_until: float | None = None
+        awaited: list[str] = []
         for attempt in begun.unknown:
             client = self.peers.get(attempt.provider)
             if client is None:
                 found = Found(Check.CANNOT, reason=f"{attempt.provider} is not configured here")
+            elif client.event_grace > 0:
+                until = attempt.at + client.event_grace
+                if self.clock() < until:
+                    wait_until = until if wait_until is None else max(wait_until, until)
+                    awaited.append(attempt.provider)
+                    continue
+                found = Found(
+                    Check.CANNOT,
+                    reason=f"no event from {attempt.provider} that it took the mail "
+                    f"within {client.event_grace:g} s",
+                )
             else:
                 found = await client.lookup(begun.mail, attempt.at - LOOKUP_SLACK_SECONDS)
             now = self.clock()
@@ -261,9 +286,22 @@ class Sender(Actor):
                 check=found.check.value,
                 reason=found.reason,
             )
-        if taken or not (cannot and self.hold_unknown):
-            return taken
-        await self._hold(dispatch.mail_id, cannot)
+        if taken:
+            return True
+        if wait_until is None:
+            if not (cannot and self.hold_unknown):
+                return False
+            await self._hold(dispatch.mail_id, cannot)
+            return True
+        now = self.clock()
+        await self._record(StatusUpdate(dispatch.mail_id, Status.SENDING, now, due_at=wait_until))
+        log.info(
+            "attempt.waiting",
+            mail_id=dispatch.mail_id,
+            provider=",".join(sorted(set(awaited))),
+            seconds=round(wait_until - now, 3),
+        )
+        await self.router.retry.put(RetryLater(dispatch, wait_until))
         return True
 
     async def _hold(self, mail_id: str, providers: list[str]) -> None:

@@ -679,6 +679,18 @@ class Config:
         minimum=0.001,
         help="seconds per provider HTTP call",
     )
+    unknown_grace_seconds: float = setting(
+        60.0,
+        env="MAILMAN_UNKNOWN_GRACE_SECONDS",
+        minimum=0.0,
+        help="seconds a lost SendGrid/SES answer waits for the provider's own event before "
+        "the mail is sent again (0: off)",
+        doc="seconds an attempt at SendGrid or SES whose answer was lost (`unknown`) waits, "
+        "from its start, for the provider's own event that it took the mail (SendGrid's "
+        "`processed`, SES's `Send`) before the mail is sent again; only where that provider's "
+        "webhook is on (`MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY`, `MAILMAN_SES_SNS_TOPIC_ARNS`). "
+        "`0`: not waited for. See [Guarantees](guarantees.md)",
+    )
     unknown_policy: str = setting(
         "resend",
         env="MAILMAN_UNKNOWN_POLICY",

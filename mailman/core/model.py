@@ -215,6 +215,9 @@ class Attempt:
 class EventKind(StrEnum):
     """What a provider reported about a mail after taking it (one set for every provider)."""
 
+    #: The provider took the mail (SendGrid's ``processed``, SES's ``Send``): settles a
+    #: mail whose answer was lost (``unknown``) as ``sent``, never moves one back.
+    PROCESSED = "processed"
     DELIVERED = "delivered"
     DEFERRED = "deferred"  # the recipient's server said "later": the provider keeps trying
     BOUNCED = "bounced"  # ``bounce`` says hard (permanent) or soft (temporary)
@@ -227,6 +230,8 @@ class EventKind(StrEnum):
     @property
     def moves_to(self) -> Status | None:
         """The status this event moves a mail to, if any (a soft bounce moves none)."""
+        if self is EventKind.PROCESSED:
+            return Status.SENT
         if self is EventKind.DELIVERED:
             return Status.DELIVERED
         if self is EventKind.DROPPED:
@@ -250,6 +255,9 @@ class DeliveryEvent:
     bounce: str | None = None
     reason: str | None = None
     recipient: str | None = None
+    #: The provider's id for the mail, when the event names it: recorded on a mail a
+    #: ``processed`` event settles as ``sent``. Not kept with the event, not compared.
+    message_id: str | None = field(default=None, compare=False)
 
     @property
     def moves_to(self) -> Status | None:

@@ -130,6 +130,11 @@ class ProviderClient(abc.ABC):
 
     #: The provider's name in the chain, in logs and in attempt history.
     name: str
+    #: Seconds an ``unknown`` attempt with this provider waits for the provider's own
+    #: event that it took the mail (SendGrid's ``processed``, SES's ``Send``) before the
+    #: mail is sent again; 0: not waited for. Set where the provider's webhook is on
+    #: (``MAILMAN_UNKNOWN_GRACE_SECONDS``); such an event settles the mail ``sent``.
+    event_grace: float = 0.0
 
     @abc.abstractmethod
     async def send(self, mail: Mail) -> Result:

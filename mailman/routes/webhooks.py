@@ -323,9 +323,10 @@ def _dedupe(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-#: SendGrid's event names, as the normalised kind; other events (processed,
-#: group_resubscribe, and any new one) are acknowledged and skipped.
+#: SendGrid's event names, as the normalised kind; other events (group_resubscribe,
+#: and any new one) are acknowledged and skipped.
 SENDGRID_KINDS: dict[str, EventKind] = {
+    "processed": EventKind.PROCESSED,
     "delivered": EventKind.DELIVERED,
     "deferred": EventKind.DEFERRED,
     "bounce": EventKind.BOUNCED,
@@ -670,6 +671,8 @@ async def _record(
             mail_id = found[item.message_id]
             if mail_id is not None:
                 event = dataclasses.replace(event, mail_id=mail_id)
+        if event.kind is EventKind.PROCESSED and item.message_id is not None:
+            event = dataclasses.replace(event, message_id=item.message_id)
         resolved.append(event if event.mail_id else None)
     events = [e for e in resolved if e is not None]
     results = await guarded(store, timeout, store.record_events(events)) if events else []

@@ -315,6 +315,7 @@ async def ses_events(request: web.Request) -> web.Response:
 #: SES's event types (``eventType``; ``notificationType`` for identity notifications): the
 #: object holding the event's details, the normalised kind, where its recipients are.
 SES_KINDS: dict[str, tuple[str, EventKind, str | None]] = {
+    "Send": ("send", EventKind.PROCESSED, None),
     "Delivery": ("delivery", EventKind.DELIVERED, "recipients"),
     "Bounce": ("bounce", EventKind.BOUNCED, "bouncedRecipients"),
     "Complaint": ("complaint", EventKind.COMPLAINED, "complainedRecipients"),
@@ -362,7 +363,7 @@ def _recipients(details: dict[str, Any], where: str | None) -> list[Any]:
 
 def parse_ses(event: object, sns_id: str, sns_time: float | None) -> tuple[list[Incoming], int]:
     """The events an SES event (one SNS notification) makes, one per recipient it names,
-    and how many were skipped (``Send``, ``Subscription``, any other type); 400 if it is
+    and how many were skipped (``Subscription``, any other type); 400 if it is
     not SES's shape."""
     if not isinstance(event, dict) or not isinstance(event.get("mail"), dict):
         raise _malformed("An SES event is a JSON object with 'eventType' and 'mail'.")

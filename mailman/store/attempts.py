@@ -254,6 +254,47 @@ def applied(before: summary.Seen, updates: Sequence[StatusUpdate]) -> summary.Se
     return summary.Seen(statuses, attempts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _processed(d: Dialect, count: int) -> str:
+    """The providers that reported taking these mails (``processed`` events)."""
+    return (
+        f"SELECT DISTINCT mail_id, provider FROM events WHERE mail_id IN ({d.marks(count)}) "
+        "AND kind = 'processed'"
+    )
+
+
+def _reported(d: Dialect, updates: list[StatusUpdate]) -> Steps[list[StatusUpdate]]:
+    """``updates``, an attempt recorded ``unknown`` (not checked) made ``checked: taken``
+    when its provider already reported taking the mail: its ``processed`` event came
+    before the lost answer was noticed (``store.events`` settles the later ones)."""
+    lost = sorted(
+        {
+            u.mail_id
+            for u in updates
+            if u.attempt is not None
+            and u.attempt.outcome is Outcome.UNKNOWN
+            and u.attempt.checked is None
+        }
+    )
+    if not lost:
+        return updates
+    reported: set[tuple[str, str]] = set()
+    for chunk in chunks(lost):
+        cur = yield Statement(_processed(d, len(chunk)), chunk)
+        reported.update((str(m), str(p)) for m, p in cur.fetchall())
+    if not reported:
+        return updates
+    return [
+        replace(u, attempt=replace(u.attempt, checked=Check.TAKEN))
+        if u.attempt is not None
+        and u.attempt.outcome is Outcome.UNKNOWN
+        and u.attempt.checked is None
+        and (u.mail_id, u.attempt.provider) in reported
+        else u
+        for u in updates
+    ]
+
+
 def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
     """Every pending attempt started before ``before`` becomes unknown; what that changes
     in the figures (the caller bumps them, last)."""
@@ -328,6 +369,7 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     )
     known = before.mails
     updates = [u for u in updates if u.mail_id in known]
+    updates = yield from _reported(d, updates)
     # A new attempt needs its mail (the foreign key). (Most batches have none: the
     # senders record their attempts with ``begin_attempt``.)
     new = [u for u in updates if u.attempt is not None and u.attempt.id is None]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from mailman.core.model import DeliveryEvent, EventKind, Status
+from mailman.core.model import Check, DeliveryEvent, EventKind, Outcome, Status
 
 from . import callbacks, moves, summary
 from .dialect import Dialect
@@ -95,10 +95,25 @@ def event_values(event: DeliveryEvent) -> tuple[object, ...]:
     )
 
 
+@functools.cache
+def _taken(d: Dialect) -> str:
+    """A mail's ``unknown`` attempts with a provider, not checked yet, are ``taken``: the
+    provider's own event says it has the mail (parameters: message id, mail id, provider)."""
+    m = d.mark
+    return (
+        f"UPDATE attempts SET checked = '{Check.TAKEN.value}', "
+        f"message_id = COALESCE(message_id, {m}) "
+        f"WHERE mail_id = {m} AND provider = {m} AND outcome = '{Outcome.UNKNOWN.value}' "
+        "AND checked IS NULL"
+    )
+
+
 def event_move_values(event: DeliveryEvent, status: Status) -> tuple[object, ...]:
-    """Parameters of ``moves.move`` for the move an event makes (a bounce keeps its reason)."""
+    """Parameters of ``moves.move`` for the move an event makes (a bounce keeps its reason,
+    a ``processed`` its provider's message id)."""
     reason = event.reason if status is Status.BOUNCED else None
-    return (status.value, event.at, event.provider, None, reason, event.at, event.mail_id)
+    message_id = event.message_id if event.kind is EventKind.PROCESSED else None
+    return (status.value, event.at, event.provider, message_id, reason, event.at, event.mail_id)
 
 
 def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
@@ -113,7 +128,12 @@ def event_from_row(row: Sequence[Any]) -> DeliveryEvent:
 def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventResult]]:
     """The events' mails are read first (on MySQL locked, in id order), and again at the
     end: the figures gain the moves made."""
-    before = yield from summary.look(d, (e.mail_id for e in events if d.holds_id(e.mail_id)))
+    processed = sorted(
+        {e.mail_id for e in events if e.kind is EventKind.PROCESSED and d.holds_id(e.mail_id)}
+    )
+    before = yield from summary.look(
+        d, (e.mail_id for e in events if d.holds_id(e.mail_id)), of=processed
+    )
     known = before.mails
     results: list[EventResult] = []
     for event in events:
@@ -127,13 +147,15 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
         status = event.moves_to
         if status is not None:
             yield Statement(moves.move(d, status), event_move_values(event, status))
+        if event.kind is EventKind.PROCESSED:
+            yield Statement(_taken(d), (event.message_id, event.mail_id, event.provider))
     addressed = sorted({e.mail_id for e in events if e.mail_id in known and e.recipient})
     if addressed:
         yield Statement(_forget_if_purged(d, len(addressed)), addressed)
     moved = [e.mail_id for e in events if e.mail_id in known and e.moves_to is not None]
     yield from callbacks.queue(d, moved)
     if moved:
-        yield from summary.settle(d, before)
+        yield from summary.settle(d, before, of=processed)
     return results
 
 

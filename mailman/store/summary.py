@@ -172,10 +172,13 @@ def changes(before: Seen, after: Seen) -> Counter[Key]:
     return deltas
 
 
-def settle(d: Dialect, before: Seen, extra: dict[Key, int] | None = None) -> Steps[None]:
-    """Look again at what ``before`` saw and bump the figures by what changed (and
-    ``extra``): the end of an operation that moved mails."""
-    after = yield from look(d, before.mails)
+def settle(
+    d: Dialect, before: Seen, extra: dict[Key, int] | None = None, of: Iterable[str] = ()
+) -> Steps[None]:
+    """Look again at what ``before`` saw (its mails, and the attempts of the mails ``of``
+    it read) and bump the figures by what changed (and ``extra``): the end of an
+    operation that moved mails."""
+    after = yield from look(d, before.mails, of=of)
     deltas = changes(before, after)
     for key, amount in (extra or {}).items():
         deltas[key] += amount

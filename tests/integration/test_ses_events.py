@@ -88,9 +88,10 @@ async def test_the_fake_reports_delivered_and_bounced_through_sns(
             shown = {m: await api.show(m) for m in (delivered, bounced)}
     assert set(ses.webhook_answers) == {200}
     assert [(e["provider"], e["event"], e["recipient"]) for e in shown[delivered]["events"]] == [
-        ("ses", "delivered", "ann@example.com")
+        ("ses", "processed", None),
+        ("ses", "delivered", "ann@example.com"),
     ]
-    (bounce,) = shown[bounced]["events"]
+    _, bounce = shown[bounced]["events"]
     assert (bounce["event"], bounce["bounce"]) == ("bounced", "hard")
     assert "does not exist" in bounce["reason"] and "Permanent" in bounce["reason"]
     assert ses.cert_fetches == 1
@@ -157,7 +158,7 @@ async def test_forged_and_unsigned_posts_are_refused_and_store_nothing(service: 
 
 
 async def test_each_ses_event_type_maps_to_mailmans_event(service: Service) -> None:
-    """Send is skipped; DeliveryDelay, Delivery, Open, Click, Complaint and a transient
+    """Send becomes processed; DeliveryDelay, Delivery, Open, Click, Complaint and a transient
     Bounce become deferred, delivered, opened, clicked, complained and a soft bounce."""
     mail_id, i = await service.sent()
     ses = service.ses
@@ -189,11 +190,11 @@ async def test_each_ses_event_type_maps_to_mailmans_event(service: Service) -> N
     ]
     answers = [await service.post(service.notification(e)) for e in events]
 
-    assert answers[0] == (200, counts(skipped=1))
-    assert all(a == (200, counts(recorded=1)) for a in answers[1:])
+    assert all(a == (200, counts(recorded=1)) for a in answers)
     shown = await service.api.show(mail_id)
     assert shown["status"] == "delivered"
     assert [(e["event"], e["bounce"], e["recipient"]) for e in shown["events"]] == [
+        ("processed", None, None),
         ("deferred", None, ann),
         ("delivered", None, ann),
         ("opened", None, None),
@@ -201,7 +202,7 @@ async def test_each_ses_event_type_maps_to_mailmans_event(service: Service) -> N
         ("complained", None, ann),
         ("bounced", "soft", ann),
     ]
-    assert shown["events"][0]["reason"] == "MailboxFull"
+    assert shown["events"][1]["reason"] == "MailboxFull"
     assert shown["events"][-1]["reason"] == "Transient: MailboxFull: smtp; 452 full"
 
 

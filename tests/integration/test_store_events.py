@@ -6,7 +6,7 @@ Part of the store contract (``test_store``): each test runs on every backend.
 from __future__ import annotations
 
 from mailman.core.messages import StatusUpdate
-from mailman.core.model import Attempt, EventKind, Outcome, Status
+from mailman.core.model import Attempt, Check, EventKind, Outcome, Status
 from mailman.store import (
     EventResult,
     Store,
@@ -85,3 +85,60 @@ async def test_a_delivery_before_the_senders_record_keeps_the_provider_findable(
     assert record is not None
     assert (record.status, record.provider) == (Status.DELIVERED, "sendgrid")
     assert await store.mail_for_message("sg-9") == "m1"
+
+
+async def test_processed_settles_an_unknown_attempt_as_sent(store: Store) -> None:
+    """A processed event for a mail whose attempt with that provider is unknown (unchecked)
+    makes the mail sent with the event's message id and the attempt checked taken; the
+    figures kept match a recount. Another provider's unknown attempt is left unchecked."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
+    assert begun is not None and begun.attempt_id is not None
+    lost = Attempt("sendgrid", 0, 1200.0, Outcome.UNKNOWN, "timeout", id=begun.attempt_id)
+    other = Attempt("mailgun", 0, 1150.0, Outcome.UNKNOWN, "timeout")
+    await store.apply(
+        [StatusUpdate("m1", Status.SENDING, 1201.0, attempt=a) for a in (lost, other)]
+    )
+    processed = event(EventKind.PROCESSED, 1300.0, "p1", message_id="sg-7")
+    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider, record.provider_message_id) == (
+        Status.SENT,
+        "sendgrid",
+        "sg-7",
+    )
+    assert [(a.provider, a.checked, a.message_id) for a in record.attempts] == [
+        ("mailgun", None, None),
+        ("sendgrid", Check.TAKEN, "sg-7"),
+    ]
+    assert [e.kind for e in record.events] == [EventKind.PROCESSED]
+    assert await store.metrics_snapshot() == await store.recount()
+    assert (await store.metrics_snapshot()).suppressed == {"sendgrid": 1}
+    # Again (SendGrid posting it twice), or after a delivery: nothing moves back.
+    await store.record_events([event(EventKind.DELIVERED, 1400.0, "d1")])
+    await store.record_events([event(EventKind.PROCESSED, 1500.0, "p2", message_id="sg-8")])
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider_message_id) == (Status.DELIVERED, "sg-7")
+    assert await store.metrics_snapshot() == await store.recount()
+
+
+async def test_an_unknown_recorded_after_the_processed_event_is_taken(store: Store) -> None:
+    """A processed event that comes while the call is still pending makes the mail sent;
+    the unknown outcome recorded after it is checked taken, and the figures agree."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
+    assert begun is not None and begun.attempt_id is not None
+    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
+    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    lost = Attempt("sendgrid", 0, 1200.0, Outcome.UNKNOWN, "timeout", id=begun.attempt_id)
+    await store.apply([StatusUpdate("m1", Status.SENDING, 1202.0, attempt=lost)])
+    record = await store.get("m1")
+    assert record is not None
+    assert (record.status, record.provider_message_id) == (Status.SENT, "sg-7")
+    assert [(a.outcome, a.checked) for a in record.attempts] == [(Outcome.UNKNOWN, Check.TAKEN)]
+    assert await store.metrics_snapshot() == await store.recount()
+    assert (await store.metrics_snapshot()).suppressed == {"sendgrid": 1}

@@ -304,7 +304,8 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 
 
 async def test_sendgrid_delivered_moves_sent_to_delivered(service: Service) -> None:
-    """A signed SendGrid batch (processed, delivered) moves the mail to delivered."""
+    """A signed SendGrid batch (processed, delivered) is kept whole and moves the mail to
+    delivered; processed, for a mail already sent, moves nothing."""
     mail = await service.sent()
     with capture_logs() as logs:
         answer = await service.post_sendgrid(
@@ -313,17 +314,18 @@ async def test_sendgrid_delivered_moves_sent_to_delivered(service: Service) -> N
                 sg_event(mail["id"], "delivered", response="250 OK"),
             ]
         )
-    assert answer == (200, counts(recorded=1, skipped=1))
+    assert answer == (200, counts(recorded=2))
     shown = await service.show(mail["id"])
     assert shown["status"] == "delivered"
     assert shown["provider_message_id"] == mail["provider_message_id"]
-    (event,) = shown["events"]
+    processed, event = shown["events"]
+    assert (processed["provider"], processed["event"]) == ("sendgrid", "processed")
     assert event["provider"] == "sendgrid"
     assert event["event"] == "delivered"
     assert event["recipient"] == "ann@example.com"
     (line,) = [e for e in logs if e["event"] == "webhook.received"]
     assert line["provider"] == "sendgrid"
-    assert (line["events"], line["recorded"], line["skipped"]) == (2, 1, 1)
+    assert (line["events"], line["recorded"], line["skipped"]) == (2, 2, 0)
 
 
 async def test_mailgun_delivered_moves_sent_to_delivered(service: Service) -> None:
@@ -620,12 +622,16 @@ async def test_fakes_report_delivered_and_bounced_by_webhook(tmp_path: Path, pro
             bounced = await service.wait(await service.send("bounce@example.com"), "bounced")
         fake = sg if provider == "sendgrid" else mg
     assert fake.webhook_answers and set(fake.webhook_answers) == {200}
-    assert [(e["provider"], e["event"]) for e in delivered["events"]] == [(provider, "delivered")]
-    assert [(e["provider"], e["event"], e["bounce"]) for e in bounced["events"]] == [
+    kept = [(provider, "delivered")]
+    if provider == "sendgrid":  # SendGrid's processed is kept too (Mailgun's accepted is not)
+        kept.insert(0, (provider, "processed"))
+    assert [(e["provider"], e["event"]) for e in delivered["events"]] == kept
+    events = [e for e in bounced["events"] if e["event"] != "processed"]
+    assert [(e["provider"], e["event"], e["bounce"]) for e in events] == [
         (provider, "bounced", "hard")
     ]
     assert "does not exist" in bounced["reason"]
-    assert bounced["events"][0]["recipient"] == "bounce@example.com"
+    assert events[0]["recipient"] == "bounce@example.com"
 
 
 async def test_a_fake_tries_a_refused_webhook_again_without_holding_up_the_send(

@@ -383,7 +383,7 @@ async def settle(
                     mail: dict[str, Any] = (await resp.json())["mail"]
             except (aiohttp.ClientError, TimeoutError):
                 return  # the API is away for a moment: asked again on the next round
-        if mail["status"] in ("sent", "failed"):
+        if mail["status"] in FINAL:
             final[mail_id] = mail
 
     deadline = time.monotonic() + within
@@ -397,6 +397,10 @@ async def settle(
             deadline = min(deadline, time.monotonic() + SETTLE_AFTER_FAILURE)
         await asyncio.sleep(0.5)  # between polls of the API
     return final, pending
+
+
+#: The statuses a mail ends sending in (provider events move a sent one on).
+FINAL = ("sent", "failed", "delivered", "bounced")
 
 
 @dataclass

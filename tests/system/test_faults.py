@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch, encode
@@ -35,7 +36,7 @@ from mailman.store.mysql import MySQLStore
 
 from ..conftest import eventually, provider_env
 from ..support.databases import fresh_mysql
-from ..support.fakes import FakeMailgun, FakeProvider, FakeSendGrid
+from ..support.fakes import FakeMailgun, FakeProvider, FakeSendGrid, sendgrid_verification_key
 from ..support.faults import (
     Deployment,
     Flap,
@@ -187,21 +188,38 @@ def unknown_attempts(final: dict[str, dict[str, Any]], provider: str) -> int:
     )
 
 
-@pytest.mark.parametrize("first", ["mailgun", "sendgrid"])
+#: The grace a lost SendGrid answer waits for its processed event in the kill scenario
+#: with SendGrid's webhook on: short enough for the scenario's settling time, far longer
+#: than the fake takes to post the event (it posts at once, tried again while Mailman
+#: is down).
+KILL_GRACE = "15"
+
+
+@pytest.mark.parametrize("first", ["mailgun", "sendgrid", "sendgrid-webhook"])
 async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> None:
     """SIGKILLed 10 times under load, the embedded process loses no mail. With a provider
     it can ask first (Mailgun), under 1 % go out twice; with SendGrid first, which cannot
-    be asked, every duplicate is a SendGrid attempt shown as unknown."""
+    be asked, every duplicate is a SendGrid attempt shown as unknown; with SendGrid's
+    webhook on, its processed events settle those: under 1 % go out twice."""
     began = time.monotonic()
     chain = "mailgun,sendgrid" if first == "mailgun" else "sendgrid,mailgun"
+    webhook = first == "sendgrid-webhook"
+    key = ec.generate_private_key(ec.SECP256R1())
     async with (
-        FakeSendGrid(delay=LATENCY) as sg,
+        FakeSendGrid(delay=LATENCY, webhook_private_key=key if webhook else None) as sg,
         FakeMailgun(delay=LATENCY) as mg,
         aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
     ):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = embedded_env(sg, mg, tmp_path, port, MAILMAN_PROVIDERS=chain)
+        extra = {"MAILMAN_PROVIDERS": chain}
+        if webhook:
+            extra["MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY"] = sendgrid_verification_key(key)
+            extra["MAILMAN_UNKNOWN_GRACE_SECONDS"] = KILL_GRACE
+            sg.webhook_url = f"{url}/webhooks/sendgrid"
+            # SendGrid tries a post again for 24 hours; the fake, through every restart.
+            sg.webhook_attempts = 12
+        env = embedded_env(sg, mg, tmp_path, port, **extra)
         deployment = Deployment(env, tmp_path)
         load = Load(http, url, f"embedded-kill-{first}-first", rate=150, limit=5000)
         try:
@@ -238,8 +256,14 @@ async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> 
         kills=sum(deployment.kills.values()),
         mailgun_lookups=mg.lookups,
         sendgrid_unknown_unchecked=unasked,
+        sendgrid_taken_by_event=sum(
+            1
+            for mail in final.values()
+            for a in mail["attempts"]
+            if a["provider"] == "sendgrid" and a["checked"] == "taken"
+        ),
     )
-    if first == "mailgun":
+    if first != "sendgrid":
         assert tallied.duplicates < 0.01 * tallied.mails, (
             f"{tallied.duplicates} of {tallied.mails} mails were sent twice"
         )
@@ -382,14 +406,21 @@ async def misbehaving(
     fault_report: Path,
     *,
     limit: int,
+    webhook: bool = False,
     **env: str,
 ) -> None:
     """The embedded process sends ``limit`` mails at 100/s through the two (misbehaving)
-    fakes until every one is final; ``conclude`` checks and reports."""
+    fakes until every one is final; ``conclude`` checks and reports. ``webhook``: SendGrid
+    posts its events (processed first) to Mailman, whose SendGrid webhook is on."""
     began = time.monotonic()
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        if webhook:
+            key = ec.generate_private_key(ec.SECP256R1())
+            sg.webhook_private_key = key
+            sg.webhook_url = f"{url}/webhooks/sendgrid"
+            env = {**env, "MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY": sendgrid_verification_key(key)}
         deployment = Deployment(embedded_env(sg, mg, tmp_path, port, **env), tmp_path)
         load = Load(http, url, fault, rate=100, limit=limit)
         try:
@@ -411,19 +442,29 @@ async def misbehaving(
         dead=dead,
         sendgrid_calls=sg.calls,
         mailgun_calls=mg.calls,
+        sendgrid_taken_by_event=sum(
+            1
+            for mail in final.values()
+            for a in mail["attempts"]
+            if a["provider"] == "sendgrid" and a["checked"] == "taken"
+        ),
     )
 
 
-async def test_slow_provider(tmp_path: Path, fault_report: Path) -> None:
-    """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost."""
+@pytest.mark.parametrize("webhook", [False, True], ids=["no-webhook", "sendgrid-webhook"])
+async def test_slow_provider(webhook: bool, tmp_path: Path, fault_report: Path) -> None:
+    """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost;
+    with its webhook on, its processed events settle the lost answers instead of Mailgun
+    sending them again."""
     async with UnrulySendGrid(slow=1.5) as sg, FakeMailgun() as mg:
         await misbehaving(
-            "slow-provider",
+            "slow-provider" + ("-sendgrid-webhook" if webhook else ""),
             sg,
             mg,
             tmp_path,
             fault_report,
             limit=400,
+            webhook=webhook,
             MAILMAN_BREAKER_RESET_SECONDS="2",
         )
 
