@@ -69,6 +69,7 @@ from .mail import routes as mail_routes  # noqa: E402
 from .metrics import setup as setup_metrics  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
 from .webhooks import add_webhooks  # noqa: E402
+from .webhooks_ses import add_ses_webhook  # noqa: E402
 
 __all__ = [
     "BACKLOG",
@@ -126,6 +127,7 @@ def create_app(
     setup_metrics(app)
     app.add_routes(openapi_routes)
     add_webhooks(app)
+    add_ses_webhook(app)
     app.add_routes(dashboard_routes)
     app.add_routes(mailgun_compat_routes)
     app.add_routes(sendgrid_compat_routes)

@@ -260,7 +260,7 @@ WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 def add_webhooks(app: web.Application) -> None:
     """Route ``POST /webhooks/{sendgrid,mailgun,resend,postmark}`` on ``app``, keyed from its
-    config (SES's is added by ``webhooks_ses``).
+    config (SES's, ``webhooks_ses.add_ses_webhook``, builds on this module).
 
     The routes always exist (so the OpenAPI document names them); without its key
     an endpoint answers 404.
@@ -274,9 +274,6 @@ def add_webhooks(app: web.Application) -> None:
         postmark_credentials=config.postmark_webhook_credentials,
     )
     app.add_routes(routes)
-    from .webhooks_ses import add_ses_webhook  # it builds on this module
-
-    add_ses_webhook(app)
 
 
 def _off(provider: str, variable: str) -> Problem:
