@@ -319,6 +319,34 @@ async def test_no_mail_answered_nothing_changed_is_sent_after_the_lock_goes(
         assert sendgrid.mail_ids() + mailgun.mail_ids() == [after]
 
 
+async def send_all_and_show(
+    base: str, http: aiohttp.ClientSession, subjects: list[str], shown_at: int
+) -> tuple[list[str], dict[str, Any]]:
+    """Post a mail per subject, wait until every one is sent; their ids, and the mail at
+    ``shown_at`` as ``GET /mail/{id}`` shows it."""
+
+    async def post(subject: str) -> str:
+        body = {**VALID, "subject": subject}
+        async with http.post(f"{base}/mail/send", json=body) as resp:
+            assert resp.status == 201, await resp.text()
+            mail_id: str = (await resp.json())["mail"]["id"]
+            return mail_id
+
+    ids = list(await asyncio.gather(*(post(s) for s in subjects)))
+
+    async def all_sent() -> bool:
+        for mail_id in ids:
+            async with http.get(f"{base}/mail/{mail_id}/status") as resp:
+                if (await resp.json())["mail"]["status"] != "sent":
+                    return False
+        return True
+
+    await eventually(all_sent, within=20, what="every mail sent")
+    async with http.get(f"{base}/mail/{ids[shown_at]}") as resp:
+        shown: dict[str, Any] = (await resp.json())["mail"]
+    return ids, shown
+
+
 async def test_an_odd_provider_id_spoils_no_neighbour(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
 ) -> None:
@@ -327,29 +355,10 @@ async def test_an_odd_provider_id_spoils_no_neighbour(
     odd = b"odd-\xff\xfe-id"
     sendgrid.raw_message_id = lambda body: odd if body.get("subject") == "odd" else None
     config = make_config(tmp_path, provider_env(sendgrid, mailgun))
+    subjects = [f"healthy {i}" for i in range(40)]
+    subjects.insert(17, "odd")
     async with embedded(config) as mailman:
-
-        async def post(subject: str) -> str:
-            body = {**VALID, "subject": subject}
-            async with http.post(f"{mailman.url}/mail/send", json=body) as resp:
-                assert resp.status == 201, await resp.text()
-                mail_id: str = (await resp.json())["mail"]["id"]
-                return mail_id
-
-        subjects = [f"healthy {i}" for i in range(40)]
-        subjects.insert(17, "odd")
-        ids = await asyncio.gather(*(post(s) for s in subjects))
-
-        async def all_sent() -> bool:
-            for mail_id in ids:
-                async with http.get(f"{mailman.url}/mail/{mail_id}/status") as resp:
-                    if (await resp.json())["mail"]["status"] != "sent":
-                        return False
-            return True
-
-        await eventually(all_sent, within=20, what="every mail sent")
-        async with http.get(f"{mailman.url}/mail/{ids[17]}") as resp:
-            shown = (await resp.json())["mail"]
+        ids, shown = await send_all_and_show(mailman.url, http, subjects, 17)
     assert sorted(sendgrid.mail_ids()) == sorted(ids)  # each exactly once
     assert mailgun.mail_ids() == []
     assert shown["provider_message_id"] == "odd-\\xff\\xfe-id"
@@ -363,31 +372,12 @@ async def test_a_provider_id_the_store_cannot_keep_is_left_out_not_sent_again(
     without the id (sent once, not again), and its neighbours are untouched."""
     long_id = b"x" * 300  # the column holds 255
     sendgrid.raw_message_id = lambda body: long_id if body.get("subject") == "long" else None
+    subjects = [f"healthy {i}" for i in range(10)]
+    subjects.insert(4, "long")
     async with fresh_mysql("longid") as url:
         config = make_config(tmp_path, {**provider_env(sendgrid, mailgun), "MAILMAN_STORE": url})
         async with embedded(config) as mailman:
-
-            async def post(subject: str) -> str:
-                body = {**VALID, "subject": subject}
-                async with http.post(f"{mailman.url}/mail/send", json=body) as resp:
-                    assert resp.status == 201, await resp.text()
-                    mail_id: str = (await resp.json())["mail"]["id"]
-                    return mail_id
-
-            subjects = [f"healthy {i}" for i in range(10)]
-            subjects.insert(4, "long")
-            ids = await asyncio.gather(*(post(s) for s in subjects))
-
-            async def all_sent() -> bool:
-                for mail_id in ids:
-                    async with http.get(f"{mailman.url}/mail/{mail_id}/status") as resp:
-                        if (await resp.json())["mail"]["status"] != "sent":
-                            return False
-                return True
-
-            await eventually(all_sent, within=20, what="every mail sent")
-            async with http.get(f"{mailman.url}/mail/{ids[4]}") as resp:
-                shown = (await resp.json())["mail"]
+            ids, shown = await send_all_and_show(mailman.url, http, subjects, 4)
     assert sorted(sendgrid.mail_ids()) == sorted(ids)  # each exactly once
     assert mailgun.mail_ids() == []
     assert shown["provider_message_id"] is None
