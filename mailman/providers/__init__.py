@@ -153,6 +153,32 @@ class ProviderClient(abc.ABC):
         """Release connections. Idempotent."""
 
 
+class HttpClient(ProviderClient):
+    """A provider behind an HTTP API: one session, opened on first use and reused."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name
+        self._timeout = timeout
+        self._timeouts = request_timeout(timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = http_session(self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The session (``start`` first, if it has not run)."""
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        return self._session
+
+
 #: Request bodies larger than this go to aiohttp as a stream (``io.BytesIO``), which
 #: it writes in chunks; it warns that raw bytes this large may hold up the event loop.
 STREAM_BODY_BYTES = 1024 * 1024

@@ -26,16 +26,14 @@ from mailman.core.model import Check, Disposition, Mail
 from . import (
     Accepted,
     Found,
+    HttpClient,
     Misconfigured,
-    ProviderClient,
     Result,
     classify,
     describe,
     formatted_address,
-    http_session,
     no_answer,
     redact,
-    request_timeout,
     shorten,
     streamed,
 )
@@ -44,35 +42,21 @@ from . import (
 EVENTS_LIMIT = 300
 
 
-class MailgunClient(ProviderClient):
+class MailgunClient(HttpClient):
     """Sends mail through Mailgun over one reused HTTP session."""
 
     def __init__(self, config: MailgunConfig, timeout: float) -> None:
-        self.name = config.name
+        super().__init__(config.name, timeout)
         self._config = config
-        self._timeout = timeout
         base = f"{config.base_url.rstrip('/')}/v3/{config.domain}"
         self._url = f"{base}/messages"
         self._events_url = f"{base}/events"
-        self._timeouts = request_timeout(timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = http_session(self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def send(self, mail: Mail) -> Result:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         key = self._config.api_key.reveal()
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=request_body(mail),
                 headers={"Authorization": basic_auth("api", key)},
@@ -98,9 +82,7 @@ class MailgunClient(ProviderClient):
         trusting a page only once its events are half an hour old), so a
         ``NOT_FOUND`` soon after the send is weaker than a ``TAKEN``.
         """
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         key = self._config.api_key.reveal()
         params = {
             "message-id": mail.message_id.strip("<>"),
@@ -110,7 +92,7 @@ class MailgunClient(ProviderClient):
             "event": "accepted",
         }
         try:
-            async with self._session.get(
+            async with session.get(
                 self._events_url,
                 params=params,
                 headers={"Authorization": basic_auth("api", key)},

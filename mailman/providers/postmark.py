@@ -25,16 +25,14 @@ from mailman.core.model import Attachment, Check, Disposition, Mail
 from . import (
     Accepted,
     Found,
+    HttpClient,
     Misconfigured,
-    ProviderClient,
     Result,
     classify,
     describe,
     formatted_address,
-    http_session,
     no_answer,
     redact,
-    request_timeout,
     shorten,
     streamed,
 )
@@ -52,39 +50,25 @@ ACCOUNT_ERRORS = frozenset({405, 412, 1235})
 SEARCH_COUNT = 50
 
 
-class PostmarkClient(ProviderClient):
+class PostmarkClient(HttpClient):
     """Sends mail through Postmark over one reused HTTP session."""
 
     def __init__(self, config: PostmarkConfig, timeout: float) -> None:
-        self.name = config.name
+        super().__init__(config.name, timeout)
         self._config = config
-        self._timeout = timeout
         base = config.base_url.rstrip("/")
         self._url = f"{base}/email"
         self._search_url = f"{base}/messages/outbound"
-        self._timeouts = request_timeout(timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = http_session(self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def _headers(self, token: str) -> dict[str, str]:
         return {TOKEN_HEADER: token, "Accept": "application/json"}
 
     async def send(self, mail: Mail) -> Result:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         token = self._config.server_token.reveal()
         headers = {**self._headers(token), "Content-Type": "application/json"}
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=streamed(orjson.dumps(body(mail, self._config.message_stream))),
                 headers=headers,
@@ -111,9 +95,7 @@ class PostmarkClient(ProviderClient):
         ``since`` is not sent: Postmark reads a ``fromdate`` without an offset as US
         Eastern time, and a mail id is unique, so the search needs no date to be exact.
         """
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         token = self._config.server_token.reveal()
         params = {
             "count": str(SEARCH_COUNT),
@@ -122,7 +104,7 @@ class PostmarkClient(ProviderClient):
             "messagestream": self._config.message_stream,
         }
         try:
-            async with self._session.get(
+            async with session.get(
                 self._search_url,
                 params=params,
                 headers=self._headers(token),

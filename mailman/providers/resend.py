@@ -35,18 +35,16 @@ from mailman.core.model import Attachment, Check, Disposition, Mail
 from . import (
     Accepted,
     Found,
+    HttpClient,
     Misconfigured,
-    ProviderClient,
     Rejected,
     Result,
     Transient,
     Unknown,
     classify,
     formatted_address,
-    http_session,
     no_answer,
     redact,
-    request_timeout,
     shorten,
     streamed,
 )
@@ -65,30 +63,16 @@ _TAG_FORBIDDEN = re.compile(r"[^A-Za-z0-9_-]")
 CONCURRENT = "concurrent_idempotent_requests"
 
 
-class ResendClient(ProviderClient):
+class ResendClient(HttpClient):
     """Sends mail through Resend over one reused HTTP session."""
 
     def __init__(self, config: ResendConfig, timeout: float) -> None:
-        self.name = config.name
+        super().__init__(config.name, timeout)
         self._config = config
-        self._timeout = timeout
         self._url = f"{config.base_url.rstrip('/')}/emails"
-        self._timeouts = request_timeout(timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = http_session(self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def send(self, mail: Mail) -> Result:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         key = self._config.api_key.reveal()
         headers = {
             "Authorization": f"Bearer {key}",
@@ -96,7 +80,7 @@ class ResendClient(ProviderClient):
             "Idempotency-Key": mail.id,
         }
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=streamed(orjson.dumps(body(mail))),
                 headers=headers,

@@ -22,14 +22,12 @@ from mailman.core.model import Address, Attachment, Check, Mail
 from . import (
     Accepted,
     Found,
+    HttpClient,
     Misconfigured,
-    ProviderClient,
     Result,
     classify,
-    http_session,
     no_answer,
     redact,
-    request_timeout,
     streamed,
 )
 
@@ -37,34 +35,20 @@ from . import (
 _NAME_FORBIDDEN = str.maketrans({";": " ", ",": " "})
 
 
-class SendGridClient(ProviderClient):
+class SendGridClient(HttpClient):
     """Sends mail through SendGrid over one reused HTTP session."""
 
     def __init__(self, config: SendGridConfig, timeout: float) -> None:
-        self.name = config.name
+        super().__init__(config.name, timeout)
         self._config = config
-        self._timeout = timeout
         self._url = f"{config.base_url.rstrip('/')}/v3/mail/send"
-        self._timeouts = request_timeout(timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = http_session(self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def send(self, mail: Mail) -> Result:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         key = self._config.api_key.reveal()
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=streamed(orjson.dumps(body(mail))),
                 headers=headers,

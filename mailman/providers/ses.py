@@ -39,15 +39,13 @@ from mailman.core.model import Check, Mail
 from . import (
     Accepted,
     Found,
+    HttpClient,
     Misconfigured,
-    ProviderClient,
     Result,
     Transient,
     classify,
     describe,
-    http_session,
     no_answer,
-    request_timeout,
     shorten,
     streamed,
 )
@@ -77,17 +75,14 @@ NO_CREDENTIALS = (
 LOOKUP_UNAVAILABLE = "SES has no lookup by Message-ID (it offers no search of sent mail)"
 
 
-class SesClient(ProviderClient):
+class SesClient(HttpClient):
     """Sends mail through SES over one reused HTTP session, signing each request."""
 
     def __init__(self, config: SesConfig, timeout: float) -> None:
-        self.name = config.name
+        super().__init__(config.name, timeout)
         self._config = config
-        self._timeout = timeout
         base = config.endpoint_url or f"https://email.{config.region}.amazonaws.com"
         self._url = f"{base.rstrip('/')}{SEND_PATH}"
-        self._timeouts = request_timeout(timeout)
-        self._session: aiohttp.ClientSession | None = None
         #: botocore's credentials (refreshable ones refresh themselves when asked).
         self._credentials: Credentials | None = None
         #: The credentials last taken from them: what requests are signed with.
@@ -98,19 +93,11 @@ class SesClient(ProviderClient):
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = http_session(self._timeout)
+        await super().start()
         await self._signing_credentials()
 
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
     async def send(self, mail: Mail) -> Result:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         credentials = await self._signing_credentials()
         if isinstance(credentials, Misconfigured | Transient):
             return credentials
@@ -120,7 +107,7 @@ class SesClient(ProviderClient):
         else:
             data, headers = self._signed(mail, credentials)
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=streamed(data),
                 headers=headers,
