@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from mailman.config import Secret, SendGridConfig
+from mailman.config import Secret
 from mailman.core.model import Address, Mail
-from mailman.providers.sendgrid import SendGridClient, body
+from mailman.providers.sendgrid import SendGridClient, SendGridConfig, body
 
 from .services import start_announcing
 

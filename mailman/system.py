@@ -38,15 +38,9 @@ from mailman.actors.wake import WakeSender, wake_address
 from mailman.config import (
     Config,
     ConfigError,
-    MailgunConfig,
-    OutboxConfig,
-    PostmarkConfig,
-    ProviderConfig,
-    ResendConfig,
-    SendGridConfig,
-    SesConfig,
-    SmtpRelayConfig,
+    ConfiguredProvider,
     is_memory_store,
+    provider_plugins,
     redact_url,
 )
 from mailman.config.roles import (
@@ -170,46 +164,27 @@ def sqlite_hint(path: str | None) -> str | None:
     return None
 
 
-def event_grace(config: Config, provider: ProviderConfig) -> float:
+def event_grace(config: Config, provider: ConfiguredProvider) -> float:
     """How long an ``unknown`` attempt with ``provider`` waits for its own event that it
     took the mail: ``MAILMAN_UNKNOWN_GRACE_SECONDS`` for SendGrid and SES when their
     webhook is on here, else 0 (not waited for)."""
-    if isinstance(provider, SendGridConfig) and config.sendgrid_webhook_public_key is not None:
+    if provider.name == "sendgrid" and config.sendgrid_webhook_public_key is not None:
         return config.unknown_grace_seconds
-    if isinstance(provider, SesConfig) and config.ses_sns_topic_arns:
+    if provider.name == "ses" and config.ses_sns_topic_arns:
         return config.unknown_grace_seconds
     return 0.0
 
 
-def make_client(provider: ProviderConfig, timeout: float) -> ProviderClient:
-    """The client for one configured provider."""
-    if isinstance(provider, SendGridConfig):
-        from mailman.providers.sendgrid import SendGridClient
-
-        return SendGridClient(provider, timeout)
-    if isinstance(provider, MailgunConfig):
-        from mailman.providers.mailgun import MailgunClient
-
-        return MailgunClient(provider, timeout)
-    if isinstance(provider, ResendConfig):
-        from mailman.providers.resend import ResendClient
-
-        return ResendClient(provider, timeout)
-    if isinstance(provider, SesConfig):
-        from mailman.providers.ses import SesClient
-
-        return SesClient(provider, timeout)
-    if isinstance(provider, PostmarkConfig):
-        from mailman.providers.postmark import PostmarkClient
-
-        return PostmarkClient(provider, timeout)
-    if isinstance(provider, SmtpRelayConfig):
-        from mailman.providers.smtp_relay import SmtpRelayClient
-
-        return SmtpRelayClient(provider, timeout)
-    from mailman.providers.outbox import OutboxClient
-
-    return OutboxClient(provider)
+def make_client(provider: ConfiguredProvider, timeout: float) -> ProviderClient:
+    """The client for one configured provider, made by its plugin."""
+    client = provider.plugin.client(provider.settings, timeout)
+    if not isinstance(client, ProviderClient):
+        raise ConfigError(
+            f"the {provider.name} provider's plugin made a {type(client).__name__}, "
+            "not a mailman.providers.ProviderClient"
+        )
+    client.name = provider.name
+    return client
 
 
 def sqlite_file(config: Config) -> str | None:
@@ -541,12 +516,14 @@ class Mailman:
             log.warning("role.renamed", role=old, now=RENAMED_ROLES[old])
         for name in cfg.skipped_providers:
             log.warning("provider.skipped", provider=name, why="no API key configured")
-        if len(cfg.providers) == 1 and isinstance(cfg.providers[0], OutboxConfig):
+        for name, why in provider_plugins().broken.items():
+            log.warning("provider.plugin_broken", provider=name, why=why)
+        if len(cfg.providers) == 1 and cfg.providers[0].name == "outbox":
             log.warning(
                 "providers.none_configured",
-                detail=f"no provider configured: mails are written as .eml files to "
-                f"{cfg.providers[0].directory}/ (set a provider's key, such as SENDGRID_API_KEY, "
-                "POSTMARK_SERVER_TOKEN or SMTP_RELAY_URL, to send for real)",
+                detail="no provider configured: mails are written as .eml files to "
+                f"{cfg.providers[0].settings.directory}/ (set a provider's key, such as "
+                "SENDGRID_API_KEY, POSTMARK_SERVER_TOKEN or SMTP_RELAY_URL, to send for real)",
             )
 
     async def _undecodable(self, mailbox: str, key: bytes | None, value: bytes, error: str) -> None:

@@ -8,19 +8,20 @@ Each setting is declared once, as a field of those dataclasses
 (``settings``, ``declare``): its default, environment variable, flag,
 parser, bounds, help and docs line. ``load``, ``--help`` (``flags``) and
 docs/configuration.md (``docs``; ``python -m mailman.config --markdown``)
-all come from the declarations.
+all come from the declarations. Providers are plugins (``plugins``): each
+declares its own settings with ``setting`` beside its code.
 """
 
 from __future__ import annotations
 
-from .declare import Setting
+from . import parse
+from .declare import Setting, setting
 from .errors import ConfigError
 from .load import configured_chain, from_args, load
+from .plugins import ConfiguredProvider, ProviderPlugin, required
 from .secret import Secret
 from .settings import (
-    ENV_ONLY,
     EVENT_LOOPS,
-    KNOWN_PROVIDERS,
     LOG_FORMATS,
     LOG_LEVELS,
     ROLE_ALL,
@@ -30,18 +31,12 @@ from .settings import (
     CallbackConfig,
     Config,
     KafkaConfig,
-    MailgunConfig,
-    OutboxConfig,
-    PostmarkConfig,
-    ProviderConfig,
     RelayConfig,
-    ResendConfig,
     RetryConfig,
-    SendGridConfig,
-    SesConfig,
     SmtpConfig,
-    SmtpRelayConfig,
     SupervisorConfig,
+    env_only,
+    provider_plugins,
 )
 from .tls import tls_server_context
 from .urls import (
@@ -54,9 +49,7 @@ from .urls import (
 )
 
 __all__ = [
-    "ENV_ONLY",
     "EVENT_LOOPS",
-    "KNOWN_PROVIDERS",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "ROLE_ALL",
@@ -66,29 +59,28 @@ __all__ = [
     "CallbackConfig",
     "Config",
     "ConfigError",
+    "ConfiguredProvider",
     "KafkaConfig",
-    "MailgunConfig",
-    "OutboxConfig",
-    "PostmarkConfig",
-    "ProviderConfig",
+    "ProviderPlugin",
     "RelayConfig",
-    "ResendConfig",
     "RetryConfig",
     "Secret",
-    "SendGridConfig",
-    "SesConfig",
     "Setting",
     "SmtpConfig",
-    "SmtpRelayConfig",
     "SmtpRelayTarget",
     "SupervisorConfig",
     "check_broker_url",
     "check_store_url",
     "configured_chain",
+    "env_only",
     "from_args",
     "is_memory_store",
     "load",
+    "parse",
     "parse_smtp_relay_url",
+    "provider_plugins",
     "redact_url",
+    "required",
+    "setting",
     "tls_server_context",
 ]

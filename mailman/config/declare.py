@@ -25,7 +25,8 @@ Parse = parsers.Parse
 
 def by_load(raw: str, setting: parsers.Bounds) -> Any:
     """The parser of a setting that ``load`` reads with its own code (it needs more
-    than one variable, e.g. the provider chain), ``parts`` included; never called."""
+    than one variable, e.g. the provider chain, with the settings of each provider);
+    never called."""
     raise AssertionError(f"{setting.name} is read by load's own code")
 
 
@@ -56,10 +57,8 @@ class Setting:
     note: str = ""
     #: Not in ``--help`` or the docs (internal flags).
     hidden: bool = False
-    #: Classes whose settings this one's own code reads too, each under a name
-    #: (the providers that ``MAILMAN_PROVIDERS`` names).
-    parts: tuple[tuple[str, type], ...] = ()
-    #: The path of the setting whose own code reads this one (one of its ``parts``).
+    #: The path of the setting whose own code reads this one: ``providers`` for each
+    #: provider's settings, which ``MAILMAN_PROVIDERS`` reads when it names the provider.
     owner: str = ""
 
     @property
@@ -156,16 +155,13 @@ def _parser_for(default: object) -> Parse:
 
 
 def walk(cls: type, prefix: str = "", owner: str = "") -> Iterator[Setting]:
-    """Every setting ``cls`` declares, in field order, with its path; a nested config
-    (a field whose default is a dataclass) is walked in place, and a setting's
-    ``parts`` right after it (``owner``: that setting's path)."""
+    """Every setting ``cls`` declares, in field order, with its path (``prefix`` and
+    the field's name) and ``owner``; a nested config (a field whose default is a
+    dataclass) is walked in place."""
     for f in fields(cls):
         found = f.metadata.get(_KEY)
         if isinstance(found, Setting):
-            path = prefix + f.name
-            yield replace(found, path=path, owner=owner)
-            for name, part in found.parts:
-                yield from walk(part, f"{name}.", path)
+            yield replace(found, path=prefix + f.name, owner=owner)
         elif is_dataclass(f.default):
             yield from walk(type(f.default), f"{prefix}{f.name}.", owner)
 

@@ -11,7 +11,8 @@ from .declare import Setting
 from .settings import SETTINGS
 
 BEGIN = (
-    "<!-- settings table: generated from mailman/config/settings.py by "
+    "<!-- settings table: generated from mailman/config/settings.py and the providers' "
+    "modules by "
     "`python -m mailman.config --markdown docs/configuration.md`; edit the declarations, "
     "not the table -->"
 )

@@ -10,8 +10,7 @@ broker URLs.
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,23 +18,13 @@ from .declare import build, by_load
 from .errors import ConfigError
 from .flags import service_parser
 from .parse import weighted_names
-from .settings import (
-    KNOWN_PROVIDERS,
-    ROLE_ALL,
-    SETTINGS,
-    Config,
-    MailgunConfig,
-    OutboxConfig,
-    PostmarkConfig,
-    ProviderConfig,
-    ResendConfig,
-    SendGridConfig,
-    SesConfig,
-    SmtpConfig,
-    SmtpRelayConfig,
-)
+from .plugins import ConfiguredProvider, ProviderPlugin
+from .settings import ROLE_ALL, SETTINGS, Config, SmtpConfig, provider_plugins
 from .tls import tls_server_context
-from .urls import check_broker_url, check_store_url, is_memory_store, parse_smtp_relay_url
+from .urls import check_broker_url, check_store_url, is_memory_store
+
+#: The provider that is the whole chain when no other is configured.
+OUTBOX = "outbox"
 
 
 def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
@@ -53,7 +42,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     for s in SETTINGS.values():
         if s.parse is not by_load and not s.owner:
             values[s.path] = s.read_args(args, env)
-    providers, skipped = _providers(env)
+    providers, skipped = _providers(args, env)
     weights = _weights(env, providers)
     config = replace(
         build(Config, values),
@@ -67,104 +56,61 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     return config
 
 
-def _providers(env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], tuple[str, ...]]:
-    """The chain ``MAILMAN_PROVIDERS`` names, less the providers without a key (skipped);
-    the outbox alone when none is left."""
+def _providers(
+    args: argparse.Namespace | None, env: Mapping[str, str]
+) -> tuple[tuple[ConfiguredProvider, ...], tuple[str, ...]]:
+    """The chain ``MAILMAN_PROVIDERS`` names, less the providers that are not configured
+    (no key: skipped); the outbox alone when none is left."""
     chain_setting = SETTINGS["providers"]
+    found = provider_plugins()
     names = [name for name, _ in _weighted(env)]
-    unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+    for name in names:
+        if name in found.broken:
+            raise ConfigError(
+                f"{chain_setting.name} names {name}, whose plugin cannot be used: "
+                f"{found.broken[name]}"
+            )
+    unknown = [n for n in names if n not in found.usable]
     if unknown:
         raise ConfigError(
             f"{chain_setting.name} names unknown provider(s) {', '.join(unknown)}; "
-            f"known: {', '.join(KNOWN_PROVIDERS)}"
+            f"known: {', '.join(found.names) or 'none (is Mailman installed? pip install .)'}"
         )
     if len(set(names)) != len(names):
         raise ConfigError(f"{chain_setting.name} names a provider twice")
-
-    def read(path: str) -> Any:
-        return SETTINGS[path].read(None, env)
-
-    outbox = OutboxConfig(read("outbox.directory"))
-    chain: list[ProviderConfig] = []
+    chain: list[ConfiguredProvider] = []
     skipped: list[str] = []
     for name in names:
-        if name == "sendgrid":
-            key = read("sendgrid.api_key")
-            if key is None:
-                skipped.append(name)
-                continue
-            chain.append(SendGridConfig(key, read("sendgrid.base_url")))
-        elif name == "mailgun":
-            key, domain = read("mailgun.api_key"), read("mailgun.domain")
-            if key is None:
-                skipped.append(name)
-                continue
-            if not domain:
-                raise ConfigError(
-                    f"{SETTINGS['mailgun.api_key'].name} is set but "
-                    f"{SETTINGS['mailgun.domain'].name} is not"
-                )
-            chain.append(MailgunConfig(key, domain, read("mailgun.base_url")))
-        elif name == "resend":
-            key = read("resend.api_key")
-            if key is None:
-                skipped.append(name)
-                continue
-            chain.append(ResendConfig(key, read("resend.base_url")))
-        elif name == "ses":
-            chain.append(_ses(env, read("ses.region"), read))
-        elif name == "postmark":
-            token = read("postmark.server_token")
-            if token is None:
-                skipped.append(name)
-                continue
-            chain.append(
-                PostmarkConfig(token, read("postmark.base_url"), read("postmark.message_stream"))
-            )
-        elif name == "smtp-relay":
-            url = read("smtp-relay.url")
-            if url is None:
-                skipped.append(name)
-                continue
-            parse_smtp_relay_url(url.reveal())  # a bad URL is exit 2, never a traceback
-            chain.append(SmtpRelayConfig(url, read("smtp-relay.max_connections")))
+        provider = _configured(found.usable[name], args, env)
+        if provider is None:
+            skipped.append(name)
         else:
-            chain.append(outbox)
+            chain.append(provider)
     if not chain:
-        chain.append(outbox)
+        if (outbox := found.usable.get(OUTBOX)) is None:
+            raise ConfigError(f"no provider is configured, and the {OUTBOX} provider is missing")
+        chain.append(_configured(outbox, args, env) or ConfiguredProvider(OUTBOX, None, outbox))
     return tuple(chain), tuple(skipped)
 
 
-#: An AWS region's name (``us-east-1``, ``eu-central-2``): it becomes part of a host name.
-_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
-#: An SES configuration set's name: letters, digits, ``_`` and ``-``, at most 64.
-_SES_CONFIGURATION_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _ses(env: Mapping[str, str], region: str | None, read: Callable[[str], Any]) -> SesConfig:
-    """SES's settings: the region (``SES_REGION``, else ``AWS_REGION``, else
-    ``AWS_DEFAULT_REGION``) is required and must be a region's name."""
-    name = SETTINGS["ses.region"].name
-    region = (
-        region or env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
-    )
-    if not region:
-        raise ConfigError(f"{name} (or AWS_REGION) is required with ses in the provider chain")
-    if not _AWS_REGION.fullmatch(region):
-        raise ConfigError(f"{name} must be an AWS region such as eu-west-1, got {region!r}")
-    configuration_set = read("ses.configuration_set")
-    if configuration_set is not None and not _SES_CONFIGURATION_SET.fullmatch(configuration_set):
-        raise ConfigError(
-            f"{SETTINGS['ses.configuration_set'].name} must be 1 to 64 letters, digits, _ or -, "
-            f"got {configuration_set!r}"
-        )
-    return SesConfig(region, read("ses.endpoint_url"), configuration_set)
+def _configured(
+    plugin: ProviderPlugin[Any], args: argparse.Namespace | None, env: Mapping[str, str]
+) -> ConfiguredProvider | None:
+    """``plugin``'s settings as read and checked by its ``configure``; None: not configured."""
+    prefix = f"{plugin.name}."
+    values = {
+        s.path: s.read_args(args, env) if args is not None else s.read(None, env)
+        for s in SETTINGS.values()
+        if s.owner == "providers" and s.path.startswith(prefix)
+    }
+    settings = plugin.configure(build(plugin.settings, values, prefix), env)
+    return None if settings is None else ConfiguredProvider(plugin.name, settings, plugin)
 
 
 def configured_chain(env: Mapping[str, str]) -> tuple[str, ...]:
     """The providers this deployment's ``env`` configures (``MAILMAN_PROVIDERS`` less
     those without a key); ``ConfigError`` as at start."""
-    providers, _ = _providers(env)
+    providers, _ = _providers(None, env)
     return tuple(p.name for p in providers)
 
 
@@ -179,7 +125,7 @@ def _weighted(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
         ) from None
 
 
-def _weights(env: Mapping[str, str], providers: tuple[ProviderConfig, ...]) -> tuple[int, ...]:
+def _weights(env: Mapping[str, str], providers: tuple[ConfiguredProvider, ...]) -> tuple[int, ...]:
     """The weight of each provider of the chain (0: unweighted), in its order."""
     given = dict(_weighted(env))
     return tuple(given.get(p.name, 0) for p in providers)

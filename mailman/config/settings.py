@@ -2,16 +2,20 @@
 
 Each field made with ``setting(...)`` carries its default, environment
 variable, flag, parser, bounds, one-line help and docs line (``declare``).
-Fields without one (``skipped_providers``) are derived by ``load``.
+Fields without one (``skipped_providers``) are derived by ``load``. Each
+provider declares its own settings beside its code and comes in as a plugin
+(``plugins``); ``SETTINGS`` holds them with the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import parse
+from . import parse, plugins
 from .declare import Setting, by_load, setting, walk
+from .plugins import ConfiguredProvider, Plugins
 from .secret import Secret
 
 ROLE_ALL = "all"
@@ -28,182 +32,6 @@ PORT_MAX = 65535
 SNS_HOST_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
 #: 24 hours, in seconds.
 DAY = 24 * 3600.0
-
-
-# --- providers ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendGridConfig:
-    api_key: Secret = setting(
-        env="SENDGRID_API_KEY",
-        parse=parse.secret,
-        help="SendGrid key; without one SendGrid is left out of the chain, with a warning",
-        doc="SendGrid key. Without one, SendGrid is left out of the chain, with a warning at start",
-    )
-    base_url: str = setting(
-        "https://api.sendgrid.com",
-        env="SENDGRID_BASE_URL",
-        parse=parse.base_url,
-        help="SendGrid's API; EU subusers: https://api.eu.sendgrid.com",
-        doc="SendGrid's API. EU subusers: `https://api.eu.sendgrid.com`",
-    )
-    name: str = "sendgrid"
-
-
-@dataclass(frozen=True, slots=True)
-class MailgunConfig:
-    api_key: Secret = setting(
-        env="MAILGUN_API_KEY",
-        parse=parse.secret,
-        help="Mailgun key; without one Mailgun is left out of the chain, with a warning",
-        doc="Mailgun key. Without one, Mailgun is left out, with a warning",
-    )
-    domain: str = setting(
-        env="MAILGUN_DOMAIN",
-        parse=parse.stripped,
-        help="your Mailgun sending domain (required with a key)",
-    )
-    base_url: str = setting(
-        "https://api.mailgun.net",
-        env="MAILGUN_BASE_URL",
-        parse=parse.base_url,
-        help="Mailgun's API; EU region: https://api.eu.mailgun.net",
-        doc="Mailgun's API. EU region: `https://api.eu.mailgun.net`",
-    )
-    name: str = "mailgun"
-
-
-@dataclass(frozen=True, slots=True)
-class ResendConfig:
-    api_key: Secret = setting(
-        env="RESEND_API_KEY",
-        parse=parse.secret,
-        help="Resend key; without one Resend is left out of the chain, with a warning",
-        doc="Resend key. Without one, Resend is left out of the chain, with a warning at start",
-    )
-    base_url: str = setting(
-        "https://api.resend.com", env="RESEND_BASE_URL", parse=parse.base_url, help="Resend's API"
-    )
-    name: str = "resend"
-
-
-@dataclass(frozen=True, slots=True)
-class PostmarkConfig:
-    server_token: Secret = setting(
-        env="POSTMARK_SERVER_TOKEN",
-        parse=parse.secret,
-        help="Postmark server token; without one Postmark is left out, with a warning",
-        doc="Postmark server API token. Without one, Postmark is left out, with a warning",
-    )
-    base_url: str = setting(
-        "https://api.postmarkapp.com",
-        env="POSTMARK_BASE_URL",
-        parse=parse.base_url,
-        help="Postmark's API",
-    )
-    message_stream: str = setting(
-        "outbound",
-        env="POSTMARK_MESSAGE_STREAM",
-        parse=parse.stripped,
-        help="the Postmark message stream mail goes out on (and is searched in)",
-    )
-    name: str = "postmark"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxConfig:
-    """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
-
-    directory: Path = setting(
-        Path("outbox"),
-        env="MAILMAN_OUTBOX_DIR",
-        parse=parse.path,
-        help="where the local outbox provider writes .eml files (the whole chain when no "
-        "provider has a key)",
-        doc="where the local `outbox` provider writes `.eml` files. This provider is the whole "
-        "chain when no provider has a key",
-    )
-    name: str = "outbox"
-
-
-@dataclass(frozen=True, slots=True)
-class SesConfig:
-    """Amazon SES (API v2). Its credentials come from the standard AWS chain, never from here."""
-
-    region: str = setting(
-        env="SES_REGION",
-        parse=parse.stripped,
-        help="the AWS region SES sends from, e.g. eu-west-1 (unset: AWS_REGION; needed with ses)",
-        doc="the AWS region SES sends from, e.g. `eu-west-1`. Unset: `AWS_REGION`, then "
-        "`AWS_DEFAULT_REGION`; required with `ses` in the chain. Credentials come from the "
-        "standard AWS chain (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
-        "`AWS_PROFILE`, SSO, container and instance roles), never logged; see "
-        "[Amazon SES](provider-ses.md)",
-    )
-    endpoint_url: str | None = setting(
-        None,
-        env="SES_ENDPOINT_URL",
-        parse=parse.stripped,
-        help="SES's API (default https://email.{region}.amazonaws.com)",
-        doc="SES's API. Unset: `https://email.{region}.amazonaws.com`",
-    )
-    configuration_set: str | None = setting(
-        None,
-        env="SES_CONFIGURATION_SET",
-        parse=parse.stripped,
-        help="the SES configuration set every mail names (its event destinations publish events)",
-        doc="the SES configuration set every mail names; its event destination publishes the "
-        "events `POST /webhooks/ses` takes",
-    )
-    name: str = "ses"
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpRelayConfig:
-    """Any SMTP server as a provider (``providers.smtp_relay``)."""
-
-    url: Secret = setting(
-        env="SMTP_RELAY_URL",
-        parse=parse.secret,
-        help="the SMTP relay: smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or "
-        "smtp://host:25; without one smtp-relay is left out of the chain, with a warning",
-        doc="the SMTP relay: `smtp+starttls://user:pass@host:587` (STARTTLS required), "
-        "`smtps://user:pass@host:465` (implicit TLS) or `smtp://host:25` (plain: credentials "
-        "only on loopback). The password is never logged. See [SMTP relay](provider-smtp-relay.md)",
-    )
-    max_connections: int = setting(
-        4,
-        env="SMTP_RELAY_MAX_CONNECTIONS",
-        minimum=1,
-        help="connections to the relay at once, each reused from mail to mail",
-    )
-    name: str = "smtp-relay"
-
-
-ProviderConfig = (
-    SendGridConfig
-    | MailgunConfig
-    | ResendConfig
-    | SesConfig
-    | PostmarkConfig
-    | SmtpRelayConfig
-    | OutboxConfig
-)
-
-#: The providers ``MAILMAN_PROVIDERS`` may name, by their ``name``.
-PROVIDER_CONFIGS: tuple[type[ProviderConfig], ...] = (
-    SendGridConfig,
-    MailgunConfig,
-    ResendConfig,
-    SesConfig,
-    PostmarkConfig,
-    SmtpRelayConfig,
-    OutboxConfig,
-)
-KNOWN_PROVIDERS = tuple(
-    next(str(f.default) for f in fields(kind) if f.name == "name") for kind in PROVIDER_CONFIGS
-)
 
 
 # --- nested configs -----------------------------------------------------------------
@@ -624,20 +452,18 @@ class Config:
         hidden=True,
         help="internal (--processes' children): a pipe to write ready to once serving",
     )
-    providers: tuple[ProviderConfig, ...] = setting(
-        (OutboxConfig(),),
+    providers: tuple[ConfiguredProvider, ...] = setting(
+        (),
         env="MAILMAN_PROVIDERS",
         parse=by_load,
         unset="sendgrid,mailgun",
-        parts=tuple(zip(KNOWN_PROVIDERS, PROVIDER_CONFIGS, strict=True)),
-        help=f"the provider chain, in failover order ({', '.join(KNOWN_PROVIDERS)}); "
-        "name:weight splits first attempts by weight, e.g. sendgrid:3,mailgun:1,outbox",
-        doc="the provider chain, in failover order ("
-        + ", ".join(f"`{n}`" for n in KNOWN_PROVIDERS)
-        + "). `name:weight` (a whole number \u2265 1) splits the mails' first attempts between "
-        "the weighted providers by weight, e.g. `sendgrid:3,mailgun:1,outbox`: the weighted ones "
-        "come first, then the rest in order (see "
-        "[Which provider first](how-it-works.md#which-provider-first))",
+        help="the provider chain, in failover order ({providers}); name:weight splits first "
+        "attempts by weight, e.g. sendgrid:3,mailgun:1,outbox",
+        doc="the provider chain, in failover order ({providers}; a plugin adds more, see "
+        "[Provider plugins](provider-plugins.md)). `name:weight` (a whole number \u2265 1) "
+        "splits the mails' first attempts between the weighted providers by weight, e.g. "
+        "`sendgrid:3,mailgun:1,outbox`: the weighted ones come first, then the rest in order "
+        "(see [Which provider first](how-it-works.md#which-provider-first))",
     )
     #: Providers named in MAILMAN_PROVIDERS but left out (no key): warned about at start.
     skipped_providers: tuple[str, ...] = ()
@@ -984,9 +810,60 @@ class Config:
         return self.provider_weights or (0,) * len(self.providers)
 
 
+class _Settings(Mapping[str, Setting]):
+    """Every setting by its path, in the order of the declarations, each provider's
+    (``sendgrid.api_key``) right after the chain's own. Built on first use: the
+    providers are plugins (``plugins``), and a plugin imports ``mailman.config``."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, Setting] | None = None
+
+    @property
+    def _all(self) -> dict[str, Setting]:
+        if self._by_path is None:
+            self._by_path = _every_setting()
+        return self._by_path
+
+    def __getitem__(self, path: str) -> Setting:
+        return self._all[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+
+def provider_plugins() -> Plugins:
+    """The provider plugins installed here (found on first use)."""
+    own = frozenset(key for s in walk(Config) for key in (s.env, s.flag) if key is not None)
+    return plugins.installed(own)
+
+
+def _every_setting() -> dict[str, Setting]:
+    found = provider_plugins()
+    names = ", ".join(found.names)
+    listed = ", ".join(f"`{n}`" for n in found.names)
+    by_path: dict[str, Setting] = {}
+    for s in walk(Config):
+        if s.path == "providers":
+            s = replace(
+                s,
+                help=s.help.replace("{providers}", names),
+                doc=s.doc.replace("{providers}", listed),
+            )
+        by_path[s.path] = s
+        if s.path == "providers":
+            for name, plugin in found.usable.items():
+                by_path.update((p.path, p) for p in walk(plugin.settings, f"{name}.", s.path))
+    return by_path
+
+
 #: Every setting by its path (``breaker.fail_max``, ``sendgrid.api_key``), in the
 #: order of the declarations.
-SETTINGS: dict[str, Setting] = {s.path: s for s in walk(Config)}
+SETTINGS: Mapping[str, Setting] = _Settings()
 
-#: Settings without a flag: environment variables only (``--help`` lists them).
-ENV_ONLY = tuple(s.env for s in SETTINGS.values() if s.env is not None and s.flag is None)
+
+def env_only() -> tuple[str, ...]:
+    """Settings without a flag: environment variables only (``--help`` lists them)."""
+    return tuple(s.env for s in SETTINGS.values() if s.env is not None and s.flag is None)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from mailman.config import MailgunConfig
+from mailman.config import SETTINGS, ConfigError, ProviderPlugin, Secret, parse, setting
 from mailman.core.model import Check, Disposition, Mail
 
 from . import (
@@ -42,11 +44,37 @@ from . import (
 EVENTS_LIMIT = 300
 
 
+#: The provider's name in the chain.
+NAME = "mailgun"
+
+
+@dataclass(frozen=True, slots=True)
+class MailgunConfig:
+    api_key: Secret = setting(
+        env="MAILGUN_API_KEY",
+        parse=parse.secret,
+        help="Mailgun key; without one Mailgun is left out of the chain, with a warning",
+        doc="Mailgun key. Without one, Mailgun is left out, with a warning",
+    )
+    domain: str = setting(
+        env="MAILGUN_DOMAIN",
+        parse=parse.stripped,
+        help="your Mailgun sending domain (required with a key)",
+    )
+    base_url: str = setting(
+        "https://api.mailgun.net",
+        env="MAILGUN_BASE_URL",
+        parse=parse.base_url,
+        help="Mailgun's API; EU region: https://api.eu.mailgun.net",
+        doc="Mailgun's API. EU region: `https://api.eu.mailgun.net`",
+    )
+
+
 class MailgunClient(HttpClient):
     """Sends mail through Mailgun over one reused HTTP session."""
 
     def __init__(self, config: MailgunConfig, timeout: float) -> None:
-        super().__init__(config.name, timeout)
+        super().__init__(NAME, timeout)
         self._config = config
         base = f"{config.base_url.rstrip('/')}/v3/{config.domain}"
         self._url = f"{base}/messages"
@@ -224,3 +252,21 @@ def _error_reason(raw: bytes) -> str:
     if isinstance(data, dict) and data.get("message"):
         return str(data["message"])
     return text
+
+
+def _configure(settings: MailgunConfig, env: Mapping[str, str]) -> MailgunConfig | None:
+    """Mailgun needs its key (else it is left out) and, with it, the sending domain."""
+    if settings.api_key is None:
+        return None
+    if not settings.domain:
+        raise ConfigError(
+            f"{SETTINGS['mailgun.api_key'].name} is set but "
+            f"{SETTINGS['mailgun.domain'].name} is not"
+        )
+    return settings
+
+
+#: The entry point ``mailgun`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME, MailgunConfig, MailgunClient, _configure, summary="Mailgun Messages API"
+)

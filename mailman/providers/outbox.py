@@ -25,10 +25,11 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from mailman.config import OutboxConfig
+from mailman.config import ProviderPlugin, parse, setting
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 
 from . import (
@@ -52,11 +53,30 @@ _UTF8 = email.policy.SMTPUTF8.clone(refold_source="none")
 _UTF8_CHARSET = email.charset.Charset("utf-8")
 
 
+#: The provider's name in the chain.
+NAME = "outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The local provider: each mail becomes an RFC 5322 ``.eml`` file in ``directory``."""
+
+    directory: Path = setting(
+        Path("outbox"),
+        env="MAILMAN_OUTBOX_DIR",
+        parse=parse.path,
+        help="where the local outbox provider writes .eml files (the whole chain when no "
+        "provider has a key)",
+        doc="where the local `outbox` provider writes `.eml` files. This provider is the whole "
+        "chain when no provider has a key",
+    )
+
+
 class OutboxClient(ProviderClient):
     """Writes each mail as an ``.eml`` file into a directory."""
 
     def __init__(self, config: OutboxConfig) -> None:
-        self.name = config.name
+        self.name = NAME
         self._directory = Path(config.directory)
 
     async def send(self, mail: Mail) -> Result:
@@ -250,3 +270,12 @@ def _write_atomically(directory: Path, name: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: The entry point ``outbox`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME,
+    OutboxConfig,
+    lambda settings, timeout: OutboxClient(settings),
+    summary="a directory of .eml files, for local runs and tests",
+)

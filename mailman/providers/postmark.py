@@ -14,12 +14,13 @@ before the answer) is ``Unknown``. Every mail carries its id in Postmark's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from mailman.config import PostmarkConfig
+from mailman.config import ProviderPlugin, Secret, parse, required, setting
 from mailman.core.model import Attachment, Check, Disposition, Mail
 
 from . import (
@@ -50,11 +51,37 @@ ACCOUNT_ERRORS = frozenset({405, 412, 1235})
 SEARCH_COUNT = 50
 
 
+#: The provider's name in the chain.
+NAME = "postmark"
+
+
+@dataclass(frozen=True, slots=True)
+class PostmarkConfig:
+    server_token: Secret = setting(
+        env="POSTMARK_SERVER_TOKEN",
+        parse=parse.secret,
+        help="Postmark server token; without one Postmark is left out, with a warning",
+        doc="Postmark server API token. Without one, Postmark is left out, with a warning",
+    )
+    base_url: str = setting(
+        "https://api.postmarkapp.com",
+        env="POSTMARK_BASE_URL",
+        parse=parse.base_url,
+        help="Postmark's API",
+    )
+    message_stream: str = setting(
+        "outbound",
+        env="POSTMARK_MESSAGE_STREAM",
+        parse=parse.stripped,
+        help="the Postmark message stream mail goes out on (and is searched in)",
+    )
+
+
 class PostmarkClient(HttpClient):
     """Sends mail through Postmark over one reused HTTP session."""
 
     def __init__(self, config: PostmarkConfig, timeout: float) -> None:
-        super().__init__(config.name, timeout)
+        super().__init__(NAME, timeout)
         self._config = config
         base = config.base_url.rstrip("/")
         self._url = f"{base}/email"
@@ -224,3 +251,9 @@ def _error_reason(raw: bytes) -> str:
         prefix = f"ErrorCode {code}: " if isinstance(code, int) else ""
         return f"{prefix}{data['Message']}"
     return text
+
+
+#: The entry point ``postmark`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME, PostmarkConfig, PostmarkClient, required("server_token"), summary="Postmark Email API"
+)

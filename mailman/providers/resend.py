@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from mailman.config import ResendConfig
+from mailman.config import ProviderPlugin, Secret, parse, required, setting
 from mailman.core.model import Attachment, Check, Disposition, Mail
 
 from . import (
@@ -63,11 +64,28 @@ _TAG_FORBIDDEN = re.compile(r"[^A-Za-z0-9_-]")
 CONCURRENT = "concurrent_idempotent_requests"
 
 
+#: The provider's name in the chain.
+NAME = "resend"
+
+
+@dataclass(frozen=True, slots=True)
+class ResendConfig:
+    api_key: Secret = setting(
+        env="RESEND_API_KEY",
+        parse=parse.secret,
+        help="Resend key; without one Resend is left out of the chain, with a warning",
+        doc="Resend key. Without one, Resend is left out of the chain, with a warning at start",
+    )
+    base_url: str = setting(
+        "https://api.resend.com", env="RESEND_BASE_URL", parse=parse.base_url, help="Resend's API"
+    )
+
+
 class ResendClient(HttpClient):
     """Sends mail through Resend over one reused HTTP session."""
 
     def __init__(self, config: ResendConfig, timeout: float) -> None:
-        super().__init__(config.name, timeout)
+        super().__init__(NAME, timeout)
         self._config = config
         self._url = f"{config.base_url.rstrip('/')}/emails"
 
@@ -198,3 +216,9 @@ def _error(raw: bytes) -> tuple[str, str]:
     if isinstance(data, dict) and data.get("message"):
         return str(data.get("name") or ""), str(data["message"])
     return "", text
+
+
+#: The entry point ``resend`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME, ResendConfig, ResendClient, required("api_key"), summary="Resend Emails API"
+)

@@ -11,12 +11,13 @@ before the answer) is ``Unknown``: SendGrid may have taken the mail.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from mailman.config import SendGridConfig
+from mailman.config import ProviderPlugin, Secret, parse, required, setting
 from mailman.core.model import Address, Attachment, Check, Mail
 
 from . import (
@@ -35,11 +36,32 @@ from . import (
 _NAME_FORBIDDEN = str.maketrans({";": " ", ",": " "})
 
 
+#: The provider's name in the chain.
+NAME = "sendgrid"
+
+
+@dataclass(frozen=True, slots=True)
+class SendGridConfig:
+    api_key: Secret = setting(
+        env="SENDGRID_API_KEY",
+        parse=parse.secret,
+        help="SendGrid key; without one SendGrid is left out of the chain, with a warning",
+        doc="SendGrid key. Without one, SendGrid is left out of the chain, with a warning at start",
+    )
+    base_url: str = setting(
+        "https://api.sendgrid.com",
+        env="SENDGRID_BASE_URL",
+        parse=parse.base_url,
+        help="SendGrid's API; EU subusers: https://api.eu.sendgrid.com",
+        doc="SendGrid's API. EU subusers: `https://api.eu.sendgrid.com`",
+    )
+
+
 class SendGridClient(HttpClient):
     """Sends mail through SendGrid over one reused HTTP session."""
 
     def __init__(self, config: SendGridConfig, timeout: float) -> None:
-        super().__init__(config.name, timeout)
+        super().__init__(NAME, timeout)
         self._config = config
         self._url = f"{config.base_url.rstrip('/')}/v3/mail/send"
 
@@ -147,3 +169,9 @@ def _error_reason(raw: bytes) -> str:
         if messages:
             return "; ".join(messages)
     return text
+
+
+#: The entry point ``sendgrid`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME, SendGridConfig, SendGridClient, required("api_key"), summary="SendGrid v3 Mail Send"
+)

@@ -23,6 +23,8 @@ import asyncio
 import base64
 import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -32,7 +34,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.session import Session
 
-from mailman.config import SesConfig
+from mailman.config import SETTINGS, ConfigError, ProviderPlugin, parse, setting
 from mailman.config.logging import get_logger
 from mailman.core.model import Check, Mail
 
@@ -75,11 +77,46 @@ NO_CREDENTIALS = (
 LOOKUP_UNAVAILABLE = "SES has no lookup by Message-ID (it offers no search of sent mail)"
 
 
+#: The provider's name in the chain.
+NAME = "ses"
+
+
+@dataclass(frozen=True, slots=True)
+class SesConfig:
+    """Amazon SES (API v2). Its credentials come from the standard AWS chain, never from here."""
+
+    region: str = setting(
+        env="SES_REGION",
+        parse=parse.stripped,
+        help="the AWS region SES sends from, e.g. eu-west-1 (unset: AWS_REGION; needed with ses)",
+        doc="the AWS region SES sends from, e.g. `eu-west-1`. Unset: `AWS_REGION`, then "
+        "`AWS_DEFAULT_REGION`; required with `ses` in the chain. Credentials come from the "
+        "standard AWS chain (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+        "`AWS_PROFILE`, SSO, container and instance roles), never logged; see "
+        "[Amazon SES](provider-ses.md)",
+    )
+    endpoint_url: str | None = setting(
+        None,
+        env="SES_ENDPOINT_URL",
+        parse=parse.stripped,
+        help="SES's API (default https://email.{region}.amazonaws.com)",
+        doc="SES's API. Unset: `https://email.{region}.amazonaws.com`",
+    )
+    configuration_set: str | None = setting(
+        None,
+        env="SES_CONFIGURATION_SET",
+        parse=parse.stripped,
+        help="the SES configuration set every mail names (its event destinations publish events)",
+        doc="the SES configuration set every mail names; its event destination publishes the "
+        "events `POST /webhooks/ses` takes",
+    )
+
+
 class SesClient(HttpClient):
     """Sends mail through SES over one reused HTTP session, signing each request."""
 
     def __init__(self, config: SesConfig, timeout: float) -> None:
-        super().__init__(config.name, timeout)
+        super().__init__(NAME, timeout)
         self._config = config
         base = config.endpoint_url or f"https://email.{config.region}.amazonaws.com"
         self._url = f"{base.rstrip('/')}{SEND_PATH}"
@@ -262,3 +299,37 @@ def _message_id(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return ""
     return str(data["MessageId"]) if isinstance(data, dict) and data.get("MessageId") else ""
+
+
+#: An AWS region's name (``us-east-1``, ``eu-central-2``): it becomes part of a host name.
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
+#: An SES configuration set's name: letters, digits, ``_`` and ``-``, at most 64.
+_SES_CONFIGURATION_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _configure(settings: SesConfig, env: Mapping[str, str]) -> SesConfig:
+    """SES's settings: the region (``SES_REGION``, else ``AWS_REGION``, else
+    ``AWS_DEFAULT_REGION``) is required and must be a region's name."""
+    name = SETTINGS["ses.region"].name
+    region = (
+        settings.region
+        or env.get("AWS_REGION", "").strip()
+        or env.get("AWS_DEFAULT_REGION", "").strip()
+    )
+    if not region:
+        raise ConfigError(f"{name} (or AWS_REGION) is required with ses in the provider chain")
+    if not _AWS_REGION.fullmatch(region):
+        raise ConfigError(f"{name} must be an AWS region such as eu-west-1, got {region!r}")
+    configuration_set = settings.configuration_set
+    if configuration_set is not None and not _SES_CONFIGURATION_SET.fullmatch(configuration_set):
+        raise ConfigError(
+            f"{SETTINGS['ses.configuration_set'].name} must be 1 to 64 letters, digits, _ or -, "
+            f"got {configuration_set!r}"
+        )
+    return replace(settings, region=region)
+
+
+#: The entry point ``ses`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME, SesConfig, SesClient, _configure, summary="Amazon SES API v2, SigV4-signed"
+)

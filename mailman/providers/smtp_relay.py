@@ -38,10 +38,18 @@ import contextlib
 import email.errors
 import re
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiosmtplib
 
-from mailman.config import SmtpRelayConfig, parse_smtp_relay_url
+from mailman.config import (
+    ProviderPlugin,
+    Secret,
+    parse,
+    parse_smtp_relay_url,
+    setting,
+)
 from mailman.core.model import Mail
 
 from . import Accepted, Misconfigured, ProviderClient, Rejected, Result, Transient, Unknown, shorten
@@ -57,11 +65,36 @@ class _Stale(Exception):
     """A kept connection the server closed while it was idle (nothing was sent)."""
 
 
+#: The provider's name in the chain.
+NAME = "smtp-relay"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRelayConfig:
+    """Any SMTP server as a provider (``providers.smtp_relay``)."""
+
+    url: Secret = setting(
+        env="SMTP_RELAY_URL",
+        parse=parse.secret,
+        help="the SMTP relay: smtp+starttls://user:pass@host:587, smtps://user:pass@host:465 or "
+        "smtp://host:25; without one smtp-relay is left out of the chain, with a warning",
+        doc="the SMTP relay: `smtp+starttls://user:pass@host:587` (STARTTLS required), "
+        "`smtps://user:pass@host:465` (implicit TLS) or `smtp://host:25` (plain: credentials "
+        "only on loopback). The password is never logged. See [SMTP relay](provider-smtp-relay.md)",
+    )
+    max_connections: int = setting(
+        4,
+        env="SMTP_RELAY_MAX_CONNECTIONS",
+        minimum=1,
+        help="connections to the relay at once, each reused from mail to mail",
+    )
+
+
 class SmtpRelayClient(ProviderClient):
     """Sends mail through one SMTP server over a few kept connections."""
 
     def __init__(self, config: SmtpRelayConfig, timeout: float) -> None:
-        self.name = config.name
+        self.name = NAME
         self._url = config.url.reveal()
         self._target = parse_smtp_relay_url(self._url)
         self._timeout = timeout
@@ -267,3 +300,22 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in detail:
         detail = f"{detail} ({cause})"
     return detail
+
+
+def _configure(settings: SmtpRelayConfig, env: Mapping[str, str]) -> SmtpRelayConfig | None:
+    """The relay's URL (else smtp-relay is left out), checked at start: a bad one is a
+    configuration error (exit 2), never a traceback at the first mail."""
+    if settings.url is None:
+        return None
+    parse_smtp_relay_url(settings.url.reveal())
+    return settings
+
+
+#: The entry point ``smtp-relay`` of the group ``mailman.providers`` (pyproject.toml).
+plugin = ProviderPlugin(
+    NAME,
+    SmtpRelayConfig,
+    SmtpRelayClient,
+    _configure,
+    summary="any SMTP server (STARTTLS, implicit TLS or plain)",
+)

@@ -22,13 +22,13 @@ from mailman.actors.breakers import (
     state_of,
 )
 from mailman.actors.sender import Sender
-from mailman.config import RetryConfig, Secret, SendGridConfig
+from mailman.config import RetryConfig, Secret
 from mailman.core.messages import Dispatch, StatusUpdate
 from mailman.core.model import Address, Mail
 from mailman.mailboxes import MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers import Accepted, ProviderClient, Result, Transient
-from mailman.providers.sendgrid import SendGridClient
+from mailman.providers.sendgrid import SendGridClient, SendGridConfig
 from mailman.store import BreakerState, Store
 from mailman.store.sqlite import SQLiteStore
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mailman.config import OutboxConfig
 from mailman.core.model import Check, Mail
 from mailman.providers import Accepted, Found, ProviderClient, Transient, Unknown
-from mailman.providers.outbox import OutboxClient
+from mailman.providers.outbox import OutboxClient, OutboxConfig
 
 from ..support.fakes import FakeMailgun, FakeSendGrid
 from .test_providers import mailgun_client, make_mail, send_once, sendgrid_client

@@ -103,11 +103,15 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
         yield opened
 
 
+#: The default chain when no provider has a key: the outbox alone.
+OUTBOX_ONLY = load([], {"MAILMAN_PROVIDERS": "outbox"})
+
+
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient, sqlite_store: Store) -> Callable[..., Any]:
     async def make(config: Config | None = None, probes: Probes | None = None) -> Client:
         app = create_app(
-            store=sqlite_store, outbound=_Outbound(), config=config or Config(), probes=probes
+            store=sqlite_store, outbound=_Outbound(), config=config or OUTBOX_ONLY, probes=probes
         )
         return await aiohttp_client(app)
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from mailman.config import PostmarkConfig, Secret
+from mailman.config import Secret
 from mailman.core.model import Address, Attachment, Check, Disposition
 from mailman.providers import (
     Accepted,
@@ -24,7 +24,7 @@ from mailman.providers import (
     Transient,
     Unknown,
 )
-from mailman.providers.postmark import PostmarkClient, body
+from mailman.providers.postmark import PostmarkClient, PostmarkConfig, body
 from mailman.system import embedded
 
 from ..conftest import make_config, postmark_env, provider_env
@@ -429,7 +429,7 @@ def test_postmark_settings(tmp_path: Path) -> None:
             "POSTMARK_BASE_URL": "http://127.0.0.1:9/",
         },
     )
-    (provider,) = config.providers
+    (provider,) = (p.settings for p in config.providers)
     assert isinstance(provider, PostmarkConfig)
     assert provider.server_token.reveal() == TOKEN
     assert provider.message_stream == "outbound"

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from mailman.config import ResendConfig, Secret
+from mailman.config import Secret
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 from mailman.providers import (
     Accepted,
@@ -25,7 +25,7 @@ from mailman.providers import (
     Transient,
     Unknown,
 )
-from mailman.providers.resend import ResendClient
+from mailman.providers.resend import ResendClient, ResendConfig
 from mailman.system import embedded
 
 from ..conftest import make_config, provider_env

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailman.config import MailgunConfig, OutboxConfig, Secret, SendGridConfig
+from mailman.config import Secret
 from mailman.core.ids import new_id
 from mailman.core.model import Address, Mail
 from mailman.providers import (
@@ -27,9 +27,9 @@ from mailman.providers import (
     classify,
     parse_retry_after,
 )
-from mailman.providers.mailgun import MailgunClient
-from mailman.providers.outbox import OutboxClient
-from mailman.providers.sendgrid import SendGridClient
+from mailman.providers.mailgun import MailgunClient, MailgunConfig
+from mailman.providers.outbox import OutboxClient, OutboxConfig
+from mailman.providers.sendgrid import SendGridClient, SendGridConfig
 from tests.support.fakes import FakeMailgun, FakeSendGrid, Mode
 
 SG_KEY = "SG.test-key-7f3a9c"

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from mailman.config import ConfigError, SesConfig
+from mailman.config import ConfigError
 from mailman.core.ids import new_id
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 from mailman.providers import Accepted, Misconfigured, Rejected, Result, Transient, Unknown
-from mailman.providers.ses import NO_CREDENTIALS, SesClient, body
+from mailman.providers.ses import NO_CREDENTIALS, SesClient, SesConfig, body
 from mailman.system import embedded, make_client
 
 from ..conftest import make_config, provider_env
@@ -457,7 +457,7 @@ def test_settings_region_endpoint_and_configuration_set(tmp_path: Path) -> None:
     the configuration set; the default endpoint is the region's."""
     env = {"MAILMAN_PROVIDERS": "ses", "SES_REGION": "eu-west-1", "SES_CONFIGURATION_SET": "tx"}
     (ses,) = make_config(tmp_path, env).providers
-    assert ses == SesConfig("eu-west-1", None, "tx")
+    assert ses.settings == SesConfig("eu-west-1", None, "tx")
     client = make_client(ses, 1.0)
     assert isinstance(client, SesClient) and client.name == "ses"
     assert client._url == "https://email.eu-west-1.amazonaws.com/v2/email/outbound-emails"
@@ -465,7 +465,7 @@ def test_settings_region_endpoint_and_configuration_set(tmp_path: Path) -> None:
         (ses,) = make_config(
             tmp_path, {"MAILMAN_PROVIDERS": "ses", fallback: "ap-south-1"}
         ).providers
-        assert isinstance(ses, SesConfig) and ses.region == "ap-south-1"
+        assert isinstance(ses.settings, SesConfig) and ses.settings.region == "ap-south-1"
     env = {"MAILMAN_PROVIDERS": "ses", "SES_REGION": "us-east-1", "SES_ENDPOINT_URL": "http://x:1/"}
     (ses,) = make_config(tmp_path, env).providers
     assert make_client(ses, 1.0)._url == "http://x:1/v2/email/outbound-emails"  # type: ignore[attr-defined]

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from mailman.config import ConfigError, Secret, SmtpRelayConfig, load, parse_smtp_relay_url
+from mailman.config import ConfigError, Secret, load, parse_smtp_relay_url
 from mailman.core.ids import new_id
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 from mailman.providers import Accepted, Misconfigured, Rejected, Result, Transient, Unknown
-from mailman.providers.smtp_relay import SmtpRelayClient
+from mailman.providers.smtp_relay import SmtpRelayClient, SmtpRelayConfig
 from mailman.system import embedded
 
 from ..conftest import make_config, provider_env
@@ -148,7 +148,7 @@ def test_the_chain_names_smtp_relay_and_skips_it_without_a_url() -> None:
     env = {"MAILMAN_PROVIDERS": "smtp-relay", "SMTP_RELAY_URL": "smtps://a:b@h"}
     config = load([], {**env, "SMTP_RELAY_MAX_CONNECTIONS": "7"})
     assert config.chain == ("smtp-relay",)
-    assert config.providers == (SmtpRelayConfig(Secret("smtps://a:b@h"), 7),)
+    assert [p.settings for p in config.providers] == [SmtpRelayConfig(Secret("smtps://a:b@h"), 7)]
     assert "a:b" not in repr(config)
     skipped = load([], {"MAILMAN_PROVIDERS": "smtp-relay"})
     assert skipped.skipped_providers == ("smtp-relay",)

@@ -15,15 +15,16 @@ import structlog
 import mailman.config as config
 from mailman import main
 from mailman.config import (
-    ENV_ONLY,
     LOG_LEVELS,
     SETTINGS,
     Config,
     ConfigError,
     check_broker_url,
     check_store_url,
+    env_only,
     load,
     parse,
+    provider_plugins,
 )
 from mailman.store import open_store
 
@@ -96,7 +97,7 @@ SECRET_URLS = (
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``main`` reads ``os.environ``: keep the caller's Mailman settings out of these tests."""
-    for name in (*ENV_ONLY, *(var for *_, var in FLAGS)):
+    for name in (*env_only(), *(var for *_, var in FLAGS)):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "100")
 
@@ -171,18 +172,20 @@ def test_help_epilog_names_env_only_settings_and_points_to_the_docs(
     out = help_text(capsys)
     epilog = out[out.index("Settings without a flag") :]
     assert "docs/configuration.md" in epilog
-    for name in ENV_ONLY:
+    for name in env_only():
         assert re.search(rf"\b{name}\b", epilog), name
 
 
 def test_env_only_lists_every_variable_config_reads() -> None:
-    """``ENV_ONLY`` plus the flags' twins are exactly the env variables ``config`` reads."""
-    source = "".join(path.read_text() for path in Path(config.__file__).parent.glob("*.py"))
+    """``env_only()`` plus the flags' twins are exactly the env variables ``config`` and the
+    providers (each declaring its own) read."""
+    packages = (Path(config.__file__).parent, Path(config.__file__).parent.parent / "providers")
+    source = "".join(path.read_text() for package in packages for path in package.glob("*.py"))
     prefixes = "MAILMAN|SENDGRID|MAILGUN|RESEND|SES|POSTMARK|SMTP_RELAY|PROMETHEUS"
     read = set(re.findall(rf"\"((?:{prefixes})_[A-Z_]+)\"", source))
     on_off = {"MAILMAN_REUSE_PORT"}  # --reuse-port: a flag without a value
-    assert read == set(ENV_ONLY) | {var for *_, var in FLAGS} | on_off
-    assert len(set(ENV_ONLY)) == len(ENV_ONLY)
+    assert read == set(env_only()) | {var for *_, var in FLAGS} | on_off
+    assert len(set(env_only())) == len(env_only())
 
 
 def test_a_flag_beats_its_env_twin_and_the_env_beats_the_default() -> None:
@@ -300,7 +303,8 @@ def test_each_setting_fills_its_config_attribute_with_its_default() -> None:
     (provider settings: the fields of ``Config.providers``' entries)."""
     for s in SETTINGS.values():
         if s.owner:
-            kind = next(k for name, k in SETTINGS[s.owner].parts if s.path.startswith(f"{name}."))
+            name = s.path.split(".", 1)[0]
+            kind = provider_plugins().usable[name].settings
             assert s.path.split(".", 1)[1] in {f.name for f in dataclasses.fields(kind)}, s.path
         else:
             assert operator.attrgetter(s.path)(DEFAULTS) == s.default, s.path
