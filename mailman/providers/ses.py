@@ -25,14 +25,10 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-from botocore.session import Session
 
 from mailman.config import SETTINGS, ConfigError, ProviderPlugin, parse, setting
 from mailman.config.logging import get_logger
@@ -52,6 +48,9 @@ from . import (
     streamed,
 )
 from .outbox import render
+
+if TYPE_CHECKING:  # botocore is imported when SES is used, not when the settings are read
+    from botocore.credentials import Credentials, ReadOnlyCredentials
 
 log = get_logger("mailman.providers.ses")
 
@@ -167,6 +166,9 @@ class SesClient(HttpClient):
 
     def _signed(self, mail: Mail, credentials: ReadOnlyCredentials) -> tuple[bytes, dict[str, str]]:
         """The request body for ``mail`` and its headers, SigV4-signed over those bytes."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         data = orjson.dumps(body(mail, self._config.configuration_set))
         request = AWSRequest(
             method="POST", url=self._url, data=data, headers={"Content-Type": "application/json"}
@@ -196,6 +198,8 @@ class SesClient(HttpClient):
 
     def _stale(self) -> bool:
         """Whether the frozen credentials are missing or botocore would refresh them."""
+        from botocore.credentials import RefreshableCredentials
+
         if self._frozen is None:
             return True
         creds = self._credentials
@@ -233,6 +237,8 @@ class SesClient(HttpClient):
 
 def _find_credentials() -> Credentials | None:
     """The standard AWS credential chain's answer (blocking: call it in a thread)."""
+    from botocore.session import Session
+
     return Session().get_credentials()
 
 
