@@ -135,6 +135,7 @@ async def ses(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeSes]:
         yield fake
 
 
+@pytest.fixture
 async def postmark() -> AsyncIterator[FakePostmark]:
     """A Postmark fake on loopback (a test file may define its own)."""
     async with FakePostmark(server_token="pm-secret-test-token") as fake:

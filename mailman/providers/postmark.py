@@ -157,7 +157,8 @@ def body(mail: Mail, stream: str) -> dict[str, Any]:
     Pure. Addresses are written as in a header (``formatted_address``: a name
     with a comma is quoted, so the comma-separated lists stay unambiguous).
     Postmark takes one ``Tag``: the mail's first tag. The mail id goes in
-    ``Metadata`` (``mail_id``), the ``Message-ID`` in ``Headers``.
+    ``Metadata`` (``mail_id``) with what of the mail's metadata Postmark takes
+    (``metadata``), the ``Message-ID`` in ``Headers``.
     """
     out: dict[str, Any] = {
         "From": formatted_address(mail.sender),
@@ -181,9 +182,37 @@ def body(mail: Mail, stream: str) -> dict[str, Any]:
     ]
     if mail.tags:
         out["Tag"] = mail.tags[0]
-    out["Metadata"] = {**dict(mail.metadata), MAIL_ID_KEY: mail.id}
+    out["Metadata"] = metadata(mail)
     if mail.attachments:
         out["Attachments"] = [attachment(a) for a in mail.attachments]
+    return out
+
+
+#: What Postmark takes in ``Metadata`` (more is a 422, ``ErrorCode`` 300, for the whole
+#: mail): fields, characters of a field's name, characters of its value.
+MAX_METADATA_FIELDS = 10
+MAX_METADATA_NAME = 20
+MAX_METADATA_VALUE = 80
+
+
+def metadata(mail: Mail) -> dict[str, str]:
+    """Postmark's ``Metadata`` for ``mail``: ``mail_id`` (its id) first, always; then each
+    of its metadata entries in order while there is room (10 fields in all), if its name
+    is at most 20 characters, its value at most 80, and its name is not one already given
+    in another case (Postmark takes ``a_key`` or ``A_Key``, not both). The others are
+    left out: one of them would make Postmark refuse the whole mail."""
+    out = {MAIL_ID_KEY: mail.id}
+    names = {MAIL_ID_KEY}
+    for name, value in mail.metadata:
+        if len(out) == MAX_METADATA_FIELDS:
+            break
+        if (
+            len(name) <= MAX_METADATA_NAME
+            and len(value) <= MAX_METADATA_VALUE
+            and name.lower() not in names
+        ):
+            names.add(name.lower())
+            out[name] = value
     return out
 
 

@@ -39,6 +39,7 @@ from . import (
     Found,
     HttpClient,
     Misconfigured,
+    Rejected,
     Result,
     Transient,
     classify,
@@ -133,6 +134,9 @@ class SesClient(HttpClient):
         await self._signing_credentials()
 
     async def send(self, mail: Mail) -> Result:
+        over = over_limits(mail)
+        if over is not None:
+            return over
         session = await self.session()
         credentials = await self._signing_credentials()
         if isinstance(credentials, Misconfigured | Transient):
@@ -265,6 +269,22 @@ def body(mail: Mail, configuration_set: str | None = None) -> dict[str, Any]:
     if configuration_set:
         out["ConfigurationSetName"] = configuration_set
     return out
+
+
+#: The most recipients SES takes in one message: ``to``, ``cc`` and ``bcc`` together.
+MAX_RECIPIENTS = 50
+
+
+def over_limits(mail: Mail) -> Rejected | None:
+    """``Rejected`` for a mail SES would refuse whatever is tried (more than 50 recipients:
+    Mailman takes up to 1,000), said in Mailman's words and without a request; else None."""
+    count = len(mail.to) + len(mail.cc) + len(mail.bcc)
+    if count > MAX_RECIPIENTS:
+        return Rejected(
+            f"SES takes at most {MAX_RECIPIENTS} recipients a message (to, cc and bcc "
+            f"together); this mail has {count}"
+        )
+    return None
 
 
 def result_of(status: int, kind: str, reason: str, retry_after: str | None) -> Result:

@@ -24,7 +24,7 @@ from mailman.providers import (
     Transient,
     Unknown,
 )
-from mailman.providers.postmark import PostmarkClient, PostmarkConfig, body
+from mailman.providers.postmark import PostmarkClient, PostmarkConfig, body, metadata
 from mailman.system import embedded
 
 from ..conftest import make_config, postmark_env, provider_env
@@ -206,6 +206,77 @@ async def test_limits_are_rejected(postmark: FakePostmark) -> None:
     assert isinstance(large, Rejected) and large.status == 413
     assert isinstance(fifty, Accepted)
     assert len(postmark.received) == 1
+
+
+#: A mail's metadata past every limit of Postmark's: 15 entries, among them a name of 21
+#: characters, a value of 81 and a name that differs from an earlier one by case alone.
+OVERFULL = (
+    ("user", "42"),
+    ("a_name_of_21_letters_", "too long a name"),
+    ("plan", "x" * 81),
+    ("User", "a second user, by case"),
+    *((f"k{n}", f"v{n}") for n in range(11)),
+)
+
+
+async def post_metadata(postmark: FakePostmark, fields: dict[str, str]) -> tuple[int, Any]:
+    """Postmark's answer to a mail with ``fields`` as its ``Metadata``, posted as it is."""
+    mail = {"From": "a@example.com", "To": "b@example.com", "TextBody": "t", "Metadata": fields}
+    headers = {"X-Postmark-Server-Token": TOKEN, "Accept": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{postmark.base_url}/email", json=mail, headers=headers) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_the_fake_refuses_metadata_past_postmarks_limits(postmark: FakePostmark) -> None:
+    """Postmark's limits, at the fake: 11 fields, a 21-character name, an 81-character
+    value or two names alike but for case are a 422 ErrorCode 300; 10, 20 and 80 are taken."""
+    longest = {f"name_of_twenty_{n:05}": "v" * 80 for n in range(10)}
+    refused = [
+        {**longest, "one_more": "v"},
+        {"a_name_of_21_letters_": "v"},
+        {"plan": "v" * 81},
+        {"a_key": "1", "A_Key": "2"},
+    ]
+    answers = [await post_metadata(postmark, fields) for fields in refused]
+    taken = await post_metadata(postmark, longest)
+
+    assert [(status, body["ErrorCode"]) for status, body in answers] == [(422, 300)] * 4
+    assert answers[1][1]["Message"] == (
+        "Invalid metadata content. Field names are limited to 20 characters and field values "
+        "are limited to 80 characters in length. The 'a_name_of_21_letters_' field in your "
+        "metadata content exceeds these limits."
+    )
+    assert taken[0] == 200 and len(postmark.received) == 1
+
+
+def test_metadata_keeps_the_mail_id_and_what_postmark_takes() -> None:
+    """The mail id first, then the entries that fit in order, 10 fields in all: a name over
+    20 characters, a value over 80 and a name given before in another case are left out."""
+    mail = make_mail(metadata=OVERFULL)
+
+    assert list(metadata(mail).items()) == [
+        ("mail_id", mail.id),
+        ("user", "42"),
+        *((f"k{n}", f"v{n}") for n in range(8)),
+    ]
+    plain = make_mail()
+    assert metadata(plain) == {"mail_id": plain.id}
+
+
+async def test_metadata_past_postmarks_limits_is_sent_and_found(postmark: FakePostmark) -> None:
+    """A mail with 15 metadata entries, a long name and a long value is Accepted, not a
+    422, with the metadata Postmark takes; the search by its mail id finds it TAKEN."""
+    mail = make_mail(metadata=OVERFULL)
+    result = await send_once(client_for(postmark), mail)
+    found = await lookup_once(client_for(postmark), mail)
+
+    assert result == Accepted(message_id=postmark.message_ids[0])
+    (got,) = postmark.received
+    assert got["Metadata"] == metadata(mail) and len(got["Metadata"]) == 10
+    assert found == Found(Check.TAKEN, message_id=postmark.message_ids[0])
 
 
 async def test_no_answer_is_unknown_no_connection_transient(postmark: FakePostmark) -> None:

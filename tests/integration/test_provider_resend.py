@@ -180,6 +180,57 @@ async def test_refusals_carry_resends_reason(fake: FakeResend) -> None:
     )
 
 
+@pytest.mark.slow  # two requests of 40 MB
+async def test_a_mail_over_40_mb_is_rejected(fake: FakeResend) -> None:
+    """Resend takes 40 MB a mail, its files base64-encoded: a mail with 30 MiB of files
+    (40 MiB encoded) is Rejected with a 413 and not kept; one just under is taken."""
+    over = Attachment.of("over.bin", b"\0" * (30 * 1024 * 1024))
+    under = Attachment.of("under.bin", b"\0" * (30 * 1024 * 1024 - 4096))
+    rejected = await send_once(client(fake), make_mail(attachments=(over,)))
+    taken = await send_once(client(fake), make_mail(attachments=(under,)))
+
+    assert isinstance(rejected, Rejected) and rejected.status == 413
+    assert rejected.reason.startswith("validation_error: The email exceeds the 40 MB limit")
+    assert isinstance(taken, Accepted) and fake.copies == 1
+
+
+#: Metadata and tags past what Resend takes in a tag: 15 entries, a 300-character name
+#: with dots, a 1000-character value, characters Resend refuses, names that end alike.
+UNFIT = (
+    ("user.id", "42"),
+    ("n." + "x" * 298, "long name"),
+    ("plan", "p" * 1000),
+    ("city", "Zürich am See"),
+    ("user_id", "the same name once written"),
+    *((f"k{n}", f"v{n}") for n in range(10)),
+)
+
+
+async def test_metadata_resend_cannot_take_as_tags_is_written_so_the_mail_goes(
+    fake: FakeResend,
+) -> None:
+    """A mail with 15 metadata entries, a long name, a long value and characters Resend
+    refuses is Accepted: each is a tag Resend takes (other characters as _, cut to 256, a
+    name given twice once), the mail id's first; asked again, Resend answers it TAKEN."""
+    mail = make_mail(metadata=UNFIT, tags=("Welcome!",))
+    result = await send_once(client(fake), mail)
+    found = await lookup_once(client(fake), mail)
+
+    assert result == Accepted(fake.message_ids[0])
+    [got] = fake.received
+    assert got["tags"] == [
+        {"name": "mail_id", "value": mail.id},
+        {"name": "user_id", "value": "42"},
+        {"name": "n_" + "x" * 254, "value": "long_name"},
+        {"name": "plan", "value": "p" * 256},
+        {"name": "city", "value": "Z_rich_am_See"},
+        *({"name": f"k{n}", "value": f"v{n}"} for n in range(10)),
+        {"name": "Welcome_", "value": "true"},
+    ]
+    assert found == Found(Check.TAKEN, message_id=fake.message_ids[0])
+    assert fake.copies == 1 and fake.replays == 1
+
+
 async def test_no_answer_is_unknown_and_no_connection_transient(fake: FakeResend) -> None:
     """Kept then dropped, or no answer in time: Unknown; nothing listening: Transient."""
     fake.mode = "drop"

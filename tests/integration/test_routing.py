@@ -3,7 +3,12 @@ the rest, a tenant's own chain."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
 import io
+import smtplib
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,8 @@ from mailman.mailboxes.routing import Router
 from mailman.store.sqlite import SQLiteStore
 from mailman.system import embedded
 
-from ..conftest import eventually, make_config, provider_env, sqlite_store
+from ..conftest import eventually, make_config, postmark_env, provider_env, sqlite_store
+from ..support.fake_postmark import FakePostmark
 from ..support.fakes import FakeMailgun, FakeSendGrid
 from .test_system import Api
 
@@ -127,6 +133,70 @@ async def test_a_tenants_chain_is_followed_from_every_entry_point(
     assert sorted(f["subject"][0] for f in mailgun.received) == ["(no subject)", "compat acme"]
     assert sent["acme"][0] in mailgun.mail_ids() and sent["beta"][0] in sendgrid.mail_ids()
     assert sendgrid.calls == 2 and mailgun.calls == 2  # no failover: each chain's first
+
+
+def smtp_send(port: int, key: str, subject: str) -> None:
+    """One mail by SMTP submission, ``key`` as the AUTH password (smtplib raises if refused)."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "noreply@example.com", "ann@example.com", subject
+    msg.set_content("Hi")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.login("api", key)
+        client.send_message(msg)
+
+
+async def test_a_tenants_chain_is_used_by_all_four_entry_points(
+    tmp_path: Path,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    postmark: FakePostmark,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The deployment's chain is sendgrid,postmark; tenant acme's is postmark alone. acme's
+    mails arrive at Postmark only, whether sent to POST /mail/send, the SendGrid-compatible
+    /v3/mail/send, the Mailgun-compatible /v3/{domain}/messages or by SMTP with its key;
+    beta's, through the same four, at SendGrid only."""
+    env = provider_env(sendgrid, mailgun, MAILMAN_PROVIDERS="sendgrid,postmark")
+    config = make_config(tmp_path, {**env, **postmark_env(postmark)})
+    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, port=0))
+    async with embedded(config) as mailman:
+        await mailman.store.set_tenant_chain("acme", "postmark", 0.0)
+        for tenant in ("acme", "beta"):
+            _, key = await create_key(mailman.store, tenant=tenant, scopes=[Scope.SEND])
+            bearer = {"Authorization": f"Bearer {key}"}
+            body = {"to": ["ann@example.com"], "from": "noreply@example.com", "content": "Hi"}
+            body["subject"] = f"{tenant} native"
+            async with http.post(f"{mailman.url}/mail/send", json=body, headers=bearer) as resp:
+                assert resp.status == 201, await resp.text()
+            v3 = v3_body(f"{tenant} sendgrid-compatible")
+            async with http.post(f"{mailman.url}/v3/mail/send", json=v3, headers=bearer) as resp:
+                assert resp.status == 202, await resp.text()
+            form = {
+                "from": "noreply@example.com",
+                "to": "ann@example.com",
+                "subject": f"{tenant} mailgun-compatible",
+                "text": "Hi",
+            }
+            async with http.post(
+                f"{mailman.url}/v3/mg.example.com/messages",
+                data=form,
+                headers={
+                    "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+                },
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            assert mailman.smtp_port is not None
+            await asyncio.to_thread(smtp_send, mailman.smtp_port, key, f"{tenant} smtp")
+
+        def every_mail_out() -> bool:
+            return len(sendgrid.received) + len(postmark.received) == 8
+
+        await eventually(every_mail_out, what="eight mails sent")
+    ways = ["native", "sendgrid-compatible", "mailgun-compatible", "smtp"]
+    assert sorted(b["Subject"] for b in postmark.received) == sorted(f"acme {w}" for w in ways)
+    assert sorted(b["subject"] for b in sendgrid.received) == sorted(f"beta {w}" for w in ways)
+    assert sendgrid.calls == 4 and postmark.calls == 4  # no failover: each chain's first
+    assert mailgun.calls == 0
 
 
 def test_tenants_set_list_and_back_to_the_default(tmp_path: Path) -> None:

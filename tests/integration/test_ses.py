@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sys
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from structlog.testing import capture_logs
 
 from mailman.config import ConfigError
@@ -401,15 +405,86 @@ async def test_connection_refused_is_transient(ses: FakeSes) -> None:
     assert result.reason.startswith("connection error")
 
 
-async def test_more_than_50_recipients_is_rejected(ses: FakeSes) -> None:
-    """SES takes at most 50 recipients: a mail to 51 is Rejected with SES's message."""
+async def test_more_than_50_recipients_is_rejected_without_a_request(ses: FakeSes) -> None:
+    """SES takes at most 50 recipients: a mail to 51 is Rejected, saying so, and never
+    sent to SES; one to 50 is taken."""
     to = tuple(Address(f"r{n}@example.com") for n in range(40))
-    cc = tuple(Address(f"c{n}@example.com") for n in range(11))
-    result = await send_once(ses_client(ses), make_mail(to=to, cc=cc))
-    fifty = await send_once(ses_client(ses), make_mail(to=to, cc=cc[:10]))
+    cc = tuple(Address(f"c{n}@example.com") for n in range(10))
+    result = await send_once(ses_client(ses), make_mail(to=to, cc=cc, bcc=(to[0],)))
+    fifty = await send_once(ses_client(ses), make_mail(to=to, cc=cc))
 
-    assert result == Rejected("BadRequestException: Recipient count exceeds 50.", 400)
-    assert isinstance(fifty, Accepted)
+    assert result == Rejected(
+        "SES takes at most 50 recipients a message (to, cc and bcc together); this mail has 51"
+    )
+    assert isinstance(fifty, Accepted) and ses.calls == 1
+
+
+async def post_signed(ses: FakeSes, request: dict[str, object]) -> tuple[int, str, str]:
+    """SES's answer to ``request``, sent as it is, signed with the fake's credentials:
+    the status, the error type ("" for none) and the message."""
+    url = f"{ses.base_url}/v2/email/outbound-emails"
+    data = json.dumps(request).encode()
+    signed = AWSRequest(method="POST", url=url, data=data, headers=JSON)
+    SigV4Auth(Credentials(ses.access_key, ses.secret_key), "ses", ses.region).add_auth(signed)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=io.BytesIO(data), headers=dict(signed.headers.items())) as resp,
+    ):
+        answer = await resp.json()
+        kind = resp.headers.get("x-amzn-ErrorType", "").rstrip(":")
+        return resp.status, kind, str(answer.get("message", ""))
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def send_request(
+    mime: bytes = b"To: a@example.com\r\n\r\nHi", **fields: object
+) -> dict[str, object]:
+    """A SendEmail request for ``mime``, to one recipient, with ``fields`` over it."""
+    return {
+        "FromEmailAddress": "a@example.com",
+        "Destination": {"ToAddresses": ["b@example.com"]},
+        "Content": {"Raw": {"Data": base64.b64encode(mime).decode()}},
+        **fields,
+    }
+
+
+async def test_the_fake_refuses_what_ses_refuses(ses: FakeSes) -> None:
+    """At the fake, as at SES: 51 recipients, a tag name or value with another character
+    than letters, digits, _ and -, or of 257 characters, is a 400 BadRequestException;
+    50 recipients and tags of 256 characters are taken."""
+    crowd = [f"r{n}@example.com" for n in range(51)]
+    refused = [
+        send_request(Destination={"ToAddresses": crowd[:40], "BccAddresses": crowd[40:]}),
+        send_request(EmailTags=[{"Name": "user.id", "Value": "1"}]),
+        send_request(EmailTags=[{"Name": "plan", "Value": "é"}]),
+        send_request(EmailTags=[{"Name": "n" * 257, "Value": "1"}]),
+        send_request(EmailTags=[{"Name": "plan", "Value": "v" * 257}]),
+    ]
+    answers = [await post_signed(ses, request) for request in refused]
+    taken = await post_signed(
+        ses,
+        send_request(
+            Destination={"ToAddresses": crowd[:50]},
+            EmailTags=[{"Name": "n" * 256, "Value": "v" * 256}],
+        ),
+    )
+
+    assert [(status, kind) for status, kind, _ in answers] == [(400, "BadRequestException")] * 5
+    assert answers[0][2] == "Recipient count exceeds 50."
+    assert taken[:2] == (200, "") and len(ses.received) == 1
+
+
+@pytest.mark.slow  # a request of 54 MB
+async def test_the_fake_refuses_a_message_over_40_mb(ses: FakeSes) -> None:
+    """SES v2 takes 40 MB a message, files base64-encoded in the MIME: one byte more is
+    its 400 MessageRejected."""
+    head = b"To: a@example.com\r\n\r\n"
+    over = await post_signed(ses, send_request(head + b"x" * (40 * 1024 * 1024 + 1 - len(head))))
+
+    assert over == (400, "MessageRejected", "Message length is more than 40 megabytes")
+    assert ses.received == []
 
 
 async def test_unknown_configuration_set_is_misconfigured(ses: FakeSes) -> None:
@@ -541,3 +616,32 @@ async def test_fails_over_from_sendgrid_into_ses(
     assert ses.mail_ids() == [mail_id]
     assert ses.received[0]["Destination"]["BccAddresses"] == ["bob@example.com"]
     assert ses.messages[0]["Subject"] == "Failover into SES"
+
+
+@pytest.mark.parametrize("chain", ["ses,sendgrid", "ses"])
+async def test_a_mail_to_more_than_50_goes_on_past_ses(
+    tmp_path: Path,
+    ses: FakeSes,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+    chain: str,
+) -> None:
+    """A mail to 60 recipients is rejected by SES, saying why, and goes out through the
+    next provider; with SES alone it is failed with that reason, nothing sent to SES."""
+    env = provider_env(sendgrid, mailgun, **ses_env(ses, MAILMAN_PROVIDERS=chain))
+    to = [f"r{n}@example.com" for n in range(60)]
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        api = Api(http, mailman.url)
+        mail_id = await api.send(to=to, subject="To sixty")
+        await api.wait_status(mail_id, "sent" if "sendgrid" in chain else "failed")
+        shown = await api.show(mail_id)
+    reason = "SES takes at most 50 recipients a message (to, cc and bcc together); this mail has 60"
+    assert [(a["provider"], a["outcome"], a.get("reason")) for a in shown["attempts"]] == [
+        ("ses", "rejected", reason),
+        *([("sendgrid", "accepted", None)] if "sendgrid" in chain else []),
+    ]
+    assert ses.calls == 0
+    assert sendgrid.mail_ids() == ([mail_id] if "sendgrid" in chain else [])
+    if chain == "ses":
+        assert shown["reason"] == "every provider rejected the mail"

@@ -6,10 +6,12 @@
 It checks what Postmark checks (providers.md): the ``X-Postmark-Server-Token``
 (missing or wrong: 401, ``ErrorCode`` 10), a JSON body with ``From``, ``To``
 and a ``TextBody`` or ``HtmlBody``, at most 50 recipients in ``To``, ``Cc`` and
-``Bcc``, the shapes of ``Headers``, ``Attachments`` (base64) and ``Metadata``,
-an existing ``MessageStream`` (``streams``), 10 MB at most (413); refusals are
-422 ``{"ErrorCode", "Message"}``. A mail it takes is kept with its metadata and
-answered 200 ``{"MessageID", "ErrorCode": 0, "SubmittedAt", "To"}``.
+``Bcc``, the shapes of ``Headers``, ``Attachments`` (base64) and ``Metadata``
+(at most 10 fields, names of at most 20 characters unique whatever their case,
+values of at most 80), an existing ``MessageStream`` (``streams``), 10 MB at
+most (413); refusals are 422 ``{"ErrorCode", "Message"}``. A mail it takes is
+kept with its metadata and answered 200 ``{"MessageID", "ErrorCode": 0,
+"SubmittedAt", "To"}``.
 
 ``GET /messages/outbound`` requires ``count`` (1..500) and ``offset``, and
 filters by ``metadata_<key>``, ``recipient``, ``tag``, ``messagestream``
@@ -43,6 +45,10 @@ from .fakes import FakeProvider, Mode, Post, ReceivedFile
 #: Postmark's limits: recipients in To, Cc and Bcc together; bytes of a request.
 POSTMARK_MAX_RECIPIENTS = 50
 POSTMARK_MAX_BYTES = 10 * 1024 * 1024
+#: Metadata: fields of one message, characters of a field's name and of its value.
+POSTMARK_MAX_METADATA_FIELDS = 10
+POSTMARK_MAX_METADATA_NAME = 20
+POSTMARK_MAX_METADATA_VALUE = 80
 #: The most messages one search page holds.
 POSTMARK_MAX_COUNT = 500
 #: Where Postmark reads a date without an offset.
@@ -258,7 +264,7 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         metadata = body.get("Metadata", {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             return "Metadata must be an object of strings."
-        return None
+        return _metadata_problem(metadata)
 
     async def serve_search(self, request: web.Request) -> web.StreamResponse:
         """The outbound search: ``count`` and ``offset`` required, then the filters."""
@@ -311,6 +317,28 @@ def _post(record: dict[str, Any]) -> Post:
     """The webhook post of ``record``: JSON; the credentials go in ``webhook_url``."""
     body = orjson.dumps(record)
     return lambda: (body, {"Content-Type": "application/json"})
+
+
+def _metadata_problem(metadata: dict[str, str]) -> str | None:
+    """What Postmark refuses in ``Metadata``: more than 10 fields, a name over 20
+    characters or a value over 80 (Postmark's own message), two names alike but for case."""
+    if len(metadata) > POSTMARK_MAX_METADATA_FIELDS:
+        return (
+            f"Invalid metadata content. A message may have at most "
+            f"{POSTMARK_MAX_METADATA_FIELDS} metadata fields."
+        )
+    names: set[str] = set()
+    for name, value in metadata.items():
+        if len(name) > POSTMARK_MAX_METADATA_NAME or len(value) > POSTMARK_MAX_METADATA_VALUE:
+            return (
+                "Invalid metadata content. Field names are limited to 20 characters and field "
+                "values are limited to 80 characters in length. The "
+                f"'{name}' field in your metadata content exceeds these limits."
+            )
+        if name.lower() in names:
+            return f"Invalid metadata content. Duplicate field name '{name}' (case is ignored)."
+        names.add(name.lower())
+    return None
 
 
 def _recipients(body: dict[str, Any]) -> list[str]:

@@ -2,8 +2,9 @@
 
 It checks what Resend checks (the key, the required fields, at most 50 ``to``
 addresses, tag names and values of ASCII letters, digits, ``_`` and ``-`` up to
-256 characters, attachments with a name and base64 content) and answers as
-Resend does: ``200 {"id"}``, errors ``{"statusCode", "name", "message"}``.
+256 characters, attachments with a name and base64 content, 40 MB a mail with
+its attachments base64-encoded: past it a 413) and answers as Resend does:
+``200 {"id"}``, errors ``{"statusCode", "name", "message"}``.
 
 Idempotency as Resend keeps it (providers.md): a key (1-256 characters) is
 kept ``idempotency_ttl`` seconds (24 h) with a hash of the body and the id it
@@ -45,6 +46,9 @@ from .fakes import FakeProvider, Mode, Post, ReceivedFile, Serve
 IDEMPOTENCY_TTL = 24 * 3600.0
 #: The most addresses Resend takes in ``to``.
 MAX_TO = 50
+#: The most a mail may be, attachments base64-encoded (40 MB): counted as the request's
+#: bytes. Resend does not document its answer past it; the fake's is a 413.
+MAX_EMAIL_BYTES = 40 * 1024 * 1024
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
@@ -83,6 +87,8 @@ class FakeResend(FakeProvider[dict[str, Any]]):
         super().__init__(api_key=api_key, mode=mode, **kwargs)
         self.webhook_secret = webhook_secret
         self.idempotency_ttl = IDEMPOTENCY_TTL
+        #: The largest request it takes (``MAX_EMAIL_BYTES``); past it a 413.
+        self.max_bytes = MAX_EMAIL_BYTES
         #: key -> (body hash, id, unix time kept); an id of None: still being served.
         self.keys: dict[str, tuple[str, str | None, float]] = {}
         #: When set (an unset event), a new request waits on it once its key is reserved.
@@ -122,6 +128,12 @@ class FakeResend(FakeProvider[dict[str, Any]]):
         if auth != f"Bearer {self.api_key}":
             return self.unauthorized()
         raw = await request.read()
+        if len(raw) > self.max_bytes:
+            return error(
+                413,
+                "validation_error",
+                "The email exceeds the 40 MB limit (attachments after Base64 encoding).",
+            )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
