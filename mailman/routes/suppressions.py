@@ -20,6 +20,8 @@ from aiohttp import web
 
 from mailman.config.logging import get_logger
 from mailman.core.model import SuppressionReason
+from mailman.core.schemas import ADDRESS_FORMAT
+from mailman.core.suppression import MAX_ADDRESS
 from mailman.core.validation import FieldError
 from mailman.intake.auth import Principal
 from mailman.intake.guard import guarded
@@ -30,8 +32,9 @@ from . import CONFIG, STORE
 from .auth import PRINCIPAL, requires
 from .contract import Answer, Body, Param, operation, problem
 from .errors import BAD_REQUEST, FORBIDDEN, NOT_FOUND, Problem, note
-from .mail import CURSOR_FORMAT, json_response, read_mail_json
+from .mail import json_response, read_mail_json
 from .models.suppressions import (
+    TENANT_PATTERN,
     NewSuppression,
     SuppressionAnswer,
     SuppressionList,
@@ -47,11 +50,14 @@ routes = web.RouteTableDef()
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
+#: The document's format for a cursor of this listing: only what a page's ``next`` gave out.
+CURSOR_FORMAT = "suppression-cursor"
+
 #: ``?tenant=``: whose list an admin key names.
 TENANT_PARAM = Param(
     "tenant",
     "query",
-    {"type": "string", "pattern": TENANT.pattern},
+    {"type": "string", "pattern": TENANT_PATTERN},
     "Whose list (admin keys only; another key may name only its own tenant)",
 )
 
@@ -210,7 +216,12 @@ async def add_suppression(request: web.Request) -> web.Response:
     "removeSuppression",
     "Take an address off the tenant's list, every group's (needs `send`)",
     parameters=(
-        Param("address", "path", {"type": "string"}, "The address (any case)"),
+        Param(
+            "address",
+            "path",
+            {"type": "string", "format": ADDRESS_FORMAT, "maxLength": MAX_ADDRESS},
+            "The address (any case)",
+        ),
         TENANT_PARAM,
     ),
     answers={

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from mailman.core.clock import iso_time
 from mailman.core.model import SuppressionReason
+from mailman.core.schemas import ADDRESS_FORMAT
 from mailman.core.suppression import MAX_ADDRESS, normalise
 from mailman.core.validation import (
     BODY_FIELD,
@@ -19,9 +27,13 @@ from mailman.core.validation import (
     ValidationFailed,
     parse_address,
 )
+from mailman.intake.keys import TENANT
 from mailman.store import Suppression
 
 from .common import Time
+
+#: A tenant name, as a JSON Schema pattern (anchored: a pattern matches anywhere).
+TENANT_PATTERN = f"^{TENANT.pattern}$"
 
 
 class SuppressionShown(TypedDict):
@@ -78,7 +90,7 @@ class NewSuppression(BaseModel):
         str,
         Field(
             description="One bare address, as a recipient is written; kept lower-case",
-            json_schema_extra={"format": "email", "maxLength": MAX_ADDRESS},
+            json_schema_extra={"format": ADDRESS_FORMAT, "maxLength": MAX_ADDRESS},
         ),
     ]
     reason: Annotated[
@@ -88,6 +100,9 @@ class NewSuppression(BaseModel):
     tenant: Annotated[
         str | None,
         Field(description="Whose list (admin keys only); the key's own tenant by default"),
+        WithJsonSchema(
+            {"anyOf": [{"type": "string", "pattern": TENANT_PATTERN}, {"type": "null"}]}
+        ),
     ] = None
 
     @field_validator("address", mode="before")
@@ -114,6 +129,8 @@ class NewSuppression(BaseModel):
     def _tenant(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise PydanticCustomError("not_a_string", "must be a string")
+        if value is not None and not TENANT.fullmatch(value):
+            raise PydanticCustomError("bad_tenant", "is not a tenant name")
         return value
 
     @classmethod
