@@ -12,6 +12,7 @@ import asyncio
 import base64
 import dataclasses
 import smtplib
+import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -280,3 +281,28 @@ async def test_a_suppressed_address_is_dropped_at_every_entry_point(
     )
     assert sorted(recipients(fakes.sendgrid)) == [["ann@example.com"]] * 4 + [["gone@example.com"]]
     assert fakes.sendgrid.calls == 5
+
+
+async def test_an_address_suppressed_after_acceptance_is_dropped_before_the_call(
+    tmp_path: Path, store_url: str, fakes: Fakes, http: aiohttp.ClientSession
+) -> None:
+    """A scheduled mail accepted while its address was not suppressed, then suppressed
+    before its time: right before the provider call it is found, the mail ends
+    ``suppressed`` and the provider is never called."""
+    env = {**fakes.env(), "MAILMAN_PROVIDERS": "sendgrid", "MAILMAN_STORE": store_url}
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        api = Api(http, mailman.url)
+        at = time.time() + 1.5
+        send_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03}Z"
+        body = {"to": ["late@example.com"], "from": "noreply@example.com", "content": "Hi"}
+        async with http.post(f"{mailman.url}/mail/send", json={**body, "send_at": send_at}) as r:
+            assert r.status == 201, await r.text()
+            mail = (await r.json())["mail"]
+        assert mail["status"] == "scheduled"
+        async with http.post(
+            f"{mailman.url}/suppressions", json={"address": "late@example.com"}
+        ) as r:
+            assert r.status == 201
+        shown = await api.wait(mail["id"], "suppressed")
+    assert shown["suppressed"] == [{"email": "late@example.com", "reason": "manual"}]
+    assert shown["attempts"] == [] and fakes.sendgrid.calls == 0
