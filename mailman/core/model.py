@@ -15,7 +15,8 @@ from enum import StrEnum
 
 class Status(StrEnum):
     """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``; then, as the
-    provider reports it, ``sent`` -> ``delivered`` | ``bounced``."""
+    provider reports it, ``sent`` -> ``delivered`` | ``bounced``. A mail whose every
+    visible recipient is suppressed ends ``suppressed`` (``core.suppression``)."""
 
     QUEUED = "queued"
     #: Waits for its ``send_at`` time; then ``queued``.
