@@ -11,6 +11,8 @@ It reads ``Dispatch`` messages from its provider's mailbox and, for each:
    say) and records the answer: a mail the provider has is ``sent``. For a
    provider whose own "processed" event comes through its webhook (SendGrid,
    SES), it waits for that event instead, up to a grace, holding no slot;
+   The same transaction drops the recipients the mail's tenant suppresses; a mail
+   left with no visible recipient ends ``suppressed`` there, and no call is made;
 3. calls the provider through its circuit breaker;
 4. **commits the outcome** (group commit, ``Journal``) before anything else
    happens for the mail: before the mailbox message is acknowledged and
@@ -182,6 +184,14 @@ class Sender(Actor):
             if begun is None:
                 return
         attempt_id = begun.attempt_id
+        if begun.why == "suppressed":
+            log.info(
+                "mail.suppressed",
+                mail_id=dispatch.mail_id,
+                provider=self.provider,
+                recipients=len(begun.mail.suppressed),
+            )
+            return
         if attempt_id is None:
             log.info(
                 "mail.skipped",

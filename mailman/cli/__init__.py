@@ -1,5 +1,5 @@
 """Mailman's command line: ``mailman [serve] [flags]``, ``mailman keys ...``,
-``mailman tenants ...``,
+``mailman tenants ...``, ``mailman suppressions ...``,
 ``mailman dead-letters ...``, ``mailman erase ...``, ``mailman --version`` (or
 ``python -m mailman ...``).
 
@@ -18,7 +18,7 @@ import structlog
 
 from mailman.config.logging import configure_logging
 
-from . import dead_letters, erase, keys, serve, tenants
+from . import dead_letters, erase, keys, serve, suppressions, tenants
 from .command import Call, Command
 from .parser import build_parser, with_command
 
@@ -27,6 +27,7 @@ COMMANDS: tuple[Command, ...] = (
     serve.COMMAND,
     keys.COMMAND,
     tenants.COMMAND,
+    suppressions.COMMAND,
     dead_letters.COMMAND,
     erase.COMMAND,
 )

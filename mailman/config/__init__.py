@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import parse
 from .declare import Setting, setting
 from .errors import ConfigError
-from .load import configured_chain, from_args, load
+from .load import configured_chain, configured_provider, from_args, load
 from .plugins import ConfiguredProvider, ProviderPlugin, required
 from .secret import Secret
 from .settings import (
@@ -72,6 +72,7 @@ __all__ = [
     "check_broker_url",
     "check_store_url",
     "configured_chain",
+    "configured_provider",
     "env_only",
     "from_args",
     "is_memory_store",

@@ -107,6 +107,19 @@ def _configured(
     return None if settings is None else ConfiguredProvider(plugin.name, settings, plugin)
 
 
+def configured_provider(name: str, env: Mapping[str, str]) -> ConfiguredProvider | None:
+    """The provider ``name`` as ``env`` configures it, in the chain or not (None: it is not
+    configured: no key); ``ConfigError`` for an unknown provider or settings that cannot
+    work, as at start."""
+    found = provider_plugins()
+    if name in found.broken:
+        raise ConfigError(f"the {name} plugin cannot be used: {found.broken[name]}")
+    plugin = found.usable.get(name)
+    if plugin is None:
+        raise ConfigError(f"unknown provider {name}; known: {', '.join(found.names)}")
+    return _configured(plugin, None, env)
+
+
 def configured_chain(env: Mapping[str, str]) -> tuple[str, ...]:
     """The providers this deployment's ``env`` configures (``MAILMAN_PROVIDERS`` less
     those without a key); ``ConfigError`` as at start."""

@@ -15,7 +15,8 @@ from enum import StrEnum
 
 class Status(StrEnum):
     """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``; then, as the
-    provider reports it, ``sent`` -> ``delivered`` | ``bounced``."""
+    provider reports it, ``sent`` -> ``delivered`` | ``bounced``. A mail whose every
+    visible recipient is suppressed ends ``suppressed`` (``core.suppression``)."""
 
     QUEUED = "queued"
     #: Waits for its ``send_at`` time; then ``queued``.
@@ -30,6 +31,9 @@ class Status(StrEnum):
     DELIVERED = "delivered"
     #: The provider gave up on the mail: a hard bounce, or it dropped the mail.
     BOUNCED = "bounced"
+    #: Every visible recipient (to, cc) is on its tenant's suppression list: no provider
+    #: was called (``Mail.suppressed`` names them).
+    SUPPRESSED = "suppressed"
 
     @property
     def terminal(self) -> bool:
@@ -54,7 +58,30 @@ ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.UNKNOWN: frozenset({Status.SENDING}),
     Status.DELIVERED: frozenset({Status.SENDING, Status.SENT, Status.UNKNOWN}),
     Status.BOUNCED: frozenset({Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNKNOWN}),
+    # Found before a provider call (at acceptance a mail is stored ``suppressed`` at once).
+    Status.SUPPRESSED: frozenset({Status.QUEUED, Status.SENDING}),
 }
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is on a tenant's suppression list."""
+
+    #: A provider reported a hard (permanent) bounce.
+    BOUNCE = "bounce"
+    #: The recipient marked a mail as spam (a provider's complaint event).
+    COMPLAINT = "complaint"
+    #: The recipient unsubscribed (a provider's event, or one-click unsubscribe).
+    UNSUBSCRIBE = "unsubscribe"
+    #: Added by hand (the API, the CLI, an import without a reason).
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A recipient dropped from a mail because its address is suppressed."""
+
+    email: str
+    reason: SuppressionReason
 
 
 class Outcome(StrEnum):
@@ -176,11 +203,21 @@ class Mail:
     metadata: tuple[tuple[str, str], ...] = ()
     #: Files sent with the mail, in the order given.
     attachments: tuple[Attachment, ...] = ()
+    #: Recipients dropped because their address is suppressed (``core.suppression``),
+    #: in the order found; they are in none of ``to``, ``cc``, ``bcc``.
+    suppressed: tuple[Suppressed, ...] = ()
+
+    @property
+    def visible(self) -> bool:
+        """Whether it has a visible recipient left (to or cc): one it can be sent to."""
+        return bool(self.to or self.cc)
 
     @property
     def first_status(self) -> Status:
-        """Its status once committed: ``scheduled`` if it waits for its ``send_at``,
-        else ``queued``."""
+        """Its status once committed: ``suppressed`` if no visible recipient is left,
+        ``scheduled`` if it waits for its ``send_at``, else ``queued``."""
+        if not self.visible:
+            return Status.SUPPRESSED
         return Status.QUEUED if self.send_at is None else Status.SCHEDULED
 
     @property
@@ -264,3 +301,15 @@ class DeliveryEvent:
         if self.kind is EventKind.BOUNCED:
             return Status.BOUNCED if self.bounce != "soft" else None
         return self.kind.moves_to
+
+    @property
+    def suppresses(self) -> SuppressionReason | None:
+        """Why this event puts its recipient on the tenant's suppression list: a hard
+        bounce, a complaint, an unsubscribe (a soft bounce never); None: it does not."""
+        if self.kind is EventKind.BOUNCED:
+            return SuppressionReason.BOUNCE if self.bounce == "hard" else None
+        if self.kind is EventKind.COMPLAINED:
+            return SuppressionReason.COMPLAINT
+        if self.kind is EventKind.UNSUBSCRIBED:
+            return SuppressionReason.UNSUBSCRIBE
+        return None

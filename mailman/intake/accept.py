@@ -2,9 +2,10 @@
 
 ``POST /mail/send``, the SendGrid- and Mailgun-compatible endpoints and the
 SMTP actor each hand what their client sent to ``Intake``: back pressure,
-the caller's rate, validation, the callback URL's host, idempotency, the
-commit, the hand-on. What is refused is raised as a ``Refused``
-(``intake.refusals``) or the core's ``ValidationFailed``; each entry point
+the caller's rate, validation, the callback URL's host, the tenant's
+suppressions (``suppress``), idempotency, the commit, the hand-on. What is
+refused is raised as a ``Refused`` (``intake.refusals``) or the core's
+``ValidationFailed``; each entry point
 words it the way its clients expect (problem+json, SendGrid's or Mailgun's
 error body, an SMTP reply). Nothing is answered as accepted before it is
 committed.
@@ -29,8 +30,9 @@ from mailman.config.logging import get_logger
 from mailman.core.callbacks import binds_loopback
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch
-from mailman.core.model import Mail
+from mailman.core.model import Mail, Status
 from mailman.core.submission import parse_mail
+from mailman.core.suppression import drop, recipients
 from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
 from mailman.intake.resolve import resolution_problem
 from mailman.store import (
@@ -218,6 +220,7 @@ class Intake:
         chain = await self.chains.of(mail.tenant)
         if chain is not None:
             mail = replace(mail, providers=chain)
+        mail = await self.suppress(mail)
         idempotency = None
         if idempotency_key is not None:
             idempotency = Idempotency(
@@ -238,10 +241,31 @@ class Intake:
             await self.hand_on(mail)
         return accepted
 
+    async def suppress(self, mail: Mail) -> Mail:
+        """``mail`` without the recipients its tenant suppresses, each named in
+        ``Mail.suppressed``; with no visible recipient left it is stored ``suppressed``.
+        (Checked again right before each provider call: ``Store.begin_attempt``.)"""
+        store = self.store
+        found = await guarded(
+            store,
+            self.config.store_timeout,
+            store.suppressed_among(mail.tenant, recipients(mail)),
+        )
+        if not found:
+            return mail
+        kept = drop(mail, found)
+        log.debug(
+            "mail.recipients_suppressed",
+            mail_id=mail.id,
+            dropped=len(kept.suppressed) - len(mail.suppressed),
+            visible=kept.visible,
+        )
+        return kept
+
     async def hand_on(self, mail: Mail) -> None:
         """Wake the senders for a committed mail (scheduled mails wait for their time, and
-        are no part of the backlog till then)."""
-        if mail.send_at is not None:
+        are no part of the backlog till then; suppressed ones are never sent)."""
+        if mail.first_status is not Status.QUEUED:
             return
         self.backlog.accepted()
         try:

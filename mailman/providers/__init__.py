@@ -14,6 +14,9 @@ policy follows from the type alone:
   or URL). Logged as an error, fail over; counted by the circuit breaker.
 - ``Rejected``: 400/413/422 and other 4xx. This provider will never take this
   mail: fail over, not counted by the breaker (the provider is well).
+
+A client may also read the provider's own suppression list (``suppression_list``), for
+``mailman suppressions import``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import re
 import time
 from dataclasses import dataclass
 from email.charset import Charset
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
+import orjson
+import yarl
 
-from mailman.core.model import Address, Check, Mail, Outcome
+from mailman.core.model import Address, Check, Mail, Outcome, SuppressionReason
 
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500
@@ -125,6 +130,23 @@ class Rejected(Result):
     outcome: ClassVar[Outcome] = Outcome.REJECTED
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An address on a provider's own suppression list, and why it is there."""
+
+    address: str
+    reason: SuppressionReason
+
+
+class ListUnavailable(Exception):
+    """The provider's suppression list could not be read; the message says why (never a
+    key)."""
+
+
+#: Pages of a provider's suppression list read at most (a list that never ends is a bug).
+MAX_LIST_PAGES = 10_000
+
+
 class ProviderClient(abc.ABC):
     """Sends one mail through one provider. ``send`` never raises for provider trouble."""
 
@@ -145,6 +167,11 @@ class ProviderClient(abc.ABC):
         unix time ``since``: asked before a mail whose attempt is ``unknown`` is sent
         again. Never raises; a provider with no way to ask says ``Check.CANNOT``."""
         return Found(Check.CANNOT, reason=f"{self.name} offers no lookup by Message-ID")
+
+    async def suppression_list(self) -> list[Listed]:
+        """Every address on the provider's own suppression list (its bounces, complaints,
+        unsubscribes), read page by page; ``ListUnavailable`` if it cannot be read."""
+        raise ListUnavailable(f"{self.name} offers no suppression list to import")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections (one HTTP session per provider, reused)."""
@@ -177,6 +204,33 @@ class HttpClient(ProviderClient):
             await self.start()
         assert self._session is not None
         return self._session
+
+    async def get_json(
+        self, url: str, headers: dict[str, str], secret: str, params: dict[str, str] | None = None
+    ) -> Any:
+        """The JSON a GET of ``url`` answers; ``ListUnavailable`` saying why not (the
+        status and the provider's words, ``secret`` masked)."""
+        session = await self.session()
+        try:
+            async with session.get(
+                yarl.URL(url, encoded=True),  # as given: a provider's next page, a signed query
+                headers=headers,
+                params=params,
+                allow_redirects=False,
+                timeout=self._timeouts,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    said = shorten(raw.decode("utf-8", "replace"))
+                    raise ListUnavailable(
+                        redact(f"{self.name}: HTTP {resp.status}: {said}", secret)
+                    )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ListUnavailable(redact(f"{self.name}: {describe(exc)}", secret)) from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ListUnavailable(f"{self.name}: the answer is not JSON") from None
 
 
 #: Request bodies larger than this go to aiohttp as a stream (``io.BytesIO``), which

@@ -23,12 +23,15 @@ import aiohttp
 import orjson
 
 from mailman.config import SETTINGS, ConfigError, ProviderPlugin, Secret, parse, setting
-from mailman.core.model import Check, Disposition, Mail
+from mailman.core.model import Check, Disposition, Mail, SuppressionReason
 
 from . import (
+    MAX_LIST_PAGES,
     Accepted,
     Found,
     HttpClient,
+    Listed,
+    ListUnavailable,
     Misconfigured,
     Result,
     classify,
@@ -138,6 +141,45 @@ class MailgunClient(HttpClient):
         except (aiohttp.ClientError, OSError) as exc:
             return _cannot(redact(f"events search: connection error: {describe(exc)}", key))
         return _found(raw, mail.message_id)
+
+    async def suppression_list(self) -> list[Listed]:
+        """The domain's bounces, complaints and unsubscribes (``GET /v3/{domain}/bounces``
+        and so on: ``{"items": [{"address", ...}], "paging": {"next", ...}}``), following
+        ``paging.next`` until a page has no items."""
+        key = self._config.api_key.reveal()
+        headers = {"Authorization": basic_auth("api", key)}
+        base = f"{self._config.base_url.rstrip('/')}/v3/{self._config.domain}"
+        found: list[Listed] = []
+        for name, reason in SUPPRESSION_LISTS:
+            url: str = f"{base}/{name}"
+            params: dict[str, str] | None = {"limit": str(LIST_PAGE)}
+            for _ in range(MAX_LIST_PAGES):
+                page = await self.get_json(url, headers, key, params)
+                items = page.get("items") if isinstance(page, dict) else None
+                if not isinstance(items, list):
+                    raise ListUnavailable(f"{NAME}: /{name} did not answer items")
+                if not items:
+                    break
+                found += [
+                    Listed(str(i["address"]), reason)
+                    for i in items
+                    if isinstance(i, dict) and isinstance(i.get("address"), str)
+                ]
+                following = (page.get("paging") or {}).get("next")
+                if not isinstance(following, str) or not following.startswith(f"{base}/{name}"):
+                    break  # no next page, or one elsewhere than this list: not followed
+                url, params = following, None
+        return found
+
+
+#: Mailgun's suppression lists and what each means here.
+SUPPRESSION_LISTS = (
+    ("bounces", SuppressionReason.BOUNCE),
+    ("complaints", SuppressionReason.COMPLAINT),
+    ("unsubscribes", SuppressionReason.UNSUBSCRIBE),
+)
+#: Entries per page of a Mailgun suppression list (its most).
+LIST_PAGE = 1000
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -21,12 +21,14 @@ import aiohttp
 import orjson
 
 from mailman.config import ProviderPlugin, Secret, parse, required, setting
-from mailman.core.model import Attachment, Check, Disposition, Mail
+from mailman.core.model import Attachment, Check, Disposition, Mail, SuppressionReason
 
 from . import (
     Accepted,
     Found,
     HttpClient,
+    Listed,
+    ListUnavailable,
     Misconfigured,
     Result,
     classify,
@@ -77,6 +79,14 @@ class PostmarkConfig:
     )
 
 
+#: Postmark's suppression reasons that say what happened (``ManualSuppression`` depends on
+#: who made it).
+_SUPPRESSION_REASONS = {
+    "HardBounce": SuppressionReason.BOUNCE,
+    "SpamComplaint": SuppressionReason.COMPLAINT,
+}
+
+
 class PostmarkClient(HttpClient):
     """Sends mail through Postmark over one reused HTTP session."""
 
@@ -114,6 +124,33 @@ class PostmarkClient(HttpClient):
             return Misconfigured(f"invalid Postmark URL {self._url!r}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return no_answer(exc, self._timeouts, token)
+
+    async def suppression_list(self) -> list[Listed]:
+        """The configured stream's suppressions (``GET /message-streams/{stream}/
+        suppressions/dump``: ``{"Suppressions": [{"EmailAddress", "SuppressionReason",
+        "Origin", "CreatedAt"}]}``, the whole list at once): ``HardBounce`` is a bounce,
+        ``SpamComplaint`` a complaint, ``ManualSuppression`` an unsubscribe when the
+        recipient made it (``Origin`` ``Recipient``), else manual."""
+        token = self._config.server_token.reveal()
+        stream = self._config.message_stream
+        url = f"{self._config.base_url.rstrip('/')}/message-streams/{stream}/suppressions/dump"
+        answer = await self.get_json(url, self._headers(token), token)
+        items = answer.get("Suppressions") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise ListUnavailable(f"{NAME}: the dump did not answer Suppressions")
+        found: list[Listed] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("EmailAddress"), str):
+                continue
+            reason = _SUPPRESSION_REASONS.get(str(item.get("SuppressionReason")))
+            if reason is None:
+                reason = (
+                    SuppressionReason.UNSUBSCRIBE
+                    if item.get("Origin") == "Recipient"
+                    else SuppressionReason.MANUAL
+                )
+            found.append(Listed(item["EmailAddress"], reason))
+        return found
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         """Whether Postmark took ``mail``: an outbound message in the configured stream

@@ -18,12 +18,15 @@ import aiohttp
 import orjson
 
 from mailman.config import ProviderPlugin, Secret, parse, required, setting
-from mailman.core.model import Address, Attachment, Check, Mail
+from mailman.core.model import Address, Attachment, Check, Mail, SuppressionReason
 
 from . import (
+    MAX_LIST_PAGES,
     Accepted,
     Found,
     HttpClient,
+    Listed,
+    ListUnavailable,
     Misconfigured,
     Result,
     classify,
@@ -88,6 +91,38 @@ class SendGridClient(HttpClient):
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)
+
+    async def suppression_list(self) -> list[Listed]:
+        """Bounces, spam reports and global unsubscribes (``GET /v3/suppression/...``:
+        JSON arrays of ``{"email", "created", ...}``, paged by ``limit``/``offset``)."""
+        key = self._config.api_key.reveal()
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+        base = self._config.base_url.rstrip("/")
+        found: list[Listed] = []
+        for path, reason in SUPPRESSION_LISTS:
+            for page in range(MAX_LIST_PAGES):
+                params = {"limit": str(LIST_PAGE), "offset": str(page * LIST_PAGE)}
+                items = await self.get_json(f"{base}{path}", headers, key, params)
+                if not isinstance(items, list):
+                    raise ListUnavailable(f"{NAME}: {path} did not answer a list")
+                found += [
+                    Listed(str(i["email"]), reason)
+                    for i in items
+                    if isinstance(i, dict) and isinstance(i.get("email"), str)
+                ]
+                if len(items) < LIST_PAGE:
+                    break
+        return found
+
+
+#: SendGrid's suppression lists and what each means here.
+SUPPRESSION_LISTS = (
+    ("/v3/suppression/bounces", SuppressionReason.BOUNCE),
+    ("/v3/suppression/spam_reports", SuppressionReason.COMPLAINT),
+    ("/v3/suppression/unsubscribes", SuppressionReason.UNSUBSCRIBE),
+)
+#: Entries per page of a SendGrid suppression list (its most).
+LIST_PAGE = 500
 
 
 #: Why a SendGrid send whose answer was lost cannot be checked.

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,15 @@ import orjson
 
 from mailman.config import SETTINGS, ConfigError, ProviderPlugin, parse, setting
 from mailman.config.logging import get_logger
-from mailman.core.model import Check, Mail
+from mailman.core.model import Check, Mail, SuppressionReason
 
 from . import (
+    MAX_LIST_PAGES,
     Accepted,
     Found,
     HttpClient,
+    Listed,
+    ListUnavailable,
     Misconfigured,
     Rejected,
     Result,
@@ -59,6 +63,15 @@ log = get_logger("mailman.providers.ses")
 SERVICE = "ses"
 #: The send endpoint's path.
 SEND_PATH = "/v2/email/outbound-emails"
+#: The account suppression list's path (``ListSuppressedDestinations``).
+SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+#: Entries per page of it (its most).
+LIST_PAGE = 1000
+#: SES's suppression reasons.
+_SUPPRESSION_REASONS = {
+    "BOUNCE": SuppressionReason.BOUNCE,
+    "COMPLAINT": SuppressionReason.COMPLAINT,
+}
 #: The email tag that carries the mail id (SES events list it in ``mail.tags``).
 MAIL_ID_TAG = "mail_id"
 #: What SES takes as an email tag's name or value.
@@ -167,6 +180,45 @@ class SesClient(HttpClient):
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)
+
+    async def suppression_list(self) -> list[Listed]:
+        """The account's suppression list (``GET /v2/email/suppression/addresses``, SigV4:
+        ``{"SuppressedDestinationSummaries": [{"EmailAddress", "Reason"}], "NextToken"}``,
+        ``Reason`` ``BOUNCE`` or ``COMPLAINT``), following ``NextToken``."""
+        credentials = await self._signing_credentials()
+        if isinstance(credentials, Misconfigured | Transient):
+            raise ListUnavailable(f"{NAME}: {credentials.reason}")
+        base = self._url.removesuffix(SEND_PATH)
+        found: list[Listed] = []
+        token: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            query = {"PageSize": str(LIST_PAGE)}
+            if token is not None:
+                query["NextToken"] = token
+            url = f"{base}{SUPPRESSION_PATH}?{urllib.parse.urlencode(sorted(query.items()))}"
+            headers = self._signed_get(url, credentials)
+            page = await self.get_json(url, headers, credentials.secret_key or "")
+            items = page.get("SuppressedDestinationSummaries") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise ListUnavailable(f"{NAME}: the list did not answer its summaries")
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("EmailAddress"), str):
+                    reason = _SUPPRESSION_REASONS.get(str(item.get("Reason")))
+                    found.append(Listed(item["EmailAddress"], reason or SuppressionReason.MANUAL))
+            following = page.get("NextToken")
+            if not isinstance(following, str) or not following:
+                break
+            token = following
+        return found
+
+    def _signed_get(self, url: str, credentials: ReadOnlyCredentials) -> dict[str, str]:
+        """The headers of a GET of ``url``, SigV4-signed."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method="GET", url=url, data=b"")
+        SigV4Auth(credentials, SERVICE, self._config.region).add_auth(request)
+        return {name: str(value) for name, value in request.headers.items()}
 
     def _signed(self, mail: Mail, credentials: ReadOnlyCredentials) -> tuple[bytes, dict[str, str]]:
         """The request body for ``mail`` and its headers, SigV4-signed over those bytes."""

@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from mailman.config import Config
-from mailman.core.model import Outcome, Status
+from mailman.core.model import Outcome, Status, SuppressionReason
 from mailman.intake.guard import guarded
 from mailman.mailboxes.routing import RETRY_MAILBOX, send_mailbox
 from mailman.store import Store
@@ -222,7 +222,8 @@ def store_families(
     mails = GaugeMetricFamily(
         "mailman_mails",
         "Mails by status: on their way now (queued, scheduled, sending), or that ended there "
-        "(sent, delivered, bounced, failed: still counted once retention removed them)",
+        "(sent, delivered, bounced, failed, suppressed: still counted once retention removed "
+        "them)",
         labels=["status"],
     )
     for status in _ordered([s.value for s in Status], snapshot.mails):
@@ -261,6 +262,14 @@ def store_families(
     )
     for (source, target), count in sorted(snapshot.failovers.items()):
         failovers.add_metric([source, target], count)
+    dropped = CounterMetricFamily(
+        "mailman_suppressed_recipients",
+        "Recipients dropped from mails because their address is on the tenant's suppression "
+        "list, at acceptance or right before a provider call, by the suppression's reason",
+        labels=["reason"],
+    )
+    for reason in _ordered([r.value for r in SuppressionReason], snapshot.dropped):
+        dropped.add_metric([reason], snapshot.dropped.get(reason, 0))
     for provider in providers_seen:
         suppressed.add_metric([provider], snapshot.suppressed.get(provider, 0))
         for outcome in outcomes:
@@ -291,7 +300,8 @@ def store_families(
     dead.add_metric([], snapshot.dead_letters)
     return [
         *families,
-        *(mails, attempts, pending, retries, suppressed, failovers, breakers, outbox, dead),
+        *(mails, attempts, pending, retries, suppressed, failovers, dropped, breakers),
+        *(outbox, dead),
     ]
 
 

@@ -2,7 +2,8 @@
 
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
-``figures``, kept as mails move by ``summary``, ``retention``): its interface,
+``figures``, kept as mails move by ``summary``, ``retention``, ``tenants``,
+``suppressions``): its interface,
 records, SQL and operations, written once for both databases (``dialect``,
 ``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
@@ -37,6 +38,8 @@ from .base import (
     Store,
     StoreSetupNeeded,
     StoreUnavailable,
+    Suppression,
+    SuppressionQuery,
     Transition,
     giving_up_by,
 )
@@ -91,6 +94,8 @@ __all__ = [
     "Store",
     "StoreSetupNeeded",
     "StoreUnavailable",
+    "Suppression",
+    "SuppressionQuery",
     "Transition",
     "api_key_from_row",
     "bucket_step",

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mailman.core.messages import StatusUpdate, decode
+from mailman.core.messages import StatusUpdate, decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Status
+from mailman.core.suppression import drop, recipients
 
-from . import callbacks, moves, summary
+from . import callbacks, moves, summary, suppressions
 from .dialect import Dialect, chunks
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, write, write_batch
@@ -29,7 +30,9 @@ class Begun:
     ``final`` (the mail is ``sent`` or ``failed``), ``busy`` (another attempt
     is in flight and not stale), ``unchecked`` (``unknown`` attempts wait to
     be checked with their providers first: ``unknown`` holds them) or
-    ``scheduled`` (its ``send_at`` has not come: the sweeper releases it).
+    ``scheduled`` (its ``send_at`` has not come: the sweeper releases it) or
+    ``suppressed`` (every visible recipient is suppressed: the mail is now ``suppressed``).
+    ``mail`` is without the recipients suppressed (``Mail.suppressed`` names them).
     """
 
     mail: Mail
@@ -52,7 +55,9 @@ class Attempts(abc.ABC):
         ``stale_before`` become ``unknown`` (their call outlived its process or
         its time). No attempt is recorded if the mail is final, another attempt
         is still pending, or ``unknown`` attempts are not checked yet (see
-        ``Begun``). Otherwise the mail is ``sending``, due now. None if unknown.
+        ``Begun``). Recipients the tenant suppresses are dropped from the mail first; one
+        left with no visible recipient ends ``suppressed``, no attempt recorded.
+        Otherwise the mail is ``sending``, due now. None if unknown.
         """
 
     @abc.abstractmethod
@@ -340,6 +345,21 @@ def begin(
         if refused is not None:
             yield from summary.bump(d, deltas)
             return refused
+    # Right before the call: recipients suppressed since the mail was accepted are dropped
+    # (the mail rewritten); with no visible recipient left, it ends ``suppressed``.
+    found = yield from suppressions.found_among(d, mail.tenant, recipients(mail))
+    if found:
+        trimmed = drop(mail, found)
+        deltas.update(summary.dropped(trimmed.suppressed[len(mail.suppressed) :]))
+        yield Statement(suppressions.payload(d), (encode(trimmed).decode(), mail_id))
+        mail = trimmed
+        if not mail.visible:
+            reason = suppressions.SUPPRESSED_REASON
+            yield Statement(suppressions.to_suppressed(d), (at, at, reason, mail_id))
+            deltas.update(summary.moved(status, Status.SUPPRESSED, 1))
+            yield from callbacks.queue(d, [mail_id])
+            yield from summary.bump(d, deltas)
+            return Begun(mail, Status.SUPPRESSED, why="suppressed")
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
     deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1

@@ -1,11 +1,12 @@
 """The store as the rest of Mailman sees it: every concern's interface in one ``Store``.
 
 Each concern (``mails``, ``outbox``, ``attempts``, ``events``, ``dead_letters``,
-``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``, ``retention``) declares its
-interface, records, SQL and operations in its own module. ``Store`` is all of
-them plus a lifecycle; ``SqlStore`` all of them on a driver (``Engine``), so a
-driver (``sqlite``, ``mysql``) only says how it connects and how it runs an
-operation. Everything a caller was answered ``201`` for is committed here first.
+``keys``, ``idempotency``, ``callbacks``, ``breakers``, ``figures``, ``retention``,
+``tenants``, ``suppressions``) declares its interface, records, SQL and operations
+in its own module. ``Store`` is all of them plus a lifecycle; ``SqlStore`` all of
+them on a driver (``Engine``), so a driver (``sqlite``, ``mysql``) only says how it
+connects and how it runs an operation. Everything a caller was answered ``201`` for
+is committed here first.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .mails import (
 )
 from .outbox import Outbox, OutboxEntry, SqlOutbox
 from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
+from .suppressions import SqlSuppressions, Suppression, SuppressionQuery, Suppressions
 from .tenants import SqlTenants, Tenants
 
 
@@ -112,6 +114,7 @@ class Store(
     Figures,
     Retention,
     Tenants,
+    Suppressions,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -161,6 +164,7 @@ class SqlStore(
     SqlFigures,
     SqlRetention,
     SqlTenants,
+    SqlSuppressions,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and
@@ -196,6 +200,8 @@ __all__ = [
     "Store",
     "StoreSetupNeeded",
     "StoreUnavailable",
+    "Suppression",
+    "SuppressionQuery",
     "Transition",
     "giving_up_by",
     "timed_out",

@@ -1,5 +1,6 @@
 """Delivery events: what providers report after taking a mail (their webhooks), kept in
-the mail's history; a delivery or a bounce moves the mail on."""
+the mail's history; a delivery or a bounce moves the mail on, and a hard bounce, a
+complaint or an unsubscribe suppresses its recipient (``store.suppressions``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from enum import StrEnum
 from typing import Any
 
 from mailman.core.model import Check, DeliveryEvent, EventKind, Outcome, Status
+from mailman.core.suppression import MAX_ADDRESS, normalise
 
-from . import callbacks, moves, summary
-from .dialect import Dialect
+from . import callbacks, moves, summary, suppressions
+from .dialect import Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
 
@@ -79,6 +81,40 @@ def _forget_if_purged(d: Dialect, count: int) -> str:
         "AND recipient IS NOT NULL AND EXISTS (SELECT 1 FROM mails "
         "WHERE mails.id = events.mail_id AND mails.purged_at IS NOT NULL)"
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _tenants(d: Dialect, count: int) -> str:
+    return f"SELECT id, tenant FROM mails WHERE id IN ({d.marks(count)})"
+
+
+def suppress(d: Dialect, events: Sequence[DeliveryEvent]) -> Steps[None]:
+    """Each event that suppresses its recipient (``DeliveryEvent.suppresses``: a hard
+    bounce, a complaint, an unsubscribe) puts the address on its mail's tenant's list,
+    for every mail, unless it is there already; the provider is its source."""
+    named = [
+        e
+        for e in events
+        if e.suppresses is not None
+        and e.recipient
+        and 0 < len(normalise(e.recipient)) <= MAX_ADDRESS
+    ]
+    if not named:
+        return
+    tenants: dict[str, str] = {}
+    for chunk in chunks(sorted({e.mail_id for e in named})):
+        cur = yield Statement(_tenants(d, len(chunk)), chunk)
+        tenants.update((str(mail_id), str(tenant)) for mail_id, tenant in cur.fetchall())
+    for e in named:
+        assert e.suppresses is not None and e.recipient is not None
+        found = suppressions.Suppression(
+            tenant=tenants[e.mail_id],
+            address=normalise(e.recipient),
+            reason=e.suppresses,
+            source=e.provider,
+            created_at=e.at,
+        )
+        yield Statement(suppressions.insert(d), suppressions.suppression_values(found))
 
 
 def event_values(event: DeliveryEvent) -> tuple[object, ...]:
@@ -149,6 +185,9 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
             yield Statement(moves.move(d, status), event_move_values(event, status))
         if event.kind is EventKind.PROCESSED:
             yield Statement(_taken(d), (event.message_id, event.mail_id, event.provider))
+    yield from suppress(
+        d, [e for e, r in zip(events, results, strict=True) if r is EventResult.RECORDED]
+    )
     addressed = sorted({e.mail_id for e in events if e.mail_id in known and e.recipient})
     if addressed:
         yield Statement(_forget_if_purged(d, len(addressed)), addressed)

@@ -39,6 +39,9 @@ class MetricsSnapshot:
     #: Mails handed on at once from one provider to the next, by (from, to). Kept as they
     #: happen, not in the rows: a recount cannot find them (left out of comparisons).
     failovers: dict[tuple[str, str], int] = field(default_factory=dict, compare=False)
+    #: Recipients dropped from mails because their address is suppressed, by reason. Kept
+    #: as they happen, not in the rows (left out of comparisons, as ``failovers``).
+    dropped: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,7 @@ def metrics_from_summary(
     retries: dict[str, int] = {}
     suppressed: dict[str, int] = {}
     failovers: dict[tuple[str, str], int] = {}
+    dropped: dict[str, int] = {}
     for (figure, label, sublabel), amount in sorted(figures.items()):
         if not amount:
             continue
@@ -220,6 +224,8 @@ def metrics_from_summary(
             suppressed[label] = amount
         elif figure == summary.FAILOVERS:
             failovers[(label, sublabel)] = amount
+        elif figure == summary.DROPPED:
+            dropped[label] = amount
     return MetricsSnapshot(
         mails=mails,
         attempts=attempts,
@@ -229,6 +235,7 @@ def metrics_from_summary(
         breakers=tuple(breaker_from_row(r) for r in breakers),
         suppressed=suppressed,
         failovers=failovers,
+        dropped=dropped,
     )
 
 

@@ -12,11 +12,12 @@ from typing import Any
 from mailman.core.messages import decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
-from . import attempts, callbacks, events, idempotency, moves, outbox, summary
+from . import attempts, callbacks, events, idempotency, moves, outbox, summary, suppressions
 from .dialect import Dialect, chunks
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, read, read_batch, snapshot, write, write_batch
+from .suppressions import SUPPRESSED_REASON
 
 
 class MailTooLarge(ValueError):
@@ -254,6 +255,10 @@ def _release(d: Dialect, count: int) -> str:
     )
 
 
+def _accepted_as(status: Status) -> Status:
+    return Status.QUEUED if status is Status.SUPPRESSED else status
+
+
 def mail_values(mail: Mail) -> tuple[object, ...]:
     """A new mail's row of ``MAIL_COLUMNS``: ``queued``, or ``scheduled`` till its
     ``send_at`` (kept as ``due_at``)."""
@@ -266,8 +271,9 @@ def mail_values(mail: Mail) -> tuple[object, ...]:
         mail.created_at,
         mail.tenant,
         mail.callback_url,
-        # The status its last callback was queued for: none for being accepted.
-        None if mail.callback_url is None else status,
+        # The status its last callback was queued for: none for being accepted (a mail
+        # suppressed at once is accepted ``queued``: its callback says ``suppressed``).
+        None if mail.callback_url is None else _accepted_as(mail.first_status).value,
         mail.send_at,
         mail.providers,
     )
@@ -360,12 +366,19 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
         outcomes.append(mail.id)
         fresh.setdefault(mail.id, mail)  # a repeated add inserts neither the mail nor an entry
     stored = yield from _insert_new(d, list(fresh.values()))
-    entering = [m for m in stored if m.send_at is None]  # scheduled ones wait for their time
+    # Scheduled ones wait for their time; suppressed ones are never sent.
+    entering = [m for m in stored if m.first_status is Status.QUEUED]
     for chunk in chunks(entering):
         yield Statement(
             outbox.entries(d, len(chunk)), [v for m in chunk for v in (m.id, m.created_at)]
         )
-    yield from summary.bump(d, summary.mail_added(m.first_status for m in stored))
+    suppressed = [m.id for m in stored if m.first_status is Status.SUPPRESSED]
+    for chunk in chunks(suppressed):
+        yield Statement(suppressions.give_reason(d, len(chunk)), (SUPPRESSED_REASON, *chunk))
+    yield from callbacks.queue(d, suppressed)
+    deltas = summary.mail_added(m.first_status for m in stored)
+    deltas.update(summary.dropped(s for m in stored for s in m.suppressed))
+    yield from summary.bump(d, deltas)
     return outcomes
 
 

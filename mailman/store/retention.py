@@ -1,6 +1,6 @@
 """Retention and erasure: what the store forgets, and when.
 
-A **final** mail (``sent``, ``failed``, ``delivered``, ``bounced``) finished before
+A **final** mail (``sent``, ``failed``, ``delivered``, ``bounced``, ``suppressed``) finished before
 the body cutoff is *purged*: its payload (addresses, subject, text, HTML, files,
 headers, tags, metadata, request id) becomes a stub that keeps only its id, tenant and
 creation time, ``purged_at`` says when, and its events forget their recipient. Its
@@ -223,9 +223,11 @@ def like_pattern(address: str) -> str:
 
 
 def has_address(mail: Mail, address: str) -> bool:
-    """Whether ``address`` (in any case) is the mail's from, to, cc, bcc or reply-to."""
+    """Whether ``address`` (in any case) is the mail's from, to, cc, bcc or reply-to, or a
+    recipient dropped as suppressed."""
     wanted = address.casefold()
     everyone = [mail.sender, *mail.to, *mail.cc, *mail.bcc]
+    everyone.extend(Address(s.email) for s in mail.suppressed)
     if mail.reply_to is not None:
         everyone.append(mail.reply_to)
     return any(a.email.casefold() == wanted for a in everyone)

@@ -15,6 +15,9 @@ One row per figure, label, sublabel and shard:
   in flight) moves to its outcome; the other outcomes are totals, never taken off.
 - ``retries``/provider: attempts in a retry round (round > 0); a total.
 - ``suppressed``/provider: ``unknown`` attempts the provider had taken when asked; a total.
+- ``dropped``/reason: recipients dropped from mails because their address is suppressed
+  (``store.suppressions``), at acceptance or before a provider call; a total. Not in the
+  rows either.
 - ``failovers``/provider/next provider: mails handed on at once from one provider to the
   next (``StatusUpdate.failover_to``), counted when the update finishes the attempt; a
   total. Not in the rows (``figures.recount`` cannot count it).
@@ -43,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailman.core.model import Check, Status
+from mailman.core.model import Check, Status, Suppressed
 
 from . import moves
 from .dialect import Dialect, chunks
@@ -58,6 +61,7 @@ ATTEMPTS = "attempts"
 RETRIES = "retries"
 SUPPRESSED = "suppressed"
 FAILOVERS = "failovers"
+DROPPED = "dropped"
 
 #: A figure's key: (figure, label, sublabel); '' where it has none.
 Key = tuple[str, str, str]
@@ -188,6 +192,11 @@ def settle(
 def mail_added(statuses: Iterable[Status]) -> Counter[Key]:
     """Deltas of new mails in these (first) statuses."""
     return Counter((MAILS, s.value, "") for s in statuses)
+
+
+def dropped(recipients: Iterable[Suppressed]) -> Counter[Key]:
+    """Deltas of these recipients dropped as suppressed, by reason."""
+    return Counter((DROPPED, s.reason.value, "") for s in recipients)
 
 
 def moved(source: Status, target: Status, count: int) -> Counter[Key]:

@@ -81,10 +81,10 @@ def test_help_works_at_every_level(capsys: pytest.CaptureFixture[str], level: tu
 
 
 def test_the_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """``mailman --help`` lists serve (the default), keys, tenants, dead-letters and erase,
-    and --version."""
+    """``mailman --help`` lists serve (the default), keys, tenants, suppressions,
+    dead-letters and erase, and --version."""
     _, out, _ = exits(capsys, "--help")
-    assert "{serve,keys,tenants,dead-letters,erase}" in out
+    assert "{serve,keys,tenants,suppressions,dead-letters,erase}" in out
     assert "serve run the service (the default command)" in out
     assert "--version" in out
 

@@ -88,6 +88,10 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         self.messages: list[dict[str, Any]] = []
         #: Requests that reached the search endpoint, in any mode.
         self.lookups = 0
+        #: Each stream's suppressions, as its dump lists them.
+        self.suppressions: dict[str, list[dict[str, Any]]] = {}
+        #: The path and query of every request to a suppressions dump, in order.
+        self.list_requests: list[str] = []
         #: The next this many sends are held unanswered till the fake stops, unread
         #: (Postmark never got the mail: it is not kept).
         self.unread_sends = 0
@@ -115,6 +119,22 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
     def add_routes(self, app: web.Application) -> None:
         super().add_routes(app)
         app.router.add_get(self.search_path, self._handle_search)
+        app.router.add_get("/message-streams/{stream}/suppressions/dump", self._handle_dump)
+
+    async def _handle_dump(self, request: web.Request) -> web.StreamResponse:
+        self.list_requests.append(request.path_qs)
+        return await self.answer(request, self.serve_dump)
+
+    async def serve_dump(self, request: web.Request) -> web.StreamResponse:
+        """A stream's suppressions at once: ``{"Suppressions": [{"EmailAddress",
+        "SuppressionReason", "Origin", "CreatedAt"}]}``; 422 for a stream it does not have."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        stream = request.match_info["stream"]
+        if stream not in self.streams:
+            return _error(422, 1226, "The message stream for the provided 'ID' was not found.")
+        return _json(200, {"Suppressions": self.suppressions.get(stream, [])})
 
     async def _handle_search(self, request: web.Request) -> web.StreamResponse:
         self.lookups += 1

@@ -196,6 +196,10 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         #: Seconds SES's clock is ahead of ours (a client whose clock is that far behind).
         self.clock_skew = 0.0
         self.sending_paused = False
+        #: The account's suppression list, as ``ListSuppressedDestinations`` pages it.
+        self.suppressed: list[dict[str, Any]] = []
+        #: The path and query of every request to the suppression list, in order.
+        self.list_requests: list[str] = []
         #: The parsed MIME of each accepted mail, and the headers of its request.
         self.messages: list[EmailMessage] = []
         self.request_headers: list[dict[str, str]] = []
@@ -204,6 +208,41 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         super().add_routes(app)
         app.router.add_get(self.cert_path, self._certificate)
         app.router.add_get("/confirm", self._confirm)
+        app.router.add_get("/v2/email/suppression/addresses", self._handle_list)
+
+    async def _handle_list(self, request: web.Request) -> web.StreamResponse:
+        self.list_requests.append(request.path_qs)
+        return await self.answer(request, self.serve_list)
+
+    async def serve_list(self, request: web.Request) -> web.StreamResponse:
+        """``ListSuppressedDestinations``, SigV4-signed: ``{"SuppressedDestinationSummaries":
+        [{"EmailAddress", "Reason", "LastUpdateTime"}], "NextToken"}``, ``PageSize`` (1 to
+        1000) at a time; ``NextToken`` is opaque (here: where the next page starts, with
+        characters a client must keep encoded)."""
+        refused = self.refused(request, await request.read())
+        if refused is not None:
+            return refused
+        try:
+            size = int(request.query.get("PageSize", "1000"))
+        except ValueError:
+            return self.bad_request("PageSize must be an integer")
+        if not 1 <= size <= 1000:
+            return self.bad_request("PageSize must be between 1 and 1000")
+        token = request.query.get("NextToken")
+        start = 0
+        if token is not None:
+            try:
+                raw = base64.b64decode(token.encode(), validate=True)
+                start = int(raw.partition(b"|")[0].decode())
+            except (binascii.Error, ValueError):
+                return self.bad_request("Invalid NextToken")
+        page = self.suppressed[start : start + size]
+        answer: dict[str, Any] = {"SuppressedDestinationSummaries": page}
+        if start + size < len(self.suppressed):
+            # Base64 with "/", "+" and "=": a token a client sends altered is refused.
+            raw = f"{start + size}|".encode() + b"\xff\xfe>?"
+            answer["NextToken"] = base64.b64encode(raw).decode()
+        return web.json_response(answer, dumps=_dumps)
 
     async def _certificate(self, request: web.Request) -> web.Response:
         self.cert_fetches += 1

@@ -338,9 +338,42 @@ class FakeSendGrid(FakeProvider[dict[str, Any]]):
         #: Picks the raw bytes of a request's ``X-Message-Id`` (not UTF-8, say); None:
         #: the usual token. ``message_ids`` then holds them ``\\xNN``-escaped.
         self.raw_message_id: Callable[[dict[str, Any]], bytes | None] | None = None
+        #: Each suppression list's entries (``bounces``, ``spam_reports``, ``unsubscribes``):
+        #: what ``GET /v3/suppression/{list}`` pages through.
+        self.suppressions: dict[str, list[dict[str, Any]]] = {}
+        #: The path and query of every request to a suppression list, in order.
+        self.list_requests: list[str] = []
 
     def mail_ids(self) -> list[str]:
         return [body.get("custom_args", {}).get("mail_id", "") for body in self.received]
+
+    #: SendGrid's suppression lists (``GET /v3/suppression/{list}``) and their most per page.
+    suppression_lists = ("bounces", "spam_reports", "unsubscribes")
+    suppression_page_max = 500
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        for name in self.suppression_lists:
+            app.router.add_get(f"/v3/suppression/{name}", self._handle_list)
+
+    async def _handle_list(self, request: web.Request) -> web.StreamResponse:
+        self.list_requests.append(request.path_qs)
+        return await self.answer(request, self.serve_list)
+
+    async def serve_list(self, request: web.Request) -> web.StreamResponse:
+        """A suppression list: a JSON array of ``{"created", "email", ...}``, ``limit``
+        (at most 500) entries from ``offset``."""
+        if request.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+            return self.unauthorized()
+        try:
+            limit = int(request.query.get("limit", "500"))
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            return self.bad_request("limit and offset must be integers")
+        if not 0 < limit <= self.suppression_page_max or offset < 0:
+            return self.bad_request(f"limit must be 1 to {self.suppression_page_max}")
+        kept = self.suppressions.get(request.path.rsplit("/", 1)[1], [])
+        return web.json_response(kept[offset : offset + limit], dumps=_dumps)
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
@@ -771,10 +804,52 @@ class FakeMailgun(FakeProvider[dict[str, list[str]]]):
         self.events: list[dict[str, Any]] = []
         #: Requests that reached the events endpoint, in any mode.
         self.lookups = 0
+        #: Each suppression list's entries (``bounces``, ``complaints``, ``unsubscribes``),
+        #: ``{"address", "created_at", ...}``, kept in address order as Mailgun keeps them.
+        self.suppressions: dict[str, list[dict[str, Any]]] = {}
+        #: The path and query of every request to a suppression list, in order.
+        self.list_requests: list[str] = []
+
+    #: Mailgun's suppression lists (``GET /v3/{domain}/{list}``).
+    suppression_lists = ("bounces", "complaints", "unsubscribes")
 
     def add_routes(self, app: web.Application) -> None:
         super().add_routes(app)
         app.router.add_get(self.events_path, self._handle_events)
+        for name in self.suppression_lists:
+            app.router.add_get(f"/v3/{{domain}}/{name}", self._handle_list)
+
+    async def _handle_list(self, request: web.Request) -> web.StreamResponse:
+        self.list_requests.append(request.path_qs)
+        return await self.answer(request, self.serve_list)
+
+    async def serve_list(self, request: web.Request) -> web.StreamResponse:
+        """A suppression list: ``{"items", "paging"}``, ``limit`` (at most 10000) items
+        after ``address`` with ``page=next``; ``paging.next`` names the page after (whose
+        items are empty past the end)."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            return self.bad_request("limit must be an integer")
+        if not 0 < limit <= 10_000:
+            return self.bad_request("limit must be between 1 and 10000")
+        name = request.path.rsplit("/", 1)[1]
+        entries = sorted(self.suppressions.get(name, []), key=lambda e: str(e["address"]))
+        after = query.get("address", "") if query.get("page") == "next" else ""
+        items = [e for e in entries if str(e["address"]) > after][:limit]
+        url = f"{self.base_url}/v3/{self.domain}/{name}"
+        last = items[-1]["address"] if items else after
+        paging = {
+            "first": f"{url}?limit={limit}",
+            "last": f"{url}?page=last&limit={limit}",
+            "next": f"{url}?page=next&address={last}&limit={limit}",
+            "previous": f"{url}?page=previous&address={after}&limit={limit}",
+        }
+        return web.json_response({"items": items, "paging": paging}, dumps=_dumps)
 
     async def _handle_events(self, request: web.Request) -> web.StreamResponse:
         self.lookups += 1

@@ -4,7 +4,8 @@ Loaded by the schemathesis run (``SCHEMATHESIS_HOOKS=tests.support.schemathesis_
 
 1. Strategies for the formats the document names beside JSON Schema's own, which
    Hypothesis cannot generate: ``mailbox``, ``address`` (``core.schemas``), a Mailgun
-   ``mailbox-list`` and ``rfc2822-date-time``, GET /mail's ``cursor``; and for
+   ``mailbox-list`` and ``rfc2822-date-time``, GET /mail's ``cursor`` and GET
+   /suppressions's ``suppression-cursor``; and for
    ``date-time``, whose ten thousand years Hypothesis spans where ``send_at`` may be at most
    72 hours ahead.
 2. The rules a schema cannot say, because they tie one value to another, to an earlier
@@ -44,6 +45,7 @@ from mailman.core.validation import (
 from mailman.routes.errors import IDEMPOTENCY_KEY
 from mailman.routes.mail import CURSOR_FORMAT
 from mailman.routes.models.mailgun import MAILBOX_LIST_FORMAT, RFC2822_FORMAT
+from mailman.routes.suppressions import CURSOR_FORMAT as SUPPRESSION_CURSOR_FORMAT
 
 # --- formats --------------------------------------------------------------------------
 
@@ -106,6 +108,16 @@ CURSORS = st.from_regex(r"[0-9A-Za-z]{1,64}", fullmatch=True).map(
     lambda mail_id: base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
 )
 
+#: A cursor as GET /suppressions's ``next`` gives it out: the last (tenant, address, group)
+#: as JSON, base64url without padding.
+SUPPRESSION_CURSORS = st.builds(
+    lambda tenant, address: (
+        base64.urlsafe_b64encode(orjson.dumps([tenant, address, ""])).decode().rstrip("=")
+    ),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True),
+    ADDRESSES,
+)
+
 schemathesis.openapi.format(MAILBOX_FORMAT, MAILBOXES)
 schemathesis.openapi.format(ADDRESS_FORMAT, ADDRESSES)
 schemathesis.openapi.format(
@@ -114,6 +126,7 @@ schemathesis.openapi.format(
 schemathesis.openapi.format("date-time", st.builds(_rfc3339, INSTANTS, st.booleans()))
 schemathesis.openapi.format(RFC2822_FORMAT, INSTANTS.map(format_datetime))
 schemathesis.openapi.format(CURSOR_FORMAT, CURSORS)
+schemathesis.openapi.format(SUPPRESSION_CURSOR_FORMAT, SUPPRESSION_CURSORS)
 
 
 # --- what a schema cannot say ---------------------------------------------------------

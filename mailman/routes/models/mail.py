@@ -29,6 +29,7 @@ from mailman.core.model import (
     Mail,
     Outcome,
     Status,
+    SuppressionReason,
 )
 from mailman.core.validation import (
     BODY_FIELD,
@@ -65,10 +66,16 @@ class MailLinks(TypedDict):
 
 # --- answers -----------------------------------------------------------------------
 
-#: The status a mail has once accepted: ``scheduled`` while it waits for its ``send_at``.
+#: The status a mail has once accepted: ``scheduled`` while it waits for its ``send_at``,
+#: ``suppressed`` if every visible recipient is on the tenant's suppression list.
 FirstStatus = Annotated[
     Status,
-    WithJsonSchema({"type": "string", "enum": [Status.QUEUED.value, Status.SCHEDULED.value]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": [Status.QUEUED.value, Status.SCHEDULED.value, Status.SUPPRESSED.value],
+        }
+    ),
 ]
 
 
@@ -192,6 +199,13 @@ class EventShown(TypedDict):
     recipient: str | None
 
 
+class SuppressedShown(TypedDict):
+    """A recipient dropped because its address is on the tenant's suppression list."""
+
+    email: Annotated[str, Field(description="The address, normalised (lower-case)")]
+    reason: SuppressionReason
+
+
 class MailShown(TypedDict):
     id: str
     status: Status
@@ -212,6 +226,14 @@ class MailShown(TypedDict):
             description="When the mail's content (addresses, subject, text, files, headers, "
             "metadata) was erased by MAILMAN_BODY_RETENTION; null: kept. Its status, attempts "
             "and events stay until MAILMAN_RECORD_RETENTION, then the mail is gone (404)"
+        ),
+    ]
+    suppressed: Annotated[
+        list[SuppressedShown],
+        Field(
+            description="Recipients dropped, at acceptance or before a provider call, because "
+            "their address is suppressed (they are not in submitted's to, cc, bcc); empty once "
+            "the content was erased"
         ),
     ]
     attempts: list[AttemptShown]
@@ -411,6 +433,7 @@ def detail(record: MailRecord) -> MailDetail:
         "created_at": iso_time(mail.created_at),
         "updated_at": iso_time(record.updated_at),
         "purged_at": None if record.purged_at is None else iso_time(record.purged_at),
+        "suppressed": [{"email": s.email, "reason": s.reason} for s in mail.suppressed],
         "attempts": [_attempt(a) for a in record.attempts],
         "events": [_event(e) for e in record.events],
         "links": [mail_links(mail.id)],
