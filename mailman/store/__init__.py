@@ -2,7 +2,7 @@
 
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
-``figures``, kept as mails move by ``summary``, ``retention``): its interface,
+``figures``, ``templates``, kept as mails move by ``summary``, ``retention``): its interface,
 records, SQL and operations, written once for both databases (``dialect``,
 ``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
@@ -37,6 +37,7 @@ from .base import (
     Store,
     StoreSetupNeeded,
     StoreUnavailable,
+    TemplateRecord,
     Transition,
     giving_up_by,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "Store",
     "StoreSetupNeeded",
     "StoreUnavailable",
+    "TemplateRecord",
     "Transition",
     "api_key_from_row",
     "bucket_step",

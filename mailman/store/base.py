@@ -45,6 +45,7 @@ from .mails import (
 )
 from .outbox import Outbox, OutboxEntry, SqlOutbox
 from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
+from .templates import SqlTemplates, TemplateRecord, Templates
 from .tenants import SqlTenants, Tenants
 
 
@@ -112,6 +113,7 @@ class Store(
     Figures,
     Retention,
     Tenants,
+    Templates,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -161,6 +163,7 @@ class SqlStore(
     SqlFigures,
     SqlRetention,
     SqlTenants,
+    SqlTemplates,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and
@@ -196,6 +199,7 @@ __all__ = [
     "Store",
     "StoreSetupNeeded",
     "StoreUnavailable",
+    "TemplateRecord",
     "Transition",
     "giving_up_by",
     "timed_out",
