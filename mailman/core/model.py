@@ -143,6 +143,15 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateUse:
+    """The template (and its version) a mail was rendered from at acceptance."""
+
+    id: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Mail:
     """A mail as the caller submitted it, after validation."""
 
@@ -176,6 +185,9 @@ class Mail:
     metadata: tuple[tuple[str, str], ...] = ()
     #: Files sent with the mail, in the order given.
     attachments: tuple[Attachment, ...] = ()
+    #: The template its subject and bodies were rendered from (they are the rendered
+    #: text: what is stored and sent); None: none.
+    template: TemplateUse | None = None
 
     @property
     def first_status(self) -> Status:

@@ -52,6 +52,8 @@ PARTS = ("subject", "html", "text")
 MAX_DEPTH = 200
 #: The most missing variables one error names.
 MAX_NAMED = 20
+#: The longest template name (or id).
+MAX_NAME = 128
 
 _BUILTIN_BLOCKS = frozenset({"if", "unless", "each", "with"})
 #: The instrumentation's own helpers (no template may call them).
@@ -62,9 +64,7 @@ class TemplateSyntaxError(ValueError):
     """A template that does not parse: ``message`` says what, ``line`` and ``column``
     (1-based) where, when the place could be found."""
 
-    def __init__(
-        self, message: str, line: int | None, column: int | None, part: str = ""
-    ) -> None:
+    def __init__(self, message: str, line: int | None, column: int | None, part: str = "") -> None:
         where = f" at line {line}, column {column}" if line is not None else ""
         super().__init__(f"{message}{where}")
         self.part = part
@@ -113,6 +113,24 @@ class Budget:
     def miss(self, path: str) -> None:
         if path not in self.missing and len(self.missing) < MAX_NAMED:
             self.missing.append(path)
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a template's name or id; None if it can."""
+    if not isinstance(name, str):
+        return "must be a string"
+    if not 1 <= len(name) <= MAX_NAME:
+        return f"must be 1 to {MAX_NAME} characters"
+    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in name):
+        return "may hold only ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
+def version_problem(version: object) -> str | None:
+    """Why ``version`` cannot be a template's version number; None if it can."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return "must be a whole number from 1"
+    return None
 
 
 # --- parsing, with the place of an error ---------------------------------------------------
@@ -242,19 +260,19 @@ def _number(value: Any) -> float | None:
 
 def _compare(test: Callable[[float, float], bool]) -> Callable[[list[Any], HelperOptions], Any]:
     def helper(args: list[Any], options: HelperOptions) -> Any:
-        a, b = (_number(v) for v in (list(args) + [None, None])[:2])
+        a, b = (_number(v) for v in [*args, None, None][:2])
         return _block(a is not None and b is not None and test(a, b), options)
 
     return helper
 
 
 def _equals(args: list[Any], options: HelperOptions) -> Any:
-    a, b = (list(args) + [None, None])[:2]
+    a, b = [*args, None, None][:2]
     return _block(a == b or (a is not None and b is not None and str(a) == str(b)), options)
 
 
 def _not_equals(args: list[Any], options: HelperOptions) -> Any:
-    a, b = (list(args) + [None, None])[:2]
+    a, b = [*args, None, None][:2]
     return _block(not (a == b or (a is not None and b is not None and str(a) == str(b))), options)
 
 
@@ -311,12 +329,12 @@ HELPERS: dict[str, Callable[[list[Any], HelperOptions], Any]] = {
 
 
 def _lookup(args: list[Any]) -> Any:
-    collection, key = (list(args) + [None, None])[:2]
+    collection, key = [*args, None, None][:2]
     if isinstance(collection, Mapping):
         return collection.get(key)
     if isinstance(collection, Sequence) and not isinstance(collection, str):
         try:
-            index = int(key)  # type: ignore[arg-type]
+            index = int(key)
         except (TypeError, ValueError):
             return None
         return collection[index] if 0 <= index < len(collection) else None
@@ -468,7 +486,8 @@ def render_mail(parts: Parts, data: Mapping[str, Any], budget: Budget) -> Render
         for name, part in (("subject", parts.subject), ("html", parts.html), ("text", parts.text))
     }
     if budget.missing:
-        raise RenderFailed("variables not given: " + ", ".join(budget.missing), tuple(budget.missing))
+        missing = tuple(budget.missing)
+        raise RenderFailed("variables not given: " + ", ".join(missing), missing)
     return RenderedMail(**rendered)
 
 
@@ -484,6 +503,7 @@ def parse_parts(subject: str | None, html: str | None, text: str | None) -> Part
 
 __all__ = [
     "HELPERS",
+    "MAX_NAME",
     "PARTS",
     "Budget",
     "Compiled",
@@ -491,8 +511,10 @@ __all__ = [
     "RenderFailed",
     "RenderedMail",
     "TemplateSyntaxError",
+    "name_problem",
     "parse",
     "parse_parts",
     "render",
     "render_mail",
+    "version_problem",
 ]

@@ -30,7 +30,9 @@ async def test_a_template_is_found_by_id_or_name_and_its_latest_version_is_the_d
     v2 = await store.add_template_version(
         "acme", "welcome", subject="Hello {{name}}", html=None, text="{{name}}", at=1001.0
     )
-    assert v2 == TemplateRecord("T1", "acme", "welcome", 2, "Hello {{name}}", None, "{{name}}", 1001.0)
+    assert v2 == TemplateRecord(
+        "T1", "acme", "welcome", 2, "Hello {{name}}", None, "{{name}}", 1001.0
+    )
     assert await store.template("acme", "welcome") == v2
     assert await store.template("acme", "T1") == v2
     assert await store.template("acme", "T1", 1) == template()
@@ -45,7 +47,10 @@ async def test_templates_are_each_tenants_own(store: Store) -> None:
     assert not await store.add_template(template("T2"))  # the same name again
     assert await store.add_template(template("T3", tenant="beta"))
     assert await store.template("beta", "T1") is None
-    assert await store.add_template_version("beta", "T1", subject="x", html=None, text=None, at=1.0) is None
+    assert (
+        await store.add_template_version("beta", "T1", subject="x", html=None, text=None, at=1.0)
+        is None
+    )
     assert not await store.delete_template("beta", "T1")
     found = await store.template("beta", "welcome")
     assert found is not None and found.id == "T3"
@@ -79,7 +84,9 @@ async def test_concurrent_new_versions_get_distinct_numbers(store: Store) -> Non
     await store.add_template(template())
     added = await asyncio.gather(
         *(
-            store.add_template_version("acme", "welcome", subject=str(n), html=None, text=None, at=2.0)
+            store.add_template_version(
+                "acme", "welcome", subject=str(n), html=None, text=None, at=2.0
+            )
             for n in range(8)
         )
     )
