@@ -220,7 +220,10 @@ async def test_a_template_that_explodes_is_refused_quickly(
 ) -> None:
     """Loops nested over the data to no end, or output past the size limit, are a 422
     within the render time limit, not a hung worker."""
-    loops = "{{#each a}}{{#each ../a}}{{#each ../../a}}{{#each ../../../a}}.{{/each}}{{/each}}{{/each}}{{/each}}"
+    loops = (
+        "{{#each a}}{{#each ../a}}{{#each ../../a}}{{#each ../../../a}}."
+        "{{/each}}{{/each}}{{/each}}{{/each}}"
+    )
     await created(client, keys["acme"], {"name": "boom", "text": loops})
     started = time.monotonic()
     resp = await send(client, keys["acme"], template="boom", data={"a": list(range(400))})
