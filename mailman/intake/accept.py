@@ -186,12 +186,15 @@ class Intake:
         request_id: str = "",
         idempotency_key: str | None = None,
         checked: bool = False,
+        own_subject: bool = False,
     ) -> Accepted:
         """Commit the mail ``body`` describes and hand it on; a ``Refused`` or
         ``ValidationFailed`` if refused.
 
         ``checked``: the caller already passed ``check_backlog`` and ``take_token``
         (an entry point that turns one request into several mails charges once each).
+        ``own_subject``: a ``subject`` given with a ``template`` is the mail's (Mailgun's
+        rule), not refused.
         """
         rate = None
         if not checked:
@@ -200,7 +203,7 @@ class Intake:
         try:
             values, used = body, None
             if isinstance(body, Mapping) and body.get("template") is not None:
-                values, used = await self.templated(body, principal.tenant)
+                values, used = await self.templated(body, principal.tenant, own_subject=own_subject)
             mail = self.parse(values, principal=principal, request_id=request_id, now=time.time())
         except ValidationFailed as exc:
             log.debug("mail.invalid", fields=[e.field for e in exc.errors])
@@ -210,12 +213,17 @@ class Intake:
         return await self.keep(mail, body, idempotency_key=idempotency_key, rate=rate)
 
     async def templated(
-        self, body: Mapping[str, object], tenant: str
+        self, body: Mapping[str, object], tenant: str, *, own_subject: bool = False
     ) -> tuple[dict[str, object], TemplateUse]:
         """``body`` with its template rendered: ``subject``, ``html`` and ``text`` in place
         of ``template``, ``template_version`` and ``data``; ``ValidationFailed`` if the
-        template is not there, does not render, or ``body`` also gives what it renders."""
-        given = [name for name in RENDERED_FIELDS if body.get(name) is not None]
+        template is not there, does not render, or ``body`` also gives what it renders
+        (``own_subject``: but its subject, which is kept)."""
+        given = [
+            name
+            for name in RENDERED_FIELDS
+            if body.get(name) is not None and not (own_subject and name == "subject")
+        ]
         if given:
             raise ValidationFailed(
                 [FieldError(n, "comes from the template: leave it out") for n in given]
@@ -226,7 +234,7 @@ class Intake:
         values = {k: v for k, v in body.items() if k not in TEMPLATE_FIELDS}
         for name in ("subject", "html", "text"):
             value = getattr(rendered.mail, name)
-            if value is not None:
+            if value is not None and not (name == "subject" and body.get("subject") is not None):
                 values[name] = value
         return values, rendered.used
 
