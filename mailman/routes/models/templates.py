@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -22,6 +22,13 @@ from .common import Time
 _PART = "Handlebars: {{name}} (HTML-escaped in html), {{{raw}}}, {{#if}}, {{#each}}..."
 
 
+#: At least one of html and text, not empty.
+_A_BODY: list[JsonValue] = [
+    {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+    for name in ("html", "text")
+]
+
+
 def _object(data: Any) -> Any:
     if not isinstance(data, dict):
         raise PydanticCustomError("not_an_object", "must be a JSON object")
@@ -33,7 +40,12 @@ class TemplateVersionBody(BaseModel):
     and ``text``; each part must parse (a syntax error is a 422 naming the part, the line
     and the column)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="TemplateVersion")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="TemplateVersion",
+        json_schema_extra={"anyOf": _A_BODY},
+    )
 
     subject: Annotated[
         str | None, Field(description=f"The subject template ({_PART}); null: the default")
@@ -77,7 +89,9 @@ class TemplateVersionBody(BaseModel):
 class TemplateBody(TemplateVersionBody):
     """``POST /templates``: a new template (its version 1), named."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="NewTemplate")
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, title="NewTemplate", json_schema_extra={"anyOf": _A_BODY}
+    )
 
     name: Annotated[
         str,
