@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from mailman.config import Config
 from mailman.config.logging import get_logger
@@ -123,7 +122,7 @@ class Renderer:
             chars=self.config.max_body_bytes, seconds=self.config.template_render_seconds
         )
         try:
-            mail = render_mail(self.parts(template), _plain(data), budget)
+            mail = render_mail(self.parts(template), data, budget)
         except RenderFailed as exc:
             log.debug("template.refused", template=template.id, reason=exc.reason)
             if exc.missing:
@@ -134,10 +133,6 @@ class Renderer:
             ) from None
         used = TemplateUse(id=template.id, name=template.name, version=template.version)
         return Rendered(mail=mail, used=used)
-
-
-def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(data)
 
 
 __all__ = ["MAX_NAME", "Rendered", "Renderer", "name_problem", "syntax_error", "version_problem"]

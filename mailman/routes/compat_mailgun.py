@@ -423,8 +423,11 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
         # Mailgun reads a template's variables from t:variables (or its header), over the
         # message's custom variables (v: fields).
         body["data"] = {**metadata, **variables.get("header", {}), **variables.get("t", {})}
-    elif "template_version" in body or "t" in variables:
-        raise bad("'t:version' and 't:variables' parameters need a 'template'")
+    elif "template_version" in body or variables:
+        raise bad(
+            "'t:version', 't:variables' and 'h:X-Mailgun-Template-Variables' parameters "
+            "need a 'template'"
+        )
     return Translation(body, testmode, recipients, tuple(files), tuple(ignored))
 
 

@@ -349,6 +349,7 @@ async def test_failover_to_mailgun_when_sendgrid_is_down(
         ({"template": "welcome", "t:variables": "[1]"}, "'t:variables'"),
         ({"template": "welcome", "t:version": "v2"}, "'t:version'"),
         ({"t:variables": "{}"}, "'t:variables'"),
+        ({"h:X-Mailgun-Template-Variables": "{}"}, "'h:X-Mailgun-Template-Variables'"),
         ({"recipient-variables": "{}"}, "'recipient-variables'"),
         ({"attachment": "not a file"}, "'attachment'"),
     ],
