@@ -615,6 +615,16 @@ class Config:
         help="how long an API replica trusts what it read about a key: a revocation takes at "
         "most this long",
     )
+    #: How long rendering one mail from a template may take before it is refused (422).
+    template_render_seconds: float = setting(
+        0.25,
+        env="MAILMAN_TEMPLATE_RENDER_SECONDS",
+        minimum=0.001,
+        help="how long rendering one mail from a template may take; longer is a 422",
+        doc="how long rendering one mail from a template may take (its subject and bodies "
+        "together); past it the mail is refused with `422`, and the rendered mail may be at "
+        "most `MAILMAN_MAX_BODY_BYTES` characters. See [Templates](templates.md#limits)",
+    )
     #: Unsent mails (queued or sending) beyond which POST /mail/send answers 503 (0: no limit).
     backlog_limit: int = setting(
         100_000,

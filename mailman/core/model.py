@@ -170,6 +170,15 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateUse:
+    """The template (and its version) a mail was rendered from at acceptance."""
+
+    id: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Mail:
     """A mail as the caller submitted it, after validation."""
 
@@ -211,6 +220,10 @@ class Mail:
     def visible(self) -> bool:
         """Whether it has a visible recipient left (to or cc): one it can be sent to."""
         return bool(self.to or self.cc)
+
+    #: The template its subject and bodies were rendered from (they are the rendered
+    #: text: what is stored and sent); None: none.
+    template: TemplateUse | None = None
 
     @property
     def first_status(self) -> Status:

@@ -38,7 +38,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
-from . import schemas, validation
+from . import schemas, templates, validation
 from .callbacks import MAX_URL, url_problem
 from .model import Address, Attachment, Mail
 from .validation import (
@@ -72,6 +72,9 @@ FIELDS = (
     "tags",
     "metadata",
     "attachments",
+    "template",
+    "template_version",
+    "data",
 )
 _ORDER = {name: i for i, name in enumerate(FIELDS)}
 _KNOWN = frozenset(FIELDS)
@@ -252,6 +255,36 @@ def _attachments(value: Any, errors: Errors, run: _Run) -> tuple[Attachment, ...
     return validation.attachments(value, errors)
 
 
+def _template(value: Any, errors: Errors, run: _Run) -> str | None:
+    """A template's name or id (the intake renders it before the mail is checked)."""
+    if value is None:
+        return None
+    problem = templates.name_problem(value)
+    if problem is not None:
+        errors.add("template", problem)
+        return None
+    return str(value)
+
+
+def _template_version(value: Any, errors: Errors, run: _Run) -> int | None:
+    if value is None:
+        return None
+    problem = templates.version_problem(value)
+    if problem is not None:
+        errors.add("template_version", problem)
+        return None
+    return int(value)
+
+
+def _data(value: Any, errors: Errors, run: _Run) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        errors.add("data", "must be an object")
+        return None
+    return dict(value)
+
+
 # --- what the OpenAPI document says of each field ------------------------------------
 
 
@@ -286,13 +319,17 @@ _FILE_SCHEMA: dict[str, Any] = {
 
 #: The rules of the mail as a whole: JSON Schema can say a non-empty body, the rest in words.
 _WHOLE: dict[str, Any] = {
-    "description": "A mail to send. At least one non-empty body (content or text, or html); "
+    "description": "A mail to send. At least one non-empty body (content or text, or html), "
+    "or a template that renders them; "
     "content and text equal when both are given; at most "
     f"{MAX_RECIPIENTS} recipients in to, cc and bcc together; headers, tags and metadata "
     f"together at most {MAX_EXTRA_BYTES} bytes as Mailgun form fields.",
     "anyOf": [
-        {"required": [name], "properties": {name: schemas.string(minLength=1)}}
-        for name in ("content", "text", "html")
+        *(
+            {"required": [name], "properties": {name: schemas.string(minLength=1)}}
+            for name in ("content", "text", "html")
+        ),
+        {"required": ["template"], "properties": {"template": {"type": "string"}}},
     ],
 }
 
@@ -414,6 +451,45 @@ class Submission(BaseModel):
         ),
     ] = ()
 
+    template: Annotated[
+        str | None,
+        _Rule(
+            _template,
+            _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": templates.MAX_NAME,
+                    "pattern": "^[A-Za-z0-9._-]+$",
+                },
+                "A template of the caller's tenant, by name or id (POST /templates): its "
+                "subject, html and text, rendered with data, are the mail's; give none of "
+                "subject, content, text and html with it",
+            ),
+        ),
+    ] = None
+    template_version: Annotated[
+        int | None,
+        _Rule(
+            _template_version,
+            _nullable(
+                {"type": "integer", "minimum": 1},
+                "The template's version; missing: its latest (only with template)",
+            ),
+        ),
+    ] = None
+    data: Annotated[
+        dict[str, Any] | None,
+        _Rule(
+            _data,
+            _nullable(
+                {"type": "object"},
+                "What the template's {{variables}} are rendered with (only with template); "
+                "a variable the template prints but data lacks is a 422 naming it",
+            ),
+        ),
+    ] = None
+
     @model_validator(mode="wrap")
     @classmethod
     def _whole(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
@@ -432,6 +508,10 @@ class Submission(BaseModel):
                 missing = str(line["loc"][0]) if line["type"] == "missing" else None
                 errors.add(missing or _loc(line["loc"]), "is required" if missing else line["msg"])
         _bodies(data, errors)
+        if data.get("template") is None:
+            for name in ("template_version", "data"):
+                if data.get(name) is not None:
+                    errors.add(name, "only with template")
         kept = run.kept
         if kept:
             headers, tags, metadata = (kept.get(n, ()) for n in ("headers", "tags", "metadata"))

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Protocol
@@ -30,7 +30,7 @@ from mailman.config.logging import get_logger
 from mailman.core.callbacks import binds_loopback
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch
-from mailman.core.model import Mail, Status
+from mailman.core.model import Mail, Status, TemplateUse
 from mailman.core.submission import parse_mail
 from mailman.core.suppression import drop, recipients
 from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
@@ -49,12 +49,17 @@ from .backlog import RETRY_AFTER_SECONDS as BACKLOG_RETRY_AFTER
 from .backlog import Backlog
 from .guard import guarded
 from .refusals import BacklogFull, KeyInFlight, KeyReused, Rate, RateLimited
+from .templates import Renderer
 from .tenants import TenantChains
 
 log = get_logger("mailman.intake")
 
 #: What a request whose key is still being committed is asked to wait.
 IN_FLIGHT_RETRY_AFTER = 1
+#: The fields of ``POST /mail/send`` that name a template and its data.
+TEMPLATE_FIELDS = ("template", "template_version", "data")
+#: What a template renders: a submission naming a template gives none of them.
+RENDERED_FIELDS = ("subject", "content", "text", "html")
 
 
 class Outbound(Protocol):
@@ -132,6 +137,8 @@ class Intake:
         self.chains = TenantChains(
             store, ttl=config.key_cache_seconds, timeout=config.store_timeout
         )
+        #: The tenants' templates, parsed once per version.
+        self.renderer = Renderer(store, config)
 
     def check_backlog(self) -> None:
         """``BacklogFull`` while the backlog of unsent mail is full (nothing is stored then)."""
@@ -181,23 +188,57 @@ class Intake:
         request_id: str = "",
         idempotency_key: str | None = None,
         checked: bool = False,
+        own_subject: bool = False,
     ) -> Accepted:
         """Commit the mail ``body`` describes and hand it on; a ``Refused`` or
         ``ValidationFailed`` if refused.
 
         ``checked``: the caller already passed ``check_backlog`` and ``take_token``
         (an entry point that turns one request into several mails charges once each).
+        ``own_subject``: a ``subject`` given with a ``template`` is the mail's (Mailgun's
+        rule), not refused.
         """
         rate = None
         if not checked:
             self.check_backlog()
             rate = await self.take_token(principal)
         try:
-            mail = self.parse(body, principal=principal, request_id=request_id, now=time.time())
+            values, used = body, None
+            if isinstance(body, Mapping) and body.get("template") is not None:
+                values, used = await self.templated(body, principal.tenant, own_subject=own_subject)
+            mail = self.parse(values, principal=principal, request_id=request_id, now=time.time())
         except ValidationFailed as exc:
             log.debug("mail.invalid", fields=[e.field for e in exc.errors])
             raise
+        if used is not None:
+            mail = replace(mail, template=used)
         return await self.keep(mail, body, idempotency_key=idempotency_key, rate=rate)
+
+    async def templated(
+        self, body: Mapping[str, object], tenant: str, *, own_subject: bool = False
+    ) -> tuple[dict[str, object], TemplateUse]:
+        """``body`` with its template rendered: ``subject``, ``html`` and ``text`` in place
+        of ``template``, ``template_version`` and ``data``; ``ValidationFailed`` if the
+        template is not there, does not render, or ``body`` also gives what it renders
+        (``own_subject``: but its subject, which is kept)."""
+        given = [
+            name
+            for name in RENDERED_FIELDS
+            if body.get(name) is not None and not (own_subject and name == "subject")
+        ]
+        if given:
+            raise ValidationFailed(
+                [FieldError(n, "comes from the template: leave it out") for n in given]
+            )
+        renderer = self.renderer
+        template = await renderer.find(tenant, body.get("template"), body.get("template_version"))
+        rendered = renderer.render(template, body.get("data"))
+        values = {k: v for k, v in body.items() if k not in TEMPLATE_FIELDS}
+        for name in ("subject", "html", "text"):
+            value = getattr(rendered.mail, name)
+            if value is not None and not (name == "subject" and body.get("subject") is not None):
+                values[name] = value
+        return values, rendered.used
 
     async def keep(
         self,

@@ -69,6 +69,7 @@ from .mail import routes as mail_routes  # noqa: E402
 from .metrics import setup as setup_metrics  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
 from .suppressions import routes as suppression_routes  # noqa: E402
+from .templates import routes as template_routes  # noqa: E402
 from .webhooks import add_webhooks  # noqa: E402
 from .webhooks_ses import add_ses_webhook  # noqa: E402
 
@@ -125,6 +126,7 @@ def create_app(
     app.cleanup_ctx.append(lambda _: refresher(backlog, store))
     app.add_routes(mail_routes)
     app.add_routes(suppression_routes)
+    app.add_routes(template_routes)
     app.add_routes(health_routes)
     setup_metrics(app)
     app.add_routes(openapi_routes)

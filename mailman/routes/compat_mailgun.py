@@ -39,11 +39,17 @@ The form (``multipart/form-data`` or ``application/x-www-form-urlencoded``):
   is stored or sent (the id is made up, there is no ``Location``).
 - Ignored (the provider's account settings apply): ``o:tracking``,
   ``o:tracking-clicks``, ``o:tracking-opens``, ``o:tracking-pixel-location-top``,
-  ``o:dkim``, ``o:secondary-dkim``, ``o:secondary-dkim-public``, and form fields
-  Mailgun does not define either. Refused with a 400 naming them: ``template``
-  and ``t:*`` (Mailman does not render templates), ``recipient-variables``
+  ``o:dkim``, ``o:secondary-dkim``, ``o:secondary-dkim-public``, ``t:text`` and form
+  fields Mailgun does not define either. Refused with a 400 naming them: other ``t:``
+  options, ``recipient-variables``
   (batch sending: Mailman would send one mail to every recipient),
   ``amp-html``, and every other ``o:`` option.
+- ``template``: a template of the caller's tenant (``/templates``, by name or id), rendered
+  by Mailman (``core.templates``) at ``t:version`` (a number; missing: the latest) with the
+  JSON object of ``t:variables`` (or of ``h:X-Mailgun-Template-Variables``), over the
+  message's custom variables (``v:`` fields) as Mailgun reads them. The form's
+  ``subject``, if given, is the mail's; else the template's. ``text`` and ``html`` are
+  not given with it. A variable printed but not given is a 400 naming ``t:variables``.
 - ``{domain}``: Mailman has no sending domains; any is accepted and noted on
   the request's log line. The ``from`` address is not checked against it.
 
@@ -140,8 +146,19 @@ FORM_TYPES = (MULTIPART, URLENCODED)
 #: The most fields one form may have (1000 recipients fit as repeated fields).
 MAX_FIELDS = 10_000
 
+#: The ``t:`` options taken (``t:text`` is taken and ignored: the template's text is sent).
+TEMPLATE_OPTIONS = ("t:version", "t:variables", "t:text")
 #: Fields that may be given once.
-SINGLE = ("from", "subject", "text", "html", "o:deliverytime", "o:testmode")
+SINGLE = (
+    "from",
+    "subject",
+    "text",
+    "html",
+    "o:deliverytime",
+    "o:testmode",
+    "template",
+    *TEMPLATE_OPTIONS,
+)
 #: The form field each of Mailman's fields came from, for the words of a 400.
 FORM_NAMES = {
     "from": "from",
@@ -159,7 +176,13 @@ FORM_NAMES = {
     "metadata": "v:",
     "attachments": "attachment",
     "callback_url": "callback_url",
+    "template": "template",
+    "template_version": "t:version",
+    "data": "t:variables",
 }
+#: Headers whose JSON object is the template's data (Mailgun's own, not sent as headers).
+TEMPLATE_VARIABLES_HEADER = "x-mailgun-template-variables"
+
 _ATTACHMENT_PARTS = {
     "filename": "its file name",
     "content": "its content",
@@ -317,6 +340,7 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
     attachments: list[dict[str, str | bytes]] = []
     ignored: list[str] = []
     testmode = False
+    variables: dict[str, dict[str, Any]] = {}
     for name, values in fields.items():
         lower = name.lower()
         if lower in FILE_FIELDS:
@@ -333,6 +357,9 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
                 raise bad(f"'{name}' parameter must be given once")
             if header.lower() == "reply-to":
                 body["reply_to"] = texts[0]
+            elif header.lower() == TEMPLATE_VARIABLES_HEADER:
+                variables["header"] = _json_object(name, texts[0])
+
             elif header[:2].lower() == "x-":
                 headers[header] = texts[0]
             else:
@@ -353,8 +380,20 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
             if on is None:
                 raise bad("'o:testmode' parameter must be yes or no")
             testmode = on
-        elif name in IGNORED_OPTIONS:
+        elif name in IGNORED_OPTIONS or name == "t:text":
             ignored.append(name)
+        elif name == "template":
+            body["template"] = texts[0]
+        elif name == "t:version":
+            version = texts[0].strip()
+            if not (version.isdigit() and 0 < len(version) <= 9 and int(version) > 0):
+                raise bad(
+                    "'t:version' parameter must be a version number (1, 2...): Mailman "
+                    "numbers a template's versions"
+                )
+            body["template_version"] = int(version)
+        elif name == "t:variables":
+            variables["t"] = _json_object(name, texts[0])
         elif name.startswith(("o:", "t:")):
             raise bad(f"'{name}' parameter is not supported by Mailman")
         elif name in UNSUPPORTED:
@@ -380,7 +419,27 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
         body["metadata"] = metadata
     if attachments:
         body["attachments"] = attachments
+    if "template" in body:
+        # Mailgun reads a template's variables from t:variables (or its header), over the
+        # message's custom variables (v: fields).
+        body["data"] = {**metadata, **variables.get("header", {}), **variables.get("t", {})}
+    elif "template_version" in body or variables:
+        raise bad(
+            "'t:version', 't:variables' and 'h:X-Mailgun-Template-Variables' parameters "
+            "need a 'template'"
+        )
     return Translation(body, testmode, recipients, tuple(files), tuple(ignored))
+
+
+def _json_object(name: str, text: str) -> dict[str, Any]:
+    """The JSON object a form field holds; 400 naming it if it holds none."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise bad(f"'{name}' parameter must be a JSON object")
+    return value
 
 
 def _attachment(kind: str, upload: Upload) -> dict[str, str | bytes]:
@@ -668,7 +727,7 @@ async def send_message(request: web.Request) -> web.Response:
             if translation.ignored:
                 note(request, ignored=sorted(set(translation.ignored))[:20])
             if translation.testmode:
-                return _test(request, translation, principal)
+                return await _test(request, translation, principal)
             return await _accept(request, translation, principal, key)
         except (Problem, refusals.Refused, ValidationFailed) as caught:
             problem = caught if isinstance(caught, Problem) else as_problem(caught)
@@ -745,12 +804,19 @@ def error_shape(request: web.Request) -> Render | None:
     return None
 
 
-def _test(request: web.Request, translation: Translation, principal: Principal) -> web.Response:
+async def _test(
+    request: web.Request, translation: Translation, principal: Principal
+) -> web.Response:
     """``o:testmode``: validate the mail and answer as if queued; nothing is stored or sent."""
     intake = request.app[INTAKE]
     try:
+        values: Mapping[str, Any] = translation.body
+        if "template" in values:
+            values, _ = await intake.templated(
+                values, principal.tenant, own_subject="subject" in values
+            )
         mail = intake.parse(
-            translation.body, principal=principal, request_id=request_id(request), now=time.time()
+            values, principal=principal, request_id=request_id(request), now=time.time()
         )
     except ValidationFailed as exc:
         raise as_problem(exc) from None
@@ -772,6 +838,7 @@ async def _accept(
             request_id=request_id(request),
             idempotency_key=key,
             checked=True,
+            own_subject="subject" in translation.body,
         )
     except (refusals.Refused, ValidationFailed) as refusal:
         problem = as_problem(refusal)

@@ -16,11 +16,16 @@ translated into a ``Submission``'s values (``core.submission``) and handed to th
   seconds): Mailman's ``send_at``; all under Mailman's rules (``X-`` headers only,
   at most 3 tags...), refused with the SendGrid path of the field at fault;
 - ``mail_settings.sandbox_mode.enable``: everything is checked, then the answer is ``200``
-  with nothing stored or sent, as SendGrid does.
+  with nothing stored or sent, as SendGrid does;
+- ``template_id``: a template of the caller's tenant (``/templates``, by id or name),
+  rendered by Mailman for each personalization with its ``dynamic_template_data``
+  (``core.templates``). SendGrid's rule: the subject is the template's (rendered too); a
+  ``subject`` given is not used; ``content`` with it is refused. A personalization whose
+  data lacks a printed variable is a 400 naming its ``dynamic_template_data``.
 
 Refused with a ``400`` naming the field, because dropping them would send another mail than
-the one asked for: ``template_id``, ``personalizations[].dynamic_template_data`` and
-``substitutions``, ``sections`` (SendGrid renders those, Mailman cannot), ``asm``
+the one asked for: ``personalizations[].substitutions``, ``sections`` (SendGrid's legacy
+substitution templating), ``asm``
 (SendGrid's unsubscribe groups), ``ip_pool_name``, ``batch_id``, any ``mail_settings``
 other than ``sandbox_mode`` that is enabled (``footer``, ``bypass_*``...), a
 ``reply_to_list`` of more than one, and any field this module does not know. Ignored:
@@ -52,6 +57,7 @@ request under the same key is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -64,7 +70,7 @@ from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
 from mailman.core.clock import datetime_of
-from mailman.core.model import Disposition, Mail
+from mailman.core.model import Disposition, Mail, TemplateUse
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
 from mailman.intake.auth import BadKey, MissingScope, NoKey, Principal, authenticate
@@ -134,7 +140,6 @@ _REQUEST_DIGEST = "sendgrid_request"
 
 #: Top-level fields refused, and why: dropping them would send another mail than asked.
 REFUSED: dict[str, str] = {
-    "template_id": "SendGrid's templates cannot be rendered by Mailman: send the content itself",
     "sections": "substitution sections need SendGrid's templating, which Mailman does not have",
     "asm": "unsubscribe groups are SendGrid's own; other providers cannot honour them",
     "ip_pool_name": "IP pools are SendGrid's own; other providers cannot honour them",
@@ -142,7 +147,6 @@ REFUSED: dict[str, str] = {
 }
 #: Personalization fields refused, and why.
 REFUSED_IN_PERSONALIZATION: dict[str, str] = {
-    "dynamic_template_data": "needs a template_id, which Mailman cannot render",
     "substitutions": "substitutions need SendGrid's templating, which Mailman does not have",
 }
 #: Top-level fields taken (``tracking_settings`` is taken and ignored): the model's.
@@ -246,6 +250,10 @@ class Draft:
     #: Mailman's address field (``to[0]``, ``from``...) -> (the SendGrid path of the
     #: address object, its bare email), to say whether the email or the name is at fault.
     addresses: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``dynamic_template_data``: what ``template_id`` is rendered with for this mail.
+    data: object = None
+    #: The template its subject and bodies were rendered from (``_rendered``).
+    used: TemplateUse | None = None
 
     def error(self, error: FieldError) -> SendGridError:
         """``error`` (about a field of ``body``) with the SendGrid path of that field."""
@@ -286,6 +294,8 @@ class Translation:
     drafts: tuple[Draft, ...]
     #: ``mail_settings.sandbox_mode.enable``: check everything, store and send nothing.
     sandbox: bool
+    #: ``template_id``: the tenant's template each draft is rendered from; None: none.
+    template: str | None = None
 
 
 def mailbox(email: str, name: str) -> str:
@@ -451,6 +461,10 @@ def translate(body: object) -> Translation:
         elif key not in KNOWN:
             errors.add(key, "is not a field of SendGrid's v3 Mail Send that Mailman takes")
     sandbox = _sandbox(body.get("mail_settings"), errors)
+    template = body.get("template_id")
+    if template is not None and not isinstance(template, str):
+        errors.add("template_id", "must be a string: a template's id or name")
+        template = None
 
     common: dict[str, Any] = {}
     paths: dict[str, str] = {}
@@ -473,6 +487,10 @@ def translate(body: object) -> Translation:
         if (got := _address(reply_to, where, errors)) is not None:
             common["reply_to"], addresses["reply_to"] = got[0], (where, got[1])
     subject = body.get("subject")
+    if template is not None:
+        subject = None  # SendGrid's rule: with template_id, the template's subject
+        if body.get("content") is not None:
+            errors.add("content", "comes from the template: leave it out with template_id")
     if subject is not None:
         if isinstance(subject, str):
             common["subject"], paths["subject"] = subject, "subject"
@@ -515,12 +533,14 @@ def translate(body: object) -> Translation:
         personalizations = []  # not checked one by one: that would be unbounded work
     drafts = []
     for i, p in enumerate(personalizations):
-        draft = _draft(i, p, common, paths, addresses, headers, args, send_at, errors)
+        draft = _draft(
+            i, p, common, paths, addresses, headers, args, send_at, errors, template is not None
+        )
         if draft is not None:
             drafts.append(draft)
     if errors:
         raise Refusal(400, errors.found, reason="validation")
-    return Translation(drafts=tuple(drafts), sandbox=sandbox)
+    return Translation(drafts=tuple(drafts), sandbox=sandbox, template=template)
 
 
 def _draft(
@@ -533,6 +553,7 @@ def _draft(
     args: Mapping[str, Any],
     send_at: int | None,
     errors: _Errors,
+    templated: bool = False,
 ) -> Draft | None:
     """Personalization ``i`` merged over the message's fields, as a draft."""
     where = f"personalizations.{i}"
@@ -570,7 +591,11 @@ def _draft(
         got = _address(p["from"], f"{where}.from", errors)
         if got is not None:
             body["from"], addresses["from"] = got[0], (f"{where}.from", got[1])
-    if p.get("subject") is not None:
+    data = p.get("dynamic_template_data")
+    paths["data"] = f"{where}.dynamic_template_data"
+    if data is not None and not templated:
+        errors.add(f"{where}.dynamic_template_data", "needs a template_id to render")
+    if p.get("subject") is not None and not templated:
         if isinstance(p["subject"], str):
             body["subject"], paths["subject"] = p["subject"], f"{where}.subject"
         else:
@@ -597,7 +622,7 @@ def _draft(
         paths["metadata"] = "custom_args" if args else f"{where}.custom_args"
         for key in own_args:
             paths[f"metadata.{key}"] = f"{where}.custom_args.{key}"
-    return Draft(body=body, paths=paths, addresses=addresses)
+    return Draft(body=body, paths=paths, addresses=addresses, data=data)
 
 
 def _lower(names: Mapping[str, object]) -> set[str]:
@@ -649,6 +674,44 @@ def from_problem(
     )
 
 
+async def _rendered(
+    intake: Intake, translation: Translation, principal: Principal
+) -> tuple[Draft, ...]:
+    """The drafts with ``template_id`` rendered for each, with its
+    ``dynamic_template_data``; ``Refusal`` (400) naming every personalization that does
+    not render, or ``template_id`` if the tenant has no such template."""
+    drafts = translation.drafts
+    if translation.template is None:
+        return drafts
+    renderer = intake.renderer
+    try:
+        template = await renderer.find(principal.tenant, translation.template, field="template_id")
+    except ValidationFailed as exc:
+        raise Refusal(
+            400, [SendGridError(e.message, e.field) for e in exc.errors], reason="validation"
+        ) from None
+    errors: list[SendGridError] = []
+    out: list[Draft] = []
+    for draft in drafts:
+        try:
+            rendered = renderer.render(template, draft.data)
+        except ValidationFailed as exc:
+            errors += [draft.error(e) for e in exc.errors]
+            continue
+        body = {k: v for k, v in draft.body.items() if k not in ("subject", "text", "html")}
+        paths = dict(draft.paths)
+        for name in ("subject", "html", "text"):
+            value = getattr(rendered.mail, name)
+            if value is not None:
+                body[name] = value
+            paths[name] = "template_id"  # what is wrong with it is the template's doing
+        paths["template"] = paths["content"] = "template_id"
+        out.append(dataclasses.replace(draft, body=body, paths=paths, used=rendered.used))
+    if errors:
+        raise Refusal(400, errors, reason="validation")
+    return tuple(out)
+
+
 def _check(intake: Intake, drafts: Sequence[Draft], principal: Principal, rid: str) -> list[Mail]:
     """Every draft through Mailman's validation: the mails, in order; ``Refusal`` naming
     every bad field."""
@@ -658,7 +721,10 @@ def _check(intake: Intake, drafts: Sequence[Draft], principal: Principal, rid: s
     too_large = False
     for draft in drafts:
         try:
-            mails.append(intake.parse(draft.body, principal=principal, request_id=rid, now=now))
+            mail = intake.parse(draft.body, principal=principal, request_id=rid, now=now)
+            mails.append(
+                mail if draft.used is None else dataclasses.replace(mail, template=draft.used)
+            )
         except ValidationFailed as exc:
             too_large |= exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
             errors += [draft.error(e) for e in exc.errors]
@@ -705,6 +771,9 @@ async def _send(request: web.Request) -> web.Response:
             reason=problem.type.rsplit("/", 1)[-1],
         ) from None
     translation = translate(body)
+    translation = dataclasses.replace(
+        translation, drafts=await _rendered(intake, translation, principal)
+    )
     rid = request_id(request)
     parsed = _check(intake, translation.drafts, principal, rid)
     mails = len(parsed)

@@ -3,8 +3,7 @@
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
 ``figures``, kept as mails move by ``summary``, ``retention``, ``tenants``,
-``suppressions``): its interface,
-records, SQL and operations, written once for both databases (``dialect``,
+``suppressions``, ``templates``): its interface, records, SQL and operations, written once for both databases (``dialect``,
 ``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
 schema of each. ``open_store`` picks a driver by URL.
@@ -40,6 +39,7 @@ from .base import (
     StoreUnavailable,
     Suppression,
     SuppressionQuery,
+    TemplateRecord,
     Transition,
     giving_up_by,
 )
@@ -96,6 +96,7 @@ __all__ = [
     "StoreUnavailable",
     "Suppression",
     "SuppressionQuery",
+    "TemplateRecord",
     "Transition",
     "api_key_from_row",
     "bucket_step",

@@ -47,6 +47,7 @@ from .mails import (
 from .outbox import Outbox, OutboxEntry, SqlOutbox
 from .retention import Addressed, Dropped, Erased, Retention, SqlRetention
 from .suppressions import SqlSuppressions, Suppression, SuppressionQuery, Suppressions
+from .templates import SqlTemplates, TemplateRecord, Templates
 from .tenants import SqlTenants, Tenants
 
 
@@ -115,6 +116,7 @@ class Store(
     Retention,
     Tenants,
     Suppressions,
+    Templates,
 ):
     """Mails, statuses and attempts. Implementations are safe for concurrent use."""
 
@@ -165,6 +167,7 @@ class SqlStore(
     SqlRetention,
     SqlTenants,
     SqlSuppressions,
+    SqlTemplates,
     Store,
 ):
     """Every concern's operations on a driver: a driver adds ``open``/``close`` and
@@ -202,6 +205,7 @@ __all__ = [
     "StoreUnavailable",
     "Suppression",
     "SuppressionQuery",
+    "TemplateRecord",
     "Transition",
     "giving_up_by",
     "timed_out",

@@ -344,8 +344,12 @@ async def test_failover_to_mailgun_when_sendgrid_is_down(
         ({"o:deliverytime": "Thu, 13 Oct 2099 18:02:00 +0000"}, "'o:deliverytime'"),
         ({"o:testmode": "maybe"}, "'o:testmode'"),
         ({"o:require-tls": "yes"}, "'o:require-tls'"),
-        ({"template": "welcome"}, "'template'"),
+        ({"template": "welcome", "text": None}, "'template'"),  # not the tenant's
+        ({"template": "welcome"}, "'text'"),  # the template renders it
+        ({"template": "welcome", "t:variables": "[1]"}, "'t:variables'"),
+        ({"template": "welcome", "t:version": "v2"}, "'t:version'"),
         ({"t:variables": "{}"}, "'t:variables'"),
+        ({"h:X-Mailgun-Template-Variables": "{}"}, "'h:X-Mailgun-Template-Variables'"),
         ({"recipient-variables": "{}"}, "'recipient-variables'"),
         ({"attachment": "not a file"}, "'attachment'"),
     ],
@@ -541,3 +545,105 @@ async def test_too_large_and_wrong_content_types_are_refused(
     )
     assert "multipart/form-data" in refusal(resp, 415)
     assert outbound.dispatched == []
+
+
+# --- templates ------------------------------------------------------------------------------
+
+
+async def create_template(
+    http: aiohttp.ClientSession, base: str, key: str, body: dict[str, Any], *, put: bool = False
+) -> None:
+    url = f"{base}/templates" + (f"/{body['name']}" if put else "")
+    sent_body = {k: v for k, v in body.items() if not (put and k == "name")}
+    method = http.put if put else http.post
+    async with method(url, json=sent_body, headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status in (200, 201), await resp.text()
+
+
+ORDER = {
+    "name": "order.shipped",
+    "subject": "Order {{order}} shipped",
+    "html": "<p>Hi {{name}}, order {{order}}</p>{{#equal carrier 'ups'}}<i>UPS</i>{{/equal}}",
+    "text": "Hi {{name}}, order {{order}}",
+}
+
+
+async def test_a_template_is_rendered_with_t_variables_through_the_official_client(
+    mailman: Mailman, keys: Keys, sendgrid: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """mailgun-python's template and t:variables render the tenant's template (v: variables
+    under t:variables); the provider gets the rendered mail."""
+    from mailgun.client import Client
+
+    await create_template(http, mailman.url, keys.send, ORDER)
+
+    def send() -> Any:
+        with Client(auth=("api", keys.send), api_url=mailman.url) as client:
+            return client.messages.create(
+                domain=DOMAIN,
+                data={
+                    "from": "Shop <orders@shop.example.com>",
+                    "to": ["ann@example.com"],
+                    "template": "order.shipped",
+                    "t:variables": '{"name": "Ann & co", "carrier": "ups"}',
+                    "v:order": "A-17",
+                },
+            )
+
+    mail_id = queued(await asyncio.to_thread(send))
+    shown = await sent(http, mailman.url, keys.send, mail_id)
+    assert shown["submitted"]["template"]["name"] == "order.shipped"
+    assert shown["submitted"]["metadata"] == {"order": "A-17"}
+    (got,) = sendgrid.received
+    assert got["subject"] == "Order A-17 shipped"
+    assert got["content"] == [
+        {"type": "text/plain", "value": "Hi Ann & co, order A-17"},
+        {"type": "text/html", "value": "<p>Hi Ann &amp; co, order A-17</p><i>UPS</i>"},
+    ]
+
+
+async def test_t_version_and_the_forms_subject_are_honoured(
+    mailman: Mailman, keys: Keys, sendgrid: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """t:version renders that version; a subject in the form is the mail's, not rendered."""
+    await create_template(http, mailman.url, keys.send, ORDER)
+    await create_template(http, mailman.url, keys.send, {**ORDER, "text": "v2"}, put=True)
+    form = [
+        ("from", "orders@shop.example.com"),
+        ("to", "ann@example.com"),
+        ("subject", "Your parcel"),
+        ("template", "order.shipped"),
+        ("t:version", "1"),
+        ("t:variables", '{"name": "Ann", "order": "B-2", "carrier": "dhl"}'),
+    ]
+    mail_id = queued(await post(mailman.url, form, key=keys.send))
+    shown = await sent(http, mailman.url, keys.send, mail_id)
+    assert shown["submitted"]["subject"] == "Your parcel"
+    assert shown["submitted"]["text"] == "Hi Ann, order B-2"
+    assert shown["submitted"]["template"]["version"] == 1
+
+
+async def test_a_missing_variable_is_a_400_naming_t_variables_even_in_test_mode(
+    mailman: Mailman, keys: Keys, sendgrid: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """A variable the template prints but the form does not give is refused by name, in
+    test mode too (which renders as a real send does); nothing is stored or sent."""
+    await create_template(http, mailman.url, keys.send, ORDER)
+    form = [
+        ("from", "orders@shop.example.com"),
+        ("to", "ann@example.com"),
+        ("template", "order.shipped"),
+        ("t:variables", '{"name": "Ann"}'),
+    ]
+    for extra in ([], [("o:testmode", "yes")]):
+        resp = await post(mailman.url, [*form, *extra], key=keys.send)
+        assert resp.status_code == 400, resp.text
+        assert "'t:variables'" in resp.json()["message"]
+        assert "order" in resp.json()["message"]
+    given = ("t:variables", '{"name": "Ann", "carrier": "dhl"}')
+    ok = await post(
+        mailman.url, [*form[:3], given, ("v:order", "C-3"), ("o:testmode", "yes")], key=keys.send
+    )
+    assert ok.status_code == 200, ok.text  # v:order fills what t:variables leaves out
+    assert await listed(http, mailman.url, keys.send) == []
+    assert sendgrid.calls == 0

@@ -295,7 +295,7 @@ def with_reserved_arg() -> Mail:
     ("build", "field"),
     [
         (bad_third_recipient, "personalizations.2.to.0.email"),
-        (with_template, "template_id"),
+        (with_template, "content"),  # the template renders it
         (with_amp, "content.1.type"),  # the SDK puts AMP between text and HTML
         (lambda: with_header("List-Unsubscribe"), "headers.List-Unsubscribe"),
         (lambda: with_categories(4), "categories"),
@@ -591,6 +591,15 @@ BODY: dict[str, Any] = {
             {"personalizations": [{"to": [{"email": "a@example.com"}], "substitutions": {}}]},
             ["personalizations.0.substitutions"],
         ),
+        (
+            {
+                "personalizations": [
+                    {"to": [{"email": "a@example.com"}], "dynamic_template_data": {}}
+                ]
+            },
+            ["personalizations.0.dynamic_template_data"],
+        ),
+        ({"template_id": 7}, ["template_id"]),
     ],
 )
 def test_what_mailman_cannot_honour_is_refused_by_name(
@@ -667,3 +676,80 @@ def test_a_plain_attachments_content_id_is_ignored_in_any_case(disposition: str 
     assert "content_id" not in draft.body["attachments"][0]
     mail = parse_mail(draft.body, mail_id="01J", default_subject="(none)", now=0.0)
     assert mail.attachments[0].content_id is None
+
+
+# --- templates --------------------------------------------------------------------------
+
+RECEIPT = {
+    "name": "d-receipt",
+    "subject": "Receipt for {{name}}",
+    "html": "<p>Thanks {{name}}</p>{{#each items}}<li>{{title}}</li>{{/each}}"
+    "{{#equals plan 'pro'}}<b>pro</b>{{/equals}}",
+    "text": "Thanks {{name}}",
+}
+
+
+def templated(*people: tuple[str, dict[str, Any]]) -> Mail:
+    """A mail naming the template d-receipt, one personalization per (address, data)."""
+    message = Mail(from_email=From("noreply@example.com"))
+    message.subject = "not used: the template's subject is"
+    for address, data in people:
+        personalization = Personalization()
+        personalization.add_to(Email(address))
+        personalization.dynamic_template_data = data
+        message.add_personalization(personalization, index=len(message.personalizations))
+    message.template_id = TemplateId("d-receipt")
+    return message
+
+
+async def create_template(running: Running, http: aiohttp.ClientSession, body: Any) -> None:
+    url = f"{running.mailman.url}/templates"
+    async with http.post(url, json=body, headers=running.auth) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def test_template_id_is_rendered_per_personalization_and_sent_rendered(
+    running: Running, sendgrid: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """Each personalization's dynamic_template_data renders the tenant's template (the
+    subject too, SendGrid's rule); SendGrid gets the rendered mail, no template_id."""
+    await create_template(running, http, RECEIPT)
+    message = templated(
+        ("ann@example.com", {"name": "Ann <3", "items": [{"title": "Tea"}], "plan": "pro"}),
+        ("bob@example.com", {"name": "Bob", "items": [], "plan": "free"}),
+    )
+    response = await send(running.client(), message)
+    assert response.status_code == 202
+    ann, bob = response.headers["X-Mailman-Ids"].split(",")
+    shown = await wait_sent(http, running, ann)
+    assert shown["submitted"]["template"]["name"] == "d-receipt"
+    await wait_sent(http, running, bob)
+    by_id = {body["custom_args"]["mail_id"]: body for body in sendgrid.received}
+    assert "template_id" not in by_id[ann]
+    assert by_id[ann]["subject"] == "Receipt for Ann <3"
+    assert by_id[ann]["content"] == [
+        {"type": "text/plain", "value": "Thanks Ann <3"},
+        {"type": "text/html", "value": "<p>Thanks Ann &lt;3</p><li>Tea</li><b>pro</b>"},
+    ]
+    assert by_id[bob]["subject"] == "Receipt for Bob"
+    assert by_id[bob]["content"][1]["value"] == "<p>Thanks Bob</p>"
+
+
+async def test_a_personalization_missing_a_variable_is_a_400_naming_its_data(
+    running: Running, sendgrid: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """The second personalization lacks name: a 400 naming its dynamic_template_data and
+    the variable; nothing is stored. An unknown template_id is a 400 naming it."""
+    await create_template(running, http, RECEIPT)
+    message = templated(("ann@example.com", {"name": "Ann"}), ("bob@example.com", {}))
+    error = await refused(running.client(), message)
+    assert isinstance(error, BadRequestsError)
+    [entry] = errors_of(error)
+    assert entry["field"] == "personalizations.1.dynamic_template_data"
+    assert "name" in entry["message"]
+    missing = templated(("ann@example.com", {"name": "Ann"}))
+    missing.template_id = TemplateId("d-nothing")
+    error = await refused(running.client(), missing)
+    assert [e["field"] for e in errors_of(error)] == ["template_id"]
+    assert await stored(running.mailman.store) == []
+    assert sendgrid.calls == 0

@@ -208,8 +208,26 @@ def _cap_recipients(holders: list[dict[str, Any]], count: Callable[[str], int]) 
                 holder[kind] = kept
 
 
+#: What a mail renders when the template a case named is dropped (see ``_untemplated``).
+_BODY = "Hello"
+
+
+def _untemplated(body: dict[str, Any], names: tuple[str, ...]) -> bool:
+    """Drop a template and its data: one must be stored, and its data hold what it prints,
+    neither of which a schema can say. Whether a template was named."""
+    named = body.get(names[0]) is not None
+    for name in names:
+        body.pop(name, None)
+    return named
+
+
 def _mail(body: dict[str, Any]) -> None:
     """POST /mail/send's body (``Submission``'s rules of the mail as a whole)."""
+    _untemplated(body, ("template", "template_version", "data"))
+    if not (body.get("content") or body.get("text") or body.get("html")):
+        body["content"] = _BODY  # the template named would have rendered it
+        if isinstance(body.get("text"), str):
+            body["text"] = _BODY
     _cap_recipients([body], lambda entry: 1)
     # content and text are the same body: equal when both are given.
     content, text = body.get("content"), body.get("text")
@@ -228,6 +246,10 @@ def _sendgrid(body: dict[str, Any]) -> None:
     headers and custom_args merged over the message's: the message's and a
     personalization's get half the room each."""
     personalizations = [p for p in body.get("personalizations") or [] if isinstance(p, dict)]
+    if _untemplated(body, ("template_id",)) or body.get("content") is None:
+        body["content"] = [{"type": "text/plain", "value": _BODY}]
+    for personalization in personalizations:
+        personalization.pop("dynamic_template_data", None)
     _cap_recipients(personalizations, lambda entry: 1)
     for holder in (body, *personalizations):
         holder["headers"] = _headers(holder.get("headers"), MAX_HEADERS // 2)
@@ -255,6 +277,9 @@ def _sendgrid(body: dict[str, Any]) -> None:
 def _mailgun(form: dict[str, Any]) -> None:
     """POST /v3/{domain}/messages's form under _mail's rules: its h:X- fields are headers,
     its v: fields metadata, its o:tag tags."""
+    templated = _untemplated(form, ("template", "t:version", "t:variables", "t:text"))
+    if templated or not (form.get("text") or form.get("html")):
+        form["text"] = _BODY
     _cap_recipients([form], lambda entry: len([a for a in getaddresses([entry]) if a[1]]))
     headers = _headers({k[2:]: v for k, v in form.items() if k[:4].lower() == "h:x-"})
     metadata = _metadata({k[2:]: v for k, v in form.items() if k.startswith("v:")})
@@ -279,6 +304,13 @@ def _mailgun(form: dict[str, Any]) -> None:
         form["attachment"] = form["attachment"][: MAX_ATTACHMENTS - len(form.get("inline") or [])]
 
 
+def _template(body: dict[str, Any]) -> None:
+    """POST /templates' and PUT's body: each part parses (no tag left to be a bad one)."""
+    for name in ("subject", "html", "text"):
+        if isinstance(body.get(name), str):
+            body[name] = body[name].replace("{", "(").replace("}", ")")
+
+
 #: Bodies schemathesis cannot check again once changed (their files are bytes, which it
 #: would take for invalid strings): a case generated as valid that breaks a rule is dropped.
 UNCHANGEABLE = "multipart/form-data"
@@ -289,6 +321,8 @@ BODY_RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "POST /mail/send": _mail,
     "POST /v3/mail/send": _sendgrid,
     "POST /v3/{domain}/messages": _mailgun,
+    "POST /templates": _template,
+    "PUT /templates/{ref}": _template,
 }
 
 

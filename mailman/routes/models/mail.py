@@ -134,6 +134,14 @@ class AttachmentShown(TypedDict):
     size: Annotated[int, Field(ge=1, description="bytes, decoded")]
 
 
+class TemplateShown(TypedDict):
+    """The template a mail was rendered from at acceptance."""
+
+    id: str
+    name: str
+    version: int
+
+
 # ``from`` is a keyword: the functional form.
 SubmittedMail = TypedDict(
     "SubmittedMail",
@@ -152,6 +160,12 @@ SubmittedMail = TypedDict(
         "tags": NotRequired[list[str]],
         "metadata": NotRequired[dict[str, str]],
         "attachments": NotRequired[list[AttachmentShown]],
+        "template": NotRequired[
+            Annotated[
+                TemplateShown,
+                Field(description="The template subject, text and html were rendered from"),
+            ]
+        ],
     },
 )
 SubmittedMail.__doc__ = (
@@ -395,6 +409,9 @@ def submitted(mail: Mail) -> SubmittedMail:
         out["metadata"] = dict(mail.metadata)
     if mail.attachments:
         out["attachments"] = [_attachment(a) for a in mail.attachments]
+    if mail.template is not None:
+        used = mail.template
+        out["template"] = {"id": used.id, "name": used.name, "version": used.version}
     return out
 
 

@@ -39,7 +39,6 @@ IGNORED_OPTIONS = frozenset(
 )
 #: Fields Mailman cannot honour, and why.
 UNSUPPORTED = {
-    "template": "Mailman does not render Mailgun templates; send text or html",
     "recipient-variables": "batch sending is not supported: Mailman would send one mail "
     "to every recipient; send one message per recipient",
     "amp-html": "Mailman sends no AMP part; send text or html",
@@ -75,7 +74,7 @@ _VARIABLE = "^v:" + schemas.METADATA_KEY["pattern"].removeprefix("^")
 #: Field names the endpoint refuses: other o: options, t:, h: headers but Reply-To and X-,
 #: the unsupported fields, a file field without a file.
 _REFUSED_NAMES = (
-    "^(?:o:|t:|h:|v:|(?:"
+    "^(?:o:|t:(?!(?:version|variables|text)$)|h:|v:|(?:"
     + "|".join(sorted(UNSUPPORTED))
     + "|"
     + "|".join(schemas.caseless(f) for f in FILE_FIELDS)
@@ -110,8 +109,11 @@ def _form_schema(files: bool) -> dict[str, Any]:
             ]
         },
         "anyOf": [
-            {"required": [name], "properties": {name: schemas.string(minLength=1)}}
-            for name in ("text", "html")
+            *(
+                {"required": [name], "properties": {name: schemas.string(minLength=1)}}
+                for name in ("text", "html")
+            ),
+            {"required": ["template"], "properties": {"template": {"type": "string"}}},
         ],
     }
 
@@ -119,9 +121,11 @@ def _form_schema(files: bool) -> dict[str, Any]:
 class MailgunForm(BaseModel):
     """Mailgun's Messages API form. Also h:X-<Name> (custom headers, as POST /mail/send's)
     and v:<name> (metadata, as POST /mail/send's). Ignored: o:tracking, o:tracking-clicks,
-    o:tracking-opens, o:dkim... and fields Mailgun does not define. Refused (400): template,
-    t:*, recipient-variables, amp-html, other o: options, h: headers other than Reply-To and
-    X-. An empty subject, text or html counts as left out."""
+    o:tracking-opens, o:dkim..., t:text and fields Mailgun does not define. template names a
+    template of the caller's tenant (POST /templates), rendered by Mailman with t:variables
+    (or h:X-Mailgun-Template-Variables; v: variables too, under them). Refused (400):
+    other t: options, recipient-variables, amp-html, other o: options, h: headers other
+    than Reply-To and X-. An empty subject, text or html counts as left out."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_form_schema(files=False))
 
@@ -148,6 +152,44 @@ class MailgunForm(BaseModel):
                 "mail waits 'scheduled'",
             )
         ),
+    ] = None
+    template: Annotated[
+        str | None,
+        WithJsonSchema(
+            schemas.string(
+                minLength=1,
+                maxLength=128,
+                pattern="^[A-Za-z0-9._-]+$",
+                description="A template of the caller's tenant, by name or id: its html and "
+                "text (and its subject, unless subject is given) rendered with t:variables; "
+                "text and html are not given with it",
+            )
+        ),
+    ] = None
+    template_version: Annotated[
+        str | None,
+        Field(alias="t:version"),
+        WithJsonSchema(
+            schemas.string(
+                pattern="^[1-9][0-9]{0,8}$",
+                description="The template's version (Mailman numbers them); missing: its latest",
+            )
+        ),
+    ] = None
+    template_variables: Annotated[
+        str | None,
+        Field(alias="t:variables"),
+        WithJsonSchema(
+            schemas.string(
+                description="A JSON object: what the template's {{variables}} are rendered "
+                "with; a printed variable it lacks is a 400 naming t:variables"
+            )
+        ),
+    ] = None
+    template_text: Annotated[
+        str | None,
+        Field(alias="t:text"),
+        WithJsonSchema(schemas.string(description="Ignored: the template's own text part is sent")),
     ] = None
     testmode: Annotated[
         str | None,

@@ -71,6 +71,16 @@ class Personalization(BaseModel):
     headers: Annotated[dict[str, str] | None, _nullable(schemas.HEADERS)] = None
     custom_args: Annotated[dict[str, str] | None, _nullable(schemas.METADATA)] = None
     send_at: Annotated[int | None, _nullable(_UNIX_TIME)] = None
+    dynamic_template_data: Annotated[
+        dict[str, Any] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "object"}, {"type": "null"}],
+                "description": "What template_id's {{variables}} are rendered with for this "
+                "personalization (only with template_id); a printed variable it lacks is a 400",
+            }
+        ),
+    ] = None
 
 
 #: A body's type: text/plain or text/html, in any case, parameters ignored.
@@ -145,10 +155,11 @@ class MailSettings(BaseModel):
 
 
 class SendGridMail(BaseModel):
-    """SendGrid's v3 Mail Send body, as far as Mailman honours it. Refused with a 400
-    naming the field: template_id, sections, asm, ip_pool_name, batch_id,
-    personalizations[].dynamic_template_data and substitutions, any enabled mail_settings
-    but sandbox_mode, any other field. tracking_settings is ignored."""
+    """SendGrid's v3 Mail Send body, as far as Mailman honours it. template_id names a
+    template of the caller's tenant (POST /templates), rendered by Mailman with each
+    personalization's dynamic_template_data. Refused with a 400 naming the field: sections,
+    asm, ip_pool_name, batch_id, personalizations[].substitutions, any enabled
+    mail_settings but sandbox_mode, any other field. tracking_settings is ignored."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -180,8 +191,27 @@ class SendGridMail(BaseModel):
     ] = None
     subject: Annotated[str | None, _nullable(schemas.SUBJECT)] = None
     content: Annotated[
-        list[Content], Field(min_length=1, description="The bodies: text/plain, text/html")
-    ]
+        list[Content] | None,
+        Field(
+            min_length=1,
+            description="The bodies: text/plain, text/html; required unless template_id "
+            "(then refused: the template renders them)",
+        ),
+    ] = None
+    template_id: Annotated[
+        str | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": 128},
+                    {"type": "null"},
+                ],
+                "description": "A template of the caller's tenant, by id or name: its subject "
+                "(SendGrid's rule: the subject given here is not used), html and text, "
+                "rendered with each personalization's dynamic_template_data",
+            }
+        ),
+    ] = None
     attachments: Annotated[
         list[SendGridAttachment] | None,
         Field(
