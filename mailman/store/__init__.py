@@ -2,7 +2,7 @@
 
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
-``figures``, kept as mails move by ``summary``, ``retention``): its interface,
+``figures``, kept as mails move by ``summary``, ``retention``, ``finding``): its interface,
 records, SQL and operations, written once for both databases (``dialect``,
 ``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
@@ -41,7 +41,6 @@ from .base import (
     giving_up_by,
 )
 from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
-from .mails import list_filter
 
 
 def open_store(url: str) -> Store:
@@ -95,6 +94,5 @@ __all__ = [
     "api_key_from_row",
     "bucket_step",
     "giving_up_by",
-    "list_filter",
     "open_store",
 ]
