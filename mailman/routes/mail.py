@@ -381,7 +381,7 @@ def _list_query(principal: Principal, query: MultiMapping[str]) -> MailQuery:
         tenant = params["tenant"]
     before = None
     if "cursor" in params:
-        before = _decode_cursor(params["cursor"])
+        before = decode_cursor(params["cursor"])
         if before is None:
             errors.append(FieldError("cursor", "is not a cursor this service gave out"))
     if errors:
@@ -421,7 +421,8 @@ def encode_cursor(created_at: float, mail_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[float, str] | None:
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    """The ``(created_at, id)`` an ``encode_cursor`` cursor holds; None for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         at, separator, mail_id = raw.partition(_CURSOR_SEPARATOR)
