@@ -5,6 +5,7 @@
     python -m bench soak [--minutes M] [--rate R] ...   (see bench/soak.py)
     python -m bench figures [--sizes 1000,100000,1000000] [--mysql]  (bench/figures.py)
     python -m bench memory [--budget B] [--large 40] [--small 1000]  (bench/memory.py)
+    python -m bench find [--mails 100000] [--reads 200] [--mysql]  (bench/find.py)
 
 Starts everything itself on loopback, each in its own process: the fake
 providers (``python -m bench.fakes``), the reference app (``python -m
@@ -672,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import figures
 
         return figures.main(argv[1:])
+    if argv[:1] == ["find"]:  # python -m bench find: GET /mail's filters on a full store
+        from . import find
+
+        return find.main(argv[1:])
     if argv[:1] == ["memory"]:  # python -m bench memory: peak RSS with bodies in flight
         from . import memory
 

@@ -650,6 +650,15 @@ def tags(value: object, errors: Errors) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: What is wrong with a metadata key that is not one.
+METADATA_KEY_RULE = "must be named by 1 to 64 of A-Z, a-z, 0-9, _, . and -"
+
+
+def is_metadata_key(key: str) -> bool:
+    """Whether ``key`` is a metadata key a mail may have (``GET /mail`` finds by it)."""
+    return _METADATA_KEY.fullmatch(key) is not None
+
+
 def metadata(value: object, mail_id: str, errors: Errors) -> tuple[tuple[str, str], ...]:
     """The optional ``metadata``: an object of short keys to string values."""
     if value is None:
@@ -663,8 +672,8 @@ def metadata(value: object, mail_id: str, errors: Errors) -> tuple[tuple[str, st
     out: list[tuple[str, str]] = []
     for key, raw in value.items():
         field = _field_name("metadata", key)
-        if not _METADATA_KEY.fullmatch(key):
-            errors.add(field, "must be named by 1 to 64 of A-Z, a-z, 0-9, _, . and -")
+        if not is_metadata_key(key):
+            errors.add(field, METADATA_KEY_RULE)
         elif key == RESERVED_METADATA_KEY:
             errors.add(field, "is reserved: Mailman sets mail_id itself")
         elif key.lower() in SENDGRID_EVENT_KEYS:

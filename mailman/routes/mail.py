@@ -5,26 +5,39 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
+import re
 import time
-from collections.abc import Mapping
 from http import HTTPStatus
 from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from mailman.config.logging import get_logger
 from mailman.core.clock import iso_time, parse_time
 from mailman.core.messages import Dispatch
 from mailman.core.model import Mail, Status
+from mailman.core.schemas import ADDRESS
 from mailman.core.submission import Submission
-from mailman.core.validation import MAX_ATTACHMENT_BYTES, FieldError, ValidationFailed
+from mailman.core.validation import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_TAG,
+    MAX_UNKNOWN_NAMED,
+    METADATA_KEY_RULE,
+    FieldError,
+    ValidationFailed,
+    is_metadata_key,
+    parse_address,
+)
 from mailman.intake.accept import idempotency_key_problem
 from mailman.intake.auth import Principal
 from mailman.intake.guard import guarded
-from mailman.intake.keys import Scope
+from mailman.intake.keys import TENANT, Scope
 from mailman.intake.refusals import Refused
 from mailman.store import MailQuery, Store
+from mailman.store.finding import MAX_FOUND_VALUE
 
 from . import CONFIG, INTAKE, OUTBOUND, STORE
 from .auth import PRINCIPAL, requires
@@ -44,6 +57,7 @@ from .contract import (
 )
 from .errors import (
     BAD_REQUEST,
+    FORBIDDEN,
     IDEMPOTENCY_KEY,
     NOT_FOUND,
     STATUS_CONFLICT,
@@ -262,9 +276,39 @@ async def send_mail(request: web.Request) -> web.Response:
     )
 
 
-def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
+#: GET /mail's query parameters (anything else is refused, naming it).
+LIST_PARAMS = (
+    "recipient",
+    "tag",
+    "metadata_key",
+    "metadata_value",
+    "status",
+    "since",
+    "until",
+    "tenant",
+    "limit",
+    "cursor",
+)
+#: The filters a page's ``next`` keeps.
+KEPT = tuple(p for p in LIST_PARAMS if p not in ("limit", "cursor"))
+
+
+def _list_query(principal: Principal, query: MultiMapping[str]) -> MailQuery:
     """The listing that GET /mail's query names; 400 naming every bad parameter."""
     errors: list[FieldError] = []
+    params: dict[str, str] = {}
+    unknown = [name for name in dict.fromkeys(query) if name not in LIST_PARAMS]
+    for name in unknown[:MAX_UNKNOWN_NAMED]:  # each name cut short: it is echoed
+        errors.append(
+            FieldError(name[:100], f"is not a parameter of GET /mail ({', '.join(LIST_PARAMS)})")
+        )
+    for name in dict.fromkeys(query):
+        if name in unknown:
+            continue
+        if len(query.getall(name)) > 1:
+            errors.append(FieldError(name, "is given more than once"))
+        else:
+            params[name] = query[name]
     limit = DEFAULT_PAGE
     if "limit" in params:
         raw = params["limit"]
@@ -285,9 +329,59 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
                 times[name] = parse_time(params[name])
             except ValueError:
                 errors.append(FieldError(name, "must be an RFC 3339 time, e.g. 2025-01-02T03:04Z"))
+    recipient = None
+    if "recipient" in params:
+        try:
+            recipient = parse_address(params["recipient"]).email
+        except ValueError as exc:
+            errors.append(FieldError("recipient", f"must be an email address: {exc}"))
+    tag = params.get("tag")
+    if tag is not None and (len(tag) > MAX_TAG or not _TAG.fullmatch(tag)):
+        errors.append(
+            FieldError(
+                "tag", f"must be 1 to {MAX_TAG} printable ASCII characters, no space at either end"
+            )
+        )
+    metadata = None
+    key, value = params.get("metadata_key"), params.get("metadata_value")
+    if key is not None and not is_metadata_key(key):
+        errors.append(FieldError("metadata_key", METADATA_KEY_RULE))
+    if (key is None) != (value is None):
+        missing = "metadata_value" if value is None else "metadata_key"
+        errors.append(
+            FieldError(
+                missing, "is needed with " + ("metadata_key" if value is None else "metadata_value")
+            )
+        )
+    if value is not None and len(value) > MAX_FOUND_VALUE:
+        errors.append(
+            FieldError(
+                "metadata_value",
+                f"must be at most {MAX_FOUND_VALUE} characters (longer values are not indexed)",
+            )
+        )
+    if key is not None and value is not None:
+        metadata = (key, value)
+    tenant = principal.tenant_filter
+    if "tenant" in params and not TENANT.fullmatch(params["tenant"]):
+        errors.append(
+            FieldError(
+                "tenant",
+                "must be a tenant's name: 1 to 64 of A-Z, a-z, 0-9, ., _ and -, "
+                "first a letter or digit",
+            )
+        )
+    elif "tenant" in params:
+        if tenant is not None and params["tenant"] != tenant:
+            raise Problem(
+                HTTPStatus.FORBIDDEN,
+                "Only an admin key lists another tenant's mails.",
+                type=FORBIDDEN,
+            )
+        tenant = params["tenant"]
     before = None
     if "cursor" in params:
-        before = _decode_cursor(params["cursor"])
+        before = decode_cursor(params["cursor"])
         if before is None:
             errors.append(FieldError("cursor", "is not a cursor this service gave out"))
     if errors:
@@ -298,39 +392,78 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> MailQuery:
             errors=errors,
         )
     return MailQuery(
-        tenant=principal.tenant_filter,
+        tenant=tenant,
         limit=limit,
         status=status,
         since=times["since"],
         until=times["until"],
+        recipient=recipient,
+        tag=tag,
+        metadata=metadata,
         before=before,
     )
 
 
 #: The document's format for a cursor: only what a page's ``next`` gave out.
 CURSOR_FORMAT = "cursor"
+#: A tag as a mail may have one (``core.validation.tags``; an encoded-word never is one,
+#: so it finds nothing).
+TAG_PATTERN = "[!-~](?:[ -~]*[!-~])?"
+TAG_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TAG, "pattern": f"^{TAG_PATTERN}$"}
+_TAG = re.compile(TAG_PATTERN)
+#: Where a cursor's time ends and its mail id begins.
+_CURSOR_SEPARATOR = "~"
 
 
-def _encode_cursor(mail_id: str) -> str:
-    return base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
+def encode_cursor(created_at: float, mail_id: str) -> str:
+    """The cursor after a mail: its creation time and id, opaque (base64url)."""
+    raw = f"{created_at!r}{_CURSOR_SEPARATOR}{mail_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> str | None:
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    """The ``(created_at, id)`` an ``encode_cursor`` cursor holds; None for anything else."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        mail_id = raw.decode("ascii")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        at, separator, mail_id = raw.partition(_CURSOR_SEPARATOR)
+        created_at = float(at)
     except (binascii.Error, ValueError):
         return None
-    return mail_id if mail_id.isalnum() and 0 < len(mail_id) <= 64 else None
+    if not separator or not math.isfinite(created_at) or created_at < 0:
+        return None
+    return (created_at, mail_id) if mail_id.isalnum() and len(mail_id) <= 64 else None
 
 
 @routes.get("/mail")
 @requires(Scope.READ)
 @operation(
     "listMails",
-    "The caller's mails, newest first, a page at a time",
-    description="Needs `read` (or `send`); admin keys list every tenant's mails.",
+    "Find the caller's mails, newest first, a page at a time",
+    description="Needs `read` (or `send`); admin keys list every tenant's mails (or one "
+    "tenant's, with `tenant`). Every filter given must hold (AND). Each filter reads an "
+    "index: the recipient's, the metadata value's or the tag's, else the tenant's by "
+    "status and time.",
     parameters=(
+        Param(
+            "recipient",
+            "query",
+            ADDRESS,
+            "To, cc or bcc of the mail, in any case (an international domain as typed or as xn--)",
+        ),
+        Param("tag", "query", TAG_SCHEMA, "One of the mail's tags, exactly"),
+        Param(
+            "metadata_key",
+            "query",
+            {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+            "A key of the mail's metadata; needs `metadata_value`",
+        ),
+        Param(
+            "metadata_value",
+            "query",
+            {"type": "string", "maxLength": MAX_FOUND_VALUE},
+            "The value of `metadata_key`, exactly; needs `metadata_key`. A mail's metadata "
+            f"value over {MAX_FOUND_VALUE} characters is not indexed (never found)",
+        ),
         Param("status", "query", {"type": "string", "enum": [s.value for s in Status]}),
         Param(
             "since",
@@ -343,6 +476,12 @@ def _decode_cursor(cursor: str) -> str | None:
             "query",
             {"type": "string", "format": "date-time"},
             "created before this RFC 3339 time",
+        ),
+        Param(
+            "tenant",
+            "query",
+            {"type": "string", "pattern": f"^{TENANT.pattern}$"},
+            "Admin keys: this tenant's mails only (another key: its own tenant, or 403)",
         ),
         Param(
             "limit",
@@ -358,11 +497,15 @@ def _decode_cursor(cursor: str) -> str | None:
     ),
     answers={
         200: Answer("A page; `next` is absent on the last one", MailList),
-        400: problem("A bad query parameter (see errors)"),
+        400: problem(
+            "A bad, unknown or repeated query parameter, or metadata_key without "
+            "metadata_value (see errors)"
+        ),
+        403: problem("tenant names another tenant, and the key is not an admin's"),
     },
 )
 async def list_mails(request: web.Request) -> web.Response:
-    """The caller's mails, newest first, a page at a time."""
+    """The caller's mails that match the query, newest first, a page at a time."""
     query = _list_query(request[PRINCIPAL], request.query)
     store, timeout = _store(request)
     page = await guarded(
@@ -380,10 +523,11 @@ async def list_mails(request: web.Request) -> web.Response:
         ]
     }
     if len(page) > query.limit:
-        kept = {k: v for k, v in request.query.items() if k in ("status", "since", "until")}
+        kept = {k: v for k, v in request.query.items() if k in KEPT}
         if "limit" in request.query:
             kept["limit"] = str(query.limit)
-        kept["cursor"] = _encode_cursor(page[query.limit - 1].id)
+        last = page[query.limit - 1]
+        kept["cursor"] = encode_cursor(last.created_at, last.id)
         body["next"] = f"/mail?{urlencode(kept)}"
     return json_response(body)
 

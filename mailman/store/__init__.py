@@ -3,7 +3,8 @@
 One module per concern (``mails``, ``outbox``, ``attempts``, ``events``,
 ``dead_letters``, ``keys``, ``idempotency``, ``callbacks``, ``breakers``,
 ``figures``, kept as mails move by ``summary``, ``retention``, ``tenants``,
-``suppressions``, ``templates``): its interface, records, SQL and operations, written once for both databases (``dialect``,
+``suppressions``, ``templates``, ``finding``): its interface, records, SQL and
+operations, written once for both databases (``dialect``,
 ``operation``). ``base.Store`` is all of them in one;
 ``sqlite`` and ``mysql`` are the drivers that run them, and ``migrations`` the
 schema of each. ``open_store`` picks a driver by URL.
@@ -44,7 +45,6 @@ from .base import (
     giving_up_by,
 )
 from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
-from .mails import list_filter
 
 
 def open_store(url: str) -> Store:
@@ -101,6 +101,5 @@ __all__ = [
     "api_key_from_row",
     "bucket_step",
     "giving_up_by",
-    "list_filter",
     "open_store",
 ]

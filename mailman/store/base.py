@@ -32,10 +32,10 @@ from .figures import (
     MinuteCount,
     SqlFigures,
 )
+from .finding import MailQuery
 from .idempotency import Idempotency, IdempotencyKeys, IdempotencyMismatch, SqlIdempotencyKeys
 from .keys import ApiKey, Keys, RateDecision, SqlKeys
 from .mails import (
-    MailQuery,
     MailRecord,
     Mails,
     MailSummary,

@@ -52,6 +52,14 @@ class Dialect:
     packet_limited: bool = False
     #: MySQL spells "insert unless the key is there" ``ON DUPLICATE KEY UPDATE``.
     on_duplicate_key: bool = False
+    #: A join that reads its left table first (SQLite's ``CROSS JOIN``, MySQL's
+    #: ``STRAIGHT_JOIN``): a listing driven by a side table's index keeps its order.
+    ordered_join: str = "CROSS JOIN"
+    #: After a table joined by its primary key (MySQL: ``FORCE INDEX (PRIMARY)``, or it
+    #: may pick a secondary index by a guess from a young table's statistics).
+    by_key: str = ""
+    #: Read a table through this index (SQLite's ``INDEXED BY``, MySQL's ``FORCE INDEX``).
+    index_hint: str = " INDEXED BY {}"
 
     def marks(self, count: int) -> str:
         """``count`` placeholders, comma separated."""
@@ -94,6 +102,10 @@ class Dialect:
             f"ON DUPLICATE KEY UPDATE {column} = {column} + added.n"
         )
 
+    def force_index(self, name: str) -> str:
+        """What follows a table's name in FROM to read it through the index ``name``."""
+        return self.index_hint.format(name)
+
     def holds_id(self, mail_id: str) -> bool:
         """Whether ``mail_id`` is an id the store can hold exactly. MySQL compares ids with
         ``utf8mb4_bin``, which pads trailing spaces, in a ``VARCHAR(64)``: a longer id, one
@@ -132,4 +144,7 @@ MYSQL = Dialect(
     id_max=64,
     packet_limited=True,
     on_duplicate_key=True,
+    ordered_join="STRAIGHT_JOIN",
+    by_key=" FORCE INDEX (PRIMARY)",
+    index_hint=" FORCE INDEX ({})",
 )

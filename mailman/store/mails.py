@@ -12,8 +12,19 @@ from typing import Any
 from mailman.core.messages import decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, DeliveryEvent, Mail, Status
 
-from . import attempts, callbacks, events, idempotency, moves, outbox, summary, suppressions
+from . import (
+    attempts,
+    callbacks,
+    events,
+    finding,
+    idempotency,
+    moves,
+    outbox,
+    summary,
+    suppressions,
+)
 from .dialect import Dialect, chunks
+from .finding import MailQuery
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, read, read_batch, snapshot, write, write_batch
@@ -60,22 +71,6 @@ class MailSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class MailQuery:
-    """Which mails ``list_mails`` returns: newest first, ids below ``before``."""
-
-    #: None: every tenant's mails.
-    tenant: str | None
-    limit: int
-    status: Status | None = None
-    #: ``created_at`` at or after this unix time...
-    since: float | None = None
-    #: ... and before this one.
-    until: float | None = None
-    #: The last id of the page before (the cursor).
-    before: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Transition:
     """What a guarded status change did: ``changed`` is False for a repeat or a refused move."""
 
@@ -118,7 +113,8 @@ class Mails(abc.ABC):
 
     @abc.abstractmethod
     async def list_mails(self, query: MailQuery) -> list[MailSummary]:
-        """Mails matching ``query``, newest (highest id) first, at most ``query.limit``."""
+        """Mails matching ``query``, newest first (by ``created_at``, then id), at most
+        ``query.limit`` (``store.finding``)."""
 
     @abc.abstractmethod
     async def transition(
@@ -186,28 +182,6 @@ def _load(d: Dialect, count: int) -> str:
 @functools.cache
 def _record(d: Dialect) -> str:
     return f"SELECT {RECORD_COLUMNS} FROM mails WHERE id = {d.mark}"
-
-
-def list_filter(query: MailQuery, mark: str = "?") -> tuple[str, list[object]]:
-    """The WHERE clause and its parameters for ``list_mails`` (``mark``: the placeholder)."""
-    clauses: list[str] = []
-    params: list[object] = []
-    for column, op, value in (
-        ("tenant", "=", query.tenant),
-        ("status", "=", None if query.status is None else query.status.value),
-        ("created_at", ">=", query.since),
-        ("created_at", "<", query.until),
-        ("id", "<", query.before),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {op} {mark}")
-            params.append(value)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-@functools.lru_cache(maxsize=64)
-def _list(d: Dialect, where: str) -> str:
-    return f"SELECT id, status, created_at FROM mails {where} ORDER BY id DESC LIMIT {d.mark}"
 
 
 @functools.cache
@@ -366,6 +340,7 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
         outcomes.append(mail.id)
         fresh.setdefault(mail.id, mail)  # a repeated add inserts neither the mail nor an entry
     stored = yield from _insert_new(d, list(fresh.values()))
+    yield from finding.index(d, stored)
     # Scheduled ones wait for their time; suppressed ones are never sent.
     entering = [m for m in stored if m.first_status is Status.QUEUED]
     for chunk in chunks(entering):
@@ -404,8 +379,7 @@ def load(d: Dialect, ids: list[str]) -> Steps[list[tuple[Mail, Status] | None]]:
 
 @read
 def listing(d: Dialect, query: MailQuery) -> Steps[list[MailSummary]]:
-    where, params = list_filter(query, d.mark)
-    cur = yield Statement(_list(d, where), (*params, query.limit))
+    cur = yield finding.find(d, query)
     return [MailSummary(row[0], Status(row[1]), row[2]) for row in cur.fetchall()]
 
 

@@ -3,7 +3,8 @@
 A **final** mail (``sent``, ``failed``, ``delivered``, ``bounced``, ``suppressed``) finished before
 the body cutoff is *purged*: its payload (addresses, subject, text, HTML, files,
 headers, tags, metadata, request id) becomes a stub that keeps only its id, tenant and
-creation time, ``purged_at`` says when, and its events forget their recipient. Its
+creation time, ``purged_at`` says when, its events forget their recipient and its rows
+of ``mail_recipients`` and ``mail_labels`` go (``finding``): nothing finds it by them. Its
 record (status, provider, reason, attempts, events) stays until the record cutoff;
 then the mail is *dropped*: deleted with every row that names it (attempts, events,
 outbox entries, callbacks, idempotency keys, dead letters). Mails not final are
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from mailman.core.messages import decode, encode
 from mailman.core.model import Address, Mail, Outcome, Status
 
-from . import moves, summary
+from . import finding, moves, summary
 from .dialect import SQLITE, Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
@@ -50,7 +51,15 @@ IN_FLIGHT = frozenset({Status.QUEUED, Status.SENDING})
 CANCELLED = "cancelled: erased before its send_at"
 
 #: The tables holding rows of a mail, by ``mail_id``; deleted before the mail itself.
-MAIL_ROWS = ("attempts", "events", "outbox", "callbacks", "idempotency", "dead_letters")
+MAIL_ROWS = (
+    "attempts",
+    "events",
+    "outbox",
+    "callbacks",
+    "idempotency",
+    "dead_letters",
+    *finding.TABLES,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +274,11 @@ def purge_bodies(d: Dialect, before: float, now: float, limit: int) -> Steps[int
         ],
         many=True,
     )
-    for chunk in chunks([row[0] for row in rows]):
+    purged = [row[0] for row in rows]
+    for chunk in chunks(purged):
         yield Statement(_forget_recipients(d, len(chunk)), chunk)
+    # Its recipients, tags and metadata are gone: nothing finds it by them any more.
+    yield from finding.forget(d, purged)
     return len(rows)
 
 

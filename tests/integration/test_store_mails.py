@@ -187,22 +187,25 @@ async def test_backlog_counts_mails_not_yet_final(store: Store) -> None:
 
 
 async def test_list_mails_newest_first_with_filters_and_cursor(store: Store) -> None:
-    """Listing is per tenant, newest id first, filtered by status and time, paged by id."""
+    """Listing is per tenant, newest first (then the highest id), filtered by status and
+    time, paged after a (created_at, id)."""
     for i in range(5):
         await store.add(mail(f"m{i}", created_at=1000.0 + i, tenant="a"))
     await store.add(mail("x9", tenant="b"))
     await store.apply([update(Status.SENT, 2000.0, "m1")])
     page = await store.list_mails(MailQuery(tenant="a", limit=2))
     assert [m.id for m in page] == ["m4", "m3"]
-    rest = await store.list_mails(MailQuery(tenant="a", limit=10, before="m3"))
+    rest = await store.list_mails(MailQuery(tenant="a", limit=10, before=(1003.0, "m3")))
     assert [m.id for m in rest] == ["m2", "m1", "m0"]
     sent = await store.list_mails(MailQuery(tenant="a", limit=10, status=Status.SENT))
     assert [(m.id, m.status) for m in sent] == [("m1", Status.SENT)]
     window = await store.list_mails(MailQuery(tenant="a", limit=10, since=1001.0, until=1003.0))
     assert [m.id for m in window] == ["m2", "m1"]
     everyone = await store.list_mails(MailQuery(tenant=None, limit=10))
-    assert everyone[0].id == "x9" and len(everyone) == 6
+    assert [m.id for m in everyone] == ["m4", "m3", "m2", "m1", "x9", "m0"]  # x9: 1000.0
     assert window[0].created_at == 1002.0
+    ties = await store.list_mails(MailQuery(tenant=None, limit=10, before=(1000.0, "x9")))
+    assert [m.id for m in ties] == ["m0"]
 
 
 # --- retry --------------------------------------------------------------------

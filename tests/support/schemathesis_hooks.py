@@ -16,7 +16,6 @@ Loaded by the schemathesis run (``SCHEMATHESIS_HOOKS=tests.support.schemathesis_
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import time
@@ -43,7 +42,7 @@ from mailman.core.validation import (
     extra_bytes,
 )
 from mailman.routes.errors import IDEMPOTENCY_KEY
-from mailman.routes.mail import CURSOR_FORMAT
+from mailman.routes.mail import CURSOR_FORMAT, encode_cursor
 from mailman.routes.models.mailgun import MAILBOX_LIST_FORMAT, RFC2822_FORMAT
 from mailman.routes.suppressions import CURSOR_FORMAT as SUPPRESSION_CURSOR_FORMAT
 
@@ -103,9 +102,11 @@ def _rfc3339(at: datetime, millis: bool) -> str:
     return at.isoformat(timespec="milliseconds" if millis else "seconds").replace("+00:00", "Z")
 
 
-#: A cursor as GET /mail's ``next`` gives it out: a mail id, base64url without padding.
-CURSORS = st.from_regex(r"[0-9A-Za-z]{1,64}", fullmatch=True).map(
-    lambda mail_id: base64.urlsafe_b64encode(mail_id.encode()).decode().rstrip("=")
+#: A cursor as GET /mail's ``next`` gives it out: a mail's creation time and id.
+CURSORS = st.builds(
+    encode_cursor,
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.from_regex(r"[0-9A-Za-z]{1,64}", fullmatch=True),
 )
 
 #: A cursor as GET /suppressions's ``next`` gives it out: the last (tenant, address, group)
@@ -342,6 +343,18 @@ def _kept_to_rules(case: Case[Any]) -> dict[str, Any] | None:
     return body
 
 
+def _metadata_pair(case: Case[Any]) -> None:
+    """GET /mail's metadata_key and metadata_value come together (each one's description
+    says so): one generated alone as valid gets its pair, the key another's value."""
+    if not _valid(case, ParameterLocation.QUERY):
+        return
+    query = case.query
+    if "metadata_key" in query and "metadata_value" not in query:
+        query["metadata_value"] = "42"
+    elif "metadata_value" in query and "metadata_key" not in query:
+        query["metadata_key"] = "order"
+
+
 @schemathesis.hook
 def filter_case(context: HookContext, case: Case[Any]) -> bool:
     body = _kept_to_rules(case) if case.media_type == UNCHANGEABLE else None
@@ -353,6 +366,8 @@ def map_case(context: HookContext, case: Case[Any]) -> Case[Any]:
     body = _kept_to_rules(case) if case.media_type != UNCHANGEABLE else None
     if body is not None and body != case.body:
         case.body = body
+    if case.path == "/mail" and case.method.upper() == "GET" and case.query:
+        _metadata_pair(case)
     key = case.headers.get(IDEMPOTENCY_KEY) if case.headers else None
     if key is not None and _valid(case, ParameterLocation.HEADER, ParameterLocation.BODY):
         # An Idempotency-Key used again with another body is refused (422): the key

@@ -63,3 +63,25 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
     assert (out / "bench.png").read_bytes().startswith(PNG_MAGIC)
     assert "lost (201, never sent)" in done.stdout
     assert "CPU us/mail" in done.stdout
+
+
+def test_find_bench_times_every_query_on_a_filled_store() -> None:
+    """``python -m bench find`` on 1,000 mails exits 0 and prints a row for each query, each
+    recipient, tag and metadata query finding mails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "find", "--mails", "1000", "--reads", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    rows = {
+        cells[1].strip(): cells[2].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and (cells := line.split("|"))[2].strip().isdigit()
+    }
+    assert len(rows) == 16, done.stdout
+    for name in ("recipient (busy, cc)", "tag", "metadata (unique)", "admin: recipient (busy)"):
+        assert int(rows[name]) > 0, (name, done.stdout)
