@@ -16,6 +16,7 @@ Loaded by the schemathesis run (``SCHEMATHESIS_HOOKS=tests.support.schemathesis_
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import time
