@@ -58,6 +58,10 @@ log = structlog.get_logger("mailman.sender")
 
 #: How far before an ``unknown`` attempt's start a lookup searches (clock skew).
 LOOKUP_SLACK_SECONDS = 60.0
+#: How long after an ``unknown`` attempt's start a provider that says it is still on a
+#: request for the mail (Resend's ``409 concurrent_idempotent_requests``) is asked again
+#: rather than the mail sent elsewhere; past it, the attempt is ``cannot-check``.
+IN_PROGRESS_WAIT_SECONDS = 120.0
 
 
 class _Unwell(Exception):
@@ -233,7 +237,10 @@ class Sender(Actor):
         when the grace ends (a restart or the sweeper takes it up from there) and
         the dispatch waits in the retry scheduler, holding no sender slot. Once
         the grace is over with no event, the attempt is checked ``cannot-check``
-        and the mail is sent again (or held, ``hold_unknown``).
+        and the mail is sent again (or held, ``hold_unknown``). A provider that
+        answers it is still on a request for the mail (``Found.ask_again_in``)
+        is asked again the same way, once that time has passed, up to
+        ``IN_PROGRESS_WAIT_SECONDS`` from the attempt's start.
         """
         taken = False
         cannot: list[str] = []
@@ -256,6 +263,14 @@ class Sender(Actor):
                 )
             else:
                 found = await client.lookup(begun.mail, attempt.at - LOOKUP_SLACK_SECONDS)
+                if found.ask_again_in is not None:
+                    # The provider is still on a request for the mail: sending it now
+                    # could make a second copy. Ask again once that is done.
+                    until = self.clock() + found.ask_again_in
+                    if until <= attempt.at + IN_PROGRESS_WAIT_SECONDS:
+                        wait_until = until if wait_until is None else max(wait_until, until)
+                        awaited.append(attempt.provider)
+                        continue
             now = self.clock()
             checked = replace(
                 attempt,

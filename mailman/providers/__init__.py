@@ -104,6 +104,10 @@ class Found:
     message_id: str | None = None
     #: Why it could not be checked, for the history (``Check.CANNOT``).
     reason: str | None = None
+    #: The provider is still handling a request for the mail (Resend's ``409
+    #: concurrent_idempotent_requests``): it may yet take it, so rather than send the
+    #: mail again, ask again in this many seconds (``Check.CANNOT`` meanwhile).
+    ask_again_in: float | None = None
 
     def __post_init__(self) -> None:
         if self.message_id is not None:
