@@ -88,6 +88,10 @@ class ResendClient(HttpClient):
         self._url = f"{config.base_url.rstrip('/')}/emails"
 
     async def send(self, mail: Mail) -> Result:
+        return await self._post(mail, self._timeouts)
+
+    async def _post(self, mail: Mail, timeouts: aiohttp.ClientTimeout) -> Result:
+        """The mail's request under its key, within ``timeouts``."""
         session = await self.session()
         key = self._config.api_key.reveal()
         headers = {
@@ -101,7 +105,7 @@ class ResendClient(HttpClient):
                 data=streamed(orjson.dumps(body(mail))),
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._timeouts,
+                timeout=timeouts,
             ) as resp:
                 raw = await resp.read()
                 if 200 <= resp.status < 300:
@@ -118,7 +122,7 @@ class ResendClient(HttpClient):
         except aiohttp.InvalidURL:
             return Misconfigured(f"invalid Resend URL {self._url!r}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, key)
+            return no_answer(exc, timeouts, key)
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         """Asks Resend by sending the same request again under the mail's key: Resend
@@ -128,7 +132,7 @@ class ResendClient(HttpClient):
         Past the key's 24 hours, or without an answer, ``CANNOT``."""
         if time.time() - since > LOOKUP_WINDOW_SECONDS:
             return Found(Check.CANNOT, reason=KEY_EXPIRED)
-        result = await self.send(mail)
+        result = await self._post(mail, self._ask_timeouts)
         if isinstance(result, Accepted):
             return Found(Check.TAKEN, message_id=result.message_id)
         if isinstance(result, InProgress):
