@@ -119,6 +119,11 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         super().add_routes(app)
         app.router.add_get(self.search_path, self._handle_search)
 
+    def slow_answer(self, request: web.Request, response: web.StreamResponse) -> float:
+        """``answer_delay`` holds up the answers to sends (a slow Postmark that took the
+        mail); the search answers at once."""
+        return self.answer_delay if request.path == self.path else 0.0
+
     async def _handle_search(self, request: web.Request) -> web.StreamResponse:
         self.lookups += 1
         return await self.answer(request, self.serve_search)
