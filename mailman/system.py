@@ -59,7 +59,7 @@ from mailman.intake.instruments import HttpMetrics
 from mailman.intake.load import Load
 from mailman.mailboxes import Broker, MemoryBroker
 from mailman.mailboxes.routing import Router
-from mailman.providers import ProviderClient
+from mailman.providers import HttpClient, ProviderClient
 from mailman.retry import Backoff, retrying
 from mailman.routes import Probes, create_app
 from mailman.routes.errors import bad_http
@@ -290,7 +290,10 @@ class Mailman:
         if given:
             raise ConfigError(f"clients given for providers not in the chain: {', '.join(given)}")
         for p in config.providers:
-            self.clients[p.name].event_grace = event_grace(config, p)
+            client = self.clients[p.name]
+            client.event_grace = event_grace(config, p)
+            if isinstance(client, HttpClient):
+                client.listen_late(config.late_answer_seconds)
         #: The senders' group commit: every sender's outcomes share transactions.
         self.journal = Journal(self.store)
         #: One breaker per provider, outliving restarts of its sender.

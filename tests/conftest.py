@@ -69,6 +69,8 @@ def make_config(tmp_path: Path, env: Mapping[str, str] | None = None, *argv: str
         "MAILMAN_RETRY_BASE_SECONDS": "0.05",
         "MAILMAN_RETRY_CAP_SECONDS": "0.2",
         "MAILMAN_SHUTDOWN_TIMEOUT": "5",
+        # A timed-out call hands its mail on at once unless a test listens for late answers.
+        "MAILMAN_LATE_ANSWER_SECONDS": "0",
         "MAILMAN_PROVIDERS": "",
     }
     return load(list(argv), {**base, **(env or {})})

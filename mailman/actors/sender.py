@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError
@@ -60,6 +60,25 @@ log = structlog.get_logger("mailman.sender")
 
 #: How far before an ``unknown`` attempt's start a lookup searches (clock skew).
 LOOKUP_SLACK_SECONDS = 60.0
+#: How long after an ``unknown`` attempt's start a provider that says it is still on a
+#: request for the mail (Resend's ``409 concurrent_idempotent_requests``) is asked again
+#: rather than the mail sent elsewhere; past it, the attempt is ``cannot-check``.
+IN_PROGRESS_WAIT_SECONDS = 120.0
+
+
+#: Seconds past the end of a late answer's listening before the mail is handed on: the
+#: listening ends with the request's own timeout, this after it.
+LATE_MARGIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Late(Unknown):
+    """No answer within the provider timeout, the request still going on: its answer
+    (``answer``), if it comes within the client's ``late_answer``, settles the attempt."""
+
+    answer: asyncio.Task[Result] | None = field(default=None, compare=False, repr=False)
+    #: When (``clock``) the mail is handed on, unless the late answer settled it.
+    until: float = 0.0
 
 
 class _Unwell(Exception):
@@ -110,6 +129,9 @@ class Sender(Actor):
         self.clock = clock
         #: Attempts recorded ``pending`` whose outcome is not committed yet: id -> (mail, round).
         self._open: dict[int, tuple[str, int]] = {}
+        #: Requests still listened to past the timeout, and the tasks recording their answers.
+        self._late: set[asyncio.Task[Result]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.poison: Poison[Dispatch] = Poison(
             self,
             mailbox=send_mailbox(self.provider),
@@ -123,7 +145,12 @@ class Sender(Actor):
 
     async def teardown(self) -> None:
         """Attempts whose call this sender abandoned (it crashed, or was cancelled on stop)
-        are recorded ``unknown``, so whoever handles the mail next asks before sending."""
+        are recorded ``unknown``, so whoever handles the mail next asks before sending.
+        Late answers are no longer listened for (their mails are due, and handed on)."""
+        late = [*self._late, *self._background]
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         try:
             if self._open:
                 abandoned = [
@@ -243,7 +270,10 @@ class Sender(Actor):
         when the grace ends (a restart or the sweeper takes it up from there) and
         the dispatch waits in the retry scheduler, holding no sender slot. Once
         the grace is over with no event, the attempt is checked ``cannot-check``
-        and the mail is sent again (or held, ``hold_unknown``).
+        and the mail is sent again (or held, ``hold_unknown``). A provider that
+        answers it is still on a request for the mail (``Found.ask_again_in``)
+        is asked again the same way, once that time has passed, up to
+        ``IN_PROGRESS_WAIT_SECONDS`` from the attempt's start.
         """
         taken = False
         cannot: list[str] = []
@@ -266,6 +296,14 @@ class Sender(Actor):
                 )
             else:
                 found = await client.lookup(begun.mail, attempt.at - LOOKUP_SLACK_SECONDS)
+                if found.ask_again_in is not None:
+                    # The provider is still on a request for the mail: sending it now
+                    # could make a second copy. Ask again once that is done.
+                    until = self.clock() + found.ask_again_in
+                    if until <= attempt.at + IN_PROGRESS_WAIT_SECONDS:
+                        wait_until = until if wait_until is None else max(wait_until, until)
+                        awaited.append(attempt.provider)
+                        continue
             now = self.clock()
             checked = replace(
                 attempt,
@@ -368,7 +406,7 @@ class Sender(Actor):
         """
 
         async def guarded() -> Result:
-            result = await self.client.send(mail)
+            result = await self._send(mail)
             if result.unwell:
                 raise _Unwell(result)
             return result
@@ -382,6 +420,79 @@ class Sender(Actor):
             if isinstance(exc.__cause__, _Unwell):  # this call failed and tripped the breaker
                 return exc.__cause__.result
             return None
+
+    async def _send(self, mail: Mail) -> Result:
+        """The client's answer to ``mail``; with ``late_answer`` on, ``_Late`` once the
+        provider timeout has passed without one, the request left to go on."""
+        late, within = self.client.late_answer, self.client.timeout
+        if late <= 0 or within <= 0:
+            return await self.client.send(mail)
+        answer = asyncio.create_task(self.client.send(mail), name=f"send:{self.provider}")
+        try:
+            done, _ = await asyncio.wait({answer}, timeout=within)
+        except BaseException:
+            answer.cancel()
+            raise
+        if answer in done:
+            return answer.result()
+        self._late.add(answer)
+        answer.add_done_callback(self._late.discard)
+        return _Late(
+            f"timeout after {within:g}s waiting for the answer",
+            answer=answer,
+            until=self.clock() + late + LATE_MARGIN_SECONDS,
+        )
+
+    async def _listen_late(self, mail_id: str, attempt: Attempt, late: _Late) -> None:
+        """Wait for the late answer to ``attempt`` (recorded ``unknown``) and record what
+        it says: accepted, the mail is ``sent`` by this provider (``checked: taken``); a
+        refusal, ``checked: not-found`` (sent on when it is handed on); no answer at all,
+        nothing (whoever hands it on asks the provider, as for any lost answer)."""
+        assert late.answer is not None
+        try:
+            await self._settle_late(mail_id, attempt, await late.answer)
+        except Exception as exc:  # the mail is handed on when its wait ends all the same
+            log.warning(
+                "attempt.late_answer_failed",
+                mail_id=mail_id,
+                provider=self.provider,
+                error=type(exc).__name__,
+            )
+
+    async def _settle_late(self, mail_id: str, attempt: Attempt, result: Result) -> None:
+        if isinstance(result, Unknown):
+            log.info("attempt.late_answer", mail_id=mail_id, provider=self.provider, outcome=None)
+            return
+        now = self.clock()
+        said = f"answered late: {result.outcome.value}"
+        if isinstance(result, Accepted):
+            checked = replace(
+                attempt,
+                checked=Check.TAKEN,
+                message_id=result.message_id,
+                reason=_joined(attempt.reason, said),
+            )
+            await self._record_sent(mail_id, checked, now)
+        else:
+            assert isinstance(result, Transient | Misconfigured | Rejected)
+            checked = replace(
+                attempt,
+                checked=Check.NOT_FOUND,
+                reason=_joined(attempt.reason, f"{said}: {result.reason}"),
+            )
+            await self._record(StatusUpdate(mail_id, Status.SENDING, now, attempt=checked))
+        log.info(
+            "attempt.late_answer",
+            mail_id=mail_id,
+            provider=self.provider,
+            outcome=result.outcome.value,
+            message_id=checked.message_id,
+        )
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Keep a background task of this sender until it ends (cancelled at teardown)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _after(
         self,
@@ -451,6 +562,8 @@ class Sender(Actor):
             retry=self.retry,
         )
         if isinstance(step, GiveUp):
+            if isinstance(result, _Late) and result.answer is not None:
+                result.answer.cancel()  # the mail fails now: no answer can change that
             await self._record(
                 StatusUpdate(
                     dispatch.mail_id, Status.FAILED, now, reason=step.reason, attempt=attempt
@@ -461,22 +574,38 @@ class Sender(Actor):
             return
         due = now + step.delay if isinstance(step, Retry) else now
         to = self.router.provider_of(step.dispatch) if isinstance(step, Forward) else None
+        if isinstance(result, _Late):
+            # Handed on once the late answer had its time (it may settle the mail first).
+            due = max(due, result.until)
+            line.update(late_until=round(result.until - now, 3))
         await self._record(
             StatusUpdate(
                 dispatch.mail_id, Status.SENDING, now, attempt=attempt, due_at=due, failover_to=to
             )
         )
         self._open.pop(attempt_id, None)
+        if isinstance(result, _Late):
+            self._keep(
+                asyncio.create_task(
+                    self._listen_late(dispatch.mail_id, attempt, result),
+                    name=f"late:{self.provider}:{dispatch.mail_id}",
+                )
+            )
         if isinstance(step, Forward):
             log.log(_LEVELS[level], "provider.call", then="failover", to=to, **line)
+            late = {"late_until": line["late_until"]} if "late_until" in line else {}
             log.warning(
                 "mail.failover",
                 mail_id=dispatch.mail_id,
                 **{"from": self.provider, "to": to},
                 reason=attempt.outcome.value,
                 round=dispatch.round,
+                **late,
             )
-            await self.router.dispatch(step.dispatch)
+            if due > now:
+                await self.router.retry.put(RetryLater(step.dispatch, due))
+            else:
+                await self.router.dispatch(step.dispatch)
         elif isinstance(step, Retry):
             log.log(
                 _LEVELS[level],

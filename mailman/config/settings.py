@@ -517,6 +517,19 @@ class Config:
         "webhook is on (`MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY`, `MAILMAN_SES_SNS_TOPIC_ARNS`). "
         "`0`: not waited for. See [Guarantees](guarantees.md)",
     )
+    late_answer_seconds: float = setting(
+        10.0,
+        env="MAILMAN_LATE_ANSWER_SECONDS",
+        minimum=0.0,
+        help="seconds a provider's answer is still listened for after MAILMAN_PROVIDER_TIMEOUT "
+        "before the mail is sent on (0: off)",
+        doc="seconds an HTTP provider's answer is still listened for once "
+        "`MAILMAN_PROVIDER_TIMEOUT` has passed. At the timeout the call counts as failed "
+        "(the attempt is `unknown`, the circuit breaker counts it) but the request goes on: "
+        "an answer in these seconds settles the mail (`2xx`: `sent` by that provider, not "
+        "sent again), and the mail is handed on to the next provider only once they are "
+        "over. `0`: handed on at the timeout. See [Guarantees](guarantees.md#a-slow-provider)",
+    )
     unknown_policy: str = setting(
         "resend",
         env="MAILMAN_UNKNOWN_POLICY",

@@ -109,6 +109,10 @@ class Found:
     message_id: str | None = None
     #: Why it could not be checked, for the history (``Check.CANNOT``).
     reason: str | None = None
+    #: The provider is still handling a request for the mail (Resend's ``409
+    #: concurrent_idempotent_requests``): it may yet take it, so rather than send the
+    #: mail again, ask again in this many seconds (``Check.CANNOT`` meanwhile).
+    ask_again_in: float | None = None
 
     def __post_init__(self) -> None:
         if self.message_id is not None:
@@ -157,6 +161,13 @@ class ProviderClient(abc.ABC):
     #: mail is sent again; 0: not waited for. Set where the provider's webhook is on
     #: (``MAILMAN_UNKNOWN_GRACE_SECONDS``); such an event settles the mail ``sent``.
     event_grace: float = 0.0
+    #: Seconds a send's answer is still listened for once ``timeout`` has passed
+    #: (``MAILMAN_LATE_ANSWER_SECONDS``; 0: not). The sender gives up on the call at
+    #: ``timeout`` (``Unknown``: the breaker counts it) while the request goes on, and
+    #: its late answer settles the attempt (``HttpClient.listen_late``).
+    late_answer: float = 0.0
+    #: Seconds a send may take before its answer counts as lost (0: the client's own).
+    timeout: float = 0.0
 
     @abc.abstractmethod
     async def send(self, mail: Mail) -> Result:
@@ -185,9 +196,21 @@ class HttpClient(ProviderClient):
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name
+        self.timeout = timeout
         self._timeout = timeout
+        #: The timeouts of a send, and of a question (a lookup).
         self._timeouts = request_timeout(timeout)
+        self._ask_timeouts = request_timeout(timeout)
         self._session: aiohttp.ClientSession | None = None
+
+    def listen_late(self, seconds: float) -> None:
+        """Let a send's request run ``seconds`` past the timeout, its connection still
+        limited to the timeout's share: the sender stops waiting at the timeout, and an
+        answer that comes in those seconds still says what became of the mail."""
+        self.late_answer = seconds
+        self._timeouts = aiohttp.ClientTimeout(
+            total=self._timeout + seconds, connect=self._timeout * CONNECT_SHARE
+        )
 
     async def start(self) -> None:
         if self._session is None:

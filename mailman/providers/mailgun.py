@@ -128,7 +128,7 @@ class MailgunClient(HttpClient):
                 params=params,
                 headers={"Authorization": basic_auth("api", key)},
                 allow_redirects=False,
-                timeout=self._timeouts,
+                timeout=self._ask_timeouts,
             ) as resp:
                 raw = await resp.read()
                 if not 200 <= resp.status < 300:
@@ -137,7 +137,7 @@ class MailgunClient(HttpClient):
         except aiohttp.InvalidURL:
             return _cannot(f"invalid Mailgun URL {self._events_url!r}")
         except TimeoutError:
-            return _cannot(f"events search: no answer within {self._timeouts.total:g}s")
+            return _cannot(f"events search: no answer within {self._ask_timeouts.total:g}s")
         except (aiohttp.ClientError, OSError) as exc:
             return _cannot(redact(f"events search: connection error: {describe(exc)}", key))
         return _found(raw, mail.message_id)

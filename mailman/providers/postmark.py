@@ -173,7 +173,7 @@ class PostmarkClient(HttpClient):
                 params=params,
                 headers=self._headers(token),
                 allow_redirects=False,
-                timeout=self._timeouts,
+                timeout=self._ask_timeouts,
             ) as resp:
                 raw = await resp.read()
                 if not 200 <= resp.status < 300:
@@ -182,7 +182,7 @@ class PostmarkClient(HttpClient):
         except aiohttp.InvalidURL:
             return _cannot(f"invalid Postmark URL {self._search_url!r}")
         except TimeoutError:
-            return _cannot(f"outbound search: no answer within {self._timeouts.total:g}s")
+            return _cannot(f"outbound search: no answer within {self._ask_timeouts.total:g}s")
         except (aiohttp.ClientError, OSError) as exc:
             return _cannot(redact(f"outbound search: connection error: {describe(exc)}", token))
         return _found(raw, mail.id)

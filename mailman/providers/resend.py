@@ -13,9 +13,12 @@ send nothing. So:
   (``TAKEN``, nothing sent again); had the first request never reached it,
   this request sends the mail, once, and it is ``TAKEN`` all the same. Either
   way Resend holds exactly one copy;
-- ``409 concurrent_idempotent_requests`` (the first request is still being
-  handled) is ``Transient``: it may yet succeed, and a later try under the same
-  key is answered with its id;
+- ``409 concurrent_idempotent_requests`` (the first request under the key is
+  still being handled: a slow Resend, or a lost answer asked about too soon)
+  is ``InProgress``, an ``Unknown``: that request may yet take the mail, so it
+  must not go to the next provider as a plain failure would. Asked about, it
+  says "ask again" (``Found.ask_again_in``): the mail waits and Resend is asked
+  again once that request is done, which answers its id;
 - ``409 invalid_idempotent_request`` (the key was used with another body) is
   ``Rejected``: Resend will not take this mail under its key for 24 hours.
 """
@@ -45,6 +48,7 @@ from . import (
     classify,
     formatted_address,
     no_answer,
+    parse_retry_after,
     redact,
     shorten,
     streamed,
@@ -62,6 +66,17 @@ MAX_TAG = 256
 _TAG_FORBIDDEN = re.compile(r"[^A-Za-z0-9_-]")
 #: Resend's ``name`` of a 409 whose first request is still in flight.
 CONCURRENT = "concurrent_idempotent_requests"
+#: Seconds before asking again after that 409, unless it says (``Retry-After``).
+IN_PROGRESS_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress(Unknown):
+    """``409 concurrent_idempotent_requests``: Resend is still handling an earlier
+    request under the mail's key, which may take the mail. Not sent here; whether
+    Resend took it is known once that request is done (``retry_after`` seconds)."""
+
+    retry_after: float = IN_PROGRESS_RETRY_SECONDS
 
 
 #: The provider's name in the chain.
@@ -90,6 +105,10 @@ class ResendClient(HttpClient):
         self._url = f"{config.base_url.rstrip('/')}/emails"
 
     async def send(self, mail: Mail) -> Result:
+        return await self._post(mail, self._timeouts)
+
+    async def _post(self, mail: Mail, timeouts: aiohttp.ClientTimeout) -> Result:
+        """The mail's request under its key, within ``timeouts``."""
         session = await self.session()
         key = self._config.api_key.reveal()
         headers = {
@@ -103,7 +122,7 @@ class ResendClient(HttpClient):
                 data=streamed(orjson.dumps(body(mail))),
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._timeouts,
+                timeout=timeouts,
             ) as resp:
                 raw = await resp.read()
                 if 200 <= resp.status < 300:
@@ -111,23 +130,34 @@ class ResendClient(HttpClient):
                 name, message = _error(raw)
                 reason = redact(f"{name}: {message}" if name else message, key)
                 if resp.status == 409 and name == CONCURRENT:
-                    return Transient(shorten(reason), 409, 1.0)
+                    wait = parse_retry_after(resp.headers.get("Retry-After"), cap=60.0)
+                    return InProgress(
+                        shorten(reason),
+                        IN_PROGRESS_RETRY_SECONDS if wait is None else wait,
+                    )
                 return classify(resp.status, reason, resp.headers.get("Retry-After"))
         except aiohttp.InvalidURL:
             return Misconfigured(f"invalid Resend URL {self._url!r}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, key)
+            return no_answer(exc, timeouts, key)
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         """Asks Resend by sending the same request again under the mail's key: Resend
         answers the id it gave the first time and sends nothing (``TAKEN``). Had the
         first never reached it, this one sends the mail: ``TAKEN`` too, one copy.
+        The first still in progress (409 concurrent): ``CANNOT`` with ``ask_again_in``.
         Past the key's 24 hours, or without an answer, ``CANNOT``."""
         if time.time() - since > LOOKUP_WINDOW_SECONDS:
             return Found(Check.CANNOT, reason=KEY_EXPIRED)
-        result = await self.send(mail)
+        result = await self._post(mail, self._ask_timeouts)
         if isinstance(result, Accepted):
             return Found(Check.TAKEN, message_id=result.message_id)
+        if isinstance(result, InProgress):
+            return Found(
+                Check.CANNOT,
+                reason=f"asked again under its key: {result.reason}",
+                ask_again_in=result.retry_after,
+            )
         if isinstance(result, Unknown):
             return Found(Check.CANNOT, reason=f"asked again under its key: {result.reason}")
         assert isinstance(result, Transient | Misconfigured | Rejected)

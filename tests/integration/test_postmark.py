@@ -27,7 +27,7 @@ from mailman.providers import (
 from mailman.providers.postmark import PostmarkClient, PostmarkConfig, body, metadata
 from mailman.system import embedded
 
-from ..conftest import make_config, postmark_env, provider_env
+from ..conftest import eventually, make_config, postmark_env, provider_env
 from ..support.fake_postmark import FakePostmark
 from ..support.fakes import FakeMailgun, FakeSendGrid, Mode
 from .test_lookup import lookup_once
@@ -348,6 +348,23 @@ async def test_lookup_of_a_mail_never_received_is_not_found(postmark: FakePostma
     assert isinstance(result, Unknown)
     assert found == Found(Check.NOT_FOUND)
     assert mail.id not in postmark.mail_ids()
+
+
+async def test_a_search_that_trails_the_sending_finds_a_new_mail_late(
+    postmark: FakePostmark,
+) -> None:
+    """With a search lag, a mail just taken is NOT_FOUND at first, TAKEN once the lag has
+    passed (the fake's model of a search index that trails the sending)."""
+    postmark.search_lag = 0.5
+    mail = make_mail()
+    assert isinstance(await send_once(client_for(postmark), mail), Accepted)
+    early = await lookup_once(client_for(postmark), mail)
+
+    async def found() -> bool:
+        return (await lookup_once(client_for(postmark), mail)).check is Check.TAKEN
+
+    await eventually(found, what="the mail in the search")
+    assert early == Found(Check.NOT_FOUND)
 
 
 async def test_lookup_searches_the_configured_stream(postmark: FakePostmark) -> None:

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from mailman.actors import sender
 from mailman.config import Secret
 from mailman.core.model import Address, Attachment, Check, Disposition, Mail
 from mailman.providers import (
@@ -25,10 +26,10 @@ from mailman.providers import (
     Transient,
     Unknown,
 )
-from mailman.providers.resend import ResendClient, ResendConfig
+from mailman.providers.resend import InProgress, ResendClient, ResendConfig
 from mailman.system import embedded
 
-from ..conftest import make_config, provider_env
+from ..conftest import eventually, make_config, provider_env
 from ..support.fake_resend import FakeResend
 from ..support.fakes import FakeMailgun, FakeSendGrid, Mode
 from .test_providers import make_mail, send_once
@@ -263,9 +264,10 @@ async def test_key_never_in_a_reason(fake: FakeResend) -> None:
         assert_no_secret(result)
 
 
-async def test_in_flight_key_is_transient_and_later_answered(fake: FakeResend) -> None:
-    """A second request while the first under the key is still served: Transient (409
-    concurrent); once the first is done, the same request gets its id, one copy."""
+async def test_in_flight_key_is_in_progress_and_later_answered(fake: FakeResend) -> None:
+    """A second request while the first under the key is still served: InProgress, an
+    Unknown (409 concurrent: that request may take the mail, so this is no failure to
+    fail over on); once the first is done, the same request gets its id, one copy."""
     fake.hold = asyncio.Event()
     mail = make_mail()
     resend = client(fake)
@@ -280,10 +282,26 @@ async def test_in_flight_key_is_transient_and_later_answered(fake: FakeResend) -
     finally:
         await resend.close()
 
-    assert isinstance(concurrent, Transient) and concurrent.status == 409
+    assert isinstance(concurrent, InProgress) and isinstance(concurrent, Unknown)
     assert concurrent.reason.startswith("concurrent_idempotent_requests")
+    assert concurrent.retry_after == 1.0
     assert isinstance(done, Accepted) and later == done
-    assert fake.copies == 1
+    assert fake.copies == 1 and fake.concurrent == 1
+
+
+async def test_a_slow_answer_keeps_the_key_in_progress(fake: FakeResend) -> None:
+    """Resend took the mail but its answer is still on its way (slower than the client):
+    the same request meanwhile is 409 concurrent, then answered with the first id."""
+    fake.answer_delay = 1.0
+    mail = make_mail()
+    slow = await send_once(client(fake, timeout=SHORT), mail)
+    meanwhile = await send_once(client(fake), mail)
+    await eventually(lambda: fake.in_progress == 0, what="the slow answer to go out")
+    after = await send_once(client(fake), mail)
+
+    assert isinstance(slow, Unknown) and isinstance(meanwhile, InProgress)
+    assert after == Accepted(fake.message_ids[0])
+    assert fake.copies == 1 and (fake.concurrent, fake.replays) == (1, 1)
 
 
 async def test_key_reused_with_another_body_is_rejected(fake: FakeResend) -> None:
@@ -302,20 +320,42 @@ async def test_key_reused_with_another_body_is_rejected(fake: FakeResend) -> Non
 
 @pytest.mark.parametrize("lost", ["drop", "late"])
 async def test_lost_answer_then_lookup_is_taken_with_one_copy(fake: FakeResend, lost: str) -> None:
-    """The answer is lost (dropped, or after the client's timeout): Unknown; the lookup
-    asks again under the key and gets the first id back, Resend holding one copy."""
+    """The answer is lost (dropped, or after the client's timeout): Unknown; once Resend's
+    answer went out, the lookup asks again under the key and gets the first id back,
+    Resend holding one copy."""
     if lost == "drop":
         fake.lose_answers = 1
     else:
-        fake.answer_delay = 30.0
+        fake.answer_delay = 1.0
     mail = make_mail()
     result = await send_once(client(fake, timeout=SHORT), mail)
-    fake.answer_delay = 0.0
+    await eventually(lambda: fake.in_progress == 0, what="Resend's answer to go out")
     found = await lookup_once(client(fake), mail)
 
     assert isinstance(result, Unknown)
     assert found == Found(Check.TAKEN, message_id=fake.message_ids[0])
     assert fake.copies == 1 and fake.replays == 1
+
+
+async def test_lookup_while_the_first_request_is_in_progress_says_ask_again(
+    fake: FakeResend,
+) -> None:
+    """Asked while the lost request is still being answered (409 concurrent): CANNOT with
+    a time to ask again, nothing sent; asked again after that: TAKEN, one copy."""
+    fake.answer_delay = 1.0
+    mail = make_mail()
+    await send_once(client(fake, timeout=SHORT), mail)
+    early = await lookup_once(client(fake), mail)
+    await eventually(lambda: fake.in_progress == 0, what="Resend's answer to go out")
+    later = await lookup_once(client(fake), mail)
+
+    assert early.check is Check.CANNOT and early.ask_again_in == 1.0
+    assert early.reason == (
+        "asked again under its key: concurrent_idempotent_requests: Same idempotency key "
+        "used while original request is still in progress."
+    )
+    assert later == Found(Check.TAKEN, message_id=fake.message_ids[0])
+    assert fake.copies == 1
 
 
 async def test_lookup_of_a_mail_never_taken_sends_it_once(fake: FakeResend) -> None:
@@ -391,6 +431,63 @@ async def test_lost_answer_ends_sent_once_through_resend(
     ]
     assert fake.mail_ids() == [mail_id] and fake.replays == 1
     assert sendgrid.calls == 0 and mailgun.calls == 0
+
+
+async def test_a_slow_resend_is_asked_again_not_sent_elsewhere(
+    tmp_path: Path,
+    fake: FakeResend,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Resend takes the mail and answers after the timeout: Mailgun's sender asks Resend,
+    which is still on that request (409 concurrent); the mail waits and Resend is asked
+    again, which answers its id: sent by Resend, one copy, Mailgun never called."""
+    fake.answer_delay = 1.5
+    env = resend_env(fake, sendgrid, mailgun, "resend,mailgun")
+    with capture_logs() as logs:
+        async with embedded(make_config(tmp_path, env)) as mailman:
+            api = Api(http, mailman.url)
+            mail_id = await api.send(subject="Slow Resend")
+            await api.wait_status(mail_id, "sent")
+            shown = await api.show(mail_id)
+
+    assert (shown["provider"], shown["provider_message_id"]) == ("resend", fake.message_ids[0])
+    assert [(a["provider"], a["outcome"], a["checked"]) for a in shown["attempts"]] == [
+        ("resend", "unknown", "taken"),
+    ]
+    assert fake.copies == 1 and fake.concurrent >= 1 and fake.replays == 1
+    assert mailgun.calls == 0
+    assert any(e["event"] == "attempt.waiting" and e["provider"] == "resend" for e in logs)
+
+
+async def test_a_request_in_progress_too_long_is_sent_elsewhere(
+    tmp_path: Path,
+    fake: FakeResend,
+    sendgrid: FakeSendGrid,
+    mailgun: FakeMailgun,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resend still on the request past IN_PROGRESS_WAIT_SECONDS from the attempt's start:
+    the attempt is cannot-check, saying why, and Mailgun sends the mail."""
+    monkeypatch.setattr(sender, "IN_PROGRESS_WAIT_SECONDS", 2.0)
+    fake.hold = asyncio.Event()
+    env = resend_env(fake, sendgrid, mailgun, "resend,mailgun")
+    try:
+        async with embedded(make_config(tmp_path, env)) as mailman:
+            api = Api(http, mailman.url)
+            mail_id = await api.send(subject="Stuck at Resend")
+            await api.wait_status(mail_id, "sent")
+            shown = await api.show(mail_id)
+    finally:
+        fake.hold.set()
+
+    assert shown["provider"] == "mailgun" and mailgun.mail_ids() == [mail_id]
+    [resend, sent] = shown["attempts"]
+    assert (resend["outcome"], resend["checked"]) == ("unknown", "cannot-check")
+    assert "concurrent_idempotent_requests" in resend["reason"]
+    assert fake.concurrent >= 2 and sent["provider"] == "mailgun"
 
 
 @pytest.mark.parametrize("chain", ["resend,sendgrid,mailgun", "sendgrid,mailgun,resend"])

@@ -3,6 +3,7 @@ maps SES's events, and stores nothing it cannot verify."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from mailman.config import ConfigError
 from mailman.system import embedded
 
-from ..conftest import make_config
+from ..conftest import eventually, make_config
 from ..support.fake_ses import FakeSes, isolate_aws, sns_certificate
 from .test_system import Api
 
@@ -95,6 +96,27 @@ async def test_the_fake_reports_delivered_and_bounced_through_sns(
     assert (bounce["event"], bounce["bounce"]) == ("bounced", "hard")
     assert "does not exist" in bounce["reason"] and "Permanent" in bounce["reason"]
     assert ses.cert_fetches == 1
+
+
+async def test_the_fake_tries_a_post_again_as_snss_delivery_policy_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession
+) -> None:
+    """A post SNS gets no 2xx for is tried again 3 times (SNS's default), the policy's
+    delay apart; the mail is sent all the same."""
+    async with FakeSes() as ses:
+        ses.sns_retry_seconds = 0.2
+        isolate_aws(monkeypatch, ses.env())
+        env = ses_env(ses, MAILMAN_SES_SNS_TOPIC_ARNS="")  # the endpoint off: 404
+        async with embedded(make_config(tmp_path, env)) as mailman:
+            ses.webhook_url = f"{mailman.url}{PATH}"
+            api = Api(http, mailman.url)
+            began = time.monotonic()
+            mail_id = await api.send(to=["ann@example.com"])
+            await api.wait_status(mail_id, "sent")
+            await eventually(lambda: len(ses.webhook_answers) == 2 * 4, what="4 tries of 2 posts")
+            took = time.monotonic() - began
+    assert ses.webhook_answers == [404] * 8
+    assert took >= 2 * 3 * 0.2
 
 
 async def test_subscription_confirmation_visits_the_subscribe_url(service: Service) -> None:

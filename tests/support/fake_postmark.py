@@ -18,6 +18,10 @@ filters by ``metadata_<key>``, ``recipient``, ``tag``, ``messagestream``
 (default ``outbound``), ``fromdate`` and ``todate`` (read as US Eastern time
 when they carry no offset, as Postmark reads them). ``lookups`` counts its
 requests; ``mode`` and the delays apply to it as to sending (``FakeProvider``).
+``search_lag`` (seconds, 0 by default) keeps a message out of the search that
+long after it was taken, as a search index that trails the sending would:
+Postmark's documentation states no lag (its search lists messages still
+``queued``), so none is the default; a test may set one.
 ``unread_sends`` and ``lost_answers`` hold the next sends unanswered (the mail
 not kept, or kept), leaving the search alone.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import time
 import uuid
 import zoneinfo
 from email.utils import getaddresses
@@ -92,6 +97,10 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         self.suppressions: dict[str, list[dict[str, Any]]] = {}
         #: The path and query of every request to a suppressions dump, in order.
         self.list_requests: list[str] = []
+        #: Seconds after it was taken before a message shows in the search.
+        self.search_lag = 0.0
+        #: When (monotonic) each of ``messages`` was taken, in the same order.
+        self._taken_at: list[float] = []
         #: The next this many sends are held unanswered till the fake stops, unread
         #: (Postmark never got the mail: it is not kept).
         self.unread_sends = 0
@@ -135,6 +144,11 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
         if stream not in self.streams:
             return _error(422, 1226, "The message stream for the provided 'ID' was not found.")
         return _json(200, {"Suppressions": self.suppressions.get(stream, [])})
+
+    def slow_answer(self, request: web.Request, response: web.StreamResponse) -> float:
+        """``answer_delay`` holds up the answers to sends (a slow Postmark that took the
+        mail); the search answers at once."""
+        return self.answer_delay if request.path == self.path else 0.0
 
     async def _handle_search(self, request: web.Request) -> web.StreamResponse:
         self.lookups += 1
@@ -198,6 +212,7 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
                 "Attachments": [f.filename for f in files],
             }
         )
+        self._taken_at.append(time.monotonic())
         if self.webhook_url is not None:
             self.send_webhooks([_post(r) for r in self.records(self.messages[-1])])
         return _json(
@@ -307,10 +322,12 @@ class FakePostmark(FakeProvider[dict[str, Any]]):
             return self.bad_request("Invalid 'fromdate' or 'todate'.")
         metadata = {k[len("metadata_") :]: v for k, v in query.items() if k.startswith("metadata_")}
         stream = query.get("messagestream", "outbound")
+        indexed = time.monotonic() - self.search_lag
         found = [
             m
-            for m in self.messages
-            if m["MessageStream"] == stream
+            for m, taken_at in zip(self.messages, self._taken_at, strict=True)
+            if taken_at <= indexed
+            and m["MessageStream"] == stream
             and all(m["Metadata"].get(k) == v for k, v in metadata.items())
             and ("recipient" not in query or query["recipient"] in m["Recipients"])
             and ("tag" not in query or m["Tag"] == query["tag"])

@@ -8,11 +8,16 @@ its attachments base64-encoded: past it a 413) and answers as Resend does:
 
 Idempotency as Resend keeps it (providers.md): a key (1-256 characters) is
 kept ``idempotency_ttl`` seconds (24 h) with a hash of the body and the id it
-was answered with. The same key and body answer that id and keep nothing new;
-another body is ``409 invalid_idempotent_request``; a key whose first request
-is still being served (``hold``) is ``409 concurrent_idempotent_requests``. A
-request whose answer is lost (``mode = "drop"``, ``answer_delay``) has its key
-kept all the same: the mail was taken.
+was answered with. The same key and body answer that id and keep nothing new
+(``replays``); another body is ``409 invalid_idempotent_request``; the same
+key while its first request is still in progress, from the moment it is
+looked at until its answer goes out (``hold``, ``answer_delay``: a slow
+provider; ``answer_delay`` holds up only the answer to a request that took a
+mail), is ``409 concurrent_idempotent_requests`` (``concurrent``). A
+request whose answer is lost (``mode = "drop"``, ``lose_answers``, a client
+gone before ``answer_delay`` ended) has its key kept all the same: the mail
+was taken. A first request that took no mail (refused, or the fake stopped
+during it) keeps no key: the next one under it is served anew.
 
 Webhooks (off by default): given ``webhook_url`` and ``webhook_secret`` (``whsec_...``),
 it posts, after taking a mail, ``email.sent`` then ``email.delivered`` (or ``email.bounced``,
@@ -50,6 +55,9 @@ MAX_TO = 50
 #: bytes. Resend does not document its answer past it; the fake's is a 413.
 MAX_EMAIL_BYTES = 40 * 1024 * 1024
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,256}")
+#: Where a request keeps the key it reserved, and whether it took a mail.
+_RESERVED = web.RequestKey("fake_resend.reserved_key", str)
+_TOOK = web.RequestKey("fake_resend.took", bool)
 
 
 def svix_headers(secret: str, msg_id: str, timestamp: str, body: bytes) -> dict[str, str]:
@@ -89,8 +97,12 @@ class FakeResend(FakeProvider[dict[str, Any]]):
         self.idempotency_ttl = IDEMPOTENCY_TTL
         #: The largest request it takes (``MAX_EMAIL_BYTES``); past it a 413.
         self.max_bytes = MAX_EMAIL_BYTES
-        #: key -> (body hash, id, unix time kept); an id of None: still being served.
+        #: key -> (body hash, id, unix time kept); an id of None: no mail taken yet.
         self.keys: dict[str, tuple[str, str | None, float]] = {}
+        #: Keys whose first request is in progress (its answer not yet out).
+        self._in_progress: set[str] = set()
+        #: Requests answered ``409 concurrent_idempotent_requests``.
+        self.concurrent = 0
         #: When set (an unset event), a new request waits on it once its key is reserved.
         self.hold: asyncio.Event | None = None
         #: Set once a request waits on ``hold``.
@@ -103,7 +115,10 @@ class FakeResend(FakeProvider[dict[str, Any]]):
 
     async def answer(self, request: web.Request, serve: Serve) -> web.StreamResponse:
         taken = self.copies
-        response = await super().answer(request, serve)
+        try:
+            response = await super().answer(request, serve)
+        finally:
+            self._finish(request)
         if self.copies > taken and self.lose_answers > 0 and request.transport is not None:
             self.lose_answers -= 1
             request.transport.close()  # aiohttp drops an answer written to a closed transport
@@ -114,6 +129,11 @@ class FakeResend(FakeProvider[dict[str, Any]]):
     @property
     def copies(self) -> int:
         return len(self.received)
+
+    @property
+    def in_progress(self) -> int:
+        """Requests under a key whose answer has not gone out yet."""
+        return len(self._in_progress)
 
     def mail_ids(self) -> list[str]:
         return [
@@ -145,6 +165,7 @@ class FakeResend(FakeProvider[dict[str, Any]]):
             return error(422, *problem)
         key = request.headers.get("Idempotency-Key")
         if key is None:
+            request[_TOOK] = True
             return self._take(body)
         if not 1 <= len(key) <= 256:
             return error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
@@ -158,7 +179,8 @@ class FakeResend(FakeProvider[dict[str, Any]]):
                     "invalid_idempotent_request",
                     "Same idempotency key used with a different request payload.",
                 )
-            if kept[1] is None:
+            if key in self._in_progress:
+                self.concurrent += 1
                 return error(
                     409,
                     "concurrent_idempotent_requests",
@@ -166,13 +188,33 @@ class FakeResend(FakeProvider[dict[str, Any]]):
                 )
             self.replays += 1
             return web.json_response({"id": kept[1]})
+        # In progress from here until the answer goes out (``_finish``).
         self.keys[key] = (digest, None, now)
+        self._in_progress.add(key)
+        request[_RESERVED] = key
         if self.hold is not None:
             self.holding.set()
             await self.hold.wait()
+        request[_TOOK] = True
         response = self._take(body)
         self.keys[key] = (digest, self.message_ids[-1], now)
         return response
+
+    def slow_answer(self, request: web.Request, response: web.StreamResponse) -> float:
+        """``answer_delay`` holds up the answer to a request that took a mail (a slow
+        Resend); a refusal, a 409 or a replay answers at once."""
+        return self.answer_delay if request.get(_TOOK) else 0.0
+
+    def _finish(self, request: web.Request) -> None:
+        """The request's answer is out (or it ended without one): the key it reserved is
+        no longer in progress; kept if a mail was taken under it, else forgotten."""
+        key = request.get(_RESERVED)
+        if key is None:
+            return
+        self._in_progress.discard(key)
+        kept = self.keys.get(key)
+        if kept is not None and kept[1] is None:
+            del self.keys[key]
 
     def _take(self, body: dict[str, Any]) -> web.Response:
         self.received.append(body)

@@ -28,7 +28,10 @@ counts the fetches) and a subscribe URL (``GET /confirm?Token=...``, kept in
 them (``SignatureVersion`` 1: SHA1, 2: SHA256). Given ``webhook_url``, it posts
 SES's events for every mail it accepted there itself: ``Send``, then
 ``Delivery`` for the recipients, ``Bounce`` (permanent) for those whose local
-part starts with ``bounce_prefix``, tried again like the other fakes' webhooks.
+part starts with ``bounce_prefix``. A post that gets no 2xx is tried again as
+SNS's delivery policy for HTTP/S says: by default 3 more times, 20 s apart
+(``webhook_attempts`` counts the first post too; ``sns_retry_seconds``: a
+subscription's own policy may change both).
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ SNS_SIGNED = {
 }
 SNS_SIGNED["UnsubscribeConfirmation"] = SNS_SIGNED["SubscriptionConfirmation"]
 SNS_SIGNATURE_HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
+#: SNS's default delivery policy for HTTP/S endpoints: up to 3 retries, 20 s apart.
+SNS_RETRIES = 3
+SNS_RETRY_SECONDS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,10 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         self.cert_fetches = 0
         #: The tokens of the subscriptions confirmed at ``/confirm``.
         self.confirmations: list[str] = []
+        #: SNS's delivery policy for HTTP/S (its default): the first post and its
+        #: retries, the seconds between two.
+        self.webhook_attempts = 1 + SNS_RETRIES
+        self.sns_retry_seconds = SNS_RETRY_SECONDS
         self.access_key = access_key
         self.secret_key = secret_key
         self.session_token = session_token
@@ -378,6 +388,10 @@ class FakeSes(FakeProvider[dict[str, Any]]):
                 )
             )
         self.send_webhooks([self._sns_post(e) for e in events])
+
+    def webhook_retry_wait(self, retry: int) -> float:
+        """SNS's delay before each retry (the default policy: a fixed 20 s)."""
+        return self.sns_retry_seconds
 
     def _sns_post(self, event: dict[str, Any]) -> Post:
         """The post of one SES event as an SNS notification: the same at every try."""

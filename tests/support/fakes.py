@@ -215,15 +215,18 @@ class FakeProvider(abc.ABC, Generic[Body]):
     #: Answers after which the provider does not try a post again (Mailgun: 406).
     final_answers: frozenset[int] = frozenset()
 
+    def webhook_retry_wait(self, retry: int) -> float:
+        """Seconds before the ``retry``-th new try of a post (1: the first): from
+        ``webhook_retry_delay``, doubling."""
+        return float(self.webhook_retry_delay * 2 ** (retry - 1))
+
     async def _post(self, post: Post) -> None:
         """One webhook post, tried again on no answer or a non-2xx one, as providers do."""
         if self._webhook_session is None:
             self._webhook_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        delay = self.webhook_retry_delay
         for attempt in range(self.webhook_attempts):
             if attempt:
-                await asyncio.sleep(delay)
-                delay *= 2
+                await asyncio.sleep(self.webhook_retry_wait(attempt))
             url = self.webhook_url
             if url is None:
                 return
@@ -254,10 +257,14 @@ class FakeProvider(abc.ABC, Generic[Body]):
         if self.mode not in ("up", "drop"):
             return await self._failure()
         response = await serve(request)
-        await self._pause(self.answer_delay)
+        await self._pause(self.slow_answer(request, response))
         if self.mode == "drop" and request.transport is not None:
             request.transport.close()  # aiohttp drops an answer written to a closed transport
         return response
+
+    def slow_answer(self, request: web.Request, response: web.StreamResponse) -> float:
+        """Seconds to wait before the answer to a served request goes out: ``answer_delay``."""
+        return self.answer_delay
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the fake stops."""

@@ -329,6 +329,19 @@ class Deployment:
         """Processes that ended without being killed by the test."""
         return [name for name, p in self.procs.items() if p.proc.returncode is not None]
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The log events called ``name`` of every run of every process, in run order."""
+        return [event for _, proc in self.history for event in proc.events(name)]
+
+    def trials(self, provider: str) -> int:
+        """Half-open trial calls made to ``provider``: its breaker's moves to half-open,
+        in every run's log (one per trial: a failed trial opens it again)."""
+        return sum(
+            1
+            for e in self.events("breaker.state_changed")
+            if e.get("provider") == provider and e.get("new") == "half_open"
+        )
+
     def failures(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """Failure events (``FAILURE_EVENTS``) in every run's log, per process name
         (only the processes ``names``, if given)."""

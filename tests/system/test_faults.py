@@ -18,9 +18,12 @@ servers, except in CI (``CI=true``), where they fail.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,11 @@ from mailman.core.model import Address, Mail
 from mailman.mailboxes.routing import send_mailbox
 from mailman.store.mysql import MySQLStore
 
-from ..conftest import eventually, provider_env
+from ..conftest import eventually, postmark_env, provider_env
 from ..support.databases import fresh_mysql
+from ..support.fake_postmark import FakePostmark
+from ..support.fake_resend import FakeResend
+from ..support.fake_ses import FakeSes
 from ..support.fakes import FakeMailgun, FakeProvider, FakeSendGrid, sendgrid_verification_key
 from ..support.faults import (
     Deployment,
@@ -133,6 +139,18 @@ def scaled_env(
     )
 
 
+def name_of(fake: FakeProvider[Any]) -> str:
+    """The provider a fake stands for, as Mailman names it."""
+    kinds = (
+        (FakeSendGrid, "sendgrid"),
+        (FakeMailgun, "mailgun"),
+        (FakeResend, "resend"),
+        (FakePostmark, "postmark"),
+        (FakeSes, "ses"),
+    )
+    return next(name for kind, name in kinds if isinstance(fake, kind))
+
+
 def delivered(*fakes: FakeProvider[Any]) -> int:
     return sum(len(f.received) for f in fakes)
 
@@ -176,49 +194,124 @@ KILLS = 10
 KILL_STEP = 70
 
 
-def unknown_attempts(final: dict[str, dict[str, Any]], provider: str) -> int:
-    """Attempts with ``provider`` that ended ``unknown`` and were not found taken by it."""
-    return sum(
-        1
+def checks(final: dict[str, dict[str, Any]], provider: str) -> collections.Counter[str]:
+    """The ``unknown`` attempts with ``provider``, counted by what checking each found
+    (``taken``, ``not-found``, ``cannot-check``; ``unchecked``: never checked)."""
+    return collections.Counter(
+        attempt["checked"] or "unchecked"
         for mail in final.values()
         for attempt in mail["attempts"]
-        if attempt["provider"] == provider
-        and attempt["outcome"] == "unknown"
-        and attempt["checked"] != "taken"
+        if attempt["provider"] == provider and attempt["outcome"] == "unknown"
     )
 
 
-#: The grace a lost SendGrid answer waits for its processed event in the kill scenario
-#: with SendGrid's webhook on: short enough for the scenario's settling time, far longer
-#: than the fake takes to post the event (it posts at once, tried again while Mailman
-#: is down).
+#: The grace a lost SendGrid or SES answer waits for its processed/Send event in the kill
+#: scenarios with their webhooks on: short enough for the scenario's settling time, far
+#: longer than the fake takes to post the event (it posts at once, tried again while
+#: Mailman is down).
 KILL_GRACE = "15"
+#: SNS's delivery policy for the SES events in the kill scenario: the subscription's own
+#: (SNS allows 1 s at least between tries, up to an hour in all): 30 retries, 1 s apart.
+#: SNS's default, 3 retries 20 s apart, needs a grace past 20 s (the default, 60 s, is).
+SNS_RETRIES = 30
+SNS_RETRY_SECONDS = 1.0
+#: Matches the fakes' loopback URLs where Mailman expects SNS's hosts.
+LOOPBACK = r"http://127\.0\.0\.1:[0-9]+"
 
 
-@pytest.mark.parametrize("first", ["mailgun", "sendgrid", "sendgrid-webhook"])
+@dataclass(frozen=True)
+class FirstProvider:
+    """The provider first in the chain of a kill scenario (the other one: Mailgun, or
+    SendGrid when Mailgun is first), and whether its webhook is on."""
+
+    name: str
+    webhook: bool = False
+
+    @property
+    def chain(self) -> str:
+        return f"{self.name},{'sendgrid' if self.name == 'mailgun' else 'mailgun'}"
+
+
+FIRST = {
+    "mailgun": FirstProvider("mailgun"),
+    "sendgrid": FirstProvider("sendgrid"),
+    "sendgrid-webhook": FirstProvider("sendgrid", webhook=True),
+    "resend": FirstProvider("resend"),
+    "postmark": FirstProvider("postmark"),
+    "ses-webhook": FirstProvider("ses", webhook=True),
+}
+
+
+async def first_fake(
+    stack: contextlib.AsyncExitStack, first: FirstProvider, url: str
+) -> tuple[FakeProvider[Any] | None, dict[str, str]]:
+    """The fake of ``first`` when it is none of the two always there (SendGrid, Mailgun),
+    and the settings that point Mailman at it (with its webhook, if on)."""
+    if first.name == "resend":
+        resend = await stack.enter_async_context(FakeResend(delay=LATENCY))
+        return resend, {"RESEND_API_KEY": resend.api_key, "RESEND_BASE_URL": resend.base_url}
+    if first.name == "postmark":
+        postmark = await stack.enter_async_context(FakePostmark(delay=LATENCY))
+        return postmark, postmark_env(postmark)
+    if first.name == "ses":
+        ses = await stack.enter_async_context(FakeSes(delay=LATENCY))
+        ses.webhook_url = f"{url}/webhooks/ses"
+        ses.webhook_attempts = 1 + SNS_RETRIES
+        ses.sns_retry_seconds = SNS_RETRY_SECONDS
+        return ses, {
+            **ses.env(),
+            # Only the fake's credentials: no file or instance role of this machine's.
+            "AWS_CONFIG_FILE": "/nonexistent/aws/config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws/credentials",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "SES_REGION": ses.region,
+            "SES_ENDPOINT_URL": ses.base_url,
+            "MAILMAN_SES_SNS_TOPIC_ARNS": ses.topic_arn,
+            "MAILMAN_SNS_HOST_PATTERN": LOOPBACK,
+        }
+    return None, {}
+
+
+def asked(provider: str, fake: FakeProvider[Any] | None, mg: FakeMailgun) -> dict[str, int]:
+    """How ``provider`` was asked about its lost answers, as the report names it."""
+    if provider == "mailgun":
+        return {"mailgun_lookups": mg.lookups}
+    if isinstance(fake, FakeResend):
+        return {"resend_replays": fake.replays, "resend_concurrent_409": fake.concurrent}
+    if isinstance(fake, FakePostmark):
+        return {"postmark_lookups": fake.lookups}
+    return {}
+
+
+@pytest.mark.parametrize("first", list(FIRST))
 async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> None:
     """SIGKILLed 10 times under load, the embedded process loses no mail. With a provider
-    it can ask first (Mailgun), under 1 % go out twice; with SendGrid first, which cannot
-    be asked, every duplicate is a SendGrid attempt shown as unknown; with SendGrid's
-    webhook on, its processed events settle those: under 1 % go out twice."""
+    it can ask first (Mailgun's events, Postmark's search, Resend's Idempotency-Key), or
+    one that reports what it took (SendGrid's or SES's webhook on: its processed or Send
+    event), under 1 % go out twice; with SendGrid first and no webhook, every duplicate is
+    a SendGrid attempt shown as unknown and never found taken."""
     began = time.monotonic()
-    chain = "mailgun,sendgrid" if first == "mailgun" else "sendgrid,mailgun"
-    webhook = first == "sendgrid-webhook"
+    chosen = FIRST[first]
     key = ec.generate_private_key(ec.SECP256R1())
-    async with (
-        FakeSendGrid(delay=LATENCY, webhook_private_key=key if webhook else None) as sg,
-        FakeMailgun(delay=LATENCY) as mg,
-        aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
-    ):
+    webhook = chosen.webhook and chosen.name == "sendgrid"
+    async with contextlib.AsyncExitStack() as stack:
+        sg = await stack.enter_async_context(
+            FakeSendGrid(delay=LATENCY, webhook_private_key=key if webhook else None)
+        )
+        mg = await stack.enter_async_context(FakeMailgun(delay=LATENCY))
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=CLIENT_TIMEOUT))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        extra = {"MAILMAN_PROVIDERS": chain}
+        fake, extra = await first_fake(stack, chosen, url)
+        extra["MAILMAN_PROVIDERS"] = chosen.chain
+        if chosen.webhook:
+            extra["MAILMAN_UNKNOWN_GRACE_SECONDS"] = KILL_GRACE
         if webhook:
             extra["MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY"] = sendgrid_verification_key(key)
-            extra["MAILMAN_UNKNOWN_GRACE_SECONDS"] = KILL_GRACE
             sg.webhook_url = f"{url}/webhooks/sendgrid"
             # SendGrid tries a post again for 24 hours; the fake, through every restart.
             sg.webhook_attempts = 12
+        fakes: tuple[FakeProvider[Any], ...] = (sg, mg) if fake is None else (sg, mg, fake)
         env = embedded_env(sg, mg, tmp_path, port, **extra)
         deployment = Deployment(env, tmp_path)
         load = Load(http, url, f"embedded-kill-{first}-first", rate=150, limit=5000)
@@ -229,10 +322,10 @@ async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> 
                 # Kill once mails were accepted and delivered since the last start:
                 # some are always between the provider and the store at that moment.
                 await load.until(len(load) + KILL_STEP)
-                since = delivered(sg, mg)
+                since = delivered(*fakes)
 
                 def delivering(since: int = since) -> bool:
-                    return delivered(sg, mg) > since
+                    return delivered(*fakes) > since
 
                 await eventually(delivering, what="mails delivered since the last start")
                 await deployment.kill("mailman")
@@ -244,31 +337,28 @@ async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> 
         finally:
             await load.close()
             await deployment.close()
-    unasked = unknown_attempts(final, "sendgrid")
+        posts = (fake if isinstance(fake, FakeSes) else sg).webhook_answers
+    found = checks(final, chosen.name)
     tallied = conclude(
         fault_report,
         f"embedded-kill-{first}-first",
         load,
         final,
-        (sg, mg),
+        fakes,
         began=began,
         dead=dead,
         kills=sum(deployment.kills.values()),
-        mailgun_lookups=mg.lookups,
-        sendgrid_unknown_unchecked=unasked,
-        sendgrid_taken_by_event=sum(
-            1
-            for mail in final.values()
-            for a in mail["attempts"]
-            if a["provider"] == "sendgrid" and a["checked"] == "taken"
-        ),
+        unknown=f"{chosen.name}:{sum(found.values())}",
+        checked="/".join(f"{k}:{n}" for k, n in sorted(found.items())) or "none",
+        **asked(chosen.name, fake, mg),
+        event_posts_retried=sum(1 for status in posts if not 200 <= status < 300),
     )
     if first != "sendgrid":
         assert tallied.duplicates < 0.01 * tallied.mails, (
             f"{tallied.duplicates} of {tallied.mails} mails were sent twice"
         )
     else:  # no silent duplicate: each is an unknown SendGrid attempt the history shows
-        assert tallied.duplicates <= unasked
+        assert tallied.duplicates <= sum(found.values()) - found["taken"]
 
 
 # --- 2. a process per role, each SIGKILLed in turn ----------------------------------
@@ -407,12 +497,17 @@ async def misbehaving(
     *,
     limit: int,
     webhook: bool = False,
+    first: FakeProvider[Any] | None = None,
+    provider: str = "sendgrid",
     **env: str,
-) -> None:
-    """The embedded process sends ``limit`` mails at 100/s through the two (misbehaving)
-    fakes until every one is final; ``conclude`` checks and reports. ``webhook``: SendGrid
-    posts its events (processed first) to Mailman, whose SendGrid webhook is on."""
+) -> tuple[Tally, int]:
+    """The embedded process sends ``limit`` mails at 100/s through the (misbehaving)
+    fakes until every one is final; ``conclude`` checks and reports. ``first``: a third
+    fake, first in the chain (``env`` names it). ``webhook``: SendGrid posts its events
+    (processed first) to Mailman, whose SendGrid webhook is on. Returns the tally and the
+    half-open trials made to ``provider`` (from the logs)."""
     began = time.monotonic()
+    fakes: tuple[FakeProvider[Any], ...] = (sg, mg) if first is None else (sg, mg, first)
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -432,41 +527,95 @@ async def misbehaving(
         finally:
             await load.close()
             await deployment.close()
-    conclude(
+    trials = deployment.trials(provider)
+    found = checks(final, provider)
+    tallied = conclude(
         fault_report,
         fault,
         load,
         final,
-        (sg, mg),
+        fakes,
         began=began,
         dead=dead,
-        sendgrid_calls=sg.calls,
-        mailgun_calls=mg.calls,
-        sendgrid_taken_by_event=sum(
+        **{f"{name_of(f)}_calls": f.calls for f in fakes},
+        trials=f"{provider}:{trials}",
+        **asked(provider, first, mg),
+        unknown=f"{provider}:{sum(found.values())}",
+        checked="/".join(f"{k}:{n}" for k, n in sorted(found.items())) or "none",
+        late_answers=sum(
             1
             for mail in final.values()
             for a in mail["attempts"]
-            if a["provider"] == "sendgrid" and a["checked"] == "taken"
+            if a["provider"] == provider and "answered late" in (a["reason"] or "")
         ),
     )
+    return tallied, trials
 
 
-@pytest.mark.parametrize("webhook", [False, True], ids=["no-webhook", "sendgrid-webhook"])
-async def test_slow_provider(webhook: bool, tmp_path: Path, fault_report: Path) -> None:
-    """SendGrid takes each mail but answers after the 1 s timeout: no accepted mail is lost;
-    with its webhook on, its processed events settle the lost answers instead of Mailgun
-    sending them again."""
-    async with UnrulySendGrid(slow=1.5) as sg, FakeMailgun() as mg:
-        await misbehaving(
-            "slow-provider" + ("-sendgrid-webhook" if webhook else ""),
+@dataclass(frozen=True)
+class Slow:
+    """A slow-provider scenario: which provider is slow, and what may settle its lost
+    answers (its late answers, SendGrid's events, Resend's key, Postmark's search)."""
+
+    provider: str
+    late_answers: bool = False
+    webhook: bool = False
+
+
+SLOW = {
+    # Its answer comes 0.5 s after the timeout: listened for (the default).
+    "sendgrid-late-answer": Slow("sendgrid", late_answers=True),
+    # Late answers off: what is left is each provider's own check.
+    "sendgrid-webhook": Slow("sendgrid", webhook=True),
+    "resend": Slow("resend"),
+    "postmark": Slow("postmark"),
+}
+#: How long the slow fakes take to answer a mail they took: past the 1 s timeout.
+SLOW_SECONDS = 1.5
+
+
+@pytest.mark.parametrize("case", list(SLOW))
+async def test_slow_provider(case: str, tmp_path: Path, fault_report: Path) -> None:
+    """A provider takes each mail but answers after the 1 s timeout: no accepted mail is
+    lost, and it costs at most one duplicate per half-open trial of its breaker. Its
+    late answer settles the lost answers (SendGrid, late answers on); with late answers
+    off, SendGrid's processed events, Resend's key (asked again once its first request
+    is done) or Postmark's search do."""
+    slow = SLOW[case]
+    async with contextlib.AsyncExitStack() as stack:
+        sg = await stack.enter_async_context(
+            UnrulySendGrid(slow=SLOW_SECONDS if slow.provider == "sendgrid" else 0.0)
+        )
+        mg = await stack.enter_async_context(FakeMailgun())
+        first: FakeProvider[Any] | None = None
+        env = {"MAILMAN_BREAKER_RESET_SECONDS": "2"}
+        if not slow.late_answers:
+            env["MAILMAN_LATE_ANSWER_SECONDS"] = "0"
+        if slow.provider == "resend":
+            resend = await stack.enter_async_context(FakeResend(answer_delay=SLOW_SECONDS))
+            env.update(RESEND_API_KEY=resend.api_key, RESEND_BASE_URL=resend.base_url)
+            first = resend
+        elif slow.provider == "postmark":
+            postmark = await stack.enter_async_context(FakePostmark(answer_delay=SLOW_SECONDS))
+            env.update(postmark_env(postmark))
+            first = postmark
+        if first is not None:
+            env["MAILMAN_PROVIDERS"] = f"{slow.provider},mailgun"
+        tallied, trials = await misbehaving(
+            f"slow-provider-{case}",
             sg,
             mg,
             tmp_path,
             fault_report,
             limit=400,
-            webhook=webhook,
-            MAILMAN_BREAKER_RESET_SECONDS="2",
+            webhook=slow.webhook,
+            first=first,
+            provider=slow.provider,
+            **env,
         )
+    assert tallied.duplicates <= trials, (
+        f"{tallied.duplicates} mails sent twice, {trials} half-open trials of {slow.provider}"
+    )
 
 
 async def test_flapping_provider(tmp_path: Path, fault_report: Path) -> None:
