@@ -11,6 +11,7 @@ import base64
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import quote
 
 
 class Status(StrEnum):
@@ -255,7 +256,10 @@ class Mail:
             return self.headers
         links = f"<{unsubscribe.url}>"
         if unsubscribe.mailto is not None:
-            links += f", <mailto:{unsubscribe.mailto}?subject=unsubscribe>"
+            # RFC 6068: '%', '/', '?', '#' and the like percent-encoded, and UTF-8 too (the
+            # header stays printable ASCII).
+            mailto = quote(unsubscribe.mailto, safe="@!$&'*+=^_`{|}~.-")
+            links += f", <mailto:{mailto}?subject=unsubscribe>"
         return (
             *self.headers,
             ("List-Unsubscribe", links),

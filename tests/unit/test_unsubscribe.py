@@ -67,6 +67,9 @@ def test_a_mail_with_a_link_sends_both_headers_after_its_own() -> None:
         ),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     )
+    odd = replace(wanted, mailto="a%b/c?d#e@exämple.com")
+    links = dict(replace(plain, unsubscribe=odd).sent_headers)["List-Unsubscribe"]
+    assert links.endswith(", <mailto:a%25b%2Fc%3Fd%23e@ex%C3%A4mple.com?subject=unsubscribe>")
 
 
 @pytest.mark.parametrize(
