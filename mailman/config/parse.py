@@ -79,6 +79,10 @@ def base_url(raw: str, s: Bounds) -> str:
     return str(raw or s.default).rstrip("/")
 
 
+#: The longest ``MAILMAN_PUBLIC_URL``.
+MAX_PUBLIC_URL = 200
+
+
 def public_url(raw: str, s: Bounds) -> Any:
     """Where this service is reached from outside: an absolute https URL without a user,
     query or fragment, trailing slashes dropped (plain http only for a loopback host, for
@@ -86,6 +90,9 @@ def public_url(raw: str, s: Bounds) -> Any:
     value = raw.strip()
     if not value:
         return s.default
+    if len(value) > MAX_PUBLIC_URL:
+        # A link with the longest token (about 700 characters) must fit one header line.
+        raise ConfigError(f"{s.name} must be at most {MAX_PUBLIC_URL} characters")
     try:
         parsed = URL(value)
         host = parsed.host

@@ -807,10 +807,10 @@ class Config:
         note="off",
         help="where Mailman is reached from outside (https://mail.example.com): one-click "
         "unsubscribe links point there",
-        doc="where Mailman is reached from outside (`https://mail.example.com`, https; plain "
-        "http only for a loopback host): the `List-Unsubscribe` links of mails sent with "
-        "`unsubscribe` point there ([One-click unsubscribe](unsubscribe.md)). Without it (and "
-        "`MAILMAN_UNSUBSCRIBE_SECRET`) such a mail is a `422`",
+        doc="where Mailman is reached from outside (`https://mail.example.com`, https, at most "
+        "200 characters; plain http only for a loopback host): the `List-Unsubscribe` links "
+        "of mails sent with `unsubscribe` point there ([One-click unsubscribe]"
+        "(unsubscribe.md)). Without it (and `MAILMAN_UNSUBSCRIBE_SECRET`) such a mail is a `422`",
     )
     #: Signs one-click unsubscribe links (HMAC-SHA256): the same on every replica.
     unsubscribe_secret: Secret | None = setting(

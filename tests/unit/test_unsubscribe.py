@@ -96,10 +96,12 @@ def test_the_public_url_is_https_or_loopback_http(value: str, kept: str) -> None
         "ftp://mail.example.com",
         "https://user:pw@mail.example.com",
         "https://mail.example.com/?a=1",
+        "https://mail.example.com/" + "x" * 200,
     ],
 )
 def test_a_public_url_that_is_not_https_stops_the_start(value: str) -> None:
-    """Plain http off loopback, no scheme, a user, a query: refused, naming the setting."""
+    """Plain http off loopback, no scheme, a user, a query, over 200 characters (a link
+    must fit one header line): refused, naming the setting."""
     with pytest.raises(ConfigError, match="MAILMAN_PUBLIC_URL"):
         load([], {"MAILMAN_PUBLIC_URL": value})
 
