@@ -96,7 +96,15 @@ def verify(
 
 
 def payload(callback: CallbackDue) -> dict[str, Any]:
-    """What a callback POSTs (as JSON)."""
+    """What a callback POSTs (as JSON): the mail's status, or the event it tells of
+    (``{"event": "unsubscribed", "address": ..., "group": ...}``)."""
+    if callback.event is not None:
+        return {
+            "id": callback.id,
+            "mail_id": callback.mail_id,
+            **callback.event,
+            "at": iso_time(callback.at),
+        }
     return {
         "id": callback.id,
         "mail_id": callback.mail_id,

@@ -20,10 +20,11 @@ from pathlib import Path
 from mailman.config import SETTINGS, ConfigError, configured_provider
 from mailman.core.model import SuppressionReason
 from mailman.core.suppression import MAX_ADDRESS, normalise
+from mailman.core.unsubscribe import group_problem
 from mailman.core.validation import parse_address
 from mailman.intake.keys import TENANT
 from mailman.providers import Listed, ListUnavailable
-from mailman.store import Suppression, SuppressionQuery, open_store
+from mailman.store import EVERY_GROUP, Suppression, SuppressionQuery, open_store
 from mailman.system import make_client
 
 from ._tools import run_store_tool, store_flags
@@ -45,13 +46,20 @@ def _define(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     listing = actions.add_parser("list", parents=[after], help="suppressed addresses, by address")
     listing.add_argument("--tenant", help="whose list (default: every tenant's)")
     listing.add_argument("--reason", choices=REASONS, help="only this reason")
+    listing.add_argument(
+        "--group", help="only this unsubscribe group's ('': only those for every mail)"
+    )
     add = actions.add_parser("add", parents=[after, tenant], help="suppress an address")
     add.add_argument("address")
     add.add_argument("--reason", choices=REASONS, default="manual", help="why (default manual)")
+    add.add_argument(
+        "--group", help="only for this unsubscribe group's mails (default: every mail)"
+    )
     remove = actions.add_parser(
         "remove", parents=[after, tenant], help="take an address off the list (every group's)"
     )
     remove.add_argument("address")
+    remove.add_argument("--group", help="only this unsubscribe group's suppression")
     pull = actions.add_parser(
         "import",
         parents=[after, tenant],
@@ -152,13 +160,18 @@ async def _suppressions(args: argparse.Namespace, url: str, call: Call, text: st
     tenant = args.tenant
     if tenant is not None and not TENANT.fullmatch(tenant):
         raise ValueError("--tenant is not a tenant name (1 to 64 letters, digits, '.', '_', '-')")
+    group = getattr(args, "group", None)
+    if group:
+        problem = group_problem(group)
+        if problem is not None:
+            raise ValueError(f"--group {problem}")
     if args.action == "list":
-        await _list(url, tenant, args.reason, call)
+        await _list(url, tenant, args.reason, group, call)
         return 0
     if args.action == "remove":
         address = address_of(args.address)
         async with open_store(url) as store:
-            removed = await store.remove_suppression(tenant, address)
+            removed = await store.remove_suppression(tenant, address, group)
         if not removed:
             print(f"{address} is not on {tenant}'s list", file=err)
             return 1
@@ -168,6 +181,7 @@ async def _suppressions(args: argparse.Namespace, url: str, call: Call, text: st
     if args.action == "add":
         rows = [(address_of(args.address), SuppressionReason(args.reason))]
         source = "cli"
+        into = group or EVERY_GROUP
     elif args.provider is not None:
         try:
             rows = await pulled(args.provider, call.env)
@@ -175,16 +189,18 @@ async def _suppressions(args: argparse.Namespace, url: str, call: Call, text: st
             print(f"mailman suppressions: {exc}", file=err)
             return 1
         source = f"import:{args.provider}"
+        into = EVERY_GROUP
     else:
         assert text is not None
         rows = read_csv(text, SuppressionReason(args.reason))
         source = "import:csv"
+        into = EVERY_GROUP
     added = 0
     async with open_store(url) as store:
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
             added += await store.add_suppressions(
-                [Suppression(tenant, a, r, source, now) for a, r in batch]
+                [Suppression(tenant, a, r, source, now, group=into) for a, r in batch]
             )
     print(
         f"{added} added to {tenant}'s list, {len(rows) - added} there already ({source})",
@@ -193,9 +209,13 @@ async def _suppressions(args: argparse.Namespace, url: str, call: Call, text: st
     return 0
 
 
-async def _list(url: str, tenant: str | None, reason: str | None, call: Call) -> None:
+async def _list(
+    url: str, tenant: str | None, reason: str | None, group: str | None, call: Call
+) -> None:
     rows = [("TENANT", "ADDRESS", "REASON", "GROUP", "SOURCE", "SINCE")]
-    query = SuppressionQuery(tenant, BATCH, None if reason is None else SuppressionReason(reason))
+    query = SuppressionQuery(
+        tenant, BATCH, None if reason is None else SuppressionReason(reason), group=group
+    )
     async with open_store(url) as store:
         while True:
             page = await store.list_suppressions(query)
@@ -206,7 +226,11 @@ async def _list(url: str, tenant: str | None, reason: str | None, call: Call) ->
                 break
             last = page[-1]
             query = SuppressionQuery(
-                query.tenant, BATCH, query.reason, (last.tenant, last.address, last.group)
+                query.tenant,
+                BATCH,
+                query.reason,
+                (last.tenant, last.address, last.group),
+                group=query.group,
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -9,11 +9,14 @@ it says.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from yarl import URL
 
 from .errors import ConfigError
 from .secret import Secret
@@ -74,6 +77,47 @@ def stripped_path(raw: str, s: Bounds) -> Any:
 def base_url(raw: str, s: Bounds) -> str:
     """A base URL without trailing slashes; empty: the default."""
     return str(raw or s.default).rstrip("/")
+
+
+#: The longest ``MAILMAN_PUBLIC_URL``.
+MAX_PUBLIC_URL = 200
+
+
+def public_url(raw: str, s: Bounds) -> Any:
+    """Where this service is reached from outside: an absolute https URL without a user,
+    query or fragment, trailing slashes dropped (plain http only for a loopback host, for
+    tests); blank: the default."""
+    value = raw.strip()
+    if not value:
+        return s.default
+    if len(value) > MAX_PUBLIC_URL:
+        # A link with the longest token (about 700 characters) must fit one header line.
+        raise ConfigError(f"{s.name} must be at most {MAX_PUBLIC_URL} characters")
+    try:
+        parsed = URL(value)
+        host = parsed.host
+    except (ValueError, TypeError):
+        raise ConfigError(f"{s.name} is not a URL: {value!r}") from None
+    if not parsed.is_absolute() or not host:
+        raise ConfigError(f"{s.name} must be an absolute URL (https://mail.example.com)")
+    if parsed.user is not None or parsed.password is not None:
+        raise ConfigError(f"{s.name} must not hold a user or password")
+    if parsed.query_string or parsed.fragment:
+        raise ConfigError(f"{s.name} must not have a query or fragment")
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and _loopback(host)):
+        raise ConfigError(
+            f"{s.name} must be an https URL (plain http only for a loopback host, for tests)"
+        )
+    return value.rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def secret(raw: str, s: Bounds) -> Any:

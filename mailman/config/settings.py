@@ -812,10 +812,39 @@ class Config:
         " Read when the process starts; `--processes` passes it to its children and empties it "
         "at start",
     )
+    #: Where this service is reached from outside: one-click unsubscribe links point there.
+    public_url: str | None = setting(
+        None,
+        env="MAILMAN_PUBLIC_URL",
+        parse=parse.public_url,
+        note="off",
+        help="where Mailman is reached from outside (https://mail.example.com): one-click "
+        "unsubscribe links point there",
+        doc="where Mailman is reached from outside (`https://mail.example.com`, https, at most "
+        "200 characters; plain http only for a loopback host): the `List-Unsubscribe` links "
+        "of mails sent with `unsubscribe` point there ([One-click unsubscribe]"
+        "(unsubscribe.md)). Without it (and `MAILMAN_UNSUBSCRIBE_SECRET`) such a mail is a `422`",
+    )
+    #: Signs one-click unsubscribe links (HMAC-SHA256): the same on every replica.
+    unsubscribe_secret: Secret | None = setting(
+        None,
+        env="MAILMAN_UNSUBSCRIBE_SECRET",
+        parse=parse.secret,
+        note="off",
+        help="signs one-click unsubscribe links (HMAC-SHA256); the same on every replica",
+        doc="signs one-click unsubscribe links (HMAC-SHA256; a secret, never logged). Give "
+        "every replica the same value: any of them checks any link. Changing it voids the "
+        "links of mails already sent",
+    )
     #: Status callbacks (``callback_url``).
     callbacks: CallbackConfig = CallbackConfig()
     #: SMTP submission (``actors.smtp``).
     smtp: SmtpConfig = SmtpConfig()
+
+    @property
+    def unsubscribing(self) -> bool:
+        """Whether mails may ask for one-click unsubscribe: a public URL and a secret."""
+        return self.public_url is not None and self.unsubscribe_secret is not None
 
     @property
     def stale_after(self) -> float:

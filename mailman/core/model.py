@@ -11,6 +11,7 @@ import base64
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import quote
 
 
 class Status(StrEnum):
@@ -179,6 +180,19 @@ class TemplateUse:
 
 
 @dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """A mail's one-click unsubscribe (RFC 8058): its group, and what its
+    ``List-Unsubscribe`` header offers (``core.unsubscribe``)."""
+
+    #: The unsubscribe group (``newsletter``): who unsubscribes is suppressed for it.
+    group: str
+    #: The signed HTTPS URL on Mailman (``MAILMAN_PUBLIC_URL``); "" until the intake signs it.
+    url: str = ""
+    #: An address offered as ``mailto:`` beside the URL; None: none.
+    mailto: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Mail:
     """A mail as the caller submitted it, after validation."""
 
@@ -224,6 +238,33 @@ class Mail:
     #: The template its subject and bodies were rendered from (they are the rendered
     #: text: what is stored and sent); None: none.
     template: TemplateUse | None = None
+    #: Its one-click unsubscribe (``List-Unsubscribe``); None: a mail of no group (transactional).
+    unsubscribe: Unsubscribe | None = None
+
+    @property
+    def group(self) -> str:
+        """Its unsubscribe group; "" for a mail of none (suppressed only for every mail)."""
+        return "" if self.unsubscribe is None else self.unsubscribe.group
+
+    @property
+    def sent_headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers every provider sends besides the standard ones: the caller's
+        ``headers``, then ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 2369,
+        RFC 8058) when the mail has a signed unsubscribe URL."""
+        unsubscribe = self.unsubscribe
+        if unsubscribe is None or not unsubscribe.url:
+            return self.headers
+        links = f"<{unsubscribe.url}>"
+        if unsubscribe.mailto is not None:
+            # RFC 6068: '%', '/', '?', '#' and the like percent-encoded, and UTF-8 too (the
+            # header stays printable ASCII).
+            mailto = quote(unsubscribe.mailto, safe="@!$&'*+=^_`{|}~.-")
+            links += f", <mailto:{mailto}?subject=unsubscribe>"
+        return (
+            *self.headers,
+            ("List-Unsubscribe", links),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        )
 
     @property
     def first_status(self) -> Status:

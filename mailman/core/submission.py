@@ -39,8 +39,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from . import schemas, templates, validation
+from . import unsubscribe as one_click
 from .callbacks import MAX_URL, url_problem
-from .model import Address, Attachment, Mail
+from .model import Address, Attachment, Mail, Unsubscribe
 from .validation import (
     BODY_FIELD,
     MAX_ATTACHMENT_BYTES,
@@ -75,6 +76,7 @@ FIELDS = (
     "template",
     "template_version",
     "data",
+    "unsubscribe",
 )
 _ORDER = {name: i for i, name in enumerate(FIELDS)}
 _KNOWN = frozenset(FIELDS)
@@ -285,6 +287,35 @@ def _data(value: Any, errors: Errors, run: _Run) -> dict[str, Any] | None:
     return dict(value)
 
 
+_UNSUBSCRIBE_FIELDS = frozenset(("group", "mailto"))
+
+
+def _unsubscribe(value: Any, errors: Errors, run: _Run) -> Unsubscribe | None:
+    """``{"group", "mailto"?}``: the group signed into the link (by the intake), and an
+    address offered as ``mailto:`` beside it."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        errors.add("unsubscribe", 'must be an object: {"group": "newsletter"}')
+        return None
+    before = len(errors)
+    validation.unknown_fields(value, _UNSUBSCRIBE_FIELDS, "unsubscribe", errors)
+    group = value.get("group")
+    problem = "is required" if group is None else one_click.group_problem(group)
+    if problem is not None:
+        errors.add("unsubscribe.group", problem)
+    mailto = None
+    if value.get("mailto") is not None:
+        address = validation.one_address(value["mailto"], "unsubscribe.mailto", errors)
+        if address is not None and (address.name or "<" in str(value["mailto"])):
+            errors.add("unsubscribe.mailto", "must be a bare address, without a display name")
+        elif address is not None:
+            mailto = address.email
+    if len(errors) > before:
+        return None
+    return Unsubscribe(group=str(group), mailto=mailto)
+
+
 # --- what the OpenAPI document says of each field ------------------------------------
 
 
@@ -490,6 +521,38 @@ class Submission(BaseModel):
         ),
     ] = None
 
+    unsubscribe: Annotated[
+        Unsubscribe | None,
+        _Rule(
+            _unsubscribe,
+            _nullable(
+                {
+                    "type": "object",
+                    "title": "UnsubscribeRequest",
+                    "required": ["group"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "group": {
+                            "type": "string",
+                            "pattern": f"^{one_click.GROUP.pattern}$",
+                            "description": "The unsubscribe group (newsletter): a recipient "
+                            "who unsubscribes no longer gets its mails",
+                        },
+                        "mailto": _nullable(
+                            {"type": "string", "format": "email"},
+                            "An address offered as mailto: beside the link",
+                        ),
+                    },
+                },
+                "One-click unsubscribe (RFC 8058): the mail carries List-Unsubscribe (a "
+                "signed link on MAILMAN_PUBLIC_URL) and List-Unsubscribe-Post; only for a "
+                "mail to one recipient (one to, no cc or bcc), and only with "
+                "MAILMAN_PUBLIC_URL and MAILMAN_UNSUBSCRIBE_SECRET set. Recipients who "
+                "unsubscribed from the group, or from every mail, are dropped",
+            ),
+        ),
+    ] = None
+
     @model_validator(mode="wrap")
     @classmethod
     def _whole(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
@@ -512,6 +575,12 @@ class Submission(BaseModel):
             for name in ("template_version", "data"):
                 if data.get(name) is not None:
                     errors.add(name, "only with template")
+        if data.get("unsubscribe") is not None and _recipient_count(data) != 1:
+            errors.add(
+                "unsubscribe",
+                "only for a mail to one recipient (one to, no cc or bcc): the link names "
+                "who unsubscribes",
+            )
         kept = run.kept
         if kept:
             headers, tags, metadata = (kept.get(n, ()) for n in ("headers", "tags", "metadata"))
@@ -565,6 +634,7 @@ class Submission(BaseModel):
             tags=self.tags,
             metadata=self.metadata,
             attachments=self.attachments,
+            unsubscribe=self.unsubscribe,
         )
 
 
@@ -611,6 +681,15 @@ def _count_recipients(data: Mapping[str, Any], errors: Errors, run: _Run) -> Non
                 name, f"too many recipients: at most {MAX_RECIPIENTS} in to, cc and bcc together"
             )
             return
+
+
+def _recipient_count(data: Mapping[str, Any]) -> int:
+    """How many recipients ``to``, ``cc`` and ``bcc`` give together, as written."""
+    total = 0
+    for name in _RECIPIENT_FIELDS:
+        value = data.get(name)
+        total += 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
+    return total
 
 
 def _bodies(data: Mapping[str, Any], errors: Errors) -> None:

@@ -33,6 +33,7 @@ from mailman.core.messages import Dispatch
 from mailman.core.model import Mail, Status, TemplateUse
 from mailman.core.submission import parse_mail
 from mailman.core.suppression import drop, recipients
+from mailman.core.unsubscribe import Ticket, link, sign
 from mailman.core.validation import BODY_FIELD, CallbackRules, FieldError, ValidationFailed
 from mailman.intake.resolve import resolution_problem
 from mailman.store import (
@@ -170,7 +171,7 @@ class Intake:
     def parse(self, body: object, *, principal: Principal, request_id: str, now: float) -> Mail:
         """The mail ``body`` describes (a decoded JSON body, or a ``Submission``'s values an
         entry point built: ``core.submission``); ``ValidationFailed`` if it is not valid."""
-        return parse_mail(
+        mail = parse_mail(
             body,
             mail_id=new_id(now),
             default_subject=self.config.default_subject,
@@ -179,6 +180,28 @@ class Intake:
             callbacks=self.callback_rules(principal),
             request_id=request_id,
         )
+        return mail if mail.unsubscribe is None else self.signed(mail)
+
+    def signed(self, mail: Mail) -> Mail:
+        """``mail`` with its one-click unsubscribe link: signed for its one recipient, its
+        group and its tenant, on ``MAILMAN_PUBLIC_URL``; ``ValidationFailed`` naming
+        ``unsubscribe`` when this deployment has no public URL or no secret."""
+        config, wanted = self.config, mail.unsubscribe
+        assert wanted is not None
+        if config.public_url is None or config.unsubscribe_secret is None:
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "unsubscribe",
+                        "one-click unsubscribe is off here: the server needs "
+                        "MAILMAN_PUBLIC_URL and MAILMAN_UNSUBSCRIBE_SECRET",
+                    )
+                ]
+            )
+        (address,) = recipients(mail)  # the submission's rule: one recipient
+        ticket = Ticket(mail.tenant, address, wanted.group, mail.id)
+        token = sign(config.unsubscribe_secret.reveal(), ticket)
+        return replace(mail, unsubscribe=replace(wanted, url=link(config.public_url, token)))
 
     async def accept(
         self,
@@ -290,7 +313,7 @@ class Intake:
         found = await guarded(
             store,
             self.config.store_timeout,
-            store.suppressed_among(mail.tenant, recipients(mail)),
+            store.suppressed_among(mail.tenant, recipients(mail), mail.group),
         )
         if not found:
             return mail

@@ -207,7 +207,7 @@ def form(mail: Mail) -> list[tuple[str, str]]:
     if mail.reply_to is not None:
         fields.append(("h:Reply-To", formatted_address(mail.reply_to)))
     fields.append(("h:Message-Id", mail.message_id))
-    fields += [(f"h:{name}", value) for name, value in mail.headers]
+    fields += [(f"h:{name}", value) for name, value in mail.sent_headers]
     fields += [("o:tag", tag) for tag in mail.tags]
     fields += [(f"v:{key}", value) for key, value in mail.metadata]
     fields.append(("v:mail_id", mail.id))

@@ -133,7 +133,7 @@ def render(mail: Mail) -> bytes:
     msg["Message-ID"] = mail.message_id
     msg["X-Mailman-Id"] = mail.id
     # Printable ASCII that validation keeps within a line, folded at its spaces.
-    for name, value in mail.headers:
+    for name, value in mail.sent_headers:
         msg.set_raw(name, _folded(name, value.split(" ")))
     if mail.tags:
         msg.set_raw("X-Mailman-Tags", _folded("X-Mailman-Tags", ", ".join(mail.tags).split(" ")))

@@ -215,7 +215,7 @@ def body(mail: Mail, stream: str) -> dict[str, Any]:
         out["TextBody"] = mail.text
     out["Headers"] = [
         {"Name": name, "Value": value}
-        for name, value in (*mail.headers, ("Message-ID", mail.message_id))
+        for name, value in (*mail.sent_headers, ("Message-ID", mail.message_id))
     ]
     if mail.tags:
         out["Tag"] = mail.tags[0]

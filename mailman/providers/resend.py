@@ -190,7 +190,7 @@ def body(mail: Mail) -> dict[str, Any]:
         out["text"] = mail.text
     if mail.html:
         out["html"] = mail.html
-    out["headers"] = {**dict(mail.headers), "Message-ID": mail.message_id}
+    out["headers"] = {**dict(mail.sent_headers), "Message-ID": mail.message_id}
     if mail.attachments:
         out["attachments"] = [attachment(a) for a in mail.attachments]
     out["tags"] = tags(mail)

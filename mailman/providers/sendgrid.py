@@ -166,7 +166,7 @@ def body(mail: Mail) -> dict[str, Any]:
         content.append({"type": "text/html", "value": mail.html})
     if content:
         out["content"] = content
-    out["headers"] = {**dict(mail.headers), "Message-ID": mail.message_id}
+    out["headers"] = {**dict(mail.sent_headers), "Message-ID": mail.message_id}
     if mail.tags:
         out["categories"] = list(mail.tags)
     out["custom_args"] = {**dict(mail.metadata), "mail_id": mail.id}

@@ -70,6 +70,7 @@ from .metrics import setup as setup_metrics  # noqa: E402
 from .openapi import routes as openapi_routes  # noqa: E402
 from .suppressions import routes as suppression_routes  # noqa: E402
 from .templates import routes as template_routes  # noqa: E402
+from .unsubscribe import routes as unsubscribe_routes  # noqa: E402
 from .webhooks import add_webhooks  # noqa: E402
 from .webhooks_ses import add_ses_webhook  # noqa: E402
 
@@ -127,6 +128,7 @@ def create_app(
     app.add_routes(mail_routes)
     app.add_routes(suppression_routes)
     app.add_routes(template_routes)
+    app.add_routes(unsubscribe_routes)
     app.add_routes(health_routes)
     setup_metrics(app)
     app.add_routes(openapi_routes)

@@ -15,6 +15,12 @@ translated into a ``Submission``'s values (``core.submission``) and handed to th
 - ``categories``: tags; ``custom_args``: metadata; ``headers``: headers; ``send_at`` (unix
   seconds): Mailman's ``send_at``; all under Mailman's rules (``X-`` headers only,
   at most 3 tags...), refused with the SendGrid path of the field at fault;
+- ``asm.group_id`` (SendGrid's unsubscribe group): Mailman's one-click unsubscribe with
+  the group named by the id's digits (``{"group_id": 42}`` is ``"unsubscribe": {"group":
+  "42"}``): ``List-Unsubscribe`` on Mailman, and the recipients who left the group are
+  dropped; so each personalization must have one recipient. ``groups_to_display`` (SendGrid's
+  preference page) is taken and ignored; SendGrid's ``<%asm_...%>`` substitution tags are not
+  replaced;
 - ``mail_settings.sandbox_mode.enable``: everything is checked, then the answer is ``200``
   with nothing stored or sent, as SendGrid does;
 - ``template_id``: a template of the caller's tenant (``/templates``, by id or name),
@@ -25,8 +31,7 @@ translated into a ``Submission``'s values (``core.submission``) and handed to th
 
 Refused with a ``400`` naming the field, because dropping them would send another mail than
 the one asked for: ``personalizations[].substitutions``, ``sections`` (SendGrid's legacy
-substitution templating), ``asm``
-(SendGrid's unsubscribe groups), ``ip_pool_name``, ``batch_id``, any ``mail_settings``
+substitution templating), ``ip_pool_name``, ``batch_id``, any ``mail_settings``
 other than ``sandbox_mode`` that is enabled (``footer``, ``bypass_*``...), a
 ``reply_to_list`` of more than one, and any field this module does not know. Ignored:
 ``tracking_settings`` (open and click tracking is each provider's account setting; the mail
@@ -141,7 +146,6 @@ _REQUEST_DIGEST = "sendgrid_request"
 #: Top-level fields refused, and why: dropping them would send another mail than asked.
 REFUSED: dict[str, str] = {
     "sections": "substitution sections need SendGrid's templating, which Mailman does not have",
-    "asm": "unsubscribe groups are SendGrid's own; other providers cannot honour them",
     "ip_pool_name": "IP pools are SendGrid's own; other providers cannot honour them",
     "batch_id": "batches (to cancel or pause a scheduled send) are SendGrid's own",
 }
@@ -504,6 +508,12 @@ def translate(body: object) -> Translation:
     categories = body.get("categories")
     if categories is not None:
         common["tags"], paths["tags"] = categories, "categories"
+    if body.get("asm") is not None:
+        group = _asm(body["asm"], errors)
+        if group is not None:
+            common["unsubscribe"] = {"group": group}
+            paths["unsubscribe"] = "asm"
+            paths["unsubscribe.group"] = "asm.group_id"
     headers = _object(body.get("headers"), "headers", errors)
     args = _object(body.get("custom_args"), "custom_args", errors)
     send_at = None
@@ -541,6 +551,26 @@ def translate(body: object) -> Translation:
     if errors:
         raise Refusal(400, errors.found, reason="validation")
     return Translation(drafts=tuple(drafts), sandbox=sandbox, template=template)
+
+
+def _asm(value: object, errors: _Errors) -> str | None:
+    """SendGrid's ``asm`` as Mailman's unsubscribe group: its ``group_id``'s digits."""
+    if not isinstance(value, dict):
+        errors.add("asm", 'must be an object: {"group_id": <int>}')
+        return None
+    for key in value:
+        if key not in ("group_id", "groups_to_display"):
+            errors.add(f"asm.{key}", "is not a field of asm that Mailman takes")
+    group_id = value.get("group_id")
+    if type(group_id) is not int or not 1 <= group_id < 10**18:
+        errors.add("asm.group_id", "is required: a positive whole number")
+        return None
+    shown = value.get("groups_to_display")
+    if shown is not None and not (
+        isinstance(shown, list) and len(shown) <= 25 and all(type(g) is int for g in shown)
+    ):
+        errors.add("asm.groups_to_display", "must be a list of at most 25 group ids")
+    return str(group_id)
 
 
 def _draft(

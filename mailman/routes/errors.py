@@ -82,6 +82,19 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING})
 
 
+#: Paths logged as their route: an unsubscribe link's token is a capability, and names
+#: its recipient.
+SECRET_PATHS = ("/unsubscribe/",)
+
+
+def logged_path(path: str) -> str:
+    """``path`` as logs show it: an unsubscribe link's as ``/unsubscribe/{token}``."""
+    for prefix in SECRET_PATHS:
+        if path.startswith(prefix):
+            return prefix + "{token}"
+    return path
+
+
 #: What the handlers of a request add to its ``http.request`` line (see ``note``).
 LOG_FIELDS = web.RequestKey[dict[str, Any]]("log_fields")
 
@@ -319,11 +332,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _answer(request, http_problem(exc))
     except OutcomeUnknown as exc:
         _note_problem(request, OUTCOME_UNKNOWN)
-        log.warning("store.outcome_unknown", method=request.method, path=request.path)
+        log.warning("store.outcome_unknown", method=request.method, path=logged_path(request.path))
         return _answer(request, outcome_unknown(exc))
     except StoreUnavailable as exc:
         _note_problem(request, STORE_UNAVAILABLE)
-        log.warning("store.unavailable", method=request.method, path=request.path, error=str(exc))
+        log.warning(
+            "store.unavailable",
+            method=request.method,
+            path=logged_path(request.path),
+            error=str(exc),
+        )
         return _answer(
             request,
             Problem(
@@ -338,7 +356,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
             raise  # the client is gone: nobody to answer, request_id_middleware logs it once
         _note_problem(request, INTERNAL)
-        log.exception("http.error", method=request.method, path=request.path)
+        log.exception("http.error", method=request.method, path=logged_path(request.path))
         return _answer(
             request,
             Problem(
@@ -437,7 +455,7 @@ def _log_request(
     log.info(
         event,
         method=request.method,
-        path=request.path,
+        path=logged_path(request.path),
         status=status,
         duration_ms=round(seconds * 1000, 2),
         request_id=rid,

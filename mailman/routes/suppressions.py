@@ -22,11 +22,12 @@ from mailman.config.logging import get_logger
 from mailman.core.model import SuppressionReason
 from mailman.core.schemas import ADDRESS_FORMAT
 from mailman.core.suppression import MAX_ADDRESS
+from mailman.core.unsubscribe import GROUP, group_problem
 from mailman.core.validation import FieldError
 from mailman.intake.auth import Principal
 from mailman.intake.guard import guarded
 from mailman.intake.keys import TENANT, Scope
-from mailman.store import Suppression, SuppressionQuery
+from mailman.store import EVERY_GROUP, Suppression, SuppressionQuery
 
 from . import CONFIG, STORE
 from .auth import PRINCIPAL, requires
@@ -52,6 +53,9 @@ MAX_PAGE = 1000
 
 #: The document's format for a cursor of this listing: only what a page's ``next`` gave out.
 CURSOR_FORMAT = "suppression-cursor"
+
+#: ``?group=``: one unsubscribe group's (empty: those for every mail).
+GROUP_SCHEMA = {"type": "string", "pattern": f"^({GROUP.pattern})?$"}
 
 #: ``?tenant=``: whose list an admin key names.
 TENANT_PARAM = Param(
@@ -119,6 +123,11 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> SuppressionQ
             reason = SuppressionReason(params["reason"])
         except ValueError:
             errors.append(FieldError("reason", f"must be one of {', '.join(SuppressionReason)}"))
+    group = params.get("group")
+    if group:  # empty: the every-mail ones
+        problem = group_problem(group)
+        if problem is not None:
+            errors.append(FieldError("group", problem))
     after = None
     if "cursor" in params:
         after = _decode_cursor(params["cursor"])
@@ -127,7 +136,7 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> SuppressionQ
     if errors:
         raise _bad_query(errors)
     tenant = _tenant(principal, params.get("tenant"))
-    return SuppressionQuery(tenant=tenant, limit=limit, reason=reason, after=after)
+    return SuppressionQuery(tenant=tenant, limit=limit, reason=reason, group=group, after=after)
 
 
 @routes.get("/suppressions")
@@ -139,6 +148,12 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> SuppressionQ
     "`tenant` names.",
     parameters=(
         Param("reason", "query", {"type": "string", "enum": [r.value for r in SuppressionReason]}),
+        Param(
+            "group",
+            "query",
+            GROUP_SCHEMA,
+            "Only this unsubscribe group's; empty: only those for every mail",
+        ),
         TENANT_PARAM,
         Param(
             "limit",
@@ -168,7 +183,9 @@ async def list_suppressions(request: web.Request) -> web.Response:
     )
     body: SuppressionList = {"suppressions": [shown(s) for s in page[: query.limit]]}
     if len(page) > query.limit:
-        kept = {k: v for k, v in request.query.items() if k in ("reason", "tenant", "limit")}
+        kept = {
+            k: v for k, v in request.query.items() if k in ("reason", "group", "tenant", "limit")
+        }
         kept["cursor"] = _encode_cursor(page[query.limit - 1])
         body["next"] = f"/suppressions?{urlencode(kept)}"
     return json_response(body)
@@ -200,12 +217,15 @@ async def add_suppression(request: web.Request) -> web.Response:
         tenant = request[PRINCIPAL].tenant
     store = request.app[STORE]
     timeout = request.app[CONFIG].store_timeout
-    wanted = Suppression(tenant, new.address, new.reason, "api", time.time())
+    group = new.group or EVERY_GROUP
+    wanted = Suppression(tenant, new.address, new.reason, "api", time.time(), group=group)
     added = await guarded(store, timeout, store.add_suppressions([wanted]))
-    kept = await guarded(store, timeout, store.suppression(tenant, new.address))
+    kept = await guarded(store, timeout, store.suppression(tenant, new.address, group))
     note(request, tenant=tenant)
     if added:
-        log.info("suppression.added", tenant=tenant, reason=new.reason.value, source="api")
+        log.info(
+            "suppression.added", tenant=tenant, reason=new.reason.value, source="api", group=group
+        )
     answer: SuppressionAnswer = {"suppression": shown(kept or wanted)}
     return json_response(answer, status=HTTPStatus.CREATED if added else HTTPStatus.OK)
 
@@ -214,13 +234,20 @@ async def add_suppression(request: web.Request) -> web.Response:
 @requires(Scope.SEND)
 @operation(
     "removeSuppression",
-    "Take an address off the tenant's list, every group's (needs `send`)",
+    "Take an address off the tenant's list, every group's or one's (needs `send`)",
     parameters=(
         Param(
             "address",
             "path",
             {"type": "string", "format": ADDRESS_FORMAT, "maxLength": MAX_ADDRESS},
             "The address (any case)",
+        ),
+        Param(
+            "group",
+            "query",
+            GROUP_SCHEMA,
+            "Only this unsubscribe group's suppression; empty: only the one for every mail; "
+            "absent: every one of the address",
         ),
         TENANT_PARAM,
     ),
@@ -240,9 +267,14 @@ async def remove_suppression(request: web.Request) -> web.Response:
         address = bare_address(request.match_info["address"])
     except ValueError as exc:
         raise _bad_query([FieldError("address", str(exc))]) from None
+    group = request.query.get("group")
+    if group:
+        problem = group_problem(group)
+        if problem is not None:
+            raise _bad_query([FieldError("group", problem)])
     store = request.app[STORE]
     removed = await guarded(
-        store, request.app[CONFIG].store_timeout, store.remove_suppression(tenant, address)
+        store, request.app[CONFIG].store_timeout, store.remove_suppression(tenant, address, group)
     )
     if not removed:
         raise Problem(

@@ -45,6 +45,7 @@ from .base import (
     giving_up_by,
 )
 from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
+from .suppressions import EVERY_GROUP
 
 
 def open_store(url: str) -> Store:
@@ -66,6 +67,7 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
+    "EVERY_GROUP",
     "KEY_COLUMNS",
     "Addressed",
     "ApiKey",

@@ -347,7 +347,7 @@ def begin(
             return refused
     # Right before the call: recipients suppressed since the mail was accepted are dropped
     # (the mail rewritten); with no visible recipient left, it ends ``suppressed``.
-    found = yield from suppressions.found_among(d, mail.tenant, recipients(mail))
+    found = yield from suppressions.found_among(d, mail.tenant, recipients(mail), mail.group)
     if found:
         trimmed = drop(mail, found)
         deltas.update(summary.dropped(trimmed.suppressed[len(mail.suppressed) :]))

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from mailman.core.model import Status
 
 from .dialect import Dialect, chunks
@@ -44,6 +46,9 @@ class CallbackDue:
     attempts: int
     #: What went wrong the last time, if it was tried before.
     last_error: str | None = None
+    #: None: a status callback; else the event it tells of (``{"event": "unsubscribed",
+    #: "address": ..., "group": ...}``), posted instead of the status.
+    event: dict[str, Any] | None = None
 
 
 class Callbacks(abc.ABC):
@@ -80,7 +85,7 @@ class Callbacks(abc.ABC):
 #: The columns ``callback_from_row`` reads (``callbacks AS c``), in its order.
 CALLBACK_COLUMNS = (
     "c.id, c.mail_id, c.url, c.status, c.at, c.provider, c.reason, c.created_at, c.attempts, "
-    "c.last_error"
+    "c.last_error, c.event"
 )
 
 
@@ -172,7 +177,9 @@ def _gave_up(d: Dialect) -> str:
 
 def callback_from_row(row: Sequence[Any]) -> CallbackDue:
     """A claimed callback from a row of ``CALLBACK_COLUMNS`` (read before its claim's try)."""
-    callback_id, mail_id, url, status, at, provider, reason, created_at, attempts, error = row
+    callback_id, mail_id, url, status, at, provider, reason, created_at, attempts, error, event = (
+        row
+    )
     return CallbackDue(
         id=int(callback_id),
         mail_id=mail_id,
@@ -184,6 +191,7 @@ def callback_from_row(row: Sequence[Any]) -> CallbackDue:
         created_at=float(created_at),
         attempts=int(attempts) + 1,
         last_error=error,
+        event=None if event is None else orjson.loads(event),
     )
 
 
@@ -204,6 +212,27 @@ def queue(d: Dialect, mail_ids: Sequence[str]) -> Steps[None]:
     for chunk in chunks(changed):
         yield Statement(_insert(d, len(chunk)), (now, now, *chunk))
         yield Statement(_caught_up(d, len(chunk)), chunk)
+
+
+@functools.cache
+def _insert_event(d: Dialect) -> str:
+    """A callback telling of an event of a mail, if it has a callback URL (parameters:
+    at, now, now, event, mail id)."""
+    m = d.mark
+    return (
+        "INSERT INTO callbacks "
+        "(mail_id, url, status, at, provider, reason, created_at, next_at, event) "
+        f"SELECT id, callback_url, status, {m}, NULL, NULL, {m}, {m}, {m} FROM mails "
+        f"WHERE id = {m} AND callback_url IS NOT NULL"
+    )
+
+
+def queue_event(d: Dialect, mail_id: str, event: dict[str, Any], at: float) -> Steps[bool]:
+    """Queue a callback telling ``mail_id``'s callback URL of ``event`` (a step of the
+    operation that made it); whether the mail has a URL to tell."""
+    now = time.time()
+    params = (at, now, now, orjson.dumps(event).decode(), mail_id)
+    return (yield Statement(_insert_event(d), params)).rowcount == 1
 
 
 @write

@@ -22,6 +22,7 @@ from typing import Any
 
 from mailman.core.model import Status, SuppressionReason
 
+from . import callbacks
 from .dialect import Dialect, chunks
 from .operation import Engine, Statement, Steps, read, read_batch, write
 
@@ -58,6 +59,8 @@ class SuppressionQuery:
     reason: SuppressionReason | None = None
     #: The (tenant, address, group) of the last one of the page before (the cursor).
     after: tuple[str, str, str] | None = None
+    #: Only this group's ('': the every-mail ones); None: every group's.
+    group: str | None = None
 
 
 class Suppressions(abc.ABC):
@@ -67,6 +70,12 @@ class Suppressions(abc.ABC):
     async def add_suppressions(self, suppressions: Sequence[Suppression]) -> int:
         """Add these (normalised) in one transaction; how many were new. An address already
         on the list for the tenant and group keeps its reason, source and time."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, suppression: Suppression, mail_id: str) -> bool:
+        """A one-click unsubscribe from ``mail_id``: add ``suppression`` and, if it is new,
+        queue an ``unsubscribed`` callback to the mail's callback URL, in one transaction;
+        whether it was new (a repeat changes nothing)."""
 
     @abc.abstractmethod
     async def suppression(
@@ -85,10 +94,11 @@ class Suppressions(abc.ABC):
 
     @abc.abstractmethod
     async def suppressed_among(
-        self, tenant: str, addresses: Sequence[str]
+        self, tenant: str, addresses: Sequence[str], group: str = EVERY_GROUP
     ) -> dict[str, SuppressionReason]:
-        """Which of ``addresses`` (normalised) the tenant suppresses for every mail, with
-        the reason."""
+        """Which of ``addresses`` (normalised) the tenant suppresses for a mail of ``group``
+        (its own group's and every mail's suppressions; '': every mail's only), with the
+        reason."""
 
 
 # --- SQL ---------------------------------------------------------------------------------
@@ -130,13 +140,15 @@ def _one(d: Dialect) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def among(d: Dialect, count: int) -> str:
-    """Which of these addresses a tenant suppresses for every mail (parameters: tenant,
-    addresses)."""
+def among(d: Dialect, count: int, grouped: bool = False) -> str:
+    """Which of these addresses a tenant suppresses for every mail, or (``grouped``) for
+    every mail or one group (parameters: tenant, the group if grouped, addresses). Every
+    mail's suppression first: its reason is the one named when both are there."""
+    groups = f"IN ('{EVERY_GROUP}', {d.mark})" if grouped else f"= '{EVERY_GROUP}'"
     return (
         "SELECT address, reason FROM suppressions "
-        f"WHERE tenant = {d.mark} AND group_name = '{EVERY_GROUP}' "
-        f"AND address IN ({d.marks(count)})"
+        f"WHERE tenant = {d.mark} AND group_name {groups} "
+        f"AND address IN ({d.marks(count)}) ORDER BY group_name DESC"
     )
 
 
@@ -164,13 +176,15 @@ def to_suppressed(d: Dialect) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _list(d: Dialect, by_tenant: bool, by_reason: bool, after: bool) -> str:
+def _list(d: Dialect, by_tenant: bool, by_reason: bool, after: bool, by_group: bool) -> str:
     m = d.mark
     where = []
     if by_tenant:
         where.append(f"tenant = {m}")
     if by_reason:
         where.append(f"reason = {m}")
+    if by_group:
+        where.append(f"group_name = {m}")
     if after:
         # Row comparison spelt out: both databases use the primary key's order for it.
         where.append(
@@ -201,6 +215,15 @@ def add(d: Dialect, suppressions: tuple[Suppression, ...]) -> Steps[int]:
     return added
 
 
+@write
+def unsubscribed(d: Dialect, s: Suppression, mail_id: str) -> Steps[bool]:
+    if (yield Statement(insert(d), suppression_values(s))).rowcount != 1:
+        return False
+    event = {"event": "unsubscribed", "address": s.address, "group": s.group}
+    yield from callbacks.queue_event(d, mail_id, event, s.created_at)
+    return True
+
+
 @read
 def one(d: Dialect, tenant: str, address: str, group: str) -> Steps[Suppression | None]:
     row = (yield Statement(_one(d), (tenant, address, group))).fetchone()
@@ -214,10 +237,18 @@ def listing(d: Dialect, query: SuppressionQuery) -> Steps[list[Suppression]]:
         params.append(query.tenant)
     if query.reason is not None:
         params.append(query.reason.value)
+    if query.group is not None:
+        params.append(query.group)
     if query.after is not None:
         tenant, address, group = query.after
         params += [tenant, tenant, address, address, group]
-    sql = _list(d, query.tenant is not None, query.reason is not None, query.after is not None)
+    sql = _list(
+        d,
+        query.tenant is not None,
+        query.reason is not None,
+        query.after is not None,
+        query.group is not None,
+    )
     cur = yield Statement(sql, (*params, query.limit))
     return [suppression_from_row(row) for row in cur.fetchall()]
 
@@ -229,13 +260,15 @@ def remove(d: Dialect, tenant: str, address: str, group: str | None) -> Steps[in
 
 
 def found_among(
-    d: Dialect, tenant: str, addresses: Sequence[str]
+    d: Dialect, tenant: str, addresses: Sequence[str], group: str = EVERY_GROUP
 ) -> Steps[dict[str, SuppressionReason]]:
-    """Which of ``addresses`` the tenant suppresses for every mail (a step of a larger
-    operation: acceptance's check, and ``begin``'s before each provider call)."""
+    """Which of ``addresses`` the tenant suppresses for a mail of ``group`` (a step of a
+    larger operation: acceptance's check, and ``begin``'s before each provider call)."""
     found: dict[str, SuppressionReason] = {}
+    grouped = group != EVERY_GROUP
     for chunk in chunks(list(dict.fromkeys(addresses))):
-        cur = yield Statement(among(d, len(chunk)), (tenant, *chunk))
+        params = (tenant, group, *chunk) if grouped else (tenant, *chunk)
+        cur = yield Statement(among(d, len(chunk), grouped), params)
         found.update(
             (str(address), SuppressionReason(reason)) for address, reason in cur.fetchall()
         )
@@ -244,12 +277,12 @@ def found_among(
 
 @read_batch
 def check(
-    d: Dialect, calls: list[tuple[str, tuple[str, ...]]]
+    d: Dialect, calls: list[tuple[str, tuple[str, ...], str]]
 ) -> Steps[list[dict[str, SuppressionReason] | Exception]]:
     """Every waiting acceptance's check (SQLite: on one reader turn)."""
     results: list[dict[str, SuppressionReason] | Exception] = []
-    for tenant, addresses in calls:
-        results.append((yield from found_among(d, tenant, addresses)))
+    for tenant, addresses, group in calls:
+        results.append((yield from found_among(d, tenant, addresses, group)))
     return results
 
 
@@ -260,6 +293,9 @@ class SqlSuppressions(Suppressions, Engine):
         if not suppressions:
             return 0
         return await self.run(add, tuple(suppressions))
+
+    async def unsubscribe(self, suppression: Suppression, mail_id: str) -> bool:
+        return await self.run(unsubscribed, suppression, mail_id)
 
     async def suppression(
         self, tenant: str, address: str, group: str = EVERY_GROUP
@@ -273,8 +309,8 @@ class SqlSuppressions(Suppressions, Engine):
         return await self.run(remove, tenant, address, group)
 
     async def suppressed_among(
-        self, tenant: str, addresses: Sequence[str]
+        self, tenant: str, addresses: Sequence[str], group: str = EVERY_GROUP
     ) -> dict[str, SuppressionReason]:
         if not addresses:
             return {}
-        return await self.run_batched(check, (tenant, tuple(addresses)))
+        return await self.run_batched(check, (tenant, tuple(addresses), group))

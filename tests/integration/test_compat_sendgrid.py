@@ -576,7 +576,8 @@ BODY: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("extra", "fields"),
     [
-        ({"asm": {"group_id": 1}}, ["asm"]),
+        ({"asm": {"group_id": "1", "extra": 1}}, ["asm.extra", "asm.group_id"]),
+        ({"asm": {"group_id": 1, "groups_to_display": "1"}}, ["asm.groups_to_display"]),
         ({"batch_id": "b"}, ["batch_id"]),
         ({"ip_pool_name": "p"}, ["ip_pool_name"]),
         ({"sections": {"a": "b"}}, ["sections"]),
@@ -605,8 +606,9 @@ BODY: dict[str, Any] = {
 def test_what_mailman_cannot_honour_is_refused_by_name(
     extra: dict[str, Any], fields: list[str] | None
 ) -> None:
-    """Templates, unsubscribe groups, IP pools, batches, unknown fields, enabled mail settings
-    other than the sandbox, several reply-to addresses, bad shapes: a 400 naming each."""
+    """Templates, bad unsubscribe groups, IP pools, batches, unknown fields, enabled mail
+    settings other than the sandbox, several reply-to addresses, bad shapes: a 400 naming
+    each."""
     assert refusal({**BODY, **extra}) == (fields or ["reply_to_list"])
 
 

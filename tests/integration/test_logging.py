@@ -19,7 +19,9 @@ from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
 from mailman.config.logging import MASK, LineWriter, configure_logging, get_logger
+from mailman.config.secret import Secret
 from mailman.core.model import Mail
+from mailman.core.unsubscribe import Ticket, sign
 from mailman.intake.keys import Scope, create_key
 from mailman.store import Store
 
@@ -170,6 +172,29 @@ async def test_an_error_line_of_a_request_carries_its_request_id(
         ("http.request", "info", "trace-3"),
     ]
     assert "RuntimeError" in lines[0]["exception"] and lines[1]["problem"] == "internal"
+
+
+async def test_an_unsubscribe_link_logs_neither_its_token_nor_its_address(
+    aiohttp_client: AiohttpClient, store: Store, outbound: CountingOutbound
+) -> None:
+    """POST /unsubscribe/{token} logs its path as the route (the token is a capability and
+    names its recipient) and suppression.added without the address; a forged one too."""
+    config = dataclasses.replace(Config(), unsubscribe_secret=Secret("s3cret-unsub"))
+    client = await client_factory(aiohttp_client, store, outbound, config)()
+    token = sign("s3cret-unsub", Ticket("acme", "ann@example.com", "news", "01JMAIL"))
+    with configured("info") as logs:
+        logs.mark()
+        for path in (f"/unsubscribe/{token}", f"/unsubscribe/{token}x"):
+            resp = await client.post(path, data="List-Unsubscribe=One-Click")
+            assert resp.status in (200, 403)
+        lines = logs.lines()
+        text = logs.text()
+    assert [(e["event"], e.get("path"), e.get("status")) for e in lines] == [
+        ("suppression.added", None, None),
+        ("http.request", "/unsubscribe/{token}", 200),
+        ("http.request", "/unsubscribe/{token}", 403),
+    ]
+    assert token[:20] not in text and "ann@example.com" not in text and "s3cret" not in text
 
 
 def test_secrets_are_masked_every_time_a_field_name_is_seen() -> None:

@@ -16,6 +16,7 @@ from mailman.core.model import (
     Status,
     Suppressed,
     SuppressionReason,
+    Unsubscribe,
 )
 from mailman.store import Store, Suppression, SuppressionQuery
 
@@ -27,6 +28,7 @@ mysql_server, mysql_url = contract.mysql_server, contract.mysql_url
 
 BOUNCE = SuppressionReason.BOUNCE
 MANUAL = SuppressionReason.MANUAL
+UNSUBSCRIBE = SuppressionReason.UNSUBSCRIBE
 
 
 def suppression(
@@ -209,3 +211,81 @@ async def test_a_suppression_outlives_the_erasure_of_its_mails(store: Store) -> 
     erased = await store.erase("m1", 2000.0)
     assert erased is not None and erased.erased
     assert await store.suppression("acme", "to@example.com") is not None
+
+
+def grouped(address: str, group: str, reason: SuppressionReason = UNSUBSCRIBE) -> Suppression:
+    return Suppression("acme", address, reason, "one-click", 10.0, group=group)
+
+
+async def test_a_mail_of_a_group_skips_its_groups_and_every_mails_suppressions(
+    store: Store,
+) -> None:
+    """A group's suppression keeps that group's mails away only; one for every mail keeps
+    every mail away: a mail of no group (transactional) skips only those."""
+    await store.add_suppressions(
+        [
+            grouped("news@example.com", "newsletter"),
+            suppression("gone@example.com", reason=BOUNCE),
+            grouped("both@example.com", "newsletter"),
+            suppression("both@example.com", reason=BOUNCE),
+        ]
+    )
+    every = ["news@example.com", "gone@example.com", "both@example.com", "ann@example.com"]
+    assert await store.suppressed_among("acme", every) == {
+        "gone@example.com": BOUNCE,
+        "both@example.com": BOUNCE,
+    }
+    assert await store.suppressed_among("acme", every, "newsletter") == {
+        "news@example.com": UNSUBSCRIBE,
+        "gone@example.com": BOUNCE,
+        "both@example.com": BOUNCE,  # every mail's reason before the group's
+    }
+    assert await store.suppressed_among("acme", every, "offers") == {
+        "gone@example.com": BOUNCE,
+        "both@example.com": BOUNCE,
+    }
+    newsletter = SuppressionQuery("acme", limit=10, group="newsletter")
+    listed = await store.list_suppressions(newsletter)
+    assert [s.address for s in listed] == ["both@example.com", "news@example.com"]
+    only_every = await store.list_suppressions(SuppressionQuery("acme", limit=10, group=""))
+    assert [s.address for s in only_every] == ["both@example.com", "gone@example.com"]
+    assert await store.remove_suppression("acme", "both@example.com", "newsletter") == 1
+    assert await store.suppression("acme", "both@example.com") is not None
+
+
+async def test_begin_drops_a_groups_unsubscribed_recipient_from_its_mails_only(
+    store: Store,
+) -> None:
+    """Right before the call, an address unsubscribed from the mail's group ends that mail
+    ``suppressed``; a mail of no group to it goes ahead."""
+    newsletter = Unsubscribe("newsletter", "https://mail.example.com/unsubscribe/t")
+    await store.add(mail("m1", tenant="acme", unsubscribe=newsletter))
+    await store.add(mail("m2", tenant="acme"))
+    await store.add_suppressions([grouped("to@example.com", "newsletter")])
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1001.0, 900.0)
+    assert begun is not None and (begun.status, begun.why) == (Status.SUPPRESSED, "suppressed")
+    assert begun.mail.suppressed == (Suppressed("to@example.com", UNSUBSCRIBE),)
+    plain = await store.begin_attempt("m2", "sendgrid", 0, 1001.0, 900.0)
+    assert plain is not None and plain.attempt_id is not None
+
+
+async def test_an_unsubscribe_is_kept_once_and_queues_one_callback(store: Store) -> None:
+    """``unsubscribe`` adds the group's suppression and queues an ``unsubscribed``
+    callback to the mail's URL in one go; a repeat changes nothing; a mail without a URL
+    gets none."""
+    await store.add(mail("m1", tenant="acme", callback_url="https://hooks.example.com/x"))
+    await store.add(mail("m2", tenant="acme"))
+    wanted = grouped("to@example.com", "newsletter")
+    assert await store.unsubscribe(wanted, "m1") is True
+    assert await store.unsubscribe(wanted, "m1") is False
+    assert await store.unsubscribe(grouped("to@example.com", "offers"), "m2") is True
+    assert await store.suppression("acme", "to@example.com", "newsletter") == wanted
+    due = await store.claim_callbacks("notifier", 10, 30.0, time.time() + 60)
+    assert [(c.mail_id, c.url, c.event) for c in due] == [
+        (
+            "m1",
+            "https://hooks.example.com/x",
+            {"event": "unsubscribed", "address": "to@example.com", "group": "newsletter"},
+        )
+    ]
+    assert due[0].at == 10.0

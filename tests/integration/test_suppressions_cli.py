@@ -71,6 +71,27 @@ def test_add_list_and_remove(env: dict[str, str]) -> None:
     assert code == 1 and "not on acme's list" in err
 
 
+def test_group_adds_lists_and_removes_one_groups_suppression(env: dict[str, str]) -> None:
+    """--group keeps the suppression for that unsubscribe group; list --group shows only
+    its (--group '' only the every-mail ones); remove --group takes only it off; a bad
+    group is exit 2."""
+    assert run(env, "add", "ann@example.com", "--tenant", "acme", "--group", "newsletter")[0] == 0
+    assert run(env, "add", "ann@example.com", "--tenant", "acme")[0] == 0
+    rows = [line.split()[3] for line in run(env, "list", "--group", "newsletter")[1].splitlines()]
+    assert rows == ["GROUP", "newsletter"]
+    rows = [line.split()[3] for line in run(env, "list", "--group", "")[1].splitlines()]
+    assert rows == ["GROUP", "*"]
+    assert (
+        run(env, "remove", "ann@example.com", "--tenant", "acme", "--group", "newsletter")[0] == 0
+    )
+    assert (
+        run(env, "remove", "ann@example.com", "--tenant", "acme", "--group", "newsletter")[0] == 1
+    )
+    assert kept(env["MAILMAN_STORE"]) == [("ann@example.com", "manual", "cli")]
+    code, _, err = run(env, "add", "bob@example.com", "--tenant", "acme", "--group", "a b")
+    assert code == 2 and "--group" in err
+
+
 def test_add_refuses_what_is_no_address(env: dict[str, str]) -> None:
     """A display name or no address at all: exit 2, one line saying so, nothing kept."""
     for bad in ("Ann <ann@example.com>", "nobody"):

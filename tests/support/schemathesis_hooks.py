@@ -210,6 +210,16 @@ def _cap_recipients(holders: list[dict[str, Any]], count: Callable[[str], int]) 
                 holder[kind] = kept
 
 
+def _one_recipient(holder: dict[str, Any]) -> None:
+    """A mail with one-click unsubscribe goes to one recipient (its link names who): its
+    first ``to`` only, no cc or bcc."""
+    to = holder.get("to")
+    if isinstance(to, list) and to:
+        holder["to"] = to[:1]
+    holder.pop("cc", None)
+    holder.pop("bcc", None)
+
+
 #: What a mail renders when the template a case named is dropped (see ``_untemplated``).
 _BODY = "Hello"
 
@@ -231,6 +241,8 @@ def _mail(body: dict[str, Any]) -> None:
         if isinstance(body.get("text"), str):
             body["text"] = _BODY
     _cap_recipients([body], lambda entry: 1)
+    if body.get("unsubscribe") is not None:
+        _one_recipient(body)
     # content and text are the same body: equal when both are given.
     content, text = body.get("content"), body.get("text")
     if isinstance(content, str) and isinstance(text, str) and content != text:
@@ -253,6 +265,9 @@ def _sendgrid(body: dict[str, Any]) -> None:
     for personalization in personalizations:
         personalization.pop("dynamic_template_data", None)
     _cap_recipients(personalizations, lambda entry: 1)
+    if body.get("asm") is not None:
+        for personalization in personalizations:
+            _one_recipient(personalization)
     for holder in (body, *personalizations):
         holder["headers"] = _headers(holder.get("headers"), MAX_HEADERS // 2)
         holder["custom_args"] = _metadata(holder.get("custom_args"), MAX_METADATA_BYTES // 2)

@@ -127,6 +127,7 @@ async def test_every_protected_operation_documents_auth_errors(tmp_path: Path) -
                     *("/webhooks/sendgrid", "/webhooks/mailgun", "/webhooks/resend"),
                     "/webhooks/ses",
                     "/webhooks/postmark",
+                    "/unsubscribe/{token}",  # signed links, for mail programs and browsers
                     "/dashboard",  # the page; its figures need an admin key
                 )
                 assert path in public, (method, path)
@@ -170,6 +171,9 @@ async def test_schemathesis_finds_no_mismatch(tmp_path: Path) -> None:
             ),
             MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY="fuzz-signing-key",
             MAILMAN_RESEND_WEBHOOK_SECRET="whsec_ZnV6ei1zaWduaW5nLXNlY3JldA==",
+            # One-click unsubscribe on: mails may ask for it, /unsubscribe/ answers.
+            MAILMAN_PUBLIC_URL="https://mail.example.com",
+            MAILMAN_UNSUBSCRIBE_SECRET="fuzz-unsubscribe-secret",
         )
         async with mailman_process(env, tmp_path / "mailman.log") as proc:
             st = await asyncio.create_subprocess_exec(

@@ -142,6 +142,14 @@ class TemplateShown(TypedDict):
     version: int
 
 
+class UnsubscribeShown(TypedDict):
+    """A mail's one-click unsubscribe: its group and the link its List-Unsubscribe names."""
+
+    group: str
+    url: Annotated[str, Field(description="The signed link on MAILMAN_PUBLIC_URL")]
+    mailto: NotRequired[str]
+
+
 # ``from`` is a keyword: the functional form.
 SubmittedMail = TypedDict(
     "SubmittedMail",
@@ -166,6 +174,7 @@ SubmittedMail = TypedDict(
                 Field(description="The template subject, text and html were rendered from"),
             ]
         ],
+        "unsubscribe": NotRequired[UnsubscribeShown],
     },
 )
 SubmittedMail.__doc__ = (
@@ -412,6 +421,12 @@ def submitted(mail: Mail) -> SubmittedMail:
     if mail.template is not None:
         used = mail.template
         out["template"] = {"id": used.id, "name": used.name, "version": used.version}
+    if mail.unsubscribe is not None:
+        wanted = mail.unsubscribe
+        shown: UnsubscribeShown = {"group": wanted.group, "url": wanted.url}
+        if wanted.mailto is not None:
+            shown["mailto"] = wanted.mailto
+        out["unsubscribe"] = shown
     return out
 
 

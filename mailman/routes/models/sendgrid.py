@@ -154,11 +154,23 @@ class MailSettings(BaseModel):
     sandbox_mode: SandboxMode | SkipJsonSchema[None] = None
 
 
+class SendGridAsm(BaseModel):
+    """SendGrid's unsubscribe group: Mailman's one-click unsubscribe, its group named by
+    group_id's digits (List-Unsubscribe on Mailman; recipients who left it are dropped).
+    groups_to_display is ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: Annotated[int, Field(ge=1)]
+    groups_to_display: Annotated[list[int] | None, Field(max_length=25)] = None
+
+
 class SendGridMail(BaseModel):
     """SendGrid's v3 Mail Send body, as far as Mailman honours it. template_id names a
     template of the caller's tenant (POST /templates), rendered by Mailman with each
-    personalization's dynamic_template_data. Refused with a 400 naming the field: sections,
-    asm, ip_pool_name, batch_id, personalizations[].substitutions, any enabled
+    personalization's dynamic_template_data. asm.group_id is Mailman's one-click unsubscribe
+    (group: the id's digits; one recipient per personalization). Refused with a 400 naming
+    the field: sections, ip_pool_name, batch_id, personalizations[].substitutions, any enabled
     mail_settings but sandbox_mode, any other field. tracking_settings is ignored."""
 
     model_config = ConfigDict(
@@ -228,6 +240,7 @@ class SendGridMail(BaseModel):
     ] = None
     send_at: Annotated[int | None, _nullable(_UNIX_TIME)] = None
     mail_settings: MailSettings | None = None
+    asm: SendGridAsm | None = None
     tracking_settings: Annotated[Any, WithJsonSchema({"description": "Ignored"})] = None
 
 

@@ -20,6 +20,7 @@ from mailman.core.clock import iso_time
 from mailman.core.model import SuppressionReason
 from mailman.core.schemas import ADDRESS_FORMAT
 from mailman.core.suppression import MAX_ADDRESS, normalise
+from mailman.core.unsubscribe import GROUP, group_problem
 from mailman.core.validation import (
     BODY_FIELD,
     MAX_UNKNOWN_NAMED,
@@ -97,6 +98,16 @@ class NewSuppression(BaseModel):
         SuppressionReason,
         Field(description="Why; manual unless given"),
     ] = SuppressionReason.MANUAL
+    group: Annotated[
+        str | None,
+        Field(
+            description="Only the mails of this unsubscribe group (as a mail's "
+            "unsubscribe.group names it); null: every mail of the tenant"
+        ),
+        WithJsonSchema(
+            {"anyOf": [{"type": "string", "pattern": f"^{GROUP.pattern}$"}, {"type": "null"}]}
+        ),
+    ] = None
     tenant: Annotated[
         str | None,
         Field(description="Whose list (admin keys only); the key's own tenant by default"),
@@ -122,6 +133,15 @@ class NewSuppression(BaseModel):
             raise PydanticCustomError(
                 "bad_reason", f"must be one of {', '.join(SuppressionReason)}"
             )
+        return value
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if value is not None:
+            problem = group_problem(value)
+            if problem is not None:
+                raise PydanticCustomError("bad_group", problem)
         return value
 
     @field_validator("tenant", mode="before")

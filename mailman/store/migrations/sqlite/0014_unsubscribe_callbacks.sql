@@ -1,0 +1,5 @@
+-- 14: callbacks of events besides a mail's status moves: NULL for a status callback, else
+-- the event's JSON object (one-click unsubscribe: {"event": "unsubscribed", ...}),
+-- which is what the callback posts besides its id, mail id and time.
+
+ALTER TABLE callbacks ADD COLUMN event TEXT NULL;
