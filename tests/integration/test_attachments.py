@@ -598,6 +598,7 @@ async def test_the_api_answers_413_over_the_limit_and_422_for_bad_files(
         assert await mailman.store.unfinished() == []
 
 
+@pytest.mark.slow
 async def test_the_largest_mail_fits_the_body_limit_and_is_written_out(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

@@ -40,6 +40,7 @@ def late_env(sg: FakeSendGrid, mg: FakeMailgun, late: float = LATE) -> dict[str,
     )
 
 
+@pytest.mark.slow
 async def test_an_answer_after_the_timeout_settles_the_mail_sent(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -65,6 +66,7 @@ async def test_an_answer_after_the_timeout_settles_the_mail_sent(
     assert any(e["event"] == "attempt.late_answer" and e["outcome"] == "accepted" for e in logs)
 
 
+@pytest.mark.slow
 async def test_no_answer_in_the_late_window_hands_the_mail_on_after_it(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -86,6 +88,7 @@ async def test_no_answer_in_the_late_window_hands_the_mail_on_after_it(
     assert took >= TIMEOUT + 1.0
 
 
+@pytest.mark.slow
 async def test_a_late_refusal_is_recorded_and_the_mail_sent_on(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

@@ -289,6 +289,7 @@ async def test_in_flight_key_is_in_progress_and_later_answered(fake: FakeResend)
     assert fake.copies == 1 and fake.concurrent == 1
 
 
+@pytest.mark.slow
 async def test_a_slow_answer_keeps_the_key_in_progress(fake: FakeResend) -> None:
     """Resend took the mail but its answer is still on its way (slower than the client):
     the same request meanwhile is 409 concurrent, then answered with the first id."""
@@ -337,6 +338,7 @@ async def test_lost_answer_then_lookup_is_taken_with_one_copy(fake: FakeResend, 
     assert fake.copies == 1 and fake.replays == 1
 
 
+@pytest.mark.slow
 async def test_lookup_while_the_first_request_is_in_progress_says_ask_again(
     fake: FakeResend,
 ) -> None:
@@ -433,6 +435,7 @@ async def test_lost_answer_ends_sent_once_through_resend(
     assert sendgrid.calls == 0 and mailgun.calls == 0
 
 
+@pytest.mark.slow
 async def test_a_slow_resend_is_asked_again_not_sent_elsewhere(
     tmp_path: Path,
     fake: FakeResend,
@@ -461,6 +464,7 @@ async def test_a_slow_resend_is_asked_again_not_sent_elsewhere(
     assert any(e["event"] == "attempt.waiting" and e["provider"] == "resend" for e in logs)
 
 
+@pytest.mark.slow
 async def test_a_request_in_progress_too_long_is_sent_elsewhere(
     tmp_path: Path,
     fake: FakeResend,

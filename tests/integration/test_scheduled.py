@@ -163,6 +163,7 @@ async def shown(http: aiohttp.ClientSession, url: str, mail_id: str) -> Any:
         return (await resp.json())["mail"]
 
 
+@pytest.mark.slow
 async def test_a_scheduled_mail_goes_out_at_its_time(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
 ) -> None:

@@ -98,6 +98,7 @@ async def test_the_fake_reports_delivered_and_bounced_through_sns(
     assert ses.cert_fetches == 1
 
 
+@pytest.mark.slow
 async def test_the_fake_tries_a_post_again_as_snss_delivery_policy_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession
 ) -> None:

@@ -235,6 +235,7 @@ async def test_django_sends_through_its_smtp_backend_with_a_key(
     ]
 
 
+@pytest.mark.slow
 async def test_once_a_key_exists_auth_is_required_and_checked(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

@@ -283,6 +283,7 @@ async def test_a_suppressed_address_is_dropped_at_every_entry_point(
     assert fakes.sendgrid.calls == 5
 
 
+@pytest.mark.slow
 async def test_an_address_suppressed_after_acceptance_is_dropped_before_the_call(
     tmp_path: Path, store_url: str, fakes: Fakes, http: aiohttp.ClientSession
 ) -> None:

@@ -330,6 +330,7 @@ async def test_a_handler_that_keeps_raising_dead_letters_the_mail(
     assert flaky.crashes == 1000 - 3
 
 
+@pytest.mark.slow
 async def test_supervisor_gives_up_past_budget(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """A sender that keeps crashing spends the restart budget; the system stops with an error."""
     config = make_config(

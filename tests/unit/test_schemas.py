@@ -98,6 +98,7 @@ def test_a_value_matches_the_schema_exactly_when_the_validation_takes_it(name: s
 
 @settings(max_examples=300, deadline=None)
 @given(MAILBOXES, ADDRESSES)
+@pytest.mark.slow
 def test_the_fuzzing_strategies_make_valid_values(mailbox: str, address: str) -> None:
     """What the schemathesis hooks generate for mailbox and address the validation takes."""
     validation.parse_address(mailbox)

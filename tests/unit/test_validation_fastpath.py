@@ -258,6 +258,7 @@ def test_fast_path_agrees_on_address_soup(raw: str) -> None:
 
 @FAST_SETTINGS
 @given(plain_locals, plain_domains, plain_names, st.booleans(), edits)
+@pytest.mark.slow
 def test_fast_path_agrees_on_mutated_addresses(
     local: str, domain: str, name: str, bracketed: bool, changes: list[tuple[int, int, str]]
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
@@ -549,6 +550,7 @@ def parse(body: object) -> Mail:
 # --- the properties ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @given(body=mails())
 @settings(max_examples=300, deadline=None)
 def test_a_mail_is_refused_or_buildable_by_every_client(body: dict[str, Any]) -> None:
