@@ -178,11 +178,8 @@ def _grouped(default: Unsubscribe | None, env: Mapping[str, str]) -> str:
     said = f"default unsubscribe group {default.group}"
     if default.mailto is not None:
         said += f" (mailto {default.mailto})"
-    lacking = [
-        SETTINGS[name].env
-        for name in ("public_url", "unsubscribe_secret")
-        if not env.get(SETTINGS[name].env)
-    ]
+    names = [SETTINGS[name].env for name in ("public_url", "unsubscribe_secret")]
+    lacking = [name for name in names if name is not None and not env.get(name)]
     if lacking:
         said += (
             f"; note: {' and '.join(lacking)} unset here: a service without them sends "

@@ -540,3 +540,4 @@ async def test_a_tenant_default_group_covers_every_entry_point_and_opts_out(
             sent = headers_of(mail_id)
             assert "List-Unsubscribe" not in sent and "X-Mailman-Unsubscribe" not in sent
         await native(422, cc="bob@example.com", unsubscribe={"group": "newsletter"})
+        await native(422, unsubscribe=True)
