@@ -23,6 +23,7 @@ import pytest
 
 from mailman.actors.callbacks import SIGNATURE_HEADER, verify
 from mailman.cli import main
+from mailman.core.model import Unsubscribe
 from mailman.core.unsubscribe import Ticket, sign
 from mailman.intake.keys import Scope, create_key
 from mailman.system import embedded
@@ -541,3 +542,36 @@ async def test_a_tenant_default_group_covers_every_entry_point_and_opts_out(
             assert "List-Unsubscribe" not in sent and "X-Mailman-Unsubscribe" not in sent
         await native(422, cc="bob@example.com", unsubscribe={"group": "newsletter"})
         await native(422, unsubscribe=True)
+
+
+async def test_a_tenant_default_without_the_settings_keeps_the_group_and_sends_no_link(
+    tmp_path: Path, http: aiohttp.ClientSession, sendgrid: FakeSendGrid
+) -> None:
+    """Without MAILMAN_PUBLIC_URL a tenant's default group is no 422: its mail goes without
+    List-Unsubscribe, of the group (an address unsubscribed from it is skipped)."""
+    env = {
+        "MAILMAN_UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+        "MAILMAN_PROVIDERS": "sendgrid",
+        "SENDGRID_API_KEY": sendgrid.api_key,
+        "SENDGRID_BASE_URL": sendgrid.base_url,
+    }
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        await mailman.store.set_tenant_unsubscribe("acme", Unsubscribe("newsletter"), 0.0)
+        _, key = await create_key(mailman.store, tenant="acme", scopes=[Scope.SEND, Scope.READ])
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"address": "gone@example.com", "reason": "unsubscribe", "group": "newsletter"}
+        async with http.post(f"{mailman.url}/suppressions", json=body, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+        ids = []
+        for to in ("ann@example.com", "gone@example.com"):
+            mail = {"to": to, "from": "news@example.com", "content": "Hi"}
+            async with http.post(f"{mailman.url}/mail/send", json=mail, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                shown = (await resp.json())["mail"]
+                ids.append(shown["id"])
+        assert shown["status"] == "suppressed"
+        await eventually(lambda: sendgrid.calls == 1)
+        async with http.get(f"{mailman.url}/mail/{ids[0]}", headers=auth) as resp:
+            first = (await resp.json())["mail"]
+    assert first["submitted"]["unsubscribe"] == {"group": "newsletter", "url": ""}
+    assert "List-Unsubscribe" not in sendgrid.received[-1].get("headers", {})
