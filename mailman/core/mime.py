@@ -33,6 +33,8 @@ from where:
   SMTP services (``provider_options``): SendGrid's ``X-SMTPAPI`` and
   Mailgun's ``X-Mailgun-Tag``, ``-Variables`` and ``-Deliver-By``, so an app
   that set them for SendGrid or Mailgun keeps its tags and variables.
+- ``unsubscribe``: ``false`` for ``X-Mailman-Unsubscribe: off`` (no group, not even
+  the tenant's default); any other value is refused.
 
 Every other header is dropped: ``Received``, ``Message-ID``, ``Date``,
 ``MIME-Version``, ``Content-*``, ``Return-Path``, ``DKIM-Signature``, ``Bcc``,
@@ -333,6 +335,9 @@ def _content_id(part: MIMEPart) -> str | None:
 
 #: The last second of year 9999: a later unix time cannot be written as a date.
 _LAST_UNIX_TIME = 253_402_300_799
+#: ``X-Mailman-Unsubscribe: off``: the mail is of no unsubscribe group, not even its
+#: tenant's default (``"unsubscribe": false``).
+UNSUBSCRIBE_HEADER = "X-Mailman-Unsubscribe"
 #: What X-SMTPAPI (SendGrid's SMTP API header) keys become; other keys are refused.
 _SMTPAPI_KEYS = {"category": "tags", "unique_args": "metadata", "send_at": "send_at"}
 
@@ -380,6 +385,12 @@ def provider_options(message: EmailMessage, errors: list[FieldError]) -> dict[st
             errors.append(FieldError("headers.X-Mailgun-Deliver-By", "is not an RFC 2822 date"))
         else:
             out["send_at"] = when
+    unsubscribe = _header_text(message, UNSUBSCRIBE_HEADER)
+    if unsubscribe is not None:
+        if str(unsubscribe).strip().lower() == "off":
+            out["unsubscribe"] = False
+        else:
+            errors.append(FieldError(f"headers.{UNSUBSCRIBE_HEADER}", "must be off (or left out)"))
     if tags:
         out["tags"] = tags
     if metadata:

@@ -292,11 +292,12 @@ _UNSUBSCRIBE_FIELDS = frozenset(("group", "mailto"))
 
 def _unsubscribe(value: Any, errors: Errors, run: _Run) -> Unsubscribe | None:
     """``{"group", "mailto"?}``: the group signed into the link (by the intake), and an
-    address offered as ``mailto:`` beside it."""
-    if value is None:
+    address offered as ``mailto:`` beside it. ``false``: none, not even the tenant's
+    default group (``intake.accept``: ``opts_out``)."""
+    if value is None or value is False:
         return None
     if not isinstance(value, Mapping):
-        errors.add("unsubscribe", 'must be an object: {"group": "newsletter"}')
+        errors.add("unsubscribe", 'must be an object: {"group": "newsletter"}, or false')
         return None
     before = len(errors)
     validation.unknown_fields(value, _UNSUBSCRIBE_FIELDS, "unsubscribe", errors)
@@ -525,31 +526,39 @@ class Submission(BaseModel):
         Unsubscribe | None,
         _Rule(
             _unsubscribe,
-            _nullable(
-                {
-                    "type": "object",
-                    "title": "UnsubscribeRequest",
-                    "required": ["group"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "group": {
-                            "type": "string",
-                            "pattern": f"^{one_click.GROUP.pattern}$",
-                            "description": "The unsubscribe group (newsletter): a recipient "
-                            "who unsubscribes no longer gets its mails",
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "title": "UnsubscribeRequest",
+                        "required": ["group"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "group": {
+                                "type": "string",
+                                "pattern": f"^{one_click.GROUP.pattern}$",
+                                "description": "The unsubscribe group (newsletter): a recipient "
+                                "who unsubscribes no longer gets its mails",
+                            },
+                            "mailto": _nullable(
+                                {"type": "string", "format": "email"},
+                                "An address offered as mailto: beside the link",
+                            ),
                         },
-                        "mailto": _nullable(
-                            {"type": "string", "format": "email"},
-                            "An address offered as mailto: beside the link",
-                        ),
                     },
-                },
-                "One-click unsubscribe (RFC 8058): the mail carries List-Unsubscribe (a "
-                "signed link on MAILMAN_PUBLIC_URL) and List-Unsubscribe-Post; only for a "
-                "mail to one recipient (one to, no cc or bcc), and only with "
+                    {"const": False},
+                    {"type": "null"},
+                ],
+                "description": "One-click unsubscribe (RFC 8058): the mail carries "
+                "List-Unsubscribe (a signed link on MAILMAN_PUBLIC_URL) and "
+                "List-Unsubscribe-Post; only for a mail to one recipient (one to, no cc or "
+                "bcc), and only with "
                 "MAILMAN_PUBLIC_URL and MAILMAN_UNSUBSCRIBE_SECRET set. Recipients who "
-                "unsubscribed from the group, or from every mail, are dropped",
-            ),
+                "unsubscribed from the group, or from every mail, are dropped. Left out: the "
+                "tenant's default group, if it has one (mailman tenants set "
+                "--unsubscribe-group) and the mail has one recipient; false: no group, not "
+                "even the tenant's default",
+            },
         ),
     ] = None
 
@@ -575,7 +584,7 @@ class Submission(BaseModel):
             for name in ("template_version", "data"):
                 if data.get(name) is not None:
                     errors.add(name, "only with template")
-        if data.get("unsubscribe") is not None and _recipient_count(data) != 1:
+        if data.get("unsubscribe") not in (None, False) and _recipient_count(data) != 1:
             errors.add(
                 "unsubscribe",
                 "only for a mail to one recipient (one to, no cc or bcc): the link names "

@@ -30,7 +30,7 @@ from mailman.config.logging import get_logger
 from mailman.core.callbacks import binds_loopback
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch
-from mailman.core.model import Mail, Status, TemplateUse
+from mailman.core.model import Mail, Status, TemplateUse, Unsubscribe
 from mailman.core.submission import parse_mail
 from mailman.core.suppression import drop, recipients
 from mailman.core.unsubscribe import Ticket, link, sign
@@ -95,6 +95,12 @@ def idempotency_key_problem(key: str) -> str | None:
     if 1 <= len(key) <= 255 and all(" " <= c <= "~" for c in key):
         return None
     return "must be 1 to 255 printable ASCII characters"
+
+
+def opts_out(values: object) -> bool:
+    """Whether a submission's values say ``"unsubscribe": false``: no unsubscribe group,
+    not even its tenant's default."""
+    return isinstance(values, Mapping) and values.get("unsubscribe") is False
 
 
 def fingerprint(values: object) -> str:
@@ -284,6 +290,10 @@ class Intake:
         chain = await self.chains.of(mail.tenant)
         if chain is not None:
             mail = replace(mail, providers=chain)
+        if mail.unsubscribe is None and not opts_out(body):
+            default = await self.chains.unsubscribe_of(mail.tenant)
+            if default is not None:
+                mail = self.defaulted(mail, default)
         mail = await self.suppress(mail)
         idempotency = None
         if idempotency_key is not None:
@@ -304,6 +314,26 @@ class Intake:
         if not accepted.replayed:
             await self.hand_on(mail)
         return accepted
+
+    def defaulted(self, mail: Mail, default: Unsubscribe) -> Mail:
+        """``mail`` (which said nothing of ``unsubscribe``) of its tenant's default group,
+        with its signed link. Not a mail to more than one recipient (to, cc and bcc
+        together): it goes as it is, of no group (a 422 would refuse every such mail of
+        the tenant). Without ``MAILMAN_PUBLIC_URL`` or ``MAILMAN_UNSUBSCRIBE_SECRET`` it is
+        of the group (its unsubscribed addresses are skipped) without a link."""
+        if len(mail.to) + len(mail.cc) + len(mail.bcc) != 1:
+            log.debug("mail.unsubscribe_default_skipped", mail_id=mail.id, reason="recipients")
+            return mail
+        grouped = replace(mail, unsubscribe=default)
+        if not self.config.unsubscribing:
+            log.warning(
+                "mail.unsubscribe_default_unsigned",
+                mail_id=mail.id,
+                tenant=mail.tenant,
+                missing="MAILMAN_PUBLIC_URL or MAILMAN_UNSUBSCRIBE_SECRET",
+            )
+            return grouped
+        return self.signed(grouped)
 
     async def suppress(self, mail: Mail) -> Mail:
         """``mail`` without the recipients its tenant suppresses, each named in

@@ -82,6 +82,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.multipart import BodyPartReader
 
 from mailman.config.logging import get_logger
+from mailman.core.mime import UNSUBSCRIBE_HEADER
 from mailman.core.model import Mail
 from mailman.core.validation import FieldError, ValidationFailed, guess_content_type, header_problem
 from mailman.intake import refusals
@@ -359,6 +360,10 @@ def translate(form: Iterable[tuple[str, Value]]) -> Translation:
                 body["reply_to"] = texts[0]
             elif header.lower() == TEMPLATE_VARIABLES_HEADER:
                 variables["header"] = _json_object(name, texts[0])
+            elif header.lower() == UNSUBSCRIBE_HEADER.lower():
+                if texts[0].strip().lower() != "off":
+                    raise bad(f"'{name}' parameter must be off (or left out)")
+                body["unsubscribe"] = False
 
             elif header[:2].lower() == "x-":
                 headers[header] = texts[0]

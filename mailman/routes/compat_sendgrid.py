@@ -75,6 +75,7 @@ from aiohttp import hdrs, web
 
 from mailman.config.logging import get_logger
 from mailman.core.clock import datetime_of
+from mailman.core.mime import UNSUBSCRIBE_HEADER
 from mailman.core.model import Disposition, Mail, TemplateUse
 from mailman.core.validation import MAX_RECIPIENTS, FieldError, ValidationFailed, parse_address
 from mailman.intake.accept import Accepted, Intake, fingerprint, idempotency_key_problem
@@ -646,6 +647,7 @@ def _draft(
         paths["headers"] = "headers" if headers else f"{where}.headers"
         for name in own_headers:
             paths[f"headers.{name}"] = f"{where}.headers.{name}"
+        _opt_out(body, where if own_headers else "", errors)
     own_args = _object(p.get("custom_args"), f"{where}.custom_args", errors)
     if args or own_args:
         body["metadata"] = {**args, **own_args}
@@ -653,6 +655,26 @@ def _draft(
         for key in own_args:
             paths[f"metadata.{key}"] = f"{where}.custom_args.{key}"
     return Draft(body=body, paths=paths, addresses=addresses, data=data)
+
+
+def _opt_out(body: dict[str, Any], where: str, errors: _Errors) -> None:
+    """``X-Mailman-Unsubscribe: off`` among a draft's headers: taken out, and the mail is
+    of no unsubscribe group (``"unsubscribe": false``), not even the tenant's default;
+    refused beside ``asm`` or with another value."""
+    headers: dict[str, Any] = body["headers"]
+    name = next((n for n in headers if n.lower() == UNSUBSCRIBE_HEADER.lower()), None)
+    if name is None:
+        return
+    value = headers.pop(name)
+    if not headers:
+        del body["headers"]
+    path = f"{where + '.' if where else ''}headers.{name}"
+    if not isinstance(value, str) or value.strip().lower() != "off":
+        errors.add(path, "must be off (or left out)")
+    elif body.get("unsubscribe") is not None:
+        errors.add(path, "cannot be off beside asm")
+    else:
+        body["unsubscribe"] = False
 
 
 def _lower(names: Mapping[str, object]) -> set[str]:

@@ -219,12 +219,80 @@ def test_tenants_set_list_and_back_to_the_default(tmp_path: Path) -> None:
     code, out, _ = run("tenants", "list")
     assert code == 0
     assert [line.split() for line in out.splitlines()] == [
-        ["TENANT", "PROVIDERS", "KEYS"],
-        ["acme", "mailgun:1,sendgrid:3", "0"],
-        ["beta", "default", "1"],
+        ["TENANT", "PROVIDERS", "KEYS", "UNSUBSCRIBE", "MAILTO"],
+        ["acme", "mailgun:1,sendgrid:3", "0", "-", "-"],
+        ["beta", "default", "1", "-", "-"],
     ]
     assert run("tenants", "set", "acme", "--providers", "default")[0] == 0
     assert "acme" not in run("tenants", "list")[1]
+
+
+def test_tenants_set_a_default_unsubscribe_group_list_it_and_clear_it(tmp_path: Path) -> None:
+    """``--unsubscribe-group`` (and ``--unsubscribe-mailto``) keeps a tenant's default
+    group beside its chain, ``list`` shows both, ``-`` or ``default`` clears the group
+    only; without MAILMAN_PUBLIC_URL here ``set`` says what a service without it does."""
+    url = sqlite_store(tmp_path / "mailman.db")
+    env = {"MAILMAN_STORE": url, **ENV}
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    def listed() -> list[list[str]]:
+        return [line.split() for line in run("tenants", "list")[1].splitlines()[1:]]
+
+    code, _, said = run(
+        "tenants", "set", "acme", "--providers", "mailgun", "--unsubscribe-group", "newsletter"
+    )
+    assert code == 0
+    assert said.splitlines() == [
+        "tenant acme: mailgun",
+        "tenant acme: default unsubscribe group newsletter; note: MAILMAN_PUBLIC_URL and "
+        "MAILMAN_UNSUBSCRIBE_SECRET unset here: a service without them sends the group's "
+        "mails without List-Unsubscribe",
+    ]
+    argv = ("--unsubscribe-group", "offers", "--unsubscribe-mailto", "Out@Example.com")
+    assert run("tenants", "set", "beta", *argv)[0] == 0
+    assert listed() == [
+        ["acme", "mailgun", "0", "newsletter", "-"],
+        ["beta", "default", "0", "offers", "Out@example.com"],
+    ]
+    assert run("tenants", "set", "acme", "--unsubscribe-group", "-")[0] == 0
+    assert run("tenants", "set", "beta", "--unsubscribe-group", "default")[0] == 0
+    assert listed() == [["acme", "mailgun", "0", "-", "-"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ((), "say what to set: --providers, --unsubscribe-group or both"),
+        (("--unsubscribe-group", "a b"), "--unsubscribe-group must be 1 to 64 letters"),
+        (("--unsubscribe-mailto", "x@example.com"), "--unsubscribe-mailto needs a group"),
+        (
+            ("--unsubscribe-group", "-", "--unsubscribe-mailto", "x@example.com"),
+            "--unsubscribe-mailto needs a group",
+        ),
+        (
+            ("--unsubscribe-group", "n", "--unsubscribe-mailto", "X <x@example.com>"),
+            "--unsubscribe-mailto must be a bare address",
+        ),
+        (("--unsubscribe-group", "n", "--unsubscribe-mailto", "nope"), "--unsubscribe-mailto: "),
+    ],
+)
+def test_tenants_set_refuses_a_bad_unsubscribe_default(
+    tmp_path: Path, argv: tuple[str, ...], says: str
+) -> None:
+    """No flag, a bad group, a mailto without a group or not a bare address: exit 2, one
+    line saying which, nothing stored."""
+    url = sqlite_store(tmp_path / "mailman.db")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["tenants", "set", "acme", *argv], {"MAILMAN_STORE": url}, out=out, err=err) == 2
+    assert err.getvalue().startswith(f"mailman tenants: {says}"), err.getvalue()
+    assert err.getvalue().count("\n") == 1
+    listed = io.StringIO()
+    assert main(["tenants", "list", "--store", url], {}, out=listed, err=io.StringIO()) == 0
+    assert listed.getvalue().splitlines()[1:] == []
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Part of the store contract (``test_store``): each test runs on every backend.
 
 from __future__ import annotations
 
-from mailman.core.model import Address, Mail
+from mailman.core.model import Address, Mail, Unsubscribe
 from mailman.store import Store
 
 from . import test_store as contract
@@ -40,6 +40,26 @@ async def test_a_tenant_chain_is_set_replaced_listed_and_cleared(store: Store) -
     await store.set_tenant_chain("acme", None, 13.0)
     await store.set_tenant_chain("nobody", None, 13.0)  # clearing what is not there: fine
     assert await store.tenant_chains() == {"beta": "sendgrid:3,mailgun:1"}
+
+
+async def test_a_tenant_default_unsubscribe_group_is_set_replaced_listed_and_cleared(
+    store: Store,
+) -> None:
+    """A default group is kept with its mailto (or none), a second set replaces it, None
+    clears it; the chains are another matter."""
+    assert await store.tenant_unsubscribes() == {}
+    await store.set_tenant_unsubscribe("acme", Unsubscribe("newsletter"), 10.0)
+    await store.set_tenant_unsubscribe("beta", Unsubscribe("offers", mailto="out@b.com"), 11.0)
+    await store.set_tenant_chain("acme", "mailgun", 11.0)
+    assert await store.tenant_unsubscribes() == {
+        "acme": Unsubscribe("newsletter"),
+        "beta": Unsubscribe("offers", mailto="out@b.com"),
+    }
+    await store.set_tenant_unsubscribe("acme", Unsubscribe("digest", mailto="x@a.com"), 12.0)
+    await store.set_tenant_unsubscribe("beta", None, 13.0)
+    await store.set_tenant_unsubscribe("nobody", None, 13.0)  # clearing what is not there
+    assert await store.tenant_unsubscribes() == {"acme": Unsubscribe("digest", mailto="x@a.com")}
+    assert await store.tenant_chains() == {"acme": "mailgun"}
 
 
 async def test_a_claimed_outbox_entry_carries_the_chain_its_mail_was_accepted_with(

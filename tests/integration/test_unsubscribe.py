@@ -5,10 +5,16 @@ callback a real loopback receiver gets, and what the next mails do; on SQLite an
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
 import email
 import email.policy
+import io
 import re
+import smtplib
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,8 @@ import aiohttp
 import pytest
 
 from mailman.actors.callbacks import SIGNATURE_HEADER, verify
+from mailman.cli import main
+from mailman.core.model import Unsubscribe
 from mailman.core.unsubscribe import Ticket, sign
 from mailman.intake.keys import Scope, create_key
 from mailman.system import embedded
@@ -403,3 +411,167 @@ async def test_sendgrid_asm_group_is_a_one_click_group(
         await eventually(lambda: sendgrid.calls == 2)
         assert await status(first) in ("sent", "delivered")
         assert await status(plain) in ("queued", "sending", "sent", "delivered")
+
+
+# --- a tenant's default group ------------------------------------------------------------
+
+
+def _smtp(port: int, key: str, subject: str, *, to: str, opt_out: bool = False) -> str:
+    """One mail by SMTP submission with ``key``; the mail id the 250 reply names."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "news@example.com", to, subject
+    if opt_out:
+        msg["X-Mailman-Unsubscribe"] = "off"
+    msg.set_content("Hi")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.login("api", key)
+        client.mail("news@example.com")
+        client.rcpt(to)
+        code, reply = client.data(msg.as_bytes())
+    assert code == 250, reply
+    return reply.decode().rsplit(" ", 1)[-1]
+
+
+async def test_a_tenant_default_group_covers_every_entry_point_and_opts_out(
+    tmp_path: Path, http: aiohttp.ClientSession, sendgrid: FakeSendGrid, store_url: str
+) -> None:
+    """With ``mailman tenants set acme --unsubscribe-group newsletter``, a mail of acme to
+    one recipient that says nothing of unsubscribe carries List-Unsubscribe for group
+    newsletter; once its link is POSTed, the next such mail to that address ends
+    ``suppressed`` through POST /mail/send, /v3/mail/send, the Mailgun endpoint and SMTP,
+    while one that opts out (``"unsubscribe": false``, X-Mailman-Unsubscribe: off) still
+    goes without the header, as does a mail to two recipients (no 422, no group)."""
+    env = unsubscribe_env(
+        MAILMAN_STORE=store_url,
+        MAILMAN_PROVIDERS="sendgrid",
+        SENDGRID_API_KEY=sendgrid.api_key,
+        SENDGRID_BASE_URL=sendgrid.base_url,
+    )
+    set_default = [
+        "tenants",
+        "set",
+        "acme",
+        "--unsubscribe-group",
+        "newsletter",
+        "--unsubscribe-mailto",
+        "leave@example.com",
+    ]
+    config = make_config(tmp_path, env)
+    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, port=0))
+    async with embedded(config) as mailman:
+        said = io.StringIO()
+        assert await asyncio.to_thread(main, set_default, env, out=io.StringIO(), err=said) == 0
+        assert said.getvalue() == (
+            "tenant acme: default unsubscribe group newsletter (mailto leave@example.com)\n"
+        )
+        url, port = mailman.url, mailman.smtp_port
+        assert port is not None
+        _, key = await create_key(mailman.store, tenant="acme", scopes=[Scope.SEND, Scope.READ])
+        auth = {"Authorization": f"Bearer {key}"}
+        basic = {"Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()}
+
+        async def native(status: int = 201, **fields: Any) -> str:
+            body = {"to": "ann@example.com", "from": "news@example.com", "content": "Hi"}
+            async with http.post(f"{url}/mail/send", json={**body, **fields}, headers=auth) as r:
+                assert r.status == status, await r.text()
+                return str((await r.json())["mail"]["id"]) if status == 201 else ""
+
+        async def v3(**extra: Any) -> str:
+            body = {
+                "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+                "from": {"email": "news@example.com"},
+                "subject": "News",
+                "content": [{"type": "text/plain", "value": "Hi"}],
+                **extra,
+            }
+            async with http.post(f"{url}/v3/mail/send", json=body, headers=auth) as r:
+                assert r.status == 202, await r.text()
+                return r.headers["X-Message-Id"]
+
+        async def mailgun(**extra: str) -> str:
+            form = {"from": "news@example.com", "to": "ann@example.com", "text": "Hi", **extra}
+            async with http.post(
+                f"{url}/v3/mg.example.com/messages", data=form, headers=basic
+            ) as r:
+                assert r.status == 200, await r.text()
+                return r.headers["Location"].removeprefix("/mail/")
+
+        async def shown(mail_id: str) -> dict[str, Any]:
+            async with http.get(f"{url}/mail/{mail_id}", headers=auth) as r:
+                assert r.status == 200, await r.text()
+                found: dict[str, Any] = (await r.json())["mail"]
+                return found
+
+        def headers_of(mail_id: str) -> dict[str, str]:
+            (body,) = [b for b in sendgrid.received if b["custom_args"]["mail_id"] == mail_id]
+            return dict(body.get("headers", {}))
+
+        first = await native()
+        await eventually(lambda: sendgrid.calls == 1)
+        links = headers_of(first)["List-Unsubscribe"]
+        assert re.fullmatch(
+            LINK.pattern + r", <mailto:leave@example\.com\?subject=unsubscribe>", links
+        )
+        assert headers_of(first)["List-Unsubscribe-Post"] == ONE_CLICK
+        assert (await shown(first))["submitted"]["unsubscribe"]["group"] == "newsletter"
+        async with http.post(url + path_of(links), data=ONE_CLICK) as resp:
+            assert resp.status == 200
+        async with http.get(f"{url}/suppressions", headers=auth) as resp:
+            (kept,) = (await resp.json())["suppressions"]
+        assert (kept["address"], kept["group"]) == ("ann@example.com", "newsletter")
+
+        defaulted = [
+            await native(),
+            await v3(),
+            await mailgun(subject="mg"),
+            await asyncio.to_thread(_smtp, port, key, "smtp", to="ann@example.com"),
+        ]
+        for mail_id in defaulted:
+            assert (await shown(mail_id))["status"] == "suppressed", mail_id
+        opted_out = [
+            await native(unsubscribe=False),
+            await v3(headers={"X-Mailman-Unsubscribe": "off"}),
+            await mailgun(subject="mg", **{"h:X-Mailman-Unsubscribe": "off"}),
+            await asyncio.to_thread(_smtp, port, key, "smtp", to="ann@example.com", opt_out=True),
+            await native(cc="bob@example.com"),  # two recipients: no group, no 422
+        ]
+        await eventually(lambda: sendgrid.calls == 1 + len(opted_out), what="opted-out mails")
+        for mail_id in opted_out:
+            assert "unsubscribe" not in (await shown(mail_id))["submitted"], mail_id
+            sent = headers_of(mail_id)
+            assert "List-Unsubscribe" not in sent and "X-Mailman-Unsubscribe" not in sent
+        await native(422, cc="bob@example.com", unsubscribe={"group": "newsletter"})
+        await native(422, unsubscribe=True)
+
+
+async def test_a_tenant_default_without_the_settings_keeps_the_group_and_sends_no_link(
+    tmp_path: Path, http: aiohttp.ClientSession, sendgrid: FakeSendGrid
+) -> None:
+    """Without MAILMAN_PUBLIC_URL a tenant's default group is no 422: its mail goes without
+    List-Unsubscribe, of the group (an address unsubscribed from it is skipped)."""
+    env = {
+        "MAILMAN_UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+        "MAILMAN_PROVIDERS": "sendgrid",
+        "SENDGRID_API_KEY": sendgrid.api_key,
+        "SENDGRID_BASE_URL": sendgrid.base_url,
+    }
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        await mailman.store.set_tenant_unsubscribe("acme", Unsubscribe("newsletter"), 0.0)
+        _, key = await create_key(mailman.store, tenant="acme", scopes=[Scope.SEND, Scope.READ])
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"address": "gone@example.com", "reason": "unsubscribe", "group": "newsletter"}
+        async with http.post(f"{mailman.url}/suppressions", json=body, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+        ids = []
+        for to in ("ann@example.com", "gone@example.com"):
+            mail = {"to": to, "from": "news@example.com", "content": "Hi"}
+            async with http.post(f"{mailman.url}/mail/send", json=mail, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                shown = (await resp.json())["mail"]
+                ids.append(shown["id"])
+        assert shown["status"] == "suppressed"
+        await eventually(lambda: sendgrid.calls == 1)
+        async with http.get(f"{mailman.url}/mail/{ids[0]}", headers=auth) as resp:
+            first = (await resp.json())["mail"]
+    assert first["submitted"]["unsubscribe"] == {"group": "newsletter", "url": ""}
+    assert "List-Unsubscribe" not in sendgrid.received[-1].get("headers", {})

@@ -252,6 +252,14 @@ def test_sendgrid_smtpapi_header_gives_tags_metadata_and_send_at() -> None:
     assert "headers" not in body
 
 
+def test_x_mailman_unsubscribe_off_opts_out_and_is_not_carried() -> None:
+    """X-Mailman-Unsubscribe: off (any case) is ``"unsubscribe": false``, not a header."""
+    body = translate(message(X_Mailman_Unsubscribe=" OFF"))
+    assert body["unsubscribe"] is False
+    assert "headers" not in body
+    assert "unsubscribe" not in translate(message())
+
+
 def test_mailgun_smtp_headers_give_tags_variables_and_delivery_time() -> None:
     """X-Mailgun-Tag (repeated), X-Mailgun-Variables and X-Mailgun-Deliver-By are honoured."""
     msg = message(X_Mailgun_Variables='{"order": "4711"}')
@@ -274,6 +282,7 @@ def test_mailgun_smtp_headers_give_tags_variables_and_delivery_time() -> None:
         ({"X_SMTPAPI": '{"send_at": "tomorrow"}'}, "headers.X-SMTPAPI"),
         ({"X_Mailgun_Variables": "{broken"}, "headers.X-Mailgun-Variables"),
         ({"X_Mailgun_Deliver_By": "someday"}, "headers.X-Mailgun-Deliver-By"),
+        ({"X_Mailman_Unsubscribe": "newsletter"}, "headers.X-Mailman-Unsubscribe"),
     ],
 )
 def test_provider_headers_mailman_cannot_honour_are_refused_naming_them(

@@ -146,7 +146,13 @@ class UnsubscribeShown(TypedDict):
     """A mail's one-click unsubscribe: its group and the link its List-Unsubscribe names."""
 
     group: str
-    url: Annotated[str, Field(description="The signed link on MAILMAN_PUBLIC_URL")]
+    url: Annotated[
+        str,
+        Field(
+            description="The signed link on MAILMAN_PUBLIC_URL; empty: none (a tenant's "
+            "default group where MAILMAN_PUBLIC_URL or MAILMAN_UNSUBSCRIBE_SECRET is unset)"
+        ),
+    ]
     mailto: NotRequired[str]
 
 
