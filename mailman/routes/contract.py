@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from mailman.core.validation import FieldError
+
 from .errors import IDEMPOTENCY_KEY
 from .models.common import Problem
 
@@ -192,3 +194,40 @@ def declared(handler: object) -> Operation | None:
     """The contract ``@operation`` recorded on ``handler``; None if there is none."""
     found = getattr(handler, _ATTRIBUTE, None)
     return found if isinstance(found, Operation) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """A listing's pages: ``limit`` (1 to ``maximum``, ``default`` when not given) and an
+    opaque ``cursor`` of ``cursor_format`` (each listing decodes its own)."""
+
+    default: int
+    maximum: int
+    cursor_format: str
+
+    @property
+    def params(self) -> tuple[Param, Param]:
+        """``limit`` and ``cursor``, as the document shows them."""
+        return (
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": self.maximum, "default": self.default},
+            ),
+            Param(
+                "cursor",
+                "query",
+                {"type": "string", "format": self.cursor_format},
+                "From the previous page's `next`, as it is (opaque): nothing else is a cursor",
+            ),
+        )
+
+    def limit(self, params: Mapping[str, str], errors: list[FieldError]) -> int:
+        """The page size ``params`` ask for; a bad one is added to ``errors``."""
+        raw = params.get("limit")
+        if raw is None:
+            return self.default
+        if raw.isdigit() and 1 <= int(raw) <= self.maximum:
+            return int(raw)
+        errors.append(FieldError("limit", f"must be a whole number from 1 to {self.maximum}"))
+        return self.default

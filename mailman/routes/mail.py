@@ -50,6 +50,7 @@ from .contract import (
     Body,
     Header,
     Link,
+    Paging,
     Param,
     idempotency_key,
     operation,
@@ -88,10 +89,6 @@ routes = web.RouteTableDef()
 
 JSON_CONTENT_TYPE = "application/json"
 _UTF8 = frozenset({"utf-8", "utf8"})
-
-#: GET /mail: mails per page by default, and at most.
-DEFAULT_PAGE = 100
-MAX_PAGE = 500
 
 
 # --- helpers -------------------------------------------------------------------
@@ -309,13 +306,7 @@ def _list_query(principal: Principal, query: MultiMapping[str]) -> MailQuery:
             errors.append(FieldError(name, "is given more than once"))
         else:
             params[name] = query[name]
-    limit = DEFAULT_PAGE
-    if "limit" in params:
-        raw = params["limit"]
-        if raw.isdigit() and 1 <= int(raw) <= MAX_PAGE:
-            limit = int(raw)
-        else:
-            errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_PAGE}"))
+    limit = PAGING.limit(params, errors)
     status = None
     if "status" in params:
         try:
@@ -406,6 +397,8 @@ def _list_query(principal: Principal, query: MultiMapping[str]) -> MailQuery:
 
 #: The document's format for a cursor: only what a page's ``next`` gave out.
 CURSOR_FORMAT = "cursor"
+#: GET /mail's pages: 100 mails by default, 500 at most.
+PAGING = Paging(default=100, maximum=500, cursor_format=CURSOR_FORMAT)
 #: A tag as a mail may have one (``core.validation.tags``; an encoded-word never is one,
 #: so it finds nothing).
 TAG_PATTERN = "[!-~](?:[ -~]*[!-~])?"
@@ -483,17 +476,7 @@ def decode_cursor(cursor: str) -> tuple[float, str] | None:
             {"type": "string", "pattern": f"^{TENANT.pattern}$"},
             "Admin keys: this tenant's mails only (another key: its own tenant, or 403)",
         ),
-        Param(
-            "limit",
-            "query",
-            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
-        ),
-        Param(
-            "cursor",
-            "query",
-            {"type": "string", "format": CURSOR_FORMAT},
-            "From the previous page's `next`, as it is (opaque): nothing else is a cursor",
-        ),
+        *PAGING.params,
     ),
     answers={
         200: Answer("A page; `next` is absent on the last one", MailList),

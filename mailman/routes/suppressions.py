@@ -31,7 +31,7 @@ from mailman.store import EVERY_GROUP, Suppression, SuppressionQuery
 
 from . import CONFIG, STORE
 from .auth import PRINCIPAL, requires
-from .contract import Answer, Body, Param, operation, problem
+from .contract import Answer, Body, Paging, Param, operation, problem
 from .errors import BAD_REQUEST, FORBIDDEN, NOT_FOUND, Problem, note
 from .mail import json_response, read_mail_json
 from .models.suppressions import (
@@ -47,12 +47,10 @@ log = get_logger("mailman.http")
 
 routes = web.RouteTableDef()
 
-#: GET /suppressions: suppressions per page by default, and at most.
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
-
 #: The document's format for a cursor of this listing: only what a page's ``next`` gave out.
 CURSOR_FORMAT = "suppression-cursor"
+#: GET /suppressions' pages: 100 by default, 1,000 at most.
+PAGING = Paging(default=100, maximum=1000, cursor_format=CURSOR_FORMAT)
 
 #: ``?group=``: one unsubscribe group's (empty: those for every mail).
 GROUP_SCHEMA = {"type": "string", "pattern": f"^({GROUP.pattern})?$"}
@@ -110,13 +108,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str, str] | None:
 def _list_query(principal: Principal, params: Mapping[str, str]) -> SuppressionQuery:
     """The listing GET /suppressions names; 400 naming every bad parameter."""
     errors: list[FieldError] = []
-    limit = DEFAULT_PAGE
-    if "limit" in params:
-        raw = params["limit"]
-        if raw.isdigit() and 1 <= int(raw) <= MAX_PAGE:
-            limit = int(raw)
-        else:
-            errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_PAGE}"))
+    limit = PAGING.limit(params, errors)
     reason = None
     if "reason" in params:
         try:
@@ -155,17 +147,7 @@ def _list_query(principal: Principal, params: Mapping[str, str]) -> SuppressionQ
             "Only this unsubscribe group's; empty: only those for every mail",
         ),
         TENANT_PARAM,
-        Param(
-            "limit",
-            "query",
-            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
-        ),
-        Param(
-            "cursor",
-            "query",
-            {"type": "string", "format": CURSOR_FORMAT},
-            "From the previous page's `next`, as it is (opaque): nothing else is a cursor",
-        ),
+        *PAGING.params,
     ),
     answers={
         200: Answer("A page; `next` is absent on the last one", SuppressionList),
