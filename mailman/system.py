@@ -447,6 +447,7 @@ class Mailman:
                 store=self.store,
                 retry=self.config.retry,
                 concurrency=self.config.sender_concurrency,
+                calls_log_seconds=self.config.calls_log_seconds,
                 stop_timeout=self.config.shutdown_timeout,
                 stale_after=self.config.stale_after,
                 poison_attempts=self.config.poison_attempts,

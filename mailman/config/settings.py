@@ -544,10 +544,24 @@ class Config:
         "or `/sent`). See [Delivery guarantees](guarantees.md#a-lost-answer)",
     )
     sender_concurrency: int = setting(
-        32,
+        256,
         env="MAILMAN_SENDER_CONCURRENCY",
         minimum=1,
         help="provider calls in flight per sender",
+        doc="provider calls in flight per sender (each provider's sender, in each process "
+        "that runs it): about the mails per second wanted times the provider's answer time, "
+        "kept under the provider's rate limit. See "
+        "[Sizing the sender concurrency](performance.md#sizing-the-sender-concurrency)",
+    )
+    calls_log_seconds: float = setting(
+        10.0,
+        env="MAILMAN_CALLS_LOG_SECONDS",
+        minimum=0.1,
+        help="seconds between a sender's provider.calls summary lines (info)",
+        doc="seconds between a sender's `provider.calls` line (`info`): the calls of the "
+        "interval, how many were accepted, their p50 and p99 ms; one call's own "
+        "`provider.call` line is `debug` when it is accepted. See "
+        "[Logs](logs.md#provider-calls)",
     )
     mailbox_capacity: int = setting(
         1000,
