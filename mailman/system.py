@@ -446,7 +446,7 @@ class Mailman:
                 router=self.router,
                 store=self.store,
                 retry=self.config.retry,
-                concurrency=self.config.sender_concurrency,
+                concurrency=self.config.concurrency_of(name),
                 calls_log_seconds=self.config.calls_log_seconds,
                 stop_timeout=self.config.shutdown_timeout,
                 stale_after=self.config.stale_after,

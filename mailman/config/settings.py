@@ -553,6 +553,16 @@ class Config:
         "kept under the provider's rate limit. See "
         "[Sizing the sender concurrency](performance.md#sizing-the-sender-concurrency)",
     )
+    sender_concurrency_per_provider: tuple[tuple[str, int], ...] = setting(
+        (),
+        env="MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER",
+        parse=parse.provider_numbers,
+        note="none",
+        help="provider:N,... : the concurrency of those providers' senders, e.g. resend:2",
+        doc="`provider:N,...`: the concurrency of those providers' senders instead of "
+        "`MAILMAN_SENDER_CONCURRENCY`, e.g. `resend:2,ses:4` for providers with a low rate "
+        "limit; each must be in `MAILMAN_PROVIDERS`",
+    )
     calls_log_seconds: float = setting(
         10.0,
         env="MAILMAN_CALLS_LOG_SECONDS",
@@ -869,6 +879,10 @@ class Config:
     def chain(self) -> tuple[str, ...]:
         """Provider names in the order ``MAILMAN_PROVIDERS`` gives them."""
         return tuple(p.name for p in self.providers)
+
+    def concurrency_of(self, provider: str) -> int:
+        """The provider calls ``provider``'s sender keeps in flight at most."""
+        return dict(self.sender_concurrency_per_provider).get(provider, self.sender_concurrency)
 
     @property
     def weights(self) -> tuple[int, ...]:
