@@ -6,7 +6,7 @@ The sender records each provider call's outcome in the store before it acks
 the mail (record first, then ack). Between the provider's 2xx arriving and
 that outcome being committed (group commit) lies the only window in which a
 crash can send a mail twice: the restarted service finds the attempt
-``pending`` and calls again. Each accepted call's ``provider.call`` log line
+``pending`` and calls again. Each accepted call's ``provider.call`` log line (debug)
 carries that window as ``durable_ms``, and the provider call's own time as
 ``ms``.
 
@@ -83,7 +83,8 @@ async def measure(
             **fakes.env(),
             "MAILMAN_STORE": url,
             "MAILMAN_OUTBOX_DIR": str(run_dir / "outbox"),
-            "MAILMAN_LOG_LEVEL": "info",
+            # An accepted call's provider.call line (with durable_ms) is a debug line.
+            "MAILMAN_LOG_LEVEL": "debug",
         }
         mailman: Child = await start_mailman("mailman", env, log)
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,40 @@ class _Unwell(Exception):
         self.result = result
 
 
+@dataclass(slots=True)
+class CallTally:
+    """A sender's provider calls since its last ``provider.calls`` line: how many, how
+    many accepted, and each one's ms (for the interval's p50 and p99)."""
+
+    calls: int = 0
+    accepted: int = 0
+    ms: list[float] = field(default_factory=list)
+
+    def add(self, ms: float, *, accepted: bool) -> None:
+        self.calls += 1
+        self.accepted += accepted
+        self.ms.append(ms)
+
+    def take(self) -> dict[str, float | int] | None:
+        """The interval's fields (None if it had no call), the tally emptied for the next."""
+        if not self.calls:
+            return None
+        ms = sorted(self.ms)
+        fields: dict[str, float | int] = {
+            "calls": self.calls,
+            "accepted": self.accepted,
+            "p50_ms": _ranked(ms, 0.50),
+            "p99_ms": _ranked(ms, 0.99),
+        }
+        self.calls, self.accepted, self.ms = 0, 0, []
+        return fields
+
+
+def _ranked(ordered: list[float], share: float) -> float:
+    """The nearest-rank percentile ``share`` of ``ordered`` (not empty, ascending)."""
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
 class Sender(Actor):
     subscribes = True
 
@@ -100,7 +135,8 @@ class Sender(Actor):
         router: Router,
         store: Store,
         retry: RetryConfig,
-        concurrency: int = 32,
+        concurrency: int = 256,
+        calls_log_seconds: float = 10.0,
         stop_timeout: float = 10.0,
         stale_after: float = 30.0,
         poison_attempts: int = 5,
@@ -117,6 +153,9 @@ class Sender(Actor):
         self.store = store
         self.retry = retry
         self.concurrency = concurrency
+        #: Seconds between ``provider.calls`` lines (the calls of the interval, at info).
+        self.calls_log_seconds = calls_log_seconds
+        self.tally = CallTally()
         self.stop_timeout = stop_timeout
         #: An attempt with no answer recorded this long after its start is ``unknown``.
         self.stale_after = stale_after
@@ -167,18 +206,35 @@ class Sender(Actor):
 
     async def run(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
-        async with (
-            self.subscribed(self.router.inbox_of(self.provider)) as inbox,
-            asyncio.TaskGroup() as group,
-        ):
-            while True:
-                await slots.acquire()
-                delivery = await self.receive(inbox)
-                if delivery is None:
-                    slots.release()
-                    break
-                group.create_task(self._handle_and_release(delivery, slots))
-            # Leaving the task group waits for the calls in flight.
+        summaries = asyncio.create_task(self._summarise(), name=f"calls:{self.provider}")
+        try:
+            async with (
+                self.subscribed(self.router.inbox_of(self.provider)) as inbox,
+                asyncio.TaskGroup() as group,
+            ):
+                while True:
+                    await slots.acquire()
+                    delivery = await self.receive(inbox)
+                    if delivery is None:
+                        slots.release()
+                        break
+                    group.create_task(self._handle_and_release(delivery, slots))
+                # Leaving the task group waits for the calls in flight.
+        finally:
+            summaries.cancel()
+            await asyncio.gather(summaries, return_exceptions=True)
+            self._log_calls()
+
+    async def _summarise(self) -> None:
+        """Every ``calls_log_seconds``, one ``provider.calls`` line for the interval's calls."""
+        while True:
+            await asyncio.sleep(self.calls_log_seconds)
+            self._log_calls()
+
+    def _log_calls(self) -> None:
+        fields = self.tally.take()
+        if fields is not None:
+            log.info("provider.calls", provider=self.provider, **fields)
 
     async def _handle_and_release(
         self, delivery: Delivery[Dispatch], slots: asyncio.Semaphore
@@ -194,7 +250,8 @@ class Sender(Actor):
         one whose attempt is in flight elsewhere, is left alone.
 
         Logs one line per provider call (``provider.call``), with everything
-        about it as fields, written once its outcome is committed.
+        about it as fields, written once its outcome is committed: at debug when the
+        provider accepted the mail (``provider.calls`` sums those up at info).
         """
         chain = self.router.chain_of(dispatch)
         if not 0 <= dispatch.hop < len(chain) or chain[dispatch.hop] != self.provider:
@@ -504,11 +561,12 @@ class Sender(Actor):
     ) -> None:
         answered = time.perf_counter()
         now = self.clock()
+        ms = round((answered - started) * 1000, 1)
         line = {
             "mail_id": dispatch.mail_id,
             "provider": self.provider,
             "round": dispatch.round,
-            "ms": round((answered - started) * 1000, 1),
+            "ms": ms,
             "request_id": request_id,
         }
         if isinstance(result, Accepted):
@@ -523,7 +581,8 @@ class Sender(Actor):
             )
             await self._record_sent(dispatch.mail_id, attempt, now)
             self._open.pop(attempt_id, None)
-            log.info(
+            self.tally.add(ms, accepted=True)
+            log.debug(
                 "provider.call",
                 outcome="accepted",
                 message_id=result.message_id,
@@ -531,6 +590,8 @@ class Sender(Actor):
                 **line,
             )
             return
+        if result is not None:  # a call the breaker kept away is no call
+            self.tally.add(ms, accepted=False)
         retry_after: float | None = None
         level = "info"
         if result is None:

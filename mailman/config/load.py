@@ -51,6 +51,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         provider_weights=weights,
     )
     _check_processes(config)
+    _check_concurrency(config)
     _check_urls(config)
     _check_smtp(config.smtp)
     return config
@@ -154,6 +155,16 @@ def _check_processes(config: Config) -> None:
             f"{processes} needs a store the processes can share: a SQLite file "
             "(sqlite:///mailman.db) or MySQL, not an in-memory database"
         )
+
+
+def _check_concurrency(config: Config) -> None:
+    """``MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`` names providers of the chain."""
+    chain = {*config.chain, *config.skipped_providers}
+    for name, _ in config.sender_concurrency_per_provider:
+        if name not in chain:
+            setting = SETTINGS["sender_concurrency_per_provider"].name
+            known = ", ".join(config.chain)
+            raise ConfigError(f"{setting} names {name}, not in the chain ({known})")
 
 
 def _check_urls(config: Config) -> None:

@@ -318,6 +318,18 @@ def public_key(raw: str, s: Bounds) -> str | None:
     return value
 
 
+def provider_numbers(raw: str, s: Bounds) -> tuple[tuple[str, int], ...]:
+    """``name:N,...``: (provider, N) pairs, N a whole number of at least 1 for each."""
+    try:
+        pairs = weighted_names(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{s.name}: {exc}".replace("the weight of", "the number of")) from None
+    for name, number in pairs:
+        if number == 0:
+            raise ConfigError(f"{s.name}: give {name} a number ({name}:N)")
+    return pairs
+
+
 def weighted_names(text: str) -> tuple[tuple[str, int], ...]:
     """A provider chain ``name[:weight],...``: (name, weight) pairs, weight 0 when none is
     given (names lower-cased, blanks ignored). ``ValueError`` saying what is wrong: a

@@ -544,10 +544,34 @@ class Config:
         "or `/sent`). See [Delivery guarantees](guarantees.md#a-lost-answer)",
     )
     sender_concurrency: int = setting(
-        32,
+        256,
         env="MAILMAN_SENDER_CONCURRENCY",
         minimum=1,
         help="provider calls in flight per sender",
+        doc="provider calls in flight per sender (each provider's sender, in each process "
+        "that runs it): about the mails per second wanted times the provider's answer time, "
+        "kept under the provider's rate limit. See "
+        "[Sizing the sender concurrency](performance.md#sizing-the-sender-concurrency)",
+    )
+    sender_concurrency_per_provider: tuple[tuple[str, int], ...] = setting(
+        (),
+        env="MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER",
+        parse=parse.provider_numbers,
+        note="none",
+        help="provider:N,... : the concurrency of those providers' senders, e.g. resend:2",
+        doc="`provider:N,...`: the concurrency of those providers' senders instead of "
+        "`MAILMAN_SENDER_CONCURRENCY`, e.g. `resend:2,ses:4` for providers with a low rate "
+        "limit; each must be in `MAILMAN_PROVIDERS`",
+    )
+    calls_log_seconds: float = setting(
+        10.0,
+        env="MAILMAN_CALLS_LOG_SECONDS",
+        minimum=0.1,
+        help="seconds between a sender's provider.calls summary lines (info)",
+        doc="seconds between a sender's `provider.calls` line (`info`): the calls of the "
+        "interval, how many were accepted, their p50 and p99 ms; one call's own "
+        "`provider.call` line is `debug` when it is accepted. See "
+        "[Logs](logs.md#provider-calls)",
     )
     mailbox_capacity: int = setting(
         1000,
@@ -855,6 +879,10 @@ class Config:
     def chain(self) -> tuple[str, ...]:
         """Provider names in the order ``MAILMAN_PROVIDERS`` gives them."""
         return tuple(p.name for p in self.providers)
+
+    def concurrency_of(self, provider: str) -> int:
+        """The provider calls ``provider``'s sender keeps in flight at most."""
+        return dict(self.sender_concurrency_per_provider).get(provider, self.sender_concurrency)
 
     @property
     def weights(self) -> tuple[int, ...]:

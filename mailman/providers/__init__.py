@@ -268,8 +268,13 @@ def streamed(data: bytes) -> bytes | io.BytesIO:
 
 def http_session(timeout: float) -> aiohttp.ClientSession:
     """The one session a provider client keeps: keep-alive connections, nothing per call
-    that a provider API does not need (no cookie jar, no compressed answers to inflate)."""
+    that a provider API does not need (no cookie jar, no compressed answers to inflate).
+
+    No cap of its own on connections (aiohttp's default is 100 in all): the sender's
+    ``MAILMAN_SENDER_CONCURRENCY`` caps the calls in flight, and calls above a pool cap
+    would wait inside aiohttp for a connection, their time counted against the timeout."""
     return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("Accept-Encoding",),

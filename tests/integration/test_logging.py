@@ -26,6 +26,7 @@ from mailman.intake.keys import Scope, create_key
 from mailman.store import Store
 
 from ..support.api import VALID, Client, CountingOutbound, client_factory
+from ..support.fakes import FakeMailgun, FakeSendGrid
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 
@@ -289,7 +290,7 @@ async def test_the_request_id_goes_with_the_mail_to_its_provider_call(tmp_path: 
 
     from ..conftest import eventually, make_config
 
-    with configured("info") as logs:
+    with configured("debug") as logs:
         async with (
             embedded(make_config(tmp_path)) as mailman,
             aiohttp.ClientSession() as http,
@@ -310,3 +311,57 @@ async def test_the_request_id_goes_with_the_mail_to_its_provider_call(tmp_path: 
             await eventually(lambda: bool(called()), what="the provider call's line")
             (line,) = called()
     assert line["request_id"] == "trace-77" and line["outcome"] == "accepted"
+    assert line["level"] == "debug"
+
+
+async def test_accepted_calls_are_summed_up_at_info_not_logged_one_by_one(
+    tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun
+) -> None:
+    """At info an accepted call logs no provider.call line; provider.calls counts it, and a
+    refused call still logs its own provider.call line at warning."""
+    import aiohttp
+
+    from mailman.system import embedded
+
+    from ..conftest import eventually, make_config
+
+    env = {
+        "MAILMAN_PROVIDERS": "sendgrid,mailgun",
+        "SENDGRID_API_KEY": sendgrid.api_key,
+        "SENDGRID_BASE_URL": sendgrid.base_url,
+        "MAILGUN_API_KEY": mailgun.api_key,
+        "MAILGUN_DOMAIN": mailgun.domain,
+        "MAILGUN_BASE_URL": mailgun.base_url,
+        "MAILMAN_CALLS_LOG_SECONDS": "0.1",
+    }
+    with configured("info") as logs:
+        async with (
+            embedded(make_config(tmp_path, env)) as mailman,
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def send() -> None:
+                async with http.post(f"{mailman.url}/mail/send", json=VALID) as resp:
+                    assert resp.status == 201
+
+            def summed(provider: str) -> tuple[int, int]:
+                lines = [
+                    line
+                    for line in logs.lines()
+                    if line["event"] == "provider.calls" and line["provider"] == provider
+                ]
+                return sum(x["calls"] for x in lines), sum(x["accepted"] for x in lines)
+
+            for _ in range(3):
+                await send()
+            await eventually(lambda: summed("sendgrid") == (3, 3), what="3 calls summed up")
+            sendgrid.mode = "503"
+            await send()
+            await eventually(lambda: summed("mailgun") == (1, 1), what="the failover summed")
+            await eventually(lambda: summed("sendgrid") == (4, 3), what="the refusal summed")
+    calls = [line for line in logs.lines() if line["event"] == "provider.call"]
+    assert [(c["provider"], c["level"], c["outcome"]) for c in calls] == [
+        ("sendgrid", "warning", "transient")
+    ]
+    (summary, *_) = [line for line in logs.lines() if line["event"] == "provider.calls"]
+    assert summary["level"] == "info" and summary["p99_ms"] >= summary["p50_ms"] > 0

@@ -534,3 +534,24 @@ def test_one_message_id_whichever_provider_sends_the_mail() -> None:
     assert ("h:Message-Id", expected) in mailgun.form(mail)
     parsed = BytesParser(policy=email.policy.default).parsebytes(outbox.render(mail))
     assert parsed["Message-ID"] == expected
+
+
+async def test_a_client_holds_more_calls_in_flight_than_aiohttps_default_pool(
+    sendgrid: FakeSendGrid,
+) -> None:
+    """150 sends at once all reach the provider together: no pool cap of 100 queues them."""
+    import asyncio
+
+    from ..conftest import eventually
+
+    sendgrid.gate = asyncio.Event()  # holds every request until set
+    client = sendgrid_client(sendgrid, timeout=30)
+    await client.start()
+    try:
+        sends = [asyncio.create_task(client.send(make_mail())) for _ in range(150)]
+        await eventually(lambda: sendgrid.calls == 150, what="150 requests in flight at once")
+        sendgrid.gate.set()
+        results = await asyncio.gather(*sends)
+    finally:
+        await client.close()
+    assert all(isinstance(result, Accepted) for result in results)

@@ -377,3 +377,37 @@ def test_a_bad_provider_weight_is_refused_naming_the_setting(
     err = refusal(capsys, "--store", "sqlite:///:memory:")
     assert "MAILMAN_PROVIDERS" in err and "at least 1" in err
     assert "Traceback" not in err
+
+
+def test_a_provider_of_the_chain_can_have_its_own_sender_concurrency() -> None:
+    """MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER sets the named senders; the rest keep the default."""
+    env = {
+        "MAILMAN_PROVIDERS": "sendgrid,resend",
+        "SENDGRID_API_KEY": "SG.k",
+        "RESEND_API_KEY": "re_k",
+        "MAILMAN_SENDER_CONCURRENCY": "200",
+        "MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER": "Resend:2",
+    }
+    loaded = load([], env)
+    assert (loaded.concurrency_of("resend"), loaded.concurrency_of("sendgrid")) == (2, 200)
+    assert load([], {}).concurrency_of("outbox") == 256
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("resend", "give resend a number"),
+        ("resend:0", "the number of resend must be a whole number of at least 1"),
+        ("resend:2,resend:3", "resend is named twice"),
+        ("mailgun:4", "names mailgun, not in the chain"),
+    ],
+)
+def test_a_bad_per_provider_concurrency_is_refused_by_name(raw: str, says: str) -> None:
+    """A part without a number, a number below 1, a name twice or off the chain is refused."""
+    env = {
+        "MAILMAN_PROVIDERS": "resend",
+        "RESEND_API_KEY": "re_k",
+        "MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER": raw,
+    }
+    with pytest.raises(ConfigError, match=rf"^MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER.*{says}"):
+        load([], env)
