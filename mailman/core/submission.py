@@ -505,7 +505,7 @@ class Submission(BaseModel):
         _Rule(
             _template_version,
             _nullable(
-                {"type": "integer", "minimum": 1},
+                {"type": "integer", "minimum": 1, "maximum": templates.MAX_VERSION},
                 "The template's version; missing: its latest (only with template)",
             ),
         ),

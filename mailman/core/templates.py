@@ -126,10 +126,15 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+#: The highest version number asked for (nine digits: what Mailgun's ``t:version`` takes,
+#: and well inside both stores' integer columns).
+MAX_VERSION = 999_999_999
+
+
 def version_problem(version: object) -> str | None:
     """Why ``version`` cannot be a template's version number; None if it can."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        return "must be a whole number from 1"
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        return f"must be a whole number from 1 to {MAX_VERSION}"
     return None
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from mailman.config.logging import get_logger
 from mailman.core.clock import iso_time
 from mailman.core.ids import new_id
+from mailman.core.templates import MAX_VERSION, version_problem
 from mailman.core.validation import FieldError, ValidationFailed
 from mailman.intake.guard import guarded
 from mailman.intake.keys import Scope
@@ -44,7 +45,10 @@ REF = Param(
     "The template's id or its name",
 )
 VERSION = Param(
-    "version", "query", {"type": "integer", "minimum": 1}, "A version; missing: the latest"
+    "version",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+    "A version; missing: the latest",
 )
 UNKNOWN = problem("No such template (or another tenant's)")
 _BODY_ANSWERS = {
@@ -168,14 +172,15 @@ def _version(request: web.Request) -> int | None:
     raw = request.query.get("version")
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+    version = int(raw) if raw.isdigit() and len(raw) <= len(str(MAX_VERSION)) else 0
+    if (problem := version_problem(version)) is not None:
         raise Problem(
             HTTPStatus.BAD_REQUEST,
             "The query is not valid; see errors.",
             type=BAD_REQUEST,
-            errors=[FieldError("version", "must be a whole number from 1")],
+            errors=[FieldError("version", problem)],
         )
-    return int(raw)
+    return version
 
 
 @routes.get("/templates/{ref}")

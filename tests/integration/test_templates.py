@@ -187,6 +187,28 @@ async def test_an_older_version_is_sent_when_named(client: Client, keys: dict[st
     assert answer["errors"][0]["field"] == "template_version"
 
 
+async def test_a_version_the_document_allows_is_looked_up_and_one_past_it_named(
+    client: Client, keys: dict[str, str]
+) -> None:
+    """The highest version the document allows (GET /templates/{ref}'s ``version`` and the
+    mail's ``template_version`` alike) is a 404 when it does not exist, never a 400; one
+    past it is a 400 or 422 naming the version."""
+    acme = keys["acme"]
+    await created(client, acme, {"name": "n", "text": "one {{x}}"})
+    document = await (await client.get("/openapi.json")).json()
+    parameters = document["paths"]["/templates/{ref}"]["get"]["parameters"]
+    (param,) = (p for p in parameters if p["name"] == "version")
+    highest = param["schema"]["maximum"]
+    await problem(await call(client, "GET", f"/templates/n?version={highest}", acme), 404)
+    for raw in (str(highest + 1), "10237575558", "0"):
+        answer = await problem(await call(client, "GET", f"/templates/n?version={raw}", acme), 400)
+        assert answer["errors"][0]["field"] == "version"
+    answer = await problem(
+        await send(client, acme, template="n", template_version=highest + 1, data={"x": 1}), 422
+    )
+    assert answer["errors"][0]["field"] == "template_version"
+
+
 async def test_missing_variables_are_a_422_naming_each(
     client: Client, keys: dict[str, str]
 ) -> None:
