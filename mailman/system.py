@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -39,6 +38,7 @@ from mailman.config import (
     Config,
     ConfigError,
     ConfiguredProvider,
+    is_loopback,
     is_memory_store,
     provider_plugins,
     redact_url,
@@ -221,16 +221,6 @@ def make_broker(config: Config, dead_letters: DeadLetterSink | None = None) -> B
         f"unsupported broker {redact_url(config.broker)!r} "
         "(expected memory:// or kafka://host:9092[,host2:9092])"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a bind address) is reachable from this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def check_exposure(

@@ -9,7 +9,6 @@ it says.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from yarl import URL
 
 from .errors import ConfigError
 from .secret import Secret
+from .urls import is_loopback
 
 
 class Bounds(Protocol):
@@ -104,20 +104,11 @@ def public_url(raw: str, s: Bounds) -> Any:
         raise ConfigError(f"{s.name} must not hold a user or password")
     if parsed.query_string or parsed.fragment:
         raise ConfigError(f"{s.name} must not have a query or fragment")
-    if parsed.scheme != "https" and not (parsed.scheme == "http" and _loopback(host)):
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(host)):
         raise ConfigError(
             f"{s.name} must be an https URL (plain http only for a loopback host, for tests)"
         )
     return value.rstrip("/")
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def secret(raw: str, s: Bounds) -> Any:

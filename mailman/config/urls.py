@@ -154,7 +154,7 @@ def parse_smtp_relay_url(url: str) -> SmtpRelayTarget:
     password = unquote(parts.password) if parts.password is not None else None
     if (username is None) != (password is None):
         raise ConfigError("the SMTP relay URL needs both a user and a password, or neither")
-    if security == "plain" and password is not None and not _loopback(parts.hostname):
+    if security == "plain" and password is not None and not is_loopback(parts.hostname):
         raise ConfigError(
             "smtp:// would send the relay's password in the clear: use smtp+starttls:// or "
             "smtps:// (smtp:// takes a user and password on a loopback host only)"
@@ -162,10 +162,12 @@ def parse_smtp_relay_url(url: str) -> SmtpRelayTarget:
     return SmtpRelayTarget(security, parts.hostname, port or default_port, username, password)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, an address, an address in brackets) is this machine only:
+    ``localhost`` or a loopback address."""
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False

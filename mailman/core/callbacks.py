@@ -66,7 +66,7 @@ def names_this_machine(host: str) -> bool:
 
 def binds_loopback(host: str) -> bool:
     """Whether a bind address (``MAILMAN_HOST``) is reachable from this machine only
-    (``mailman.system.is_loopback``'s rule)."""
+    (``mailman.config.is_loopback``'s rule)."""
     literal = literal_address(host)
     return host.lower() == "localhost" if literal is None else literal.is_loopback
 

@@ -24,7 +24,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from pytest_aiohttp import AiohttpClient
 
 from mailman.actors.callbacks import SIGNATURE_HEADER, Notifier, sign, signature_header, verify
-from mailman.config import CallbackConfig, Config, Secret
+from mailman.config import CallbackConfig, Config, Secret, is_loopback
 from mailman.core.callbacks import binds_loopback, url_problem
 from mailman.core.messages import StatusUpdate
 from mailman.core.model import Address, Attempt, DeliveryEvent, EventKind, Mail, Outcome, Status
@@ -32,7 +32,7 @@ from mailman.intake.keys import Scope, create_key
 from mailman.intake.resolve import GuardedResolver, UnsafeDestination, resolution_problem
 from mailman.routes import INTAKE, create_app
 from mailman.store import CallbackDue, Store
-from mailman.system import embedded, is_loopback
+from mailman.system import embedded
 
 from ..conftest import eventually, make_config
 from ..support.api import VALID, CountingOutbound, problem
@@ -416,7 +416,7 @@ def test_url_rules_without_dns() -> None:
 
 
 def test_binds_loopback_agrees_with_the_system_rule() -> None:
-    """The routes' copy of the loopback rule says what ``actors.system.is_loopback`` says."""
+    """The core's copy of the loopback rule says what ``mailman.config.is_loopback`` says."""
     for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"):
         assert binds_loopback(host) and is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "example.com", "192.168.1.2"):
