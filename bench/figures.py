@@ -122,13 +122,15 @@ async def _timed(read: Callable[[], Awaitable[object]]) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _fresh(kind: str, folder: Path, size: int) -> AsyncIterator[Store]:
+async def fresh_store(kind: str, folder: Path, name: str) -> AsyncIterator[Store]:
+    """An empty store of ``kind`` (``sqlite``: ``folder/name.db``; ``mysql``: the database
+    ``mailman_bench_name`` on ``$MYSQL_URL``, dropped before and after)."""
     if kind == "sqlite":
-        async with SQLiteStore(str(folder / f"figures-{size}.db")) as store:
+        async with SQLiteStore(str(folder / f"{name}.db")) as store:
             yield store
         return
     base = os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL
-    url = f"{base.rstrip('/')}/mailman_bench_figures_{size}"
+    url = f"{base.rstrip('/')}/mailman_bench_{name}"
     await MySQLStore.drop_database(url)
     await MySQLStore.create_database(url)
     try:
@@ -148,7 +150,7 @@ async def measure(
         stores: list[Store] = []
         filled: list[float] = []
         for size in sizes:
-            store = await stack.enter_async_context(_fresh(kind, folder, size))
+            store = await stack.enter_async_context(fresh_store(kind, folder, f"figures_{size}"))
             assert isinstance(store, Engine)
             started = time.perf_counter()
             for start in range(0, size, PER_TRANSACTION):
@@ -184,7 +186,7 @@ async def write_path(kind: str, count: int, folder: Path) -> dict[str, float]:
     """What the writes that keep the figures cost: ``count`` mails added, claimed, begun
     and answered (sent) at once on a fresh store; this process's CPU µs (SQLite's writer
     thread included) and wall µs per mail, each phase. Run it on two checkouts to compare."""
-    async with _fresh(kind, folder, 0) as store:
+    async with fresh_store(kind, folder, "figures_0") as store:
         ids = [f"w{n:07d}" for n in range(count)]
         phases: dict[str, float] = {}
 

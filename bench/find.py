@@ -26,26 +26,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailman.core.model import Address, Mail, Status
-from mailman.store import MailQuery, Store
+from mailman.store import MailQuery
 from mailman.store.dialect import Dialect, chunks
 from mailman.store.finding import index
 from mailman.store.mails import MAIL_COLUMNS, mail_values
-from mailman.store.mysql import MySQLStore
 from mailman.store.operation import Engine, Statement, Steps, read, write
-from mailman.store.sqlite import SQLiteStore
 
-from .services import DEFAULT_MYSQL_URL
+from .figures import fresh_store
 
 #: Mails per fill transaction.
 PER_TRANSACTION = 10_000
@@ -134,25 +130,8 @@ def queries(mails: int) -> dict[str, MailQuery]:
     }
 
 
-@contextlib.asynccontextmanager
-async def _fresh(kind: str, folder: Path) -> AsyncIterator[Store]:
-    if kind == "sqlite":
-        async with SQLiteStore(str(folder / "find.db")) as store:
-            yield store
-        return
-    base = os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL
-    url = f"{base.rstrip('/')}/mailman_bench_find"
-    await MySQLStore.drop_database(url)
-    await MySQLStore.create_database(url)
-    try:
-        async with MySQLStore.from_url(url) as store:
-            yield store
-    finally:
-        await MySQLStore.drop_database(url)
-
-
 async def measure(kind: str, mails: int, reads: int, folder: Path) -> list[dict[str, object]]:
-    async with _fresh(kind, folder) as store:
+    async with fresh_store(kind, folder, "find") as store:
         assert isinstance(store, Engine)
         started = time.perf_counter()
         for start in range(0, mails, PER_TRANSACTION):
