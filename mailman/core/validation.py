@@ -254,6 +254,8 @@ MAX_REASON = 1000
 
 #: The most unknown fields of one object named one by one; the rest are counted.
 MAX_UNKNOWN_NAMED = 20
+#: What an unknown field of a request body is told.
+UNKNOWN_FIELD = "is not a known field: leave it out, or check its spelling"
 
 
 def unknown_fields(
@@ -268,9 +270,7 @@ def unknown_fields(
         meant = _meant(key, known)
         errors.add(
             field,
-            f"is not a known field: did you mean {meant}?"
-            if meant
-            else "is not a known field: leave it out, or check its spelling",
+            f"is not a known field: did you mean {meant}?" if meant else UNKNOWN_FIELD,
         )
     if len(unknown) > MAX_UNKNOWN_NAMED:
         errors.add(

@@ -34,7 +34,6 @@ from mailman.core.model import (
 from mailman.core.validation import (
     BODY_FIELD,
     MAX_REASON,
-    MAX_UNKNOWN_NAMED,
     Errors,
     FieldError,
     ValidationFailed,
@@ -42,7 +41,7 @@ from mailman.core.validation import (
 )
 from mailman.store import MailRecord
 
-from .common import Time
+from .common import Time, validation_failed
 
 # --- links -------------------------------------------------------------------------
 
@@ -314,17 +313,7 @@ class MarkFailed(BaseModel):
         try:
             return cls.model_validate(body)
         except ValidationError as exc:
-            raise ValidationFailed(
-                [
-                    FieldError(
-                        ".".join(str(p) for p in e["loc"]) or BODY_FIELD,
-                        "is not a known field: leave it out, or check its spelling"
-                        if e["type"] == "extra_forbidden"
-                        else e["msg"],
-                    )
-                    for e in exc.errors()[:MAX_UNKNOWN_NAMED]
-                ]
-            ) from None
+            raise validation_failed(exc) from None
 
 
 class NoFields(BaseModel):

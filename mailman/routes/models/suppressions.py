@@ -23,7 +23,6 @@ from mailman.core.suppression import MAX_ADDRESS, normalise
 from mailman.core.unsubscribe import GROUP, group_problem
 from mailman.core.validation import (
     BODY_FIELD,
-    MAX_UNKNOWN_NAMED,
     FieldError,
     ValidationFailed,
     parse_address,
@@ -31,7 +30,7 @@ from mailman.core.validation import (
 from mailman.intake.keys import TENANT
 from mailman.store import Suppression
 
-from .common import Time
+from .common import Time, validation_failed
 
 #: A tenant name, as a JSON Schema pattern (anchored: a pattern matches anywhere).
 TENANT_PATTERN = f"^{TENANT.pattern}$"
@@ -161,19 +160,7 @@ class NewSuppression(BaseModel):
         try:
             return cls.model_validate(body)
         except ValidationError as exc:
-            raise ValidationFailed(
-                [
-                    FieldError(
-                        ".".join(str(p) for p in e["loc"]) or BODY_FIELD,
-                        "is not a known field: leave it out, or check its spelling"
-                        if e["type"] == "extra_forbidden"
-                        else "is required"
-                        if e["type"] == "missing"
-                        else e["msg"],
-                    )
-                    for e in exc.errors()[:MAX_UNKNOWN_NAMED]
-                ]
-            ) from None
+            raise validation_failed(exc) from None
 
 
 def shown(s: Suppression) -> SuppressionShown:

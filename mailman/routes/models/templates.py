@@ -11,13 +11,11 @@ from typing_extensions import TypedDict
 
 from mailman.core import templates
 from mailman.core.validation import (
-    BODY_FIELD,
-    MAX_UNKNOWN_NAMED,
     FieldError,
     ValidationFailed,
 )
 
-from .common import Time
+from .common import Time, validation_failed
 
 _PART = "Handlebars: {{name}} (HTML-escaped in html), {{{raw}}}, {{#if}}, {{#each}}..."
 
@@ -115,19 +113,9 @@ class TemplateBody(TemplateVersionBody):
 
 
 def _failed(exc: ValidationError) -> ValidationFailed:
-    errors: list[FieldError] = []
-    for e in exc.errors()[:MAX_UNKNOWN_NAMED]:
-        field = ".".join(str(p) for p in e["loc"]) or BODY_FIELD
-        if e["type"] == "extra_forbidden":
-            message = "is not a known field: leave it out, or check its spelling"
-        elif e["type"] == "missing":
-            message = "is required"
-        elif e["type"] == "string_pattern_mismatch":
-            message = "may hold only ASCII letters, digits, '.', '_' and '-'"
-        else:
-            message = e["msg"]
-        errors.append(FieldError(field, message))
-    return ValidationFailed(errors)
+    return validation_failed(
+        exc, {"string_pattern_mismatch": "may hold only ASCII letters, digits, '.', '_' and '-'"}
+    )
 
 
 class TemplateLinks(TypedDict):
