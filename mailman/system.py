@@ -315,8 +315,9 @@ class Mailman:
             remote = WakeSender(self.wake_address)
         #: The API's (and SMTP's) outbound mailbox: wakes the relay (they never publish).
         self.nudge = Nudge(remote)
-        #: The API's requests in flight: the relay beside it puts accepts first.
-        self.load = Load()
+        #: The API's (and SMTP's) requests in flight: the relay beside it, or one in
+        #: another process of this machine (told while they saturate), puts accepts first.
+        self.load = Load(None if remote is None else remote.busy)
         #: This process's HTTP (and SMTP) metrics, kept across restarts of their actors.
         self.http_metrics = (
             HttpMetrics(config.metrics_dir) if self.roles & {ROLE_API, ROLE_SMTP} else None
@@ -418,7 +419,7 @@ class Mailman:
                         config=cfg.relay,
                         nudge=self.nudge,
                         wake_address=self.wake_address,
-                        load=self.load if ROLE_API in self.roles else None,
+                        load=self.load if self.roles & INTAKE_ROLES else None,
                     ),
                 )
             )
@@ -494,6 +495,7 @@ class Mailman:
             tls_port=self._smtp.tls_port if self._smtp is not None else None,
             metrics=self.http_metrics,
             budget=self.budget,
+            load=self.load,
         )
         return self._smtp
 

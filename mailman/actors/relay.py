@@ -26,13 +26,13 @@ import structlog
 
 from mailman.config import RelayConfig
 from mailman.core.messages import Dispatch
-from mailman.intake.load import Load
+from mailman.intake.load import SATURATED_REQUESTS, Load
 from mailman.mailboxes.routing import Router
 from mailman.retry import Backoff, retrying
 from mailman.store import OutboxEntry, Store
 
 from .lifecycle import Actor, owner_name
-from .wake import WakeListener, WakeSender
+from .wake import RemoteLoad, WakeListener, WakeSender
 
 log = structlog.get_logger("mailman.relay")
 
@@ -42,14 +42,15 @@ MAX_BACKOFF = 5.0
 #: Accepts first: while the API in this process is busy (a request in flight,
 #: or one within ``QUIET_SECONDS``) and saturated (``SATURATED_REQUESTS`` in
 #: flight at once, or the event loop's timers running ``SATURATED_LAG_SECONDS``
-#: late or more), the relay waits for a
+#: late or more), or an API process elsewhere on this machine said within
+#: ``QUIET_SECONDS`` that it is saturated (``intake.load``, ``wake.RemoteLoad``),
+#: the relay waits for a
 #: quiet spell of at most ``MAX_DEFER_SECONDS``, then claims at most
 #: ``BUSY_BATCH`` entries. The rest of a burst waits, committed, in the outbox
 #: and is drained at full speed once the requests stop. A busy API whose loop
 #: still has room (steady traffic below what the process can take) is not
 #: held back.
 QUIET_SECONDS = 0.05
-SATURATED_REQUESTS = 8
 SATURATED_LAG_SECONDS = 0.005
 MAX_DEFER_SECONDS = 0.5
 BUSY_BATCH = 50
@@ -96,8 +97,12 @@ class Relay(Actor):
         self.load = load
         #: Timers this late mean a saturated loop (0: a busy API always counts as one).
         self.saturated_lag = saturated_lag
+        #: What API processes elsewhere on this machine say of their load.
+        self.remote = RemoteLoad(QUIET_SECONDS)
         self._listener = (
-            None if wake_address is None else WakeListener(wake_address, nudge.event.set)
+            None
+            if wake_address is None
+            else WakeListener(wake_address, nudge.event.set, self.remote.report)
         )
         self.published = 0
         self._claimed: list[OutboxEntry] = []
@@ -143,7 +148,7 @@ class Relay(Actor):
         entries = self._claimed
         if not entries:
             limit = self.config.batch
-            if self.load is not None and not await self._until_quiet():
+            if not await self._until_quiet():
                 limit = min(limit, BUSY_BATCH)
             entries = await self.store.claim_outbox(
                 self.owner,
@@ -174,27 +179,34 @@ class Relay(Actor):
         return len(entries)
 
     async def _until_quiet(self) -> bool:
-        """Wait while the API is busy and the loop saturated: True once either ends, False
-        after ``MAX_DEFER_SECONDS``.
+        """Wait while an API is busy and saturated: True once none is, False after
+        ``MAX_DEFER_SECONDS``.
 
-        Checks every ``QUIET_SECONDS`` while it waits (the API is not slowed by
-        telling anyone when it goes quiet); how late that timer fires says
-        whether the loop is saturated.
+        The API in this process: checked every ``QUIET_SECONDS`` while it waits
+        (the API is not slowed by telling anyone when it goes quiet); how late
+        that timer fires says whether the loop is saturated. API processes
+        elsewhere: until their last saturated report is ``QUIET_SECONDS`` old.
         """
-        assert self.load is not None
         deadline = time.monotonic() + MAX_DEFER_SECONDS
+        room = self.load is None  # the loop here has room for the relay's work too
         while not self.stopping.is_set():
             now = time.monotonic()
-            quiet = self.load.quiet_for(now)
-            if quiet >= QUIET_SECONDS:
+            wait = self.remote.held_for(now)
+            if not room:
+                assert self.load is not None
+                quiet = self.load.quiet_for(now)
+                if quiet < QUIET_SECONDS:
+                    wait = max(wait, QUIET_SECONDS - quiet)
+            if wait <= 0:
                 return True
             if now >= deadline:
                 return False
-            wait = min(QUIET_SECONDS - quiet, deadline - now)
+            wait = min(wait, deadline - now)
             await self.rest(wait)
-            late = time.monotonic() - now - wait
-            if self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag:
-                return True  # busy, but the loop has room for the relay's work too
+            if not room:
+                assert self.load is not None
+                late = time.monotonic() - now - wait
+                room = self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag
         return True
 
     async def teardown(self) -> None:

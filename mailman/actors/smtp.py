@@ -87,6 +87,7 @@ from mailman.intake.backlog import Backlog, refresher
 from mailman.intake.budget import Budget, Hold, OverBudget, owner_of
 from mailman.intake.instruments import HttpMetrics
 from mailman.intake.keys import Scope
+from mailman.intake.load import Load
 from mailman.intake.refusals import KeyInFlight, KeyReused, RateLimited, Refused
 from mailman.store import OutcomeUnknown, Store, StoreUnavailable
 
@@ -201,11 +202,18 @@ class SmtpHandler:
     connection of the actor)."""
 
     def __init__(
-        self, *, intake: Intake, keyring: Keyring, metrics: HttpMetrics | None = None
+        self,
+        *,
+        intake: Intake,
+        keyring: Keyring,
+        metrics: HttpMetrics | None = None,
+        load: Load | None = None,
     ) -> None:
         self.intake = intake
         self.keyring = keyring
         self.metrics = metrics
+        #: This process's requests in flight (a mail counts from DATA's end to its reply).
+        self.load = load or Load()
         #: Mails being translated or committed now; ``idle`` is set while there are none.
         self.busy = 0
         self.idle = asyncio.Event()
@@ -352,6 +360,7 @@ class SmtpHandler:
         recipients = tuple(envelope.rcpt_tos)
         self.busy += 1
         self.idle.clear()
+        self.load.enter()
         task = asyncio.create_task(self._deliver(raw, sender, recipients, principal))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -405,6 +414,7 @@ class SmtpHandler:
             log.exception("smtp.failed", request_id=request_id)
             return f"{TEMPORARY} Mailman could not take the mail; nothing was stored. Try again"
         finally:
+            self.load.leave()
             self.busy -= 1
             if self.busy == 0:
                 self.idle.set()
@@ -743,6 +753,7 @@ class SmtpServer(Actor):
         tls_port: int | None = None,
         metrics: HttpMetrics | None = None,
         budget: Budget | None = None,
+        load: Load | None = None,
     ) -> None:
         super().__init__("smtp")
         smtp = config.smtp
@@ -755,7 +766,9 @@ class SmtpServer(Actor):
         self.keyring = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
         self.backlog = Backlog(config.backlog_limit)
         intake = Intake(store=store, outbound=outbound, config=config, backlog=self.backlog)
-        self.handler = SmtpHandler(intake=intake, keyring=self.keyring, metrics=metrics)
+        self.handler = SmtpHandler(
+            intake=intake, keyring=self.keyring, metrics=metrics, load=load or Load()
+        )
         self.connections: set[SmtpProtocol] = set()
         #: Connections open now, by client address.
         self.by_address: dict[str, int] = {}

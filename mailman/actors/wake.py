@@ -8,6 +8,11 @@ a commit; the relay wakes at once. The socket is a Linux abstract Unix socket
 named after the store, so it needs no file, no port and no clean-up, and
 processes sharing one database file find each other. A lost datagram costs
 nothing but latency: the relay still looks every interval.
+
+The same socket carries the API's load: while an API (or SMTP) process is
+saturated, it sends ``BUSY`` followed by its requests in flight, every
+``intake.load.REPORT_SECONDS`` (see ``Load``); the relay holds back while
+such reports are fresh (``RemoteLoad``). A lost report means no hold-back.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 import structlog
+
+from mailman.intake.load import SATURATED_REQUESTS
 
 log = structlog.get_logger("mailman.wake")
 
@@ -36,12 +45,23 @@ def wake_address(store: str) -> str | None:
     return f"\0mailman-wake-{digest}"
 
 
-class WakeListener:
-    """The relay's side: calls ``on_wake`` for every datagram that arrives."""
+#: A load report's first bytes (a wake-up is an empty datagram).
+BUSY = b"busy "
 
-    def __init__(self, address: str, on_wake: Callable[[], None]) -> None:
+
+class WakeListener:
+    """The relay's side: calls ``on_wake`` once for the wake-ups that arrived together,
+    and ``on_busy`` with the requests in flight of each load report."""
+
+    def __init__(
+        self,
+        address: str,
+        on_wake: Callable[[], None],
+        on_busy: Callable[[int], None] | None = None,
+    ) -> None:
         self.address = address
         self.on_wake = on_wake
+        self.on_busy = on_busy
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -71,10 +91,15 @@ class WakeListener:
         woken = False
         while True:  # drain: many datagrams are one wake-up
             try:
-                self._sock.recv(16)
+                data = self._sock.recv(32)
             except OSError:  # nothing more waiting (BlockingIOError), or the socket is gone
                 break
-            woken = True
+            if data.startswith(BUSY):
+                if self.on_busy is not None:
+                    with contextlib.suppress(ValueError):  # not ours: ignored
+                        self.on_busy(int(data[len(BUSY) :]))
+            else:
+                woken = True
         if woken:
             self.on_wake()
 
@@ -95,14 +120,41 @@ class WakeSender:
 
     def _send(self) -> None:
         self._pending = False
+        self._datagram(b"")
+
+    def busy(self, requests: int) -> None:
+        """Tell the relay that this process has ``requests`` in flight (it is saturated)."""
+        self._datagram(BUSY + str(requests).encode())
+
+    def _datagram(self, data: bytes) -> None:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
-        # No relay listening, or its queue is full: it looks anyway.
+        # No relay listening, or its queue is full: it looks anyway (and holds nothing back).
         with contextlib.suppress(OSError):
-            self._sock.sendto(b"", self.address)
+            self._sock.sendto(data, self.address)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class RemoteLoad:
+    """The relay's view of the API processes elsewhere on this machine: when one last
+    said it was saturated. Fresh for ``stale_seconds``; then, whether the API went
+    quiet or its reports were lost, it holds nothing back."""
+
+    __slots__ = ("saturated_at", "stale_seconds")
+
+    def __init__(self, stale_seconds: float) -> None:
+        self.stale_seconds = stale_seconds
+        self.saturated_at = -math.inf
+
+    def report(self, requests: int) -> None:
+        if requests >= SATURATED_REQUESTS:
+            self.saturated_at = time.monotonic()
+
+    def held_for(self, now: float) -> float:
+        """Seconds until the last report goes stale (0: none is fresh)."""
+        return max(0.0, self.saturated_at + self.stale_seconds - now)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
 from mailman.actors.breakers import SharedHealth, make_breaker, state_of
-from mailman.actors.relay import BUSY_BATCH, Nudge, Relay
+from mailman.actors.relay import BUSY_BATCH, QUIET_SECONDS, Nudge, Relay
+from mailman.actors.wake import WakeSender
 from mailman.config import RelayConfig
 from mailman.core.messages import Dispatch
 from mailman.core.model import Address, Mail
+from mailman.intake.load import REPORT_SECONDS, SATURATED_REQUESTS
 from mailman.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
 from mailman.mailboxes.routing import Router
 from mailman.routes import Load
@@ -148,6 +152,107 @@ async def test_relay_keeps_pace_with_a_busy_api_whose_loop_has_room(store: Store
     async with Relay(store=store, router=router, config=config, nudge=Nudge(), load=load):
         await eventually(lambda: len(got) == 300, what="every mail while the API is busy")
     consumer.cancel()
+
+
+class CountingRouter(Router):
+    """A router that remembers the size of every batch the relay hands on."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBroker(), ("sendgrid",))
+        self.batches: list[int] = []
+        self.at: list[float] = []
+
+    async def dispatch_many(self, dispatches: Sequence[Dispatch]) -> None:
+        self.batches.append(len(dispatches))
+        self.at.append(time.monotonic())
+        await super().dispatch_many(dispatches)
+
+
+def address() -> str:
+    return f"\0mailman-wake-test-{secrets.token_hex(8)}"
+
+
+async def saturate(load: Load, stop: asyncio.Event) -> None:
+    """An API elsewhere with SATURATED_REQUESTS in flight and requests coming and going."""
+    for _ in range(SATURATED_REQUESTS):
+        load.enter()
+    while not stop.is_set():
+        load.enter()
+        load.leave()
+        await asyncio.sleep(REPORT_SECONDS / 2)  # the pace of requests, not a wait for a result
+    for _ in range(SATURATED_REQUESTS):
+        load.leave()
+
+
+async def test_relay_holds_back_while_an_api_in_another_process_is_saturated(
+    store: Store,
+) -> None:
+    """A saturated API elsewhere on the machine (its load reports, real datagrams) keeps the
+    relay to small batches; once it goes quiet, the rest goes at once."""
+    router = CountingRouter()
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    where = address()
+    sender = WakeSender(where)
+    api = Load(sender.busy)  # as the API process builds it
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    stop = asyncio.Event()
+    nudge = Nudge()
+    relay = Relay(store=store, router=router, config=config, nudge=nudge, wake_address=where)
+    try:
+        async with relay:
+            busy = asyncio.create_task(saturate(api, stop))
+            await eventually(lambda: relay.remote.saturated_at > 0, what="the API's report")
+            for n in range(300):
+                await store.add(mail(n))
+            nudge.event.set()
+            await eventually(lambda: len(got) >= BUSY_BATCH, what="a first small batch")
+            assert len(got) < 300  # the other process is saturated: the backlog waits
+            assert max(router.batches) <= BUSY_BATCH
+            stop.set()
+            await busy
+            await eventually(lambda: len(got) == 300, what="the rest once the API is quiet")
+    finally:
+        stop.set()
+        consumer.cancel()
+        sender.close()
+    assert sorted(got) == [mail(n).id for n in range(300)]
+    assert max(router.batches) > BUSY_BATCH  # the rest went in one claim, not held back
+
+
+async def test_a_lost_load_report_means_no_hold_back_never_a_stall(store: Store) -> None:
+    """An API elsewhere stuck with requests in flight (no report since) holds nothing back
+    once its last report is QUIET_SECONDS old; reports to no listener are harmless."""
+    router = CountingRouter()
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    where = address()
+    sender = WakeSender(where)
+    api = Load(sender.busy)
+    for _ in range(SATURATED_REQUESTS + 2):
+        api.enter()  # reported to no one: no relay listens yet
+    assert api.reported_at > 0
+    # The relay looks only when nudged.
+    config = RelayConfig(batch=500, interval_seconds=3600, lease_seconds=30)
+    nudge = Nudge()
+    relay = Relay(store=store, router=router, config=config, nudge=nudge, wake_address=where)
+    try:
+        async with relay:
+            for n in range(300):
+                await store.add(mail(n))
+            api.reported_at = -1.0  # due again: the next request reports, then nothing more
+            api.enter()
+            await eventually(lambda: relay.remote.saturated_at > 0, what="the report heard")
+            nudge.event.set()
+            await eventually(lambda: len(got) == 300, what="every mail, the API still busy")
+    finally:
+        consumer.cancel()
+        sender.close()
+    assert api.requests == SATURATED_REQUESTS + 3  # still "busy": only the report went stale
+    # (The relay's first look may find the first mail.) The rest in one claim once the
+    # report went stale, nothing held back; but not while it was fresh.
+    assert router.batches[-1] >= 299
+    assert router.at[-1] >= relay.remote.saturated_at + QUIET_SECONDS
 
 
 async def test_breaker_state_is_shared_between_processes(store: Store) -> None:

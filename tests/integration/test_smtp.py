@@ -124,14 +124,18 @@ async def test_a_mail_by_smtp_reaches_sendgrid_with_every_recipient(
     tmp_path: Path, sendgrid: FakeSendGrid, mailgun: FakeMailgun, http: aiohttp.ClientSession
 ) -> None:
     """From, To, Cc, an envelope-only Bcc and a UTF-8 subject (encoded-words on the wire)
-    reach SendGrid; the 250 names the mail id, and GET /mail/{id} knows the mail."""
+    reach SendGrid; the 250 names the mail id, and GET /mail/{id} knows the mail. The mail
+    counts in the process's load while it is taken."""
     config = smtp_config(tmp_path, provider_env(sendgrid, mailgun))
     msg = message("Grüße — willkommen ✓", cc="Bob <bob@example.com>")
     assert b"=?utf-8?" in msg.as_bytes()
     async with embedded(config) as mailman:
         recipients = ["ann@example.com", "bob@example.com", "hidden@example.com"]
+        before = mailman.load.active_at
         code, reply = await in_thread(transaction, mailman.smtp_port, msg, recipients)
         assert code == 250, reply
+        # The mail counted in the process's load (the relay puts accepts first), and left it.
+        assert mailman.load.active_at > before and mailman.load.requests == 0
         mail_id = queued_id(reply)
         shown = await wait_sent(http, mailman.url, mail_id)
     assert shown["provider"] == "sendgrid"

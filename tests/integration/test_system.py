@@ -354,10 +354,12 @@ def test_mailman_splits_api_and_the_rest_on_one_sqlite_file(tmp_path: Path) -> N
     api = Mailman(make_config(tmp_path, None, "--role", "api"))
     assert api.roles == {"api"}
     assert api.nudge.remote is not None  # wakes the other process's relay
+    assert api.load.report == api.nudge.remote.busy  # and tells it while saturated
     rest = "outbox,relay,retry,sweeper"
     worker = Mailman(make_config(tmp_path, None, "--role", rest))
     assert worker.roles == set(rest.split(","))
     assert worker.nudge.remote is None
+    assert worker.load.report is None
     with pytest.raises(ConfigError, match="split only into api and the rest"):
         Mailman(make_config(tmp_path, None, "--role", "api,relay"))
     # The same split on MySQL wakes the relay the same way; with Kafka it looks every interval.
