@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from mailman.actors.breakers import SharedHealth, make_breaker, state_of
-from mailman.actors.relay import BUSY_BATCH, QUIET_SECONDS, Nudge, Relay
+from mailman.actors.relay import BUSY_BATCH, REMOTE_QUIET_SECONDS, Nudge, Relay
 from mailman.actors.wake import WakeSender
 from mailman.config import RelayConfig
 from mailman.core.messages import Dispatch
 from mailman.core.model import Address, Mail
-from mailman.intake.load import REPORT_SECONDS, SATURATED_REQUESTS
+from mailman.intake.load import SATURATED_REQUESTS
 from mailman.mailboxes import Mailbox, MemoryBroker, MemoryMailbox
 from mailman.mailboxes.routing import Router
 from mailman.routes import Load
@@ -173,14 +173,31 @@ def address() -> str:
 
 
 async def saturate(load: Load, stop: asyncio.Event) -> None:
-    """An API elsewhere with SATURATED_REQUESTS in flight and requests coming and going."""
+    """An API elsewhere with SATURATED_REQUESTS in flight (it reports on its own timer)."""
     for _ in range(SATURATED_REQUESTS):
         load.enter()
-    while not stop.is_set():
-        load.enter()
+    await stop.wait()
+    for _ in range(SATURATED_REQUESTS):
         load.leave()
-        await asyncio.sleep(REPORT_SECONDS / 2)  # the pace of requests, not a wait for a result
-    for _ in range(SATURATED_REQUESTS):
+
+
+async def test_a_saturated_process_reports_on_a_timer_until_it_is_not() -> None:
+    """With SATURATED_REQUESTS in flight and none beginning or ending (commits waiting for a
+    lock), the load is reported again and again; below it, the reports stop."""
+    reports: list[int] = []
+    load = Load(reports.append)
+    for _ in range(SATURATED_REQUESTS - 1):
+        load.enter()
+    assert reports == []
+    load.enter()
+    await eventually(lambda: len(reports) >= 3, what="three reports, no request since")
+    assert set(reports) == {SATURATED_REQUESTS}
+    load.leave()
+    await eventually(lambda: not load._ticking, what="the reports to stop")
+    count = len(reports)
+    load.enter()  # saturated again: reporting again
+    await eventually(lambda: len(reports) > count, what="a report once saturated again")
+    while load.requests:
         load.leave()
 
 
@@ -221,17 +238,23 @@ async def test_relay_holds_back_while_an_api_in_another_process_is_saturated(
 
 
 async def test_a_lost_load_report_means_no_hold_back_never_a_stall(store: Store) -> None:
-    """An API elsewhere stuck with requests in flight (no report since) holds nothing back
-    once its last report is QUIET_SECONDS old; reports to no listener are harmless."""
+    """An API elsewhere still saturated whose reports stop arriving (lost datagrams, a hung
+    loop) holds nothing back once its last report is REMOTE_QUIET_SECONDS old."""
     router = CountingRouter()
     got: list[str] = []
     consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
     where = address()
     sender = WakeSender(where)
-    api = Load(sender.busy)
-    for _ in range(SATURATED_REQUESTS + 2):
-        api.enter()  # reported to no one: no relay listens yet
-    assert api.reported_at > 0
+    delivered = 0
+
+    def lossy(requests: int) -> None:
+        """The first report reaches the relay; every later one is lost on the way."""
+        nonlocal delivered
+        if not delivered:
+            sender.busy(requests)
+        delivered += 1
+
+    api = Load(lossy)
     # The relay looks only when nudged.
     config = RelayConfig(batch=500, interval_seconds=3600, lease_seconds=30)
     nudge = Nudge()
@@ -240,19 +263,22 @@ async def test_a_lost_load_report_means_no_hold_back_never_a_stall(store: Store)
         async with relay:
             for n in range(300):
                 await store.add(mail(n))
-            api.reported_at = -1.0  # due again: the next request reports, then nothing more
-            api.enter()
+            for _ in range(SATURATED_REQUESTS + 2):
+                api.enter()  # saturated from here on: it keeps reporting
             await eventually(lambda: relay.remote.saturated_at > 0, what="the report heard")
             nudge.event.set()
             await eventually(lambda: len(got) == 300, what="every mail, the API still busy")
+            assert api.requests >= SATURATED_REQUESTS  # still saturated ...
+            assert delivered > 1  # ... and reporting: only the reports were lost
     finally:
+        while api.requests:
+            api.leave()
         consumer.cancel()
         sender.close()
-    assert api.requests == SATURATED_REQUESTS + 3  # still "busy": only the report went stale
     # (The relay's first look may find the first mail.) The rest in one claim once the
     # report went stale, nothing held back; but not while it was fresh.
     assert router.batches[-1] >= 299
-    assert router.at[-1] >= relay.remote.saturated_at + QUIET_SECONDS
+    assert router.at[-1] >= relay.remote.saturated_at + REMOTE_QUIET_SECONDS
 
 
 async def test_breaker_state_is_shared_between_processes(store: Store) -> None:
