@@ -1,25 +1,32 @@
-"""CPU time per accepted mail, read from ``/proc``, and the processes of a deployment.
+"""CPU time per mail, read from ``/proc``, the processes of a deployment, and the machine's load.
 
 ``/proc/<pid>/stat`` holds a process's user and system CPU time (``utime``,
 ``stime``, fields 14 and 15, in clock ticks: ``os.sysconf("SC_CLK_TCK")``,
 100 per second on Linux), summed over all its threads. A ``Sample`` reads
 both for every process of a deployment at one moment; ``usage`` turns two
-samples into CPU microseconds per accepted mail, per process and in total.
+samples into CPU microseconds per mail (accepted, or delivered), per process
+and in total.
 
 A deployment's processes are the ones the benchmark started plus all their
 descendants (``/proc/<pid>/task/*/children``, recursively): a ``mailman
---processes N`` parent's children are found that way. A descendant takes the
-name its parent logged for it (``process.started``: ``worker``, ``api-1``,
-...), else ``api`` (``api-2``, ...) if it holds a listening socket on the
-service's port, else ``worker`` (``worker-2``, ...). Infrastructure
-(Tansu, MariaDB) is sampled too but reported apart from Mailman's total.
+--processes N`` parent's children are found that way. A descendant is named
+by the role flag on its command line (``/proc/<pid>/cmdline``, ``--role``:
+``api`` for the API alone, ``worker`` for several roles, else the role), else
+by the name its parent logged for it (``process.started``), else ``api`` if it
+holds a listening socket on the service's port, else ``worker``; a second
+process of a name gets ``-2`` (``api-2``), and so on. Infrastructure (Tansu,
+MariaDB) is sampled too but reported apart from Mailman's total.
+
+``loadavg`` and ``machine_ticks`` say how busy the whole machine is (every
+process, not only ours): the benchmark records both where it measures its
+reference, so a machine that was not quiet shows in ``results.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,15 @@ def cpu_ticks(pid: int) -> int | None:
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
     fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15, counted from 1 with pid
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: it exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -99,6 +115,64 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def cmdline(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with (empty once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]  # each argument ends with a NUL
+
+
+def role_flag(argv: Sequence[str]) -> str | None:
+    """The value of the last ``--role`` flag (``--role X`` or ``--role=X``) in ``argv``."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--role" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--role="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def role_name(role: str) -> str:
+    """A process's name from its ``--role``: ``api`` alone, ``worker`` for several roles (the
+    worker of ``--processes``), else the one role (``sendgrid``)."""
+    roles = {r.strip() for r in role.split(",") if r.strip()}
+    if len(roles) == 1:
+        return roles.pop()
+    return "worker"
+
+
+def loadavg() -> list[float] | None:
+    """The machine's load average over 1, 5 and 15 minutes (``/proc/loadavg``)."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+    except OSError:
+        return None
+    return [float(f) for f in fields[:3]]
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, all) clock ticks of every core since boot (``/proc/stat``'s ``cpu`` line)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    ticks = [int(f) for f in first.split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_cores(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Cores the whole machine kept busy between two ``machine_ticks`` (None: unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    cores = os.cpu_count() or 1
+    return round((after[0] - before[0]) / (after[1] - before[1]) * cores, 2)
+
+
 def find_process(*names: str) -> int | None:
     """The lowest pid whose ``comm`` is one of ``names`` (e.g. ``mariadbd``), if any."""
     wanted = set(names)
@@ -139,7 +213,10 @@ def name_tree(
         return
     listening = listening_inodes(port) if port else set()
     for pid in sorted(new):
-        if known and pid in known:
+        role = role_flag(cmdline(pid))
+        if role is not None:
+            base = role_name(role)
+        elif known and pid in known:
             base = known[pid]
         else:
             base = "api" if listening and socket_inodes(pid) & listening else "worker"
@@ -183,10 +260,11 @@ def _by_name(before: Ticks, after: Ticks) -> dict[str, int]:
     return spent
 
 
-def usage(before: Sample, after: Sample, mails: int) -> dict[str, Any]:
+def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> dict[str, Any]:
     """CPU between two samples: µs per mail by process and in total, and cores kept busy.
 
-    ``mails`` is the number of mails accepted in the measured run.
+    ``mails`` is what the CPU is divided by: the mails accepted in the measured
+    run (``per="accepted"``), or the ones delivered (``per="delivered"``).
     """
     wall = after.at - before.at
     tick_us = 1e6 / CLK_TCK
@@ -199,6 +277,7 @@ def usage(before: Sample, after: Sample, mails: int) -> dict[str, Any]:
 
     return {
         "mails": mails,
+        "per": per,
         "wall_s": round(wall, 3),
         "clk_tck": CLK_TCK,
         "us_per_mail": {name: per_mail(t) for name, t in mailman.items()},

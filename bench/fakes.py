@@ -3,7 +3,7 @@
     python -m bench.fakes
 
 Runs ``tests.support.fakes.FakeSendGrid`` and ``tests.support.fakes.FakeMailgun`` (real
-aiohttp servers speaking the provider APIs, answering at once) and a control
+aiohttp servers speaking the provider APIs, answering at once unless given a delay) and a control
 server, each on a free loopback port. Once listening it prints one JSON line
 to stdout with their base URLs and credentials, and runs until SIGTERM/SIGINT.
 
@@ -12,14 +12,18 @@ The control server (``control`` URL):
 - ``POST /_control/{provider}/mode``, body ``503`` (or ``up``, ``timeout``,
   ``429``, ``400``, ``401``): switch that fake's mode; answers
   ``{"provider", "mode", "at"}`` with ``at`` the unix time of the switch;
+- ``POST /_control/{provider}/delay``, body seconds (``0.2``): that fake waits
+  this long before it looks at each request (every send answered that much
+  later; ``0``: at once); answers ``{"provider", "delay_s", "at"}``;
 - ``GET /_control/receipts``: per provider, the mail ids of the accepted
   requests, the unix time each was received, and the number of calls;
-- ``POST /_control/reset``: every fake back to ``up`` and its records cleared.
+- ``POST /_control/reset``: every fake back to ``up``, no delay, and its records cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -31,6 +35,8 @@ from aiohttp import web
 from tests.support.fakes import FakeMailgun, FakeSendGrid, Mode
 
 MODES: frozenset[str] = frozenset(get_args(Mode))
+#: The longest delay the control endpoint sets (a provider slower than this is down).
+MAX_DELAY_S = 60.0
 
 
 class _Timed:
@@ -63,6 +69,7 @@ Fake = TimedSendGrid | TimedMailgun
 
 def _reset(fake: Fake) -> None:
     fake.mode = "up"
+    fake.delay = 0.0
     fake.calls = 0
     fake.call_times.clear()
     fake.received.clear()
@@ -92,6 +99,19 @@ def control_app(fakes: dict[str, Fake]) -> web.Application:
         answer = {"provider": request.match_info["provider"], "mode": mode, "at": time.time()}
         return web.json_response(answer)
 
+    async def set_delay(request: web.Request) -> web.Response:
+        fake = fake_of(request)
+        text = (await request.text()).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds <= MAX_DELAY_S:  # also refuses nan
+            raise web.HTTPBadRequest(text=f"delay must be seconds from 0 to {MAX_DELAY_S}")
+        fake.delay = seconds
+        answer = {"provider": request.match_info["provider"], "delay_s": seconds, "at": time.time()}
+        return web.json_response(answer)
+
     async def receipts(request: web.Request) -> web.Response:
         body = {name: _receipts(fake) for name, fake in fakes.items()}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -103,6 +123,7 @@ def control_app(fakes: dict[str, Fake]) -> web.Application:
 
     app = web.Application()
     app.router.add_post("/_control/{provider}/mode", set_mode)
+    app.router.add_post("/_control/{provider}/delay", set_delay)
     app.router.add_get("/_control/receipts", receipts)
     app.router.add_post("/_control/reset", reset)
     return app

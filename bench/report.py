@@ -22,6 +22,8 @@ FIGURES = (
     "processes_accept",
     "end_to_end",
     "processes_end_to_end",
+    "slow_end_to_end",
+    "worker_cpu",
     "failover",
     *(f"scaled_{n}_{view}" for n in SCALED_SENDERS for view in ("accept", "end_to_end")),
 )
@@ -36,6 +38,8 @@ TITLES = {
     "processes_accept": f"1b accept (--processes {PROCESSES})",
     "end_to_end": "2a end to end (1 process)",
     "processes_end_to_end": f"2b end to end (--processes {PROCESSES})",
+    "slow_end_to_end": "2c end to end, providers answer in 200 ms (1 process)",
+    "worker_cpu": "2d CPU per delivered mail, 2b's worker",
     "failover": "3 failover (SendGrid -> 503)",
     **{
         f"scaled_{n}_{view}": f"4{letter} {label} (scaled, {_senders(n)})"
@@ -50,6 +54,7 @@ CHART_LABELS = {
     "processes_accept": f"accept\n--processes {PROCESSES}",
     "end_to_end": "end to end\n1 process",
     "processes_end_to_end": f"end to end\n--processes {PROCESSES}",
+    "slow_end_to_end": "end to end\n200 ms providers",
     "failover": "failover\n(switch window)",
     **{
         f"scaled_{n}_{view}": f"{label}\nscaled x{n}"
@@ -115,19 +120,44 @@ def _peak(figure: Mapping[str, Any]) -> str:
     return f"sum {_mib(memory['sum_kib'])}, max {_mib(memory['max_kib'])} ({count} procs)"
 
 
-def _cpu(figure: Mapping[str, Any]) -> str:
-    """CPU µs per accepted mail: the total of Mailman's processes, then each (and infra)."""
-    usage = figure.get("cpu")
+def _per_process(usage: Mapping[str, Any] | None) -> str | None:
+    """``total (name value, ...)[; infra: ...]`` of one CPU usage (None: not measured)."""
     if not usage or usage.get("total_us_per_mail") is None:
-        return "-"
-    total = f"{usage['total_us_per_mail']:.0f}"
+        return None
+    text = f"{usage['total_us_per_mail']:.0f}"
     each = usage["us_per_mail"]
     if len(each) > 1:
-        total += " (" + ", ".join(f"{n} {v:.0f}" for n, v in each.items()) + ")"
+        text += " (" + ", ".join(f"{n} {_us(v)}" for n, v in each.items()) + ")"
     infra = usage.get("infra_us_per_mail") or {}
     if infra:
-        total += "; infra: " + ", ".join(f"{n} {v:.0f}" for n, v in infra.items())
-    return total
+        text += "; infra: " + ", ".join(f"{n} {_us(v)}" for n, v in infra.items())
+    return text
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _cpu(figure: Mapping[str, Any]) -> str:
+    """CPU µs per delivered mail (every process, until all were sent); an accept figure
+    shows its CPU per accepted mail during the load first."""
+    delivered = _per_process(figure.get("cpu_delivered"))
+    if figure.get("kind") == "accept" or "cpu_delivered" not in figure:
+        accepted = _per_process(figure.get("cpu"))
+        if accepted is None:
+            return "-" if delivered is None else f"per sent {delivered}"
+        return accepted if delivered is None else f"per accept {accepted}; per sent {delivered}"
+    return delivered or "-"
+
+
+def _reference(figure: Mapping[str, Any]) -> str:
+    """The reference's own figure, and the machine's 1-minute load average when it ran."""
+    reference = figure["reference"]
+    text = _load(reference)
+    load = reference.get("loadavg")
+    if load:
+        text += f", load {load[0]:.2f}"
+    return text
 
 
 _DEPLOYMENT_LABELS = {"embedded": "1 process", "processes": "--processes", "scaled": "scaled"}
@@ -164,9 +194,18 @@ def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
         return [title, f"skipped: {figure['skipped']}", *blank[:-1], "-"]
     if figure.get("error"):
         return [title, f"ERROR: {figure['error']}", *blank[:-1], "MISS"]
+    kind = _kind(name, figure)
+    if kind == "process_cpu":
+        value = figure["us_per_mail"]
+        measured = f"{figure['process']} {_us(value)} us per delivered mail"
+        target = f"<= {figure['target_us']:.0f} us"
+        others = _per_process(
+            {"total_us_per_mail": sum(v or 0 for v in figure["processes"].values()),
+             "us_per_mail": figure["processes"]}
+        )  # fmt: skip
+        return [title, measured, "-", "-", target, others or "-", "", "", _verdict(figure["pass"])]
     lost = str(figure["lost"])
     peak = _peak(figure)
-    kind = _kind(name, figure)
     if kind == "failover":
         to_mailgun = figure["to_mailgun_s"]
         measured = (
@@ -174,7 +213,7 @@ def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
             f"{figure['delayed']} delayed, p99 to sent {_ms(figure['window_p99_ms'])}"
         )
         return [title, measured, "-", "-", "< 1 s", "-", lost, peak, _verdict(figure["pass"])]
-    reference = _load(figure["reference"])
+    reference = _reference(figure)
     target_ratio = figure.get("target_ratio")
     target = "-" if target_ratio is None else f">= {target_ratio * 100:.0f} %"
     if kind == "accept":
@@ -240,19 +279,26 @@ def machine_line(results: Mapping[str, Any]) -> str:
 
 NOTES = f"""\
 Every figure ran against a fresh Mailman process (or set of processes) and a fresh store, with the
-reference measured just before it in the same run, with the same load. Throughput counts 201
-answers per second. reference = python -m bench.reference, a bare aiohttp app whose one handler
-parses the same JSON and answers 201 with the same body and Location, storing nothing.
-1b/2b: python -m mailman --processes {PROCESSES} (the API in N - 1 children sharing the port, the
-other actors in one more child, one SQLite file). 4: Kafka (Tansu) + MySQL, one process per role and
-1, 2 or 4 SendGrid senders; accept and end to end are two views of one run per sender count.
-end to end: mails per second from the first POST to the last `sent` (sent / (last updated_at - first
-created_at)) and the time from POST to `sent`, read from the store after every mail was sent.
-CPU us/mail: utime + stime (/proc/<pid>/stat) of every process of the deployment, children of a
---processes parent included, over the measured load (end to end: until every mail was sent),
-divided by the mails accepted in it; total = Mailman's processes; infra (Tansu, MariaDB, shared
-with anything else running) is not in the total. ratio (CPU x %): the reference's CPU per request
-over Mailman's CPU per mail, a ratio that what other processes or the hypervisor took cannot move.
+reference measured just before it in the same run, with the same load, once the previous figure's
+mails were all sent and its processes had exited; "load" is the machine's 1-minute load average
+then (results.json: loadavg, the cores busy in the second before, mails the previous figure left
+pending). Throughput counts 201 answers per second. reference = python -m bench.reference, a bare
+aiohttp app whose one handler parses the same JSON and answers 201 with the same body and
+Location, storing nothing. 1b/2b: python -m mailman --processes {PROCESSES} (the API in N - 1
+children sharing the port, the other actors in one more child, one SQLite file). 2c: as 2a, with
+the fake providers answering every send after 200 ms. 4: Kafka (Tansu) + MySQL, one process per
+role and 1, 2 or 4 SendGrid senders; accept and end to end are two views of one run per sender
+count. end to end: mails per second from the first POST to the last `sent` (sent / (last
+updated_at - first created_at)) and the time from POST to `sent`, read from the store after every
+mail was sent.
+CPU us/mail: utime + stime (/proc/<pid>/stat) of each process of the deployment (--processes: the
+parent, and its children named by the --role on their command line: api, worker) from the start
+of the measured load until every mail was sent, divided by the mails delivered ("per sent"); accept
+figures also show it over the load alone, divided by the mails accepted ("per accept"). total =
+Mailman's processes; infra (Tansu, MariaDB, shared with anything else running) is not in the
+total. 2d: 2b's worker child per delivered mail, against a ceiling in us. ratio (CPU x %): the
+reference's CPU per request over Mailman's CPU per mail, a ratio that what other processes or the
+hypervisor took cannot move.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..
@@ -315,11 +361,17 @@ def _ratio_labels(
         )
 
 
+def _delivered(figure: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The figure's CPU per delivered mail (results without it: its CPU per accepted mail)."""
+    usage: Mapping[str, Any] = figure.get("cpu_delivered") or figure.get("cpu") or {}
+    return usage
+
+
 def _cpu_panel(ax: Any, names: Sequence[str], figures: Mapping[str, Any]) -> None:
-    """Stacked bars: CPU us per accepted mail by process (infra hatched, on top)."""
+    """Stacked bars: CPU us per delivered mail by process (infra hatched, on top)."""
     segments: dict[tuple[str, bool], list[float]] = {}
     for i, name in enumerate(names):
-        usage = figures[name].get("cpu") or {}
+        usage = _delivered(figures[name])
         for infra, part in ((False, "us_per_mail"), (True, "infra_us_per_mail")):
             for process, value in (usage.get(part) or {}).items():
                 column = segments.setdefault((process, infra), [0.0] * len(names))
@@ -341,7 +393,7 @@ def _cpu_panel(ax: Any, names: Sequence[str], figures: Mapping[str, Any]) -> Non
             alpha=0.6 if infra else 1.0,
         )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    totals = [(figures[n].get("cpu") or {}).get("total_us_per_mail") for n in names]
+    totals = [_delivered(figures[n]).get("total_us_per_mail") for n in names]
     for x, total in enumerate(totals):
         if total is not None:
             ax.annotate(
@@ -351,8 +403,8 @@ def _cpu_panel(ax: Any, names: Sequence[str], figures: Mapping[str, Any]) -> Non
     ax.set_xticks(range(len(names)), [CHART_LABELS[n] for n in names], fontsize=7)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=8)
     ax.margins(y=0.1)
-    ax.set_ylabel("CPU us per accepted mail (number: Mailman's total)")
-    ax.set_title("CPU per accepted mail, by process")
+    ax.set_ylabel("CPU us per delivered mail (number: Mailman's total)")
+    ax.set_title("CPU per delivered mail (load start until all sent), by process")
 
 
 def draw_chart(results: Mapping[str, Any], path: Path) -> None:

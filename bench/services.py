@@ -212,6 +212,10 @@ class Receipts:
     calls: int
 
 
+#: The fake providers ``python -m bench.fakes`` runs (``Fakes.env`` points Mailman at both).
+PROVIDERS = ("sendgrid", "mailgun")
+
+
 class Fakes:
     """The client of ``python -m bench.fakes``'s control endpoint."""
 
@@ -242,6 +246,13 @@ class Fakes:
             resp.raise_for_status()
             at: float = (await resp.json())["at"]
             return at
+
+    async def set_delay(self, seconds: float, providers: Sequence[str] = PROVIDERS) -> None:
+        """Make ``providers``' fakes answer every request ``seconds`` late (0: at once)."""
+        for provider in providers:
+            url = f"{self.control}/_control/{provider}/delay"
+            async with self.http.post(url, data=str(seconds)) as resp:
+                resp.raise_for_status()
 
     async def receipts(self) -> dict[str, Receipts]:
         async with self.http.get(f"{self.control}/_control/receipts") as resp:

@@ -1,0 +1,247 @@
+"""The benchmark's own logic: naming a deployment's processes from /proc, CPU per mail by
+process, the quiet-machine check before a reference, the 2d CPU ceiling, the table rows
+and the fake providers' delay control.
+
+The benchmark's figures are never asserted (they depend on the machine); these check
+what turns /proc and the results into figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bench import cpu
+from bench.__main__ import WORKER_CPU_TARGET_US, process_cpu_figure, quiet
+from bench.fakes import TimedMailgun, TimedSendGrid, control_app
+from bench.report import format_table
+from tests.conftest import eventually
+
+_SLEEPER = "import time; time.sleep(60)"
+#: A parent that starts a child per role (as ``--processes 2`` does), then sleeps.
+_PARENT = f"""
+import subprocess, sys, time
+roles = sys.argv[1:]
+kids = [subprocess.Popen([sys.executable, "-c", {_SLEEPER!r}, "serve", "--role", r])
+        for r in roles]
+time.sleep(60)
+"""
+
+
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Starts ``python -c code args...``; each one (and its children) killed and reaped after."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(code: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-c", code, *args])
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        for pid in cpu.descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
+def test_role_flag_reads_the_last_role_in_either_spelling() -> None:
+    """The ``--role`` value is read as ``--role X`` or ``--role=X``; the last one wins."""
+    argv = ["python", "-m", "mailman", "serve", "--role", "all", "--role", "api", "--port", "0"]
+    assert cpu.role_flag(argv) == "api"
+    assert cpu.role_flag(["mailman", "--role=relay,sendgrid"]) == "relay,sendgrid"
+    assert cpu.role_flag(["python", "-m", "mailman"]) is None
+    assert cpu.role_flag(["mailman", "--role"]) is None
+
+
+def test_role_name_is_api_worker_or_the_one_role() -> None:
+    """The API role alone is ``api``, several roles (``--processes``' worker) ``worker``,
+    one other role its own name."""
+    assert cpu.role_name("api") == "api"
+    assert cpu.role_name("bookkeeper,mailgun,relay,retry,sendgrid") == "worker"
+    assert cpu.role_name("sendgrid") == "sendgrid"
+
+
+async def test_descendants_are_named_by_the_role_on_their_command_line(spawn: Spawn) -> None:
+    """A started process's children are named from the ``--role`` in /proc/<pid>/cmdline,
+    ahead of what the parent logged, a second of a name numbered."""
+    parent = spawn(_PARENT, "relay,sendgrid,sweeper", "api", "api")
+    await eventually(
+        lambda: (
+            all(cpu.role_flag(cpu.cmdline(c)) for c in cpu.descendants(parent.pid))
+            and len(cpu.descendants(parent.pid)) == 3
+        ),
+        what="three children with their command lines",
+    )
+    kids = cpu.descendants(parent.pid)
+    names: dict[int, str] = {}
+    logged = {pid: "logged" for pid in kids}
+    cpu.name_tree({parent.pid: "parent"}, None, names, logged)
+    assert sorted(names.values()) == ["api", "api-2", "parent", "worker"]
+    by_role = {cpu.role_flag(cpu.cmdline(pid)): names[pid] for pid in kids}
+    assert by_role["relay,sendgrid,sweeper"] == "worker"
+
+
+def test_usage_attributes_cpu_to_each_process_per_delivered_mail() -> None:
+    """CPU per mail is each process's ticks between two samples (all of a process new in the
+    second) over the mails, in µs, with the total of Mailman's processes apart from infra."""
+    tick_us = 1e6 / cpu.CLK_TCK
+    before = cpu.Sample(10.0, {1: ("api", 100), 2: ("worker", 40)}, {9: ("mariadb", 5)})
+    after = cpu.Sample(
+        12.0,
+        {1: ("api", 130), 2: ("worker", 100), 3: ("parent", 10)},
+        {9: ("mariadb", 25)},
+    )
+    usage = cpu.usage(before, after, 200, per="delivered")
+    assert usage["per"] == "delivered"
+    assert usage["mails"] == 200
+    assert usage["us_per_mail"] == {
+        "api": round(30 * tick_us / 200, 1),
+        "worker": round(60 * tick_us / 200, 1),
+        "parent": round(10 * tick_us / 200, 1),
+    }
+    assert usage["total_us_per_mail"] == round(100 * tick_us / 200, 1)
+    assert usage["infra_us_per_mail"] == {"mariadb": round(20 * tick_us / 200, 1)}
+    assert cpu.usage(before, after, 0)["us_per_mail"]["api"] is None
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+async def test_a_zombie_is_not_alive(spawn: Spawn) -> None:
+    """A process that exited but was not reaped yet (a zombie in /proc) counts as gone."""
+    proc = spawn(_SLEEPER)
+    assert cpu.alive(proc.pid)
+    proc.kill()  # not reaped: its /proc entry stays, in state Z, until wait()
+    await eventually(lambda: _state(proc.pid) == "Z", what="the killed process to be a zombie")
+    assert cpu.cpu_ticks(proc.pid) is not None  # still in /proc
+    assert not cpu.alive(proc.pid)
+
+
+async def test_quiet_waits_for_the_previous_deployment_and_reads_the_load(
+    spawn: Spawn,
+) -> None:
+    """Before a reference, the previous deployment's processes must have exited; the load
+    average, the machine's busy cores and the mails left pending are recorded."""
+    proc = spawn(_SLEEPER)
+    proc.kill()
+    conditions = await quiet([proc.pid], pending=3)
+    assert conditions["previous_processes_left"] == 0
+    assert conditions["previous_pending"] == 3
+    assert conditions["loadavg"] is not None and len(conditions["loadavg"]) == 3
+    assert conditions["machine_busy_cores"] is not None
+
+
+def test_busy_cores_from_two_readings_of_the_machine() -> None:
+    """The cores the machine kept busy: busy ticks over all ticks, times the cores."""
+    cores = os.cpu_count() or 1
+    assert cpu.busy_cores((100, 1000), (150, 1100)) == round(0.5 * cores, 2)
+    assert cpu.busy_cores(None, (1, 2)) is None
+    assert cpu.busy_cores((1, 2), (1, 2)) is None
+
+
+def _end_to_end(worker_us: float, mails: int = 500) -> dict[str, Any]:
+    return {
+        "kind": "end_to_end",
+        "cpu_delivered": {
+            "mails": mails,
+            "us_per_mail": {"parent": 3.0, "worker": worker_us, "api": 180.0},
+            "total_us_per_mail": worker_us + 183.0,
+        },
+    }
+
+
+def test_worker_cpu_target_is_a_ceiling_on_2b_worker() -> None:
+    """2d passes when 2b's worker child spends at most the target per delivered mail, and
+    misses above it or when nothing was delivered."""
+    at = process_cpu_figure("processes_end_to_end", _end_to_end(300.0), "worker", 300.0)
+    assert at["pass"] is True and at["us_per_mail"] == 300.0
+    above = process_cpu_figure("processes_end_to_end", _end_to_end(300.1), "worker", 300.0)
+    assert above["pass"] is False
+    none = process_cpu_figure("processes_end_to_end", _end_to_end(0.0, mails=0), "worker", 300.0)
+    assert none["pass"] is False
+    assert WORKER_CPU_TARGET_US == 300.0
+
+
+def test_worker_cpu_is_skipped_when_2b_was_not_measured() -> None:
+    """Without 2b's CPU (an error), 2d says why instead of a verdict."""
+    figure = process_cpu_figure("processes_end_to_end", {"error": "boom"}, "worker", 300.0)
+    assert figure["skipped"] == "processes_end_to_end: boom"
+    assert "pass" not in figure
+
+
+def test_table_shows_the_2d_verdict_and_each_reference_with_its_load() -> None:
+    """The table has 2d's process and ceiling, and the reference's req/s with the load average
+    beside every ratio."""
+    reference = {
+        "accepted_rps": 20000.0,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "errors": 0,
+        "loadavg": [1.25, 0.5, 0.25],
+    }
+    slow = {
+        **_end_to_end(350.0),
+        "run": "slow_end_to_end",
+        "reference": reference,
+        "mails_per_s": 2000.0,
+        "time_to_sent_p50_ms": 210.0,
+        "time_to_sent_p99_ms": 400.0,
+        "ratio": 0.1,
+        "target_ratio": 0.10,
+        "lost": 0,
+        "pass": True,
+    }
+    worker = process_cpu_figure("processes_end_to_end", _end_to_end(350.0), "worker", 300.0)
+    table = format_table({"figures": {"slow_end_to_end": slow, "worker_cpu": worker}, "lost": 0})
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    row_2d = rows["2d CPU per delivered mail, 2b's worker"]
+    assert "worker 350 us per delivered mail" in row_2d and "<= 300 us" in row_2d
+    assert row_2d.rstrip().endswith("MISS")
+    row_2c = rows["2c end to end, providers answer in 200 ms (1 process)"]
+    assert "20000 req/s" in row_2c and "load 1.25" in row_2c
+    assert "worker 350" in row_2c and row_2c.rstrip().endswith("pass")
+
+
+async def test_fake_providers_take_a_delay_and_reset_clears_it() -> None:
+    """``POST /_control/{provider}/delay`` makes that fake wait before each request; reset
+    brings it back to answering at once; a delay that is not seconds is refused."""
+    async with TimedSendGrid() as sendgrid, TimedMailgun() as mailgun:
+        runner = web.AppRunner(control_app({"sendgrid": sendgrid, "mailgun": mailgun}))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            control = f"http://{host}:{port}/_control"
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{control}/sendgrid/delay", data="0.2") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["delay_s"] == 0.2
+                assert sendgrid.delay == 0.2 and mailgun.delay == 0.0
+                for bad in ("slow", "-1", "nan", "3600"):
+                    async with http.post(f"{control}/mailgun/delay", data=bad) as resp:
+                        assert resp.status == 400, bad
+                assert mailgun.delay == 0.0
+                async with http.post(f"{control}/reset") as resp:
+                    assert resp.status == 200
+                assert sendgrid.delay == 0.0
+        finally:
+            await runner.cleanup()
