@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailman.providers import Accepted, Rejected, Result, Transient, Unknown
+from mailman.providers import Accepted, Misconfigured, Rejected, Result, Transient, Unknown
 
 #: Good answers whose answer time the p50 is read from.
 RING = 32
@@ -61,15 +61,26 @@ class Answer(enum.Enum):
     NEUTRAL = "neutral"
 
 
+_GOOD, _NEUTRAL = Answer.GOOD, Answer.NEUTRAL
+#: The answer of each result type but ``Transient`` (the hot path looks its type up).
+_ANSWERS: dict[type[Result], Answer] = {
+    Accepted: _GOOD,
+    Rejected: _GOOD,
+    Unknown: Answer.UNWELL,
+    Misconfigured: _NEUTRAL,
+}
+
+
 def answer_of(result: Result) -> Answer:
     """What ``result`` says about the provider's load."""
-    if isinstance(result, Accepted | Rejected):
-        return Answer.GOOD
+    answer = _ANSWERS.get(type(result))
+    if answer is not None:
+        return answer
     if isinstance(result, Transient):
         return Answer.RATE_LIMITED if result.rate_limited else Answer.UNWELL
-    if isinstance(result, Unknown):
+    if isinstance(result, Unknown):  # the sender's own kinds of no answer
         return Answer.UNWELL
-    return Answer.NEUTRAL
+    return _GOOD if isinstance(result, Accepted | Rejected) else _NEUTRAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +114,8 @@ class Limiter:
         self._halved_at = -math.inf
         #: Good answers since the limit last moved (or a bad answer came).
         self._credit = 0
-        self._ring = [0.0] * RING
-        self._filled = 0
+        #: The answer times of the last ``RING`` good answers (fewer at first).
+        self._ring: list[float] = []
         self._next = 0
         self._p50_due = -math.inf
         self._p50s: deque[float] = deque(maxlen=BEST_OF)
@@ -148,27 +159,41 @@ class Limiter:
         """Count the answer to a call sent at ``started`` (``clock``); a ``Change`` to log
         when the limit moved and the last line is ``LOG_SECONDS`` old (else None: the
         move shows in the next one, or in ``unlogged``)."""
-        if not self.adaptive or answer is Answer.NEUTRAL:
+        if answer is not _GOOD:
+            return self._bad(started, answer)
+        if not self.adaptive:
             return None
         now = self.clock()
-        if answer is Answer.GOOD:
-            self._ring[self._next] = now - started
-            self._next = (self._next + 1) % RING
-            if self._filled < RING:
-                self._filled += 1
-            if now >= self._p50_due:
-                self._read_p50(now)
-            self._credit += 1
-            if self._credit < self.limit:
-                return None
-            self._credit = 0
-            if self.limit >= self.ceiling or not self._flat:
-                return None
-            self.limit += 1
-            self._why = "growing"
-            if self._waiters:
-                self._wake()
-            return self._logged_change(now)
+        ring, at = self._ring, self._next
+        if len(ring) < RING:
+            ring.append(now - started)
+        else:
+            ring[at] = now - started
+        self._next = at + 1 if at + 1 < RING else 0
+        if now >= self._p50_due:
+            self._read_p50(now)
+        credit = self._credit + 1
+        if credit < self.limit:
+            self._credit = credit
+            return None
+        self._credit = 0
+        return self._grow(now)
+
+    def _grow(self, now: float) -> Change | None:
+        """One more slot, unless at the ceiling or while answers slow down."""
+        if self.limit >= self.ceiling or not self._flat:
+            return None
+        self.limit += 1
+        self._why = "growing"
+        if self._waiters:
+            self._wake()
+        return self._logged_change(now)
+
+    def _bad(self, started: float, answer: Answer) -> Change | None:
+        """Halve the limit for a rate limit or an unwell answer, once per round trip."""
+        if not self.adaptive or answer is _NEUTRAL:
+            return None
+        now = self.clock()
         self._credit = 0
         if started < self._halved_at:
             return None  # sent before the last halving: the same burst
@@ -183,7 +208,7 @@ class Limiter:
     def _read_p50(self, now: float) -> None:
         """Read the recent p50 and whether it is flat (at most every ``P50_SECONDS``)."""
         self._p50_due = now + P50_SECONDS
-        recent = sorted(self._ring[: self._filled])
+        recent = sorted(self._ring)
         p50 = recent[(len(recent) - 1) // 2]
         self._p50s.append(p50)
         self._flat = p50 <= FLAT_RATIO * min(self._p50s)
