@@ -18,8 +18,9 @@ from mailman.mailboxes.routing import Router
 from mailman.providers.mailgun import MailgunClient, MailgunConfig
 from mailman.providers.sendgrid import SendGridClient, SendGridConfig
 from mailman.store.sqlite import SQLiteStore
+from mailman.system import Mailman
 
-from ..conftest import eventually
+from ..conftest import eventually, make_config
 from ..support.fakes import FakeMailgun, FakeSendGrid
 
 #: Calls the rate-limited provider answers at once; more get a 429.
@@ -108,3 +109,14 @@ async def test_a_sender_settles_near_the_calls_a_rate_limited_provider_takes(
         "was": CEILING,
         "why": "rate_limited",
     }
+
+
+async def test_the_setting_reaches_every_sender(tmp_path: Path) -> None:
+    """By default each sender's limit adapts; ``MAILMAN_SENDER_ADAPTIVE=false`` fixes it."""
+    for env, adaptive in (({}, True), ({"MAILMAN_SENDER_ADAPTIVE": "false"}, False)):
+        system = Mailman(make_config(tmp_path, env))
+        for name in system.config.chain:
+            sender = system._sender_factory(name)()
+            assert isinstance(sender, Sender)
+            assert sender.slots.adaptive is adaptive, name
+            assert sender.slots.ceiling == system.config.concurrency_of(name)
