@@ -55,6 +55,7 @@ from mailman.store import Begun, Store
 
 from .journal import Journal
 from .lifecycle import Actor
+from .limiter import Change, Limiter, answer_of
 from .poison import Poison
 
 log = structlog.get_logger("mailman.sender")
@@ -136,6 +137,7 @@ class Sender(Actor):
         store: Store,
         retry: RetryConfig,
         concurrency: int = 256,
+        adaptive: bool = True,
         calls_log_seconds: float = 10.0,
         stop_timeout: float = 10.0,
         stale_after: float = 30.0,
@@ -153,6 +155,9 @@ class Sender(Actor):
         self.store = store
         self.retry = retry
         self.concurrency = concurrency
+        #: The calls in flight: at most ``concurrency``, fewer while the provider says it
+        #: is over its rate limit or unwell (``adaptive``; see ``limiter``).
+        self.slots = Limiter(concurrency, adaptive=adaptive)
         #: Seconds between ``provider.calls`` lines (the calls of the interval, at info).
         self.calls_log_seconds = calls_log_seconds
         self.tally = CallTally()
@@ -205,7 +210,7 @@ class Sender(Actor):
             await self.client.close()
 
     async def run(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self.slots
         summaries = asyncio.create_task(self._summarise(), name=f"calls:{self.provider}")
         try:
             async with (
@@ -234,11 +239,21 @@ class Sender(Actor):
     def _log_calls(self) -> None:
         fields = self.tally.take()
         if fields is not None:
-            log.info("provider.calls", provider=self.provider, **fields)
+            log.info("provider.calls", provider=self.provider, limit=self.slots.limit, **fields)
+        change = self.slots.unlogged()
+        if change is not None:
+            self._log_limit(change)
 
-    async def _handle_and_release(
-        self, delivery: Delivery[Dispatch], slots: asyncio.Semaphore
-    ) -> None:
+    def _log_limit(self, change: Change) -> None:
+        log.info(
+            "sender.concurrency",
+            provider=self.provider,
+            limit=change.new,
+            was=change.old,
+            why=change.why,
+        )
+
+    async def _handle_and_release(self, delivery: Delivery[Dispatch], slots: Limiter) -> None:
         try:
             if await self.poison.handle(delivery.message, self.handle):
                 await delivery.ack()
@@ -479,6 +494,15 @@ class Sender(Actor):
             return None
 
     async def _send(self, mail: Mail) -> Result:
+        """The client's answer to ``mail``, counted by the adaptive concurrency."""
+        started = self.slots.clock()
+        result = await self._answer(mail)
+        change = self.slots.observe(started, answer_of(result))
+        if change is not None:
+            self._log_limit(change)
+        return result
+
+    async def _answer(self, mail: Mail) -> Result:
         """The client's answer to ``mail``; with ``late_answer`` on, ``_Late`` once the
         provider timeout has passed without one, the request left to go on."""
         late, within = self.client.late_answer, self.client.timeout

@@ -563,6 +563,16 @@ class Config:
         "`MAILMAN_SENDER_CONCURRENCY`, e.g. `resend:2,ses:4` for providers with a low rate "
         "limit; each must be in `MAILMAN_PROVIDERS`",
     )
+    sender_adaptive: bool = setting(
+        True,
+        env="MAILMAN_SENDER_ADAPTIVE",
+        help="adapt each sender's calls in flight to its provider (halve on 429/5xx/timeout, "
+        "grow back while answers stay fast), the concurrency being the ceiling",
+        doc="adapt each sender's calls in flight to its provider: it starts at the sender's "
+        "concurrency (the ceiling), halves on a `429`, a 5xx or a timeout and grows back by "
+        "one per round trip while the provider's answer time stays flat; `false`: always the "
+        "concurrency. See [Adaptive concurrency](performance.md#adaptive-concurrency)",
+    )
     calls_log_seconds: float = setting(
         10.0,
         env="MAILMAN_CALLS_LOG_SECONDS",

@@ -4,8 +4,8 @@ A call to a provider ends in one of four typed results, and the failure
 policy follows from the type alone:
 
 - ``Accepted``: the provider took the mail (2xx).
-- ``Transient``: no connection (refused, DNS, connect timeout), 408, 429,
-  5xx. Fail over now, retry later; counted by the circuit breaker.
+- ``Transient``: no connection (refused, DNS, connect timeout), 408, 429
+  (``rate_limited``), 5xx. Fail over now, retry later; counted by the circuit breaker.
 - ``Unknown``: no answer after the request may have gone out (a timeout
   once connected, a connection dropped before the answer). The provider
   may have the mail: it is asked before the mail is sent again (see
@@ -85,6 +85,9 @@ class Transient(Result):
     status: int | None = None
     #: Seconds the provider asked us to wait (``Retry-After``), if it did.
     retry_after: float | None = None
+    #: The provider said it is over its rate limit (a ``429``, SES throttling), rather
+    #: than down: the sender's adaptive concurrency logs it so.
+    rate_limited: bool = False
     outcome: ClassVar[Outcome] = Outcome.TRANSIENT
     unwell: ClassVar[bool] = True
 
@@ -332,7 +335,7 @@ def classify(status: int, reason: str, retry_after: str | None = None) -> Result
     """The result type of a non-2xx HTTP answer from a provider."""
     reason = shorten(reason) or f"HTTP {status}"
     if status in (408, 429) or status >= 500:
-        return Transient(reason, status, parse_retry_after(retry_after))
+        return Transient(reason, status, parse_retry_after(retry_after), status == 429)
     if status in (401, 402, 403, 404, 405):
         return Misconfigured(reason, status)
     if 400 <= status < 500:

@@ -347,7 +347,7 @@ def result_of(status: int, kind: str, reason: str, retry_after: str | None) -> R
     if kind in LATER_ERRORS:
         result = classify(429, reason, retry_after)
         assert isinstance(result, Transient)
-        return Transient(result.reason, status, result.retry_after)
+        return Transient(result.reason, status, result.retry_after, rate_limited=True)
     return classify(status, reason, retry_after)
 
 

@@ -478,12 +478,13 @@ def test_classify_by_status(status: int, kind: type[Result]) -> None:
 
 
 def test_classify_reason() -> None:
-    """An empty reason becomes 'HTTP <status>'; a long one is cut to MAX_REASON."""
+    """An empty reason becomes 'HTTP <status>'; a long one is cut to MAX_REASON; a 429 is
+    rate limited."""
     assert classify(503, "  ") == Transient("HTTP 503", 503)
     long = classify(400, "x" * 2000)
     assert isinstance(long, Rejected)
     assert len(long.reason) == MAX_REASON
-    assert classify(429, "slow down", "30") == Transient("slow down", 429, 30.0)
+    assert classify(429, "slow down", "30") == Transient("slow down", 429, 30.0, True)
 
 
 @pytest.mark.parametrize(

@@ -367,8 +367,8 @@ async def test_the_signature_covers_region_host_and_body(ses: FakeSes) -> None:
 async def test_failure_modes_map_to_results(
     ses: FakeSes, mode: Mode, kind: type[Result], status: int
 ) -> None:
-    """SES's 503, 429 (with Retry-After), 400 and 403 give Transient, Transient, Rejected and
-    Misconfigured, with SES's error type and message."""
+    """SES's 503, 429 (with Retry-After), 400 and 403 give Transient, Transient (rate
+    limited), Rejected and Misconfigured, with SES's error type and message."""
     ses.mode = mode
     ses.retry_after = "7"
     result = await send_once(ses_client(ses), make_mail())
@@ -378,7 +378,7 @@ async def test_failure_modes_map_to_results(
     assert ":" in getattr(result, "reason", "")
     if mode == "429":
         assert result == Transient(
-            "TooManyRequestsException: Maximum sending rate exceeded.", 429, 7.0
+            "TooManyRequestsException: Maximum sending rate exceeded.", 429, 7.0, True
         )
     assert ses.received == []
 

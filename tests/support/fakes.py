@@ -19,6 +19,10 @@ providers.md. ``mode`` forces a failure:
 - ``"drop"``: serve the request as the healthy provider would (a valid mail is
   accepted and kept), then close the connection without an answer.
 
+``max_in_flight``, when set, is a rate limit: a request that arrives while that
+many are already being answered gets the ``"429"`` answer at once (counted in
+``over_limit``), whatever the mode; ``in_flight`` is how many are being answered.
+
 ``gate``, when given an unset ``asyncio.Event``, holds every request (after
 ``delay``) until it is set: a provider exactly as slow as a test needs.
 ``delay`` seconds are waited before a request is looked at; ``answer_delay``
@@ -154,6 +158,11 @@ class FakeProvider(abc.ABC, Generic[Body]):
         #: Requests wait for this event (if any) before they are looked at.
         self.gate: asyncio.Event | None = None
         self.calls = 0
+        #: Requests being answered now; above ``max_in_flight`` (if set) one gets a 429.
+        self.in_flight = 0
+        self.max_in_flight: int | None = None
+        #: For each call, in order: whether it got a 429 for being over ``max_in_flight``.
+        self.over_limit: list[bool] = []
         #: Unix time of every call, in order (for "no call after ..." checks).
         self.call_times: list[float] = []
         self.received: list[Body] = []
@@ -247,7 +256,15 @@ class FakeProvider(abc.ABC, Generic[Body]):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         self.call_times.append(time.time())
-        return await self.answer(request, self.serve)
+        over = self.max_in_flight is not None and self.in_flight >= self.max_in_flight
+        self.over_limit.append(over)
+        if over:
+            return self._too_many()
+        self.in_flight += 1
+        try:
+            return await self.answer(request, self.serve)
+        finally:
+            self.in_flight -= 1
 
     async def answer(self, request: web.Request, serve: Serve) -> web.StreamResponse:
         """Answer ``request`` as ``mode`` and the delays say, ``serve`` being the healthy way."""
@@ -280,13 +297,16 @@ class FakeProvider(abc.ABC, Generic[Body]):
         if self.mode == "503":
             return self.unavailable()
         if self.mode == "429":
-            response = self.too_many()
-            response.headers["Retry-After"] = self.retry_after
-            return response
+            return self._too_many()
         if self.mode == "401":
             return self.unauthorized()
         assert self.mode == "400", self.mode
         return self.bad_request("rejected by the fake (mode 400)")
+
+    def _too_many(self) -> web.Response:
+        response = self.too_many()
+        response.headers["Retry-After"] = self.retry_after
+        return response
 
     @abc.abstractmethod
     async def serve(self, request: web.Request) -> web.StreamResponse:

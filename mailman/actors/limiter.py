@@ -1,0 +1,230 @@
+"""Adaptive concurrency: how many calls a sender keeps in flight to its provider.
+
+A ``Limiter`` holds the sender's slots, as a semaphore would, but its limit
+moves between 1 and the configured concurrency (the ceiling), by the rule TCP
+uses for its window (additive increase, multiplicative decrease):
+
+- it **starts at the ceiling**, so a healthy provider gets the configured
+  concurrency from the first call;
+- it **halves** (floor 1) on an answer that says the provider is over its
+  limit or unwell: a rate limit (``429``, SES throttling) or a 5xx, a failed
+  connection, a timeout. Once per round trip: only an answer to a call sent
+  after the last halving halves it again, so one burst of ``429`` from the
+  calls already in flight counts once;
+- it **grows by one** per ``limit`` good answers (about one per round trip)
+  back toward the ceiling, while no bad answer came and the provider's recent
+  answer time is flat: the p50 of the last ``RING`` good answers not above
+  ``FLAT_RATIO`` times the best such p50 of the last ``BEST_OF`` readings.
+
+Shrinking below the calls in flight cancels none: new calls wait until enough
+have ended. Waiting for a slot happens before a mail is taken from the mailbox,
+so it holds no mail. With ``adaptive`` off the limit stays at the ceiling.
+
+The per-call cost is a few comparisons and additions; the p50 is read (a sort
+of ``RING`` numbers) at most every ``P50_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailman.providers import Accepted, Misconfigured, Rejected, Result, Transient, Unknown
+
+#: Good answers whose answer time the p50 is read from.
+RING = 32
+#: Seconds between two readings of the recent p50 (at most).
+P50_SECONDS = 0.25
+#: Readings of the p50 the best one is taken from (``BEST_OF * P50_SECONDS`` or more).
+BEST_OF = 40
+#: The recent p50 is flat while it is at most this many times the best recent one.
+FLAT_RATIO = 2.0
+#: Seconds between two ``sender.concurrency`` lines of one sender (at least).
+LOG_SECONDS = 1.0
+
+
+class Answer(enum.Enum):
+    """What a provider's answer says about how much it takes."""
+
+    #: It answered (took or refused the mail): room to grow.
+    GOOD = "good"
+    #: It is over its rate limit.
+    RATE_LIMITED = "rate_limited"
+    #: A 5xx, no connection, or no answer in time.
+    UNWELL = "unwell"
+    #: Says nothing about load (a wrong key).
+    NEUTRAL = "neutral"
+
+
+_GOOD, _NEUTRAL = Answer.GOOD, Answer.NEUTRAL
+#: The answer of each result type but ``Transient`` (the hot path looks its type up).
+_ANSWERS: dict[type[Result], Answer] = {
+    Accepted: _GOOD,
+    Rejected: _GOOD,
+    Unknown: Answer.UNWELL,
+    Misconfigured: _NEUTRAL,
+}
+
+
+def answer_of(result: Result) -> Answer:
+    """What ``result`` says about the provider's load."""
+    answer = _ANSWERS.get(type(result))
+    if answer is not None:
+        return answer
+    if isinstance(result, Transient):
+        return Answer.RATE_LIMITED if result.rate_limited else Answer.UNWELL
+    if isinstance(result, Unknown):  # the sender's own kinds of no answer
+        return Answer.UNWELL
+    return _GOOD if isinstance(result, Accepted | Rejected) else _NEUTRAL
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The limit moved from ``old`` (the last one logged) to ``new``, lately for ``why``."""
+
+    old: int
+    new: int
+    why: str
+
+
+class Limiter:
+    """The slots of one sender: at most ``limit`` calls in flight, ``limit`` adapting to
+    the provider's answers (see the module). ``clock`` is monotonic seconds."""
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        adaptive: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ceiling < 1:
+            raise ValueError(f"the ceiling must be at least 1, not {ceiling}")
+        self.ceiling = ceiling
+        self.adaptive = adaptive
+        self.clock = clock
+        self.limit = ceiling
+        self.in_flight = 0
+        #: When the limit last halved: answers to calls sent before belong to that burst.
+        self._halved_at = -math.inf
+        #: Good answers since the limit last moved (or a bad answer came).
+        self._credit = 0
+        #: The answer times of the last ``RING`` good answers (fewer at first).
+        self._ring: list[float] = []
+        self._next = 0
+        self._p50_due = -math.inf
+        self._p50s: deque[float] = deque(maxlen=BEST_OF)
+        self._flat = True
+        self._logged = ceiling
+        self._logged_at = -math.inf
+        self._why = ""
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting while ``limit`` calls (or more, after a halving) are in
+        flight."""
+        while self.in_flight >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the slot goes to the next waiter
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
+
+    def release(self) -> None:
+        """Give a slot back (the call ended, or none was made)."""
+        self.in_flight -= 1
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def observe(self, started: float, answer: Answer) -> Change | None:
+        """Count the answer to a call sent at ``started`` (``clock``); a ``Change`` to log
+        when the limit moved and the last line is ``LOG_SECONDS`` old (else None: the
+        move shows in the next one, or in ``unlogged``)."""
+        if answer is not _GOOD:
+            return self._bad(started, answer)
+        if not self.adaptive:
+            return None
+        now = self.clock()
+        ring, at = self._ring, self._next
+        if len(ring) < RING:
+            ring.append(now - started)
+        else:
+            ring[at] = now - started
+        self._next = at + 1 if at + 1 < RING else 0
+        if now >= self._p50_due:
+            self._read_p50(now)
+        credit = self._credit + 1
+        if credit < self.limit:
+            self._credit = credit
+            return None
+        self._credit = 0
+        return self._grow(now)
+
+    def _grow(self, now: float) -> Change | None:
+        """One more slot, unless at the ceiling or while answers slow down."""
+        if self.limit >= self.ceiling or not self._flat:
+            return None
+        self.limit += 1
+        self._why = "growing"
+        if self._waiters:
+            self._wake()
+        return self._logged_change(now)
+
+    def _bad(self, started: float, answer: Answer) -> Change | None:
+        """Halve the limit for a rate limit or an unwell answer, once per round trip."""
+        if not self.adaptive or answer is _NEUTRAL:
+            return None
+        now = self.clock()
+        self._credit = 0
+        if started < self._halved_at:
+            return None  # sent before the last halving: the same burst
+        self._halved_at = now
+        halved = max(1, self.limit // 2)
+        if halved == self.limit:
+            return None
+        self.limit = halved
+        self._why = answer.value
+        return self._logged_change(now)
+
+    def _read_p50(self, now: float) -> None:
+        """Read the recent p50 and whether it is flat (at most every ``P50_SECONDS``)."""
+        self._p50_due = now + P50_SECONDS
+        recent = sorted(self._ring)
+        p50 = recent[(len(recent) - 1) // 2]
+        self._p50s.append(p50)
+        self._flat = p50 <= FLAT_RATIO * min(self._p50s)
+
+    def _logged_change(self, now: float) -> Change | None:
+        if now - self._logged_at < LOG_SECONDS:
+            return None
+        return self._log(now)
+
+    def _log(self, now: float) -> Change:
+        change = Change(self._logged, self.limit, self._why)
+        self._logged, self._logged_at = self.limit, now
+        return change
+
+    def unlogged(self) -> Change | None:
+        """The move since the last ``Change`` given, if any (to log it now)."""
+        if self.limit == self._logged:
+            return None
+        return self._log(self.clock())

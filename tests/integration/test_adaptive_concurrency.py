@@ -1,0 +1,122 @@
+"""A sender's adaptive concurrency against a real provider with a rate limit, on loopback."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from mailman.actors.breakers import make_breaker
+from mailman.actors.journal import Journal
+from mailman.actors.sender import Sender
+from mailman.config import RetryConfig, Secret
+from mailman.core.messages import Dispatch
+from mailman.core.model import Address, Mail, Status
+from mailman.mailboxes import MemoryBroker
+from mailman.mailboxes.routing import Router
+from mailman.providers.mailgun import MailgunClient, MailgunConfig
+from mailman.providers.sendgrid import SendGridClient, SendGridConfig
+from mailman.store.sqlite import SQLiteStore
+from mailman.system import Mailman
+
+from ..conftest import eventually, make_config
+from ..support.fakes import FakeMailgun, FakeSendGrid
+
+#: Calls the rate-limited provider answers at once; more get a 429.
+PROVIDER_LIMIT = 4
+#: The sender's configured concurrency: the adaptive limit's ceiling.
+CEILING = 64
+MAILS = 240
+
+
+def mail(i: int) -> Mail:
+    return Mail(
+        id=f"mail-adapt-{i:04d}",
+        sender=Address("a@example.com"),
+        to=(Address("b@example.com"),),
+        subject="s",
+        text="t",
+        created_at=time.time(),
+    )
+
+
+async def test_a_sender_settles_near_the_calls_a_rate_limited_provider_takes(
+    tmp_path: Path,
+) -> None:
+    """SendGrid answers 429 above 4 calls at once; the sender starts at 64 in flight, halves
+    on the 429s and settles near 4: most of its later calls are answered, not refused,
+    and every mail ends sent (a refused one by Mailgun, after failover)."""
+    batch = [mail(i) for i in range(MAILS)]
+    async with (
+        SQLiteStore(str(tmp_path / "m.db")) as store,
+        FakeSendGrid(api_key="SG.adapt", delay=0.03) as sendgrid,
+        FakeMailgun(api_key="key-adapt", domain="mg.example.com") as mailgun,
+    ):
+        for one in batch:
+            await store.add(one)
+        sendgrid.max_in_flight = PROVIDER_LIMIT
+        router = Router(MemoryBroker(), ("sendgrid", "mailgun"))
+        journal = Journal(store)
+        clients = {
+            "sendgrid": SendGridClient(
+                SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30
+            ),
+            "mailgun": MailgunClient(
+                MailgunConfig(Secret(mailgun.api_key), mailgun.domain, mailgun.base_url),
+                timeout=30,
+            ),
+        }
+        senders = {
+            name: Sender(
+                client=client,
+                # The breaker is the other defence; here it stays out of the way.
+                breaker=make_breaker(name, fail_max=10**6, reset_seconds=60),
+                router=router,
+                store=store,
+                retry=RetryConfig(),
+                concurrency=CEILING,
+                peers=clients,
+                journal=journal,
+            )
+            for name, client in clients.items()
+        }
+
+        async def all_sent() -> bool:
+            for one in batch:
+                record = await store.get(one.id)
+                if record is None or record.status is not Status.SENT:
+                    return False
+            return True
+
+        with capture_logs() as logs:
+            async with senders["sendgrid"], senders["mailgun"]:
+                for one in batch:
+                    await router.dispatch(Dispatch(one.id, time.time()))
+                await eventually(all_sent, within=60, what="every mail sent")
+                limit = senders["sendgrid"].slots.limit
+    assert sendgrid.calls == MAILS  # each mail was tried once there
+    assert len(sendgrid.received) + len(mailgun.received) == MAILS  # none lost, none twice
+    assert 1 <= limit <= 2 * PROVIDER_LIMIT
+    later = sendgrid.over_limit[MAILS // 2 :]
+    assert sum(later) < len(later) / 4, f"{sum(later)} of {len(later)} later calls got a 429"
+    changes = [e for e in logs if e["event"] == "sender.concurrency"]
+    assert changes[0] == {
+        "event": "sender.concurrency",
+        "log_level": "info",
+        "provider": "sendgrid",
+        "limit": CEILING // 2,
+        "was": CEILING,
+        "why": "rate_limited",
+    }
+
+
+async def test_the_setting_reaches_every_sender(tmp_path: Path) -> None:
+    """By default each sender's limit adapts; ``MAILMAN_SENDER_ADAPTIVE=false`` fixes it."""
+    for env, adaptive in (({}, True), ({"MAILMAN_SENDER_ADAPTIVE": "false"}, False)):
+        system = Mailman(make_config(tmp_path, env))
+        for name in system.config.chain:
+            sender = system._sender_factory(name)()
+            assert isinstance(sender, Sender)
+            assert sender.slots.adaptive is adaptive, name
+            assert sender.slots.ceiling == system.config.concurrency_of(name)
