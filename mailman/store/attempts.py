@@ -167,6 +167,15 @@ def _open_of(d: Dialect, count: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _pending_of(d: Dialect, count: int) -> str:
+    """The pending attempts of these mails: (mail id, attempt id)."""
+    return (
+        f"SELECT mail_id, id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"AND outcome = '{Outcome.PENDING.value}'"
+    )
+
+
 @functools.cache
 def _insert_pending(d: Dialect) -> str:
     return (
@@ -438,25 +447,34 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
         plain.difference_update(m for m in members if not found.keys().isdisjoint(addresses[m]))
     out: list[Begun | Exception | None] = [None] * len(calls)
     deltas: Counter[summary.Key] = Counter()
+    pending: list[tuple[object, ...]] = []
     sending: list[tuple[object, ...]] = []
     called_back: list[str] = []
+    begun: dict[str, int] = {}  # mail id -> the index of its call
     rest: list[int] = []
     for i, call in enumerate(calls):
         mail_id, provider, round_, at, _ = call
         if mail_id not in plain or first[mail_id] != i:
             rest.append(i)
             continue
-        mail, status = rows[mail_id]
-        cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
+        begun[mail_id] = i
+        pending.append((mail_id, provider, round_, at))
         deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
         if round_ > 0:
             deltas[(summary.RETRIES, provider, "")] += 1
         sending.append((at, at, mail_id, *UNFINISHED))
-        deltas.update(summary.moved(status, Status.SENDING, 1))
-        if mail.callback_url is not None:
+        deltas.update(summary.moved(rows[mail_id][1], Status.SENDING, 1))
+        if rows[mail_id][0].callback_url is not None:
             called_back.append(mail_id)
-        out[i] = Begun(mail, Status.SENDING, attempt_id=cur.lastrowid)
-    if sending:
+    if pending:
+        yield Statement(_insert_pending(d), pending, many=True)
+        # Each of these mails had no pending attempt (``_open_of``, in this transaction):
+        # its pending attempt now is the one just recorded.
+        for chunk in chunks(list(begun)):
+            cur = yield Statement(_pending_of(d, len(chunk)), chunk)
+            for mail_id, attempt_id in cur.fetchall():
+                mail = rows[str(mail_id)][0]
+                out[begun[str(mail_id)]] = Begun(mail, Status.SENDING, attempt_id=int(attempt_id))
         yield Statement(_sending(d), sending, many=True)
     if called_back:
         yield from callbacks.queue(d, called_back)
