@@ -123,32 +123,34 @@ async def _tell_ready(system: Mailman, fd: int) -> None:
             pipe.write(b"ready\n")
 
 
-#: Allocations (less deallocations) of container objects between two collections of the
-#: garbage collector's youngest generation while serving; Python's default is 700.
-#: Every mail in flight holds tasks, futures, dicts and a mail for a few milliseconds:
-#: at 700 many of them were still alive at a young collection, moved on to the old
-#: generations and made full collections of the whole heap frequent: on the
-#: ``--processes 2`` worker delivering 20,000 mails to loopback fakes, 2,491 young,
-#: 226 middle and 20 full collections (27 ms each), 45 µs of CPU per mail; at 10,000,
-#: 212, 19 and 1, 7 µs per mail (docs/performance.md).
-GC_YOUNG_THRESHOLD = 10_000
-
-
 @contextlib.contextmanager
-def young_gc_threshold(threshold: int) -> Iterator[None]:
-    """The collector's youngest generation at ``threshold`` inside, as it was after."""
-    before = gc.get_threshold()
-    gc.set_threshold(threshold, *before[1:])
+def frozen_heap() -> Iterator[None]:
+    """What is alive once the code is imported and configured (modules, classes, the
+    settings) moved out of the garbage collector's sight (``gc.freeze``) inside, and
+    back after.
+
+    A full collection walks every object the collector tracks; while mails flow,
+    the objects of the mails in flight pass on to the old generation and full
+    collections come every thousand mails or so. Measured on the ``--processes 2``
+    worker delivering 20,000 mails to loopback fakes (gc callbacks): 18-21 full
+    collections took 0.53-0.95 s of CPU with the heap in sight, 0.08-0.09 s frozen;
+    every collection together 45-76 µs per mail, then 23-25 (docs/performance.md).
+    Raising the young generation's threshold instead (10,000) cut it to 6 µs but
+    doubled the peak RSS under large bodies (``python -m bench memory``): the
+    cyclic garbage of a refused 13 MiB body waited longer for a collection.
+    """
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def run(main: Coroutine[Any, Any, int], event_loop: str = "auto") -> int:
     """Run ``main`` on uvloop when it is installed (and not refused), else on asyncio's
-    loop, with the garbage collector's young generation at ``GC_YOUNG_THRESHOLD``."""
-    with young_gc_threshold(GC_YOUNG_THRESHOLD):
+    loop, with the heap as it is now frozen (``frozen_heap``)."""
+    with frozen_heap():
         if event_loop != "asyncio":
             try:
                 import uvloop
