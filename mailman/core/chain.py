@@ -12,7 +12,7 @@ mail's id, so a mail retried or delivered twice keeps it, and every process agre
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +21,18 @@ class Chain:
 
     names: tuple[str, ...]
     weights: tuple[int, ...] = ()
+    #: ``order`` of every mail when no provider is weighted (worked out once: the relay
+    #: asks for each mail it hands on).
+    _fixed: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.weights:
             object.__setattr__(self, "weights", (0,) * len(self.names))
         if len(self.weights) != len(self.names):
             raise ValueError("a weight per provider")
+        if self.names and not any(self.weights):
+            first = self.names[0]
+            object.__setattr__(self, "_fixed", (first, *(n for n in self.base if n != first)))
 
     @property
     def weighted(self) -> tuple[str, ...]:
@@ -63,6 +69,8 @@ class Chain:
     def order(self, mail_id: str) -> tuple[str, ...]:
         """The providers ``mail_id`` tries, in order: its first choice, the other
         weighted ones, then the rest."""
+        if self._fixed is not None:
+            return self._fixed
         first = self.first(mail_id)
         return (first, *(n for n in self.base if n != first))
 

@@ -151,6 +151,31 @@ def _open(d: Dialect) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _mails_of(d: Dialect, count: int) -> str:
+    """Some mails and their statuses (parameters: mail ids)."""
+    return f"SELECT id, payload, status FROM mails WHERE id IN ({d.marks(count)})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _open_of(d: Dialect, count: int) -> str:
+    """Which of these mails have attempts in flight or not yet checked (as ``_open``)."""
+    return (
+        f"SELECT DISTINCT mail_id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"AND (outcome = '{Outcome.PENDING.value}' "
+        f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL))"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _pending_of(d: Dialect, count: int) -> str:
+    """The pending attempts of these mails: (mail id, attempt id)."""
+    return (
+        f"SELECT mail_id, id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"AND outcome = '{Outcome.PENDING.value}'"
+    )
+
+
 @functools.cache
 def _insert_pending(d: Dialect) -> str:
     return (
@@ -373,6 +398,92 @@ def begin(
     return Begun(mail, Status.SENDING, attempt_id=attempt_id)
 
 
+#: ``begin``'s arguments after the dialect: mail id, provider, round, at, stale before.
+BeginCall = tuple[str, str, int, float, float]
+
+
+@write_batch
+def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Exception | None]]:
+    """The begins of one writer turn (SQLite), as ``begin`` one after the other would do
+    them, in fewer statements: the mails, their open attempts and their tenants'
+    suppressions are read once for all, the pending attempts recorded, the mails made
+    ``sending`` and the figures bumped once. A call that is not the plain case (the mail
+    gone, final, scheduled, with open attempts, a recipient suppressed, or a mail begun
+    twice in the batch) runs ``begin`` itself, after the plain ones.
+
+    On MySQL (a batch of one per transaction, its row lock wanted) every call is ``begin``.
+    """
+    if not d.one_writer or len(calls) == 1:
+        results: list[Begun | Exception | None] = []
+        for call in calls:
+            results.append((yield from begin.steps(d, *call)))
+        return results
+    first: dict[str, int] = {}  # mail id -> the index of its first call
+    for i, call in enumerate(calls):
+        first.setdefault(call[0], i)
+    ids = list(first)
+    rows: dict[str, tuple[Mail, Status]] = {}
+    for chunk in chunks(ids):
+        cur = yield Statement(_mails_of(d, len(chunk)), chunk)
+        for mail_id, payload, status in cur.fetchall():
+            rows[str(mail_id)] = (decode(Mail, payload), Status(status))
+    plain = {
+        mail_id
+        for mail_id, (_, status) in rows.items()
+        if not status.terminal and status is not Status.SCHEDULED
+    }
+    for chunk in chunks(sorted(plain)):
+        cur = yield Statement(_open_of(d, len(chunk)), chunk)
+        plain.difference_update(str(row[0]) for row in cur.fetchall())
+    by_group: dict[tuple[str, str], list[str]] = {}
+    for mail_id in plain:
+        mail = rows[mail_id][0]
+        by_group.setdefault((mail.tenant, mail.group), []).append(mail_id)
+    for (tenant, group), members in by_group.items():
+        addresses = {m: recipients(rows[m][0]) for m in members}
+        every = [a for m in members for a in addresses[m]]
+        found = yield from suppressions.found_among(d, tenant, every, group)
+        # ``begin`` drops them, mail by mail.
+        plain.difference_update(m for m in members if not found.keys().isdisjoint(addresses[m]))
+    out: list[Begun | Exception | None] = [None] * len(calls)
+    deltas: Counter[summary.Key] = Counter()
+    pending: list[tuple[object, ...]] = []
+    sending: list[tuple[object, ...]] = []
+    called_back: list[str] = []
+    begun: dict[str, int] = {}  # mail id -> the index of its call
+    rest: list[int] = []
+    for i, call in enumerate(calls):
+        mail_id, provider, round_, at, _ = call
+        if mail_id not in plain or first[mail_id] != i:
+            rest.append(i)
+            continue
+        begun[mail_id] = i
+        pending.append((mail_id, provider, round_, at))
+        deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
+        if round_ > 0:
+            deltas[(summary.RETRIES, provider, "")] += 1
+        sending.append((at, at, mail_id, *UNFINISHED))
+        deltas.update(summary.moved(rows[mail_id][1], Status.SENDING, 1))
+        if rows[mail_id][0].callback_url is not None:
+            called_back.append(mail_id)
+    if pending:
+        yield Statement(_insert_pending(d), pending, many=True)
+        # Each of these mails had no pending attempt (``_open_of``, in this transaction):
+        # its pending attempt now is the one just recorded.
+        for chunk in chunks(list(begun)):
+            cur = yield Statement(_pending_of(d, len(chunk)), chunk)
+            for mail_id, attempt_id in cur.fetchall():
+                mail = rows[str(mail_id)][0]
+                out[begun[str(mail_id)]] = Begun(mail, Status.SENDING, attempt_id=int(attempt_id))
+        yield Statement(_sending(d), sending, many=True)
+    if called_back:
+        yield from callbacks.queue(d, called_back)
+    yield from summary.bump(d, deltas)
+    for i in rest:
+        out[i] = yield from begin.steps(d, *calls[i])
+    return out
+
+
 @write_batch
 def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]]:
     """Every call's updates in one go; those for mails not there change nothing."""
@@ -436,7 +547,7 @@ class SqlAttempts(Attempts, Engine):
     ) -> Begun | None:
         if not self.dialect.holds_id(mail_id):
             return None
-        return await self.run(begin, mail_id, provider, round_, at, stale_before)
+        return await self.run_batched(begin_many, (mail_id, provider, round_, at, stale_before))
 
     async def apply(self, updates: Sequence[StatusUpdate]) -> None:
         if updates:

@@ -5,12 +5,16 @@ Part of the store contract (``test_store``): each test runs on every backend.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 
 from mailman.core.messages import StatusUpdate
-from mailman.core.model import Attempt, Check, Outcome, Status
+from mailman.core.model import Address, Attempt, Check, Outcome, Status
+from mailman.core.model import SuppressionReason as Reason
 from mailman.store import (
     Store,
+    Suppression,
 )
 
 from . import test_store as contract
@@ -233,3 +237,51 @@ async def test_begin_attempt_on_final_and_unknown_mails(store: Store) -> None:
     assert await store.begin_attempt("nope", "sendgrid", 0, 2000.0, 1000.0) is None
     record = await store.get("m1")
     assert record is not None and len(record.attempts) == 1
+
+
+async def test_begins_made_together_answer_as_one_by_one(store: Store) -> None:
+    """Begins of one event-loop turn (SQLite: one batch) answer each as alone: an attempt
+    for a plain mail, busy for the same mail begun twice or one in flight, suppressed,
+    final, None for an unknown id; a callback is queued for the mail with a URL, and
+    the figures are what a recount finds."""
+    plain = [mail(f"p{n}", tenant="acme") for n in range(3)]
+    hooked = mail("hooked", callback_url="https://app.example.com/hook")
+    gone = replace(mail("gone", tenant="acme"), to=(Address("Gone@example.com"),))
+    for m in (*plain, hooked, gone, mail("done"), mail("flying")):
+        await store.add(m)
+    await store.add_suppressions([Suppression("acme", "gone@example.com", Reason.MANUAL, "api", 1)])
+    await store.apply([update(Status.SENT, 1500.0, mail_id="done", outcome=Outcome.ACCEPTED)])
+    assert await store.begin_attempt("flying", "mailgun", 0, 1900.0, 1000.0) is not None
+
+    calls = [*(m.id for m in plain), "p0", "hooked", "gone", "done", "flying", "nope"]
+    got = await asyncio.gather(
+        *(store.begin_attempt(i, "sendgrid", 1, 2000.0 + n, 1000.0) for n, i in enumerate(calls))
+    )
+
+    whys = [None if b is None else (b.attempt_id is not None, b.why, b.status) for b in got]
+    begun = (True, None, Status.SENDING)
+    busy = (False, "busy", Status.SENDING)
+    assert whys == [
+        *[begun] * 3,
+        busy,
+        begun,
+        (False, "suppressed", Status.SUPPRESSED),
+        (False, "final", Status.SENT),
+        busy,
+        None,
+    ]
+    assert [b.mail for b in got[:3] if b is not None] == plain
+    ids = [b.attempt_id for b in got if b is not None and b.attempt_id is not None]
+    assert len(set(ids)) == 4
+    for m, b in zip((*plain, hooked), (*got[:3], got[4]), strict=True):
+        record = await store.get(m.id)
+        assert record is not None and record.status is Status.SENDING
+        assert b is not None
+        assert [(a.provider, a.round, a.outcome, a.id) for a in record.attempts] == [
+            ("sendgrid", 1, Outcome.PENDING, b.attempt_id)
+        ]
+    due = await store.claim_callbacks("notifier", 10, 30.0, time.time() + 60)
+    assert [(c.mail_id, c.status) for c in due] == [("hooked", Status.SENDING)]
+    kept = await store.metrics_snapshot()
+    assert kept == await store.recount()
+    assert kept.retries == {"sendgrid": 4}
