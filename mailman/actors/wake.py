@@ -13,6 +13,7 @@ The same socket carries the API's load: while an API (or SMTP) process is
 saturated, it sends ``BUSY`` followed by its requests in flight, every
 ``intake.load.REPORT_SECONDS`` (see ``Load``); the relay holds back while
 such reports are fresh (``RemoteLoad``). A lost report means no hold-back.
+While it reports, the API sends no wake-ups: each report wakes the relay.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable
 
 import structlog
 
-from mailman.intake.load import SATURATED_REQUESTS
+from mailman.intake.load import REPORT_SECONDS, SATURATED_REQUESTS
 
 log = structlog.get_logger("mailman.wake")
 
@@ -94,27 +95,33 @@ class WakeListener:
                 data = self._sock.recv(32)
             except OSError:  # nothing more waiting (BlockingIOError), or the socket is gone
                 break
-            if data.startswith(BUSY):
-                if self.on_busy is not None:
-                    with contextlib.suppress(ValueError):  # not ours: ignored
-                        self.on_busy(int(data[len(BUSY) :]))
-            else:
-                woken = True
+            # A load report wakes too: a saturated API sends no wake-ups (``WakeSender``).
+            woken = True
+            if data.startswith(BUSY) and self.on_busy is not None:
+                with contextlib.suppress(ValueError):  # not ours: ignored
+                    self.on_busy(int(data[len(BUSY) :]))
         if woken:
             self.on_wake()
 
 
 class WakeSender:
-    """The API's side: one datagram per event-loop turn that committed mails, at most."""
+    """The API's side: one datagram per event-loop turn that committed mails, at most,
+    and none while this process is saturated: its load reports (every
+    ``REPORT_SECONDS``) wake the relay then. (A datagram costs the API 20-35 µs of CPU:
+    with a wake-up per turn, 3-5 % of a saturated API process's samples.)"""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self._sock: socket.socket | None = None
         self._pending = False
+        #: ``time.monotonic()`` of the last load report.
+        self._busy_at = -math.inf
 
     def wake(self) -> None:
         if self._pending:
             return
+        if time.monotonic() - self._busy_at < 2 * REPORT_SECONDS:
+            return  # saturated: the next report (due within REPORT_SECONDS) wakes the relay
         self._pending = True
         asyncio.get_running_loop().call_soon(self._send)
 
@@ -124,6 +131,7 @@ class WakeSender:
 
     def busy(self, requests: int) -> None:
         """Tell the relay that this process has ``requests`` in flight (it is saturated)."""
+        self._busy_at = time.monotonic()
         self._datagram(BUSY + str(requests).encode())
 
     def _datagram(self, data: bytes) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from mailman.actors.breakers import SharedHealth, make_breaker, state_of
 from mailman.actors.relay import BUSY_BATCH, REMOTE_QUIET_SECONDS, Nudge, Relay
-from mailman.actors.wake import WakeSender
+from mailman.actors.wake import WakeListener, WakeSender
 from mailman.config import RelayConfig
 from mailman.core.messages import Dispatch
 from mailman.core.model import Address, Mail
@@ -294,3 +294,31 @@ async def test_breaker_state_is_shared_between_processes(store: Store) -> None:
         first.close()
         await eventually(lambda: state_of(second) == "closed", what="the closed state shared")
         assert state_of(first) == "closed"  # applying a remote change echoes nothing back
+
+
+async def test_a_saturated_api_sends_no_wake_ups_its_reports_wake_the_relay() -> None:
+    """While an API reports that it is saturated, its commits send no wake-up datagram (each
+    costs it a system call); the reports themselves wake the relay."""
+    where = address()
+    woken: list[str] = []
+    listener = WakeListener(where, lambda: woken.append("wake"), lambda n: woken.append("busy"))
+    assert listener.open()
+    sender = WakeSender(where)
+    try:
+        sender.wake()
+        await eventually(lambda: woken == ["wake"], what="an idle API's wake-up")
+        sender.busy(SATURATED_REQUESTS)
+        await eventually(lambda: woken[1:] == ["busy", "wake"], what="a report that wakes")
+        for _ in range(5):
+            sender.wake()  # commits of a saturated API
+            await asyncio.sleep(0)  # a loop turn each: where a wake-up would go out
+        sender.busy(SATURATED_REQUESTS + 1)
+        await eventually(lambda: len(woken) == 5, what="the next report")
+        assert woken == ["wake", "busy", "wake", "busy", "wake"]  # no wake-up between
+        sender._busy_at -= 1.0  # reports stopped a second ago: wake-ups go out again
+        sender.wake()
+        await eventually(lambda: len(woken) == 6, what="a wake-up once not saturated")
+        assert woken[-1] == "wake"
+    finally:
+        listener.close()
+        sender.close()
