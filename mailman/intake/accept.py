@@ -51,7 +51,7 @@ from .backlog import Backlog
 from .guard import guarded
 from .refusals import BacklogFull, KeyInFlight, KeyReused, Rate, RateLimited
 from .templates import Renderer
-from .tenants import TenantChains
+from .tenants import Suppressing, TenantChains
 
 log = get_logger("mailman.intake")
 
@@ -142,6 +142,10 @@ class Intake:
         self.inflight: set[tuple[str, str]] = set()
         #: Tenants' own provider chains, carried with each mail they accept.
         self.chains = TenantChains(
+            store, ttl=config.key_cache_seconds, timeout=config.store_timeout
+        )
+        #: Which tenants suppress any address (a tenant with none skips the lookup).
+        self.suppressing = Suppressing(
             store, ttl=config.key_cache_seconds, timeout=config.store_timeout
         )
         #: The tenants' templates, parsed once per version.
@@ -340,6 +344,8 @@ class Intake:
         ``Mail.suppressed``; with no visible recipient left it is stored ``suppressed``.
         (Checked again right before each provider call: ``Store.begin_attempt``.)"""
         store = self.store
+        if not await self.suppressing.any(mail.tenant):
+            return mail
         found = await guarded(
             store,
             self.config.store_timeout,

@@ -55,3 +55,42 @@ class TenantChains:
             self._unsubscribes = await guarded(store, timeout, store.tenant_unsubscribes())
             self._chains = chains
             self._until = now + self.ttl
+
+
+class Suppressing:
+    """Whether each tenant suppresses any address, read at most once per ``ttl`` seconds
+    per tenant: a tenant with none skips acceptance's lookup (a store trip per mail).
+
+    A suppression added through this process (the API, a webhook, a one-click
+    unsubscribe) is followed at once (``Store.suppressions_added``); one added
+    through another process or replica within ``ttl``, and a mail accepted
+    meanwhile is still checked right before each provider call
+    (``Store.begin_attempt``): its address is never sent to. Once a tenant has
+    one, every mail is looked up as before.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        ttl: float,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.timeout = timeout
+        self.clock = clock
+        #: tenant -> (whether it has any, until when that is trusted, the store's
+        #: ``suppressions_added`` then).
+        self._known: dict[str, tuple[bool, float, int]] = {}
+
+    async def any(self, tenant: str) -> bool:
+        now = self.clock()
+        added = self.store.suppressions_added
+        known = self._known.get(tenant)
+        if known is not None and now < known[1] and added == known[2]:
+            return known[0]
+        has = await guarded(self.store, self.timeout, self.store.has_suppressions(tenant))
+        if self.ttl > 0:
+            self._known[tenant] = (has, now + self.ttl, added)
+        return has

@@ -207,10 +207,17 @@ def mail_for(d: Dialect, provider_message_id: str) -> Steps[str | None]:
 class SqlEvents(Events, Engine):
     """``Events`` on a driver."""
 
+    #: ``Suppressions.suppressions_added`` (the store object is both).
+    suppressions_added: int
+
     async def record_events(self, events: Sequence[DeliveryEvent]) -> list[EventResult]:
         if not events:
             return []
-        return await self.run(record, tuple(events))
+        try:
+            return await self.run(record, tuple(events))
+        finally:
+            if any(e.suppresses is not None for e in events):
+                self.suppressions_added += 1
 
     async def mail_for_message(self, provider_message_id: str) -> str | None:
         return await self.run(mail_for, provider_message_id)

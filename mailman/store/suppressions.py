@@ -66,6 +66,11 @@ class SuppressionQuery:
 class Suppressions(abc.ABC):
     """Tenants' suppression lists."""
 
+    #: Writes through this store object that may have added a suppression (this one's,
+    #: and events that suppress): moved once each commits, so that what a cache of this
+    #: process read before (``intake.tenants.Suppressing``) is known to be stale.
+    suppressions_added: int = 0
+
     @abc.abstractmethod
     async def add_suppressions(self, suppressions: Sequence[Suppression]) -> int:
         """Add these (normalised) in one transaction; how many were new. An address already
@@ -91,6 +96,10 @@ class Suppressions(abc.ABC):
     async def remove_suppression(self, tenant: str, address: str, group: str | None = None) -> int:
         """Take ``address`` (normalised) off the tenant's list, for ``group`` (None: every
         group); how many rows went."""
+
+    @abc.abstractmethod
+    async def has_suppressions(self, tenant: str) -> bool:
+        """Whether the tenant suppresses any address at all (for any group)."""
 
     @abc.abstractmethod
     async def suppressed_among(
@@ -137,6 +146,11 @@ def _one(d: Dialect) -> str:
         f"SELECT {COLUMNS} FROM suppressions "
         f"WHERE tenant = {m} AND address = {m} AND group_name = {m}"
     )
+
+
+@functools.cache
+def _any(d: Dialect) -> str:
+    return f"SELECT 1 FROM suppressions WHERE tenant = {d.mark} LIMIT 1"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -275,6 +289,12 @@ def found_among(
     return found
 
 
+@read
+def any_of(d: Dialect, tenant: str) -> Steps[bool]:
+    cur = yield Statement(_any(d), (tenant,))
+    return cur.fetchone() is not None
+
+
 @read_batch
 def check(
     d: Dialect, calls: list[tuple[str, tuple[str, ...], str]]
@@ -292,10 +312,16 @@ class SqlSuppressions(Suppressions, Engine):
     async def add_suppressions(self, suppressions: Sequence[Suppression]) -> int:
         if not suppressions:
             return 0
-        return await self.run(add, tuple(suppressions))
+        try:
+            return await self.run(add, tuple(suppressions))
+        finally:
+            self.suppressions_added += 1
 
     async def unsubscribe(self, suppression: Suppression, mail_id: str) -> bool:
-        return await self.run(unsubscribed, suppression, mail_id)
+        try:
+            return await self.run(unsubscribed, suppression, mail_id)
+        finally:
+            self.suppressions_added += 1
 
     async def suppression(
         self, tenant: str, address: str, group: str = EVERY_GROUP
@@ -307,6 +333,9 @@ class SqlSuppressions(Suppressions, Engine):
 
     async def remove_suppression(self, tenant: str, address: str, group: str | None = None) -> int:
         return await self.run(remove, tenant, address, group)
+
+    async def has_suppressions(self, tenant: str) -> bool:
+        return await self.run(any_of, tenant)
 
     async def suppressed_among(
         self, tenant: str, addresses: Sequence[str], group: str = EVERY_GROUP

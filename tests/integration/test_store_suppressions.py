@@ -6,6 +6,7 @@ Part of the store contract (``test_store``): each test runs on every backend.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import replace
 
@@ -78,6 +79,17 @@ async def test_removing_a_suppression_says_whether_it_was_there(store: Store) ->
     assert await store.remove_suppression("beta", "ann@example.com") == 0
     assert await store.remove_suppression("acme", "ann@example.com") == 1
     assert await store.suppressed_among("acme", ["ann@example.com"]) == {}
+
+
+async def test_a_tenant_has_suppressions_once_it_suppresses_any_address(store: Store) -> None:
+    """Whether a tenant suppresses anything, for any group; another tenant's do not count."""
+    assert not await store.has_suppressions("acme")
+    await store.add_suppressions([suppression("ann@example.com", "beta")])
+    assert not await store.has_suppressions("acme")
+    await store.add_suppressions([dataclasses.replace(suppression("b@example.com"), group="news")])
+    assert await store.has_suppressions("acme")
+    assert await store.remove_suppression("acme", "b@example.com") == 1
+    assert not await store.has_suppressions("acme")
 
 
 async def test_suppressed_among_names_only_the_tenants_suppressed_addresses(store: Store) -> None:

@@ -22,9 +22,11 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mailman.core.model import SuppressionReason
 from mailman.intake.keys import Scope, create_key
 from mailman.routes.webhooks import MAILGUN_PATH, POSTMARK_PATH, RESEND_PATH, SENDGRID_PATH
 from mailman.routes.webhooks_ses import SES_PATH
+from mailman.store import Suppression, open_store
 from mailman.system import embedded
 
 from ..conftest import eventually, make_config
@@ -307,3 +309,55 @@ async def test_an_address_suppressed_after_acceptance_is_dropped_before_the_call
         shown = await api.wait(mail["id"], "suppressed")
     assert shown["suppressed"] == [{"email": "late@example.com", "reason": "manual"}]
     assert shown["attempts"] == [] and fakes.sendgrid.calls == 0
+
+
+async def test_a_tenant_with_no_suppressions_is_not_looked_up_per_mail(
+    tmp_path: Path, store_url: str, fakes: Fakes, http: aiohttp.ClientSession
+) -> None:
+    """With no suppression, acceptance asks the store once per MAILMAN_KEY_CACHE_SECONDS
+    whether there is any, not once per mail; a first suppression made meanwhile by another
+    process still keeps its address from the provider (the check before the call), and one
+    made through this process counts at once."""
+    env = {
+        **fakes.env(),
+        "MAILMAN_PROVIDERS": "sendgrid",
+        "MAILMAN_STORE": store_url,
+        "MAILMAN_KEY_CACHE_SECONDS": "60",
+    }
+    async with embedded(make_config(tmp_path, env)) as mailman:
+        store = mailman.store
+        asked: list[str] = []
+        has, among = store.has_suppressions, store.suppressed_among
+
+        async def has_suppressions(tenant: str) -> bool:
+            asked.append("any")
+            return await has(tenant)
+
+        async def suppressed_among(*args: Any) -> Any:
+            asked.append("among")
+            return await among(*args)
+
+        store.has_suppressions = has_suppressions  # type: ignore[method-assign]
+        store.suppressed_among = suppressed_among  # type: ignore[method-assign,assignment]
+        api = Api(http, mailman.url)
+        sent = await asyncio.gather(*(api.send("ann@example.com") for _ in range(20)))
+        assert set(asked) == {"any"}  # (the first concurrent mails may each ask)
+        asked.clear()
+        # Through another process (another replica, `mailman suppressions add`).
+        async with open_store(store_url) as elsewhere:
+            late = Suppression("", "late@example.com", SuppressionReason.MANUAL, "cli", 1.0)
+            assert await elsewhere.add_suppressions([late]) == 1
+        first = await api.send("late@example.com")
+        assert first["status"] == "queued"  # acceptance still trusts "none" (60 s)
+        shown = await api.wait(first["id"], "suppressed")
+        # Through this process: followed at once.
+        async with http.post(f"{mailman.url}/suppressions", json={"address": "now@x.org"}) as r:
+            assert r.status == 201
+        assert (await api.send("now@x.org"))["status"] == "suppressed"
+        for mail in sent:
+            await api.wait(mail["id"], "sent")
+    assert shown["suppressed"] == [{"email": "late@example.com", "reason": "manual"}]
+    assert asked == ["any", "among"]  # after a write here: asked again, then looked up
+    assert shown["attempts"] == []
+    assert ["late@example.com"] not in recipients(fakes.sendgrid)
+    assert len(fakes.sendgrid.received) == 20
