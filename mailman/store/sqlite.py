@@ -41,6 +41,8 @@ records its version in ``schema_version``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import queue
 import sqlite3
@@ -133,6 +135,39 @@ class _Job:
 
 _STOP = None
 
+
+class TurnLock:
+    """Write turns between the processes that share one file, taken in turn.
+
+    SQLite's own lock is no queue: a writer that finds it taken sleeps in its busy
+    handler (1, 2, 5 ... 100 ms) and tries again, while the holder, whose next
+    batch is ready at once, takes it again. Two OS locks beside the file make a
+    queue: a writer takes the turnstile (``.lock-q``), then the lock
+    (``.lock``), and lets go of the turnstile; a waiting writer holds the
+    turnstile, so the one that just committed queues behind it. ``flock`` wakes a
+    waiter the moment the lock is free (no sleeping), and the kernel drops a
+    dead process's locks.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._turnstile = os.open(path + ".lock-q", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def acquire(self) -> None:
+        fcntl.flock(self._turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in (self._turnstile, self._lock):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 #: SQLite's primary result codes that lose the whole transaction (locked, I/O, full,
 #: corrupt...), not just the statement: every job of the batch fails with them.
 _WHOLE_TRANSACTION = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
@@ -158,10 +193,18 @@ def _lost(db: sqlite3.Connection, exc: BaseException, *, write: bool) -> bool:
 class _Worker:
     """One thread with its own connection, running queued jobs in batches."""
 
-    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection], *, write: bool):
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        write: bool,
+        turns: TurnLock | None = None,
+    ):
         self.name = name
         self._connect = connect
         self._write = write
+        self._turns = turns
         #: Lists of jobs, one per event-loop turn that called (one thread wake-up each).
         self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._pending: list[_Job] = []
@@ -284,6 +327,16 @@ class _Worker:
         """Each job with its result (or exception), the writer's in one
         transaction. Only jobs still wanted are started, once the write lock is held
         (a job whose caller gave up while the lock was awaited is skipped)."""
+        turns = self._turns
+        if turns is not None:
+            turns.acquire()
+        try:
+            return self._transaction(db, jobs)
+        finally:
+            if turns is not None:
+                turns.release()
+
+    def _transaction(self, db: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[_Job, Any]]:
         try:
             if self._write:
                 db.execute("BEGIN IMMEDIATE")
@@ -404,6 +457,7 @@ class SQLiteStore(SqlStore):
         self.migrations: tuple[str, ...] = tuple(migrations)
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
+        self._turns: TurnLock | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -450,7 +504,11 @@ class SQLiteStore(SqlStore):
     async def open(self) -> None:
         if self._writer is not None:
             return
-        writer = _Worker("writer", lambda: self._connect(write=True), write=True)
+        turns = None
+        if not self.in_memory:
+            self._create()
+            turns = self._turns = TurnLock(self.path.removeprefix("file:").partition("?")[0])
+        writer = _Worker("writer", lambda: self._connect(write=True), write=True, turns=turns)
         await writer.start()
         try:
             await self._migrate(writer)
@@ -470,6 +528,9 @@ class SQLiteStore(SqlStore):
             await reader.stop()
         if writer is not None:
             await writer.stop()  # what was handed in is committed first
+        turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.close()
 
     async def run(self, operation: Operation[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """A write on the writer (in the next batch's transaction), a read on the reader."""
