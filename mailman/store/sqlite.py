@@ -29,8 +29,12 @@ which side won (``_Job.state``: pending, then started or abandoned).
 
 ``synchronous=FULL`` makes a commit survive a kill -9 or a power loss: a
 ``201`` is never lost. Several processes may share one file (``--processes``,
-``--role``): ``BEGIN IMMEDIATE`` takes the file's write lock, and a writer
-that finds it taken waits up to ``busy_timeout``.
+``--role``): their writers take turns (``TurnLock``, two OS locks beside the
+file, ``<file>.lock`` and ``<file>.lock-q``), in order and without sleeping,
+before ``BEGIN IMMEDIATE`` takes the file's write lock; a writer that still
+finds that taken (a program that does not take turns) waits up to
+``busy_timeout``. A job whose caller gave up while its writer waited for a turn
+is skipped, as while it waited for the lock.
 
 The schema is versioned: ``MIGRATIONS`` are the scripts of
 ``migrations/sqlite/``, script N bringing the schema from version N-1 to N.
@@ -52,10 +56,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import structlog
+
 from . import migrations
 from .base import OutcomeUnknown, SqlStore, timed_out
 from .dialect import SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
+
+log = structlog.get_logger("mailman.store")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -76,6 +84,8 @@ MAX_BATCH = 500
 
 #: How long a writer waits for another process's write lock before "database is locked".
 BUSY_TIMEOUT_MS = 5000
+#: How long closing the store waits for its threads to end.
+STOP_WAIT_SECONDS = 30.0
 
 
 def split_statements(script: str) -> list[str]:
@@ -168,6 +178,7 @@ class TurnLock:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+
 #: SQLite's primary result codes that lose the whole transaction (locked, I/O, full,
 #: corrupt...), not just the statement: every job of the batch fails with them.
 _WHOLE_TRANSACTION = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
@@ -225,15 +236,22 @@ class _Worker:
         await connected
         self._open = True
 
-    async def stop(self) -> None:
-        """Run what is queued, then close the connection and end the thread. Idempotent."""
+    async def stop(self) -> bool:
+        """Run what is queued, then close the connection and end the thread; False if the
+        thread did not end within ``STOP_WAIT_SECONDS``. Idempotent."""
         thread, self._thread = self._thread, None
         self._open = False
         if thread is None:
-            return
+            return True
         self._submit()
         self._jobs.put(_STOP)
-        await asyncio.to_thread(thread.join)
+        # Bounded: a writer waiting for another process's turn (one that hangs holding
+        # it) would never end; it is a daemon thread, gone with the process.
+        await asyncio.to_thread(thread.join, STOP_WAIT_SECONDS)
+        if thread.is_alive():
+            log.warning("store.writer_stuck", seconds=STOP_WAIT_SECONDS)
+            return False
+        return True
 
     async def call(
         self, operation: AnyOperation, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -526,10 +544,11 @@ class SQLiteStore(SqlStore):
         self._writer = self._reader = None
         if reader is not None and reader is not writer:
             await reader.stop()
+        ended = True
         if writer is not None:
-            await writer.stop()  # what was handed in is committed first
+            ended = await writer.stop()  # what was handed in is committed first
         turns, self._turns = self._turns, None
-        if turns is not None:
+        if turns is not None and ended:  # (a stuck writer still uses them)
             turns.close()
 
     async def run(self, operation: Operation[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

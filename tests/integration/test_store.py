@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -37,6 +38,7 @@ from mailman.core.model import (
     Outcome,
     Status,
 )
+from mailman.intake.guard import guarded
 from mailman.store import (
     Idempotency,
     IdempotencyMismatch,
@@ -45,9 +47,11 @@ from mailman.store import (
     OutboxEntry,
     Pending,
     Store,
+    StoreUnavailable,
     migrations,
     open_store,
 )
+from mailman.store import sqlite as sqlite_store
 from mailman.store.dialect import Dialect
 from mailman.store.mysql import MIGRATIONS as MYSQL_MIGRATIONS
 from mailman.store.mysql import MySQLStore
@@ -498,6 +502,52 @@ async def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
             blocker.rollback()
             blocker.close()
         assert await pending_add == "m2"
+
+
+async def test_sqlite_writers_sharing_a_file_take_turns(tmp_path: Path) -> None:
+    """A writer whose turn another process holds waits for it, not for SQLite's lock (reads
+    go on); a caller that gives up meanwhile changes nothing; the turn, once free, is taken."""
+    path = tmp_path / "turns.db"
+    async with SQLiteStore(str(path)) as store:
+        await store.add(mail("m1", created_at=1000.0))
+        holder = os.open(f"{path}.lock", os.O_RDWR)  # another process's writer, mid-turn
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            pending_add = asyncio.ensure_future(store.add(mail("m2", created_at=1001.0)))
+            async with asyncio.timeout(2):
+                assert await store.load("m1") == (mail("m1", created_at=1000.0), Status.QUEUED)
+            assert not pending_add.done()  # waiting for its turn
+            with pytest.raises(StoreUnavailable):
+                await guarded(store, 0.2, store.add(mail("gave-up", created_at=1002.0)))
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+        assert await pending_add == "m2"
+        assert await store.get("gave-up") is None
+        assert oct(path.with_name("turns.db.lock").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_closing_a_sqlite_store_whose_writer_waits_for_a_turn_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store closed while its writer waits for a turn held forever (a hung process) still
+    closes, after STOP_WAIT_SECONDS, saying so."""
+    monkeypatch.setattr(sqlite_store, "STOP_WAIT_SECONDS", 0.2)
+    path = tmp_path / "hung.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    holder = os.open(f"{path}.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with capture_logs() as logs:
+            waiting = asyncio.ensure_future(store.add(mail("m1", created_at=1000.0)))
+            await asyncio.sleep(0)  # the add queued (its writer then waits for the turn)
+            await store.close()
+        assert [e["event"] for e in logs] == ["store.writer_stuck"]
+        waiting.cancel()
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
 
 
 # --- MySQL only ----------------------------------------------------------------------------
