@@ -62,7 +62,11 @@ def large_body() -> bytes:
         "subject": "The report",
         "content": "Attached.",
         "attachments": [
-            {"filename": "report.bin", "content": content, "type": "application/octet-stream"}
+            {
+                "filename": "report.bin",
+                "content": content,
+                "content_type": "application/octet-stream",
+            }
         ],
     }
     return orjson.dumps(mail)

@@ -245,3 +245,18 @@ async def test_fake_providers_take_a_delay_and_reset_clears_it() -> None:
                 assert sendgrid.delay == 0.0
         finally:
             await runner.cleanup()
+
+
+def test_the_memory_benchmarks_mails_are_valid_mails() -> None:
+    """`python -m bench memory` posts mails the API takes (a refused one measures nothing)."""
+    import orjson
+
+    from bench.memory import SMALL, large_body
+    from mailman.core.submission import parse_mail
+
+    for body in (large_body(), SMALL):
+        mail = parse_mail(orjson.loads(body), mail_id="m1", default_subject="", now=0.0)
+        assert mail.to[0].email == "ann@example.com"
+    assert parse_mail(
+        orjson.loads(large_body()), mail_id="m", default_subject="", now=0.0
+    ).attachments
