@@ -337,7 +337,10 @@ class _Worker:
                         break
                     jobs += more
                 outcomes = self._batch(db, jobs)
-                self._loop.call_soon_threadsafe(_settle, outcomes)
+                # RuntimeError: the loop is closed (a writer stuck past ``stop`` waiting
+                # for another process's turn); nobody waits for these outcomes.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(_settle, outcomes)
         finally:
             db.close()
 

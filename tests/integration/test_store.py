@@ -536,6 +536,8 @@ async def test_closing_a_sqlite_store_whose_writer_waits_for_a_turn_ends(
     path = tmp_path / "hung.db"
     store = SQLiteStore(str(path))
     await store.open()
+    assert store._writer is not None and store._writer._thread is not None
+    thread = store._writer._thread
     holder = os.open(f"{path}.lock", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
@@ -548,6 +550,9 @@ async def test_closing_a_sqlite_store_whose_writer_waits_for_a_turn_ends(
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
         os.close(holder)
+    # The turn free, the stuck writer ends by itself (its loop may be gone by then).
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
 
 
 # --- MySQL only ----------------------------------------------------------------------------
