@@ -77,21 +77,34 @@ SMALL = orjson.dumps(
 )
 
 
+#: A try whose connection the service closed while the body was still being sent.
+RESET = 1000
+
+
 async def post_until_taken(
     http: aiohttp.ClientSession, url: str, body: bytes, statuses: Counter[int]
 ) -> None:
     """POST ``body`` until it is taken (201), waiting out each over-budget 503's
-    Retry-After (any other answer ends it: a store that does not answer is not retried)."""
+    Retry-After (any other answer ends it: a store that does not answer is not retried).
+
+    The service answers an over-budget body before reading it and closes the
+    connection, so the client may see the reset while it still writes, before it
+    reads that 503: such a try counts as ``RESET`` and is made again after a second.
+    """
     for _ in range(100):
-        async with http.post(
-            f"{url}/mail/send", data=body, headers={"Content-Type": "application/json"}
-        ) as resp:
-            answer = await resp.read()
-            over_budget = resp.status == 503 and b"over-budget" in answer
-            statuses[resp.status if not over_budget else 1503] += 1
-            if not over_budget:
-                return
-            wait = float(resp.headers.get("Retry-After", "1"))
+        try:
+            async with http.post(
+                f"{url}/mail/send", data=body, headers={"Content-Type": "application/json"}
+            ) as resp:
+                answer = await resp.read()
+                over_budget = resp.status == 503 and b"over-budget" in answer
+                statuses[resp.status if not over_budget else 1503] += 1
+                if not over_budget:
+                    return
+                wait = float(resp.headers.get("Retry-After", "1"))
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            statuses[RESET] += 1
+            wait = 1.0
         await asyncio.sleep(wait)
 
 
