@@ -338,6 +338,15 @@ def go_stale(d: Dialect, before: float) -> Steps[Counter[summary.Key]]:
     return deltas
 
 
+def _count_begun(deltas: Counter[summary.Key], provider: str, round_: int, status: Status) -> None:
+    """What a begun attempt changes in the figures: a pending attempt (a retry, past
+    round 0), and the mail moved from ``status`` to ``sending``."""
+    deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
+    if round_ > 0:
+        deltas[(summary.RETRIES, provider, "")] += 1
+    deltas.update(summary.moved(status, Status.SENDING, 1))
+
+
 # --- operations ----------------------------------------------------------------------------
 
 
@@ -387,11 +396,8 @@ def begin(
             return Begun(mail, Status.SUPPRESSED, why="suppressed")
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
-    deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
-    if round_ > 0:
-        deltas[(summary.RETRIES, provider, "")] += 1
     yield Statement(_sending(d), (at, at, mail_id, *UNFINISHED))
-    deltas.update(summary.moved(status, Status.SENDING, 1))
+    _count_begun(deltas, provider, round_, status)
     if mail.callback_url is not None:
         yield from callbacks.queue(d, [mail_id])
     yield from summary.bump(d, deltas)
@@ -459,11 +465,8 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
             continue
         begun[mail_id] = i
         pending.append((mail_id, provider, round_, at))
-        deltas[(summary.ATTEMPTS, provider, Outcome.PENDING.value)] += 1
-        if round_ > 0:
-            deltas[(summary.RETRIES, provider, "")] += 1
         sending.append((at, at, mail_id, *UNFINISHED))
-        deltas.update(summary.moved(rows[mail_id][1], Status.SENDING, 1))
+        _count_begun(deltas, provider, round_, rows[mail_id][1])
         if rows[mail_id][0].callback_url is not None:
             called_back.append(mail_id)
     if pending:
