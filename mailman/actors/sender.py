@@ -508,28 +508,14 @@ class Sender(Actor):
         late, within = self.client.late_answer, self.client.timeout
         if late <= 0 or within <= 0:
             return await self.client.send(mail)
-        # What ``asyncio.wait({answer}, timeout=within)`` does, for one task, without
-        # its sets and per-call checks: woken by the answer or by the timer.
-        loop = asyncio.get_running_loop()
-        answer = loop.create_task(self.client.send(mail), name=f"send:{self.provider}")
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        answer.add_done_callback(wake)
-        timer = loop.call_later(within, wake)
+        answer = asyncio.create_task(self.client.send(mail), name=f"send:{self.provider}")
         try:
-            await woken
+            done, _ = await asyncio.wait({answer}, timeout=within)
         except BaseException:
             answer.cancel()
             raise
-        finally:
-            timer.cancel()
-        if answer.done():
+        if answer in done:
             return answer.result()
-        answer.remove_done_callback(wake)
         self._late.add(answer)
         answer.add_done_callback(self._late.discard)
         return _Late(
