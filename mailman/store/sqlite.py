@@ -490,10 +490,16 @@ class SQLiteStore(SqlStore):
         """Create the file readable by its owner only (0600) if it is not there yet: it
         holds every mail. SQLite gives the ``-wal`` and ``-shm`` files the mode of the
         database file."""
-        path = self.path.removeprefix("file:").partition("?")[0]
-        if self.in_memory or not path or os.path.exists(path):
+        path = self._file
+        if path is None or os.path.exists(path):
             return
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+    @property
+    def _file(self) -> str | None:
+        """The database file's path; None in memory (or for a temporary database)."""
+        path = self.path.removeprefix("file:").partition("?")[0]
+        return None if self.in_memory or not path else path
 
     def _connect(self, *, write: bool) -> sqlite3.Connection:
         if write:
@@ -525,10 +531,8 @@ class SQLiteStore(SqlStore):
     async def open(self) -> None:
         if self._writer is not None:
             return
-        turns = None
-        if not self.in_memory:
-            self._create()
-            turns = self._turns = TurnLock(self.path.removeprefix("file:").partition("?")[0])
+        path = self._file
+        turns = self._turns = None if path is None else TurnLock(path)
         writer = _Worker("writer", lambda: self._connect(write=True), write=True, turns=turns)
         await writer.start()
         try:
