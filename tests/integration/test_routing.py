@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import io
 import smtplib
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -199,16 +200,24 @@ async def test_a_tenants_chain_is_used_by_all_four_entry_points(
     assert mailgun.calls == 0
 
 
+def cli(env: dict[str, str]) -> Callable[..., tuple[int, str, str]]:
+    """``mailman ARGV`` in this process with ``env``: its exit code, stdout and stderr."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), env, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
 def test_tenants_set_list_and_back_to_the_default(tmp_path: Path) -> None:
     """``mailman tenants set acme --providers ...`` keeps the chain (weights too), ``list``
     shows every tenant with its chain and live keys, ``--providers default`` clears it."""
     url = sqlite_store(tmp_path / "mailman.db")
     env = {"MAILMAN_STORE": url, **ENV}
 
-    def run(*argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), env, out=out, err=err)
-        return code, out.getvalue(), err.getvalue()
+    run = cli(env)
 
     assert run("keys", "create", "--tenant", "beta")[0] == 0
     assert run("tenants", "set", "acme", "--providers", "Mailgun:1, sendgrid:3") == (
@@ -234,10 +243,7 @@ def test_tenants_set_a_default_unsubscribe_group_list_it_and_clear_it(tmp_path: 
     url = sqlite_store(tmp_path / "mailman.db")
     env = {"MAILMAN_STORE": url, **ENV}
 
-    def run(*argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), env, out=out, err=err)
-        return code, out.getvalue(), err.getvalue()
+    run = cli(env)
 
     def listed() -> list[list[str]]:
         return [line.split() for line in run("tenants", "list")[1].splitlines()[1:]]

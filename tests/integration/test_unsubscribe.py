@@ -76,6 +76,20 @@ async def send(
         return answer
 
 
+async def send_v3(http: aiohttp.ClientSession, url: str, auth: dict[str, str], **extra: Any) -> str:
+    """A mail to ann@example.com through the SendGrid-compatible endpoint; its id."""
+    body = {
+        "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+        "from": {"email": "news@example.com"},
+        "subject": "News",
+        "content": [{"type": "text/plain", "value": "Hi"}],
+        **extra,
+    }
+    async with http.post(f"{url}/v3/mail/send", json=body, headers=auth) as r:
+        assert r.status == 202, await r.text()
+        return r.headers["X-Message-Id"]
+
+
 async def mail_of(http: aiohttp.ClientSession, url: str, mail_id: str) -> dict[str, Any]:
     async with http.get(f"{url}/mail/{mail_id}") as resp:
         assert resp.status == 200, await resp.text()
@@ -382,16 +396,7 @@ async def test_sendgrid_asm_group_is_a_one_click_group(
         auth = {"Authorization": f"Bearer {key}"}
 
         async def v3(**extra: Any) -> str:
-            body = {
-                "personalizations": [{"to": [{"email": "ann@example.com"}]}],
-                "from": {"email": "news@example.com"},
-                "subject": "News",
-                "content": [{"type": "text/plain", "value": "Hi"}],
-                **extra,
-            }
-            async with http.post(f"{mailman.url}/v3/mail/send", json=body, headers=auth) as r:
-                assert r.status == 202, await r.text()
-                return r.headers["X-Message-Id"]
+            return await send_v3(http, mailman.url, auth, **extra)
 
         async def status(mail_id: str) -> str:
             async with http.get(f"{mailman.url}/mail/{mail_id}", headers=auth) as r:
@@ -477,16 +482,7 @@ async def test_a_tenant_default_group_covers_every_entry_point_and_opts_out(
                 return str((await r.json())["mail"]["id"]) if status == 201 else ""
 
         async def v3(**extra: Any) -> str:
-            body = {
-                "personalizations": [{"to": [{"email": "ann@example.com"}]}],
-                "from": {"email": "news@example.com"},
-                "subject": "News",
-                "content": [{"type": "text/plain", "value": "Hi"}],
-                **extra,
-            }
-            async with http.post(f"{url}/v3/mail/send", json=body, headers=auth) as r:
-                assert r.status == 202, await r.text()
-                return r.headers["X-Message-Id"]
+            return await send_v3(http, url, auth, **extra)
 
         async def mailgun(**extra: str) -> str:
             form = {"from": "news@example.com", "to": "ann@example.com", "text": "Hi", **extra}
