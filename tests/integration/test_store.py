@@ -16,6 +16,7 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import threading
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -553,6 +554,39 @@ async def test_closing_a_sqlite_store_whose_writer_waits_for_a_turn_ends(
     # The turn free, the stuck writer ends by itself (its loop may be gone by then).
     await asyncio.to_thread(thread.join, 10)
     assert not thread.is_alive()
+
+
+def test_a_writer_stuck_past_its_loop_ends_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer still waiting for a turn when its event loop is gone (the process shutting
+    down) finishes its batch once the turn is free without raising in its thread."""
+    monkeypatch.setattr(sqlite_store, "STOP_WAIT_SECONDS", 0.2)
+    path = tmp_path / "gone.db"
+    store = SQLiteStore(str(path))
+    holder = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+
+    async def stuck() -> threading.Thread:
+        fcntl.flock(holder, fcntl.LOCK_UN)  # free while migrating, taken again after
+        await store.open()
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert store._writer is not None and store._writer._thread is not None
+        thread = store._writer._thread
+        waiting = asyncio.ensure_future(store.add(mail("m1", created_at=1000.0)))
+        await asyncio.sleep(0)  # the add queued (its writer then waits for the turn)
+        await store.close()
+        waiting.cancel()
+        return thread
+
+    thread = asyncio.run(stuck())  # the loop is closed when this returns
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert errors == []
 
 
 # --- MySQL only ----------------------------------------------------------------------------
