@@ -132,6 +132,9 @@ WINDOW_AFTER_S = 2.0
 #: How long the warm-up mails may take to be sent before the measured run.
 WARMUP_DRAIN_S = 60.0
 
+#: What ``--only`` takes: each measurement's label starts with one of these.
+ONLY_NAMES = frozenset({"1a", "1b", "2a", "2b", "2c", "3", "4"})
+
 #: Starts a fresh deployment (an async context manager).
 Deployment_ = Callable[[], AbstractAsyncContextManager[Deployment]]
 
@@ -152,6 +155,8 @@ class Settings:
     switch_after: float
     drain_within: float
     mysql_url: str
+    #: The figures to measure (``--only``: "1a", "2c", "4", ...); None: all of them.
+    only: frozenset[str] | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Settings:
@@ -184,6 +189,11 @@ def parse_args(argv: Sequence[str]) -> Settings:
         "--no-scaled", action="store_true", help="skip figure 4 (Tansu + MariaDB, roles)"
     )
     parser.add_argument(
+        "--only",
+        help="measure only these figures, comma-separated (1a,1b,2a,2b,2c,3,4; 2d comes "
+        "with 2b); the others are reported as skipped",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("bench/results"),
@@ -204,6 +214,16 @@ def parse_args(argv: Sequence[str]) -> Settings:
         if args.loadgen == "wrk" or (args.loadgen == "auto" and wrk_available())
         else "aiohttp"
     )
+
+    only = None
+    if args.only is not None:
+        only = frozenset(name.strip() for name in args.only.split(",") if name.strip())
+        unknown = sorted(only - ONLY_NAMES)
+        if unknown or not only:
+            parser.error(
+                f"--only: unknown figure(s) {', '.join(unknown) or '(none given)'}; "
+                f"known: {', '.join(sorted(ONLY_NAMES))}"
+            )
 
     def positive(value: int | None, default: int, name: str) -> int:
         chosen = default if value is None else value
@@ -226,7 +246,17 @@ def parse_args(argv: Sequence[str]) -> Settings:
         switch_after=1.0 if quick else 2.0,
         drain_within=30.0 if quick else 120.0,
         mysql_url=os.environ.get("MYSQL_URL") or DEFAULT_MYSQL_URL,
+        only=only,
     )
+
+
+def _plain(value: object) -> object:
+    """A setting as results.json holds it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return value
 
 
 def progress(message: str) -> None:
@@ -643,10 +673,16 @@ def process_cpu_figure(
 
 
 async def _figures(
-    label: str, names: Sequence[str], measure: Callable[[], Awaitable[Sequence[dict[str, Any]]]]
+    label: str,
+    names: Sequence[str],
+    measure: Callable[[], Awaitable[Sequence[dict[str, Any]]]],
+    only: frozenset[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run one measurement that gives the figures ``names``; an error is recorded
-    (and printed) for each of them, not raised."""
+    (and printed) for each of them, not raised. With ``only``, a measurement whose
+    label does not start with one of its names is skipped."""
+    if only is not None and label.split()[0] not in only:
+        return {name: {"skipped": "--only"} for name in names}
     progress(f"figure {label}")
     started = time.monotonic()
     try:
@@ -668,7 +704,7 @@ async def run(settings: Settings) -> dict[str, Any]:
             "platform": platform.platform(terse=True),
             "loadgen": settings.loadgen,
         },
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        "settings": {k: _plain(v) for k, v in asdict(settings).items()},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "targets": {
             "accept": ACCEPT_TARGET,
@@ -738,6 +774,7 @@ async def _measure_all(
             "1a accept, one process",
             ["accept"],
             lambda: accept("accept", one_process, ACCEPT_TARGET),
+            settings.only,
         )
     )
     figures.update(
@@ -745,6 +782,7 @@ async def _measure_all(
             f"1b accept, --processes {PROCESSES}",
             ["processes_accept"],
             lambda: accept("processes_accept", several, PROCESSES_ACCEPT_TARGET),
+            settings.only,
         )
     )
     figures.update(
@@ -752,6 +790,7 @@ async def _measure_all(
             "2a end to end, one process",
             ["end_to_end"],
             lambda: end_to_end("end_to_end", one_process, END_TO_END_TARGET),
+            settings.only,
         )
     )
     figures.update(
@@ -759,6 +798,7 @@ async def _measure_all(
             f"2b end to end, --processes {PROCESSES}",
             ["processes_end_to_end"],
             lambda: end_to_end("processes_end_to_end", several, PROCESSES_END_TO_END_TARGET),
+            settings.only,
         )
     )
     figures["worker_cpu"] = process_cpu_figure(
@@ -774,13 +814,14 @@ async def _measure_all(
             f"2c end to end, one process, providers answering in {SLOW_PROVIDER_S * 1000:.0f} ms",
             ["slow_end_to_end"],
             slow_providers,
+            settings.only,
         )
     )
 
     async def failover() -> list[dict[str, Any]]:
         return [await bench.failover()]
 
-    figures.update(await _figures("3 failover", ["failover"], failover))
+    figures.update(await _figures("3 failover", ["failover"], failover, settings.only))
 
     why = "--no-scaled" if not settings.scaled else None
     why = why or await scaled_unavailable(settings.mysql_url)
@@ -801,7 +842,8 @@ async def _measure_all(
             figures.update({name: {"skipped": skip} for name in names})
             continue
         label = f"4 scaled, {senders} sender{'s' if senders > 1 else ''}"
-        figures.update(await _figures(label, names, functools.partial(scaled_run, senders)))
+        measure = functools.partial(scaled_run, senders)
+        figures.update(await _figures(label, names, measure, settings.only))
     if why is not None:
         progress(f"figure 4 (scaled) skipped: {why}")
 

@@ -22,7 +22,13 @@ import pytest
 from aiohttp import web
 
 from bench import cpu
-from bench.__main__ import WORKER_CPU_TARGET_US, process_cpu_figure, quiet
+from bench.__main__ import (
+    WORKER_CPU_TARGET_US,
+    _figures,
+    parse_args,
+    process_cpu_figure,
+    quiet,
+)
 from bench.fakes import TimedMailgun, TimedSendGrid, control_app
 from bench.report import format_table
 from tests.conftest import eventually
@@ -185,6 +191,29 @@ def test_worker_cpu_is_skipped_when_2b_was_not_measured() -> None:
     figure = process_cpu_figure("processes_end_to_end", {"error": "boom"}, "worker", 300.0)
     assert figure["skipped"] == "processes_end_to_end: boom"
     assert "pass" not in figure
+
+
+def test_only_takes_figure_names_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only 1a,2c`` selects those figures; an unknown name is a usage error naming it."""
+    assert parse_args(["--only", "1a, 2c"]).only == frozenset({"1a", "2c"})
+    assert parse_args([]).only is None
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "1a,9z"])
+    assert "9z" in capsys.readouterr().err
+
+
+async def test_a_figure_left_out_by_only_is_skipped_unmeasured() -> None:
+    """A measurement whose label starts with a name ``only`` lacks is not run."""
+    ran: list[str] = []
+
+    async def measure() -> list[dict[str, Any]]:
+        ran.append("measured")
+        return [{"value": 1}]
+
+    skipped = await _figures("2c end to end", ["slow_end_to_end"], measure, frozenset({"1a"}))
+    assert skipped == {"slow_end_to_end": {"skipped": "--only"}} and ran == []
+    taken = await _figures("2c end to end", ["slow_end_to_end"], measure, frozenset({"2c"}))
+    assert taken["slow_end_to_end"]["value"] == 1 and ran == ["measured"]
 
 
 def test_table_shows_the_2d_verdict_and_each_reference_with_its_load() -> None:
