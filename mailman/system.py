@@ -438,6 +438,7 @@ class Mailman:
                 store=self.store,
                 retry=self.config.retry,
                 concurrency=self.config.concurrency_of(name),
+                max_concurrency=self.config.max_concurrency_of(name),
                 adaptive=self.config.sender_adaptive,
                 calls_log_seconds=self.config.calls_log_seconds,
                 stop_timeout=self.config.shutdown_timeout,

@@ -1,24 +1,37 @@
 """Adaptive concurrency: how many calls a sender keeps in flight to its provider.
 
 A ``Limiter`` holds the sender's slots, as a semaphore would, but its limit
-moves between 1 and the configured concurrency (the ceiling), by the rule TCP
-uses for its window (additive increase, multiplicative decrease):
+moves between 1 and a ceiling, by the rule TCP uses for its window (additive
+increase, multiplicative decrease, and a slow start above the start):
 
-- it **starts at the ceiling**, so a healthy provider gets the configured
-  concurrency from the first call;
+- it **starts at** ``start`` (``MAILMAN_SENDER_CONCURRENCY``), so a healthy
+  provider gets the configured concurrency from the first call;
 - it **halves** (floor 1) on an answer that says the provider is over its
   limit or unwell: a rate limit (``429``, SES throttling) or a 5xx, a failed
   connection, a timeout. Once per round trip: only an answer to a call sent
   after the last halving halves it again, so one burst of ``429`` from the
   calls already in flight counts once;
-- it **grows by one** per ``limit`` good answers (about one per round trip)
-  back toward the ceiling, while no bad answer came and the provider's recent
-  answer time is flat: the p50 of the last ``RING`` good answers not above
-  ``FLAT_RATIO`` times the best such p50 of the last ``BEST_OF`` readings.
+- below ``start`` it **grows by one** per ``limit`` good answers (about one
+  per round trip) back toward it, while no bad answer came and the provider's
+  recent answer time is flat: the p50 of the last ``RING`` good answers not
+  above ``FLAT_RATIO`` times the best such p50 of the last ``BEST_OF`` readings;
+- from ``start`` up to the ``ceiling`` (``MAILMAN_SENDER_MAX_CONCURRENCY``) it
+  grows only while every slot is in use (the answer came with ``limit`` calls
+  in flight: more mails wait than the limit lets go), answers are flat and
+  the last ``RING`` mails were small (``SMALL_MAIL_BYTES`` or less); by one
+  per good answer (it doubles per round trip) while no bad answer came for
+  ``CALM_SECONDS``, else by one per round trip. A larger mail brings the limit
+  back to ``start`` at once (``sized``): the calls above it hold small mails
+  only, at most ``(ceiling - start) * SMALL_MAIL_BYTES`` in all.
+
+Latency, not CPU, is what a slow provider costs (Little's law: a sender
+delivers at most ``limit / answer time`` mails per second); the room above
+``start`` lets a backlog meet a slow but healthy provider with more calls,
+without a larger fixed number for every deployment.
 
 Shrinking below the calls in flight cancels none: new calls wait until enough
 have ended. Waiting for a slot happens before a mail is taken from the mailbox,
-so it holds no mail. With ``adaptive`` off the limit stays at the ceiling.
+so it holds no mail. With ``adaptive`` off the limit stays at ``start``.
 
 The per-call cost is a few comparisons and additions; the p50 is read (a sort
 of ``RING`` numbers) at most every ``P50_SECONDS``.
@@ -46,6 +59,10 @@ BEST_OF = 40
 FLAT_RATIO = 2.0
 #: Seconds between two ``sender.concurrency`` lines of one sender (at least).
 LOG_SECONDS = 1.0
+#: The largest mail (its texts and attachments, in bytes) the calls above ``start`` carry.
+SMALL_MAIL_BYTES = 64 * 1024
+#: Above ``start``, the limit doubles per round trip once no bad answer came for this long.
+CALM_SECONDS = 60.0
 
 
 class Answer(enum.Enum):
@@ -94,24 +111,32 @@ class Change:
 
 class Limiter:
     """The slots of one sender: at most ``limit`` calls in flight, ``limit`` adapting to
-    the provider's answers (see the module). ``clock`` is monotonic seconds."""
+    the provider's answers (see the module) between 1 and ``ceiling``, from ``start``
+    (the ceiling when None). ``clock`` is monotonic seconds."""
 
     def __init__(
         self,
         ceiling: int,
         *,
+        start: int | None = None,
         adaptive: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ceiling < 1:
-            raise ValueError(f"the ceiling must be at least 1, not {ceiling}")
+        start = ceiling if start is None else start
+        if not 1 <= start <= ceiling:
+            raise ValueError(f"need 1 <= start <= ceiling, not start {start}, ceiling {ceiling}")
         self.ceiling = ceiling
+        self.start = start
         self.adaptive = adaptive
         self.clock = clock
-        self.limit = ceiling
+        self.limit = start
         self.in_flight = 0
         #: When the limit last halved: answers to calls sent before belong to that burst.
         self._halved_at = -math.inf
+        #: When the last bad answer came (above ``start``: calm since ``CALM_SECONDS``?).
+        self._bad_at = -math.inf
+        #: Mails of ``SMALL_MAIL_BYTES`` or less since the last larger one.
+        self._small = RING
         #: Good answers since the limit last moved (or a bad answer came).
         self._credit = 0
         #: The answer times of the last ``RING`` good answers (fewer at first).
@@ -120,7 +145,7 @@ class Limiter:
         self._p50_due = -math.inf
         self._p50s: deque[float] = deque(maxlen=BEST_OF)
         self._flat = True
-        self._logged = ceiling
+        self._logged = start
         self._logged_at = -math.inf
         self._why = ""
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -172,8 +197,15 @@ class Limiter:
         self._next = at + 1 if at + 1 < RING else 0
         if now >= self._p50_due:
             self._read_p50(now)
+        limit = self.limit
+        if limit >= self.start:
+            if limit >= self.ceiling or self.in_flight < limit or self._small < RING:
+                self._credit = 0  # not every slot in use, or a large mail lately: no more
+                return None
+            if now - self._bad_at >= CALM_SECONDS:
+                return self._grow(now)  # calm: one per good answer, doubling per round trip
         credit = self._credit + 1
-        if credit < self.limit:
+        if credit < limit:
             self._credit = credit
             return None
         self._credit = 0
@@ -189,12 +221,28 @@ class Limiter:
             self._wake()
         return self._logged_change(now)
 
+    def sized(self, size: int) -> Change | None:
+        """Count the size of a mail about to be sent (its texts and attachments, bytes):
+        one over ``SMALL_MAIL_BYTES`` brings a limit above ``start`` back to it; a
+        ``Change`` to log, as ``observe``."""
+        if size <= SMALL_MAIL_BYTES:
+            self._small += 1
+            return None
+        self._small = 0
+        if self.limit <= self.start:
+            return None
+        self.limit = self.start
+        self._credit = 0
+        self._why = "large_mails"
+        return self._logged_change(self.clock())
+
     def _bad(self, started: float, answer: Answer) -> Change | None:
         """Halve the limit for a rate limit or an unwell answer, once per round trip."""
         if not self.adaptive or answer is _NEUTRAL:
             return None
         now = self.clock()
         self._credit = 0
+        self._bad_at = now
         if started < self._halved_at:
             return None  # sent before the last halving: the same burst
         self._halved_at = now

@@ -137,6 +137,7 @@ class Sender(Actor):
         store: Store,
         retry: RetryConfig,
         concurrency: int = 256,
+        max_concurrency: int | None = None,
         adaptive: bool = True,
         calls_log_seconds: float = 10.0,
         stop_timeout: float = 10.0,
@@ -155,9 +156,11 @@ class Sender(Actor):
         self.store = store
         self.retry = retry
         self.concurrency = concurrency
-        #: The calls in flight: at most ``concurrency``, fewer while the provider says it
-        #: is over its rate limit or unwell (``adaptive``; see ``limiter``).
-        self.slots = Limiter(concurrency, adaptive=adaptive)
+        #: The calls in flight: ``concurrency`` at first, fewer while the provider says it
+        #: is over its rate limit or unwell, more (up to ``max_concurrency``) while a
+        #: backlog meets a slow but healthy provider (``adaptive``; see ``limiter``).
+        ceiling = concurrency if max_concurrency is None else max(concurrency, max_concurrency)
+        self.slots = Limiter(ceiling, start=concurrency, adaptive=adaptive)
         #: Seconds between ``provider.calls`` lines (the calls of the interval, at info).
         self.calls_log_seconds = calls_log_seconds
         self.tally = CallTally()
@@ -495,6 +498,9 @@ class Sender(Actor):
 
     async def _send(self, mail: Mail) -> Result:
         """The client's answer to ``mail``, counted by the adaptive concurrency."""
+        sized = self.slots.sized(mail.content_bytes)
+        if sized is not None:
+            self._log_limit(sized)
         started = self.slots.clock()
         result = await self._answer(mail)
         change = self.slots.observe(started, answer_of(result))

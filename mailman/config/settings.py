@@ -547,11 +547,25 @@ class Config:
         256,
         env="MAILMAN_SENDER_CONCURRENCY",
         minimum=1,
-        help="provider calls in flight per sender",
+        help="provider calls in flight per sender (where an adaptive sender starts)",
         doc="provider calls in flight per sender (each provider's sender, in each process "
         "that runs it): about the mails per second wanted times the provider's answer time, "
-        "kept under the provider's rate limit. See "
+        "kept under the provider's rate limit; an adaptive sender starts here and grows "
+        "above it only up to `MAILMAN_SENDER_MAX_CONCURRENCY`. See "
         "[Sizing the sender concurrency](performance.md#sizing-the-sender-concurrency)",
+    )
+    sender_max_concurrency: int = setting(
+        2048,
+        env="MAILMAN_SENDER_MAX_CONCURRENCY",
+        minimum=1,
+        help="the most provider calls in flight an adaptive sender grows to (small mails only)",
+        doc="the most provider calls in flight an adaptive sender grows to while every slot "
+        "is in use, the provider's answer time stays flat and the mails are small (64 KiB "
+        "or less each; a larger one brings it back to `MAILMAN_SENDER_CONCURRENCY`): a "
+        "slow but healthy provider meets a backlog with more calls. At or below "
+        "`MAILMAN_SENDER_CONCURRENCY` (or for a provider named in "
+        "`MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`) a sender never grows past its start. See "
+        "[Adaptive concurrency](performance.md#adaptive-concurrency)",
     )
     sender_concurrency_per_provider: tuple[tuple[str, int], ...] = setting(
         (),
@@ -561,16 +575,18 @@ class Config:
         help="provider:N,... : the concurrency of those providers' senders, e.g. resend:2",
         doc="`provider:N,...`: the concurrency of those providers' senders instead of "
         "`MAILMAN_SENDER_CONCURRENCY`, e.g. `resend:2,ses:4` for providers with a low rate "
-        "limit; each must be in `MAILMAN_PROVIDERS`",
+        "limit, and their ceiling too (they never grow past it); each must be in "
+        "`MAILMAN_PROVIDERS`",
     )
     sender_adaptive: bool = setting(
         True,
         env="MAILMAN_SENDER_ADAPTIVE",
         help="adapt each sender's calls in flight to its provider (halve on 429/5xx/timeout, "
-        "grow back while answers stay fast), the concurrency being the ceiling",
+        "grow while answers stay fast, up to the max concurrency)",
         doc="adapt each sender's calls in flight to its provider: it starts at the sender's "
-        "concurrency (the ceiling), halves on a `429`, a 5xx or a timeout and grows back by "
-        "one per round trip while the provider's answer time stays flat; `false`: always the "
+        "concurrency, halves on a `429`, a 5xx or a timeout, grows back by one per round "
+        "trip while the provider's answer time stays flat, and above its start up to "
+        "`MAILMAN_SENDER_MAX_CONCURRENCY` while every slot is in use; `false`: always the "
         "concurrency. See [Adaptive concurrency](performance.md#adaptive-concurrency)",
     )
     calls_log_seconds: float = setting(
@@ -891,8 +907,18 @@ class Config:
         return tuple(p.name for p in self.providers)
 
     def concurrency_of(self, provider: str) -> int:
-        """The provider calls ``provider``'s sender keeps in flight at most."""
+        """The provider calls ``provider``'s sender starts with (all it ever keeps in
+        flight when not adaptive)."""
         return dict(self.sender_concurrency_per_provider).get(provider, self.sender_concurrency)
+
+    def max_concurrency_of(self, provider: str) -> int:
+        """The most provider calls ``provider``'s adaptive sender grows to: its own
+        concurrency when given per provider, else ``MAILMAN_SENDER_MAX_CONCURRENCY`` (never
+        below where it starts)."""
+        pinned = dict(self.sender_concurrency_per_provider).get(provider)
+        if pinned is not None:
+            return pinned
+        return max(self.sender_concurrency, self.sender_max_concurrency)
 
     @property
     def weights(self) -> tuple[int, ...]:

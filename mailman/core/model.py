@@ -242,6 +242,15 @@ class Mail:
     unsubscribe: Unsubscribe | None = None
 
     @property
+    def content_bytes(self) -> int:
+        """About how large it is: its texts' characters and its files' base64, what most
+        of its size is."""
+        size = len(self.text or "") + len(self.html or "")
+        for attachment in self.attachments:
+            size += len(attachment.content)
+        return size
+
+    @property
     def group(self) -> str:
         """Its unsubscribe group; "" for a mail of none (suppressed only for every mail)."""
         return "" if self.unsubscribe is None else self.unsubscribe.group

@@ -286,9 +286,7 @@ def insert_size(mail: Mail) -> int | None:
     files are short (``SMALL_MAIL``): the smallest default limit (4 MiB, MySQL 5.7;
     MariaDB's is 16 MiB, MySQL 8's 64 MiB) holds it. Each mail is its own INSERT, so
     only one mail's size counts."""
-    rough = len(mail.text or "") + len(mail.html or "")
-    rough += sum(len(a.content) for a in mail.attachments)
-    if rough < SMALL_MAIL:
+    if mail.content_bytes < SMALL_MAIL:
         return None
     payload = encode(mail)
     # The payload goes as an escaped string literal: each quote and backslash takes

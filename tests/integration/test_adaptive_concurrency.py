@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from mailman.actors.breakers import make_breaker
 from mailman.actors.journal import Journal
+from mailman.actors.limiter import SMALL_MAIL_BYTES
 from mailman.actors.sender import Sender
 from mailman.config import RetryConfig, Secret
 from mailman.core.messages import Dispatch
@@ -17,6 +19,7 @@ from mailman.mailboxes import MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers.mailgun import MailgunClient, MailgunConfig
 from mailman.providers.sendgrid import SendGridClient, SendGridConfig
+from mailman.store import Store
 from mailman.store.sqlite import SQLiteStore
 from mailman.system import Mailman
 
@@ -119,4 +122,72 @@ async def test_the_setting_reaches_every_sender(tmp_path: Path) -> None:
             sender = system._sender_factory(name)()
             assert isinstance(sender, Sender)
             assert sender.slots.adaptive is adaptive, name
-            assert sender.slots.ceiling == system.config.concurrency_of(name)
+            assert sender.slots.start == system.config.concurrency_of(name) == 256
+            assert sender.slots.ceiling == system.config.max_concurrency_of(name) == 2048
+
+
+def test_a_provider_given_its_own_concurrency_never_grows_past_it(tmp_path: Path) -> None:
+    """``MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`` pins a provider: start and ceiling; a
+    maximum below the start is no ceiling below it."""
+    base = {"MAILMAN_SENDER_CONCURRENCY": "300", "MAILMAN_SENDER_MAX_CONCURRENCY": "100"}
+    pinned = {**base, "MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER": "outbox:3"}
+    slots = []
+    for env in (base, pinned):
+        system = Mailman(make_config(tmp_path, env))
+        (name,) = system.config.chain
+        sender = system._sender_factory(name)()
+        assert isinstance(sender, Sender)
+        slots.append((sender.slots.start, sender.slots.ceiling))
+    assert slots == [(300, 300), (3, 3)]
+
+
+def big(i: int) -> Mail:
+    return replace(mail(i), id=f"mail-big-{i:04d}", text="x" * (SMALL_MAIL_BYTES + 1))
+
+
+async def test_a_backlog_meets_a_slow_provider_with_more_calls_than_the_start(
+    tmp_path: Path,
+) -> None:
+    """SendGrid answers every call 50 ms late; a sender starting at 4 calls in flight with
+    room up to 64 has many more at once for a backlog of small mails, each sent once; a
+    backlog of large mails gets no more than the start."""
+    small = [mail(i) for i in range(MAILS)]
+    large = [big(i) for i in range(MAILS // 4)]
+    peaks = {}
+    for batch in (small, large):
+        async with (
+            SQLiteStore(str(tmp_path / f"{batch[0].id}.db")) as store,
+            FakeSendGrid(api_key="SG.slow", delay=0.05) as sendgrid,
+        ):
+            for one in batch:
+                await store.add(one)
+            router = Router(MemoryBroker(), ("sendgrid",))
+            client = SendGridClient(
+                SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30
+            )
+            sender = Sender(
+                client=client,
+                breaker=make_breaker("sendgrid", fail_max=10**6, reset_seconds=60),
+                router=router,
+                store=store,
+                retry=RetryConfig(),
+                concurrency=4,
+                max_concurrency=64,
+                peers={"sendgrid": client},
+            )
+
+            async def all_sent(batch: list[Mail] = batch, store: Store = store) -> bool:
+                for one in batch:
+                    record = await store.get(one.id)
+                    if record is None or record.status is not Status.SENT:
+                        return False
+                return True
+
+            async with sender:
+                for one in batch:
+                    await router.dispatch(Dispatch(one.id, time.time()))
+                await eventually(all_sent, within=60, what="every mail sent")
+            assert sorted(sendgrid.mail_ids()) == sorted(m.id for m in batch)
+            peaks[len(batch)] = sendgrid.peak_in_flight
+    assert peaks[len(small)] >= 32, peaks
+    assert peaks[len(large)] <= 4, peaks

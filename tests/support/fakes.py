@@ -21,7 +21,8 @@ providers.md. ``mode`` forces a failure:
 
 ``max_in_flight``, when set, is a rate limit: a request that arrives while that
 many are already being answered gets the ``"429"`` answer at once (counted in
-``over_limit``), whatever the mode; ``in_flight`` is how many are being answered.
+``over_limit``), whatever the mode; ``in_flight`` is how many are being answered,
+``peak_in_flight`` the most at once.
 
 ``gate``, when given an unset ``asyncio.Event``, holds every request (after
 ``delay``) until it is set: a provider exactly as slow as a test needs.
@@ -160,6 +161,8 @@ class FakeProvider(abc.ABC, Generic[Body]):
         self.calls = 0
         #: Requests being answered now; above ``max_in_flight`` (if set) one gets a 429.
         self.in_flight = 0
+        #: The most requests it answered at once.
+        self.peak_in_flight = 0
         self.max_in_flight: int | None = None
         #: For each call, in order: whether it got a 429 for being over ``max_in_flight``.
         self.over_limit: list[bool] = []
@@ -261,6 +264,7 @@ class FakeProvider(abc.ABC, Generic[Body]):
         if over:
             return self._too_many()
         self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await self.answer(request, self.serve)
         finally:

@@ -8,9 +8,11 @@ import pytest
 
 from mailman.actors.limiter import (
     BEST_OF,
+    CALM_SECONDS,
     LOG_SECONDS,
     P50_SECONDS,
     RING,
+    SMALL_MAIL_BYTES,
     Answer,
     Change,
     Limiter,
@@ -44,6 +46,25 @@ class Clock:
 def limiter(ceiling: int = 64, *, adaptive: bool = True) -> tuple[Limiter, Clock]:
     clock = Clock()
     return Limiter(ceiling, adaptive=adaptive, clock=clock), clock
+
+
+def above(start: int = 4, ceiling: int = 64) -> tuple[Limiter, Clock]:
+    """A limiter with room above its start."""
+    clock = Clock()
+    return Limiter(ceiling, start=start, clock=clock), clock
+
+
+async def fill(slots: Limiter) -> None:
+    """Every slot of the current limit in use."""
+    while slots.in_flight < slots.limit:
+        await slots.acquire()
+
+
+async def busy_answers(slots: Limiter, clock: Clock, count: int) -> None:
+    """``count`` good answers, each with every slot in use (a backlog waits)."""
+    for _ in range(count):
+        await fill(slots)
+        answers(slots, clock, 1)
 
 
 def answers(slots: Limiter, clock: Clock, count: int, seconds: float = 0.1) -> None:
@@ -253,3 +274,93 @@ def test_what_each_result_says_about_load() -> None:
     assert answer_of(Accepted("id")) is Answer.GOOD
     assert answer_of(Rejected("bad address", 422)) is Answer.GOOD
     assert answer_of(Misconfigured("bad key", 401)) is Answer.NEUTRAL
+
+
+def test_a_start_above_the_ceiling_is_refused() -> None:
+    """The start lies between 1 and the ceiling."""
+    with pytest.raises(ValueError, match="start"):
+        Limiter(8, start=9)
+    with pytest.raises(ValueError, match="start"):
+        Limiter(8, start=0)
+
+
+def test_it_starts_at_its_start_below_the_ceiling() -> None:
+    """Given a start, the first calls get that many slots, not the ceiling."""
+    slots, _ = above(start=4, ceiling=64)
+    assert (slots.limit, slots.ceiling) == (4, 64)
+
+
+def test_above_its_start_it_grows_only_while_every_slot_is_in_use() -> None:
+    """Good answers with slots to spare (no backlog waiting) leave the limit at its start."""
+    slots, clock = above(start=4, ceiling=64)
+    answers(slots, clock, 100)
+    assert slots.limit == 4
+
+
+async def test_with_every_slot_in_use_it_doubles_per_round_trip_up_to_the_ceiling() -> None:
+    """While calm and busy, each good answer adds a slot: ``limit`` answers (a round trip)
+    double it; it stops at the ceiling."""
+    slots, clock = above(start=4, ceiling=64)
+    await busy_answers(slots, clock, 4)
+    assert slots.limit == 8
+    await busy_answers(slots, clock, 8)
+    assert slots.limit == 16
+    await busy_answers(slots, clock, 200)
+    assert slots.limit == 64
+
+
+async def test_above_its_start_after_a_bad_answer_it_grows_by_one_per_round_trip() -> None:
+    """A halving that leaves the limit above its start makes growth additive again (one
+    per ``limit`` answers) until no bad answer came for ``CALM_SECONDS``."""
+    slots, clock = above(start=4, ceiling=64)
+    await busy_answers(slots, clock, 28)
+    assert slots.limit == 32
+    slots.observe(clock.now - 0.1, LIMITED)
+    assert slots.limit == 16
+    for _ in range(16):
+        slots.release()  # the 32 calls end, 16 may go again
+    await busy_answers(slots, clock, 15)
+    assert slots.limit == 16
+    await busy_answers(slots, clock, 1)
+    assert slots.limit == 17
+    clock.now += CALM_SECONDS
+    await busy_answers(slots, clock, 3)
+    assert slots.limit == 20
+
+
+async def test_a_large_mail_brings_the_limit_back_to_its_start() -> None:
+    """A mail over ``SMALL_MAIL_BYTES`` takes the limit back to its start at once (a
+    Change to log); it grows above it again only after ``RING`` small mails."""
+    slots, clock = above(start=4, ceiling=64)
+    await busy_answers(slots, clock, 12)
+    assert slots.limit == 16
+    assert slots.sized(SMALL_MAIL_BYTES) is None
+    clock.now += LOG_SECONDS
+    change = slots.sized(SMALL_MAIL_BYTES + 1)
+    assert change is not None and (change.new, change.why) == (4, "large_mails")
+    assert slots.limit == 4
+    for _ in range(12):
+        slots.release()
+    await busy_answers(slots, clock, 10)
+    assert slots.limit == 4
+    for _ in range(RING):
+        slots.sized(100)
+    await busy_answers(slots, clock, 4)
+    assert slots.limit == 8
+
+
+async def test_a_large_mail_at_or_below_the_start_changes_nothing() -> None:
+    """Sizes matter only above the start: below it a large mail leaves the limit."""
+    slots, clock = above(start=8, ceiling=64)
+    slots.observe(clock.now - 0.1, LIMITED)
+    assert slots.limit == 4
+    assert slots.sized(10 * SMALL_MAIL_BYTES) is None
+    assert slots.limit == 4
+
+
+async def test_off_it_stays_at_its_start() -> None:
+    """``adaptive=False``: a busy sender with room above its start stays at its start."""
+    clock = Clock()
+    slots = Limiter(64, start=8, adaptive=False, clock=clock)
+    await busy_answers(slots, clock, 100)
+    assert slots.limit == 8
