@@ -439,6 +439,7 @@ class Mailman:
                 retry=self.config.retry,
                 concurrency=self.config.concurrency_of(name),
                 max_concurrency=self.config.max_concurrency_of(name),
+                rate=self.config.rate_of(name),
                 adaptive=self.config.sender_adaptive,
                 calls_log_seconds=self.config.calls_log_seconds,
                 stop_timeout=self.config.shutdown_timeout,

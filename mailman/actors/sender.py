@@ -56,6 +56,7 @@ from mailman.store import Begun, Store
 from .journal import Journal
 from .lifecycle import Actor
 from .limiter import Change, Limiter, answer_of
+from .pace import Pace
 from .poison import Poison
 
 log = structlog.get_logger("mailman.sender")
@@ -138,6 +139,7 @@ class Sender(Actor):
         retry: RetryConfig,
         concurrency: int = 256,
         max_concurrency: int | None = None,
+        rate: float | None = None,
         adaptive: bool = True,
         calls_log_seconds: float = 10.0,
         stop_timeout: float = 10.0,
@@ -161,6 +163,8 @@ class Sender(Actor):
         #: backlog meets a slow but healthy provider (``adaptive``; see ``limiter``).
         ceiling = concurrency if max_concurrency is None else max(concurrency, max_concurrency)
         self.slots = Limiter(ceiling, start=concurrency, adaptive=adaptive)
+        #: At most ``rate`` calls a second (``MAILMAN_SENDER_RATE_PER_PROVIDER``); None: no pace.
+        self.pace = None if rate is None else Pace(rate)
         #: Seconds between ``provider.calls`` lines (the calls of the interval, at info).
         self.calls_log_seconds = calls_log_seconds
         self.tally = CallTally()
@@ -213,7 +217,7 @@ class Sender(Actor):
             await self.client.close()
 
     async def run(self) -> None:
-        slots = self.slots
+        slots, pace = self.slots, self.pace
         summaries = asyncio.create_task(self._summarise(), name=f"calls:{self.provider}")
         try:
             async with (
@@ -222,6 +226,8 @@ class Sender(Actor):
             ):
                 while True:
                     await slots.acquire()
+                    if pace is not None:
+                        await pace.turn()
                     delivery = await self.receive(inbox)
                     if delivery is None:
                         slots.release()

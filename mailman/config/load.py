@@ -158,13 +158,14 @@ def _check_processes(config: Config) -> None:
 
 
 def _check_concurrency(config: Config) -> None:
-    """``MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`` names providers of the chain."""
+    """``MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`` and ``MAILMAN_SENDER_RATE_PER_PROVIDER``
+    name providers of the chain."""
     chain = {*config.chain, *config.skipped_providers}
-    for name, _ in config.sender_concurrency_per_provider:
-        if name not in chain:
-            setting = SETTINGS["sender_concurrency_per_provider"].name
-            known = ", ".join(config.chain)
-            raise ConfigError(f"{setting} names {name}, not in the chain ({known})")
+    for path in ("sender_concurrency_per_provider", "sender_rate_per_provider"):
+        for name, _ in getattr(config, path):
+            if name not in chain:
+                known = ", ".join(config.chain)
+                raise ConfigError(f"{SETTINGS[path].name} names {name}, not in the chain ({known})")
 
 
 def _check_urls(config: Config) -> None:

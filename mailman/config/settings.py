@@ -578,6 +578,19 @@ class Config:
         "limit, and their ceiling too (they never grow past it); each must be in "
         "`MAILMAN_PROVIDERS`",
     )
+    sender_rate_per_provider: tuple[tuple[str, int], ...] = setting(
+        (),
+        env="MAILMAN_SENDER_RATE_PER_PROVIDER",
+        parse=parse.provider_numbers,
+        note="none",
+        help="provider:N,... : at most N calls a second from each of those providers' "
+        "senders, e.g. resend:2",
+        doc="`provider:N,...`: at most N calls a second (evenly spaced) from each of "
+        "those providers' senders, for a provider whose limit is counted per second, e.g. "
+        "`resend:2` (Resend's default) or `ses:14` (an SES account's maximum send rate); "
+        "per process running the sender; each must be in `MAILMAN_PROVIDERS`. See "
+        "[Sizing the sender concurrency](performance.md#sizing-the-sender-concurrency)",
+    )
     sender_adaptive: bool = setting(
         True,
         env="MAILMAN_SENDER_ADAPTIVE",
@@ -910,6 +923,10 @@ class Config:
         """The provider calls ``provider``'s sender starts with (all it ever keeps in
         flight when not adaptive)."""
         return dict(self.sender_concurrency_per_provider).get(provider, self.sender_concurrency)
+
+    def rate_of(self, provider: str) -> int | None:
+        """The calls a second ``provider``'s sender makes at most; None: no such limit."""
+        return dict(self.sender_rate_per_provider).get(provider)
 
     def max_concurrency_of(self, provider: str) -> int:
         """The most provider calls ``provider``'s adaptive sender grows to: its own

@@ -1,4 +1,4 @@
-"""A sender's adaptive concurrency against a real provider with a rate limit, on loopback."""
+"""A sender's adaptive concurrency and pace against real providers on loopback."""
 
 from __future__ import annotations
 
@@ -191,3 +191,63 @@ async def test_a_backlog_meets_a_slow_provider_with_more_calls_than_the_start(
             peaks[len(batch)] = sendgrid.peak_in_flight
     assert peaks[len(small)] >= 32, peaks
     assert peaks[len(large)] <= 4, peaks
+
+
+#: Calls a second the paced sender makes at most, and the mails it sends.
+RATE = 20
+PACED_MAILS = 21
+
+
+async def test_a_paced_sender_spaces_its_calls_by_the_rate(tmp_path: Path) -> None:
+    """``MAILMAN_SENDER_RATE_PER_PROVIDER=sendgrid:20``: SendGrid receives the calls about
+    1/20 s apart (any 5 in a row span 4 intervals, 20 % allowed for the loopback's jitter),
+    each mail once, though 64 calls could be in flight at once."""
+    batch = [mail(i) for i in range(PACED_MAILS)]
+    async with (
+        SQLiteStore(str(tmp_path / "paced.db")) as store,
+        FakeSendGrid(api_key="SG.paced") as sendgrid,
+    ):
+        for one in batch:
+            await store.add(one)
+        router = Router(MemoryBroker(), ("sendgrid",))
+        client = SendGridClient(
+            SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30
+        )
+        sender = Sender(
+            client=client,
+            breaker=make_breaker("sendgrid", fail_max=10**6, reset_seconds=60),
+            router=router,
+            store=store,
+            retry=RetryConfig(),
+            concurrency=CEILING,
+            rate=RATE,
+            peers={"sendgrid": client},
+        )
+
+        async def all_sent() -> bool:
+            for one in batch:
+                record = await store.get(one.id)
+                if record is None or record.status is not Status.SENT:
+                    return False
+            return True
+
+        async with sender:
+            for one in batch:
+                await router.dispatch(Dispatch(one.id, time.time()))
+            await eventually(all_sent, within=30, what="every mail sent")
+    assert sorted(sendgrid.mail_ids()) == sorted(m.id for m in batch)
+    at = sendgrid.call_times
+    spans = [at[i + 4] - at[i] for i in range(len(at) - 4)]
+    assert min(spans) >= 4 / RATE * 0.8, spans
+
+
+def test_the_rate_setting_reaches_the_named_sender_only(tmp_path: Path) -> None:
+    """A provider named in ``MAILMAN_SENDER_RATE_PER_PROVIDER`` gets a pace of that rate;
+    without the setting a sender has none."""
+    paces = []
+    for env in ({}, {"MAILMAN_SENDER_RATE_PER_PROVIDER": "outbox:2"}):
+        system = Mailman(make_config(tmp_path, env))
+        sender = system._sender_factory("outbox")()
+        assert isinstance(sender, Sender)
+        paces.append(None if sender.pace is None else sender.pace.per_second)
+    assert paces == [None, 2]

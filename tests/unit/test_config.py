@@ -393,6 +393,20 @@ def test_a_provider_of_the_chain_can_have_its_own_sender_concurrency() -> None:
     assert load([], {}).concurrency_of("outbox") == 256
 
 
+def test_a_provider_of_the_chain_can_have_a_rate_per_second() -> None:
+    """MAILMAN_SENDER_RATE_PER_PROVIDER paces the named senders; the rest have no pace."""
+    env = {
+        "MAILMAN_PROVIDERS": "sendgrid,resend",
+        "SENDGRID_API_KEY": "SG.k",
+        "RESEND_API_KEY": "re_k",
+        "MAILMAN_SENDER_RATE_PER_PROVIDER": "Resend:2",
+    }
+    loaded = load([], env)
+    assert (loaded.rate_of("resend"), loaded.rate_of("sendgrid")) == (2, None)
+    assert load([], {}).rate_of("outbox") is None
+
+
+@pytest.mark.parametrize("variable", ["CONCURRENCY_PER_PROVIDER", "RATE_PER_PROVIDER"])
 @pytest.mark.parametrize(
     ("raw", "says"),
     [
@@ -402,12 +416,10 @@ def test_a_provider_of_the_chain_can_have_its_own_sender_concurrency() -> None:
         ("mailgun:4", "names mailgun, not in the chain"),
     ],
 )
-def test_a_bad_per_provider_concurrency_is_refused_by_name(raw: str, says: str) -> None:
-    """A part without a number, a number below 1, a name twice or off the chain is refused."""
-    env = {
-        "MAILMAN_PROVIDERS": "resend",
-        "RESEND_API_KEY": "re_k",
-        "MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER": raw,
-    }
-    with pytest.raises(ConfigError, match=rf"^MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER.*{says}"):
+def test_a_bad_per_provider_number_is_refused_by_name(variable: str, raw: str, says: str) -> None:
+    """A part without a number, a number below 1, a name twice or off the chain is refused,
+    for the concurrency and the rate alike."""
+    name = f"MAILMAN_SENDER_{variable}"
+    env = {"MAILMAN_PROVIDERS": "resend", "RESEND_API_KEY": "re_k", name: raw}
+    with pytest.raises(ConfigError, match=rf"^{name}.*{says}"):
         load([], env)
