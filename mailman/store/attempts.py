@@ -15,7 +15,7 @@ from mailman.core.messages import StatusUpdate, decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Status
 from mailman.core.suppression import drop, recipients
 
-from . import callbacks, moves, summary, suppressions
+from . import callbacks, moves, payloads, summary, suppressions
 from .dialect import Dialect, chunks
 from .moves import MOVE_ORDER, UNFINISHED
 from .operation import Engine, Statement, Steps, write, write_batch
@@ -149,12 +149,6 @@ def _open(d: Dialect) -> str:
         f"AND (outcome = '{Outcome.PENDING.value}' "
         f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL)) ORDER BY at, id"
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _mails_of(d: Dialect, count: int) -> str:
-    """Some mails and their statuses (parameters: mail ids)."""
-    return f"SELECT id, payload, status FROM mails WHERE id IN ({d.marks(count)})"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -428,11 +422,7 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
     for i, call in enumerate(calls):
         first.setdefault(call[0], i)
     ids = list(first)
-    rows: dict[str, tuple[Mail, Status]] = {}
-    for chunk in chunks(ids):
-        cur = yield Statement(_mails_of(d, len(chunk)), chunk)
-        for mail_id, payload, status in cur.fetchall():
-            rows[str(mail_id)] = (decode(Mail, payload), Status(status))
+    rows = yield from payloads.of(d, ids)
     plain = {
         mail_id
         for mail_id, (_, status) in rows.items()

@@ -20,6 +20,7 @@ from . import (
     idempotency,
     moves,
     outbox,
+    payloads,
     summary,
     suppressions,
 )
@@ -172,11 +173,6 @@ def _insert_once(d: Dialect) -> str:
 @functools.lru_cache(maxsize=1024)
 def _stored(d: Dialect, count: int) -> str:
     return f"SELECT id FROM mails WHERE id IN ({d.marks(count)})"
-
-
-@functools.lru_cache(maxsize=1024)
-def _load(d: Dialect, count: int) -> str:
-    return f"SELECT id, payload, status FROM mails WHERE id IN ({d.marks(count)})"
 
 
 @functools.cache
@@ -368,10 +364,7 @@ def get(d: Dialect, mail_id: str) -> Steps[MailRecord | None]:
 @read_batch
 def load(d: Dialect, ids: list[str]) -> Steps[list[tuple[Mail, Status] | None]]:
     """Every call's mail in one ``IN (...)`` query."""
-    loaded: dict[str, tuple[Mail, Status]] = {}
-    for chunk in chunks(list(dict.fromkeys(ids))):
-        cur = yield Statement(_load(d, len(chunk)), chunk)
-        loaded.update((row[0], (decode(Mail, row[1]), Status(row[2]))) for row in cur.fetchall())
+    loaded = yield from payloads.of(d, ids)
     return [loaded.get(mail_id) for mail_id in ids]
 
 
