@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from mailman.actors import open_files
 from mailman.actors.breakers import ProviderBreaker, SharedHealth, make_breaker, states_of
 from mailman.actors.callbacks import Notifier
 from mailman.actors.journal import Journal
@@ -286,6 +287,8 @@ class Mailman:
                 client.listen_late(config.late_answer_seconds)
         #: The senders' group commit: every sender's outcomes share transactions.
         self.journal = Journal(self.store)
+        #: Each sender's most calls in flight, within this process's open files.
+        self.max_concurrency = self._max_concurrency()
         #: One breaker per provider, outliving restarts of its sender.
         self.breakers: dict[str, ProviderBreaker] = {
             name: make_breaker(
@@ -429,6 +432,35 @@ class Mailman:
             children.append(ChildSpec("smtp", self._smtp_factory))
         return children
 
+    def _max_concurrency(self) -> dict[str, int]:
+        """Each sender's ceiling of calls in flight (``MAILMAN_SENDER_MAX_CONCURRENCY``),
+        lowered to fit this process's open files once its soft limit is raised (a line
+        says so); empty in a process without senders."""
+        cfg = self.config
+        senders = [name for name in cfg.chain if name in self.roles]
+        if not senders:
+            return {}
+        limit = open_files.raise_limit()
+        ceilings = {}
+        for name in senders:
+            wanted = cfg.max_concurrency_of(name)
+            ceiling = open_files.sender_ceiling(
+                open_files=limit,
+                senders=len(senders),
+                start=cfg.concurrency_of(name),
+                wanted=wanted,
+            )
+            if ceiling < wanted:
+                log.info(
+                    "sender.max_concurrency_lowered",
+                    provider=name,
+                    max_concurrency=ceiling,
+                    configured=wanted,
+                    open_files=limit,
+                )
+            ceilings[name] = ceiling
+        return ceilings
+
     def _sender_factory(self, name: str) -> Callable[[], Actor]:
         def factory() -> Actor:
             return Sender(
@@ -438,7 +470,7 @@ class Mailman:
                 store=self.store,
                 retry=self.config.retry,
                 concurrency=self.config.concurrency_of(name),
-                max_concurrency=self.config.max_concurrency_of(name),
+                max_concurrency=self.max_concurrency[name],
                 rate=self.config.rate_of(name),
                 adaptive=self.config.sender_adaptive,
                 calls_log_seconds=self.config.calls_log_seconds,
