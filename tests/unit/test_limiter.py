@@ -12,6 +12,7 @@ from mailman.actors.limiter import (
     LOG_SECONDS,
     P50_SECONDS,
     RING,
+    SIZED_FOR_MAILS_S,
     SMALL_MAIL_BYTES,
     Answer,
     Change,
@@ -307,6 +308,27 @@ async def test_with_every_slot_in_use_it_doubles_per_round_trip_up_to_the_ceilin
     assert slots.limit == 16
     await busy_answers(slots, clock, 200)
     assert slots.limit == 64
+
+
+async def busy_answers_in(slots: Limiter, clock: Clock, count: int, seconds: float) -> None:
+    """``count`` good answers, each ``seconds`` after its call, with every slot in use."""
+    for _ in range(count):
+        await fill(slots)
+        clock.now += 0.001
+        slots.observe(clock.now - seconds, GOOD)
+
+
+async def test_above_its_start_it_grows_no_further_than_the_rate_it_is_sized_for() -> None:
+    """A provider answering in 10 ms gets no call above the start (256 calls at 10 ms are
+    far more than ``SIZED_FOR_MAILS_S``); one answering in 100 ms grows to about
+    ``SIZED_FOR_MAILS_S`` x 0.1 s and stops there."""
+    fast, clock = above(start=16, ceiling=2048)
+    await busy_answers_in(fast, clock, 300, seconds=0.001)
+    assert fast.limit == 16
+    slow, clock = above(start=16, ceiling=2048)
+    await busy_answers_in(slow, clock, 3000, seconds=0.1)
+    sized = SIZED_FOR_MAILS_S * 0.1
+    assert sized <= slow.limit <= sized + 1
 
 
 async def test_above_its_start_after_a_bad_answer_it_grows_by_one_per_round_trip() -> None:
