@@ -561,8 +561,10 @@ class Config:
         help="the most provider calls in flight an adaptive sender grows to (small mails only)",
         doc="the most provider calls in flight an adaptive sender grows to while every slot "
         "is in use, the provider's answer time stays flat and the mails are small (64 KiB "
-        "or less each; a larger one brings it back to `MAILMAN_SENDER_CONCURRENCY`): a "
-        "slow but healthy provider meets a backlog with more calls. At or below "
+        "or less each; a larger one brings it back to `MAILMAN_SENDER_CONCURRENCY`), and "
+        "no further than 5,000 mails a second need at that answer time: a slow but healthy "
+        "provider meets a backlog with more calls (about 1,000 at 200 ms), within the "
+        "process's open files. At or below "
         "`MAILMAN_SENDER_CONCURRENCY` (or for a provider named in "
         "`MAILMAN_SENDER_CONCURRENCY_PER_PROVIDER`) a sender never grows past its start. See "
         "[Adaptive concurrency](performance.md#adaptive-concurrency)",
