@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from structlog.testing import capture_logs
 
@@ -85,18 +86,11 @@ async def test_a_sender_settles_near_the_calls_a_rate_limited_provider_takes(
             for name, client in clients.items()
         }
 
-        async def all_sent() -> bool:
-            for one in batch:
-                record = await store.get(one.id)
-                if record is None or record.status is not Status.SENT:
-                    return False
-            return True
-
         with capture_logs() as logs:
             async with senders["sendgrid"], senders["mailgun"]:
                 for one in batch:
                     await router.dispatch(Dispatch(one.id, time.time()))
-                await eventually(all_sent, within=60, what="every mail sent")
+                await eventually(lambda: all_sent(store, batch), within=60, what="every mail sent")
                 limit = senders["sendgrid"].slots.limit
     assert sendgrid.calls == MAILS  # each mail was tried once there
     assert len(sendgrid.received) + len(mailgun.received) == MAILS  # none lost, none twice
@@ -146,6 +140,34 @@ def big(i: int) -> Mail:
     return replace(mail(i), id=f"mail-big-{i:04d}", text="x" * (SMALL_MAIL_BYTES + 1))
 
 
+async def all_sent(store: Store, batch: list[Mail]) -> bool:
+    for one in batch:
+        record = await store.get(one.id)
+        if record is None or record.status is not Status.SENT:
+            return False
+    return True
+
+
+async def deliver(store: Store, sendgrid: FakeSendGrid, batch: list[Mail], **settings: Any) -> None:
+    """Send ``batch`` (stored) through one SendGrid sender made with ``settings``, until
+    every mail is sent."""
+    router = Router(MemoryBroker(), ("sendgrid",))
+    client = SendGridClient(SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30)
+    sender = Sender(
+        client=client,
+        breaker=make_breaker("sendgrid", fail_max=10**6, reset_seconds=60),
+        router=router,
+        store=store,
+        retry=RetryConfig(),
+        peers={"sendgrid": client},
+        **settings,
+    )
+    async with sender:
+        for one in batch:
+            await router.dispatch(Dispatch(one.id, time.time()))
+        await eventually(lambda: all_sent(store, batch), within=60, what="every mail sent")
+
+
 async def test_a_backlog_meets_a_slow_provider_with_more_calls_than_the_start(
     tmp_path: Path,
 ) -> None:
@@ -162,32 +184,7 @@ async def test_a_backlog_meets_a_slow_provider_with_more_calls_than_the_start(
         ):
             for one in batch:
                 await store.add(one)
-            router = Router(MemoryBroker(), ("sendgrid",))
-            client = SendGridClient(
-                SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30
-            )
-            sender = Sender(
-                client=client,
-                breaker=make_breaker("sendgrid", fail_max=10**6, reset_seconds=60),
-                router=router,
-                store=store,
-                retry=RetryConfig(),
-                concurrency=4,
-                max_concurrency=64,
-                peers={"sendgrid": client},
-            )
-
-            async def all_sent(batch: list[Mail] = batch, store: Store = store) -> bool:
-                for one in batch:
-                    record = await store.get(one.id)
-                    if record is None or record.status is not Status.SENT:
-                        return False
-                return True
-
-            async with sender:
-                for one in batch:
-                    await router.dispatch(Dispatch(one.id, time.time()))
-                await eventually(all_sent, within=60, what="every mail sent")
+            await deliver(store, sendgrid, batch, concurrency=4, max_concurrency=64)
             assert sorted(sendgrid.mail_ids()) == sorted(m.id for m in batch)
             peaks[len(batch)] = sendgrid.peak_in_flight
     assert peaks[len(small)] >= 32, peaks
@@ -210,32 +207,7 @@ async def test_a_paced_sender_spaces_its_calls_by_the_rate(tmp_path: Path) -> No
     ):
         for one in batch:
             await store.add(one)
-        router = Router(MemoryBroker(), ("sendgrid",))
-        client = SendGridClient(
-            SendGridConfig(Secret(sendgrid.api_key), sendgrid.base_url), timeout=30
-        )
-        sender = Sender(
-            client=client,
-            breaker=make_breaker("sendgrid", fail_max=10**6, reset_seconds=60),
-            router=router,
-            store=store,
-            retry=RetryConfig(),
-            concurrency=CEILING,
-            rate=RATE,
-            peers={"sendgrid": client},
-        )
-
-        async def all_sent() -> bool:
-            for one in batch:
-                record = await store.get(one.id)
-                if record is None or record.status is not Status.SENT:
-                    return False
-            return True
-
-        async with sender:
-            for one in batch:
-                await router.dispatch(Dispatch(one.id, time.time()))
-            await eventually(all_sent, within=30, what="every mail sent")
+        await deliver(store, sendgrid, batch, concurrency=CEILING, rate=RATE)
     assert sorted(sendgrid.mail_ids()) == sorted(m.id for m in batch)
     at = sendgrid.call_times
     spans = [at[i + 4] - at[i] for i in range(len(at) - 4)]
