@@ -435,12 +435,13 @@ class Mailman:
     def _max_concurrency(self) -> dict[str, int]:
         """Each sender's ceiling of calls in flight (``MAILMAN_SENDER_MAX_CONCURRENCY``),
         lowered to fit this process's open files once its soft limit is raised (a line
-        says so); empty in a process without senders."""
+        says so; every process raises it, for its clients' connections too); empty in a
+        process without senders."""
         cfg = self.config
+        limit = open_files.raise_limit()  # clients' connections count too
         senders = [name for name in cfg.chain if name in self.roles]
         if not senders:
             return {}
-        limit = open_files.raise_limit()
         ceilings = {}
         for name in senders:
             wanted = cfg.max_concurrency_of(name)

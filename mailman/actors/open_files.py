@@ -3,11 +3,12 @@
 An adaptive sender may grow to ``MAILMAN_SENDER_MAX_CONCURRENCY`` calls in
 flight (2,048), each on its own connection, while many systems start a
 process with a soft limit of 1,024 open files: past it a new connection, or
-an accepted one, fails with ``EMFILE``. So a process that runs senders first
-raises its soft limit to its hard limit (as Go's runtime does at start), and
-then keeps its senders' ceilings within what it has: ``RESERVE`` descriptors
-for everything else (the listening sockets and clients, the store, the logs),
-the rest shared by its senders; a sender never gets less than where it starts.
+an accepted one, fails with ``EMFILE``. So every Mailman process raises its
+soft limit to its hard limit at start (as Go's runtime does; an API's clients
+are connections too), and a process with senders keeps their ceilings within
+what it has: ``RESERVE`` descriptors for everything else (the listening
+sockets and clients, the store, the logs), the rest shared by its senders; a
+sender never gets less than where it starts.
 """
 
 from __future__ import annotations

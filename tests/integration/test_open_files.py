@@ -63,6 +63,14 @@ def test_a_process_with_senders_raises_its_soft_limit_to_the_hard_one(tmp_path: 
     assert answer["lowered"] == []
 
 
+def test_an_api_process_raises_its_soft_limit_too(tmp_path: Path) -> None:
+    """A process without senders (``--role api``) has no ceilings, but its clients'
+    connections are open files too: it runs with the hard limit as well."""
+    answer = run_child(tmp_path, 700, 4000, MAILMAN_ROLE="api")
+    assert answer["soft"] == 4000
+    assert answer["ceilings"] == {}
+
+
 def test_a_low_hard_limit_lowers_the_ceiling_and_says_so(tmp_path: Path) -> None:
     """With 700 open files at most, a sender starting at 100 grows to 700 - RESERVE at
     most, and one line says so; one starting at 256 keeps 256 (never below its start)."""
