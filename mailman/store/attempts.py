@@ -141,13 +141,19 @@ def _mail(d: Dialect) -> str:
     return f"SELECT payload, status FROM mails WHERE id = {d.mark}{d.row_lock}"
 
 
+#: An attempt still open: in flight (pending), or its outcome lost and not yet checked.
+_IS_OPEN = (
+    f"(outcome = '{Outcome.PENDING.value}' "
+    f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL))"
+)
+
+
 @functools.cache
 def _open(d: Dialect) -> str:
     """A mail's attempts still in flight (pending) or not yet checked (unknown)."""
     return (
         f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {d.mark} "
-        f"AND (outcome = '{Outcome.PENDING.value}' "
-        f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL)) ORDER BY at, id"
+        f"AND {_IS_OPEN} ORDER BY at, id"
     )
 
 
@@ -156,8 +162,7 @@ def _open_of(d: Dialect, count: int) -> str:
     """Which of these mails have attempts in flight or not yet checked (as ``_open``)."""
     return (
         f"SELECT DISTINCT mail_id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
-        f"AND (outcome = '{Outcome.PENDING.value}' "
-        f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL))"
+        f"AND {_IS_OPEN}"
     )
 
 
