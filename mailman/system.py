@@ -287,7 +287,10 @@ class Mailman:
                 client.listen_late(config.late_answer_seconds)
         #: The senders' group commit: every sender's outcomes share transactions.
         self.journal = Journal(self.store)
-        #: Each sender's most calls in flight, within this process's open files.
+        #: This process's open files at most, raised to the hard limit (every process:
+        #: clients' connections count too); None where there is no such limit.
+        self.open_files = open_files.raise_limit()
+        #: Each sender's most calls in flight, within those open files.
         self.max_concurrency = self._max_concurrency()
         #: One breaker per provider, outliving restarts of its sender.
         self.breakers: dict[str, ProviderBreaker] = {
@@ -434,11 +437,10 @@ class Mailman:
 
     def _max_concurrency(self) -> dict[str, int]:
         """Each sender's ceiling of calls in flight (``MAILMAN_SENDER_MAX_CONCURRENCY``),
-        lowered to fit this process's open files once its soft limit is raised (a line
-        says so; every process raises it, for its clients' connections too); empty in a
-        process without senders."""
+        lowered to fit this process's open files (a line says so); empty in a process
+        without senders."""
         cfg = self.config
-        limit = open_files.raise_limit()  # clients' connections count too
+        limit = self.open_files
         senders = [name for name in cfg.chain if name in self.roles]
         if not senders:
             return {}

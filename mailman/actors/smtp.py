@@ -766,9 +766,7 @@ class SmtpServer(Actor):
         self.keyring = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
         self.backlog = Backlog(config.backlog_limit)
         intake = Intake(store=store, outbound=outbound, config=config, backlog=self.backlog)
-        self.handler = SmtpHandler(
-            intake=intake, keyring=self.keyring, metrics=metrics, load=load or Load()
-        )
+        self.handler = SmtpHandler(intake=intake, keyring=self.keyring, metrics=metrics, load=load)
         self.connections: set[SmtpProtocol] = set()
         #: Connections open now, by client address.
         self.by_address: dict[str, int] = {}

@@ -161,8 +161,7 @@ def _open(d: Dialect) -> str:
 def _open_of(d: Dialect, count: int) -> str:
     """Which of these mails have attempts in flight or not yet checked (as ``_open``)."""
     return (
-        f"SELECT DISTINCT mail_id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
-        f"AND {_IS_OPEN}"
+        f"SELECT DISTINCT mail_id FROM attempts WHERE mail_id IN ({d.marks(count)}) AND {_IS_OPEN}"
     )
 
 
