@@ -61,11 +61,12 @@ async def fill(slots: Limiter) -> None:
         await slots.acquire()
 
 
-async def busy_answers(slots: Limiter, clock: Clock, count: int) -> None:
-    """``count`` good answers, each with every slot in use (a backlog waits)."""
+async def busy_answers(slots: Limiter, clock: Clock, count: int, seconds: float = 0.1) -> None:
+    """``count`` good answers, each to a call sent ``seconds`` before, with every slot in
+    use (a backlog waits)."""
     for _ in range(count):
         await fill(slots)
-        answers(slots, clock, 1)
+        answers(slots, clock, 1, seconds)
 
 
 def answers(slots: Limiter, clock: Clock, count: int, seconds: float = 0.1) -> None:
@@ -310,23 +311,15 @@ async def test_with_every_slot_in_use_it_doubles_per_round_trip_up_to_the_ceilin
     assert slots.limit == 64
 
 
-async def busy_answers_in(slots: Limiter, clock: Clock, count: int, seconds: float) -> None:
-    """``count`` good answers, each ``seconds`` after its call, with every slot in use."""
-    for _ in range(count):
-        await fill(slots)
-        clock.now += 0.001
-        slots.observe(clock.now - seconds, GOOD)
-
-
 async def test_above_its_start_it_grows_no_further_than_the_rate_it_is_sized_for() -> None:
     """A provider answering in 10 ms gets no call above the start (256 calls at 10 ms are
     far more than ``SIZED_FOR_MAILS_S``); one answering in 100 ms grows to about
     ``SIZED_FOR_MAILS_S`` x 0.1 s and stops there."""
     fast, clock = above(start=16, ceiling=2048)
-    await busy_answers_in(fast, clock, 300, seconds=0.001)
+    await busy_answers(fast, clock, 300, seconds=0.001)
     assert fast.limit == 16
     slow, clock = above(start=16, ceiling=2048)
-    await busy_answers_in(slow, clock, 3000, seconds=0.1)
+    await busy_answers(slow, clock, 3000, seconds=0.1)
     sized = SIZED_FOR_MAILS_S * 0.1
     assert sized <= slow.limit <= sized + 1
 
