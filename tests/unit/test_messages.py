@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import base64
 
-from mailman.core.ids import new_id
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailman.core.ids import _UlidSource, new_id
 from mailman.core.messages import Dispatch, RetryLater, StatusUpdate, decode, encode
 from mailman.core.model import ALLOWED_FROM, Address, Attempt, Mail, Outcome, Status
 
@@ -73,3 +77,27 @@ def test_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == 50
     assert sorted(ids) == ids
     assert len({new_id() for _ in range(1000)}) == 1000
+
+
+def test_an_id_starts_with_its_time_as_the_ulid_spec_writes_it() -> None:
+    """An id's first ten characters are its millisecond, as in the ULID spec's example."""
+    assert new_id(1469918176.385)[:10] == "01ARYZ6S41"
+
+
+def _ulid_by_base32(ms: int, random: int) -> str:
+    """A ULID written the long way: standard base32 mapped to Crockford's alphabet."""
+    crockford = bytes.maketrans(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    )
+    raw = base64.b32encode(ms.to_bytes(10) + random.to_bytes(10))
+    return raw.translate(crockford)[6:].decode()
+
+
+@given(st.integers(0, 2**48 - 1), st.integers(0, 2**80 - 2))
+def test_ids_are_26_crockford_characters_of_time_then_randomness(ms: int, random: int) -> None:
+    """An id is the 48-bit millisecond and 80 random bits in Crockford base32, 26 characters."""
+    source = _UlidSource()
+    source._random = lambda: random  # type: ignore[method-assign]
+    made = source.new(ms / 1000 + 0.0001)
+    assert len(made) == 26
+    assert made == _ulid_by_base32(int((ms / 1000 + 0.0001) * 1000), random)
