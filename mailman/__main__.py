@@ -4,4 +4,5 @@ import sys
 
 from mailman.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process (the SQLite writer) imports it
+    sys.exit(main())
