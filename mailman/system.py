@@ -268,7 +268,7 @@ class Mailman:
     ) -> None:
         self.config = config
         self.roles = roles_of(config)
-        self.store = store or open_store(config.store)
+        self.store = store or open_store(config.store, sqlite_writer=config.sqlite_writer)
         self.broker = broker or make_broker(config, dead_letters=self._undecodable)
         self.router = Router(self.broker, config.chain, config.weights)
         given = dict(clients or {})

@@ -22,6 +22,8 @@ ROLE_ALL = "all"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: Where a SQLite file's writes run: a process of their own, or a thread of this one.
+SQLITE_WRITERS = ("process", "thread")
 #: What follows an attempt whose answer was lost at a provider that cannot be asked.
 UNKNOWN_POLICIES = ("resend", "hold")
 #: The SMTP port of a plain ``mailman`` run (``MAILMAN_SMTP_PORT``).
@@ -398,6 +400,17 @@ class Config:
         help="store URL",
         doc="store URL: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or "
         "`mysql://user:password@host:3306/db` (the password is never logged)",
+    )
+    #: process | thread (a SQLite file's writes; in memory: always a thread)
+    sqlite_writer: str = setting(
+        "process",
+        env="MAILMAN_SQLITE_WRITER",
+        parse=parse.choice(),
+        choices=SQLITE_WRITERS,
+        help="where a SQLite file's writes run: process or thread",
+        doc="where a SQLite file's writes run: `process` (a process of their own, beside "
+        "each Mailman process: its transactions never wait for this process's GIL; "
+        "docs/performance.md) or `thread` (a thread of this process: one process less)",
     )
     broker: str = setting(
         "memory://",

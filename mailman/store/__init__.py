@@ -48,9 +48,10 @@ from .keys import KEY_COLUMNS, api_key_from_row, bucket_step
 from .suppressions import EVERY_GROUP
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, sqlite_writer: str = "thread") -> Store:
     """The store a URL names: ``sqlite:///path/to.db`` (``sqlite://`` alone: in memory),
-    ``mysql://user:password@host:3306/database``. A driver is imported when first named."""
+    ``mysql://user:password@host:3306/database``. A driver is imported when first named.
+    ``sqlite_writer``: where a SQLite file's writes run, ``thread`` or ``process``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"store URL {url!r} has no scheme (expected sqlite:///path)")
@@ -58,7 +59,7 @@ def open_store(url: str) -> Store:
         from .sqlite import SQLiteStore
 
         path = rest[1:] if rest.startswith("/") else rest
-        return SQLiteStore(path or ":memory:")
+        return SQLiteStore(path or ":memory:", writer=sqlite_writer)
     if scheme == "mysql":
         from .mysql import MySQLStore
 

@@ -43,6 +43,10 @@ class MailTooLarge(ValueError):
         self.size = size
         self.limit = limit
 
+    def __reduce__(self) -> tuple[type[MailTooLarge], tuple[int, int]]:
+        """Rebuilt from its size and limit (it crosses the SQLite writer process's socket)."""
+        return type(self), (self.size, self.limit)
+
 
 @dataclass(frozen=True, slots=True)
 class MailRecord:

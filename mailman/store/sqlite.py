@@ -45,11 +45,19 @@ records its version in ``schema_version``.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import contextlib
 import fcntl
+import importlib
 import os
+import pickle
 import queue
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,8 +66,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
+from mailman.config.logging import configure_logging
+from mailman.config.settings import SQLITE_WRITERS
+
 from . import migrations
-from .base import OutcomeUnknown, SqlStore, timed_out
+from .base import OutcomeUnknown, SqlStore, StoreUnavailable, timed_out
 from .dialect import SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
 
@@ -473,9 +484,15 @@ class SQLiteStore(SqlStore):
     #: a commit that failed half-way (the actors wait it out as an outage).
     unavailable = (sqlite3.OperationalError, OutcomeUnknown)
 
-    def __init__(self, path: str, *, migrations: Sequence[str] = MIGRATIONS) -> None:
+    def __init__(
+        self, path: str, *, migrations: Sequence[str] = MIGRATIONS, writer: str = "thread"
+    ) -> None:
+        if writer not in SQLITE_WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(SQLITE_WRITERS)}, not {writer!r}")
         self.path = path
         self.migrations: tuple[str, ...] = tuple(migrations)
+        #: Where a file's writes run (in memory: always a thread, the one connection).
+        self.writer = writer
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._turns: TurnLock | None = None
@@ -532,8 +549,13 @@ class SQLiteStore(SqlStore):
         if self._writer is not None:
             return
         path = self._file
-        turns = self._turns = None if path is None else TurnLock(path)
-        writer = _Worker("writer", lambda: self._connect(write=True), write=True, turns=turns)
+        writer: _Worker
+        if path is not None and self.writer == "process":
+            self._create()
+            writer = _ProcessWriter(self.path)
+        else:
+            turns = self._turns = None if path is None else TurnLock(path)
+            writer = _Worker("writer", lambda: self._connect(write=True), write=True, turns=turns)
         await writer.start()
         try:
             await self._migrate(writer)
@@ -584,6 +606,417 @@ class SQLiteStore(SqlStore):
             pass
 
 
+# --- the writer in a process of its own ---------------------------------------------------
+
+#: A job's future in the writer process: its outcome goes back over the socket instead.
+_UNAWAITED: Any = None
+#: The folder holding the ``mailman`` package, for the writer process to import it from.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: A frame on the writer process's socket: its length (4 bytes, big-endian), then a pickle.
+_LENGTH = 4
+
+
+def _frame(value: Any) -> bytes:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(_LENGTH, "big") + data
+
+
+def _frames(buffer: bytearray) -> list[bytes]:
+    """The whole frames at the start of ``buffer``, taken out of it (a partial one stays)."""
+    frames = []
+    while len(buffer) >= _LENGTH:
+        size = int.from_bytes(buffer[:_LENGTH], "big")
+        if len(buffer) < _LENGTH + size:
+            break
+        frames.append(bytes(buffer[_LENGTH : _LENGTH + size]))
+        del buffer[: _LENGTH + size]
+    return frames
+
+
+def _operation_key(operation: AnyOperation) -> tuple[str, str, bool]:
+    """How the writer process finds ``operation``: its module, its name, batched or not."""
+    steps = operation.steps
+    return steps.__module__, steps.__qualname__, isinstance(operation, Batched)
+
+
+class _ProcessWriter(_Worker):
+    """The writer in a process of its own (``MAILMAN_SQLITE_WRITER=process``).
+
+    A writer thread shares this process's GIL with the event loop: each of its SQLite
+    calls lets the GIL go, and getting it back waits for the busy event loop, so a
+    transaction took two to three times its CPU while every accept waited for it.
+    Here the event loop writes each turn's calls to the writer process's socket
+    (operations by name, arguments pickled), and settles them as their outcomes come
+    back in order; the process runs them as ``_Worker`` does, in one transaction per
+    batch, taking the file's turns. A call sent is started (a caller's timeout then
+    waits for its outcome, as with the thread). If the process ends, the calls sent
+    to it get ``OutcomeUnknown`` (committed or not, unknown), and the next calls start
+    a new one.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__("writer", lambda: sqlite3.connect(":memory:"), write=True)
+        # Absolute: the forker's working directory is this process's when it started.
+        self._path = path if path.startswith("file:") else os.path.abspath(path)
+        #: The writer process's pid (it is the forker's child, not ours).
+        self._pid: int | None = None
+        self._transport: asyncio.Transport | None = None
+        #: The batches sent, oldest first: their outcomes come back in this order.
+        self._sent: collections.deque[list[_Job]] = collections.deque()
+        self._ready: asyncio.Future[int] | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the process; raises what opening the file there raised."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        await self._spawn()
+        self._open = True
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        try:
+            await asyncio.to_thread(_FORKER.fork, theirs, self._path)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._ready, self._gone = loop.create_future(), loop.create_future()
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: _Outcomes(self), sock=ours)
+        except BaseException:
+            ours.close()
+            raise
+        self._transport = transport
+        try:
+            self._pid = await self._ready
+        except BaseException:
+            await self._end()
+            raise
+        log.info("store.writer_process", pid=self._pid)
+
+    def _submit(self) -> None:
+        if self._transport is None:
+            if self._pending and self._starting is None and not self._stopping:
+                self._starting = asyncio.ensure_future(self._respawn())
+            return
+        jobs = self._start(self._pending)
+        self._pending = []
+        if not jobs:
+            return
+        calls = [(_operation_key(job.operation), job.args, job.kwargs) for job in jobs]
+        try:
+            data = _frame(calls)
+        except Exception as exc:  # an argument that cannot be pickled: these calls fail
+            _settle([(job, exc) for job in jobs])
+            return
+        self._sent.append(jobs)
+        self._transport.write(data)
+
+    async def _respawn(self) -> None:
+        """A new process for the calls that came after the last one ended."""
+        try:
+            await self._spawn()
+        except Exception as exc:
+            log.error("store.writer_process_failed", error=type(exc).__name__)
+            jobs, self._pending = self._start(self._pending), []
+            cause = StoreUnavailable(f"the store's writer process did not start ({exc})")
+            _settle([(job, cause) for job in jobs])
+        finally:
+            self._starting = None
+        if self._transport is not None and self._pending:
+            self._submit()
+
+    def _outcomes(self, frame: bytes) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():  # the first frame: opened, or why not
+            started = pickle.loads(frame)  # its pid, or what kept it from opening the file
+            if isinstance(started, BaseException):
+                ready.set_exception(started)
+            else:
+                ready.set_result(started)
+            return
+        jobs = self._sent.popleft()
+        _settle(list(zip(jobs, pickle.loads(frame), strict=True)))
+
+    def _lost(self) -> None:
+        """The process's socket closed: what was sent and not answered is unknown."""
+        self._transport = None
+        sent, self._sent = list(self._sent), collections.deque()
+        unknown = OutcomeUnknown("the store's writer process ended before answering")
+        for jobs in sent:
+            _settle([(job, unknown) for job in jobs])
+        ready, gone = self._ready, self._gone
+        if ready is not None and not ready.done():
+            ready.set_exception(StoreUnavailable("the store's writer process did not start"))
+        if gone is not None and not gone.done():
+            gone.set_result(None)
+        if not self._stopping:
+            log.error(
+                "store.writer_process_ended",
+                pid=self._pid,
+                unanswered=sum(len(jobs) for jobs in sent),
+            )
+            if self._pending and self._starting is None:
+                self._starting = asyncio.ensure_future(self._respawn())
+
+    async def stop(self) -> bool:
+        """Send what is queued, let the process commit it and end; False if it did not end
+        within ``STOP_WAIT_SECONDS``. Idempotent."""
+        if not self._open:
+            return True
+        self._open = False
+        starting = self._starting
+        if starting is not None:
+            with contextlib.suppress(Exception):
+                await starting
+        self._submit()
+        self._stopping = True
+        return await self._end()
+
+    async def _end(self) -> bool:
+        """Close the socket once the process answered what it has; it then ends itself."""
+        self._stopping = True
+        transport, gone = self._transport, self._gone
+        if transport is not None and gone is not None:
+            if transport.can_write_eof():
+                transport.write_eof()  # the process answers what it has, then ends
+            try:
+                await asyncio.wait_for(asyncio.shield(gone), STOP_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("store.writer_stuck", seconds=STOP_WAIT_SECONDS)
+                transport.abort()
+                if self._pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(self._pid, signal.SIGKILL)
+                return False
+        return True
+
+
+class _Outcomes(asyncio.Protocol):
+    """The event loop's end of the writer process's socket."""
+
+    def __init__(self, writer: _ProcessWriter) -> None:
+        self._writer = writer
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        for frame in _frames(self._buffer):
+            self._writer._outcomes(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writer._lost()
+
+
+class _Forker:
+    """Starts writer processes by forking them from one small process of its own.
+
+    Each would otherwise be a fresh interpreter importing the store (about 0.4 s of
+    CPU); this process (started once, the first time a writer is wanted, with the
+    same ``python -c`` trick) imports it once, runs no thread, and forks a writer
+    for each socket it is handed (``SCM_RIGHTS``). It reaps them (``SIGCHLD``
+    ignored) and ends when this process's end of its control socket closes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._at_exit = False
+
+    def fork(self, sock: socket.socket, path: str) -> None:
+        """A writer process for the file ``path``, serving ``sock`` (blocking: from a thread)."""
+        with self._lock:
+            for tries_left in (1, 0):
+                control = self._control or self._start()
+                try:
+                    socket.send_fds(control, [os.fsencode(path)], [sock.fileno()])
+                    return
+                except OSError:  # it ended: start another once
+                    self._stop()
+                    if not tries_left:
+                        raise
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _FORKER_MAIN, _PACKAGE_ROOT, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(_FORKER_START_SECONDS)
+        try:
+            started = ours.recv(1) == b"+"  # it imported the store (else: it ended)
+        except OSError:
+            started = False
+        ours.settimeout(None)
+        if not started:
+            ours.close()
+            self._stop()
+            raise StoreUnavailable("the SQLite writer processes' forker did not start")
+        self._control = ours
+        if not self._at_exit:
+            atexit.register(self.close)
+            self._at_exit = True
+        return ours
+
+    def close(self) -> None:
+        """End the forker (its writers end with their stores' sockets)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STOP_WAIT_SECONDS)
+
+
+_FORKER = _Forker()
+#: How long the forker may take to start (a fresh interpreter importing the store).
+_FORKER_START_SECONDS = 60.0
+
+#: The forker's program (argv: package root, its control socket's fd), found as the
+#: caller found this package, or else where this one is (appended: nothing there
+#: shadows what the path had). Not multiprocessing: it would import the caller's main
+#: module again. ``forker`` stays on the command line of it and of its writers.
+_FORKER_MAIN = (
+    "import sys; sys.path.append(sys.argv[1]); "
+    "from mailman.store.sqlite import forker; sys.exit(forker(sys.argv[2:]))"
+)
+
+
+def forker(argv: Sequence[str]) -> int:
+    """The forker's main: a writer process per socket handed in, until the control ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its writers are reaped by the kernel
+    (fd,) = argv
+    control = socket.socket(fileno=int(fd))
+    control.sendall(b"+")
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 4096, 1)
+        except OSError:
+            return 0
+        if not message:
+            return 0  # the Mailman process ended, or closed its store module's forker
+        if not fds:
+            continue
+        if os.fork() == 0:
+            try:
+                control.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                serve_writer(os.fsdecode(message), socket.socket(fileno=fds[0]))
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+
+
+def serve_writer(path: str, sock: socket.socket) -> None:
+    """The writer process: batches of calls in, their outcomes out, until the socket ends.
+
+    It ignores SIGINT and SIGTERM (a Ctrl-C or a stop reaches the whole process group):
+    its parent ends it by closing the socket, once what was sent is committed; a parent
+    killed outright closes it too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging("warning", "json")  # were anything logged here: one JSON object
+    store = SQLiteStore(path)
+    try:
+        db = store._connect(write=True)
+        turns = TurnLock(store._file or path)
+    except Exception as exc:
+        sock.sendall(_frame(_portable(exc)))
+        return
+    sock.sendall(_frame(os.getpid()))
+    writer = _Worker("writer", lambda: db, write=True, turns=turns)
+    operations: dict[tuple[str, str, bool], AnyOperation] = {}
+    buffer = bytearray()
+    ended = False
+    try:
+        while not ended:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                ended = True
+            buffer += chunk
+            batches: list[list[_Job]] = []
+            for frame in _frames(buffer):
+                calls = pickle.loads(frame)
+                batches.append(
+                    [_Job(_find(operations, key), a, k, _UNAWAITED) for key, a, k in calls]
+                )
+            if not batches:
+                continue
+            done = writer._batch(db, [job for jobs in batches for job in jobs])
+            outcomes = [_portable(outcome) for _, outcome in done]
+            at = 0
+            for jobs in batches:
+                answer = outcomes[at : at + len(jobs)]
+                at += len(jobs)
+                try:
+                    data = _frame(answer)
+                except Exception:  # a result that cannot be pickled: that call fails
+                    data = _frame([_sendable(outcome) for outcome in answer])
+                sock.sendall(data)
+    finally:
+        db.close()
+        turns.close()
+        sock.close()
+
+
+def _find(
+    operations: dict[tuple[str, str, bool], AnyOperation], key: tuple[str, str, bool]
+) -> AnyOperation:
+    """The operation a call names (its module imported on first use)."""
+    operation = operations.get(key)
+    if operation is None:
+        module, name, batched = key
+        found: Any = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+        if not isinstance(found, Operation | Batched):  # a decorator kept another name
+            found = Batched(found, writes=True) if batched else Operation(found, writes=True)
+        operation = operations[key] = found
+    return operation
+
+
+def _sendable(outcome: Any) -> Any:
+    try:
+        pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return RuntimeError(f"the result of the call could not be sent back ({exc})")
+    return outcome
+
+
+def _portable(outcome: Any) -> Any:
+    """``outcome`` if it crosses the socket as itself, else an error naming it."""
+    if not isinstance(outcome, BaseException):
+        return outcome
+    try:
+        again = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        again = None
+    if type(again) is type(outcome):
+        return outcome
+    return RuntimeError(f"{type(outcome).__name__}: {outcome}")
+
+
 # --- the schema's operations -------------------------------------------------------------
 
 
@@ -625,4 +1058,10 @@ def _migrate_one(d: Dialect, scripts: tuple[str, ...], path: str) -> Steps[bool]
     return False
 
 
-__all__ = ["MIGRATIONS", "SQLiteStore", "split_statements"]
+__all__ = [
+    "MIGRATIONS",
+    "SQLiteStore",
+    "forker",
+    "serve_writer",
+    "split_statements",
+]

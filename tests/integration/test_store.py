@@ -124,13 +124,15 @@ async def mysql_url(mysql_server: str) -> str:
     return mysql_server
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "sqlite-process", "mysql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "sqlite-process"):
         path = str(tmp_path / "mailman.db")
+        writer = "process" if request.param == "sqlite-process" else "thread"
 
         def make(extra: Sequence[str] = (), upto: int | None = None) -> Store:
-            return SQLiteStore(path, migrations=(*SQLITE_MIGRATIONS[:upto], *extra))
+            migrations = (*SQLITE_MIGRATIONS[:upto], *extra)
+            return SQLiteStore(path, migrations=migrations, writer=writer)
 
         return make
     if request.param == "mysql":
