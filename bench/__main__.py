@@ -27,7 +27,8 @@ in the same run, except 2d):
    (0.16), 2c one process with the fake providers answering every send after
    200 ms (0.10: with ``MAILMAN_SENDER_CONCURRENCY`` 256 one sender may
    deliver ~1,280 mails/s, so the machine, not the wait, should be the limit);
-   2d CPU per delivered mail of 2b's worker child (at most 300 µs).
+   2d CPU per delivered mail of 2b's worker child, its SQLite writer process
+   included (at most 300 µs).
 3. failover: steady load; SendGrid's fake turns to 503: time until mails
    flow through Mailgun, mails delayed, p99 time to ``sent`` around the switch.
 4. scaled: Tansu (Kafka) and MariaDB, one process per role, with 1, 2 and 4
@@ -659,7 +660,10 @@ def process_cpu_figure(
         why = figure.get("error") or figure.get("skipped") or "no CPU measured"
         return {"kind": "process_cpu", "skipped": f"{source}: {why}"}
     usage = figure["cpu_delivered"]
-    value = usage["us_per_mail"].get(process)
+    spent = usage["us_per_mail"]
+    # The process with its SQLite writer process, if it has one: its writes are its work.
+    parts = [spent.get(process), spent.get(process + cpu.WRITER_SUFFIX)]
+    value = None if parts[0] is None else round(sum(p for p in parts if p is not None), 1)
     return {
         "kind": "process_cpu",
         "source": source,

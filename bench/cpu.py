@@ -36,14 +36,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 _TCP_LISTEN = "0A"
 
 
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime of ``pid`` in clock ticks; None once it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command (from ``state``), None once
+    it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks; None once it is gone."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
     return int(fields[11]) + int(fields[12])  # fields 14 and 15, counted from 1 with pid
 
 
@@ -76,6 +84,21 @@ def children(pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 found.extend(int(c) for c in (task / "children").read_text().split())
     return sorted(set(found))
+
+
+#: On the command line of a SQLite writer process (``MAILMAN_SQLITE_WRITER=process``) and
+#: of the forker its Mailman process starts them from.
+WRITER_MODULE = "mailman.store.sqlite import forker"
+#: A writer process is named after the Mailman process it writes for, with this suffix
+#: (its forker with ``FORKER_SUFFIX``).
+WRITER_SUFFIX = "-writer"
+FORKER_SUFFIX = "-forker"
+
+
+def parent(pid: int) -> int | None:
+    """The parent of ``pid`` (``/proc/<pid>/stat``), None once it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 def descendants(pid: int) -> list[int]:
@@ -212,7 +235,8 @@ def name_tree(
     if not new:
         return
     listening = listening_inodes(port) if port else set()
-    for pid in sorted(new):
+    forked = {pid for pid in new if any(WRITER_MODULE in arg for arg in cmdline(pid))}
+    for pid in sorted(set(new) - forked):
         role = role_flag(cmdline(pid))
         if role is not None:
             base = role_name(role)
@@ -221,6 +245,10 @@ def name_tree(
         else:
             base = "api" if listening and socket_inodes(pid) & listening else "worker"
         names[pid] = _unique(base, names.values())
+    for pid in sorted(forked):  # a forker (a Mailman process's child) or a writer (its child)
+        up = parent(pid) or 0
+        owner, suffix = (parent(up) or 0, WRITER_SUFFIX) if up in forked else (up, FORKER_SUFFIX)
+        names[pid] = _unique(f"{names.get(owner, 'mailman')}{suffix}", names.values())
 
 
 @dataclass(frozen=True)

@@ -292,13 +292,14 @@ count. end to end: mails per second from the first POST to the last `sent` (sent
 updated_at - first created_at)) and the time from POST to `sent`, read from the store after every
 mail was sent.
 CPU us/mail: utime + stime (/proc/<pid>/stat) of each process of the deployment (--processes: the
-parent, and its children named by the --role on their command line: api, worker) from the start
+parent, and its children named by the --role on their command line: api, worker; a SQLite writer
+process by its process's name and "-writer", counted in the total) from the start
 of the measured load until every mail was sent, divided by the mails delivered ("per sent"); accept
 figures also show it over the load alone, divided by the mails accepted ("per accept"). total =
 Mailman's processes; infra (Tansu, MariaDB, shared with anything else running) is not in the
-total. 2d: 2b's worker child per delivered mail, against a ceiling in us. ratio (CPU x %): the
-reference's CPU per request over Mailman's CPU per mail, a ratio that what other processes or the
-hypervisor took cannot move.
+total. 2d: 2b's worker child (with its writer process) per delivered mail, against a ceiling in
+us. ratio (CPU x %): the reference's CPU per request over Mailman's CPU per mail, a ratio that
+what other processes or the hypervisor took cannot move.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..

@@ -31,6 +31,7 @@ from bench.__main__ import (
 )
 from bench.fakes import TimedMailgun, TimedSendGrid, control_app
 from bench.report import format_table
+from mailman.store.sqlite import SQLiteStore, _ProcessWriter
 from tests.conftest import eventually
 
 _SLEEPER = "import time; time.sleep(60)"
@@ -184,6 +185,29 @@ def test_worker_cpu_target_is_a_ceiling_on_2b_worker() -> None:
     none = process_cpu_figure("processes_end_to_end", _end_to_end(0.0, mails=0), "worker", 300.0)
     assert none["pass"] is False
     assert WORKER_CPU_TARGET_US == 300.0
+
+
+def test_worker_cpu_counts_its_sqlite_writer_process() -> None:
+    """2d adds the worker's writer process (``worker-writer``) to the worker's own CPU."""
+    figure = _end_to_end(200.0)
+    figure["cpu_delivered"]["us_per_mail"]["worker-writer"] = 120.0
+    counted = process_cpu_figure("processes_end_to_end", figure, "worker", 300.0)
+    assert counted["us_per_mail"] == 320.0 and counted["pass"] is False
+
+
+async def test_a_sqlite_writer_process_is_named_after_the_process_it_writes_for(
+    tmp_path: Path,
+) -> None:
+    """A store's writer process is found below its process (under the forker) and named
+    ``<name>-writer``, the forker ``<name>-forker``."""
+    store = SQLiteStore(str(tmp_path / "m.db"), writer="process")
+    async with store:
+        writer = store._writer
+        assert isinstance(writer, _ProcessWriter) and writer._pid is not None
+        names: dict[int, str] = {}
+        cpu.name_tree({os.getpid(): "mailman"}, None, names)
+        assert names[writer._pid] == "mailman-writer"
+        assert "mailman-forker" in names.values()
 
 
 def test_worker_cpu_is_skipped_when_2b_was_not_measured() -> None:
