@@ -58,9 +58,12 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
             assert reference["accepted_rps"] > 0 and len(reference["loadavg"]) == 3, name
             assert reference["previous_processes_left"] == 0, name
     assert figures["accept"]["cpu"]["per"] == "accepted"
-    # The parent and its children, named by the --role on their command lines.
+    # The parent and its children, named by the --role on their command lines; each
+    # child's SQLite writer process and the forker it came from, named after the child.
     processes = set(figures["processes_end_to_end"]["cpu_delivered"]["us_per_mail"])
-    assert processes == {"parent", "api", "worker"}, processes
+    children = {"api", "worker"}
+    helpers = {f"{c}{suffix}" for c in children for suffix in ("-forker", "-writer")}
+    assert processes == {"parent", *children, *helpers}, processes
     worker = figures["worker_cpu"]
     assert worker["process"] == "worker" and worker["us_per_mail"] > 0, worker
     assert worker["target_us"] == 300
