@@ -612,13 +612,22 @@ class SQLiteStore(SqlStore):
 _UNAWAITED: Any = None
 #: The folder holding the ``mailman`` package, for the writer process to import it from.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: A frame on the writer process's socket: its length (4 bytes, big-endian), then a pickle.
-_LENGTH = 4
+#: A frame on the writer process's socket: its length (8 bytes, big-endian), then a pickle.
+_LENGTH = 8
+#: A batch of calls' frame starts with their number (4 bytes, big-endian).
+_COUNT = 4
 
 
 def _frame(value: Any) -> bytes:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return len(data).to_bytes(_LENGTH, "big") + data
+
+
+def _calls_frame(calls: list[Any]) -> bytes:
+    """A batch of calls: how many (so that the writer process can answer each, even if
+    it cannot read them), then their pickle."""
+    data = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+    return (_COUNT + len(data)).to_bytes(_LENGTH, "big") + len(calls).to_bytes(_COUNT, "big") + data
 
 
 def _frames(buffer: bytearray) -> list[bytes]:
@@ -710,7 +719,7 @@ class _ProcessWriter(_Worker):
             return
         calls = [(_operation_key(job.operation), job.args, job.kwargs) for job in jobs]
         try:
-            data = _frame(calls)
+            data = _calls_frame(calls)
         except Exception as exc:  # an argument that cannot be pickled: these calls fail
             _settle([(job, exc) for job in jobs])
             return
@@ -955,20 +964,14 @@ def serve_writer(path: str, sock: socket.socket) -> None:
             if not chunk:
                 ended = True
             buffer += chunk
-            batches: list[list[_Job]] = []
-            for frame in _frames(buffer):
-                calls = pickle.loads(frame)
-                batches.append(
-                    [_Job(_find(operations, key), a, k, _UNAWAITED) for key, a, k in calls]
-                )
+            # Each frame's calls: a job, or why it cannot run (never run, so not unknown).
+            batches = [_jobs(operations, frame) for frame in _frames(buffer)]
             if not batches:
                 continue
-            done = writer._batch(db, [job for jobs in batches for job in jobs])
-            outcomes = [_portable(outcome) for _, outcome in done]
-            at = 0
-            for jobs in batches:
-                answer = outcomes[at : at + len(jobs)]
-                at += len(jobs)
+            jobs = [job for calls in batches for job in calls if isinstance(job, _Job)]
+            ran = dict(zip(map(id, jobs), (o for _, o in writer._batch(db, jobs)), strict=True))
+            for calls in batches:
+                answer = [_portable(ran[id(c)] if isinstance(c, _Job) else c) for c in calls]
                 try:
                     data = _frame(answer)
                 except Exception:  # a result that cannot be pickled: that call fails
@@ -978,6 +981,25 @@ def serve_writer(path: str, sock: socket.socket) -> None:
         db.close()
         turns.close()
         sock.close()
+
+
+def _jobs(
+    operations: dict[tuple[str, str, bool], AnyOperation], frame: bytes
+) -> list[_Job | Exception]:
+    """A frame's calls as jobs; a call whose operation or arguments this process cannot
+    load is its error instead (an operation defined inside a function has no name here)."""
+    count = int.from_bytes(frame[:_COUNT], "big")
+    try:
+        calls = pickle.loads(memoryview(frame)[_COUNT:])
+    except Exception as exc:  # its arguments' classes: these calls all fail, unrun
+        return [RuntimeError(f"the call could not be read by the writer process ({exc})")] * count
+    jobs: list[_Job | Exception] = []
+    for key, args, kwargs in calls:
+        try:
+            jobs.append(_Job(_find(operations, key), args, kwargs, _UNAWAITED))
+        except Exception as exc:
+            jobs.append(RuntimeError(f"{key[0]}.{key[1]} is not an operation found by name: {exc}"))
+    return jobs
 
 
 def _find(

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from mailman.store import Idempotency, IdempotencyMismatch, OutcomeUnknown, open_store
+from mailman.store.dialect import Dialect
 from mailman.store.mails import MailTooLarge
+from mailman.store.operation import Statement, Steps, write
 from mailman.store.sqlite import SQLiteStore, _portable, _ProcessWriter
 
 from ..conftest import eventually, make_config
@@ -66,6 +68,26 @@ async def test_an_error_of_one_call_comes_back_as_itself(store: SQLiteStore) -> 
     with pytest.raises(IdempotencyMismatch) as raised:
         await store.add(mail("m2"), again)
     assert raised.value.mail_id == "m1"
+
+
+async def test_an_operation_the_writer_process_cannot_find_fails_alone(
+    store: SQLiteStore,
+) -> None:
+    """A call of an operation defined inside a function (no name to find it by) fails
+    with an error naming it; the calls beside it run and the process goes on."""
+
+    @write
+    def one(d: Dialect) -> Steps[int]:
+        cursor = yield Statement("SELECT 1")
+        return int(cursor.fetchone()[0])
+
+    pid = pid_of(store)
+    lost = asyncio.ensure_future(store.run(one))
+    added = asyncio.ensure_future(store.add(mail("m1")))  # in the same batch
+    with pytest.raises(RuntimeError, match="one"):
+        await lost
+    assert await added == "m1"
+    assert pid_of(store) == pid
 
 
 def test_an_error_that_cannot_cross_as_itself_comes_back_named() -> None:
