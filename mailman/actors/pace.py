@@ -9,7 +9,10 @@ provider answering in 200 ms still gets five a second.
 
 The sender waits for its turn before it takes a mail from the mailbox, as it
 waits for a slot: a waiting mail stays in the mailbox, neither lost nor held
-in memory. The pace is the sender's own: N processes running a provider's
+in memory. It keeps the same pace again right before each call: between the
+two a mail's attempt is recorded, and a mail slowed there (a busy store) would
+otherwise leave together with the ones after it (seen: five calls in 0.11 s at
+20 a second). The pace is the sender's own: N processes running a provider's
 sender make N times as many calls, so divide the provider's limit between them.
 """
 

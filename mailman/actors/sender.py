@@ -165,6 +165,9 @@ class Sender(Actor):
         self.slots = Limiter(ceiling, start=concurrency, adaptive=adaptive)
         #: At most ``rate`` calls a second (``MAILMAN_SENDER_RATE_PER_PROVIDER``); None: no pace.
         self.pace = None if rate is None else Pace(rate)
+        #: The same pace again right before each call: a mail whose way to the call was
+        #: slowed (a busy store) must not leave together with the ones after it.
+        self.call_pace = None if rate is None else Pace(rate)
         #: Seconds between ``provider.calls`` lines (the calls of the interval, at info).
         self.calls_log_seconds = calls_log_seconds
         self.tally = CallTally()
@@ -507,6 +510,8 @@ class Sender(Actor):
         sized = self.slots.sized(mail.content_bytes)
         if sized is not None:
             self._log_limit(sized)
+        if self.call_pace is not None:
+            await self.call_pace.turn()
         started = self.slots.clock()
         result = await self._answer(mail)
         change = self.slots.observe(started, answer_of(result))
