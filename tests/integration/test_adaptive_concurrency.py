@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from mailman.mailboxes import MemoryBroker
 from mailman.mailboxes.routing import Router
 from mailman.providers.mailgun import MailgunClient, MailgunConfig
 from mailman.providers.sendgrid import SendGridClient, SendGridConfig
-from mailman.store import Store
+from mailman.store import Begun, Store
 from mailman.store.sqlite import SQLiteStore
 from mailman.system import Mailman
 
@@ -224,3 +226,38 @@ def test_the_rate_setting_reaches_the_named_sender_only(tmp_path: Path) -> None:
         assert isinstance(sender, Sender)
         paces.append(None if sender.pace is None else sender.pace.per_second)
     assert paces == [None, 2]
+
+
+class SlowToBegin(SQLiteStore):
+    """A store that takes ``seconds`` to record the attempt of one mail (a busy store)."""
+
+    def __init__(self, path: str, slow_id: str, seconds: float) -> None:
+        super().__init__(path)
+        self.slow_id, self.seconds = slow_id, seconds
+
+    async def begin_attempt(
+        self, mail_id: str, provider: str, round_: int, at: float, stale_before: float
+    ) -> Begun | None:
+        if mail_id == self.slow_id:
+            self.slow_id = ""  # once
+            await asyncio.sleep(self.seconds)
+        return await super().begin_attempt(mail_id, provider, round_, at, stale_before)
+
+
+async def test_a_paced_mail_slowed_on_its_way_does_not_leave_with_the_next(
+    tmp_path: Path,
+) -> None:
+    """At 10 calls a second, a mail whose attempt takes 0.5 s to record reaches SendGrid
+    in a turn of its own: no two calls closer than half an interval."""
+    batch = [mail(i) for i in range(12)]
+    async with (
+        SlowToBegin(str(tmp_path / "slow.db"), batch[2].id, 0.5) as store,
+        FakeSendGrid(api_key="SG.paced") as sendgrid,
+    ):
+        for one in batch:
+            await store.add(one)
+        await deliver(store, sendgrid, batch, concurrency=CEILING, rate=10)
+    assert sorted(sendgrid.mail_ids()) == sorted(m.id for m in batch)
+    at = sendgrid.call_times
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert min(gaps) >= 0.5 / 10, gaps
