@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailman.store.sqlite import FORKER_IMPORT
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _TCP_LISTEN = "0A"
@@ -88,7 +90,7 @@ def children(pid: int) -> list[int]:
 
 #: On the command line of a SQLite writer process (``MAILMAN_SQLITE_WRITER=process``) and
 #: of the forker its Mailman process starts them from.
-WRITER_MODULE = "mailman.store.sqlite import forker"
+WRITER_MODULE = FORKER_IMPORT
 #: A writer process is named after the Mailman process it writes for, with this suffix
 #: (its forker with ``FORKER_SUFFIX``).
 WRITER_SUFFIX = "-writer"

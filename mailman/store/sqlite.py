@@ -551,8 +551,7 @@ class SQLiteStore(SqlStore):
         path = self._file
         writer: _Worker
         if path is not None and self.writer == "process":
-            self._create()
-            writer = _ProcessWriter(self.path)
+            writer = _ProcessWriter(self.path)  # the process creates the file (0600)
         else:
             turns = self._turns = None if path is None else TurnLock(path)
             writer = _Worker("writer", lambda: self._connect(write=True), write=True, turns=turns)
@@ -784,7 +783,6 @@ class _ProcessWriter(_Worker):
             with contextlib.suppress(Exception):
                 await starting
         self._submit()
-        self._stopping = True
         return await self._end()
 
     async def _end(self) -> bool:
@@ -899,13 +897,15 @@ _FORKER = _Forker()
 #: How long the forker may take to start (a fresh interpreter importing the store).
 _FORKER_START_SECONDS = 60.0
 
+#: On the command line of the forker and of every writer process (``ps``, the bench).
+FORKER_IMPORT = "mailman.store.sqlite import forker"
 #: The forker's program (argv: package root, its control socket's fd), found as the
 #: caller found this package, or else where this one is (appended: nothing there
 #: shadows what the path had). Not multiprocessing: it would import the caller's main
 #: module again. ``forker`` stays on the command line of it and of its writers.
 _FORKER_MAIN = (
-    "import sys; sys.path.append(sys.argv[1]); "
-    "from mailman.store.sqlite import forker; sys.exit(forker(sys.argv[2:]))"
+    f"import sys; sys.path.append(sys.argv[1]); from {FORKER_IMPORT}; "
+    "sys.exit(forker(sys.argv[2:]))"
 )
 
 
@@ -939,12 +939,10 @@ def forker(argv: Sequence[str]) -> int:
 def serve_writer(path: str, sock: socket.socket) -> None:
     """The writer process: batches of calls in, their outcomes out, until the socket ends.
 
-    It ignores SIGINT and SIGTERM (a Ctrl-C or a stop reaches the whole process group):
-    its parent ends it by closing the socket, once what was sent is committed; a parent
-    killed outright closes it too.
+    It ignores SIGINT and SIGTERM as its forker does (a fork keeps ignored signals; a
+    Ctrl-C or a stop reaches the whole process group): its Mailman process ends it by
+    closing the socket, once what was sent is committed; one killed outright closes it too.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging("warning", "json")  # were anything logged here: one JSON object
     store = SQLiteStore(path)
     try:
@@ -1081,6 +1079,7 @@ def _migrate_one(d: Dialect, scripts: tuple[str, ...], path: str) -> Steps[bool]
 
 
 __all__ = [
+    "FORKER_IMPORT",
     "MIGRATIONS",
     "SQLiteStore",
     "forker",
