@@ -69,7 +69,7 @@ import structlog
 from mailman.config.logging import configure_logging
 from mailman.config.settings import SQLITE_WRITERS
 
-from . import migrations
+from . import frames, migrations
 from .base import OutcomeUnknown, SqlStore, StoreUnavailable, timed_out
 from .dialect import SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
@@ -611,34 +611,6 @@ class SQLiteStore(SqlStore):
 _UNAWAITED: Any = None
 #: The folder holding the ``mailman`` package, for the writer process to import it from.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: A frame on the writer process's socket: its length (8 bytes, big-endian), then a pickle.
-_LENGTH = 8
-#: A batch of calls' frame starts with their number (4 bytes, big-endian).
-_COUNT = 4
-
-
-def _frame(value: Any) -> bytes:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(data).to_bytes(_LENGTH, "big") + data
-
-
-def _calls_frame(calls: list[Any]) -> bytes:
-    """A batch of calls: how many (so that the writer process can answer each, even if
-    it cannot read them), then their pickle."""
-    data = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
-    return (_COUNT + len(data)).to_bytes(_LENGTH, "big") + len(calls).to_bytes(_COUNT, "big") + data
-
-
-def _frames(buffer: bytearray) -> list[bytes]:
-    """The whole frames at the start of ``buffer``, taken out of it (a partial one stays)."""
-    frames = []
-    while len(buffer) >= _LENGTH:
-        size = int.from_bytes(buffer[:_LENGTH], "big")
-        if len(buffer) < _LENGTH + size:
-            break
-        frames.append(bytes(buffer[_LENGTH : _LENGTH + size]))
-        del buffer[: _LENGTH + size]
-    return frames
 
 
 def _operation_key(operation: AnyOperation) -> tuple[str, str, bool]:
@@ -718,7 +690,7 @@ class _ProcessWriter(_Worker):
             return
         calls = [(_operation_key(job.operation), job.args, job.kwargs) for job in jobs]
         try:
-            data = _calls_frame(calls)
+            data = frames.calls_frame(calls)
         except Exception as exc:  # an argument that cannot be pickled: these calls fail
             _settle([(job, exc) for job in jobs])
             return
@@ -813,7 +785,7 @@ class _Outcomes(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        for frame in _frames(self._buffer):
+        for frame in frames.split(self._buffer):
             self._writer._outcomes(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -949,9 +921,9 @@ def serve_writer(path: str, sock: socket.socket) -> None:
         db = store._connect(write=True)
         turns = TurnLock(store._file or path)
     except Exception as exc:
-        sock.sendall(_frame(_portable(exc)))
+        sock.sendall(frames.frame(_portable(exc)))
         return
-    sock.sendall(_frame(os.getpid()))
+    sock.sendall(frames.frame(os.getpid()))
     writer = _Worker("writer", lambda: db, write=True, turns=turns)
     operations: dict[tuple[str, str, bool], AnyOperation] = {}
     buffer = bytearray()
@@ -963,7 +935,7 @@ def serve_writer(path: str, sock: socket.socket) -> None:
                 ended = True
             buffer += chunk
             # Each frame's calls: a job, or why it cannot run (never run, so not unknown).
-            batches = [_jobs(operations, frame) for frame in _frames(buffer)]
+            batches = [_jobs(operations, frame) for frame in frames.split(buffer)]
             if not batches:
                 continue
             jobs = [job for calls in batches for job in calls if isinstance(job, _Job)]
@@ -971,9 +943,9 @@ def serve_writer(path: str, sock: socket.socket) -> None:
             for calls in batches:
                 answer = [_portable(ran[id(c)] if isinstance(c, _Job) else c) for c in calls]
                 try:
-                    data = _frame(answer)
+                    data = frames.frame(answer)
                 except Exception:  # a result that cannot be pickled: that call fails
-                    data = _frame([_sendable(outcome) for outcome in answer])
+                    data = frames.frame([_sendable(outcome) for outcome in answer])
                 sock.sendall(data)
     finally:
         db.close()
@@ -986,9 +958,9 @@ def _jobs(
 ) -> list[_Job | Exception]:
     """A frame's calls as jobs; a call whose operation or arguments this process cannot
     load is its error instead (an operation defined inside a function has no name here)."""
-    count = int.from_bytes(frame[:_COUNT], "big")
+    count = int.from_bytes(frame[: frames.COUNT], "big")
     try:
-        calls = pickle.loads(memoryview(frame)[_COUNT:])
+        calls = pickle.loads(memoryview(frame)[frames.COUNT :])
     except Exception as exc:  # its arguments' classes: these calls all fail, unrun
         return [RuntimeError(f"the call could not be read by the writer process ({exc})")] * count
     jobs: list[_Job | Exception] = []
@@ -1018,7 +990,7 @@ def _find(
 
 def _sendable(outcome: Any) -> Any:
     try:
-        pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        frames.dumps(outcome)
     except Exception as exc:
         return RuntimeError(f"the result of the call could not be sent back ({exc})")
     return outcome
@@ -1029,7 +1001,7 @@ def _portable(outcome: Any) -> Any:
     if not isinstance(outcome, BaseException):
         return outcome
     try:
-        again = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        again = pickle.loads(frames.dumps(outcome))
     except Exception:
         again = None
     if type(again) is type(outcome):
