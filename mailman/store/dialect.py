@@ -39,6 +39,9 @@ class Dialect:
     one_writer: bool
     #: Appended to a claim's SELECT (MySQL: lock the rows, skip the locked).
     claim_lock: str = ""
+    #: Follows the table a claim reads (MySQL: in id order, stopping at its limit; see
+    #: ``outbox._claimable``).
+    claim_index: str = ""
     #: Appended to a SELECT of rows the transaction changes next (MySQL: lock them).
     row_lock: str = ""
     #: The larger of two values (SQLite's scalar ``MAX``, MySQL's ``GREATEST``).
@@ -138,6 +141,7 @@ MYSQL = Dialect(
     mark="%s",
     one_writer=False,
     claim_lock=" FOR UPDATE SKIP LOCKED",
+    claim_index=" FORCE INDEX (PRIMARY)",
     row_lock=" FOR UPDATE",
     greatest="GREATEST",
     minute="FLOOR(at / 60) * 60",

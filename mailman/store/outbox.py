@@ -104,9 +104,14 @@ def _own_chains(d: Dialect, count: int) -> str:
 
 @functools.cache
 def _claimable(d: Dialect) -> str:
+    """The next entries free to claim, oldest first. MySQL reads them in the primary key's
+    order, stopping at the limit. Left to choose, MariaDB 10.11 read them by the lease
+    index and sorted them, and claimers running meanwhile, skipping locked rows, often
+    found none while 238 of 240 entries were free (``test_concurrent_claims_never_share_
+    an_entry``: 7 claimers of 8 got nothing in 3 runs of 8; none in 30 runs since)."""
     m = d.mark
     return (
-        "SELECT id, mail_id, accepted_at, round FROM outbox "
+        f"SELECT id, mail_id, accepted_at, round FROM outbox{d.claim_index} "
         f"WHERE leased_until IS NULL OR leased_until < {m} ORDER BY id LIMIT {m}"
         f"{d.claim_lock}"
     )
