@@ -17,7 +17,7 @@ from mailman.core.suppression import drop, recipients
 
 from . import callbacks, moves, payloads, summary, suppressions
 from .dialect import Dialect, chunks
-from .moves import MOVE_ORDER, UNFINISHED
+from .moves import MOVE_ORDER
 from .operation import Engine, Statement, Steps, write, write_batch
 
 
@@ -57,7 +57,8 @@ class Attempts(abc.ABC):
         is still pending, or ``unknown`` attempts are not checked yet (see
         ``Begun``). Recipients the tenant suppresses are dropped from the mail first; one
         left with no visible recipient ends ``suppressed``, no attempt recorded.
-        Otherwise the mail is ``sending``, due now. None if unknown.
+        Otherwise the mail is ``sending`` (a ``queued`` one moved, due now; one already
+        ``sending`` left as it was). None if unknown.
         """
 
     @abc.abstractmethod
@@ -184,11 +185,17 @@ def _insert_pending(d: Dialect) -> str:
 
 @functools.cache
 def _sending(d: Dialect) -> str:
-    """The mail is ``sending`` and due now (parameters: at, at, mail id, ``UNFINISHED``)."""
+    """A ``queued`` mail becomes ``sending``, due now (parameters: at, at, mail id).
+
+    One already ``sending`` (the relay's claim made it so, or it is on a retry) is left
+    as it is: its ``updated_at`` stays when its status changed, and while its attempt is
+    pending the sweeper passes it by whatever its ``due_at``. Rewriting its row (and
+    four indexes) for its times alone cost the writer 15 µs per mail.
+    """
     m = d.mark
     return (
         f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {m}, due_at = {m} "
-        f"WHERE id = {m} AND status IN ({d.marks(len(UNFINISHED))})"
+        f"WHERE id = {m} AND status = '{Status.QUEUED.value}'"
     )
 
 
@@ -394,7 +401,7 @@ def begin(
             return Begun(mail, Status.SUPPRESSED, why="suppressed")
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
-    yield Statement(_sending(d), (at, at, mail_id, *UNFINISHED))
+    yield Statement(_sending(d), (at, at, mail_id))
     _count_begun(deltas, provider, round_, status)
     if mail.callback_url is not None:
         yield from callbacks.queue(d, [mail_id])
@@ -459,7 +466,7 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
             continue
         begun[mail_id] = i
         pending.append((mail_id, provider, round_, at))
-        sending.append((at, at, mail_id, *UNFINISHED))
+        sending.append((at, at, mail_id))
         _count_begun(deltas, provider, round_, rows[mail_id][1])
         if rows[mail_id][0].callback_url is not None:
             called_back.append(mail_id)

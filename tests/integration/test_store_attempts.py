@@ -182,6 +182,24 @@ async def test_begin_attempt_records_a_pending_attempt_and_marks_sending(store: 
     ]
 
 
+async def test_begin_attempt_leaves_a_claimed_mail_as_the_claim_made_it(store: Store) -> None:
+    """A mail the relay's claim made sending keeps the claim's time as when its status
+    changed; a queued one begun directly moves to sending at the begin's time, and the
+    claimed one is still swept once its pending attempt goes stale."""
+    await store.add(mail("claimed"))
+    await store.add(mail("queued"))
+    entries = await store.claim_outbox("relay", 1, 30.0, 1500.0)
+    assert [e.mail_id for e in entries] == ["claimed"]
+    await store.published([e.id for e in entries])
+    for mail_id in ("claimed", "queued"):
+        begun = await store.begin_attempt(mail_id, "sendgrid", 0, 2000.0, 1000.0)
+        assert begun is not None and begun.attempt_id is not None
+    claimed, queued = await store.get("claimed"), await store.get("queued")
+    assert claimed is not None and (claimed.status, claimed.updated_at) == (Status.SENDING, 1500.0)
+    assert queued is not None and (queued.status, queued.updated_at) == (Status.SENDING, 2000.0)
+    assert await store.sweep(2100.0, 2050.0) == ["claimed"]  # "queued" has its outbox entry
+
+
 async def test_a_finished_attempt_replaces_its_pending_record(store: Store) -> None:
     """An update carrying the attempt's id finishes that row: one attempt, not two."""
     await store.add(mail())
