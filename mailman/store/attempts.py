@@ -401,7 +401,8 @@ def begin(
             return Begun(mail, Status.SUPPRESSED, why="suppressed")
     cur = yield Statement(_insert_pending(d), (mail_id, provider, round_, at))
     attempt_id = cur.lastrowid
-    yield Statement(_sending(d), (at, at, mail_id))
+    if status is Status.QUEUED:  # read in this transaction: one already sending stays
+        yield Statement(_sending(d), (at, at, mail_id))
     _count_begun(deltas, provider, round_, status)
     if mail.callback_url is not None:
         yield from callbacks.queue(d, [mail_id])
@@ -466,7 +467,8 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
             continue
         begun[mail_id] = i
         pending.append((mail_id, provider, round_, at))
-        sending.append((at, at, mail_id))
+        if rows[mail_id][1] is Status.QUEUED:  # one already sending stays as it is
+            sending.append((at, at, mail_id))
         _count_begun(deltas, provider, round_, rows[mail_id][1])
         if rows[mail_id][0].callback_url is not None:
             called_back.append(mail_id)
@@ -479,7 +481,8 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
             for mail_id, attempt_id in cur.fetchall():
                 mail = rows[str(mail_id)][0]
                 out[begun[str(mail_id)]] = Begun(mail, Status.SENDING, attempt_id=int(attempt_id))
-        yield Statement(_sending(d), sending, many=True)
+        if sending:
+            yield Statement(_sending(d), sending, many=True)
     if called_back:
         yield from callbacks.queue(d, called_back)
     yield from summary.bump(d, deltas)
