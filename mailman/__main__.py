@@ -4,5 +4,5 @@ import sys
 
 from mailman.cli import main
 
-if __name__ == "__main__":  # not when a spawned process (the SQLite writer) imports it
+if __name__ == "__main__":  # only when run (`python -m mailman`), not when imported
     sys.exit(main())

@@ -69,8 +69,8 @@ def _by_fields(cls: type) -> Reducer | None:
 
 def _by_value(cls: type) -> Reducer | None:
     """An enum member, as ``Enum.__reduce_ex__`` gives it (without a Python method's
-    lookup and call)."""
-    if not issubclass(cls, enum.Enum):
+    lookup and call); not for an enum with a reduction of its own."""
+    if not issubclass(cls, enum.Enum) or cls.__reduce_ex__ is not enum.Enum.__reduce_ex__:
         return None
     return lambda member: (cls, (member._value_,))
 
@@ -105,6 +105,16 @@ def calls_frame(calls: list[Any]) -> bytes:
     it cannot read them), then their pickle."""
     data = dumps(calls)
     return (COUNT + len(data)).to_bytes(LENGTH, "big") + len(calls).to_bytes(COUNT, "big") + data
+
+
+def count_of(frame: bytes) -> int:
+    """How many calls a frame of ``calls_frame`` holds (readable when they are not)."""
+    return int.from_bytes(frame[:COUNT], "big")
+
+
+def calls_of(frame: bytes) -> Any:
+    """The calls of a frame of ``calls_frame``: raises what unpickling them raised."""
+    return pickle.loads(memoryview(frame)[COUNT:])
 
 
 def split(buffer: bytearray) -> list[bytes]:

@@ -958,11 +958,11 @@ def _jobs(
 ) -> list[_Job | Exception]:
     """A frame's calls as jobs; a call whose operation or arguments this process cannot
     load is its error instead (an operation defined inside a function has no name here)."""
-    count = int.from_bytes(frame[: frames.COUNT], "big")
     try:
-        calls = pickle.loads(memoryview(frame)[frames.COUNT :])
+        calls = frames.calls_of(frame)
     except Exception as exc:  # its arguments' classes: these calls all fail, unrun
-        return [RuntimeError(f"the call could not be read by the writer process ({exc})")] * count
+        error = RuntimeError(f"the call could not be read by the writer process ({exc})")
+        return [error] * frames.count_of(frame)
     jobs: list[_Job | Exception] = []
     for key, args, kwargs in calls:
         try:

@@ -27,7 +27,7 @@ from mailman.core.model import (
 )
 from mailman.store import Idempotency
 from mailman.store.attempts import Begun
-from mailman.store.frames import LENGTH, calls_frame, dumps, frame, split
+from mailman.store.frames import LENGTH, calls_frame, calls_of, count_of, dumps, frame, split
 
 
 def crossed(value: Any) -> Any:
@@ -159,7 +159,7 @@ def test_frames_split_whole_ones_off_and_keep_a_partial_one() -> None:
     assert buffer == two[:-3]
     buffer += two[-3:]
     (calls,) = split(buffer)
-    assert int.from_bytes(calls[:4], "big") == 2
-    assert pickle.loads(calls[4:]) == [("op", (1,), {}), ("op", (2,), {})]
+    assert int.from_bytes(calls[:4], "big") == count_of(calls) == 2
+    assert pickle.loads(calls[4:]) == calls_of(calls) == [("op", (1,), {}), ("op", (2,), {})]
     assert buffer == b""
     assert int.from_bytes(one[:LENGTH], "big") == len(one) - LENGTH
