@@ -38,6 +38,9 @@ import yarl
 
 from mailman.core.model import Address, Check, Mail, Outcome, SuppressionReason
 
+from .transport import Answer as Answer  # a send's answer, for the clients
+from .transport import ConnectTimeout, Lost, NotSent, Transport, Unsendable
+
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500
 #: The longest RFC 2047 encoded-word (RFC 2047, section 2).
@@ -195,10 +198,17 @@ class ProviderClient(abc.ABC):
 
 
 class HttpClient(ProviderClient):
-    """A provider behind an HTTP API: one session, opened on first use and reused."""
+    """A provider behind an HTTP API. A send goes through ``post`` (the lean
+    ``transport``: pooled keep-alive connections, one write per call); a lookup or a
+    suppression list through one aiohttp session, opened on first use and reused."""
+
+    #: The provider's name as its makers write it, for messages ("invalid SendGrid URL").
+    title: ClassVar[str] = "the provider's"
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name
+        #: The connections sends go over.
+        self.transport = Transport()
         self.timeout = timeout
         self._timeout = timeout
         #: The timeouts of a send, and of a question (a lookup).
@@ -220,9 +230,34 @@ class HttpClient(ProviderClient):
             self._session = http_session(self._timeout)
 
     async def close(self) -> None:
+        self.transport.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        secret: str,
+        timeouts: aiohttp.ClientTimeout | None = None,
+    ) -> Answer | Result:
+        """The provider's answer to a POST of ``body`` to ``url`` within ``timeouts``
+        (the send's, by default); if none came, what that means (``no_answer``), and
+        ``Misconfigured`` for a URL or header that cannot be sent (never a ``secret``)."""
+        timeouts = timeouts or self._timeouts
+        assert timeouts.total is not None and timeouts.connect is not None
+        try:
+            return await self.transport.post(
+                url, body, headers, total=timeouts.total, connect=timeouts.connect
+            )
+        except Unsendable as exc:
+            if exc.where == "url":
+                return Misconfigured(f"invalid {self.title} URL {url!r}")
+            return Misconfigured(f"{self.title} request not sent: {exc}")
+        except (NotSent, Lost, TimeoutError, OSError) as exc:
+            return no_answer(exc, timeouts, secret)
 
     async def session(self) -> aiohttp.ClientSession:
         """The session (``start`` first, if it has not run)."""
@@ -306,18 +341,20 @@ def request_timeout(total: float) -> aiohttp.ClientTimeout:
 def no_answer(exc: BaseException, timeouts: aiohttp.ClientTimeout, key: str) -> Result:
     """The result of a provider call that raised ``exc`` instead of answering.
 
-    ``Transient`` when the request never left (``NOT_SENT``); otherwise ``Unknown``:
-    a timeout after connecting, or the connection lost while sending or before the
-    answer was read (``ServerDisconnectedError``, ``ClientOSError``,
-    ``ClientPayloadError``, a malformed answer), so the provider may have the mail.
+    ``Transient`` when the request never left (``NOT_SENT``, the transport's
+    ``NotSent``); otherwise ``Unknown``: a timeout after connecting, or the connection
+    lost while sending or before the answer was read (the transport's ``Lost``;
+    aiohttp's ``ServerDisconnectedError``, ``ClientOSError``, ``ClientPayloadError``,
+    a malformed answer), so the provider may have the mail.
     """
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | ConnectTimeout):
         return Transient(f"connection error: no connection within {timeouts.connect:g}s")
-    if isinstance(exc, NOT_SENT):
-        return Transient(redact(f"connection error: {describe(exc)}", key))
+    said = str(exc) if isinstance(exc, NotSent | Lost) else describe(exc)  # ours say what
+    if isinstance(exc, (*NOT_SENT, NotSent)):
+        return Transient(redact(f"connection error: {said}", key))
     if isinstance(exc, TimeoutError):
         return Unknown(f"timeout after {timeouts.total:g}s waiting for the answer")
-    return Unknown(redact(f"connection lost before the answer: {describe(exc)}", key))
+    return Unknown(redact(f"connection lost before the answer: {said}", key))
 
 
 def describe(exc: BaseException) -> str:

@@ -28,16 +28,15 @@ from mailman.core.model import Check, Disposition, Mail, SuppressionReason
 from . import (
     MAX_LIST_PAGES,
     Accepted,
+    Answer,
     Found,
     HttpClient,
     Listed,
     ListUnavailable,
-    Misconfigured,
     Result,
     classify,
     describe,
     formatted_address,
-    no_answer,
     redact,
     shorten,
     streamed,
@@ -74,7 +73,9 @@ class MailgunConfig:
 
 
 class MailgunClient(HttpClient):
-    """Sends mail through Mailgun over one reused HTTP session."""
+    """Sends mail through Mailgun over pooled keep-alive connections."""
+
+    title = "Mailgun"
 
     def __init__(self, config: MailgunConfig, timeout: float) -> None:
         super().__init__(NAME, timeout)
@@ -84,25 +85,16 @@ class MailgunClient(HttpClient):
         self._events_url = f"{base}/events"
 
     async def send(self, mail: Mail) -> Result:
-        session = await self.session()
         key = self._config.api_key.reveal()
-        try:
-            async with session.post(
-                self._url,
-                data=request_body(mail),
-                headers={"Authorization": basic_auth("api", key)},
-                allow_redirects=False,
-                timeout=self._timeouts,
-            ) as resp:
-                raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return Accepted(message_id=_message_id(raw))
-                reason = redact(_error_reason(raw), key)
-                return classify(resp.status, reason, resp.headers.get("Retry-After"))
-        except aiohttp.InvalidURL:
-            return Misconfigured(f"invalid Mailgun URL {self._url!r}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, key)
+        payload = request_body(mail)()
+        headers = {"Authorization": basic_auth("api", key), "Content-Type": payload.content_type}
+        answer = await self.post(self._url, await payload.as_bytes(), headers, key)
+        if not isinstance(answer, Answer):
+            return answer
+        if 200 <= answer.status < 300:
+            return Accepted(message_id=_message_id(answer.body))
+        reason = redact(_error_reason(answer.body), key)
+        return classify(answer.status, reason, answer.header("Retry-After"))
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         """Whether Mailgun accepted ``mail``: an ``accepted`` event with its Message-ID

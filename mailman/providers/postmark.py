@@ -25,6 +25,7 @@ from mailman.core.model import Attachment, Check, Disposition, Mail, Suppression
 
 from . import (
     Accepted,
+    Answer,
     Found,
     HttpClient,
     Listed,
@@ -34,10 +35,8 @@ from . import (
     classify,
     describe,
     formatted_address,
-    no_answer,
     redact,
     shorten,
-    streamed,
 )
 
 #: The header the server token goes in.
@@ -88,7 +87,9 @@ _SUPPRESSION_REASONS = {
 
 
 class PostmarkClient(HttpClient):
-    """Sends mail through Postmark over one reused HTTP session."""
+    """Sends mail through Postmark over pooled keep-alive connections."""
+
+    title = "Postmark"
 
     def __init__(self, config: PostmarkConfig, timeout: float) -> None:
         super().__init__(NAME, timeout)
@@ -101,29 +102,19 @@ class PostmarkClient(HttpClient):
         return {TOKEN_HEADER: token, "Accept": "application/json"}
 
     async def send(self, mail: Mail) -> Result:
-        session = await self.session()
         token = self._config.server_token.reveal()
         headers = {**self._headers(token), "Content-Type": "application/json"}
-        try:
-            async with session.post(
-                self._url,
-                data=streamed(orjson.dumps(body(mail, self._config.message_stream))),
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeouts,
-            ) as resp:
-                raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return Accepted(message_id=_message_id(raw))
-                reason = redact(_error_reason(raw), token)
-                result = classify(resp.status, reason, resp.headers.get("Retry-After"))
-                if resp.status == 422 and _error_code(raw) in ACCOUNT_ERRORS:
-                    return Misconfigured(shorten(reason), resp.status)
-                return result
-        except aiohttp.InvalidURL:
-            return Misconfigured(f"invalid Postmark URL {self._url!r}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, token)
+        data = orjson.dumps(body(mail, self._config.message_stream))
+        answer = await self.post(self._url, data, headers, token)
+        if not isinstance(answer, Answer):
+            return answer
+        if 200 <= answer.status < 300:
+            return Accepted(message_id=_message_id(answer.body))
+        reason = redact(_error_reason(answer.body), token)
+        result = classify(answer.status, reason, answer.header("Retry-After"))
+        if answer.status == 422 and _error_code(answer.body) in ACCOUNT_ERRORS:
+            return Misconfigured(shorten(reason), answer.status)
+        return result
 
     async def suppression_list(self) -> list[Listed]:
         """The configured stream's suppressions (``GET /message-streams/{stream}/

@@ -38,6 +38,7 @@ from mailman.core.model import Attachment, Check, Disposition, Mail
 
 from . import (
     Accepted,
+    Answer,
     Found,
     HttpClient,
     Misconfigured,
@@ -47,11 +48,9 @@ from . import (
     Unknown,
     classify,
     formatted_address,
-    no_answer,
     parse_retry_after,
     redact,
     shorten,
-    streamed,
 )
 
 #: How long Resend keeps an idempotency key.
@@ -97,7 +96,9 @@ class ResendConfig:
 
 
 class ResendClient(HttpClient):
-    """Sends mail through Resend over one reused HTTP session."""
+    """Sends mail through Resend over pooled keep-alive connections."""
+
+    title = "Resend"
 
     def __init__(self, config: ResendConfig, timeout: float) -> None:
         super().__init__(NAME, timeout)
@@ -109,37 +110,26 @@ class ResendClient(HttpClient):
 
     async def _post(self, mail: Mail, timeouts: aiohttp.ClientTimeout) -> Result:
         """The mail's request under its key, within ``timeouts``."""
-        session = await self.session()
         key = self._config.api_key.reveal()
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Idempotency-Key": mail.id,
         }
-        try:
-            async with session.post(
-                self._url,
-                data=streamed(orjson.dumps(body(mail))),
-                headers=headers,
-                allow_redirects=False,
-                timeout=timeouts,
-            ) as resp:
-                raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return Accepted(message_id=_message_id(raw))
-                name, message = _error(raw)
-                reason = redact(f"{name}: {message}" if name else message, key)
-                if resp.status == 409 and name == CONCURRENT:
-                    wait = parse_retry_after(resp.headers.get("Retry-After"), cap=60.0)
-                    return InProgress(
-                        shorten(reason),
-                        IN_PROGRESS_RETRY_SECONDS if wait is None else wait,
-                    )
-                return classify(resp.status, reason, resp.headers.get("Retry-After"))
-        except aiohttp.InvalidURL:
-            return Misconfigured(f"invalid Resend URL {self._url!r}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, timeouts, key)
+        answer = await self.post(self._url, orjson.dumps(body(mail)), headers, key, timeouts)
+        if not isinstance(answer, Answer):
+            return answer
+        if 200 <= answer.status < 300:
+            return Accepted(message_id=_message_id(answer.body))
+        name, message = _error(answer.body)
+        reason = redact(f"{name}: {message}" if name else message, key)
+        if answer.status == 409 and name == CONCURRENT:
+            wait = parse_retry_after(answer.header("Retry-After"), cap=60.0)
+            return InProgress(
+                shorten(reason),
+                IN_PROGRESS_RETRY_SECONDS if wait is None else wait,
+            )
+        return classify(answer.status, reason, answer.header("Retry-After"))
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         """Asks Resend by sending the same request again under the mail's key: Resend

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from mailman.config import ProviderPlugin, Secret, parse, required, setting
@@ -23,16 +22,14 @@ from mailman.core.model import Address, Attachment, Check, Mail, SuppressionReas
 from . import (
     MAX_LIST_PAGES,
     Accepted,
+    Answer,
     Found,
     HttpClient,
     Listed,
     ListUnavailable,
-    Misconfigured,
     Result,
     classify,
-    no_answer,
     redact,
-    streamed,
 )
 
 #: Characters SendGrid refuses in a recipient's name.
@@ -61,7 +58,9 @@ class SendGridConfig:
 
 
 class SendGridClient(HttpClient):
-    """Sends mail through SendGrid over one reused HTTP session."""
+    """Sends mail through SendGrid over pooled keep-alive connections."""
+
+    title = "SendGrid"
 
     def __init__(self, config: SendGridConfig, timeout: float) -> None:
         super().__init__(NAME, timeout)
@@ -69,25 +68,15 @@ class SendGridClient(HttpClient):
         self._url = f"{config.base_url.rstrip('/')}/v3/mail/send"
 
     async def send(self, mail: Mail) -> Result:
-        session = await self.session()
         key = self._config.api_key.reveal()
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        try:
-            async with session.post(
-                self._url,
-                data=streamed(orjson.dumps(body(mail))),
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeouts,
-            ) as resp:
-                if 200 <= resp.status < 300:
-                    return Accepted(message_id=resp.headers.get("X-Message-Id", ""))
-                reason = redact(_error_reason(await resp.read()), key)
-                return classify(resp.status, reason, resp.headers.get("Retry-After"))
-        except aiohttp.InvalidURL:
-            return Misconfigured(f"invalid SendGrid URL {self._url!r}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, key)
+        answer = await self.post(self._url, orjson.dumps(body(mail)), headers, key)
+        if not isinstance(answer, Answer):
+            return answer
+        if 200 <= answer.status < 300:
+            return Accepted(message_id=answer.header("X-Message-Id") or "")
+        reason = redact(_error_reason(answer.body), key)
+        return classify(answer.status, reason, answer.header("Retry-After"))
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from mailman.config import SETTINGS, ConfigError, ProviderPlugin, parse, setting
@@ -38,6 +37,7 @@ from mailman.core.model import Check, Mail, SuppressionReason
 from . import (
     MAX_LIST_PAGES,
     Accepted,
+    Answer,
     Found,
     HttpClient,
     Listed,
@@ -48,9 +48,7 @@ from . import (
     Transient,
     classify,
     describe,
-    no_answer,
     shorten,
-    streamed,
 )
 from .outbox import render
 
@@ -126,7 +124,9 @@ class SesConfig:
 
 
 class SesClient(HttpClient):
-    """Sends mail through SES over one reused HTTP session, signing each request."""
+    """Sends mail through SES over pooled keep-alive connections, signing each request."""
+
+    title = "SES"
 
     def __init__(self, config: SesConfig, timeout: float) -> None:
         super().__init__(NAME, timeout)
@@ -150,7 +150,6 @@ class SesClient(HttpClient):
         over = over_limits(mail)
         if over is not None:
             return over
-        session = await self.session()
         credentials = await self._signing_credentials()
         if isinstance(credentials, Misconfigured | Transient):
             return credentials
@@ -159,24 +158,14 @@ class SesClient(HttpClient):
             data, headers = await asyncio.to_thread(self._signed, mail, credentials)
         else:
             data, headers = self._signed(mail, credentials)
-        try:
-            async with session.post(
-                self._url,
-                data=streamed(data),
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeouts,
-            ) as resp:
-                raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return Accepted(message_id=_message_id(raw))
-                kind, message = error_of(raw, resp.headers.get("x-amzn-ErrorType"))
-                reason = self._redact(f"{kind}: {message}" if kind else message)
-                return result_of(resp.status, kind, reason, resp.headers.get("Retry-After"))
-        except aiohttp.InvalidURL:
-            return Misconfigured(f"invalid SES URL {self._url!r}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return no_answer(exc, self._timeouts, credentials.secret_key or "")
+        answer = await self.post(self._url, data, headers, credentials.secret_key or "")
+        if not isinstance(answer, Answer):
+            return answer
+        if 200 <= answer.status < 300:
+            return Accepted(message_id=_message_id(answer.body))
+        kind, message = error_of(answer.body, answer.header("x-amzn-ErrorType"))
+        reason = self._redact(f"{kind}: {message}" if kind else message)
+        return result_of(answer.status, kind, reason, answer.header("Retry-After"))
 
     async def lookup(self, mail: Mail, since: float) -> Found:
         return Found(Check.CANNOT, reason=LOOKUP_UNAVAILABLE)

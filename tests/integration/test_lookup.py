@@ -93,8 +93,7 @@ async def test_accept_then_drop_is_unknown(fake: FakeSendGrid | FakeMailgun) -> 
     result = await send_once(client_for(fake), mail)
 
     assert isinstance(result, Unknown)
-    assert result.reason.startswith("connection lost before the answer: ")
-    assert "ServerDisconnectedError" in result.reason
+    assert result.reason == "connection lost before the answer: the server closed the connection"
     assert fake.mail_ids() == [mail.id]
     assert SECRET not in repr(result)
 
@@ -106,7 +105,8 @@ async def test_connection_refused_is_transient() -> None:
     for client in (sendgrid_client(url, key=SECRET), client_for(url)):
         result = await send_once(client, make_mail())
         assert isinstance(result, Transient)
-        assert result.reason.startswith("connection error: ClientConnectorError")
+        assert result.reason.startswith("connection error: cannot connect to 127.0.0.1:")
+        assert "ConnectionRefusedError" in result.reason
 
 
 @contextmanager
