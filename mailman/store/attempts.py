@@ -16,7 +16,7 @@ from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Stat
 from mailman.core.suppression import drop, recipients
 
 from . import callbacks, moves, payloads, summary, suppressions
-from .dialect import Dialect, chunks
+from .dialect import Dialect, chunks, unindexed
 from .moves import MOVE_ORDER
 from .operation import Engine, Statement, Steps, write, write_batch
 
@@ -121,8 +121,8 @@ def _finish(d: Dialect) -> str:
 def _stale_of(d: Dialect, count: int) -> str:
     """Pending attempts that went stale become unknown (parameters: reason, ids)."""
     return (
-        f"UPDATE attempts SET outcome = '{Outcome.UNKNOWN.value}', reason = {d.mark} "
-        f"WHERE id IN ({d.marks(count)}) AND outcome = '{Outcome.PENDING.value}'"
+        f"UPDATE attempts{d.by_key} SET outcome = '{Outcome.UNKNOWN.value}', reason = {d.mark} "
+        f"WHERE id IN ({d.marks(count)}) AND {unindexed('outcome')} = '{Outcome.PENDING.value}'"
     )
 
 
@@ -147,14 +147,18 @@ _IS_OPEN = (
     f"(outcome = '{Outcome.PENDING.value}' "
     f"OR (outcome = '{Outcome.UNKNOWN.value}' AND checked IS NULL))"
 )
+#: A mail's attempts are read by ``attempts_once`` (its first column is the mail's id),
+#: not by ``attempts_by_outcome``: either planner took that one for an outcome beside
+#: the mails' ids, reading every pending (and unknown) attempt of every mail.
+_BY_MAIL = "attempts_once"
 
 
 @functools.cache
 def _open(d: Dialect) -> str:
     """A mail's attempts still in flight (pending) or not yet checked (unknown)."""
     return (
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE mail_id = {d.mark} "
-        f"AND {_IS_OPEN} ORDER BY at, id"
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts{d.force_index(_BY_MAIL)} "
+        f"WHERE mail_id = {d.mark} AND {_IS_OPEN} ORDER BY at, id"
     )
 
 
@@ -162,7 +166,8 @@ def _open(d: Dialect) -> str:
 def _open_of(d: Dialect, count: int) -> str:
     """Which of these mails have attempts in flight or not yet checked (as ``_open``)."""
     return (
-        f"SELECT DISTINCT mail_id FROM attempts WHERE mail_id IN ({d.marks(count)}) AND {_IS_OPEN}"
+        f"SELECT DISTINCT mail_id FROM attempts{d.force_index(_BY_MAIL)} "
+        f"WHERE mail_id IN ({d.marks(count)}) AND {_IS_OPEN}"
     )
 
 
@@ -170,8 +175,8 @@ def _open_of(d: Dialect, count: int) -> str:
 def _pending_of(d: Dialect, count: int) -> str:
     """The pending attempts of these mails: (mail id, attempt id)."""
     return (
-        f"SELECT mail_id, id FROM attempts WHERE mail_id IN ({d.marks(count)}) "
-        f"AND outcome = '{Outcome.PENDING.value}'"
+        f"SELECT mail_id, id FROM attempts{d.force_index(_BY_MAIL)} "
+        f"WHERE mail_id IN ({d.marks(count)}) AND outcome = '{Outcome.PENDING.value}'"
     )
 
 

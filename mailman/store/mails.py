@@ -24,7 +24,7 @@ from . import (
     summary,
     suppressions,
 )
-from .dialect import Dialect, chunks
+from .dialect import Dialect, chunks, unindexed
 from .finding import MailQuery
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
@@ -223,9 +223,9 @@ def _release(d: Dialect, count: int) -> str:
     """Due scheduled mails become ``queued`` (parameters: now, ids); each then gets an
     outbox entry, as a new mail gets at its commit."""
     return (
-        f"UPDATE mails SET status = '{Status.QUEUED.value}', updated_at = {d.mark}, "
+        f"UPDATE mails{d.by_key} SET status = '{Status.QUEUED.value}', updated_at = {d.mark}, "
         f"due_at = NULL WHERE id IN ({d.marks(count)}) "
-        f"AND status = '{Status.SCHEDULED.value}'"
+        f"AND {unindexed('status')} = '{Status.SCHEDULED.value}'"
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from mailman.core.model import Outcome, Status
 
 from . import attempts, callbacks, moves, summary
-from .dialect import Dialect, chunks
+from .dialect import Dialect, chunks, unindexed
 from .moves import UNFINISHED
 from .operation import Engine, Statement, Steps, write
 
@@ -127,9 +127,9 @@ def _lease(d: Dialect, count: int) -> str:
 def _sending(d: Dialect, count: int) -> str:
     """Claimed mails still ``queued`` become ``sending`` (handed to the senders)."""
     return (
-        f"UPDATE mails SET status = '{Status.SENDING.value}', updated_at = {d.mark}, "
+        f"UPDATE mails{d.by_key} SET status = '{Status.SENDING.value}', updated_at = {d.mark}, "
         f"due_at = {d.mark} "
-        f"WHERE id IN ({d.marks(count)}) AND status = '{Status.QUEUED.value}'"
+        f"WHERE id IN ({d.marks(count)}) AND {unindexed('status')} = '{Status.QUEUED.value}'"
     )
 
 

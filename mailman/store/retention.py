@@ -174,7 +174,8 @@ def _pending_of(d: Dialect, count: int) -> str:
     """These mails' calls still pending, their providers (on MySQL locked: a sweep
     making them unknown meanwhile would count them too)."""
     return (
-        f"SELECT provider FROM attempts WHERE mail_id IN ({d.marks(count)}) "
+        f"SELECT provider FROM attempts{d.force_index('attempts_once')} "
+        f"WHERE mail_id IN ({d.marks(count)}) "
         f"AND outcome = '{Outcome.PENDING.value}'{d.row_lock}"
     )
 

@@ -1,0 +1,91 @@
+"""Statements that pick rows by their ids read them by the key, on SQLite and MySQL:
+a guard beside the ids (``status = 'queued'``) must not become the way in, or the
+statement reads every row the guard matches, and costs more as the backlog grows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mailman.core.model import Status
+from mailman.store import Store, attempts, mails, moves, outbox, retention
+from mailman.store.dialect import Dialect
+from mailman.store.mysql import MySQLStore
+from mailman.store.operation import Engine, Statement, Steps, write
+
+from . import test_store as contract
+
+make_store, store = contract.make_store, contract.store
+mysql_server, mysql_url = contract.mysql_server, contract.mysql_url
+
+IDS = 33
+
+#: Each statement, its table and the keys it may be read by: (SQLite's, MySQL's).
+KEYED: dict[str, tuple[Callable[[Dialect], str], tuple[str, ...], tuple[str, ...]]] = {
+    "the relay's claim makes mails sending": (
+        lambda d: outbox._sending(d, IDS),
+        ("sqlite_autoindex_mails_1 (id=?)",),
+        ("PRIMARY",),
+    ),
+    "due scheduled mails are released": (
+        lambda d: mails._release(d, IDS),
+        ("sqlite_autoindex_mails_1 (id=?)",),
+        ("PRIMARY",),
+    ),
+    "a status move": (
+        lambda d: moves.move(d, Status.SENT),
+        ("sqlite_autoindex_mails_1 (id=?)",),
+        ("PRIMARY",),
+    ),
+    "stale attempts become unknown": (
+        lambda d: attempts._stale_of(d, IDS),
+        ("INTEGER PRIMARY KEY (rowid=?)",),
+        ("PRIMARY",),
+    ),
+    "the begins' open attempts": (
+        lambda d: attempts._open_of(d, IDS),
+        ("attempts_once (mail_id=?)",),
+        ("attempts_once", "mail_id"),
+    ),
+    "the begins' pending attempts": (
+        lambda d: attempts._pending_of(d, IDS),
+        ("attempts_once (mail_id=?)",),
+        ("attempts_once", "mail_id"),
+    ),
+    "a mail's open attempts": (
+        attempts._open,
+        ("attempts_once (mail_id=?)",),
+        ("attempts_once", "mail_id"),
+    ),
+    "purged mails' pending calls": (
+        lambda d: retention._pending_of(d, IDS),
+        ("attempts_once (mail_id=?)",),
+        ("attempts_once", "mail_id"),
+    ),
+}
+
+
+@write  # MySQL explains an UPDATE only in a transaction that may write
+def _explain(d: Dialect, sql: str) -> Steps[list[Any]]:
+    prefix = "EXPLAIN QUERY PLAN " if d.one_writer else "EXPLAIN "
+    params = [str(n) for n in range(sql.count(d.mark))]  # ids, times, reasons alike
+    return list((yield Statement(prefix + sql, params)).fetchall())
+
+
+@pytest.mark.parametrize("name", list(KEYED))
+async def test_rows_picked_by_id_are_read_by_the_key(store: Store, name: str) -> None:
+    """EXPLAIN of each statement that picks rows by id, with its guard: the key drives it."""
+    assert isinstance(store, Engine)
+    statement, sqlite_keys, mysql_keys = KEYED[name]
+    d = store.dialect
+    plan = await store.run(_explain, statement(d))
+    if isinstance(store, MySQLStore):
+        # id, select_type, table, type, possible_keys, key, key_len, ref, rows, Extra
+        assert all(row[5] in mysql_keys for row in plan), plan
+        assert all(row[3] != "ALL" for row in plan), plan
+    else:
+        details = [row[3] for row in plan if row[3].startswith(("SEARCH", "SCAN"))]
+        assert details and all(d.startswith("SEARCH") for d in details), details
+        assert all(any(key in d for key in sqlite_keys) for d in details), details
