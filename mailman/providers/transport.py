@@ -127,7 +127,7 @@ class _Connection(asyncio.Protocol):
             self._fail(Lost(f"the answer is not HTTP: {exc}"))
             return
         if self._broken is not None:
-            self._fail(Lost(self._broken))
+            self._fail(Lost(self._broken))  # the connection closes, answered or not
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -137,7 +137,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._head_done and self._until_eof():
+        if exc is None and self._head_done and self._until_eof():  # a reset cuts it short
             waiter.set_result((self._answer(), False))
             return
         said = f": {type(exc).__name__}: {exc}" if exc is not None else ""
@@ -163,9 +163,13 @@ class _Connection(asyncio.Protocol):
         if self._parser.get_status_code() < 200:  # 100 Continue and the like: not the answer
             self._reset()
             return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and self._broken is None:
+        waiter, broken = self._waiter, self._broken
+        if waiter is None or waiter.done():  # a second answer to one request
+            broken = "an answer nobody asked for"
+        elif broken is None:
             waiter.set_result((self._answer(), self._parser.should_keep_alive()))
+        self._reset()  # the answer keeps what it read; anything after it starts afresh
+        self._broken = broken
 
     # the call
 

@@ -6,7 +6,9 @@ on unknown outcomes stand on."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -195,6 +197,32 @@ async def test_an_answer_without_a_length_runs_to_the_close_and_is_not_kept() ->
 
     assert first.body == second.body == b'{"id": "m1"}'
     assert server.connections == 2
+
+
+async def test_bytes_after_the_answer_end_the_connection() -> None:
+    """A second answer to one request: the first is the answer, the connection is not
+    used again."""
+    async with Server(answering(OK + OK)) as server, transport() as t:
+        first = await t.post(server.url, b"x", {}, **TIMEOUTS)
+        second = await t.post(server.url, b"x", {}, **TIMEOUTS)
+
+    assert first == second == Answer(202, {"x-message-id": "abc", "content-length": "2"}, b"ok")
+    assert server.connections == 2
+
+
+async def test_a_reset_cuts_an_answer_without_a_length_short() -> None:
+    """An answer running to the close, ended by a reset instead of a close: ``Lost``."""
+
+    async def reset(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"id": ')
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with Server(reset) as server, transport() as t:
+        with pytest.raises(Lost, match="ConnectionResetError"):
+            await t.post(server.url, b"x", {}, **TIMEOUTS)
 
 
 async def test_connection_close_is_honoured() -> None:
