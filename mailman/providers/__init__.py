@@ -202,8 +202,9 @@ class HttpClient(ProviderClient):
     ``transport``: pooled keep-alive connections, one write per call); a lookup or a
     suppression list through one aiohttp session, opened on first use and reused."""
 
-    #: The provider's name as its makers write it, for messages ("invalid SendGrid URL").
-    title: ClassVar[str] = "the provider's"
+    #: The provider's name as its makers write it, for messages ("invalid SendGrid URL");
+    #: its ``name`` if not given.
+    title: ClassVar[str] = ""
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name
@@ -253,9 +254,10 @@ class HttpClient(ProviderClient):
                 url, body, headers, total=timeouts.total, connect=timeouts.connect
             )
         except Unsendable as exc:
+            title = self.title or self.name
             if exc.where == "url":
-                return Misconfigured(f"invalid {self.title} URL {url!r}")
-            return Misconfigured(f"{self.title} request not sent: {exc}")
+                return Misconfigured(f"invalid {title} URL {url!r}")
+            return Misconfigured(f"{title} request not sent: {exc}")
         except (NotSent, Lost, TimeoutError, OSError) as exc:
             return no_answer(exc, timeouts, secret)
 

@@ -198,6 +198,10 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(TimeoutError())
 
+    def unsent(self) -> int:
+        """Bytes of the request still in the transport's buffer."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
@@ -282,7 +286,10 @@ class _Origin:
         return connection
 
     def release(self, connection: _Connection, keep: bool) -> None:
-        if not keep or not connection.usable():
+        """Pool ``connection`` if its answer lets it be kept and the whole request left:
+        a server may answer (a 413) before reading a large body, and what is left of it
+        must not reach the server as the start of the next request."""
+        if not keep or not connection.usable() or connection.unsent():
             connection.close()
             return
         loop = asyncio.get_running_loop()

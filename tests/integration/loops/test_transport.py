@@ -225,6 +225,41 @@ async def test_a_reset_cuts_an_answer_without_a_length_short() -> None:
             await t.post(server.url, b"x", {}, **TIMEOUTS)
 
 
+async def test_an_answer_before_the_whole_body_left_ends_the_connection() -> None:
+    """A server that answers (413, keep-alive) without reading a large body: the answer
+    comes back, and the connection, its body part unsent, is not used again."""
+    connections = 0
+    done = asyncio.Event()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await done.wait()  # never reading the body: the client cannot send it all
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v3/mail/send"
+    try:
+        async with transport() as t:
+            big = await t.post(url, b"x" * (32 * 1024 * 1024), {}, **TIMEOUTS)
+            assert t.idle() == 0
+            small = await t.post(url, b"x", {}, **TIMEOUTS)
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+
+    assert big.status == small.status == 413
+    assert connections == 2
+
+
 async def test_connection_close_is_honoured() -> None:
     """An answer saying ``Connection: close`` ends its connection; the next call opens one."""
     raw = b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
