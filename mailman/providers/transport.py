@@ -344,20 +344,21 @@ class Transport:
         target = self._targets.get(url)
         if target is not None:
             return target
-        parts = urlsplit(url)
-        try:
+        try:  # urlsplit, and its port and hostname as read, raise for what they cannot read
+            parts = urlsplit(url)
             port = parts.port or _PORTS.get(parts.scheme, 0)
-        except ValueError:
-            raise Unsendable("its port is not a number from 0 to 65535", "url") from None
-        if parts.scheme not in _PORTS or not parts.hostname:
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise Unsendable(f"not a URL: {exc}", "url") from None
+        if parts.scheme not in _PORTS or not hostname:
             raise Unsendable("not an http or https URL with a host", "url")
         if parts.username is not None or parts.password is not None:
             raise Unsendable("credentials in the URL", "url")
-        key = (parts.scheme, parts.hostname, port)
+        key = (parts.scheme, hostname, port)
         origin = self._origins.get(key)
         if origin is None:
             context = (self._context or default_context()) if parts.scheme == "https" else None
-            origin = self._origins[key] = _Origin(parts.hostname, port, context)
+            origin = self._origins[key] = _Origin(hostname, port, context)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query

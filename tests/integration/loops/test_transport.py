@@ -400,10 +400,19 @@ async def test_a_line_break_in_a_header_sends_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/x", "http:///x", "http://u:p@127.0.0.1/x", "http://h:99999/x"]
+    "url",
+    [
+        "ftp://example.com/x",
+        "http:///x",
+        "http://u:p@127.0.0.1/x",
+        "http://h:99999/x",
+        "http://[::1/x",
+        "http://[zz]/x",
+    ],
 )
 async def test_a_url_that_cannot_be_used_sends_nothing(url: str) -> None:
-    """A scheme other than http(s), no host, credentials in the URL or a bad port."""
+    """A scheme other than http(s), no host, credentials in the URL, a bad port, a URL
+    that cannot be read (an unclosed or invalid IPv6 address)."""
     async with transport() as t:
         with pytest.raises(Unsendable) as refused:
             await t.post(url, b"x", {}, **TIMEOUTS)
