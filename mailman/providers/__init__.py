@@ -40,6 +40,7 @@ from mailman.core.model import Address, Check, Mail, Outcome, SuppressionReason
 
 from .transport import Answer as Answer  # a send's answer, for the clients
 from .transport import ConnectTimeout, Lost, NotSent, Transport, Unsendable
+from .transport import describe as describe  # for the clients, callbacks and dead letters
 
 #: Longest reason kept from a provider's error body.
 MAX_REASON = 500
@@ -357,12 +358,6 @@ def no_answer(exc: BaseException, timeouts: aiohttp.ClientTimeout, key: str) -> 
     if isinstance(exc, TimeoutError):
         return Unknown(f"timeout after {timeouts.total:g}s waiting for the answer")
     return Unknown(redact(f"connection lost before the answer: {said}", key))
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception (the type alone when it has no message)."""
-    detail = str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def redact(text: str, key: str) -> str:

@@ -83,6 +83,12 @@ class Answer:
         return self.headers.get(name.lower())
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception (the type alone when it has no message)."""
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 _context: ssl.SSLContext | None = None
 
 
@@ -140,7 +146,7 @@ class _Connection(asyncio.Protocol):
         if exc is None and self._head_done and self._until_eof():  # a reset cuts it short
             waiter.set_result((self._answer(), False))
             return
-        said = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        said = f": {describe(exc)}" if exc is not None else ""
         waiter.set_exception(Lost(f"the server closed the connection{said}"))
 
     # httptools callbacks
@@ -282,7 +288,7 @@ class _Origin:
                 sock.close()
                 raise
         except OSError as exc:  # DNS, refused, unreachable, TLS (ssl.SSLError)
-            raise NotSent(f"cannot connect to {self.host}:{self.port}: {_said(exc)}") from exc
+            raise NotSent(f"cannot connect to {self.host}:{self.port}: {describe(exc)}") from exc
         return connection
 
     def release(self, connection: _Connection, keep: bool) -> None:
@@ -317,11 +323,6 @@ class _Origin:
             self._reaper = None
         while self._idle:
             self._idle.pop().close()
-
-
-def _said(exc: BaseException) -> str:
-    detail = str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
