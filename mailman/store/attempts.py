@@ -150,14 +150,14 @@ _IS_OPEN = (
 #: A mail's attempts are read by ``attempts_once`` (its first column is the mail's id),
 #: not by ``attempts_by_outcome``: either planner took that one for an outcome beside
 #: the mails' ids, reading every pending (and unknown) attempt of every mail.
-_BY_MAIL = "attempts_once"
+BY_MAIL = "attempts_once"
 
 
 @functools.cache
 def _open(d: Dialect) -> str:
     """A mail's attempts still in flight (pending) or not yet checked (unknown)."""
     return (
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts{d.force_index(_BY_MAIL)} "
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts{d.force_index(BY_MAIL)} "
         f"WHERE mail_id = {d.mark} AND {_IS_OPEN} ORDER BY at, id"
     )
 
@@ -166,7 +166,7 @@ def _open(d: Dialect) -> str:
 def _open_of(d: Dialect, count: int) -> str:
     """Which of these mails have attempts in flight or not yet checked (as ``_open``)."""
     return (
-        f"SELECT DISTINCT mail_id FROM attempts{d.force_index(_BY_MAIL)} "
+        f"SELECT DISTINCT mail_id FROM attempts{d.force_index(BY_MAIL)} "
         f"WHERE mail_id IN ({d.marks(count)}) AND {_IS_OPEN}"
     )
 
@@ -175,7 +175,7 @@ def _open_of(d: Dialect, count: int) -> str:
 def _pending_of(d: Dialect, count: int) -> str:
     """The pending attempts of these mails: (mail id, attempt id)."""
     return (
-        f"SELECT mail_id, id FROM attempts{d.force_index(_BY_MAIL)} "
+        f"SELECT mail_id, id FROM attempts{d.force_index(BY_MAIL)} "
         f"WHERE mail_id IN ({d.marks(count)}) AND outcome = '{Outcome.PENDING.value}'"
     )
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from mailman.core.messages import decode, encode
 from mailman.core.model import Address, Mail, Outcome, Status
 
-from . import finding, moves, summary
+from . import attempts, finding, moves, summary
 from .dialect import SQLITE, Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
@@ -174,7 +174,7 @@ def _pending_of(d: Dialect, count: int) -> str:
     """These mails' calls still pending, their providers (on MySQL locked: a sweep
     making them unknown meanwhile would count them too)."""
     return (
-        f"SELECT provider FROM attempts{d.force_index('attempts_once')} "
+        f"SELECT provider FROM attempts{d.force_index(attempts.BY_MAIL)} "
         f"WHERE mail_id IN ({d.marks(count)}) "
         f"AND outcome = '{Outcome.PENDING.value}'{d.row_lock}"
     )
