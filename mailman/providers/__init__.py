@@ -297,13 +297,14 @@ class HttpClient(ProviderClient):
             raise ListUnavailable(f"{self.name}: the answer is not JSON") from None
 
 
-#: Request bodies larger than this go to aiohttp as a stream (``io.BytesIO``), which
-#: it writes in chunks; it warns that raw bytes this large may hold up the event loop.
+#: Parts larger than this go into aiohttp's form data (Mailgun's files) as a stream
+#: (``io.BytesIO``): aiohttp warns that raw bytes this large may hold up the event loop.
+#: Sends write their bodies through the transport, which takes bytes of any size.
 STREAM_BODY_BYTES = 1024 * 1024
 
 
 def streamed(data: bytes) -> bytes | io.BytesIO:
-    """``data`` as a request body: as it is, or as a stream when it is large (files)."""
+    """``data`` as a form part: as it is, or as a stream when it is large (files)."""
     return data if len(data) <= STREAM_BODY_BYTES else io.BytesIO(data)
 
 
