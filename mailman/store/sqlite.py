@@ -93,6 +93,13 @@ _SCHEMA_VERSION_TABLE = """
 #: Most operations one transaction runs (the adds of a burst, the loads of the senders).
 MAX_BATCH = 500
 
+#: Where the writer keeps a transaction's statement journals (the pages a statement
+#: changes, as they were before it, to undo that statement alone): in memory. In files
+#: (SQLite's default past 64 KiB), a batch's claims and moves opened, wrote and deleted a
+#: temporary file each transaction: 30 % of the writer's write calls and 40 % of its
+#: system time under load. One statement's pages are what it holds at most; migrations,
+#: which may rewrite a whole table in one statement, keep files (``SQLiteStore._migrate``).
+WRITER_TEMP_STORE = "MEMORY"
 #: How long a writer waits for another process's write lock before "database is locked".
 BUSY_TIMEOUT_MS = 5000
 #: How long closing the store waits for its threads to end.
@@ -538,7 +545,9 @@ class SQLiteStore(SqlStore):
             db.execute("PRAGMA synchronous = FULL")
             db.execute("PRAGMA foreign_keys = ON")
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not write:
+            if write:
+                db.execute(f"PRAGMA temp_store = {WRITER_TEMP_STORE}")
+            else:
                 db.execute("PRAGMA query_only = ON")
         except BaseException:
             db.close()
@@ -600,9 +609,12 @@ class SQLiteStore(SqlStore):
         return await self.run(_schema_version)
 
     async def _migrate(self, writer: _Worker) -> None:
-        """Apply the missing migrations, one transaction each."""
+        """Apply the missing migrations, one transaction each, their statement journals
+        in files (``WRITER_TEMP_STORE``: a migration may rewrite a whole table)."""
+        await writer.call(_temp_store, ("FILE",), {})
         while not await writer.call(_migrate_one, (self.migrations, self.path), {}):
             pass
+        await writer.call(_temp_store, (WRITER_TEMP_STORE,), {})
 
 
 # --- the writer in a process of its own ---------------------------------------------------
@@ -1027,6 +1039,15 @@ def _version(d: Dialect) -> Steps[int]:
 @read
 def _schema_version(d: Dialect) -> Steps[int]:
     return (yield from _version(d))
+
+
+@write
+def _temp_store(d: Dialect, where: str) -> Steps[None]:
+    """Where the writer keeps statement journals from its next transaction on (SQLite
+    takes the setting when a transaction begins): ``FILE`` or ``MEMORY``."""
+    if where not in ("FILE", "MEMORY"):
+        raise ValueError(f"temp_store {where!r}: FILE or MEMORY")
+    yield Statement(f"PRAGMA temp_store = {where}")
 
 
 @write
