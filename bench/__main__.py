@@ -50,7 +50,9 @@ the deployment (``bench.cpu``; one process: ``mailman``; ``--processes``: the
 on their command line) and in total: utime + stime from the start of the
 measured load until every mail was sent, divided by the mails delivered
 (``cpu_delivered``); accept figures also per accepted mail during the load
-(``cpu``).
+(``cpu``). The fake providers' process is sampled beside them as
+infrastructure (``infra_us_per_mail``: ``fakes``, and Tansu and MariaDB in
+the scaled figures): on the same cores, never in Mailman's total.
 
 "lost" counts accepted (201) mails that never reached ``sent``, in every run.
 
@@ -742,7 +744,7 @@ async def run(settings: Settings) -> dict[str, Any]:
             reference_url = f"http://127.0.0.1:{ref['port']}"
             progress(f"fakes and reference ready; load generator: {settings.loadgen}")
             async with aiohttp.ClientSession() as http:
-                fakes = Fakes(announced, http)
+                fakes = Fakes(announced, http, fakes_child.pid)
                 bench = Bench(settings, workdir, fakes, reference_url, reference_child.pid)
                 await _measure_all(settings, bench, workdir, fakes, figures)
         finally:

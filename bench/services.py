@@ -219,10 +219,20 @@ PROVIDERS = ("sendgrid", "mailgun")
 class Fakes:
     """The client of ``python -m bench.fakes``'s control endpoint."""
 
-    def __init__(self, announced: Mapping[str, Any], http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, announced: Mapping[str, Any], http: aiohttp.ClientSession, pid: int | None = None
+    ) -> None:
         self.announced = dict(announced)
         self.control = str(announced["control"])
         self.http = http
+        #: The fakes' process, when known: its CPU is sampled as infrastructure.
+        self.pid = pid
+
+    def infra(self) -> dict[str, int]:
+        """``{"fakes": pid}`` for a deployment's ``infra`` (empty when the pid is unknown):
+        the fake providers take the machine's CPU for every send as no real provider
+        would, so each figure shows what they took beside Mailman's own."""
+        return {} if self.pid is None else {"fakes": self.pid}
 
     def env(self) -> dict[str, str]:
         """The provider variables that point Mailman at these fakes."""
@@ -418,7 +428,7 @@ async def embedded(workdir: Path, fakes: Fakes, processes: int = 1) -> AsyncIter
     child = await start_mailman(name, env, log, *argv, ready_events=ready_events)
     try:
         details = {"kind": kind, "store": "sqlite", "processes": processes}
-        yield Deployment(kind, child.url, [child], SQLiteRows(db), details)
+        yield Deployment(kind, child.url, [child], SQLiteRows(db), details, fakes.infra())
     finally:
         await child.stop()
 
@@ -512,7 +522,7 @@ async def scaled(
                     "senders": senders,
                     "processes": [name for name, _ in plan],
                 }
-                infra = {"tansu": tansu.process.pid}
+                infra = {**fakes.infra(), "tansu": tansu.process.pid}
                 # The database server is shared with anything else using it meanwhile.
                 mariadb = cpu.find_process("mariadbd", "mysqld")
                 if mariadb is not None and MySQLTarget.parse(url).host in _LOCAL_HOSTS:

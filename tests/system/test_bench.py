@@ -53,6 +53,8 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
             assert usage["per"] == "delivered" and usage["mails"] > 0, name
             assert usage["total_us_per_mail"] > 0, f"{name}: {usage}"
             assert set(usage["us_per_mail"]) == set(figures[name]["peak_memory"]["processes"])
+            # The fake providers' CPU, beside Mailman's and not in its total.
+            assert "fakes" in usage["infra_us_per_mail"], f"{name}: {usage}"
             # The reference of every ratio, with the machine's load when it was measured.
             reference = figures[name]["reference"]
             assert reference["accepted_rps"] > 0 and len(reference["loadavg"]) == 3, name
