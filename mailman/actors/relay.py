@@ -41,8 +41,9 @@ MAX_BACKOFF = 5.0
 
 #: Accepts first: while the API in this process is busy (a request in flight,
 #: or one within ``QUIET_SECONDS``) and saturated (``SATURATED_REQUESTS`` in
-#: flight at once, or the event loop's timers running ``SATURATED_LAG_SECONDS``
-#: late or more), or an API process elsewhere on this machine said within
+#: flight on average over the relay's wait with the event loop's thread busy
+#: ``SATURATED_BUSY`` of it, or the loop's timers running
+#: ``SATURATED_LAG_SECONDS`` late or more), or an API process elsewhere on this machine said within
 #: ``REMOTE_QUIET_SECONDS`` that it is saturated (``intake.load``, ``wake.RemoteLoad``),
 #: the relay waits for a
 #: quiet spell of at most ``MAX_DEFER_SECONDS``, then claims at most
@@ -57,6 +58,9 @@ QUIET_SECONDS = 0.05
 #: in the middle of a burst (seen under the benchmark: 7 of 16 claims in one run).
 REMOTE_QUIET_SECONDS = 0.2
 SATURATED_LAG_SECONDS = 0.005
+#: The share of the relay's wait the event loop's thread was on the CPU, above which
+#: requests in flight mean a saturated loop (below it, they wait on the store).
+SATURATED_BUSY = 0.5
 MAX_DEFER_SECONDS = 0.5
 BUSY_BATCH = 50
 
@@ -90,6 +94,7 @@ class Relay(Actor):
         load: Load | None = None,
         saturated_lag: float = SATURATED_LAG_SECONDS,
         clock: Callable[[], float] = time.time,
+        worked: Callable[[], float] = time.thread_time,
     ) -> None:
         super().__init__("relay")
         self.store = store
@@ -102,6 +107,8 @@ class Relay(Actor):
         self.load = load
         #: Timers this late mean a saturated loop (0: a busy API always counts as one).
         self.saturated_lag = saturated_lag
+        #: The CPU seconds the event loop's thread has used (the relay runs on it).
+        self.worked = worked
         #: What API processes elsewhere on this machine say of their load.
         self.remote = RemoteLoad(REMOTE_QUIET_SECONDS)
         self._listener = (
@@ -188,9 +195,15 @@ class Relay(Actor):
         ``MAX_DEFER_SECONDS``.
 
         The API in this process: checked every ``QUIET_SECONDS`` while it waits
-        (the API is not slowed by telling anyone when it goes quiet); how late
-        that timer fires says whether the loop is saturated. API processes
-        elsewhere: until their last saturated report is ``REMOTE_QUIET_SECONDS`` old.
+        (the API is not slowed by telling anyone when it goes quiet). It is
+        saturated while the timer fires ``saturated_lag`` late, or while it had
+        ``SATURATED_REQUESTS`` in flight on average over the wait and the loop's
+        thread was busy ``SATURATED_BUSY`` of it: not the requests at the instant
+        the timer fires (a saturated loop answers a writer turn's requests
+        together, and a look at that moment found room often enough to hand a
+        full batch to the loop in the middle of a burst), and not requests alone
+        (those of a slow store wait with the loop idle). API processes elsewhere:
+        until their last saturated report is ``REMOTE_QUIET_SECONDS`` old.
         """
         deadline = time.monotonic() + MAX_DEFER_SECONDS
         room = self.load is None  # the loop here has room for the relay's work too
@@ -207,11 +220,17 @@ class Relay(Actor):
             if now >= deadline:
                 return False
             wait = min(wait, deadline - now)
+            mark = None if room or self.load is None else self.load.mark()
+            worked = self.worked()
             await self.rest(wait)
-            if not room:
+            if mark is not None:
                 assert self.load is not None
-                late = time.monotonic() - now - wait
-                room = self.load.requests < SATURATED_REQUESTS and late < self.saturated_lag
+                rested = time.monotonic() - now
+                busy = (self.worked() - worked) / rested if rested > 0 else 1.0
+                held = self.load.mean_since(mark)
+                room = rested - wait < self.saturated_lag and (
+                    held < SATURATED_REQUESTS or busy < SATURATED_BUSY
+                )
         return True
 
     async def teardown(self) -> None:

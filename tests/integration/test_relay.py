@@ -154,6 +154,80 @@ async def test_relay_keeps_pace_with_a_busy_api_whose_loop_has_room(store: Store
     consumer.cancel()
 
 
+def test_the_load_averages_the_requests_in_flight_over_time() -> None:
+    """30 requests in flight for 45 ms, then all answered at once: 27 on average over
+    the 50 ms, though none at its end; no time passed: those in flight now."""
+    now = [100.0]
+    load = Load(clock=lambda: now[0])
+    mark = load.mark()
+    for _ in range(30):
+        load.enter()
+    now[0] += 0.045
+    for _ in range(30):
+        load.leave()
+    now[0] += 0.005
+    assert load.requests == 0
+    assert load.mean_since(mark) == pytest.approx(27.0)
+    load.enter()
+    assert load.mean_since(load.mark()) == 1.0
+
+
+async def answer_together(load: Load, stop: asyncio.Event) -> None:
+    """A saturated API: 30 requests in flight for 30 ms, then all answered together and
+    none for 20 ms (a writer turn's answers), again and again."""
+    while not stop.is_set():
+        for _ in range(30):
+            load.enter()
+        await asyncio.sleep(0.03)
+        for _ in range(30):
+            load.leave()
+        await asyncio.sleep(0.02)
+
+
+async def test_relay_holds_back_while_a_busy_loop_answers_its_requests_together(
+    store: Store,
+) -> None:
+    """An API saturated on average (its loop busy) keeps the relay to small batches even
+    when the relay looks at a moment its requests were all answered."""
+    router = CountingRouter()
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    load, stop = Load(), asyncio.Event()
+    api = asyncio.create_task(answer_together(load, stop))
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    for n in range(300):
+        await store.add(mail(n))
+    # The loop's thread counted busy all the time (its CPU clock runs with the wall's).
+    relay = Relay(
+        store=store, router=router, config=config, nudge=Nudge(), load=load, worked=time.monotonic
+    )
+    async with relay:
+        await eventually(lambda: len(router.batches) >= 2, what="two batches while busy")
+        assert max(router.batches) <= BUSY_BATCH, router.batches
+        stop.set()
+        await api
+        await eventually(lambda: len(got) == 300, what="the rest once the API is quiet")
+    consumer.cancel()
+
+
+async def test_relay_keeps_pace_with_requests_waiting_on_a_slow_store(store: Store) -> None:
+    """Requests in flight with the loop idle (they wait on a slow store) do not hold the
+    relay back: it hands on full batches."""
+    router = CountingRouter()
+    got: list[str] = []
+    consumer = asyncio.create_task(drain(router.inbox_of("sendgrid"), got))
+    load = Load()
+    for _ in range(SATURATED_REQUESTS * 4):
+        load.enter()  # in flight for the whole test; the loop stays idle
+    config = RelayConfig(batch=500, interval_seconds=0.01, lease_seconds=30)
+    for n in range(300):
+        await store.add(mail(n))
+    async with Relay(store=store, router=router, config=config, nudge=Nudge(), load=load):
+        await eventually(lambda: len(got) == 300, what="every mail while requests wait")
+    consumer.cancel()
+    assert max(router.batches) == 300, router.batches
+
+
 class CountingRouter(Router):
     """A router that remembers the size of every batch the relay hands on."""
 
