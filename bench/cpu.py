@@ -1,11 +1,16 @@
-"""CPU time per mail, read from ``/proc``, the processes of a deployment, and the machine's load.
+"""CPU time and disk writes per mail, read from ``/proc``, the processes of a deployment,
+and the machine's load.
 
 ``/proc/<pid>/stat`` holds a process's user and system CPU time (``utime``,
 ``stime``, fields 14 and 15, in clock ticks: ``os.sysconf("SC_CLK_TCK")``,
 100 per second on Linux), summed over all its threads. A ``Sample`` reads
 both for every process of a deployment at one moment; ``usage`` turns two
 samples into CPU microseconds per mail (accepted, or delivered), per process
-and in total.
+and in total. ``/proc/<pid>/io`` holds the bytes a process has sent to storage
+(``write_bytes``: its files' writes, never its sockets'); a ``Sample`` reads
+those too, and ``usage`` gives them in bytes per mail (a SQLite writer's WAL
+and checkpoints: what a store's disk has to take, and, unlike CPU time, much
+the same from run to run on a noisy machine).
 
 A deployment's processes are the ones the benchmark started plus all their
 descendants (``/proc/<pid>/task/*/children``, recursively): a ``mailman
@@ -26,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,20 @@ def cpu_ticks(pid: int) -> int | None:
     if fields is None:
         return None
     return int(fields[11]) + int(fields[12])  # fields 14 and 15, counted from 1 with pid
+
+
+def written_bytes(pid: int) -> int | None:
+    """The bytes ``pid`` has caused to be written to storage so far (``/proc/<pid>/io``'s
+    ``write_bytes``: files, not sockets); None once it is gone, or where the kernel
+    does not count them."""
+    try:
+        io = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    for line in io.splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return None
 
 
 def alive(pid: int) -> bool:
@@ -253,36 +272,46 @@ def name_tree(
         names[pid] = _unique(f"{names.get(owner, 'mailman')}{suffix}", names.values())
 
 
+#: pid -> (name, a count: clock ticks, or bytes).
+Ticks = Mapping[int, tuple[str, int]]
+
+
 @dataclass(frozen=True)
 class Sample:
-    """CPU ticks of every process of a deployment at one moment."""
+    """CPU ticks (and bytes written to storage) of every process of a deployment at one
+    moment."""
 
     at: float
     #: pid -> (name, ticks) of Mailman's processes.
     mailman: dict[int, tuple[str, int]]
     #: pid -> (name, ticks) of the infrastructure (broker, database).
     infra: dict[int, tuple[str, int]]
+    #: pid -> (name, bytes written to storage so far) of Mailman's processes.
+    written: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 def take(at: float, mailman: Mapping[int, str], infra: Mapping[int, str]) -> Sample:
-    """Read the ticks of ``mailman`` and ``infra`` (pid -> name); gone processes are left out."""
+    """Read the ticks of ``mailman`` and ``infra`` (pid -> name), and the bytes Mailman's
+    processes wrote to storage; gone processes are left out."""
 
-    def read(pids: Mapping[int, str]) -> dict[int, tuple[str, int]]:
+    def read(
+        pids: Mapping[int, str], reader: Callable[[int], int | None]
+    ) -> dict[int, tuple[str, int]]:
         got = {}
         for pid, name in pids.items():
-            ticks = cpu_ticks(pid)
-            if ticks is not None:
-                got[pid] = (name, ticks)
+            value = reader(pid)
+            if value is not None:
+                got[pid] = (name, value)
         return got
 
-    return Sample(at, read(mailman), read(infra))
-
-
-Ticks = Mapping[int, tuple[str, int]]
+    return Sample(
+        at, read(mailman, cpu_ticks), read(infra, cpu_ticks), read(mailman, written_bytes)
+    )
 
 
 def _by_name(before: Ticks, after: Ticks) -> dict[str, int]:
-    """Ticks spent between the samples, by process name (a process new in ``after``: all of its)."""
+    """Ticks (or bytes) spent between the samples, by process name (a process new in
+    ``after``: all of its)."""
     spent: dict[str, int] = {}
     for pid, (name, ticks) in after.items():
         earlier = before.get(pid)
@@ -291,9 +320,10 @@ def _by_name(before: Ticks, after: Ticks) -> dict[str, int]:
 
 
 def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> dict[str, Any]:
-    """CPU between two samples: µs per mail by process and in total, and cores kept busy.
+    """CPU between two samples: µs per mail by process and in total, and cores kept busy;
+    and the bytes Mailman's processes wrote to storage meanwhile, per mail.
 
-    ``mails`` is what the CPU is divided by: the mails accepted in the measured
+    ``mails`` is what both are divided by: the mails accepted in the measured
     run (``per="accepted"``), or the ones delivered (``per="delivered"``).
     """
     wall = after.at - before.at
@@ -301,6 +331,7 @@ def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> d
     mailman = _by_name(before.mailman, after.mailman)
     infra = _by_name(before.infra, after.infra)
     total = sum(mailman.values())
+    written = _by_name(before.written, after.written)
 
     def per_mail(ticks: int) -> float | None:
         return round(ticks * tick_us / mails, 1) if mails else None
@@ -315,4 +346,10 @@ def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> d
         "infra_us_per_mail": {name: per_mail(t) for name, t in infra.items()},
         "cpu_s": {name: round(t / CLK_TCK, 2) for name, t in {**mailman, **infra}.items()},
         "cores_busy": round(total / CLK_TCK / wall, 2) if wall > 0 else None,
+        "bytes_written_per_mail": {
+            name: round(b / mails) if mails else None for name, b in written.items()
+        },
+        "total_bytes_written_per_mail": (
+            round(sum(written.values()) / mails) if mails and written else None
+        ),
     }

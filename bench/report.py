@@ -121,7 +121,8 @@ def _peak(figure: Mapping[str, Any]) -> str:
 
 
 def _per_process(usage: Mapping[str, Any] | None) -> str | None:
-    """``total (name value, ...)[; infra: ...]`` of one CPU usage (None: not measured)."""
+    """``total (name value, ...)[; infra: ...][; disk N KB]`` of one CPU usage (None: not
+    measured); the disk part is what Mailman's processes wrote to storage per mail."""
     if not usage or usage.get("total_us_per_mail") is None:
         return None
     text = f"{usage['total_us_per_mail']:.0f}"
@@ -131,6 +132,9 @@ def _per_process(usage: Mapping[str, Any] | None) -> str | None:
     infra = usage.get("infra_us_per_mail") or {}
     if infra:
         text += "; infra: " + ", ".join(f"{n} {_us(v)}" for n, v in infra.items())
+    written = usage.get("total_bytes_written_per_mail")
+    if written is not None:
+        text += f"; disk {written / 1000:.1f} KB"
     return text
 
 
@@ -297,7 +301,9 @@ process by its process's name and "-writer", counted in the total) from the star
 of the measured load until every mail was sent, divided by the mails delivered ("per sent"); accept
 figures also show it over the load alone, divided by the mails accepted ("per accept"). total =
 Mailman's processes; infra (the fake providers, Tansu, MariaDB: on the same cores, shared with
-anything else running) is not in the total. 2d: 2b's worker child (with its writer process) per
+anything else running) is not in the total. disk: the bytes Mailman's processes wrote to storage
+over the same span (write_bytes, /proc/<pid>/io: the SQLite WAL and its checkpoints; MySQL's
+own writes are not counted), per mail likewise. 2d: 2b's worker child (with its writer process) per
 delivered mail, against a ceiling in us. ratio (CPU x %): the reference's CPU per request over
 Mailman's CPU per mail, a ratio that what other processes or the hypervisor took cannot move.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt

@@ -55,6 +55,10 @@ def test_quick_bench_run_measures_every_figure_and_loses_nothing(tmp_path: Path)
             assert set(usage["us_per_mail"]) == set(figures[name]["peak_memory"]["processes"])
             # The fake providers' CPU, beside Mailman's and not in its total.
             assert "fakes" in usage["infra_us_per_mail"], f"{name}: {usage}"
+            # What its SQLite writer processes wrote to disk: every mail was committed.
+            writers = [n for n in usage["bytes_written_per_mail"] if n.endswith("-writer")]
+            assert writers, f"{name}: {usage}"
+            assert usage["total_bytes_written_per_mail"] > 0, f"{name}: {usage}"
             # The reference of every ratio, with the machine's load when it was measured.
             reference = figures[name]["reference"]
             assert reference["accepted_rps"] > 0 and len(reference["loadavg"]) == 3, name

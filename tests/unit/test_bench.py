@@ -125,6 +125,43 @@ def test_usage_attributes_cpu_to_each_process_per_delivered_mail() -> None:
     assert usage["total_us_per_mail"] == round(100 * tick_us / 200, 1)
     assert usage["infra_us_per_mail"] == {"mariadb": round(20 * tick_us / 200, 1)}
     assert cpu.usage(before, after, 0)["us_per_mail"]["api"] is None
+    assert usage["total_bytes_written_per_mail"] is None  # no process's writes were read
+
+
+def test_usage_gives_the_bytes_written_to_storage_per_mail() -> None:
+    """Bytes written per mail are each Mailman process's write_bytes between two samples
+    (all of a process new in the second) over the mails, and their total."""
+    before = cpu.Sample(10.0, {}, {}, {1: ("api", 1_000), 2: ("api-writer", 50_000)})
+    after = cpu.Sample(
+        12.0, {}, {}, {1: ("api", 1_000), 2: ("api-writer", 2_050_000), 3: ("worker", 400)}
+    )
+    usage = cpu.usage(before, after, 100)
+    assert usage["bytes_written_per_mail"] == {"api": 0, "api-writer": 20_000, "worker": 4}
+    assert usage["total_bytes_written_per_mail"] == 20_004
+    assert cpu.usage(before, after, 0)["total_bytes_written_per_mail"] is None
+
+
+def test_written_bytes_reads_what_a_process_wrote_to_a_file(tmp_path: Path) -> None:
+    """``written_bytes`` counts a process's writes to a file once they reach storage
+    (fsynced here), and is None for a process that is gone."""
+    script = (
+        "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); "
+        "os.write(fd, b'x' * 1_048_576); os.fsync(fd); print('written', flush=True); "
+        "sys.stdin.readline()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "f")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == "written\n"
+        written = cpu.written_bytes(proc.pid)
+        proc.stdin.close()
+    assert written is not None, "this kernel does not count write_bytes (/proc/<pid>/io)"
+    assert written >= 1_048_576
+    assert cpu.written_bytes(proc.pid) is None
 
 
 def _state(pid: int) -> str:
