@@ -204,28 +204,79 @@ def _sending(d: Dialect) -> str:
     )
 
 
-def attempt_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
+def attempt_values(update: StatusUpdate, attempt: Attempt) -> tuple[object, ...]:
+    """Parameters of ``_insert`` for ``update``'s new ``attempt``: its message id, or
+    the one the update records for the mail (``named``)."""
     return (
-        mail_id,
+        update.mail_id,
         attempt.provider,
         attempt.round,
         attempt.at,
         attempt.outcome.value,
         attempt.reason,
-        attempt.message_id,
+        named(update, attempt),
     )
 
 
-def finish_values(mail_id: str, attempt: Attempt) -> tuple[object, ...]:
-    """Parameters of ``_finish`` (``attempt.id`` is set)."""
+def finish_values(update: StatusUpdate, attempt: Attempt) -> tuple[object, ...]:
+    """Parameters of ``_finish`` for ``update``'s ``attempt`` (its ``id`` is set)."""
     return (
         attempt.outcome.value,
         attempt.reason,
-        attempt.message_id,
+        named(update, attempt),
         None if attempt.checked is None else attempt.checked.value,
         attempt.id,
-        mail_id,
+        update.mail_id,
     )
+
+
+def named(update: StatusUpdate, attempt: Attempt) -> str | None:
+    """The message id ``attempt`` is recorded with: its own, else the one ``update``
+    records for its mail (``provider_message_id``: the provider took the mail under it
+    in this attempt). Lookups by a provider's message id read the attempts alone
+    (``events.mail_for``), so an id the mail is given is always an attempt's too."""
+    return attempt.message_id if attempt.message_id is not None else update.provider_message_id
+
+
+@functools.cache
+def _carries(d: Dialect) -> str:
+    """Whether one of a mail's attempts has a message id (parameters: mail id, message id)."""
+    m = d.mark
+    return f"SELECT 1 FROM attempts WHERE mail_id = {m} AND message_id = {m} LIMIT 1"
+
+
+@functools.cache
+def _unnamed(d: Dialect) -> str:
+    """A mail's newest attempt with a provider that has no message id yet (parameters:
+    mail id, provider)."""
+    m = d.mark
+    return (
+        f"SELECT MAX(id) FROM attempts "
+        f"WHERE mail_id = {m} AND provider = {m} AND message_id IS NULL"
+    )
+
+
+@functools.cache
+def _name(d: Dialect) -> str:
+    """An attempt gets a message id it did not have (parameters: message id, attempt id)."""
+    m = d.mark
+    return f"UPDATE attempts SET message_id = {m} WHERE id = {m} AND message_id IS NULL"
+
+
+def carry_message_ids(d: Dialect, ids: Sequence[tuple[str, str, str]]) -> Steps[None]:
+    """Each ``(mail id, provider, message id)`` a mail was given without an attempt of
+    its own (a status update with none, a provider's ``processed`` event) is made
+    findable by ``events.mail_for``: unless one of the mail's attempts already has that
+    id, its newest attempt with that provider that has none takes it. (A mail with no
+    such attempt keeps the id on itself alone, which no lookup reads: a provider names
+    a mail only after an attempt with it, and such an attempt gets its id when its
+    answer is recorded.)"""
+    for mail_id, provider, message_id in ids:
+        if (yield Statement(_carries(d), (mail_id, message_id))).fetchone() is not None:
+            continue
+        row = (yield Statement(_unnamed(d), (mail_id, provider))).fetchone()
+        if row is not None and row[0] is not None:
+            yield Statement(_name(d), (message_id, row[0]))
 
 
 def attempt_from_row(row: Sequence[Any]) -> Attempt:
@@ -517,15 +568,22 @@ def apply(d: Dialect, batches: list[Sequence[StatusUpdate]]) -> Steps[list[None]
     # senders record their attempts with ``begin_attempt``.)
     new = [u for u in updates if u.attempt is not None and u.attempt.id is None]
     if new:
-        rows = [attempt_values(u.mail_id, u.attempt) for u in new if u.attempt is not None]
+        rows = [attempt_values(u, u.attempt) for u in new if u.attempt is not None]
         yield Statement(_insert(d), rows, many=True)
     finished = [
-        finish_values(u.mail_id, u.attempt)
+        finish_values(u, u.attempt)
         for u in updates
         if u.attempt is not None and u.attempt.id is not None
     ]
     if finished:
         yield Statement(_finish(d), finished, many=True)
+    bare = [
+        (u.mail_id, u.provider, u.provider_message_id)
+        for u in updates
+        if u.attempt is None and u.provider is not None and u.provider_message_id is not None
+    ]
+    if bare:
+        yield from carry_message_ids(d, bare)
     # Moves in the order they can follow each other; a move that is not
     # allowed from the status reached is skipped, as one by one.
     for status, group in moves.moves_in_order(updates):

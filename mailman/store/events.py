@@ -13,7 +13,7 @@ from typing import Any
 from mailman.core.model import Check, DeliveryEvent, EventKind, Outcome, Status
 from mailman.core.suppression import MAX_ADDRESS, normalise
 
-from . import callbacks, moves, summary, suppressions
+from . import attempts, callbacks, moves, summary, suppressions
 from .dialect import Dialect, chunks
 from .operation import Engine, Statement, Steps, read, write
 
@@ -63,13 +63,14 @@ def _insert(d: Dialect) -> str:
 
 @functools.cache
 def _mail_for_message(d: Dialect) -> str:
-    """The mail a provider message id names: as recorded on the mail, or on an attempt
-    (a delivery event can move a mail on before the sender's ``sent`` is recorded)."""
-    m = d.mark
-    return (
-        f"SELECT id FROM mails WHERE provider_message_id = {m} "
-        f"UNION SELECT mail_id FROM attempts WHERE message_id = {m} LIMIT 1"
-    )
+    """The mail a provider message id names, found by its attempts: an id a mail is
+    given is always one of its attempts' too (``attempts.named``,
+    ``attempts.carry_message_ids``), and an attempt keeps the id of every provider that
+    took the mail (a mail sent twice, once its lost answer was checked), the mail only
+    the last. Its index is the only one kept of the two there were (``mails`` had one
+    too): a provider's ids are random, so each new one is a page of its own written at
+    every commit (migration 16)."""
+    return f"SELECT mail_id FROM attempts WHERE message_id = {d.mark} LIMIT 1"
 
 
 @functools.cache
@@ -185,6 +186,9 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
             yield Statement(moves.move(d, status), event_move_values(event, status))
         if event.kind is EventKind.PROCESSED:
             yield Statement(_taken(d), (event.message_id, event.mail_id, event.provider))
+            if event.message_id is not None:
+                named = [(event.mail_id, event.provider, event.message_id)]
+                yield from attempts.carry_message_ids(d, named)
     yield from suppress(
         d, [e for e, r in zip(events, results, strict=True) if r is EventResult.RECORDED]
     )
@@ -200,7 +204,7 @@ def record(d: Dialect, events: tuple[DeliveryEvent, ...]) -> Steps[list[EventRes
 
 @read
 def mail_for(d: Dialect, provider_message_id: str) -> Steps[str | None]:
-    row = (yield Statement(_mail_for_message(d), (provider_message_id,) * 2)).fetchone()
+    row = (yield Statement(_mail_for_message(d), (provider_message_id,))).fetchone()
     return None if row is None else str(row[0])
 
 

@@ -96,8 +96,9 @@ _POOL_RECYCLE_SECONDS = 3600
 COMMIT_ANSWER_SECONDS = 30.0
 
 _ER_LOCK_DEADLOCK = 1213
-#: Duplicate column / duplicate key name: a migration statement that already ran.
-ALREADY_DONE = frozenset({1060, 1061})
+#: Duplicate column / duplicate key name / no such key to drop: a migration statement
+#: that already ran.
+ALREADY_DONE = frozenset({1060, 1061, 1091})
 #: A deadlock victim is run again: 5 tries in all, 5 ms apart at first (doubling), with jitter.
 DEADLOCK_BACKOFF = Backoff(first=0.005, cap=0.04, jitter=0.005, attempts=5)
 

@@ -321,6 +321,49 @@ async def test_a_database_of_an_older_schema_upgrades_and_keeps_its_data(
         assert [m.id for m in await store.list_mails(MailQuery(tenant="t", limit=10))] == ["new"]
 
 
+@write
+def _named_on_the_mail_alone(d: Dialect) -> Steps[None]:
+    """What a database before migration 16 could hold: mail "a" with a provider message
+    id none of its attempts has (a processed event recorded it), two attempts without
+    one; mail "b" with its id on its attempt too."""
+    rows = [
+        ("a", "sendgrid", 0, 1001.0, "transient", None),
+        ("a", "sendgrid", 1, 1002.0, "accepted", None),
+        ("b", "sendgrid", 0, 1001.0, "accepted", "pm-b"),
+    ]
+    yield Statement(
+        "INSERT INTO attempts (mail_id, provider, round, at, outcome, message_id) "
+        f"VALUES ({d.marks(6)})",
+        rows,
+        many=True,
+    )
+    for mail_id in ("a", "b"):
+        yield Statement(
+            f"UPDATE mails SET status = 'sent', provider_message_id = {d.mark} WHERE id = {d.mark}",
+            (f"pm-{mail_id}", mail_id),
+        )
+
+
+async def test_migration_16_gives_an_id_only_the_mail_had_to_its_newest_attempt(
+    make_store: MakeStore,
+) -> None:
+    """A provider message id that only its mail held before migration 16 (lookups read
+    the attempts from then on) is given to the mail's newest attempt without one, so the
+    mail is still found by it; an id an attempt already had stays where it was."""
+    async with make_store(upto=15) as older:
+        assert isinstance(older, Engine)
+        await older.add(mail("a"))
+        await older.add(mail("b"))
+        await older.run(_named_on_the_mail_alone)
+    async with make_store() as newer:
+        assert await newer.mail_for_message("pm-a") == "a"
+        assert await newer.mail_for_message("pm-b") == "b"
+        a, b = await newer.get("a"), await newer.get("b")
+        assert a is not None and b is not None
+        assert [x.message_id for x in a.attempts] == [None, "pm-a"]
+        assert [x.message_id for x in b.attempts] == ["pm-b"]
+
+
 def test_both_dialects_have_the_same_numbered_migrations() -> None:
     """Migration N exists for SQLite and for MySQL, under one name, read as package data."""
     folder = resources.files("mailman.store.migrations")

@@ -29,7 +29,8 @@ mysql_server, mysql_url = contract.mysql_server, contract.mysql_url
 
 
 async def test_apply_sending_then_sent_records_provider(store: Store) -> None:
-    """sending -> sent stores the provider, its message id and the attempt."""
+    """sending -> sent stores the provider, its message id and the attempt, which takes
+    the message id the update gives the mail (its own says none)."""
     await store.add(mail())
     await store.apply([update(Status.SENDING, 1001.0, provider="sendgrid")])
     await store.apply(
@@ -50,7 +51,8 @@ async def test_apply_sending_then_sent_records_provider(store: Store) -> None:
     assert record.provider == "sendgrid"
     assert record.provider_message_id == "sg-123"
     assert record.updated_at == 1002.0
-    assert record.attempts == (Attempt("sendgrid", 0, 1002.0, Outcome.ACCEPTED),)
+    assert record.attempts == (Attempt("sendgrid", 0, 1002.0, Outcome.ACCEPTED, None, "sg-123"),)
+    assert await store.mail_for_message("sg-123") == "m1"
 
 
 async def test_sent_never_goes_back_to_sending(store: Store) -> None:

@@ -142,3 +142,53 @@ async def test_an_unknown_recorded_after_the_processed_event_is_taken(store: Sto
     assert [(a.outcome, a.checked) for a in record.attempts] == [(Outcome.UNKNOWN, Check.TAKEN)]
     assert await store.metrics_snapshot() == await store.recount()
     assert (await store.metrics_snapshot()).suppressed == {"sendgrid": 1}
+
+
+async def test_a_processed_event_names_the_pending_attempt_so_its_id_is_found(
+    store: Store,
+) -> None:
+    """A processed event that comes while the call is pending gives its message id to that
+    attempt (lookups read the attempts alone); the sender's record keeps it there."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
+    assert begun is not None and begun.attempt_id is not None
+    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
+    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    assert await store.mail_for_message("sg-7") == "m1"
+    sent = Attempt("sendgrid", 0, 1200.0, Outcome.ACCEPTED, None, "sg-7", id=begun.attempt_id)
+    await store.apply([StatusUpdate("m1", Status.SENT, 1202.0, "sendgrid", "sg-7", attempt=sent)])
+    record = await store.get("m1")
+    assert record is not None
+    assert [a.message_id for a in record.attempts] == ["sg-7"]
+    assert await store.mail_for_message("sg-7") == "m1"
+
+
+async def test_an_id_given_without_an_attempt_goes_to_the_newest_one_of_that_provider(
+    store: Store,
+) -> None:
+    """A sent update that names the provider's message id but no attempt gives the id to
+    the mail's newest attempt with that provider that had none, so it is found; another
+    provider's attempt and one that has an id keep theirs."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    first = Attempt("sendgrid", 0, 1200.0, Outcome.TRANSIENT, "503", "sg-old")
+    other = Attempt("mailgun", 0, 1201.0, Outcome.TRANSIENT, "503")
+    await store.apply(
+        [
+            StatusUpdate("m1", Status.SENDING, 1200.0, attempt=first),
+            StatusUpdate("m1", Status.SENDING, 1201.0, attempt=other),
+        ]
+    )
+    begun = await store.begin_attempt("m1", "sendgrid", 1, 1300.0, 0.0)
+    assert begun is not None
+    await store.apply([StatusUpdate("m1", Status.SENT, 1301.0, "sendgrid", "sg-new")])
+    record = await store.get("m1")
+    assert record is not None and record.provider_message_id == "sg-new"
+    assert [(a.provider, a.message_id) for a in record.attempts] == [
+        ("sendgrid", "sg-old"),
+        ("mailgun", None),
+        ("sendgrid", "sg-new"),
+    ]
+    assert await store.mail_for_message("sg-new") == "m1"
+    assert await store.mail_for_message("sg-old") == "m1"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mailman.core.model import Status
-from mailman.store import Store, attempts, mails, moves, outbox, retention
+from mailman.store import Store, attempts, events, mails, moves, outbox, retention
 from mailman.store.dialect import Dialect
 from mailman.store.mysql import MySQLStore
 from mailman.store.operation import Engine, Statement, Steps, write
@@ -58,6 +58,11 @@ KEYED: dict[str, tuple[Callable[[Dialect], str], tuple[str, ...], tuple[str, ...
         attempts._open,
         ("attempts_once (mail_id=?)",),
         ("attempts_once", "mail_id"),
+    ),
+    "a mail found by its provider's message id": (
+        events._mail_for_message,
+        ("attempts_by_message (message_id=?)",),
+        ("attempts_by_message",),
     ),
     "purged mails' pending calls": (
         lambda d: retention._pending_of(d, IDS),
