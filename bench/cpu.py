@@ -62,18 +62,24 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15, counted from 1 with pid
 
 
+def _proc_value(pid: int, name: str, key: str) -> int | None:
+    """The number after ``key`` in ``/proc/<pid>/<name>`` (``VmHWM:   81234 kB``); None
+    once the process is gone, or where the file has no such line."""
+    try:
+        text = Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return None
+
+
 def written_bytes(pid: int) -> int | None:
     """The bytes ``pid`` has caused to be written to storage so far (``/proc/<pid>/io``'s
     ``write_bytes``: files, not sockets); None once it is gone, or where the kernel
     does not count them."""
-    try:
-        io = Path(f"/proc/{pid}/io").read_text()
-    except OSError:
-        return None
-    for line in io.splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return None
+    return _proc_value(pid, "io", "write_bytes:")
 
 
 def alive(pid: int) -> bool:
@@ -87,14 +93,7 @@ def alive(pid: int) -> bool:
 
 def peak_rss_kib(pid: int) -> int | None:
     """The process's peak resident set size so far (VmHWM), None once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])  # "VmHWM:   81234 kB"
-    return None
+    return _proc_value(pid, "status", "VmHWM:")
 
 
 def children(pid: int) -> list[int]:

@@ -128,13 +128,8 @@ async def test_processed_settles_an_unknown_attempt_as_sent(store: Store) -> Non
 async def test_an_unknown_recorded_after_the_processed_event_is_taken(store: Store) -> None:
     """A processed event that comes while the call is still pending makes the mail sent;
     the unknown outcome recorded after it is checked taken, and the figures agree."""
-    await store.add(mail())
-    await store.claim_outbox("relay", 10, 30.0, 1100.0)
-    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
-    assert begun is not None and begun.attempt_id is not None
-    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
-    assert await store.record_events([processed]) == [EventResult.RECORDED]
-    lost = Attempt("sendgrid", 0, 1200.0, Outcome.UNKNOWN, "timeout", id=begun.attempt_id)
+    attempt_id = await _processed_while_pending(store)
+    lost = Attempt("sendgrid", 0, 1200.0, Outcome.UNKNOWN, "timeout", id=attempt_id)
     await store.apply([StatusUpdate("m1", Status.SENDING, 1202.0, attempt=lost)])
     record = await store.get("m1")
     assert record is not None
@@ -149,14 +144,9 @@ async def test_a_processed_event_names_the_pending_attempt_so_its_id_is_found(
 ) -> None:
     """A processed event that comes while the call is pending gives its message id to that
     attempt (lookups read the attempts alone); the sender's record keeps it there."""
-    await store.add(mail())
-    await store.claim_outbox("relay", 10, 30.0, 1100.0)
-    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
-    assert begun is not None and begun.attempt_id is not None
-    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
-    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    attempt_id = await _processed_while_pending(store)
     assert await store.mail_for_message("sg-7") == "m1"
-    sent = Attempt("sendgrid", 0, 1200.0, Outcome.ACCEPTED, None, "sg-7", id=begun.attempt_id)
+    sent = Attempt("sendgrid", 0, 1200.0, Outcome.ACCEPTED, None, "sg-7", id=attempt_id)
     await store.apply([StatusUpdate("m1", Status.SENT, 1202.0, "sendgrid", "sg-7", attempt=sent)])
     record = await store.get("m1")
     assert record is not None
@@ -192,3 +182,15 @@ async def test_an_id_given_without_an_attempt_goes_to_the_newest_one_of_that_pro
     ]
     assert await store.mail_for_message("sg-new") == "m1"
     assert await store.mail_for_message("sg-old") == "m1"
+
+
+async def _processed_while_pending(store: Store) -> int:
+    """Mail m1 with a pending attempt at SendGrid, and SendGrid's processed event for it
+    (message id sg-7) recorded; the attempt's id."""
+    await store.add(mail())
+    await store.claim_outbox("relay", 10, 30.0, 1100.0)
+    begun = await store.begin_attempt("m1", "sendgrid", 0, 1200.0, 0.0)
+    assert begun is not None and begun.attempt_id is not None
+    processed = event(EventKind.PROCESSED, 1201.0, "p1", message_id="sg-7")
+    assert await store.record_events([processed]) == [EventResult.RECORDED]
+    return begun.attempt_id
