@@ -9,8 +9,8 @@ samples into CPU microseconds per mail (accepted, or delivered), per process
 and in total. ``/proc/<pid>/io`` holds the bytes a process has sent to storage
 (``write_bytes``: its files' writes, never its sockets'); a ``Sample`` reads
 those too, and ``usage`` gives them in bytes per mail (a SQLite writer's WAL
-and checkpoints: what a store's disk has to take, and, unlike CPU time, much
-the same from run to run on a noisy machine).
+and checkpoints, and a log file's lines: what the disk has to take, and, unlike
+CPU time, much the same from run to run on a noisy machine).
 
 A deployment's processes are the ones the benchmark started plus all their
 descendants (``/proc/<pid>/task/*/children``, recursively): a ``mailman

@@ -302,10 +302,11 @@ of the measured load until every mail was sent, divided by the mails delivered (
 figures also show it over the load alone, divided by the mails accepted ("per accept"). total =
 Mailman's processes; infra (the fake providers, Tansu, MariaDB: on the same cores, shared with
 anything else running) is not in the total. disk: the bytes Mailman's processes wrote to storage
-over the same span (write_bytes, /proc/<pid>/io: the SQLite WAL and its checkpoints; MySQL's
-own writes are not counted), per mail likewise. 2d: 2b's worker child (with its writer process) per
-delivered mail, against a ceiling in us. ratio (CPU x %): the reference's CPU per request over
-Mailman's CPU per mail, a ratio that what other processes or the hypervisor took cannot move.
+over the same span (write_bytes, /proc/<pid>/io: the SQLite WAL and its checkpoints, and the log
+file's lines; MySQL's own writes are not counted), per mail likewise. 2d: 2b's worker child (with
+its writer process) per delivered mail, against a ceiling in us. ratio (CPU x %): the reference's
+CPU per request over Mailman's CPU per mail, a ratio that what other processes or the hypervisor
+took cannot move.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..
