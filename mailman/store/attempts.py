@@ -16,7 +16,7 @@ from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Stat
 from mailman.core.suppression import drop, recipients
 
 from . import callbacks, moves, payloads, summary, suppressions
-from .dialect import Dialect, chunks, unindexed
+from .dialect import Dialect, chunks, in_lists, unindexed
 from .moves import MOVE_ORDER
 from .operation import Engine, Statement, Steps, write, write_batch
 
@@ -496,7 +496,7 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
         for mail_id, (_, status) in rows.items()
         if not status.terminal and status is not Status.SCHEDULED
     }
-    for chunk in chunks(sorted(plain)):
+    for chunk in in_lists(d, sorted(plain)):
         cur = yield Statement(_open_of(d, len(chunk)), chunk)
         plain.difference_update(str(row[0]) for row in cur.fetchall())
     by_group: dict[tuple[str, str], list[str]] = {}
@@ -532,7 +532,7 @@ def begin_many(d: Dialect, calls: list[BeginCall]) -> Steps[list[Begun | Excepti
         yield Statement(_insert_pending(d), pending, many=True)
         # Each of these mails had no pending attempt (``_open_of``, in this transaction):
         # its pending attempt now is the one just recorded.
-        for chunk in chunks(list(begun)):
+        for chunk in in_lists(d, list(begun)):
             cur = yield Statement(_pending_of(d, len(chunk)), chunk)
             for mail_id, attempt_id in cur.fetchall():
                 mail = rows[str(mail_id)][0]

@@ -23,7 +23,7 @@ import orjson
 
 from mailman.core.model import Status
 
-from .dialect import Dialect, chunks
+from .dialect import Dialect, chunks, in_lists
 from .operation import Engine, Statement, Steps, write
 
 
@@ -203,7 +203,7 @@ def queue(d: Dialect, mail_ids: Sequence[str]) -> Steps[None]:
     the caller's transaction moved (and on MySQL locked) them. Every operation that
     moves mails ends with this."""
     changed: list[str] = []
-    for chunk in chunks(sorted(set(mail_ids))):
+    for chunk in in_lists(d, sorted(set(mail_ids))):
         cur = yield Statement(_changes(d, len(chunk)), chunk)
         changed.extend(row[0] for row in cur.fetchall())
     if not changed:

@@ -15,14 +15,36 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Ids per ``IN (...)`` list, and rows per multi-row ``INSERT``: far below
-#: either database's limit on bound parameters.
+#: either database's limit on bound parameters (``in_lists`` pads up to 512).
 CHUNK = 500
+#: Prepared statements a SQLite connection keeps (the texts it runs most, by last use):
+#: every concern's statements, and of each ``IN`` list its powers of two (``in_lists``).
+CACHED_STATEMENTS = 512
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     """``items`` in slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def in_lists(d: Dialect, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """``items`` in slices for ``IN (...)`` lists of as many placeholders. Where the driver
+    prepares each statement's text (``Dialect.prepares``), a slice is padded to a power of
+    two by repeating its last item: a statement is then prepared once per power of two
+    and found in the connection's cache, not prepared again for every count (preparing
+    costs as much as running it). A value twice in an ``IN`` list changes nothing."""
+    for chunk in chunks(items):
+        yield padded(d, chunk)
+
+
+def padded(d: Dialect, items: Sequence[Any]) -> Sequence[Any]:
+    """``items`` for one ``IN (...)`` list: where the driver prepares each text, padded to
+    a power of two by repeating the last one (``in_lists``)."""
+    count = len(items)
+    if d.prepares and count & (count - 1):
+        return [*items, *[items[-1]] * ((1 << count.bit_length()) - count)]
+    return items
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +59,10 @@ class Dialect:
     #: what a transaction read stays true until it commits and no row needs a lock.
     #: MySQL: several writers at once; a transaction locks the rows it changes next.
     one_writer: bool
+    #: The driver prepares a statement's text and keeps it in a cache of
+    #: ``CACHED_STATEMENTS`` per connection (Python's ``sqlite3``); MySQL's driver sends
+    #: the text each time, and the server parses it whatever it is (``in_lists``).
+    prepares: bool = False
     #: Appended to a claim's SELECT (MySQL: lock the rows, skip the locked).
     claim_lock: str = ""
     #: Follows the table a claim reads (MySQL: in id order, stopping at its limit; see
@@ -149,7 +175,7 @@ def _rows(dialect: Dialect, count: int, width: int) -> str:
     return ", ".join([row] * count)
 
 
-SQLITE = Dialect(name="sqlite", mark="?", one_writer=True)
+SQLITE = Dialect(name="sqlite", mark="?", one_writer=True, prepares=True)
 MYSQL = Dialect(
     name="mysql",
     mark="%s",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mailman.core.model import Mail, Status
 
 from .dialect import Dialect, chunks
-from .operation import Statement, Steps
+from .operation import Statement, Steps, inserts
 
 #: ``mail_labels.kind`` of a tag, and of a metadata value.
 TAG = "tag"
@@ -92,8 +92,7 @@ def index(d: Dialect, mails: Sequence[Mail]) -> Steps[None]:
         ("mail_labels", LABEL_COLUMNS, label_rows),
     ):
         rows = [row for mail in mails for row in rows_of(mail)]
-        for chunk in chunks(rows):
-            yield Statement(_insert(d, table, columns, len(chunk)), [v for r in chunk for v in r])
+        yield from inserts(d, functools.partial(_insert, d, table, columns), rows)
 
 
 @functools.lru_cache(maxsize=256)

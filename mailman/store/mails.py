@@ -24,11 +24,21 @@ from . import (
     summary,
     suppressions,
 )
-from .dialect import Dialect, chunks, unindexed
+from .dialect import Dialect, chunks, in_lists, unindexed
 from .finding import MailQuery
 from .idempotency import Idempotency
 from .moves import MOVE_ORDER, UNFINISHED
-from .operation import Engine, Statement, Steps, read, read_batch, snapshot, write, write_batch
+from .operation import (
+    Engine,
+    Statement,
+    Steps,
+    inserts,
+    read,
+    read_batch,
+    snapshot,
+    write,
+    write_batch,
+)
 from .suppressions import SUPPRESSED_REASON
 
 
@@ -304,12 +314,11 @@ def _insert_new(d: Dialect, mails: list[Mail]) -> Steps[list[Mail]]:
         # Nothing else writes meanwhile: a mail not there now is inserted, a batch's
         # mails in a multi-row INSERT.
         stored: set[str] = set()
-        for chunk in chunks([m.id for m in mails]):
+        for chunk in in_lists(d, [m.id for m in mails]):
             cur = yield Statement(_stored(d, len(chunk)), chunk)
             stored.update(row[0] for row in cur.fetchall())
         new = [m for m in mails if m.id not in stored]
-        for chunk in chunks(new):
-            yield Statement(_insert(d, len(chunk)), [v for m in chunk for v in mail_values(m)])
+        yield from inserts(d, functools.partial(_insert, d), [mail_values(m) for m in new])
         return new
     # Another process may add the same id meanwhile: each mail's own INSERT says whether
     # it inserted (1 row) or found the id there (0: the no-op update).
@@ -341,10 +350,9 @@ def add(d: Dialect, adds: list[tuple[Mail, Idempotency | None]]) -> Steps[list[s
     yield from finding.index(d, stored)
     # Scheduled ones wait for their time; suppressed ones are never sent.
     entering = [m for m in stored if m.first_status is Status.QUEUED]
-    for chunk in chunks(entering):
-        yield Statement(
-            outbox.entries(d, len(chunk)), [v for m in chunk for v in (m.id, m.created_at)]
-        )
+    yield from inserts(
+        d, functools.partial(outbox.entries, d), [(m.id, m.created_at) for m in entering]
+    )
     suppressed = [m.id for m in stored if m.first_status is Status.SUPPRESSED]
     for chunk in chunks(suppressed):
         yield Statement(suppressions.give_reason(d, len(chunk)), (SUPPRESSED_REASON, *chunk))

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from mailman.core.messages import StatusUpdate
 from mailman.core.model import ALLOWED_FROM, Status
 
-from .dialect import Dialect, chunks
+from .dialect import Dialect, in_lists
 from .operation import Statement, Steps
 
 #: A mail still on its way: a restart hands these to the senders again.
@@ -90,7 +90,7 @@ def statuses(d: Dialect, ids: Sequence[str]) -> Steps[dict[str, Status]]:
     same mails queue behind each other instead of deadlocking; on SQLite the writer
     holds the whole database already."""
     found: dict[str, Status] = {}
-    for chunk in chunks(ids):
+    for chunk in in_lists(d, ids):
         cur = yield Statement(_statuses(d, len(chunk)), chunk)
         found.update((mail_id, Status(status)) for mail_id, status in cur.fetchall())
     return found

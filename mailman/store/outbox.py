@@ -13,7 +13,7 @@ from typing import Any
 from mailman.core.model import Outcome, Status
 
 from . import attempts, callbacks, moves, summary
-from .dialect import Dialect, chunks, unindexed
+from .dialect import Dialect, chunks, in_lists, padded, unindexed
 from .moves import UNFINISHED
 from .operation import Engine, Statement, Steps, write
 
@@ -198,7 +198,7 @@ def claim(
     claimer commits, those rows carry its lease and no longer match. So no entry is
     handed out twice while a lease holds, whatever the number of processes.
     """
-    for chunk in chunks(done):
+    for chunk in in_lists(d, done):
         yield Statement(_delete(d, len(chunk)), chunk)
     if limit <= 0:
         return []
@@ -206,12 +206,13 @@ def claim(
     claimed = [entry_from_row(r) for r in cur.fetchall()]
     if not claimed:
         return []
-    ids = [e.id for e in claimed]
+    ids = padded(d, [e.id for e in claimed])
     yield Statement(_lease(d, len(ids)), (owner, now + lease_seconds, *ids))
     # Mail rows in id order, like every other locking statement.
     mail_ids = sorted(e.mail_id for e in claimed)
     before = yield from summary.look(d, mail_ids)
-    yield Statement(_sending(d, len(mail_ids)), (now, now, *mail_ids))
+    listed = padded(d, mail_ids)
+    yield Statement(_sending(d, len(listed)), (now, now, *listed))
     yield from callbacks.queue(d, mail_ids)
     # Queued ones became sending (the statuses read are those the UPDATE saw).
     queued = sum(1 for s in before.mails.values() if s is Status.QUEUED)
@@ -225,7 +226,7 @@ def claim(
 def _chains(d: Dialect, mail_ids: Sequence[str]) -> Steps[dict[str, str]]:
     """The chains these mails were accepted with, where they have their own."""
     found: dict[str, str] = {}
-    for chunk in chunks(mail_ids):
+    for chunk in in_lists(d, mail_ids):
         cur = yield Statement(_own_chains(d, len(chunk)), chunk)
         found.update((str(mail_id), str(chain)) for mail_id, chain in cur.fetchall())
     return found

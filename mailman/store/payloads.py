@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from mailman.core.messages import decode
 from mailman.core.model import Mail, Status
 
-from .dialect import Dialect, chunks
+from .dialect import Dialect, in_lists
 from .operation import Statement, Steps
 
 
@@ -26,7 +26,7 @@ def of(d: Dialect, ids: Sequence[str]) -> Steps[dict[str, tuple[Mail, Status]]]:
     """The stored mails among ``ids`` (each id once), with their statuses; a missing id is
     not in the answer."""
     found: dict[str, tuple[Mail, Status]] = {}
-    for chunk in chunks(list(dict.fromkeys(ids))):
+    for chunk in in_lists(d, list(dict.fromkeys(ids))):
         cur = yield Statement(_of(d, len(chunk)), chunk)
         for mail_id, payload, status in cur.fetchall():
             found[str(mail_id)] = (decode(Mail, payload), Status(status))

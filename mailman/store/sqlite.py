@@ -71,7 +71,7 @@ from mailman.config.settings import SQLITE_WRITERS
 
 from . import frames, migrations
 from .base import OutcomeUnknown, SqlStore, StoreUnavailable, timed_out
-from .dialect import SQLITE, Dialect
+from .dialect import CACHED_STATEMENTS, SQLITE, Dialect
 from .operation import Batched, Operation, Statement, Steps, read, write
 
 log = structlog.get_logger("mailman.store")
@@ -533,6 +533,7 @@ class SQLiteStore(SqlStore):
             isolation_level=None,
             check_same_thread=False,
             timeout=BUSY_TIMEOUT_MS / 1000,
+            cached_statements=CACHED_STATEMENTS,
         )
         try:
             if write:

@@ -49,7 +49,7 @@ from typing import Any
 from mailman.core.model import Check, Status, Suppressed
 
 from . import moves
-from .dialect import Dialect, chunks
+from .dialect import Dialect, in_lists
 from .operation import Statement, Steps
 
 #: Rows per figure on a database with several writers (MySQL); SQLite uses one.
@@ -146,7 +146,7 @@ def look(
     statuses = yield from moves.statuses(d, sorted(set(ids)))
     held: dict[int, Held] = {}
     for sql, keys in ((_attempts_by_id, sorted(set(attempts))), (_attempts_of, sorted(set(of)))):
-        for chunk in chunks(keys):
+        for chunk in in_lists(d, keys):
             cur = yield Statement(sql(d, len(chunk)), chunk)
             for attempt_id, mail_id, provider, round_, at, outcome, checked in cur.fetchall():
                 held[int(attempt_id)] = Held(

@@ -23,7 +23,7 @@ from typing import Any
 from mailman.core.model import Status, SuppressionReason
 
 from . import callbacks
-from .dialect import Dialect, chunks
+from .dialect import Dialect, in_lists
 from .operation import Engine, Statement, Steps, read, read_batch, write
 
 #: Every mail of the tenant (no unsubscribe group).
@@ -280,7 +280,7 @@ def found_among(
     larger operation: acceptance's check, and ``begin``'s before each provider call)."""
     found: dict[str, SuppressionReason] = {}
     grouped = group != EVERY_GROUP
-    for chunk in chunks(list(dict.fromkeys(addresses))):
+    for chunk in in_lists(d, list(dict.fromkeys(addresses))):
         params = (tenant, group, *chunk) if grouped else (tenant, *chunk)
         cur = yield Statement(among(d, len(chunk), grouped), params)
         found.update(

@@ -5,12 +5,13 @@ statement reads every row the guard matches, and costs more as the backlog grows
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from mailman.core.model import Status
-from mailman.store import Store, attempts, events, mails, moves, outbox, retention
+from mailman.core.model import Address, Mail, Status
+from mailman.store import MailQuery, Store, attempts, events, mails, moves, outbox, retention
 from mailman.store.dialect import Dialect
 from mailman.store.mysql import MySQLStore
 from mailman.store.operation import Engine, Statement, Steps, write
@@ -94,3 +95,50 @@ async def test_rows_picked_by_id_are_read_by_the_key(store: Store, name: str) ->
         details = [row[3] for row in plan if row[3].startswith(("SEARCH", "SCAN"))]
         assert details and all(d.startswith("SEARCH") for d in details), details
         assert all(any(key in d for key in sqlite_keys) for d in details), details
+
+
+@write
+def _adds_recorded(d: Dialect, batches: list[list[Mail]]) -> Steps[list[Statement]]:
+    """``mails.add`` of each batch in turn, with every statement it ran."""
+    ran: list[Statement] = []
+    for batch in batches:
+        steps = mails.add.steps(d, [(m, None) for m in batch])
+        try:
+            statement = next(steps)
+            while True:
+                ran.append(statement)
+                statement = steps.send((yield statement))
+        except StopIteration:
+            pass
+    return ran
+
+
+async def test_batches_of_any_size_run_few_statement_texts(store: Store) -> None:
+    """Adds of 1 to 20 mails store every mail and its recipients; on SQLite they run a
+    handful of statement texts (its prepared-statement cache holds them), each IN list
+    a power of two long."""
+    assert isinstance(store, Engine)
+    batches = [
+        [
+            replace(contract.mail(f"b{size}-{n}"), to=(Address(f"r{n}@example.com"),))
+            for n in range(size)
+        ]
+        for size in range(1, 21)
+    ]
+    ran = await store.run(_adds_recorded, batches)
+    for batch in batches:
+        for m in batch:
+            record = await store.get(m.id)
+            assert record is not None and record.mail.to == m.to
+    found = await store.list_mails(MailQuery(tenant=None, limit=5, recipient="r19@example.com"))
+    assert [m.id for m in found] == ["b20-19"]
+    if isinstance(store, MySQLStore):
+        return
+    texts = {s.sql for s in ran}
+    # Before: a multi-row INSERT for each count into mails, recipients and the outbox,
+    # and an IN list of each count (80 texts and more).
+    assert len(texts) <= 12, sorted(texts)
+    for sql in texts:
+        if " IN (" in sql:
+            listed = sql.split(" IN (", 1)[1].split(")", 1)[0].count("?")
+            assert listed & (listed - 1) == 0, sql
