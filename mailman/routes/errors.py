@@ -373,8 +373,21 @@ _REQUEST_ID_PREFIX = secrets.token_hex(10)
 _REQUEST_COUNT = itertools.count(1)
 
 
+#: The request's id, as ``request_id_middleware`` gave it.
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 def request_id(request: web.Request) -> str:
-    """The caller's ``X-Request-Id`` if it is a sane token, else a new one."""
+    """The request's id: the caller's ``X-Request-Id`` if it is a sane token, else a new
+    one, given once (``request_id_middleware`` gives it first): the answer's header, the
+    request's log lines and the mail it submits all carry the same one."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request[REQUEST_ID] = _given_or_new(request)
+    return rid
+
+
+def _given_or_new(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     if given and _REQUEST_ID.fullmatch(given):
         return given
@@ -391,7 +404,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request (debug detail, warnings, errors) get ``request_id`` from contextvars.
     It also counts the request in flight (``LOAD``, read by a relay in this process).
     """
-    rid = request_id(request)
+    rid = request[REQUEST_ID] = _given_or_new(request)
     started = time.perf_counter()
     fields: dict[str, Any] = {}
     request[LOG_FIELDS] = fields

@@ -365,3 +365,49 @@ async def test_accepted_calls_are_summed_up_at_info_not_logged_one_by_one(
     ]
     (summary, *_) = [line for line in logs.lines() if line["event"] == "provider.calls"]
     assert summary["level"] == "info" and summary["p99_ms"] >= summary["p50_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "given"),
+    [
+        ("/mail/send", None),
+        ("/mail/send", "trace-3"),
+        ("/v3/mail/send", None),
+        ("/v3/mg.example.com/messages", None),
+    ],
+)
+async def test_a_mail_carries_the_request_id_its_answer_and_line_name(
+    aiohttp_client: AiohttpClient,
+    store: Store,
+    outbound: CountingOutbound,
+    path: str,
+    given: str | None,
+) -> None:
+    """The mail stores the id of the request that submitted it, the one its answer's
+    X-Request-Id and its http.request line give, whether the caller gave one or not."""
+    client = await client_factory(aiohttp_client, store, outbound, Config())()
+    body: dict[str, Any] = dict(VALID)
+    if path == "/v3/mail/send":
+        body = {
+            "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+            "from": {"email": "noreply@example.com"},
+            "subject": "Welcome",
+            "content": [{"type": "text/plain", "value": "Hello"}],
+        }
+    headers = {} if given is None else {"X-Request-Id": given}
+    with configured("info") as logs:
+        logs.mark()
+        if path.endswith("/messages"):  # Mailgun's form
+            form = {"from": "noreply@example.com", "to": "ann@example.com", "text": "Hello"}
+            resp = await client.post(path, data=form, headers=headers)
+        else:
+            resp = await client.post(path, json=body, headers=headers)
+        assert resp.status in (200, 201, 202), await resp.text()
+        lines = logs.lines()
+    rid = resp.headers["X-Request-Id"]
+    assert given is None or rid == given
+    (line,) = [e for e in lines if e["event"] == "http.request"]
+    assert line["request_id"] == rid
+    (dispatch,) = outbound.dispatched
+    record = await store.get(dispatch.mail_id)
+    assert record is not None and record.mail.request_id == rid
