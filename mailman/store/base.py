@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import contextvars
-from collections.abc import Iterator
 from types import TracebackType
+from typing import Protocol
 
 from .attempts import Attempts, Begun, SqlAttempts
 from .breakers import Breakers, BreakerState, SqlBreakers
@@ -61,24 +60,37 @@ class StoreUnavailable(ConnectionError):
     """
 
 
+class Expiring(Protocol):
+    """A deadline a caller gives up by: an ``asyncio.timeout``, or ``intake.guard``'s own."""
+
+    def expired(self) -> bool: ...
+
+
 #: The timeout a caller gives up by (``giving_up_by``), seen by the drivers in its task.
-_GIVING_UP: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+_GIVING_UP: contextvars.ContextVar[Expiring | None] = contextvars.ContextVar(
     "mailman_store_giving_up", default=None
 )
 
 
-@contextlib.contextmanager
-def giving_up_by(scope: asyncio.Timeout) -> Iterator[None]:
-    """Store calls inside: ``scope`` (an ``asyncio.timeout``) gives up only on what has not
-    started. An operation the store has started when ``scope`` expires is waited for and
-    its outcome answered (its change may be committed); one not started is abandoned,
-    never run. Without this, a cancellation ends the call at once, started or not (the
-    caller is being torn down: it tells nobody that nothing was changed)."""
-    token = _GIVING_UP.set(scope)
-    try:
-        yield
-    finally:
-        _GIVING_UP.reset(token)
+class giving_up_by:
+    """Store calls inside: ``scope`` (an ``asyncio.timeout``, or any deadline whose
+    expiry cancels the task) gives up only on what has not started. An operation the
+    store has started when ``scope`` expires is waited for and its outcome answered (its
+    change may be committed); one not started is abandoned, never run. Without this, a
+    cancellation ends the call at once, started or not (the caller is being torn down:
+    it tells nobody that nothing was changed). A class, not a generator: it wraps every
+    store call of a request."""
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, scope: Expiring) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> None:
+        self._token = _GIVING_UP.set(self._scope)
+
+    def __exit__(self, *exc: object) -> None:
+        _GIVING_UP.reset(self._token)
 
 
 def timed_out() -> bool:

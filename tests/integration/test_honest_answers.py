@@ -397,6 +397,37 @@ def test_the_smtp_reply_to_an_unknown_outcome_never_says_nothing_was_stored() ->
     assert all("nothing" not in reply for reply in (deduplicated, blind))
 
 
+async def test_a_write_started_is_waited_for_past_the_guards_deadline(tmp_path: Path) -> None:
+    """Through ``guarded``: a write the writer started before the deadline passed is
+    answered with its result (it is committed), and the caller's task is not left
+    cancelled."""
+    started.clear()
+    release.clear()
+    store = SQLiteStore(str(tmp_path / "m.db"))
+    async with store:
+        state: dict[str, int] = {}
+
+        async def caller() -> str:
+            added = await guarded(store, 0.05, store.run(slow_add, mail("m1")))
+            task = asyncio.current_task()
+            assert task is not None
+            state["cancelling"] = task.cancelling()
+            return added
+
+        task = asyncio.create_task(caller())
+        try:
+            await asyncio.to_thread(started.wait, 30)
+            await asyncio.sleep(0.1)  # the deadline passes while the write runs
+            for _ in range(3):  # the cancellation reaches the call
+                await _next_loop_turn()
+            assert not task.done(), "the caller gave up on a started operation"
+        finally:
+            release.set()
+        assert await task == "m1"
+        assert state["cancelling"] == 0
+        assert await store.load("m1") is not None
+
+
 async def test_a_caller_torn_down_mid_operation_is_not_kept_alive(tmp_path: Path) -> None:
     """A caller cancelled from outside (not its own timeout) while its operation runs ends at
     once: the operation still commits, but the caller is not kept running."""
