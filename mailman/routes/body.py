@@ -284,6 +284,8 @@ async def read_body(
         else:
             parts += decoder.feed(chunk)
         _charge(request, hold, max(received, decoder.size if decoder else 0))
+        if request.content.at_eof():  # all of it (a small body comes in one piece)
+            break
     if decoder is not None:
         decoder.finish()
     return b"".join(parts)
