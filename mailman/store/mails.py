@@ -312,7 +312,7 @@ def _insert_new(d: Dialect, mails: list[Mail]) -> Steps[list[Mail]]:
     """Insert the mails whose id is not stored yet; the ones inserted."""
     if d.one_writer:
         # Nothing else writes meanwhile: a mail not there now is inserted, a batch's
-        # mails in a multi-row INSERT.
+        # mails by one prepared INSERT (``inserts``).
         stored: set[str] = set()
         for chunk in in_lists(d, [m.id for m in mails]):
             cur = yield Statement(_stored(d, len(chunk)), chunk)

@@ -4,7 +4,8 @@ Stdlib ``sqlite3`` on two threads, each with its own connection:
 
 * the **writer** drains a queue of operations and runs everything it found
   waiting in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): the adds
-  of a burst of requests become one multi-row ``INSERT`` and one fsync
+  of a burst of requests become one ``INSERT`` run for each row (``executemany``:
+  one prepared statement, ``operation.inserts``) and one fsync
   (group commit), and every caller's future is resolved once per batch.
   Each operation runs inside a ``SAVEPOINT``, so one that fails (a mismatched
   idempotency key, a constraint) fails alone and the rest of the batch
