@@ -98,34 +98,50 @@ def _slow_add(d: Dialect, m: Mail) -> Steps[str]:
 slow_add = write(_slow_add)
 
 
-async def test_a_write_already_started_is_waited_for_past_the_timeout(tmp_path: Path) -> None:
-    """A caller whose timeout expires once the writer has started its operation gets the
-    operation's result (it is committed), not a timeout that would say nothing was changed."""
+@pytest.mark.parametrize("by", ["timeout", "guarded"])
+async def test_a_write_already_started_is_waited_for_past_the_deadline(
+    tmp_path: Path, by: str
+) -> None:
+    """A caller whose deadline (an ``asyncio.timeout`` told to the store by
+    ``giving_up_by``, or ``guarded``'s own) passes once the writer has started its
+    operation gets the operation's result (it is committed), not a timeout that would
+    say nothing was changed, and its task is not left cancelled."""
     started.clear()
     release.clear()
     store = SQLiteStore(str(tmp_path / "m.db"))
     async with store:
         scopes: list[asyncio.Timeout] = []
+        state: dict[str, int] = {}
 
         async def caller() -> str:
-            async with asyncio.timeout(None) as scope:
-                scopes.append(scope)
-                with giving_up_by(scope):
-                    added: str = await store.run(slow_add, mail("m1"))
-                    return added
+            if by == "guarded":
+                added = await guarded(store, 0.05, store.run(slow_add, mail("m1")))
+            else:
+                async with asyncio.timeout(None) as scope:
+                    scopes.append(scope)
+                    with giving_up_by(scope):
+                        added = await store.run(slow_add, mail("m1"))
+            task = asyncio.current_task()
+            assert task is not None
+            state["cancelling"] = task.cancelling()
+            return added
 
         task = asyncio.create_task(caller())
         try:
             await asyncio.to_thread(started.wait, 30)
-            scopes[0].reschedule(asyncio.get_running_loop().time())  # the timeout expires now
-            while not scopes[0].expired():
-                await _next_loop_turn()
+            if scopes:
+                scopes[0].reschedule(asyncio.get_running_loop().time())  # expires now
+                while not scopes[0].expired():
+                    await _next_loop_turn()
+            else:
+                await asyncio.sleep(0.1)  # guarded's deadline passes while the write runs
             for _ in range(3):  # the cancellation reaches the call
                 await _next_loop_turn()
             assert not task.done(), "the caller gave up on a started operation"
         finally:
             release.set()
         assert await task == "m1"
+        assert state["cancelling"] == 0
         assert await store.load("m1") is not None
 
 
@@ -395,37 +411,6 @@ def test_the_smtp_reply_to_an_unknown_outcome_never_says_nothing_was_stored() ->
     assert deduplicated.startswith("451 4.3.0 ") and "01ABC" in deduplicated
     assert blind.startswith("554 5.3.0 ") and "GET /mail/01ABC" in blind
     assert all("nothing" not in reply for reply in (deduplicated, blind))
-
-
-async def test_a_write_started_is_waited_for_past_the_guards_deadline(tmp_path: Path) -> None:
-    """Through ``guarded``: a write the writer started before the deadline passed is
-    answered with its result (it is committed), and the caller's task is not left
-    cancelled."""
-    started.clear()
-    release.clear()
-    store = SQLiteStore(str(tmp_path / "m.db"))
-    async with store:
-        state: dict[str, int] = {}
-
-        async def caller() -> str:
-            added = await guarded(store, 0.05, store.run(slow_add, mail("m1")))
-            task = asyncio.current_task()
-            assert task is not None
-            state["cancelling"] = task.cancelling()
-            return added
-
-        task = asyncio.create_task(caller())
-        try:
-            await asyncio.to_thread(started.wait, 30)
-            await asyncio.sleep(0.1)  # the deadline passes while the write runs
-            for _ in range(3):  # the cancellation reaches the call
-                await _next_loop_turn()
-            assert not task.done(), "the caller gave up on a started operation"
-        finally:
-            release.set()
-        assert await task == "m1"
-        assert state["cancelling"] == 0
-        assert await store.load("m1") is not None
 
 
 async def test_a_caller_torn_down_mid_operation_is_not_kept_alive(tmp_path: Path) -> None:
