@@ -143,9 +143,11 @@ class FakeProvider(abc.ABC, Generic[Body]):
         self.webhook_url = webhook_url
         #: Recipients whose local part starts with this bounce; the others are delivered.
         self.bounce_prefix = bounce_prefix
-        #: Tries per webhook post, and the wait before the first retry (doubling).
+        #: Tries per webhook post, and the wait before the first retry (doubling, up to
+        #: ``webhook_retry_max`` if set).
         self.webhook_attempts = 3
         self.webhook_retry_delay = 0.05
+        self.webhook_retry_max: float | None = None
         #: The status of every webhook post, in order (0: no answer).
         self.webhook_answers: list[int] = []
         self._webhook_tasks: set[asyncio.Task[None]] = set()
@@ -229,8 +231,9 @@ class FakeProvider(abc.ABC, Generic[Body]):
 
     def webhook_retry_wait(self, retry: int) -> float:
         """Seconds before the ``retry``-th new try of a post (1: the first): from
-        ``webhook_retry_delay``, doubling."""
-        return float(self.webhook_retry_delay * 2 ** (retry - 1))
+        ``webhook_retry_delay``, doubling, at most ``webhook_retry_max``."""
+        wait = float(self.webhook_retry_delay * 2 ** (retry - 1))
+        return wait if self.webhook_retry_max is None else min(wait, self.webhook_retry_max)
 
     async def _post(self, post: Post) -> None:
         """One webhook post, tried again on no answer or a non-2xx one, as providers do."""

@@ -309,8 +309,11 @@ async def test_embedded_kill(first: str, tmp_path: Path, fault_report: Path) -> 
         if webhook:
             extra["MAILMAN_SENDGRID_WEBHOOK_PUBLIC_KEY"] = sendgrid_verification_key(key)
             sg.webhook_url = f"{url}/webhooks/sendgrid"
-            # SendGrid tries a post again for 24 hours; the fake, through every restart.
-            sg.webhook_attempts = 12
+            # SendGrid tries a post again for 24 hours; the fake, through every restart,
+            # at most 0.5 s apart: doubling, a post that met a few restarts (2-4 s each on
+            # a slow machine) waited 13 s, then 26, for its next try, past KILL_GRACE.
+            sg.webhook_attempts = 60
+            sg.webhook_retry_max = 0.5
         fakes: tuple[FakeProvider[Any], ...] = (sg, mg) if fake is None else (sg, mg, fake)
         env = embedded_env(sg, mg, tmp_path, port, **extra)
         deployment = Deployment(env, tmp_path)
