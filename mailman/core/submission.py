@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Annotated, Any, NamedTuple, cast
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -31,12 +30,9 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
+from pydantic_core import CoreSchema, core_schema
 
 from . import schemas, templates, validation
 from . import unsubscribe as one_click
@@ -81,8 +77,6 @@ FIELDS = (
 _ORDER = {name: i for i, name in enumerate(FIELDS)}
 _KNOWN = frozenset(FIELDS)
 _RECIPIENT_FIELDS = ("to", "cc", "bcc")
-#: The error type that carries every ``FieldError`` of a submission out of pydantic.
-_REFUSED = "mailman_refused"
 
 
 #: No callbacks: the rules when none are given.
@@ -115,6 +109,12 @@ class _Run:
         self.kept: dict[str, tuple[Any, ...]] = {}
 
 
+def _not_here(value: Any) -> Any:
+    """``Submission``'s fields are checked by ``Submission.check`` (the rules of the mail as
+    a whole too), never one by one through pydantic."""
+    raise TypeError("a Submission is checked by Submission.check, not by pydantic")
+
+
 # --- one rule per field -------------------------------------------------------------
 
 
@@ -128,13 +128,7 @@ class _Rule:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> CoreSchema:
-        check = self.check
-
-        def validate(value: Any, info: ValidationInfo) -> Any:
-            run = cast(_Run, info.context)  # Submission._whole made sure of it
-            return check(value, run.errors, run)
-
-        return core_schema.with_info_plain_validator_function(validate)
+        return core_schema.no_info_plain_validator_function(_not_here)
 
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -374,7 +368,7 @@ class Submission(BaseModel):
     tags and metadata together at most ``MAX_EXTRA_BYTES`` as Mailgun form fields.
     """
 
-    # Unknown fields are refused by ``_whole`` (worded and ordered like every other error);
+    # Unknown fields are refused by ``check`` (worded and ordered like every other error);
     # the document says so with ``additionalProperties: false``.
     model_config = ConfigDict(
         extra="ignore",
@@ -562,29 +556,34 @@ class Submission(BaseModel):
         ),
     ] = None
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _whole(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
-        """Every field's rule, then the rules of the mail as a whole; every error at once."""
-        run = info.context
-        if not isinstance(data, Mapping) or not isinstance(run, _Run):
-            raise _refused([FieldError(BODY_FIELD, "must be a JSON object")], data)
+    def check(cls, values: Mapping[str, Any], given: Context) -> dict[str, Any]:
+        """The submission ``values`` describe (a decoded JSON body, or what an entry point
+        built), checked: each field's value by its name; ``ValidationFailed`` naming every
+        bad field.
+
+        Each field's rule in the fields' order, then the rules of the mail as a whole;
+        every error at once. The rules are called here, not through pydantic, which
+        called each through a wrapper of its own and built a model for the mail to be
+        copied from (``docs/performance.md``, "Checking a mail")."""
+        run = _Run(given)
         errors = run.errors
-        validation.unknown_fields(data, _KNOWN, "", errors)
-        _count_recipients(data, errors, run)
-        model = None
-        try:
-            model = handler(data)  # each field's rule adds to ``errors``
-        except ValidationError as exc:  # only a required field left out
-            for line in exc.errors():
-                missing = str(line["loc"][0]) if line["type"] == "missing" else None
-                errors.add(missing or _loc(line["loc"]), "is required" if missing else line["msg"])
-        _bodies(data, errors)
-        if data.get("template") is None:
+        validation.unknown_fields(values, _KNOWN, "", errors)
+        _count_recipients(values, errors, run)
+        checked = dict(_LEFT_OUT)
+        for key, value in values.items():
+            field = _CHECKED.get(key)
+            if field is not None:  # an unknown one is refused above
+                checked[field.name] = field.rule(value, errors, run)
+        for key in _REQUIRED:
+            if key not in values:
+                errors.add(key, "is required")
+        _bodies(values, errors)
+        if values.get("template") is None:
             for name in ("template_version", "data"):
-                if data.get(name) is not None:
+                if values.get(name) is not None:
                     errors.add(name, "only with template")
-        if data.get("unsubscribe") not in (None, False) and _recipient_count(data) != 1:
+        if values.get("unsubscribe") not in (None, False) and _recipient_count(values) != 1:
             errors.add(
                 "unsubscribe",
                 "only for a mail to one recipient (one to, no cc or bcc): the link names "
@@ -599,52 +598,70 @@ class Submission(BaseModel):
                     f"headers, tags and metadata together must be at most {MAX_EXTRA_BYTES} bytes",
                 )
         if errors:
-            too_large = errors.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-            raise _refused(sorted(errors.as_list(), key=_position), data, too_large=too_large)
-        return model
+            raise ValidationFailed(sorted(errors.as_list(), key=_position), status=errors.status)
+        return checked
 
-    @classmethod
-    def check(cls, values: Mapping[str, Any], given: Context) -> Submission:
-        """The submission ``values`` describe (a decoded JSON body, or what an entry point
-        built); ``ValidationFailed`` naming every bad field."""
-        try:
-            return cls.model_validate(values, context=_Run(given))
-        except ValidationError as exc:
-            raise _failed(exc) from None
 
-    def mail(
-        self,
-        given: Context,
-        *,
-        default_subject: str,
-        tenant: str = "",
-        request_id: str = "",
-    ) -> Mail:
-        """The mail to store (``given``: the context this submission was checked in)."""
-        assert self.sender is not None  # required: check refuses a submission without one
-        plain = self.content if self.content is not None else self.text
-        subject = self.subject if self.subject and self.subject.strip() else default_subject
-        return Mail(
-            id=given.mail_id,
-            sender=self.sender,
-            to=self.to,
-            subject=subject,
-            text=plain or None,
-            html=self.html or None,
-            cc=self.cc,
-            bcc=self.bcc,
-            reply_to=self.reply_to,
-            created_at=given.now,
-            tenant=tenant,
-            callback_url=self.callback_url,
-            request_id=request_id,
-            send_at=self.send_at,
-            headers=self.headers,
-            tags=self.tags,
-            metadata=self.metadata,
-            attachments=self.attachments,
-            unsubscribe=self.unsubscribe,
-        )
+class _Checked(NamedTuple):
+    """A field of ``Submission`` as ``Submission.check`` reads it: its name and its rule."""
+
+    name: str
+    rule: Callable[[Any, Errors, _Run], Any]
+
+
+#: Each field by its key in the values (``from`` for ``sender``). The order the rules run
+#: in does not matter: each adds errors only about its own field and reads only what
+#: ``check`` set before them.
+_CHECKED = {
+    info.alias or name: _Checked(name, next(m for m in info.metadata if isinstance(m, _Rule)).check)
+    for name, info in Submission.model_fields.items()
+}
+#: Each optional field's value when it is left out, by name.
+_LEFT_OUT = {
+    name: info.get_default(call_default_factory=True)
+    for name, info in Submission.model_fields.items()
+    if not info.is_required()
+}
+#: The keys that may not be left out.
+_REQUIRED = tuple(
+    info.alias or name for name, info in Submission.model_fields.items() if info.is_required()
+)
+
+
+def _mail(
+    checked: Mapping[str, Any],
+    given: Context,
+    *,
+    default_subject: str,
+    tenant: str = "",
+    request_id: str = "",
+) -> Mail:
+    """The mail to store, from what ``Submission.check`` found in the context ``given``."""
+    sender = checked["sender"]
+    assert sender is not None  # required: check refuses a submission without one
+    content, subject = checked["content"], checked["subject"]
+    plain = content if content is not None else checked["text"]
+    return Mail(
+        id=given.mail_id,
+        sender=sender,
+        to=checked["to"],
+        subject=subject if subject and subject.strip() else default_subject,
+        text=plain or None,
+        html=checked["html"] or None,
+        cc=checked["cc"],
+        bcc=checked["bcc"],
+        reply_to=checked["reply_to"],
+        created_at=given.now,
+        tenant=tenant,
+        callback_url=checked["callback_url"],
+        request_id=request_id,
+        send_at=checked["send_at"],
+        headers=checked["headers"],
+        tags=checked["tags"],
+        metadata=checked["metadata"],
+        attachments=checked["attachments"],
+        unsubscribe=checked["unsubscribe"],
+    )
 
 
 def parse_mail(
@@ -663,8 +680,12 @@ def parse_mail(
     given = Context(mail_id, now, callbacks or NO_CALLBACKS)
     if not isinstance(body, Mapping):
         raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
-    return Submission.check(body, given).mail(
-        given, default_subject=default_subject, tenant=tenant, request_id=request_id
+    return _mail(
+        Submission.check(body, given),
+        given,
+        default_subject=default_subject,
+        tenant=tenant,
+        request_id=request_id,
     )
 
 
@@ -718,44 +739,6 @@ def _bodies(data: Mapping[str, Any], errors: Errors) -> None:
 def _position(error: FieldError) -> int:
     top = error.field.partition(".")[0].partition("[")[0]
     return _ORDER.get(top, len(_ORDER))
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or BODY_FIELD
-
-
-def _refused(
-    errors: list[FieldError], input_value: object, *, too_large: bool = False
-) -> ValidationError:
-    """Every ``FieldError`` of a submission in one line error, for ``_failed`` to unpack."""
-    return ValidationError.from_exception_data(
-        "Submission",
-        [
-            InitErrorDetails(
-                type=PydanticCustomError(
-                    _REFUSED, "the mail is not valid", {"errors": errors, "too_large": too_large}
-                ),
-                loc=(),
-                input=input_value,
-            )
-        ],
-    )
-
-
-def _failed(exc: ValidationError) -> ValidationFailed:
-    for line in exc.errors():
-        context = line.get("ctx") or {}
-        if "errors" in context:
-            status = (
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                if context["too_large"]
-                else HTTPStatus.UNPROCESSABLE_ENTITY
-            )
-            return ValidationFailed(list(context["errors"]), status=status)
-    return ValidationFailed([FieldError(_loc(line["loc"]), line["msg"]) for line in exc.errors()])
 
 
 __all__ = ["FIELDS", "Context", "Submission", "parse_mail"]

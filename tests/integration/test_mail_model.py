@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mailman.core import submission
 from mailman.core.messages import decode, encode
 from mailman.core.model import Mail
 from mailman.core.submission import parse_mail
@@ -392,3 +393,28 @@ async def test_fake_mailgun_refuses_what_mailgun_refuses(
     async with http.post(url, data=aiohttp.FormData(fields), headers=auth) as resp:
         assert resp.status == 400
     assert mailgun.received == []
+
+
+def test_every_field_the_api_names_is_checked_by_its_rule() -> None:
+    """``Submission.check`` reads each field the API names, by that name, and no other."""
+    assert set(submission._CHECKED) == set(submission.FIELDS)
+    assert submission._CHECKED["from"].name == "sender"
+    assert set(submission._REQUIRED) == {"to", "from"}
+    assert parse().cc == () and parse().tags == () and parse().unsubscribe is None
+
+
+def test_sender_by_its_field_name_is_unknown_and_from_still_required() -> None:
+    """``sender`` in place of ``from`` is refused as unknown, and ``from`` as missing."""
+    body = {k: v for k, v in BASE.items() if k != "from"} | {"sender": "noreply@example.com"}
+    with pytest.raises(ValidationFailed) as refused:
+        parse_mail(body, mail_id=MAIL_ID, default_subject="(none)", now=0.0)
+    messages = {e.field: e.message for e in refused.value.errors}
+    assert messages["from"] == "is required"
+    assert messages["sender"].startswith("is not a known field")
+
+
+def test_a_submission_is_checked_by_check_never_by_pydantic() -> None:
+    """Validating ``Submission`` through pydantic is refused: it would skip the rules of
+    the mail as a whole, and its rules need the context ``check`` gives them."""
+    with pytest.raises(TypeError, match=r"Submission\.check"):
+        submission.Submission.model_validate(BASE)
