@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import instructions
+
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,3 +117,19 @@ def test_find_bench_times_every_query_on_a_filled_store() -> None:
     assert len(rows) == 16, done.stdout
     for name in ("recipient (busy, cc)", "tag", "metadata (unique)", "admin: recipient (busy)"):
         assert int(rows[name]) > 0, (name, done.stdout)
+
+
+def test_instruction_count_serves_both_targets() -> None:
+    """``bench.instructions``'s serving mode (what valgrind runs) serves its requests to
+    each target, each answered 201, and exits 0."""
+    for target in instructions.TARGETS:
+        argv = [sys.executable, "-m", "bench.instructions", "--serve", target]
+        done = subprocess.run(
+            [*argv, "--requests", "8", "--connections", "2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]

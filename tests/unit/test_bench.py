@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench import cpu
+from bench import cpu, instructions
 from bench.__main__ import (
     WORKER_CPU_TARGET_US,
     _figures,
@@ -350,3 +350,47 @@ def test_the_memory_benchmarks_mails_are_valid_mails() -> None:
     assert parse_mail(
         orjson.loads(large_body()), mail_id="m", default_subject="", now=0.0
     ).attachments
+
+
+def test_instructions_per_request_are_the_runs_difference_over_the_requests() -> None:
+    """One more request costs the measured run's count less the warm-up's, over its requests."""
+    count = instructions.Count("mailman", warm_up=4_000_000, measured=6_000_000, requests=1000)
+    assert count.per_request == 2000
+
+
+def test_instructions_are_read_from_callgrinds_summary() -> None:
+    """The count is callgrind's ``Collected`` line; output without one is an error."""
+    printed = b"==123== Events    : Ir\n==123== Collected : 4529482420\n==123==\n"
+    assert instructions.collected(printed) == 4529482420
+    with pytest.raises(RuntimeError, match="no count"):
+        instructions.collected(b"==123== Events    : Ir\n")
+
+
+def test_instructions_take_requests_as_a_multiple_of_the_connections(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every connection sends as many requests: a count they do not divide is refused."""
+    assert instructions.parse_args(["--requests", "800", "--connections", "4"]).requests == 800
+    for bad in (["--requests", "801"], ["--connections", "0"], ["--requests", "-4"]):
+        with pytest.raises(SystemExit):
+            instructions.parse_args(bad)
+    assert "multiple of --connections" in capsys.readouterr().err
+
+
+def test_a_counted_run_is_this_module_serving_under_callgrind() -> None:
+    """A counted run is callgrind (its own output discarded: the count is in its summary)
+    running ``bench.instructions``'s serving mode with this Python."""
+    argv = instructions.run_argv("/usr/bin/valgrind", "mailman", 2000, 4)
+    assert argv[:3] == ["/usr/bin/valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    assert argv[3] == sys.executable
+    assert argv[4:] == [
+        "-m",
+        "bench.instructions",
+        "--serve",
+        "mailman",
+        "--requests",
+        "2000",
+        "--connections",
+        "4",
+    ]
+    assert instructions.parse_args(argv[6:]).serve == "mailman"

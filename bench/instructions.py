@@ -1,0 +1,214 @@
+"""What one accept costs the event loop, counted in instructions: a figure that holds still.
+
+    python -m bench.instructions [--requests 2000] [--connections 4]
+
+The machine the other figures are measured on swings: the same code has run at
+half its speed a few minutes later, and a change of a few per cent cannot be told
+from that by timing. Valgrind's callgrind counts the instructions a process runs,
+whatever else the machine does (the same count twice, to a few tenths of a per
+cent), so this counts them for ``POST /mail/send`` in one process:
+
+- ``mailman``: the API as ``routes.create_app`` builds it on a fresh SQLite store
+  (its writer process, as ``python -m mailman`` runs it: the writer's own work is
+  not counted, only the event loop's), the mail handed on to nowhere (no relay
+  runs), logging at info as JSON to ``/dev/null``, no backlog limit (its count runs
+  on a clock, not per request);
+- ``reference``: ``bench.reference``'s bare aiohttp app, on the same event loop.
+
+Both on uvloop, served to a client in the same process: ``--connections``
+keep-alive connections, each sending the same mail and reading each answer
+before the next. Each is run twice: a warm-up of ``WARM`` requests per
+connection alone, then the same warm-up and ``--requests`` more. The difference
+over ``--requests`` is what one more request costs, without start-up and warm-up.
+The client's share is in both.
+
+It needs ``valgrind`` (``apt-get install valgrind``); each run takes about a minute.
+Exit 0: counted; 2: no valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The mail every request sends (the bench's, ``bench.load``).
+BODY = (
+    b'{"from":"sender@example.com","to":["ann@example.com"],"subject":"Hello",'
+    b'"content":"Hi Ann","tags":["a"],"metadata":{"k":"v"}}'
+)
+#: Requests per connection before anything is counted.
+WARM = 200
+#: What the two servers are.
+TARGETS = ("reference", "mailman")
+_COLLECTED = re.compile(rb"Collected : (\d+)")
+
+
+@dataclass(frozen=True)
+class Count:
+    """One target's count: instructions per request, from a run with ``requests`` after
+    the warm-up and one with the warm-up alone."""
+
+    target: str
+    warm_up: int
+    measured: int
+    requests: int
+
+    @property
+    def per_request(self) -> float:
+        return (self.measured - self.warm_up) / self.requests
+
+
+def collected(output: bytes) -> int:
+    """The instructions callgrind counted, from what it printed."""
+    found = _COLLECTED.search(output)
+    if found is None:
+        raise RuntimeError(f"no count in callgrind's output:\n{output.decode(errors='replace')}")
+    return int(found.group(1))
+
+
+# --- inside valgrind: the server and its client ---------------------------------------
+
+
+async def _client(port: int, requests: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        b"POST /mail/send HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(BODY)
+    )
+    request = head + BODY
+    try:
+        for _ in range(requests):
+            writer.write(request)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            if not answer.startswith(b"HTTP/1.1 201"):
+                raise RuntimeError(f"not accepted: {answer[:200]!r}")
+            at = answer.lower().index(b"content-length: ") + len(b"content-length: ")
+            await reader.readexactly(int(answer[at : answer.index(b"\r\n", at)]))
+    finally:
+        writer.close()
+
+
+class _Nowhere:
+    """The outbound of an API with no relay: a mail handed on goes nowhere."""
+
+    async def dispatch(self, dispatch: object) -> None:
+        return None
+
+
+async def _serve(target: str, requests: int, connections: int) -> None:
+    from aiohttp import web
+
+    from bench import reference
+    from mailman.config import Config
+    from mailman.routes import create_app
+    from mailman.store.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory(prefix="instructions-") as directory:
+        store = None
+        if target == "mailman":
+            # No backlog count: it runs every half second (under valgrind, a hundred times
+            # a run), a count of the mails not sent, which here are all of them.
+            config = dataclasses.replace(Config(), backlog_limit=0)
+            store = SQLiteStore(str(Path(directory) / "mailman.db"), writer=config.sqlite_writer)
+            await store.open()
+            app = create_app(store=store, outbound=_Nowhere(), config=config)
+        else:
+            app = reference.create_app()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            await asyncio.gather(*(_client(port, WARM) for _ in range(connections)))
+            if requests:
+                each = requests // connections
+                await asyncio.gather(*(_client(port, each) for _ in range(connections)))
+        finally:
+            await runner.cleanup()
+            if store is not None:
+                await store.close()
+
+
+# --- outside: the runs and the table ----------------------------------------------------
+
+
+def run_argv(valgrind: str, target: str, requests: int, connections: int) -> list[str]:
+    """The command of one counted run: this module serving ``target``, under callgrind."""
+    return [
+        *(valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable),
+        *("-m", "bench.instructions", "--serve", target, "--requests", str(requests)),
+        *("--connections", str(connections)),
+    ]
+
+
+def count(target: str, requests: int, connections: int) -> int:
+    """Instructions of one run of ``target`` serving ``requests`` after the warm-up."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise FileNotFoundError("valgrind")
+    argv = run_argv(valgrind, target, requests, connections)
+    done = subprocess.run(argv, capture_output=True, check=False, cwd=Path(__file__).parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"{target} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return collected(done.stderr)
+
+
+def measure(targets: Sequence[str], requests: int, connections: int) -> list[Count]:
+    """Each target's instructions per request (``requests``: a multiple of
+    ``connections``); the runs side by side, one per core (a count does not depend on
+    what else runs)."""
+    runs = [(t, n) for t in targets for n in (0, requests)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        done = dict(
+            zip(runs, pool.map(lambda run: count(run[0], run[1], connections), runs), strict=True)
+        )
+    return [Count(t, done[(t, 0)], done[(t, requests)], requests) for t in targets]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000, help="the larger run (2000)")
+    parser.add_argument("--connections", type=int, default=4, help="keep-alive connections (4)")
+    parser.add_argument("--serve", choices=TARGETS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.connections < 1 or args.requests < 0 or args.requests % args.connections:
+        parser.error("--requests must be a multiple of --connections (at least 1)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.serve is not None:
+        import uvloop
+
+        from mailman.config.logging import configure_logging
+
+        with open(os.devnull, "w") as nowhere:  # Mailman's lines, at info, as JSON
+            configure_logging("info", "json", nowhere)
+            uvloop.run(_serve(args.serve, args.requests, args.connections))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("python -m bench.instructions needs valgrind (apt-get install valgrind)")
+        return 2
+    counts = measure(TARGETS, args.requests, args.connections)
+    reference, mailman = counts
+    for c in counts:
+        print(f"{c.target:10} {c.per_request:12,.0f} instructions per request")
+    print(f"{'ratio':10} {reference.per_request / mailman.per_request:12.3f} (reference / mailman)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
