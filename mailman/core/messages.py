@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 import orjson
 
 from .model import Attempt, Status
+from .records import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     """Asks a sender to try a mail with the provider at ``hop`` of its chain.
@@ -44,6 +46,7 @@ class Dispatch:
     chain: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RetryLater:
     """Asks the retry scheduler to hand ``dispatch`` on once ``due_at`` (unix time) is reached."""
@@ -52,6 +55,7 @@ class RetryLater:
     due_at: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
     """Asks the store to record an attempt and/or move a mail's status (``Store.apply``).

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import quote
 
+from .records import fast_init
+
 
 class Status(StrEnum):
     """Where a mail stands. ``queued`` -> ``sending`` -> ``sent`` | ``failed``; then, as the
@@ -77,6 +79,7 @@ class SuppressionReason(StrEnum):
     MANUAL = "manual"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Suppressed:
     """A recipient dropped from a mail because its address is suppressed."""
@@ -109,6 +112,7 @@ class Check(StrEnum):
     CANNOT = "cannot-check"  # the provider offers no way to ask (or did not answer): sent again
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Address:
     email: str
@@ -133,6 +137,7 @@ class Disposition(StrEnum):
     INLINE = "inline"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """A file sent with a mail (``Mail.attachments``), as validation left it."""
@@ -170,6 +175,7 @@ class Attachment:
         return base64.b64decode(self.content)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TemplateUse:
     """The template (and its version) a mail was rendered from at acceptance."""
@@ -179,6 +185,7 @@ class TemplateUse:
     version: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     """A mail's one-click unsubscribe (RFC 8058): its group, and what its
@@ -192,6 +199,7 @@ class Unsubscribe:
     mailto: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Mail:
     """A mail as the caller submitted it, after validation."""
@@ -294,6 +302,7 @@ class Mail:
         return f"<{self.id}@{self.sender.email.rpartition('@')[2]}>"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One try with one provider, kept in the mail's history."""
@@ -339,6 +348,7 @@ class EventKind(StrEnum):
         return None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeliveryEvent:
     """One event a provider reported about a mail, normalised, kept in its history."""

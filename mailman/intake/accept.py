@@ -31,6 +31,7 @@ from mailman.core.callbacks import binds_loopback
 from mailman.core.ids import new_id
 from mailman.core.messages import Dispatch
 from mailman.core.model import Mail, Status, TemplateUse, Unsubscribe
+from mailman.core.records import fast_init
 from mailman.core.submission import parse_mail
 from mailman.core.suppression import drop, recipients
 from mailman.core.unsubscribe import Ticket, link, sign
@@ -70,6 +71,7 @@ class Outbound(Protocol):
     async def dispatch(self, dispatch: Dispatch) -> None: ...
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A mail committed for sending (or, on an idempotent repeat, the earlier one)."""

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 import aiohappyeyeballs
 import httptools
 
+from mailman.core.records import fast_init
+
 #: Largest answer read (head and body); a provider's answers are a few hundred bytes.
 MAX_ANSWER_BYTES: Final = 1024 * 1024
 #: Seconds an idle pooled connection is kept.
@@ -70,6 +72,7 @@ class Unsendable(ValueError):
         self.where = where
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A provider's whole answer."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from mailman.core.messages import StatusUpdate, decode, encode
 from mailman.core.model import ALLOWED_FROM, Attempt, Check, Mail, Outcome, Status
+from mailman.core.records import fast_init
 from mailman.core.suppression import drop, recipients
 
 from . import callbacks, moves, payloads, summary, suppressions
@@ -21,6 +22,7 @@ from .moves import MOVE_ORDER
 from .operation import Engine, Statement, Steps, write, write_batch
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Begun:
     """What ``begin_attempt`` found and did.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mailman.core.model import Outcome, Status
+from mailman.core.records import fast_init
 
 from . import attempts, callbacks, moves, summary
 from .dialect import Dialect, chunks, in_lists, padded, unindexed
@@ -18,6 +19,7 @@ from .moves import UNFINISHED
 from .operation import Engine, Statement, Steps, write
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     """A committed mail not yet handed to the first sender mailbox (transactional outbox)."""

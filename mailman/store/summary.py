@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailman.core.model import Check, Status, Suppressed
+from mailman.core.records import fast_init
 
 from . import moves
 from .dialect import Dialect, in_lists
@@ -109,6 +110,7 @@ def bump(d: Dialect, deltas: Counter[Key] | dict[Key, int]) -> Steps[None]:
     yield Statement(_bump(d, len(changed)), params)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Held:
     """An attempt as ``look`` read it: what the figures count of it, and its unique key."""

@@ -1,0 +1,139 @@
+"""``core.records.fast_init``: a frozen record made by setting its slots is the record the
+dataclass's own ``__init__`` makes, with the same parameters, defaults and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mailman.core import messages, model
+from mailman.core.records import fast_init
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    name: str
+    count: int = 3
+    items: list[str] = field(default_factory=list)
+
+
+#: Every record of the mail core, and its dataclass's own ``__init__``.
+RECORDS = [
+    cls
+    for module in (model, messages)
+    for cls in vars(module).values()
+    if isinstance(cls, type) and cls.__module__ == module.__name__ and dataclasses.is_dataclass(cls)
+]
+
+
+def _both(cls: type, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``cls(*args, **kwargs)``, made by ``fast_init``'s ``__init__`` and by the dataclass's."""
+    made = cls(*args, **kwargs)
+    theirs: Any = object.__new__(cls)
+    _dataclass_init(cls)(theirs, *args, **kwargs)
+    return made, theirs
+
+
+def _dataclass_init(cls: type) -> Any:
+    """The dataclass's own ``__init__`` of ``cls``, which ``fast_init`` keeps."""
+    return cls.__dict__["__init__"].__wrapped__
+
+
+def test_a_record_is_made_with_the_same_fields_as_by_the_dataclass() -> None:
+    """Positional, by name, defaults and a fresh default from the factory for each."""
+    for args, kwargs in [(("a",), {}), (("a", 5), {}), ((), {"name": "b", "items": ["x"]})]:
+        made, theirs = _both(_Sample, *args, **kwargs)
+        assert made == theirs
+        assert [getattr(made, f.name) for f in dataclasses.fields(_Sample)] == [
+            getattr(theirs, f.name) for f in dataclasses.fields(_Sample)
+        ]
+    first, second = _Sample("a"), _Sample("b")
+    assert first.items == [] and first.items is not second.items
+
+
+def test_a_record_made_fast_refuses_what_the_dataclass_refuses_and_stays_frozen() -> None:
+    """A missing field, an unknown one or one too many is a TypeError; assigning, as ever,
+    a FrozenInstanceError."""
+    bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        (("a",), {"colour": "red"}),
+        (("a", 1, [], 4), {}),
+    ]
+    for args, kwargs in bad:
+        with pytest.raises(TypeError):
+            _Sample(*args, **kwargs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _Sample("a").name = "b"  # type: ignore[misc]
+    assert inspect.signature(_Sample.__init__) == inspect.signature(_dataclass_init(_Sample))
+
+
+def test_every_record_of_the_core_is_made_fast_and_as_the_dataclass_makes_it() -> None:
+    """Each frozen record of ``core.model`` and ``core.messages`` has ``fast_init``'s
+    ``__init__``; a mail, a status update and a dispatch come out the same either way."""
+    assert RECORDS and all(hasattr(cls.__dict__["__init__"], "__wrapped__") for cls in RECORDS)
+    sender = model.Address("noreply@example.com", "Shop")
+    mail: dict[str, Any] = dict(
+        id="01JZ0000000000000000000000",
+        sender=sender,
+        to=(model.Address("ann@example.com"),),
+        subject="Hi",
+        text="Hello",
+        created_at=1.5,
+        tags=("a",),
+    )
+    attempt = model.Attempt("sendgrid", 0, 2.0, model.Outcome.ACCEPTED, message_id="m1")
+    cases: list[tuple[type, dict[str, Any]]] = [
+        (model.Mail, mail),
+        (
+            messages.StatusUpdate,
+            {"mail_id": "m", "status": model.Status.SENT, "at": 2.0, "attempt": attempt},
+        ),
+        (messages.Dispatch, {"mail_id": "m", "accepted_at": 1.0, "chain": ("sendgrid",)}),
+    ]
+    for cls, kwargs in cases:
+        made, theirs = _both(cls, **kwargs)
+        assert made == theirs and hash(made) == hash(theirs)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"frozen": False, "slots": True},
+        {"frozen": True, "slots": False},
+        {"frozen": True, "slots": True, "kw_only": True},
+    ],
+)
+def test_a_class_it_cannot_stand_for_is_refused(options: dict[str, bool]) -> None:
+    """Not frozen, without slots, or with fields only by name: refused when made."""
+    with pytest.raises(TypeError):
+
+        @fast_init
+        @dataclass(**options)
+        class _Other:
+            name: str
+
+
+def test_a_record_with_more_to_its_init_than_its_fields_is_refused() -> None:
+    """A ``__post_init__`` or a field not given to ``__init__`` would be skipped: refused."""
+    with pytest.raises(TypeError, match="__post_init__"):
+
+        @fast_init
+        @dataclass(frozen=True, slots=True)
+        class _Checked:
+            name: str
+
+            def __post_init__(self) -> None:
+                pass
+
+    with pytest.raises(TypeError, match="more or less than its fields"):
+
+        @fast_init
+        @dataclass(frozen=True, slots=True)
+        class _Made:
+            name: str
+            upper: str = field(init=False, default="")
