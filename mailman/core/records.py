@@ -57,7 +57,10 @@ def fast_init(cls: T) -> T:
         else:
             params_code.append(f.name)
         body.append(f"    set{i}(self, {f.name})")
+    if not env.keys().isdisjoint(f.name for f in fields):  # a parameter would hide it
+        raise TypeError(f"{cls.__qualname__} has a field named like a name of its __init__")
     source = f"def __init__(self, {', '.join(params_code)}):\n" + "\n".join(body or ["    pass"])
+    # Made of the class's own field names (identifiers, checked by dataclasses), once.
     exec(source, env)
     init = env["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

@@ -5,7 +5,7 @@ request body of the OpenAPI document) and the one road into the mail model for
 every other entry point: the SendGrid- and Mailgun-compatible endpoints and
 SMTP build a ``Submission`` from what their clients sent, with typed values
 where they have them (a file's bytes, a ``datetime``), never through another
-entry point's JSON. ``Submission.check`` validates, ``mail`` builds the
+entry point's JSON. ``Submission.check`` validates, ``_mail`` builds the
 ``Mail``; ``parse_mail`` does both.
 
 Each field's rule is a function of ``core.validation`` (no I/O), so every
@@ -562,10 +562,10 @@ class Submission(BaseModel):
         built), checked: each field's value by its name; ``ValidationFailed`` naming every
         bad field.
 
-        Each field's rule in the fields' order, then the rules of the mail as a whole;
-        every error at once. The rules are called here, not through pydantic, which
-        called each through a wrapper of its own and built a model for the mail to be
-        copied from (``docs/performance.md``, "Checking a mail")."""
+        Each given field's rule, then the rules of the mail as a whole; every error at
+        once, in the fields' order. The rules are called here, not through pydantic,
+        which called each through a wrapper of its own and built a model for the mail to
+        be copied from (``docs/performance.md``, "Checking a mail")."""
         run = _Run(given)
         errors = run.errors
         validation.unknown_fields(values, _KNOWN, "", errors)
@@ -616,7 +616,7 @@ _CHECKED = {
     info.alias or name: _Checked(name, next(m for m in info.metadata if isinstance(m, _Rule)).check)
     for name, info in Submission.model_fields.items()
 }
-#: Each optional field's value when it is left out, by name.
+#: Each optional field's value when it is left out, by name (each immutable: one for all).
 _LEFT_OUT = {
     name: info.get_default(call_default_factory=True)
     for name, info in Submission.model_fields.items()

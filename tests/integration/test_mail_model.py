@@ -400,6 +400,8 @@ def test_every_field_the_api_names_is_checked_by_its_rule() -> None:
     assert set(submission._CHECKED) == set(submission.FIELDS)
     assert submission._CHECKED["from"].name == "sender"
     assert set(submission._REQUIRED) == {"to", "from"}
+    for left_out in submission._LEFT_OUT.values():  # one value for every mail: immutable
+        assert isinstance(left_out, tuple | None)
     assert parse().cc == () and parse().tags == () and parse().unsubscribe is None
 
 
