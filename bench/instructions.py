@@ -13,7 +13,12 @@ cent), so this counts them for ``POST /mail/send`` in one process:
   not counted, only the event loop's), the mail handed on to nowhere (no relay
   runs), logging at info as JSON to ``/dev/null``, no backlog limit (its count runs
   on a clock, not per request);
-- ``reference``: ``bench.reference``'s bare aiohttp app, on the same event loop.
+- ``reference``: ``bench.reference``'s bare aiohttp app, on the same event loop;
+- ``delivered``: the whole of Mailman in one process (``mailman.embedded``, its
+  SQLite writer process not counted), each mail accepted and then sent through the
+  fake providers (``bench.fakes``, in a process of their own, not counted), the
+  run ending once every mail is ``sent``: per mail, what the accept and the
+  delivery cost the event loop together (less ``mailman``: the delivery's share).
 
 Both on uvloop, served to a client in the same process: ``--connections``
 keep-alive connections, each sending the same mail and reading each answer
@@ -22,7 +27,8 @@ connection alone, then the same warm-up and ``--requests`` more. The difference
 over ``--requests`` is what one more request costs, without start-up and warm-up.
 The client's share is in both.
 
-It needs ``valgrind`` (``apt-get install valgrind``); each run takes about a minute.
+It needs ``valgrind`` (``apt-get install valgrind``); each run takes about a minute,
+two at a time.
 Exit 0: counted; 2: no valgrind.
 """
 
@@ -30,14 +36,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +58,10 @@ BODY = (
 )
 #: Requests per connection before anything is counted.
 WARM = 200
-#: What the two servers are.
-TARGETS = ("reference", "mailman")
+#: What is counted.
+TARGETS = ("reference", "mailman", "delivered")
+#: How often a ``delivered`` run looks whether every mail was sent (seconds).
+SENT_POLL_S = 0.2
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
@@ -106,7 +117,14 @@ class _Nowhere:
         return None
 
 
-async def _serve(target: str, requests: int, connections: int) -> None:
+async def _serve(
+    target: str, requests: int, connections: int, fakes: Mapping[str, str] | None = None
+) -> None:
+    if target == "delivered":
+        if fakes is None:
+            raise ValueError("a delivered run needs the fake providers (--fakes)")
+        await _deliver(requests, connections, fakes)
+        return
     from aiohttp import web
 
     from bench import reference
@@ -141,39 +159,116 @@ async def _serve(target: str, requests: int, connections: int) -> None:
                 await store.close()
 
 
+async def _deliver(requests: int, connections: int, fakes: Mapping[str, str]) -> None:
+    """Mailman as ``python -m mailman`` runs it, in this event loop, sending to ``fakes``;
+    the warm-up's mails, then ``requests`` more, each batch sent before the next."""
+    from mailman.config.load import load
+    from mailman.system import embedded
+
+    with tempfile.TemporaryDirectory(prefix="instructions-") as directory:
+        db = Path(directory) / "mailman.db"
+        env = {
+            "MAILMAN_STORE": f"sqlite:///{db}",
+            "MAILMAN_PORT": "0",
+            "MAILMAN_SMTP_PORT": "0",
+            "MAILMAN_OUTBOX_DIR": str(Path(directory) / "outbox"),
+            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
+            "SENDGRID_API_KEY": fakes["sendgrid_api_key"],
+            "SENDGRID_BASE_URL": fakes["sendgrid"],
+            "MAILGUN_API_KEY": fakes["mailgun_api_key"],
+            "MAILGUN_DOMAIN": fakes["mailgun_domain"],
+            "MAILGUN_BASE_URL": fakes["mailgun"],
+        }
+        async with embedded(load([], env)) as mailman:
+            for batch in (WARM * connections, requests):
+                if batch:
+                    each = batch // connections
+                    await asyncio.gather(*(_client(mailman.port, each) for _ in range(connections)))
+                while True:
+                    if not await asyncio.to_thread(_unsent, db):
+                        break
+                    await asyncio.sleep(SENT_POLL_S)  # the store tells nothing: look again
+
+
+def _unsent(db: Path) -> int:
+    """The mails of the store file ``db`` not sent yet."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
+        (count,) = connection.execute(
+            "SELECT COUNT(*) FROM mails WHERE status IN ('queued', 'sending')"
+        ).fetchone()
+    return int(count)
+
+
 # --- outside: the runs and the table ----------------------------------------------------
 
 
-def run_argv(valgrind: str, target: str, requests: int, connections: int) -> list[str]:
+@contextlib.contextmanager
+def fake_providers() -> Iterator[dict[str, str]]:
+    """``python -m bench.fakes`` in a process of its own while the block runs: what it
+    announced (its providers' base URLs and credentials)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.fakes"],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError("the fake providers did not start")
+            yield json.loads(line)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def run_argv(
+    valgrind: str,
+    target: str,
+    requests: int,
+    connections: int,
+    fakes: Mapping[str, str] | None = None,
+) -> list[str]:
     """The command of one counted run: this module serving ``target``, under callgrind."""
     return [
         *(valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable),
         *("-m", "bench.instructions", "--serve", target, "--requests", str(requests)),
         *("--connections", str(connections)),
+        *(() if fakes is None else ("--fakes", json.dumps(dict(fakes)))),
     ]
 
 
-def count(target: str, requests: int, connections: int) -> int:
+def count(
+    target: str, requests: int, connections: int, fakes: Mapping[str, str] | None = None
+) -> int:
     """Instructions of one run of ``target`` serving ``requests`` after the warm-up."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise FileNotFoundError("valgrind")
-    argv = run_argv(valgrind, target, requests, connections)
+    argv = run_argv(valgrind, target, requests, connections, fakes)
     done = subprocess.run(argv, capture_output=True, check=False, cwd=Path(__file__).parent.parent)
     if done.returncode != 0:
         raise RuntimeError(f"{target} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
     return collected(done.stderr)
 
 
-def measure(targets: Sequence[str], requests: int, connections: int) -> list[Count]:
+def measure(
+    targets: Sequence[str],
+    requests: int,
+    connections: int,
+    fakes: Mapping[str, str] | None = None,
+) -> list[Count]:
     """Each target's instructions per request (``requests``: a multiple of
     ``connections``); the runs side by side, one per core (a count does not depend on
-    what else runs)."""
+    what else runs). ``fakes``: the fake providers a ``delivered`` run sends to."""
     runs = [(t, n) for t in targets for n in (0, requests)]
+
+    def one(run: tuple[str, int]) -> int:
+        return count(run[0], run[1], connections, fakes if run[0] == "delivered" else None)
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        done = dict(
-            zip(runs, pool.map(lambda run: count(run[0], run[1], connections), runs), strict=True)
-        )
+        done = dict(zip(runs, pool.map(one, runs), strict=True))
     return [Count(t, done[(t, 0)], done[(t, requests)], requests) for t in targets]
 
 
@@ -182,6 +277,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="the larger run (2000)")
     parser.add_argument("--connections", type=int, default=4, help="keep-alive connections (4)")
     parser.add_argument("--serve", choices=TARGETS, help=argparse.SUPPRESS)
+    parser.add_argument("--fakes", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.connections < 1 or args.requests < 0 or args.requests % args.connections:
         parser.error("--requests must be a multiple of --connections (at least 1)")
@@ -197,16 +293,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with open(os.devnull, "w") as nowhere:  # Mailman's lines, at info, as JSON
             configure_logging("info", "json", nowhere)
-            uvloop.run(_serve(args.serve, args.requests, args.connections))
+            uvloop.run(_serve(args.serve, args.requests, args.connections, args.fakes))
         return 0
     if shutil.which("valgrind") is None:
         print("python -m bench.instructions needs valgrind (apt-get install valgrind)")
         return 2
-    counts = measure(TARGETS, args.requests, args.connections)
-    reference, mailman = counts
+    with fake_providers() as fakes:
+        counts = measure(TARGETS, args.requests, args.connections, fakes)
+    reference, mailman, delivered = counts
     for c in counts:
         print(f"{c.target:10} {c.per_request:12,.0f} instructions per request")
     print(f"{'ratio':10} {reference.per_request / mailman.per_request:12.3f} (reference / mailman)")
+    delivery = delivered.per_request - mailman.per_request
+    print(f"{'delivery':10} {delivery:12,.0f} (delivered - mailman)")
     return 0
 
 

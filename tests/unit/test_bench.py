@@ -394,3 +394,12 @@ def test_a_counted_run_is_this_module_serving_under_callgrind() -> None:
         "4",
     ]
     assert instructions.parse_args(argv[6:]).serve == "mailman"
+
+
+def test_a_delivered_run_is_given_the_fake_providers_it_sends_to() -> None:
+    """A delivered run's command carries what the fake providers announced; a run of
+    another target carries nothing of them."""
+    fakes = {"sendgrid": "http://127.0.0.1:1", "sendgrid_api_key": "SG.bench"}
+    argv = instructions.run_argv("/usr/bin/valgrind", "delivered", 2000, 4, fakes)
+    assert instructions.parse_args(argv[6:]).fakes == fakes
+    assert "--fakes" not in instructions.run_argv("/usr/bin/valgrind", "mailman", 2000, 4)
