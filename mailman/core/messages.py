@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .model import Attempt, Status
-from .records import fast_init
+from .records import fast_init, slot_setters
 
 
 @fast_init
@@ -192,22 +191,6 @@ def _exact_type(hint: Any) -> tuple[type, bool] | None:
     return (hint, optional) if hint in _EXACT else None
 
 
-def _slots_set(kind: type) -> list[Callable[[Any, Any], None]] | None:
-    """The setters of ``kind``'s fields' slots, in field order, where making a ``kind``
-    is only setting them: a frozen dataclass with slots, every field given to
-    ``__init__``, no ``__post_init__``, each field a slot of its own class. None otherwise."""
-    params = kind.__dict__.get("__dataclass_params__")
-    if params is None or not params.frozen or hasattr(kind, "__post_init__"):
-        return None
-    fields = dataclasses.fields(kind)
-    if not all(f.init for f in fields):
-        return None
-    slots = [kind.__dict__.get(f.name) for f in fields]
-    if not all(isinstance(slot, types.MemberDescriptorType) for slot in slots):
-        return None
-    return [slot.__set__ for slot in slots]  # type: ignore[union-attr]
-
-
 def _compiled(
     kind: type, hints: dict[str, Any], fields: list[tuple[str, Decoder]], record: Decoder
 ) -> Decoder:
@@ -236,7 +219,7 @@ def _compiled(
             guard = f"v{i} is not None and " if exact[1] else ""
             checks.append(f"    if {guard}v{i}.__class__ is not t{i}:\n        v{i} = b{i}(v{i})")
         names.append(f"{key}=v{i}")
-    slots = _slots_set(kind)  # ``fields`` are the dataclass's, in its order
+    slots = slot_setters(kind)  # ``fields`` are the dataclass's, in its order
     if slots is None:
         make = [
             "    try:",

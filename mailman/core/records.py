@@ -20,33 +20,50 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import types
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound=type)
+
+
+def slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """The setters of ``cls``'s fields' slots, in field order, where making a ``cls`` is
+    only setting them (what ``fast_init`` stands for); None otherwise."""
+    return None if _unfit(cls) else [cls.__dict__[f.name].__set__ for f in dataclasses.fields(cls)]
+
+
+def _unfit(cls: type) -> str | None:
+    """Why a ``cls`` is more than its fields' slots set from its ``__init__``'s
+    parameters; None if it is not."""
+    params = cls.__dict__.get("__dataclass_params__")
+    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
+        return "is not a frozen dataclass with slots"
+    if hasattr(cls, "__post_init__"):
+        return "has a __post_init__"
+    fields = dataclasses.fields(cls)
+    given = list(inspect.signature(cls.__dict__["__init__"]).parameters.values())[1:]
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    if [p.name for p in given] != [f.name for f in fields] or any(p.kind != plain for p in given):
+        return "takes more or less than its fields in its __init__"
+    for f in fields:
+        if not isinstance(cls.__dict__.get(f.name), types.MemberDescriptorType):
+            return f"has a field that is not a slot of its own class ({f.name})"
+    return None
 
 
 def fast_init(cls: T) -> T:
     """``cls`` (a frozen dataclass with slots) with an ``__init__`` that sets its slots:
     the same parameters, defaults and default factories as the dataclass's own, which
     stays as ``__init__.__wrapped__``. ``TypeError`` for a class it cannot stand for."""
-    params = cls.__dict__.get("__dataclass_params__")
-    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
-        raise TypeError(f"{cls.__qualname__} is not a frozen dataclass with slots")
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__qualname__} has a __post_init__")
+    reason = _unfit(cls)
+    if reason is not None:
+        raise TypeError(f"{cls.__qualname__} {reason}")
     fields = dataclasses.fields(cls)
     original = cls.__dict__["__init__"]
-    given = list(inspect.signature(original).parameters.values())[1:]
-    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    if [p.name for p in given] != [f.name for f in fields] or any(p.kind != plain for p in given):
-        raise TypeError(f"{cls.__qualname__}'s __init__ takes more or less than its fields")
     env: dict[str, Any] = {"_FACTORY": _FACTORY}
     params_code, body = [], []
     for i, f in enumerate(fields):
-        slot = cls.__dict__.get(f.name)
-        if not isinstance(slot, types.MemberDescriptorType):
-            raise TypeError(f"{cls.__qualname__}.{f.name} is not a slot of its own class")
-        env[f"set{i}"] = slot.__set__
+        env[f"set{i}"] = cls.__dict__[f.name].__set__
         if f.default is not dataclasses.MISSING:
             env[f"default{i}"] = f.default
             params_code.append(f"{f.name}=default{i}")
