@@ -42,7 +42,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The mail every request sends (the bench's, ``bench.load``).
+#: The mail every request sends: ``bench.load``'s shape, with a tag and a metadata key
+#: (their rules and rows counted too).
 BODY = (
     b'{"from":"sender@example.com","to":["ann@example.com"],"subject":"Hello",'
     b'"content":"Hi Ann","tags":["a"],"metadata":{"k":"v"}}'
@@ -162,6 +162,7 @@ async def _serve(
 async def _deliver(requests: int, connections: int, fakes: Mapping[str, str]) -> None:
     """Mailman as ``python -m mailman`` runs it, in this event loop, sending to ``fakes``;
     the warm-up's mails, then ``requests`` more, each batch sent before the next."""
+    from bench.services import SQLiteRows, provider_env
     from mailman.config.load import load
     from mailman.system import embedded
 
@@ -172,31 +173,18 @@ async def _deliver(requests: int, connections: int, fakes: Mapping[str, str]) ->
             "MAILMAN_PORT": "0",
             "MAILMAN_SMTP_PORT": "0",
             "MAILMAN_OUTBOX_DIR": str(Path(directory) / "outbox"),
-            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
-            "SENDGRID_API_KEY": fakes["sendgrid_api_key"],
-            "SENDGRID_BASE_URL": fakes["sendgrid"],
-            "MAILGUN_API_KEY": fakes["mailgun_api_key"],
-            "MAILGUN_DOMAIN": fakes["mailgun_domain"],
-            "MAILGUN_BASE_URL": fakes["mailgun"],
+            **provider_env(fakes),
         }
+        rows = SQLiteRows(db)
         async with embedded(load([], env)) as mailman:
             for batch in (WARM * connections, requests):
                 if batch:
                     each = batch // connections
                     await asyncio.gather(*(_client(mailman.port, each) for _ in range(connections)))
                 while True:
-                    if not await asyncio.to_thread(_unsent, db):
+                    if not await rows.unfinished():
                         break
                     await asyncio.sleep(SENT_POLL_S)  # the store tells nothing: look again
-
-
-def _unsent(db: Path) -> int:
-    """The mails of the store file ``db`` not sent yet."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
-        (count,) = connection.execute(
-            "SELECT COUNT(*) FROM mails WHERE status IN ('queued', 'sending')"
-        ).fetchone()
-    return int(count)
 
 
 # --- outside: the runs and the table ----------------------------------------------------

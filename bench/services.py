@@ -216,6 +216,18 @@ class Receipts:
 PROVIDERS = ("sendgrid", "mailgun")
 
 
+def provider_env(announced: Mapping[str, Any]) -> dict[str, str]:
+    """The provider variables that point Mailman at the fakes that announced ``announced``."""
+    return {
+        "MAILMAN_PROVIDERS": "sendgrid,mailgun",
+        "SENDGRID_API_KEY": announced["sendgrid_api_key"],
+        "SENDGRID_BASE_URL": announced["sendgrid"],
+        "MAILGUN_API_KEY": announced["mailgun_api_key"],
+        "MAILGUN_DOMAIN": announced["mailgun_domain"],
+        "MAILGUN_BASE_URL": announced["mailgun"],
+    }
+
+
 class Fakes:
     """The client of ``python -m bench.fakes``'s control endpoint."""
 
@@ -236,15 +248,7 @@ class Fakes:
 
     def env(self) -> dict[str, str]:
         """The provider variables that point Mailman at these fakes."""
-        a = self.announced
-        return {
-            "MAILMAN_PROVIDERS": "sendgrid,mailgun",
-            "SENDGRID_API_KEY": a["sendgrid_api_key"],
-            "SENDGRID_BASE_URL": a["sendgrid"],
-            "MAILGUN_API_KEY": a["mailgun_api_key"],
-            "MAILGUN_DOMAIN": a["mailgun_domain"],
-            "MAILGUN_BASE_URL": a["mailgun"],
-        }
+        return provider_env(self.announced)
 
     async def reset(self) -> None:
         async with self.http.post(f"{self.control}/_control/reset") as resp:
