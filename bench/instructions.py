@@ -1,6 +1,6 @@
 """What one accept costs the event loop, counted in instructions: a figure that holds still.
 
-    python -m bench.instructions [--requests 2000] [--connections 4]
+    python -m bench.instructions [--requests 2000] [--connections 4] [--writer]
 
 The machine the other figures are measured on swings: the same code has run at
 half its speed a few minutes later, and a change of a few per cent cannot be told
@@ -26,6 +26,13 @@ before the next. Each is run twice: a warm-up of ``WARM`` requests per
 connection alone, then the same warm-up and ``--requests`` more. The difference
 over ``--requests`` is what one more request costs, without start-up and warm-up.
 The client's share is in both.
+
+``--writer`` counts the SQLite writer process too (callgrind follows the children:
+the writer is the forker's child, which it forks without an exec): what one accept,
+or one mail accepted and sent, costs the writer, beside the event loop's count. The
+writer then runs as slowly as the loop (both under valgrind) rather than at full
+speed beside a slowed loop, so its batches, and the loop's count with them, differ a
+little from a run without ``--writer``: compare counts made the same way.
 
 It needs ``valgrind`` (``apt-get install valgrind``); each run takes about a minute,
 two at a time.
@@ -63,6 +70,12 @@ TARGETS = ("reference", "mailman", "delivered")
 #: How often a ``delivered`` run looks whether every mail was sent (seconds).
 SENT_POLL_S = 0.2
 _COLLECTED = re.compile(rb"Collected : (\d+)")
+#: Valgrind's lines for one process: ``==PID== Collected : N``, ``==PID== Command: ...``.
+_PROCESS_COLLECTED = re.compile(rb"^==(\d+)== Collected : (\d+)", re.MULTILINE)
+_PROCESS_COMMAND = re.compile(rb"^==(\d+)== Command: ", re.MULTILINE)
+#: What a counted process is: the serving one; a process forked without an exec (the
+#: SQLite writer, forked by the writers' forker); another command (the forker itself).
+LOOP, WRITER, OTHER = "loop", "writer", "other"
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class Count:
     warm_up: int
     measured: int
     requests: int
+    #: Whose instructions: the serving process's (``LOOP``) or its writers' (``WRITER``).
+    process: str = LOOP
 
     @property
     def per_request(self) -> float:
@@ -86,6 +101,26 @@ def collected(output: bytes) -> int:
     if found is None:
         raise RuntimeError(f"no count in callgrind's output:\n{output.decode(errors='replace')}")
     return int(found.group(1))
+
+
+def collected_by_process(output: bytes) -> dict[str, int]:
+    """The instructions callgrind counted in each kind of process, from what it printed
+    while following children: ``LOOP`` the first command (the one started), ``WRITER``
+    the processes forked without an exec (each prints no command of its own), ``OTHER``
+    every other command."""
+    commands = [int(pid) for pid in _PROCESS_COMMAND.findall(output)]
+    if not commands:
+        raise RuntimeError(f"no command in valgrind's output:\n{output.decode(errors='replace')}")
+    counts = {LOOP: 0, WRITER: 0, OTHER: 0}
+    for pid, instructions in _PROCESS_COLLECTED.findall(output):
+        if int(pid) == commands[0]:
+            kind = LOOP
+        elif int(pid) in commands:
+            kind = OTHER
+        else:
+            kind = WRITER
+        counts[kind] += int(instructions)
+    return counts
 
 
 # --- inside valgrind: the server and its client ---------------------------------------
@@ -217,10 +252,15 @@ def run_argv(
     requests: int,
     connections: int,
     fakes: Mapping[str, str] | None = None,
+    *,
+    writer: bool = False,
 ) -> list[str]:
-    """The command of one counted run: this module serving ``target``, under callgrind."""
+    """The command of one counted run: this module serving ``target``, under callgrind
+    (``writer``: its children too)."""
     return [
-        *(valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable),
+        *(valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"),
+        *(("--trace-children=yes",) if writer else ()),
+        sys.executable,
         *("-m", "bench.instructions", "--serve", target, "--requests", str(requests)),
         *("--connections", str(connections)),
         *(() if fakes is None else ("--fakes", json.dumps(dict(fakes)))),
@@ -228,17 +268,25 @@ def run_argv(
 
 
 def count(
-    target: str, requests: int, connections: int, fakes: Mapping[str, str] | None = None
-) -> int:
-    """Instructions of one run of ``target`` serving ``requests`` after the warm-up."""
+    target: str,
+    requests: int,
+    connections: int,
+    fakes: Mapping[str, str] | None = None,
+    *,
+    writer: bool = False,
+) -> dict[str, int]:
+    """Instructions of one run of ``target`` serving ``requests`` after the warm-up: the
+    serving process's (``LOOP``), and with ``writer`` its writer processes' too."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise FileNotFoundError("valgrind")
-    argv = run_argv(valgrind, target, requests, connections, fakes)
+    argv = run_argv(valgrind, target, requests, connections, fakes, writer=writer)
     done = subprocess.run(argv, capture_output=True, check=False, cwd=Path(__file__).parent.parent)
     if done.returncode != 0:
         raise RuntimeError(f"{target} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
-    return collected(done.stderr)
+    if writer:
+        return collected_by_process(done.stderr)
+    return {LOOP: collected(done.stderr)}
 
 
 def measure(
@@ -246,24 +294,37 @@ def measure(
     requests: int,
     connections: int,
     fakes: Mapping[str, str] | None = None,
+    *,
+    writer: bool = False,
 ) -> list[Count]:
     """Each target's instructions per request (``requests``: a multiple of
     ``connections``); the runs side by side, one per core (a count does not depend on
-    what else runs). ``fakes``: the fake providers a ``delivered`` run sends to."""
+    what else runs). ``fakes``: the fake providers a ``delivered`` run sends to.
+    ``writer``: the writer processes' count too, for the targets that have one."""
     runs = [(t, n) for t in targets for n in (0, requests)]
 
-    def one(run: tuple[str, int]) -> int:
-        return count(run[0], run[1], connections, fakes if run[0] == "delivered" else None)
+    def one(run: tuple[str, int]) -> dict[str, int]:
+        delivered = fakes if run[0] == "delivered" else None
+        return count(run[0], run[1], connections, delivered, writer=writer)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         done = dict(zip(runs, pool.map(one, runs), strict=True))
-    return [Count(t, done[(t, 0)], done[(t, requests)], requests) for t in targets]
+    counts = []
+    for t in targets:
+        warm_up, measured = done[(t, 0)], done[(t, requests)]
+        for process in (LOOP, WRITER):
+            if measured.get(process):
+                counts.append(Count(t, warm_up[process], measured[process], requests, process))
+    return counts
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="the larger run (2000)")
     parser.add_argument("--connections", type=int, default=4, help="keep-alive connections (4)")
+    parser.add_argument(
+        "--writer", action="store_true", help="count the SQLite writer processes too"
+    )
     parser.add_argument("--serve", choices=TARGETS, help=argparse.SUPPRESS)
     parser.add_argument("--fakes", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -287,13 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("python -m bench.instructions needs valgrind (apt-get install valgrind)")
         return 2
     with fake_providers() as fakes:
-        counts = measure(TARGETS, args.requests, args.connections, fakes)
-    reference, mailman, delivered = counts
+        counts = measure(TARGETS, args.requests, args.connections, fakes, writer=args.writer)
+    per = {(c.target, c.process): c.per_request for c in counts}
     for c in counts:
-        print(f"{c.target:10} {c.per_request:12,.0f} instructions per request")
-    print(f"{'ratio':10} {reference.per_request / mailman.per_request:12.3f} (reference / mailman)")
-    delivery = delivered.per_request - mailman.per_request
-    print(f"{'delivery':10} {delivery:12,.0f} (delivered - mailman)")
+        name = c.target if c.process == LOOP else f"{c.target} ({c.process})"
+        print(f"{name:20} {c.per_request:12,.0f} instructions per request")
+    ratio = per[("reference", LOOP)] / per[("mailman", LOOP)]
+    print(f"{'ratio':20} {ratio:12.3f} (reference / mailman)")
+    for process in (LOOP, WRITER):
+        if ("delivered", process) in per and ("mailman", process) in per:
+            delivery = per[("delivered", process)] - per[("mailman", process)]
+            name = "delivery" if process == LOOP else f"delivery ({process})"
+            print(f"{name:20} {delivery:12,.0f} (delivered - mailman)")
     return 0
 
 

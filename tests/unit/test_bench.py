@@ -366,6 +366,25 @@ def test_instructions_are_read_from_callgrinds_summary() -> None:
         instructions.collected(b"==123== Events    : Ir\n")
 
 
+def test_instructions_are_told_apart_by_the_process_that_ran_them() -> None:
+    """Following children, the first command is the serving loop, a process forked
+    without an exec (printing no command of its own) a writer, any other command
+    another helper; output without a command is an error."""
+    printed = (
+        b"==10== Command: python -m bench.instructions --serve mailman\n"
+        b"==11== Command: python -c forker\n"
+        b"==12== Collected : 700\n==13== Collected : 50\n"
+        b"==11== Collected : 90\n==10== Collected : 4000\n"
+    )
+    assert instructions.collected_by_process(printed) == {
+        instructions.LOOP: 4000,
+        instructions.WRITER: 750,
+        instructions.OTHER: 90,
+    }
+    with pytest.raises(RuntimeError, match="no command"):
+        instructions.collected_by_process(b"==12== Collected : 700\n")
+
+
 def test_instructions_take_requests_as_a_multiple_of_the_connections(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -394,6 +413,22 @@ def test_a_counted_run_is_this_module_serving_under_callgrind() -> None:
         "4",
     ]
     assert instructions.parse_args(argv[6:]).serve == "mailman"
+
+
+def test_a_run_counting_the_writer_follows_the_children() -> None:
+    """With the writer counted, callgrind follows the serving process's children (the
+    writers' forker, and the writers it forks); without, it does not."""
+    argv = instructions.run_argv("/usr/bin/valgrind", "mailman", 2000, 4, writer=True)
+    assert argv[:4] == [
+        "/usr/bin/valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        "--trace-children=yes",
+    ]
+    assert instructions.parse_args(argv[7:]).serve == "mailman"
+    assert instructions.parse_args(["--writer"]).writer
+    plain = instructions.run_argv("/usr/bin/valgrind", "mailman", 2000, 4)
+    assert not any(a.startswith("--trace-children") for a in plain)
 
 
 def test_a_delivered_run_is_given_the_fake_providers_it_sends_to() -> None:
