@@ -9,17 +9,20 @@ bounded.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 
 from mailman.config import Config
 from mailman.core.validation import MAX_REASON
-from mailman.routes import create_app
+from mailman.routes import body, create_app
 from mailman.routes.body import decode_json
 from mailman.routes.compat_mailgun import render
 from mailman.routes.errors import Problem
@@ -469,3 +472,48 @@ async def test_a_middlewares_refusal_is_in_the_paths_shape(
     assert (resp.status, resp.headers["Retry-After"]) == (429, "3")
     assert await resp.json() == {"message": "Slow down."}
     assert (await problem(await client.get("/mail"), 429))["detail"] == "Slow down."
+
+
+def _object_text(pairs: list[tuple[str, object]]) -> str:
+    return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+
+
+_KEYS = st.text(alphabet="ab:", max_size=3)
+_VALUES = st.one_of(st.integers(), st.text(alphabet="x: ", max_size=4), st.lists(st.integers()))
+
+
+@given(
+    objects=st.lists(st.lists(st.tuples(_KEYS, _VALUES), max_size=4), min_size=1, max_size=3),
+    nested=st.booleans(),
+    walked=st.booleans(),
+)
+def test_a_repeat_is_found_exactly_when_an_object_repeats_a_key(
+    objects: list[list[tuple[str, object]]], nested: bool, walked: bool
+) -> None:
+    """Objects whose keys and strings hold colons, alone or inside another: a repeat is
+    found exactly when one object names a key twice, by the count of the text written
+    again and by the walk of the values alike."""
+    texts = [_object_text(pairs) for pairs in objects]
+    raw = (
+        ("[" + ", ".join(texts) + "]") if not nested else ('{"outer": [' + ", ".join(texts) + "]}")
+    )
+    repeats = any(len({k for k, _ in pairs}) != len(pairs) for pairs in objects)
+    limit = -1 if walked else body.RECOUNT_MAX_BYTES
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(body, "RECOUNT_MAX_BYTES", limit)
+        found = body.has_duplicate_key(raw.encode(), orjson.loads(raw))
+    assert found is repeats
+
+
+def test_a_repeat_is_found_in_a_large_body_and_deeper_than_orjson_writes() -> None:
+    """A body over the recount's limit, and one nested deeper than orjson writes again,
+    are walked: a repeat in either is found, and none is made up."""
+    files = "x" * (body.RECOUNT_MAX_BYTES + 1)
+    large = f'{{"a": "{files}", "b": {{"c": 1, "c": 2}}}}'.encode()
+    assert body.has_duplicate_key(large, orjson.loads(large))
+    clean = f'{{"a": "{files}", "b": {{"c": 1, "d": 2}}}}'.encode()
+    assert not body.has_duplicate_key(clean, orjson.loads(clean))
+    deep = b"[" * 300 + b'{"k": 1, "k": 2}' + b"]" * 300
+    assert body.has_duplicate_key(deep, orjson.loads(deep))
+    flat = b"[" * 300 + b'{"k": 1, "j": 2}' + b"]" * 300
+    assert not body.has_duplicate_key(flat, orjson.loads(flat))
