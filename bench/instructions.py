@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import dataclasses
 import json
@@ -70,6 +71,10 @@ TARGETS = ("reference", "mailman", "delivered")
 #: How often a ``delivered`` run looks whether every mail was sent (seconds).
 SENT_POLL_S = 0.2
 _COLLECTED = re.compile(rb"Collected : (\d+)")
+#: The checkout: the counted runs' working directory, its packages compiled before.
+ROOT = Path(__file__).resolve().parent.parent
+#: The packages whose modules the counted runs import from the checkout.
+COMPILED = ("mailman", "bench")
 #: Valgrind's lines for one process: ``==PID== Collected : N``, ``==PID== Command: ...``.
 _PROCESS_COLLECTED = re.compile(rb"^==(\d+)== Collected : (\d+)", re.MULTILINE)
 _PROCESS_COMMAND = re.compile(rb"^==(\d+)== Command: ", re.MULTILINE)
@@ -225,13 +230,22 @@ async def _deliver(requests: int, connections: int, fakes: Mapping[str, str]) ->
 # --- outside: the runs and the table ----------------------------------------------------
 
 
+def compile_sources(root: Path = ROOT) -> None:
+    """Byte-compile the checkout's packages before counting: a module without its cached
+    bytecode is compiled at each import (always, under ``PYTHONDONTWRITEBYTECODE``), and
+    a run that compiles what the other of its pair finds cached counts the compiling too."""
+    for package in COMPILED:
+        if not compileall.compile_dir(root / package, quiet=1):
+            raise RuntimeError(f"{root / package} did not compile")
+
+
 @contextlib.contextmanager
 def fake_providers() -> Iterator[dict[str, str]]:
     """``python -m bench.fakes`` in a process of its own while the block runs: what it
     announced (its providers' base URLs and credentials)."""
     with subprocess.Popen(
         [sys.executable, "-m", "bench.fakes"],
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     ) as process:
@@ -281,7 +295,7 @@ def count(
     if valgrind is None:
         raise FileNotFoundError("valgrind")
     argv = run_argv(valgrind, target, requests, connections, fakes, writer=writer)
-    done = subprocess.run(argv, capture_output=True, check=False, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(argv, capture_output=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{target} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
     if writer:
@@ -347,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("python -m bench.instructions needs valgrind (apt-get install valgrind)")
         return 2
+    compile_sources()
     with fake_providers() as fakes:
         counts = measure(TARGETS, args.requests, args.connections, fakes, writer=args.writer)
     per = {(c.target, c.process): c.per_request for c in counts}

@@ -9,6 +9,7 @@ what turns /proc and the results into figures.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -438,3 +439,18 @@ def test_a_delivered_run_is_given_the_fake_providers_it_sends_to() -> None:
     argv = instructions.run_argv("/usr/bin/valgrind", "delivered", 2000, 4, fakes)
     assert instructions.parse_args(argv[6:]).fakes == fakes
     assert "--fakes" not in instructions.run_argv("/usr/bin/valgrind", "mailman", 2000, 4)
+
+
+def test_the_counted_packages_are_compiled_before_counting(tmp_path: Path) -> None:
+    """Before counting, every module of the counted packages has its cached bytecode,
+    whatever ``PYTHONDONTWRITEBYTECODE`` says (a run would otherwise count compiling it)."""
+    for package in instructions.COMPILED:
+        (tmp_path / package / "sub").mkdir(parents=True)
+        (tmp_path / package / "__init__.py").write_text("X = 1\n")
+        (tmp_path / package / "sub" / "mod.py").write_text("def f() -> int:\n    return 2\n")
+    instructions.compile_sources(tmp_path)
+    for source in tmp_path.rglob("*.py"):
+        assert Path(importlib.util.cache_from_source(str(source))).is_file(), source
+    (tmp_path / "bench" / "broken.py").write_text("def (:\n")
+    with pytest.raises(RuntimeError, match="did not compile"):
+        instructions.compile_sources(tmp_path)
