@@ -112,19 +112,23 @@ def collected_by_process(output: bytes) -> dict[str, int]:
     """The instructions callgrind counted in each kind of process, from what it printed
     while following children: ``LOOP`` the first command (the one started), ``WRITER``
     the processes forked without an exec (each prints no command of its own), ``OTHER``
-    every other command."""
+    every other command. Output without the serving process's count is an error, as
+    in ``collected``."""
     commands = [int(pid) for pid in _PROCESS_COMMAND.findall(output)]
     if not commands:
         raise RuntimeError(f"no command in valgrind's output:\n{output.decode(errors='replace')}")
     counts = {LOOP: 0, WRITER: 0, OTHER: 0}
+    loop_counted = False
     for pid, instructions in _PROCESS_COLLECTED.findall(output):
         if int(pid) == commands[0]:
-            kind = LOOP
+            kind, loop_counted = LOOP, True
         elif int(pid) in commands:
             kind = OTHER
         else:
             kind = WRITER
         counts[kind] += int(instructions)
+    if not loop_counted:
+        raise RuntimeError(f"no count in callgrind's output:\n{output.decode(errors='replace')}")
     return counts
 
 

@@ -370,7 +370,8 @@ def test_instructions_are_read_from_callgrinds_summary() -> None:
 def test_instructions_are_told_apart_by_the_process_that_ran_them() -> None:
     """Following children, the first command is the serving loop, a process forked
     without an exec (printing no command of its own) a writer, any other command
-    another helper; output without a command is an error."""
+    another helper; output without a command, or without the serving one's count, is
+    an error."""
     printed = (
         b"==10== Command: python -m bench.instructions --serve mailman\n"
         b"==11== Command: python -c forker\n"
@@ -384,6 +385,8 @@ def test_instructions_are_told_apart_by_the_process_that_ran_them() -> None:
     }
     with pytest.raises(RuntimeError, match="no command"):
         instructions.collected_by_process(b"==12== Collected : 700\n")
+    with pytest.raises(RuntimeError, match="no count"):
+        instructions.collected_by_process(b"==10== Command: python\n==12== Collected : 700\n")
 
 
 def test_instructions_take_requests_as_a_multiple_of_the_connections(
