@@ -43,9 +43,12 @@ from .validation import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_EXTRA_BYTES,
+    MAX_METADATA_BYTES,
     MAX_RECIPIENTS,
     MAX_SCHEDULE_SECONDS,
     MAX_SUBJECT,
+    MAX_TAG,
+    MAX_TAGS,
     CallbackRules,
     Errors,
     FieldError,
@@ -154,13 +157,16 @@ def _recipients(name: str, *, required: bool) -> Callable[[Any, Errors, _Run], A
     return check
 
 
-def _address(name: str, *, required: bool) -> Callable[[Any, Errors, _Run], Any]:
+def _sender(name: str, *, required: bool) -> Callable[[Any, Errors, _Run], Any]:
+    """``from`` or ``reply_to``: one address, of the few a service sends from (kept parsed:
+    ``validation.sender_address``)."""
+
     def check(value: Any, errors: Errors, run: _Run) -> Address | None:
         if value is None:
             if required:
                 errors.add(name, "is required")
             return None
-        return validation.one_address(value, name, errors)
+        return validation.one_address(value, name, errors, validation.sender_address)
 
     return check
 
@@ -392,12 +398,12 @@ class Submission(BaseModel):
     ] = ()
     sender: Annotated[
         Address | None,
-        _Rule(_address("from", required=True), {**schemas.MAILBOX, "description": "Who sends it"}),
+        _Rule(_sender("from", required=True), {**schemas.MAILBOX, "description": "Who sends it"}),
     ] = Field(alias="from")
     reply_to: Annotated[
         Address | None,
         _Rule(
-            _address("reply_to", required=False),
+            _sender("reply_to", required=False),
             _nullable(schemas.MAILBOX, "Where answers go"),
         ),
     ] = None
@@ -678,7 +684,11 @@ def parse_mail(
     describes; ``ValidationFailed`` listing every bad field. ``callback_url`` is checked
     without a DNS lookup (the intake resolves it: ``intake.resolve``)."""
     given = Context(mail_id, now, callbacks or NO_CALLBACKS)
-    if not isinstance(body, Mapping):
+    if type(body) is dict:
+        plain = _plain_mail(body, given, default_subject, tenant, request_id)
+        if plain is not None:
+            return plain
+    elif not isinstance(body, Mapping):
         raise ValidationFailed([FieldError(BODY_FIELD, "must be a JSON object")])
     return _mail(
         Submission.check(body, given),
@@ -687,6 +697,125 @@ def parse_mail(
         tenant=tenant,
         request_id=request_id,
     )
+
+
+# --- the plain mail, decided at once ---------------------------------------------------
+
+#: The fields of a plain mail: addresses, a subject, bodies (``FIELDS`` up to ``html``),
+#: tags and metadata.
+_PLAIN = frozenset((*FIELDS[: FIELDS.index("html") + 1], "tags", "metadata"))
+
+
+def _plain_mail(
+    body: dict[str, Any], given: Context, default_subject: str, tenant: str, request_id: str
+) -> Mail | None:
+    """The mail of a plain submission (only ``_PLAIN``'s fields), where every value is
+    valid as it stands; None (never an error) for ``Submission.check`` to decide
+    anything else, and to word every error.
+
+    The rules are the same ones ``check`` runs, called directly and in one pass:
+    recipients that ``validation.fast_address`` decides (a list or one string, at most
+    ``MAX_RECIPIENTS`` in all, at least one in ``to``), senders by
+    ``validation.sender_address``, a subject ``header_problem`` finds nothing in,
+    bodies without a lone surrogate, ``content`` and ``text`` equal when both are given,
+    a non-empty body; tags and metadata by their own rules (``validation.tags`` and
+    ``validation.metadata``), which keep them within their joint limit when there are no
+    headers. The result equals ``_mail(Submission.check(...))``'s
+    (tests/unit/test_submission_plain.py); a mail of any other shape goes there.
+    """
+    if not body.keys() <= _PLAIN:
+        return None
+    get = body.get
+    to = _plain_recipients(get("to"))
+    if not to:
+        return None
+    cc, bcc = _plain_recipients(get("cc")), _plain_recipients(get("bcc"))
+    if cc is None or bcc is None or len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
+        return None
+    sender, reply_to = _plain_sender(get("from")), get("reply_to")
+    if sender is None:
+        return None
+    if reply_to is not None:
+        reply_to = _plain_sender(reply_to)
+        if reply_to is None:
+            return None
+    subject = get("subject")
+    if subject is not None and (
+        type(subject) is not str
+        or len(subject) > MAX_SUBJECT
+        or validation.header_problem(subject) is not None
+    ):
+        return None
+    content, text, html = get("content"), get("text"), get("html")
+    for value in (content, text, html):
+        if value is not None and (
+            type(value) is not str or validation.NOT_ENCODABLE.search(value) is not None
+        ):
+            return None
+    if content is not None and text is not None and content != text:
+        return None
+    plain = content if content is not None else text
+    if not plain and not html:
+        return None
+    tags: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+    if "tags" in body or "metadata" in body:
+        errors = Errors()
+        tags = validation.tags(get("tags"), errors)
+        metadata = validation.metadata(get("metadata"), given.mail_id, errors)
+        if errors:  # valid, and without headers within the joint limit (_PLAIN_EXTRA_BYTES)
+            return None
+    return Mail(
+        id=given.mail_id,
+        sender=sender,
+        to=to,
+        subject=subject if subject and subject.strip() else default_subject,
+        text=plain or None,
+        html=html or None,
+        cc=cc,
+        bcc=bcc,
+        reply_to=reply_to,
+        created_at=given.now,
+        tenant=tenant,
+        request_id=request_id,
+        tags=tags,
+        metadata=metadata,
+    )
+
+
+#: The most bytes valid tags and metadata count towards ``MAX_EXTRA_BYTES``: within it,
+#: so a plain mail (no headers) needs no count of them.
+_PLAIN_EXTRA_BYTES = MAX_TAGS * len("o:tag" + "x" * MAX_TAG) + MAX_METADATA_BYTES
+if _PLAIN_EXTRA_BYTES > MAX_EXTRA_BYTES:
+    raise RuntimeError("a plain mail's tags and metadata could pass MAX_EXTRA_BYTES")
+
+
+def _plain_recipients(value: object) -> tuple[Address, ...] | None:
+    """A recipient field's addresses where the fast path decides each; () when left out."""
+    if value is None:
+        return ()
+    entries = [value] if type(value) is str else value
+    if type(entries) is not list:
+        return None
+    out = []
+    for entry in entries:
+        if type(entry) is not str:
+            return None
+        address = validation.fast_address(entry)
+        if address is None:
+            return None
+        out.append(address)
+    return tuple(out)
+
+
+def _plain_sender(value: object) -> Address | None:
+    """``from`` or ``reply_to`` as ``validation.sender_address`` parses it; None if not."""
+    if type(value) is not str:
+        return None
+    try:
+        return validation.sender_address(value)
+    except ValueError:
+        return None
 
 
 # --- the mail as a whole ------------------------------------------------------------

@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import mimetypes
 import re
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import getaddresses
@@ -264,6 +265,8 @@ def unknown_fields(
     """Each key of ``value`` that is not in ``known`` as an error naming it (``prefix``:
     the object's own path, ``attachments[0]``; empty at the top), at most
     ``MAX_UNKNOWN_NAMED`` of them and then one error counting the rest."""
+    if value.keys() <= known:  # the usual case, decided in C (for a dict)
+        return
     unknown = [key for key in value if key not in known]
     for key in unknown[:MAX_UNKNOWN_NAMED]:
         field = _field_name(prefix, key) if prefix else _cut_key(key)
@@ -491,12 +494,37 @@ def slow_address(raw: str) -> Address:
     return Address(email=email, name=name)
 
 
-def one_address(value: object, field: str, errors: Errors) -> Address | None:
+#: How many sender addresses (``from``, ``reply_to``) ``sender_address`` keeps parsed.
+SENDER_ADDRESSES = 256
+
+
+@functools.lru_cache(maxsize=SENDER_ADDRESSES)
+def _sender_address(raw: str) -> Address:
+    return parse_address(raw)
+
+
+def sender_address(raw: str) -> Address:
+    """``parse_address`` for the fields a service fills from a few addresses of its own
+    (``from``, ``reply_to``): each of the last ``SENDER_ADDRESSES`` valid ones is parsed
+    once and kept (an ``Address`` is frozen). Recipients are not kept: they are many, and
+    each would push a sender out. What is refused is not kept (parsed again each time),
+    nor is input longer than ``fast_address`` takes (a long comment can hide in a valid
+    address), so what is kept is bounded."""
+    if len(raw) > _FAST_MAX_RAW:
+        return parse_address(raw)
+    return _sender_address(raw)
+
+
+def one_address(
+    value: object, field: str, errors: Errors, parse: Callable[[str], Address] = parse_address
+) -> Address | None:
+    """``value`` parsed as one address (by ``parse``); None, with the error added, if it
+    is not a string or not an address."""
     if not isinstance(value, str):
         errors.add(field, "must be a string")
         return None
     try:
-        return parse_address(value)
+        return parse(value)
     except ValueError as exc:
         errors.add(field, str(exc))
         return None

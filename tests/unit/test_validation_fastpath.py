@@ -19,13 +19,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mailman.core import validation
 from mailman.core.model import Address
+from mailman.core.submission import parse_mail
 from mailman.core.validation import (
     MAX_ADDRESS,
     MAX_LOCAL_PART,
     MAX_NAME,
+    SENDER_ADDRESSES,
     fast_address,
     parse_address,
+    sender_address,
     slow_address,
 )
 
@@ -472,3 +476,66 @@ def test_length_cases_are_at_the_limits() -> None:
     assert len(f"{L64}@{domain_of(189)}") == MAX_ADDRESS
     assert len(f"{L64}@{domain_of(190)}") == MAX_ADDRESS + 1
     assert len(L64) == MAX_LOCAL_PART
+
+
+# --- the senders kept parsed -------------------------------------------------------
+
+
+@pytest.fixture
+def no_senders_kept() -> None:
+    """Each test below starts with no sender kept."""
+    validation._sender_address.cache_clear()
+
+
+@FAST_SETTINGS
+@given(address_shaped)
+def test_a_kept_sender_is_what_parsing_gives(raw: str) -> None:
+    """``sender_address`` gives ``parse_address``'s verdict, the first time and again."""
+    expected = outcome(parse_address, raw)
+    assert outcome(sender_address, raw) == expected
+    assert outcome(sender_address, raw) == expected
+
+
+def test_a_sender_is_parsed_once(no_senders_kept: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same sender twice is parsed once; a refused one is parsed each time, never kept."""
+    parsed: list[str] = []
+
+    def counting(raw: str) -> Address:
+        parsed.append(raw)
+        return parse_address(raw)
+
+    monkeypatch.setattr(validation, "parse_address", counting)
+    first = sender_address("Shop <shop@example.com>")
+    assert sender_address("Shop <shop@example.com>") is first
+    assert parsed == ["Shop <shop@example.com>"]
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            sender_address("shop@")
+    assert parsed == ["Shop <shop@example.com>", "shop@", "shop@"]
+    assert validation._sender_address.cache_info().currsize == 1
+
+
+def test_long_input_is_not_kept(no_senders_kept: None) -> None:
+    """A valid address longer than the fast path takes (a long comment) is parsed, not kept."""
+    raw = f"Ann <ann@example.com> ({'x' * 1000})"
+    assert sender_address(raw) == parse_address(raw) == Address("ann@example.com", "Ann")
+    assert validation._sender_address.cache_info().currsize == 0
+
+
+def test_the_kept_senders_are_bounded(no_senders_kept: None) -> None:
+    """At most ``SENDER_ADDRESSES`` senders are kept; the oldest go first."""
+    for i in range(SENDER_ADDRESSES + 10):
+        sender_address(f"s{i}@example.com")
+    assert validation._sender_address.cache_info().currsize == SENDER_ADDRESSES
+
+
+def test_a_mail_keeps_its_sender_parsed_but_not_its_recipients(no_senders_kept: None) -> None:
+    """Two mails from one sender share its parsed address; their recipients are parsed anew."""
+    body: dict[str, object] = {"from": "Shop <shop@example.com>", "reply_to": "help@example.com"}
+    body |= {"to": ["ann@example.com"], "subject": "Hi", "content": "Hello"}
+    one, two = (
+        parse_mail(body, mail_id=f"01M98D47G7YGK7PRY72NV9GHJ{i}", default_subject="", now=1.0)
+        for i in range(2)
+    )
+    assert two.sender is one.sender and two.reply_to is one.reply_to
+    assert two.to == one.to and two.to[0] is not one.to[0]
