@@ -114,6 +114,7 @@ from .errors import (
     request_id,
 )
 from .models.sendgrid import (
+    MAX_GROUP_ID,
     MAX_PERSONALIZATIONS,
     MAX_UNIX_TIME,
     Content,
@@ -351,9 +352,8 @@ def _object(value: object, path: str, errors: _Errors) -> dict[str, Any]:
 
 def _send_at(value: object, path: str, errors: _Errors) -> int | None:
     """A unix ``send_at`` (whole seconds, 1970 to 9999); None if it is not one."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1.0 is the JSON number 1: whole seconds
-    if isinstance(value, bool) or not isinstance(value, int):
+    value = _whole(value)  # 1.0 is the JSON number 1: whole seconds
+    if value is None:
         errors.add(path, "must be a unix time in whole seconds")
         return None
     if not 0 <= value <= MAX_UNIX_TIME:
@@ -554,6 +554,16 @@ def translate(body: object) -> Translation:
     return Translation(drafts=tuple(drafts), sandbox=sandbox, template=template)
 
 
+def _whole(value: object) -> int | None:
+    """A JSON whole number as an int (``590.0`` is the JSON number 590, as JSON Schema's
+    ``integer`` says); None for anything else (a bool, a string, ``1.5``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
 def _asm(value: object, errors: _Errors) -> str | None:
     """SendGrid's ``asm`` as Mailman's unsubscribe group: its ``group_id``'s digits."""
     if not isinstance(value, dict):
@@ -562,13 +572,13 @@ def _asm(value: object, errors: _Errors) -> str | None:
     for key in value:
         if key not in ("group_id", "groups_to_display"):
             errors.add(f"asm.{key}", "is not a field of asm that Mailman takes")
-    group_id = value.get("group_id")
-    if type(group_id) is not int or not 1 <= group_id < 10**18:
+    group_id = _whole(value.get("group_id"))
+    if group_id is None or not 1 <= group_id <= MAX_GROUP_ID:
         errors.add("asm.group_id", "is required: a positive whole number")
         return None
     shown = value.get("groups_to_display")
     if shown is not None and not (
-        isinstance(shown, list) and len(shown) <= 25 and all(type(g) is int for g in shown)
+        isinstance(shown, list) and len(shown) <= 25 and all(_whole(g) is not None for g in shown)
     ):
         errors.add("asm.groups_to_display", "must be a list of at most 25 group ids")
     return str(group_id)

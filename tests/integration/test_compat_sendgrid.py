@@ -557,6 +557,15 @@ def test_display_names_survive_the_translation() -> None:
     assert mailbox("ann@example.com", "") == "ann@example.com"
 
 
+def test_whole_numbers_written_with_a_point_are_whole_numbers() -> None:
+    """``asm.group_id`` 590.0 is the JSON number 590 (JSON Schema's integer): the group
+    "590", as 590 gives; so are the groups to display and a ``send_at`` of 1.0 seconds."""
+    with_point = {**BODY, "asm": {"group_id": 590.0, "groups_to_display": [590.0, 7]}}
+    plain = {**BODY, "asm": {"group_id": 590, "groups_to_display": [590, 7]}}
+    assert translate(with_point) == translate(plain)
+    assert "590" in str(translate(plain))
+
+
 def refusal(body: dict[str, Any]) -> list[str | None]:
     """The fields ``translate`` refuses ``body`` for."""
     with pytest.raises(Refusal) as caught:
@@ -578,6 +587,10 @@ BODY: dict[str, Any] = {
     [
         ({"asm": {"group_id": "1", "extra": 1}}, ["asm.extra", "asm.group_id"]),
         ({"asm": {"group_id": 1, "groups_to_display": "1"}}, ["asm.groups_to_display"]),
+        ({"asm": {"group_id": 1.5}}, ["asm.group_id"]),
+        ({"asm": {"group_id": True}}, ["asm.group_id"]),
+        ({"asm": {"group_id": 10**18}}, ["asm.group_id"]),
+        ({"asm": {"group_id": 1, "groups_to_display": [1, 2.5]}}, ["asm.groups_to_display"]),
         ({"batch_id": "b"}, ["batch_id"]),
         ({"ip_pool_name": "p"}, ["ip_pool_name"]),
         ({"sections": {"a": "b"}}, ["sections"]),

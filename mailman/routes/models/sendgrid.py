@@ -154,6 +154,10 @@ class MailSettings(BaseModel):
     sandbox_mode: SandboxMode | SkipJsonSchema[None] = None
 
 
+#: The largest ``asm.group_id`` taken (its digits name the unsubscribe group).
+MAX_GROUP_ID = 10**18 - 1
+
+
 class SendGridAsm(BaseModel):
     """SendGrid's unsubscribe group: Mailman's one-click unsubscribe, its group named by
     group_id's digits (List-Unsubscribe on Mailman; recipients who left it are dropped).
@@ -161,7 +165,7 @@ class SendGridAsm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    group_id: Annotated[int, Field(ge=1)]
+    group_id: Annotated[int, Field(ge=1, le=MAX_GROUP_ID)]
     groups_to_display: Annotated[list[int] | None, Field(max_length=25)] = None
 
 
