@@ -246,6 +246,65 @@ def test_a_cached_logger_binds_once_and_only_when_caching_is_on() -> None:
         ]
 
 
+def _calls(log: Any) -> None:
+    """The same lines, by every level method and shape a module logger is called with."""
+    bound = structlog.contextvars.bind_contextvars(request_id="r-1", tenant="acme")
+    try:
+        log.info("plain", n=1, path="/mail", ratio=0.5, none=None)
+        log.info("secret", api_key="sk-x", password="pw", level="not-this")
+        log.warning("warned", mail_id="m1")
+        log.warn("warned.old", mail_id="m2")
+        log.error("failed", error="boom")
+        log.critical("down", tenant="other")
+        log.info("interpolated %s of %d", "one", 2)
+        try:
+            raise ValueError("x")
+        except ValueError:
+            log.exception("caught", mail_id="m3")
+            log.error("with.info", exc_info=True)
+        log.debug("filtered")
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+
+
+def _without_time(lines: list[dict[str, Any]]) -> list[list[tuple[str, Any]]]:
+    """Each line's fields in order, the timestamp checked and left out."""
+    out = []
+    for line in lines:
+        assert ISO_UTC.fullmatch(line.pop("timestamp"))
+        out.append(list(line.items()))
+    return out
+
+
+def test_a_cached_module_logger_writes_what_structlog_writes() -> None:
+    """Our module loggers' own level methods write the very lines structlog's pipeline
+    writes: fields in the same order, context, masks, ``%`` arguments and tracebacks."""
+    with configured("info", cache=False) as logs:
+        _calls(get_logger("mailman.test"))
+        expected = _without_time(logs.lines())
+    with configured("info", cache=True) as logs:
+        log = get_logger("mailman.test")
+        _calls(log)
+        _calls(log)  # the methods kept from the first calls
+        got = _without_time(logs.lines())
+        assert "_fast_method" in log.info.__qualname__  # not structlog's own
+        assert "_fast_method" not in log.exception.__qualname__  # its traceback: structlog's
+    assert got == expected * 2
+    assert [dict(line)["event"] for line in expected] == [
+        "plain",
+        "secret",
+        "warned",
+        "warned.old",
+        "failed",
+        "down",
+        "interpolated one of 2",
+        "caught",
+        "with.info",
+    ]
+    assert "ValueError" in dict(expected[-1])["exception"]
+    assert dict(expected[1])["api_key"] == MASK and dict(expected[1])["level"] == "info"
+
+
 class CountingBuffer(io.BytesIO):
     """A binary stream that counts its writes (system calls, for a real file)."""
 
