@@ -193,9 +193,10 @@ def _fast_method(
     structlog's bound logger and the processors of ``configure_logging`` do to a line
     (the call's fields, ``event``, the context's variables, ``level``, ``logger`` and
     ``timestamp``, secrets masked, orjson's bytes to the line writer), in one function
-    instead of structlog's four calls and its loop over five processors (about 5 µs of
-    the 8 a line cost, ``python -m bench.logcost``). A call with positional arguments
-    (``%`` formatting), ``exc_info`` or ``stack_info`` goes to structlog's (``slow``)."""
+    instead of structlog's four calls and its loop over five processors (an
+    ``http.request`` line 44,123 → 26,499 instructions, counted by callgrind). A call
+    with positional arguments (``%`` formatting), ``exc_info`` or ``stack_info`` goes to
+    structlog's (``slow``)."""
     emit = getattr(logger, level)
     name = logger.name
     level_name = _LEVEL_OF.get(level, level)
