@@ -716,7 +716,8 @@ def _plain_mail(
     The rules are the same ones ``check`` runs, called directly and in one pass:
     recipients that ``validation.fast_address`` decides (a list or one string, at most
     ``MAX_RECIPIENTS`` in all, at least one in ``to``), senders by
-    ``validation.sender_address``, a subject ``header_problem`` finds nothing in,
+    ``validation.sender_address``, a subject ``header_problem`` finds nothing in
+    (``validation.fits_header``),
     bodies without a lone surrogate, ``content`` and ``text`` equal when both are given,
     a non-empty body; tags and metadata by their own rules (``validation.tags`` and
     ``validation.metadata``), which keep them within their joint limit when there are no
@@ -743,7 +744,7 @@ def _plain_mail(
     if subject is not None and (
         type(subject) is not str
         or len(subject) > MAX_SUBJECT
-        or validation.header_problem(subject) is not None
+        or not validation.fits_header(subject)
     ):
         return None
     content, text, html = get("content"), get("text"), get("html")

@@ -345,6 +345,18 @@ def header_problem(value: str, *, deceptive: bool = True) -> str | None:
     return None
 
 
+#: Whatever ``header_problem`` refuses (CR and LF are controls), in one pattern.
+_REFUSED_IN_HEADER = re.compile(
+    f"{_NOT_IN_HEADER.pattern}|{_DECEPTIVE.pattern}|{_ENCODED_WORD.pattern}"
+)
+
+
+def fits_header(value: str) -> bool:
+    """Whether ``header_problem`` finds nothing in ``value``, by one search (it words
+    what it finds: call it when this says False)."""
+    return _REFUSED_IN_HEADER.search(value) is None
+
+
 def parse_address(raw: str) -> Address:
     """One address, with an optional display name (``Ann <ann@example.com>``).
 

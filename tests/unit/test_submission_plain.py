@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from mailman.core.model import Mail
 from mailman.core.submission import Context, Submission, _mail, _plain_mail, parse_mail
-from mailman.core.validation import MAX_RECIPIENTS, MAX_SUBJECT, ValidationFailed
+from mailman.core.validation import (
+    MAX_RECIPIENTS,
+    MAX_SUBJECT,
+    ValidationFailed,
+    fits_header,
+    header_problem,
+)
 
 SETTINGS = settings(
     max_examples=400,
@@ -239,3 +245,10 @@ def test_what_the_plain_path_leaves_to_the_check() -> None:
     headed = {**base, "headers": {"X-A": "b"}}
     assert plain(headed) is None
     assert parsed(headed) == full(headed)
+
+
+@SETTINGS
+@given(st.one_of(text, st.text(), subject.filter(lambda s: isinstance(s, str))))
+def test_one_search_finds_what_the_header_rules_refuse(value: str) -> None:
+    """``fits_header`` says True exactly where ``header_problem`` finds nothing."""
+    assert fits_header(value) == (header_problem(value) is None)
