@@ -1,7 +1,7 @@
 """A plain mail is decided at once, and exactly as the full check decides it.
 
-``parse_mail`` first tries ``_plain_mail``: a submission of addresses, a subject and
-bodies only, each valid as it stands, becomes its ``Mail`` without ``Submission.check``'s
+``parse_mail`` first tries ``_plain_mail``: a submission of addresses, a subject, bodies,
+tags and metadata only, each valid as it stands, becomes its ``Mail`` without ``Submission.check``'s
 machinery; anything else (another field, any value the check would refuse or word an
 error about, an address the fast path does not decide) goes to the full check. Wherever
 the plain path returns a mail, the full path must return the same one; ``parse_mail``
