@@ -271,8 +271,7 @@ async def read_body(
     if length is not None and length > limit:
         raise _too_large(limit)
     hold = _hold(request)
-    charged = length or 0  # what the hold is for: charged again only past it
-    _charge(request, hold, charged)
+    _charge(request, hold, length or 0)
     decoder = None if coding == "identity" else Decoder(coding, limit)
     parts: list[bytes] = []
     received = 0
@@ -284,10 +283,7 @@ async def read_body(
             parts.append(chunk)
         else:
             parts += decoder.feed(chunk)
-        needed = received if decoder is None else max(received, decoder.size)
-        if needed > charged:
-            charged = needed
-            _charge(request, hold, charged)
+        _charge(request, hold, max(received, decoder.size if decoder else 0))
         if request.content.at_eof():  # all of it (a small body comes in one piece)
             break
     if decoder is not None:
