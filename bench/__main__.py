@@ -361,12 +361,19 @@ class Bench:
         machine the previous figure has left (``quiet``); the result and the conditions."""
         conditions = await self.quiet()
         await self.warm_up(self.reference_url)
-        before = None if self.reference_pid is None else cpu.cpu_ticks(self.reference_pid)
+        pid = self.reference_pid
+        sampled = {} if pid is None else {pid: "reference"}
+        first = cpu.take(time.monotonic(), sampled, {})
         result = await self.measure(self.reference_url)
-        after = None if self.reference_pid is None else cpu.cpu_ticks(self.reference_pid)
-        if before is not None and after is not None and result.accepted:
-            per_request = (after - before) * 1e6 / cpu.CLK_TCK / result.accepted
-            result = dataclasses.replace(result, cpu_us_per_request=round(per_request, 1))
+        last = cpu.take(time.monotonic(), sampled, {})
+        if pid in first.mailman and pid in last.mailman and result.accepted:
+            ticks = last.mailman[pid][1] - first.mailman[pid][1]
+            per_request = ticks * 1e6 / cpu.CLK_TCK / result.accepted
+            result = dataclasses.replace(
+                result,
+                cpu_us_per_request=round(per_request, 1),
+                main_thread=cpu.main_threads(first, last).get("reference"),
+            )
         load = conditions["loadavg"]
         progress(
             f"  reference: {result.accepted_rps:.0f} req/s "

@@ -22,6 +22,13 @@ holds a listening socket on the service's port, else ``worker``; a second
 process of a name gets ``-2`` (``api-2``), and so on. Infrastructure (Tansu,
 MariaDB) is sampled too but reported apart from Mailman's total.
 
+``/proc/<pid>/schedstat`` holds the time a process's main thread (its event
+loop) has spent on a core and waiting in the run queue for one, in ns: a
+``Sample`` reads those too, and ``usage`` gives them as shares of the wall
+time (``main_thread``). What is left is the loop asleep with nothing to do:
+a loop on a core 87 % of the time is not what caps its throughput; the 13 %
+it waits for its clients or its store is.
+
 ``loadavg`` and ``machine_ticks`` say how busy the whole machine is (every
 process, not only ours): the benchmark records both where it measures its
 reference, so a machine that was not quiet shows in ``results.json``.
@@ -34,11 +41,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mailman.store.sqlite import FORKER_IMPORT
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
 
 _TCP_LISTEN = "0A"
 
@@ -73,6 +82,25 @@ def _proc_value(pid: int, name: str, key: str) -> int | None:
         if line.startswith(key):
             return int(line.split()[1])
     return None
+
+
+def main_thread(pid: int) -> tuple[int, int] | None:
+    """(ns on a core, ns waiting in the run queue for one) of ``pid``'s main thread so far
+    (``/proc/<pid>/schedstat``: the thread group's leader, where a Mailman process runs
+    its event loop); None once it is gone, or where the kernel keeps no such figures.
+
+    Over a span of wall time, the rest (neither on a core nor waiting for one) is the
+    thread asleep: an event loop with nothing to do until a socket answers. A loop on
+    a core all the time is short of CPU; one asleep part of the time waits for its
+    peers (the clients, its store), however fast it is.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except OSError:
+        return None
+    if len(fields) < 2:
+        return None
+    return int(fields[0]), int(fields[1])
 
 
 def written_bytes(pid: int) -> int | None:
@@ -287,15 +315,19 @@ class Sample:
     infra: dict[int, tuple[str, int]]
     #: pid -> (name, bytes written to storage so far) of Mailman's processes.
     written: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: pid -> (name, (ns on a core, ns waiting for one)) of Mailman's processes' main
+    #: threads (``main_thread``).
+    sched: dict[int, tuple[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 def take(at: float, mailman: Mapping[int, str], infra: Mapping[int, str]) -> Sample:
     """Read the ticks of ``mailman`` and ``infra`` (pid -> name), and the bytes Mailman's
-    processes wrote to storage; gone processes are left out."""
+    processes wrote to storage and their main threads' time on and waiting for a core;
+    gone processes are left out."""
 
     def read(
-        pids: Mapping[int, str], reader: Callable[[int], int | None]
-    ) -> dict[int, tuple[str, int]]:
+        pids: Mapping[int, str], reader: Callable[[int], T | None]
+    ) -> dict[int, tuple[str, T]]:
         got = {}
         for pid, name in pids.items():
             value = reader(pid)
@@ -304,8 +336,31 @@ def take(at: float, mailman: Mapping[int, str], infra: Mapping[int, str]) -> Sam
         return got
 
     return Sample(
-        at, read(mailman, cpu_ticks), read(infra, cpu_ticks), read(mailman, written_bytes)
+        at,
+        read(mailman, cpu_ticks),
+        read(infra, cpu_ticks),
+        read(mailman, written_bytes),
+        read(mailman, main_thread),
     )
+
+
+def main_threads(before: Sample, after: Sample) -> dict[str, dict[str, float]]:
+    """Of the wall time between two samples, the share each process's main thread spent on a
+    core (``on_cpu``) and waiting for one (``waiting_for_cpu``), by name; a process not
+    in both samples is left out (its span is not the samples')."""
+    wall_ns = (after.at - before.at) * 1e9
+    shares: dict[str, dict[str, float]] = {}
+    if wall_ns <= 0:
+        return shares
+    for pid, (name, (ran, waited)) in after.sched.items():
+        earlier = before.sched.get(pid)
+        if earlier is None:
+            continue
+        shares[name] = {
+            "on_cpu": round((ran - earlier[1][0]) / wall_ns, 3),
+            "waiting_for_cpu": round((waited - earlier[1][1]) / wall_ns, 3),
+        }
+    return shares
 
 
 def _by_name(before: Ticks, after: Ticks) -> dict[str, int]:
@@ -320,7 +375,8 @@ def _by_name(before: Ticks, after: Ticks) -> dict[str, int]:
 
 def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> dict[str, Any]:
     """CPU between two samples: µs per mail by process and in total, and cores kept busy;
-    and the bytes Mailman's processes wrote to storage meanwhile, per mail.
+    the bytes Mailman's processes wrote to storage meanwhile, per mail; and the share of
+    the span each process's main thread was on a core or waiting for one.
 
     ``mails`` is what both are divided by: the mails accepted in the measured
     run (``per="accepted"``), or the ones delivered (``per="delivered"``).
@@ -351,4 +407,5 @@ def usage(before: Sample, after: Sample, mails: int, per: str = "accepted") -> d
         "total_bytes_written_per_mail": (
             round(sum(written.values()) / mails) if mails and written else None
         ),
+        "main_thread": main_threads(before, after),
     }

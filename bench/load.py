@@ -123,6 +123,9 @@ class LoadResult:
     error_statuses: Mapping[str, int] = field(default_factory=dict)
     #: CPU µs per accepted request of the server process (set for the reference).
     cpu_us_per_request: float | None = None
+    #: The share of the run its main thread (the event loop) was on a core, and waiting
+    #: for one (set for the reference: ``bench.cpu.main_thread``).
+    main_thread: Mapping[str, float] | None = None
 
     @property
     def accepted(self) -> int:
@@ -151,6 +154,7 @@ class LoadResult:
             "p99_ms": round(self.p99_ms, 2),
             "error_statuses": dict(sorted(self.error_statuses.items())),
             "cpu_us_per_request": self.cpu_us_per_request,
+            "main_thread": None if self.main_thread is None else dict(self.main_thread),
         }
 
 

@@ -110,6 +110,30 @@ def _load(load: Mapping[str, Any]) -> str:
     return text
 
 
+#: The process whose event loop answers the requests, in an accept figure's deployment.
+_SERVING = ("mailman", "api")
+
+
+def _loop(share: Mapping[str, float] | None) -> str:
+    """``loop on a core N %[, waiting for one M %]`` of a main thread's shares ("" without)."""
+    if not share:
+        return ""
+    text = f"loop on a core {share['on_cpu'] * 100:.0f} %"
+    waiting = share.get("waiting_for_cpu") or 0.0
+    if waiting >= 0.005:
+        text += f", waiting for one {waiting * 100:.0f} %"
+    return text
+
+
+def _serving_loop(figure: Mapping[str, Any]) -> str:
+    """The serving process's loop shares during an accept figure's load ("" unknown)."""
+    shares = (figure.get("cpu") or {}).get("main_thread") or {}
+    for name in _SERVING:
+        if name in shares:
+            return _loop(shares[name])
+    return ""
+
+
 def _peak(figure: Mapping[str, Any]) -> str:
     memory = figure.get("peak_memory")
     if not memory:
@@ -161,6 +185,9 @@ def _reference(figure: Mapping[str, Any]) -> str:
     load = reference.get("loadavg")
     if load:
         text += f", load {load[0]:.2f}"
+    loop = _loop(reference.get("main_thread"))
+    if loop:
+        text += f"; {loop}"
     return text
 
 
@@ -222,6 +249,9 @@ def _row(name: str, figure: Mapping[str, Any]) -> list[str]:
     target = "-" if target_ratio is None else f">= {target_ratio * 100:.0f} %"
     if kind == "accept":
         measured = _load(figure["service"])
+        loop = _serving_loop(figure)
+        if loop:
+            measured += f"; {loop}"
     else:
         measured = (
             f"{figure['mails_per_s']:.0f} mails/s, to sent p50 "
@@ -307,6 +337,9 @@ file's lines; MySQL's own writes are not counted), per mail likewise. 2d: 2b's w
 its writer process) per delivered mail, against a ceiling in us. ratio (CPU x %): the reference's
 CPU per request over Mailman's CPU per mail, a ratio that what other processes or the hypervisor
 took cannot move.
+loop on a core (accept figures and references): the share of the measured load the serving
+process's main thread, its event loop, spent on a core (/proc/<pid>/schedstat), and waiting in
+the run queue for one; the rest it slept with nothing to do, waiting for its clients or its store.
 failover: steady load; SendGrid's fake switched to 503; "Mailgun after" = first Mailgun receipt
 after the switch - the switch; delayed = mails accepted from 0.5 s before the switch on whose
 time to sent exceeded the pre-switch p99; p99 to sent = mails accepted in switch - 0.5 s ..

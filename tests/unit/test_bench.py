@@ -142,6 +142,81 @@ def test_usage_gives_the_bytes_written_to_storage_per_mail() -> None:
     assert cpu.usage(before, after, 0)["total_bytes_written_per_mail"] is None
 
 
+def test_usage_gives_the_share_of_the_span_each_main_thread_ran_or_waited() -> None:
+    """A main thread's shares are its ns on a core and in the run queue between two samples
+    over the span's wall time; a process missing from the first sample is left out."""
+    before = cpu.Sample(10.0, {}, {}, sched={1: ("api", (5_000_000_000, 100_000_000))})
+    after = cpu.Sample(
+        12.0,
+        {},
+        {},
+        sched={
+            1: ("api", (6_740_000_000, 160_000_000)),
+            2: ("worker", (900_000_000, 0)),
+        },
+    )
+    shares = cpu.usage(before, after, 100)["main_thread"]
+    assert shares == {"api": {"on_cpu": 0.87, "waiting_for_cpu": 0.03}}
+    assert cpu.main_threads(after, before) == {}  # no span
+
+
+def test_main_thread_reads_the_time_a_process_spent_on_a_core() -> None:
+    """``main_thread`` reads at least the CPU time the process's main thread used (it spun
+    for half a second, by its own clock), and None for a process that is gone."""
+    script = (
+        "import sys, time\n"
+        "while time.thread_time() < 0.5: pass\n"
+        "print('spun', flush=True); sys.stdin.readline()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == "spun\n"
+        figures = cpu.main_thread(proc.pid)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait()
+    assert figures is not None
+    ran, waited = figures
+    assert ran >= 0.5e9 and waited >= 0
+    assert cpu.main_thread(proc.pid) is None
+
+
+def test_table_shows_how_much_of_the_load_each_serving_loop_was_on_a_core() -> None:
+    """An accept figure's row shows the serving process's loop on a core, and the share it
+    waited for one when that is not nothing, beside the reference's own."""
+    reference = {
+        "accepted_rps": 20000.0,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "errors": 0,
+        "main_thread": {"on_cpu": 0.99, "waiting_for_cpu": 0.001},
+    }
+    accept = {
+        "kind": "accept",
+        "reference": reference,
+        "service": {"accepted_rps": 6000.0, "p50_ms": 5.0, "p99_ms": 9.0, "errors": 0},
+        "cpu": {
+            "total_us_per_mail": 210.0,
+            "us_per_mail": {"api": 140.0, "api-writer": 70.0},
+            "main_thread": {
+                "api": {"on_cpu": 0.874, "waiting_for_cpu": 0.031},
+                "api-writer": {"on_cpu": 0.4, "waiting_for_cpu": 0.0},
+            },
+        },
+        "ratio": 0.3,
+        "target_ratio": 0.4,
+        "lost": 0,
+        "pass": False,
+    }
+    table = format_table({"figures": {"processes_accept": accept}, "lost": 0})
+    row = next(line for line in table.splitlines() if line.startswith("1b"))
+    assert "6000 req/s, p50 5.0 ms, p99 9.0 ms; loop on a core 87 %, waiting for one 3 %" in row
+    assert "20000 req/s, p50 1.0 ms, p99 2.0 ms; loop on a core 99 %" in row
+    assert "loop on a core 99 %, waiting" not in row
+
+
 def test_written_bytes_reads_what_a_process_wrote_to_a_file(tmp_path: Path) -> None:
     """``written_bytes`` counts a process's writes to a file once they reach storage
     (fsynced here), and is None for a process that is gone."""
