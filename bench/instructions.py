@@ -20,7 +20,10 @@ cent), so this counts them for ``POST /mail/send`` in one process:
   run ending once every mail is ``sent``: per mail, what the accept and the
   delivery cost the event loop together (less ``mailman``: the delivery's share).
 
-Both on uvloop, served to a client in the same process: ``--connections``
+``mailman`` and ``delivered`` run with the heap as ``python -m mailman`` serves
+(``cli.serve.serving_heap``: frozen, its young generation collected at 5,000
+allocations), the reference with Python's defaults, as a bare aiohttp app runs.
+All on uvloop, served to a client in the same process: ``--connections``
 keep-alive connections, each sending the same mail and reading each answer
 before the next. Each is run twice: a warm-up of ``WARM`` requests per
 connection alone, then the same warm-up and ``--requests`` more. The difference
@@ -356,11 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve is not None:
         import uvloop
 
+        from mailman.cli.serve import serving_heap
         from mailman.config.logging import configure_logging
 
         with open(os.devnull, "w") as nowhere:  # Mailman's lines, at info, as JSON
             configure_logging("info", "json", nowhere)
-            uvloop.run(_serve(args.serve, args.requests, args.connections, args.fakes))
+            # Mailman's heap as ``python -m mailman`` serves (frozen, young collections
+            # less often); the reference's as a bare aiohttp app's.
+            heap = contextlib.nullcontext() if args.serve == "reference" else serving_heap()
+            with heap:
+                uvloop.run(_serve(args.serve, args.requests, args.connections, args.fakes))
         return 0
     if shutil.which("valgrind") is None:
         print("python -m bench.instructions needs valgrind (apt-get install valgrind)")
