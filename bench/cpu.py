@@ -26,8 +26,8 @@ MariaDB) is sampled too but reported apart from Mailman's total.
 loop) has spent on a core and waiting in the run queue for one, in ns: a
 ``Sample`` reads those too, and ``usage`` gives them as shares of the wall
 time (``main_thread``). What is left is the loop asleep with nothing to do:
-a loop on a core 87 % of the time is not what caps its throughput; the 13 %
-it waits for its clients or its store is.
+a loop on a core 87 % of the time is not held back by its CPU alone; the
+13 % it sleeps, waiting for its clients or its store, counts too.
 
 ``loadavg`` and ``machine_ticks`` say how busy the whole machine is (every
 process, not only ours): the benchmark records both where it measures its
