@@ -53,8 +53,8 @@ COMMAND = Command("erase", "erase every mail to or from an address (GDPR)", _def
 async def _erase(url: str, address: str, tenant: str | None, out: TextIO) -> int:
     erased = left = 0
     async with open_store(url) as store:
-        after: str | None = ""
-        while after is not None:
+        after: tuple[float, str] | None = None
+        while True:
             page = await store.addressed(address, tenant, after)
             for mail_id in page.mail_ids:
                 done = await store.erase(mail_id, time.time())
@@ -65,6 +65,8 @@ async def _erase(url: str, address: str, tenant: str | None, out: TextIO) -> int
                 else:
                     left += 1
                     print(f"mail {mail_id} is {done.status.value}: left", file=out)
+            if page.after is None:
+                break
             after = page.after
     print(f"erased {erased} mail(s) to or from {address}", file=out)
     if left:

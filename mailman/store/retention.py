@@ -44,6 +44,21 @@ BATCH = 500
 #: Statuses after which nothing more is sent: the mails retention may purge and drop.
 FINAL: tuple[str, ...] = tuple(s.value for s in Status if s.terminal)
 
+
+@functools.cache
+def finished(d: Dialect) -> str:
+    """A final mail, in SQL. SQLite: not one of the statuses a mail may still be sent
+    from, each a comparison of its own: the WHERE of the partial indexes
+    ``mails_by_finish`` and ``mails_to_purge`` (migration 17), which its planner reads
+    only for a query that repeats each term (a longer IN list would be a temporary table
+    built for every row an insert checks). MySQL: the final statuses listed, each a
+    range of its ``(status, updated_at)`` index."""
+    if d is SQLITE:
+        return " AND ".join(f"status <> '{s.value}'" for s in Status if not s.terminal)
+    listed = ", ".join(f"'{status}'" for status in FINAL)
+    return f"status IN ({listed})"
+
+
 #: What ``erase`` refuses: a sender may be holding the mail.
 IN_FLIGHT = frozenset({Status.QUEUED, Status.SENDING})
 
@@ -90,7 +105,8 @@ class Addressed:
     nothing more)."""
 
     mail_ids: tuple[str, ...]
-    after: str | None
+    #: The ``(created_at, id)`` of the last candidate read: the next page starts after it.
+    after: tuple[float, str] | None
 
 
 class Retention(abc.ABC):
@@ -119,10 +135,15 @@ class Retention(abc.ABC):
 
     @abc.abstractmethod
     async def addressed(
-        self, address: str, tenant: str | None, after: str = "", limit: int = BATCH
+        self,
+        address: str,
+        tenant: str | None,
+        after: tuple[float, str] | None = None,
+        limit: int = BATCH,
     ) -> Addressed:
         """Mails with ``address`` (in any case) as from, to, cc, bcc or reply-to, among the
-        next ``limit`` candidates with an id above ``after`` (of ``tenant``; None: any)."""
+        next ``limit`` candidates in the order of their creation (``created_at``, then id)
+        after ``after`` (None: from the first; of ``tenant``; None: any)."""
 
     @abc.abstractmethod
     async def reclaim(self, pages: int) -> int:
@@ -136,13 +157,13 @@ class Retention(abc.ABC):
 
 @functools.cache
 def _to_purge(d: Dialect) -> str:
-    """Final mails not purged, last moved before a time (parameters: before, FINAL, limit).
+    """Final mails not purged, last moved before a time (parameters: before, limit).
     No ORDER BY: any ``limit`` of them do, and the index ``mails_to_purge`` ends the
     scan there."""
     m = d.mark
     return (
         "SELECT id, created_at, tenant FROM mails "
-        f"WHERE purged_at IS NULL AND updated_at < {m} AND status IN ({d.marks(len(FINAL))}) "
+        f"WHERE purged_at IS NULL AND {finished(d)} AND updated_at < {m} "
         f"LIMIT {m}{d.claim_lock}"
     )
 
@@ -160,13 +181,10 @@ def _forget_recipients(d: Dialect, count: int) -> str:
 
 @functools.cache
 def _to_drop(d: Dialect) -> str:
-    """Final mails last moved before a time (parameters: FINAL, before, limit); the index
+    """Final mails last moved before a time (parameters: before, limit); the index
     ``mails_by_finish``."""
     m = d.mark
-    return (
-        f"SELECT id FROM mails WHERE status IN ({d.marks(len(FINAL))}) AND updated_at < {m} "
-        f"LIMIT {m}{d.claim_lock}"
-    )
+    return f"SELECT id FROM mails WHERE {finished(d)} AND updated_at < {m} LIMIT {m}{d.claim_lock}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -203,15 +221,22 @@ def _delete_some(d: Dialect, table: str, where: str, key: str) -> str:
 
 
 @functools.cache
-def _candidates(d: Dialect, by_tenant: bool) -> str:
-    """Mails above an id whose payload may hold an address (parameters: after, [tenant,]
-    pattern, limit). ``LIKE`` on the lowered payload finds candidates; ``addressed``
-    reads each one's addresses to be sure."""
+def _candidates(d: Dialect, by_tenant: bool, paged: bool) -> str:
+    """Mails whose payload may hold an address, in the order of their creation, after a
+    point of it (parameters: [tenant,] [after: created_at twice, id,] pattern, limit).
+    ``LIKE`` on the lowered payload finds candidates; ``addressed`` reads each one's
+    addresses to be sure. Read through the listing's index of the mails (a tenant's, or
+    everyone's: ``finding.MAILS_INDEXES``), as ``GET /mail`` pages them: no index of its
+    own for an erasure, which every accept would write."""
     m = d.mark
-    tenant = f" AND tenant = {m}" if by_tenant else ""
+    where = [f"tenant = {m}"] if by_tenant else []
+    if paged:  # the bound alone is a range on the index; the OR picks out the ties
+        where.append(f"created_at >= {m} AND (created_at > {m} OR id > {m})")
+    where.append(f"LOWER(payload) LIKE {m} ESCAPE '!'")
+    index = d.force_index(finding.MAILS_INDEXES[(by_tenant, False)])
     return (
-        f"SELECT id, payload FROM mails WHERE id > {m}{tenant} "
-        f"AND LOWER(payload) LIKE {m} ESCAPE '!' ORDER BY id LIMIT {m}"
+        f"SELECT id, payload, created_at FROM mails{index} WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at, id LIMIT {m}"
     )
 
 
@@ -264,7 +289,7 @@ def drop_rows(d: Dialect, mail_ids: Sequence[str]) -> Steps[Counter[summary.Key]
 
 @write
 def purge_bodies(d: Dialect, before: float, now: float, limit: int) -> Steps[int]:
-    rows = (yield Statement(_to_purge(d), (before, *FINAL, limit))).fetchall()
+    rows = (yield Statement(_to_purge(d), (before, limit))).fetchall()
     if not rows:
         return 0
     yield Statement(
@@ -285,7 +310,7 @@ def purge_bodies(d: Dialect, before: float, now: float, limit: int) -> Steps[int
 
 @write
 def drop_records(d: Dialect, before: float, limit: int) -> Steps[int]:
-    ids = [row[0] for row in (yield Statement(_to_drop(d), (*FINAL, before, limit))).fetchall()]
+    ids = [row[0] for row in (yield Statement(_to_drop(d), (before, limit))).fetchall()]
     gone = yield from drop_rows(d, ids)
     yield from summary.bump(d, gone)
     return len(ids)
@@ -324,17 +349,19 @@ def erase(d: Dialect, mail_id: str, now: float) -> Steps[Erased | None]:
 
 @read
 def addressed(
-    d: Dialect, address: str, tenant: str | None, after: str, limit: int
+    d: Dialect, address: str, tenant: str | None, after: tuple[float, str] | None, limit: int
 ) -> Steps[Addressed]:
-    params: list[object] = [after]
-    if tenant is not None:
-        params.append(tenant)
+    params: list[object] = [] if tenant is None else [tenant]
+    if after is not None:
+        params += [after[0], after[0], after[1]]
     params += [like_pattern(address), limit]
-    rows = (yield Statement(_candidates(d, tenant is not None), params)).fetchall()
+    sql = _candidates(d, tenant is not None, after is not None)
+    rows = (yield Statement(sql, params)).fetchall()
     found = tuple(
-        mail_id for mail_id, payload in rows if has_address(decode(Mail, payload), address)
+        mail_id for mail_id, payload, _ in rows if has_address(decode(Mail, payload), address)
     )
-    return Addressed(found, rows[-1][0] if len(rows) == limit else None)
+    last = (float(rows[-1][2]), str(rows[-1][0])) if len(rows) == limit else None
+    return Addressed(found, last)
 
 
 @write
@@ -366,7 +393,11 @@ class SqlRetention(Retention, Engine):
         return await self.run(erase, mail_id, now)
 
     async def addressed(
-        self, address: str, tenant: str | None, after: str = "", limit: int = BATCH
+        self,
+        address: str,
+        tenant: str | None,
+        after: tuple[float, str] | None = None,
+        limit: int = BATCH,
     ) -> Addressed:
         return await self.run(addressed, address, tenant, after, limit)
 

@@ -227,6 +227,22 @@ async def test_addressed_finds_every_mail_to_or_from_an_address(store: Store) ->
     assert first.mail_ids + rest.mail_ids == ("a2", "a3", "a4")
 
 
+async def test_addressed_pages_in_the_order_the_mails_were_made(store: Store) -> None:
+    """Pages of ``addressed`` follow the mails' creation times (ids only break ties), so a
+    mail whose id sorts first but which was made last is on the last page, once."""
+    for mail_id, created_at in (("z1", 1000.0), ("a2", 3000.0), ("m3", 2000.0), ("b3", 2000.0)):
+        await store.add(mail(mail_id, created_at=created_at))
+    pages: list[tuple[str, ...]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page = await store.addressed("to@example.com", None, after, limit=1)
+        pages.append(page.mail_ids)
+        if page.after is None:
+            break
+        after = page.after
+    assert [p for p in pages if p] == [("z1",), ("b3",), ("m3",), ("a2",)]
+
+
 async def test_a_purged_failed_mail_cannot_be_sent_again(store: Store) -> None:
     """Retrying a failed mail whose content was erased changes nothing: nothing to send."""
     await store.add(mail("m1"))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,24 @@ async def test_an_operation_the_writer_process_cannot_find_fails_alone(
         await lost
     assert await added == "m1"
     assert pid_of(store) == pid
+
+
+@write
+def _bound_back(d: Dialect) -> Steps[tuple[bool, list[Any]]]:
+    """Whether this process finds None and bytes in sqlite3's adapters, and a row of a
+    None, bytes and an int bound and read back."""
+    found = all((kind, sqlite3.PrepareProtocol) in sqlite3.adapters for kind in (type(None), bytes))
+    cursor = yield Statement("SELECT ?, ?, ?", (None, b"\x00\xffraw", 7))
+    return found, list(cursor.fetchone())
+
+
+async def test_the_writer_process_binds_none_and_bytes_as_they_are(store: SQLiteStore) -> None:
+    """The writer process finds an adapter for None and bytes at once (no failed lookups
+    per parameter) and binds them as they were; this process's sqlite3 is left as it is."""
+    found, row = await store.run(_bound_back)
+    assert found
+    assert row == [None, b"\x00\xffraw", 7]
+    assert (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters
 
 
 def test_an_error_that_cannot_cross_as_itself_comes_back_named() -> None:
