@@ -922,6 +922,11 @@ def forker(argv: Sequence[str]) -> int:
         os.close(fds[0])
 
 
+#: What the writer process reads from its socket at a time, into one buffer it keeps (a
+#: fresh 1 MiB for each read was an mmap, an mremap and a munmap a batch).
+READ_BYTES = 1 << 20
+
+
 def bind_as_they_are() -> None:
     """``None`` and ``bytes`` parameters found in sqlite3's adapters, bound as they are.
 
@@ -960,13 +965,14 @@ def serve_writer(path: str, sock: socket.socket) -> None:
     writer = _Worker("writer", lambda: db, write=True, turns=turns)
     operations: dict[tuple[str, str, bool], AnyOperation] = {}
     buffer = bytearray()
+    reading = memoryview(bytearray(READ_BYTES))
     ended = False
     try:
         while not ended:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
+            size = sock.recv_into(reading)
+            if not size:
                 ended = True
-            buffer += chunk
+            buffer += reading[:size]
             # Each frame's calls: a job, or why it cannot run (never run, so not unknown).
             batches = [_jobs(operations, frame) for frame in frames.split(buffer)]
             if not batches:
