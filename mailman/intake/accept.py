@@ -17,7 +17,7 @@ import base64
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Protocol
@@ -159,10 +159,14 @@ class Intake:
         if backlog.full():
             raise BacklogFull(backlog.size, backlog.limit, BACKLOG_RETRY_AFTER)
 
+    def rate_limit(self, principal: Principal) -> float:
+        """The caller's rate limit (mails/s): its key's, else the service's; 0: none."""
+        return principal.rate if principal.rate is not None else self.config.rate_limit
+
     async def take_token(self, principal: Principal) -> Rate | None:
         """Charge one mail to the caller's bucket: the caller's rate after it (None without
         a limit); ``RateLimited`` when the bucket is empty."""
-        limit = principal.rate if principal.rate is not None else self.config.rate_limit
+        limit = self.rate_limit(principal)
         if limit <= 0:
             return None
         store = self.store
@@ -293,14 +297,14 @@ class Intake:
         except ValidationFailed as exc:
             log.debug("mail.invalid", fields=[e.field for e in exc.errors])
             raise
-        chain = await self.chains.of(mail.tenant)
+        chains = self.chains
+        chain, default = chains.known(mail.tenant) or await chains.settings(mail.tenant)
         if chain is not None:
             mail = replace(mail, providers=chain)
-        if mail.unsubscribe is None and not opts_out(body):
-            default = await self.chains.unsubscribe_of(mail.tenant)
-            if default is not None:
-                mail = self.defaulted(mail, default)
-        mail = await self.suppress(mail)
+        if default is not None and mail.unsubscribe is None and not opts_out(body):
+            mail = self.defaulted(mail, default)
+        if self.suppressing.known(mail.tenant) is not False:  # False: none, no store trip
+            mail = await self.suppress(mail)
         idempotency = None
         if idempotency_key is not None:
             idempotency = Idempotency(
@@ -409,22 +413,20 @@ class Intake:
         ``OutcomeUnknown`` naming ``mail.id``: it may have been; reading it settles it.
         """
         store = self.store
-        if idempotency is None:
-            return await self._add(store.add(mail), mail)
-        slot = (mail.tenant, idempotency.key_hash)
-        if slot in self.inflight:
-            raise KeyInFlight(IN_FLIGHT_RETRY_AFTER)
-        self.inflight.add(slot)
+        slot = None
+        if idempotency is not None:
+            slot = (mail.tenant, idempotency.key_hash)
+            if slot in self.inflight:
+                raise KeyInFlight(IN_FLIGHT_RETRY_AFTER)
+            self.inflight.add(slot)
+        # One coroutine for both (a mail without a key is the common one).
         try:
-            return await self._add(store.add(mail, idempotency), mail)
-        except IdempotencyMismatch as exc:
-            raise KeyReused(exc.mail_id) from None
-        finally:
-            self.inflight.discard(slot)
-
-    async def _add(self, adding: Awaitable[str], mail: Mail) -> str:
-        try:
-            return await guarded(self.store, self.config.store_timeout, adding)
+            return await guarded(store, self.config.store_timeout, store.add(mail, idempotency))
         except OutcomeUnknown as exc:
             log.warning("mail.outcome_unknown", mail_id=mail.id, error=str(exc))
             raise OutcomeUnknown(str(exc), mail_id=mail.id) from None
+        except IdempotencyMismatch as exc:
+            raise KeyReused(exc.mail_id) from None
+        finally:
+            if slot is not None:
+                self.inflight.discard(slot)

@@ -66,6 +66,13 @@ class Keyring:
         self._any: tuple[bool, float] | None = None
         self._used: dict[str, float] = {}
 
+    def known_any(self) -> bool | None:
+        """``any_keys`` without a store trip; None when the store must be asked."""
+        cached = self._any
+        if cached is None or self.ttl <= 0 or cached[1] <= time.monotonic():
+            return None
+        return cached[0]
+
     async def any_keys(self) -> bool:
         now = time.monotonic()
         if self._any is None or self._any[1] <= now or (self.ttl <= 0):
@@ -130,7 +137,10 @@ async def authenticate(keyring: Keyring, secret: str | None, needed: Scope) -> P
     Raises ``NoKey``, ``BadKey`` or ``MissingScope``.
     """
     if secret is None:
-        if await keyring.any_keys():
+        any_keys = keyring.known_any()
+        if any_keys is None:
+            any_keys = await keyring.any_keys()
+        if any_keys:
             raise NoKey("an API key is needed")
         principal = ANONYMOUS
     else:

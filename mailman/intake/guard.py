@@ -98,10 +98,31 @@ _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Watc
 )
 
 
+class _Last:
+    """The loop ``_watch`` was last asked about, and its watches: a process serves on one
+    loop, and a ``WeakKeyDictionary`` lookup is a Python call and a new weak reference.
+    The loop is held weakly here too."""
+
+    __slots__ = ("loop", "watches")
+
+    def __init__(self) -> None:
+        self.loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self.watches: dict[float, _Watch] = {}
+
+
+_LAST = _Last()
+
+
 def _watch(loop: asyncio.AbstractEventLoop, within: float) -> _Watch:
-    watches = _WATCHES.get(loop)
-    if watches is None:
-        watches = _WATCHES[loop] = {}
+    last = _LAST
+    if last.loop is not None and last.loop() is loop:
+        watches = last.watches
+    else:
+        known = _WATCHES.get(loop)
+        if known is None:
+            known = _WATCHES[loop] = {}
+        watches = known
+        last.loop, last.watches = weakref.ref(loop), watches
     watch = watches.get(within)
     if watch is None:
         watch = watches[within] = _Watch(within)

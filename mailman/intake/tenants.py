@@ -12,6 +12,9 @@ from mailman.store import Store
 
 from .guard import guarded
 
+#: Neither a chain nor a default group of its own (no tenant).
+_NEITHER: tuple[None, None] = (None, None)
+
 
 class TenantChains:
     """Every tenant's own chain and default unsubscribe group (``mailman tenants set``),
@@ -31,6 +34,23 @@ class TenantChains:
         self._chains: dict[str, str] = {}
         self._unsubscribes: dict[str, Unsubscribe] = {}
         self._until = -float("inf")
+
+    def known(self, tenant: str) -> tuple[str | None, Unsubscribe | None] | None:
+        """``tenant``'s own chain and default unsubscribe group (each None where it has
+        none, and for no tenant) without a store trip; None when they must be read again
+        first (``settings``). Acceptance asks this first: a coroutine less per mail."""
+        if not tenant:
+            return _NEITHER
+        if self.clock() >= self._until or self.ttl <= 0:
+            return None
+        return self._chains.get(tenant), self._unsubscribes.get(tenant)
+
+    async def settings(self, tenant: str) -> tuple[str | None, Unsubscribe | None]:
+        """``tenant``'s own chain and default unsubscribe group, read again if stale."""
+        if not tenant:
+            return _NEITHER
+        await self._fresh()
+        return self._chains.get(tenant), self._unsubscribes.get(tenant)
 
     async def of(self, tenant: str) -> str | None:
         """``tenant``'s own chain as written; None: the deployment's (also for no tenant)."""
@@ -83,6 +103,18 @@ class Suppressing:
         #: tenant -> (whether it has any, until when that is trusted, the store's
         #: ``suppressions_added`` then).
         self._known: dict[str, tuple[bool, float, int]] = {}
+
+    def known(self, tenant: str) -> bool | None:
+        """Whether ``tenant`` suppresses any address, without a store trip; None when it
+        must be asked (``any``)."""
+        known = self._known.get(tenant)
+        if (
+            known is not None
+            and self.clock() < known[1]
+            and self.store.suppressions_added == known[2]
+        ):
+            return known[0]
+        return None
 
     async def any(self, tenant: str) -> bool:
         now = self.clock()

@@ -223,13 +223,15 @@ def _over_budget(request: web.Request, exc: OverBudget) -> Problem:
 def _hold(request: web.Request) -> Hold | None:
     """The request's hold on the budget, made on first use (owner: the caller's key, or
     its address); None without a budget."""
-    holding = request.get(HOLDING)
-    if holding is None:  # an app without budget_middleware: nothing gives it back
+    try:
+        holding = request[HOLDING]
+    except KeyError:  # an app without budget_middleware: nothing gives it back
         holding = request[HOLDING] = Holding()
     hold = holding.hold
     if hold is None:
-        budget = request.app.get(BUDGET)
-        if budget is None:
+        try:
+            budget = request.app[BUDGET]
+        except KeyError:
             return None
         principal = request.get(PRINCIPAL)
         hold = budget.hold(owner_of(principal.key_id if principal else None, request.remote))

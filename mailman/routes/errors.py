@@ -101,9 +101,11 @@ LOG_FIELDS = web.RequestKey[dict[str, Any]]("log_fields")
 
 def note(request: web.Request, **fields: Any) -> None:
     """Add ``fields`` to the request's ``http.request`` line, instead of a line of their own."""
-    noted = request.get(LOG_FIELDS)
-    if noted is not None:
-        noted.update(fields)
+    try:
+        noted = request[LOG_FIELDS]
+    except KeyError:  # not through request_id_middleware
+        return
+    noted.update(fields)
 
 
 def _note_problem(request: web.Request, type_: str) -> None:

@@ -8,7 +8,9 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Coroutine
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -120,12 +122,9 @@ def _require_json(request: web.Request) -> None:
 
 async def _read_json(request: web.Request) -> object:
     """The decoded JSON body; 413 beyond the size limit, 400 if it is not JSON."""
+    config = request.app[CONFIG]
     return decode_json(
-        await read_body(
-            request,
-            limit=request.app[CONFIG].max_body_bytes,
-            idle_timeout=request.app[CONFIG].body_idle_timeout,
-        )
+        await read_body(request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout)
     )
 
 
@@ -148,10 +147,11 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def read_mail_json(request: web.Request) -> object:
-    """The JSON body of a mail submission: 415 unless JSON in UTF-8, 413 past the limit."""
+def read_mail_json(request: web.Request) -> Coroutine[Any, Any, object]:
+    """The JSON body of a mail submission: 415 unless JSON in UTF-8 (raised at once),
+    413 past the limit."""
     _require_json(request)
-    return await _read_json(request)
+    return _read_json(request)
 
 
 #: The mail's id in a path.
@@ -237,7 +237,7 @@ async def send_mail(request: web.Request) -> web.Response:
     intake = request.app[INTAKE]
     principal = request[PRINCIPAL]
     intake.check_backlog()
-    rate = await intake.take_token(principal)
+    rate = await intake.take_token(principal) if intake.rate_limit(principal) > 0 else None
     headers = rate_headers(rate)
     key = _idempotency_key(request)
     body = await read_mail_json(request)

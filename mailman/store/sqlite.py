@@ -61,7 +61,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -590,21 +590,24 @@ class SQLiteStore(SqlStore):
         if turns is not None and ended:  # (a stuck writer still uses them)
             turns.close()
 
-    async def run(self, operation: Operation[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    # ``run`` and ``run_batched`` hand back the worker's call itself: no coroutine of
+    # their own to make, and to resume when the answer comes, on every store call.
+
+    def run(
+        self, operation: Operation[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
         """A write on the writer (in the next batch's transaction), a read on the reader."""
         worker = self._writer if operation.writes else self._reader
         if worker is None:
             raise RuntimeError("the store is not open")
-        result: T = await worker.call(operation, args, kwargs)
-        return result
+        return worker.call(operation, args, kwargs)
 
-    async def run_batched(self, operation: Batched[A, T], arg: A, /) -> T:
+    def run_batched(self, operation: Batched[A, T], arg: A, /) -> Coroutine[Any, Any, T]:
         """With the other calls of ``operation`` waiting, in one go."""
         worker = self._writer if operation.writes else self._reader
         if worker is None:
             raise RuntimeError("the store is not open")
-        result: T = await worker.call(operation, (arg,), {})
-        return result
+        return worker.call(operation, (arg,), {})
 
     async def schema_version(self) -> int:
         """The latest migration applied to the database (0 for none)."""

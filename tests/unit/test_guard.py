@@ -88,3 +88,35 @@ async def test_an_unreachable_store_is_unavailable_by_its_type_alone() -> None:
         await guarded(STORE, 1, refused())
     assert "ConnectionRefusedError" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+def test_each_loop_in_turn_watches_its_own_calls() -> None:
+    """Calls with the same deadline on two loops, one loop after the other: each times
+    out on its own loop's timer, while the other loop's call still waits (the watches
+    remembered for the last loop are never another loop's)."""
+    within = 0.05
+
+    async def times_out() -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        async with asyncio.timeout(5):  # a call left unwatched would wait forever
+            with pytest.raises(StoreUnavailable):
+                await guarded(STORE, within, _never())
+        return loop.time() - began
+
+    async def begin_waiting() -> asyncio.Task[Any]:
+        waiting = asyncio.create_task(guarded(STORE, within, _never()))
+        await asyncio.sleep(0)  # it begins: its loop's watch now has a timer set
+        return waiting
+
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        waiting = first.run_until_complete(begin_waiting())
+        assert second.run_until_complete(times_out()) >= within - EARLY
+        with pytest.raises(StoreUnavailable):
+            first.run_until_complete(waiting)
+        assert second.run_until_complete(times_out()) >= within - EARLY
+    finally:
+        first.close()
+        second.close()
+    assert asyncio.run(times_out()) >= within - EARLY
