@@ -74,12 +74,14 @@ class Keyring:
         return cached[0]
 
     async def any_keys(self) -> bool:
+        known = self.known_any()
+        if known is not None:
+            return known
         now = time.monotonic()
-        if self._any is None or self._any[1] <= now or (self.ttl <= 0):
-            found = await guarded(self.store, self.timeout, self.store.any_keys())
-            # Once there is a key there always is (revoked keys count): no expiry needed.
-            self._any = (found, float("inf") if found else now + self.ttl)
-        return self._any[0]
+        found = await guarded(self.store, self.timeout, self.store.any_keys())
+        # Once there is a key there always is (revoked keys count): no expiry needed.
+        self._any = (found, float("inf") if found else now + self.ttl)
+        return found
 
     async def find(self, secret: str) -> ApiKey | None:
         """The live (not revoked) key ``secret`` is; None if unknown or revoked."""

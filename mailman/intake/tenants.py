@@ -41,7 +41,7 @@ class TenantChains:
         first (``settings``). Acceptance asks this first: a coroutine less per mail."""
         if not tenant:
             return _NEITHER
-        if self.clock() >= self._until or self.ttl <= 0:
+        if self._stale(self.clock()):
             return None
         return self._chains.get(tenant), self._unsubscribes.get(tenant)
 
@@ -54,22 +54,15 @@ class TenantChains:
 
     async def of(self, tenant: str) -> str | None:
         """``tenant``'s own chain as written; None: the deployment's (also for no tenant)."""
-        if not tenant:
-            return None
-        await self._fresh()
-        return self._chains.get(tenant)
+        chain, _ = await self.settings(tenant)
+        return chain
 
-    async def unsubscribe_of(self, tenant: str) -> Unsubscribe | None:
-        """``tenant``'s default unsubscribe group (and mailto; no url); None: it has none
-        (nor has no tenant)."""
-        if not tenant:
-            return None
-        await self._fresh()
-        return self._unsubscribes.get(tenant)
+    def _stale(self, now: float) -> bool:
+        return now >= self._until or self.ttl <= 0
 
     async def _fresh(self) -> None:
         now = self.clock()
-        if now >= self._until or self.ttl <= 0:
+        if self._stale(now):
             store, timeout = self.store, self.timeout
             chains = await guarded(store, timeout, store.tenant_chains())
             self._unsubscribes = await guarded(store, timeout, store.tenant_unsubscribes())
@@ -117,11 +110,11 @@ class Suppressing:
         return None
 
     async def any(self, tenant: str) -> bool:
+        known = self.known(tenant)
+        if known is not None:
+            return known
         now = self.clock()
         added = self.store.suppressions_added
-        known = self._known.get(tenant)
-        if known is not None and now < known[1] and added == known[2]:
-            return known[0]
         has = await guarded(self.store, self.timeout, self.store.has_suppressions(tenant))
         if self.ttl > 0:
             self._known[tenant] = (has, now + self.ttl, added)
