@@ -41,7 +41,6 @@ class Probes:
 STORE = web.AppKey("store", Store)
 OUTBOUND = web.AppKey("outbound", Outbound)
 CONFIG = web.AppKey("config", Config)
-LOAD = web.AppKey("load", Load)
 BACKLOG = web.AppKey("backlog", Backlog)
 HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
 PROBES = web.AppKey("probes", Probes)
@@ -55,15 +54,15 @@ PURGE_SECONDS = 60.0
 INTAKE = web.AppKey("intake", Intake)
 
 # The handlers read the keys above, so they are imported after them.
-from .auth import KEYRING, auth_middleware  # noqa: E402
-from .body import BUDGET, budget_middleware  # noqa: E402
+from .auth import KEYRING, authenticating  # noqa: E402
+from .body import budgeting  # noqa: E402
 from .compat_mailgun import error_shape as mailgun_error_shape  # noqa: E402
 from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
 from .compat_sendgrid import error_shape as sendgrid_error_shape  # noqa: E402
 from .compat_sendgrid import routes as sendgrid_compat_routes  # noqa: E402
 from .compat_sendgrid import v3_error_shape as sendgrid_v3_error_shape  # noqa: E402
 from .dashboard import routes as dashboard_routes  # noqa: E402
-from .errors import ERROR_SHAPES, error_middleware, request_id_middleware  # noqa: E402
+from .errors import ERROR_SHAPES, error_middleware, request_ids  # noqa: E402
 from .health import routes as health_routes  # noqa: E402
 from .mail import routes as mail_routes  # noqa: E402
 from .metrics import setup as setup_metrics  # noqa: E402
@@ -76,12 +75,10 @@ from .webhooks_ses import add_ses_webhook  # noqa: E402
 
 __all__ = [
     "BACKLOG",
-    "BUDGET",
     "CONFIG",
     "HTTP_METRICS",
     "INTAKE",
     "KEYRING",
-    "LOAD",
     "OUTBOUND",
     "PROBES",
     "STORE",
@@ -109,18 +106,27 @@ def create_app(
     ``metrics`` this process's HTTP metrics (they outlive a restart of the
     app); ``probes`` what else ``/readyz`` and ``/metrics`` may look at.
     """
+    load = load or Load()
+    metrics = metrics or HttpMetrics()
+    budget = budget or Budget(config.max_inflight_bytes)
+    keyring = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+    # The middlewares get their dependencies bound here, not looked up on the app (two
+    # Python-level properties and a lookup each) on every request.
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, auth_middleware, budget_middleware],
+        middlewares=[
+            request_ids(load, metrics),
+            error_middleware,
+            authenticating(keyring),
+            budgeting(budget),
+        ],
     )
     app[STORE] = store
     app[OUTBOUND] = outbound
     app[CONFIG] = config
-    app[LOAD] = load or Load()
-    app[HTTP_METRICS] = metrics or HttpMetrics()
+    app[HTTP_METRICS] = metrics
     app[PROBES] = probes or Probes()
-    app[BUDGET] = budget or Budget(config.max_inflight_bytes)
-    app[KEYRING] = Keyring(store, ttl=config.key_cache_seconds, timeout=config.store_timeout)
+    app[KEYRING] = keyring
     app[BACKLOG] = backlog = Backlog(config.backlog_limit)
     app[INTAKE] = Intake(store=store, outbound=outbound, config=config, backlog=backlog)
     app.cleanup_ctx.append(janitor)

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import TypeVar
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from mailman.config.logging import get_logger
 from mailman.intake.auth import BadKey, Keyring, MissingScope, NoKey, Principal, authenticate
@@ -77,25 +77,32 @@ def _bearer(request: web.Request) -> str | None:
     return token
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the caller and check the scope the handler requires."""
-    needed = scope_of(request.match_info.handler)
-    if needed is None:
+def authenticating(keyring: Keyring) -> Middleware:
+    """The middleware that resolves the caller by ``keyring`` and checks the scope the
+    handler requires (bound by the app factory, ``create_app``)."""
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        needed = scope_of(request.match_info.handler)
+        if needed is None:
+            return await handler(request)
+        try:
+            principal = await authenticate(keyring, _bearer(request), needed)
+        except NoKey:
+            raise _unauthorized(
+                "This endpoint needs an API key: 'Authorization: Bearer <key>'."
+            ) from None
+        except BadKey:
+            log.debug("auth.refused", path=request.path)  # at info: http.request's problem
+            raise _unauthorized(
+                "The API key is unknown or revoked.", error="invalid_token"
+            ) from None
+        except MissingScope as exc:
+            raise Problem(HTTPStatus.FORBIDDEN, str(exc), type=FORBIDDEN) from None
+        request[PRINCIPAL] = principal
+        # The tenant goes on the request's http.request line; other lines of the
+        # request carry its request_id, which leads there (no contextvars to bind).
+        note(request, tenant=principal.tenant)
         return await handler(request)
-    try:
-        principal = await authenticate(request.app[KEYRING], _bearer(request), needed)
-    except NoKey:
-        raise _unauthorized(
-            "This endpoint needs an API key: 'Authorization: Bearer <key>'."
-        ) from None
-    except BadKey:
-        log.debug("auth.refused", path=request.path)  # at info: http.request's problem
-        raise _unauthorized("The API key is unknown or revoked.", error="invalid_token") from None
-    except MissingScope as exc:
-        raise Problem(HTTPStatus.FORBIDDEN, str(exc), type=FORBIDDEN) from None
-    request[PRINCIPAL] = principal
-    # The tenant goes on the request's http.request line; other lines of the
-    # request carry its request_id, which leads there (no contextvars to bind).
-    note(request, tenant=principal.tenant)
-    return await handler(request)
+
+    return auth_middleware

@@ -17,7 +17,7 @@ the body arrives as sent and is decoded here, chunk by chunk, so that
 - the body is charged to the process's in-flight budget (``intake.budget``)
   before it is read: its ``Content-Length`` at once, a chunked or encoded one
   as it arrives; past the budget (or past the caller's half of it) a 503 with
-  ``Retry-After``, before the rest is read. ``budget_middleware`` gives the
+  ``Retry-After``, before the rest is read. ``budgeting``'s middleware gives the
   bytes back once the answer is ready.
 """
 
@@ -31,7 +31,7 @@ from http import HTTPStatus
 
 import orjson
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from mailman.config.logging import get_logger
 from mailman.core.validation import BODY_FIELD, FieldError
@@ -57,18 +57,16 @@ _DEFLATE = "deflate"
 
 log = get_logger("mailman.http")
 
-#: The process's in-flight budget (``create_app`` sets it).
-BUDGET = web.AppKey("budget", Budget)
-
-
 @dataclass(slots=True)
 class Holding:
-    """What a request holds of the budget: its ``Hold`` once its body is being read."""
+    """What a request holds of ``budget`` (None: none to hold): its ``Hold`` once its body
+    is being read."""
 
+    budget: Budget | None = None
     hold: Hold | None = None
 
 
-#: Set on every request by ``budget_middleware``: a key found, where a key looked up
+#: Set on every request by ``budgeting``'s middleware: a key found, where a key looked up
 #: before the body is read is a miss (a ``KeyError`` raised and caught inside
 #: ``request.get``: 2.4 % of an accept's event loop by py-spy, 0.9 % found).
 HOLDING = web.RequestKey("budget_holding", Holding)
@@ -222,16 +220,16 @@ def _over_budget(request: web.Request, exc: OverBudget) -> Problem:
 
 def _hold(request: web.Request) -> Hold | None:
     """The request's hold on the budget, made on first use (owner: the caller's key, or
-    its address); None without a budget."""
+    its address); None without a budget (an app without ``budgeting``'s middleware:
+    nothing would give it back)."""
     try:
         holding = request[HOLDING]
-    except KeyError:  # an app without budget_middleware: nothing gives it back
-        holding = request[HOLDING] = Holding()
+    except KeyError:
+        return None
     hold = holding.hold
     if hold is None:
-        try:
-            budget = request.app[BUDGET]
-        except KeyError:
+        budget = holding.budget
+        if budget is None:
             return None
         principal = request.get(PRINCIPAL)
         hold = budget.hold(owner_of(principal.key_id if principal else None, request.remote))
@@ -247,15 +245,20 @@ def _charge(request: web.Request, hold: Hold | None, nbytes: int) -> None:
             raise _over_budget(request, exc) from None
 
 
-@web.middleware
-async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Gives back what the request's body held of the budget once its answer is ready."""
-    holding = request[HOLDING] = Holding()
-    try:
-        return await handler(request)
-    finally:
-        if holding.hold is not None:
-            holding.hold.release()
+def budgeting(budget: Budget) -> Middleware:
+    """The middleware that lets the request's body reader hold some of ``budget``, and
+    gives back what it held once the answer is ready (bound by ``create_app``)."""
+
+    @web.middleware
+    async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        holding = request[HOLDING] = Holding(budget)
+        try:
+            return await handler(request)
+        finally:
+            if holding.hold is not None:
+                holding.hold.release()
+
+    return budget_middleware
 
 
 async def read_body(

@@ -7,7 +7,7 @@ Every error answer is ``application/problem+json`` with ``type``, ``title``,
 into problems by ``error_middleware``, and answered in the shape of the path's API:
 problem+json, or, under a drop-in endpoint's path, its provider's (``ERROR_SHAPES``).
 
-At info a request logs one line, ``http.request`` (see ``request_id_middleware``):
+At info a request logs one line, ``http.request`` (see ``request_ids``):
 a refused one says why in its ``problem`` field rather than in a line of its own.
 """
 
@@ -25,11 +25,12 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from mailman.config.logging import get_logger
 from mailman.core.validation import FieldError, ValidationFailed
-from mailman.intake.instruments import UNROUTED
+from mailman.intake.instruments import UNROUTED, HttpMetrics
+from mailman.intake.load import Load
 from mailman.intake.refusals import (
     BacklogFull,
     KeyInFlight,
@@ -40,7 +41,6 @@ from mailman.intake.refusals import (
 )
 from mailman.store import OutcomeUnknown, StoreUnavailable
 
-from . import HTTP_METRICS, LOAD
 from .models.common import Problem as ProblemJson
 
 log = get_logger("mailman.http")
@@ -381,7 +381,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 def request_id(request: web.Request) -> str:
     """The request's id: the caller's ``X-Request-Id`` if it is a sane token, else a new
-    one, given once (``request_id_middleware`` gives it first): the answer's header, the
+    one, given once (``request_ids``' middleware gives it first): the answer's header, the
     request's log lines and the mail it submits all carry the same one."""
     rid = request.get(REQUEST_ID)
     if rid is None:
@@ -396,63 +396,69 @@ def _given_or_new(request: web.Request) -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_COUNT):012x}"
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Binds a request id to every log event of the request, echoes it, logs the request.
+def request_ids(load: Load, metrics: HttpMetrics) -> Middleware:
+    """The middleware that binds a request id to every log event of the request, echoes
+    it, logs the request, and counts it in flight (``load``, read by a relay in this
+    process) and in ``metrics``: the app factory's (``create_app``), its dependencies
+    bound once rather than looked up on the app for every request.
 
     The request's one line at info is ``http.request`` (``http.client_gone`` when the
     client left): method, path, status, duration_ms, request_id, plus what the
     handlers ``note``d (tenant, mail_id, recipients, problem...). Other lines of the
     request (debug detail, warnings, errors) get ``request_id`` from contextvars.
-    It also counts the request in flight (``LOAD``, read by a relay in this process).
     """
-    rid = request[REQUEST_ID] = _given_or_new(request)
-    started = time.perf_counter()
-    fields: dict[str, Any] = {}
-    request[LOG_FIELDS] = fields
-    # One contextvar set and reset: cheaper than ``bound_contextvars``, which reads
-    # the whole context first and re-binds what it saved afterwards.
-    load = request.app[LOAD]
-    load.enter()
-    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
-    try:
+
+    @web.middleware
+    async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request[REQUEST_ID] = _given_or_new(request)
+        started = time.perf_counter()
+        fields: dict[str, Any] = {}
+        request[LOG_FIELDS] = fields
+        # One contextvar set and reset: cheaper than ``bound_contextvars``, which reads
+        # the whole context first and re-binds what it saved afterwards.
+        load.enter()
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # only if an inner middleware let one through
-            exc.headers[REQUEST_ID_HEADER] = rid
-            _log_request(request, rid, exc.status, started, fields)
-            raise
-        except ConnectionError:
-            transport = request.transport
-            if transport is not None and not transport.is_closing():
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # only if an inner middleware let one through
+                exc.headers[REQUEST_ID_HEADER] = rid
+                _log_request(request, metrics, rid, exc.status, started, fields)
                 raise
-            # The client disconnected mid-request (routes.body.ClientGone): not
-            # an error of ours, and there is no one left to answer.
-            # 499: nginx's "client closed request", for the log only.
-            _log_request(request, rid, 499, started, fields, event="http.client_gone")
-            return web.Response(status=499)  # never sent
-        response.headers[REQUEST_ID_HEADER] = rid
-        _log_request(request, rid, response.status, started, fields)
-        if response.headers.get(hdrs.CONNECTION, "").lower() == "close":
-            # The answer ends the connection (a 408 for a stalled body...).
-            response.force_close()
-            if not request.content.is_eof():
-                # aiohttp would first drain the unread body for up to its
-                # lingering time; a stalled one will not come: answer now, close.
-                try:
-                    await response.prepare(request)
-                    await response.write_eof()
-                except ConnectionError:
-                    pass  # the client left meanwhile
-                request.protocol.force_close()
-        return response
-    finally:
-        structlog.contextvars.reset_contextvars(**tokens)
-        load.leave()
+            except ConnectionError:
+                transport = request.transport
+                if transport is not None and not transport.is_closing():
+                    raise
+                # The client disconnected mid-request (routes.body.ClientGone): not
+                # an error of ours, and there is no one left to answer.
+                # 499: nginx's "client closed request", for the log only.
+                _log_request(request, metrics, rid, 499, started, fields, event="http.client_gone")
+                return web.Response(status=499)  # never sent
+            response.headers[REQUEST_ID_HEADER] = rid
+            _log_request(request, metrics, rid, response.status, started, fields)
+            if response.headers.get(hdrs.CONNECTION, "").lower() == "close":
+                # The answer ends the connection (a 408 for a stalled body...).
+                response.force_close()
+                if not request.content.is_eof():
+                    # aiohttp would first drain the unread body for up to its
+                    # lingering time; a stalled one will not come: answer now, close.
+                    try:
+                        await response.prepare(request)
+                        await response.write_eof()
+                    except ConnectionError:
+                        pass  # the client left meanwhile
+                    request.protocol.force_close()
+            return response
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+            load.leave()
+
+    return request_id_middleware
 
 
 def _log_request(
     request: web.Request,
+    metrics: HttpMetrics,
     rid: str,
     status: int,
     started: float,
@@ -464,7 +470,7 @@ def _log_request(
     count and time in the HTTP metrics (by route template, never by raw path)."""
     seconds = time.perf_counter() - started
     resource = request.match_info.route.resource
-    request.app[HTTP_METRICS].observe(
+    metrics.observe(
         request.method, UNROUTED if resource is None else resource.canonical, status, seconds
     )
     log.info(
