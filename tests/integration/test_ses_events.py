@@ -120,6 +120,16 @@ async def test_the_fake_tries_a_post_again_as_snss_delivery_policy_says(
     assert took >= 2 * 3 * 0.2
 
 
+def test_the_fakes_retries_are_jittered_never_shorter_than_the_policy() -> None:
+    """The fake waits SNS's delay and up to half of it more before a retry, drawn for each
+    wait: posts that failed together do not come back in step."""
+    ses = FakeSes()
+    ses.sns_retry_seconds = 1.0
+    waits = [ses.webhook_retry_wait(retry) for retry in range(1, 4) for _ in range(50)]
+    assert all(1.0 <= wait <= 1.5 for wait in waits)
+    assert len(set(waits)) > 1
+
+
 async def test_subscription_confirmation_visits_the_subscribe_url(service: Service) -> None:
     """A signed SubscriptionConfirmation for the topic is confirmed by visiting its
     SubscribeURL; a signed UnsubscribeConfirmation is acknowledged."""

@@ -31,7 +31,9 @@ SES's events for every mail it accepted there itself: ``Send``, then
 part starts with ``bounce_prefix``. A post that gets no 2xx is tried again as
 SNS's delivery policy for HTTP/S says: by default 3 more times, 20 s apart
 (``webhook_attempts`` counts the first post too; ``sns_retry_seconds``: a
-subscription's own policy may change both).
+subscription's own policy may change both), each wait jittered as SNS jitters its
+retries: up to ``sns_retry_jitter`` of it longer, at random, so that posts which failed
+together (an endpoint that went down) do not all come back at the same instants.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import datetime
 import email.policy
 import functools
 import io
+import random
 import re
 import time
 import uuid
@@ -94,6 +97,10 @@ SNS_SIGNATURE_HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 #: SNS's default delivery policy for HTTP/S endpoints: up to 3 retries, 20 s apart.
 SNS_RETRIES = 3
 SNS_RETRY_SECONDS = 20.0
+#: SNS jitters its retries ("Amazon SNS applies jittering to delivery retries", its
+#: message delivery retries page): here each wait is the policy's delay and up to this
+#: share of it more, at random, never shorter than the policy's minimum.
+SNS_RETRY_JITTER = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,8 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         #: retries, the seconds between two.
         self.webhook_attempts = 1 + SNS_RETRIES
         self.sns_retry_seconds = SNS_RETRY_SECONDS
+        #: How much longer than ``sns_retry_seconds`` a retry may wait (a share of it).
+        self.sns_retry_jitter = SNS_RETRY_JITTER
         self.access_key = access_key
         self.secret_key = secret_key
         self.session_token = session_token
@@ -390,8 +399,9 @@ class FakeSes(FakeProvider[dict[str, Any]]):
         self.send_webhooks([self._sns_post(e) for e in events])
 
     def webhook_retry_wait(self, retry: int) -> float:
-        """SNS's delay before each retry (the default policy: a fixed 20 s)."""
-        return self.sns_retry_seconds
+        """SNS's delay before each retry (the default policy: 20 s), jittered: up to
+        ``sns_retry_jitter`` of it more, drawn for each wait of each post."""
+        return self.sns_retry_seconds * (1 + random.uniform(0, self.sns_retry_jitter))
 
     def _sns_post(self, event: dict[str, Any]) -> Post:
         """The post of one SES event as an SNS notification: the same at every try."""
