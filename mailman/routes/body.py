@@ -57,6 +57,7 @@ _DEFLATE = "deflate"
 
 log = get_logger("mailman.http")
 
+
 @dataclass(slots=True)
 class Holding:
     """What a request holds of ``budget`` (None: none to hold): its ``Hold`` once its body
