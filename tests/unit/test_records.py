@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailman.core import messages, model
-from mailman.core.records import fast_init
+from mailman.core.records import TWIN_FIELDS, fast_init
 
 
 @fast_init
@@ -70,6 +70,35 @@ def test_a_record_made_fast_refuses_what_the_dataclass_refuses_and_stays_frozen(
     with pytest.raises(dataclasses.FrozenInstanceError):
         _Sample("a").name = "b"  # type: ignore[misc]
     assert inspect.signature(_Sample.__init__) == inspect.signature(_dataclass_init(_Sample))
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Wide:
+    a: str
+    b: int = 1
+    c: int = 2
+    d: int = 3
+    e: int = 4
+    f: list[str] = field(default_factory=list)
+
+
+class _WideChild(_Wide):
+    __slots__ = ()
+
+
+def test_a_wide_record_made_through_its_twin_is_of_its_own_class_and_frozen() -> None:
+    """A record of ``TWIN_FIELDS`` fields or more, its fields stored as its twin's, comes
+    out of its own class, frozen, equal to the dataclass's; a subclass's object made by
+    the same ``__init__`` stays of the subclass."""
+    assert len(dataclasses.fields(_Wide)) >= TWIN_FIELDS
+    made, theirs = _both(_Wide, "x", 5, f=["y"])
+    assert type(made) is _Wide and made == theirs and hash(made.a) == hash("x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.b = 6  # type: ignore[misc]
+    child = _WideChild("z", 7)
+    assert type(child) is _WideChild
+    assert (child.a, child.b, child.c, child.f) == ("z", 7, 2, [])
 
 
 def test_every_record_of_the_core_is_made_fast_and_as_the_dataclass_makes_it() -> None:
