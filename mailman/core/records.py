@@ -92,26 +92,23 @@ def fast_init(cls: T) -> T:
         sets.append(f"    set{i}(self, {f.name})")
     if not env.keys().isdisjoint(f.name for f in fields):  # a parameter would hide it
         raise TypeError(f"{cls.__qualname__} has a field named like a name of its __init__")
-    body = (
-        [*factories, *sets]
-        if twin is None
-        else [
+    if twin is None:
+        body = [*factories, *sets]
+    else:  # at least TWIN_FIELDS stores and setters
+        body = [
             *factories,
             # The fields stored as the twin's (plain stores, cached by the interpreter), then
             # the object made a ``cls`` again; a subclass's object through the setters.
             "    if type(self) is _CLS:",
             "        _SET_CLASS(self, '__class__', _TWIN)",
             "        try:",
-            *(stores or ["            pass"]),
+            *stores,
             "        finally:",
             "            self.__class__ = _CLS",
             "    else:",
-            *(f"    {line}" for line in sets or ["    pass"]),
+            *(f"    {line}" for line in sets),
         ]
-    )
-    if not body:
-        body = ["    pass"]
-    source = f"def __init__(self, {', '.join(params_code)}):\n" + "\n".join(body)
+    source = f"def __init__(self, {', '.join(params_code)}):\n" + "\n".join(body or ["    pass"])
     # Made of the class's own field names (identifiers, checked by dataclasses), once.
     exec(source, env)
     init = env["__init__"]
