@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .model import Attempt, Status
-from .records import fast_init, slot_setters
+from .records import fast_init, slot_setters, twin_of
 
 
 @fast_init
@@ -199,7 +199,9 @@ def _compiled(
     it is (an empty list as the empty tuple), every other one built as ``record`` builds
     it; the record made with keywords, or, for a frozen slotted dataclass whose
     ``__init__`` only sets its fields (no ``__post_init__``), by setting its slots as
-    that ``__init__`` would. An object missing a field, or not an object, goes to
+    that ``__init__`` would: a wide one (``records.twin_of``) made its twin, its fields
+    stored plainly and then made a ``kind`` (one class change), a narrow one through its
+    slots' setters. An object missing a field, or not an object, goes to
     ``record`` itself, so the two give the same record or the same error. A mail
     decodes 2.4 times as fast (6.1 µs against 14.5, its JSON parsed in each, side by side
     in one process); a sender decodes every mail it loads (the SQLite writer process, or
@@ -220,7 +222,15 @@ def _compiled(
             checks.append(f"    if {guard}v{i}.__class__ is not t{i}:\n        v{i} = b{i}(v{i})")
         names.append(f"{key}=v{i}")
     slots = slot_setters(kind)  # ``fields`` are the dataclass's, in its order
-    if slots is None:
+    twin = twin_of(kind)
+    if twin is not None:  # a wide record: made a twin, its fields stored, made a ``kind``
+        env.update(new=object.__new__, twin=twin)
+        make = [
+            "    made = new(twin)",
+            *(f"    made.{key} = v{i}" for i, (key, _) in enumerate(fields)),
+        ]
+        make += ["    made.__class__ = kind", "    return made"]
+    elif slots is None:
         make = [
             "    try:",
             f"        return kind({', '.join(names)})",

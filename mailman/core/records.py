@@ -27,6 +27,7 @@ field given to it by position or name (no ``kw_only``, ``init=False`` or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import types
 from collections.abc import Callable
@@ -39,6 +40,17 @@ def slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     """The setters of ``cls``'s fields' slots, in field order, where making a ``cls`` is
     only setting them (what ``fast_init`` stands for); None otherwise."""
     return None if _unfit(cls) else [cls.__dict__[f.name].__set__ for f in dataclasses.fields(cls)]
+
+
+def twin_of(cls: type) -> type | None:
+    """The twin ``fast_init`` makes a ``cls`` through (its slots, no ``__setattr__``):
+    an object made a twin, its fields stored and then made a ``cls``
+    (``obj.__class__ = cls``) is the ``cls`` its ``__init__`` would make. None where
+    making a ``cls`` is more than setting its fields, or where it has fewer than
+    ``TWIN_FIELDS`` (its slots' setters are then cheaper)."""
+    if _unfit(cls) or len(dataclasses.fields(cls)) < TWIN_FIELDS:
+        return None
+    return _twin(cls)
 
 
 def _unfit(cls: type) -> str | None:
@@ -126,6 +138,7 @@ def fast_init(cls: T) -> T:
 TWIN_FIELDS = 6
 
 
+@functools.cache
 def _twin(cls: type) -> type:
     """A class with ``cls``'s slots and nothing else (no ``__setattr__`` that refuses): an
     object of either can be made the other (``__class__``), and a field stored as the

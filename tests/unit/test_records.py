@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailman.core import messages, model
-from mailman.core.records import TWIN_FIELDS, fast_init
+from mailman.core.records import TWIN_FIELDS, fast_init, twin_of
 
 
 @fast_init
@@ -99,6 +99,22 @@ def test_a_wide_record_made_through_its_twin_is_of_its_own_class_and_frozen() ->
     child = _WideChild("z", 7)
     assert type(child) is _WideChild
     assert (child.a, child.b, child.c, child.f) == ("z", 7, 2, [])
+
+
+def test_a_record_made_by_storing_into_its_twin_is_the_record_its_init_makes() -> None:
+    """``twin_of`` gives the one twin of a wide record (none for a narrow one): an object
+    made a twin, its fields stored and then made the record, equals the record its
+    ``__init__`` makes and is frozen like it."""
+    twin = twin_of(_Wide)
+    assert twin is not None and twin is twin_of(_Wide)
+    assert twin_of(_Sample) is None and twin_of(model.Address) is None
+    made: Any = object.__new__(twin)
+    for name, value in zip("abcdef", ("x", 5, 2, 3, 4, ["y"]), strict=True):
+        setattr(made, name, value)
+    made.__class__ = _Wide
+    assert made == _Wide("x", 5, f=["y"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.b = 6
 
 
 def test_every_record_of_the_core_is_made_fast_and_as_the_dataclass_makes_it() -> None:
