@@ -223,6 +223,10 @@ def _lost(db: sqlite3.Connection, exc: BaseException, *, write: bool) -> bool:
 class _Worker:
     """One thread with its own connection, running queued jobs in batches."""
 
+    #: The calls of one event-loop turn go to the thread together, however many: a
+    #: thread woken mid-turn would take the GIL from the loop (``_ProcessWriter``).
+    submit_every: int = sys.maxsize
+
     def __init__(
         self,
         name: str,
@@ -278,7 +282,8 @@ class _Worker:
         """Run ``operation`` on the thread; its result.
 
         The calls of one event-loop turn go to the thread together: one
-        wake-up (a system call) for all of them, and one batch.
+        wake-up (a system call) for all of them, and one batch; to a writer process,
+        in frames of at most ``submit_every`` calls.
 
         Cancelled before the thread started it, the job is abandoned: the thread
         skips it and the cancellation goes on (nothing was changed). Cancelled once
@@ -294,6 +299,8 @@ class _Worker:
             self._loop.call_soon(self._submit)
         job = _Job(operation, args, kwargs, future)
         self._pending.append(job)
+        if len(self._pending) >= self.submit_every:
+            self._submit()
         try:
             return await future
         except asyncio.CancelledError:
@@ -650,6 +657,15 @@ class _ProcessWriter(_Worker):
     to it get ``OutcomeUnknown`` (committed or not, unknown), and the next calls start
     a new one.
     """
+
+    #: A turn's calls go to the process in frames of this many (the rest at the turn's
+    #: end): sent only at the turn's end, a busy loop's 30 accepts left the process idle
+    #: while it made them, then left itself idle while the process committed them all
+    #: (the loop slept 6-15 % of a 32-connection load). The process commits the first
+    #: frame while the loop makes the next; one still busy takes the frames waiting
+    #: for it in one transaction. Measured in ``docs/performance.md``, "The writer not
+    #: left waiting for the turn's end".
+    submit_every = 16
 
     def __init__(self, path: str) -> None:
         super().__init__("writer", lambda: sqlite3.connect(":memory:"), write=True)

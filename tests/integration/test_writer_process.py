@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mailman.store import Idempotency, IdempotencyMismatch, OutcomeUnknown, open_store
+from mailman.store import Idempotency, IdempotencyMismatch, OutcomeUnknown, frames, open_store
 from mailman.store.dialect import Dialect
 from mailman.store.mails import MailTooLarge
 from mailman.store.operation import Statement, Steps, write
@@ -60,6 +60,27 @@ async def test_writes_run_in_another_process_and_are_read_back(store: SQLiteStor
     ids = await asyncio.gather(*(store.add(mail(f"m{n}")) for n in range(50)))
     assert ids == [f"m{n}" for n in range(50)]
     assert all([await store.get(f"m{n}") is not None for n in range(50)])
+
+
+async def test_a_turns_calls_go_to_the_process_in_frames_of_submit_every(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty adds made in one event-loop turn reach the writer process in frames of at
+    most ``submit_every`` calls, the first before the turn ends; each is committed."""
+    sizes: list[int] = []
+    calls_frame = frames.calls_frame
+
+    def counted(calls: list[Any]) -> bytes:
+        sizes.append(len(calls))
+        return calls_frame(calls)
+
+    monkeypatch.setattr(frames, "calls_frame", counted)
+    every = writer_of(store).submit_every
+    assert 1 < every < 40
+    ids = await asyncio.gather(*(store.add(mail(f"m{n}")) for n in range(40)))
+    assert ids == [f"m{n}" for n in range(40)]
+    assert sizes == [every] * (40 // every) + ([40 % every] if 40 % every else [])
+    assert all([await store.get(f"m{n}") is not None for n in range(40)])
 
 
 async def test_an_error_of_one_call_comes_back_as_itself(store: SQLiteStore) -> None:
