@@ -55,7 +55,7 @@ INTAKE = web.AppKey("intake", Intake)
 
 # The handlers read the keys above, so they are imported after them.
 from .auth import KEYRING, authenticating  # noqa: E402
-from .body import budgeting  # noqa: E402
+from .body import BodyLimits, budgeting  # noqa: E402
 from .compat_mailgun import error_shape as mailgun_error_shape  # noqa: E402
 from .compat_mailgun import routes as mailgun_compat_routes  # noqa: E402
 from .compat_sendgrid import error_shape as sendgrid_error_shape  # noqa: E402
@@ -118,7 +118,7 @@ def create_app(
             request_ids(load, metrics),
             error_middleware,
             authenticating(keyring),
-            budgeting(budget),
+            budgeting(budget, BodyLimits(config.max_body_bytes, config.body_idle_timeout)),
         ],
     )
     app[STORE] = store

@@ -58,12 +58,24 @@ _DEFLATE = "deflate"
 log = get_logger("mailman.http")
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """What one request's body may take: ``max_bytes`` (decoded, and on the wire), and
+    ``idle_timeout`` seconds with nothing arriving (None: no limit). The app's are the
+    config's (``MAILMAN_MAX_BODY_BYTES``, ``MAILMAN_BODY_IDLE_TIMEOUT``), bound by
+    ``create_app`` into ``budgeting``'s middleware."""
+
+    max_bytes: int
+    idle_timeout: float | None = None
+
+
 @dataclass(slots=True)
 class Holding:
     """What a request holds of ``budget`` (None: none to hold): its ``Hold`` once its body
-    is being read."""
+    is being read; and the ``limits`` its body is read within."""
 
     budget: Budget | None = None
+    limits: BodyLimits | None = None
     hold: Hold | None = None
 
 
@@ -246,13 +258,14 @@ def _charge(request: web.Request, hold: Hold | None, nbytes: int) -> None:
             raise _over_budget(request, exc) from None
 
 
-def budgeting(budget: Budget) -> Middleware:
-    """The middleware that lets the request's body reader hold some of ``budget``, and
-    gives back what it held once the answer is ready (bound by ``create_app``)."""
+def budgeting(budget: Budget, limits: BodyLimits) -> Middleware:
+    """The middleware that lets the request's body reader hold some of ``budget`` and read
+    within ``limits``, and gives back what it held once the answer is ready (bound by
+    ``create_app``)."""
 
     @web.middleware
     async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        holding = request[HOLDING] = Holding(budget)
+        holding = request[HOLDING] = Holding(budget, limits)
         try:
             return await handler(request)
         finally:
@@ -262,16 +275,21 @@ def budgeting(budget: Budget) -> Middleware:
     return budget_middleware
 
 
-async def read_body(
-    request: web.Request, *, limit: int, idle_timeout: float | None = None
-) -> bytes:
-    """The decoded request body.
+async def read_body(request: web.Request, limits: BodyLimits | None = None) -> bytes:
+    """The decoded request body, read within ``limits``: the app's (``budgeting``'s,
+    from the config) unless given.
 
     415 for a content coding other than gzip, deflate or identity; 400 if it
-    does not decode; 413 beyond ``limit`` bytes (decoded, or on the wire);
+    does not decode; 413 beyond ``max_bytes`` (decoded, or on the wire);
     408 if nothing arrives for ``idle_timeout`` seconds (None: wait forever);
     ``ClientGone`` if the client disconnects first; 503 past the in-flight budget.
     """
+    if limits is None:
+        holding = request.get(HOLDING)
+        limits = None if holding is None else holding.limits
+        if limits is None:
+            raise RuntimeError("read_body: no limits given, and none bound by budgeting")
+    limit, idle_timeout = limits.max_bytes, limits.idle_timeout
     coding = _coding(request)
     length = request.content_length
     if length is not None and length > limit:

@@ -542,9 +542,8 @@ async def read_form(request: web.Request) -> list[tuple[str, Value]]:
             "Send the message as multipart/form-data or application/x-www-form-urlencoded.",
             kind="unsupported-media-type",
         )
-    config = request.app[CONFIG]
-    limit = config.max_body_bytes
-    raw = await read_body(request, limit=limit, idle_timeout=config.body_idle_timeout)
+    limit = request.app[CONFIG].max_body_bytes  # a part's limit too (the body's, as read)
+    raw = await read_body(request)
     charset = request.charset or "utf-8"
     if content_type == URLENCODED:
         try:

@@ -84,7 +84,7 @@ from mailman.intake.keys import Scope
 from mailman.intake.refusals import Refused
 from mailman.store import OutcomeUnknown, StoreUnavailable
 
-from . import CONFIG, INTAKE
+from . import INTAKE
 from .auth import KEYRING, PRINCIPAL
 from .body import decode_json, read_body
 from .contract import (
@@ -816,13 +816,11 @@ async def _send(request: web.Request) -> web.Response:
     principal = await _principal(request)
     note(request, tenant=principal.tenant)
     request[PRINCIPAL] = principal  # whose share of the in-flight budget the body takes
-    config, intake = request.app[CONFIG], request.app[INTAKE]
+    intake = request.app[INTAKE]
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None and (bad := idempotency_key_problem(key)) is not None:
         raise bad_idempotency_key(bad)
-    raw = await read_body(
-        request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout
-    )
+    raw = await read_body(request)
     try:
         body = decode_json(raw)
     except Problem as problem:  # not JSON, or a key given twice in one object

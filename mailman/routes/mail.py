@@ -122,10 +122,7 @@ def _require_json(request: web.Request) -> None:
 
 async def _read_json(request: web.Request) -> object:
     """The decoded JSON body; 413 beyond the size limit, 400 if it is not JSON."""
-    config = request.app[CONFIG]
-    return decode_json(
-        await read_body(request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout)
-    )
+    return decode_json(await read_body(request))
 
 
 def _unknown() -> Problem:
@@ -574,11 +571,7 @@ async def _json_body(request: web.Request) -> object:
     """An optional JSON body (``NO_BODY``: none, or only whitespace); 415 unless JSON."""
     if not request.body_exists:
         return NO_BODY
-    raw = await read_body(
-        request,
-        limit=request.app[CONFIG].max_body_bytes,
-        idle_timeout=request.app[CONFIG].body_idle_timeout,
-    )
+    raw = await read_body(request)
     if not raw.strip():
         return NO_BODY
     _require_json(request)

@@ -696,13 +696,6 @@ async def _record(
     return _answer(counts)
 
 
-async def _read(request: web.Request) -> bytes:
-    config = request.app[CONFIG]
-    return await read_body(
-        request, limit=config.max_body_bytes, idle_timeout=config.body_idle_timeout
-    )
-
-
 # --- endpoints -----------------------------------------------------------------------
 
 
@@ -750,7 +743,7 @@ async def sendgrid_events(request: web.Request) -> web.Response:
     if not signature or not timestamp:
         raise _missing(f"Send the {SENDGRID_SIGNATURE} and {SENDGRID_TIMESTAMP} headers.")
     _check_fresh(timestamp, "SendGrid", time.time())
-    raw = await _read(request)
+    raw = await read_body(request)
     if not verify_sendgrid(key, signature, timestamp, raw):  # before the body is parsed
         raise _invalid("SendGrid")
     incoming, skipped = parse_sendgrid(decode_json(raw))
@@ -765,7 +758,7 @@ async def mailgun_events(request: web.Request) -> web.Response:
     key = hooks.mailgun_key
     if key is None:
         raise _off("Mailgun", "MAILMAN_MAILGUN_WEBHOOK_SIGNING_KEY")
-    body = decode_json(await _read(request))
+    body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise _malformed("A Mailgun webhook is a JSON object with 'signature' and 'event-data'.")
     signed = body.get("signature")
@@ -814,7 +807,7 @@ async def resend_events(request: web.Request) -> web.Response:
     if not msg_id or not timestamp or not signature:
         raise _missing(f"Send the {SVIX_ID}, {SVIX_TIMESTAMP} and {SVIX_SIGNATURE} headers.")
     _check_fresh(timestamp, "Resend", time.time())
-    raw = await _read(request)
+    raw = await read_body(request)
     if not verify_svix(key, msg_id, timestamp, raw, signature):  # before the body is parsed
         raise _invalid("Resend")
     if msg_id in hooks.svix_ids:
@@ -850,5 +843,5 @@ async def postmark_events(request: web.Request) -> web.Response:
             "The Postmark webhook's user and password are not the configured ones.",
             SIGNATURE_INVALID,
         )
-    event = parse_postmark(decode_json(await _read(request)))
+    event = parse_postmark(decode_json(await read_body(request)))
     return await _record(request, POSTMARK, [] if event is None else [event], int(event is None))

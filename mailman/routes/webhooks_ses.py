@@ -48,7 +48,7 @@ from mailman.config.logging import get_logger
 from mailman.core.model import DeliveryEvent, EventKind
 
 from . import CONFIG
-from .body import decode_json
+from .body import decode_json, read_body
 from .errors import Problem
 from .models.webhooks import WebhookAnswer
 from .webhooks import (
@@ -61,7 +61,6 @@ from .webhooks import (
     _malformed,
     _missing,
     _off,
-    _read,
     _record,
     _text,
     _webhook,
@@ -249,7 +248,7 @@ def _unreachable(what: str, why: str) -> Problem:
 
 async def verified(request: web.Request, sns: Sns) -> dict[str, Any]:
     """The SNS message posted, once its topic, certificate host and signature hold."""
-    body = decode_json(await _read(request))
+    body = decode_json(await read_body(request))
     if not isinstance(body, dict) or body.get("Type") not in SIGNED_FIELDS:
         raise _malformed(
             "SNS posts a JSON object whose Type is Notification, SubscriptionConfirmation or "

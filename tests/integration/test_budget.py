@@ -16,7 +16,7 @@ from mailman.config import Config
 from mailman.intake.budget import COST_FACTOR, Budget, OverBudget, owner_of
 from mailman.intake.keys import Scope, create_key
 from mailman.routes import create_app
-from mailman.routes.body import read_body
+from mailman.routes.body import BodyLimits, read_body
 from mailman.routes.errors import OVER_BUDGET
 from mailman.store import MailQuery, Store
 
@@ -149,7 +149,7 @@ async def test_every_body_is_charged_at_the_cost_factor(
     app = create_app(store=store, outbound=outbound, config=Config(), budget=budget)
 
     async def probe(request: web.Request) -> web.Response:
-        await read_body(request, limit=10**6)
+        await read_body(request, BodyLimits(10**6))
         seen.append(budget.used)
         return web.Response()
 
