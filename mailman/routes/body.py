@@ -231,13 +231,11 @@ def _over_budget(request: web.Request, exc: OverBudget) -> Problem:
     )
 
 
-def _hold(request: web.Request) -> Hold | None:
+def _hold(request: web.Request, holding: Holding | None) -> Hold | None:
     """The request's hold on the budget, made on first use (owner: the caller's key, or
     its address); None without a budget (an app without ``budgeting``'s middleware:
     nothing would give it back)."""
-    try:
-        holding = request[HOLDING]
-    except KeyError:
+    if holding is None:
         return None
     hold = holding.hold
     if hold is None:
@@ -284,8 +282,11 @@ async def read_body(request: web.Request, limits: BodyLimits | None = None) -> b
     408 if nothing arrives for ``idle_timeout`` seconds (None: wait forever);
     ``ClientGone`` if the client disconnects first; 503 past the in-flight budget.
     """
+    try:
+        holding: Holding | None = request[HOLDING]
+    except KeyError:  # an app without ``budgeting``'s middleware
+        holding = None
     if limits is None:
-        holding = request.get(HOLDING)
         limits = None if holding is None else holding.limits
         if limits is None:
             raise RuntimeError("read_body: no limits given, and none bound by budgeting")
@@ -294,7 +295,7 @@ async def read_body(request: web.Request, limits: BodyLimits | None = None) -> b
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
-    hold = _hold(request)
+    hold = _hold(request, holding)
     _charge(request, hold, length or 0)
     decoder = None if coding == "identity" else Decoder(coding, limit)
     parts: list[bytes] = []
