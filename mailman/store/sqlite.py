@@ -282,8 +282,8 @@ class _Worker:
         """Run ``operation`` on the thread; its result.
 
         The calls of one event-loop turn go to the thread together: one
-        wake-up (a system call) for all of them, and one batch; to a writer process,
-        in frames of at most ``submit_every`` calls.
+        wake-up (a system call) for all of them, and one batch; to an idle writer
+        process, the first ``submit_every`` of them at once.
 
         Cancelled before the thread started it, the job is abandoned: the thread
         skips it and the cancellation goes on (nothing was changed). Cancelled once
@@ -299,7 +299,7 @@ class _Worker:
             self._loop.call_soon(self._submit)
         job = _Job(operation, args, kwargs, future)
         self._pending.append(job)
-        if len(self._pending) >= self.submit_every:
+        if len(self._pending) >= self.submit_every and self._idle():
             self._submit()
         try:
             return await future
@@ -314,6 +314,11 @@ class _Worker:
         # The cancellation cancelled the future: the thread settles the job's new one.
         job.future = self._loop.create_future()
         return await job.future
+
+    def _idle(self) -> bool:
+        """Whether the writer has none of our calls to run (``submit_every`` is only
+        reached by a writer process's calls)."""
+        return True
 
     def _abandon(self, job: _Job) -> bool:
         """Give ``job`` up if the thread has not started it; False if it has."""
@@ -658,13 +663,14 @@ class _ProcessWriter(_Worker):
     a new one.
     """
 
-    #: A turn's calls go to the process in frames of this many (the rest at the turn's
-    #: end): sent only at the turn's end, a busy loop's 30 accepts left the process idle
-    #: while it made them, then left itself idle while the process committed them all
-    #: (the loop slept 6-15 % of a 32-connection load). The process commits the first
-    #: frame while the loop makes the next; one still busy takes the frames waiting
-    #: for it in one transaction. Measured in ``docs/performance.md``, "The writer not
-    #: left waiting for the turn's end".
+    #: While the process has nothing of ours to run, a turn's first this many calls go
+    #: to it at once (the rest at the turn's end): sent only at the turn's end, a busy
+    #: loop's 30 accepts left the process idle while it made them, then left itself
+    #: idle while the process committed them all (the loop slept 6-15 % of a
+    #: 32-connection load). A process still busy takes what waits for it in one
+    #: transaction anyway: sent early then, the calls would only make more, smaller
+    #: transactions (measured: more CPU per delivered mail). ``docs/performance.md``,
+    #: "The writer not left waiting for the turn's end".
     submit_every = 16
 
     def __init__(self, path: str) -> None:
@@ -711,6 +717,9 @@ class _ProcessWriter(_Worker):
             await self._end()
             raise
         log.info("store.writer_process", pid=self._pid)
+
+    def _idle(self) -> bool:
+        return not self._sent
 
     def _submit(self) -> None:
         if self._transport is None:
