@@ -81,7 +81,7 @@ def fast_init(cls: T) -> T:
         raise TypeError(f"{cls.__qualname__} {reason}")
     fields = dataclasses.fields(cls)
     original = cls.__dict__["__init__"]
-    twin = _twin(cls) if len(fields) >= TWIN_FIELDS else None
+    twin = twin_of(cls)
     env: dict[str, Any] = {
         "_FACTORY": _FACTORY,
         "_CLS": cls,
